@@ -1,0 +1,175 @@
+//! The gate: every request comes through [`App::handle`], which decides between the proxy's own
+//! pages and the upstream, and lets only full sessions through to the upstream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::headers::{self, ClientInfo};
+use crate::identity::AssertionSigner;
+use crate::pages::{self, Body};
+use crate::password::PasswordChecker;
+use crate::proxy::{ForwardError, Forwarder, UpstreamTime};
+use crate::route::{self, Route};
+use crate::session::{Lookup, Session, Sessions};
+use crate::users::UserDirectory;
+use crate::{portal, return_url};
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    pub config: Arc<Config>,
+    pub users: Arc<UserDirectory>,
+    pub sessions: Arc<Sessions>,
+    pub passwords: PasswordChecker,
+    pub signer: AssertionSigner,
+    pub forwarder: Forwarder,
+    pub clock: SharedClock,
+}
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Who a request was for, for the access log (never a cookie or a secret).
+#[derive(Debug, Default, Clone)]
+pub struct RequestUser(pub Option<String>);
+
+impl App {
+    pub fn session_cookie(&self) -> &str {
+        &self.config.session.cookie_name
+    }
+
+    /// The cookie that protects the login form against login CSRF.
+    pub fn login_csrf_cookie(&self) -> String {
+        format!("{}-csrf", self.config.session.cookie_name)
+    }
+
+    pub fn resolve_session(&self, request_headers: &http::HeaderMap) -> Lookup {
+        self.sessions.resolve(headers::cookie_values(request_headers, self.session_cookie()), &self.users)
+    }
+
+    pub fn client_info(&self, conn: &Connection) -> ClientInfo {
+        ClientInfo { peer: conn.peer.ip(), scheme: if conn.tls { "https" } else { "http" } }
+    }
+
+    /// Handles one request and writes its access-log line.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: Connection) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let client_ip = headers::client_ip(request.headers(), conn.peer.ip(), &self.config.trusted_proxies);
+
+        let mut response = match route::route(&path) {
+            Route::Own(page) => portal::handle(&self, page, request, &conn).await,
+            Route::Gate => self.gate(request, &conn).await,
+        };
+
+        let user = response.extensions_mut().remove::<RequestUser>().unwrap_or_default();
+        let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0.as_secs_f64() * 1000.0);
+        // The path only: query strings can carry tokens that have no place in a log.
+        tracing::info!(
+            target: "portcullis::access",
+            %method,
+            path = %path,
+            status = response.status().as_u16(),
+            user = user.0.as_deref().unwrap_or("-"),
+            client = %client_ip,
+            latency_ms = format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
+            upstream_ms = format_args!("{}", upstream.map_or("-".to_string(), |u| format!("{u:.2}"))),
+        );
+        response
+    }
+
+    async fn gate(&self, request: Request<Incoming>, conn: &Connection) -> Response<Body> {
+        let lookup = self.resolve_session(request.headers());
+        let session = match lookup {
+            Lookup::Found(Session::Full(full)) => full,
+            Lookup::Found(Session::Partial(partial)) => {
+                let mut response = self.needs_login(&request);
+                response.extensions_mut().insert(RequestUser(Some(partial.user().name.to_string())));
+                return response;
+            }
+            Lookup::Rejected(why) => {
+                tracing::info!(target: "portcullis::security", reason = ?why, "session cookie refused");
+                let mut response = self.needs_login(&request);
+                portal::clear_cookie(&mut response, self.session_cookie(), self.config.public_url.is_https());
+                return response;
+            }
+            Lookup::NoCookie => return self.needs_login(&request),
+        };
+
+        let user = session.user().name.to_string();
+        let mut response = match session.upstream_identity(&self.signer) {
+            Ok(identity) => match self.forwarder.forward(request, &identity, &self.client_info(conn)).await {
+                Ok(response) => response,
+                Err(e) => upstream_error(e),
+            },
+            Err(e) => {
+                tracing::error!("cannot build the identity for {user}: {e}");
+                pages::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Something went wrong",
+                    "Portcullis could not prepare your request. The administrator will find details in its log.",
+                    None,
+                )
+            }
+        };
+        response.extensions_mut().insert(RequestUser(Some(user)));
+        response
+    }
+
+    /// The answer for a request without a full session: a browser navigation is sent to the login
+    /// page and brought back afterwards; anything else gets a 401, never a redirect.
+    fn needs_login<B>(&self, request: &Request<B>) -> Response<Body> {
+        if !route::is_browser_navigation(request.method(), request.headers()) {
+            let mut response =
+                pages::plain(StatusCode::UNAUTHORIZED, "401 Unauthorized: sign in at /.portcullis/login\n");
+            // RFC 9110 §11.6.1 requires a challenge with 401; ours is a cookie session, so it
+            // names the login page rather than a standard scheme.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Cookie realm=\"portcullis\", login=\"/.portcullis/login\""),
+            );
+            return response;
+        }
+        let original = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let return_to = return_url::or_root(Some(original), &self.config.public_url);
+        let query = serde_urlencoded::to_string([("rd", return_to.as_str())]).unwrap_or_default();
+        let location = self.config.public_url.join_path(&format!("{}?{query}", route::login_path()));
+        pages::see_other(&location)
+    }
+}
+
+fn upstream_error(e: ForwardError) -> Response<Body> {
+    match e {
+        ForwardError::Timeout(_) => {
+            tracing::warn!("upstream timed out: {e}");
+            pages::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "The application is taking too long",
+                "It did not answer in time. Try again in a moment; if it keeps happening, tell the administrator.",
+                None,
+            )
+        }
+        ForwardError::Unreachable(_) => {
+            tracing::warn!("upstream unreachable: {e}");
+            pages::error(
+                StatusCode::BAD_GATEWAY,
+                "The application is not answering",
+                "Portcullis let you in, but the application behind it could not be reached. Try again in a moment; if it keeps happening, tell the administrator.",
+                None,
+            )
+        }
+        ForwardError::BadRequest(_) => {
+            pages::error(StatusCode::BAD_REQUEST, "Bad request", "This request cannot be passed on.", None)
+        }
+    }
+}

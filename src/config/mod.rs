@@ -1,0 +1,673 @@
+//! `proxy.toml`: read once, validated once, then carried around as typed values.
+//!
+//! [`load`] never stops at the first mistake: it reports every unknown key and every bad value
+//! together, each with its key, the value it found and how to fix it. A [`Config`] only exists if
+//! all of it was right, so the rest of the program never re-checks configuration.
+
+mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::{Authority, Scheme};
+use ipnet::IpNet;
+
+use crate::secret;
+use crate::tls;
+use raw::{OneOrMany, RawConfig};
+
+/// Validated configuration. Construct it with [`load`] or [`parse`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, for messages and for reloading.
+    pub source: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub upstream: Upstream,
+    pub public_url: PublicUrl,
+    pub data_dir: PathBuf,
+    pub users_file: PathBuf,
+    /// Peers whose `X-Forwarded-*` / `X-Real-IP` / `Forwarded` headers we believe.
+    pub trusted_proxies: Vec<IpNet>,
+    pub session: SessionSettings,
+    pub mfa: MfaSettings,
+    pub identity: IdentitySettings,
+    pub tls: Option<TlsSettings>,
+    pub proxy: ProxySettings,
+    pub login: LoginSettings,
+    pub log_level: String,
+}
+
+/// Where requests are forwarded: a scheme and an authority, nothing else.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// The origin users type into their browser. Cookies, redirects and CSRF checks are all bound to
+/// it.
+#[derive(Debug, Clone)]
+pub struct PublicUrl {
+    url: url::Url,
+}
+
+impl PublicUrl {
+    pub fn url(&self) -> &url::Url {
+        &self.url
+    }
+
+    /// `scheme://host[:port]`, as browsers send it in `Origin` (RFC 6454 §6.1).
+    pub fn origin(&self) -> String {
+        self.url.origin().ascii_serialization()
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.url.scheme() == "https"
+    }
+
+    /// An absolute URL on the public origin for a path that starts with `/`.
+    pub fn join_path(&self, path_and_query: &str) -> String {
+        debug_assert!(path_and_query.starts_with('/'));
+        format!("{}{}", self.origin(), path_and_query)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// The cookie's full name, including the `__Host-` prefix when the public URL is https.
+    pub cookie_name: String,
+    pub idle_timeout: Duration,
+    pub lifetime: Duration,
+    /// How long a half-logged-in session may wait for its second factor.
+    pub partial_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MfaPolicy {
+    /// No second factor pages at all; the password is enough.
+    Disabled,
+    /// Users may enroll a second factor and remove it again.
+    Optional,
+    /// Every user must prove a second factor, enrolling inline at login if they have none.
+    Required,
+}
+
+impl FromStr for MfaPolicy {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "disabled" => Ok(Self::Disabled),
+            "optional" => Ok(Self::Optional),
+            "required" => Ok(Self::Required),
+            _ => Err(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MfaSettings {
+    pub policy: MfaPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentitySettings {
+    pub secret_file: PathBuf,
+    pub issuer: String,
+    pub audience: String,
+    pub ttl: Duration,
+    pub headers: IdentityHeaders,
+}
+
+/// The headers that carry identity to the upstream. The proxy removes any client-sent copy of
+/// these (in every spelling) before forwarding.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub user: HeaderName,
+    pub email: HeaderName,
+    pub groups: HeaderName,
+    pub assertion: HeaderName,
+}
+
+impl IdentityHeaders {
+    pub fn all(&self) -> [&HeaderName; 4] {
+        [&self.user, &self.email, &self.groups, &self.assertion]
+    }
+}
+
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Loaded and checked while validating, so a bad certificate is a config error, not a crash.
+    pub server_config: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings").field("cert", &self.cert).field("key", &self.key).finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub connect_timeout: Duration,
+    /// How long the upstream may take to start answering (response headers) before we send 504.
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    /// Extra trust anchors for an https upstream with a private CA; `None` uses the system's.
+    pub upstream_ca_file: Option<PathBuf>,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoginSettings {
+    /// Password hashes computed at once. Each takes a core for tens of milliseconds.
+    pub hash_workers: usize,
+    /// Logins allowed to wait for a hashing slot before new ones are turned away with 503.
+    pub queue_limit: usize,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    /// The value as written, when there was one.
+    pub value: Option<String>,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(value) => write!(f, "{} = {value}: {}. Fix: {}", self.key, self.problem, self.fix),
+            None => write!(f, "{}: {}. Fix: {}", self.key, self.problem, self.fix),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}. Fix: check the path given to --config")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path} has {} problem(s):\n{}", problems.len(), list(problems))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            Self::Invalid { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    parse(&text, path)
+}
+
+/// Validates `text` as if it had been read from `path`; relative paths resolve against the
+/// folder `path` is in.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let deserializer = toml::de::Deserializer::parse(text)
+        .map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
+    let mut unknown = Vec::new();
+    let raw: RawConfig = serde_ignored::deserialize(deserializer, |key| unknown.push(key.to_string()))
+        .map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut v = Validator { problems: Vec::new(), base };
+    for key in unknown {
+        v.problem(&key, None, "unknown key", "remove it, or check its spelling against the example proxy.toml");
+    }
+    let config = v.config(raw, path);
+    match config {
+        Some(config) if v.problems.is_empty() => Ok(config),
+        _ => Err(ConfigError::Invalid { path: path.into(), problems: v.problems }),
+    }
+}
+
+struct Validator {
+    problems: Vec<Problem>,
+    base: PathBuf,
+}
+
+impl Validator {
+    fn problem(&mut self, key: &str, value: Option<&str>, problem: &str, fix: &str) {
+        self.problems.push(Problem {
+            key: key.into(),
+            value: value.map(|v| format!("{v:?}")),
+            problem: problem.into(),
+            fix: fix.into(),
+        });
+    }
+
+    fn required<'a>(&mut self, key: &str, value: &'a Option<String>, example: &str) -> Option<&'a str> {
+        if value.is_none() {
+            self.problem(key, None, "missing", &format!("add a line like {key} = {example:?}"));
+        }
+        value.as_deref()
+    }
+
+    fn path(&self, relative_to: &Path, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() { p.to_path_buf() } else { relative_to.join(p) }
+    }
+
+    fn duration(&mut self, key: &str, value: &Option<String>, default: &str, min: Duration, max: Duration) -> Duration {
+        let text = value.as_deref().unwrap_or(default);
+        match humantime::parse_duration(text) {
+            Ok(d) if d >= min && d <= max => d,
+            Ok(_) => {
+                let fix = format!(
+                    "choose a duration from {} to {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                );
+                self.problem(key, Some(text), "out of range", &fix);
+                Duration::ZERO
+            }
+            Err(_) => {
+                self.problem(
+                    key,
+                    Some(text),
+                    "not a duration",
+                    "write a number and a unit, like \"30s\", \"30m\" or \"12h\"",
+                );
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn header(&mut self, key: &str, value: &Option<String>, default: &str) -> HeaderName {
+        let text = value.as_deref().unwrap_or(default);
+        match HeaderName::from_str(text) {
+            Ok(name) if crate::headers::is_reserved_for_proxy(&name) => {
+                self.problem(
+                    key,
+                    Some(text),
+                    "that header is managed by HTTP or by the proxy itself",
+                    "pick another name, such as the default",
+                );
+                name
+            }
+            Ok(name) => name,
+            Err(_) => {
+                self.problem(
+                    key,
+                    Some(text),
+                    "not a valid header name",
+                    "use letters, digits and dashes, like \"X-Forwarded-User\"",
+                );
+                HeaderName::from_static("x-invalid")
+            }
+        }
+    }
+
+    fn count(&mut self, key: &str, value: Option<i64>, default: usize, max: usize) -> usize {
+        match value {
+            None => default,
+            Some(n) if n >= 1 && n as u64 <= max as u64 => n as usize,
+            Some(n) => {
+                self.problem(key, Some(&n.to_string()), "out of range", &format!("choose a number from 1 to {max}"));
+                default
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig, source: &Path) -> Option<Config> {
+        let listen = self.listen(raw.listen);
+        let upstream = self.required("upstream", &raw.upstream, "http://127.0.0.1:8080").and_then(|u| self.upstream(u));
+        let public_url =
+            self.required("public_url", &raw.public_url, "https://app.example.com").and_then(|u| self.public_url(u));
+        let data_dir =
+            self.required("data_dir", &raw.data_dir, "/var/lib/portcullis").map(|d| self.path(&self.base, d));
+        let users_file = self.path(&self.base, raw.users_file.as_deref().unwrap_or("users.toml"));
+        let trusted_proxies = self.trusted_proxies(raw.trusted_proxies.unwrap_or_default());
+        let session = self.session(raw.session, public_url.as_ref());
+        let policy = raw.mfa.policy.as_deref().unwrap_or("optional");
+        let policy = MfaPolicy::from_str(policy).unwrap_or_else(|()| {
+            self.problem(
+                "mfa.policy",
+                Some(policy),
+                "not a policy",
+                "write \"disabled\", \"optional\" or \"required\"",
+            );
+            MfaPolicy::Optional
+        });
+        let identity = self.identity(raw.identity, data_dir.as_deref(), public_url.as_ref());
+        let tls = raw.tls.and_then(|t| self.tls(t));
+        let proxy = self.proxy(raw.proxy);
+        let default_workers = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        let login = LoginSettings {
+            hash_workers: self.count("login.hash_workers", raw.login.hash_workers, default_workers, 256),
+            queue_limit: self.count("login.queue_limit", raw.login.queue_limit, 64, 100_000),
+        };
+        let log_level = raw.log.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            self.problem(
+                "log.level",
+                Some(&log_level),
+                "not a log filter",
+                "write \"info\", \"debug\" or a filter like \"portcullis=debug,info\"",
+            );
+        }
+        Some(Config {
+            source: source.to_path_buf(),
+            listen,
+            upstream: upstream?,
+            public_url: public_url?,
+            data_dir: data_dir?,
+            users_file,
+            trusted_proxies,
+            session,
+            mfa: MfaSettings { policy },
+            identity,
+            tls,
+            proxy,
+            login,
+            log_level,
+        })
+    }
+
+    fn listen(&mut self, raw: Option<OneOrMany>) -> Vec<SocketAddr> {
+        let texts = match raw {
+            None => vec!["127.0.0.1:8443".to_string()],
+            Some(OneOrMany::One(one)) => vec![one],
+            Some(OneOrMany::Many(many)) => many,
+        };
+        if texts.is_empty() {
+            self.problem(
+                "listen",
+                Some("[]"),
+                "no address to listen on",
+                "give at least one, like listen = \"127.0.0.1:8443\"",
+            );
+        }
+        let mut addrs = Vec::new();
+        for text in texts {
+            match SocketAddr::from_str(&text) {
+                Ok(addr) => addrs.push(addr),
+                Err(_) => self.problem(
+                    "listen",
+                    Some(&text),
+                    "not an address and port",
+                    "write it like \"127.0.0.1:8443\" or \"[::]:443\"",
+                ),
+            }
+        }
+        addrs
+    }
+
+    fn upstream(&mut self, text: &str) -> Option<Upstream> {
+        const FIX: &str = "write the upstream's scheme, host and port only, like \"http://127.0.0.1:8080\"";
+        let Ok(uri) = http::Uri::from_str(text) else {
+            self.problem("upstream", Some(text), "not a URL", FIX);
+            return None;
+        };
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            self.problem("upstream", Some(text), "needs a scheme and a host", FIX);
+            return None;
+        };
+        if *scheme != Scheme::HTTP && *scheme != Scheme::HTTPS {
+            self.problem("upstream", Some(text), "the scheme must be http or https", FIX);
+            return None;
+        }
+        if authority.as_str().contains('@') {
+            self.problem("upstream", Some(text), "user names and passwords in the URL are not supported", FIX);
+            return None;
+        }
+        if !matches!(uri.path_and_query().map(|p| p.as_str()), None | Some("/") | Some("")) {
+            self.problem("upstream", Some(text), "a path or query is not supported; requests keep their own path", FIX);
+            return None;
+        }
+        Some(Upstream { scheme: scheme.clone(), authority: authority.clone() })
+    }
+
+    fn public_url(&mut self, text: &str) -> Option<PublicUrl> {
+        const FIX: &str = "write the address users open, scheme and host only, like \"https://app.example.com\"";
+        let Ok(url) = url::Url::parse(text) else {
+            self.problem("public_url", Some(text), "not a URL", FIX);
+            return None;
+        };
+        let ok = matches!(url.scheme(), "http" | "https")
+            && url.host_str().is_some()
+            && url.username().is_empty()
+            && url.password().is_none()
+            && url.path() == "/"
+            && url.query().is_none()
+            && url.fragment().is_none();
+        if !ok {
+            self.problem(
+                "public_url",
+                Some(text),
+                "must be an http or https origin without user, path, query or fragment",
+                FIX,
+            );
+            return None;
+        }
+        Some(PublicUrl { url })
+    }
+
+    fn trusted_proxies(&mut self, texts: Vec<String>) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for text in texts {
+            let parsed = IpNet::from_str(&text).or_else(|_| std::net::IpAddr::from_str(&text).map(IpNet::from));
+            match parsed {
+                Ok(net) => nets.push(net),
+                Err(_) => self.problem(
+                    "trusted_proxies",
+                    Some(&text),
+                    "not an IP address or CIDR range",
+                    "write addresses like \"10.0.0.1\" or ranges like \"10.0.0.0/8\"",
+                ),
+            }
+        }
+        nets
+    }
+
+    fn session(&mut self, raw: raw::RawSession, public_url: Option<&PublicUrl>) -> SessionSettings {
+        let name = raw.cookie_name.unwrap_or_else(|| "portcullis".into());
+        let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !token || name.starts_with("__") {
+            self.problem(
+                "session.cookie_name",
+                Some(&name),
+                "not a plain cookie name",
+                "use letters, digits, '-', '_' or '.'; the __Host- prefix is added for you on https",
+            );
+        }
+        // RFC 6265bis §4.1.3.2: `__Host-` pins the cookie to this exact host, over https, with no
+        // Domain attribute, so no sibling subdomain (such as a Sandstorm grain) can set or read it.
+        let cookie_name = match public_url {
+            Some(url) if url.is_https() => format!("__Host-{name}"),
+            _ => name,
+        };
+        let minute = Duration::from_secs(60);
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let idle_timeout = self.duration("session.idle_timeout", &raw.idle_timeout, "30m", minute, week * 4);
+        let lifetime = self.duration("session.lifetime", &raw.lifetime, "12h", minute, week * 52);
+        let partial_timeout =
+            self.duration("session.partial_timeout", &raw.partial_timeout, "10m", minute, Duration::from_secs(3600));
+        if idle_timeout > lifetime && lifetime > Duration::ZERO {
+            self.problem(
+                "session.idle_timeout",
+                raw.idle_timeout.as_deref(),
+                "longer than session.lifetime, so it would never apply",
+                "make it shorter than session.lifetime",
+            );
+        }
+        SessionSettings { cookie_name, idle_timeout, lifetime, partial_timeout }
+    }
+
+    fn identity(
+        &mut self,
+        raw: raw::RawIdentity,
+        data_dir: Option<&Path>,
+        public_url: Option<&PublicUrl>,
+    ) -> IdentitySettings {
+        let secret_file = raw.secret_file.as_deref().unwrap_or("identity.key");
+        let secret_file = self.path(data_dir.unwrap_or(&self.base), secret_file);
+        if secret_file.exists()
+            && let Err(e) = secret::load_or_create_key(&secret_file)
+        {
+            self.problem(
+                "identity.secret_file",
+                Some(&secret_file.display().to_string()),
+                &e.to_string(),
+                "fix the file as described, or remove it to have a new key generated",
+            );
+        }
+        let origin = public_url.map(PublicUrl::origin).unwrap_or_default();
+        IdentitySettings {
+            secret_file,
+            issuer: raw.issuer.unwrap_or_else(|| format!("{origin}/.portcullis")),
+            audience: raw.audience.unwrap_or(origin),
+            ttl: self.duration("identity.ttl", &raw.ttl, "2m", Duration::from_secs(10), Duration::from_secs(300)),
+            headers: IdentityHeaders {
+                user: self.header("identity.user_header", &raw.user_header, "X-Forwarded-User"),
+                email: self.header("identity.email_header", &raw.email_header, "X-Forwarded-Email"),
+                groups: self.header("identity.groups_header", &raw.groups_header, "X-Forwarded-Groups"),
+                assertion: self.header("identity.assertion_header", &raw.assertion_header, "X-Portcullis-Assertion"),
+            },
+        }
+    }
+
+    fn tls(&mut self, raw: raw::RawTls) -> Option<TlsSettings> {
+        let cert =
+            self.required("tls.cert", &raw.cert, "/etc/portcullis/fullchain.pem").map(|p| self.path(&self.base, p));
+        let key = self.required("tls.key", &raw.key, "/etc/portcullis/privkey.pem").map(|p| self.path(&self.base, p));
+        let (cert, key) = (cert?, key?);
+        match tls::server_config(&cert, &key) {
+            Ok(server_config) => Some(TlsSettings { cert, key, server_config }),
+            Err(e) => {
+                let (key_name, path) = match e {
+                    tls::TlsError::Key { .. } => ("tls.key", &key),
+                    _ => ("tls.cert", &cert),
+                };
+                self.problem(
+                    key_name,
+                    Some(&path.display().to_string()),
+                    &e.to_string(),
+                    "point it at a readable PEM file: the certificate chain for tls.cert, its private key for tls.key",
+                );
+                None
+            }
+        }
+    }
+
+    fn proxy(&mut self, raw: raw::RawProxy) -> ProxySettings {
+        let second = Duration::from_secs(1);
+        let hour = Duration::from_secs(3600);
+        let upstream_ca_file = raw.upstream_ca_file.map(|p| self.path(&self.base, &p));
+        if let Some(ca) = &upstream_ca_file
+            && let Err(e) = tls::root_store(ca)
+        {
+            self.problem(
+                "proxy.upstream_ca_file",
+                Some(&ca.display().to_string()),
+                &e.to_string(),
+                "point it at a PEM file with the CA certificate(s) that signed the upstream's certificate",
+            );
+        }
+        ProxySettings {
+            connect_timeout: self.duration(
+                "proxy.connect_timeout",
+                &raw.connect_timeout,
+                "5s",
+                Duration::from_millis(100),
+                Duration::from_secs(120),
+            ),
+            response_timeout: self.duration("proxy.response_timeout", &raw.response_timeout, "60s", second, hour),
+            pool_idle_timeout: self.duration("proxy.pool_idle_timeout", &raw.pool_idle_timeout, "90s", second, hour),
+            upstream_ca_file,
+            shutdown_grace: self.duration(
+                "proxy.shutdown_grace",
+                &raw.shutdown_grace,
+                "10s",
+                Duration::ZERO,
+                Duration::from_secs(600),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Config {
+        parse(text, Path::new("/etc/portcullis/proxy.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text, Path::new("/etc/portcullis/proxy.toml")) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    const MINIMAL: &str = r#"
+        upstream = "http://127.0.0.1:8080"
+        public_url = "https://app.example.com"
+        data_dir = "data"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = parse_ok(MINIMAL);
+        assert_eq!(c.listen, vec!["127.0.0.1:8443".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.data_dir, Path::new("/etc/portcullis/data"));
+        assert_eq!(c.users_file, Path::new("/etc/portcullis/users.toml"));
+        assert_eq!(c.identity.secret_file, Path::new("/etc/portcullis/data/identity.key"));
+        assert_eq!(c.session.cookie_name, "__Host-portcullis");
+        assert_eq!(c.mfa.policy, MfaPolicy::Optional);
+        assert_eq!(c.identity.audience, "https://app.example.com");
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(30 * 60));
+    }
+
+    #[test]
+    fn plain_http_public_url_drops_the_host_prefix() {
+        let c = parse_ok(&MINIMAL.replace("https://app", "http://app"));
+        assert_eq!(c.session.cookie_name, "portcullis");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let found = problems(
+            r#"
+            upstream = "ftp://x"
+            public_url = "https://app.example.com/sub"
+            colour = "blue"
+            [session]
+            idle_timeout = "30 parsecs"
+            [mfa]
+            policy = "sometimes"
+            "#,
+        );
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        for key in ["colour", "upstream", "public_url", "data_dir", "session.idle_timeout", "mfa.policy"] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        assert!(found.iter().all(|p| !p.fix.is_empty()));
+    }
+}

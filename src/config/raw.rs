@@ -1,0 +1,91 @@
+//! `proxy.toml` exactly as written: every value optional and untyped beyond what TOML gives us.
+//!
+//! These structs are deliberately dumb. Turning them into a [`super::Config`] is where every rule
+//! lives, so that all problems can be reported together with their key and fix.
+//!
+//! Unknown keys are not rejected here with `deny_unknown_fields`, because serde would stop at the
+//! first one. `super::load` collects every unknown key with `serde_ignored` instead and reports
+//! them all as errors.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    pub listen: Option<OneOrMany>,
+    pub upstream: Option<String>,
+    pub public_url: Option<String>,
+    pub data_dir: Option<String>,
+    pub users_file: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    #[serde(default)]
+    pub session: RawSession,
+    #[serde(default)]
+    pub mfa: RawMfa,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub login: RawLogin,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSession {
+    pub cookie_name: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub lifetime: Option<String>,
+    pub partial_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMfa {
+    pub policy: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawIdentity {
+    pub secret_file: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub ttl: Option<String>,
+    pub user_header: Option<String>,
+    pub email_header: Option<String>,
+    pub groups_header: Option<String>,
+    pub assertion_header: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawProxy {
+    pub connect_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub upstream_ca_file: Option<String>,
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLogin {
+    pub hash_workers: Option<i64>,
+    pub queue_limit: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLog {
+    pub level: Option<String>,
+}

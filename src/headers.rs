@@ -1,0 +1,325 @@
+//! Header hygiene between the client, the proxy and the upstream.
+//!
+//! Everything that decides which headers cross the proxy lives here, so it can be read (and
+//! reviewed) in one sitting:
+//!
+//! * hop-by-hop headers are dropped in both directions (RFC 9110 §7.6.1);
+//! * identity headers from the client are dropped in every spelling (`X_Forwarded_User`,
+//!   `x-forwarded-user`, duplicates), so only the proxy can assert who the user is;
+//! * the proxy's own cookies never reach the upstream, and the upstream cannot set them;
+//! * `X-Forwarded-*`, `X-Real-IP` and `Forwarded` from the client are believed only when the
+//!   connection comes from a configured trusted proxy.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+/// Connection-specific headers that never travel past one hop (RFC 9110 §7.6.1), plus the
+/// de-facto ones it calls out (`Proxy-Connection`, `Keep-Alive`) and the proxy-auth pair from
+/// RFC 9110 §11.7, which are addressed to us, not the origin.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+const FORWARDING: [&str; 5] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded"];
+
+/// Headers that an operator may not choose as identity headers: HTTP's own and the ones the
+/// proxy manages.
+pub fn is_reserved_for_proxy(name: &HeaderName) -> bool {
+    let n = normalized(name.as_str());
+    HOP_BY_HOP.contains(&n.as_str())
+        || FORWARDING.contains(&n.as_str())
+        || ["host", "cookie", "set-cookie", "content-length", "authorization"].contains(&n.as_str())
+}
+
+/// Lower case with `_` read as `-`. Many frameworks (CGI, WSGI, Rails, PHP) map both `-` and `_`
+/// to the same variable, so `X_Forwarded_User` must be treated as `X-Forwarded-User`
+/// (oauth2-proxy CVE-2025-64484).
+fn normalized(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// The tokens of every `Connection` header (RFC 9110 §7.6.1: a comma-separated list, case
+/// insensitive, possibly split over several header lines).
+fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The protocol a client asks to switch to, when the request is an upgrade: `Connection`
+/// lists `upgrade` among its tokens (so `keep-alive, Upgrade` counts) and `Upgrade` is present.
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = connection_tokens(headers).iter().any(|t| t == "upgrade");
+    asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Removes hop-by-hop headers, including any the sender listed in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for token in connection_tokens(headers) {
+        // A token may name a header we must keep end to end; RFC 9110 says the sender meant it
+        // as connection-specific, so it goes.
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Removes every client-sent header that could be mistaken for an identity we assert: the
+/// configured names in any case or `_`/`-` spelling, and anything under our `X-Portcullis-`
+/// prefix.
+pub fn strip_identity(headers: &mut HeaderMap, identity_names: &[&HeaderName]) {
+    let reserved: Vec<String> = identity_names.iter().map(|n| normalized(n.as_str())).collect();
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = normalized(name.as_str());
+            reserved.contains(&n) || n.starts_with("x-portcullis-")
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// The values of the cookie called `name`, from every `Cookie` header (HTTP/2 clients may send
+/// several).
+pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).filter_map(
+        move |pair| {
+            let (n, v) = pair.trim().split_once('=')?;
+            (n.trim() == name).then(|| v.trim().trim_matches('"'))
+        },
+    )
+}
+
+/// Removes our cookies from the request, keeping the upstream's own cookies intact, and folds
+/// what is left into a single `Cookie` header (RFC 9113 §8.2.3 allows either form; HTTP/1.1
+/// upstreams expect one).
+pub fn strip_cookies(headers: &mut HeaderMap, ours: &[&str]) {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(|pair| String::from_utf8_lossy(pair).trim().to_string())
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(pair.as_str(), |(n, _)| n).trim();
+            !pair.is_empty() && !ours.contains(&name)
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Removes `Set-Cookie` headers from an upstream response that would overwrite our cookies:
+/// an upstream (or a user's app inside it) must not be able to plant a session.
+pub fn strip_set_cookie(headers: &mut HeaderMap, ours: &[&str]) {
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            let text = String::from_utf8_lossy(v.as_bytes());
+            let name = text.split(['=', ';']).next().unwrap_or("").trim();
+            !ours.iter().any(|o| o.eq_ignore_ascii_case(name))
+        })
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+/// Facts about the client connection, needed to set the forwarding headers.
+pub struct ClientInfo {
+    pub peer: IpAddr,
+    /// `https` when the client reached us over TLS.
+    pub scheme: &'static str,
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The client's address as best we can know it: the peer, unless the peer is a trusted proxy,
+/// in which case the right-most untrusted address in `X-Forwarded-For` (everything left of a
+/// trusted hop could have been written by the client itself).
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let chain: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    chain.iter().rev().find(|ip| !is_trusted(**ip, trusted)).or(chain.first()).copied().unwrap_or(peer)
+}
+
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` for the upstream. Client copies are
+/// kept (and extended) only from trusted proxies; from anyone else they are replaced, so a client
+/// cannot claim to be `127.0.0.1` (authentik CVE-2024-47070).
+pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientInfo, trusted: &[IpNet]) {
+    let from_trusted = is_trusted(client.peer, trusted);
+    let real_ip = client_ip(headers, client.peer, trusted);
+    let host = headers.get(header::HOST).cloned();
+
+    let prior_for: Vec<String> =
+        headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
+    let proto = headers
+        .get("x-forwarded-proto")
+        .filter(|v| from_trusted && matches!(v.as_bytes(), b"http" | b"https"))
+        .cloned();
+    let forwarded_host = headers.get("x-forwarded-host").filter(|_| from_trusted).cloned();
+
+    if !from_trusted {
+        headers.remove("forwarded");
+    }
+    let xff = if from_trusted && !prior_for.is_empty() {
+        format!("{}, {}", prior_for.join(", "), client.peer)
+    } else {
+        client.peer.to_string()
+    };
+    let set = |headers: &mut HeaderMap, name: &'static str, value: Option<HeaderValue>| {
+        headers.remove(name);
+        if let Some(v) = value {
+            headers.insert(name, v);
+        }
+    };
+    set(headers, "x-forwarded-for", HeaderValue::from_str(&xff).ok());
+    set(headers, "x-real-ip", HeaderValue::from_str(&real_ip.to_string()).ok());
+    set(headers, "x-forwarded-proto", proto.or(Some(HeaderValue::from_static(client.scheme))));
+    set(headers, "x-forwarded-host", forwarded_host.or(host));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn connection_is_a_token_list() {
+        for value in ["Upgrade", "keep-alive, Upgrade", "upgrade,keep-alive", " UPGRADE "] {
+            let h = map(&[("connection", value), ("upgrade", "websocket")]);
+            assert!(requested_upgrade(&h).is_some(), "{value}");
+        }
+        assert!(requested_upgrade(&map(&[("connection", "keep-alive"), ("upgrade", "websocket")])).is_none());
+        assert!(requested_upgrade(&map(&[("connection", "upgrade")])).is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("accept", "text/html"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["accept"]);
+    }
+
+    #[test]
+    fn identity_headers_go_in_every_spelling() {
+        let names = [HeaderName::from_static("x-forwarded-user"), HeaderName::from_static("x-forwarded-email")];
+        let refs: Vec<&HeaderName> = names.iter().collect();
+        let mut h = map(&[
+            ("X-Forwarded-User", "admin"),
+            ("x_forwarded_user", "admin"),
+            ("X_FORWARDED_EMAIL", "root@example.com"),
+            ("x-portcullis-assertion", "forged"),
+            ("x-forwarded-userx", "kept: a different header"),
+        ]);
+        h.append("x-forwarded-user", HeaderValue::from_static("second copy"));
+        strip_identity(&mut h, &refs);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-forwarded-userx"]);
+    }
+
+    #[test]
+    fn our_cookies_are_removed_and_theirs_kept() {
+        let mut h = map(&[("cookie", "a=1; portcullis=secret; b=2"), ("cookie", "portcullis-csrf=x")]);
+        assert_eq!(cookie_values(&h, "portcullis").collect::<Vec<_>>(), vec!["secret"]);
+        strip_cookies(&mut h, &["portcullis", "portcullis-csrf"]);
+        assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), vec!["a=1; b=2"]);
+        let mut only_ours = map(&[("cookie", "portcullis=secret")]);
+        strip_cookies(&mut only_ours, &["portcullis"]);
+        assert!(only_ours.get("cookie").is_none());
+    }
+
+    #[test]
+    fn upstream_cannot_set_our_cookie() {
+        let mut h = map(&[("set-cookie", "portcullis=planted; Path=/"), ("set-cookie", "app=1")]);
+        strip_set_cookie(&mut h, &["portcullis"]);
+        assert_eq!(h.get_all("set-cookie").iter().collect::<Vec<_>>(), vec!["app=1"]);
+    }
+
+    #[test]
+    fn forwarding_headers_from_untrusted_peers_are_replaced() {
+        let mut h = map(&[
+            ("host", "app.example.com"),
+            ("x-forwarded-for", "127.0.0.1"),
+            ("x-real-ip", "127.0.0.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=127.0.0.1"),
+        ]);
+        let client = ClientInfo { peer: "203.0.113.9".parse().unwrap(), scheme: "http" };
+        set_forwarding(&mut h, &client, &["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(h["x-real-ip"], "203.0.113.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+        assert!(h.get("forwarded").is_none());
+    }
+
+    #[test]
+    fn forwarding_headers_from_trusted_peers_are_extended() {
+        let mut h = map(&[
+            ("host", "app.example.com"),
+            ("x-forwarded-for", "198.51.100.7, 10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let client = ClientInfo { peer: "10.0.0.1".parse().unwrap(), scheme: "http" };
+        set_forwarding(&mut h, &client, &["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.2, 10.0.0.1");
+        assert_eq!(h["x-real-ip"], "198.51.100.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

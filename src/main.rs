@@ -1,0 +1,5 @@
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    portcullis::cli::run(portcullis::cli::Cli::parse())
+}

@@ -1,0 +1,159 @@
+//! The proxy's own pages: one askama struct per page, and the response headers every one of them
+//! carries.
+
+use askama::Template;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response the proxy produces, own or forwarded.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Why a sign-in form is shown again. Matched in the template, so each case has its own words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginError {
+    BadCredentials,
+    Expired,
+    Malformed,
+    Busy,
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginPage<'a> {
+    pub error: Option<LoginError>,
+    pub csrf: &'a str,
+    pub return_to: &'a str,
+    pub username: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "logout.html")]
+pub struct LogoutPage<'a> {
+    pub username: &'a str,
+    pub csrf: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "signed_out.html")]
+pub struct SignedOutPage;
+
+#[derive(Template)]
+#[template(path = "account.html")]
+pub struct AccountPage<'a> {
+    pub username: &'a str,
+    pub display_name: &'a str,
+    pub email: &'a str,
+    pub groups: &'a [String],
+    pub signed_in: String,
+    pub expires: String,
+    pub csrf: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage<'a> {
+    pub status: u16,
+    pub title: &'a str,
+    pub message: &'a str,
+    pub action: Option<(&'a str, &'a str)>,
+}
+
+/// Headers for every page the proxy renders itself (never for forwarded responses, which stay as
+/// the upstream sent them): no script at all, no framing (clickjacking), no sniffing, no
+/// referrer leaking return URLs, and no caching of pages that show account data or tokens.
+pub fn harden(response: &mut Response<Body>) {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+}
+
+/// Renders a page as a hardened HTML response.
+pub fn html(status: StatusCode, page: &impl Template) -> Response<Body> {
+    match page.render() {
+        Ok(body) => {
+            let mut response = Response::new(full(body));
+            *response.status_mut() = status;
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            harden(&mut response);
+            response
+        }
+        Err(e) => {
+            tracing::error!("a page failed to render: {e}");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error while rendering a page\n")
+        }
+    }
+}
+
+pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    harden(&mut response);
+    response
+}
+
+pub fn error(status: StatusCode, title: &str, message: &str, action: Option<(&str, &str)>) -> Response<Body> {
+    html(status, &ErrorPage { status: status.as_u16(), title, message, action })
+}
+
+/// A `303 See Other` (the method becomes GET, which is what a form post should turn into).
+pub fn see_other(location: &str) -> Response<Body> {
+    let mut response = Response::new(empty());
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    harden(&mut response);
+    response
+}
+
+/// The stylesheet, compiled in so the binary is all an operator deploys.
+pub fn static_file(name: &str) -> Option<Response<Body>> {
+    let (body, content_type) = match name {
+        "portcullis.css" => (include_str!("../static/portcullis.css"), "text/css; charset=utf-8"),
+        _ => return None,
+    };
+    let mut response = Response::new(full(body));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    harden(&mut response);
+    Some(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_text_is_escaped() {
+        let page = LoginPage {
+            error: Some(LoginError::BadCredentials),
+            csrf: "t",
+            return_to: "/\"><script>",
+            username: "<b>",
+        };
+        let html = page.render().unwrap();
+        assert!(!html.contains("<script>"));
+        assert!(!html.contains("<b>"));
+        assert!(html.contains("do not match"));
+    }
+}

@@ -1,0 +1,400 @@
+//! The proxy's own endpoints under `/.portcullis/`: sign in, sign out, account, static files.
+//!
+//! Every state-changing endpoint is a POST that must carry a CSRF token bound to the browser (the
+//! session's token, or for the login form a token in its own cookie) and come from our own origin
+//! (`Origin`, else `Referer`). GET never changes anything.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cookie::{Cookie, SameSite};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::app::{App, Connection, RequestUser};
+use crate::headers;
+use crate::pages::{self, Body, LoginError, LoginPage};
+use crate::password::HashError;
+use crate::return_url;
+use crate::route::OwnPage;
+use crate::session::{AuthMethod, Lookup, Session};
+
+/// Our forms are a few short fields; anything bigger is not one of them.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
+pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, conn: &Connection) -> Response<Body> {
+    let method = request.method().clone();
+    let is_read = method == Method::GET || method == Method::HEAD;
+    match (page, is_read, method == Method::POST) {
+        (OwnPage::Static(name), true, _) => pages::static_file(&name).unwrap_or_else(not_found),
+        (OwnPage::Login, true, _) => login_form(app, &request),
+        (OwnPage::Login, _, true) => login_submit(app, request, conn).await,
+        (OwnPage::Logout, true, _) => logout_form(app, &request),
+        (OwnPage::Logout, _, true) => logout_submit(app, request).await,
+        (OwnPage::Account, true, _) => account(app, &request),
+        (OwnPage::NotFound, _, _) => not_found(),
+        _ => {
+            let mut response = pages::plain(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n");
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+            response
+        }
+    }
+}
+
+fn not_found() -> Response<Body> {
+    pages::error(
+        StatusCode::NOT_FOUND,
+        "Page not found",
+        "There is no Portcullis page at this address.",
+        Some(("/", "Go to the start page")),
+    )
+}
+
+fn cookie_header(
+    app: &App,
+    name: &str,
+    value: &str,
+    max_age: Option<time::Duration>,
+    same_site: SameSite,
+) -> HeaderValue {
+    let mut cookie = Cookie::build((name.to_string(), value.to_string()))
+        .path("/")
+        .http_only(true)
+        .secure(app.config.public_url.is_https())
+        .same_site(same_site)
+        .build();
+    if let Some(max_age) = max_age {
+        cookie.set_max_age(max_age);
+    }
+    HeaderValue::from_str(&cookie.to_string()).expect("cookie names and base64url values are valid header text")
+}
+
+/// Tells the browser to drop a cookie (used for refused or ended sessions).
+pub fn clear_cookie(response: &mut Response<Body>, name: &str, secure: bool) {
+    let cookie = Cookie::build((name.to_string(), String::new()))
+        .path("/")
+        .http_only(true)
+        .secure(secure)
+        .same_site(SameSite::Lax)
+        .max_age(time::Duration::ZERO)
+        .build();
+    if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// `Origin` (or, from older browsers, `Referer`) must name our public origin on every POST.
+/// A request with neither is refused: when in doubt, deny.
+fn same_origin(app: &App, headers: &HeaderMap) -> bool {
+    let origin = app.config.public_url.origin();
+    if let Some(value) = headers.get(header::ORIGIN) {
+        return value.as_bytes() == origin.as_bytes();
+    }
+    headers
+        .get(header::REFERER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|r| r == origin || r.starts_with(&format!("{origin}/")))
+}
+
+fn tokens_match(expected: &str, given: &str) -> bool {
+    !expected.is_empty() && bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
+}
+
+async fn read_form<T: for<'de> Deserialize<'de>>(request: Request<Incoming>) -> Result<T, Response<Body>> {
+    let is_form = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    });
+    if !is_form {
+        return Err(pages::error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported form",
+            "This page only accepts its own form.",
+            None,
+        ));
+    }
+    let bytes: Bytes = match Limited::new(request.into_body(), MAX_FORM_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return Err(pages::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Form too large",
+                "That form was larger than any Portcullis form can be.",
+                None,
+            ));
+        }
+    };
+    serde_urlencoded::from_bytes(&bytes).map_err(|_| {
+        pages::error(
+            StatusCode::BAD_REQUEST,
+            "Malformed form",
+            "The form could not be read. Go back and try again.",
+            None,
+        )
+    })
+}
+
+fn forbidden_origin() -> Response<Body> {
+    pages::error(
+        StatusCode::FORBIDDEN,
+        "Request refused",
+        "This form was not sent from this site, so it was ignored. If you followed a link here, go to the site directly.",
+        Some(("/.portcullis/login", "Go to sign in")),
+    )
+}
+
+/// The login form's CSRF token: the browser's existing one if it has a well-formed one, else a
+/// new one (returned so the caller sets the cookie).
+fn login_csrf(app: &App, headers: &HeaderMap) -> (String, bool) {
+    let name = app.login_csrf_cookie();
+    match headers::cookie_values(headers, &name).find(|v| v.len() == 43) {
+        Some(existing) => (existing.to_string(), false),
+        None => (crate::secret::random_token(), true),
+    }
+}
+
+fn render_login(
+    app: &App,
+    headers: &HeaderMap,
+    status: StatusCode,
+    error: Option<LoginError>,
+    return_to: &str,
+    username: &str,
+) -> Response<Body> {
+    let (csrf, fresh) = login_csrf(app, headers);
+    let mut response = pages::html(status, &LoginPage { error, csrf: &csrf, return_to, username });
+    if fresh {
+        let cookie = cookie_header(app, &app.login_csrf_cookie(), &csrf, None, SameSite::Strict);
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct ReturnQuery {
+    rd: Option<String>,
+}
+
+fn return_to_from_query(app: &App, request: &Request<Incoming>) -> String {
+    let query = request.uri().query().unwrap_or("");
+    let rd = serde_urlencoded::from_str::<ReturnQuery>(query).ok().and_then(|q| q.rd);
+    return_url::or_root(rd.as_deref(), &app.config.public_url)
+}
+
+fn login_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+    let return_to = return_to_from_query(app, request);
+    if let Lookup::Found(Session::Full(_)) = app.resolve_session(request.headers()) {
+        return pages::see_other(&app.config.public_url.join_path(&return_to));
+    }
+    render_login(app, request.headers(), StatusCode::OK, None, &return_to, "")
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default, deserialize_with = "zeroizing")]
+    password: Zeroizing<String>,
+    #[serde(default)]
+    csrf: String,
+    rd: Option<String>,
+}
+
+fn zeroizing<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Zeroizing<String>, D::Error> {
+    String::deserialize(d).map(Zeroizing::new)
+}
+
+async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Response<Body> {
+    if !same_origin(app, request.headers()) {
+        tracing::warn!(target: "portcullis::security", peer = %conn.peer.ip(), "login refused: cross-origin post");
+        return forbidden_origin();
+    }
+    let headers = request.headers().clone();
+    let form: LoginForm = match read_form(request).await {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    let return_to = return_url::or_root(form.rd.as_deref(), &app.config.public_url);
+    let (expected_csrf, _) = login_csrf(app, &headers);
+    if !tokens_match(&expected_csrf, &form.csrf)
+        || headers::cookie_values(&headers, &app.login_csrf_cookie()).next().is_none()
+    {
+        return render_login(app, &headers, StatusCode::FORBIDDEN, Some(LoginError::Expired), &return_to, "");
+    }
+    let username = form.username.trim().to_ascii_lowercase();
+    if username.is_empty() || form.password.is_empty() || username.len() > 64 || form.password.len() > 1024 {
+        return render_login(
+            app,
+            &headers,
+            StatusCode::BAD_REQUEST,
+            Some(LoginError::Malformed),
+            &return_to,
+            &username,
+        );
+    }
+
+    let user = app.users.get(&username);
+    let verified = app.passwords.verify(form.password, user.as_ref().map(|u| u.password_hash.as_str())).await;
+    let user = match (verified, user) {
+        (Ok(true), Some(user)) => user,
+        (Ok(_), _) => {
+            tracing::warn!(target: "portcullis::security", user = %username, client = %conn.peer.ip(), "login failed");
+            return render_login(
+                app,
+                &headers,
+                StatusCode::UNAUTHORIZED,
+                Some(LoginError::BadCredentials),
+                &return_to,
+                &username,
+            );
+        }
+        (Err(HashError::Busy), _) => {
+            tracing::warn!(target: "portcullis::security", "login turned away: password hashing queue full");
+            let mut response = render_login(
+                app,
+                &headers,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(LoginError::Busy),
+                &return_to,
+                &username,
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            return response;
+        }
+        (Err(e), _) => {
+            tracing::error!("login failed internally: {e}");
+            return pages::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "Your sign-in could not be checked. Try again; if it keeps failing, tell the administrator.",
+                None,
+            );
+        }
+    };
+
+    // A session the browser already had (perhaps planted by someone else) is ended, never reused.
+    if let Lookup::Found(previous) = app.resolve_session(&headers)
+        && let Err(e) = app.sessions.end(previous.key()).await
+    {
+        tracing::error!("could not end the previous session: {e}");
+    }
+    let established = async {
+        let (_, partial) = app.sessions.begin(user.clone()).await?;
+        // The first factor is the only one so far; part 2 inserts the second-factor challenge here.
+        app.sessions.promote(partial, vec![AuthMethod::Pwd]).await
+    };
+    match established.await {
+        Ok((id, full)) => {
+            tracing::info!(target: "portcullis::security", user = %user.name, session = %full_session_ref(&id), client = %conn.peer.ip(), "login ok");
+            let mut response = pages::see_other(&app.config.public_url.join_path(&return_to));
+            let max_age = time::Duration::seconds(full.expires_at() - app.clock.now());
+            let cookie = cookie_header(app, app.session_cookie(), &id.cookie_value(), Some(max_age), SameSite::Lax);
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+            response.extensions_mut().insert(RequestUser(Some(user.name.to_string())));
+            response
+        }
+        Err(e) => {
+            tracing::error!("could not create a session: {e}");
+            pages::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in is unavailable",
+                "Your password was right, but a session could not be stored. Try again; if it keeps failing, tell the administrator.",
+                None,
+            )
+        }
+    }
+}
+
+fn full_session_ref(id: &crate::session::SessionId) -> String {
+    id.key().log_ref()
+}
+
+fn logout_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+    match app.resolve_session(request.headers()) {
+        Lookup::Found(session) => pages::html(
+            StatusCode::OK,
+            &pages::LogoutPage { username: session.user().name.as_str(), csrf: session.csrf_token() },
+        ),
+        _ => pages::html(StatusCode::OK, &pages::SignedOutPage),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout_submit(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    if !same_origin(app, request.headers()) {
+        return forbidden_origin();
+    }
+    let lookup = app.resolve_session(request.headers());
+    let form: CsrfForm = match read_form(request).await {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    let Lookup::Found(session) = lookup else {
+        let mut response = pages::html(StatusCode::OK, &pages::SignedOutPage);
+        clear_cookie(&mut response, app.session_cookie(), app.config.public_url.is_https());
+        return response;
+    };
+    if !tokens_match(session.csrf_token(), &form.csrf) {
+        return pages::error(
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            "This sign-out form had expired. Open the account page and sign out from there.",
+            Some(("/.portcullis/account", "Your account")),
+        );
+    }
+    if let Err(e) = app.sessions.end(session.key()).await {
+        tracing::error!("could not end a session: {e}");
+        return pages::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-out failed",
+            "Your session could not be ended. Try again.",
+            None,
+        );
+    }
+    tracing::info!(target: "portcullis::security", user = %session.user().name, session = %session.key().log_ref(), "logout");
+    let mut response = pages::html(StatusCode::OK, &pages::SignedOutPage);
+    clear_cookie(&mut response, app.session_cookie(), app.config.public_url.is_https());
+    response.extensions_mut().insert(RequestUser(Some(session.user().name.to_string())));
+    response
+}
+
+fn format_time(t: crate::clock::UnixTime) -> String {
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
+    let text = humantime::format_rfc3339_seconds(when).to_string();
+    format!("{} UTC", text.trim_end_matches('Z').replace('T', " "))
+}
+
+fn account(app: &App, request: &Request<Incoming>) -> Response<Body> {
+    let full = match app.resolve_session(request.headers()) {
+        Lookup::Found(Session::Full(full)) => full,
+        _ => {
+            let query = serde_urlencoded::to_string([("rd", "/.portcullis/account")]).unwrap_or_default();
+            return pages::see_other(&app.config.public_url.join_path(&format!("/.portcullis/login?{query}")));
+        }
+    };
+    let session = Session::Full(full);
+    let user = session.user().clone();
+    let Session::Full(full) = &session else { unreachable!() };
+    let mut response = pages::html(
+        StatusCode::OK,
+        &pages::AccountPage {
+            username: user.name.as_str(),
+            display_name: &user.display_name,
+            email: &user.email,
+            groups: &user.groups,
+            signed_in: format_time(session.created_at()),
+            expires: format_time(full.expires_at()),
+            csrf: session.csrf_token(),
+        },
+    );
+    response.extensions_mut().insert(RequestUser(Some(user.name.to_string())));
+    response
+}

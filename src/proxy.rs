@@ -1,0 +1,198 @@
+//! Forwarding to the upstream: streamed bodies both ways, pooled keep-alive connections,
+//! protocol upgrades (WebSocket and others), and timeouts that turn into 502/504.
+
+use std::time::{Duration, Instant};
+
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::config::{Config, IdentityHeaders, Upstream};
+use crate::headers::{self, ClientInfo};
+use crate::identity::UpstreamIdentity;
+use crate::pages::Body;
+use crate::tls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("the upstream could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the request cannot be forwarded: {0}")]
+    BadRequest(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxySetupError {
+    #[error(
+        "no trusted CA certificates for the https upstream: {0}. Fix: install the system CA bundle or set proxy.upstream_ca_file"
+    )]
+    Roots(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("the TLS client configuration failed: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// How long the upstream took to send response headers, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTime(pub Duration);
+
+pub struct Forwarder {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    upstream: Upstream,
+    response_timeout: Duration,
+    identity_headers: IdentityHeaders,
+    /// Our cookie names, removed from requests and from upstream `Set-Cookie`.
+    own_cookies: Vec<String>,
+    trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Forwarder {
+    pub fn new(config: &Config, own_cookies: Vec<String>) -> Result<Self, ProxySetupError> {
+        let settings = &config.proxy;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_nodelay(true);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match (&settings.upstream_ca_file, config.upstream.scheme == http::uri::Scheme::HTTPS) {
+            (Some(ca), _) => {
+                let tls = rustls::ClientConfig::builder_with_provider(tls::provider())
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(tls::root_store(ca)?)
+                    .with_no_client_auth();
+                builder.with_tls_config(tls)
+            }
+            (None, true) => builder
+                .with_provider_and_native_roots(tls::provider())
+                .map_err(|e| ProxySetupError::Roots(e.to_string()))?,
+            // A plain-http upstream never does TLS, so it must not depend on a CA bundle existing.
+            (None, false) => builder.with_tls_config(
+                rustls::ClientConfig::builder_with_provider(tls::provider())
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            ),
+        };
+        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        Ok(Self {
+            client,
+            upstream: config.upstream.clone(),
+            response_timeout: settings.response_timeout,
+            identity_headers: config.identity.headers.clone(),
+            own_cookies,
+            trusted_proxies: config.trusted_proxies.clone(),
+        })
+    }
+
+    fn upstream_uri(&self, original: &Uri) -> Result<Uri, ForwardError> {
+        let path = original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| ForwardError::BadRequest(e.to_string()))
+    }
+
+    /// Sends `request` upstream on behalf of a full session and returns the upstream's response.
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        identity: &UpstreamIdentity,
+        client: &ClientInfo,
+    ) -> Result<Response<Body>, ForwardError> {
+        // Upgrades are an HTTP/1.1 mechanism (RFC 9110 §7.8); HTTP/2 has none.
+        let upgrade = match request.version() {
+            Version::HTTP_11 => headers::requested_upgrade(request.headers()),
+            _ => None,
+        };
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+
+        let (mut parts, body) = request.into_parts();
+        // HTTP/2 carries the host in `:authority`, not `Host`; the upstream speaks HTTP/1.1, where
+        // `Host` is mandatory. Either way the client's host is forwarded verbatim.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+        let h = &mut parts.headers;
+        headers::strip_hop_by_hop(h);
+        headers::strip_identity(h, &self.identity_headers.all());
+        let own: Vec<&str> = self.own_cookies.iter().map(String::as_str).collect();
+        headers::strip_cookies(h, &own);
+        headers::set_forwarding(h, client, &self.trusted_proxies);
+        identity.apply(h, &self.identity_headers);
+        if let Some(protocol) = &upgrade {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, protocol.clone());
+        }
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.version = Version::HTTP_11;
+        let outgoing = Request::from_parts(parts, body);
+
+        let started = Instant::now();
+        let mut response = match tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await {
+            Err(_) => return Err(ForwardError::Timeout(self.response_timeout)),
+            Ok(Err(e)) => return Err(ForwardError::Unreachable(error_chain(&e))),
+            Ok(Ok(response)) => response,
+        };
+        let upstream_time = UpstreamTime(started.elapsed());
+
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client_io, upstream_io)) => {
+                        let (mut client_io, mut upstream_io) = (TokioIo::new(client_io), TokioIo::new(upstream_io));
+                        let _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await;
+                    }
+                    Err(e) => tracing::debug!("upgrade did not complete: {e}"),
+                }
+            });
+            let (mut parts, _) = response.into_parts();
+            let protocol = parts.headers.get(header::UPGRADE).cloned();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            headers::strip_set_cookie(&mut parts.headers, &own);
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(protocol) = protocol {
+                parts.headers.insert(header::UPGRADE, protocol);
+            }
+            let mut response = Response::from_parts(parts, crate::pages::empty());
+            response.extensions_mut().insert(upstream_time);
+            return Ok(response);
+        }
+
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_set_cookie(&mut parts.headers, &own);
+        let mut response = Response::from_parts(parts, body.map_err(Into::into).boxed());
+        response.extensions_mut().insert(upstream_time);
+        Ok(response)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

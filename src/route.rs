@@ -1,0 +1,134 @@
+//! Routing: a pure function from a request's method, path and headers to a decision.
+//!
+//! Everything under `/.portcullis/` (on every host) is the proxy's own; it is never forwarded.
+//! Everything else goes through the gate. The prefix is matched on the normalised path (percent
+//! decoding, `.`/`..` segments and repeated slashes resolved) so that `/x/../.portcullis/login` is
+//! not forwarded either; and own pages answer only at their normal spelling, so odd spellings of
+//! our paths get a 404 rather than a second way in.
+
+use http::{HeaderMap, Method, header};
+use percent_encoding::percent_decode_str;
+
+pub const PREFIX: &str = "/.portcullis";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnPage {
+    Login,
+    Logout,
+    Account,
+    /// A file under `static/`, by name.
+    Static(String),
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Own(OwnPage),
+    /// Needs a full session, then goes to the upstream.
+    Gate,
+}
+
+pub fn login_path() -> String {
+    format!("{PREFIX}/login")
+}
+
+/// The path as a server would resolve it: percent-decoded, dot segments and empty segments
+/// removed (RFC 3986 §5.2.4).
+pub fn normalize(path: &str) -> String {
+    let decoded = percent_decode_str(path).decode_utf8_lossy();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split(['/', '\\']) {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let trailing = decoded.ends_with('/') && !segments.is_empty();
+    format!("/{}{}", segments.join("/"), if trailing { "/" } else { "" })
+}
+
+pub fn route(path: &str) -> Route {
+    let normal = normalize(path);
+    let own = normal == PREFIX || normal.starts_with(&format!("{PREFIX}/"));
+    if !own {
+        return Route::Gate;
+    }
+    if path != normal {
+        return Route::Own(OwnPage::NotFound);
+    }
+    let page = match normal.strip_prefix(PREFIX).unwrap_or("") {
+        "/login" => OwnPage::Login,
+        "/logout" => OwnPage::Logout,
+        "/account" | "" | "/" => OwnPage::Account,
+        rest => match rest.strip_prefix("/static/") {
+            Some(name) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
+            _ => OwnPage::NotFound,
+        },
+    };
+    Route::Own(page)
+}
+
+/// A top-level browser navigation, which may be answered with a redirect to the login page.
+/// Anything else (API calls, XHR, form posts) gets a 401: redirecting those would break clients
+/// and, for non-GET, would silently drop the request body.
+pub fn is_browser_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    let safe = method == Method::GET || method == Method::HEAD;
+    let wants_html = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().to_ascii_lowercase().starts_with("text/html")));
+    let is_fetch =
+        headers.get("x-requested-with").is_some() || headers.get("sec-fetch-mode").is_some_and(|m| m != "navigate");
+    safe && wants_html && !is_fetch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_pages_and_the_gate() {
+        let table = [
+            ("/", Route::Gate),
+            ("/wiki/Main_Page", Route::Gate),
+            ("/.portcullisx", Route::Gate),
+            ("/.portcullis/login", Route::Own(OwnPage::Login)),
+            ("/.portcullis/logout", Route::Own(OwnPage::Logout)),
+            ("/.portcullis/account", Route::Own(OwnPage::Account)),
+            ("/.portcullis/", Route::Own(OwnPage::Account)),
+            ("/.portcullis/static/portcullis.css", Route::Own(OwnPage::Static("portcullis.css".into()))),
+            ("/.portcullis/nope", Route::Own(OwnPage::NotFound)),
+            // Resolves to /etc/passwd, which is what the upstream would see: an ordinary gated path.
+            ("/.portcullis/static/../../etc/passwd", Route::Gate),
+            ("/x/../.portcullis/login", Route::Own(OwnPage::NotFound)),
+            ("//.portcullis/login", Route::Own(OwnPage::NotFound)),
+            ("/%2eportcullis/login", Route::Own(OwnPage::NotFound)),
+            ("/.portcullis%2Flogin", Route::Own(OwnPage::NotFound)),
+        ];
+        for (path, expected) in table {
+            assert_eq!(route(path), expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn only_html_gets_and_heads_are_navigations() {
+        let html = |accept: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, accept.parse().unwrap());
+            h
+        };
+        let browser = html("text/html,application/xhtml+xml,*/*;q=0.8");
+        assert!(is_browser_navigation(&Method::GET, &browser));
+        assert!(is_browser_navigation(&Method::HEAD, &browser));
+        assert!(!is_browser_navigation(&Method::POST, &browser));
+        assert!(!is_browser_navigation(&Method::GET, &html("application/json")));
+        assert!(!is_browser_navigation(&Method::GET, &HeaderMap::new()));
+        let mut xhr = browser.clone();
+        xhr.insert("x-requested-with", "XMLHttpRequest".parse().unwrap());
+        assert!(!is_browser_navigation(&Method::GET, &xhr));
+    }
+}

@@ -1,0 +1,146 @@
+//! Secret material: a wrapper that never prints, and key files that are created private.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Bytes that must not appear in logs or `Debug` output, and are wiped when dropped.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// `n` bytes from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // The OS RNG failing is not something a security proxy can carry on from.
+    getrandom::fill(&mut bytes).expect("the operating system random number generator failed");
+    bytes
+}
+
+/// 256 random bits as 43 base64url characters: session ids and CSRF tokens.
+pub fn random_token() -> String {
+    URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+}
+
+/// The shortest key we accept for HMAC-SHA256 (RFC 7518 §3.2: at least the hash output size).
+pub const MIN_KEY_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("cannot read key file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot create key file {path}: {source}")]
+    Create { path: PathBuf, source: std::io::Error },
+    #[error(
+        "key file {path} holds {len} bytes; it needs at least {MIN_KEY_BYTES}. Delete it to have a new one generated, or write a longer random string into it"
+    )]
+    TooShort { path: PathBuf, len: usize },
+    #[error("key file {path} can be read by other users (mode {mode:o}); run `chmod 600 {path}`")]
+    TooOpen { path: PathBuf, mode: u32 },
+}
+
+/// Loads a key file, or creates it (mode 0600) with 64 random bytes, base64url-encoded, when it
+/// does not exist yet.
+///
+/// The key is the file's text with surrounding whitespace trimmed, used as raw bytes. That keeps
+/// the file easy to hand to an upstream that verifies our assertions: it reads the same text.
+pub fn load_or_create_key(path: &Path) -> Result<Secret, KeyFileError> {
+    match fs::read(path) {
+        Ok(contents) => {
+            let mode = fs::metadata(path)
+                .map_err(|source| KeyFileError::Read { path: path.into(), source })?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(KeyFileError::TooOpen { path: path.into(), mode: mode & 0o777 });
+            }
+            let text = String::from_utf8_lossy(&contents);
+            let key = text.trim().as_bytes().to_vec();
+            if key.len() < MIN_KEY_BYTES {
+                return Err(KeyFileError::TooShort { path: path.into(), len: key.len() });
+            }
+            Ok(Secret::new(key))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let encoded = URL_SAFE_NO_PAD.encode(random_bytes::<64>());
+            write_private_file(path, format!("{encoded}\n").as_bytes())
+                .map_err(|source| KeyFileError::Create { path: path.into(), source })?;
+            Ok(Secret::new(encoded.into_bytes()))
+        }
+        Err(source) => Err(KeyFileError::Read { path: path.into(), source }),
+    }
+}
+
+/// Writes a file only its owner can read, atomically (write to a sibling, then rename), so a
+/// crash never leaves a half-written key or users file behind.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_bytes() {
+        let secret = Secret::new(b"hunter2-hunter2".to_vec());
+        assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
+    }
+
+    #[test]
+    fn key_file_is_created_private_and_read_back_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.key");
+        let created = load_or_create_key(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let loaded = load_or_create_key(&path).unwrap();
+        assert_eq!(created.expose(), loaded.expose());
+        assert!(loaded.expose().len() >= MIN_KEY_BYTES);
+    }
+
+    #[test]
+    fn short_or_world_readable_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short.key");
+        write_private_file(&path, b"too short").unwrap();
+        assert!(matches!(load_or_create_key(&path), Err(KeyFileError::TooShort { .. })));
+
+        let open = dir.path().join("open.key");
+        fs::write(&open, "x".repeat(64)).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(load_or_create_key(&open), Err(KeyFileError::TooOpen { .. })));
+    }
+}

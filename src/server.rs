@@ -1,0 +1,214 @@
+//! Listeners, TLS, HTTP/1.1 + HTTP/2 connections, background tasks and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::app::{App, Connection};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::identity::AssertionSigner;
+use crate::password::{HashError, PasswordChecker};
+use crate::proxy::{Forwarder, ProxySetupError};
+use crate::secret::{self, KeyFileError};
+use crate::session::Sessions;
+use crate::store::sled_store::SledStore;
+use crate::store::{Store, StoreError};
+use crate::users::{UserDirectory, UsersError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data_dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the users file is invalid, so nobody could sign in: {0}")]
+    Users(#[from] UsersError),
+    #[error("cannot listen on {addr}: {source}. Fix: choose a free address in `listen`, or stop what is using it")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Proxy(#[from] ProxySetupError),
+    #[error(transparent)]
+    Hash(#[from] HashError),
+}
+
+/// How often the users file is checked for changes.
+const USERS_POLL: Duration = Duration::from_secs(1);
+/// How often expired sessions are dropped and activity is persisted.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// A client has this long to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// And this long to send a complete request head (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}
+
+/// A bound, ready server. [`Server::serve`] runs it until shutdown.
+pub struct Server {
+    app: Arc<App>,
+    listeners: Vec<TcpListener>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Server {
+    /// Opens the store, loads users and keys, and binds every listen address. Nothing is served
+    /// until [`Server::serve`].
+    pub async fn bind(config: Config, clock: SharedClock) -> Result<Self, StartError> {
+        create_private_dir(&config.data_dir)
+            .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        let key = secret::load_or_create_key(&config.identity.secret_file)?;
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
+        let sessions = Arc::new(Sessions::open(store, config.session.clone(), clock.clone())?);
+        let users = Arc::new(UserDirectory::load(&config.users_file)?);
+        if users.is_empty() {
+            tracing::warn!(
+                path = %config.users_file.display(),
+                "no accounts yet, so nobody can sign in; add one with `portcullis user add NAME --email E`"
+            );
+        }
+        let workers = config.login.hash_workers;
+        let queue = config.login.queue_limit;
+        let passwords = tokio::task::spawn_blocking(move || PasswordChecker::new(workers, queue))
+            .await
+            .map_err(|e| HashError::Internal(e.to_string()))??;
+        let own_cookies = vec![config.session.cookie_name.clone(), format!("{}-csrf", config.session.cookie_name)];
+        let forwarder = Forwarder::new(&config, own_cookies)?;
+        let signer = AssertionSigner::new(&key, &config.identity, clock.clone());
+
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: *addr, source })?;
+            listeners.push(listener);
+        }
+        let tls = config.tls.as_ref().map(|t| TlsAcceptor::from(t.server_config.clone()));
+        let app = Arc::new(App { config: Arc::new(config), users, sessions, passwords, signer, forwarder, clock });
+        Ok(Self { app, listeners, tls })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// for up to `proxy.shutdown_grace`, and persists sessions.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
+        let Self { app, listeners, tls } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let background = [app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
+        let accepting: Vec<_> = listeners
+            .into_iter()
+            .map(|listener| tokio::spawn(accept_loop(listener, app.clone(), tls.clone(), stop_rx.clone())))
+            .collect();
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        let _ = stop_tx.send(true);
+        for task in accepting {
+            let _ = task.await;
+        }
+        for task in background {
+            task.abort();
+        }
+        let sessions = app.sessions.clone();
+        tokio::task::spawn_blocking(move || sessions.persist_all())
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let sessions = app.sessions.clone();
+            match tokio::task::spawn_blocking(move || sessions.sweep()).await {
+                Ok(Ok(report)) if report.expired > 0 => {
+                    tracing::info!(expired = report.expired, "expired sessions removed")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!("session sweep failed: {e}"),
+                Err(e) => tracing::error!("session sweep task failed: {e}"),
+            }
+        }
+    })
+}
+
+/// Accepts connections until told to stop, then gives the open ones `shutdown_grace` to finish.
+async fn accept_loop(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>, mut stop: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Usually EMFILE: back off briefly instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, tls, watcher) = (app.clone(), tls.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            match tls {
+                None => serve_connection(stream, Connection { peer, tls: false }, app, watcher).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, Connection { peer, tls: true }, app, watcher).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+            }
+        });
+    }
+    drop(listener);
+    let grace = app.config.proxy.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some connections were still busy after {grace:?} and were closed");
+    }
+}
+
+async fn serve_connection<I>(io: I, conn: Connection, app: Arc<App>, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let app = app.clone();
+        async move { Ok::<_, std::convert::Infallible>(app.handle(request, conn).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_headers(100);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(250).max_header_list_size(64 * 1024);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(peer = %conn.peer, "connection ended with an error: {e}");
+    }
+}

@@ -1,0 +1,588 @@
+//! Sessions: anonymous → partial (first factor proven) → full (every required factor proven).
+//!
+//! A [`PartialSession`] and a [`FullSession`] are different types. Only a `FullSession` can
+//! produce the identity that forwarding requires (see `identity.rs`), so a half-logged-in visitor
+//! reaching the upstream is not a runtime check that could be forgotten: it does not compile.
+//!
+//! Ids are 256 random bits in the cookie. The store and the in-memory cache key sessions by the
+//! SHA-256 of the id, so a copied database holds no usable cookie, and looking a session up by its
+//! hash leaks nothing useful through timing. Every live session is held in memory (loaded at
+//! start-up), so the hot path for a full session never touches disk; the cache is sharded
+//! (`DashMap`), so it takes no global lock either. Writes go through to the store on the rare
+//! events (login, promotion, logout) and `last_seen` is persisted lazily by [`Sessions::sweep`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::clock::{SharedClock, UnixTime};
+use crate::config::SessionSettings;
+use crate::identity::AssertionCache;
+use crate::secret::random_bytes;
+use crate::store::{Store, StoreError};
+use crate::users::{User, UserDirectory};
+
+/// The secret a browser holds. Never logged, never stored.
+pub struct SessionId([u8; 32]);
+
+impl SessionId {
+    fn generate() -> Self {
+        Self(random_bytes())
+    }
+
+    /// Accepts exactly the encoding we hand out: 43 base64url characters, 32 bytes.
+    pub fn from_cookie(value: &str) -> Option<Self> {
+        if value.len() != 43 {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(value).ok()?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+
+    pub fn cookie_value(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    pub fn key(&self) -> SessionKey {
+        SessionKey(Sha256::digest(self.0).into())
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionId(<redacted>)")
+    }
+}
+
+/// How a session is stored and found: the SHA-256 of its id.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey([u8; 32]);
+
+impl SessionKey {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(Self(bytes.try_into().ok()?))
+    }
+
+    /// A short, non-secret reference for logs (a prefix of the hash, not of the id).
+    pub fn log_ref(&self) -> String {
+        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionKey({}…)", self.log_ref())
+    }
+}
+
+/// How a factor was proven, as RFC 8176 "amr" values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// Password (RFC 8176 §2).
+    Pwd,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pwd => "pwd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Stage {
+    Partial { first_factor_at: UnixTime },
+    Full { auth_time: UnixTime, amr: Vec<AuthMethod> },
+}
+
+/// What the store keeps per session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub user: String,
+    pub stage: Stage,
+    pub created_at: UnixTime,
+    pub last_seen: UnixTime,
+    /// Absolute end, whatever the activity.
+    pub expires_at: UnixTime,
+    /// The user's credential stamp when the session began; a new password invalidates it.
+    pub credential_stamp: [u8; 16],
+    /// Binds the session's forms to it (CSRF, double-checked with `Origin`).
+    pub csrf_token: String,
+}
+
+struct Entry {
+    record: SessionRecord,
+    last_seen: AtomicI64,
+    persisted_last_seen: AtomicI64,
+    assertion: AssertionCache,
+}
+
+impl Entry {
+    fn new(record: SessionRecord) -> Arc<Self> {
+        Arc::new(Self {
+            last_seen: AtomicI64::new(record.last_seen),
+            persisted_last_seen: AtomicI64::new(record.last_seen),
+            assertion: AssertionCache::default(),
+            record,
+        })
+    }
+
+    fn snapshot(&self) -> SessionRecord {
+        SessionRecord { last_seen: self.last_seen.load(Ordering::Relaxed), ..self.record.clone() }
+    }
+}
+
+/// First factor proven, more to do. It can show challenge pages; it cannot reach the upstream.
+pub struct PartialSession {
+    key: SessionKey,
+    entry: Arc<Entry>,
+    user: Arc<User>,
+}
+
+/// Every required factor proven: the only kind of session that is forwarded.
+pub struct FullSession {
+    key: SessionKey,
+    entry: Arc<Entry>,
+    user: Arc<User>,
+}
+
+impl PartialSession {
+    pub fn user(&self) -> &Arc<User> {
+        &self.user
+    }
+}
+
+impl FullSession {
+    pub fn user(&self) -> &Arc<User> {
+        &self.user
+    }
+
+    /// When the last factor was proven (the `auth_time` claim).
+    pub fn auth_time(&self) -> UnixTime {
+        match &self.entry.record.stage {
+            Stage::Full { auth_time, .. } => *auth_time,
+            Stage::Partial { .. } => unreachable!("a FullSession is only built from a full record"),
+        }
+    }
+
+    pub fn amr(&self) -> &[AuthMethod] {
+        match &self.entry.record.stage {
+            Stage::Full { amr, .. } => amr,
+            Stage::Partial { .. } => unreachable!("a FullSession is only built from a full record"),
+        }
+    }
+
+    pub fn expires_at(&self) -> UnixTime {
+        self.entry.record.expires_at
+    }
+
+    pub(crate) fn assertion_cache(&self) -> &AssertionCache {
+        &self.entry.assertion
+    }
+}
+
+pub enum Session {
+    Partial(PartialSession),
+    Full(FullSession),
+}
+
+impl Session {
+    fn parts(&self) -> (&SessionKey, &Arc<Entry>, &Arc<User>) {
+        match self {
+            Self::Partial(s) => (&s.key, &s.entry, &s.user),
+            Self::Full(s) => (&s.key, &s.entry, &s.user),
+        }
+    }
+
+    pub fn key(&self) -> &SessionKey {
+        self.parts().0
+    }
+
+    pub fn user(&self) -> &Arc<User> {
+        self.parts().2
+    }
+
+    pub fn csrf_token(&self) -> &str {
+        &self.parts().1.record.csrf_token
+    }
+
+    pub fn created_at(&self) -> UnixTime {
+        self.parts().1.record.created_at
+    }
+}
+
+/// Why a cookie did not lead to a session. Each of these clears the cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    Malformed,
+    Unknown,
+    Expired,
+    UserRemoved,
+    PasswordChanged,
+}
+
+pub enum Lookup {
+    NoCookie,
+    Rejected(Rejected),
+    Found(Session),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a background store task failed: {0}")]
+    Task(String),
+}
+
+pub struct Sessions {
+    cache: DashMap<SessionKey, Arc<Entry>>,
+    store: Arc<dyn Store>,
+    settings: SessionSettings,
+    clock: SharedClock,
+}
+
+impl Sessions {
+    /// Loads every stored session that is still alive into memory and deletes the rest.
+    pub fn open(store: Arc<dyn Store>, settings: SessionSettings, clock: SharedClock) -> Result<Self, StoreError> {
+        let now = clock.now();
+        let cache = DashMap::new();
+        for (key, record) in store.sessions()? {
+            if check_expiry(&record, record.last_seen, now, &settings).is_ok() {
+                cache.insert(key, Entry::new(record));
+            } else {
+                store.delete_session(&key)?;
+            }
+        }
+        Ok(Self { cache, store, settings, clock })
+    }
+
+    pub fn settings(&self) -> &SessionSettings {
+        &self.settings
+    }
+
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// Finds the session for the values of our cookie in a request (several copies can arrive;
+    /// the first live one wins). In memory only: this is the hot path.
+    pub fn resolve<'a>(&self, cookie_values: impl IntoIterator<Item = &'a str>, users: &UserDirectory) -> Lookup {
+        let mut outcome = Lookup::NoCookie;
+        for value in cookie_values {
+            match self.resolve_one(value, users) {
+                Ok(session) => return Lookup::Found(session),
+                Err(why) => outcome = Lookup::Rejected(why),
+            }
+        }
+        outcome
+    }
+
+    fn resolve_one(&self, value: &str, users: &UserDirectory) -> Result<Session, Rejected> {
+        let key = SessionId::from_cookie(value).ok_or(Rejected::Malformed)?.key();
+        let entry = self.cache.get(&key).map(|e| e.value().clone()).ok_or(Rejected::Unknown)?;
+        let now = self.clock.now();
+        let problem = check_expiry(&entry.record, entry.last_seen.load(Ordering::Relaxed), now, &self.settings)
+            .err()
+            .or_else(|| match users.get(&entry.record.user) {
+                None => Some(Rejected::UserRemoved),
+                Some(user) if user.credential_stamp != entry.record.credential_stamp => Some(Rejected::PasswordChanged),
+                Some(_) => None,
+            });
+        if let Some(problem) = problem {
+            self.forget_in_background(key);
+            return Err(problem);
+        }
+        let user = users.get(&entry.record.user).ok_or(Rejected::UserRemoved)?;
+        // Only write when the second changed, so busy sessions do not bounce a cache line.
+        if entry.last_seen.load(Ordering::Relaxed) < now {
+            entry.last_seen.fetch_max(now, Ordering::Relaxed);
+        }
+        Ok(match entry.record.stage {
+            Stage::Partial { .. } => Session::Partial(PartialSession { key, entry, user }),
+            Stage::Full { .. } => Session::Full(FullSession { key, entry, user }),
+        })
+    }
+
+    fn forget_in_background(&self, key: SessionKey) {
+        if self.cache.remove(&key).is_some() {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = store.delete_session(&key) {
+                    tracing::error!(session = %key.log_ref(), "could not delete an expired session: {e}");
+                }
+            });
+        }
+    }
+
+    fn new_record(&self, user: &User, stage: Stage, lifetime_from: UnixTime) -> SessionRecord {
+        let now = self.clock.now();
+        SessionRecord {
+            user: user.name.as_str().to_string(),
+            stage,
+            created_at: now,
+            last_seen: now,
+            expires_at: lifetime_from + self.settings.lifetime.as_secs() as i64,
+            credential_stamp: user.credential_stamp,
+            csrf_token: crate::secret::random_token(),
+        }
+    }
+
+    async fn persist(
+        &self,
+        key: &SessionKey,
+        record: &SessionRecord,
+        replaces: Option<&SessionKey>,
+    ) -> Result<(), SessionError> {
+        let store = self.store.clone();
+        let (key, record, replaces) = (key.clone(), record.clone(), replaces.cloned());
+        tokio::task::spawn_blocking(move || {
+            store.put_session(&key, &record)?;
+            if let Some(old) = replaces {
+                store.delete_session(&old)?;
+            }
+            store.flush()
+        })
+        .await
+        .map_err(|e| SessionError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    /// Starts a half-logged-in session for a user whose first factor was just proven.
+    pub async fn begin(&self, user: Arc<User>) -> Result<(SessionId, PartialSession), SessionError> {
+        let now = self.clock.now();
+        let record = self.new_record(&user, Stage::Partial { first_factor_at: now }, now);
+        let id = SessionId::generate();
+        let key = id.key();
+        self.persist(&key, &record, None).await?;
+        let entry = Entry::new(record);
+        self.cache.insert(key.clone(), entry.clone());
+        Ok((id, PartialSession { key, entry, user }))
+    }
+
+    /// Makes a partial session full. The id changes (a privilege change must never keep a
+    /// cookie an attacker may have planted or seen), and the old one stops working at once.
+    pub async fn promote(
+        &self,
+        partial: PartialSession,
+        amr: Vec<AuthMethod>,
+    ) -> Result<(SessionId, FullSession), SessionError> {
+        let now = self.clock.now();
+        let Stage::Partial { first_factor_at } = partial.entry.record.stage else {
+            unreachable!("a PartialSession is only built from a partial record")
+        };
+        let mut record = self.new_record(&partial.user, Stage::Full { auth_time: now, amr }, first_factor_at);
+        record.created_at = partial.entry.record.created_at;
+        let id = SessionId::generate();
+        let key = id.key();
+        self.persist(&key, &record, Some(&partial.key)).await?;
+        self.cache.remove(&partial.key);
+        let entry = Entry::new(record);
+        self.cache.insert(key.clone(), entry.clone());
+        Ok((id, FullSession { key, entry, user: partial.user }))
+    }
+
+    /// Logs out: the session is gone server side, whatever the browser keeps.
+    pub async fn end(&self, key: &SessionKey) -> Result<(), SessionError> {
+        self.cache.remove(key);
+        let store = self.store.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || {
+            store.delete_session(&key)?;
+            store.flush()
+        })
+        .await
+        .map_err(|e| SessionError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    /// Drops expired sessions and persists `last_seen` for sessions that were used, at most
+    /// once a minute each. Runs on a timer and at shutdown, off the hot path.
+    pub fn sweep(&self) -> Result<SweepReport, StoreError> {
+        let now = self.clock.now();
+        let mut report = SweepReport::default();
+        let mut expired = Vec::new();
+        for item in self.cache.iter() {
+            let entry = item.value();
+            let last_seen = entry.last_seen.load(Ordering::Relaxed);
+            if check_expiry(&entry.record, last_seen, now, &self.settings).is_err() {
+                expired.push(item.key().clone());
+            } else if last_seen - entry.persisted_last_seen.load(Ordering::Relaxed) >= 60 {
+                self.store.put_session(item.key(), &entry.snapshot())?;
+                entry.persisted_last_seen.store(last_seen, Ordering::Relaxed);
+                report.touched += 1;
+            }
+        }
+        for key in expired {
+            self.cache.remove(&key);
+            self.store.delete_session(&key)?;
+            report.expired += 1;
+        }
+        Ok(report)
+    }
+
+    /// Persists every session's latest activity, for a clean shutdown.
+    pub fn persist_all(&self) -> Result<(), StoreError> {
+        for item in self.cache.iter() {
+            self.store.put_session(item.key(), &item.value().snapshot())?;
+        }
+        self.store.flush()
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub expired: usize,
+    pub touched: usize,
+}
+
+/// The expiry rules, in one pure function: absolute lifetime for every session, the idle timeout
+/// for full ones, and the short partial timeout for half-logged-in ones.
+fn check_expiry(
+    record: &SessionRecord,
+    last_seen: UnixTime,
+    now: UnixTime,
+    settings: &SessionSettings,
+) -> Result<(), Rejected> {
+    let expired = match record.stage {
+        Stage::Partial { first_factor_at } => now >= first_factor_at + settings.partial_timeout.as_secs() as i64,
+        Stage::Full { .. } => now >= last_seen + settings.idle_timeout.as_secs() as i64,
+    };
+    if expired || now >= record.expires_at { Err(Rejected::Expired) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, FixedClock};
+    use crate::store::memory::MemoryStore;
+    use std::time::Duration;
+
+    fn settings() -> SessionSettings {
+        SessionSettings {
+            cookie_name: "portcullis".into(),
+            idle_timeout: Duration::from_secs(30 * 60),
+            lifetime: Duration::from_secs(12 * 3600),
+            partial_timeout: Duration::from_secs(10 * 60),
+        }
+    }
+
+    fn directory(dir: &std::path::Path) -> UserDirectory {
+        let path = dir.join("users.toml");
+        let hash = crate::password::hash(b"pw").unwrap();
+        crate::users::edit::add(
+            &path,
+            crate::users::edit::NewUser {
+                name: "alice",
+                display_name: None,
+                email: "a@example.com",
+                groups: &[],
+                password_hash: &hash,
+            },
+        )
+        .unwrap();
+        UserDirectory::load(&path).unwrap()
+    }
+
+    fn found(lookup: Lookup) -> Session {
+        match lookup {
+            Lookup::Found(s) => s,
+            Lookup::Rejected(why) => panic!("rejected: {why:?}"),
+            Lookup::NoCookie => panic!("no cookie"),
+        }
+    }
+
+    fn rejected(lookup: Lookup) -> Rejected {
+        match lookup {
+            Lookup::Rejected(why) => why,
+            _ => panic!("expected a rejection"),
+        }
+    }
+
+    #[tokio::test]
+    async fn promotion_rotates_the_id_and_kills_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = directory(dir.path());
+        let clock = FixedClock::at(1_700_000_000);
+        let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).unwrap();
+        let (partial_id, partial) = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        assert!(matches!(found(sessions.resolve([partial_id.cookie_value().as_str()], &users)), Session::Partial(_)));
+        let (full_id, full) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
+        assert_ne!(partial_id.cookie_value(), full_id.cookie_value());
+        assert_eq!(full.amr(), &[AuthMethod::Pwd]);
+        assert_eq!(rejected(sessions.resolve([partial_id.cookie_value().as_str()], &users)), Rejected::Unknown);
+        assert!(matches!(found(sessions.resolve([full_id.cookie_value().as_str()], &users)), Session::Full(_)));
+    }
+
+    #[tokio::test]
+    async fn idle_absolute_and_partial_timeouts_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = directory(dir.path());
+        let clock = FixedClock::at(1_700_000_000);
+        let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).unwrap();
+
+        let (partial_id, _) = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        clock.advance(10 * 60);
+        assert_eq!(rejected(sessions.resolve([partial_id.cookie_value().as_str()], &users)), Rejected::Expired);
+
+        let (_, partial) = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        let (id, _) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
+        let cookie = id.cookie_value();
+        // Activity every 29 minutes keeps it alive until the 12 h lifetime ends.
+        for _ in 0..24 {
+            clock.advance(29 * 60);
+            if clock.now() >= 1_700_000_000 + 10 * 60 + 12 * 3600 {
+                break;
+            }
+            found(sessions.resolve([cookie.as_str()], &users));
+        }
+        clock.advance(29 * 60);
+        assert_eq!(rejected(sessions.resolve([cookie.as_str()], &users)), Rejected::Expired);
+
+        let (_, partial) = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        let (idle_id, _) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
+        clock.advance(30 * 60);
+        assert_eq!(rejected(sessions.resolve([idle_id.cookie_value().as_str()], &users)), Rejected::Expired);
+    }
+
+    #[tokio::test]
+    async fn garbage_cookies_are_malformed_and_sessions_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = directory(dir.path());
+        let clock: SharedClock = Arc::new(FixedClock::at(1_700_000_000));
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let sessions = Sessions::open(store.clone(), settings(), clock.clone()).unwrap();
+        for garbage in ["", "x", "%%%", &"A".repeat(43), &"A".repeat(44)] {
+            let why = rejected(sessions.resolve([garbage], &users));
+            assert!(matches!(why, Rejected::Malformed | Rejected::Unknown), "{garbage}: {why:?}");
+        }
+        let (_, partial) = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        let (id, _) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
+        drop(sessions);
+        let reopened = Sessions::open(store, settings(), clock).unwrap();
+        assert!(matches!(found(reopened.resolve([id.cookie_value().as_str()], &users)), Session::Full(_)));
+        assert!(store_keys_are_hashes(&reopened, &id));
+    }
+
+    fn store_keys_are_hashes(sessions: &Sessions, id: &SessionId) -> bool {
+        let stored = sessions.store.sessions().unwrap();
+        stored.iter().all(|(key, _)| key.as_bytes() != id.0) && stored.iter().any(|(key, _)| *key == id.key())
+    }
+}

@@ -1,0 +1,33 @@
+//! A store that forgets everything on exit, for unit tests.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::{Store, StoreError};
+use crate::session::{SessionKey, SessionRecord};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    sessions: Mutex<HashMap<SessionKey, SessionRecord>>,
+}
+
+impl Store for MemoryStore {
+    fn put_session(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), record.clone());
+        Ok(())
+    }
+
+    fn delete_session(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        Ok(())
+    }
+
+    fn sessions(&self) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(sessions.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! The embedded default store: one sled database in `data_dir/store`.
+
+use std::path::Path;
+
+use super::{Store, StoreError, decode, encode};
+use crate::session::{SessionKey, SessionRecord};
+
+pub struct SledStore {
+    db: sled::Db,
+    sessions: sled::Tree,
+}
+
+impl SledStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(path).open().map_err(|e| match e {
+            // sled reports its lock file being held only through the message text.
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked { path: path.display().to_string() }
+            }
+            other => StoreError::Backend(other.to_string()),
+        })?;
+        let sessions = db.open_tree("sessions").map_err(backend)?;
+        Ok(Self { db, sessions })
+    }
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl Store for SledStore {
+    fn put_session(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
+        self.sessions.insert(key.as_bytes(), encode(record)?).map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete_session(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.sessions.remove(key.as_bytes()).map_err(backend)?;
+        Ok(())
+    }
+
+    fn sessions(&self) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.sessions.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let Some(key) = SessionKey::from_slice(&key) else {
+                return Err(StoreError::Corrupt("a session key of the wrong length".into()));
+            };
+            out.push((key, decode(&value)?));
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+}
