@@ -1,0 +1,66 @@
+//! Managing accounts with the CLI while the proxy runs: it notices the users file change.
+
+use crate::harness::{ALICE, Browser, proxy};
+use crate::upstream::Upstream;
+
+fn ok(output: &std::process::Output) -> String {
+    assert!(output.status.success(), "CLI failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_added_changed_and_removed_with_the_cli_take_effect_live() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+
+    // Add: the password comes from stdin, never argv.
+    let mark = proxy.stderr.len();
+    ok(&proxy
+        .cli(&["user", "add", "bob", "--email", "bob@example.com", "--groups", "ops,dev"], "bob's long password\n"));
+    proxy.stderr.wait_for(mark, |l| l.contains("users file reloaded")).expect("the proxy reloads the users file");
+    let listing = ok(&proxy.cli(&["user", "list"], ""));
+    assert!(listing.contains("bob") && listing.contains("bob@example.com") && listing.contains("ops,dev"), "{listing}");
+    assert!(!listing.contains("argon2"), "hashes are not listed");
+
+    let bob = Browser::new();
+    let login = bob.submit_login(&proxy, "bob", "bob's long password", "/").await;
+    assert_eq!(login.status(), 303);
+    assert_eq!(bob.http.get(proxy.url("/")).send().await.unwrap().status(), 200);
+    assert_eq!(upstream.seen().pop().unwrap().header("x-forwarded-groups"), Some("ops,dev"));
+
+    // Too short a password is refused and changes nothing.
+    let short = proxy.cli(&["user", "passwd", "bob"], "short\n");
+    assert!(!short.status.success());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 8 characters"));
+    assert_eq!(bob.http.get(proxy.url("/")).send().await.unwrap().status(), 200);
+
+    // A new password ends existing sessions.
+    let mark = proxy.stderr.len();
+    ok(&proxy.cli(&["user", "passwd", "bob"], "an entirely new password\n"));
+    proxy.stderr.wait_for(mark, |l| l.contains("users file reloaded")).unwrap();
+    assert_eq!(bob.http.get(proxy.url("/")).send().await.unwrap().status(), 401);
+    assert_eq!(Browser::new().submit_login(&proxy, "bob", "bob's long password", "/").await.status(), 401);
+
+    // Removing an account ends its sessions at their next request.
+    let alice = Browser::new();
+    alice.login(&proxy, &ALICE).await;
+    let mark = proxy.stderr.len();
+    ok(&proxy.cli(&["user", "remove", "alice"], ""));
+    proxy.stderr.wait_for(mark, |l| l.contains("users file reloaded")).unwrap();
+    assert_eq!(alice.http.get(proxy.url("/")).send().await.unwrap().status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_users_file_is_refused_and_the_old_one_kept() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let mark = proxy.stderr.len();
+    std::fs::write(proxy.users_file(), "[users.alice\nthis is not toml").unwrap();
+    let line = proxy.stderr.wait_for(mark, |l| l.contains("users file not reloaded")).unwrap();
+    assert!(line.contains("keeping the previous one"), "{line}");
+    assert_eq!(browser.http.get(proxy.url("/")).send().await.unwrap().status(), 200);
+    let duplicate = proxy.cli(&["user", "add", "carol", "--email", "c@example.com"], "a good password\n");
+    assert!(!duplicate.status.success(), "the CLI refuses to edit a file the proxy would refuse");
+}

@@ -1,0 +1,310 @@
+//! The flows a person walks: being sent to sign in, signing in, landing where they were going,
+//! signing out, and what happens to a session across restarts and account changes.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::harness::{ALICE, Browser, form_field, proxy};
+use crate::upstream::Upstream;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_browsers_are_sent_to_sign_in_and_apis_get_401() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+
+    let page = browser.navigate(&proxy.url("/wiki/Some_Page?action=edit")).await;
+    assert_eq!(page.status(), 303);
+    let location = page.headers()["location"].to_str().unwrap();
+    assert_eq!(location, proxy.url("/.portcullis/login?rd=%2Fwiki%2FSome_Page%3Faction%3Dedit"));
+
+    let api = browser.http.get(proxy.url("/api/v1/items")).header("accept", "application/json").send().await.unwrap();
+    assert_eq!(api.status(), 401);
+    let post =
+        browser.http.post(proxy.url("/wiki/Some_Page")).header("accept", "text/html").body("x").send().await.unwrap();
+    assert_eq!(post.status(), 401, "a POST is never answered with a redirect");
+    let xhr = browser
+        .http
+        .get(proxy.url("/"))
+        .header("accept", "text/html")
+        .header("x-requested-with", "XMLHttpRequest")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(xhr.status(), 401);
+
+    assert_eq!(upstream.count(), 0, "nothing reaches the upstream without a session");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_in_lands_on_the_original_url_with_a_verifiable_identity() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+
+    let redirect = browser.navigate(&proxy.url("/wiki/Deep/Link?rev=7")).await;
+    let login_url = redirect.headers()["location"].to_str().unwrap().to_string();
+    let page = browser.navigate(&login_url).await.text().await.unwrap();
+    let csrf = form_field(&page, "csrf").unwrap();
+    let rd = form_field(&page, "rd").unwrap();
+    assert_eq!(rd, "/wiki/Deep/Link?rev=7");
+
+    let response = browser
+        .http
+        .post(proxy.url("/.portcullis/login"))
+        .header("origin", proxy.origin())
+        .form(&[("username", "alice"), ("password", ALICE.password), ("csrf", csrf.as_str()), ("rd", rd.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], proxy.url("/wiki/Deep/Link?rev=7").as_str());
+    let set_cookie = response.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie} lacks {attribute}");
+    }
+    assert!(!set_cookie.to_ascii_lowercase().contains("domain="), "the cookie must be host-only");
+
+    let landed = browser.navigate(&proxy.url("/wiki/Deep/Link?rev=7")).await;
+    assert_eq!(landed.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.path, "/wiki/Deep/Link");
+    assert_eq!(seen.header("x-forwarded-user"), Some("alice"));
+    assert_eq!(seen.header("x-forwarded-email"), Some("alice@example.com"));
+    assert_eq!(seen.header("x-forwarded-groups"), Some("staff,wiki-admins"));
+    assert!(seen.header("cookie").is_none(), "our session cookie must not reach the upstream");
+
+    // Verify the assertion the way an upstream would, with nothing but the key file.
+    let token = seen.header("x-portcullis-assertion").unwrap();
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_audience(&[proxy.origin()]);
+    validation.set_issuer(&[format!("{}/.portcullis", proxy.origin())]);
+    let claims =
+        jsonwebtoken::decode::<serde_json::Value>(token, &DecodingKey::from_secret(&proxy.identity_key()), &validation)
+            .expect("the assertion verifies with the identity key")
+            .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["email"], "alice@example.com");
+    assert_eq!(claims["groups"], serde_json::json!(["staff", "wiki-admins"]));
+    assert_eq!(claims["amr"], serde_json::json!(["pwd"]));
+    let (iat, exp) = (claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
+    assert!(exp > iat && exp - iat <= 300, "exp must be at most 5 minutes after iat");
+    assert!(claims["auth_time"].as_i64().unwrap() <= iat);
+
+    // A key other than the proxy's does not verify it.
+    let wrong = DecodingKey::from_secret(b"some-other-key-that-is-long-enough-to-be-real");
+    assert!(jsonwebtoken::decode::<serde_json::Value>(token, &wrong, &validation).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_and_unknown_user_get_the_same_answer() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+
+    let wrong = Browser::new().submit_login(&proxy, "alice", "not the password", "/").await;
+    let unknown = Browser::new().submit_login(&proxy, "mallory", "not the password", "/").await;
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(unknown.status(), 401);
+    assert!(wrong.headers().get_all("set-cookie").iter().all(|c| !c.to_str().unwrap().starts_with("portcullis=")));
+    let (wrong, unknown) = (wrong.text().await.unwrap(), unknown.text().await.unwrap());
+    let message = "That user name and password do not match";
+    assert!(wrong.contains(message) && unknown.contains(message));
+    // The pages differ only in the echoed user name and the per-browser CSRF token.
+    let strip =
+        |page: &str, name: &str| page.replace(name, "NAME").replace(&form_field(page, "csrf").unwrap(), "TOKEN");
+    assert_eq!(strip(&wrong, "alice"), strip(&unknown, "mallory"));
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_refuses_cross_site_posts_and_bad_csrf_tokens() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    let csrf = browser.login_form(&proxy, "").await;
+    let form = [("username", "alice"), ("password", ALICE.password), ("csrf", csrf.as_str())];
+
+    let cross_site = browser
+        .http
+        .post(proxy.url("/.portcullis/login"))
+        .header("origin", "https://evil.example")
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403);
+    let no_origin = browser.http.post(proxy.url("/.portcullis/login")).form(&form).send().await.unwrap();
+    assert_eq!(no_origin.status(), 403);
+    let bad_token = [("username", "alice"), ("password", ALICE.password), ("csrf", "forged")];
+    let forged = browser
+        .http
+        .post(proxy.url("/.portcullis/login"))
+        .header("origin", proxy.origin())
+        .form(&bad_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    // A token from another browser does not work with this browser's cookie either.
+    let other = Browser::new().login_form(&proxy, "").await;
+    let foreign = [("username", "alice"), ("password", ALICE.password), ("csrf", other.as_str())];
+    let mixed = browser
+        .http
+        .post(proxy.url("/.portcullis/login"))
+        .header("origin", proxy.origin())
+        .form(&foreign)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mixed.status(), 403);
+
+    let api = browser.http.get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(api.status(), 401, "none of those attempts produced a session");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn return_urls_off_our_origin_land_on_the_front_page() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    for rd in [
+        "//evil.example/",
+        "https://evil.example/",
+        "/\\evil.example",
+        "javascript:alert(1)",
+        "https://127.0.0.1.evil.example/",
+    ] {
+        let response = Browser::new().submit_login(&proxy, "alice", ALICE.password, rd).await;
+        assert_eq!(response.status(), 303);
+        assert_eq!(response.headers()["location"], proxy.url("/").as_str(), "rd={rd}");
+    }
+    let page =
+        Browser::new().navigate(&proxy.url("/.portcullis/login?rd=%2F%2Fevil.example")).await.text().await.unwrap();
+    assert_eq!(form_field(&page, "rd").unwrap(), "/");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_and_garbled_cookies_get_401_and_are_cleared() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let client = reqwest::Client::new();
+    let forged = "A".repeat(43);
+    for cookie in [
+        "portcullis=garbage",
+        "portcullis=",
+        &format!("portcullis={forged}"),
+        "portcullis=%00%ff",
+        "portcullis=\"quoted\"",
+    ] {
+        let response = client.get(proxy.url("/private")).header("cookie", cookie).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{cookie}");
+        let cleared =
+            response.headers().get_all("set-cookie").iter().any(|c| c.to_str().unwrap().contains("Max-Age=0"));
+        assert!(cleared || cookie == "portcullis=", "{cookie} should be cleared");
+    }
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_ends_the_session_on_the_server() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let stolen_cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+
+    let confirm = browser.navigate(&proxy.url("/.portcullis/logout")).await.text().await.unwrap();
+    let csrf = form_field(&confirm, "csrf").unwrap();
+    // A cross-site form cannot log the user out (or anything else).
+    let cross = browser
+        .http
+        .post(proxy.url("/.portcullis/logout"))
+        .header("origin", "https://evil.example")
+        .form(&[("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
+    assert_eq!(browser.navigate(&proxy.url("/")).await.status(), 200, "still signed in");
+
+    let out = browser
+        .http
+        .post(proxy.url("/.portcullis/logout"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 200);
+    assert!(out.text().await.unwrap().contains("You are signed out"));
+
+    // Even a copy of the old cookie no longer works: the session is gone server side.
+    let replay = reqwest::Client::new().get(proxy.url("/")).header("cookie", stolen_cookie).send().await.unwrap();
+    assert_eq!(replay.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_survives_a_restart() {
+    let upstream = Upstream::start().await;
+    let mut first = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&first, &ALICE).await;
+    assert_eq!(browser.navigate(&first.url("/before")).await.status(), 200);
+    assert!(first.stop().success(), "SIGTERM is a clean shutdown");
+
+    let second = proxy(&upstream.url()).restart_of(&first).start();
+    let after = browser.navigate(&second.url("/after")).await;
+    assert_eq!(after.status(), 200);
+    assert_eq!(upstream.seen().pop().unwrap().header("x-forwarded-user"), Some("alice"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_session_id_changes_at_login_and_a_planted_one_is_discarded() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    // The attacker signs in and plants their own valid session cookie in the victim's browser.
+    let attacker = Browser::new();
+    attacker.login(&proxy, &ALICE).await;
+    let planted = attacker.cookie_header(&proxy.url("/")).unwrap();
+
+    let planted_session = planted.split("; ").find(|c| c.starts_with("portcullis=")).unwrap().to_string();
+
+    // The victim's browser carries the planted cookie when it signs in.
+    let victim = Browser::new();
+    let csrf = victim.login_form(&proxy, "").await;
+    let csrf_cookie = victim.cookie_header(&proxy.url("/")).unwrap();
+    let login = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(proxy.url("/.portcullis/login"))
+        .header("origin", proxy.origin())
+        .header("cookie", format!("{csrf_cookie}; {planted_session}"))
+        .form(&[("username", "alice"), ("password", ALICE.password), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let issued = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    assert!(issued.starts_with("portcullis="));
+    assert_ne!(issued, planted_session, "a new id at login, never the planted one");
+    let old = reqwest::Client::new().get(proxy.url("/")).header("cookie", planted_session).send().await.unwrap();
+    assert_eq!(old.status(), 401, "the planted session was ended, not reused");
+    let new = reqwest::Client::new().get(proxy.url("/")).header("cookie", issued).send().await.unwrap();
+    assert_eq!(new.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn account_page_shows_who_is_signed_in() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    let anonymous = browser.navigate(&proxy.url("/.portcullis/account")).await;
+    assert_eq!(anonymous.status(), 303);
+    browser.login(&proxy, &ALICE).await;
+    let page = browser.navigate(&proxy.url("/.portcullis/account")).await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("alice@example.com") && html.contains("staff, wiki-admins"));
+    assert_eq!(upstream.count(), 0, "own pages are never forwarded");
+}

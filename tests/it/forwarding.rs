@@ -1,0 +1,271 @@
+//! What crosses the proxy, in both directions: identity and forwarding headers, cookies, bodies
+//! of any size, WebSockets, HTTP/2 and TLS, and the answers when the upstream fails.
+
+use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+use crate::harness::{ALICE, Browser, peak_rss_kib, proxy};
+use crate::upstream::{Upstream, pattern_byte};
+
+const SPOOFS: [(&str, &str); 7] = [
+    ("X-Forwarded-User", "admin"),
+    ("x_forwarded_user", "admin"),
+    ("X_FORWARDED_USER", "admin"),
+    ("x-forwarded-email", "root@example.com"),
+    ("X_Forwarded_Groups", "admins"),
+    ("X-Portcullis-Assertion", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."),
+    ("x-portcullis-anything", "reserved prefix"),
+];
+
+fn spoofed(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    SPOOFS.iter().fold(request, |r, (k, v)| r.header(*k, *v)).header("x-forwarded-user", "second copy")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spoofed_identity_headers_never_reach_the_upstream() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+
+    let anonymous = spoofed(browser.http.get(proxy.url("/admin"))).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "identity headers from a client grant nothing");
+    assert_eq!(upstream.count(), 0);
+
+    browser.login(&proxy, &ALICE).await;
+    let response = spoofed(browser.http.get(proxy.url("/admin"))).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.headers["x-forwarded-user"], vec!["alice"], "exactly one, ours");
+    assert_eq!(seen.headers["x-forwarded-email"], vec!["alice@example.com"]);
+    assert_eq!(seen.headers["x-forwarded-groups"], vec!["staff,wiki-admins"]);
+    assert_eq!(seen.headers["x-portcullis-assertion"].len(), 1);
+    assert_ne!(seen.headers["x-portcullis-assertion"][0], SPOOFS[5].1);
+    for name in seen.headers.keys() {
+        assert!(!name.contains('_'), "underscore variant {name} reached the upstream");
+        assert_ne!(name, "x-portcullis-anything");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_headers_are_the_proxys_own_and_host_is_kept() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    // A jar-less client, so the Cookie header is exactly the one written here.
+    let session = browser.cookie_header(&proxy.url("/")).unwrap();
+    reqwest::Client::new()
+        .get(proxy.url("/x"))
+        .header("x-forwarded-for", "10.9.9.9")
+        .header("x-real-ip", "10.9.9.9")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-proto", "https")
+        .header("forwarded", "for=10.9.9.9")
+        .header("cookie", format!("app_session=keep-me; {session}"))
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "connection-specific")
+        .send()
+        .await
+        .unwrap();
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-host"), Some(proxy.addr.to_string().as_str()));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("host"), Some(proxy.addr.to_string().as_str()), "Host is forwarded verbatim");
+    assert!(seen.header("forwarded").is_none());
+    assert!(seen.header("x-hop").is_none(), "headers named in Connection are hop-by-hop");
+    let cookie = seen.header("cookie").unwrap();
+    assert!(cookie.contains("app_session=keep-me"), "the app's own cookies pass");
+    assert!(!cookie.contains("portcullis"), "ours do not: {cookie}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trusted_proxies_may_pass_on_the_client_address() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("trusted_proxies = [\"127.0.0.0/8\"]").start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    browser
+        .http
+        .get(proxy.url("/x"))
+        .header("x-forwarded-for", "198.51.100.4")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.header("x-forwarded-for"), Some("198.51.100.4, 127.0.0.1"));
+    assert_eq!(seen.header("x-real-ip"), Some("198.51.100.4"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_method_is_forwarded_and_the_upstream_cannot_plant_our_cookie() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response =
+            browser.http.request(method.clone(), proxy.url("/resource")).body("payload").send().await.unwrap();
+        assert_eq!(response.status(), 200, "{method}");
+        assert_eq!(upstream.seen().pop().unwrap().method, method.as_str());
+    }
+    let planted = browser.http.get(proxy.url("/plant-cookie")).send().await.unwrap();
+    let cookies: Vec<_> =
+        planted.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert_eq!(cookies, vec!["app_pref=dark; Path=/"]);
+    assert_eq!(browser.http.get(proxy.url("/still-in")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websockets_pass_after_login_and_are_refused_before() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let url = format!("ws://{}/ws", proxy.addr);
+
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+        other => panic!("expected a 401 handshake, got {other:?}"),
+    }
+    assert_eq!(upstream.count(), 0);
+
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let mut request = url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert("cookie", browser.cookie_header(&proxy.url("/")).unwrap().parse().unwrap());
+    // Browsers send `Connection: keep-alive, Upgrade`; that is an upgrade too.
+    request.headers_mut().insert("connection", "keep-alive, Upgrade".parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.status(), 101);
+    for text in ["hello", "through the gate"] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
+    assert_eq!(upstream.seen().pop().unwrap().header("x-forwarded-user"), Some("alice"));
+}
+
+const BIG: u64 = 256 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_bodies_stream_both_ways_in_bounded_memory() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+
+    // Upload: generated chunk by chunk, never held whole by the client either.
+    const CHUNK: u64 = 1024 * 1024;
+    let chunks = futures_util::stream::iter(
+        (0..BIG / CHUNK)
+            .map(|c| Ok::<_, std::io::Error>((c * CHUNK..(c + 1) * CHUNK).map(pattern_byte).collect::<Vec<u8>>())),
+    );
+    let mut expected = Sha256::new();
+    for c in 0..BIG / CHUNK {
+        expected.update((c * CHUNK..(c + 1) * CHUNK).map(pattern_byte).collect::<Vec<u8>>());
+    }
+    let expected: String = expected.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let response =
+        browser.http.put(proxy.url("/upload")).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let result: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(result["bytes"], BIG);
+    assert_eq!(result["sha256"], expected.as_str());
+
+    // Download.
+    let mut download = browser.http.get(proxy.url(&format!("/download?bytes={BIG}"))).send().await.unwrap();
+    assert_eq!(download.status(), 200);
+    let mut offset = 0u64;
+    while let Some(chunk) = download.chunk().await.unwrap() {
+        for byte in chunk.iter() {
+            assert_eq!(*byte, pattern_byte(offset), "byte {offset}");
+            offset += 1;
+        }
+    }
+    assert_eq!(offset, BIG);
+
+    // Had either body been buffered, the proxy would have held 256 MiB at once.
+    let peak = peak_rss_kib(proxy.pid());
+    assert!(peak < 96 * 1024, "proxy peak RSS {peak} KiB for 256 MiB bodies");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_upstream_gives_502_and_a_slow_one_504() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[proxy]\nresponse_timeout = \"1s\"").start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+
+    let slow = browser.navigate(&proxy.url("/slow")).await;
+    assert_eq!(slow.status(), 504);
+    assert!(slow.text().await.unwrap().contains("taking too long"));
+
+    upstream.stop();
+    let down = browser.navigate(&proxy.url("/anything")).await;
+    assert_eq!(down.status(), 502);
+    assert!(down.text().await.unwrap().contains("not answering"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_clients_are_served() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let response = h2.get(proxy.url("/over-h2")).header("cookie", cookie).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.path, "/over-h2");
+    assert_eq!(seen.header("host"), Some(proxy.addr.to_string().as_str()), ":authority becomes Host");
+    assert_eq!(seen.header("x-forwarded-user"), Some("alice"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_listener_negotiates_h2_and_sets_host_prefixed_secure_cookies() {
+    let upstream = Upstream::start().await;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let proxy = proxy(&upstream.url())
+        .https()
+        .toml(&format!("[tls]\ncert = \"{}\"\nkey = \"{}\"", cert.display(), key.display()))
+        .start();
+    let base = format!("https://{}", proxy.addr);
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap())
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = client.get(format!("{base}/.portcullis/login")).send().await.unwrap();
+    assert_eq!(page.version(), reqwest::Version::HTTP_2, "ALPN picks h2");
+    let csrf_cookie = page.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(csrf_cookie.starts_with("__Host-portcullis-csrf=") && csrf_cookie.contains("Secure"), "{csrf_cookie}");
+    let csrf = crate::harness::form_field(&page.text().await.unwrap(), "csrf").unwrap();
+    let login = client
+        .post(format!("{base}/.portcullis/login"))
+        .header("origin", &base)
+        .form(&[("username", "alice"), ("password", ALICE.password), ("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let session_cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(session_cookie.starts_with("__Host-portcullis=") && session_cookie.contains("Secure"), "{session_cookie}");
+    let through = client.get(format!("{base}/secure-page")).send().await.unwrap();
+    assert_eq!(through.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert!(!seen.header("cookie").unwrap_or("").contains("__Host-portcullis"));
+}

@@ -1,0 +1,321 @@
+//! Starts the real `portcullis` binary on loopback against a real upstream, and gives tests a
+//! browser-like client (cookie jar, no automatic redirects) to walk flows with.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::cookie::{CookieStore, Jar};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_portcullis");
+/// The longest a test waits for the proxy to do something it announces (start, reload).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// An account the harness creates before the proxy starts.
+pub struct Account {
+    pub name: &'static str,
+    pub password: &'static str,
+    pub email: &'static str,
+    pub groups: &'static [&'static str],
+}
+
+pub const ALICE: Account = Account {
+    name: "alice",
+    password: "correct horse battery",
+    email: "alice@example.com",
+    groups: &["staff", "wiki-admins"],
+};
+
+/// Lines a child process wrote, shared with a reader thread, so a test can wait for a line to
+/// appear instead of sleeping.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl Lines {
+    fn follow(self, stream: impl std::io::Read + Send + 'static) {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let (lines, ready) = &*self.0;
+                lines.lock().unwrap().push(line);
+                ready.notify_all();
+            }
+        });
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0.0.lock().unwrap().clone()
+    }
+
+    /// Waits until a line (after the first `skip`) satisfies `matches`; returns it.
+    pub fn wait_for(&self, skip: usize, matches: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + PATIENCE;
+        let (lines, ready) = &*self.0;
+        let mut guard = lines.lock().unwrap();
+        loop {
+            if let Some(line) = guard.iter().skip(skip).find(|l| matches(l)) {
+                return Some(line.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            guard = ready.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.0.lock().unwrap().len()
+    }
+}
+
+pub struct Proxy {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: Arc<tempfile::TempDir>,
+    pub stderr: Lines,
+    config_path: PathBuf,
+}
+
+pub struct ProxyBuilder {
+    upstream: String,
+    extra: String,
+    accounts: Vec<&'static Account>,
+    dir: Option<Arc<tempfile::TempDir>>,
+    port: Option<u16>,
+    scheme: &'static str,
+}
+
+pub fn proxy(upstream: &str) -> ProxyBuilder {
+    ProxyBuilder {
+        upstream: upstream.to_string(),
+        extra: String::new(),
+        accounts: vec![&ALICE],
+        dir: None,
+        port: None,
+        scheme: "http",
+    }
+}
+
+impl ProxyBuilder {
+    /// Extra TOML appended to the generated proxy.toml.
+    pub fn toml(mut self, extra: &str) -> Self {
+        self.extra.push_str(extra);
+        self.extra.push('\n');
+        self
+    }
+
+    pub fn https(mut self) -> Self {
+        self.scheme = "https";
+        self
+    }
+
+    /// Reuse a data folder (and port) from an earlier proxy, as a restart would.
+    pub fn restart_of(mut self, earlier: &Proxy) -> Self {
+        self.dir = Some(earlier.dir.clone());
+        self.port = Some(earlier.addr.port());
+        self.accounts.clear();
+        self
+    }
+
+    pub fn start(self) -> Proxy {
+        let dir = self.dir.clone().unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
+        for account in &self.accounts {
+            add_account(&dir.path().join("users.toml"), account);
+        }
+        // Pick a free port, then start on it. Another process can take the port in between; the
+        // proxy then exits at once with a bind error and we try another.
+        for _ in 0..5 {
+            let port = self.port.unwrap_or_else(free_port);
+            let config_path = dir.path().join("proxy.toml");
+            let text = format!(
+                "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\npublic_url = \"{}://127.0.0.1:{port}\"\ndata_dir = \"data\"\nusers_file = \"users.toml\"\n{}",
+                self.upstream, self.scheme, self.extra
+            );
+            std::fs::write(&config_path, text).unwrap();
+            if let Some(proxy) = launch(&config_path, dir.clone(), port) {
+                return proxy;
+            }
+            assert!(self.port.is_none(), "could not restart on port {port}");
+        }
+        panic!("the proxy did not start");
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn launch(config_path: &Path, dir: Arc<tempfile::TempDir>, port: u16) -> Option<Proxy> {
+    let mut child = Command::new(BINARY)
+        .arg("--config")
+        .arg(config_path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (stdout, stderr) = (Lines::default(), Lines::default());
+    stdout.clone().follow(child.stdout.take().unwrap());
+    stderr.clone().follow(child.stderr.take().unwrap());
+    // The proxy prints this line once it accepts connections; EOF (None) means it exited.
+    let announced = stdout.wait_for(0, |l| l.starts_with("portcullis listening on"));
+    if announced.is_none() {
+        let _ = child.kill();
+        eprintln!("proxy failed to start:\n{}", stderr.all().join("\n"));
+        return None;
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    Some(Proxy { child: Some(child), addr, dir, stderr, config_path: config_path.to_path_buf() })
+}
+
+pub fn add_account(users_file: &Path, account: &Account) {
+    let hash = portcullis::password::hash(account.password.as_bytes()).unwrap();
+    let groups: Vec<String> = account.groups.iter().map(|g| g.to_string()).collect();
+    portcullis::users::edit::add(
+        users_file,
+        portcullis::users::edit::NewUser {
+            name: account.name,
+            display_name: None,
+            email: account.email,
+            groups: &groups,
+            password_hash: &hash,
+        },
+    )
+    .unwrap();
+}
+
+impl Proxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn users_file(&self) -> PathBuf {
+        self.dir.path().join("users.toml")
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Asks the proxy to stop the way a service manager does (SIGTERM) and waits for it.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("already stopped");
+        let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        assert!(status.success());
+        child.wait().unwrap()
+    }
+
+    /// The identity key the proxy generated, as an upstream would read it.
+    pub fn identity_key(&self) -> Vec<u8> {
+        std::fs::read_to_string(self.data_dir().join("identity.key")).unwrap().trim().as_bytes().to_vec()
+    }
+
+    /// Runs the CLI against this proxy's config, with `stdin` as standard input.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        run_cli(self.config_path(), args, stdin)
+    }
+}
+
+pub fn run_cli(config: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(BINARY)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A browser stand-in: a cookie jar, no automatic redirects (tests look at each hop).
+pub struct Browser {
+    pub http: reqwest::Client,
+    pub jar: Arc<Jar>,
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        let jar = Arc::new(Jar::default());
+        let http = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(PATIENCE)
+            .build()
+            .unwrap();
+        Self { http, jar }
+    }
+
+    /// The `Cookie` header the browser would send to `url`.
+    pub fn cookie_header(&self, url: &str) -> Option<String> {
+        self.jar.cookies(&url.parse().unwrap()).map(|v| v.to_str().unwrap().to_string())
+    }
+
+    pub async fn navigate(&self, url: &str) -> reqwest::Response {
+        self.http.get(url).header("accept", "text/html,application/xhtml+xml,*/*;q=0.8").send().await.unwrap()
+    }
+
+    /// Loads the login page and returns its CSRF token.
+    pub async fn login_form(&self, proxy: &Proxy, query: &str) -> String {
+        let page = self.navigate(&proxy.url(&format!("/.portcullis/login{query}"))).await;
+        assert_eq!(page.status(), 200);
+        form_field(&page.text().await.unwrap(), "csrf").expect("the login page has a csrf field")
+    }
+
+    /// Submits the login form as a browser on our origin would.
+    pub async fn submit_login(&self, proxy: &Proxy, user: &str, password: &str, rd: &str) -> reqwest::Response {
+        let csrf = self.login_form(proxy, "").await;
+        self.http
+            .post(proxy.url("/.portcullis/login"))
+            .header("origin", proxy.origin())
+            .form(&[("username", user), ("password", password), ("csrf", &csrf), ("rd", rd)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, proxy: &Proxy, account: &Account) {
+        let response = self.submit_login(proxy, account.name, account.password, "/").await;
+        assert_eq!(response.status(), 303, "login failed: {}", response.text().await.unwrap());
+    }
+}
+
+/// The `value` of the input called `name` in an HTML page.
+pub fn form_field(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker)? + marker.len();
+    let end = html[start..].find('"')? + start;
+    Some(html[start..end].to_string())
+}
+
+/// Peak resident memory of a process, from /proc (Linux).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

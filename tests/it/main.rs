@@ -1,0 +1,9 @@
+//! Integration tests: the real binary, a real upstream, a real HTTP client. One test binary with
+//! modules, so the suite links once.
+
+mod cli;
+mod config_files;
+mod flows;
+mod forwarding;
+mod harness;
+mod upstream;

@@ -1,0 +1,164 @@
+//! A real upstream on loopback that records what reaches it.
+//!
+//! * `/upload` streams the request body, answering with its length and SHA-256;
+//! * `/download?bytes=N` streams N bytes of a known pattern;
+//! * `/slow` never answers;
+//! * `/plant-cookie` tries to set the proxy's session cookie;
+//! * `/ws` is a WebSocket echo;
+//! * everything else answers with JSON describing the request it saw.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+    }
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let recorder = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let recorder = recorder.clone();
+                        async move { Ok::<_, Infallible>(answer(req, recorder).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Stops accepting connections (the port is then closed: "upstream down").
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+/// The byte at offset `i` of a download: a pattern, so corruption or truncation is detectable.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+async fn answer(req: Request<Incoming>, recorder: Arc<Mutex<Vec<Seen>>>) -> Response<Body> {
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers.entry(k.to_string()).or_default().push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let seen = Seen { method: req.method().to_string(), path: req.uri().path().to_string(), headers };
+    recorder.lock().unwrap().push(seen.clone());
+
+    match req.uri().path() {
+        "/upload" => {
+            let mut body = req.into_body();
+            let (mut hasher, mut bytes) = (Sha256::new(), 0u64);
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    bytes += data.len() as u64;
+                    hasher.update(&data);
+                }
+            }
+            let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            Response::new(full(format!("{{\"bytes\":{bytes},\"sha256\":\"{digest}\"}}")))
+        }
+        "/download" => {
+            let total: u64 = req.uri().query().and_then(|q| q.strip_prefix("bytes=")).unwrap().parse().unwrap();
+            const CHUNK: u64 = 64 * 1024;
+            let chunks = futures_util::stream::iter((0..total.div_ceil(CHUNK)).map(move |c| {
+                let start = c * CHUNK;
+                let end = (start + CHUNK).min(total);
+                Ok::<_, Infallible>(Frame::data(Bytes::from((start..end).map(pattern_byte).collect::<Vec<u8>>())))
+            }));
+            Response::new(BodyExt::boxed(StreamBody::new(chunks)))
+        }
+        "/slow" => std::future::pending().await,
+        "/plant-cookie" => Response::builder()
+            .header("set-cookie", "portcullis=planted-by-upstream; Path=/")
+            .header("set-cookie", "app_pref=dark; Path=/")
+            .body(full("planted"))
+            .unwrap(),
+        "/ws" => websocket_echo(req),
+        _ => {
+            let json = serde_json::json!({ "method": seen.method, "path": seen.path, "headers": seen.headers });
+            Response::builder().header("content-type", "application/json").body(full(json.to_string())).unwrap()
+        }
+    }
+}
+
+fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
+    let key = req.headers().get("sec-websocket-key").unwrap().as_bytes().to_vec();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = upgrade.await.unwrap();
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_text() || message.is_binary() {
+                ws.send(message).await.unwrap();
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(full(Bytes::new()))
+        .unwrap()
+}
