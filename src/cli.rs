@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use crate::clock::SystemClock;
-use crate::config::{self, Config};
+use crate::config;
 use crate::server::Server;
 use crate::users::{self, edit};
 use crate::{demo, logging, password};
@@ -105,12 +105,8 @@ fn with_runtime<E: std::fmt::Display>(future: impl Future<Output = Result<(), E>
     }
 }
 
-fn load(path: &Path) -> Result<Config, config::ConfigError> {
-    config::load(path)
-}
-
 fn check_config(path: &Path) -> ExitCode {
-    match load(path) {
+    match config::load(path) {
         Ok(config) => {
             let users = match users::read(&config.users_file) {
                 Ok(users) => users.len(),
@@ -163,7 +159,7 @@ pub fn announce(server: &Server) {
 }
 
 fn run_server(path: &Path) -> ExitCode {
-    let config = match load(path) {
+    let config = match config::load(path) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
@@ -209,7 +205,7 @@ pub fn check_new_password(password: &str) -> Result<(), String> {
 }
 
 fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {
-    let config = load(path).map_err(|e| e.to_string())?;
+    let config = config::load(path).map_err(|e| e.to_string())?;
     let file = &config.users_file;
     match action {
         UserCommand::Add { name, email, groups, display_name } => {

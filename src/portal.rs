@@ -288,7 +288,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
     };
     match established.await {
         Ok((id, full)) => {
-            tracing::info!(target: "portcullis::security", user = %user.name, session = %full_session_ref(&id), client = %conn.peer.ip(), "login ok");
+            tracing::info!(target: "portcullis::security", user = %user.name, session = %id.key().log_ref(), client = %conn.peer.ip(), "login ok");
             let mut response = pages::see_other(&app.config.public_url.join_path(&return_to));
             let max_age = time::Duration::seconds(full.expires_at() - app.clock.now());
             let cookie = cookie_header(app, app.session_cookie(), &id.cookie_value(), Some(max_age), SameSite::Lax);
@@ -306,10 +306,6 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
             )
         }
     }
-}
-
-fn full_session_ref(id: &crate::session::SessionId) -> String {
-    id.key().log_ref()
 }
 
 fn logout_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
@@ -380,9 +376,7 @@ fn account(app: &App, request: &Request<Incoming>) -> Response<Body> {
             return pages::see_other(&app.config.public_url.join_path(&format!("/.portcullis/login?{query}")));
         }
     };
-    let session = Session::Full(full);
-    let user = session.user().clone();
-    let Session::Full(full) = &session else { unreachable!() };
+    let user = full.user();
     let mut response = pages::html(
         StatusCode::OK,
         &pages::AccountPage {
@@ -390,9 +384,9 @@ fn account(app: &App, request: &Request<Incoming>) -> Response<Body> {
             display_name: &user.display_name,
             email: &user.email,
             groups: &user.groups,
-            signed_in: format_time(session.created_at()),
+            signed_in: format_time(full.created_at()),
             expires: format_time(full.expires_at()),
-            csrf: session.csrf_token(),
+            csrf: full.csrf_token(),
         },
     );
     response.extensions_mut().insert(RequestUser(Some(user.name.to_string())));

@@ -189,6 +189,14 @@ impl FullSession {
         self.entry.record.expires_at
     }
 
+    pub fn created_at(&self) -> UnixTime {
+        self.entry.record.created_at
+    }
+
+    pub fn csrf_token(&self) -> &str {
+        &self.entry.record.csrf_token
+    }
+
     pub(crate) fn assertion_cache(&self) -> &AssertionCache {
         &self.entry.assertion
     }
@@ -299,18 +307,19 @@ impl Sessions {
         let key = SessionId::from_cookie(value).ok_or(Rejected::Malformed)?.key();
         let entry = self.cache.get(&key).map(|e| e.value().clone()).ok_or(Rejected::Unknown)?;
         let now = self.clock.now();
-        let problem = check_expiry(&entry.record, entry.last_seen.load(Ordering::Relaxed), now, &self.settings)
-            .err()
-            .or_else(|| match users.get(&entry.record.user) {
-                None => Some(Rejected::UserRemoved),
-                Some(user) if user.credential_stamp != entry.record.credential_stamp => Some(Rejected::PasswordChanged),
-                Some(_) => None,
+        let verdict = check_expiry(&entry.record, entry.last_seen.load(Ordering::Relaxed), now, &self.settings)
+            .and_then(|()| match users.get(&entry.record.user) {
+                None => Err(Rejected::UserRemoved),
+                Some(user) if user.credential_stamp != entry.record.credential_stamp => Err(Rejected::PasswordChanged),
+                Some(user) => Ok(user),
             });
-        if let Some(problem) = problem {
-            self.forget_in_background(key);
-            return Err(problem);
-        }
-        let user = users.get(&entry.record.user).ok_or(Rejected::UserRemoved)?;
+        let user = match verdict {
+            Ok(user) => user,
+            Err(problem) => {
+                self.forget_in_background(key);
+                return Err(problem);
+            }
+        };
         // Only write when the second changed, so busy sessions do not bounce a cache line.
         if entry.last_seen.load(Ordering::Relaxed) < now {
             entry.last_seen.fetch_max(now, Ordering::Relaxed);

@@ -162,6 +162,7 @@ fn launch(config_path: &Path, dir: Arc<tempfile::TempDir>, port: u16) -> Option<
     let announced = stdout.wait_for(0, |l| l.starts_with("portcullis listening on"));
     if announced.is_none() {
         let _ = child.kill();
+        let _ = child.wait();
         eprintln!("proxy failed to start:\n{}", stderr.all().join("\n"));
         return None;
     }
