@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Measures an authenticated GET through Portcullis against the same GET through nginx
+# `proxy_pass` and straight to the upstream, in one run, on loopback.
+#
+#   bash bench/run.sh            # 10 s per measurement
+#   DURATION=30s bash bench/run.sh
+#
+# Installs nginx and wrk from Debian packages if they are missing. The upstream is nginx serving
+# a small fixed response, so the proxies, not the app, are what is measured. Two passes:
+#   * throughput: 64 connections, 2 wrk threads (requests/s, p50, p99);
+#   * latency:    1 connection (p50/p99 with no queueing: the cost each proxy adds per request).
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+  echo "installing nginx and wrk..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq nginx-light wrk >/dev/null || apt-get install -y -qq nginx wrk >/dev/null
+fi
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
+
+echo "building portcullis (release)..." >&2
+(cd "$ROOT" && cargo build --release --quiet)
+BIN="$ROOT/target/release/portcullis"
+
+UPSTREAM_PORT=18080 NGINX_PORT=18081 PORTCULLIS_PORT=18082
+mkdir -p "$WORK/logs"
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$UPSTREAM_PORT;
+    location / { default_type text/plain; return 200 "hello from the upstream\n"; }
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+    }
+  }
+}
+NGINX
+nginx -p "$WORK" -c "$WORK/nginx.conf"
+
+cat > "$WORK/proxy.toml" <<TOML
+listen = "127.0.0.1:$PORTCULLIS_PORT"
+upstream = "http://127.0.0.1:$UPSTREAM_PORT"
+public_url = "http://127.0.0.1:$PORTCULLIS_PORT"
+data_dir = "data"
+[log]
+level = "warn"
+TOML
+echo "bench password 123" | "$BIN" --config "$WORK/proxy.toml" user add bench --email bench@example.com >/dev/null
+"$BIN" --config "$WORK/proxy.toml" > "$WORK/portcullis.out" 2> "$WORK/portcullis.err" &
+for _ in $(seq 1 100); do grep -q listening "$WORK/portcullis.out" 2>/dev/null && break; sleep 0.1; done
+
+# Sign in like a browser: fetch the form (CSRF cookie + token), post it, keep the session cookie.
+BASE="http://127.0.0.1:$PORTCULLIS_PORT"
+CSRF=$(curl -s -c "$WORK/jar" "$BASE/.portcullis/login" | sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p')
+curl -s -o /dev/null -b "$WORK/jar" -c "$WORK/jar" -H "Origin: $BASE" \
+  --data-urlencode username=bench --data-urlencode "password=bench password 123" --data-urlencode "csrf=$CSRF" \
+  "$BASE/.portcullis/login"
+SESSION=$(awk '$6 == "portcullis" { print "portcullis=" $7 }' "$WORK/jar")
+[ -n "$SESSION" ] || { echo "login failed" >&2; cat "$WORK/portcullis.err" >&2; exit 1; }
+STATUS=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $SESSION" "$BASE/")
+[ "$STATUS" = 200 ] || { echo "authenticated GET returned $STATUS" >&2; exit 1; }
+
+# wrk prints "Requests/sec: N" and, with --latency, lines like "50%  1.23ms".
+to_us() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v*1000 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000000 } }'; }
+measure() { # name url connections threads [header]
+  local out
+  if [ -n "${5:-}" ]; then
+    out=$(wrk -t"$4" -c"$3" -d"$DURATION" --latency -H "$5" "$2")
+  else
+    out=$(wrk -t"$4" -c"$3" -d"$DURATION" --latency "$2")
+  fi
+  local rps p50 p99 errors
+  rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
+  p50=$(echo "$out" | awk '$1 == "50%" { print $2 }' | to_us)
+  p99=$(echo "$out" | awk '$1 == "99%" { print $2 }' | to_us)
+  errors=$(echo "$out" | awk '/Non-2xx/ { print $5 }')
+  echo "$1 $rps $p50 $p99 ${errors:-0}"
+}
+
+echo "warming up..." >&2
+wrk -t1 -c8 -d2s -H "Cookie: $SESSION" "$BASE/" >/dev/null
+wrk -t1 -c8 -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null
+
+for pass in "throughput 64 2" "latency 1 1"; do
+  set -- $pass
+  echo "measuring $1 ($2 connection(s), $DURATION each)..." >&2
+  direct=$(measure direct "http://127.0.0.1:$UPSTREAM_PORT/" "$2" "$3")
+  nginx=$(measure nginx "http://127.0.0.1:$NGINX_PORT/" "$2" "$3")
+  portcullis=$(measure portcullis "$BASE/" "$2" "$3" "Cookie: $SESSION")
+  echo
+  echo "## $1: $2 connection(s), $3 wrk thread(s), $DURATION, $(nproc) cores"
+  printf '%-11s %12s %10s %10s %8s\n' target "req/s" "p50 µs" "p99 µs" non-2xx
+  for row in "$direct" "$nginx" "$portcullis"; do
+    printf '%-11s %12s %10s %10s %8s\n' $row
+  done
+  read -r _ d_rps d_p50 _ _ <<< "$direct"
+  read -r _ n_rps n_p50 _ _ <<< "$nginx"
+  read -r _ p_rps p_p50 _ _ <<< "$portcullis"
+  awk -v p="$p_rps" -v n="$n_rps" -v d="$d_rps" -v pl="$p_p50" -v nl="$n_p50" -v dl="$d_p50" 'BEGIN {
+    printf "portcullis/nginx throughput: %.2fx   portcullis/direct: %.2fx\n", p/n, p/d
+    printf "added p50 over direct: portcullis %+.0f µs, nginx %+.0f µs\n", pl-dl, nl-dl
+  }'
+done
