@@ -308,3 +308,26 @@ async fn account_page_shows_who_is_signed_in() {
     assert!(html.contains("alice@example.com") && html.contains("staff, wiki-admins"));
     assert_eq!(upstream.count(), 0, "own pages are never forwarded");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_never_contain_passwords_or_cookies() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    assert_eq!(browser.submit_login(&proxy, "alice", "a wrong password guess", "/").await.status(), 401);
+    browser.login(&proxy, &ALICE).await;
+    browser.navigate(&proxy.url("/page?token=query-secret")).await;
+    let cookies = browser.cookie_header(&proxy.url("/")).unwrap();
+    let mark = proxy.stderr.len();
+    assert!(proxy.stderr.wait_for(0, |l| l.contains("path=/page")).is_some(), "an access log line is written");
+    let log = proxy.stderr.all().join("\n");
+    assert!(log.contains("login ok") && log.contains("login failed"), "security events are logged");
+    for secret in [ALICE.password, "a wrong password guess", "query-secret"] {
+        assert!(!log.contains(secret), "{secret:?} appeared in the log");
+    }
+    for cookie in cookies.split("; ") {
+        let value = cookie.split_once('=').unwrap().1;
+        assert!(!log.contains(value), "a cookie value appeared in the log");
+    }
+    assert!(mark > 0);
+}

@@ -269,3 +269,30 @@ async fn tls_listener_negotiates_h2_and_sets_host_prefixed_secure_cookies() {
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
     assert!(!seen.header("cookie").unwrap_or("").contains("__Host-portcullis"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_upstreams_are_verified_against_the_configured_ca() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let upstream = Upstream::start_tls(&certified.cert.pem(), &certified.signing_key.serialize_pem()).await;
+    let url = format!("https://localhost:{}", upstream.addr.port());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca, certified.cert.pem()).unwrap();
+
+    let trusting = proxy(&url).toml(&format!("[proxy]\nupstream_ca_file = \"{}\"", ca.display())).start();
+    let browser = Browser::new();
+    browser.login(&trusting, &ALICE).await;
+    assert_eq!(browser.navigate(&trusting.url("/over-tls")).await.status(), 200);
+    assert_eq!(upstream.seen().pop().unwrap().header("x-forwarded-user"), Some("alice"));
+
+    // A different CA: the upstream's certificate is not trusted, so nothing is sent to it.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let wrong_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&wrong_ca, other.cert.pem()).unwrap();
+    let distrusting = proxy(&url).toml(&format!("[proxy]\nupstream_ca_file = \"{}\"", wrong_ca.display())).start();
+    let before = upstream.count();
+    let browser = Browser::new();
+    browser.login(&distrusting, &ALICE).await;
+    assert_eq!(browser.navigate(&distrusting.url("/over-tls")).await.status(), 502);
+    assert_eq!(upstream.count(), before);
+}

@@ -35,7 +35,7 @@ pub const ALICE: Account = Account {
 pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
 
 impl Lines {
-    fn follow(self, stream: impl std::io::Read + Send + 'static) {
+    pub fn follow(self, stream: impl std::io::Read + Send + 'static) {
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
                 let (lines, ready) = &*self.0;
@@ -283,17 +283,25 @@ impl Browser {
 
     /// Loads the login page and returns its CSRF token.
     pub async fn login_form(&self, proxy: &Proxy, query: &str) -> String {
-        let page = self.navigate(&proxy.url(&format!("/.portcullis/login{query}"))).await;
+        self.login_form_at(&proxy.origin(), query).await
+    }
+
+    pub async fn login_form_at(&self, base: &str, query: &str) -> String {
+        let page = self.navigate(&format!("{base}/.portcullis/login{query}")).await;
         assert_eq!(page.status(), 200);
         form_field(&page.text().await.unwrap(), "csrf").expect("the login page has a csrf field")
     }
 
     /// Submits the login form as a browser on our origin would.
     pub async fn submit_login(&self, proxy: &Proxy, user: &str, password: &str, rd: &str) -> reqwest::Response {
-        let csrf = self.login_form(proxy, "").await;
+        self.submit_login_at(&proxy.origin(), user, password, rd).await
+    }
+
+    pub async fn submit_login_at(&self, base: &str, user: &str, password: &str, rd: &str) -> reqwest::Response {
+        let csrf = self.login_form_at(base, "").await;
         self.http
-            .post(proxy.url("/.portcullis/login"))
-            .header("origin", proxy.origin())
+            .post(format!("{base}/.portcullis/login"))
+            .header("origin", base)
             .form(&[("username", user), ("password", password), ("csrf", &csrf), ("rd", rd)])
             .send()
             .await

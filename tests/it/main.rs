@@ -3,6 +3,7 @@
 
 mod cli;
 mod config_files;
+mod demo;
 mod flows;
 mod forwarding;
 mod harness;

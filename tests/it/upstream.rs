@@ -46,6 +46,26 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// An upstream that speaks https with the given certificate chain and key (PEM).
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        let chain = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -53,15 +73,20 @@ impl Upstream {
         let task = tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let recorder = recorder.clone();
+                let (recorder, tls) = (recorder.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let recorder = recorder.clone();
                         async move { Ok::<_, Infallible>(answer(req, recorder).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        None => builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
+                        }
+                    };
                 });
             }
         });
