@@ -15,7 +15,12 @@ DURATION=${DURATION:-10s}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; nginx -p "$WORK" -c "$WORK/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$WORK"' EXIT
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  for instance in up px; do nginx -p "$WORK/$instance" -c "$WORK/$instance/nginx.conf" -s stop 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
   echo "installing nginx and wrk..." >&2
@@ -29,19 +34,31 @@ echo "building portcullis (release)..." >&2
 BIN="$ROOT/target/release/portcullis"
 
 UPSTREAM_PORT=18080 NGINX_PORT=18081 PORTCULLIS_PORT=18082
-mkdir -p "$WORK/logs"
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes auto;
-pid $WORK/nginx.pid;
-error_log $WORK/logs/error.log warn;
+# Two nginx instances: the upstream, and nginx-as-proxy. Were they one instance, nginx could proxy
+# to itself inside one worker's event loop, an advantage no separate upstream gives a proxy.
+mkdir -p "$WORK/up/logs" "$WORK/px/logs"
+cat > "$WORK/up/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/up/nginx.pid;
+error_log $WORK/up/logs/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
-  upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
+  keepalive_requests 1000000;
   server {
     listen 127.0.0.1:$UPSTREAM_PORT;
     location / { default_type text/plain; return 200 "hello from the upstream\n"; }
   }
+}
+NGINX
+cat > "$WORK/px/nginx.conf" <<NGINX
+worker_processes $(nproc);
+pid $WORK/px/nginx.pid;
+error_log $WORK/px/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location / {
@@ -54,7 +71,8 @@ http {
   }
 }
 NGINX
-nginx -p "$WORK" -c "$WORK/nginx.conf"
+nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
+nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
 
 cat > "$WORK/proxy.toml" <<TOML
 listen = "127.0.0.1:$PORTCULLIS_PORT"

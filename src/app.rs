@@ -27,7 +27,6 @@ pub struct App {
     pub sessions: Arc<Sessions>,
     pub passwords: PasswordChecker,
     pub signer: AssertionSigner,
-    pub forwarder: Forwarder,
     pub clock: SharedClock,
 }
 
@@ -56,20 +55,24 @@ impl App {
         self.sessions.resolve(headers::cookie_values(request_headers, self.session_cookie()), &self.users)
     }
 
-    pub fn client_info(&self, conn: &Connection) -> ClientInfo {
-        ClientInfo { peer: conn.peer.ip(), scheme: if conn.tls { "https" } else { "http" } }
-    }
-
     /// Handles one request and writes its access-log line.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: Connection) -> Response<Body> {
+    /// `forwarder` is the calling worker's own upstream client (see `server.rs`).
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: Connection,
+        forwarder: &Forwarder,
+    ) -> Response<Body> {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let client_ip = headers::client_ip(request.headers(), conn.peer.ip(), &self.config.trusted_proxies);
+        let client =
+            ClientInfo { peer: conn.peer.ip(), real_ip: client_ip, scheme: if conn.tls { "https" } else { "http" } };
 
         let mut response = match route::route(&path) {
             Route::Own(page) => portal::handle(&self, page, request, &conn).await,
-            Route::Gate => self.gate(request, &conn).await,
+            Route::Gate => self.gate(request, &client, forwarder).await,
         };
 
         let user = response.extensions_mut().remove::<RequestUser>().unwrap_or_default();
@@ -88,7 +91,7 @@ impl App {
         response
     }
 
-    async fn gate(&self, request: Request<Incoming>, conn: &Connection) -> Response<Body> {
+    async fn gate(&self, request: Request<Incoming>, client: &ClientInfo, forwarder: &Forwarder) -> Response<Body> {
         let lookup = self.resolve_session(request.headers());
         let session = match lookup {
             Lookup::Found(Session::Full(full)) => full,
@@ -108,7 +111,7 @@ impl App {
 
         let user = session.user().name.to_string();
         let mut response = match session.upstream_identity(&self.signer) {
-            Ok(identity) => match self.forwarder.forward(request, &identity, &self.client_info(conn)).await {
+            Ok(identity) => match forwarder.forward(request, &identity, client).await {
                 Ok(response) => response,
                 Err(e) => upstream_error(e),
             },

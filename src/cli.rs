@@ -89,7 +89,9 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn with_runtime<E: std::fmt::Display>(future: impl Future<Output = Result<(), E>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The main runtime only waits for signals and runs housekeeping; requests are served by the
+    // workers' own runtimes (see server.rs).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

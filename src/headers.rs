@@ -45,7 +45,17 @@ pub fn is_reserved_for_proxy(name: &HeaderName) -> bool {
 /// to the same variable, so `X_Forwarded_User` must be treated as `X-Forwarded-User`
 /// (oauth2-proxy CVE-2025-64484).
 fn normalized(name: &str) -> String {
-    name.to_ascii_lowercase().replace('_', "-")
+    name.bytes().map(fold).map(char::from).collect()
+}
+
+fn fold(byte: u8) -> u8 {
+    if byte == b'_' { b'-' } else { byte.to_ascii_lowercase() }
+}
+
+/// `a` and `b` are the same header under [`normalized`], compared without allocating (this runs
+/// for every header of every forwarded request).
+fn same_header(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
 }
 
 /// The tokens of every `Connection` header (RFC 9110 §7.6.1: a comma-separated list, case
@@ -70,6 +80,10 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Removes hop-by-hop headers, including any the sender listed in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none of these; look before paying for removals (this is the hot path).
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str())) {
+        return;
+    }
     for token in connection_tokens(headers) {
         // A token may name a header we must keep end to end; RFC 9110 says the sender meant it
         // as connection-specific, so it goes.
@@ -86,15 +100,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// configured names in any case or `_`/`-` spelling, and anything under our `X-Portcullis-`
 /// prefix.
 pub fn strip_identity(headers: &mut HeaderMap, identity_names: &[&HeaderName]) {
-    let reserved: Vec<String> = identity_names.iter().map(|n| normalized(n.as_str())).collect();
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let n = normalized(name.as_str());
-            reserved.contains(&n) || n.starts_with("x-portcullis-")
-        })
-        .cloned()
-        .collect();
+    const RESERVED_PREFIX: &str = "x-portcullis-";
+    let is_identity = |name: &HeaderName| {
+        let n = name.as_str();
+        identity_names.iter().any(|id| same_header(n, id.as_str()))
+            || n.get(..RESERVED_PREFIX.len()).is_some_and(|p| same_header(p, RESERVED_PREFIX))
+    };
+    if !headers.keys().any(is_identity) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers.keys().filter(|n| is_identity(n)).cloned().collect();
     for name in doomed {
         headers.remove(name);
     }
@@ -155,6 +170,8 @@ pub fn strip_set_cookie(headers: &mut HeaderMap, ours: &[&str]) {
 /// Facts about the client connection, needed to set the forwarding headers.
 pub struct ClientInfo {
     pub peer: IpAddr,
+    /// The client's address per [`client_ip`].
+    pub real_ip: IpAddr,
     /// `https` when the client reached us over TLS.
     pub scheme: &'static str,
 }
@@ -189,7 +206,7 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
 /// cannot claim to be `127.0.0.1` (authentik CVE-2024-47070).
 pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientInfo, trusted: &[IpNet]) {
     let from_trusted = is_trusted(client.peer, trusted);
-    let real_ip = client_ip(headers, client.peer, trusted);
+    let real_ip = client.real_ip;
     let host = headers.get(header::HOST).cloned();
 
     let prior_for: Vec<String> =
@@ -300,7 +317,8 @@ mod tests {
             ("x-forwarded-host", "evil.example"),
             ("forwarded", "for=127.0.0.1"),
         ]);
-        let client = ClientInfo { peer: "203.0.113.9".parse().unwrap(), scheme: "http" };
+        let peer = "203.0.113.9".parse().unwrap();
+        let client = ClientInfo { peer, real_ip: peer, scheme: "http" };
         set_forwarding(&mut h, &client, &["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9");
         assert_eq!(h["x-real-ip"], "203.0.113.9");
@@ -316,8 +334,10 @@ mod tests {
             ("x-forwarded-for", "198.51.100.7, 10.0.0.2"),
             ("x-forwarded-proto", "https"),
         ]);
-        let client = ClientInfo { peer: "10.0.0.1".parse().unwrap(), scheme: "http" };
-        set_forwarding(&mut h, &client, &["10.0.0.0/8".parse().unwrap()]);
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        let peer = "10.0.0.1".parse().unwrap();
+        let client = ClientInfo { peer, real_ip: client_ip(&h, peer, &trusted), scheme: "http" };
+        set_forwarding(&mut h, &client, &trusted);
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.2, 10.0.0.1");
         assert_eq!(h["x-real-ip"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "https");

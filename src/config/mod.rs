@@ -168,6 +168,8 @@ pub struct ProxySettings {
     /// Extra trust anchors for an https upstream with a private CA; `None` uses the system's.
     pub upstream_ca_file: Option<PathBuf>,
     pub shutdown_grace: Duration,
+    /// Worker threads, each running its own event loop with its own upstream connection pool.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -589,7 +591,9 @@ impl Validator {
                 "point it at a PEM file with the CA certificate(s) that signed the upstream's certificate",
             );
         }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         ProxySettings {
+            workers: self.count("proxy.workers", raw.workers, cores, 1024),
             connect_timeout: self.duration(
                 "proxy.connect_timeout",
                 &raw.connect_timeout,

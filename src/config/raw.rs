@@ -77,6 +77,7 @@ pub struct RawProxy {
     pub pool_idle_timeout: Option<String>,
     pub upstream_ca_file: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub workers: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
