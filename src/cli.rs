@@ -168,7 +168,7 @@ fn run_server(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    logging::init(&config.log_level);
+    let _log = logging::init(&config.log_level);
     with_runtime(async move {
         let server = Server::bind(config, Arc::new(SystemClock)).await.map_err(|e| e.to_string())?;
         announce(&server);

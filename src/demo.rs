@@ -57,7 +57,7 @@ pub fn readable_password() -> String {
 }
 
 pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError> {
-    logging::init("info");
+    let _log = logging::init("info");
     let io = |source| DemoError::Io { path: data_dir.clone(), source };
     std::fs::create_dir_all(&data_dir).map_err(io)?;
     let data_dir = data_dir.canonicalize().map_err(io)?;

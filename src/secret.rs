@@ -72,7 +72,9 @@ pub fn load_or_create_key(path: &Path) -> Result<Secret, KeyFileError> {
                 .map_err(|source| KeyFileError::Read { path: path.into(), source })?
                 .permissions()
                 .mode();
-            if mode & 0o077 != 0 {
+            // Owner read/write, and at most read for the group (so an upstream running as another
+            // user in that group can verify assertions). Nothing for anyone else.
+            if mode & 0o037 != 0 {
                 return Err(KeyFileError::TooOpen { path: path.into(), mode: mode & 0o777 });
             }
             let text = String::from_utf8_lossy(&contents);
@@ -92,13 +94,25 @@ pub fn load_or_create_key(path: &Path) -> Result<Secret, KeyFileError> {
     }
 }
 
-/// Writes a file only its owner can read, atomically (write to a sibling, then rename), so a
-/// crash never leaves a half-written key or users file behind.
+/// Writes a file atomically (write to a sibling, then rename), so a crash never leaves a
+/// half-written key or users file behind. A new file gets mode 0600. A file being replaced keeps
+/// its mode and, when we are allowed to set it, its owner and group: an operator running the CLI
+/// as root must not leave behind a users file the proxy's own account can no longer read.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let existing = fs::metadata(path).ok();
+    let mode = existing.as_ref().map_or(0o600, |m| m.permissions().mode() & 0o777);
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        if let Some(m) = &existing
+            && let Err(e) = std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()))
+            && e.kind() != std::io::ErrorKind::PermissionDenied
+        {
+            return Err(e);
+        }
         file.write_all(contents)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
@@ -142,5 +156,21 @@ mod tests {
         fs::write(&open, "x".repeat(64)).unwrap();
         fs::set_permissions(&open, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(load_or_create_key(&open), Err(KeyFileError::TooOpen { .. })));
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o660)).unwrap();
+        assert!(matches!(load_or_create_key(&open), Err(KeyFileError::TooOpen { .. })));
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(load_or_create_key(&open).is_ok(), "group-readable, for a verifying upstream, is allowed");
+    }
+
+    #[test]
+    fn rewriting_a_file_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        write_private_file(&path, b"one").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        write_private_file(&path, b"two").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(fs::read(&path).unwrap(), b"two");
     }
 }

@@ -64,3 +64,15 @@ async fn a_broken_users_file_is_refused_and_the_old_one_kept() {
     let duplicate = proxy.cli(&["user", "add", "carol", "--email", "c@example.com"], "a good password\n");
     assert!(!duplicate.status.success(), "the CLI refuses to edit a file the proxy would refuse");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_proxy_on_the_same_data_dir_refuses_to_start() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    // Same config, so same data_dir: the store is opened before any port is bound.
+    let second = proxy.cli(&[], "");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("locked by another process") && stderr.contains("same data_dir"), "{stderr}");
+    assert_eq!(Browser::new().navigate(&proxy.url("/")).await.status(), 303, "the first one still serves");
+}
