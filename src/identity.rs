@@ -30,8 +30,11 @@ pub struct AssertionClaims {
     pub exp: UnixTime,
     /// When the user last proved a factor (OpenID Connect Core §2).
     pub auth_time: UnixTime,
-    /// How they proved it, as RFC 8176 values: `["pwd"]`.
+    /// How they proved it, as RFC 8176 values: `["pwd"]`, `["pwd", "otp"]`, or `["pwd", "rc"]`
+    /// for a recovery code.
     pub amr: Vec<String>,
+    /// `"aal2"` when a second factor was proven, else `"aal1"` (NIST SP 800-63B levels).
+    pub acr: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,7 @@ impl AssertionSigner {
             exp: now + self.ttl,
             auth_time: session.auth_time(),
             amr: session.amr().iter().map(|m| m.as_str().to_string()).collect(),
+            acr: if session.proved_second_factor() { "aal2" } else { "aal1" }.to_string(),
         };
         Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
     }

@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -91,21 +91,40 @@ impl fmt::Debug for SessionKey {
 pub enum AuthMethod {
     /// Password (RFC 8176 §2).
     Pwd,
+    /// One-time password: a TOTP code (RFC 8176 §2).
+    Otp,
+    /// A one-time recovery code. Not an RFC 8176 value (it has none for backup codes); documented
+    /// in the README so upstreams can tell a recovery from a normal login.
+    Rc,
 }
 
 impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pwd => "pwd",
+            Self::Otp => "otp",
+            Self::Rc => "rc",
         }
+    }
+
+    pub fn is_second_factor(self) -> bool {
+        matches!(self, Self::Otp | Self::Rc)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "stage", rename_all = "snake_case")]
 pub enum Stage {
-    Partial { first_factor_at: UnixTime },
-    Full { auth_time: UnixTime, amr: Vec<AuthMethod> },
+    Partial {
+        first_factor_at: UnixTime,
+    },
+    Full {
+        auth_time: UnixTime,
+        amr: Vec<AuthMethod>,
+        /// When a second factor was last proven in this session (for step-up).
+        #[serde(default)]
+        second_factor_at: Option<UnixTime>,
+    },
 }
 
 /// What the store keeps per session.
@@ -128,6 +147,8 @@ struct Entry {
     last_seen: AtomicI64,
     persisted_last_seen: AtomicI64,
     assertion: AssertionCache,
+    /// Wrong second-factor codes tried in this session.
+    failures: AtomicU32,
 }
 
 impl Entry {
@@ -136,6 +157,7 @@ impl Entry {
             last_seen: AtomicI64::new(record.last_seen),
             persisted_last_seen: AtomicI64::new(record.last_seen),
             assertion: AssertionCache::default(),
+            failures: AtomicU32::new(0),
             record,
         })
     }
@@ -163,6 +185,19 @@ impl PartialSession {
     pub fn user(&self) -> &Arc<User> {
         &self.user
     }
+
+    pub fn key(&self) -> &SessionKey {
+        &self.key
+    }
+
+    pub fn csrf_token(&self) -> &str {
+        &self.entry.record.csrf_token
+    }
+
+    /// Counts a wrong code; returns how many there have been.
+    pub fn record_failure(&self) -> u32 {
+        self.entry.failures.fetch_add(1, Ordering::AcqRel) + 1
+    }
 }
 
 impl FullSession {
@@ -183,6 +218,27 @@ impl FullSession {
             Stage::Full { amr, .. } => amr,
             Stage::Partial { .. } => unreachable!("a FullSession is only built from a full record"),
         }
+    }
+
+    /// When this session last proved a second factor, if it ever did.
+    pub fn second_factor_at(&self) -> Option<UnixTime> {
+        match &self.entry.record.stage {
+            Stage::Full { second_factor_at, .. } => *second_factor_at,
+            Stage::Partial { .. } => unreachable!("a FullSession is only built from a full record"),
+        }
+    }
+
+    pub fn proved_second_factor(&self) -> bool {
+        self.second_factor_at().is_some()
+    }
+
+    pub fn key(&self) -> &SessionKey {
+        &self.key
+    }
+
+    /// Counts a wrong code during step-up; returns how many there have been.
+    pub fn record_failure(&self) -> u32 {
+        self.entry.failures.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     pub fn expires_at(&self) -> UnixTime {
@@ -397,7 +453,9 @@ impl Sessions {
         let Stage::Partial { first_factor_at } = partial.entry.record.stage else {
             unreachable!("a PartialSession is only built from a partial record")
         };
-        let mut record = self.new_record(&partial.user, Stage::Full { auth_time: now, amr }, first_factor_at);
+        let second_factor_at = amr.iter().any(|m| m.is_second_factor()).then_some(now);
+        let stage = Stage::Full { auth_time: now, amr, second_factor_at };
+        let mut record = self.new_record(&partial.user, stage, first_factor_at);
         record.created_at = partial.entry.record.created_at;
         let id = SessionId::generate();
         let key = id.key();
@@ -406,6 +464,59 @@ impl Sessions {
         let entry = Entry::new(record);
         self.cache.insert(key.clone(), entry.clone());
         Ok((id, FullSession { key, entry, user: partial.user }))
+    }
+
+    /// Turns a full session back into a partial one (the policy now asks for more than it
+    /// proved). The id stays: this lowers privilege. The user gets `partial_timeout` from now to
+    /// satisfy the policy again.
+    pub async fn downgrade(&self, full: FullSession) -> Result<PartialSession, SessionError> {
+        let now = self.clock.now();
+        let record = SessionRecord {
+            stage: Stage::Partial { first_factor_at: now },
+            last_seen: now,
+            ..full.entry.record.clone()
+        };
+        self.persist(&full.key, &record, None).await?;
+        let entry = Entry::new(record);
+        self.cache.insert(full.key.clone(), entry.clone());
+        Ok(PartialSession { key: full.key, entry, user: full.user })
+    }
+
+    /// Records a second factor proven again in a full session (step-up before a sensitive
+    /// change). A privilege change, so the id changes.
+    pub async fn step_up(
+        &self,
+        full: FullSession,
+        method: AuthMethod,
+    ) -> Result<(SessionId, FullSession), SessionError> {
+        let now = self.clock.now();
+        let mut amr = full.amr().to_vec();
+        if !amr.contains(&method) {
+            amr.push(method);
+        }
+        let record = SessionRecord {
+            stage: Stage::Full { auth_time: now, amr, second_factor_at: Some(now) },
+            last_seen: now,
+            csrf_token: crate::secret::random_token(),
+            ..full.entry.record.clone()
+        };
+        let id = SessionId::generate();
+        let key = id.key();
+        self.persist(&key, &record, Some(&full.key)).await?;
+        self.cache.remove(&full.key);
+        let entry = Entry::new(record);
+        self.cache.insert(key.clone(), entry.clone());
+        Ok((id, FullSession { key, entry, user: full.user }))
+    }
+
+    /// Ends every session of `user` ("sign out everywhere", password resets). Returns how many.
+    pub async fn end_all_for(&self, user: &str) -> Result<usize, SessionError> {
+        let keys: Vec<SessionKey> =
+            self.cache.iter().filter(|e| e.value().record.user == user).map(|e| e.key().clone()).collect();
+        for key in &keys {
+            self.end(key).await?;
+        }
+        Ok(keys.len())
     }
 
     /// Logs out: the session is gone server side, whatever the browser keeps.

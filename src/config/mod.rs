@@ -118,6 +118,17 @@ impl FromStr for MfaPolicy {
 #[derive(Debug, Clone)]
 pub struct MfaSettings {
     pub policy: MfaPolicy,
+    /// Under `optional`, members of these groups are treated as `required`.
+    pub required_groups: Vec<String>,
+    /// Whether users may enroll a TOTP authenticator (the one factor that can be enrolled today).
+    pub totp: bool,
+    /// The name authenticator apps show next to the account.
+    pub issuer: String,
+    /// Sensitive account changes need a second factor proven this recently.
+    pub step_up_window: Duration,
+    /// Wrong codes a half-logged-in session may try before it is ended (the password must then
+    /// be entered again, which is deliberately slow).
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -346,16 +357,7 @@ impl Validator {
         let users_file = self.path(&self.base, raw.users_file.as_deref().unwrap_or("users.toml"));
         let trusted_proxies = self.trusted_proxies(raw.trusted_proxies.unwrap_or_default());
         let session = self.session(raw.session, public_url.as_ref());
-        let policy = raw.mfa.policy.as_deref().unwrap_or("optional");
-        let policy = MfaPolicy::from_str(policy).unwrap_or_else(|()| {
-            self.problem(
-                "mfa.policy",
-                Some(policy),
-                "not a policy",
-                "write \"disabled\", \"optional\" or \"required\"",
-            );
-            MfaPolicy::Optional
-        });
+        let mfa = self.mfa(raw.mfa, public_url.as_ref());
         let identity = self.identity(raw.identity, data_dir.as_deref(), public_url.as_ref());
         let tls = raw.tls.and_then(|t| self.tls(t));
         let proxy = self.proxy(raw.proxy);
@@ -382,7 +384,7 @@ impl Validator {
             users_file,
             trusted_proxies,
             session,
-            mfa: MfaSettings { policy },
+            mfa,
             identity,
             tls,
             proxy,
@@ -519,6 +521,58 @@ impl Validator {
             );
         }
         SessionSettings { cookie_name, idle_timeout, lifetime, partial_timeout }
+    }
+
+    fn mfa(&mut self, raw: raw::RawMfa, public_url: Option<&PublicUrl>) -> MfaSettings {
+        let policy_text = raw.policy.as_deref().unwrap_or("optional");
+        let policy = MfaPolicy::from_str(policy_text).unwrap_or_else(|()| {
+            self.problem(
+                "mfa.policy",
+                Some(policy_text),
+                "not a policy",
+                "write \"disabled\", \"optional\" or \"required\"",
+            );
+            MfaPolicy::Optional
+        });
+        let required_groups = raw.required_groups.unwrap_or_default();
+        let totp = raw.totp.unwrap_or(true);
+        // Fail closed: requiring a second factor that nobody can enroll would lock everyone out
+        // (or, worse, tempt a "temporary" bypass). Refuse to start instead, and say what to change.
+        let requires = policy == MfaPolicy::Required || (policy == MfaPolicy::Optional && !required_groups.is_empty());
+        if requires && !totp {
+            self.problem(
+                "mfa.totp",
+                Some("false"),
+                "2FA is required (mfa.policy or mfa.required_groups) but no second factor can be enrolled, so nobody could sign in",
+                "set mfa.totp = true, or stop requiring 2FA (mfa.policy = \"optional\" with no mfa.required_groups)",
+            );
+        }
+        if policy == MfaPolicy::Disabled && !required_groups.is_empty() {
+            self.problem(
+                "mfa.required_groups",
+                None,
+                "has no effect while mfa.policy = \"disabled\"",
+                "remove it, or set mfa.policy = \"optional\"",
+            );
+        }
+        let attempts = self.count("mfa.attempts", raw.attempts, 5, 100);
+        let hour = Duration::from_secs(3600);
+        MfaSettings {
+            policy,
+            required_groups,
+            totp,
+            issuer: raw
+                .issuer
+                .unwrap_or_else(|| public_url.and_then(|u| u.url().host_str()).unwrap_or("Portcullis").to_string()),
+            step_up_window: self.duration(
+                "mfa.step_up_window",
+                &raw.step_up_window,
+                "10m",
+                Duration::from_secs(60),
+                hour * 24,
+            ),
+            attempts: attempts as u32,
+        }
     }
 
     fn identity(

@@ -50,6 +50,11 @@ pub struct RawSession {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawMfa {
     pub policy: Option<String>,
+    pub required_groups: Option<Vec<String>>,
+    pub totp: Option<bool>,
+    pub issuer: Option<String>,
+    pub step_up_window: Option<String>,
+    pub attempts: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,11 +4,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{Store, StoreError};
+use crate::factors::AccountRecord;
 use crate::session::{SessionKey, SessionRecord};
 
 #[derive(Default)]
 pub struct MemoryStore {
     sessions: Mutex<HashMap<SessionKey, SessionRecord>>,
+    accounts: Mutex<HashMap<String, AccountRecord>>,
 }
 
 impl Store for MemoryStore {
@@ -25,6 +27,16 @@ impl Store for MemoryStore {
     fn sessions(&self) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError> {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         Ok(sessions.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn put_account(&self, user: &str, record: &AccountRecord) -> Result<(), StoreError> {
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner()).insert(user.to_string(), record.clone());
+        Ok(())
+    }
+
+    fn accounts(&self) -> Result<Vec<(String, AccountRecord)>, StoreError> {
+        let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(accounts.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -7,6 +7,7 @@
 pub mod memory;
 pub mod sled_store;
 
+use crate::factors::AccountRecord;
 use crate::session::{SessionKey, SessionRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,9 @@ pub trait Store: Send + Sync + 'static {
     fn delete_session(&self, key: &SessionKey) -> Result<(), StoreError>;
     /// Every stored session, for loading the in-memory cache at start-up.
     fn sessions(&self) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError>;
+    fn put_account(&self, user: &str, record: &AccountRecord) -> Result<(), StoreError>;
+    /// Every account's factor record, for loading the in-memory directory at start-up.
+    fn accounts(&self) -> Result<Vec<(String, AccountRecord)>, StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 }

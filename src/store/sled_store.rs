@@ -3,11 +3,13 @@
 use std::path::Path;
 
 use super::{Store, StoreError, decode, encode};
+use crate::factors::AccountRecord;
 use crate::session::{SessionKey, SessionRecord};
 
 pub struct SledStore {
     db: sled::Db,
     sessions: sled::Tree,
+    accounts: sled::Tree,
 }
 
 impl SledStore {
@@ -20,7 +22,8 @@ impl SledStore {
             other => StoreError::Backend(other.to_string()),
         })?;
         let sessions = db.open_tree("sessions").map_err(backend)?;
-        Ok(Self { db, sessions })
+        let accounts = db.open_tree("accounts").map_err(backend)?;
+        Ok(Self { db, sessions, accounts })
     }
 }
 
@@ -47,6 +50,21 @@ impl Store for SledStore {
                 return Err(StoreError::Corrupt("a session key of the wrong length".into()));
             };
             out.push((key, decode(&value)?));
+        }
+        Ok(out)
+    }
+
+    fn put_account(&self, user: &str, record: &AccountRecord) -> Result<(), StoreError> {
+        self.accounts.insert(user.as_bytes(), encode(record)?).map_err(backend)?;
+        Ok(())
+    }
+
+    fn accounts(&self) -> Result<Vec<(String, AccountRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.accounts.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let user = String::from_utf8(key.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push((user, decode(&value)?));
         }
         Ok(out)
     }

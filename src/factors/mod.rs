@@ -1,0 +1,118 @@
+//! Second factors, owned by the *account* (not by a login method): a TOTP authenticator and a set
+//! of one-time recovery codes, kept together in one [`AccountRecord`] per user.
+//!
+//! [`Accounts`] holds every account's record in memory (the gate consults it on every request to
+//! evaluate the policy, so that must not touch disk) and writes changes through to the store,
+//! flushed, because an accepted TOTP step or a used recovery code must never be forgotten by a
+//! crash: that would reopen a replay.
+
+pub mod recovery;
+pub mod sealing;
+pub mod totp;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::UnixTime;
+use crate::store::{Store, StoreError};
+
+/// One account's second factors.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRecord {
+    pub totp: Option<TotpRecord>,
+    #[serde(default)]
+    pub recovery_codes: Vec<RecoveryCodeRecord>,
+    pub recovery_generated_at: Option<UnixTime>,
+}
+
+impl AccountRecord {
+    /// Whether the account can prove a second factor. Recovery codes only count alongside an
+    /// authenticator: they are its backup, not a factor of their own.
+    pub fn has_second_factor(&self) -> bool {
+        self.totp.is_some()
+    }
+
+    pub fn recovery_codes_left(&self) -> usize {
+        self.recovery_codes.iter().filter(|c| c.used_at.is_none()).count()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TotpRecord {
+    /// The shared secret, sealed with the data directory's secrets key (see [`sealing`]).
+    pub sealed_secret: Vec<u8>,
+    pub enrolled_at: UnixTime,
+    pub last_used_at: Option<UnixTime>,
+    /// The last RFC 6238 time step accepted. Only later steps are accepted, so a code, once used,
+    /// can never be used again: not in another session, not after a restart.
+    pub last_step: u64,
+}
+
+impl std::fmt::Debug for TotpRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpRecord")
+            .field("enrolled_at", &self.enrolled_at)
+            .field("last_used_at", &self.last_used_at)
+            .field("last_step", &self.last_step)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryCodeRecord {
+    /// HMAC-SHA256 of the normalised code under the data directory's pepper, hex.
+    pub digest: String,
+    pub used_at: Option<UnixTime>,
+}
+
+/// Every account's factors, in memory, written through to the store.
+pub struct Accounts {
+    records: DashMap<String, Arc<AccountRecord>>,
+    store: Arc<dyn Store>,
+    /// Serialises read-modify-write cycles, so two code checks for one account cannot both accept
+    /// the same time step, and writes reach the store in order. Never taken on the hot path.
+    write: tokio::sync::Mutex<()>,
+}
+
+impl Accounts {
+    pub fn open(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let records = DashMap::new();
+        for (user, record) in store.accounts()? {
+            records.insert(user, Arc::new(record));
+        }
+        Ok(Self { records, store, write: tokio::sync::Mutex::new(()) })
+    }
+
+    /// The account's record (an empty one if it has never enrolled anything). Memory only.
+    pub fn get(&self, user: &str) -> Arc<AccountRecord> {
+        self.records.get(user).map(|r| r.value().clone()).unwrap_or_default()
+    }
+
+    /// Applies `change` to the account's record and persists the result before returning it.
+    /// `change` decides on the current record and may refuse (returning `Err`), in which case
+    /// nothing is written.
+    pub async fn update<T, E>(
+        &self,
+        user: &str,
+        change: impl FnOnce(&mut AccountRecord) -> Result<T, E>,
+    ) -> Result<Result<T, E>, StoreError> {
+        let _serial = self.write.lock().await;
+        let mut record = (*self.get(user)).clone();
+        let outcome = match change(&mut record) {
+            Ok(value) => value,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let store = self.store.clone();
+        let (name, to_store) = (user.to_string(), record.clone());
+        tokio::task::spawn_blocking(move || {
+            store.put_account(&name, &to_store)?;
+            store.flush()
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        self.records.insert(user.to_string(), Arc::new(record));
+        Ok(Ok(outcome))
+    }
+}

@@ -1,0 +1,100 @@
+//! The 2FA policy, as pure functions: what an account must prove, what comes after the password,
+//! and whether a running full session still satisfies the rules.
+//!
+//! The policy is checked on every request, not only at login: when the configuration starts
+//! requiring 2FA for someone, or their factors are reset or newly enrolled, a session that no
+//! longer satisfies it is downgraded to partial at its next request (the Phabricator lesson: a
+//! rule that only applies at login leaves old sessions unconverted for days).
+
+use crate::config::{MfaPolicy, MfaSettings};
+use crate::users::User;
+
+/// What one account must prove beyond the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// 2FA is switched off: no second-factor pages at all.
+    Off,
+    /// The user may enroll, and then must use it; without a factor the password is enough.
+    Optional,
+    /// The user must have and prove a second factor.
+    Required,
+}
+
+/// The requirement for `user`: `required` globally or through one of their groups.
+pub fn requirement(mfa: &MfaSettings, user: &User) -> Requirement {
+    match mfa.policy {
+        MfaPolicy::Disabled => Requirement::Off,
+        MfaPolicy::Required => Requirement::Required,
+        MfaPolicy::Optional if user.groups.iter().any(|g| mfa.required_groups.contains(g)) => Requirement::Required,
+        MfaPolicy::Optional => Requirement::Optional,
+    }
+}
+
+/// Where a user goes once their password is proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterPassword {
+    /// The password is all that is needed: a full session now.
+    Done,
+    /// Prove the enrolled second factor.
+    Challenge,
+    /// No factor yet, but one is required: enroll now, inline, then carry on.
+    Enroll,
+}
+
+pub fn after_password(requirement: Requirement, has_factor: bool) -> AfterPassword {
+    match (requirement, has_factor) {
+        (Requirement::Off, _) => AfterPassword::Done,
+        (_, true) => AfterPassword::Challenge,
+        (Requirement::Optional, false) => AfterPassword::Done,
+        (Requirement::Required, false) => AfterPassword::Enroll,
+    }
+}
+
+/// Whether a full session may carry on. `proved_second_factor` is whether the session's own
+/// login included one.
+pub fn full_session_allowed(requirement: Requirement, has_factor: bool, proved_second_factor: bool) -> bool {
+    match requirement {
+        Requirement::Off => true,
+        // An account with a factor always uses it; one without may go on with a password...
+        Requirement::Optional => proved_second_factor || !has_factor,
+        // ...unless it is required, and then the factor must exist and have been proven.
+        Requirement::Required => proved_second_factor && has_factor,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AfterPassword::*;
+    use Requirement::*;
+
+    #[test]
+    fn after_the_password() {
+        assert_eq!(after_password(Off, true), Done);
+        assert_eq!(after_password(Off, false), Done);
+        assert_eq!(after_password(Optional, true), Challenge);
+        assert_eq!(after_password(Optional, false), Done);
+        assert_eq!(after_password(Required, true), Challenge);
+        assert_eq!(after_password(Required, false), Enroll);
+    }
+
+    #[test]
+    fn running_sessions() {
+        let table = [
+            // requirement, has factor, session proved one, allowed
+            (Off, false, false, true),
+            (Off, true, false, true),
+            (Optional, false, false, true),
+            (Optional, true, false, false), // enrolled elsewhere: password-only sessions must step up
+            (Optional, true, true, true),
+            (Optional, false, true, true), // factor removed by its owner: fine under optional
+            (Required, false, false, false),
+            (Required, true, false, false), // policy tightened: downgrade
+            (Required, true, true, true),
+            (Required, false, true, false), // factors reset by an admin: enroll again
+        ];
+        for (requirement, has, proved, allowed) in table {
+            assert_eq!(full_session_allowed(requirement, has, proved), allowed, "{requirement:?} {has} {proved}");
+        }
+    }
+}
