@@ -10,10 +10,13 @@ use hyper::body::Incoming;
 
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::factors::Accounts;
+use crate::factors::sealing::Sealer;
 use crate::headers::{self, ClientInfo};
 use crate::identity::AssertionSigner;
 use crate::pages::{self, Body};
 use crate::password::PasswordChecker;
+use crate::policy;
 use crate::proxy::{ForwardError, Forwarder, UpstreamTime};
 use crate::route::{self, Route};
 use crate::session::{Lookup, Session, Sessions};
@@ -27,6 +30,9 @@ pub struct App {
     pub sessions: Arc<Sessions>,
     pub passwords: PasswordChecker,
     pub signer: AssertionSigner,
+    pub accounts: Arc<Accounts>,
+    pub sealer: Sealer,
+    pub pending: portal::Pending,
     pub clock: SharedClock,
 }
 
@@ -94,12 +100,31 @@ impl App {
     async fn gate(&self, request: Request<Incoming>, client: &ClientInfo, forwarder: &Forwarder) -> Response<Body> {
         let lookup = self.resolve_session(request.headers());
         let session = match lookup {
-            Lookup::Found(Session::Full(full)) => full,
-            Lookup::Found(Session::Partial(partial)) => {
-                let mut response = self.needs_login(&request);
-                response.extensions_mut().insert(RequestUser(Some(partial.user().name.to_string())));
-                return response;
+            Lookup::Found(Session::Full(full)) => {
+                // The policy is evaluated on every request: a session that no longer satisfies it
+                // (policy tightened, factor enrolled elsewhere or reset) drops back to partial.
+                let requirement = policy::requirement(&self.config.mfa, full.user());
+                let has_factor = self.accounts.get(full.user().name.as_str()).has_second_factor();
+                if policy::full_session_allowed(requirement, has_factor, full.proved_second_factor()) {
+                    full
+                } else {
+                    let user = full.user().name.to_string();
+                    tracing::warn!(target: "portcullis::security", %user, "session downgraded: the 2FA policy asks for more than it proved");
+                    return match self.sessions.downgrade(full).await {
+                        Ok(partial) => self.second_factor_needed(&request, &partial),
+                        Err(e) => {
+                            tracing::error!("could not downgrade a session: {e}");
+                            pages::error(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "Try again",
+                                "Your session could not be checked.",
+                                None,
+                            )
+                        }
+                    };
+                }
             }
+            Lookup::Found(Session::Partial(partial)) => return self.second_factor_needed(&request, &partial),
             Lookup::Rejected(why) => {
                 tracing::info!(target: "portcullis::security", reason = ?why, "session cookie refused");
                 let mut response = self.needs_login(&request);
@@ -126,6 +151,32 @@ impl App {
             }
         };
         response.extensions_mut().insert(RequestUser(Some(user)));
+        response
+    }
+
+    /// The answer for a half-logged-in session: never the upstream. A browser navigation goes to
+    /// the second-factor page that applies (challenge, or enrollment when 2FA is required and the
+    /// account has none), and comes back afterwards; anything else gets a 401.
+    fn second_factor_needed<B>(
+        &self,
+        request: &Request<B>,
+        partial: &crate::session::PartialSession,
+    ) -> Response<Body> {
+        let mut response = if route::is_browser_navigation(request.method(), request.headers()) {
+            let requirement = policy::requirement(&self.config.mfa, partial.user());
+            let has_factor = self.accounts.get(partial.user().name.as_str()).has_second_factor();
+            let page = match policy::after_password(requirement, has_factor) {
+                policy::AfterPassword::Enroll => "enroll",
+                // Challenge; or, if the policy no longer asks for anything, the challenge page
+                // sends a factor-less account on to enrollment or the account page.
+                _ => "challenge",
+            };
+            let original = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            portal::page_with_rd(self, page, &return_url::or_root(Some(original), &self.config.public_url))
+        } else {
+            pages::plain(StatusCode::UNAUTHORIZED, "401 Unauthorized: finish signing in at /.portcullis/challenge\n")
+        };
+        response.extensions_mut().insert(RequestUser(Some(partial.user().name.to_string())));
         response
     }
 

@@ -57,6 +57,58 @@ pub struct AccountPage<'a> {
     pub signed_in: String,
     pub expires: String,
     pub csrf: &'a str,
+    pub notice: Option<&'a str>,
+    pub mfa_enabled: bool,
+    pub required: bool,
+    pub totp: Option<TotpSummary>,
+    pub recovery_left: usize,
+}
+
+pub struct TotpSummary {
+    pub enrolled: String,
+    pub last_used: Option<String>,
+}
+
+/// Why a code was not accepted, as the person needs to hear it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeError {
+    Wrong,
+    Replayed,
+    Malformed,
+}
+
+#[derive(Template)]
+#[template(path = "challenge.html")]
+pub struct ChallengePage<'a> {
+    pub step_up: bool,
+    pub issuer: &'a str,
+    pub error: Option<CodeError>,
+    pub csrf: &'a str,
+    pub return_to: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "enroll.html")]
+pub struct EnrollPage<'a> {
+    pub required: bool,
+    pub issuer: &'a str,
+    pub qr: &'a str,
+    pub uri: &'a str,
+    pub secret: &'a str,
+    pub secret_grouped: &'a str,
+    pub error: Option<CodeError>,
+    pub csrf: &'a str,
+    pub return_to: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "recovery_codes.html")]
+pub struct RecoveryCodesPage<'a> {
+    pub codes: &'a [String],
+    pub download: &'a str,
+    pub file_name: &'a str,
+    pub csrf: &'a str,
+    pub return_to: &'a str,
 }
 
 #[derive(Template)]

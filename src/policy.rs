@@ -98,3 +98,22 @@ mod tests {
         }
     }
 }
+
+/// Whether a second factor proven at `at` is recent enough for a sensitive change.
+pub fn recently_proven(at: Option<crate::clock::UnixTime>, now: crate::clock::UnixTime, window_seconds: i64) -> bool {
+    at.is_some_and(|at| now - at < window_seconds && at <= now)
+}
+
+#[cfg(test)]
+mod step_up_tests {
+    use super::recently_proven;
+
+    #[test]
+    fn step_up_window() {
+        assert!(recently_proven(Some(1000), 1000, 600));
+        assert!(recently_proven(Some(1000), 1599, 600));
+        assert!(!recently_proven(Some(1000), 1600, 600));
+        assert!(!recently_proven(None, 1000, 600));
+        assert!(!recently_proven(Some(2000), 1000, 600), "a time in the future is not trusted");
+    }
+}

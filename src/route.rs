@@ -16,6 +16,14 @@ pub enum OwnPage {
     Login,
     Logout,
     Account,
+    /// Prove the second factor (after the password, or again before a sensitive change).
+    Challenge,
+    /// Set up an authenticator.
+    Enroll,
+    /// Show freshly made recovery codes once, and confirm they were saved.
+    RecoveryCodes,
+    /// A POST on the account page: `remove-totp`, `regenerate-codes`, `sign-out-everywhere`.
+    AccountAction(String),
     /// A file under `static/`, by name.
     Static(String),
     NotFound,
@@ -63,8 +71,14 @@ pub fn route(path: &str) -> Route {
         "/login" => OwnPage::Login,
         "/logout" => OwnPage::Logout,
         "/account" | "" | "/" => OwnPage::Account,
-        rest => match rest.strip_prefix("/static/") {
-            Some(name) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
+        "/challenge" => OwnPage::Challenge,
+        "/enroll" => OwnPage::Enroll,
+        "/recovery-codes" => OwnPage::RecoveryCodes,
+        rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/")) {
+            (Some(name), _) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
+            (_, Some(action)) if ["remove-totp", "regenerate-codes", "sign-out-everywhere"].contains(&action) => {
+                OwnPage::AccountAction(action.to_string())
+            }
             _ => OwnPage::NotFound,
         },
     };
@@ -102,6 +116,11 @@ mod tests {
             ("/.portcullis/", Route::Own(OwnPage::Account)),
             ("/.portcullis/static/portcullis.css", Route::Own(OwnPage::Static("portcullis.css".into()))),
             ("/.portcullis/nope", Route::Own(OwnPage::NotFound)),
+            ("/.portcullis/challenge", Route::Own(OwnPage::Challenge)),
+            ("/.portcullis/enroll", Route::Own(OwnPage::Enroll)),
+            ("/.portcullis/recovery-codes", Route::Own(OwnPage::RecoveryCodes)),
+            ("/.portcullis/account/remove-totp", Route::Own(OwnPage::AccountAction("remove-totp".into()))),
+            ("/.portcullis/account/format-disk", Route::Own(OwnPage::NotFound)),
             // Resolves to /etc/passwd, which is what the upstream would see: an ordinary gated path.
             ("/.portcullis/static/../../etc/passwd", Route::Gate),
             ("/x/../.portcullis/login", Route::Own(OwnPage::NotFound)),

@@ -26,6 +26,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::app::{App, Connection};
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::factors::Accounts;
+use crate::factors::sealing::Sealer;
 use crate::identity::AssertionSigner;
 use crate::password::{HashError, PasswordChecker};
 use crate::proxy::{Forwarder, ProxySetupError};
@@ -89,7 +91,10 @@ impl Server {
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
         let key = secret::load_or_create_key(&config.identity.secret_file)?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
-        let sessions = Arc::new(Sessions::open(store, config.session.clone(), clock.clone())?);
+        let sessions = Arc::new(Sessions::open(store.clone(), config.session.clone(), clock.clone())?);
+        let accounts = Arc::new(Accounts::open(store)?);
+        // TOTP secrets are sealed with a key kept beside, not inside, the database.
+        let sealer = Sealer::new(&secret::load_or_create_key(&config.data_dir.join("secrets.key"))?);
         let users = Arc::new(UserDirectory::load(&config.users_file)?);
         if users.is_empty() {
             tracing::warn!(
@@ -115,7 +120,18 @@ impl Server {
             listeners.push(listener.into_std().map_err(bind_error)?);
         }
         let tls = config.tls.as_ref().map(|t| TlsAcceptor::from(t.server_config.clone()));
-        let app = Arc::new(App { config: Arc::new(config), users, sessions, passwords, signer, clock });
+        let pending = crate::portal::Pending::default();
+        let app = Arc::new(App {
+            config: Arc::new(config),
+            users,
+            sessions,
+            passwords,
+            signer,
+            accounts,
+            sealer,
+            pending,
+            clock,
+        });
         Ok(Self { app, listeners, tls, forwarders })
     }
 

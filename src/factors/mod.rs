@@ -6,6 +6,7 @@
 //! flushed, because an accepted TOTP step or a used recovery code must never be forgotten by a
 //! crash: that would reopen a replay.
 
+pub mod qr;
 pub mod recovery;
 pub mod sealing;
 pub mod totp;

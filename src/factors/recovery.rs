@@ -17,6 +17,8 @@ pub const COUNT: usize = 10;
 const LENGTH: usize = 12;
 /// Crockford's base32 alphabet, lower case: no i, l, o or u.
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+// 12 symbols of 5 bits: 60 bits per code, comfortably over the 50 we promise.
+const _: () = assert!(LENGTH * 5 >= 50);
 
 /// A freshly generated code, in its display form. Shown once, never stored.
 pub fn generate() -> String {
@@ -90,8 +92,6 @@ mod tests {
             assert_eq!(code.len(), 14);
             assert!(normalize(code).is_some());
         }
-        // 12 symbols of 5 bits each.
-        assert!(LENGTH * 5 >= 50);
         assert!(records.iter().all(|r| !codes.iter().any(|c| r.digest.contains(&c.replace('-', "")))));
     }
 

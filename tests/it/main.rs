@@ -7,4 +7,5 @@ mod demo;
 mod flows;
 mod forwarding;
 mod harness;
+mod mfa;
 mod upstream;

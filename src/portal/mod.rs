@@ -4,6 +4,10 @@
 //! session's token, or for the login form a token in its own cookie) and come from our own origin
 //! (`Origin`, else `Referer`). GET never changes anything.
 
+mod mfa;
+
+pub use mfa::{Pending, page_with_rd};
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,12 +20,14 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::app::{App, Connection, RequestUser};
+use crate::config::MfaPolicy;
 use crate::headers;
 use crate::pages::{self, Body, LoginError, LoginPage};
 use crate::password::HashError;
+use crate::policy::{self, AfterPassword};
 use crate::return_url;
 use crate::route::OwnPage;
-use crate::session::{AuthMethod, Lookup, Session};
+use crate::session::{AuthMethod, Lookup, Session, SessionId};
 
 /// Our forms are a few short fields; anything bigger is not one of them.
 const MAX_FORM_BYTES: usize = 16 * 1024;
@@ -29,8 +35,18 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, conn: &Connection) -> Response<Body> {
     let method = request.method().clone();
     let is_read = method == Method::GET || method == Method::HEAD;
+    let mfa_off = app.config.mfa.policy == MfaPolicy::Disabled;
     match (page, is_read, method == Method::POST) {
+        // With 2FA disabled there are no second-factor pages at all.
+        (OwnPage::Challenge | OwnPage::Enroll | OwnPage::RecoveryCodes, _, _) if mfa_off => not_found(),
         (OwnPage::Static(name), true, _) => pages::static_file(&name).unwrap_or_else(not_found),
+        (OwnPage::Challenge, true, _) => mfa::challenge_form(app, &request),
+        (OwnPage::Challenge, _, true) => mfa::challenge_submit(app, request).await,
+        (OwnPage::Enroll, true, _) => mfa::enroll_form(app, &request),
+        (OwnPage::Enroll, _, true) => mfa::enroll_submit(app, request).await,
+        (OwnPage::RecoveryCodes, true, _) => mfa::recovery_codes_page(app, &request),
+        (OwnPage::RecoveryCodes, _, true) => mfa::recovery_codes_confirm(app, request).await,
+        (OwnPage::AccountAction(action), _, true) => mfa::account_action(app, &action, request).await,
         (OwnPage::Login, true, _) => login_form(app, &request),
         (OwnPage::Login, _, true) => login_submit(app, request, conn).await,
         (OwnPage::Logout, true, _) => logout_form(app, &request),
@@ -73,6 +89,12 @@ fn cookie_header(
     HeaderValue::from_str(&cookie.to_string()).expect("cookie names and base64url values are valid header text")
 }
 
+/// The session cookie for `id`, living until the session's absolute end.
+pub(crate) fn session_cookie_header(app: &App, id: &SessionId, expires_at: crate::clock::UnixTime) -> HeaderValue {
+    let max_age = time::Duration::seconds((expires_at - app.clock.now()).max(0));
+    cookie_header(app, app.session_cookie(), &id.cookie_value(), Some(max_age), SameSite::Lax)
+}
+
 /// Tells the browser to drop a cookie (used for refused or ended sessions).
 pub fn clear_cookie(response: &mut Response<Body>, name: &str, secure: bool) {
     let cookie = Cookie::build((name.to_string(), String::new()))
@@ -89,7 +111,7 @@ pub fn clear_cookie(response: &mut Response<Body>, name: &str, secure: bool) {
 
 /// `Origin` (or, from older browsers, `Referer`) must name our public origin on every POST.
 /// A request with neither is refused: when in doubt, deny.
-fn same_origin(app: &App, headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin(app: &App, headers: &HeaderMap) -> bool {
     let origin = app.config.public_url.origin();
     if let Some(value) = headers.get(header::ORIGIN) {
         return value.as_bytes() == origin.as_bytes();
@@ -100,11 +122,11 @@ fn same_origin(app: &App, headers: &HeaderMap) -> bool {
         .is_some_and(|r| r == origin || r.starts_with(&format!("{origin}/")))
 }
 
-fn tokens_match(expected: &str, given: &str) -> bool {
+pub(crate) fn tokens_match(expected: &str, given: &str) -> bool {
     !expected.is_empty() && bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
 }
 
-async fn read_form<T: for<'de> Deserialize<'de>>(request: Request<Incoming>) -> Result<T, Response<Body>> {
+pub(crate) async fn read_form<T: for<'de> Deserialize<'de>>(request: Request<Incoming>) -> Result<T, Response<Body>> {
     let is_form = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
         v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
     });
@@ -137,7 +159,7 @@ async fn read_form<T: for<'de> Deserialize<'de>>(request: Request<Incoming>) -> 
     })
 }
 
-fn forbidden_origin() -> Response<Body> {
+pub(crate) fn forbidden_origin() -> Response<Body> {
     pages::error(
         StatusCode::FORBIDDEN,
         "Request refused",
@@ -178,7 +200,7 @@ struct ReturnQuery {
     rd: Option<String>,
 }
 
-fn return_to_from_query(app: &App, request: &Request<Incoming>) -> String {
+pub(crate) fn return_to_from_query(app: &App, request: &Request<Incoming>) -> String {
     let query = request.uri().query().unwrap_or("");
     let rd = serde_urlencoded::from_str::<ReturnQuery>(query).ok().and_then(|q| q.rd);
     return_url::or_root(rd.as_deref(), &app.config.public_url)
@@ -281,18 +303,34 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
     {
         tracing::error!("could not end the previous session: {e}");
     }
+    let requirement = policy::requirement(&app.config.mfa, &user);
+    let has_factor = app.accounts.get(user.name.as_str()).has_second_factor();
+    let next = policy::after_password(requirement, has_factor);
     let established = async {
-        let (_, partial) = app.sessions.begin(user.clone()).await?;
-        // The first factor is the only one so far; part 2 inserts the second-factor challenge here.
-        app.sessions.promote(partial, vec![AuthMethod::Pwd]).await
+        let (id, partial) = app.sessions.begin(user.clone()).await?;
+        match next {
+            AfterPassword::Done => {
+                let (id, full) = app.sessions.promote(partial, vec![AuthMethod::Pwd]).await?;
+                Ok::<_, crate::session::SessionError>((id, full.expires_at(), None))
+            }
+            // Half logged in: the partial session's cookie, good only for the second-factor pages.
+            AfterPassword::Challenge => {
+                Ok((id, app.clock.now() + app.config.session.partial_timeout.as_secs() as i64, Some("challenge")))
+            }
+            AfterPassword::Enroll => {
+                Ok((id, app.clock.now() + app.config.session.partial_timeout.as_secs() as i64, Some("enroll")))
+            }
+        }
     };
     match established.await {
-        Ok((id, full)) => {
-            tracing::info!(target: "portcullis::security", user = %user.name, session = %id.key().log_ref(), client = %conn.peer.ip(), "login ok");
-            let mut response = pages::see_other(&app.config.public_url.join_path(&return_to));
-            let max_age = time::Duration::seconds(full.expires_at() - app.clock.now());
-            let cookie = cookie_header(app, app.session_cookie(), &id.cookie_value(), Some(max_age), SameSite::Lax);
-            response.headers_mut().append(header::SET_COOKIE, cookie);
+        Ok((id, expires_at, next_page)) => {
+            let stage = if next_page.is_some() { "password ok, second factor next" } else { "login ok" };
+            tracing::info!(target: "portcullis::security", user = %user.name, session = %id.key().log_ref(), client = %conn.peer.ip(), "{stage}");
+            let mut response = match next_page {
+                None => pages::see_other(&app.config.public_url.join_path(&return_to)),
+                Some(page) => mfa::page_with_rd(app, page, &return_to),
+            };
+            response.headers_mut().append(header::SET_COOKIE, session_cookie_header(app, &id, expires_at));
             response.extensions_mut().insert(RequestUser(Some(user.name.to_string())));
             response
         }
@@ -319,9 +357,9 @@ fn logout_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
 }
 
 #[derive(Deserialize)]
-struct CsrfForm {
+pub(crate) struct CsrfForm {
     #[serde(default)]
-    csrf: String,
+    pub(crate) csrf: String,
 }
 
 async fn logout_submit(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
@@ -377,6 +415,12 @@ fn account(app: &App, request: &Request<Incoming>) -> Response<Body> {
         }
     };
     let user = full.user();
+    let record = app.accounts.get(user.name.as_str());
+    let requirement = policy::requirement(&app.config.mfa, user);
+    let notice = match request.uri().query().unwrap_or("") {
+        "done=removed" => Some("Two-step verification is off. You can turn it on again at any time."),
+        _ => None,
+    };
     let mut response = pages::html(
         StatusCode::OK,
         &pages::AccountPage {
@@ -387,6 +431,14 @@ fn account(app: &App, request: &Request<Incoming>) -> Response<Body> {
             signed_in: format_time(full.created_at()),
             expires: format_time(full.expires_at()),
             csrf: full.csrf_token(),
+            notice,
+            mfa_enabled: requirement != policy::Requirement::Off && app.config.mfa.totp,
+            required: requirement == policy::Requirement::Required,
+            totp: record.totp.as_ref().map(|t| pages::TotpSummary {
+                enrolled: format_time(t.enrolled_at),
+                last_used: t.last_used_at.map(format_time),
+            }),
+            recovery_left: record.recovery_codes_left(),
         },
     );
     response.extensions_mut().insert(RequestUser(Some(user.name.to_string())));

@@ -1,0 +1,667 @@
+//! Second-factor pages: the challenge after the password (and for step-up), enrollment of an
+//! authenticator (inline at login when required, or from the account page), the one-time display
+//! of recovery codes, and the account page's sensitive actions.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::{
+    CsrfForm, clear_cookie, forbidden_origin, read_form, return_to_from_query, same_origin, session_cookie_header,
+    tokens_match,
+};
+use crate::app::{App, RequestUser};
+use crate::clock::UnixTime;
+use crate::factors::{TotpRecord, recovery, totp};
+use crate::pages::{self, Body, ChallengePage, CodeError, EnrollPage, RecoveryCodesPage};
+use crate::policy::{self, AfterPassword, Requirement};
+use crate::return_url;
+use crate::secret::Secret;
+use crate::session::{AuthMethod, FullSession, Lookup, PartialSession, Session, SessionKey};
+
+/// Enrollment state kept server side between page loads, per session (never in a cookie, and
+/// never shared between two sessions of one user).
+#[derive(Default)]
+pub struct Pending(DashMap<SessionKey, PendingState>);
+
+#[derive(Default)]
+struct PendingState {
+    /// The secret being set up, until a code from it is entered.
+    totp_secret: Option<(Secret, UnixTime)>,
+    /// Recovery codes just made, until the user confirms they saved them.
+    codes: Option<Vec<String>>,
+}
+
+impl Pending {
+    fn secret(&self, key: &SessionKey, now: UnixTime, max_age: i64) -> Secret {
+        let mut state = self.0.entry(key.clone()).or_default();
+        match &state.totp_secret {
+            // Reloading the page keeps the secret, so a code from an app that already scanned it
+            // still works.
+            Some((secret, made)) if now - made < max_age => secret.clone(),
+            _ => {
+                let secret = Secret::new(totp::new_secret());
+                state.totp_secret = Some((secret.clone(), now));
+                secret
+            }
+        }
+    }
+
+    fn take_secret(&self, key: &SessionKey, now: UnixTime, max_age: i64) -> Option<Secret> {
+        let mut state = self.0.get_mut(key)?;
+        match state.totp_secret.take() {
+            Some((secret, made)) if now - made < max_age => Some(secret),
+            _ => None,
+        }
+    }
+
+    fn put_codes(&self, key: &SessionKey, codes: Vec<String>) {
+        self.0.entry(key.clone()).or_default().codes = Some(codes);
+    }
+
+    fn codes(&self, key: &SessionKey) -> Option<Vec<String>> {
+        self.0.get(key).and_then(|s| s.codes.clone())
+    }
+
+    fn forget(&self, key: &SessionKey) {
+        self.0.remove(key);
+    }
+
+    /// Moves state to a session's new id after rotation.
+    fn rekey(&self, from: &SessionKey, to: &SessionKey) {
+        if let Some((_, state)) = self.0.remove(from) {
+            self.0.insert(to.clone(), state);
+        }
+    }
+}
+
+fn login_redirect(app: &App, return_to: &str) -> Response<Body> {
+    let query = serde_urlencoded::to_string([("rd", return_to)]).unwrap_or_default();
+    pages::see_other(&app.config.public_url.join_path(&format!("/.portcullis/login?{query}")))
+}
+
+pub fn page_with_rd(app: &App, page: &str, return_to: &str) -> Response<Body> {
+    let query = serde_urlencoded::to_string([("rd", return_to)]).unwrap_or_default();
+    pages::see_other(&app.config.public_url.join_path(&format!("/.portcullis/{page}?{query}")))
+}
+
+fn requirement(app: &App, session: &Session) -> Requirement {
+    policy::requirement(&app.config.mfa, session.user())
+}
+
+fn with_user(mut response: Response<Body>, session: &Session) -> Response<Body> {
+    response.extensions_mut().insert(RequestUser(Some(session.user().name.to_string())));
+    response
+}
+
+// ----- challenge -------------------------------------------------------------------------------
+
+pub fn challenge_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+    let return_to = return_to_from_query(app, request);
+    match app.resolve_session(request.headers()) {
+        Lookup::Found(session) => {
+            if !app.accounts.get(session.user().name.as_str()).has_second_factor() {
+                // Nothing to prove with: enroll instead (or go on, if not required).
+                return page_with_rd(app, "enroll", &return_to);
+            }
+            let step_up = matches!(session, Session::Full(_));
+            let page = ChallengePage {
+                step_up,
+                issuer: &app.config.mfa.issuer,
+                error: None,
+                csrf: session.csrf_token(),
+                return_to: &return_to,
+            };
+            with_user(pages::html(StatusCode::OK, &page), &session)
+        }
+        _ => login_redirect(app, &return_to),
+    }
+}
+
+#[derive(Deserialize)]
+struct CodeForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    code: String,
+    rd: Option<String>,
+}
+
+enum CodeRefused {
+    Wrong,
+    Replayed,
+    Malformed,
+    NoFactor,
+    Internal(String),
+}
+
+/// Checks a TOTP code or a recovery code for `user`, consuming it on success.
+async fn check_code(app: &App, user: &str, code: &str) -> Result<(AuthMethod, Option<usize>), CodeRefused> {
+    let now = app.clock.now();
+    let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    let looks_totp = digits.len() == totp::DIGITS as usize && digits.bytes().all(|b| b.is_ascii_digit());
+    let sealer = &app.sealer;
+    let outcome = if looks_totp {
+        app.accounts
+            .update(user, |record| {
+                let factor = record.totp.as_mut().ok_or(CodeRefused::NoFactor)?;
+                let secret = sealer.open(&factor.sealed_secret).map_err(|e| CodeRefused::Internal(e.to_string()))?;
+                let step = totp::verify(secret.expose(), &digits, now, factor.last_step).map_err(|e| match e {
+                    totp::TotpError::Replayed => CodeRefused::Replayed,
+                    totp::TotpError::Wrong => CodeRefused::Wrong,
+                    totp::TotpError::BadSecret(e) => CodeRefused::Internal(e),
+                })?;
+                factor.last_step = step;
+                factor.last_used_at = Some(now);
+                Ok((AuthMethod::Otp, None))
+            })
+            .await
+    } else if recovery::normalize(code).is_some() {
+        app.accounts
+            .update(user, |record| {
+                if record.totp.is_none() {
+                    return Err(CodeRefused::NoFactor);
+                }
+                let index =
+                    recovery::find_unused(sealer.pepper(), &record.recovery_codes, code).ok_or(CodeRefused::Wrong)?;
+                record.recovery_codes[index].used_at = Some(now);
+                Ok((AuthMethod::Rc, Some(record.recovery_codes_left())))
+            })
+            .await
+    } else {
+        return Err(CodeRefused::Malformed);
+    };
+    outcome.map_err(|e| CodeRefused::Internal(e.to_string()))?
+}
+
+pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    if !same_origin(app, request.headers()) {
+        return forbidden_origin();
+    }
+    let lookup = app.resolve_session(request.headers());
+    let form: CodeForm = match read_form(request).await {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    let return_to = return_url::or_root(form.rd.as_deref(), &app.config.public_url);
+    let Lookup::Found(session) = lookup else { return login_redirect(app, &return_to) };
+    if !tokens_match(session.csrf_token(), &form.csrf) {
+        return pages::error(
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            "This form had expired. Go back, reload the page and try again.",
+            None,
+        );
+    }
+    let user = session.user().name.to_string();
+    let step_up = matches!(session, Session::Full(_));
+    match check_code(app, &user, &form.code).await {
+        Ok((method, recovery_left)) => {
+            if let Some(left) = recovery_left {
+                tracing::warn!(target: "portcullis::security", %user, left, "recovery code used");
+            }
+            tracing::info!(target: "portcullis::security", %user, method = method.as_str(), step_up, "second factor ok");
+            let old_key = session.key().clone();
+            let upgraded = match session {
+                Session::Partial(partial) => app.sessions.promote(partial, vec![AuthMethod::Pwd, method]).await,
+                Session::Full(full) => app.sessions.step_up(full, method).await,
+            };
+            match upgraded {
+                Ok((id, full)) => {
+                    app.pending.rekey(&old_key, full.key());
+                    let mut response = pages::see_other(&app.config.public_url.join_path(&return_to));
+                    response
+                        .headers_mut()
+                        .append(http::header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
+                    response.extensions_mut().insert(RequestUser(Some(user)));
+                    response
+                }
+                Err(e) => {
+                    tracing::error!("could not upgrade a session: {e}");
+                    pages::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Verification unavailable",
+                        "Your code was right, but the session could not be saved. Try again.",
+                        None,
+                    )
+                }
+            }
+        }
+        Err(CodeRefused::NoFactor) => page_with_rd(app, "enroll", &return_to),
+        Err(CodeRefused::Internal(e)) => {
+            tracing::error!(%user, "second factor check failed: {e}");
+            pages::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "Your code could not be checked. Try again; if it keeps failing, tell the administrator.",
+                None,
+            )
+        }
+        Err(refused) => {
+            let failures = match &session {
+                Session::Partial(p) => p.record_failure(),
+                Session::Full(f) => f.record_failure(),
+            };
+            let error = match refused {
+                CodeRefused::Replayed => CodeError::Replayed,
+                CodeRefused::Malformed => CodeError::Malformed,
+                _ => CodeError::Wrong,
+            };
+            tracing::warn!(target: "portcullis::security", %user, failures, step_up, "second factor failed");
+            if failures >= app.config.mfa.attempts {
+                // Too many guesses in one session: end it. Starting over costs a password check.
+                if let Err(e) = app.sessions.end(session.key()).await {
+                    tracing::error!("could not end a session: {e}");
+                }
+                app.pending.forget(session.key());
+                tracing::warn!(target: "portcullis::security", %user, "session ended after too many wrong codes");
+                let mut response = pages::error(
+                    StatusCode::UNAUTHORIZED,
+                    "Too many wrong codes",
+                    "For your safety you have been signed out. Sign in again, and use a recovery code if your authenticator is not available.",
+                    Some(("/.portcullis/login", "Sign in again")),
+                );
+                clear_cookie(&mut response, app.session_cookie(), app.config.public_url.is_https());
+                return response;
+            }
+            let page = ChallengePage {
+                step_up,
+                issuer: &app.config.mfa.issuer,
+                error: Some(error),
+                csrf: session.csrf_token(),
+                return_to: &return_to,
+            };
+            with_user(pages::html(StatusCode::UNAUTHORIZED, &page), &session)
+        }
+    }
+}
+
+// ----- enrollment ------------------------------------------------------------------------------
+
+/// Whether this session may enroll: a partial session that must (inline enrollment), or any full
+/// session while 2FA is not off. Never when the account already has an authenticator.
+fn may_enroll(app: &App, session: &Session) -> bool {
+    let req = requirement(app, session);
+    let has = app.accounts.get(session.user().name.as_str()).has_second_factor();
+    app.config.mfa.totp
+        && !has
+        && match session {
+            Session::Partial(_) => policy::after_password(req, has) == AfterPassword::Enroll,
+            Session::Full(_) => req != Requirement::Off,
+        }
+}
+
+fn render_enroll(
+    app: &App,
+    session: &Session,
+    return_to: &str,
+    error: Option<CodeError>,
+    status: StatusCode,
+) -> Response<Body> {
+    let max_age = app.config.session.partial_timeout.as_secs() as i64;
+    let secret = app.pending.secret(session.key(), app.clock.now(), max_age);
+    let account = session.user().name.as_str();
+    let issuer = &app.config.mfa.issuer;
+    let (Ok(uri), encoded) = (totp::provisioning_uri(secret.expose(), issuer, account), totp::base32(secret.expose()))
+    else {
+        return pages::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            "The setup code could not be made.",
+            None,
+        );
+    };
+    let qr = match crate::factors::qr::png_data_url(&uri) {
+        Ok(qr) => qr,
+        Err(e) => {
+            tracing::error!("QR code failed: {e}");
+            String::new()
+        }
+    };
+    let page = EnrollPage {
+        required: matches!(session, Session::Partial(_)),
+        issuer,
+        qr: &qr,
+        uri: &uri,
+        secret: &encoded,
+        secret_grouped: &totp::grouped(&encoded),
+        error,
+        csrf: session.csrf_token(),
+        return_to,
+    };
+    with_user(pages::html(status, &page), session)
+}
+
+pub fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+    let return_to = return_to_from_query(app, request);
+    match app.resolve_session(request.headers()) {
+        Lookup::Found(session) if may_enroll(app, &session) => {
+            render_enroll(app, &session, &return_to, None, StatusCode::OK)
+        }
+        Lookup::Found(Session::Partial(_)) => page_with_rd(app, "challenge", &return_to),
+        Lookup::Found(Session::Full(_)) => pages::see_other(&app.config.public_url.join_path("/.portcullis/account")),
+        _ => login_redirect(app, &return_to),
+    }
+}
+
+pub async fn enroll_submit(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    if !same_origin(app, request.headers()) {
+        return forbidden_origin();
+    }
+    let lookup = app.resolve_session(request.headers());
+    let form: CodeForm = match read_form(request).await {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    let return_to = return_url::or_root(form.rd.as_deref(), &app.config.public_url);
+    let session = match lookup {
+        Lookup::Found(session) if may_enroll(app, &session) => session,
+        Lookup::Found(_) => return pages::see_other(&app.config.public_url.join_path("/.portcullis/account")),
+        _ => return login_redirect(app, &return_to),
+    };
+    if !tokens_match(session.csrf_token(), &form.csrf) {
+        return pages::error(
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            "This form had expired. Go back, reload the page and try again.",
+            None,
+        );
+    }
+    let now = app.clock.now();
+    let max_age = app.config.session.partial_timeout.as_secs() as i64;
+    let Some(secret) = app.pending.take_secret(session.key(), now, max_age) else {
+        // The setup expired (or never started): show a fresh one.
+        return render_enroll(app, &session, &return_to, None, StatusCode::OK);
+    };
+    let step = match totp::verify(secret.expose(), &form.code, now, 0) {
+        Ok(step) => step,
+        Err(e) => {
+            // Keep the same secret so the user can simply try the next code.
+            app.pending.0.entry(session.key().clone()).or_default().totp_secret = Some((secret, now));
+            let error = if e == totp::TotpError::Replayed { CodeError::Replayed } else { CodeError::Wrong };
+            return render_enroll(app, &session, &return_to, Some(error), StatusCode::UNAUTHORIZED);
+        }
+    };
+    let user = session.user().name.to_string();
+    let sealed = match app.sealer.seal(secret.expose()) {
+        Ok(sealed) => sealed,
+        Err(e) => {
+            tracing::error!("sealing failed: {e}");
+            return pages::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "Your authenticator could not be saved.",
+                None,
+            );
+        }
+    };
+    let pepper = app.sealer.pepper();
+    let saved = app
+        .accounts
+        .update(&user, |record| {
+            if record.totp.is_some() {
+                return Err("already enrolled");
+            }
+            record.totp =
+                Some(TotpRecord { sealed_secret: sealed, enrolled_at: now, last_used_at: Some(now), last_step: step });
+            let (codes, records) = recovery::new_set(pepper);
+            record.recovery_codes = records;
+            record.recovery_generated_at = Some(now);
+            Ok(codes)
+        })
+        .await;
+    let codes = match saved {
+        Ok(Ok(codes)) => codes,
+        Ok(Err(_)) => return pages::see_other(&app.config.public_url.join_path("/.portcullis/account")),
+        Err(e) => {
+            tracing::error!("could not save a new factor: {e}");
+            return pages::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Something went wrong",
+                "Your authenticator could not be saved. Try again.",
+                None,
+            );
+        }
+    };
+    tracing::info!(target: "portcullis::security", %user, "authenticator enrolled");
+
+    match session {
+        // Inline enrollment: the session becomes full once the codes are confirmed saved.
+        Session::Partial(partial) => {
+            app.pending.put_codes(partial.key(), codes);
+            page_with_rd(app, "recovery-codes", &return_to)
+        }
+        // From the account page: the code just entered is a fresh second factor.
+        Session::Full(full) => {
+            let old = full.key().clone();
+            match app.sessions.step_up(full, AuthMethod::Otp).await {
+                Ok((id, full)) => {
+                    app.pending.rekey(&old, full.key());
+                    app.pending.put_codes(full.key(), codes);
+                    let mut response = page_with_rd(app, "recovery-codes", &return_to);
+                    response
+                        .headers_mut()
+                        .append(http::header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
+                    response
+                }
+                Err(e) => {
+                    tracing::error!("could not update a session: {e}");
+                    pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None)
+                }
+            }
+        }
+    }
+}
+
+// ----- recovery codes --------------------------------------------------------------------------
+
+pub fn recovery_codes_page(app: &App, request: &Request<Incoming>) -> Response<Body> {
+    let return_to = return_to_from_query(app, request);
+    let Lookup::Found(session) = app.resolve_session(request.headers()) else { return login_redirect(app, &return_to) };
+    let Some(codes) = app.pending.codes(session.key()) else {
+        return pages::see_other(&app.config.public_url.join_path("/.portcullis/account"));
+    };
+    let text = format!(
+        "Recovery codes for {} at {}\nEach code works once. Keep them somewhere safe.\n\n{}\n",
+        session.user().name,
+        app.config.mfa.issuer,
+        codes.join("\n")
+    );
+    let download = format!(
+        "data:text/plain;charset=utf-8,{}",
+        percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let file_name = format!(
+        "{}-recovery-codes.txt",
+        app.config.mfa.issuer.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "-")
+    );
+    let page = RecoveryCodesPage {
+        codes: &codes,
+        download: &download,
+        file_name: &file_name,
+        csrf: session.csrf_token(),
+        return_to: &return_to,
+    };
+    with_user(pages::html(StatusCode::OK, &page), &session)
+}
+
+#[derive(Deserialize)]
+struct SavedForm {
+    #[serde(default)]
+    csrf: String,
+    saved: Option<String>,
+    rd: Option<String>,
+}
+
+pub async fn recovery_codes_confirm(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    if !same_origin(app, request.headers()) {
+        return forbidden_origin();
+    }
+    let lookup = app.resolve_session(request.headers());
+    let form: SavedForm = match read_form(request).await {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    let return_to = return_url::or_root(form.rd.as_deref(), &app.config.public_url);
+    let Lookup::Found(session) = lookup else { return login_redirect(app, &return_to) };
+    if !tokens_match(session.csrf_token(), &form.csrf) {
+        return pages::error(
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            "This form had expired. Go back, reload the page and try again.",
+            None,
+        );
+    }
+    if app.pending.codes(session.key()).is_none() {
+        return pages::see_other(&app.config.public_url.join_path("/.portcullis/account"));
+    }
+    if form.saved.as_deref() != Some("yes") {
+        return page_with_rd(app, "recovery-codes", &return_to);
+    }
+    app.pending.forget(session.key());
+    match session {
+        Session::Partial(partial) => finish_inline_enrollment(app, partial, &return_to).await,
+        Session::Full(full) => {
+            let response = pages::see_other(&app.config.public_url.join_path(&return_to));
+            with_user(response, &Session::Full(full))
+        }
+    }
+}
+
+async fn finish_inline_enrollment(app: &App, partial: PartialSession, return_to: &str) -> Response<Body> {
+    let user = partial.user().name.to_string();
+    // Only an account that now has a factor gets here (enrollment proved a code from it).
+    if !app.accounts.get(&user).has_second_factor() {
+        return page_with_rd(app, "enroll", return_to);
+    }
+    match app.sessions.promote(partial, vec![AuthMethod::Pwd, AuthMethod::Otp]).await {
+        Ok((id, full)) => {
+            let mut response = pages::see_other(&app.config.public_url.join_path(return_to));
+            response.headers_mut().append(http::header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
+            response.extensions_mut().insert(RequestUser(Some(user)));
+            response
+        }
+        Err(e) => {
+            tracing::error!("could not promote a session: {e}");
+            pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None)
+        }
+    }
+}
+
+// ----- account actions -------------------------------------------------------------------------
+
+pub async fn account_action(app: &Arc<App>, action: &str, request: Request<Incoming>) -> Response<Body> {
+    if !same_origin(app, request.headers()) {
+        return forbidden_origin();
+    }
+    let lookup = app.resolve_session(request.headers());
+    let form: CsrfForm = match read_form(request).await {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    let Lookup::Found(Session::Full(full)) = lookup else { return login_redirect(app, "/.portcullis/account") };
+    if !tokens_match(full.csrf_token(), &form.csrf) {
+        return pages::error(
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            "This form had expired. Reload the account page and try again.",
+            None,
+        );
+    }
+    let user = full.user().name.to_string();
+    match action {
+        "sign-out-everywhere" => match app.sessions.end_all_for(&user).await {
+            Ok(count) => {
+                tracing::info!(target: "portcullis::security", %user, count, "signed out everywhere");
+                let mut response = pages::html(StatusCode::OK, &pages::SignedOutPage);
+                clear_cookie(&mut response, app.session_cookie(), app.config.public_url.is_https());
+                response
+            }
+            Err(e) => {
+                tracing::error!("could not end sessions: {e}");
+                pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None)
+            }
+        },
+        "remove-totp" | "regenerate-codes" => sensitive_action(app, action, full, &user).await,
+        _ => pages::error(StatusCode::NOT_FOUND, "Page not found", "There is no such action.", None),
+    }
+}
+
+async fn sensitive_action(app: &App, action: &str, full: FullSession, user: &str) -> Response<Body> {
+    let req = policy::requirement(&app.config.mfa, full.user());
+    if req == Requirement::Off {
+        return pages::error(
+            StatusCode::NOT_FOUND,
+            "Page not found",
+            "Two-step verification is switched off here.",
+            None,
+        );
+    }
+    let window = app.config.mfa.step_up_window.as_secs() as i64;
+    if !policy::recently_proven(full.second_factor_at(), app.clock.now(), window) {
+        // Re-prove the second factor first, then come back to the account page to do it.
+        return page_with_rd(app, "challenge", "/.portcullis/account");
+    }
+    let now = app.clock.now();
+    let pepper = app.sealer.pepper();
+    match action {
+        "remove-totp" => {
+            if req == Requirement::Required {
+                return pages::error(
+                    StatusCode::FORBIDDEN,
+                    "Cannot turn off",
+                    "Your account requires two-step verification, so it cannot be turned off. You can set up a new phone by asking the administrator to reset it.",
+                    Some(("/.portcullis/account", "Back to your account")),
+                );
+            }
+            let removed = app
+                .accounts
+                .update(user, |record| {
+                    record.totp = None;
+                    record.recovery_codes.clear();
+                    record.recovery_generated_at = None;
+                    Ok::<_, ()>(())
+                })
+                .await;
+            match removed {
+                Ok(_) => {
+                    tracing::warn!(target: "portcullis::security", %user, "authenticator removed");
+                    pages::see_other(&app.config.public_url.join_path("/.portcullis/account?done=removed"))
+                }
+                Err(e) => {
+                    tracing::error!("could not remove a factor: {e}");
+                    pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None)
+                }
+            }
+        }
+        _ => {
+            let made = app
+                .accounts
+                .update(user, |record| {
+                    if record.totp.is_none() {
+                        return Err(());
+                    }
+                    let (codes, records) = recovery::new_set(pepper);
+                    record.recovery_codes = records;
+                    record.recovery_generated_at = Some(now);
+                    Ok(codes)
+                })
+                .await;
+            match made {
+                Ok(Ok(codes)) => {
+                    tracing::info!(target: "portcullis::security", %user, "recovery codes regenerated");
+                    app.pending.put_codes(full.key(), codes);
+                    page_with_rd(app, "recovery-codes", "/.portcullis/account")
+                }
+                Ok(Err(())) => pages::see_other(&app.config.public_url.join_path("/.portcullis/account")),
+                Err(e) => {
+                    tracing::error!("could not make recovery codes: {e}");
+                    pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None)
+                }
+            }
+        }
+    }
+}

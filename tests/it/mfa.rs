@@ -1,0 +1,403 @@
+//! The second factor, walked the way a person walks it: enrolling from the secret and QR code the
+//! page shows, signing in with a code, using recovery codes, inline enrollment when 2FA is
+//! required, and what a half-logged-in session can (nothing) and cannot reach.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+
+use crate::harness::{ALICE, Account, Browser, Proxy, form_field, proxy};
+use crate::upstream::Upstream;
+
+pub const BOB: Account =
+    Account { name: "bob", password: "bob's long password", email: "bob@example.com", groups: &["staff"] };
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A TOTP code `steps` steps from now, computed from the base32 secret the page showed.
+fn code(secret: &[u8], steps: i64) -> String {
+    portcullis::factors::totp::code_at(secret, now() + steps * 30).unwrap()
+}
+
+fn attr(html: &str, marker: &str) -> String {
+    let start = html.find(marker).unwrap_or_else(|| panic!("{marker} not in page")) + marker.len();
+    html[start..start + html[start..].find('"').unwrap()].to_string()
+}
+
+/// What the enrollment page shows, checked for consistency: the QR code decodes to the same
+/// otpauth URI as the link, and that URI carries the same secret as the text.
+fn read_enrollment_page(html: &str) -> Vec<u8> {
+    let secret_text = attr(html, "data-secret=\"");
+    let uri = attr(html, "<a href=\"").replace("&amp;", "&").replace("&#38;", "&");
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    assert!(uri.contains(&format!("secret={secret_text}")), "{uri}");
+
+    let png = base64::engine::general_purpose::STANDARD.decode(attr(html, "src=\"data:image/png;base64,")).unwrap();
+    let decoder = png::Decoder::new(std::io::Cursor::new(png));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut image = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| pixels[y * w + x]);
+    let grids = image.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code on the page");
+    let (_, decoded) = grids[0].decode().unwrap();
+    assert_eq!(decoded, uri, "the QR code says what the link says");
+
+    let secret = totp_rs::Secret::try_from_base32(&secret_text).unwrap();
+    secret.as_ref().to_vec()
+}
+
+/// Enrolls from the page the browser is sent to (`enroll_url`), returns the secret and codes.
+async fn enroll(browser: &Browser, proxy: &Proxy, enroll_url: &str) -> (Vec<u8>, Vec<String>, reqwest::Response) {
+    let page = browser.navigate(enroll_url).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let secret = read_enrollment_page(&html);
+    let csrf = form_field(&html, "csrf").unwrap();
+    let rd = form_field(&html, "rd").unwrap();
+    let post = |code: String| {
+        browser
+            .http
+            .post(proxy.url("/.portcullis/enroll"))
+            .header("origin", proxy.origin())
+            .form(&[("csrf", csrf.clone()), ("rd", rd.clone()), ("code", code)])
+            .send()
+    };
+    let wrong = post("000000".into()).await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.text().await.unwrap().contains("does not match"));
+    let done = post(code(&secret, 0)).await.unwrap();
+    assert_eq!(done.status(), 303);
+    assert!(done.headers()["location"].to_str().unwrap().contains("/.portcullis/recovery-codes"));
+
+    let page = browser.navigate(done.headers()["location"].to_str().unwrap()).await.text().await.unwrap();
+    let codes: Vec<String> = page.split("<li><code>").skip(1).map(|s| s[..s.find('<').unwrap()].to_string()).collect();
+    assert_eq!(codes.len(), 10, "ten recovery codes");
+    assert!(page.contains("download=\"") && page.contains("data:text/plain"));
+    let csrf = form_field(&page, "csrf").unwrap();
+    let rd = form_field(&page, "rd").unwrap();
+    let confirmed = browser
+        .http
+        .post(proxy.url("/.portcullis/recovery-codes"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", csrf.as_str()), ("rd", rd.as_str()), ("saved", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 303);
+    (secret, codes, confirmed)
+}
+
+/// Signs in with the password; returns the redirect (to the challenge, when 2FA applies).
+async fn password(browser: &Browser, proxy: &Proxy, account: &Account, rd: &str) -> String {
+    let response = browser.submit_login(proxy, account.name, account.password, rd).await;
+    assert_eq!(response.status(), 303);
+    response.headers()["location"].to_str().unwrap().to_string()
+}
+
+async fn submit_code(browser: &Browser, proxy: &Proxy, challenge_url: &str, code: &str) -> reqwest::Response {
+    let page = browser.navigate(challenge_url).await.text().await.unwrap();
+    let csrf = form_field(&page, "csrf").expect("a challenge form");
+    let rd = form_field(&page, "rd").unwrap();
+    browser
+        .http
+        .post(proxy.url("/.portcullis/challenge"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", csrf.as_str()), ("rd", rd.as_str()), ("code", code)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Every way a half-logged-in session might try to reach the upstream, refused.
+async fn assert_partial_reaches_nothing(browser: &Browser, proxy: &Proxy, upstream: &Upstream) {
+    let before = upstream.count();
+    for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = browser.http.request(m, proxy.url("/api/data")).body("x").send().await.unwrap();
+        assert_eq!(response.status(), 401, "{method}");
+    }
+    let nav = browser.navigate(&proxy.url("/wiki/Page")).await;
+    assert_eq!(nav.status(), 303);
+    assert!(nav.headers()["location"].to_str().unwrap().contains("/.portcullis/"), "sent to a second-factor page");
+    let mut ws = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/ws",
+        proxy.addr
+    ))
+    .unwrap();
+    ws.headers_mut().insert("cookie", browser.cookie_header(&proxy.url("/")).unwrap().parse().unwrap());
+    match tokio_tungstenite::connect_async(ws).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("a partial session's WebSocket must be refused: {other:?}"),
+    }
+    assert_eq!(upstream.count(), before, "the upstream saw nothing from a partial session");
+}
+
+fn claims(proxy: &Proxy, seen: &crate::upstream::Seen) -> serde_json::Value {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_audience(&[proxy.origin()]);
+    let token = seen.header("x-portcullis-assertion").unwrap();
+    jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(&proxy.identity_key()),
+        &validation,
+    )
+    .unwrap()
+    .claims
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn optional_enrollment_then_every_login_needs_the_code() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+
+    // A session from before enrollment, on another device.
+    let old_device = Browser::new();
+    old_device.login(&proxy, &ALICE).await;
+    assert_eq!(old_device.navigate(&proxy.url("/")).await.status(), 200);
+
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let account = browser.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
+    assert!(account.contains("Set up two-step verification"));
+    let (secret, _codes, done) =
+        enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll?rd=%2F.portcullis%2Faccount")).await;
+    assert_eq!(done.headers()["location"], proxy.url("/.portcullis/account").as_str());
+    let account = browser.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
+    assert!(account.contains("Recovery codes left: <strong>10</strong>"), "{account}");
+    assert_eq!(browser.navigate(&proxy.url("/")).await.status(), 200, "the enrolling session carries on");
+
+    // The password-only session elsewhere no longer satisfies the policy: it must step up.
+    let downgraded = old_device.navigate(&proxy.url("/")).await;
+    assert_eq!(downgraded.status(), 303);
+    assert!(downgraded.headers()["location"].to_str().unwrap().contains("/.portcullis/challenge"));
+
+    // A new sign-in: password, then the challenge; nothing reaches the upstream in between.
+    let second = Browser::new();
+    let challenge = password(&second, &proxy, &ALICE, "/wiki/Deep?x=1").await;
+    assert!(challenge.starts_with(&proxy.url("/.portcullis/challenge?rd=")), "{challenge}");
+    assert_partial_reaches_nothing(&second, &proxy, &upstream).await;
+    let wrong = submit_code(&second, &proxy, &challenge, "123456").await;
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.text().await.unwrap().contains("not right"));
+    let next_code = code(&secret, 1);
+    let ok = submit_code(&second, &proxy, &challenge, &next_code).await;
+    assert_eq!(ok.status(), 303);
+    assert_eq!(ok.headers()["location"], proxy.url("/wiki/Deep?x=1").as_str(), "lands where it was going");
+    assert_eq!(second.navigate(&proxy.url("/wiki/Deep?x=1")).await.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    let claims = claims(&proxy, &seen);
+    assert_eq!(claims["amr"], serde_json::json!(["pwd", "otp"]));
+    assert_eq!(claims["acr"], "aal2");
+    assert_eq!(seen.header("x-forwarded-user"), Some("alice"), "the plain headers are unchanged");
+
+    // The same code again, in another session: refused as a replay.
+    let third = Browser::new();
+    let challenge = password(&third, &proxy, &ALICE, "/").await;
+    let replay = submit_code(&third, &proxy, &challenge, &next_code).await;
+    assert_eq!(replay.status(), 401);
+    assert!(replay.text().await.unwrap().contains("already used"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_codes_work_once_and_regenerating_voids_the_old_set() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let (_secret, codes, _) = enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
+
+    let lost_phone = Browser::new();
+    let challenge = password(&lost_phone, &proxy, &ALICE, "/").await;
+    let sloppy = codes[0].to_uppercase().replace('-', " ");
+    assert_eq!(submit_code(&lost_phone, &proxy, &challenge, &sloppy).await.status(), 303);
+    assert_eq!(lost_phone.navigate(&proxy.url("/")).await.status(), 200);
+    assert_eq!(claims(&proxy, &upstream.seen().pop().unwrap())["amr"], serde_json::json!(["pwd", "rc"]));
+    let account = lost_phone.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
+    assert!(account.contains("Recovery codes left: <strong>9</strong>"));
+
+    let again = Browser::new();
+    let challenge = password(&again, &proxy, &ALICE, "/").await;
+    assert_eq!(submit_code(&again, &proxy, &challenge, &codes[0]).await.status(), 401, "a used code is spent");
+
+    // Regenerate (the recovery sign-in just proved a second factor, so no step-up is needed).
+    let csrf = form_field(&account, "csrf").unwrap();
+    let made = lost_phone
+        .http
+        .post(proxy.url("/.portcullis/account/regenerate-codes"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 303);
+    let page = lost_phone.navigate(made.headers()["location"].to_str().unwrap()).await.text().await.unwrap();
+    let fresh: Vec<String> = page.split("<li><code>").skip(1).map(|s| s[..s.find('<').unwrap()].to_string()).collect();
+    assert_eq!(fresh.len(), 10);
+    let old = Browser::new();
+    let challenge = password(&old, &proxy, &ALICE, "/").await;
+    assert_eq!(submit_code(&old, &proxy, &challenge, &codes[1]).await.status(), 401, "old codes are void");
+    let new = Browser::new();
+    let challenge = password(&new, &proxy, &ALICE, "/").await;
+    assert_eq!(submit_code(&new, &proxy, &challenge, &fresh[1]).await.status(), 303);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn required_policy_enrolls_inline_and_lands_on_the_deep_link() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[mfa]\npolicy = \"required\"").start();
+    let browser = Browser::new();
+    let to_login = browser.navigate(&proxy.url("/projects/42/settings?tab=members")).await;
+    assert_eq!(to_login.status(), 303);
+    let enroll_url = password(&browser, &proxy, &ALICE, "/projects/42/settings?tab=members").await;
+    assert!(enroll_url.starts_with(&proxy.url("/.portcullis/enroll?rd=")), "{enroll_url}");
+    assert_partial_reaches_nothing(&browser, &proxy, &upstream).await;
+
+    let (_secret, _codes, done) = enroll(&browser, &proxy, &enroll_url).await;
+    assert_eq!(done.headers()["location"], proxy.url("/projects/42/settings?tab=members").as_str());
+    assert_eq!(browser.navigate(&proxy.url("/projects/42/settings?tab=members")).await.status(), 200);
+    assert_eq!(claims(&proxy, &upstream.seen().pop().unwrap())["amr"], serde_json::json!(["pwd", "otp"]));
+
+    // The last factor cannot be removed while 2FA is required.
+    let account = browser.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
+    assert!(!account.contains("Turn off two-step verification"));
+    let csrf = form_field(&account, "csrf").unwrap();
+    let remove = browser
+        .http
+        .post(proxy.url("/.portcullis/account/remove-totp"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(remove.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_can_be_required_while_others_stay_optional() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[mfa]\nrequired_groups = [\"wiki-admins\"]").start();
+    crate::harness::add_account(&proxy.users_file(), &BOB);
+    let mark = proxy.stderr.len();
+    proxy.stderr.wait_for(mark, |l| l.contains("users file reloaded")).unwrap();
+
+    let alice = Browser::new();
+    assert!(password(&alice, &proxy, &ALICE, "/").await.contains("/.portcullis/enroll"), "alice is a wiki admin");
+    let bob = Browser::new();
+    assert_eq!(password(&bob, &proxy, &BOB, "/").await, proxy.url("/"), "bob is not");
+    assert_eq!(bob.navigate(&proxy.url("/")).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_change_downgrades_live_sessions_and_replays_stay_refused_after_restart() {
+    let upstream = Upstream::start().await;
+    let mut first = proxy(&upstream.url()).start();
+    let password_only = Browser::new();
+    password_only.login(&first, &ALICE).await;
+    assert_eq!(password_only.navigate(&first.url("/")).await.status(), 200);
+    let bob = Browser::new();
+    crate::harness::add_account(&first.users_file(), &BOB);
+    let mark = first.stderr.len();
+    first.stderr.wait_for(mark, |l| l.contains("users file reloaded")).unwrap();
+    bob.login(&first, &BOB).await;
+    let (secret, _, _) = enroll(&bob, &first, &first.url("/.portcullis/enroll")).await;
+    let used = code(&secret, 1);
+    let device = Browser::new();
+    let challenge = password(&device, &first, &BOB, "/").await;
+    assert_eq!(submit_code(&device, &first, &challenge, &used).await.status(), 303);
+    assert!(first.stop().success());
+
+    // Same data, 2FA now required for everyone.
+    let second = proxy(&upstream.url()).restart_of(&first).toml("[mfa]\npolicy = \"required\"").start();
+    let before = upstream.count();
+    let nav = password_only.navigate(&second.url("/")).await;
+    assert_eq!(nav.status(), 303);
+    assert!(nav.headers()["location"].to_str().unwrap().contains("/.portcullis/enroll"), "downgraded, sent to enroll");
+    assert_eq!(password_only.http.get(second.url("/api")).send().await.unwrap().status(), 401);
+    assert_eq!(upstream.count(), before);
+    // Bob's session proved a second factor, so it satisfies the new policy.
+    assert_eq!(device.navigate(&second.url("/")).await.status(), 200);
+
+    // The code Bob used before the restart is still spent.
+    let replay = Browser::new();
+    let challenge = password(&replay, &second, &BOB, "/").await;
+    assert_eq!(submit_code(&replay, &second, &challenge, &used).await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_wrong_codes_end_the_half_logged_in_session() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[mfa]\nattempts = 3").start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let (secret, _, _) = enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
+
+    let attacker = Browser::new();
+    let challenge = password(&attacker, &proxy, &ALICE, "/").await;
+    assert_eq!(submit_code(&attacker, &proxy, &challenge, "111111").await.status(), 401);
+    assert_eq!(submit_code(&attacker, &proxy, &challenge, "222222").await.status(), 401);
+    let last = submit_code(&attacker, &proxy, &challenge, "333333").await;
+    assert_eq!(last.status(), 401);
+    assert!(last.text().await.unwrap().contains("Too many wrong codes"));
+    // The session is gone: even the right code no longer helps without the password again.
+    let page = attacker.navigate(&challenge).await;
+    assert_eq!(page.status(), 303);
+    assert!(page.headers()["location"].to_str().unwrap().contains("/.portcullis/login"));
+    let _ = secret;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disabled_policy_shows_no_second_factor_pages() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[mfa]\npolicy = \"disabled\"").start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    for page in ["/.portcullis/enroll", "/.portcullis/challenge", "/.portcullis/recovery-codes"] {
+        assert_eq!(browser.navigate(&proxy.url(page)).await.status(), 404, "{page}");
+    }
+    let account = browser.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
+    assert!(!account.contains("Two-step verification"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_is_stored_in_the_clear() {
+    let upstream = Upstream::start().await;
+    let mut proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let page = browser.navigate(&proxy.url("/.portcullis/enroll")).await.text().await.unwrap();
+    let secret_b32 = attr(&page, "data-secret=\"");
+    drop(page);
+    let (secret, codes, _) = enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    assert!(proxy.stop().success());
+    let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let mut needles: Vec<Vec<u8>> = vec![secret.clone(), secret_hex.into_bytes(), secret_b32.into_bytes()];
+    needles.push(totp_rs::Secret::from(secret.clone()).to_base32().into_bytes());
+    for code in &codes {
+        needles.push(code.as_bytes().to_vec());
+        needles.push(code.replace('-', "").into_bytes());
+    }
+    needles.push(ALICE.password.as_bytes().to_vec());
+    let mut files = vec![];
+    let mut stack = vec![proxy.data_dir()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { stack.push(path) } else { files.push(path) }
+        }
+    }
+    assert!(files.len() > 2);
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        for needle in &needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+                "a secret is readable in {}",
+                file.display()
+            );
+        }
+    }
+}
