@@ -71,6 +71,12 @@ pub enum UserCommand {
     Remove { name: String },
     /// List accounts.
     List,
+    /// Remove a user's second factors and recovery codes and end their sessions, for a user who
+    /// lost their phone and their codes. They set up a new authenticator at their next sign-in
+    /// (if 2FA is required) or from their account page. Run it while the proxy is stopped: the
+    /// data store admits one process at a time.
+    #[command(name = "reset-2fa")]
+    Reset2fa { name: String },
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -241,6 +247,18 @@ fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {
             edit::remove(file, &name).map_err(|e| e.to_string())?;
             println!("removed {name}; their sessions have ended");
         }
+        UserCommand::Reset2fa { name } => {
+            if !users::read(file).map_err(|e| e.to_string())?.contains_key(&name) {
+                return Err(users::UsersError::NotFound(name).to_string());
+            }
+            let ended = reset_second_factor(&config, &name).map_err(|e| match e {
+                crate::store::StoreError::Locked { .. } => {
+                    format!("{e}\nStop the proxy, run this again, then start it; the reset takes effect at once.")
+                }
+                other => other.to_string(),
+            })?;
+            println!("two-step verification reset for {name}; {ended} session(s) ended");
+        }
         UserCommand::List => {
             let mut all: Vec<_> = users::read(file).map_err(|e| e.to_string())?.into_values().collect();
             all.sort_by(|a, b| a.name.cmp(&b.name));
@@ -251,4 +269,20 @@ fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Clears an account's factors and deletes its sessions, directly in the store.
+fn reset_second_factor(config: &config::Config, name: &str) -> Result<usize, crate::store::StoreError> {
+    use crate::store::Store;
+    let store = crate::store::sled_store::SledStore::open(&config.data_dir.join("store"))?;
+    store.put_account(name, &crate::factors::AccountRecord::default())?;
+    let mut ended = 0;
+    for (key, record) in store.sessions()? {
+        if record.user == name {
+            store.delete_session(&key)?;
+            ended += 1;
+        }
+    }
+    store.flush()?;
+    Ok(ended)
 }

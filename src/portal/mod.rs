@@ -409,6 +409,8 @@ fn format_time(t: crate::clock::UnixTime) -> String {
 fn account(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let full = match app.resolve_session(request.headers()) {
         Lookup::Found(Session::Full(full)) => full,
+        // Half logged in: finish the second factor first, then come back here.
+        Lookup::Found(Session::Partial(_)) => return mfa::page_with_rd(app, "challenge", "/.portcullis/account"),
         _ => {
             let query = serde_urlencoded::to_string([("rd", "/.portcullis/account")]).unwrap_or_default();
             return pages::see_other(&app.config.public_url.join_path(&format!("/.portcullis/login?{query}")));

@@ -401,3 +401,63 @@ async fn no_secret_is_stored_in_the_clear() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn optional_2fa_can_be_turned_off_and_sessions_ended_everywhere() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
+
+    // A half-logged-in visitor cannot see the account page; they are sent to the challenge.
+    let half = Browser::new();
+    password(&half, &proxy, &ALICE, "/").await;
+    let account = half.navigate(&proxy.url("/.portcullis/account")).await;
+    assert!(account.headers()["location"].to_str().unwrap().contains("/.portcullis/challenge"));
+
+    let page = browser.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
+    let csrf = form_field(&page, "csrf").unwrap();
+    let post = |path: &str, csrf: &str| {
+        browser.http.post(proxy.url(path)).header("origin", proxy.origin()).form(&[("csrf", csrf.to_string())]).send()
+    };
+    let forged = post("/.portcullis/account/remove-totp", "forged").await.unwrap();
+    assert_eq!(forged.status(), 403, "CSRF-protected");
+    let removed = post("/.portcullis/account/remove-totp", &csrf).await.unwrap();
+    assert_eq!(removed.status(), 303);
+    let page = browser.navigate(&proxy.url("/.portcullis/account?done=removed")).await.text().await.unwrap();
+    assert!(page.contains("Two-step verification is off"));
+    // Without a factor, the password is enough again.
+    let later = Browser::new();
+    assert_eq!(password(&later, &proxy, &ALICE, "/").await, proxy.url("/"));
+
+    let everywhere = post("/.portcullis/account/sign-out-everywhere", &csrf).await.unwrap();
+    assert_eq!(everywhere.status(), 200);
+    for b in [&browser, &later, &half] {
+        assert_eq!(b.http.get(proxy.url("/")).send().await.unwrap().status(), 401, "every session ended");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_can_reset_a_users_second_factor() {
+    let upstream = Upstream::start().await;
+    let mut first = proxy(&upstream.url()).toml("[mfa]\npolicy = \"required\"").start();
+    let browser = Browser::new();
+    let enroll_url = password(&browser, &first, &ALICE, "/").await;
+    enroll(&browser, &first, &enroll_url).await;
+    assert_eq!(browser.navigate(&first.url("/")).await.status(), 200);
+
+    let while_running = first.cli(&["user", "reset-2fa", "alice"], "");
+    assert!(!while_running.status.success());
+    assert!(String::from_utf8_lossy(&while_running.stderr).contains("Stop the proxy"));
+
+    assert!(first.stop().success());
+    let reset = first.cli(&["user", "reset-2fa", "alice"], "");
+    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
+    assert!(String::from_utf8_lossy(&reset.stdout).contains("1 session(s) ended"));
+
+    let second = proxy(&upstream.url()).restart_of(&first).toml("[mfa]\npolicy = \"required\"").start();
+    assert_eq!(browser.http.get(second.url("/")).send().await.unwrap().status(), 401, "their sessions ended");
+    let again = Browser::new();
+    assert!(password(&again, &second, &ALICE, "/").await.contains("/.portcullis/enroll"), "they enroll anew");
+}
