@@ -461,3 +461,36 @@ async fn an_operator_can_reset_a_users_second_factor() {
     let again = Browser::new();
     assert!(password(&again, &second, &ALICE, "/").await.contains("/.portcullis/enroll"), "they enroll anew");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_factor_forms_refuse_cross_site_and_forged_posts() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[mfa]\npolicy = \"required\"").start();
+    let browser = Browser::new();
+    let enroll_url = password(&browser, &proxy, &ALICE, "/").await;
+    let page = browser.navigate(&enroll_url).await.text().await.unwrap();
+    let secret = read_enrollment_page(&page);
+    let csrf = form_field(&page, "csrf").unwrap();
+    let good_code = code(&secret, 0);
+    let attempt = |path: &'static str, origin: &'static str, csrf: String| {
+        let origin = if origin.is_empty() { proxy.origin() } else { origin.to_string() };
+        browser
+            .http
+            .post(proxy.url(path))
+            .header("origin", origin)
+            .form(&[("csrf", csrf), ("code", good_code.clone()), ("saved", "yes".into())])
+            .send()
+    };
+    for path in ["/.portcullis/enroll", "/.portcullis/challenge", "/.portcullis/recovery-codes"] {
+        assert_eq!(
+            attempt(path, "https://evil.example", csrf.clone()).await.unwrap().status(),
+            403,
+            "{path} cross-site"
+        );
+        assert_eq!(attempt(path, "", "forged".into()).await.unwrap().status(), 403, "{path} forged token");
+    }
+    // None of that enrolled anything: the partial session is still sent to enrollment.
+    let nav = browser.navigate(&proxy.url("/")).await;
+    assert!(nav.headers()["location"].to_str().unwrap().contains("/.portcullis/enroll"));
+    assert_eq!(upstream.count(), 0);
+}
