@@ -33,6 +33,7 @@ pub struct App {
     pub accounts: Arc<Accounts>,
     pub sealer: Sealer,
     pub pending: portal::Pending,
+    pub regulator: crate::regulation::Regulator,
     pub clock: SharedClock,
 }
 
@@ -136,10 +137,17 @@ impl App {
 
         let user = session.user().name.to_string();
         let mut response = match session.upstream_identity(&self.signer) {
-            Ok(identity) => match forwarder.forward(request, &identity, client).await {
-                Ok(response) => response,
-                Err(e) => upstream_error(e),
-            },
+            Ok(identity) => {
+                // Only an upgrade outlives this request, so only an upgrade needs re-checking.
+                let liveness = headers::requested_upgrade(request.headers()).map(|_| {
+                    let (sessions, users, key) = (self.sessions.clone(), self.users.clone(), session.key().clone());
+                    std::sync::Arc::new(move || sessions.is_live_full(&key, &users)) as crate::proxy::Liveness
+                });
+                match forwarder.forward(request, &identity, client, liveness).await {
+                    Ok(response) => response,
+                    Err(e) => upstream_error(e),
+                }
+            }
             Err(e) => {
                 tracing::error!("cannot build the identity for {user}: {e}");
                 pages::error(

@@ -174,7 +174,7 @@ fn run_server(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _log = logging::init(&config.log_level);
+    let _log = logging::init(&config.log_level, &config.audit);
     with_runtime(async move {
         let server = Server::bind(config, Arc::new(SystemClock)).await.map_err(|e| e.to_string())?;
         announce(&server);
@@ -276,6 +276,8 @@ fn reset_second_factor(config: &config::Config, name: &str) -> Result<usize, cra
     use crate::store::Store;
     let store = crate::store::sled_store::SledStore::open(&config.data_dir.join("store"))?;
     store.put_account(name, &crate::factors::AccountRecord::default())?;
+    // A locked second factor (100 failures in a row) is unlocked by the reset, too.
+    store.delete_regulation(&crate::regulation::Subject::Account(name.to_string()).store_key())?;
     let mut ended = 0;
     for (key, record) in store.sessions()? {
         if record.user == name {

@@ -57,7 +57,6 @@ pub fn readable_password() -> String {
 }
 
 pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError> {
-    let _log = logging::init("info");
     let io = |source| DemoError::Io { path: data_dir.clone(), source };
     std::fs::create_dir_all(&data_dir).map_err(io)?;
     let data_dir = data_dir.canonicalize().map_err(io)?;
@@ -75,6 +74,7 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError>
     );
     std::fs::write(&config_path, config_text).map_err(io)?;
     let config = config::load(&config_path)?;
+    let _log = logging::init("info", &config.audit);
 
     let password = readable_password();
     let hash = password::hash(password.as_bytes())?;

@@ -19,6 +19,7 @@ pub mod password;
 pub mod policy;
 pub mod portal;
 pub mod proxy;
+pub mod regulation;
 pub mod return_url;
 pub mod route;
 pub mod secret;

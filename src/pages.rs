@@ -22,6 +22,10 @@ pub fn empty() -> Body {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginError {
     BadCredentials,
+    /// Too many failures; the page says when to try again (and nothing about the account).
+    Locked {
+        minutes: i64,
+    },
     Expired,
     Malformed,
     Busy,

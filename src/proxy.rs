@@ -1,6 +1,7 @@
 //! Forwarding to the upstream: streamed bodies both ways, pooled keep-alive connections,
 //! protocol upgrades (WebSocket and others), and timeouts that turn into 502/504.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::uri::{PathAndQuery, Uri};
@@ -39,6 +40,14 @@ pub enum ProxySetupError {
     #[error("the TLS client configuration failed: {0}")]
     Rustls(#[from] rustls::Error),
 }
+
+/// Whether the session behind an upgraded connection is still valid; checked every
+/// [`UPGRADE_RECHECK`] while the connection is open.
+pub type Liveness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// An upgraded connection (WebSocket) is closed at most this long after its session ends, expires
+/// or is revoked (oauth2-proxy#2996: upgraded connections must not outlive the session).
+pub const UPGRADE_RECHECK: Duration = Duration::from_secs(2);
 
 /// How long the upstream took to send response headers, for the access log.
 #[derive(Debug, Clone, Copy)]
@@ -112,13 +121,19 @@ impl Forwarder {
         mut request: Request<Incoming>,
         identity: &UpstreamIdentity,
         client: &ClientInfo,
+        liveness: Option<Liveness>,
     ) -> Result<Response<Body>, ForwardError> {
         // Upgrades are an HTTP/1.1 mechanism (RFC 9110 §7.8); HTTP/2 has none.
         let upgrade = match request.version() {
             Version::HTTP_11 => headers::requested_upgrade(request.headers()),
             _ => None,
         };
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+        let (client_upgrade, liveness) = match (&upgrade, liveness) {
+            (None, _) => (None, None),
+            (Some(_), Some(liveness)) => (Some(hyper::upgrade::on(&mut request)), Some(liveness)),
+            // An upgrade must be re-checked for as long as it lives; without a way to, refuse it.
+            (Some(_), None) => return Err(ForwardError::BadRequest("an upgrade without a session check".into())),
+        };
 
         let (mut parts, body) = request.into_parts();
         // HTTP/2 carries the host in `:authority`, not `Host`; the upstream speaks HTTP/1.1, where
@@ -153,13 +168,25 @@ impl Forwarder {
         let upstream_time = UpstreamTime(started.elapsed());
 
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        if let (true, Some(client_upgrade), Some(liveness)) = (switching, client_upgrade, liveness) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client_io, upstream_io)) => {
                         let (mut client_io, mut upstream_io) = (TokioIo::new(client_io), TokioIo::new(upstream_io));
-                        let _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await;
+                        let copy = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io);
+                        tokio::pin!(copy);
+                        let mut recheck = tokio::time::interval(UPGRADE_RECHECK);
+                        loop {
+                            tokio::select! {
+                                _ = &mut copy => break,
+                                _ = recheck.tick() => if !liveness() {
+                                    tracing::info!(target: "portcullis::security", "upgraded connection closed: its session ended");
+                                    break;
+                                },
+                            }
+                        }
+                        // Dropping both ends closes them.
                     }
                     Err(e) => tracing::debug!("upgrade did not complete: {e}"),
                 }

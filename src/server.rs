@@ -63,8 +63,6 @@ const USERS_POLL: Duration = Duration::from_secs(1);
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// A client has this long to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// And this long to send a complete request head (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -92,7 +90,8 @@ impl Server {
         let key = secret::load_or_create_key(&config.identity.secret_file)?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
         let sessions = Arc::new(Sessions::open(store.clone(), config.session.clone(), clock.clone())?);
-        let accounts = Arc::new(Accounts::open(store)?);
+        let accounts = Arc::new(Accounts::open(store.clone())?);
+        let regulator = crate::regulation::Regulator::open(store, config.regulation.clone(), clock.clone())?;
         // TOTP secrets are sealed with a key kept beside, not inside, the database.
         let sealer = Sealer::new(&secret::load_or_create_key(&config.data_dir.join("secrets.key"))?);
         let users = Arc::new(UserDirectory::load(&config.users_file)?);
@@ -130,6 +129,7 @@ impl Server {
             accounts,
             sealer,
             pending,
+            regulator,
             clock,
         });
         Ok(Self { app, listeners, tls, forwarders })
@@ -148,6 +148,8 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let Self { app, listeners, tls, forwarders } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
+        // One budget of connections for all workers.
+        let connections = Arc::new(tokio::sync::Semaphore::new(app.config.limits.max_connections));
         let background = [app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
 
         let mut workers = Vec::new();
@@ -155,13 +157,15 @@ impl Server {
             let worker_error = |source| StartError::Worker { index, source };
             let sockets =
                 listeners.iter().map(|l| l.try_clone()).collect::<Result<Vec<_>, _>>().map_err(worker_error)?;
-            let (app, tls, stop) = (app.clone(), tls.clone(), stop_rx.clone());
+            let (app, tls, stop, connections) = (app.clone(), tls.clone(), stop_rx.clone(), connections.clone());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new()
                 .name(format!("portcullis-worker-{index}"))
                 .spawn(move || {
                     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        Ok(runtime) => runtime.block_on(worker(sockets, app, tls, Arc::new(forwarder), stop)),
+                        Ok(runtime) => {
+                            runtime.block_on(worker(sockets, app, tls, Arc::new(forwarder), connections, stop))
+                        }
                         Err(e) => tracing::error!("worker {index} could not start its runtime: {e}"),
                     }
                     let _ = done_tx.send(());
@@ -194,6 +198,7 @@ async fn worker(
     app: Arc<App>,
     tls: Option<TlsAcceptor>,
     forwarder: Arc<Forwarder>,
+    connections: Arc<tokio::sync::Semaphore>,
     stop: watch::Receiver<bool>,
 ) {
     let mut loops = Vec::new();
@@ -201,7 +206,7 @@ async fn worker(
         match TcpListener::from_std(socket) {
             Ok(listener) => {
                 let (app, tls, forwarder, stop) = (app.clone(), tls.clone(), forwarder.clone(), stop.clone());
-                loops.push(tokio::spawn(accept_loop(listener, app, tls, forwarder, stop)));
+                loops.push(tokio::spawn(accept_loop(listener, app, tls, forwarder, connections.clone(), stop)));
             }
             Err(e) => tracing::error!("a worker could not use a listening socket: {e}"),
         }
@@ -236,6 +241,7 @@ async fn accept_loop(
     app: Arc<App>,
     tls: Option<TlsAcceptor>,
     forwarder: Arc<Forwarder>,
+    connections: Arc<tokio::sync::Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -254,8 +260,14 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Over the limit: a short, honest answer and a closed connection, never a crash.
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
         let (app, tls, forwarder, watcher) = (app.clone(), tls.clone(), forwarder.clone(), graceful.watcher());
         tokio::spawn(async move {
+            let _permit = permit;
             match tls {
                 None => serve_connection(stream, Connection { peer, tls: false }, app, forwarder, watcher).await,
                 Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -275,17 +287,35 @@ async fn accept_loop(
     }
 }
 
+async fn refuse_busy(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 38\r\nretry-after: 5\r\nconnection: close\r\n\r\nToo many connections; try again soon.\n";
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(BUSY)).await;
+    let _ = stream.shutdown().await;
+}
+
 async fn serve_connection<I>(io: I, conn: Connection, app: Arc<App>, forwarder: Arc<Forwarder>, watcher: Watcher)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = app.config.limits.clone();
     let service = service_fn(move |request| {
         let (app, forwarder) = (app.clone(), forwarder.clone());
         async move { Ok::<_, std::convert::Infallible>(app.handle(request, conn, &forwarder).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_headers(100);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(250).max_header_list_size(64 * 1024);
+    let limits = limits.clone();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(100);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(250)
+        .max_header_list_size(limits.max_header_bytes as u32);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(peer = %conn.peer, "connection ended with an error: {e}");

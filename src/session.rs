@@ -386,6 +386,16 @@ impl Sessions {
         })
     }
 
+    /// Whether `key` still names a live full session of a current user (for connections that
+    /// outlive the request that authorised them).
+    pub fn is_live_full(&self, key: &SessionKey, users: &UserDirectory) -> bool {
+        let Some(entry) = self.cache.get(key).map(|e| e.value().clone()) else { return false };
+        let now = self.clock.now();
+        matches!(entry.record.stage, Stage::Full { .. })
+            && check_expiry(&entry.record, entry.last_seen.load(Ordering::Relaxed), now, &self.settings).is_ok()
+            && users.get(&entry.record.user).is_some_and(|u| u.credential_stamp == entry.record.credential_stamp)
+    }
+
     fn forget_in_background(&self, key: SessionKey) {
         if self.cache.remove(&key).is_some() {
             let store = self.store.clone();

@@ -39,7 +39,39 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     pub proxy: ProxySettings,
     pub login: LoginSettings,
+    pub regulation: RegulationSettings,
+    pub limits: Limits,
     pub log_level: String,
+    pub audit: AuditOutput,
+}
+
+/// Where the audit trail of security events goes, as JSON lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditOutput {
+    File(PathBuf),
+    Stdout,
+    Off,
+}
+
+/// Protection against load and hostile clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Client connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// The largest request head (request line and headers) accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a complete request head, idle keep-alive included (slowloris).
+    pub header_read_timeout: Duration,
+}
+
+/// Brute-force regulation (see `regulation.rs`).
+#[derive(Debug, Clone)]
+pub struct RegulationSettings {
+    /// Failures within `window` that trigger a ban.
+    pub max_failures: u32,
+    pub window: Duration,
+    /// The first ban's length; each ban in a row doubles it (up to a day).
+    pub ban: Duration,
 }
 
 /// Where requests are forwarded: a scheme and an authority, nothing else.
@@ -366,6 +398,31 @@ impl Validator {
             hash_workers: self.count("login.hash_workers", raw.login.hash_workers, default_workers, 256),
             queue_limit: self.count("login.queue_limit", raw.login.queue_limit, 64, 100_000),
         };
+        let minute = Duration::from_secs(60);
+        let regulation = RegulationSettings {
+            max_failures: self.count("regulation.max_failures", raw.regulation.max_failures, 5, 1000) as u32,
+            window: self.duration("regulation.window", &raw.regulation.window, "5m", minute, minute * 60 * 24),
+            ban: self.duration("regulation.ban", &raw.regulation.ban, "15m", minute, minute * 60 * 24),
+        };
+        let limits = Limits {
+            max_connections: self.count("limits.max_connections", raw.limits.max_connections, 10_000, 1_000_000),
+            max_header_bytes: self
+                .count("limits.max_header_bytes", raw.limits.max_header_bytes, 64 * 1024, 1024 * 1024)
+                .max(8192),
+            header_read_timeout: self.duration(
+                "limits.header_read_timeout",
+                &raw.limits.header_read_timeout,
+                "20s",
+                Duration::from_secs(1),
+                Duration::from_secs(600),
+            ),
+        };
+        let audit = match raw.log.audit.as_deref() {
+            None => data_dir.as_ref().map_or(AuditOutput::Off, |d| AuditOutput::File(d.join("audit.log"))),
+            Some("stdout") => AuditOutput::Stdout,
+            Some("off") => AuditOutput::Off,
+            Some(path) => AuditOutput::File(self.path(data_dir.as_deref().unwrap_or(&self.base), path)),
+        };
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             self.problem(
@@ -389,7 +446,10 @@ impl Validator {
             tls,
             proxy,
             login,
+            regulation,
+            limits,
             log_level,
+            audit,
         })
     }
 

@@ -30,6 +30,24 @@ pub struct RawConfig {
     pub login: RawLogin,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub regulation: RawRegulation,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLimits {
+    pub max_connections: Option<i64>,
+    pub max_header_bytes: Option<i64>,
+    pub header_read_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRegulation {
+    pub max_failures: Option<i64>,
+    pub window: Option<String>,
+    pub ban: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,4 +112,5 @@ pub struct RawLogin {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawLog {
     pub level: Option<String>,
+    pub audit: Option<String>,
 }

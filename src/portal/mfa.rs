@@ -13,11 +13,12 @@ use super::{
     CsrfForm, clear_cookie, forbidden_origin, read_form, return_to_from_query, same_origin, session_cookie_header,
     tokens_match,
 };
-use crate::app::{App, RequestUser};
+use crate::app::{App, Connection, RequestUser};
 use crate::clock::UnixTime;
 use crate::factors::{TotpRecord, recovery, totp};
 use crate::pages::{self, Body, ChallengePage, CodeError, EnrollPage, RecoveryCodesPage};
 use crate::policy::{self, AfterPassword, Requirement};
+use crate::regulation::{Subject, Verdict};
 use crate::return_url;
 use crate::secret::Secret;
 use crate::session::{AuthMethod, FullSession, Lookup, PartialSession, Session, SessionKey};
@@ -177,10 +178,11 @@ async fn check_code(app: &App, user: &str, code: &str) -> Result<(AuthMethod, Op
     outcome.map_err(|e| CodeRefused::Internal(e.to_string()))?
 }
 
-pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Response<Body> {
     if !same_origin(app, request.headers()) {
         return forbidden_origin();
     }
+    let client_ip = crate::headers::client_ip(request.headers(), conn.peer.ip(), &app.config.trusted_proxies);
     let lookup = app.resolve_session(request.headers());
     let form: CodeForm = match read_form(request).await {
         Ok(form) => form,
@@ -198,8 +200,36 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>) -> Res
     }
     let user = session.user().name.to_string();
     let step_up = matches!(session, Session::Full(_));
+    let subjects = [Subject::Account(user.clone()), Subject::Address(client_ip)];
+    match app.regulator.check(&subjects) {
+        Verdict::Allowed => {}
+        Verdict::Banned(until) => {
+            let minutes = ((until - app.clock.now()).max(1) + 59) / 60;
+            let message = format!(
+                "Too many wrong codes. For safety, codes are not being checked for about {minutes} minute(s); try again then."
+            );
+            let mut response = pages::error(StatusCode::TOO_MANY_REQUESTS, "Too many attempts", &message, None);
+            if let Ok(value) = http::HeaderValue::from_str(&(until - app.clock.now()).max(1).to_string()) {
+                response.headers_mut().insert(http::header::RETRY_AFTER, value);
+            }
+            return with_user(response, &session);
+        }
+        Verdict::SecondFactorLocked => {
+            tracing::warn!(target: "portcullis::security", %user, "second factor locked; refused");
+            let response = pages::error(
+                StatusCode::FORBIDDEN,
+                "Two-step verification locked",
+                "After too many wrong codes in a row, two-step verification for this account is locked. Ask the administrator to reset it.",
+                None,
+            );
+            return with_user(response, &session);
+        }
+    }
     match check_code(app, &user, &form.code).await {
         Ok((method, recovery_left)) => {
+            if let Err(e) = app.regulator.succeeded(&user, true).await {
+                tracing::error!("could not record a second factor: {e}");
+            }
             if let Some(left) = recovery_left {
                 tracing::warn!(target: "portcullis::security", %user, left, "recovery code used");
             }
@@ -251,6 +281,13 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>) -> Res
                 _ => CodeError::Wrong,
             };
             tracing::warn!(target: "portcullis::security", %user, failures, step_up, "second factor failed");
+            match app.regulator.failed(&subjects, true).await {
+                Ok(true) => {
+                    tracing::warn!(target: "portcullis::security", %user, client = %client_ip, "locked out after repeated wrong codes")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!("could not record a failed code: {e}"),
+            }
             if failures >= app.config.mfa.attempts {
                 // Too many guesses in one session: end it. Starting over costs a password check.
                 if let Err(e) = app.sessions.end(session.key()).await {

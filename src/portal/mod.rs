@@ -25,6 +25,7 @@ use crate::headers;
 use crate::pages::{self, Body, LoginError, LoginPage};
 use crate::password::HashError;
 use crate::policy::{self, AfterPassword};
+use crate::regulation::{Subject, Verdict};
 use crate::return_url;
 use crate::route::OwnPage;
 use crate::session::{AuthMethod, Lookup, Session, SessionId};
@@ -41,7 +42,7 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
         (OwnPage::Challenge | OwnPage::Enroll | OwnPage::RecoveryCodes, _, _) if mfa_off => not_found(),
         (OwnPage::Static(name), true, _) => pages::static_file(&name).unwrap_or_else(not_found),
         (OwnPage::Challenge, true, _) => mfa::challenge_form(app, &request),
-        (OwnPage::Challenge, _, true) => mfa::challenge_submit(app, request).await,
+        (OwnPage::Challenge, _, true) => mfa::challenge_submit(app, request, conn).await,
         (OwnPage::Enroll, true, _) => mfa::enroll_form(app, &request),
         (OwnPage::Enroll, _, true) => mfa::enroll_submit(app, request).await,
         (OwnPage::RecoveryCodes, true, _) => mfa::recovery_codes_page(app, &request),
@@ -258,12 +259,25 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
         );
     }
 
+    // Regulation comes before the (expensive) hash, and treats unknown names like real ones.
+    let client_ip = headers::client_ip(&headers, conn.peer.ip(), &app.config.trusted_proxies);
+    let subjects = [Subject::Account(username.clone()), Subject::Address(client_ip)];
+    if let Some(response) = regulated(app, &headers, &subjects, &return_to, &username) {
+        return response;
+    }
     let user = app.users.get(&username);
     let verified = app.passwords.verify(form.password, user.as_ref().map(|u| u.password_hash.as_str())).await;
     let user = match (verified, user) {
         (Ok(true), Some(user)) => user,
         (Ok(_), _) => {
-            tracing::warn!(target: "portcullis::security", user = %username, client = %conn.peer.ip(), "login failed");
+            tracing::warn!(target: "portcullis::security", user = %username, client = %client_ip, "login failed");
+            match app.regulator.failed(&subjects, false).await {
+                Ok(true) => {
+                    tracing::warn!(target: "portcullis::security", user = %username, client = %client_ip, "locked out after repeated failures")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!("could not record a failed login: {e}"),
+            }
             return render_login(
                 app,
                 &headers,
@@ -297,6 +311,9 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
         }
     };
 
+    if let Err(e) = app.regulator.succeeded(user.name.as_str(), false).await {
+        tracing::error!("could not record a login: {e}");
+    }
     // A session the browser already had (perhaps planted by someone else) is ended, never reused.
     if let Lookup::Found(previous) = app.resolve_session(&headers)
         && let Err(e) = app.sessions.end(previous.key()).await
@@ -343,6 +360,38 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
                 None,
             )
         }
+    }
+}
+
+/// The answer while a subject is banned: the login form with the wait, status 429.
+fn regulated(
+    app: &App,
+    headers: &HeaderMap,
+    subjects: &[Subject],
+    return_to: &str,
+    username: &str,
+) -> Option<Response<Body>> {
+    match app.regulator.check(subjects) {
+        Verdict::Allowed => None,
+        Verdict::Banned(until) => {
+            let wait = (until - app.clock.now()).max(1);
+            let minutes = (wait + 59) / 60;
+            let mut response = render_login(
+                app,
+                headers,
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(LoginError::Locked { minutes }),
+                return_to,
+                username,
+            );
+            if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            Some(response)
+        }
+        // Only real accounts can reach a locked second factor (it takes the right password 100
+        // times); for the password step it is not a ban.
+        Verdict::SecondFactorLocked => None,
     }
 }
 

@@ -5,12 +5,14 @@ use std::sync::Mutex;
 
 use super::{Store, StoreError};
 use crate::factors::AccountRecord;
+use crate::regulation::RegulationRecord;
 use crate::session::{SessionKey, SessionRecord};
 
 #[derive(Default)]
 pub struct MemoryStore {
     sessions: Mutex<HashMap<SessionKey, SessionRecord>>,
     accounts: Mutex<HashMap<String, AccountRecord>>,
+    regulation: Mutex<HashMap<String, RegulationRecord>>,
 }
 
 impl Store for MemoryStore {
@@ -37,6 +39,21 @@ impl Store for MemoryStore {
     fn accounts(&self) -> Result<Vec<(String, AccountRecord)>, StoreError> {
         let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         Ok(accounts.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn put_regulation(&self, key: &str, record: &RegulationRecord) -> Result<(), StoreError> {
+        self.regulation.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string(), record.clone());
+        Ok(())
+    }
+
+    fn delete_regulation(&self, key: &str) -> Result<(), StoreError> {
+        self.regulation.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        Ok(())
+    }
+
+    fn regulation(&self) -> Result<Vec<(String, RegulationRecord)>, StoreError> {
+        let map = self.regulation.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -8,6 +8,7 @@ pub mod memory;
 pub mod sled_store;
 
 use crate::factors::AccountRecord;
+use crate::regulation::RegulationRecord;
 use crate::session::{SessionKey, SessionRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,9 @@ pub trait Store: Send + Sync + 'static {
     fn put_account(&self, user: &str, record: &AccountRecord) -> Result<(), StoreError>;
     /// Every account's factor record, for loading the in-memory directory at start-up.
     fn accounts(&self) -> Result<Vec<(String, AccountRecord)>, StoreError>;
+    fn put_regulation(&self, key: &str, record: &RegulationRecord) -> Result<(), StoreError>;
+    fn delete_regulation(&self, key: &str) -> Result<(), StoreError>;
+    fn regulation(&self) -> Result<Vec<(String, RegulationRecord)>, StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 }

@@ -4,12 +4,14 @@ use std::path::Path;
 
 use super::{Store, StoreError, decode, encode};
 use crate::factors::AccountRecord;
+use crate::regulation::RegulationRecord;
 use crate::session::{SessionKey, SessionRecord};
 
 pub struct SledStore {
     db: sled::Db,
     sessions: sled::Tree,
     accounts: sled::Tree,
+    regulation: sled::Tree,
 }
 
 impl SledStore {
@@ -23,7 +25,8 @@ impl SledStore {
         })?;
         let sessions = db.open_tree("sessions").map_err(backend)?;
         let accounts = db.open_tree("accounts").map_err(backend)?;
-        Ok(Self { db, sessions, accounts })
+        let regulation = db.open_tree("regulation").map_err(backend)?;
+        Ok(Self { db, sessions, accounts, regulation })
     }
 }
 
@@ -65,6 +68,25 @@ impl Store for SledStore {
             let (key, value) = item.map_err(backend)?;
             let user = String::from_utf8(key.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             out.push((user, decode(&value)?));
+        }
+        Ok(out)
+    }
+
+    fn put_regulation(&self, key: &str, record: &RegulationRecord) -> Result<(), StoreError> {
+        self.regulation.insert(key.as_bytes(), encode(record)?).map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete_regulation(&self, key: &str) -> Result<(), StoreError> {
+        self.regulation.remove(key.as_bytes()).map_err(backend)?;
+        Ok(())
+    }
+
+    fn regulation(&self) -> Result<Vec<(String, RegulationRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.regulation.iter() {
+            let (key, value) = item.map_err(backend)?;
+            out.push((String::from_utf8_lossy(&key).into_owned(), decode(&value)?));
         }
         Ok(out)
     }
