@@ -77,9 +77,13 @@ impl App {
         let client =
             ClientInfo { peer: conn.peer.ip(), real_ip: client_ip, scheme: if conn.tls { "https" } else { "http" } };
 
-        let mut response = match route::route(&path) {
-            Route::Own(page) => portal::handle(&self, page, request, &conn).await,
-            Route::Gate => self.gate(request, &client, forwarder).await,
+        let mut response = if let Some(refusal) = refuse_ambiguous_framing(&request) {
+            refusal
+        } else {
+            match route::route(&path) {
+                Route::Own(page) => portal::handle(&self, page, request, &conn).await,
+                Route::Gate => self.gate(request, &client, forwarder).await,
+            }
         };
 
         let user = response.extensions_mut().remove::<RequestUser>().unwrap_or_default();
@@ -208,6 +212,25 @@ impl App {
         let location = self.config.public_url.join_path(&format!("{}?{query}", route::login_path()));
         pages::see_other(&location)
     }
+}
+
+/// Request smuggling guard. hyper already settles the classic case: a request with both
+/// `Transfer-Encoding` and `Content-Length` is framed by the former and the latter is dropped
+/// (RFC 9112 §6.1), and differing lengths are a 400. What it passes on is re-framed by our own
+/// client before the upstream sees it, so the two hops can never disagree. This refuses what is
+/// left that is merely odd: a repeated `Content-Length`, or one that is not a plain number.
+fn refuse_ambiguous_framing<B>(request: &Request<B>) -> Option<Response<Body>> {
+    let h = request.headers();
+    let lengths: Vec<&HeaderValue> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+    let ambiguous = (h.contains_key(header::TRANSFER_ENCODING) && !lengths.is_empty())
+        || lengths.len() > 1
+        || lengths.iter().any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit));
+    ambiguous.then(|| {
+        tracing::warn!(target: "portcullis::security", path = %request.uri().path(), "request refused: ambiguous body framing");
+        let mut response = pages::plain(StatusCode::BAD_REQUEST, "400 Bad Request: ambiguous message framing\n");
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    })
 }
 
 fn upstream_error(e: ForwardError) -> Response<Body> {
