@@ -342,4 +342,20 @@ mod tests {
         assert_eq!(h["x-real-ip"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
+
+    proptest::proptest! {
+        /// However cookies are written, ours never survive stripping and theirs are kept.
+        #[test]
+        fn our_cookie_never_survives(parts in proptest::collection::vec("[a-zA-Z0-9_=\\- ]{0,12}", 0..6), ours in "[A-Za-z0-9]{1,43}") {
+            let mut line = parts.join("; ");
+            line.push_str(&format!("; portcullis={ours}"));
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&line) {
+                h.insert(header::COOKIE, v);
+                strip_cookies(&mut h, &["portcullis"]);
+                let after = h.get(header::COOKIE).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+                proptest::prop_assert!(cookie_values(&h, "portcullis").next().is_none(), "{}", after);
+            }
+        }
+    }
 }

@@ -106,4 +106,27 @@ mod tests {
             assert_eq!(or_root(Some(trick), &p), "/");
         }
     }
+
+    proptest::proptest! {
+        /// Whatever comes in, what comes out is a path on our own origin.
+        #[test]
+        fn never_returns_an_off_origin_url(candidate in ".{0,300}") {
+            let p = public();
+            if let Some(path) = validate(&candidate, &p) {
+                proptest::prop_assert!(path.starts_with('/') && !path.starts_with("//"));
+                proptest::prop_assert!(!path.chars().any(|c| c.is_control() || c == '\\'));
+                let target = p.url().join(&path).unwrap();
+                proptest::prop_assert_eq!(target.origin(), p.url().origin());
+            }
+        }
+
+        #[test]
+        fn url_shaped_input_never_escapes(scheme in "(https?|HTTPS?|javascript|data|//|/\\\\)", host in "[a-z.@:%0-9]{0,30}", path in "[/a-z%.]{0,20}") {
+            let p = public();
+            let candidate = format!("{scheme}{host}{path}");
+            if let Some(path) = validate(&candidate, &p) {
+                proptest::prop_assert_eq!(p.url().join(&path).unwrap().origin(), p.url().origin());
+            }
+        }
+    }
 }

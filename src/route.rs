@@ -150,4 +150,26 @@ mod tests {
         xhr.insert("x-requested-with", "XMLHttpRequest".parse().unwrap());
         assert!(!is_browser_navigation(&Method::GET, &xhr));
     }
+
+    proptest::proptest! {
+        /// Normalisation never panics and leaves no dot segments or empty segments behind.
+        #[test]
+        fn normalized_paths_are_canonical(path in "(/|%2[eEfF]|%5[cC]|\\.|\\.\\.|;|[a-z]){0,40}") {
+            let normal = normalize(&path);
+            proptest::prop_assert!(normal.starts_with('/'));
+            proptest::prop_assert!(!normal.contains("//"));
+            for segment in normal.split('/') {
+                proptest::prop_assert!(segment != "." && segment != "..");
+            }
+            // A path that normalises into our prefix is never routed to the gate.
+            if normal.starts_with("/.portcullis/") {
+                proptest::prop_assert!(matches!(route(&path), Route::Own(_)));
+            }
+        }
+
+        #[test]
+        fn routing_never_panics(path in ".{0,200}") {
+            let _ = route(&path);
+        }
+    }
 }

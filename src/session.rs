@@ -715,4 +715,14 @@ mod tests {
         let stored = sessions.store.sessions().unwrap();
         stored.iter().all(|(key, _)| key.as_bytes() != id.0) && stored.iter().any(|(key, _)| *key == id.key())
     }
+
+    proptest::proptest! {
+        /// Cookie values from anywhere: never a panic, and only our exact encoding is an id.
+        #[test]
+        fn cookie_decoding_is_total_and_strict(value in ".{0,80}") {
+            if let Some(id) = SessionId::from_cookie(&value) {
+                proptest::prop_assert_eq!(id.cookie_value(), value);
+            }
+        }
+    }
 }

@@ -788,4 +788,21 @@ mod tests {
         }
         assert!(found.iter().all(|p| !p.fix.is_empty()));
     }
+
+    proptest::proptest! {
+        /// Any text at all: a Config or a list of problems, never a panic.
+        #[test]
+        fn parsing_arbitrary_text_never_panics(text in ".{0,400}") {
+            let _ = parse(&text, Path::new("/tmp/proxy.toml"));
+        }
+
+        #[test]
+        fn parsing_toml_shaped_text_never_panics(
+            key in "(listen|upstream|public_url|data_dir|session|mfa|policy|idle_timeout|tls|cert)",
+            value in "(\"[^\"]{0,20}\"|[0-9]{1,5}|true|\\[\\]|\\[\"x\"\\])",
+        ) {
+            let text = format!("{MINIMAL}\n{key} = {value}\n[session]\n{key} = {value}\n[mfa]\n{key} = {value}\n");
+            let _ = parse(&text, Path::new("/tmp/proxy.toml"));
+        }
+    }
 }

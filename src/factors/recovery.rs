@@ -110,4 +110,14 @@ mod tests {
         used[3].used_at = Some(1);
         assert_eq!(find_unused(&pepper, &used, code), None, "a used code is spent");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn normalizing_any_input_is_safe(input in ".{0,40}") {
+            if let Some(code) = normalize(&input) {
+                proptest::prop_assert_eq!(code.len(), LENGTH);
+                proptest::prop_assert!(code.bytes().all(|b| ALPHABET.contains(&b)));
+            }
+        }
+    }
 }

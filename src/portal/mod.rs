@@ -495,3 +495,31 @@ fn account(app: &App, request: &Request<Incoming>) -> Response<Body> {
     response.extensions_mut().insert(RequestUser(Some(user.name.to_string())));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Form bodies from anyone: parsed or refused, never a panic.
+        #[test]
+        fn form_parsing_is_total(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = serde_urlencoded::from_bytes::<LoginForm>(&body);
+            let _ = serde_urlencoded::from_bytes::<CsrfForm>(&body);
+        }
+
+        #[test]
+        fn form_shaped_bodies_are_total(pairs in proptest::collection::vec(("(username|password|csrf|rd|code|x)", "[^&]{0,30}"), 0..8)) {
+            let body = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+            if let Ok(form) = serde_urlencoded::from_str::<LoginForm>(&body) {
+                // The return URL from a form is only ever used through the validator.
+                let public = crate::config::parse(
+                    "upstream = \"http://127.0.0.1:1\"\npublic_url = \"https://app.example.com\"\ndata_dir = \"/tmp\"\n",
+                    std::path::Path::new("/tmp/proxy.toml"),
+                ).unwrap().public_url;
+                let target = return_url::or_root(form.rd.as_deref(), &public);
+                proptest::prop_assert!(target.starts_with('/') && !target.starts_with("//"));
+            }
+        }
+    }
+}
