@@ -8,45 +8,6 @@ use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 use crate::harness::{ALICE, Browser, peak_rss_kib, proxy};
 use crate::upstream::{Upstream, pattern_byte};
 
-const SPOOFS: [(&str, &str); 7] = [
-    ("X-Forwarded-User", "admin"),
-    ("x_forwarded_user", "admin"),
-    ("X_FORWARDED_USER", "admin"),
-    ("x-forwarded-email", "root@example.com"),
-    ("X_Forwarded_Groups", "admins"),
-    ("X-Portcullis-Assertion", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."),
-    ("x-portcullis-anything", "reserved prefix"),
-];
-
-fn spoofed(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    SPOOFS.iter().fold(request, |r, (k, v)| r.header(*k, *v)).header("x-forwarded-user", "second copy")
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn spoofed_identity_headers_never_reach_the_upstream() {
-    let upstream = Upstream::start().await;
-    let proxy = proxy(&upstream.url()).start();
-    let browser = Browser::new();
-
-    let anonymous = spoofed(browser.http.get(proxy.url("/admin"))).send().await.unwrap();
-    assert_eq!(anonymous.status(), 401, "identity headers from a client grant nothing");
-    assert_eq!(upstream.count(), 0);
-
-    browser.login(&proxy, &ALICE).await;
-    let response = spoofed(browser.http.get(proxy.url("/admin"))).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let seen = upstream.seen().pop().unwrap();
-    assert_eq!(seen.headers["x-forwarded-user"], vec!["alice"], "exactly one, ours");
-    assert_eq!(seen.headers["x-forwarded-email"], vec!["alice@example.com"]);
-    assert_eq!(seen.headers["x-forwarded-groups"], vec!["staff,wiki-admins"]);
-    assert_eq!(seen.headers["x-portcullis-assertion"].len(), 1);
-    assert_ne!(seen.headers["x-portcullis-assertion"][0], SPOOFS[5].1);
-    for name in seen.headers.keys() {
-        assert!(!name.contains('_'), "underscore variant {name} reached the upstream");
-        assert_ne!(name, "x-portcullis-anything");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn forwarding_headers_are_the_proxys_own_and_host_is_kept() {
     let upstream = Upstream::start().await;

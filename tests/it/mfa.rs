@@ -12,23 +12,23 @@ use crate::upstream::Upstream;
 pub const BOB: Account =
     Account { name: "bob", password: "bob's long password", email: "bob@example.com", groups: &["staff"] };
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// A TOTP code `steps` steps from now, computed from the base32 secret the page showed.
-fn code(secret: &[u8], steps: i64) -> String {
+pub(crate) fn code(secret: &[u8], steps: i64) -> String {
     portcullis::factors::totp::code_at(secret, now() + steps * 30).unwrap()
 }
 
-fn attr(html: &str, marker: &str) -> String {
+pub(crate) fn attr(html: &str, marker: &str) -> String {
     let start = html.find(marker).unwrap_or_else(|| panic!("{marker} not in page")) + marker.len();
     html[start..start + html[start..].find('"').unwrap()].to_string()
 }
 
 /// What the enrollment page shows, checked for consistency: the QR code decodes to the same
 /// otpauth URI as the link, and that URI carries the same secret as the text.
-fn read_enrollment_page(html: &str) -> Vec<u8> {
+pub(crate) fn read_enrollment_page(html: &str) -> Vec<u8> {
     let secret_text = attr(html, "data-secret=\"");
     let uri = attr(html, "<a href=\"").replace("&amp;", "&").replace("&#38;", "&");
     assert!(uri.starts_with("otpauth://totp/"), "{uri}");
@@ -51,7 +51,11 @@ fn read_enrollment_page(html: &str) -> Vec<u8> {
 }
 
 /// Enrolls from the page the browser is sent to (`enroll_url`), returns the secret and codes.
-async fn enroll(browser: &Browser, proxy: &Proxy, enroll_url: &str) -> (Vec<u8>, Vec<String>, reqwest::Response) {
+pub(crate) async fn enroll(
+    browser: &Browser,
+    proxy: &Proxy,
+    enroll_url: &str,
+) -> (Vec<u8>, Vec<String>, reqwest::Response) {
     let page = browser.navigate(enroll_url).await;
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
@@ -92,13 +96,18 @@ async fn enroll(browser: &Browser, proxy: &Proxy, enroll_url: &str) -> (Vec<u8>,
 }
 
 /// Signs in with the password; returns the redirect (to the challenge, when 2FA applies).
-async fn password(browser: &Browser, proxy: &Proxy, account: &Account, rd: &str) -> String {
+pub(crate) async fn password(browser: &Browser, proxy: &Proxy, account: &Account, rd: &str) -> String {
     let response = browser.submit_login(proxy, account.name, account.password, rd).await;
     assert_eq!(response.status(), 303);
     response.headers()["location"].to_str().unwrap().to_string()
 }
 
-async fn submit_code(browser: &Browser, proxy: &Proxy, challenge_url: &str, code: &str) -> reqwest::Response {
+pub(crate) async fn submit_code(
+    browser: &Browser,
+    proxy: &Proxy,
+    challenge_url: &str,
+    code: &str,
+) -> reqwest::Response {
     let page = browser.navigate(challenge_url).await.text().await.unwrap();
     let csrf = form_field(&page, "csrf").expect("a challenge form");
     let rd = form_field(&page, "rd").unwrap();
@@ -183,9 +192,18 @@ async fn optional_enrollment_then_every_login_needs_the_code() {
     let wrong = submit_code(&second, &proxy, &challenge, "123456").await;
     assert_eq!(wrong.status(), 401);
     assert!(wrong.text().await.unwrap().contains("not right"));
+    let partial_cookie = second.cookie_header(&proxy.url("/")).unwrap();
     let next_code = code(&secret, 1);
     let ok = submit_code(&second, &proxy, &challenge, &next_code).await;
     assert_eq!(ok.status(), 303);
+    // Session fixation, second step: the id changes again when the session becomes full, and the
+    // half-logged-in id is dead.
+    let full_cookie = second.cookie_header(&proxy.url("/")).unwrap();
+    let session_of = |c: &str| c.split("; ").find(|c| c.starts_with("portcullis=")).unwrap().to_string();
+    assert_ne!(session_of(&partial_cookie), session_of(&full_cookie));
+    let stale =
+        reqwest::Client::new().get(proxy.url("/x")).header("cookie", session_of(&partial_cookie)).send().await.unwrap();
+    assert_eq!(stale.status(), 401);
     assert_eq!(ok.headers()["location"], proxy.url("/wiki/Deep?x=1").as_str(), "lands where it was going");
     assert_eq!(second.navigate(&proxy.url("/wiki/Deep?x=1")).await.status(), 200);
     let seen = upstream.seen().pop().unwrap();
@@ -363,46 +381,6 @@ async fn disabled_policy_shows_no_second_factor_pages() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn no_secret_is_stored_in_the_clear() {
-    let upstream = Upstream::start().await;
-    let mut proxy = proxy(&upstream.url()).start();
-    let browser = Browser::new();
-    browser.login(&proxy, &ALICE).await;
-    let page = browser.navigate(&proxy.url("/.portcullis/enroll")).await.text().await.unwrap();
-    let secret_b32 = attr(&page, "data-secret=\"");
-    drop(page);
-    let (secret, codes, _) = enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
-    assert!(proxy.stop().success());
-    let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    let mut needles: Vec<Vec<u8>> = vec![secret.clone(), secret_hex.into_bytes(), secret_b32.into_bytes()];
-    needles.push(totp_rs::Secret::from(secret.clone()).to_base32().into_bytes());
-    for code in &codes {
-        needles.push(code.as_bytes().to_vec());
-        needles.push(code.replace('-', "").into_bytes());
-    }
-    needles.push(ALICE.password.as_bytes().to_vec());
-    let mut files = vec![];
-    let mut stack = vec![proxy.data_dir()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() { stack.push(path) } else { files.push(path) }
-        }
-    }
-    assert!(files.len() > 2);
-    for file in files {
-        let bytes = std::fs::read(&file).unwrap();
-        for needle in &needles {
-            assert!(
-                !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
-                "a secret is readable in {}",
-                file.display()
-            );
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn optional_2fa_can_be_turned_off_and_sessions_ended_everywhere() {
     let upstream = Upstream::start().await;
     let proxy = proxy(&upstream.url()).start();
@@ -460,37 +438,4 @@ async fn an_operator_can_reset_a_users_second_factor() {
     assert_eq!(browser.http.get(second.url("/")).send().await.unwrap().status(), 401, "their sessions ended");
     let again = Browser::new();
     assert!(password(&again, &second, &ALICE, "/").await.contains("/.portcullis/enroll"), "they enroll anew");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn second_factor_forms_refuse_cross_site_and_forged_posts() {
-    let upstream = Upstream::start().await;
-    let proxy = proxy(&upstream.url()).toml("[mfa]\npolicy = \"required\"").start();
-    let browser = Browser::new();
-    let enroll_url = password(&browser, &proxy, &ALICE, "/").await;
-    let page = browser.navigate(&enroll_url).await.text().await.unwrap();
-    let secret = read_enrollment_page(&page);
-    let csrf = form_field(&page, "csrf").unwrap();
-    let good_code = code(&secret, 0);
-    let attempt = |path: &'static str, origin: &'static str, csrf: String| {
-        let origin = if origin.is_empty() { proxy.origin() } else { origin.to_string() };
-        browser
-            .http
-            .post(proxy.url(path))
-            .header("origin", origin)
-            .form(&[("csrf", csrf), ("code", good_code.clone()), ("saved", "yes".into())])
-            .send()
-    };
-    for path in ["/.portcullis/enroll", "/.portcullis/challenge", "/.portcullis/recovery-codes"] {
-        assert_eq!(
-            attempt(path, "https://evil.example", csrf.clone()).await.unwrap().status(),
-            403,
-            "{path} cross-site"
-        );
-        assert_eq!(attempt(path, "", "forged".into()).await.unwrap().status(), 403, "{path} forged token");
-    }
-    // None of that enrolled anything: the partial session is still sent to enrollment.
-    let nav = browser.navigate(&proxy.url("/")).await;
-    assert!(nav.headers()["location"].to_str().unwrap().contains("/.portcullis/enroll"));
-    assert_eq!(upstream.count(), 0);
 }
