@@ -569,3 +569,31 @@ async fn no_secret_is_stored_in_the_clear() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_drains_requests_in_flight_within_the_grace_period() {
+    let upstream = Upstream::start().await;
+    let mut proxy = proxy(&upstream.url()).toml("[proxy]\nshutdown_grace = \"30s\"").start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let before = upstream.count();
+    let in_flight = tokio::spawn(browser.http.get(proxy.url("/hold")).send());
+    // Wait until the request has reached the upstream, then ask the proxy to stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while upstream.count() == before {
+        assert!(std::time::Instant::now() < deadline, "the request never reached the upstream");
+        tokio::task::yield_now().await;
+    }
+    let pid = proxy.pid();
+    let stopping = std::thread::spawn(move || {
+        std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap()
+    });
+    assert!(stopping.join().unwrap().success());
+    proxy.stderr.wait_for(0, |l| l.contains("shutting down")).expect("the proxy announces its shutdown");
+    // The request in flight still completes once the upstream answers.
+    upstream.release.notify_one();
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "released");
+    assert!(proxy.stop_wait().success(), "and then the proxy exits cleanly");
+}

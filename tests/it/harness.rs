@@ -219,6 +219,11 @@ impl Proxy {
         child.wait().unwrap()
     }
 
+    /// Waits for a proxy that was already asked to stop.
+    pub fn stop_wait(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("already stopped").wait().unwrap()
+    }
+
     /// The identity key the proxy generated, as an upstream would read it.
     pub fn identity_key(&self) -> Vec<u8> {
         std::fs::read_to_string(self.data_dir().join("identity.key")).unwrap().trim().as_bytes().to_vec()

@@ -3,6 +3,7 @@
 //! * `/upload` streams the request body, answering with its length and SHA-256;
 //! * `/download?bytes=N` streams N bytes of a known pattern;
 //! * `/slow` never answers;
+//! * `/hold` answers when the test calls `release.notify_one()`;
 //! * `/plant-cookie` tries to set the proxy's session cookie;
 //! * `/ws` is a WebSocket echo;
 //! * everything else answers with JSON describing the request it saw.
@@ -41,6 +42,8 @@ impl Seen {
 pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Releases requests waiting on `/hold`.
+    pub release: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -69,15 +72,16 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let recorder = seen.clone();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (recorder, hold) = (seen.clone(), release.clone());
         let task = tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                let (recorder, tls) = (recorder.clone(), tls.clone());
+                let (recorder, tls, hold) = (recorder.clone(), tls.clone(), hold.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        let recorder = recorder.clone();
-                        async move { Ok::<_, Infallible>(answer(req, recorder).await) }
+                        let (recorder, hold) = (recorder.clone(), hold.clone());
+                        async move { Ok::<_, Infallible>(answer(req, recorder, hold).await) }
                     });
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let _ = match tls {
@@ -90,7 +94,7 @@ impl Upstream {
                 });
             }
         });
-        Self { addr, seen, task }
+        Self { addr, seen, release, task }
     }
 
     pub fn url(&self) -> String {
@@ -120,7 +124,11 @@ pub fn pattern_byte(i: u64) -> u8 {
     (i % 251) as u8
 }
 
-async fn answer(req: Request<Incoming>, recorder: Arc<Mutex<Vec<Seen>>>) -> Response<Body> {
+async fn answer(
+    req: Request<Incoming>,
+    recorder: Arc<Mutex<Vec<Seen>>>,
+    hold: Arc<tokio::sync::Notify>,
+) -> Response<Body> {
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in req.headers() {
         headers.entry(k.to_string()).or_default().push(String::from_utf8_lossy(v.as_bytes()).into_owned());
@@ -152,6 +160,10 @@ async fn answer(req: Request<Incoming>, recorder: Arc<Mutex<Vec<Seen>>>) -> Resp
             Response::new(BodyExt::boxed(StreamBody::new(chunks)))
         }
         "/slow" => std::future::pending().await,
+        "/hold" => {
+            hold.notified().await;
+            Response::new(full("released"))
+        }
         "/plant-cookie" => Response::builder()
             .header("set-cookie", "portcullis=planted-by-upstream; Path=/")
             .header("set-cookie", "app_pref=dark; Path=/")
