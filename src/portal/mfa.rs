@@ -9,17 +9,13 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{
-    CsrfForm, clear_cookie, forbidden_origin, read_form, return_to_from_query, same_origin, session_cookie_header,
-    tokens_match,
-};
+use super::{CsrfForm, SessionForm, clear_cookie, return_to_from_query, session_cookie_header, session_post};
 use crate::app::{App, Connection, RequestUser};
 use crate::clock::UnixTime;
 use crate::factors::{TotpRecord, recovery, totp};
 use crate::pages::{self, Body, ChallengePage, CodeError, EnrollPage, RecoveryCodesPage};
 use crate::policy::{self, AfterPassword, Requirement};
 use crate::regulation::{Subject, Verdict};
-use crate::return_url;
 use crate::secret::Secret;
 use crate::session::{AuthMethod, FullSession, Lookup, PartialSession, Session, SessionKey};
 
@@ -131,6 +127,15 @@ struct CodeForm {
     rd: Option<String>,
 }
 
+impl SessionForm for CodeForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+    fn return_to(&self) -> Option<&str> {
+        self.rd.as_deref()
+    }
+}
+
 enum CodeRefused {
     Wrong,
     Replayed,
@@ -179,25 +184,11 @@ async fn check_code(app: &App, user: &str, code: &str) -> Result<(AuthMethod, Op
 }
 
 pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Response<Body> {
-    if !same_origin(app, request.headers()) {
-        return forbidden_origin();
-    }
     let client_ip = crate::headers::client_ip(request.headers(), conn.peer.ip(), &app.config.trusted_proxies);
-    let lookup = app.resolve_session(request.headers());
-    let form: CodeForm = match read_form(request).await {
-        Ok(form) => form,
+    let (session, form, return_to) = match session_post::<CodeForm>(app, request, |rd| login_redirect(app, rd)).await {
+        Ok(checked) => checked,
         Err(response) => return response,
     };
-    let return_to = return_url::or_root(form.rd.as_deref(), &app.config.public_url);
-    let Lookup::Found(session) = lookup else { return login_redirect(app, &return_to) };
-    if !tokens_match(session.csrf_token(), &form.csrf) {
-        return pages::error(
-            StatusCode::FORBIDDEN,
-            "Request refused",
-            "This form had expired. Go back, reload the page and try again.",
-            None,
-        );
-    }
     let user = session.user().name.to_string();
     let step_up = matches!(session, Session::Full(_));
     let subjects = [Subject::Account(user.clone()), Subject::Address(client_ip)];
@@ -385,27 +376,12 @@ pub fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
 }
 
 pub async fn enroll_submit(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
-    if !same_origin(app, request.headers()) {
-        return forbidden_origin();
-    }
-    let lookup = app.resolve_session(request.headers());
-    let form: CodeForm = match read_form(request).await {
-        Ok(form) => form,
+    let (session, form, return_to) = match session_post::<CodeForm>(app, request, |rd| login_redirect(app, rd)).await {
+        Ok(checked) => checked,
         Err(response) => return response,
     };
-    let return_to = return_url::or_root(form.rd.as_deref(), &app.config.public_url);
-    let session = match lookup {
-        Lookup::Found(session) if may_enroll(app, &session) => session,
-        Lookup::Found(_) => return pages::see_other(&app.config.public_url.join_path("/.portcullis/account")),
-        _ => return login_redirect(app, &return_to),
-    };
-    if !tokens_match(session.csrf_token(), &form.csrf) {
-        return pages::error(
-            StatusCode::FORBIDDEN,
-            "Request refused",
-            "This form had expired. Go back, reload the page and try again.",
-            None,
-        );
+    if !may_enroll(app, &session) {
+        return pages::see_other(&app.config.public_url.join_path("/.portcullis/account"));
     }
     let now = app.clock.now();
     let max_age = app.config.session.partial_timeout.as_secs() as i64;
@@ -533,25 +509,20 @@ struct SavedForm {
     rd: Option<String>,
 }
 
-pub async fn recovery_codes_confirm(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
-    if !same_origin(app, request.headers()) {
-        return forbidden_origin();
+impl SessionForm for SavedForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
     }
-    let lookup = app.resolve_session(request.headers());
-    let form: SavedForm = match read_form(request).await {
-        Ok(form) => form,
+    fn return_to(&self) -> Option<&str> {
+        self.rd.as_deref()
+    }
+}
+
+pub async fn recovery_codes_confirm(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    let (session, form, return_to) = match session_post::<SavedForm>(app, request, |rd| login_redirect(app, rd)).await {
+        Ok(checked) => checked,
         Err(response) => return response,
     };
-    let return_to = return_url::or_root(form.rd.as_deref(), &app.config.public_url);
-    let Lookup::Found(session) = lookup else { return login_redirect(app, &return_to) };
-    if !tokens_match(session.csrf_token(), &form.csrf) {
-        return pages::error(
-            StatusCode::FORBIDDEN,
-            "Request refused",
-            "This form had expired. Go back, reload the page and try again.",
-            None,
-        );
-    }
     if app.pending.codes(session.key()).is_none() {
         return pages::see_other(&app.config.public_url.join_path("/.portcullis/account"));
     }
@@ -591,23 +562,13 @@ async fn finish_inline_enrollment(app: &App, partial: PartialSession, return_to:
 // ----- account actions -------------------------------------------------------------------------
 
 pub async fn account_action(app: &Arc<App>, action: &str, request: Request<Incoming>) -> Response<Body> {
-    if !same_origin(app, request.headers()) {
-        return forbidden_origin();
-    }
-    let lookup = app.resolve_session(request.headers());
-    let form: CsrfForm = match read_form(request).await {
-        Ok(form) => form,
+    let account = "/.portcullis/account";
+    let (session, _, _) = match session_post::<CsrfForm>(app, request, |_| login_redirect(app, account)).await {
+        Ok(checked) => checked,
         Err(response) => return response,
     };
-    let Lookup::Found(Session::Full(full)) = lookup else { return login_redirect(app, "/.portcullis/account") };
-    if !tokens_match(full.csrf_token(), &form.csrf) {
-        return pages::error(
-            StatusCode::FORBIDDEN,
-            "Request refused",
-            "This form had expired. Reload the account page and try again.",
-            None,
-        );
-    }
+    // Account changes need a full session; a half-logged-in one finishes signing in first.
+    let Session::Full(full) = session else { return page_with_rd(app, "challenge", account) };
     let user = full.user().name.to_string();
     match action {
         "sign-out-everywhere" => match app.sessions.end_all_for(&user).await {

@@ -411,28 +411,56 @@ pub(crate) struct CsrfForm {
     pub(crate) csrf: String,
 }
 
-async fn logout_submit(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+impl SessionForm for CsrfForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// What every form on a signed-in page carries.
+pub(crate) trait SessionForm: for<'de> Deserialize<'de> {
+    fn csrf(&self) -> &str;
+    /// Where to go afterwards, as submitted (validated by [`session_post`]).
+    fn return_to(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A POST from a signed-in browser, checked the same way on every endpoint: it comes from our own
+/// origin, its form can be read, and it carries the session's own CSRF token. On success: the
+/// session, the form and the validated return path. Otherwise the answer to send instead;
+/// `anonymous` makes that answer when there is no session at all.
+pub(crate) async fn session_post<F: SessionForm>(
+    app: &App,
+    request: Request<Incoming>,
+    anonymous: impl FnOnce(&str) -> Response<Body>,
+) -> Result<(Session, F, String), Response<Body>> {
     if !same_origin(app, request.headers()) {
-        return forbidden_origin();
+        return Err(forbidden_origin());
     }
     let lookup = app.resolve_session(request.headers());
-    let form: CsrfForm = match read_form(request).await {
-        Ok(form) => form,
+    let form: F = read_form(request).await?;
+    let return_to = return_url::or_root(form.return_to(), &app.config.public_url);
+    let Lookup::Found(session) = lookup else { return Err(anonymous(&return_to)) };
+    if !tokens_match(session.csrf_token(), form.csrf()) {
+        let message = "This form had expired. Go back, reload the page and try again.";
+        return Err(pages::error(StatusCode::FORBIDDEN, "Request refused", message, None));
+    }
+    Ok((session, form, return_to))
+}
+
+fn signed_out(app: &App) -> Response<Body> {
+    let mut response = pages::html(StatusCode::OK, &pages::SignedOutPage);
+    clear_cookie(&mut response, app.session_cookie(), app.config.public_url.is_https());
+    response
+}
+
+async fn logout_submit(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    // Signing out without a session is already done: say so, and drop any stale cookie.
+    let (session, _, _) = match session_post::<CsrfForm>(app, request, |_| signed_out(app)).await {
+        Ok(checked) => checked,
         Err(response) => return response,
     };
-    let Lookup::Found(session) = lookup else {
-        let mut response = pages::html(StatusCode::OK, &pages::SignedOutPage);
-        clear_cookie(&mut response, app.session_cookie(), app.config.public_url.is_https());
-        return response;
-    };
-    if !tokens_match(session.csrf_token(), &form.csrf) {
-        return pages::error(
-            StatusCode::FORBIDDEN,
-            "Request refused",
-            "This sign-out form had expired. Open the account page and sign out from there.",
-            Some(("/.portcullis/account", "Your account")),
-        );
-    }
     if let Err(e) = app.sessions.end(session.key()).await {
         tracing::error!("could not end a session: {e}");
         return pages::error(
@@ -443,8 +471,7 @@ async fn logout_submit(app: &Arc<App>, request: Request<Incoming>) -> Response<B
         );
     }
     tracing::info!(target: "portcullis::security", user = %session.user().name, session = %session.key().log_ref(), "logout");
-    let mut response = pages::html(StatusCode::OK, &pages::SignedOutPage);
-    clear_cookie(&mut response, app.session_cookie(), app.config.public_url.is_https());
+    let mut response = signed_out(app);
     response.extensions_mut().insert(RequestUser(Some(session.user().name.to_string())));
     response
 }
