@@ -146,6 +146,39 @@ impl Regulator {
         self.persist(vec![(key, snapshot)]).await
     }
 
+    /// Forgets subjects with nothing left to remember: no failures in the window, no ban running
+    /// or within the last day (so repeat offenders still get longer bans), no second-factor
+    /// streak. Without this, every user name and address ever tried would be kept forever.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let window = self.settings.window.as_secs() as i64;
+        let stale: Vec<String> = self
+            .records
+            .iter()
+            .filter(|r| {
+                let record = r.value();
+                record.second_factor_streak == 0
+                    && record.failures.iter().all(|t| now - t >= window)
+                    && record.banned_until.is_none_or(|until| now - until >= MAX_BAN_SECONDS)
+            })
+            .map(|r| r.key().clone())
+            .collect();
+        for key in &stale {
+            self.records.remove(key);
+        }
+        let store = self.store.clone();
+        let removed = stale.len();
+        tokio::task::spawn_blocking(move || {
+            for key in &stale {
+                store.delete_regulation(key)?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        Ok(removed)
+    }
+
     /// Clears a subject (operator action, and `user reset-2fa`).
     pub fn clear(&self, subject: &Subject) {
         self.records.remove(&subject.store_key());
@@ -228,6 +261,24 @@ mod tests {
         }
         let reopened = regulator(&clock, store);
         assert!(matches!(reopened.check(&who), Verdict::Banned(_)));
+    }
+
+    #[tokio::test]
+    async fn stale_records_are_swept_but_recent_offenders_are_kept() {
+        let clock = FixedClock::at(1_000_000);
+        let reg = regulator(&clock, Arc::new(MemoryStore::default()));
+        let once = [Subject::Account("typo".into())];
+        let offender = [Subject::Address("203.0.113.9".parse().unwrap())];
+        reg.failed(&once, false).await.unwrap();
+        for _ in 0..5 {
+            reg.failed(&offender, false).await.unwrap();
+        }
+        clock.advance(3600);
+        assert_eq!(reg.sweep().await.unwrap(), 1, "the single old failure is forgotten");
+        assert!(reg.records.contains_key(&offender[0].store_key()), "a ban from the last day is remembered");
+        clock.advance(2 * 24 * 3600);
+        assert_eq!(reg.sweep().await.unwrap(), 1);
+        assert!(reg.records.is_empty());
     }
 
     #[tokio::test]

@@ -216,6 +216,8 @@ async fn worker(
     }
 }
 
+/// Housekeeping once a minute: expired sessions, session activity, abandoned enrollments and
+/// stale regulation records.
 fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -230,6 +232,10 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::error!("session sweep failed: {e}"),
                 Err(e) => tracing::error!("session sweep task failed: {e}"),
+            }
+            app.pending.retain_live(|key| app.sessions.contains(key));
+            if let Err(e) = app.regulator.sweep().await {
+                tracing::error!("regulation sweep failed: {e}");
             }
         }
     })

@@ -346,6 +346,10 @@ impl Sessions {
         self.cache.is_empty()
     }
 
+    pub fn contains(&self, key: &SessionKey) -> bool {
+        self.cache.contains_key(key)
+    }
+
     /// Finds the session for the values of our cookie in a request (several copies can arrive;
     /// the first live one wins). In memory only: this is the hot path.
     pub fn resolve<'a>(&self, cookie_values: impl IntoIterator<Item = &'a str>, users: &UserDirectory) -> Lookup {

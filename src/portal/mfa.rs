@@ -67,6 +67,11 @@ impl Pending {
         self.0.remove(key);
     }
 
+    /// Drops state for sessions that no longer exist (abandoned enrollments).
+    pub fn retain_live(&self, is_live: impl Fn(&SessionKey) -> bool) {
+        self.0.retain(|key, _| is_live(key));
+    }
+
     /// Moves state to a session's new id after rotation.
     fn rekey(&self, from: &SessionKey, to: &SessionKey) {
         if let Some((_, state)) = self.0.remove(from) {
