@@ -26,5 +26,6 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod users;

@@ -53,6 +53,8 @@ pub enum StartError {
     Proxy(#[from] ProxySetupError),
     #[error(transparent)]
     Hash(#[from] HashError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     #[error("cannot start worker {index}: {source}")]
     Worker { index: usize, source: std::io::Error },
 }
@@ -79,6 +81,7 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     /// One upstream client per worker: a pooled connection belongs to the runtime that drives it.
     forwarders: Vec<Forwarder>,
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 impl Server {
@@ -119,6 +122,10 @@ impl Server {
             listeners.push(listener.into_std().map_err(bind_error)?);
         }
         let tls = config.tls.as_ref().map(|t| TlsAcceptor::from(t.server_config.clone()));
+        let telemetry = match config.metrics_listen {
+            Some(addr) => Some(crate::telemetry::Telemetry::bind(addr).await?),
+            None => None,
+        };
         let pending = crate::portal::Pending::default();
         let app = Arc::new(App {
             config: Arc::new(config),
@@ -132,7 +139,7 @@ impl Server {
             regulator,
             clock,
         });
-        Ok(Self { app, listeners, tls, forwarders })
+        Ok(Self { app, listeners, tls, forwarders, telemetry })
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -146,11 +153,14 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
     /// for up to `proxy.shutdown_grace`, and persists sessions.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-        let Self { app, listeners, tls, forwarders } = self;
+        let Self { app, listeners, tls, forwarders, telemetry } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         // One budget of connections for all workers.
         let connections = Arc::new(tokio::sync::Semaphore::new(app.config.limits.max_connections));
-        let background = [app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
+        let mut background = vec![app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
+        if let Some(telemetry) = telemetry {
+            background.push(telemetry.spawn(app.sessions.clone()));
+        }
 
         let mut workers = Vec::new();
         for (index, forwarder) in forwarders.into_iter().enumerate() {

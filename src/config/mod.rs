@@ -43,6 +43,8 @@ pub struct Config {
     pub limits: Limits,
     pub log_level: String,
     pub audit: AuditOutput,
+    /// Where Prometheus metrics are served, on their own listener; `None` turns them off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where the audit trail of security events goes, as JSON lines.
@@ -423,6 +425,18 @@ impl Validator {
             Some("off") => AuditOutput::Off,
             Some(path) => AuditOutput::File(self.path(data_dir.as_deref().unwrap_or(&self.base), path)),
         };
+        let metrics_listen = raw.metrics.listen.as_deref().and_then(|text| match SocketAddr::from_str(text) {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    "metrics.listen",
+                    Some(text),
+                    "not an address and port",
+                    "write it like \"127.0.0.1:9464\"",
+                );
+                None
+            }
+        });
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             self.problem(
@@ -450,6 +464,7 @@ impl Validator {
             limits,
             log_level,
             audit,
+            metrics_listen,
         })
     }
 

@@ -34,6 +34,13 @@ pub struct RawConfig {
     pub regulation: RawRegulation,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -200,6 +200,7 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
     match app.regulator.check(&subjects) {
         Verdict::Allowed => {}
         Verdict::Banned(until) => {
+            crate::telemetry::second_factor("locked");
             let minutes = ((until - app.clock.now()).max(1) + 59) / 60;
             let message = format!(
                 "Too many wrong codes. For safety, codes are not being checked for about {minutes} minute(s); try again then."
@@ -223,6 +224,7 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
     }
     match check_code(app, &user, &form.code).await {
         Ok((method, recovery_left)) => {
+            crate::telemetry::second_factor("ok");
             if let Err(e) = app.regulator.succeeded(&user, true).await {
                 tracing::error!("could not record a second factor: {e}");
             }
@@ -277,6 +279,7 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
                 _ => CodeError::Wrong,
             };
             tracing::warn!(target: "portcullis::security", %user, failures, step_up, "second factor failed");
+            crate::telemetry::second_factor("failed");
             match app.regulator.failed(&subjects, true).await {
                 Ok(true) => {
                     tracing::warn!(target: "portcullis::security", %user, client = %client_ip, "locked out after repeated wrong codes")

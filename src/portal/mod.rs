@@ -271,6 +271,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
         (Ok(true), Some(user)) => user,
         (Ok(_), _) => {
             tracing::warn!(target: "portcullis::security", user = %username, client = %client_ip, "login failed");
+            crate::telemetry::login("failed");
             match app.regulator.failed(&subjects, false).await {
                 Ok(true) => {
                     tracing::warn!(target: "portcullis::security", user = %username, client = %client_ip, "locked out after repeated failures")
@@ -311,6 +312,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
         }
     };
 
+    crate::telemetry::login("ok");
     if let Err(e) = app.regulator.succeeded(user.name.as_str(), false).await {
         tracing::error!("could not record a login: {e}");
     }
@@ -374,6 +376,7 @@ fn regulated(
     match app.regulator.check(subjects) {
         Verdict::Allowed => None,
         Verdict::Banned(until) => {
+            crate::telemetry::login("locked");
             let wait = (until - app.clock.now()).max(1);
             let minutes = (wait + 59) / 60;
             let mut response = render_login(

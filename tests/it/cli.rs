@@ -76,3 +76,27 @@ async fn a_second_proxy_on_the_same_data_dir_refuses_to_start() {
     assert!(stderr.contains("locked by another process") && stderr.contains("same data_dir"), "{stderr}");
     assert_eq!(Browser::new().navigate(&proxy.url("/")).await.status(), 303, "the first one still serves");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_metrics_are_served_on_their_own_listener() {
+    let upstream = Upstream::start().await;
+    let metrics_port = crate::harness::free_port();
+    let proxy = proxy(&upstream.url()).toml(&format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"")).start();
+    assert_eq!(Browser::new().submit_login(&proxy, "alice", "wrong", "/").await.status(), 401);
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    assert_eq!(browser.navigate(&proxy.url("/page")).await.status(), 200);
+
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap().text().await.unwrap();
+    for expected in [
+        "portcullis_logins_total{result=\"ok\"} 1",
+        "portcullis_logins_total{result=\"failed\"} 1",
+        "portcullis_requests_total{status=\"200\"}",
+        "portcullis_upstream_seconds_bucket",
+        "portcullis_sessions 1",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    // Metrics are not on the proxy's own port: there, /metrics is just another gated path.
+    assert_eq!(reqwest::get(proxy.url("/metrics")).await.unwrap().status(), 401);
+}
