@@ -34,6 +34,8 @@ pub struct App {
     pub sealer: Sealer,
     pub pending: portal::Pending,
     pub regulator: crate::regulation::Regulator,
+    /// Which TOTP step accepted codes matched, for the clock-skew self-check.
+    pub drift: crate::clock_health::Drift,
     pub clock: SharedClock,
 }
 

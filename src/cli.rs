@@ -40,6 +40,9 @@ pub enum Command {
         #[command(subcommand)]
         action: UserCommand,
     },
+    /// Check what 2FA depends on: the clock (kernel synchronisation, and the offset against
+    /// `[clock] ntp_server` when set). Exits 1 if anything needs attention.
+    Doctor,
     /// Run a self-contained demo: the proxy in front of a built-in "whoami" app, with a demo user.
     Demo {
         /// Where the proxy listens.
@@ -83,6 +86,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run_server(&cli.config),
         Command::CheckConfig => check_config(&cli.config),
+        Command::Doctor => doctor(&cli.config),
         Command::User { action } => match user_command(&cli.config, action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -137,6 +141,33 @@ fn check_config(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn doctor(path: &Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checked = with_runtime(async {
+        let report = crate::clock_health::check(&config.clock).await;
+        println!("kernel clock: {:?}", report.kernel);
+        match &report.sntp {
+            None => println!("sntp: not configured (set [clock] ntp_server to compare against a time server)"),
+            Some((server, Ok(offset))) => println!("sntp: this clock is {offset:+.3} s off {server}"),
+            Some((server, Err(e))) => println!("sntp: {server} did not answer: {e}"),
+        }
+        for warning in &report.warnings {
+            println!("warning: {warning}");
+        }
+        if report.warnings.is_empty() { Ok(()) } else { Err("the clock needs attention (see the warnings above)") }
+    });
+    if checked == ExitCode::SUCCESS {
+        println!("ok")
+    }
+    checked
 }
 
 /// Resolves when the process is asked to stop (SIGTERM from a service manager, or Ctrl-C).

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod cli;
 pub mod clock;
+pub mod clock_health;
 pub mod config;
 pub mod demo;
 pub mod factors;

@@ -137,6 +137,7 @@ impl Server {
             sealer,
             pending,
             regulator,
+            drift: crate::clock_health::Drift::default(),
             clock,
         });
         Ok(Self { app, listeners, tls, forwarders, telemetry })
@@ -158,6 +159,7 @@ impl Server {
         // One budget of connections for all workers.
         let connections = Arc::new(tokio::sync::Semaphore::new(app.config.limits.max_connections));
         let mut background = vec![app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
+        background.push(tokio::spawn(clock_check(app.clone())));
         if let Some(telemetry) = telemetry {
             background.push(telemetry.spawn(app.sessions.clone()));
         }
@@ -226,12 +228,24 @@ async fn worker(
     }
 }
 
+/// The clock self-check at start-up, in the background (an SNTP query may take seconds).
+async fn clock_check(app: Arc<App>) {
+    let report = crate::clock_health::check(&app.config.clock).await;
+    for warning in &report.warnings {
+        tracing::warn!("clock: {warning}");
+    }
+    if report.warnings.is_empty() {
+        tracing::info!(kernel = ?report.kernel, "clock looks healthy");
+    }
+}
+
 /// Housekeeping once a minute: expired sessions, session activity, abandoned enrollments and
 /// stale regulation records.
 fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut skew_reported = false;
         loop {
             tick.tick().await;
             let sessions = app.sessions.clone();
@@ -244,6 +258,18 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                 Err(e) => tracing::error!("session sweep task failed: {e}"),
             }
             app.pending.retain_live(|key| app.sessions.contains(key));
+            let drift = app.drift.report();
+            if drift.skew_likely() != skew_reported {
+                skew_reported = drift.skew_likely();
+                if skew_reported {
+                    tracing::warn!(
+                        samples = drift.samples,
+                        previous_step = format_args!("{:.0}%", drift.previous_step * 100.0),
+                        next_step = format_args!("{:.0}%", drift.next_step * 100.0),
+                        "clock: most TOTP codes match a neighbouring time step; this server's clock is probably off. Run `portcullis doctor`"
+                    );
+                }
+            }
             if let Err(e) = app.regulator.sweep().await {
                 tracing::error!("regulation sweep failed: {e}");
             }

@@ -45,6 +45,16 @@ pub struct Config {
     pub audit: AuditOutput,
     /// Where Prometheus metrics are served, on their own listener; `None` turns them off.
     pub metrics_listen: Option<SocketAddr>,
+    pub clock: ClockSettings,
+}
+
+/// Clock health checks (see `clock_health.rs`).
+#[derive(Debug, Clone)]
+pub struct ClockSettings {
+    /// An SNTP server to compare against, `host` or `host:port`; none by default.
+    pub ntp_server: Option<String>,
+    /// An offset beyond this is warned about.
+    pub max_offset: Duration,
 }
 
 /// Where the audit trail of security events goes, as JSON lines.
@@ -437,6 +447,16 @@ impl Validator {
                 None
             }
         });
+        let clock = ClockSettings {
+            ntp_server: raw.clock.ntp_server.map(|s| if s.contains(':') { s } else { format!("{s}:123") }),
+            max_offset: self.duration(
+                "clock.max_offset",
+                &raw.clock.max_offset,
+                "10s",
+                Duration::from_secs(1),
+                Duration::from_secs(29),
+            ),
+        };
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             self.problem(
@@ -465,6 +485,7 @@ impl Validator {
             log_level,
             audit,
             metrics_listen,
+            clock,
         })
     }
 

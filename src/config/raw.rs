@@ -36,6 +36,14 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub clock: RawClock,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawClock {
+    pub ntp_server: Option<String>,
+    pub max_offset: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -167,6 +167,8 @@ async fn check_code(app: &App, user: &str, code: &str) -> Result<(AuthMethod, Op
                 })?;
                 factor.last_step = step;
                 factor.last_used_at = Some(now);
+                // Which step the code matched, relative to ours: the clock-skew telemetry.
+                app.drift.record(step as i64 - now / totp::STEP_SECONDS as i64);
                 Ok((AuthMethod::Otp, None))
             })
             .await

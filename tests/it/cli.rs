@@ -100,3 +100,55 @@ async fn prometheus_metrics_are_served_on_their_own_listener() {
     // Metrics are not on the proxy's own port: there, /metrics is just another gated path.
     assert_eq!(reqwest::get(proxy.url("/metrics")).await.unwrap().status(), 401);
 }
+
+/// A local SNTP responder (RFC 4330) whose clock is `offset` seconds away from ours.
+async fn fake_time_server(offset: f64) -> std::net::SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut request = [0u8; 48];
+        loop {
+            let Ok((_, from)) = socket.recv_from(&mut request).await else { return };
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() + offset;
+            let seconds = now.trunc() as u64 + 2_208_988_800; // NTP counts from 1900
+            let fraction = (now.fract() * 4_294_967_296.0) as u64;
+            let stamp: Vec<u8> = [(seconds as u32).to_be_bytes(), (fraction as u32).to_be_bytes()].concat();
+            let mut reply = [0u8; 48];
+            reply[0] = 0x24; // no leap warning, version 4, server mode
+            reply[1] = 2; // stratum
+            reply[12..16].copy_from_slice(b"TEST");
+            reply[16..24].copy_from_slice(&stamp); // reference
+            reply[24..32].copy_from_slice(&request[40..48]); // originate = the client's transmit
+            reply[32..40].copy_from_slice(&stamp); // receive
+            reply[40..48].copy_from_slice(&stamp); // transmit
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_reports_the_offset_against_a_time_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    let write = |server: std::net::SocketAddr| {
+        let text = format!(
+            "upstream = \"http://127.0.0.1:9\"\npublic_url = \"http://127.0.0.1:1\"\ndata_dir = \"data\"\n[clock]\nntp_server = \"{server}\"\n"
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+
+    write(fake_time_server(90.0).await);
+    let off = crate::harness::run_cli(&config, &["doctor"], "");
+    let out = String::from_utf8_lossy(&off.stdout).to_string();
+    assert!(!off.status.success(), "a 90 s offset needs attention:\n{out}");
+    assert!(out.contains("this clock is -90."), "{out}");
+    assert!(out.contains("warning: this clock is -90.") && out.contains("TOTP accepts only ±30 s"), "{out}");
+
+    write(fake_time_server(0.0).await);
+    let fine = crate::harness::run_cli(&config, &["doctor"], "");
+    let out = String::from_utf8_lossy(&fine.stdout).to_string();
+    assert!(out.contains("this clock is +0.0") || out.contains("this clock is -0.0"), "{out}");
+    assert!(!out.contains("TOTP accepts only"), "no offset warning when in step:\n{out}");
+}
