@@ -115,7 +115,7 @@ impl App {
             Lookup::Found(Session::Full(full)) => {
                 // The policy is evaluated on every request: a session that no longer satisfies it
                 // (policy tightened, factor enrolled elsewhere or reset) drops back to partial.
-                let requirement = policy::requirement(&self.config.mfa, full.user());
+                let requirement = policy::requirement(&self.config.mfa, full.user(), self.clock.now());
                 let has_factor = self.accounts.get(full.user().name.as_str()).has_second_factor();
                 if policy::full_session_allowed(requirement, has_factor, full.proved_second_factor()) {
                     full
@@ -182,7 +182,7 @@ impl App {
         partial: &crate::session::PartialSession,
     ) -> Response<Body> {
         let mut response = if route::is_browser_navigation(request.method(), request.headers()) {
-            let requirement = policy::requirement(&self.config.mfa, partial.user());
+            let requirement = policy::requirement(&self.config.mfa, partial.user(), self.clock.now());
             let has_factor = self.accounts.get(partial.user().name.as_str()).has_second_factor();
             let page = match policy::after_password(requirement, has_factor) {
                 policy::AfterPassword::Enroll => "enroll",

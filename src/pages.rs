@@ -213,3 +213,11 @@ mod tests {
         assert!(html.contains("do not match"));
     }
 }
+
+#[derive(Template)]
+#[template(path = "reminder.html")]
+pub struct ReminderPage<'a> {
+    pub deadline: &'a str,
+    pub enroll: &'a str,
+    pub later: &'a str,
+}

@@ -18,15 +18,23 @@ pub enum Requirement {
     Optional,
     /// The user must have and prove a second factor.
     Required,
+    /// It will be required from this time (Unix seconds): until then it works like `Optional`,
+    /// and users without a factor are reminded at sign-in.
+    Upcoming(crate::clock::UnixTime),
 }
 
-/// The requirement for `user`: `required` globally or through one of their groups.
-pub fn requirement(mfa: &MfaSettings, user: &User) -> Requirement {
-    match mfa.policy {
-        MfaPolicy::Disabled => Requirement::Off,
-        MfaPolicy::Required => Requirement::Required,
-        MfaPolicy::Optional if user.groups.iter().any(|g| mfa.required_groups.contains(g)) => Requirement::Required,
-        MfaPolicy::Optional => Requirement::Optional,
+/// The requirement for `user` at `now`: `required` globally or through one of their groups, and
+/// in force once `required_after` (if set) has passed.
+pub fn requirement(mfa: &MfaSettings, user: &User, now: crate::clock::UnixTime) -> Requirement {
+    let required = match mfa.policy {
+        MfaPolicy::Disabled => return Requirement::Off,
+        MfaPolicy::Required => true,
+        MfaPolicy::Optional => user.groups.iter().any(|g| mfa.required_groups.contains(g)),
+    };
+    match (required, mfa.required_after) {
+        (false, _) => Requirement::Optional,
+        (true, Some(deadline)) if now < deadline => Requirement::Upcoming(deadline),
+        (true, _) => Requirement::Required,
     }
 }
 
@@ -39,6 +47,8 @@ pub enum AfterPassword {
     Challenge,
     /// No factor yet, but one is required: enroll now, inline, then carry on.
     Enroll,
+    /// Signed in, and reminded first that 2FA becomes required at this time.
+    Remind(crate::clock::UnixTime),
 }
 
 pub fn after_password(requirement: Requirement, has_factor: bool) -> AfterPassword {
@@ -46,6 +56,7 @@ pub fn after_password(requirement: Requirement, has_factor: bool) -> AfterPasswo
         (Requirement::Off, _) => AfterPassword::Done,
         (_, true) => AfterPassword::Challenge,
         (Requirement::Optional, false) => AfterPassword::Done,
+        (Requirement::Upcoming(deadline), false) => AfterPassword::Remind(deadline),
         (Requirement::Required, false) => AfterPassword::Enroll,
     }
 }
@@ -56,7 +67,7 @@ pub fn full_session_allowed(requirement: Requirement, has_factor: bool, proved_s
     match requirement {
         Requirement::Off => true,
         // An account with a factor always uses it; one without may go on with a password...
-        Requirement::Optional => proved_second_factor || !has_factor,
+        Requirement::Optional | Requirement::Upcoming(_) => proved_second_factor || !has_factor,
         // ...unless it is required, and then the factor must exist and have been proven.
         Requirement::Required => proved_second_factor && has_factor,
     }
@@ -76,6 +87,34 @@ mod tests {
         assert_eq!(after_password(Optional, false), Done);
         assert_eq!(after_password(Required, true), Challenge);
         assert_eq!(after_password(Required, false), Enroll);
+        assert_eq!(after_password(Upcoming(99), false), Remind(99));
+        assert_eq!(after_password(Upcoming(99), true), Challenge);
+    }
+
+    #[test]
+    fn a_deadline_turns_required_into_upcoming_until_it_passes() {
+        let user = crate::users::User {
+            name: crate::users::Username::parse("dev").unwrap(),
+            display_name: "Dev".into(),
+            email: "dev@example.com".into(),
+            groups: vec!["developers".into()],
+            password_hash: String::new(),
+            credential_stamp: [0; 16],
+        };
+        let mfa = MfaSettings {
+            policy: MfaPolicy::Optional,
+            required_groups: vec!["developers".into()],
+            totp: true,
+            issuer: "x".into(),
+            step_up_window: std::time::Duration::from_secs(600),
+            attempts: 5,
+            required_after: Some(1_800_000_000),
+        };
+        assert_eq!(requirement(&mfa, &user, 1_799_999_999), Upcoming(1_800_000_000));
+        assert_eq!(requirement(&mfa, &user, 1_800_000_000), Required);
+        let outsider = crate::users::User { groups: vec![], ..user.clone() };
+        assert_eq!(requirement(&mfa, &outsider, 1_800_000_000), Optional);
+        assert!(full_session_allowed(Upcoming(1), false, false), "before the deadline a password-only session is fine");
     }
 
     #[test]

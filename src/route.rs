@@ -22,6 +22,8 @@ pub enum OwnPage {
     Enroll,
     /// Show freshly made recovery codes once, and confirm they were saved.
     RecoveryCodes,
+    /// "Two-step verification becomes required on …": set it up now, or later.
+    Reminder,
     /// A POST on the account page: `remove-totp`, `regenerate-codes`, `sign-out-everywhere`.
     AccountAction(String),
     /// A file under `static/`, by name.
@@ -74,6 +76,7 @@ pub fn route(path: &str) -> Route {
         "/challenge" => OwnPage::Challenge,
         "/enroll" => OwnPage::Enroll,
         "/recovery-codes" => OwnPage::RecoveryCodes,
+        "/reminder" => OwnPage::Reminder,
         rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/")) {
             (Some(name), _) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
             (_, Some(action)) if ["remove-totp", "regenerate-codes", "sign-out-everywhere"].contains(&action) => {

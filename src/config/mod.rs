@@ -173,6 +173,9 @@ pub struct MfaSettings {
     /// Wrong codes a half-logged-in session may try before it is ended (the password must then
     /// be entered again, which is deliberately slow).
     pub attempts: u32,
+    /// Staged rollout: where 2FA is required (by policy or group), it becomes mandatory only
+    /// from this moment (Unix time); before it, users without a factor are reminded at sign-in.
+    pub required_after: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -652,6 +655,30 @@ impl Validator {
             );
         }
         let attempts = self.count("mfa.attempts", raw.attempts, 5, 100);
+        let required_after = raw.required_after.as_deref().and_then(|text| {
+            // A date means midnight UTC at its start; a full RFC 3339 time is taken as written.
+            let full = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_string() };
+            match humantime::parse_rfc3339(&full) {
+                Ok(when) => when.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs() as i64),
+                Err(_) => {
+                    self.problem(
+                        "mfa.required_after",
+                        Some(text),
+                        "not a date",
+                        "write a date like \"2027-01-31\" (midnight UTC) or a time like \"2027-01-31T09:00:00Z\"",
+                    );
+                    None
+                }
+            }
+        });
+        if required_after.is_some() && !requires {
+            self.problem(
+                "mfa.required_after",
+                raw.required_after.as_deref(),
+                "has no effect: nothing is required",
+                "set mfa.policy = \"required\" or list mfa.required_groups, or remove it",
+            );
+        }
         let hour = Duration::from_secs(3600);
         MfaSettings {
             policy,
@@ -668,6 +695,7 @@ impl Validator {
                 hour * 24,
             ),
             attempts: attempts as u32,
+            required_after,
         }
     }
 

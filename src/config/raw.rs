@@ -88,6 +88,7 @@ pub struct RawMfa {
     pub issuer: Option<String>,
     pub step_up_window: Option<String>,
     pub attempts: Option<i64>,
+    pub required_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

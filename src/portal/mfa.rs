@@ -91,7 +91,7 @@ pub fn page_with_rd(app: &App, page: &str, return_to: &str) -> Response<Body> {
 }
 
 fn requirement(app: &App, session: &Session) -> Requirement {
-    policy::requirement(&app.config.mfa, session.user())
+    policy::requirement(&app.config.mfa, session.user(), app.clock.now())
 }
 
 fn with_user(mut response: Response<Body>, session: &Session) -> Response<Body> {
@@ -599,7 +599,7 @@ pub async fn account_action(app: &Arc<App>, action: &str, request: Request<Incom
 }
 
 async fn sensitive_action(app: &App, action: &str, full: FullSession, user: &str) -> Response<Body> {
-    let req = policy::requirement(&app.config.mfa, full.user());
+    let req = policy::requirement(&app.config.mfa, full.user(), app.clock.now());
     if req == Requirement::Off {
         return pages::error(
             StatusCode::NOT_FOUND,
@@ -672,4 +672,26 @@ async fn sensitive_action(app: &App, action: &str, full: FullSession, user: &str
             }
         }
     }
+}
+
+// ----- staged rollout --------------------------------------------------------------------------
+
+/// After sign-in, before `mfa.required_after`: a reminder with the date, and two plain links (the
+/// session is already full, so neither choice changes anything on the server).
+pub fn reminder(app: &App, request: &Request<Incoming>) -> Response<Body> {
+    let return_to = return_to_from_query(app, request);
+    let Lookup::Found(Session::Full(full)) = app.resolve_session(request.headers()) else {
+        return login_redirect(app, &return_to);
+    };
+    let requirement = policy::requirement(&app.config.mfa, full.user(), app.clock.now());
+    let has = app.accounts.get(full.user().name.as_str()).has_second_factor();
+    let (Requirement::Upcoming(deadline), false) = (requirement, has) else {
+        // Nothing to remind of (already enrolled, or the date has passed): carry on.
+        return pages::see_other(&app.config.public_url.join_path(&return_to));
+    };
+    let query = serde_urlencoded::to_string([("rd", return_to.as_str())]).unwrap_or_default();
+    let enroll = format!("/.portcullis/enroll?{query}");
+    let deadline = super::format_time(deadline);
+    let page = pages::ReminderPage { deadline: &deadline, enroll: &enroll, later: &return_to };
+    with_user(pages::html(StatusCode::OK, &page), &Session::Full(full))
 }

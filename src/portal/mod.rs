@@ -39,13 +39,16 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
     let mfa_off = app.config.mfa.policy == MfaPolicy::Disabled;
     match (page, is_read, method == Method::POST) {
         // With 2FA disabled there are no second-factor pages at all.
-        (OwnPage::Challenge | OwnPage::Enroll | OwnPage::RecoveryCodes, _, _) if mfa_off => not_found(),
+        (OwnPage::Challenge | OwnPage::Enroll | OwnPage::RecoveryCodes | OwnPage::Reminder, _, _) if mfa_off => {
+            not_found()
+        }
         (OwnPage::Static(name), true, _) => pages::static_file(&name).unwrap_or_else(not_found),
         (OwnPage::Challenge, true, _) => mfa::challenge_form(app, &request),
         (OwnPage::Challenge, _, true) => mfa::challenge_submit(app, request, conn).await,
         (OwnPage::Enroll, true, _) => mfa::enroll_form(app, &request),
         (OwnPage::Enroll, _, true) => mfa::enroll_submit(app, request).await,
         (OwnPage::RecoveryCodes, true, _) => mfa::recovery_codes_page(app, &request),
+        (OwnPage::Reminder, true, _) => mfa::reminder(app, &request),
         (OwnPage::RecoveryCodes, _, true) => mfa::recovery_codes_confirm(app, request).await,
         (OwnPage::AccountAction(action), _, true) => mfa::account_action(app, &action, request).await,
         (OwnPage::Login, true, _) => login_form(app, &request),
@@ -322,7 +325,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
     {
         tracing::error!("could not end the previous session: {e}");
     }
-    let requirement = policy::requirement(&app.config.mfa, &user);
+    let requirement = policy::requirement(&app.config.mfa, &user, app.clock.now());
     let has_factor = app.accounts.get(user.name.as_str()).has_second_factor();
     let next = policy::after_password(requirement, has_factor);
     let established = async {
@@ -331,6 +334,11 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
             AfterPassword::Done => {
                 let (id, full) = app.sessions.promote(partial, vec![AuthMethod::Pwd]).await?;
                 Ok::<_, crate::session::SessionError>((id, full.expires_at(), None))
+            }
+            // Signed in; a reminder page first that 2FA becomes required soon.
+            AfterPassword::Remind(_) => {
+                let (id, full) = app.sessions.promote(partial, vec![AuthMethod::Pwd]).await?;
+                Ok((id, full.expires_at(), Some("reminder")))
             }
             // Half logged in: the partial session's cookie, good only for the second-factor pages.
             AfterPassword::Challenge => {
@@ -343,7 +351,10 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
     };
     match established.await {
         Ok((id, expires_at, next_page)) => {
-            let stage = if next_page.is_some() { "password ok, second factor next" } else { "login ok" };
+            let stage = match next_page {
+                None | Some("reminder") => "login ok",
+                Some(_) => "password ok, second factor next",
+            };
             tracing::info!(target: "portcullis::security", user = %user.name, session = %id.key().log_ref(), client = %conn.peer.ip(), "{stage}");
             let mut response = match next_page {
                 None => pages::see_other(&app.config.public_url.join_path(&return_to)),
@@ -479,7 +490,7 @@ async fn logout_submit(app: &Arc<App>, request: Request<Incoming>) -> Response<B
     response
 }
 
-fn format_time(t: crate::clock::UnixTime) -> String {
+pub(crate) fn format_time(t: crate::clock::UnixTime) -> String {
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
     let text = humantime::format_rfc3339_seconds(when).to_string();
     format!("{} UTC", text.trim_end_matches('Z').replace('T', " "))
@@ -497,7 +508,7 @@ fn account(app: &App, request: &Request<Incoming>) -> Response<Body> {
     };
     let user = full.user();
     let record = app.accounts.get(user.name.as_str());
-    let requirement = policy::requirement(&app.config.mfa, user);
+    let requirement = policy::requirement(&app.config.mfa, user, app.clock.now());
     let notice = match request.uri().query().unwrap_or("") {
         "done=removed" => Some("Two-step verification is off. You can turn it on again at any time."),
         _ => None,

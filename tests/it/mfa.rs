@@ -439,3 +439,30 @@ async fn an_operator_can_reset_a_users_second_factor() {
     let again = Browser::new();
     assert!(password(&again, &second, &ALICE, "/").await.contains("/.portcullis/enroll"), "they enroll anew");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_staged_rollout_reminds_before_the_date_and_requires_after_it() {
+    let upstream = Upstream::start().await;
+    // Before the deadline: signed in, reminded with the date, free to carry on or set up now.
+    let before = proxy(&upstream.url())
+        .toml("[mfa]\nrequired_groups = [\"wiki-admins\"]\nrequired_after = \"2099-01-31\"")
+        .start();
+    let browser = Browser::new();
+    let reminder = password(&browser, &before, &ALICE, "/wiki/Deep").await;
+    assert!(reminder.starts_with(&before.url("/.portcullis/reminder?rd=")), "{reminder}");
+    let page = browser.navigate(&reminder).await.text().await.unwrap();
+    assert!(page.contains("2099-01-31 00:00:00 UTC"), "the page names the date");
+    assert!(page.contains("href=\"/wiki/Deep\""), "remind me later goes where they were going");
+    assert_eq!(browser.navigate(&before.url("/wiki/Deep")).await.status(), 200, "already signed in");
+    // "Set it up now" is the ordinary enrollment, landing on the same place afterwards.
+    let (_, _, done) = enroll(&browser, &before, &before.url("/.portcullis/enroll?rd=%2Fwiki%2FDeep")).await;
+    assert_eq!(done.headers()["location"], before.url("/wiki/Deep").as_str());
+
+    // After the deadline: enrollment is part of signing in.
+    let after = proxy(&upstream.url())
+        .toml("[mfa]\nrequired_groups = [\"wiki-admins\"]\nrequired_after = \"2000-01-01\"")
+        .start();
+    let late = Browser::new();
+    assert!(password(&late, &after, &ALICE, "/").await.contains("/.portcullis/enroll"));
+    assert_eq!(late.http.get(after.url("/api")).send().await.unwrap().status(), 401);
+}
