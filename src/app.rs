@@ -36,6 +36,7 @@ pub struct App {
     pub regulator: crate::regulation::Regulator,
     /// Which TOTP step accepted codes matched, for the clock-skew self-check.
     pub drift: crate::clock_health::Drift,
+    pub notifier: crate::notify::Notifier,
     pub clock: SharedClock,
 }
 

@@ -15,6 +15,7 @@ pub mod factors;
 pub mod headers;
 pub mod identity;
 pub mod logging;
+pub mod notify;
 pub mod pages;
 pub mod password;
 pub mod policy;

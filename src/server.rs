@@ -82,6 +82,7 @@ pub struct Server {
     /// One upstream client per worker: a pooled connection belongs to the runtime that drives it.
     forwarders: Vec<Forwarder>,
     telemetry: Option<crate::telemetry::Telemetry>,
+    delivery: Option<crate::notify::Delivery>,
 }
 
 impl Server {
@@ -127,6 +128,7 @@ impl Server {
             None => None,
         };
         let pending = crate::portal::Pending::default();
+        let (notifier, delivery) = crate::notify::Notifier::new(&config.notify, &config.public_url.origin());
         let app = Arc::new(App {
             config: Arc::new(config),
             users,
@@ -138,9 +140,10 @@ impl Server {
             pending,
             regulator,
             drift: crate::clock_health::Drift::default(),
+            notifier,
             clock,
         });
-        Ok(Self { app, listeners, tls, forwarders, telemetry })
+        Ok(Self { app, listeners, tls, forwarders, telemetry, delivery })
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -154,12 +157,15 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
     /// for up to `proxy.shutdown_grace`, and persists sessions.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-        let Self { app, listeners, tls, forwarders, telemetry } = self;
+        let Self { app, listeners, tls, forwarders, telemetry, delivery } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         // One budget of connections for all workers.
         let connections = Arc::new(tokio::sync::Semaphore::new(app.config.limits.max_connections));
         let mut background = vec![app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
         background.push(tokio::spawn(clock_check(app.clone())));
+        if let Some(delivery) = delivery {
+            background.push(delivery.spawn());
+        }
         if let Some(telemetry) = telemetry {
             background.push(telemetry.spawn(app.sessions.clone()));
         }

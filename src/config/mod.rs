@@ -46,6 +46,7 @@ pub struct Config {
     /// Where Prometheus metrics are served, on their own listener; `None` turns them off.
     pub metrics_listen: Option<SocketAddr>,
     pub clock: ClockSettings,
+    pub notify: crate::notify::NotifySettings,
 }
 
 /// Clock health checks (see `clock_health.rs`).
@@ -460,6 +461,36 @@ impl Validator {
                 Duration::from_secs(29),
             ),
         };
+        let host = public_url
+            .as_ref()
+            .and_then(|u| u.url().host_str().map(str::to_string))
+            .unwrap_or_else(|| "localhost".into());
+        let from = raw.notify.from.unwrap_or_else(|| format!("Portcullis <portcullis@{host}>"));
+        if from.parse::<lettre::message::Mailbox>().is_err() {
+            self.problem(
+                "notify.from",
+                Some(&from),
+                "not an email address",
+                "write it like \"Portcullis <portcullis@app.example.com>\"",
+            );
+        }
+        let transport = match raw.notify.transport.as_deref().unwrap_or("file") {
+            "file" => {
+                let dir = raw.notify.dir.as_deref().unwrap_or("mail");
+                crate::notify::Transport::File(self.path(data_dir.as_deref().unwrap_or(&self.base), dir))
+            }
+            "off" => crate::notify::Transport::Off,
+            other => {
+                self.problem(
+                    "notify.transport",
+                    Some(other),
+                    "not a transport (SMTP delivery is not available yet)",
+                    "write \"file\" (one .eml file per mail in notify.dir) or \"off\"",
+                );
+                crate::notify::Transport::Off
+            }
+        };
+        let notify = crate::notify::NotifySettings { transport, from };
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             self.problem(
@@ -489,6 +520,7 @@ impl Validator {
             audit,
             metrics_listen,
             clock,
+            notify,
         })
     }
 

@@ -38,6 +38,15 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub clock: RawClock,
+    #[serde(default)]
+    pub notify: RawNotify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawNotify {
+    pub transport: Option<String>,
+    pub from: Option<String>,
+    pub dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

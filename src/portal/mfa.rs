@@ -232,6 +232,8 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
             }
             if let Some(left) = recovery_left {
                 tracing::warn!(target: "portcullis::security", %user, left, "recovery code used");
+                let event = crate::notify::SecurityEvent::RecoveryCodeUsed { left };
+                app.notifier.send(session.user(), event, app.clock.now(), true);
             }
             tracing::info!(target: "portcullis::security", %user, method = method.as_str(), step_up, "second factor ok");
             let old_key = session.key().clone();
@@ -284,7 +286,9 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
             crate::telemetry::second_factor("failed");
             match app.regulator.failed(&subjects, true).await {
                 Ok(true) => {
-                    tracing::warn!(target: "portcullis::security", %user, client = %client_ip, "locked out after repeated wrong codes")
+                    crate::telemetry::lockout();
+                    tracing::warn!(target: "portcullis::security", %user, client = %client_ip, "locked out after repeated wrong codes");
+                    app.notifier.send(session.user(), crate::notify::SecurityEvent::Locked, app.clock.now(), false);
                 }
                 Ok(false) => {}
                 Err(e) => tracing::error!("could not record a failed code: {e}"),
@@ -450,6 +454,7 @@ pub async fn enroll_submit(app: &Arc<App>, request: Request<Incoming>) -> Respon
         }
     };
     tracing::info!(target: "portcullis::security", %user, "authenticator enrolled");
+    app.notifier.send(session.user(), crate::notify::SecurityEvent::Enrolled, now, true);
 
     match session {
         // Inline enrollment: the session becomes full once the codes are confirmed saved.
@@ -637,6 +642,7 @@ async fn sensitive_action(app: &App, action: &str, full: FullSession, user: &str
             match removed {
                 Ok(_) => {
                     tracing::warn!(target: "portcullis::security", %user, "authenticator removed");
+                    app.notifier.send(full.user(), crate::notify::SecurityEvent::Removed, now, true);
                     pages::see_other(&app.config.public_url.join_path("/.portcullis/account?done=removed"))
                 }
                 Err(e) => {
@@ -661,6 +667,7 @@ async fn sensitive_action(app: &App, action: &str, full: FullSession, user: &str
             match made {
                 Ok(Ok(codes)) => {
                     tracing::info!(target: "portcullis::security", %user, "recovery codes regenerated");
+                    app.notifier.send(full.user(), crate::notify::SecurityEvent::CodesRegenerated, now, true);
                     app.pending.put_codes(full.key(), codes);
                     page_with_rd(app, "recovery-codes", "/.portcullis/account")
                 }

@@ -277,7 +277,12 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
             crate::telemetry::login("failed");
             match app.regulator.failed(&subjects, false).await {
                 Ok(true) => {
-                    tracing::warn!(target: "portcullis::security", user = %username, client = %client_ip, "locked out after repeated failures")
+                    crate::telemetry::lockout();
+                    tracing::warn!(target: "portcullis::security", user = %username, client = %client_ip, "locked out after repeated failures");
+                    // Only a real account has someone to tell; the page says the same either way.
+                    if let Some(account) = app.users.get(&username) {
+                        app.notifier.send(&account, crate::notify::SecurityEvent::Locked, app.clock.now(), false);
+                    }
                 }
                 Ok(false) => {}
                 Err(e) => tracing::error!("could not record a failed login: {e}"),

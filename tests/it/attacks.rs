@@ -54,6 +54,11 @@ async fn password_guessing_is_locked_out_across_sessions_and_restarts() {
     assert_eq!(ghost.status(), 429);
     assert!(ghost.text().await.unwrap().contains("Too many failed attempts"));
 
+    // Alice is told; the account that does not exist has nobody to tell.
+    let paused = first.wait_for_mail("Subject: Signing in to your account was paused");
+    assert!(paused.contains("alice@example.com"));
+    assert!(first.mails().iter().all(|m| !m.contains("nobody-here")));
+
     // A restart does not reset it.
     assert!(first.stop().success());
     let second = proxy(&upstream.url()).restart_of(&first).start();

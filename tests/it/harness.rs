@@ -224,6 +224,35 @@ impl Proxy {
         self.child.take().expect("already stopped").wait().unwrap()
     }
 
+    /// Waits (within a bound) for a notification mail whose text contains `needle`, written by
+    /// the file transport into `data_dir/mail`; returns it.
+    pub fn wait_for_mail(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mails: Vec<String> = std::fs::read_dir(self.data_dir().join("mail"))
+                .into_iter()
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                // Undo quoted-printable soft line breaks so sentences can be matched whole.
+                .map(|m| m.replace("=\r\n", "").replace("=\n", ""))
+                .collect();
+            if let Some(mail) = mails.into_iter().find(|m| m.contains(needle)) {
+                return mail;
+            }
+            assert!(Instant::now() < deadline, "no mail containing {needle:?}");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Every notification mail written so far.
+    pub fn mails(&self) -> Vec<String> {
+        std::fs::read_dir(self.data_dir().join("mail"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect()
+    }
+
     /// The identity key the proxy generated, as an upstream would read it.
     pub fn identity_key(&self) -> Vec<u8> {
         std::fs::read_to_string(self.data_dir().join("identity.key")).unwrap().trim().as_bytes().to_vec()

@@ -236,6 +236,12 @@ async fn recovery_codes_work_once_and_regenerating_voids_the_old_set() {
     assert_eq!(claims(&proxy, &upstream.seen().pop().unwrap())["amr"], serde_json::json!(["pwd", "rc"]));
     let account = lost_phone.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
     assert!(account.contains("Recovery codes left: <strong>9</strong>"));
+    // The owner hears about both: the enrollment, and the recovery code (with how many are left).
+    let enrolled = proxy.wait_for_mail("Subject: Two-step verification was turned on");
+    assert!(enrolled.contains("alice@example.com"));
+    let used = proxy.wait_for_mail("Subject: A recovery code was used to sign in");
+    assert!(used.contains("9 unused code(s) remain"), "{used}");
+    assert!(!used.contains(&codes[0]), "a mail never carries a code");
 
     let again = Browser::new();
     let challenge = password(&again, &proxy, &ALICE, "/").await;
