@@ -35,9 +35,13 @@ pub struct NotifySettings {
 pub enum SecurityEvent {
     Enrolled,
     Removed,
-    RecoveryCodeUsed { left: usize },
+    RecoveryCodeUsed {
+        left: usize,
+    },
     CodesRegenerated,
     Locked,
+    /// The password was right, but the second step never came: maybe someone else has it.
+    SecondStepAbandoned,
 }
 
 impl SecurityEvent {
@@ -58,6 +62,10 @@ impl SecurityEvent {
             Self::CodesRegenerated => (
                 "New recovery codes were made",
                 "A new set of recovery codes was made for your account. The old codes no longer work.".into(),
+            ),
+            Self::SecondStepAbandoned => (
+                "Someone signed in with your password but stopped at the second step",
+                "Your password was entered correctly, but no code from your authenticator followed. If that was not you, someone knows your password: change it now.".into(),
             ),
             Self::Locked => (
                 "Signing in to your account was paused",
@@ -215,6 +223,42 @@ impl Delivery {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_renders_to_a_mail_with_its_subject() {
+        let settings =
+            NotifySettings { transport: Transport::File("/tmp".into()), from: "Portcullis <p@example.com>".into() };
+        let (notifier, _delivery) = Notifier::new(&settings, "https://app.example.com");
+        let user = User {
+            name: crate::users::Username::parse("alice").unwrap(),
+            display_name: "Alice <Liddell>".into(),
+            email: "alice@example.com".into(),
+            groups: vec![],
+            password_hash: String::new(),
+            credential_stamp: [0; 16],
+        };
+        let events = [
+            SecurityEvent::Enrolled,
+            SecurityEvent::Removed,
+            SecurityEvent::RecoveryCodeUsed { left: 3 },
+            SecurityEvent::CodesRegenerated,
+            SecurityEvent::Locked,
+            SecurityEvent::SecondStepAbandoned,
+        ];
+        for event in events {
+            let message = notifier.build(&user, event, 1_800_000_000, false).unwrap();
+            // Undo quoted-printable soft breaks and header folding before matching sentences.
+            let text = String::from_utf8(message.formatted()).unwrap().replace("=\r\n", "").replace("\r\n ", " ");
+            assert!(text.contains(&format!("Subject: {}", event.words().0)), "{text}");
+            assert!(text.contains("alice@example.com"));
+            assert!(text.contains("https://app.example.com/.portcullis/account"));
         }
     }
 }

@@ -234,6 +234,19 @@ async fn worker(
     }
 }
 
+/// A half-logged-in session ran out: if the account has a second factor, someone knew the password
+/// but not the code, which its owner should hear about (a likely stolen password).
+fn tell_abandoned(app: &App, users: &[String]) {
+    let mut told = std::collections::HashSet::new();
+    for name in users {
+        let Some(user) = app.users.get(name) else { continue };
+        if app.accounts.get(name).has_second_factor() && told.insert(name.clone()) {
+            tracing::warn!(target: "portcullis::security", user = %name, "password right, second step abandoned");
+            app.notifier.send(&user, crate::notify::SecurityEvent::SecondStepAbandoned, app.clock.now(), false);
+        }
+    }
+}
+
 /// The clock self-check at start-up, in the background (an SNTP query may take seconds).
 async fn clock_check(app: Arc<App>) {
     let report = crate::clock_health::check(&app.config.clock).await;
@@ -256,10 +269,12 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             let sessions = app.sessions.clone();
             match tokio::task::spawn_blocking(move || sessions.sweep()).await {
-                Ok(Ok(report)) if report.expired > 0 => {
-                    tracing::info!(expired = report.expired, "expired sessions removed")
+                Ok(Ok(report)) => {
+                    if report.expired > 0 {
+                        tracing::info!(expired = report.expired, "expired sessions removed");
+                    }
+                    tell_abandoned(&app, &report.abandoned);
                 }
-                Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::error!("session sweep failed: {e}"),
                 Err(e) => tracing::error!("session sweep task failed: {e}"),
             }

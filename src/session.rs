@@ -558,6 +558,11 @@ impl Sessions {
             let last_seen = entry.last_seen.load(Ordering::Relaxed);
             if check_expiry(&entry.record, last_seen, now, &self.settings).is_err() {
                 expired.push(item.key().clone());
+                // A half-logged-in session that ran out: the password was right, the second step
+                // never came. The caller decides whether that is worth telling the user.
+                if matches!(entry.record.stage, Stage::Partial { .. }) {
+                    report.abandoned.push(entry.record.user.clone());
+                }
             } else if last_seen - entry.persisted_last_seen.load(Ordering::Relaxed) >= 60 {
                 self.store.put_session(item.key(), &entry.snapshot())?;
                 entry.persisted_last_seen.store(last_seen, Ordering::Relaxed);
@@ -585,6 +590,8 @@ impl Sessions {
 pub struct SweepReport {
     pub expired: usize,
     pub touched: usize,
+    /// Users whose half-logged-in sessions expired without the second step.
+    pub abandoned: Vec<String>,
 }
 
 /// The expiry rules, in one pure function: absolute lifetime for every session, the idle timeout
@@ -694,6 +701,21 @@ mod tests {
         let (idle_id, _) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
         clock.advance(30 * 60);
         assert_eq!(rejected(sessions.resolve([idle_id.cookie_value().as_str()], &users)), Rejected::Expired);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_reports_half_logged_in_sessions_that_ran_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = directory(dir.path());
+        let clock = FixedClock::at(1_700_000_000);
+        let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).unwrap();
+        let _ = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        let (_, partial) = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
+        clock.advance(11 * 60);
+        let report = sessions.sweep().unwrap();
+        assert_eq!(report.abandoned, vec!["alice".to_string()], "only the partial one was abandoned");
+        assert_eq!(report.expired, 1);
     }
 
     #[tokio::test]
