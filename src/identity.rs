@@ -47,7 +47,6 @@ pub enum IdentityError {
 
 pub struct AssertionSigner {
     encoding: EncodingKey,
-    decoding: DecodingKey,
     issuer: String,
     audience: String,
     ttl: i64,
@@ -58,7 +57,6 @@ impl AssertionSigner {
     pub fn new(key: &Secret, settings: &IdentitySettings, clock: SharedClock) -> Self {
         Self {
             encoding: EncodingKey::from_secret(key.expose()),
-            decoding: DecodingKey::from_secret(key.expose()),
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             ttl: settings.ttl.as_secs() as i64,
@@ -83,15 +81,10 @@ impl AssertionSigner {
         };
         Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
     }
-
-    /// Verifies an assertion the way an upstream should: signature, algorithm, issuer, audience
-    /// and expiry. Used by the demo upstream and the tests.
-    pub fn verify(&self, token: &str) -> Result<AssertionClaims, jsonwebtoken::errors::Error> {
-        verify(token, &self.decoding, &self.issuer, &self.audience)
-    }
 }
 
-/// Verifies an assertion with a key read from the identity key file.
+/// Verifies an assertion the way an upstream should: signature, pinned algorithm, issuer,
+/// audience and expiry, with the key read from the identity key file. Used by the demo upstream.
 pub fn verify(
     token: &str,
     key: &DecodingKey,

@@ -75,9 +75,8 @@ impl SecurityEvent {
     }
 }
 
-#[derive(Template)]
-#[template(path = "email/security.txt")]
-struct TextMail<'a> {
+/// What a security mail says; the text and HTML templates render the same content.
+struct MailContent<'a> {
     display_name: &'a str,
     username: &'a str,
     headline: &'a str,
@@ -89,16 +88,15 @@ struct TextMail<'a> {
 }
 
 #[derive(Template)]
+#[template(path = "email/security.txt")]
+struct TextMail<'a> {
+    m: &'a MailContent<'a>,
+}
+
+#[derive(Template)]
 #[template(path = "email/security.html")]
 struct HtmlMail<'a> {
-    display_name: &'a str,
-    username: &'a str,
-    headline: &'a str,
-    detail: &'a str,
-    when: &'a str,
-    by_you: bool,
-    account_url: &'a str,
-    site: &'a str,
+    m: &'a MailContent<'a>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +160,7 @@ impl Notifier {
         let (headline, detail) = event.words();
         let when = crate::portal::format_time(now);
         let account_url = format!("{}/.portcullis/account", self.site);
-        let text = TextMail {
+        let content = MailContent {
             display_name: &user.display_name,
             username: user.name.as_str(),
             headline,
@@ -171,19 +169,9 @@ impl Notifier {
             by_you,
             account_url: &account_url,
             site: &self.site,
-        }
-        .render()?;
-        let html = HtmlMail {
-            display_name: &user.display_name,
-            username: user.name.as_str(),
-            headline,
-            detail: &detail,
-            when: &when,
-            by_you,
-            account_url: &account_url,
-            site: &self.site,
-        }
-        .render()?;
+        };
+        let text = TextMail { m: &content }.render()?;
+        let html = HtmlMail { m: &content }.render()?;
         Message::builder()
             .from(from)
             .to(to)

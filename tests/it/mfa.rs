@@ -472,3 +472,31 @@ async fn a_staged_rollout_reminds_before_the_date_and_requires_after_it() {
     assert!(password(&late, &after, &ALICE, "/").await.contains("/.portcullis/enroll"));
     assert_eq!(late.http.get(after.url("/api")).send().await.unwrap().status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sensitive_changes_need_a_recent_second_factor() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    // A password-only session has never proven a second factor.
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let page = browser.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
+    let csrf = form_field(&page, "csrf").unwrap();
+    for action in ["remove-totp", "regenerate-codes"] {
+        let response = browser
+            .http
+            .post(proxy.url(&format!("/.portcullis/account/{action}")))
+            .header("origin", proxy.origin())
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 303, "{action}");
+        let location = response.headers()["location"].to_str().unwrap();
+        assert!(
+            location.starts_with(&proxy.url("/.portcullis/challenge?rd=")),
+            "{action}: re-prove first, got {location}"
+        );
+    }
+    assert!(proxy.mails().is_empty(), "nothing changed, so nothing was announced");
+}
