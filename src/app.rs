@@ -33,10 +33,10 @@ pub struct App {
     pub accounts: Arc<Accounts>,
     pub sealer: Sealer,
     pub pending: portal::Pending,
-    pub regulator: crate::regulation::Regulator,
+    pub regulator: Arc<crate::regulation::Regulator>,
     /// Which TOTP step accepted codes matched, for the clock-skew self-check.
     pub drift: crate::clock_health::Drift,
-    pub notifier: crate::notify::Notifier,
+    pub notifier: Arc<crate::notify::Notifier>,
     pub clock: SharedClock,
 }
 
@@ -52,6 +52,19 @@ pub struct Connection {
 pub struct RequestUser(pub Option<String>);
 
 impl App {
+    /// The operator's view of this proxy's state (shared, not copied).
+    pub fn admin(&self) -> crate::admin::Admin {
+        crate::admin::Admin {
+            config: self.config.clone(),
+            users: self.users.clone(),
+            sessions: self.sessions.clone(),
+            accounts: self.accounts.clone(),
+            regulator: self.regulator.clone(),
+            notifier: self.notifier.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
     pub fn session_cookie(&self) -> &str {
         &self.config.session.cookie_name
     }

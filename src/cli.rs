@@ -13,7 +13,7 @@ use crate::clock::SystemClock;
 use crate::config;
 use crate::server::Server;
 use crate::users::{self, edit};
-use crate::{demo, logging, password};
+use crate::{admin, demo, logging, password};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +40,15 @@ pub enum Command {
         #[command(subcommand)]
         action: UserCommand,
     },
+    /// Operate on accounts and sessions: through the running proxy when there is one, or
+    /// directly on its data when it is stopped.
+    Admin {
+        /// Print the raw JSON answer instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: AdminCommand,
+    },
     /// Check what 2FA depends on: the clock (kernel synchronisation, and the offset against
     /// `[clock] ntp_server` when set). Exits 1 if anything needs attention.
     Doctor,
@@ -52,6 +61,36 @@ pub enum Command {
         #[arg(long, default_value = "demo-data")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Every account: its factors, when it enrolled and last signed in, what the policy asks of
+    /// it, and its live sessions.
+    Users,
+    /// Who has which factor.
+    Factors,
+    /// How many accounts have 2FA, overall and per group, and who is still missing it where it is
+    /// required.
+    Adoption,
+    /// Remove a user's second factors and recovery codes (a lost phone), lift a factor lock,
+    /// send their live sessions back to the second step, and email them. They set up a new
+    /// authenticator at their next sign-in (if 2FA is required) or from their account page.
+    #[command(name = "reset-2fa")]
+    Reset2fa { name: String },
+    /// End the sessions of one user, or of everyone with --all.
+    Revoke {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Send every full session back to the second step, e.g. after tightening the 2FA policy.
+    DowngradeAll,
+    /// Brute-force bans and second-factor locks in force.
+    Bans,
+    /// Lift a ban or lock, named as `bans` shows it: account:NAME or address:IP.
+    Unban { subject: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,10 +113,7 @@ pub enum UserCommand {
     Remove { name: String },
     /// List accounts.
     List,
-    /// Remove a user's second factors and recovery codes and end their sessions, for a user who
-    /// lost their phone and their codes. They set up a new authenticator at their next sign-in
-    /// (if 2FA is required) or from their account page. Run it while the proxy is stopped: the
-    /// data store admits one process at a time.
+    /// The same as `admin reset-2fa` (kept for scripts written for earlier versions).
     #[command(name = "reset-2fa")]
     Reset2fa { name: String },
 }
@@ -94,6 +130,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Admin { json, action } => admin_command(&cli.config, action, json),
         Command::Demo { listen, data_dir } => with_runtime(demo::run(listen, data_dir)),
     }
 }
@@ -279,16 +316,8 @@ fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {
             println!("removed {name}; their sessions have ended");
         }
         UserCommand::Reset2fa { name } => {
-            if !users::read(file).map_err(|e| e.to_string())?.contains_key(&name) {
-                return Err(users::UsersError::NotFound(name).to_string());
-            }
-            let ended = reset_second_factor(&config, &name).map_err(|e| match e {
-                crate::store::StoreError::Locked { .. } => {
-                    format!("{e}\nStop the proxy, run this again, then start it; the reset takes effect at once.")
-                }
-                other => other.to_string(),
-            })?;
-            println!("two-step verification reset for {name}; {ended} session(s) ended");
+            let reply = admin_request(&config, admin::Request::Reset2fa { user: name })?;
+            print_reply(&reply, AdminView::Plain);
         }
         UserCommand::List => {
             let mut all: Vec<_> = users::read(file).map_err(|e| e.to_string())?.into_values().collect();
@@ -302,20 +331,173 @@ fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {
     Ok(())
 }
 
-/// Clears an account's factors and deletes its sessions, directly in the store.
-fn reset_second_factor(config: &config::Config, name: &str) -> Result<usize, crate::store::StoreError> {
-    use crate::store::Store;
-    let store = crate::store::sled_store::SledStore::open(&config.data_dir.join("store"))?;
-    store.put_account(name, &crate::factors::AccountRecord::default())?;
-    // A locked second factor (100 failures in a row) is unlocked by the reset, too.
-    store.delete_regulation(&crate::regulation::Subject::Account(name.to_string()).store_key())?;
-    let mut ended = 0;
-    for (key, record) in store.sessions()? {
-        if record.user == name {
-            store.delete_session(&key)?;
-            ended += 1;
+/// How to show an answer: `factors` is a different view of the `users` answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AdminView {
+    Plain,
+    Factors,
+    Json,
+}
+
+fn admin_command(path: &Path, action: AdminCommand, json: bool) -> ExitCode {
+    let (request, view) = match action {
+        AdminCommand::Users => (admin::Request::Users, AdminView::Plain),
+        AdminCommand::Factors => (admin::Request::Users, AdminView::Factors),
+        AdminCommand::Adoption => (admin::Request::Adoption, AdminView::Plain),
+        AdminCommand::Reset2fa { name } => (admin::Request::Reset2fa { user: name }, AdminView::Plain),
+        AdminCommand::Revoke { name, all: _ } => {
+            let target = name.map_or(admin::Target::Everyone, admin::Target::User);
+            (admin::Request::Revoke { target }, AdminView::Plain)
+        }
+        AdminCommand::DowngradeAll => (admin::Request::DowngradeAll, AdminView::Plain),
+        AdminCommand::Bans => (admin::Request::Bans, AdminView::Plain),
+        AdminCommand::Unban { subject } => (admin::Request::Unban { subject }, AdminView::Plain),
+    };
+    let reply = config::load(path).map_err(|e| e.to_string()).and_then(|config| admin_request(&config, request));
+    match reply {
+        Ok(reply) => {
+            print_reply(&reply, if json { AdminView::Json } else { view });
+            if matches!(reply, admin::Reply::Refused { .. }) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
-    store.flush()?;
-    Ok(ended)
+}
+
+/// Asks the running proxy; if none runs on this data_dir, opens its store and does it here.
+fn admin_request(config: &config::Config, request: admin::Request) -> Result<admin::Reply, String> {
+    if let Some(reply) = admin::control::call(&config.data_dir, &request).map_err(|e| e.to_string())? {
+        return Ok(reply);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(admin_offline(config, request))
+}
+
+async fn admin_offline(config: &config::Config, request: admin::Request) -> Result<admin::Reply, String> {
+    use crate::store::{Store, StoreError};
+    let clock: crate::clock::SharedClock = Arc::new(SystemClock);
+    let store: Arc<dyn Store> =
+        Arc::new(crate::store::sled_store::SledStore::open(&config.data_dir.join("store")).map_err(|e| match e {
+            StoreError::Locked { .. } => format!(
+                "{e}\nA proxy seems to be running, but its control socket {} does not answer; restart it.",
+                admin::control::socket_path(&config.data_dir).display()
+            ),
+            other => other.to_string(),
+        })?);
+    let origin = config.public_url.origin();
+    let (notifier, delivery) = crate::notify::Notifier::new(&config.notify, &origin);
+    let operator = admin::Admin {
+        config: Arc::new(config.clone()),
+        users: Arc::new(users::UserDirectory::load(&config.users_file).map_err(|e| e.to_string())?),
+        sessions: Arc::new(
+            crate::session::Sessions::open(store.clone(), config.session.clone(), clock.clone())
+                .map_err(|e| e.to_string())?,
+        ),
+        accounts: Arc::new(crate::factors::Accounts::open(store.clone()).map_err(|e| e.to_string())?),
+        regulator: Arc::new(
+            crate::regulation::Regulator::open(store.clone(), config.regulation.clone(), clock.clone())
+                .map_err(|e| e.to_string())?,
+        ),
+        notifier: Arc::new(notifier),
+        clock,
+    };
+    let uid = std::fs::metadata(&config.data_dir).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0);
+    let reply = operator.execute(request, &format!("cli offline (data_dir owner {uid})")).await;
+    // Deliver what the operation queued before exiting: dropping the last sender ends the queue.
+    drop(operator);
+    if let Some(delivery) = delivery {
+        let _ = delivery.spawn().await;
+    }
+    store.flush().map_err(|e| e.to_string())?;
+    reply.map_err(|e| e.to_string())
+}
+
+fn when(at: Option<crate::clock::UnixTime>) -> String {
+    at.map_or("-".to_string(), crate::portal::format_time)
+}
+
+fn print_reply(reply: &admin::Reply, view: AdminView) {
+    use admin::Reply;
+    if view == AdminView::Json {
+        println!("{}", serde_json::to_string_pretty(reply).unwrap_or_default());
+        return;
+    }
+    match reply {
+        Reply::Users { users } if view == AdminView::Factors => {
+            let with = |factor: &str| -> Vec<&str> {
+                users.iter().filter(|u| u.factors.iter().any(|f| f == factor)).map(|u| u.name.as_str()).collect()
+            };
+            let none: Vec<&str> = users.iter().filter(|u| u.factors.is_empty()).map(|u| u.name.as_str()).collect();
+            println!("totp:           {}", with("totp").join(" "));
+            println!("recovery codes: {}", with("recovery_codes").join(" "));
+            println!("none:           {}", none.join(" "));
+        }
+        Reply::Users { users } => {
+            println!(
+                "{:<20} {:<22} {:<20} {:<24} {:<24} {:<11} SESSIONS (FULL/PARTIAL)",
+                "NAME", "FACTORS", "POLICY", "ENROLLED", "LAST SIGN-IN", "CODES LEFT"
+            );
+            for u in users {
+                let factors = if u.factors.is_empty() { "none".to_string() } else { u.factors.join(",") };
+                let policy = match u.required_from {
+                    Some(at) => format!("required from {}", when(Some(at))),
+                    None => u.requirement.clone(),
+                };
+                println!(
+                    "{:<20} {:<22} {:<20} {:<24} {:<24} {:<11} {}/{}",
+                    u.name,
+                    factors,
+                    policy,
+                    when(u.enrolled_at),
+                    when(u.last_sign_in),
+                    u.recovery_codes_left,
+                    u.full_sessions,
+                    u.partial_sessions
+                );
+            }
+        }
+        Reply::Adoption { groups } => {
+            println!(
+                "{:<20} {:>8} {:>8} {:>8} {:>9}  MISSING WHERE REQUIRED",
+                "GROUP", "ACCOUNTS", "WITH 2FA", "SHARE", "REQUIRED"
+            );
+            for g in groups {
+                let share = if g.accounts == 0 { 0.0 } else { 100.0 * g.with_second_factor as f64 / g.accounts as f64 };
+                println!(
+                    "{:<20} {:>8} {:>8} {:>7.0}% {:>9}  {}",
+                    if g.group == "*" { "(everyone)" } else { &g.group },
+                    g.accounts,
+                    g.with_second_factor,
+                    share,
+                    g.required,
+                    g.missing.join(" ")
+                );
+            }
+        }
+        Reply::Reset { user, downgraded } => println!(
+            "two-step verification reset for {user}; {downgraded} session(s) sent back to the second step; they were emailed"
+        ),
+        Reply::Revoked { ended } => println!("{ended} session(s) ended"),
+        Reply::Downgraded { downgraded } => {
+            println!("{downgraded} session(s) sent back to the second step")
+        }
+        Reply::Bans { bans } if bans.is_empty() => println!("no bans or locks in force"),
+        Reply::Bans { bans } => {
+            println!("{:<40} {:<26} {:<14} BANS IN A ROW", "SUBJECT", "BANNED UNTIL", "FACTOR LOCKED");
+            for b in bans {
+                println!(
+                    "{:<40} {:<26} {:<14} {}",
+                    b.subject,
+                    when(b.banned_until),
+                    if b.second_factor_locked { "yes" } else { "no" },
+                    b.bans_in_a_row
+                );
+            }
+        }
+        Reply::Unbanned { subject, existed: true } => println!("lifted everything held against {subject}"),
+        Reply::Unbanned { subject, existed: false } => println!("nothing was held against {subject}"),
+        Reply::Refused { reason } => eprintln!("refused: {reason}"),
+    }
 }

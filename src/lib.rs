@@ -5,6 +5,7 @@
 //! A request flows: [`server`] (connection) → [`app`] (the gate) → [`route`] (own page or not)
 //! → [`portal`] (our pages) or [`session`] + [`identity`] + [`proxy`] (forward to the upstream).
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod clock;

@@ -35,6 +35,8 @@ pub struct NotifySettings {
 pub enum SecurityEvent {
     Enrolled,
     Removed,
+    /// An administrator removed the account's factors (a lost phone, usually).
+    ResetByAdmin,
     RecoveryCodeUsed {
         left: usize,
     },
@@ -54,6 +56,10 @@ impl SecurityEvent {
             Self::Removed => (
                 "Two-step verification was turned off",
                 "Your account's authenticator and recovery codes were removed. Signing in needs only the password now.".into(),
+            ),
+            Self::ResetByAdmin => (
+                "An administrator reset your two-step verification",
+                "An administrator removed your account's authenticator and recovery codes. Set up a new authenticator at your next sign-in or from your account page. If you did not ask for this, tell your administrator at once.".into(),
             ),
             Self::RecoveryCodeUsed { left } => (
                 "A recovery code was used to sign in",
@@ -235,6 +241,7 @@ mod tests {
         let events = [
             SecurityEvent::Enrolled,
             SecurityEvent::Removed,
+            SecurityEvent::ResetByAdmin,
             SecurityEvent::RecoveryCodeUsed { left: 3 },
             SecurityEvent::CodesRegenerated,
             SecurityEvent::Locked,

@@ -54,6 +54,16 @@ pub struct RegulationRecord {
     pub second_factor_streak: u32,
 }
 
+/// A ban or lock in force, as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restriction {
+    /// `account:NAME` or `address:IP`.
+    pub subject: String,
+    pub banned_until: Option<UnixTime>,
+    pub second_factor_locked: bool,
+    pub bans_in_a_row: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Allowed,
@@ -179,9 +189,41 @@ impl Regulator {
         Ok(removed)
     }
 
-    /// Clears a subject (operator action, and `user reset-2fa`).
-    pub fn clear(&self, subject: &Subject) {
-        self.records.remove(&subject.store_key());
+    /// Subjects that are banned now, or whose second factor is locked, for the operator.
+    pub fn restrictions(&self) -> Vec<Restriction> {
+        let now = self.clock.now();
+        let mut found: Vec<Restriction> = self
+            .records
+            .iter()
+            .filter_map(|r| {
+                let record = r.value();
+                let locked = record.second_factor_streak >= MAX_CONSECUTIVE_SECOND_FACTOR_FAILURES;
+                let until = record.banned_until.filter(|until| *until > now);
+                (locked || until.is_some()).then(|| Restriction {
+                    subject: r.key().clone(),
+                    banned_until: until,
+                    second_factor_locked: locked,
+                    bans_in_a_row: record.bans,
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| a.subject.cmp(&b.subject));
+        found
+    }
+
+    /// Lifts everything held against a subject (`account:NAME` or `address:IP`), in memory and in
+    /// the store. Returns whether there was anything to lift.
+    pub async fn clear(&self, store_key: &str) -> Result<bool, StoreError> {
+        let existed = self.records.remove(store_key).is_some();
+        let store = self.store.clone();
+        let key = store_key.to_string();
+        tokio::task::spawn_blocking(move || {
+            store.delete_regulation(&key)?;
+            store.flush()
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        Ok(existed)
     }
 
     async fn persist(&self, changed: Vec<(String, RegulationRecord)>) -> Result<(), StoreError> {
@@ -291,7 +333,10 @@ mod tests {
             clock.advance(24 * 3600); // wait out every ban: the cap still applies
         }
         assert_eq!(reg.check(&who), Verdict::SecondFactorLocked);
-        reg.clear(&who[0]);
+        assert_eq!(reg.restrictions().len(), 1);
+        assert!(reg.restrictions()[0].second_factor_locked);
+        assert!(reg.clear(&who[0].store_key()).await.unwrap());
         assert_eq!(reg.check(&who), Verdict::Allowed);
+        assert!(reg.restrictions().is_empty());
     }
 }

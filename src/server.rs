@@ -138,9 +138,9 @@ impl Server {
             accounts,
             sealer,
             pending,
-            regulator,
+            regulator: Arc::new(regulator),
             drift: crate::clock_health::Drift::default(),
-            notifier,
+            notifier: Arc::new(notifier),
             clock,
         });
         Ok(Self { app, listeners, tls, forwarders, telemetry, delivery })
@@ -163,6 +163,11 @@ impl Server {
         let connections = Arc::new(tokio::sync::Semaphore::new(app.config.limits.max_connections));
         let mut background = vec![app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
         background.push(tokio::spawn(clock_check(app.clone())));
+        match crate::admin::control::bind(&app.config.data_dir) {
+            Ok(listener) => background.push(crate::admin::control::spawn(listener, Arc::new(app.admin()))),
+            // The proxy works without it; only `portcullis admin` does not.
+            Err(e) => tracing::error!("{e}; `portcullis admin` commands will not reach this proxy"),
+        }
         if let Some(delivery) = delivery {
             background.push(delivery.spawn());
         }
@@ -201,6 +206,7 @@ impl Server {
         for task in background {
             task.abort();
         }
+        let _ = std::fs::remove_file(crate::admin::control::socket_path(&app.config.data_dir));
         let sessions = app.sessions.clone();
         tokio::task::spawn_blocking(move || sessions.persist_all())
             .await

@@ -523,14 +523,52 @@ impl Sessions {
         Ok((id, FullSession { key, entry, user: full.user }))
     }
 
-    /// Ends every session of `user` ("sign out everywhere", password resets). Returns how many.
-    pub async fn end_all_for(&self, user: &str) -> Result<usize, SessionError> {
+    /// Turns every full session of the users `matches` picks back into a partial one, so each
+    /// must prove a second factor again at its next request (operator action after a reset or a
+    /// policy change). The ids stay: this lowers privilege. Returns how many were downgraded.
+    pub async fn downgrade_where(&self, matches: impl Fn(&str) -> bool) -> Result<usize, SessionError> {
+        let now = self.clock.now();
+        let chosen: Vec<(SessionKey, SessionRecord)> = self
+            .cache
+            .iter()
+            .filter(|e| matches!(e.value().record.stage, Stage::Full { .. }) && matches(&e.value().record.user))
+            .map(|e| (e.key().clone(), e.value().snapshot()))
+            .collect();
+        for (key, record) in &chosen {
+            let record =
+                SessionRecord { stage: Stage::Partial { first_factor_at: now }, last_seen: now, ..record.clone() };
+            self.persist(key, &record, None).await?;
+            self.cache.insert(key.clone(), Entry::new(record));
+        }
+        Ok(chosen.len())
+    }
+
+    /// Ends every session of the users `matches` picks. Returns how many.
+    pub async fn end_where(&self, matches: impl Fn(&str) -> bool) -> Result<usize, SessionError> {
         let keys: Vec<SessionKey> =
-            self.cache.iter().filter(|e| e.value().record.user == user).map(|e| e.key().clone()).collect();
+            self.cache.iter().filter(|e| matches(&e.value().record.user)).map(|e| e.key().clone()).collect();
         for key in &keys {
             self.end(key).await?;
         }
         Ok(keys.len())
+    }
+
+    /// How many live sessions each user has, full and partial, for the operator's overview.
+    pub fn count_by_user(&self) -> std::collections::HashMap<String, (usize, usize)> {
+        let mut counts = std::collections::HashMap::<String, (usize, usize)>::new();
+        for item in self.cache.iter() {
+            let slot = counts.entry(item.value().record.user.clone()).or_default();
+            match item.value().record.stage {
+                Stage::Full { .. } => slot.0 += 1,
+                Stage::Partial { .. } => slot.1 += 1,
+            }
+        }
+        counts
+    }
+
+    /// Ends every session of `user` ("sign out everywhere", password resets). Returns how many.
+    pub async fn end_all_for(&self, user: &str) -> Result<usize, SessionError> {
+        self.end_where(|name| name == user).await
     }
 
     /// Logs out: the session is gone server side, whatever the browser keeps.

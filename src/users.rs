@@ -202,6 +202,11 @@ impl UserDirectory {
         self.users.load().get(name).cloned()
     }
 
+    /// Every account, in no particular order.
+    pub fn all(&self) -> Vec<Arc<User>> {
+        self.users.load().values().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.users.load().len()
     }

@@ -26,6 +26,9 @@ pub struct AccountRecord {
     #[serde(default)]
     pub recovery_codes: Vec<RecoveryCodeRecord>,
     pub recovery_generated_at: Option<UnixTime>,
+    /// The last time this account completed a sign-in, for the operator's overview.
+    #[serde(default)]
+    pub last_sign_in: Option<UnixTime>,
 }
 
 impl AccountRecord {
@@ -89,6 +92,24 @@ impl Accounts {
     /// The account's record (an empty one if it has never enrolled anything). Memory only.
     pub fn get(&self, user: &str) -> Arc<AccountRecord> {
         self.records.get(user).map(|r| r.value().clone()).unwrap_or_default()
+    }
+
+    /// Remembers when the account last signed in (best effort: a failure is logged, not fatal).
+    pub async fn record_sign_in(&self, user: &str, at: UnixTime) {
+        let noted = self
+            .update(user, |record| {
+                record.last_sign_in = Some(at);
+                Ok::<_, std::convert::Infallible>(())
+            })
+            .await;
+        if let Err(e) = noted {
+            tracing::error!(%user, "could not record a sign-in: {e}");
+        }
+    }
+
+    /// Every account that has a record, for the operator's overview. Memory only.
+    pub fn all(&self) -> Vec<(String, Arc<AccountRecord>)> {
+        self.records.iter().map(|r| (r.key().clone(), r.value().clone())).collect()
     }
 
     /// Applies `change` to the account's record and persists the result before returning it.

@@ -324,6 +324,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
     if let Err(e) = app.regulator.succeeded(user.name.as_str(), false).await {
         tracing::error!("could not record a login: {e}");
     }
+    app.accounts.record_sign_in(user.name.as_str(), app.clock.now()).await;
     // A session the browser already had (perhaps planted by someone else) is ended, never reused.
     if let Lookup::Found(previous) = app.resolve_session(&headers)
         && let Err(e) = app.sessions.end(previous.key()).await

@@ -104,6 +104,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// Another account in the users file from the start.
+    pub fn account(mut self, account: &'static Account) -> Self {
+        self.accounts.push(account);
+        self
+    }
+
     pub fn https(mut self) -> Self {
         self.scheme = "https";
         self

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, a real upstream, a real HTTP client. One test binary with
 //! modules, so the suite links once.
 
+mod admin;
 mod attacks;
 mod cli;
 mod config_files;

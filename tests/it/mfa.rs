@@ -423,30 +423,6 @@ async fn optional_2fa_can_be_turned_off_and_sessions_ended_everywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_operator_can_reset_a_users_second_factor() {
-    let upstream = Upstream::start().await;
-    let mut first = proxy(&upstream.url()).toml("[mfa]\npolicy = \"required\"").start();
-    let browser = Browser::new();
-    let enroll_url = password(&browser, &first, &ALICE, "/").await;
-    enroll(&browser, &first, &enroll_url).await;
-    assert_eq!(browser.navigate(&first.url("/")).await.status(), 200);
-
-    let while_running = first.cli(&["user", "reset-2fa", "alice"], "");
-    assert!(!while_running.status.success());
-    assert!(String::from_utf8_lossy(&while_running.stderr).contains("Stop the proxy"));
-
-    assert!(first.stop().success());
-    let reset = first.cli(&["user", "reset-2fa", "alice"], "");
-    assert!(reset.status.success(), "{}", String::from_utf8_lossy(&reset.stderr));
-    assert!(String::from_utf8_lossy(&reset.stdout).contains("1 session(s) ended"));
-
-    let second = proxy(&upstream.url()).restart_of(&first).toml("[mfa]\npolicy = \"required\"").start();
-    assert_eq!(browser.http.get(second.url("/")).send().await.unwrap().status(), 401, "their sessions ended");
-    let again = Browser::new();
-    assert!(password(&again, &second, &ALICE, "/").await.contains("/.portcullis/enroll"), "they enroll anew");
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn a_staged_rollout_reminds_before_the_date_and_requires_after_it() {
     let upstream = Upstream::start().await;
     // Before the deadline: signed in, reminded with the date, free to carry on or set up now.

@@ -1,0 +1,305 @@
+//! What an operator can do to accounts and sessions: one set of operations behind the CLI (over
+//! the control socket, or directly on the store when no server runs) and the admin pages.
+//!
+//! Every operation is a [`Request`] and answers with a [`Reply`]; both are plain data, so the
+//! control socket only has to carry them and the pages only have to render them. Each change is
+//! audited under `portcullis::security` with who asked for it.
+
+pub mod control;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{SharedClock, UnixTime};
+use crate::config::Config;
+use crate::factors::Accounts;
+use crate::notify::{Notifier, SecurityEvent};
+use crate::policy::{self, Requirement};
+use crate::regulation::{Regulator, Restriction};
+use crate::session::Sessions;
+use crate::store::StoreError;
+use crate::users::UserDirectory;
+
+/// An operator's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Every account with its factors, last sign-in and sessions.
+    Users,
+    /// Removes a user's second factors and recovery codes, lifts a factor lock, downgrades their
+    /// full sessions to partial and mails them.
+    Reset2fa { user: String },
+    /// Ends the sessions of one user, or of everyone.
+    Revoke { target: Target },
+    /// Turns every full session back into a partial one: everyone proves their factors again.
+    DowngradeAll,
+    /// Bans and factor locks in force.
+    Bans,
+    /// Lifts a ban or lock: `account:NAME` or `address:IP`.
+    Unban { subject: String },
+    /// How many accounts have 2FA, overall and by group.
+    Adoption,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    User(String),
+    Everyone,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Users { users: Vec<UserStatus> },
+    Reset { user: String, downgraded: usize },
+    Revoked { ended: usize },
+    Downgraded { downgraded: usize },
+    Bans { bans: Vec<Restriction> },
+    Unbanned { subject: String, existed: bool },
+    Adoption { groups: Vec<GroupAdoption> },
+    Refused { reason: String },
+}
+
+/// One account as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserStatus {
+    pub name: String,
+    pub display_name: String,
+    pub email: String,
+    pub groups: Vec<String>,
+    /// The factors the account has: `totp`, `recovery_codes`.
+    pub factors: Vec<String>,
+    pub recovery_codes_left: usize,
+    pub enrolled_at: Option<UnixTime>,
+    pub last_sign_in: Option<UnixTime>,
+    /// What the policy asks of this account now: `off`, `optional`, `required`, `required_from`.
+    pub requirement: String,
+    pub required_from: Option<UnixTime>,
+    pub full_sessions: usize,
+    pub partial_sessions: usize,
+}
+
+/// 2FA adoption in one group (`*` is everyone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupAdoption {
+    pub group: String,
+    pub accounts: usize,
+    pub with_second_factor: usize,
+    /// Accounts for which 2FA is required now or from a date.
+    pub required: usize,
+    /// Accounts that must have 2FA (now or from a date) and still do not.
+    pub missing: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
+}
+
+/// The pieces of a running (or offline) proxy that operators act on.
+pub struct Admin {
+    pub config: Arc<Config>,
+    pub users: Arc<UserDirectory>,
+    pub sessions: Arc<Sessions>,
+    pub accounts: Arc<Accounts>,
+    pub regulator: Arc<Regulator>,
+    pub notifier: Arc<Notifier>,
+    pub clock: SharedClock,
+}
+
+impl Admin {
+    /// Carries out `request` for `operator` (a name for the audit trail: `cli:UID` or an admin's
+    /// user name).
+    pub async fn execute(&self, request: Request, operator: &str) -> Result<Reply, AdminError> {
+        Ok(match request {
+            Request::Users => Reply::Users { users: self.user_statuses() },
+            Request::Reset2fa { user } => self.reset_2fa(&user, operator).await?,
+            Request::Revoke { target } => {
+                let ended = match &target {
+                    Target::User(name) => self.sessions.end_all_for(name).await?,
+                    Target::Everyone => self.sessions.end_where(|_| true).await?,
+                };
+                tracing::warn!(target: "portcullis::security", %operator, ?target, ended, "admin: sessions revoked");
+                Reply::Revoked { ended }
+            }
+            Request::DowngradeAll => {
+                let downgraded = self.sessions.downgrade_where(|_| true).await?;
+                tracing::warn!(target: "portcullis::security", %operator, downgraded, "admin: every session downgraded to partial");
+                Reply::Downgraded { downgraded }
+            }
+            Request::Bans => Reply::Bans { bans: self.regulator.restrictions() },
+            Request::Unban { subject } => {
+                if !(subject.starts_with("account:") || subject.starts_with("address:")) {
+                    return Ok(Reply::Refused {
+                        reason: format!(
+                            "`{subject}` is not a ban: write account:NAME or address:IP, as `bans` lists them"
+                        ),
+                    });
+                }
+                let existed = self.regulator.clear(&subject).await?;
+                tracing::warn!(target: "portcullis::security", %operator, %subject, existed, "admin: ban lifted");
+                Reply::Unbanned { subject, existed }
+            }
+            Request::Adoption => Reply::Adoption { groups: self.adoption() },
+        })
+    }
+
+    async fn reset_2fa(&self, name: &str, operator: &str) -> Result<Reply, AdminError> {
+        let Some(user) = self.users.get(name) else {
+            return Ok(Reply::Refused { reason: format!("there is no user `{name}` in the users file") });
+        };
+        let had_factor = self.accounts.get(name).has_second_factor();
+        self.accounts
+            .update(name, |record| {
+                let last_sign_in = record.last_sign_in;
+                *record = crate::factors::AccountRecord { last_sign_in, ..Default::default() };
+                Ok::<_, std::convert::Infallible>(())
+            })
+            .await?
+            .unwrap_or_else(|never| match never {});
+        // A factor locked by 100 failures belongs to the factor that was just removed.
+        self.regulator.clear(&crate::regulation::Subject::Account(name.to_string()).store_key()).await?;
+        let downgraded = self.sessions.downgrade_where(|user| user == name).await?;
+        tracing::warn!(target: "portcullis::security", %operator, user = %name, downgraded, "admin: 2FA reset");
+        if had_factor {
+            self.notifier.send(&user, SecurityEvent::ResetByAdmin, self.clock.now(), false);
+        }
+        Ok(Reply::Reset { user: name.to_string(), downgraded })
+    }
+
+    fn user_statuses(&self) -> Vec<UserStatus> {
+        let now = self.clock.now();
+        let sessions = self.sessions.count_by_user();
+        let mut users: Vec<UserStatus> = self
+            .users
+            .all()
+            .into_iter()
+            .map(|user| {
+                let record = self.accounts.get(user.name.as_str());
+                let mut factors = Vec::new();
+                if record.totp.is_some() {
+                    factors.push("totp".to_string());
+                }
+                if record.recovery_codes_left() > 0 {
+                    factors.push("recovery_codes".to_string());
+                }
+                let (requirement, required_from) = describe(policy::requirement(&self.config.mfa, &user, now));
+                let (full_sessions, partial_sessions) = sessions.get(user.name.as_str()).copied().unwrap_or_default();
+                UserStatus {
+                    name: user.name.to_string(),
+                    display_name: user.display_name.clone(),
+                    email: user.email.clone(),
+                    groups: user.groups.clone(),
+                    factors,
+                    recovery_codes_left: record.recovery_codes_left(),
+                    enrolled_at: record.totp.as_ref().map(|t| t.enrolled_at),
+                    last_sign_in: record.last_sign_in,
+                    requirement: requirement.to_string(),
+                    required_from,
+                    full_sessions,
+                    partial_sessions,
+                }
+            })
+            .collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        users
+    }
+
+    fn adoption(&self) -> Vec<GroupAdoption> {
+        adoption_by_group(&self.user_statuses())
+    }
+}
+
+fn describe(requirement: Requirement) -> (&'static str, Option<UnixTime>) {
+    match requirement {
+        Requirement::Off => ("off", None),
+        Requirement::Optional => ("optional", None),
+        Requirement::Required => ("required", None),
+        Requirement::Upcoming(at) => ("required_from", Some(at)),
+    }
+}
+
+/// Adoption for everyone (`*`) and for each group, from the user list.
+pub fn adoption_by_group(users: &[UserStatus]) -> Vec<GroupAdoption> {
+    let groups: BTreeSet<&str> = users.iter().flat_map(|u| u.groups.iter().map(String::as_str)).collect();
+    let mut rows = BTreeMap::new();
+    rows.insert("*".to_string(), count(users.iter(), "*"));
+    for group in groups {
+        rows.insert(group.to_string(), count(users.iter().filter(|u| u.groups.iter().any(|g| g == group)), group));
+    }
+    rows.into_values().collect()
+}
+
+fn count<'a>(members: impl Iterator<Item = &'a UserStatus>, group: &str) -> GroupAdoption {
+    let mut row = GroupAdoption {
+        group: group.to_string(),
+        accounts: 0,
+        with_second_factor: 0,
+        required: 0,
+        missing: Vec::new(),
+    };
+    for user in members {
+        let has = user.factors.iter().any(|f| f == "totp");
+        let required = matches!(user.requirement.as_str(), "required" | "required_from");
+        row.accounts += 1;
+        row.with_second_factor += usize::from(has);
+        row.required += usize::from(required);
+        if required && !has {
+            row.missing.push(user.name.clone());
+        }
+    }
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, groups: &[&str], totp: bool, requirement: &str) -> UserStatus {
+        UserStatus {
+            name: name.into(),
+            display_name: name.into(),
+            email: format!("{name}@example.com"),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            factors: if totp { vec!["totp".into()] } else { vec![] },
+            recovery_codes_left: 0,
+            enrolled_at: None,
+            last_sign_in: None,
+            requirement: requirement.into(),
+            required_from: None,
+            full_sessions: 0,
+            partial_sessions: 0,
+        }
+    }
+
+    #[test]
+    fn adoption_counts_everyone_and_each_group() {
+        let users = [
+            status("alice", &["admins", "staff"], true, "required"),
+            status("bob", &["staff"], false, "required_from"),
+            status("carol", &[], false, "optional"),
+        ];
+        let rows = adoption_by_group(&users);
+        let row = |g: &str| rows.iter().find(|r| r.group == g).unwrap().clone();
+        assert_eq!((row("*").accounts, row("*").with_second_factor, row("*").required), (3, 1, 2));
+        assert_eq!(row("*").missing, vec!["bob".to_string()]);
+        assert_eq!((row("staff").accounts, row("staff").with_second_factor), (2, 1));
+        assert_eq!((row("admins").accounts, row("admins").missing.len()), (1, 0));
+        assert_eq!(rows.len(), 3);
+    }
+
+    #[test]
+    fn requests_travel_as_tagged_json() {
+        let request = Request::Revoke { target: Target::User("alice".into()) };
+        let text = serde_json::to_string(&request).unwrap();
+        assert_eq!(text, r#"{"op":"revoke","target":{"user":"alice"}}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+    }
+}
