@@ -25,7 +25,7 @@ use crate::{portal, return_url};
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
-    pub config: Arc<Config>,
+    pub config: crate::config::SharedConfig,
     pub users: Arc<UserDirectory>,
     pub sessions: Arc<Sessions>,
     pub passwords: PasswordChecker,
@@ -52,6 +52,11 @@ pub struct Connection {
 pub struct RequestUser(pub Option<String>);
 
 impl App {
+    /// The configuration in force (swapped whole on reload; lock-free to read).
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
     /// The operator's view of this proxy's state (shared, not copied).
     pub fn admin(&self) -> crate::admin::Admin {
         crate::admin::Admin {
@@ -66,12 +71,13 @@ impl App {
     }
 
     pub fn session_cookie(&self) -> &str {
-        &self.config.session.cookie_name
+        // Restart-only, so the value the sessions were opened with is the one in force.
+        &self.sessions.settings().cookie_name
     }
 
     /// The cookie that protects the login form against login CSRF.
     pub fn login_csrf_cookie(&self) -> String {
-        format!("{}-csrf", self.config.session.cookie_name)
+        format!("{}-csrf", self.config().session.cookie_name)
     }
 
     pub fn resolve_session(&self, request_headers: &http::HeaderMap) -> Lookup {
@@ -89,7 +95,7 @@ impl App {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
-        let client_ip = headers::client_ip(request.headers(), conn.peer.ip(), &self.config.trusted_proxies);
+        let client_ip = headers::client_ip(request.headers(), conn.peer.ip(), &self.config().trusted_proxies);
         let client =
             ClientInfo { peer: conn.peer.ip(), real_ip: client_ip, scheme: if conn.tls { "https" } else { "http" } };
 
@@ -129,7 +135,7 @@ impl App {
             Lookup::Found(Session::Full(full)) => {
                 // The policy is evaluated on every request: a session that no longer satisfies it
                 // (policy tightened, factor enrolled elsewhere or reset) drops back to partial.
-                let requirement = policy::requirement(&self.config.mfa, full.user(), self.clock.now());
+                let requirement = policy::requirement(&self.config().mfa, full.user(), self.clock.now());
                 let has_factor = self.accounts.get(full.user().name.as_str()).has_second_factor();
                 if policy::full_session_allowed(requirement, has_factor, full.proved_second_factor()) {
                     full
@@ -154,7 +160,7 @@ impl App {
             Lookup::Rejected(why) => {
                 tracing::info!(target: "portcullis::security", reason = ?why, "session cookie refused");
                 let mut response = self.needs_login(&request);
-                portal::clear_cookie(&mut response, self.session_cookie(), self.config.public_url.is_https());
+                portal::clear_cookie(&mut response, self.session_cookie(), self.config().public_url.is_https());
                 return response;
             }
             Lookup::NoCookie => return self.needs_login(&request),
@@ -196,7 +202,7 @@ impl App {
         partial: &crate::session::PartialSession,
     ) -> Response<Body> {
         let mut response = if route::is_browser_navigation(request.method(), request.headers()) {
-            let requirement = policy::requirement(&self.config.mfa, partial.user(), self.clock.now());
+            let requirement = policy::requirement(&self.config().mfa, partial.user(), self.clock.now());
             let has_factor = self.accounts.get(partial.user().name.as_str()).has_second_factor();
             let page = match policy::after_password(requirement, has_factor) {
                 policy::AfterPassword::Enroll => "enroll",
@@ -205,7 +211,7 @@ impl App {
                 _ => "challenge",
             };
             let original = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            portal::page_with_rd(self, page, &return_url::or_root(Some(original), &self.config.public_url))
+            portal::page_with_rd(self, page, &return_url::or_root(Some(original), &self.config().public_url))
         } else {
             pages::plain(StatusCode::UNAUTHORIZED, "401 Unauthorized: finish signing in at /.portcullis/challenge\n")
         };
@@ -228,9 +234,9 @@ impl App {
             return response;
         }
         let original = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let return_to = return_url::or_root(Some(original), &self.config.public_url);
+        let return_to = return_url::or_root(Some(original), &self.config().public_url);
         let query = serde_urlencoded::to_string([("rd", return_to.as_str())]).unwrap_or_default();
-        let location = self.config.public_url.join_path(&format!("{}?{query}", route::login_path()));
+        let location = self.config().public_url.join_path(&format!("{}?{query}", route::login_path()));
         pages::see_other(&location)
     }
 }

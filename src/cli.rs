@@ -389,7 +389,7 @@ async fn admin_offline(config: &config::Config, request: admin::Request) -> Resu
     let origin = config.public_url.origin();
     let (notifier, delivery) = crate::notify::Notifier::new(&config.notify, &origin);
     let operator = admin::Admin {
-        config: Arc::new(config.clone()),
+        config: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),
         users: Arc::new(users::UserDirectory::load(&config.users_file).map_err(|e| e.to_string())?),
         sessions: Arc::new(
             crate::session::Sessions::open(store.clone(), config.session.clone(), clock.clone())

@@ -59,6 +59,8 @@ pub enum StartError {
     Worker { index: usize, source: std::io::Error },
 }
 
+/// How often proxy.toml is checked for changes.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
 /// How often the users file is checked for changes.
 const USERS_POLL: Duration = Duration::from_secs(1);
 /// How often expired sessions are dropped and activity is persisted.
@@ -83,6 +85,9 @@ pub struct Server {
     forwarders: Vec<Forwarder>,
     telemetry: Option<crate::telemetry::Telemetry>,
     delivery: Option<crate::notify::Delivery>,
+    /// Registered at bind, before the proxy announces itself: SIGHUP's default action is to end
+    /// the process, so a reload request must never arrive before we listen for it.
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Server {
@@ -130,7 +135,7 @@ impl Server {
         let pending = crate::portal::Pending::default();
         let (notifier, delivery) = crate::notify::Notifier::new(&config.notify, &config.public_url.origin());
         let app = Arc::new(App {
-            config: Arc::new(config),
+            config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
             users,
             sessions,
             passwords,
@@ -143,7 +148,14 @@ impl Server {
             notifier: Arc::new(notifier),
             clock,
         });
-        Ok(Self { app, listeners, tls, forwarders, telemetry, delivery })
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGHUP ({e}); proxy.toml is still reloaded when it changes");
+                None
+            }
+        };
+        Ok(Self { app, listeners, tls, forwarders, telemetry, delivery, hangup })
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -157,13 +169,14 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
     /// for up to `proxy.shutdown_grace`, and persists sessions.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-        let Self { app, listeners, tls, forwarders, telemetry, delivery } = self;
+        let Self { app, listeners, tls, forwarders, telemetry, delivery, hangup } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         // One budget of connections for all workers.
-        let connections = Arc::new(tokio::sync::Semaphore::new(app.config.limits.max_connections));
+        let connections = Arc::new(tokio::sync::Semaphore::new(app.config().limits.max_connections));
         let mut background = vec![app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
         background.push(tokio::spawn(clock_check(app.clone())));
-        match crate::admin::control::bind(&app.config.data_dir) {
+        background.push(tokio::spawn(config_watcher(app.clone(), hangup)));
+        match crate::admin::control::bind(&app.config().data_dir) {
             Ok(listener) => background.push(crate::admin::control::spawn(listener, Arc::new(app.admin()))),
             // The proxy works without it; only `portcullis admin` does not.
             Err(e) => tracing::error!("{e}; `portcullis admin` commands will not reach this proxy"),
@@ -206,7 +219,7 @@ impl Server {
         for task in background {
             task.abort();
         }
-        let _ = std::fs::remove_file(crate::admin::control::socket_path(&app.config.data_dir));
+        let _ = std::fs::remove_file(crate::admin::control::socket_path(&app.config().data_dir));
         let sessions = app.sessions.clone();
         tokio::task::spawn_blocking(move || sessions.persist_all())
             .await
@@ -253,9 +266,58 @@ fn tell_abandoned(app: &App, users: &[String]) {
     }
 }
 
+/// Reloads proxy.toml when it changes on disk, and proxy.toml and the users file on SIGHUP.
+async fn config_watcher(app: Arc<App>, mut hangup: Option<tokio::signal::unix::Signal>) {
+    let source = app.config().source.clone();
+    let mut seen = crate::users::stamp(&source);
+    let mut tick = tokio::time::interval(CONFIG_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hung_up = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        let now = crate::users::stamp(&source);
+        if hung_up {
+            tracing::info!("SIGHUP: reloading the configuration and the users file");
+            if let Err(e) = app.users.reload() {
+                tracing::error!("the users file was not reloaded; the running accounts stay: {e}");
+            }
+        } else if now == seen {
+            continue;
+        }
+        seen = now;
+        reload_config(&app, &source);
+    }
+}
+
+fn reload_config(app: &App, source: &std::path::Path) {
+    let new = match crate::config::load(source) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!("proxy.toml was not reloaded; the running configuration stays: {e}");
+            return;
+        }
+    };
+    let reloaded = crate::config::reload::merge(&app.config(), new);
+    app.config.store(Arc::new(reloaded.config));
+    tracing::info!(applied = ?reloaded.applied, "configuration reloaded");
+    if !reloaded.needs_restart.is_empty() {
+        tracing::warn!(
+            keys = ?reloaded.needs_restart,
+            "these settings changed in proxy.toml but take effect only after a restart; their running values stay until then"
+        );
+    }
+}
+
 /// The clock self-check at start-up, in the background (an SNTP query may take seconds).
 async fn clock_check(app: Arc<App>) {
-    let report = crate::clock_health::check(&app.config.clock).await;
+    let report = crate::clock_health::check(&app.config().clock).await;
     for warning in &report.warnings {
         tracing::warn!("clock: {warning}");
     }
@@ -350,7 +412,7 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    let grace = app.config.proxy.shutdown_grace;
+    let grace = app.config().proxy.shutdown_grace;
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("some connections were still busy after {grace:?} and were closed");
     }
@@ -367,7 +429,7 @@ async fn serve_connection<I>(io: I, conn: Connection, app: Arc<App>, forwarder: 
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = app.config.limits.clone();
+    let limits = app.config().limits.clone();
     let service = service_fn(move |request| {
         let (app, forwarder) = (app.clone(), forwarder.clone());
         async move { Ok::<_, std::convert::Infallible>(app.handle(request, conn, &forwarder).await) }

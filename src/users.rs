@@ -177,9 +177,9 @@ pub fn read(path: &Path) -> Result<HashMap<String, Arc<User>>, UsersError> {
 
 /// Enough of a file's metadata to notice it was replaced or rewritten.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp(Option<(SystemTime, u64, u64)>);
+pub struct FileStamp(Option<(SystemTime, u64, u64)>);
 
-fn stamp(path: &Path) -> FileStamp {
+pub fn stamp(path: &Path) -> FileStamp {
     use std::os::unix::fs::MetadataExt;
     FileStamp(std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len(), m.ino()))))
 }
@@ -213,6 +213,14 @@ impl UserDirectory {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Re-reads the file whatever its metadata says (SIGHUP). On error the running list stays.
+    pub fn reload(&self) -> Result<(), UsersError> {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamp(&self.path);
+        let users = read(&self.path)?;
+        self.users.store(Arc::new(users));
+        Ok(())
     }
 
     /// Re-reads the file if its metadata changed. Returns whether a new directory was swapped in.

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{SharedClock, UnixTime};
-use crate::config::Config;
 use crate::factors::Accounts;
 use crate::notify::{Notifier, SecurityEvent};
 use crate::policy::{self, Requirement};
@@ -104,7 +103,7 @@ pub enum AdminError {
 
 /// The pieces of a running (or offline) proxy that operators act on.
 pub struct Admin {
-    pub config: Arc<Config>,
+    pub config: crate::config::SharedConfig,
     pub users: Arc<UserDirectory>,
     pub sessions: Arc<Sessions>,
     pub accounts: Arc<Accounts>,
@@ -189,7 +188,7 @@ impl Admin {
                 if record.recovery_codes_left() > 0 {
                     factors.push("recovery_codes".to_string());
                 }
-                let (requirement, required_from) = describe(policy::requirement(&self.config.mfa, &user, now));
+                let (requirement, required_from) = describe(policy::requirement(&self.config.load().mfa, &user, now));
                 let (full_sessions, partial_sessions) = sessions.get(user.name.as_str()).copied().unwrap_or_default();
                 UserStatus {
                     name: user.name.to_string(),

@@ -5,6 +5,7 @@
 //! all of it was right, so the rest of the program never re-checks configuration.
 
 mod raw;
+pub mod reload;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,6 +21,9 @@ use ipnet::IpNet;
 use crate::secret;
 use crate::tls;
 use raw::{OneOrMany, RawConfig};
+
+/// The configuration a running proxy reads: replaced whole when `proxy.toml` is reloaded.
+pub type SharedConfig = Arc<arc_swap::ArcSwap<Config>>;
 
 /// Validated configuration. Construct it with [`load`] or [`parse`].
 #[derive(Debug, Clone)]
@@ -47,6 +51,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub clock: ClockSettings,
     pub notify: crate::notify::NotifySettings,
+    /// The file as written, to tell which keys a reload changed (see [`reload`]).
+    table: toml::Table,
 }
 
 /// Clock health checks (see `clock_health.rs`).
@@ -302,7 +308,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
     let config = v.config(raw, path);
     match config {
-        Some(config) if v.problems.is_empty() => Ok(config),
+        Some(mut config) if v.problems.is_empty() => {
+            config.table =
+                toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
+            Ok(config)
+        }
         _ => Err(ConfigError::Invalid { path: path.into(), problems: v.problems }),
     }
 }
@@ -521,6 +531,7 @@ impl Validator {
             metrics_listen,
             clock,
             notify,
+            table: toml::Table::new(),
         })
     }
 

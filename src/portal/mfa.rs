@@ -82,16 +82,16 @@ impl Pending {
 
 fn login_redirect(app: &App, return_to: &str) -> Response<Body> {
     let query = serde_urlencoded::to_string([("rd", return_to)]).unwrap_or_default();
-    pages::see_other(&app.config.public_url.join_path(&format!("/.portcullis/login?{query}")))
+    pages::see_other(&app.config().public_url.join_path(&format!("/.portcullis/login?{query}")))
 }
 
 pub fn page_with_rd(app: &App, page: &str, return_to: &str) -> Response<Body> {
     let query = serde_urlencoded::to_string([("rd", return_to)]).unwrap_or_default();
-    pages::see_other(&app.config.public_url.join_path(&format!("/.portcullis/{page}?{query}")))
+    pages::see_other(&app.config().public_url.join_path(&format!("/.portcullis/{page}?{query}")))
 }
 
 fn requirement(app: &App, session: &Session) -> Requirement {
-    policy::requirement(&app.config.mfa, session.user(), app.clock.now())
+    policy::requirement(&app.config().mfa, session.user(), app.clock.now())
 }
 
 fn with_user(mut response: Response<Body>, session: &Session) -> Response<Body> {
@@ -112,7 +112,7 @@ pub fn challenge_form(app: &App, request: &Request<Incoming>) -> Response<Body> 
             let step_up = matches!(session, Session::Full(_));
             let page = ChallengePage {
                 step_up,
-                issuer: &app.config.mfa.issuer,
+                issuer: &app.config().mfa.issuer,
                 error: None,
                 csrf: session.csrf_token(),
                 return_to: &return_to,
@@ -191,7 +191,7 @@ async fn check_code(app: &App, user: &str, code: &str) -> Result<(AuthMethod, Op
 }
 
 pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Response<Body> {
-    let client_ip = crate::headers::client_ip(request.headers(), conn.peer.ip(), &app.config.trusted_proxies);
+    let client_ip = crate::headers::client_ip(request.headers(), conn.peer.ip(), &app.config().trusted_proxies);
     let (session, form, return_to) = match session_post::<CodeForm>(app, request, |rd| login_redirect(app, rd)).await {
         Ok(checked) => checked,
         Err(response) => return response,
@@ -244,7 +244,7 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
             match upgraded {
                 Ok((id, full)) => {
                     app.pending.rekey(&old_key, full.key());
-                    let mut response = pages::see_other(&app.config.public_url.join_path(&return_to));
+                    let mut response = pages::see_other(&app.config().public_url.join_path(&return_to));
                     response
                         .headers_mut()
                         .append(http::header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
@@ -293,7 +293,7 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
                 Ok(false) => {}
                 Err(e) => tracing::error!("could not record a failed code: {e}"),
             }
-            if failures >= app.config.mfa.attempts {
+            if failures >= app.config().mfa.attempts {
                 // Too many guesses in one session: end it. Starting over costs a password check.
                 if let Err(e) = app.sessions.end(session.key()).await {
                     tracing::error!("could not end a session: {e}");
@@ -306,12 +306,12 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
                     "For your safety you have been signed out. Sign in again, and use a recovery code if your authenticator is not available.",
                     Some(("/.portcullis/login", "Sign in again")),
                 );
-                clear_cookie(&mut response, app.session_cookie(), app.config.public_url.is_https());
+                clear_cookie(&mut response, app.session_cookie(), app.config().public_url.is_https());
                 return response;
             }
             let page = ChallengePage {
                 step_up,
-                issuer: &app.config.mfa.issuer,
+                issuer: &app.config().mfa.issuer,
                 error: Some(error),
                 csrf: session.csrf_token(),
                 return_to: &return_to,
@@ -328,7 +328,7 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
 fn may_enroll(app: &App, session: &Session) -> bool {
     let req = requirement(app, session);
     let has = app.accounts.get(session.user().name.as_str()).has_second_factor();
-    app.config.mfa.totp
+    app.config().mfa.totp
         && !has
         && match session {
             Session::Partial(_) => policy::after_password(req, has) == AfterPassword::Enroll,
@@ -343,10 +343,10 @@ fn render_enroll(
     error: Option<CodeError>,
     status: StatusCode,
 ) -> Response<Body> {
-    let max_age = app.config.session.partial_timeout.as_secs() as i64;
+    let max_age = app.config().session.partial_timeout.as_secs() as i64;
     let secret = app.pending.secret(session.key(), app.clock.now(), max_age);
     let account = session.user().name.as_str();
-    let issuer = &app.config.mfa.issuer;
+    let issuer = &app.config().mfa.issuer;
     let (Ok(uri), encoded) = (totp::provisioning_uri(secret.expose(), issuer, account), totp::base32(secret.expose()))
     else {
         return pages::error(
@@ -384,7 +384,7 @@ pub fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
             render_enroll(app, &session, &return_to, None, StatusCode::OK)
         }
         Lookup::Found(Session::Partial(_)) => page_with_rd(app, "challenge", &return_to),
-        Lookup::Found(Session::Full(_)) => pages::see_other(&app.config.public_url.join_path("/.portcullis/account")),
+        Lookup::Found(Session::Full(_)) => pages::see_other(&app.config().public_url.join_path("/.portcullis/account")),
         _ => login_redirect(app, &return_to),
     }
 }
@@ -395,10 +395,10 @@ pub async fn enroll_submit(app: &Arc<App>, request: Request<Incoming>) -> Respon
         Err(response) => return response,
     };
     if !may_enroll(app, &session) {
-        return pages::see_other(&app.config.public_url.join_path("/.portcullis/account"));
+        return pages::see_other(&app.config().public_url.join_path("/.portcullis/account"));
     }
     let now = app.clock.now();
-    let max_age = app.config.session.partial_timeout.as_secs() as i64;
+    let max_age = app.config().session.partial_timeout.as_secs() as i64;
     let Some(secret) = app.pending.take_secret(session.key(), now, max_age) else {
         // The setup expired (or never started): show a fresh one.
         return render_enroll(app, &session, &return_to, None, StatusCode::OK);
@@ -442,7 +442,7 @@ pub async fn enroll_submit(app: &Arc<App>, request: Request<Incoming>) -> Respon
         .await;
     let codes = match saved {
         Ok(Ok(codes)) => codes,
-        Ok(Err(_)) => return pages::see_other(&app.config.public_url.join_path("/.portcullis/account")),
+        Ok(Err(_)) => return pages::see_other(&app.config().public_url.join_path("/.portcullis/account")),
         Err(e) => {
             tracing::error!("could not save a new factor: {e}");
             return pages::error(
@@ -490,12 +490,12 @@ pub fn recovery_codes_page(app: &App, request: &Request<Incoming>) -> Response<B
     let return_to = return_to_from_query(app, request);
     let Lookup::Found(session) = app.resolve_session(request.headers()) else { return login_redirect(app, &return_to) };
     let Some(codes) = app.pending.codes(session.key()) else {
-        return pages::see_other(&app.config.public_url.join_path("/.portcullis/account"));
+        return pages::see_other(&app.config().public_url.join_path("/.portcullis/account"));
     };
     let text = format!(
         "Recovery codes for {} at {}\nEach code works once. Keep them somewhere safe.\n\n{}\n",
         session.user().name,
-        app.config.mfa.issuer,
+        app.config().mfa.issuer,
         codes.join("\n")
     );
     let download = format!(
@@ -504,7 +504,7 @@ pub fn recovery_codes_page(app: &App, request: &Request<Incoming>) -> Response<B
     );
     let file_name = format!(
         "{}-recovery-codes.txt",
-        app.config.mfa.issuer.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "-")
+        app.config().mfa.issuer.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "-")
     );
     let page = RecoveryCodesPage {
         codes: &codes,
@@ -539,7 +539,7 @@ pub async fn recovery_codes_confirm(app: &Arc<App>, request: Request<Incoming>) 
         Err(response) => return response,
     };
     if app.pending.codes(session.key()).is_none() {
-        return pages::see_other(&app.config.public_url.join_path("/.portcullis/account"));
+        return pages::see_other(&app.config().public_url.join_path("/.portcullis/account"));
     }
     if form.saved.as_deref() != Some("yes") {
         return page_with_rd(app, "recovery-codes", &return_to);
@@ -548,7 +548,7 @@ pub async fn recovery_codes_confirm(app: &Arc<App>, request: Request<Incoming>) 
     match session {
         Session::Partial(partial) => finish_inline_enrollment(app, partial, &return_to).await,
         Session::Full(full) => {
-            let response = pages::see_other(&app.config.public_url.join_path(&return_to));
+            let response = pages::see_other(&app.config().public_url.join_path(&return_to));
             with_user(response, &Session::Full(full))
         }
     }
@@ -562,7 +562,7 @@ async fn finish_inline_enrollment(app: &App, partial: PartialSession, return_to:
     }
     match app.sessions.promote(partial, vec![AuthMethod::Pwd, AuthMethod::Otp]).await {
         Ok((id, full)) => {
-            let mut response = pages::see_other(&app.config.public_url.join_path(return_to));
+            let mut response = pages::see_other(&app.config().public_url.join_path(return_to));
             response.headers_mut().append(http::header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
             response.extensions_mut().insert(RequestUser(Some(user)));
             response
@@ -590,7 +590,7 @@ pub async fn account_action(app: &Arc<App>, action: &str, request: Request<Incom
             Ok(count) => {
                 tracing::info!(target: "portcullis::security", %user, count, "signed out everywhere");
                 let mut response = pages::html(StatusCode::OK, &pages::SignedOutPage);
-                clear_cookie(&mut response, app.session_cookie(), app.config.public_url.is_https());
+                clear_cookie(&mut response, app.session_cookie(), app.config().public_url.is_https());
                 response
             }
             Err(e) => {
@@ -604,7 +604,7 @@ pub async fn account_action(app: &Arc<App>, action: &str, request: Request<Incom
 }
 
 async fn sensitive_action(app: &App, action: &str, full: FullSession, user: &str) -> Response<Body> {
-    let req = policy::requirement(&app.config.mfa, full.user(), app.clock.now());
+    let req = policy::requirement(&app.config().mfa, full.user(), app.clock.now());
     if req == Requirement::Off {
         return pages::error(
             StatusCode::NOT_FOUND,
@@ -613,7 +613,7 @@ async fn sensitive_action(app: &App, action: &str, full: FullSession, user: &str
             None,
         );
     }
-    let window = app.config.mfa.step_up_window.as_secs() as i64;
+    let window = app.config().mfa.step_up_window.as_secs() as i64;
     if !policy::recently_proven(full.second_factor_at(), app.clock.now(), window) {
         // Re-prove the second factor first, then come back to the account page to do it.
         return page_with_rd(app, "challenge", "/.portcullis/account");
@@ -643,7 +643,7 @@ async fn sensitive_action(app: &App, action: &str, full: FullSession, user: &str
                 Ok(_) => {
                     tracing::warn!(target: "portcullis::security", %user, "authenticator removed");
                     app.notifier.send(full.user(), crate::notify::SecurityEvent::Removed, now, true);
-                    pages::see_other(&app.config.public_url.join_path("/.portcullis/account?done=removed"))
+                    pages::see_other(&app.config().public_url.join_path("/.portcullis/account?done=removed"))
                 }
                 Err(e) => {
                     tracing::error!("could not remove a factor: {e}");
@@ -671,7 +671,7 @@ async fn sensitive_action(app: &App, action: &str, full: FullSession, user: &str
                     app.pending.put_codes(full.key(), codes);
                     page_with_rd(app, "recovery-codes", "/.portcullis/account")
                 }
-                Ok(Err(())) => pages::see_other(&app.config.public_url.join_path("/.portcullis/account")),
+                Ok(Err(())) => pages::see_other(&app.config().public_url.join_path("/.portcullis/account")),
                 Err(e) => {
                     tracing::error!("could not make recovery codes: {e}");
                     pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None)
@@ -690,11 +690,11 @@ pub fn reminder(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let Lookup::Found(Session::Full(full)) = app.resolve_session(request.headers()) else {
         return login_redirect(app, &return_to);
     };
-    let requirement = policy::requirement(&app.config.mfa, full.user(), app.clock.now());
+    let requirement = policy::requirement(&app.config().mfa, full.user(), app.clock.now());
     let has = app.accounts.get(full.user().name.as_str()).has_second_factor();
     let (Requirement::Upcoming(deadline), false) = (requirement, has) else {
         // Nothing to remind of (already enrolled, or the date has passed): carry on.
-        return pages::see_other(&app.config.public_url.join_path(&return_to));
+        return pages::see_other(&app.config().public_url.join_path(&return_to));
     };
     let query = serde_urlencoded::to_string([("rd", return_to.as_str())]).unwrap_or_default();
     let enroll = format!("/.portcullis/enroll?{query}");

@@ -36,7 +36,7 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, conn: &Connection) -> Response<Body> {
     let method = request.method().clone();
     let is_read = method == Method::GET || method == Method::HEAD;
-    let mfa_off = app.config.mfa.policy == MfaPolicy::Disabled;
+    let mfa_off = app.config().mfa.policy == MfaPolicy::Disabled;
     match (page, is_read, method == Method::POST) {
         // With 2FA disabled there are no second-factor pages at all.
         (OwnPage::Challenge | OwnPage::Enroll | OwnPage::RecoveryCodes | OwnPage::Reminder, _, _) if mfa_off => {
@@ -84,7 +84,7 @@ fn cookie_header(
     let mut cookie = Cookie::build((name.to_string(), value.to_string()))
         .path("/")
         .http_only(true)
-        .secure(app.config.public_url.is_https())
+        .secure(app.config().public_url.is_https())
         .same_site(same_site)
         .build();
     if let Some(max_age) = max_age {
@@ -116,7 +116,7 @@ pub fn clear_cookie(response: &mut Response<Body>, name: &str, secure: bool) {
 /// `Origin` (or, from older browsers, `Referer`) must name our public origin on every POST.
 /// A request with neither is refused: when in doubt, deny.
 pub(crate) fn same_origin(app: &App, headers: &HeaderMap) -> bool {
-    let origin = app.config.public_url.origin();
+    let origin = app.config().public_url.origin();
     if let Some(value) = headers.get(header::ORIGIN) {
         return value.as_bytes() == origin.as_bytes();
     }
@@ -207,13 +207,13 @@ struct ReturnQuery {
 pub(crate) fn return_to_from_query(app: &App, request: &Request<Incoming>) -> String {
     let query = request.uri().query().unwrap_or("");
     let rd = serde_urlencoded::from_str::<ReturnQuery>(query).ok().and_then(|q| q.rd);
-    return_url::or_root(rd.as_deref(), &app.config.public_url)
+    return_url::or_root(rd.as_deref(), &app.config().public_url)
 }
 
 fn login_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
     if let Lookup::Found(Session::Full(_)) = app.resolve_session(request.headers()) {
-        return pages::see_other(&app.config.public_url.join_path(&return_to));
+        return pages::see_other(&app.config().public_url.join_path(&return_to));
     }
     render_login(app, request.headers(), StatusCode::OK, None, &return_to, "")
 }
@@ -243,7 +243,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
         Ok(form) => form,
         Err(response) => return response,
     };
-    let return_to = return_url::or_root(form.rd.as_deref(), &app.config.public_url);
+    let return_to = return_url::or_root(form.rd.as_deref(), &app.config().public_url);
     let (expected_csrf, _) = login_csrf(app, &headers);
     if !tokens_match(&expected_csrf, &form.csrf)
         || headers::cookie_values(&headers, &app.login_csrf_cookie()).next().is_none()
@@ -263,7 +263,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
     }
 
     // Regulation comes before the (expensive) hash, and treats unknown names like real ones.
-    let client_ip = headers::client_ip(&headers, conn.peer.ip(), &app.config.trusted_proxies);
+    let client_ip = headers::client_ip(&headers, conn.peer.ip(), &app.config().trusted_proxies);
     let subjects = [Subject::Account(username.clone()), Subject::Address(client_ip)];
     if let Some(response) = regulated(app, &headers, &subjects, &return_to, &username) {
         return response;
@@ -331,7 +331,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
     {
         tracing::error!("could not end the previous session: {e}");
     }
-    let requirement = policy::requirement(&app.config.mfa, &user, app.clock.now());
+    let requirement = policy::requirement(&app.config().mfa, &user, app.clock.now());
     let has_factor = app.accounts.get(user.name.as_str()).has_second_factor();
     let next = policy::after_password(requirement, has_factor);
     let established = async {
@@ -348,10 +348,10 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
             }
             // Half logged in: the partial session's cookie, good only for the second-factor pages.
             AfterPassword::Challenge => {
-                Ok((id, app.clock.now() + app.config.session.partial_timeout.as_secs() as i64, Some("challenge")))
+                Ok((id, app.clock.now() + app.config().session.partial_timeout.as_secs() as i64, Some("challenge")))
             }
             AfterPassword::Enroll => {
-                Ok((id, app.clock.now() + app.config.session.partial_timeout.as_secs() as i64, Some("enroll")))
+                Ok((id, app.clock.now() + app.config().session.partial_timeout.as_secs() as i64, Some("enroll")))
             }
         }
     };
@@ -363,7 +363,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
             };
             tracing::info!(target: "portcullis::security", user = %user.name, session = %id.key().log_ref(), client = %conn.peer.ip(), "{stage}");
             let mut response = match next_page {
-                None => pages::see_other(&app.config.public_url.join_path(&return_to)),
+                None => pages::see_other(&app.config().public_url.join_path(&return_to)),
                 Some(page) => mfa::page_with_rd(app, page, &return_to),
             };
             response.headers_mut().append(header::SET_COOKIE, session_cookie_header(app, &id, expires_at));
@@ -460,7 +460,7 @@ pub(crate) async fn session_post<F: SessionForm>(
     }
     let lookup = app.resolve_session(request.headers());
     let form: F = read_form(request).await?;
-    let return_to = return_url::or_root(form.return_to(), &app.config.public_url);
+    let return_to = return_url::or_root(form.return_to(), &app.config().public_url);
     let Lookup::Found(session) = lookup else { return Err(anonymous(&return_to)) };
     if !tokens_match(session.csrf_token(), form.csrf()) {
         let message = "This form had expired. Go back, reload the page and try again.";
@@ -471,7 +471,7 @@ pub(crate) async fn session_post<F: SessionForm>(
 
 fn signed_out(app: &App) -> Response<Body> {
     let mut response = pages::html(StatusCode::OK, &pages::SignedOutPage);
-    clear_cookie(&mut response, app.session_cookie(), app.config.public_url.is_https());
+    clear_cookie(&mut response, app.session_cookie(), app.config().public_url.is_https());
     response
 }
 
@@ -509,12 +509,12 @@ fn account(app: &App, request: &Request<Incoming>) -> Response<Body> {
         Lookup::Found(Session::Partial(_)) => return mfa::page_with_rd(app, "challenge", "/.portcullis/account"),
         _ => {
             let query = serde_urlencoded::to_string([("rd", "/.portcullis/account")]).unwrap_or_default();
-            return pages::see_other(&app.config.public_url.join_path(&format!("/.portcullis/login?{query}")));
+            return pages::see_other(&app.config().public_url.join_path(&format!("/.portcullis/login?{query}")));
         }
     };
     let user = full.user();
     let record = app.accounts.get(user.name.as_str());
-    let requirement = policy::requirement(&app.config.mfa, user, app.clock.now());
+    let requirement = policy::requirement(&app.config().mfa, user, app.clock.now());
     let notice = match request.uri().query().unwrap_or("") {
         "done=removed" => Some("Two-step verification is off. You can turn it on again at any time."),
         _ => None,
@@ -530,7 +530,7 @@ fn account(app: &App, request: &Request<Incoming>) -> Response<Body> {
             expires: format_time(full.expires_at()),
             csrf: full.csrf_token(),
             notice,
-            mfa_enabled: requirement != policy::Requirement::Off && app.config.mfa.totp,
+            mfa_enabled: requirement != policy::Requirement::Off && app.config().mfa.totp,
             required: requirement == policy::Requirement::Required,
             totp: record.totp.as_ref().map(|t| pages::TotpSummary {
                 enrolled: format_time(t.enrolled_at),

@@ -10,4 +10,5 @@ mod flows;
 mod forwarding;
 mod harness;
 mod mfa;
+mod reload;
 mod upstream;
