@@ -36,6 +36,8 @@ pub struct App {
     pub regulator: Arc<crate::regulation::Regulator>,
     /// Which TOTP step accepted codes matched, for the clock-skew self-check.
     pub drift: crate::clock_health::Drift,
+    /// What the start-up clock check found, for the admin page.
+    pub clock_warnings: arc_swap::ArcSwap<Vec<String>>,
     pub notifier: Arc<crate::notify::Notifier>,
     pub clock: SharedClock,
 }

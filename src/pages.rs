@@ -221,3 +221,55 @@ pub struct ReminderPage<'a> {
     pub enroll: &'a str,
     pub later: &'a str,
 }
+
+#[derive(Template)]
+#[template(path = "admin.html")]
+pub struct AdminPage<'a> {
+    pub admin: &'a str,
+    pub csrf: &'a str,
+    pub notice: Option<&'a str>,
+    pub warnings: Vec<String>,
+    pub users: Vec<AdminUserRow>,
+    pub adoption: Vec<AdminAdoptionRow>,
+    pub bans: Vec<AdminBanRow>,
+}
+
+/// One account on the admin page, already in words.
+pub struct AdminUserRow {
+    pub name: String,
+    pub email: String,
+    pub groups: String,
+    pub factors: String,
+    pub enrolled: String,
+    pub last_sign_in: String,
+    pub policy: String,
+    pub sessions: String,
+    pub can_reset: bool,
+    pub can_revoke: bool,
+}
+
+pub struct AdminAdoptionRow {
+    pub group: String,
+    pub accounts: usize,
+    pub with: usize,
+    pub share: String,
+    pub required: usize,
+    pub missing: String,
+}
+
+pub struct AdminBanRow {
+    pub subject: String,
+    pub until: String,
+    pub locked: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "admin_confirm.html")]
+pub struct AdminConfirmPage<'a> {
+    pub title: &'a str,
+    pub consequence: &'a str,
+    pub button: &'a str,
+    pub csrf: &'a str,
+    pub op: &'a str,
+    pub target: &'a str,
+}

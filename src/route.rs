@@ -26,6 +26,10 @@ pub enum OwnPage {
     Reminder,
     /// A POST on the account page: `remove-totp`, `regenerate-codes`, `sign-out-everywhere`.
     AccountAction(String),
+    /// The operators' overview (members of `admin.group`).
+    Admin,
+    /// A POST from the admin page.
+    AdminAction,
     /// A file under `static/`, by name.
     Static(String),
     NotFound,
@@ -77,6 +81,8 @@ pub fn route(path: &str) -> Route {
         "/enroll" => OwnPage::Enroll,
         "/recovery-codes" => OwnPage::RecoveryCodes,
         "/reminder" => OwnPage::Reminder,
+        "/admin" => OwnPage::Admin,
+        "/admin/action" => OwnPage::AdminAction,
         rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/")) {
             (Some(name), _) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
             (_, Some(action)) if ["remove-totp", "regenerate-codes", "sign-out-everywhere"].contains(&action) => {

@@ -145,6 +145,7 @@ impl Server {
             pending,
             regulator: Arc::new(regulator),
             drift: crate::clock_health::Drift::default(),
+            clock_warnings: Default::default(),
             notifier: Arc::new(notifier),
             clock,
         });
@@ -324,6 +325,7 @@ async fn clock_check(app: Arc<App>) {
     if report.warnings.is_empty() {
         tracing::info!(kernel = ?report.kernel, "clock looks healthy");
     }
+    app.clock_warnings.store(Arc::new(report.warnings));
 }
 
 /// Housekeeping once a minute: expired sessions, session activity, abandoned enrollments and

@@ -51,8 +51,17 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub clock: ClockSettings,
     pub notify: crate::notify::NotifySettings,
+    pub admin: AdminSettings,
     /// The file as written, to tell which keys a reload changed (see [`reload`]).
     table: toml::Table,
+}
+
+/// Who may use the admin pages (see `portal/admin.rs`).
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Members of this group, with a second factor proven within `mfa.step_up_window`; no admin
+    /// pages when `None`.
+    pub group: Option<String>,
 }
 
 /// Clock health checks (see `clock_health.rs`).
@@ -443,6 +452,31 @@ impl Validator {
                 Duration::from_secs(600),
             ),
         };
+        let admin = AdminSettings {
+            group: match raw.admin.group {
+                Some(group) if group.trim().is_empty() => {
+                    self.problem(
+                        "admin.group",
+                        Some(&group),
+                        "empty",
+                        "name the group whose members administer Portcullis, or remove the key",
+                    );
+                    None
+                }
+                Some(group) if mfa.policy == MfaPolicy::Disabled => {
+                    // The admin pages sit behind a fresh second factor; without 2FA nobody could
+                    // use them, and a password alone must not open them.
+                    self.problem(
+                        "admin.group",
+                        Some(&group),
+                        "the admin pages need a second factor, but mfa.policy is \"disabled\"",
+                        "set mfa.policy to \"optional\" or \"required\", or remove admin.group (the `portcullis admin` CLI works either way)",
+                    );
+                    None
+                }
+                other => other,
+            },
+        };
         let audit = match raw.log.audit.as_deref() {
             None => data_dir.as_ref().map_or(AuditOutput::Off, |d| AuditOutput::File(d.join("audit.log"))),
             Some("stdout") => AuditOutput::Stdout,
@@ -531,6 +565,7 @@ impl Validator {
             metrics_listen,
             clock,
             notify,
+            admin,
             table: toml::Table::new(),
         })
     }

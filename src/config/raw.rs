@@ -39,7 +39,14 @@ pub struct RawConfig {
     #[serde(default)]
     pub clock: RawClock,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
     pub notify: RawNotify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAdmin {
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

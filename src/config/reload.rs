@@ -10,7 +10,7 @@
 use super::Config;
 
 /// Top-level keys and sections that take effect on reload.
-pub const LIVE_KEYS: [&str; 3] = ["mfa", "trusted_proxies", "clock"];
+pub const LIVE_KEYS: [&str; 4] = ["mfa", "trusted_proxies", "clock", "admin"];
 
 /// What a reload did.
 #[derive(Debug)]
@@ -42,6 +42,7 @@ pub fn merge(running: &Config, new: Config) -> Reloaded {
     config.mfa = new.mfa;
     config.trusted_proxies = new.trusted_proxies;
     config.clock = new.clock;
+    config.admin = new.admin;
     for key in LIVE_KEYS {
         match new.table.get(key) {
             Some(value) => config.table.insert(key.to_string(), value.clone()),

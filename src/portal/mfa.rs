@@ -80,7 +80,7 @@ impl Pending {
     }
 }
 
-fn login_redirect(app: &App, return_to: &str) -> Response<Body> {
+pub(super) fn login_redirect(app: &App, return_to: &str) -> Response<Body> {
     let query = serde_urlencoded::to_string([("rd", return_to)]).unwrap_or_default();
     pages::see_other(&app.config().public_url.join_path(&format!("/.portcullis/login?{query}")))
 }

@@ -4,6 +4,7 @@
 //! session's token, or for the login form a token in its own cookie) and come from our own origin
 //! (`Origin`, else `Referer`). GET never changes anything.
 
+mod admin;
 mod mfa;
 
 pub use mfa::{Pending, page_with_rd};
@@ -56,6 +57,8 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
         (OwnPage::Logout, true, _) => logout_form(app, &request),
         (OwnPage::Logout, _, true) => logout_submit(app, request).await,
         (OwnPage::Account, true, _) => account(app, &request),
+        (OwnPage::Admin, true, _) => admin::page(app, &request).await,
+        (OwnPage::AdminAction, _, true) => admin::action(app, request).await,
         (OwnPage::NotFound, _, _) => not_found(),
         _ => {
             let mut response = pages::plain(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n");

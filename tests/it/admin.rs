@@ -174,3 +174,93 @@ async fn with_the_proxy_stopped_the_cli_works_on_the_store() {
     let again = Browser::new();
     assert!(password(&again, &second, &ALICE, "/").await.contains("/.portcullis/enroll"), "she enrolls anew");
 }
+
+/// Posts an admin action from `browser`'s admin page.
+async fn admin_post(browser: &Browser, proxy: &Proxy, csrf: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+    let mut form = vec![("csrf", csrf)];
+    form.extend_from_slice(fields);
+    browser
+        .http
+        .post(proxy.url("/.portcullis/admin/action"))
+        .header("origin", proxy.origin())
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_pages_need_the_group_and_a_fresh_second_factor_and_confirm_destructive_actions() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).account(&BOB).toml("[admin]\ngroup = \"wiki-admins\"").start();
+    let admin_url = proxy.url("/.portcullis/admin");
+
+    let anonymous = Browser::new().navigate(&admin_url).await;
+    assert!(anonymous.headers()["location"].to_str().unwrap().contains("/.portcullis/login"));
+
+    // Bob is no admin; he has an authenticator, which the admin will reset.
+    let bob = Browser::new();
+    bob.login(&proxy, &BOB).await;
+    enroll(&bob, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    let refused = bob.navigate(&admin_url).await;
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("Not an administrator"));
+
+    // Alice is in the group, but a password alone does not open the admin pages.
+    let alice = Browser::new();
+    alice.login(&proxy, &ALICE).await;
+    let no_factor = alice.navigate(&admin_url).await;
+    assert_eq!(no_factor.status(), 403);
+    assert!(no_factor.text().await.unwrap().contains("Two-step verification first"));
+    enroll(&alice, &proxy, &proxy.url("/.portcullis/enroll?rd=%2F.portcullis%2Fadmin")).await;
+    let page = alice.navigate(&admin_url).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("bob@example.com") && html.contains("totp"), "the accounts table");
+    assert!(html.contains("everyone"), "the adoption table");
+    let csrf = crate::harness::form_field(&html, "csrf").unwrap();
+
+    // Refused without the session's token, or from another site; bob keeps his session.
+    assert_eq!(admin_post(&alice, &proxy, "forged", &[("op", "revoke"), ("target", "bob")]).await.status(), 403);
+    let cross = alice
+        .http
+        .post(proxy.url("/.portcullis/admin/action"))
+        .header("origin", "https://evil.example")
+        .form(&[("csrf", csrf.as_str()), ("op", "revoke"), ("target", "bob"), ("confirmed", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
+    // Bob cannot use the action endpoint with his own token either.
+    let bob_page = bob.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
+    let bob_csrf = crate::harness::form_field(&bob_page, "csrf").unwrap();
+    let by_bob = admin_post(&bob, &proxy, &bob_csrf, &[("op", "revoke-all"), ("confirmed", "yes")]).await;
+    assert_eq!(by_bob.status(), 403);
+    assert_eq!(bob.navigate(&proxy.url("/")).await.status(), 200);
+
+    // The first post only asks; nothing happens until it is confirmed.
+    let ask = admin_post(&alice, &proxy, &csrf, &[("op", "reset-2fa"), ("target", "bob")]).await;
+    assert_eq!(ask.status(), 200);
+    assert!(ask.text().await.unwrap().contains("Reset two-step verification for bob?"));
+    assert_eq!(bob.navigate(&proxy.url("/")).await.status(), 200);
+    assert!(proxy.mails().iter().all(|m| !m.contains("An administrator reset")));
+
+    let done = admin_post(&alice, &proxy, &csrf, &[("op", "reset-2fa"), ("target", "bob"), ("confirmed", "yes")]).await;
+    assert_eq!(done.status(), 303);
+    assert_eq!(done.headers()["location"], proxy.url("/.portcullis/admin?done=reset").as_str());
+    proxy.wait_for_mail("An administrator reset your two-step verification");
+    let bob_next = bob.navigate(&proxy.url("/")).await;
+    assert_eq!(bob_next.status(), 303, "bob's session is back at the second step");
+    let again = Browser::new();
+    let next = password(&again, &proxy, &BOB, "/").await;
+    assert_eq!(next, proxy.url("/"), "under optional, bob signs in with his password; his old codes are gone");
+    let shown = alice.navigate(&proxy.url("/.portcullis/admin?done=reset")).await.text().await.unwrap();
+    assert!(shown.contains("Two-step verification was reset"));
+    let spoofed = alice.navigate(&proxy.url("/.portcullis/admin?done=Call+555+now")).await.text().await.unwrap();
+    assert!(!spoofed.contains("Call 555"), "only fixed notices are shown, never text from the link");
+
+    // After every session is asked again, the admin pages want a fresh second factor too.
+    admin_post(&alice, &proxy, &csrf, &[("op", "downgrade-all"), ("confirmed", "yes")]).await;
+    let back = alice.navigate(&admin_url).await;
+    assert!(back.headers()["location"].to_str().unwrap().contains("/.portcullis/challenge"));
+}

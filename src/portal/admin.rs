@@ -1,0 +1,255 @@
+//! The admin pages under `/.portcullis/admin`: the operations of `portcullis admin` for members of
+//! `admin.group`, behind a second factor proven within `mfa.step_up_window`.
+//!
+//! Destructive operations take two posts: the first answers with a page saying what will happen,
+//! the second (with `confirmed=yes`) does it. Nothing changes on GET.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::{SessionForm, format_time, page_with_rd, session_post};
+use crate::admin::{Reply, Request as Operation, Target};
+use crate::app::{App, RequestUser};
+use crate::pages::{self, AdminAdoptionRow, AdminBanRow, AdminPage, AdminUserRow, Body};
+use crate::policy;
+use crate::session::{FullSession, Lookup, Session};
+
+const HOME: &str = "/.portcullis/admin";
+
+/// The session, if it may use the admin pages now; otherwise where to send it instead.
+fn admit(app: &App, session: Option<Session>) -> Result<FullSession, Box<Response<Body>>> {
+    let Some(group) = app.config().admin.group.clone() else { return Err(Box::new(super::not_found())) };
+    let full = match session {
+        None => return Err(Box::new(super::mfa::login_redirect(app, HOME))),
+        Some(Session::Partial(_)) => return Err(Box::new(page_with_rd(app, "challenge", HOME))),
+        Some(Session::Full(full)) => full,
+    };
+    let name = full.user().name.to_string();
+    if !full.user().groups.contains(&group) {
+        tracing::warn!(target: "portcullis::security", user = %name, "admin pages refused: not in the admin group");
+        return Err(Box::new(pages::error(
+            StatusCode::FORBIDDEN,
+            "Not an administrator",
+            "Your account is not in the group that administers Portcullis.",
+            Some(("/", "Continue to the application")),
+        )));
+    }
+    if !app.accounts.get(&name).has_second_factor() {
+        return Err(Box::new(pages::error(
+            StatusCode::FORBIDDEN,
+            "Two-step verification first",
+            "The admin pages need a second factor. Set up two-step verification for your account, then come back.",
+            Some(("/.portcullis/enroll?rd=%2F.portcullis%2Fadmin", "Set it up")),
+        )));
+    }
+    let window = app.config().mfa.step_up_window.as_secs() as i64;
+    if !policy::recently_proven(full.second_factor_at(), app.clock.now(), window) {
+        return Err(Box::new(page_with_rd(app, "challenge", HOME)));
+    }
+    Ok(full)
+}
+
+fn with_admin(mut response: Response<Body>, full: &FullSession) -> Response<Body> {
+    response.extensions_mut().insert(RequestUser(Some(full.user().name.to_string())));
+    response
+}
+
+pub async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Response<Body> {
+    let session = match app.resolve_session(request.headers()) {
+        Lookup::Found(session) => Some(session),
+        _ => None,
+    };
+    let full = match admit(app, session) {
+        Ok(full) => full,
+        Err(response) => return *response,
+    };
+    let notice = request.uri().query().and_then(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == "done")
+            .and_then(|(_, v)| notice(&v))
+    });
+    let admin = app.admin();
+    let operator = full.user().name.to_string();
+    let (users, bans) =
+        match (admin.execute(Operation::Users, &operator).await, admin.execute(Operation::Bans, &operator).await) {
+            (Ok(Reply::Users { users }), Ok(Reply::Bans { bans })) => (users, bans),
+            _ => {
+                return pages::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Try again",
+                    "The overview could not be made.",
+                    None,
+                );
+            }
+        };
+    let when = |t: Option<i64>| t.map_or("never".to_string(), format_time);
+    let adoption = crate::admin::adoption_by_group(&users)
+        .into_iter()
+        .map(|g| AdminAdoptionRow {
+            share: format!(
+                "{:.0}%",
+                if g.accounts == 0 { 0.0 } else { 100.0 * g.with_second_factor as f64 / g.accounts as f64 }
+            ),
+            group: if g.group == "*" { "everyone".into() } else { g.group },
+            accounts: g.accounts,
+            with: g.with_second_factor,
+            required: g.required,
+            missing: if g.missing.is_empty() { "-".into() } else { g.missing.join(", ") },
+        })
+        .collect();
+    let users = users
+        .into_iter()
+        .map(|u| AdminUserRow {
+            can_reset: !u.factors.is_empty(),
+            can_revoke: u.full_sessions + u.partial_sessions > 0,
+            sessions: format!("{} full, {} partial", u.full_sessions, u.partial_sessions),
+            policy: match u.required_from {
+                Some(at) => format!("required from {}", format_time(at)),
+                None => u.requirement,
+            },
+            factors: if u.factors.is_empty() {
+                "none".into()
+            } else {
+                format!("{} ({} codes left)", u.factors.join(", "), u.recovery_codes_left)
+            },
+            enrolled: when(u.enrolled_at),
+            last_sign_in: when(u.last_sign_in),
+            groups: u.groups.join(", "),
+            email: u.email,
+            name: u.name,
+        })
+        .collect();
+    let bans = bans
+        .into_iter()
+        .map(|b| AdminBanRow {
+            until: b.banned_until.map_or("-".into(), format_time),
+            locked: if b.second_factor_locked { "yes, until lifted or reset" } else { "no" },
+            subject: b.subject,
+        })
+        .collect();
+    let mut warnings = (**app.clock_warnings.load()).clone();
+    let drift = app.drift.report();
+    if drift.skew_likely() {
+        warnings.push(format!(
+            "Clock: of the last {} accepted codes, {:.0}% matched the previous and {:.0}% the next time step. This server's clock is probably off; run `portcullis doctor`.",
+            drift.samples,
+            drift.previous_step * 100.0,
+            drift.next_step * 100.0
+        ));
+    }
+    if crate::clock_health::kernel_clock() == crate::clock_health::KernelClock::Unsynchronised
+        && warnings.iter().all(|w| !w.contains("not synchronised"))
+    {
+        warnings.push("Clock: the kernel reports the clock as not synchronised; run a time daemon.".into());
+    }
+    let page = AdminPage { admin: &operator, csrf: full.csrf_token(), notice, warnings, users, adoption, bans };
+    with_admin(pages::html(StatusCode::OK, &page), &full)
+}
+
+fn notice(done: &str) -> Option<&'static str> {
+    Some(match done {
+        "reset" => "Two-step verification was reset; the user was emailed.",
+        "revoked" => "The sessions were ended.",
+        "downgraded" => "Every session must prove its second factor again.",
+        "unbanned" => "The ban was lifted.",
+        _ => return None,
+    })
+}
+
+#[derive(Deserialize)]
+struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    op: String,
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    confirmed: String,
+}
+
+impl SessionForm for ActionForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+
+    fn return_to(&self) -> Option<&str> {
+        Some(HOME)
+    }
+}
+
+/// What an operation does, for the confirmation page; `None` for the harmless ones.
+fn consequence(op: &str, target: &str) -> Option<(String, String, &'static str)> {
+    Some(match op {
+        "reset-2fa" => (
+            format!("Reset two-step verification for {target}?"),
+            format!("{target}'s authenticator and recovery codes are removed and their sessions must prove a new factor. Do this only when you are sure who asked: they will set up a new authenticator with just their password. They are emailed."),
+            "Reset",
+        ),
+        "revoke" => (format!("End every session of {target}?"), format!("{target} is signed out on every device."), "End sessions"),
+        "revoke-all" => ("End every session?".into(), "Everyone is signed out on every device, you included.".into(), "End every session"),
+        "downgrade-all" => (
+            "Ask every session for its second factor again?".into(),
+            "Every signed-in person, you included, must prove their second factor at their next request; people without one are offered to set it up.".into(),
+            "Ask everyone",
+        ),
+        _ => return None,
+    })
+}
+
+pub async fn action(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    let (session, form, _) =
+        match session_post::<ActionForm>(app, request, |_| super::mfa::login_redirect(app, HOME)).await {
+            Ok(checked) => checked,
+            Err(response) => return response,
+        };
+    let full = match admit(app, Some(session)) {
+        Ok(full) => full,
+        Err(response) => return *response,
+    };
+    let operation = match form.op.as_str() {
+        "reset-2fa" => Operation::Reset2fa { user: form.target.clone() },
+        "revoke" => Operation::Revoke { target: Target::User(form.target.clone()) },
+        "revoke-all" => Operation::Revoke { target: Target::Everyone },
+        "downgrade-all" => Operation::DowngradeAll,
+        "unban" => Operation::Unban { subject: form.target.clone() },
+        _ => return pages::error(StatusCode::BAD_REQUEST, "Unknown action", "There is no such action.", None),
+    };
+    if form.confirmed != "yes"
+        && let Some((title, consequence, button)) = consequence(&form.op, &form.target)
+    {
+        let page = pages::AdminConfirmPage {
+            title: &title,
+            consequence: &consequence,
+            button,
+            csrf: full.csrf_token(),
+            op: &form.op,
+            target: &form.target,
+        };
+        return with_admin(pages::html(StatusCode::OK, &page), &full);
+    }
+    let operator = full.user().name.to_string();
+    let done = match app.admin().execute(operation, &operator).await {
+        Ok(Reply::Reset { .. }) => "reset",
+        Ok(Reply::Revoked { .. }) => "revoked",
+        Ok(Reply::Downgraded { .. }) => "downgraded",
+        Ok(Reply::Unbanned { .. }) => "unbanned",
+        Ok(Reply::Refused { reason }) => {
+            return with_admin(
+                pages::error(StatusCode::BAD_REQUEST, "Not done", &reason, Some((HOME, "Back to administration"))),
+                &full,
+            );
+        }
+        Ok(_) => "",
+        Err(e) => {
+            tracing::error!("an admin action failed: {e}");
+            return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None);
+        }
+    };
+    with_admin(pages::see_other(&app.config().public_url.join_path(&format!("{HOME}?done={done}"))), &full)
+}
