@@ -91,6 +91,18 @@ pub enum AdminCommand {
     Bans,
     /// Lift a ban or lock, named as `bans` shows it: account:NAME or address:IP.
     Unban { subject: String },
+    /// Make a one-time recovery link for a user who lost every second factor: with the link and
+    /// their password, they set up a new authenticator and the old factors stop working.
+    /// Printed here, or emailed to the user with --email. A new link replaces an older one.
+    RecoveryLink {
+        name: String,
+        /// How long it works, e.g. "2h" or "3d" (10 minutes to 7 days; default
+        /// `admin.recovery_link_valid`).
+        #[arg(long)]
+        valid: Option<humantime::Duration>,
+        #[arg(long)]
+        email: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -352,6 +364,10 @@ fn admin_command(path: &Path, action: AdminCommand, json: bool) -> ExitCode {
         AdminCommand::DowngradeAll => (admin::Request::DowngradeAll, AdminView::Plain),
         AdminCommand::Bans => (admin::Request::Bans, AdminView::Plain),
         AdminCommand::Unban { subject } => (admin::Request::Unban { subject }, AdminView::Plain),
+        AdminCommand::RecoveryLink { name, valid, email } => {
+            let valid_for = valid.map(|v| std::time::Duration::from(v).as_secs());
+            (admin::Request::RecoveryLink { user: name, valid_for, email }, AdminView::Plain)
+        }
     };
     let reply = config::load(path).map_err(|e| e.to_string()).and_then(|config| admin_request(&config, request));
     match reply {
@@ -498,6 +514,16 @@ fn print_reply(reply: &admin::Reply, view: AdminView) {
         }
         Reply::Unbanned { subject, existed: true } => println!("lifted everything held against {subject}"),
         Reply::Unbanned { subject, existed: false } => println!("nothing was held against {subject}"),
+        Reply::RecoveryLink { user, url: Some(url), expires_at } => {
+            println!("one-time recovery link for {user}, valid until {}:", when(Some(*expires_at)));
+            println!("{url}");
+            println!(
+                "Give it to {user} over a channel you trust: with their password, it replaces their second factors."
+            );
+        }
+        Reply::RecoveryLink { user, url: None, expires_at } => {
+            println!("a one-time recovery link was emailed to {user}; it works until {}", when(Some(*expires_at)))
+        }
         Reply::Refused { reason } => eprintln!("refused: {reason}"),
     }
 }

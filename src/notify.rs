@@ -31,7 +31,7 @@ pub struct NotifySettings {
 }
 
 /// What happened to an account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecurityEvent {
     Enrolled,
     Removed,
@@ -42,12 +42,19 @@ pub enum SecurityEvent {
     },
     CodesRegenerated,
     Locked,
+    /// An administrator made a one-time recovery link for the account (mailed with the link).
+    RecoveryLinkIssued {
+        url: String,
+        expires: String,
+    },
+    /// The account was recovered with such a link: old factors voided, a new one to set up.
+    RecoveredWithLink,
     /// The password was right, but the second step never came: maybe someone else has it.
     SecondStepAbandoned,
 }
 
 impl SecurityEvent {
-    fn words(self) -> (&'static str, String) {
+    fn words(&self) -> (&'static str, String) {
         match self {
             Self::Enrolled => (
                 "Two-step verification was turned on",
@@ -68,6 +75,14 @@ impl SecurityEvent {
             Self::CodesRegenerated => (
                 "New recovery codes were made",
                 "A new set of recovery codes was made for your account. The old codes no longer work.".into(),
+            ),
+            Self::RecoveryLinkIssued { url, expires } => (
+                "A recovery link for your account",
+                format!("An administrator made a one-time link to get you back into your account after losing your second factor. Open it, sign in with your password, and set up a new authenticator: {url} . It works once, until {expires}. If you did not ask for this, tell your administrator and do not open it."),
+            ),
+            Self::RecoveredWithLink => (
+                "Your account was recovered with an administrator's link",
+                "A recovery link from an administrator was used with your password. Your old authenticator and recovery codes no longer work; a new authenticator is being set up. If this was not you, tell your administrator at once.".into(),
             ),
             Self::SecondStepAbandoned => (
                 "Someone signed in with your password but stopped at the second step",
@@ -246,9 +261,11 @@ mod tests {
             SecurityEvent::CodesRegenerated,
             SecurityEvent::Locked,
             SecurityEvent::SecondStepAbandoned,
+            SecurityEvent::RecoveryLinkIssued { url: "https://app.example.com/x".into(), expires: "soon".into() },
+            SecurityEvent::RecoveredWithLink,
         ];
         for event in events {
-            let message = notifier.build(&user, event, 1_800_000_000, false).unwrap();
+            let message = notifier.build(&user, event.clone(), 1_800_000_000, false).unwrap();
             // Undo quoted-printable soft breaks and header folding before matching sentences.
             let text = String::from_utf8(message.formatted()).unwrap().replace("=\r\n", "").replace("\r\n ", " ");
             assert!(text.contains(&format!("Subject: {}", event.words().0)), "{text}");

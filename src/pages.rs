@@ -273,3 +273,13 @@ pub struct AdminConfirmPage<'a> {
     pub op: &'a str,
     pub target: &'a str,
 }
+
+#[derive(Template)]
+#[template(path = "recover.html")]
+pub struct RecoverPage<'a> {
+    pub username: &'a str,
+    pub expires: &'a str,
+    pub token: &'a str,
+    pub csrf: &'a str,
+    pub error: Option<LoginError>,
+}

@@ -26,6 +26,8 @@ pub enum OwnPage {
     Reminder,
     /// A POST on the account page: `remove-totp`, `regenerate-codes`, `sign-out-everywhere`.
     AccountAction(String),
+    /// Redeem an admin-issued recovery link (with the password).
+    Recover,
     /// The operators' overview (members of `admin.group`).
     Admin,
     /// A POST from the admin page.
@@ -82,6 +84,7 @@ pub fn route(path: &str) -> Route {
         "/recovery-codes" => OwnPage::RecoveryCodes,
         "/reminder" => OwnPage::Reminder,
         "/admin" => OwnPage::Admin,
+        "/recover" => OwnPage::Recover,
         "/admin/action" => OwnPage::AdminAction,
         rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/")) {
             (Some(name), _) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),

@@ -21,6 +21,10 @@ use crate::session::Sessions;
 use crate::store::StoreError;
 use crate::users::UserDirectory;
 
+/// The bounds of a recovery link's validity.
+pub const RECOVERY_LINK_SHORTEST: std::time::Duration = std::time::Duration::from_secs(600);
+pub const RECOVERY_LINK_LONGEST: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// An operator's request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -40,6 +44,10 @@ pub enum Request {
     Unban { subject: String },
     /// How many accounts have 2FA, overall and by group.
     Adoption,
+    /// Makes a one-time link with which the user, after their password, replaces lost factors.
+    /// Valid for `valid_for` seconds (default `admin.recovery_link_valid`); emailed to the user
+    /// if `email`, else returned for the operator to pass on.
+    RecoveryLink { user: String, valid_for: Option<u64>, email: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,14 +60,38 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
-    Users { users: Vec<UserStatus> },
-    Reset { user: String, downgraded: usize },
-    Revoked { ended: usize },
-    Downgraded { downgraded: usize },
-    Bans { bans: Vec<Restriction> },
-    Unbanned { subject: String, existed: bool },
-    Adoption { groups: Vec<GroupAdoption> },
-    Refused { reason: String },
+    Users {
+        users: Vec<UserStatus>,
+    },
+    Reset {
+        user: String,
+        downgraded: usize,
+    },
+    Revoked {
+        ended: usize,
+    },
+    Downgraded {
+        downgraded: usize,
+    },
+    Bans {
+        bans: Vec<Restriction>,
+    },
+    Unbanned {
+        subject: String,
+        existed: bool,
+    },
+    Adoption {
+        groups: Vec<GroupAdoption>,
+    },
+    /// `url` only when it was not emailed: it is a credential, shown to as few eyes as possible.
+    RecoveryLink {
+        user: String,
+        url: Option<String>,
+        expires_at: UnixTime,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// One account as the operator sees it.
@@ -146,6 +178,9 @@ impl Admin {
                 Reply::Unbanned { subject, existed }
             }
             Request::Adoption => Reply::Adoption { groups: self.adoption() },
+            Request::RecoveryLink { user, valid_for, email } => {
+                self.recovery_link(&user, valid_for, email, operator).await?
+            }
         })
     }
 
@@ -170,6 +205,55 @@ impl Admin {
             self.notifier.send(&user, SecurityEvent::ResetByAdmin, self.clock.now(), false);
         }
         Ok(Reply::Reset { user: name.to_string(), downgraded })
+    }
+
+    async fn recovery_link(
+        &self,
+        name: &str,
+        valid_for: Option<u64>,
+        email: bool,
+        operator: &str,
+    ) -> Result<Reply, AdminError> {
+        let Some(user) = self.users.get(name) else {
+            return Ok(Reply::Refused { reason: format!("there is no user `{name}` in the users file") });
+        };
+        let config = self.config.load();
+        if config.mfa.policy == crate::config::MfaPolicy::Disabled {
+            return Ok(Reply::Refused {
+                reason: "2FA is disabled (mfa.policy), so a password alone signs in; no recovery link is needed".into(),
+            });
+        }
+        let valid = valid_for.map_or(config.admin.recovery_link_valid, std::time::Duration::from_secs);
+        if !(RECOVERY_LINK_SHORTEST..=RECOVERY_LINK_LONGEST).contains(&valid) {
+            return Ok(Reply::Refused {
+                reason: "a recovery link must be valid for between 10 minutes and 7 days".into(),
+            });
+        }
+        let now = self.clock.now();
+        let token = crate::secret::random_token();
+        let record = crate::factors::RecoveryLinkRecord {
+            digest: crate::factors::RecoveryLinkRecord::digest_of(&token),
+            expires_at: now + valid.as_secs() as i64,
+            issued_by: operator.to_string(),
+            issued_at: now,
+        };
+        let expires_at = record.expires_at;
+        self.accounts
+            .update(name, |account| {
+                account.recovery_link = Some(record);
+                Ok::<_, std::convert::Infallible>(())
+            })
+            .await?
+            .unwrap_or_else(|never| match never {});
+        let query = serde_urlencoded::to_string([("token", token.as_str())]).unwrap_or_default();
+        let url = config.public_url.join_path(&format!("/.portcullis/recover?{query}"));
+        tracing::warn!(target: "portcullis::security", %operator, user = %name, expires_at, email, "admin: recovery link issued");
+        if email {
+            let event = SecurityEvent::RecoveryLinkIssued { url, expires: crate::portal::format_time(expires_at) };
+            self.notifier.send(&user, event, now, false);
+            return Ok(Reply::RecoveryLink { user: name.to_string(), url: None, expires_at });
+        }
+        Ok(Reply::RecoveryLink { user: name.to_string(), url: Some(url), expires_at })
     }
 
     fn user_statuses(&self) -> Vec<UserStatus> {

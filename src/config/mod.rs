@@ -62,6 +62,8 @@ pub struct AdminSettings {
     /// Members of this group, with a second factor proven within `mfa.step_up_window`; no admin
     /// pages when `None`.
     pub group: Option<String>,
+    /// How long an admin-issued recovery link works unless the operator says otherwise.
+    pub recovery_link_valid: Duration,
 }
 
 /// Clock health checks (see `clock_health.rs`).
@@ -476,6 +478,13 @@ impl Validator {
                 }
                 other => other,
             },
+            recovery_link_valid: self.duration(
+                "admin.recovery_link_valid",
+                &raw.admin.recovery_link_valid,
+                "24h",
+                crate::admin::RECOVERY_LINK_SHORTEST,
+                crate::admin::RECOVERY_LINK_LONGEST,
+            ),
         };
         let audit = match raw.log.audit.as_deref() {
             None => data_dir.as_ref().map_or(AuditOutput::Off, |d| AuditOutput::File(d.join("audit.log"))),

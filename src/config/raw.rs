@@ -47,6 +47,7 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawAdmin {
     pub group: Option<String>,
+    pub recovery_link_valid: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

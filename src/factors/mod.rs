@@ -29,6 +29,33 @@ pub struct AccountRecord {
     /// The last time this account completed a sign-in, for the operator's overview.
     #[serde(default)]
     pub last_sign_in: Option<UnixTime>,
+    /// A one-time recovery link an administrator made (at most one; a new one replaces it).
+    #[serde(default)]
+    pub recovery_link: Option<RecoveryLinkRecord>,
+}
+
+/// An admin-issued recovery link, as stored: only the SHA-256 of its token, like session ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryLinkRecord {
+    /// SHA-256 of the link's token, hex.
+    pub digest: String,
+    pub expires_at: UnixTime,
+    pub issued_by: String,
+    pub issued_at: UnixTime,
+}
+
+impl RecoveryLinkRecord {
+    pub fn digest_of(token: &str) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether `token` is this link's and it has not expired. Constant time in the token.
+    pub fn admits(&self, token: &str, now: UnixTime) -> bool {
+        use subtle::ConstantTimeEq;
+        let given = Self::digest_of(token);
+        now < self.expires_at && bool::from(given.as_bytes().ct_eq(self.digest.as_bytes()))
+    }
 }
 
 impl AccountRecord {

@@ -157,6 +157,7 @@ fn notice(done: &str) -> Option<&'static str> {
         "revoked" => "The sessions were ended.",
         "downgraded" => "Every session must prove its second factor again.",
         "unbanned" => "The ban was lifted.",
+        "link" => "A one-time recovery link was emailed to the user.",
         _ => return None,
     })
 }
@@ -191,6 +192,11 @@ fn consequence(op: &str, target: &str) -> Option<(String, String, &'static str)>
             format!("{target}'s authenticator and recovery codes are removed and their sessions must prove a new factor. Do this only when you are sure who asked: they will set up a new authenticator with just their password. They are emailed."),
             "Reset",
         ),
+        "recovery-link" => (
+            format!("Email {target} a recovery link?"),
+            format!("{target} gets a one-time link at their own email address. With it and their password, they replace their second factors; the old ones stop working. Send it only if they asked and you are sure it is them."),
+            "Email the link",
+        ),
         "revoke" => (format!("End every session of {target}?"), format!("{target} is signed out on every device."), "End sessions"),
         "revoke-all" => ("End every session?".into(), "Everyone is signed out on every device, you included.".into(), "End every session"),
         "downgrade-all" => (
@@ -218,6 +224,8 @@ pub async fn action(app: &Arc<App>, request: Request<Incoming>) -> Response<Body
         "revoke-all" => Operation::Revoke { target: Target::Everyone },
         "downgrade-all" => Operation::DowngradeAll,
         "unban" => Operation::Unban { subject: form.target.clone() },
+        // From the page, a link is only ever emailed: it goes to the account's own address.
+        "recovery-link" => Operation::RecoveryLink { user: form.target.clone(), valid_for: None, email: true },
         _ => return pages::error(StatusCode::BAD_REQUEST, "Unknown action", "There is no such action.", None),
     };
     if form.confirmed != "yes"
@@ -239,6 +247,7 @@ pub async fn action(app: &Arc<App>, request: Request<Incoming>) -> Response<Body
         Ok(Reply::Revoked { .. }) => "revoked",
         Ok(Reply::Downgraded { .. }) => "downgraded",
         Ok(Reply::Unbanned { .. }) => "unbanned",
+        Ok(Reply::RecoveryLink { .. }) => "link",
         Ok(Reply::Refused { reason }) => {
             return with_admin(
                 pages::error(StatusCode::BAD_REQUEST, "Not done", &reason, Some((HOME, "Back to administration"))),

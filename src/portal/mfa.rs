@@ -14,7 +14,7 @@ use crate::app::{App, Connection, RequestUser};
 use crate::clock::UnixTime;
 use crate::factors::{TotpRecord, recovery, totp};
 use crate::pages::{self, Body, ChallengePage, CodeError, EnrollPage, RecoveryCodesPage};
-use crate::policy::{self, AfterPassword, Requirement};
+use crate::policy::{self, Requirement};
 use crate::regulation::{Subject, Verdict};
 use crate::secret::Secret;
 use crate::session::{AuthMethod, FullSession, Lookup, PartialSession, Session, SessionKey};
@@ -331,7 +331,10 @@ fn may_enroll(app: &App, session: &Session) -> bool {
     app.config().mfa.totp
         && !has
         && match session {
-            Session::Partial(_) => policy::after_password(req, has) == AfterPassword::Enroll,
+            // A half-logged-in session proved the password. Without a factor it may set one up
+            // whatever the policy: inline enrollment when required, and after an operator reset
+            // or a recovery link, which leave the session partial until a new factor exists.
+            Session::Partial(_) => req != Requirement::Off,
             Session::Full(_) => req != Requirement::Off,
         }
 }

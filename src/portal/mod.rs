@@ -6,6 +6,7 @@
 
 mod admin;
 mod mfa;
+mod recover;
 
 pub use mfa::{Pending, page_with_rd};
 
@@ -40,9 +41,11 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
     let mfa_off = app.config().mfa.policy == MfaPolicy::Disabled;
     match (page, is_read, method == Method::POST) {
         // With 2FA disabled there are no second-factor pages at all.
-        (OwnPage::Challenge | OwnPage::Enroll | OwnPage::RecoveryCodes | OwnPage::Reminder, _, _) if mfa_off => {
-            not_found()
-        }
+        (
+            OwnPage::Challenge | OwnPage::Enroll | OwnPage::RecoveryCodes | OwnPage::Reminder | OwnPage::Recover,
+            _,
+            _,
+        ) if mfa_off => not_found(),
         (OwnPage::Static(name), true, _) => pages::static_file(&name).unwrap_or_else(not_found),
         (OwnPage::Challenge, true, _) => mfa::challenge_form(app, &request),
         (OwnPage::Challenge, _, true) => mfa::challenge_submit(app, request, conn).await,
@@ -57,6 +60,8 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
         (OwnPage::Logout, true, _) => logout_form(app, &request),
         (OwnPage::Logout, _, true) => logout_submit(app, request).await,
         (OwnPage::Account, true, _) => account(app, &request),
+        (OwnPage::Recover, true, _) => recover::form(app, &request),
+        (OwnPage::Recover, _, true) => recover::submit(app, request, conn).await,
         (OwnPage::Admin, true, _) => admin::page(app, &request).await,
         (OwnPage::AdminAction, _, true) => admin::action(app, request).await,
         (OwnPage::NotFound, _, _) => not_found(),

@@ -259,8 +259,109 @@ async fn the_admin_pages_need_the_group_and_a_fresh_second_factor_and_confirm_de
     let spoofed = alice.navigate(&proxy.url("/.portcullis/admin?done=Call+555+now")).await.text().await.unwrap();
     assert!(!spoofed.contains("Call 555"), "only fixed notices are shown, never text from the link");
 
+    // A recovery link from the page is emailed to the account, never shown to the admin.
+    let ask = admin_post(&alice, &proxy, &csrf, &[("op", "recovery-link"), ("target", "bob")]).await;
+    assert!(ask.text().await.unwrap().contains("Email bob a recovery link?"));
+    let sent =
+        admin_post(&alice, &proxy, &csrf, &[("op", "recovery-link"), ("target", "bob"), ("confirmed", "yes")]).await;
+    assert_eq!(sent.headers()["location"], proxy.url("/.portcullis/admin?done=link").as_str());
+    let mail = proxy.wait_for_mail("A recovery link for your account");
+    assert!(mail.contains("bob@example.com"));
+    let notice = alice.navigate(&proxy.url("/.portcullis/admin?done=link")).await.text().await.unwrap();
+    assert!(notice.contains("emailed") && !notice.contains("token="));
+
     // After every session is asked again, the admin pages want a fresh second factor too.
     admin_post(&alice, &proxy, &csrf, &[("op", "downgrade-all"), ("confirmed", "yes")]).await;
     let back = alice.navigate(&admin_url).await;
     assert!(back.headers()["location"].to_str().unwrap().contains("/.portcullis/challenge"));
+}
+
+/// The recovery link in a mail (quoted-printable writes `=` as `=3D`).
+fn link_in(mail: &str, proxy: &Proxy) -> String {
+    let marker = if mail.contains("recover?token=3D") { "recover?token=3D" } else { "recover?token=" };
+    let start = mail.find(marker).unwrap() + marker.len();
+    let token: String = mail[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || "-_".contains(*c)).collect();
+    proxy.url(&format!("/.portcullis/recover?token={token}"))
+}
+
+async fn submit_recovery(browser: &Browser, proxy: &Proxy, link: &str, password: &str) -> reqwest::Response {
+    let page = browser.navigate(link).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let form = |name| crate::harness::form_field(&html, name).unwrap();
+    browser
+        .http
+        .post(proxy.url("/.portcullis/recover"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", form("csrf")), ("token", form("token")), ("password", password.to_string())])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recovery_link_and_the_password_replace_lost_factors_once() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[mfa]\npolicy = \"required\"").start();
+    let old_phone = Browser::new();
+    let enroll_url = password(&old_phone, &proxy, &ALICE, "/").await;
+    let (old_secret, _, _) = enroll(&old_phone, &proxy, &enroll_url).await;
+    assert_eq!(old_phone.navigate(&proxy.url("/")).await.status(), 200);
+
+    let issued = proxy.cli(&["admin", "recovery-link", "alice", "--valid", "2h"], "");
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    let stdout = String::from_utf8_lossy(&issued.stdout);
+    let link = stdout.lines().find(|l| l.starts_with("http")).unwrap().to_string();
+    assert!(link.starts_with(&proxy.url("/.portcullis/recover?token=")), "{link}");
+
+    // The link alone is nothing: a wrong password is refused and the link still works.
+    let browser = Browser::new();
+    let wrong = submit_recovery(&browser, &proxy, &link, "not her password").await;
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(
+        user(&admin_json(&proxy, &["users"]), "alice")["factors"],
+        serde_json::json!(["totp", "recovery_codes"])
+    );
+
+    let right = submit_recovery(&browser, &proxy, &link, ALICE.password).await;
+    assert_eq!(right.status(), 303);
+    let enroll_url = right.headers()["location"].to_str().unwrap().to_string();
+    assert!(enroll_url.starts_with(&proxy.url("/.portcullis/enroll")), "{enroll_url}");
+    assert_eq!(browser.http.get(proxy.url("/")).send().await.unwrap().status(), 401, "not signed in yet");
+    assert_eq!(user(&admin_json(&proxy, &["users"]), "alice")["factors"], serde_json::json!([]), "old factors void");
+    assert_eq!(old_phone.http.get(proxy.url("/")).send().await.unwrap().status(), 401, "old sessions ended");
+    let (new_secret, _, done) = enroll(&browser, &proxy, &enroll_url).await;
+    assert_ne!(new_secret, old_secret);
+    let landed = browser.navigate(done.headers()["location"].to_str().unwrap()).await;
+    assert_eq!(landed.status(), 200);
+    assert_eq!(browser.navigate(&proxy.url("/")).await.status(), 200, "signed in with the new factor");
+    proxy.wait_for_mail("Your account was recovered with an administrator");
+
+    // Once only.
+    assert_eq!(Browser::new().navigate(&link).await.status(), 410);
+    // The old authenticator proves nothing now.
+    let later = Browser::new();
+    let challenge = password(&later, &proxy, &ALICE, "/").await;
+    assert_eq!(submit_code(&later, &proxy, &challenge, &code(&old_secret, 1)).await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emailed_recovery_link_is_replaced_by_a_newer_one() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let mailed = proxy.cli(&["admin", "recovery-link", "alice", "--email"], "");
+    assert!(mailed.status.success(), "{}", String::from_utf8_lossy(&mailed.stderr));
+    assert!(!String::from_utf8_lossy(&mailed.stdout).contains("token="), "an emailed link is not printed");
+    let first = link_in(&proxy.wait_for_mail("A recovery link for your account"), &proxy);
+    assert_eq!(Browser::new().navigate(&first).await.status(), 200);
+
+    let printed = proxy.cli(&["admin", "recovery-link", "alice"], "");
+    assert!(String::from_utf8_lossy(&printed.stdout).contains("token="));
+    assert_eq!(Browser::new().navigate(&first).await.status(), 410, "the newer link replaced it");
+    let forged = proxy.url("/.portcullis/recover?token=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    assert_eq!(Browser::new().navigate(&forged).await.status(), 410);
+
+    let too_short = proxy.cli(&["admin", "recovery-link", "alice", "--valid", "1m"], "");
+    assert!(!too_short.status.success());
+    assert!(String::from_utf8_lossy(&too_short.stderr).contains("between 10 minutes and 7 days"));
 }
