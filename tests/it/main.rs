@@ -9,4 +9,5 @@ mod flows;
 mod forwarding;
 mod harness;
 mod mfa;
+mod smtp;
 mod upstream;
