@@ -3,25 +3,101 @@
 //!
 //! Sending never blocks a request: mails go into a bounded queue and a background task delivers
 //! them, retrying with back-off. The `file` transport (the default) writes each mail as an `.eml`
-//! file into a folder, so the demo and the tests need no mail server.
+//! file into a folder, so the demo and the tests need no mail server; the `smtp` transport hands
+//! them to a mail server (RFC 5321), over STARTTLS (RFC 3207) or implicit TLS (RFC 8314 §3.3).
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use askama::Template;
 use lettre::message::{Mailbox, MultiPart};
-use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 use crate::clock::UnixTime;
+use crate::secret::Secret;
 use crate::users::User;
 
 /// How mail leaves the proxy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Transport {
     /// One `.eml` file per mail in this folder.
     File(PathBuf),
+    /// A mail server, reached the same way for every mail.
+    Smtp(SmtpSettings),
     Off,
+}
+
+/// How the connection to the mail server is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// Plain TCP upgraded with STARTTLS (RFC 3207), which must succeed before anything is sent:
+    /// a server that does not offer it fails the delivery instead of getting mail in clear.
+    StartTls,
+    /// TLS from the first byte, "implicit TLS" (RFC 8314 §3.3).
+    Tls,
+    /// No encryption at all; configuration allows it only for a relay on this machine.
+    None,
+}
+
+impl SmtpSecurity {
+    /// The port each mode is normally served on (RFC 8314 §3.3, RFC 6409, RFC 5321).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::StartTls => 587,
+            Self::Tls => 465,
+            Self::None => 25,
+        }
+    }
+
+    /// As written in `notify.smtp_security`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StartTls => "starttls",
+            Self::Tls => "tls",
+            Self::None => "none",
+        }
+    }
+}
+
+impl FromStr for SmtpSecurity {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "starttls" => Ok(Self::StartTls),
+            "tls" => Ok(Self::Tls),
+            "none" => Ok(Self::None),
+            _ => Err(()),
+        }
+    }
+}
+
+/// A validated `[notify] transport = "smtp"`.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub credentials: Option<SmtpCredentials>,
+    /// Where `extra_roots` came from, for messages.
+    pub ca_file: Option<PathBuf>,
+    /// Trust anchors added to the system's for a mail server with a private CA, read and checked
+    /// when the configuration was loaded.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// For connecting and for each SMTP command.
+    pub timeout: Duration,
+}
+
+/// The account the proxy signs in to the mail server with. `Debug` shows the username only.
+#[derive(Debug, Clone)]
+pub struct SmtpCredentials {
+    pub username: String,
+    /// Read from `smtp_password_file`, trailing line break removed.
+    pub password: Secret,
 }
 
 #[derive(Debug, Clone)]
@@ -147,7 +223,7 @@ const RETRIES: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(10),
 
 impl Notifier {
     pub fn new(settings: &NotifySettings, site: &str) -> (Self, Option<Delivery>) {
-        if settings.transport == Transport::Off {
+        if matches!(settings.transport, Transport::Off) {
             return (Self { queue: None, from: None, site: site.into() }, None);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -208,26 +284,23 @@ impl Delivery {
     }
 
     async fn run(mut self) {
-        let Transport::File(dir) = &self.transport else { return };
-        if let Err(e) = tokio::fs::create_dir_all(dir).await {
-            tracing::error!(dir = %dir.display(), "cannot create the mail folder: {e}");
-        }
-        let transport = AsyncFileTransport::<Tokio1Executor>::new(dir);
+        let Some(outbox) = Outbox::open(&self.transport).await else { return };
         while let Some(message) = self.queue.recv().await {
+            let to = message.envelope().to().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
             let mut attempt = 0;
             loop {
-                match transport.send(message.clone()).await {
-                    Ok(id) => {
-                        tracing::info!(mail = %id, "security notification written");
+                match outbox.send(&message).await {
+                    Ok(receipt) => {
+                        tracing::info!(%to, %receipt, "security notification sent");
                         break;
                     }
-                    Err(e) if attempt < RETRIES.len() => {
-                        tracing::warn!("sending a security notification failed, retrying: {e}");
+                    Err(e) if !e.permanent && attempt < RETRIES.len() => {
+                        tracing::warn!(%to, "sending a security notification failed, retrying in {:?}: {}", RETRIES[attempt], e.reason);
                         tokio::time::sleep(RETRIES[attempt]).await;
                         attempt += 1;
                     }
                     Err(e) => {
-                        tracing::error!("a security notification could not be sent: {e}");
+                        tracing::error!(%to, "a security notification could not be sent: {}", e.reason);
                         break;
                     }
                 }
@@ -236,9 +309,126 @@ impl Delivery {
     }
 }
 
+/// A transport made ready once, in the delivery task.
+enum Outbox {
+    File(AsyncFileTransport<Tokio1Executor>),
+    Smtp { transport: AsyncSmtpTransport<Tokio1Executor>, server: String },
+}
+
+/// Why one attempt failed. The reason is lettre's, which names the server's reply but never the
+/// password or the mail.
+struct SendFailure {
+    reason: String,
+    /// The server refused for good (a 5xx reply): trying again would get the same answer.
+    permanent: bool,
+}
+
+impl Outbox {
+    async fn open(transport: &Transport) -> Option<Self> {
+        match transport {
+            Transport::Off => None,
+            Transport::File(dir) => {
+                if let Err(e) = tokio::fs::create_dir_all(dir).await {
+                    tracing::error!(dir = %dir.display(), "cannot create the mail folder: {e}");
+                }
+                Some(Self::File(AsyncFileTransport::new(dir)))
+            }
+            Transport::Smtp(settings) => {
+                let server = format!("{}:{}", settings.host, settings.port);
+                match smtp_transport(settings) {
+                    Ok(transport) => {
+                        tracing::info!(%server, security = settings.security.as_str(), "security notifications go out by SMTP");
+                        Some(Self::Smtp { transport, server })
+                    }
+                    Err(e) => {
+                        tracing::error!(%server, "cannot set up SMTP delivery; security mails will not be sent: {e}");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt; on success, something to log that identifies the mail.
+    async fn send(&self, message: &Message) -> Result<String, SendFailure> {
+        match self {
+            Self::File(transport) => transport
+                .send(message.clone())
+                .await
+                .map(|id| format!("file {id}"))
+                .map_err(|e| SendFailure { reason: e.to_string(), permanent: false }),
+            Self::Smtp { transport, server } => match transport.send(message.clone()).await {
+                Ok(reply) => {
+                    Ok(format!("{server} replied {} {}", reply.code(), reply.message().next().unwrap_or_default()))
+                }
+                Err(e) => Err(SendFailure { reason: format!("{server}: {e}"), permanent: e.is_permanent() }),
+            },
+        }
+    }
+}
+
+/// The client for `settings`, built the way lettre's `relay` (implicit TLS) and `starttls_relay`
+/// (required STARTTLS) build theirs, plus any private CA; plain only for `security = none`.
+fn smtp_transport(
+    settings: &SmtpSettings,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, lettre::transport::smtp::Error> {
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(settings.host.as_str())
+        .port(settings.port)
+        .timeout(Some(settings.timeout));
+    if settings.security != SmtpSecurity::None {
+        let mut parameters = TlsParameters::builder(settings.host.clone());
+        for root in &settings.extra_roots {
+            parameters = parameters.add_root_certificate(Certificate::from_der(root.to_vec())?);
+        }
+        let parameters = parameters.build_rustls()?;
+        builder = builder.tls(match settings.security {
+            SmtpSecurity::Tls => Tls::Wrapper(parameters),
+            _ => Tls::Required(parameters),
+        });
+    }
+    if let Some(credentials) = &settings.credentials {
+        // lettre keeps the password as a plain String for the life of the transport; our copy
+        // stays in a zeroizing Secret.
+        let password = String::from_utf8_lossy(credentials.password.expose()).into_owned();
+        builder = builder.credentials(Credentials::new(credentials.username.clone(), password));
+    }
+    Ok(builder.build())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn smtp(security: SmtpSecurity, extra_roots: Vec<CertificateDer<'static>>) -> SmtpSettings {
+        SmtpSettings {
+            host: "mail.internal".into(),
+            port: security.default_port(),
+            security,
+            credentials: Some(SmtpCredentials {
+                username: "mailer".into(),
+                password: Secret::new(b"hunter2!".to_vec()),
+            }),
+            ca_file: None,
+            extra_roots,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn smtp_settings_debug_shows_the_account_but_not_the_password() {
+        let debug = format!("{:?}", Transport::Smtp(smtp(SmtpSecurity::StartTls, vec![])));
+        assert!(debug.contains("mailer") && debug.contains("mail.internal"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn an_smtp_client_is_built_for_every_security_mode_and_a_private_ca() {
+        let ca = rcgen::generate_simple_self_signed(vec!["mail.internal".to_string()]).unwrap();
+        for security in [SmtpSecurity::StartTls, SmtpSecurity::Tls, SmtpSecurity::None] {
+            assert!(smtp_transport(&smtp(security, vec![])).is_ok(), "{security:?}");
+            assert!(smtp_transport(&smtp(security, vec![ca.cert.der().clone()])).is_ok(), "{security:?}");
+        }
+    }
 
     #[test]
     fn every_event_renders_to_a_mail_with_its_subject() {

@@ -54,10 +54,23 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 
 /// Trust anchors from a PEM file, for an upstream signed by a private CA.
 pub fn root_store(ca: &Path) -> Result<RootCertStore, TlsError> {
-    let to_err = |reason: String| TlsError::Ca { path: ca.into(), reason };
-    let mut store = RootCertStore::empty();
-    for cert in certificates(ca).map_err(to_err)? {
-        store.add(cert).map_err(|e| to_err(e.to_string()))?;
-    }
+    let (_, store) = anchors(ca)?;
     Ok(store)
+}
+
+/// The certificates of a CA file, each checked to be usable as a trust anchor, for a client
+/// (the SMTP one) that takes certificates rather than a [`RootCertStore`].
+pub fn ca_certificates(ca: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let (certs, _) = anchors(ca)?;
+    Ok(certs)
+}
+
+fn anchors(ca: &Path) -> Result<(Vec<CertificateDer<'static>>, RootCertStore), TlsError> {
+    let to_err = |reason: String| TlsError::Ca { path: ca.into(), reason };
+    let certs = certificates(ca).map_err(to_err)?;
+    let mut store = RootCertStore::empty();
+    for cert in &certs {
+        store.add(cert.clone()).map_err(|e| to_err(e.to_string()))?;
+    }
+    Ok((certs, store))
 }

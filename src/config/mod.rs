@@ -18,6 +18,7 @@ use http::HeaderName;
 use http::uri::{Authority, Scheme};
 use ipnet::IpNet;
 
+use crate::notify::{NotifySettings, SmtpCredentials, SmtpSecurity, SmtpSettings, Transport};
 use crate::secret;
 use crate::tls;
 use raw::{OneOrMany, RawConfig};
@@ -50,7 +51,7 @@ pub struct Config {
     /// Where Prometheus metrics are served, on their own listener; `None` turns them off.
     pub metrics_listen: Option<SocketAddr>,
     pub clock: ClockSettings,
-    pub notify: crate::notify::NotifySettings,
+    pub notify: NotifySettings,
     pub admin: AdminSettings,
     /// The file as written, to tell which keys a reload changed (see [`reload`]).
     table: toml::Table,
@@ -328,6 +329,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
 }
 
+/// A host that plain-text SMTP may go to: an IP loopback address, or `localhost` (RFC 6761 §6.3).
+fn is_loopback(host: &str) -> bool {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            host == "localhost" || host.ends_with(".localhost")
+        }
+    }
+}
+
 struct Validator {
     problems: Vec<Problem>,
     base: PathBuf,
@@ -518,32 +530,7 @@ impl Validator {
             .as_ref()
             .and_then(|u| u.url().host_str().map(str::to_string))
             .unwrap_or_else(|| "localhost".into());
-        let from = raw.notify.from.unwrap_or_else(|| format!("Portcullis <portcullis@{host}>"));
-        if from.parse::<lettre::message::Mailbox>().is_err() {
-            self.problem(
-                "notify.from",
-                Some(&from),
-                "not an email address",
-                "write it like \"Portcullis <portcullis@app.example.com>\"",
-            );
-        }
-        let transport = match raw.notify.transport.as_deref().unwrap_or("file") {
-            "file" => {
-                let dir = raw.notify.dir.as_deref().unwrap_or("mail");
-                crate::notify::Transport::File(self.path(data_dir.as_deref().unwrap_or(&self.base), dir))
-            }
-            "off" => crate::notify::Transport::Off,
-            other => {
-                self.problem(
-                    "notify.transport",
-                    Some(other),
-                    "not a transport (SMTP delivery is not available yet)",
-                    "write \"file\" (one .eml file per mail in notify.dir) or \"off\"",
-                );
-                crate::notify::Transport::Off
-            }
-        };
-        let notify = crate::notify::NotifySettings { transport, from };
+        let notify = self.notify(raw.notify, data_dir.as_deref(), &host);
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             self.problem(
@@ -842,6 +829,209 @@ impl Validator {
         }
     }
 
+    fn notify(&mut self, raw: raw::RawNotify, data_dir: Option<&Path>, host: &str) -> NotifySettings {
+        let from = raw.from.clone().unwrap_or_else(|| format!("Portcullis <portcullis@{host}>"));
+        if from.parse::<lettre::message::Mailbox>().is_err() {
+            self.problem(
+                "notify.from",
+                Some(&from),
+                "not an email address",
+                "write it like \"Portcullis <portcullis@app.example.com>\"",
+            );
+        }
+        let transport = match raw.transport.as_deref().unwrap_or("file") {
+            "smtp" => {
+                return NotifySettings { transport: self.smtp(raw).map_or(Transport::Off, Transport::Smtp), from };
+            }
+            "file" => {
+                let dir = raw.dir.as_deref().unwrap_or("mail");
+                Transport::File(self.path(data_dir.unwrap_or(&self.base), dir))
+            }
+            "off" => Transport::Off,
+            other => {
+                self.problem(
+                    "notify.transport",
+                    Some(other),
+                    "not a transport",
+                    "write \"file\" (one .eml file per mail in notify.dir), \"smtp\" (a mail server, set with the smtp_* keys) or \"off\"",
+                );
+                return NotifySettings { transport: Transport::Off, from };
+            }
+        };
+        // SMTP settings under another transport would be silently ignored; say so instead.
+        let smtp_keys = [
+            ("notify.smtp_host", raw.smtp_host.is_some()),
+            ("notify.smtp_port", raw.smtp_port.is_some()),
+            ("notify.smtp_security", raw.smtp_security.is_some()),
+            ("notify.smtp_username", raw.smtp_username.is_some()),
+            ("notify.smtp_password_file", raw.smtp_password_file.is_some()),
+            ("notify.smtp_ca_file", raw.smtp_ca_file.is_some()),
+            ("notify.smtp_timeout", raw.smtp_timeout.is_some()),
+        ];
+        for (key, _) in smtp_keys.into_iter().filter(|(_, set)| *set) {
+            self.problem(
+                key,
+                None,
+                "has no effect unless notify.transport = \"smtp\"",
+                "set notify.transport = \"smtp\", or remove it",
+            );
+        }
+        NotifySettings { transport, from }
+    }
+
+    /// `[notify] transport = "smtp"`. Mail carries account details and the SMTP password is a
+    /// credential, so plain-text SMTP is refused unless the server is on this machine.
+    fn smtp(&mut self, raw: raw::RawNotify) -> Option<SmtpSettings> {
+        let host = self.required("notify.smtp_host", &raw.smtp_host, "smtp.example.com").map(str::to_string);
+        let security_text = raw.smtp_security.as_deref().unwrap_or("starttls");
+        let security = SmtpSecurity::from_str(security_text).ok();
+        if security.is_none() {
+            self.problem(
+                "notify.smtp_security",
+                Some(security_text),
+                "not a security mode",
+                "write \"starttls\" (usually port 587), \"tls\" (usually port 465) or \"none\" (only for a relay on this machine)",
+            );
+        }
+        if let Some(h) = &host
+            && rustls_pki_types::ServerName::try_from(h.as_str()).is_err()
+        {
+            self.problem(
+                "notify.smtp_host",
+                Some(h),
+                "not a host name or IP address",
+                "write the mail server's name alone, like \"smtp.example.com\", and its port in notify.smtp_port",
+            );
+        }
+        if let (Some(h), Some(SmtpSecurity::None)) = (&host, security)
+            && !is_loopback(h)
+        {
+            self.problem(
+                "notify.smtp_security",
+                Some("none"),
+                &format!("mail and the SMTP password would cross the network to {h} unencrypted"),
+                "use \"starttls\" or \"tls\"; \"none\" is only for a relay on this machine (smtp_host = \"127.0.0.1\", \"::1\" or \"localhost\")",
+            );
+        }
+        let port = match raw.smtp_port {
+            None => security.map_or(587, SmtpSecurity::default_port),
+            Some(n) if (1..=65535).contains(&n) => n as u16,
+            Some(n) => {
+                self.problem(
+                    "notify.smtp_port",
+                    Some(&n.to_string()),
+                    "out of range",
+                    "choose a port from 1 to 65535, usually 587 (starttls), 465 (tls) or 25 (a local relay); or remove it for the default",
+                );
+                0
+            }
+        };
+        let credentials = match (raw.smtp_username, raw.smtp_password_file) {
+            (None, None) => None,
+            (Some(_), None) => {
+                self.problem(
+                    "notify.smtp_password_file",
+                    None,
+                    "missing: notify.smtp_username is set, but not where its password is",
+                    "add smtp_password_file = \"/etc/portcullis/smtp-password\", a file holding only the password (chmod 600), or remove smtp_username",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.problem(
+                    "notify.smtp_username",
+                    None,
+                    "missing: notify.smtp_password_file is set, but not whose password it is",
+                    "add smtp_username = \"portcullis@example.com\" (the account to sign in to the mail server with), or remove smtp_password_file",
+                );
+                None
+            }
+            (Some(username), Some(file)) => {
+                if username.is_empty() {
+                    self.problem(
+                        "notify.smtp_username",
+                        Some(""),
+                        "empty",
+                        "write the account to sign in to the mail server with, or remove it and smtp_password_file",
+                    );
+                }
+                let file = self.path(&self.base, &file);
+                self.password_file("notify.smtp_password_file", &file)
+                    .map(|password| SmtpCredentials { username, password })
+            }
+        };
+        let ca_file = raw.smtp_ca_file.map(|p| self.path(&self.base, &p));
+        let mut extra_roots = Vec::new();
+        if let Some(ca) = &ca_file {
+            if security == Some(SmtpSecurity::None) {
+                self.problem(
+                    "notify.smtp_ca_file",
+                    Some(&ca.display().to_string()),
+                    "has no effect with notify.smtp_security = \"none\"",
+                    "remove it, or use \"starttls\" or \"tls\"",
+                );
+            }
+            match tls::ca_certificates(ca) {
+                Ok(roots) => extra_roots = roots,
+                Err(e) => self.problem(
+                    "notify.smtp_ca_file",
+                    Some(&ca.display().to_string()),
+                    &e.to_string(),
+                    "point it at a PEM file with the CA certificate(s) that signed the mail server's certificate",
+                ),
+            }
+        }
+        let timeout = self.duration(
+            "notify.smtp_timeout",
+            &raw.smtp_timeout,
+            "10s",
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        );
+        Some(SmtpSettings { host: host?, port, security: security?, credentials, ca_file, extra_roots, timeout })
+    }
+
+    /// A secret kept in a file of its own (never in proxy.toml): readable by its owner only,
+    /// UTF-8, one line; a trailing line break is not part of it.
+    fn password_file(&mut self, key: &str, path: &Path) -> Option<secret::Secret> {
+        use std::os::unix::fs::PermissionsExt;
+        let shown = path.display().to_string();
+        let bytes = std::fs::metadata(path).and_then(|m| Ok((m.permissions().mode(), std::fs::read(path)?)));
+        let (mode, bytes) = match bytes {
+            Ok((mode, bytes)) => (mode, zeroize::Zeroizing::new(bytes)),
+            Err(e) => {
+                self.problem(
+                    key,
+                    Some(&shown),
+                    &format!("cannot read it: {e}"),
+                    "create it holding only the password, readable by the proxy's user alone: (umask 077; printf '%s' 'PASSWORD' > FILE)",
+                );
+                return None;
+            }
+        };
+        if mode & 0o077 != 0 {
+            self.problem(
+                key,
+                Some(&shown),
+                &format!("other users can read or change it (mode {:o})", mode & 0o777),
+                &format!("run `chmod 600 {shown}`"),
+            );
+            return None;
+        }
+        let text = std::str::from_utf8(&bytes).unwrap_or_default();
+        let password = text.strip_suffix('\n').map_or(text, |t| t.strip_suffix('\r').unwrap_or(t));
+        if password.is_empty() || password.contains(['\n', '\r']) {
+            self.problem(
+                key,
+                Some(&shown),
+                "does not hold a password (it must be UTF-8 text on one line)",
+                "write the SMTP password into it as its only line",
+            );
+            return None;
+        }
+        Some(secret::Secret::new(password.as_bytes().to_vec()))
+    }
+
     fn proxy(&mut self, raw: raw::RawProxy) -> ProxySettings {
         let second = Duration::from_secs(1);
         let hour = Duration::from_secs(3600);
@@ -938,6 +1128,181 @@ mod tests {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
         assert!(found.iter().all(|p| !p.fix.is_empty()));
+    }
+
+    /// A config in a fresh folder, `[notify]` set to `notify`, and a private password file there.
+    fn smtp_config(notify: &str) -> (tempfile::TempDir, Result<Config, ConfigError>) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("smtp-password");
+        std::fs::write(&password, "s3cret pass\n").unwrap();
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let result = parse(&format!("{MINIMAL}\n[notify]\n{notify}\n"), &dir.path().join("proxy.toml"));
+        (dir, result)
+    }
+
+    fn smtp_ok(notify: &str) -> SmtpSettings {
+        match smtp_config(notify).1.unwrap_or_else(|e| panic!("{e}")).notify.transport {
+            Transport::Smtp(settings) => settings,
+            other => panic!("not smtp: {other:?}"),
+        }
+    }
+
+    fn smtp_problems(notify: &str) -> Vec<Problem> {
+        match smtp_config(notify).1 {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    fn has(problems: &[Problem], key: &str, fix_part: &str) -> bool {
+        problems.iter().any(|p| p.key == key && p.fix.contains(fix_part))
+    }
+
+    #[test]
+    fn smtp_defaults_to_starttls_on_587_with_a_ten_second_timeout() {
+        let s = smtp_ok("transport = \"smtp\"\nsmtp_host = \"smtp.example.com\"");
+        assert_eq!(s.host, "smtp.example.com");
+        assert_eq!(s.security, SmtpSecurity::StartTls);
+        assert_eq!(s.port, 587);
+        assert_eq!(s.timeout, Duration::from_secs(10));
+        assert!(s.credentials.is_none() && s.extra_roots.is_empty());
+    }
+
+    #[test]
+    fn smtp_port_defaults_follow_the_security_mode_and_can_be_set() {
+        let tls = smtp_ok("transport = \"smtp\"\nsmtp_host = \"smtp.example.com\"\nsmtp_security = \"tls\"");
+        assert_eq!((tls.security, tls.port), (SmtpSecurity::Tls, 465));
+        for host in ["127.0.0.1", "::1", "localhost"] {
+            let plain = smtp_ok(&format!("transport = \"smtp\"\nsmtp_host = \"{host}\"\nsmtp_security = \"none\""));
+            assert_eq!((plain.security, plain.port), (SmtpSecurity::None, 25), "{host}");
+        }
+        let set =
+            smtp_ok("transport = \"smtp\"\nsmtp_host = \"smtp.example.com\"\nsmtp_port = 2525\nsmtp_timeout = \"30s\"");
+        assert_eq!((set.port, set.timeout), (2525, Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn smtp_password_comes_from_a_private_file_and_never_shows_in_debug() {
+        let (_dir, result) = smtp_config(
+            "transport = \"smtp\"\nsmtp_host = \"smtp.example.com\"\nsmtp_username = \"mailer\"\nsmtp_password_file = \"smtp-password\"",
+        );
+        let config = result.unwrap_or_else(|e| panic!("{e}"));
+        let Transport::Smtp(s) = &config.notify.transport else { panic!("not smtp") };
+        let credentials = s.credentials.as_ref().unwrap();
+        assert_eq!(credentials.username, "mailer");
+        assert_eq!(credentials.password.expose(), b"s3cret pass", "the trailing line break is not part of it");
+        let debug = format!("{config:?}");
+        assert!(debug.contains("mailer") && !debug.contains("s3cret"), "{debug}");
+    }
+
+    #[test]
+    fn smtp_password_file_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        for mode in [0o644, 0o640, 0o620] {
+            let dir = tempfile::tempdir().unwrap();
+            let password = dir.path().join("smtp-password");
+            std::fs::write(&password, "s3cret").unwrap();
+            std::fs::set_permissions(&password, std::fs::Permissions::from_mode(mode)).unwrap();
+            let text = format!(
+                "{MINIMAL}\n[notify]\ntransport = \"smtp\"\nsmtp_host = \"smtp.example.com\"\nsmtp_username = \"mailer\"\nsmtp_password_file = \"smtp-password\"\n"
+            );
+            let Err(ConfigError::Invalid { problems, .. }) = parse(&text, &dir.path().join("proxy.toml")) else {
+                panic!("mode {mode:o} accepted");
+            };
+            assert!(has(&problems, "notify.smtp_password_file", "chmod 600"), "{problems:?}");
+            assert!(problems.iter().all(|p| !p.problem.contains("s3cret")));
+        }
+    }
+
+    #[test]
+    fn smtp_password_file_missing_or_empty_is_refused() {
+        let missing = smtp_problems(
+            "transport = \"smtp\"\nsmtp_host = \"smtp.example.com\"\nsmtp_username = \"mailer\"\nsmtp_password_file = \"nope\"",
+        );
+        assert!(has(&missing, "notify.smtp_password_file", "umask 077"), "{missing:?}");
+
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{MINIMAL}\n[notify]\ntransport = \"smtp\"\nsmtp_host = \"smtp.example.com\"\nsmtp_username = \"mailer\"\nsmtp_password_file = \"pw\"\n"
+        );
+        for contents in ["", "\n", "two\nlines\n"] {
+            std::fs::write(dir.path().join("pw"), contents).unwrap();
+            std::fs::set_permissions(dir.path().join("pw"), std::fs::Permissions::from_mode(0o600)).unwrap();
+            let Err(ConfigError::Invalid { problems, .. }) = parse(&text, &dir.path().join("proxy.toml")) else {
+                panic!("{contents:?} accepted")
+            };
+            assert!(has(&problems, "notify.smtp_password_file", "only line"), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn smtp_username_and_password_file_come_together() {
+        let no_file =
+            smtp_problems("transport = \"smtp\"\nsmtp_host = \"smtp.example.com\"\nsmtp_username = \"mailer\"");
+        assert!(has(&no_file, "notify.smtp_password_file", "add smtp_password_file"), "{no_file:?}");
+        let no_user = smtp_problems(
+            "transport = \"smtp\"\nsmtp_host = \"smtp.example.com\"\nsmtp_password_file = \"smtp-password\"",
+        );
+        assert!(has(&no_user, "notify.smtp_username", "add smtp_username"), "{no_user:?}");
+    }
+
+    #[test]
+    fn smtp_in_clear_is_refused_unless_the_server_is_on_this_machine() {
+        for host in ["smtp.example.com", "10.0.0.5", "localhost.example.com"] {
+            let found =
+                smtp_problems(&format!("transport = \"smtp\"\nsmtp_host = \"{host}\"\nsmtp_security = \"none\""));
+            assert!(has(&found, "notify.smtp_security", "use \"starttls\" or \"tls\""), "{host}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn smtp_bad_values_are_each_named_with_a_fix() {
+        let found = smtp_problems(
+            "transport = \"smtp\"\nsmtp_security = \"ssl\"\nsmtp_port = 70000\nsmtp_timeout = \"soon\"\nsmtp_ca_file = \"missing.pem\"",
+        );
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "notify.smtp_host",
+            "notify.smtp_security",
+            "notify.smtp_port",
+            "notify.smtp_timeout",
+            "notify.smtp_ca_file",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        let host = smtp_problems("transport = \"smtp\"\nsmtp_host = \"smtp.example.com:587\"");
+        assert!(has(&host, "notify.smtp_host", "notify.smtp_port"), "{host:?}");
+    }
+
+    #[test]
+    fn smtp_ca_file_is_loaded_and_useless_without_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["mail.internal".to_string()]).unwrap();
+        std::fs::write(dir.path().join("mail-ca.pem"), ca.cert.pem()).unwrap();
+        let text = format!(
+            "{MINIMAL}\n[notify]\ntransport = \"smtp\"\nsmtp_host = \"mail.internal\"\nsmtp_ca_file = \"mail-ca.pem\"\n"
+        );
+        let config = parse(&text, &dir.path().join("proxy.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let Transport::Smtp(s) = config.notify.transport else { panic!("not smtp") };
+        assert_eq!(s.extra_roots.len(), 1);
+        assert_eq!(s.ca_file.as_deref(), Some(dir.path().join("mail-ca.pem").as_path()));
+
+        let plain =
+            text.replace("mail.internal", "127.0.0.1").replace("[notify]", "[notify]\nsmtp_security = \"none\"");
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&plain, &dir.path().join("proxy.toml")) else {
+            panic!("accepted")
+        };
+        assert!(has(&problems, "notify.smtp_ca_file", "remove it"), "{problems:?}");
+    }
+
+    #[test]
+    fn smtp_keys_without_the_smtp_transport_are_reported() {
+        let found = problems(&format!("{MINIMAL}\n[notify]\nsmtp_host = \"smtp.example.com\"\n"));
+        assert!(has(&found, "notify.smtp_host", "set notify.transport = \"smtp\""), "{found:?}");
+        let found = problems(&format!("{MINIMAL}\n[notify]\ntransport = \"pigeon\"\n"));
+        assert!(has(&found, "notify.transport", "\"smtp\""), "{found:?}");
     }
 
     proptest::proptest! {

@@ -55,6 +55,13 @@ pub struct RawNotify {
     pub transport: Option<String>,
     pub from: Option<String>,
     pub dir: Option<String>,
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<i64>,
+    pub smtp_security: Option<String>,
+    pub smtp_username: Option<String>,
+    pub smtp_password_file: Option<String>,
+    pub smtp_ca_file: Option<String>,
+    pub smtp_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,4 +11,5 @@ mod forwarding;
 mod harness;
 mod mfa;
 mod reload;
+mod smtp;
 mod upstream;
