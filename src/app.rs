@@ -33,6 +33,8 @@ pub struct App {
     pub accounts: Arc<Accounts>,
     pub sealer: Sealer,
     pub pending: portal::Pending,
+    /// Outstanding emailed codes and recent sends, per account.
+    pub email_codes: crate::factors::email::EmailCodes,
     pub regulator: Arc<crate::regulation::Regulator>,
     /// Which TOTP step accepted codes matched, for the clock-skew self-check.
     pub drift: crate::clock_health::Drift,

@@ -111,6 +111,10 @@ pub struct NotifySettings {
 pub enum SecurityEvent {
     Enrolled,
     Removed,
+    /// One of two second factors was removed; the other remains.
+    FactorRemoved {
+        factor: &'static str,
+    },
     /// An administrator removed the account's factors (a lost phone, usually).
     ResetByAdmin,
     RecoveryCodeUsed {
@@ -123,6 +127,16 @@ pub enum SecurityEvent {
         url: String,
         expires: String,
     },
+    /// A one-time sign-in code (the email factor), sent to the confirmed address.
+    SignInCode {
+        code: String,
+    },
+    /// A code that proves the address, before email codes become a factor.
+    ConfirmAddress {
+        code: String,
+    },
+    /// Email codes were set up as a second factor.
+    EmailEnrolled,
     /// The account was recovered with such a link: old factors voided, a new one to set up.
     RecoveredWithLink,
     /// The password was right, but the second step never came: maybe someone else has it.
@@ -140,6 +154,10 @@ impl SecurityEvent {
                 "Two-step verification was turned off",
                 "Your account's authenticator and recovery codes were removed. Signing in needs only the password now.".into(),
             ),
+            Self::FactorRemoved { factor } => (
+                "A second step was removed from your account",
+                format!("{factor} no longer works as a second step for your account. Your other second step and your recovery codes still do."),
+            ),
             Self::ResetByAdmin => (
                 "An administrator reset your two-step verification",
                 "An administrator removed your account's authenticator and recovery codes. Set up a new authenticator at your next sign-in or from your account page. If you did not ask for this, tell your administrator at once.".into(),
@@ -155,6 +173,18 @@ impl SecurityEvent {
             Self::RecoveryLinkIssued { url, expires } => (
                 "A recovery link for your account",
                 format!("An administrator made a one-time link to get you back into your account after losing your second factor. Open it, sign in with your password, and set up a new authenticator: {url} . It works once, until {expires}. If you did not ask for this, tell your administrator and do not open it."),
+            ),
+            Self::SignInCode { code } => (
+                "Your sign-in code",
+                format!("Your code is {code}. It works once, for 10 minutes. If you are not signing in right now, someone knows your password: change it, and do not give this code to anyone."),
+            ),
+            Self::ConfirmAddress { code } => (
+                "Confirm your address for sign-in codes",
+                format!("Your confirmation code is {code}. Enter it on the page that asked for it to receive sign-in codes at this address. It works once, for 10 minutes."),
+            ),
+            Self::EmailEnrolled => (
+                "Sign-in codes by email were turned on",
+                "Your account can now be signed in to with a code sent to this address as the second step.".into(),
             ),
             Self::RecoveredWithLink => (
                 "Your account was recovered with an administrator's link",
@@ -447,12 +477,16 @@ mod tests {
             SecurityEvent::Enrolled,
             SecurityEvent::Removed,
             SecurityEvent::ResetByAdmin,
+            SecurityEvent::FactorRemoved { factor: "Codes by email" },
             SecurityEvent::RecoveryCodeUsed { left: 3 },
             SecurityEvent::CodesRegenerated,
             SecurityEvent::Locked,
             SecurityEvent::SecondStepAbandoned,
             SecurityEvent::RecoveryLinkIssued { url: "https://app.example.com/x".into(), expires: "soon".into() },
             SecurityEvent::RecoveredWithLink,
+            SecurityEvent::SignInCode { code: "123456".into() },
+            SecurityEvent::ConfirmAddress { code: "654321".into() },
+            SecurityEvent::EmailEnrolled,
         ];
         for event in events {
             let message = notifier.build(&user, event.clone(), 1_800_000_000, false).unwrap();

@@ -66,6 +66,21 @@ pub struct AccountPage<'a> {
     pub required: bool,
     pub totp: Option<TotpSummary>,
     pub recovery_left: usize,
+    /// Codes by email: on (to this address), or offered (to the account's address).
+    pub email_codes: Option<EmailSummary>,
+    pub email_offered: Option<String>,
+    pub totp_offered: bool,
+    /// With two factors: which one the challenge page offers first.
+    pub primary_email: bool,
+    /// Whether removing each factor is allowed (not the last one where 2FA is required).
+    pub can_remove_totp: bool,
+    pub can_remove_email: bool,
+}
+
+pub struct EmailSummary {
+    pub address: String,
+    pub enrolled: String,
+    pub last_used: Option<String>,
 }
 
 pub struct TotpSummary {
@@ -79,6 +94,8 @@ pub enum CodeError {
     Wrong,
     Replayed,
     Malformed,
+    /// The emailed code ran out (ten minutes, or too many tries): ask for a new one.
+    Expired,
 }
 
 #[derive(Template)]
@@ -87,6 +104,31 @@ pub struct ChallengePage<'a> {
     pub step_up: bool,
     pub issuer: &'a str,
     pub error: Option<CodeError>,
+    pub csrf: &'a str,
+    pub return_to: &'a str,
+    /// The account has an authenticator app.
+    pub totp: bool,
+    /// The account gets codes by email, at this (masked) address.
+    pub email: Option<String>,
+    /// Email is the factor offered first.
+    pub email_first: bool,
+    /// A code was just emailed, or could not be yet.
+    pub email_notice: Option<EmailNotice>,
+}
+
+/// What happened when an emailed code was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailNotice {
+    Sent,
+    Wait { seconds: i64 },
+}
+
+#[derive(Template)]
+#[template(path = "enroll_email.html")]
+pub struct EnrollEmailPage<'a> {
+    pub address: &'a str,
+    pub error: Option<CodeError>,
+    pub notice: Option<EmailNotice>,
     pub csrf: &'a str,
     pub return_to: &'a str,
 }
@@ -103,6 +145,8 @@ pub struct EnrollPage<'a> {
     pub error: Option<CodeError>,
     pub csrf: &'a str,
     pub return_to: &'a str,
+    /// Offer codes by email instead, to this (masked) address.
+    pub email_option: Option<String>,
 }
 
 #[derive(Template)]

@@ -109,6 +109,8 @@ mod tests {
             step_up_window: std::time::Duration::from_secs(600),
             attempts: 5,
             required_after: Some(1_800_000_000),
+            email_otp: false,
+            email_code_digits: 6,
         };
         assert_eq!(requirement(&mfa, &user, 1_799_999_999), Upcoming(1_800_000_000));
         assert_eq!(requirement(&mfa, &user, 1_800_000_000), Required);

@@ -24,8 +24,15 @@ pub enum OwnPage {
     RecoveryCodes,
     /// "Two-step verification becomes required on …": set it up now, or later.
     Reminder,
-    /// A POST on the account page: `remove-totp`, `regenerate-codes`, `sign-out-everywhere`.
+    /// A POST on the account page: `remove-totp`, `remove-email`, `primary-totp`,
+    /// `primary-email`, `regenerate-codes`, `sign-out-everywhere`.
     AccountAction(String),
+    /// "Email me a code" on the challenge page (POST).
+    ChallengeEmail,
+    /// Set up codes by email: the confirmation page (GET), or send a confirmation code (POST).
+    EnrollEmail,
+    /// The confirmation code (POST).
+    EnrollEmailConfirm,
     /// Redeem an admin-issued recovery link (with the password).
     Recover,
     /// The operators' overview (members of `admin.group`).
@@ -83,12 +90,25 @@ pub fn route(path: &str) -> Route {
         "/enroll" => OwnPage::Enroll,
         "/recovery-codes" => OwnPage::RecoveryCodes,
         "/reminder" => OwnPage::Reminder,
+        "/challenge/email" => OwnPage::ChallengeEmail,
+        "/enroll/email" => OwnPage::EnrollEmail,
+        "/enroll/email/confirm" => OwnPage::EnrollEmailConfirm,
         "/admin" => OwnPage::Admin,
         "/recover" => OwnPage::Recover,
         "/admin/action" => OwnPage::AdminAction,
         rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/")) {
             (Some(name), _) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
-            (_, Some(action)) if ["remove-totp", "regenerate-codes", "sign-out-everywhere"].contains(&action) => {
+            (_, Some(action))
+                if [
+                    "remove-totp",
+                    "remove-email",
+                    "primary-totp",
+                    "primary-email",
+                    "regenerate-codes",
+                    "sign-out-everywhere",
+                ]
+                .contains(&action) =>
+            {
                 OwnPage::AccountAction(action.to_string())
             }
             _ => OwnPage::NotFound,

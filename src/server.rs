@@ -146,6 +146,7 @@ impl Server {
             regulator: Arc::new(regulator),
             drift: crate::clock_health::Drift::default(),
             clock_warnings: Default::default(),
+            email_codes: Default::default(),
             notifier: Arc::new(notifier),
             clock,
         });
@@ -349,6 +350,7 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                 Err(e) => tracing::error!("session sweep task failed: {e}"),
             }
             app.pending.retain_live(|key| app.sessions.contains(key));
+            app.email_codes.sweep(app.clock.now());
             let drift = app.drift.report();
             if drift.skew_likely() != skew_reported {
                 skew_reported = drift.skew_likely();

@@ -93,6 +93,9 @@ pub enum AuthMethod {
     Pwd,
     /// One-time password: a TOTP code (RFC 8176 §2).
     Otp,
+    /// A one-time code sent by email. Not an RFC 8176 value either (its "otp" would hide which
+    /// kind was used, and NIST SP 800-63B does not accept email for AAL2); documented likewise.
+    Email,
     /// A one-time recovery code. Not an RFC 8176 value (it has none for backup codes); documented
     /// in the README so upstreams can tell a recovery from a normal login.
     Rc,
@@ -104,11 +107,12 @@ impl AuthMethod {
             Self::Pwd => "pwd",
             Self::Otp => "otp",
             Self::Rc => "rc",
+            Self::Email => "email",
         }
     }
 
     pub fn is_second_factor(self) -> bool {
-        matches!(self, Self::Otp | Self::Rc)
+        matches!(self, Self::Otp | Self::Rc | Self::Email)
     }
 }
 

@@ -101,7 +101,7 @@ pub struct UserStatus {
     pub display_name: String,
     pub email: String,
     pub groups: Vec<String>,
-    /// The factors the account has: `totp`, `recovery_codes`.
+    /// The factors the account has: `totp`, `email`, `recovery_codes`.
     pub factors: Vec<String>,
     pub recovery_codes_left: usize,
     pub enrolled_at: Option<UnixTime>,
@@ -269,6 +269,9 @@ impl Admin {
                 if record.totp.is_some() {
                     factors.push("totp".to_string());
                 }
+                if record.email.is_some() {
+                    factors.push("email".to_string());
+                }
                 if record.recovery_codes_left() > 0 {
                     factors.push("recovery_codes".to_string());
                 }
@@ -328,7 +331,7 @@ fn count<'a>(members: impl Iterator<Item = &'a UserStatus>, group: &str) -> Grou
         missing: Vec::new(),
     };
     for user in members {
-        let has = user.factors.iter().any(|f| f == "totp");
+        let has = user.factors.iter().any(|f| f == "totp" || f == "email");
         let required = matches!(user.requirement.as_str(), "required" | "required_from");
         row.accounts += 1;
         row.with_second_factor += usize::from(has);

@@ -195,6 +195,10 @@ pub struct MfaSettings {
     /// Staged rollout: where 2FA is required (by policy or group), it becomes mandatory only
     /// from this moment (Unix time); before it, users without a factor are reminded at sign-in.
     pub required_after: Option<i64>,
+    /// Whether users may use one-time codes by email as a second factor.
+    pub email_otp: bool,
+    /// How many digits an emailed code has (6 to 8).
+    pub email_code_digits: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -531,6 +535,15 @@ impl Validator {
             .and_then(|u| u.url().host_str().map(str::to_string))
             .unwrap_or_else(|| "localhost".into());
         let notify = self.notify(raw.notify, data_dir.as_deref(), &host);
+        if mfa.email_otp && matches!(notify.transport, crate::notify::Transport::Off) {
+            // Fail closed: a factor whose codes can never arrive would strand whoever chose it.
+            self.problem(
+                "mfa.email_otp",
+                Some("true"),
+                "codes by email need a way to send mail, but notify.transport is \"off\"",
+                "set notify.transport = \"smtp\" (with its smtp_* keys), or mfa.email_otp = false",
+            );
+        }
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             self.problem(
@@ -709,15 +722,25 @@ impl Validator {
         });
         let required_groups = raw.required_groups.unwrap_or_default();
         let totp = raw.totp.unwrap_or(true);
+        let email_otp = raw.email_otp.unwrap_or(false);
         // Fail closed: requiring a second factor that nobody can enroll would lock everyone out
         // (or, worse, tempt a "temporary" bypass). Refuse to start instead, and say what to change.
         let requires = policy == MfaPolicy::Required || (policy == MfaPolicy::Optional && !required_groups.is_empty());
-        if requires && !totp {
+        if requires && !totp && !email_otp {
             self.problem(
                 "mfa.totp",
                 Some("false"),
                 "2FA is required (mfa.policy or mfa.required_groups) but no second factor can be enrolled, so nobody could sign in",
-                "set mfa.totp = true, or stop requiring 2FA (mfa.policy = \"optional\" with no mfa.required_groups)",
+                "set mfa.totp = true (or mfa.email_otp = true), or stop requiring 2FA (mfa.policy = \"optional\" with no mfa.required_groups)",
+            );
+        }
+        let email_code_digits = raw.email_code_digits.unwrap_or(6);
+        if !(6..=8).contains(&email_code_digits) {
+            self.problem(
+                "mfa.email_code_digits",
+                Some(&email_code_digits.to_string()),
+                "out of range",
+                "write a number from 6 to 8",
             );
         }
         if policy == MfaPolicy::Disabled && !required_groups.is_empty() {
@@ -770,6 +793,8 @@ impl Validator {
             ),
             attempts: attempts as u32,
             required_after,
+            email_otp,
+            email_code_digits: email_code_digits as u32,
         }
     }
 

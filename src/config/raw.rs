@@ -113,6 +113,8 @@ pub struct RawMfa {
     pub step_up_window: Option<String>,
     pub attempts: Option<i64>,
     pub required_after: Option<String>,
+    pub email_otp: Option<bool>,
+    pub email_code_digits: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,6 +6,7 @@
 //! flushed, because an accepted TOTP step or a used recovery code must never be forgotten by a
 //! crash: that would reopen a replay.
 
+pub mod email;
 pub mod qr;
 pub mod recovery;
 pub mod sealing;
@@ -29,9 +30,33 @@ pub struct AccountRecord {
     /// The last time this account completed a sign-in, for the operator's overview.
     #[serde(default)]
     pub last_sign_in: Option<UnixTime>,
+    /// One-time codes by email, once the address was confirmed with a code.
+    #[serde(default)]
+    pub email: Option<EmailFactorRecord>,
+    /// The factor the challenge page offers first, when there are two.
+    #[serde(default)]
+    pub primary: Option<FactorKind>,
     /// A one-time recovery link an administrator made (at most one; a new one replaces it).
     #[serde(default)]
     pub recovery_link: Option<RecoveryLinkRecord>,
+}
+
+/// The kinds of second factor an account can have (recovery codes are their backup, not a kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FactorKind {
+    Totp,
+    Email,
+}
+
+/// Codes by email to a confirmed address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailFactorRecord {
+    /// The address the confirmation code reached; codes go there, even if the users file later
+    /// names another (that one was never proven).
+    pub address: String,
+    pub enrolled_at: UnixTime,
+    pub last_used_at: Option<UnixTime>,
 }
 
 /// An admin-issued recovery link, as stored: only the SHA-256 of its token, like session ids.
@@ -62,7 +87,28 @@ impl AccountRecord {
     /// Whether the account can prove a second factor. Recovery codes only count alongside an
     /// authenticator: they are its backup, not a factor of their own.
     pub fn has_second_factor(&self) -> bool {
-        self.totp.is_some()
+        self.totp.is_some() || self.email.is_some()
+    }
+
+    /// The factor to offer first: the chosen one if it is still there, else whichever exists.
+    pub fn primary_factor(&self) -> Option<FactorKind> {
+        let has = |kind: &FactorKind| match kind {
+            FactorKind::Totp => self.totp.is_some(),
+            FactorKind::Email => self.email.is_some(),
+        };
+        self.primary.filter(has).or_else(|| [FactorKind::Totp, FactorKind::Email].into_iter().find(has))
+    }
+
+    /// Makes a set of recovery codes if the account has none left; returns the new codes to show.
+    /// (A second factor added later keeps the codes the first one came with.)
+    pub fn ensure_recovery_codes(&mut self, pepper: &crate::secret::Secret, now: UnixTime) -> Option<Vec<String>> {
+        if self.recovery_codes_left() > 0 {
+            return None;
+        }
+        let (codes, records) = recovery::new_set(pepper);
+        self.recovery_codes = records;
+        self.recovery_generated_at = Some(now);
+        Some(codes)
     }
 
     pub fn recovery_codes_left(&self) -> usize {

@@ -12,8 +12,9 @@ use serde::Deserialize;
 use super::{CsrfForm, SessionForm, clear_cookie, return_to_from_query, session_cookie_header, session_post};
 use crate::app::{App, Connection, RequestUser};
 use crate::clock::UnixTime;
-use crate::factors::{TotpRecord, recovery, totp};
-use crate::pages::{self, Body, ChallengePage, CodeError, EnrollPage, RecoveryCodesPage};
+use crate::factors::email::{EmailCodeError, Purpose};
+use crate::factors::{FactorKind, TotpRecord, recovery, totp};
+use crate::pages::{self, Body, ChallengePage, CodeError, EmailNotice, EnrollPage, RecoveryCodesPage};
 use crate::policy::{self, Requirement};
 use crate::regulation::{Subject, Verdict};
 use crate::secret::Secret;
@@ -30,6 +31,8 @@ struct PendingState {
     totp_secret: Option<(Secret, UnixTime)>,
     /// Recovery codes just made, until the user confirms they saved them.
     codes: Option<Vec<String>>,
+    /// The factor just enrolled, which the session is promoted with once the codes are saved.
+    enrolled_with: Option<AuthMethod>,
 }
 
 impl Pending {
@@ -101,6 +104,31 @@ fn with_user(mut response: Response<Body>, session: &Session) -> Response<Body> 
 
 // ----- challenge -------------------------------------------------------------------------------
 
+/// The challenge page for `session`'s account: its primary factor first, the others offered.
+pub(super) fn render_challenge(
+    app: &App,
+    session: &Session,
+    return_to: &str,
+    error: Option<CodeError>,
+    email_notice: Option<EmailNotice>,
+    status: StatusCode,
+) -> Response<Body> {
+    let record = app.accounts.get(session.user().name.as_str());
+    let email = record.email.as_ref().filter(|_| app.config().mfa.email_otp);
+    let page = ChallengePage {
+        step_up: matches!(session, Session::Full(_)),
+        issuer: &app.config().mfa.issuer,
+        error,
+        csrf: session.csrf_token(),
+        return_to,
+        totp: record.totp.is_some(),
+        email: email.map(|e| crate::factors::email::masked(&e.address)),
+        email_first: email.is_some() && record.primary_factor() == Some(FactorKind::Email),
+        email_notice,
+    };
+    with_user(pages::html(status, &page), session)
+}
+
 pub fn challenge_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
     match app.resolve_session(request.headers()) {
@@ -109,15 +137,8 @@ pub fn challenge_form(app: &App, request: &Request<Incoming>) -> Response<Body> 
                 // Nothing to prove with: enroll instead (or go on, if not required).
                 return page_with_rd(app, "enroll", &return_to);
             }
-            let step_up = matches!(session, Session::Full(_));
-            let page = ChallengePage {
-                step_up,
-                issuer: &app.config().mfa.issuer,
-                error: None,
-                csrf: session.csrf_token(),
-                return_to: &return_to,
-            };
-            with_user(pages::html(StatusCode::OK, &page), &session)
+            let notice = request.uri().query().unwrap_or("").contains("sent=1").then_some(EmailNotice::Sent);
+            render_challenge(app, &session, &return_to, None, notice, StatusCode::OK)
         }
         _ => login_redirect(app, &return_to),
     }
@@ -143,6 +164,8 @@ impl SessionForm for CodeForm {
 
 enum CodeRefused {
     Wrong,
+    /// An emailed code that ran out.
+    Expired,
     Replayed,
     Malformed,
     NoFactor,
@@ -153,8 +176,45 @@ enum CodeRefused {
 async fn check_code(app: &App, user: &str, code: &str) -> Result<(AuthMethod, Option<usize>), CodeRefused> {
     let now = app.clock.now();
     let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
-    let looks_totp = digits.len() == totp::DIGITS as usize && digits.bytes().all(|b| b.is_ascii_digit());
+    let all_digits = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    let looks_totp = digits.len() == totp::DIGITS as usize && all_digits;
     let sealer = &app.sealer;
+    let record = app.accounts.get(user);
+    let sign_in = Purpose::SignIn;
+    // An emailed code, if one is outstanding and this could be it. Both kinds may be six digits:
+    // when an emailed code is pending and the account also has an app, a code that is not the
+    // emailed one is tried as a TOTP code next.
+    if all_digits
+        && digits.len() == app.config().mfa.email_code_digits as usize
+        && record.email.is_some()
+        && app.email_codes.outstanding(user, &sign_in, now)
+    {
+        let could_be_totp = looks_totp && record.totp.is_some();
+        match app.email_codes.check(user, &sign_in, &digits, sealer.pepper(), now) {
+            Ok(()) => {
+                let noted = app
+                    .accounts
+                    .update(user, |record| {
+                        if let Some(email) = record.email.as_mut() {
+                            email.last_used_at = Some(now);
+                        }
+                        Ok::<_, std::convert::Infallible>(())
+                    })
+                    .await;
+                if let Err(e) = noted {
+                    tracing::error!(%user, "could not record an emailed code's use: {e}");
+                }
+                return Ok((AuthMethod::Email, None));
+            }
+            Err(_) if could_be_totp => {}
+            Err(EmailCodeError::Expired) => return Err(CodeRefused::Expired),
+            Err(_) => return Err(CodeRefused::Wrong),
+        }
+    }
+    if all_digits && record.totp.is_none() && record.email.is_some() {
+        // Digits, no app, and no emailed code waiting: it was used, ran out or never sent.
+        return Err(CodeRefused::Expired);
+    }
     let outcome = if looks_totp {
         app.accounts
             .update(user, |record| {
@@ -175,7 +235,7 @@ async fn check_code(app: &App, user: &str, code: &str) -> Result<(AuthMethod, Op
     } else if recovery::normalize(code).is_some() {
         app.accounts
             .update(user, |record| {
-                if record.totp.is_none() {
+                if !record.has_second_factor() {
                     return Err(CodeRefused::NoFactor);
                 }
                 let index =
@@ -280,6 +340,7 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
             let error = match refused {
                 CodeRefused::Replayed => CodeError::Replayed,
                 CodeRefused::Malformed => CodeError::Malformed,
+                CodeRefused::Expired => CodeError::Expired,
                 _ => CodeError::Wrong,
             };
             tracing::warn!(target: "portcullis::security", %user, failures, step_up, "second factor failed");
@@ -309,34 +370,51 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
                 clear_cookie(&mut response, app.session_cookie(), app.config().public_url.is_https());
                 return response;
             }
-            let page = ChallengePage {
-                step_up,
-                issuer: &app.config().mfa.issuer,
-                error: Some(error),
-                csrf: session.csrf_token(),
-                return_to: &return_to,
-            };
-            with_user(pages::html(StatusCode::UNAUTHORIZED, &page), &session)
+            render_challenge(app, &session, &return_to, Some(error), None, StatusCode::UNAUTHORIZED)
         }
     }
 }
 
 // ----- enrollment ------------------------------------------------------------------------------
 
-/// Whether this session may enroll: a partial session that must (inline enrollment), or any full
-/// session while 2FA is not off. Never when the account already has an authenticator.
-fn may_enroll(app: &App, session: &Session) -> bool {
-    let req = requirement(app, session);
-    let has = app.accounts.get(session.user().name.as_str()).has_second_factor();
-    app.config().mfa.totp
-        && !has
-        && match session {
-            // A half-logged-in session proved the password. Without a factor it may set one up
-            // whatever the policy: inline enrollment when required, and after an operator reset
-            // or a recovery link, which leave the session partial until a new factor exists.
-            Session::Partial(_) => req != Requirement::Off,
-            Session::Full(_) => req != Requirement::Off,
+/// Whether a session may add a second factor of some kind now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MayAdd {
+    Yes,
+    /// The account is protected already: prove a factor again first.
+    StepUpFirst,
+    No,
+}
+
+/// Whether this session may add a factor of `kind`: 2FA is on, the kind is offered and the account
+/// lacks it, and either the account has no factor at all (inline enrollment, or after an operator
+/// reset or a recovery link, where the password is what was proven), or this is a full session
+/// with a recently proven second factor, so a stolen session cookie alone cannot add a factor to a
+/// protected account.
+pub(super) fn may_add(app: &App, session: &Session, kind: FactorKind) -> MayAdd {
+    let record = app.accounts.get(session.user().name.as_str());
+    let config = app.config();
+    let offered = match kind {
+        FactorKind::Totp => config.mfa.totp && record.totp.is_none(),
+        FactorKind::Email => config.mfa.email_otp && record.email.is_none(),
+    };
+    if !offered || requirement(app, session) == Requirement::Off {
+        return MayAdd::No;
+    }
+    if !record.has_second_factor() {
+        return MayAdd::Yes;
+    }
+    match session {
+        Session::Partial(_) => MayAdd::No,
+        Session::Full(full) => {
+            let window = config.mfa.step_up_window.as_secs() as i64;
+            if policy::recently_proven(full.second_factor_at(), app.clock.now(), window) {
+                MayAdd::Yes
+            } else {
+                MayAdd::StepUpFirst
+            }
         }
+    }
 }
 
 fn render_enroll(
@@ -376,6 +454,8 @@ fn render_enroll(
         error,
         csrf: session.csrf_token(),
         return_to,
+        email_option: (may_add(app, session, FactorKind::Email) == MayAdd::Yes)
+            .then(|| crate::factors::email::masked(&session.user().email)),
     };
     with_user(pages::html(status, &page), session)
 }
@@ -383,8 +463,12 @@ fn render_enroll(
 pub fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
     match app.resolve_session(request.headers()) {
-        Lookup::Found(session) if may_enroll(app, &session) => {
+        Lookup::Found(session) if may_add(app, &session, FactorKind::Totp) == MayAdd::Yes => {
             render_enroll(app, &session, &return_to, None, StatusCode::OK)
+        }
+        Lookup::Found(session) if may_add(app, &session, FactorKind::Totp) == MayAdd::StepUpFirst => {
+            let query = serde_urlencoded::to_string([("rd", return_to.as_str())]).unwrap_or_default();
+            page_with_rd(app, "challenge", &format!("/.portcullis/enroll?{query}"))
         }
         Lookup::Found(Session::Partial(_)) => page_with_rd(app, "challenge", &return_to),
         Lookup::Found(Session::Full(_)) => pages::see_other(&app.config().public_url.join_path("/.portcullis/account")),
@@ -397,7 +481,7 @@ pub async fn enroll_submit(app: &Arc<App>, request: Request<Incoming>) -> Respon
         Ok(checked) => checked,
         Err(response) => return response,
     };
-    if !may_enroll(app, &session) {
+    if may_add(app, &session, FactorKind::Totp) != MayAdd::Yes {
         return pages::see_other(&app.config().public_url.join_path("/.portcullis/account"));
     }
     let now = app.clock.now();
@@ -437,10 +521,7 @@ pub async fn enroll_submit(app: &Arc<App>, request: Request<Incoming>) -> Respon
             }
             record.totp =
                 Some(TotpRecord { sealed_secret: sealed, enrolled_at: now, last_used_at: Some(now), last_step: step });
-            let (codes, records) = recovery::new_set(pepper);
-            record.recovery_codes = records;
-            record.recovery_generated_at = Some(now);
-            Ok(codes)
+            Ok(record.ensure_recovery_codes(pepper, now))
         })
         .await;
     let codes = match saved {
@@ -458,31 +539,45 @@ pub async fn enroll_submit(app: &Arc<App>, request: Request<Incoming>) -> Respon
     };
     tracing::info!(target: "portcullis::security", %user, "authenticator enrolled");
     app.notifier.send(session.user(), crate::notify::SecurityEvent::Enrolled, now, true);
+    factor_added(app, session, codes, AuthMethod::Otp, &return_to).await
+}
 
-    match session {
-        // Inline enrollment: the session becomes full once the codes are confirmed saved.
+/// After a new factor is saved. A half-logged-in session becomes full (through the recovery
+/// codes page when new codes were made); a full session records the code just entered as a
+/// fresh second factor.
+pub(super) async fn factor_added(
+    app: &App,
+    session: Session,
+    codes: Option<Vec<String>>,
+    method: AuthMethod,
+    return_to: &str,
+) -> Response<Body> {
+    let full = match session {
         Session::Partial(partial) => {
+            let Some(codes) = codes else { return finish_inline_enrollment(app, partial, method, return_to).await };
             app.pending.put_codes(partial.key(), codes);
-            page_with_rd(app, "recovery-codes", &return_to)
+            app.pending.0.entry(partial.key().clone()).or_default().enrolled_with = Some(method);
+            return page_with_rd(app, "recovery-codes", return_to);
         }
-        // From the account page: the code just entered is a fresh second factor.
-        Session::Full(full) => {
-            let old = full.key().clone();
-            match app.sessions.step_up(full, AuthMethod::Otp).await {
-                Ok((id, full)) => {
-                    app.pending.rekey(&old, full.key());
+        Session::Full(full) => full,
+    };
+    let old = full.key().clone();
+    match app.sessions.step_up(full, method).await {
+        Ok((id, full)) => {
+            app.pending.rekey(&old, full.key());
+            let mut response = match codes {
+                Some(codes) => {
                     app.pending.put_codes(full.key(), codes);
-                    let mut response = page_with_rd(app, "recovery-codes", &return_to);
-                    response
-                        .headers_mut()
-                        .append(http::header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
-                    response
+                    page_with_rd(app, "recovery-codes", return_to)
                 }
-                Err(e) => {
-                    tracing::error!("could not update a session: {e}");
-                    pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None)
-                }
-            }
+                None => pages::see_other(&app.config().public_url.join_path(return_to)),
+            };
+            response.headers_mut().append(http::header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
+            response
+        }
+        Err(e) => {
+            tracing::error!("could not update a session: {e}");
+            pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None)
         }
     }
 }
@@ -547,9 +642,10 @@ pub async fn recovery_codes_confirm(app: &Arc<App>, request: Request<Incoming>) 
     if form.saved.as_deref() != Some("yes") {
         return page_with_rd(app, "recovery-codes", &return_to);
     }
+    let method = app.pending.0.get(session.key()).and_then(|s| s.enrolled_with).unwrap_or(AuthMethod::Otp);
     app.pending.forget(session.key());
     match session {
-        Session::Partial(partial) => finish_inline_enrollment(app, partial, &return_to).await,
+        Session::Partial(partial) => finish_inline_enrollment(app, partial, method, &return_to).await,
         Session::Full(full) => {
             let response = pages::see_other(&app.config().public_url.join_path(&return_to));
             with_user(response, &Session::Full(full))
@@ -557,13 +653,18 @@ pub async fn recovery_codes_confirm(app: &Arc<App>, request: Request<Incoming>) 
     }
 }
 
-async fn finish_inline_enrollment(app: &App, partial: PartialSession, return_to: &str) -> Response<Body> {
+async fn finish_inline_enrollment(
+    app: &App,
+    partial: PartialSession,
+    method: AuthMethod,
+    return_to: &str,
+) -> Response<Body> {
     let user = partial.user().name.to_string();
     // Only an account that now has a factor gets here (enrollment proved a code from it).
     if !app.accounts.get(&user).has_second_factor() {
         return page_with_rd(app, "enroll", return_to);
     }
-    match app.sessions.promote(partial, vec![AuthMethod::Pwd, AuthMethod::Otp]).await {
+    match app.sessions.promote(partial, vec![AuthMethod::Pwd, method]).await {
         Ok((id, full)) => {
             let mut response = pages::see_other(&app.config().public_url.join_path(return_to));
             response.headers_mut().append(http::header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
@@ -601,7 +702,22 @@ pub async fn account_action(app: &Arc<App>, action: &str, request: Request<Incom
                 pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None)
             }
         },
-        "remove-totp" | "regenerate-codes" => sensitive_action(app, action, full, &user).await,
+        "remove-totp" | "remove-email" | "regenerate-codes" => sensitive_action(app, action, full, &user).await,
+        "primary-totp" | "primary-email" => {
+            let kind = if action == "primary-totp" { FactorKind::Totp } else { FactorKind::Email };
+            let chosen = app
+                .accounts
+                .update(&user, |record| {
+                    record.primary = Some(kind);
+                    // Only a factor the account has can come first.
+                    record.primary_factor().filter(|p| *p == kind).map(|_| ()).ok_or(())
+                })
+                .await;
+            if let Err(e) = chosen {
+                tracing::error!("could not choose a primary factor: {e}");
+            }
+            pages::see_other(&app.config().public_url.join_path(account))
+        }
         _ => pages::error(StatusCode::NOT_FOUND, "Page not found", "There is no such action.", None),
     }
 }
@@ -624,30 +740,50 @@ async fn sensitive_action(app: &App, action: &str, full: FullSession, user: &str
     let now = app.clock.now();
     let pepper = app.sealer.pepper();
     match action {
-        "remove-totp" => {
-            if req == Requirement::Required {
-                return pages::error(
-                    StatusCode::FORBIDDEN,
-                    "Cannot turn off",
-                    "Your account requires two-step verification, so it cannot be turned off. You can set up a new phone by asking the administrator to reset it.",
-                    Some(("/.portcullis/account", "Back to your account")),
-                );
-            }
+        "remove-totp" | "remove-email" => {
+            let kind = if action == "remove-totp" { FactorKind::Totp } else { FactorKind::Email };
             let removed = app
                 .accounts
                 .update(user, |record| {
-                    record.totp = None;
-                    record.recovery_codes.clear();
-                    record.recovery_generated_at = None;
-                    Ok::<_, ()>(())
+                    let other = match kind {
+                        FactorKind::Totp => record.email.is_some(),
+                        FactorKind::Email => record.totp.is_some(),
+                    };
+                    if req == Requirement::Required && !other {
+                        return Err(());
+                    }
+                    match kind {
+                        FactorKind::Totp => record.totp = None,
+                        FactorKind::Email => record.email = None,
+                    }
+                    if !other {
+                        // The last factor: 2FA is off, and its backup codes go with it.
+                        record.recovery_codes.clear();
+                        record.recovery_generated_at = None;
+                        record.primary = None;
+                    }
+                    Ok(other)
                 })
                 .await;
             match removed {
-                Ok(_) => {
-                    tracing::warn!(target: "portcullis::security", %user, "authenticator removed");
-                    app.notifier.send(full.user(), crate::notify::SecurityEvent::Removed, now, true);
-                    pages::see_other(&app.config().public_url.join_path("/.portcullis/account?done=removed"))
+                Ok(Ok(other_remains)) => {
+                    let name = if kind == FactorKind::Totp { "The authenticator app" } else { "Codes by email" };
+                    tracing::warn!(target: "portcullis::security", %user, factor = ?kind, "second factor removed");
+                    let event = if other_remains {
+                        crate::notify::SecurityEvent::FactorRemoved { factor: name }
+                    } else {
+                        crate::notify::SecurityEvent::Removed
+                    };
+                    app.notifier.send(full.user(), event, now, true);
+                    let done = if other_remains { "/.portcullis/account" } else { "/.portcullis/account?done=removed" };
+                    pages::see_other(&app.config().public_url.join_path(done))
                 }
+                Ok(Err(())) => pages::error(
+                    StatusCode::FORBIDDEN,
+                    "Cannot turn off",
+                    "Your account requires two-step verification, so its last second step cannot be removed. You can set up a new phone by asking the administrator to reset it.",
+                    Some(("/.portcullis/account", "Back to your account")),
+                ),
                 Err(e) => {
                     tracing::error!("could not remove a factor: {e}");
                     pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None)
@@ -658,7 +794,7 @@ async fn sensitive_action(app: &App, action: &str, full: FullSession, user: &str
             let made = app
                 .accounts
                 .update(user, |record| {
-                    if record.totp.is_none() {
+                    if !record.has_second_factor() {
                         return Err(());
                     }
                     let (codes, records) = recovery::new_set(pepper);

@@ -5,6 +5,7 @@
 //! (`Origin`, else `Referer`). GET never changes anything.
 
 mod admin;
+mod email;
 mod mfa;
 mod recover;
 
@@ -42,7 +43,14 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
     match (page, is_read, method == Method::POST) {
         // With 2FA disabled there are no second-factor pages at all.
         (
-            OwnPage::Challenge | OwnPage::Enroll | OwnPage::RecoveryCodes | OwnPage::Reminder | OwnPage::Recover,
+            OwnPage::Challenge
+            | OwnPage::Enroll
+            | OwnPage::RecoveryCodes
+            | OwnPage::Reminder
+            | OwnPage::Recover
+            | OwnPage::ChallengeEmail
+            | OwnPage::EnrollEmail
+            | OwnPage::EnrollEmailConfirm,
             _,
             _,
         ) if mfa_off => not_found(),
@@ -60,6 +68,10 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
         (OwnPage::Logout, true, _) => logout_form(app, &request),
         (OwnPage::Logout, _, true) => logout_submit(app, request).await,
         (OwnPage::Account, true, _) => account(app, &request),
+        (OwnPage::ChallengeEmail, _, true) => email::challenge_send(app, request).await,
+        (OwnPage::EnrollEmail, true, _) => email::enroll_form(app, &request),
+        (OwnPage::EnrollEmail, _, true) => email::enroll_send(app, request).await,
+        (OwnPage::EnrollEmailConfirm, _, true) => email::enroll_confirm(app, request).await,
         (OwnPage::Recover, true, _) => recover::form(app, &request),
         (OwnPage::Recover, _, true) => recover::submit(app, request, conn).await,
         (OwnPage::Admin, true, _) => admin::page(app, &request).await,
@@ -356,6 +368,14 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
             }
             // Half logged in: the partial session's cookie, good only for the second-factor pages.
             AfterPassword::Challenge => {
+                // Email first: the code is on its way by the time the challenge page shows.
+                let record = app.accounts.get(user.name.as_str());
+                if record.primary_factor() == Some(crate::factors::FactorKind::Email)
+                    && app.config().mfa.email_otp
+                    && let Err(e) = email::send_sign_in_code(app, &user)
+                {
+                    tracing::info!(user = %user.name, "no sign-in code sent at login: {e}");
+                }
                 Ok((id, app.clock.now() + app.config().session.partial_timeout.as_secs() as i64, Some("challenge")))
             }
             AfterPassword::Enroll => {
@@ -522,7 +542,8 @@ fn account(app: &App, request: &Request<Incoming>) -> Response<Body> {
     };
     let user = full.user();
     let record = app.accounts.get(user.name.as_str());
-    let requirement = policy::requirement(&app.config().mfa, user, app.clock.now());
+    let config = app.config();
+    let requirement = policy::requirement(&config.mfa, user, app.clock.now());
     let notice = match request.uri().query().unwrap_or("") {
         "done=removed" => Some("Two-step verification is off. You can turn it on again at any time."),
         _ => None,
@@ -538,13 +559,24 @@ fn account(app: &App, request: &Request<Incoming>) -> Response<Body> {
             expires: format_time(full.expires_at()),
             csrf: full.csrf_token(),
             notice,
-            mfa_enabled: requirement != policy::Requirement::Off && app.config().mfa.totp,
+            mfa_enabled: requirement != policy::Requirement::Off && (config.mfa.totp || config.mfa.email_otp),
             required: requirement == policy::Requirement::Required,
             totp: record.totp.as_ref().map(|t| pages::TotpSummary {
                 enrolled: format_time(t.enrolled_at),
                 last_used: t.last_used_at.map(format_time),
             }),
             recovery_left: record.recovery_codes_left(),
+            email_codes: record.email.as_ref().map(|e| pages::EmailSummary {
+                address: crate::factors::email::masked(&e.address),
+                enrolled: format_time(e.enrolled_at),
+                last_used: e.last_used_at.map(format_time),
+            }),
+            email_offered: (config.mfa.email_otp && record.email.is_none())
+                .then(|| crate::factors::email::masked(&user.email)),
+            totp_offered: config.mfa.totp,
+            primary_email: record.primary_factor() == Some(crate::factors::FactorKind::Email),
+            can_remove_totp: !(requirement == policy::Requirement::Required && record.email.is_none()),
+            can_remove_email: !(requirement == policy::Requirement::Required && record.totp.is_none()),
         },
     );
     response.extensions_mut().insert(RequestUser(Some(user.name.to_string())));

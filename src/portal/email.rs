@@ -1,0 +1,217 @@
+//! Codes by email (see `factors/email.rs`): sending a sign-in code from the challenge page, and
+//! setting the factor up, which first proves the address with a code sent to it.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::mfa::{MayAdd, factor_added, login_redirect, may_add, page_with_rd, render_challenge};
+use super::{SessionForm, return_to_from_query, session_post};
+use crate::app::{App, RequestUser};
+use crate::factors::email::{EmailCodeError, Purpose, masked};
+use crate::factors::{EmailFactorRecord, FactorKind};
+use crate::notify::SecurityEvent;
+use crate::pages::{self, Body, CodeError, EmailNotice, EnrollEmailPage};
+use crate::session::{AuthMethod, Lookup, Session};
+use crate::users::User;
+
+/// Mails a sign-in code to the account's confirmed address, unless sending is throttled.
+pub(super) fn send_sign_in_code(app: &App, user: &User) -> Result<(), EmailCodeError> {
+    let name = user.name.as_str();
+    let Some(factor) = app.accounts.get(name).email.clone() else { return Err(EmailCodeError::NoCode) };
+    let now = app.clock.now();
+    let digits = app.config().mfa.email_code_digits;
+    let code = app.email_codes.issue(name, Purpose::SignIn, digits, app.sealer.pepper(), now)?;
+    // To the address that was proven, whatever the users file says now.
+    let recipient = User { email: factor.address, ..user.clone() };
+    app.notifier.send(&recipient, SecurityEvent::SignInCode { code }, now, true);
+    tracing::info!(target: "portcullis::security", user = %name, "sign-in code emailed");
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct RdForm {
+    #[serde(default)]
+    csrf: String,
+    rd: Option<String>,
+}
+
+impl SessionForm for RdForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+    fn return_to(&self) -> Option<&str> {
+        self.rd.as_deref()
+    }
+}
+
+/// "Email me a code" on the challenge page.
+pub async fn challenge_send(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    let (session, _, return_to) = match session_post::<RdForm>(app, request, |rd| login_redirect(app, rd)).await {
+        Ok(checked) => checked,
+        Err(response) => return response,
+    };
+    if !app.config().mfa.email_otp {
+        return page_with_rd(app, "challenge", &return_to);
+    }
+    match send_sign_in_code(app, session.user()) {
+        Ok(()) => {
+            let query = serde_urlencoded::to_string([("rd", return_to.as_str()), ("sent", "1")]).unwrap_or_default();
+            let mut response =
+                pages::see_other(&app.config().public_url.join_path(&format!("/.portcullis/challenge?{query}")));
+            response.extensions_mut().insert(RequestUser(Some(session.user().name.to_string())));
+            response
+        }
+        Err(EmailCodeError::Throttled { retry_after }) => render_challenge(
+            app,
+            &session,
+            &return_to,
+            None,
+            Some(EmailNotice::Wait { seconds: retry_after }),
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        Err(_) => page_with_rd(app, "challenge", &return_to),
+    }
+}
+
+fn render_enroll_email(
+    session: &Session,
+    return_to: &str,
+    error: Option<CodeError>,
+    notice: Option<EmailNotice>,
+    status: StatusCode,
+) -> Response<Body> {
+    let address = masked(&session.user().email);
+    let page = EnrollEmailPage { address: &address, error, notice, csrf: session.csrf_token(), return_to };
+    let mut response = pages::html(status, &page);
+    response.extensions_mut().insert(RequestUser(Some(session.user().name.to_string())));
+    response
+}
+
+/// Where a session that may not add email codes goes instead.
+fn not_now(app: &App, session: &Session, return_to: &str) -> Response<Body> {
+    match (may_add(app, session, FactorKind::Email), session) {
+        (MayAdd::StepUpFirst, _) => page_with_rd(app, "challenge", "/.portcullis/account"),
+        (_, Session::Partial(_)) => page_with_rd(app, "challenge", return_to),
+        (_, Session::Full(_)) => pages::see_other(&app.config().public_url.join_path("/.portcullis/account")),
+    }
+}
+
+/// "Use codes by email": sends a confirmation code to the account's address.
+pub async fn enroll_send(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    let (session, _, return_to) = match session_post::<RdForm>(app, request, |rd| login_redirect(app, rd)).await {
+        Ok(checked) => checked,
+        Err(response) => return response,
+    };
+    if may_add(app, &session, FactorKind::Email) != MayAdd::Yes {
+        return not_now(app, &session, &return_to);
+    }
+    let user = session.user();
+    let now = app.clock.now();
+    let purpose = Purpose::Confirm { address: user.email.clone() };
+    let digits = app.config().mfa.email_code_digits;
+    match app.email_codes.issue(user.name.as_str(), purpose, digits, app.sealer.pepper(), now) {
+        Ok(code) => {
+            app.notifier.send(user, SecurityEvent::ConfirmAddress { code }, now, true);
+            let query = serde_urlencoded::to_string([("rd", return_to.as_str()), ("sent", "1")]).unwrap_or_default();
+            pages::see_other(&app.config().public_url.join_path(&format!("/.portcullis/enroll/email?{query}")))
+        }
+        Err(EmailCodeError::Throttled { retry_after }) => render_enroll_email(
+            &session,
+            &return_to,
+            None,
+            Some(EmailNotice::Wait { seconds: retry_after }),
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        Err(_) => not_now(app, &session, &return_to),
+    }
+}
+
+#[derive(Deserialize)]
+struct SentQuery {
+    sent: Option<String>,
+}
+
+/// The page that asks for the confirmation code.
+pub fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+    let return_to = return_to_from_query(app, request);
+    let Lookup::Found(session) = app.resolve_session(request.headers()) else {
+        return login_redirect(app, &return_to);
+    };
+    if may_add(app, &session, FactorKind::Email) != MayAdd::Yes {
+        return not_now(app, &session, &return_to);
+    }
+    let sent = serde_urlencoded::from_str::<SentQuery>(request.uri().query().unwrap_or(""))
+        .ok()
+        .and_then(|q| q.sent)
+        .is_some_and(|s| s == "1");
+    render_enroll_email(&session, &return_to, None, sent.then_some(EmailNotice::Sent), StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+struct ConfirmForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    code: String,
+    rd: Option<String>,
+}
+
+impl SessionForm for ConfirmForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+    fn return_to(&self) -> Option<&str> {
+        self.rd.as_deref()
+    }
+}
+
+/// The confirmation code: right, and the address becomes a second factor.
+pub async fn enroll_confirm(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    let (session, form, return_to) = match session_post::<ConfirmForm>(app, request, |rd| login_redirect(app, rd)).await
+    {
+        Ok(checked) => checked,
+        Err(response) => return response,
+    };
+    if may_add(app, &session, FactorKind::Email) != MayAdd::Yes {
+        return not_now(app, &session, &return_to);
+    }
+    let user = session.user().clone();
+    let name = user.name.to_string();
+    let now = app.clock.now();
+    let purpose = Purpose::Confirm { address: user.email.clone() };
+    let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
+    if let Err(e) = app.email_codes.check(&name, &purpose, &code, app.sealer.pepper(), now) {
+        tracing::warn!(target: "portcullis::security", user = %name, "email confirmation code refused: {e}");
+        let error = if e == EmailCodeError::Wrong { CodeError::Wrong } else { CodeError::Expired };
+        return render_enroll_email(&session, &return_to, Some(error), None, StatusCode::UNAUTHORIZED);
+    }
+    let pepper = app.sealer.pepper();
+    let address = user.email.clone();
+    let saved = app
+        .accounts
+        .update(&name, |record| {
+            if record.email.is_some() {
+                return Err(());
+            }
+            record.email = Some(EmailFactorRecord { address, enrolled_at: now, last_used_at: Some(now) });
+            if record.primary.is_none() {
+                record.primary = Some(if record.totp.is_some() { FactorKind::Totp } else { FactorKind::Email });
+            }
+            Ok(record.ensure_recovery_codes(pepper, now))
+        })
+        .await;
+    let codes = match saved {
+        Ok(Ok(codes)) => codes,
+        Ok(Err(())) => return pages::see_other(&app.config().public_url.join_path("/.portcullis/account")),
+        Err(e) => {
+            tracing::error!("could not save a new factor: {e}");
+            return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None);
+        }
+    };
+    tracing::info!(target: "portcullis::security", user = %name, "email codes enrolled");
+    app.notifier.send(&user, SecurityEvent::EmailEnrolled, now, true);
+    factor_added(app, session, codes, AuthMethod::Email, &return_to).await
+}
