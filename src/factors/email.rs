@@ -2,8 +2,8 @@
 //! app.
 //!
 //! A code is 6 to 8 digits (`mfa.email_code_digits`), works once, for ten minutes, and allows five
-//! tries; a new code replaces the old one. Sending is rate-limited per account (one a minute at
-//! most, ten an hour), so the proxy cannot be used to flood someone's inbox. Outstanding codes
+//! tries; a new code replaces the old one. Sending is rate-limited per account (no new code while
+//! an unused one is under a minute old, ten an hour), so the proxy cannot flood an inbox. Outstanding codes
 //! live in memory only, as HMACs under the data directory's pepper: a restart simply means asking
 //! for a new one.
 
@@ -35,6 +35,7 @@ pub enum Purpose {
 struct Issued {
     digest: [u8; 32],
     purpose: Purpose,
+    issued_at: UnixTime,
     expires_at: UnixTime,
     tries_left: u8,
 }
@@ -55,6 +56,7 @@ pub enum EmailCodeError {
 #[derive(Default)]
 pub struct EmailCodes {
     issued: DashMap<String, Issued>,
+    /// When codes were sent, for the hourly cap.
     sent: DashMap<String, Vec<UnixTime>>,
 }
 
@@ -70,21 +72,30 @@ impl EmailCodes {
         now: UnixTime,
     ) -> Result<String, EmailCodeError> {
         {
+            // No new code while the last one for the same purpose is fresh and unused: it is
+            // still on its way. Once it is spent (or for another purpose), a new one may go at
+            // once; the hourly cap counts every mail.
+            if let Some(issued) = self.issued.get(user)
+                && issued.purpose == purpose
+                && now - issued.issued_at < RESEND_AFTER
+            {
+                return Err(EmailCodeError::Throttled { retry_after: RESEND_AFTER - (now - issued.issued_at) });
+            }
             let mut sent = self.sent.entry(user.to_string()).or_default();
             sent.retain(|t| now - t < 3600);
-            if let Some(last) = sent.last()
-                && now - last < RESEND_AFTER
-            {
-                return Err(EmailCodeError::Throttled { retry_after: RESEND_AFTER - (now - last) });
-            }
             if sent.len() >= PER_HOUR {
                 return Err(EmailCodeError::Throttled { retry_after: 3600 - (now - sent[0]) });
             }
             sent.push(now);
         }
         let code = generate(digits);
-        let issued =
-            Issued { digest: digest(pepper, &code), purpose, expires_at: now + VALID_SECONDS, tries_left: TRIES };
+        let issued = Issued {
+            digest: digest(pepper, &code),
+            purpose,
+            issued_at: now,
+            expires_at: now + VALID_SECONDS,
+            tries_left: TRIES,
+        };
         self.issued.insert(user.to_string(), issued);
         Ok(code)
     }
@@ -213,6 +224,11 @@ mod tests {
             Err(EmailCodeError::Throttled { retry_after: 30 })
         );
         assert!(codes.issue("bob", Purpose::SignIn, 6, &p, 1030).is_ok(), "another account is not affected");
+        let confirm = Purpose::Confirm { address: "a@example.com".into() };
+        assert!(codes.issue("carol", confirm, 6, &p, 1000).is_ok());
+        let code = codes.issue("carol", Purpose::SignIn, 6, &p, 1001).unwrap();
+        assert_eq!(codes.check("carol", &Purpose::SignIn, &code, &p, 1002), Ok(()));
+        assert!(codes.issue("carol", Purpose::SignIn, 6, &p, 1003).is_ok(), "a spent code does not hold up the next");
         // A new code replaces the old one.
         let second = codes.issue("alice", Purpose::SignIn, 6, &p, 1000 + RESEND_AFTER).unwrap();
         if first != second {

@@ -6,6 +6,7 @@ mod attacks;
 mod cli;
 mod config_files;
 mod demo;
+mod email_codes;
 mod flows;
 mod forwarding;
 mod harness;
