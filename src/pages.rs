@@ -327,3 +327,12 @@ pub struct RecoverPage<'a> {
     pub csrf: &'a str,
     pub error: Option<LoginError>,
 }
+
+#[derive(Template)]
+#[template(path = "nudge.html")]
+pub struct NudgePage<'a> {
+    pub enroll: &'a str,
+    pub later: &'a str,
+    pub csrf: &'a str,
+    pub email_codes: bool,
+}

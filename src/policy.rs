@@ -73,11 +73,44 @@ pub fn full_session_allowed(requirement: Requirement, has_factor: bool, proved_s
     }
 }
 
+/// Whether to suggest 2FA after this sign-in: only where it is optional and missing, when the
+/// operator asked for suggestions, the user has not declined them, and the last one is older
+/// than `every`.
+pub fn should_nudge(
+    requirement: Requirement,
+    has_factor: bool,
+    every: Option<std::time::Duration>,
+    account: &crate::factors::AccountRecord,
+    now: crate::clock::UnixTime,
+) -> bool {
+    let Some(every) = every else { return false };
+    requirement == Requirement::Optional
+        && !has_factor
+        && !account.nudge_declined
+        && account.nudged_at.is_none_or(|at| now - at >= every.as_secs() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use AfterPassword::*;
     use Requirement::*;
+
+    #[test]
+    fn the_nudge_is_optional_periodic_and_can_be_declined() {
+        let day = std::time::Duration::from_secs(86400);
+        let fresh = crate::factors::AccountRecord::default();
+        assert!(should_nudge(Optional, false, Some(day), &fresh, 1000));
+        assert!(!should_nudge(Optional, false, None, &fresh, 1000), "off unless configured");
+        assert!(!should_nudge(Optional, true, Some(day), &fresh, 1000), "already protected");
+        assert!(!should_nudge(Required, false, Some(day), &fresh, 1000), "required enrolls instead");
+        assert!(!should_nudge(Upcoming(5000), false, Some(day), &fresh, 1000), "the reminder covers it");
+        let nudged = crate::factors::AccountRecord { nudged_at: Some(1000), ..Default::default() };
+        assert!(!should_nudge(Optional, false, Some(day), &nudged, 1000 + 86399));
+        assert!(should_nudge(Optional, false, Some(day), &nudged, 1000 + 86400));
+        let declined = crate::factors::AccountRecord { nudge_declined: true, ..Default::default() };
+        assert!(!should_nudge(Optional, false, Some(day), &declined, 1_000_000));
+    }
 
     #[test]
     fn after_the_password() {
@@ -109,6 +142,7 @@ mod tests {
             step_up_window: std::time::Duration::from_secs(600),
             attempts: 5,
             required_after: Some(1_800_000_000),
+            nudge_every: None,
             email_otp: false,
             email_code_digits: 6,
         };

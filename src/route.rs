@@ -24,6 +24,8 @@ pub enum OwnPage {
     RecoveryCodes,
     /// "Two-step verification becomes required on …": set it up now, or later.
     Reminder,
+    /// Under `optional`: a suggestion to set up 2FA; "don't ask again" is a POST.
+    Nudge,
     /// A POST on the account page: `remove-totp`, `remove-email`, `primary-totp`,
     /// `primary-email`, `regenerate-codes`, `sign-out-everywhere`.
     AccountAction(String),
@@ -90,6 +92,7 @@ pub fn route(path: &str) -> Route {
         "/enroll" => OwnPage::Enroll,
         "/recovery-codes" => OwnPage::RecoveryCodes,
         "/reminder" => OwnPage::Reminder,
+        "/nudge" => OwnPage::Nudge,
         "/challenge/email" => OwnPage::ChallengeEmail,
         "/enroll/email" => OwnPage::EnrollEmail,
         "/enroll/email/confirm" => OwnPage::EnrollEmailConfirm,

@@ -111,6 +111,9 @@ pub struct UserStatus {
     pub required_from: Option<UnixTime>,
     pub full_sessions: usize,
     pub partial_sessions: usize,
+    /// The user asked not to be reminded to set up 2FA (`mfa.nudge_every`).
+    #[serde(default)]
+    pub declined_2fa: bool,
 }
 
 /// 2FA adoption in one group (`*` is everyone).
@@ -290,6 +293,7 @@ impl Admin {
                     required_from,
                     full_sessions,
                     partial_sessions,
+                    declined_2fa: record.nudge_declined,
                 }
             })
             .collect();
@@ -361,6 +365,7 @@ mod tests {
             required_from: None,
             full_sessions: 0,
             partial_sessions: 0,
+            declined_2fa: false,
         }
     }
 

@@ -195,6 +195,9 @@ pub struct MfaSettings {
     /// Staged rollout: where 2FA is required (by policy or group), it becomes mandatory only
     /// from this moment (Unix time); before it, users without a factor are reminded at sign-in.
     pub required_after: Option<i64>,
+    /// Under `optional`: suggest 2FA after sign-in to users without it, at most this often, until
+    /// they set it up or decline for good. No suggestion when `None`.
+    pub nudge_every: Option<Duration>,
     /// Whether users may use one-time codes by email as a second factor.
     pub email_otp: bool,
     /// How many digits an emailed code has (6 to 8).
@@ -734,6 +737,15 @@ impl Validator {
                 "set mfa.totp = true (or mfa.email_otp = true), or stop requiring 2FA (mfa.policy = \"optional\" with no mfa.required_groups)",
             );
         }
+        let nudge_every = raw.nudge_every.is_some().then(|| {
+            self.duration(
+                "mfa.nudge_every",
+                &raw.nudge_every,
+                "30d",
+                Duration::from_secs(3600),
+                Duration::from_secs(365 * 86400),
+            )
+        });
         let email_code_digits = raw.email_code_digits.unwrap_or(6);
         if !(6..=8).contains(&email_code_digits) {
             self.problem(
@@ -793,6 +805,7 @@ impl Validator {
             ),
             attempts: attempts as u32,
             required_after,
+            nudge_every,
             email_otp,
             email_code_digits: email_code_digits as u32,
         }

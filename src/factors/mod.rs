@@ -36,6 +36,12 @@ pub struct AccountRecord {
     /// The factor the challenge page offers first, when there are two.
     #[serde(default)]
     pub primary: Option<FactorKind>,
+    /// When 2FA was last suggested after sign-in (see `mfa.nudge_every`), and whether the user
+    /// asked not to be asked again.
+    #[serde(default)]
+    pub nudged_at: Option<UnixTime>,
+    #[serde(default)]
+    pub nudge_declined: bool,
     /// A one-time recovery link an administrator made (at most one; a new one replaces it).
     #[serde(default)]
     pub recovery_link: Option<RecoveryLinkRecord>,

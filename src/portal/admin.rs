@@ -110,6 +110,7 @@ pub async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Response<Body>
             sessions: format!("{} full, {} partial", u.full_sessions, u.partial_sessions),
             policy: match u.required_from {
                 Some(at) => format!("required from {}", format_time(at)),
+                None if u.declined_2fa => format!("{} (declined)", u.requirement),
                 None => u.requirement,
             },
             factors: if u.factors.is_empty() {

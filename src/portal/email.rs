@@ -7,7 +7,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::mfa::{MayAdd, factor_added, login_redirect, may_add, page_with_rd, render_challenge};
+use super::mfa::{MayAdd, RdCsrfForm, factor_added, login_redirect, may_add, page_with_rd, render_challenge};
 use super::{SessionForm, return_to_from_query, session_post};
 use crate::app::{App, RequestUser};
 use crate::factors::email::{EmailCodeError, Purpose, masked};
@@ -31,25 +31,9 @@ pub(super) fn send_sign_in_code(app: &App, user: &User) -> Result<(), EmailCodeE
     Ok(())
 }
 
-#[derive(Deserialize)]
-struct RdForm {
-    #[serde(default)]
-    csrf: String,
-    rd: Option<String>,
-}
-
-impl SessionForm for RdForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
-    fn return_to(&self) -> Option<&str> {
-        self.rd.as_deref()
-    }
-}
-
 /// "Email me a code" on the challenge page.
 pub async fn challenge_send(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
-    let (session, _, return_to) = match session_post::<RdForm>(app, request, |rd| login_redirect(app, rd)).await {
+    let (session, _, return_to) = match session_post::<RdCsrfForm>(app, request, |rd| login_redirect(app, rd)).await {
         Ok(checked) => checked,
         Err(response) => return response,
     };
@@ -101,7 +85,7 @@ fn not_now(app: &App, session: &Session, return_to: &str) -> Response<Body> {
 
 /// "Use codes by email": sends a confirmation code to the account's address.
 pub async fn enroll_send(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
-    let (session, _, return_to) = match session_post::<RdForm>(app, request, |rd| login_redirect(app, rd)).await {
+    let (session, _, return_to) = match session_post::<RdCsrfForm>(app, request, |rd| login_redirect(app, rd)).await {
         Ok(checked) => checked,
         Err(response) => return response,
     };

@@ -841,3 +841,66 @@ pub fn reminder(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let page = pages::ReminderPage { deadline: &deadline, enroll: &enroll, later: &return_to };
     with_user(pages::html(StatusCode::OK, &page), &Session::Full(full))
 }
+
+/// After sign-in, under `optional` with `mfa.nudge_every`: a suggestion to set up 2FA. Two links
+/// change nothing; "don't ask me again" is a POST that records the choice.
+pub fn nudge(app: &App, request: &Request<Incoming>) -> Response<Body> {
+    let return_to = return_to_from_query(app, request);
+    let Lookup::Found(Session::Full(full)) = app.resolve_session(request.headers()) else {
+        return login_redirect(app, &return_to);
+    };
+    if app.accounts.get(full.user().name.as_str()).has_second_factor() {
+        return pages::see_other(&app.config().public_url.join_path(&return_to));
+    }
+    let query = serde_urlencoded::to_string([("rd", return_to.as_str())]).unwrap_or_default();
+    let enroll = format!("/.portcullis/enroll?{query}");
+    let page = pages::NudgePage {
+        enroll: &enroll,
+        later: &return_to,
+        csrf: full.csrf_token(),
+        email_codes: app.config().mfa.email_otp,
+    };
+    with_user(pages::html(StatusCode::OK, &page), &Session::Full(full))
+}
+
+pub async fn nudge_decline(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    let (session, _, return_to) = match session_post::<RdCsrfForm>(app, request, |rd| login_redirect(app, rd)).await {
+        Ok(checked) => checked,
+        Err(response) => return response,
+    };
+    let user = session.user().name.to_string();
+    let declined = app
+        .accounts
+        .update(&user, |record| {
+            record.nudge_declined = true;
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .await;
+    match declined {
+        Ok(_) => {
+            tracing::info!(target: "portcullis::security", %user, "declined 2FA suggestions");
+            with_user(pages::see_other(&app.config().public_url.join_path(&return_to)), &session)
+        }
+        Err(e) => {
+            tracing::error!("could not record a declined suggestion: {e}");
+            pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None)
+        }
+    }
+}
+
+/// A form with nothing but its CSRF token and where to go next.
+#[derive(Deserialize)]
+pub(super) struct RdCsrfForm {
+    #[serde(default)]
+    csrf: String,
+    rd: Option<String>,
+}
+
+impl SessionForm for RdCsrfForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+    fn return_to(&self) -> Option<&str> {
+        self.rd.as_deref()
+    }
+}

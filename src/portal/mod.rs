@@ -47,6 +47,7 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
             | OwnPage::Enroll
             | OwnPage::RecoveryCodes
             | OwnPage::Reminder
+            | OwnPage::Nudge
             | OwnPage::Recover
             | OwnPage::ChallengeEmail
             | OwnPage::EnrollEmail
@@ -61,6 +62,8 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
         (OwnPage::Enroll, _, true) => mfa::enroll_submit(app, request).await,
         (OwnPage::RecoveryCodes, true, _) => mfa::recovery_codes_page(app, &request),
         (OwnPage::Reminder, true, _) => mfa::reminder(app, &request),
+        (OwnPage::Nudge, true, _) => mfa::nudge(app, &request),
+        (OwnPage::Nudge, _, true) => mfa::nudge_decline(app, request).await,
         (OwnPage::RecoveryCodes, _, true) => mfa::recovery_codes_confirm(app, request).await,
         (OwnPage::AccountAction(action), _, true) => mfa::account_action(app, &action, request).await,
         (OwnPage::Login, true, _) => login_form(app, &request),
@@ -359,7 +362,22 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
         match next {
             AfterPassword::Done => {
                 let (id, full) = app.sessions.promote(partial, vec![AuthMethod::Pwd]).await?;
-                Ok::<_, crate::session::SessionError>((id, full.expires_at(), None))
+                let now = app.clock.now();
+                let record = app.accounts.get(user.name.as_str());
+                let nudge = policy::should_nudge(requirement, has_factor, app.config().mfa.nudge_every, &record, now);
+                if nudge {
+                    let noted = app
+                        .accounts
+                        .update(user.name.as_str(), |r| {
+                            r.nudged_at = Some(now);
+                            Ok::<_, std::convert::Infallible>(())
+                        })
+                        .await;
+                    if let Err(e) = noted {
+                        tracing::error!("could not record a 2FA suggestion: {e}");
+                    }
+                }
+                Ok::<_, crate::session::SessionError>((id, full.expires_at(), nudge.then_some("nudge")))
             }
             // Signed in; a reminder page first that 2FA becomes required soon.
             AfterPassword::Remind(_) => {
@@ -386,7 +404,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
     match established.await {
         Ok((id, expires_at, next_page)) => {
             let stage = match next_page {
-                None | Some("reminder") => "login ok",
+                None | Some("reminder") | Some("nudge") => "login ok",
                 Some(_) => "password ok, second factor next",
             };
             tracing::info!(target: "portcullis::security", user = %user.name, session = %id.key().log_ref(), client = %conn.peer.ip(), "{stage}");

@@ -476,3 +476,56 @@ async fn sensitive_changes_need_a_recent_second_factor() {
     }
     assert!(proxy.mails().is_empty(), "nothing changed, so nothing was announced");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_optional_a_nudge_suggests_2fa_and_can_be_declined() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).account(&BOB).toml("[mfa]\nnudge_every = \"30d\"").start();
+    let browser = Browser::new();
+    let nudge = password(&browser, &proxy, &ALICE, "/wiki").await;
+    assert_eq!(nudge, proxy.url("/.portcullis/nudge?rd=%2Fwiki"));
+    let page = browser.navigate(&nudge).await.text().await.unwrap();
+    assert!(page.contains("Protect your account"));
+    assert!(page.contains("href=\"/wiki\""), "not now goes where she was going");
+    assert!(page.contains("href=\"/.portcullis/enroll?rd=%2Fwiki\""));
+    assert_eq!(browser.navigate(&proxy.url("/wiki")).await.status(), 200, "already signed in");
+    // Not again within the interval.
+    assert_eq!(password(&Browser::new(), &proxy, &ALICE, "/wiki").await, proxy.url("/wiki"));
+
+    // Bob declines for good.
+    let bob = Browser::new();
+    let nudge = password(&bob, &proxy, &BOB, "/").await;
+    let page = bob.navigate(&nudge).await.text().await.unwrap();
+    let csrf = form_field(&page, "csrf").unwrap();
+    let forged = bob
+        .http
+        .post(proxy.url("/.portcullis/nudge"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", "forged"), ("rd", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let declined = bob
+        .http
+        .post(proxy.url("/.portcullis/nudge"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", csrf.as_str()), ("rd", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declined.headers()["location"], proxy.url("/").as_str());
+    let users = proxy.cli(&["admin", "users", "--json"], "");
+    let users: serde_json::Value = serde_json::from_slice(&users.stdout).unwrap();
+    let declined: Vec<(&str, bool)> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["name"].as_str().unwrap(), u["declined_2fa"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(declined, [("alice", false), ("bob", true)], "admins see who declined");
+
+    // With 2FA set up, there is nothing to suggest.
+    enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    assert_eq!(browser.navigate(&proxy.url("/.portcullis/nudge?rd=%2F")).await.status(), 303);
+}
