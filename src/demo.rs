@@ -70,7 +70,11 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError>
          upstream = \"http://{upstream_addr}\"\n\
          public_url = \"http://{listen}\"\n\
          data_dir = \".\"\n\
-         users_file = \"users.toml\"\n"
+         users_file = \"users.toml\"\n\
+         [mfa]\n\
+         email_otp = true\n\
+         [admin]\n\
+         group = \"demo\"\n"
     );
     std::fs::write(&config_path, config_text).map_err(io)?;
     let config = config::load(&config_path)?;
@@ -108,6 +112,9 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError>
     println!("    user name: {DEMO_USER}");
     println!("    password:  {password}");
     println!();
+    println!("  Set up two-step verification from the account page (an authenticator app, or codes by");
+    println!("  email), then visit http://{listen}/.portcullis/admin.");
+    println!("  Mails (security notices, emailed codes) are written as .eml files to {}.", data_dir.join("mail").display());
     println!("  Demo data (config, users, keys, sessions) is in {}. Stop with Ctrl-C.", data_dir.display());
     server.serve(cli::shutdown_signal()).await?;
     Ok(())
