@@ -147,7 +147,12 @@ impl App {
                     let user = full.user().name.to_string();
                     tracing::warn!(target: "portcullis::security", %user, "session downgraded: the 2FA policy asks for more than it proved");
                     return match self.sessions.downgrade(full).await {
-                        Ok(partial) => self.second_factor_needed(&request, &partial),
+                        Ok(partial) => {
+                            // Whatever it was in the middle of (new recovery codes, a setup) was
+                            // for the full session; the partial one proves a factor first.
+                            self.pending.forget(partial.key());
+                            self.second_factor_needed(&request, &partial)
+                        }
                         Err(e) => {
                             tracing::error!("could not downgrade a session: {e}");
                             pages::error(

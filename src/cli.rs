@@ -74,7 +74,7 @@ pub enum AdminCommand {
     /// required.
     Adoption,
     /// Remove a user's second factors and recovery codes (a lost phone), lift a factor lock,
-    /// send their live sessions back to the second step, and email them. They set up a new
+    /// end their sessions, and email them. They set up a new
     /// authenticator at their next sign-in (if 2FA is required) or from their account page.
     #[command(name = "reset-2fa")]
     Reset2fa { name: String },
@@ -85,7 +85,8 @@ pub enum AdminCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Send every full session back to the second step, e.g. after tightening the 2FA policy.
+    /// Send every full session back to the second step, e.g. after tightening the 2FA policy
+    /// (sessions of accounts without a second factor end: they sign in again).
     DowngradeAll,
     /// Brute-force bans and second-factor locks in force.
     Bans,
@@ -492,13 +493,13 @@ fn print_reply(reply: &admin::Reply, view: AdminView) {
                 );
             }
         }
-        Reply::Reset { user, downgraded } => println!(
-            "two-step verification reset for {user}; {downgraded} session(s) sent back to the second step; they were emailed"
+        Reply::Reset { user, ended } => println!(
+            "two-step verification reset for {user}; {ended} session(s) ended; they were emailed. They set up a new factor after their password."
         ),
         Reply::Revoked { ended } => println!("{ended} session(s) ended"),
-        Reply::Downgraded { downgraded } => {
-            println!("{downgraded} session(s) sent back to the second step")
-        }
+        Reply::Downgraded { downgraded, ended } => println!(
+            "{downgraded} session(s) sent back to the second step; {ended} session(s) of accounts without a second factor ended"
+        ),
         Reply::Bans { bans } if bans.is_empty() => println!("no bans or locks in force"),
         Reply::Bans { bans } => {
             println!("{:<40} {:<26} {:<14} BANS IN A ROW", "SUBJECT", "BANNED UNTIL", "FACTOR LOCKED");

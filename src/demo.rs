@@ -114,7 +114,10 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError>
     println!();
     println!("  Set up two-step verification from the account page (an authenticator app, or codes by");
     println!("  email), then visit http://{listen}/.portcullis/admin.");
-    println!("  Mails (security notices, emailed codes) are written as .eml files to {}.", data_dir.join("mail").display());
+    println!(
+        "  Mails (security notices, emailed codes) are written as .eml files to {}.",
+        data_dir.join("mail").display()
+    );
     println!("  Demo data (config, users, keys, sessions) is in {}. Stop with Ctrl-C.", data_dir.display());
     server.serve(cli::shutdown_signal()).await?;
     Ok(())

@@ -137,6 +137,8 @@ pub struct EnrollEmailPage<'a> {
 #[template(path = "enroll.html")]
 pub struct EnrollPage<'a> {
     pub required: bool,
+    /// Whether an authenticator app may be set up (else only codes by email are offered).
+    pub totp: bool,
     pub issuer: &'a str,
     pub qr: &'a str,
     pub uri: &'a str,

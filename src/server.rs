@@ -132,6 +132,14 @@ impl Server {
             Some(addr) => Some(crate::telemetry::Telemetry::bind(addr).await?),
             None => None,
         };
+        if config.mfa.email_otp
+            && let crate::notify::Transport::File(dir) = &config.notify.transport
+        {
+            tracing::warn!(
+                dir = %dir.display(),
+                "sign-in codes by email are written as files into this folder (notify.transport = \"file\"); fine for trying it out, but use SMTP for real users"
+            );
+        }
         let pending = crate::portal::Pending::default();
         let (notifier, delivery) = crate::notify::Notifier::new(&config.notify, &config.public_url.origin());
         let app = Arc::new(App {
@@ -306,7 +314,13 @@ fn reload_config(app: &App, source: &std::path::Path) {
             return;
         }
     };
-    let reloaded = crate::config::reload::merge(&app.config(), new);
+    let reloaded = match crate::config::reload::merge(&app.config(), new) {
+        Ok(reloaded) => reloaded,
+        Err(e) => {
+            tracing::error!("proxy.toml was not reloaded; the running configuration stays: {e}");
+            return;
+        }
+    };
     app.config.store(Arc::new(reloaded.config));
     tracing::info!(applied = ?reloaded.applied, "configuration reloaded");
     if !reloaded.needs_restart.is_empty() {

@@ -31,8 +31,8 @@ pub const RECOVERY_LINK_LONGEST: std::time::Duration = std::time::Duration::from
 pub enum Request {
     /// Every account with its factors, last sign-in and sessions.
     Users,
-    /// Removes a user's second factors and recovery codes, lifts a factor lock, downgrades their
-    /// full sessions to partial and mails them.
+    /// Removes a user's second factors and recovery codes, lifts a factor lock, ends their
+    /// sessions and mails them.
     Reset2fa { user: String },
     /// Ends the sessions of one user, or of everyone.
     Revoke { target: Target },
@@ -65,13 +65,16 @@ pub enum Reply {
     },
     Reset {
         user: String,
-        downgraded: usize,
+        ended: usize,
     },
     Revoked {
         ended: usize,
     },
+    /// Sessions of accounts with a factor must prove it again; those without one were ended
+    /// (for them, proving again means the password).
     Downgraded {
         downgraded: usize,
+        ended: usize,
     },
     Bans {
         bans: Vec<Restriction>,
@@ -163,9 +166,11 @@ impl Admin {
                 Reply::Revoked { ended }
             }
             Request::DowngradeAll => {
-                let downgraded = self.sessions.downgrade_where(|_| true).await?;
-                tracing::warn!(target: "portcullis::security", %operator, downgraded, "admin: every session downgraded to partial");
-                Reply::Downgraded { downgraded }
+                let has_factor = |user: &str| self.accounts.get(user).has_second_factor();
+                let downgraded = self.sessions.downgrade_where(has_factor).await?;
+                let ended = self.sessions.end_where(|user| !has_factor(user)).await?;
+                tracing::warn!(target: "portcullis::security", %operator, downgraded, ended, "admin: every session sent back to prove its factors");
+                Reply::Downgraded { downgraded, ended }
             }
             Request::Bans => Reply::Bans { bans: self.regulator.restrictions() },
             Request::Unban { subject } => {
@@ -202,12 +207,15 @@ impl Admin {
             .unwrap_or_else(|never| match never {});
         // A factor locked by 100 failures belongs to the factor that was just removed.
         self.regulator.clear(&crate::regulation::Subject::Account(name.to_string()).store_key()).await?;
-        let downgraded = self.sessions.downgrade_where(|user| user == name).await?;
-        tracing::warn!(target: "portcullis::security", %operator, user = %name, downgraded, "admin: 2FA reset");
+        // Ended, not downgraded: a downgraded session would have no factor left to prove, and
+        // letting it set up a new one would let a stolen session cookie choose the new factor.
+        // Signing in again costs the password.
+        let ended = self.sessions.end_all_for(name).await?;
+        tracing::warn!(target: "portcullis::security", %operator, user = %name, ended, "admin: 2FA reset");
         if had_factor {
             self.notifier.send(&user, SecurityEvent::ResetByAdmin, self.clock.now(), false);
         }
-        Ok(Reply::Reset { user: name.to_string(), downgraded })
+        Ok(Reply::Reset { user: name.to_string(), ended })
     }
 
     async fn recovery_link(

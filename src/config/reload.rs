@@ -9,8 +9,9 @@
 
 use super::Config;
 
-/// Top-level keys and sections that take effect on reload.
-pub const LIVE_KEYS: [&str; 4] = ["mfa", "trusted_proxies", "clock", "admin"];
+/// Top-level keys and sections that take effect on reload. (`trusted_proxies` is not one: each
+/// worker's forwarder holds its own copy for the `X-Forwarded-*` headers it writes.)
+pub const LIVE_KEYS: [&str; 3] = ["mfa", "clock", "admin"];
 
 /// What a reload did.
 #[derive(Debug)]
@@ -23,8 +24,17 @@ pub struct Reloaded {
     pub needs_restart: Vec<String>,
 }
 
+/// Why a valid file still cannot be applied while running.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(
+        "mfa.email_otp = true needs a mail transport, but the running notify.transport is \"off\" and changes only at a restart. Fix: restart to apply both, or keep mfa.email_otp = false"
+    )]
+    EmailWithoutMail,
+}
+
 /// Combines the running configuration with a newly loaded (and therefore valid) one.
-pub fn merge(running: &Config, new: Config) -> Reloaded {
+pub fn merge(running: &Config, new: Config) -> Result<Reloaded, ReloadError> {
     let mut keys: Vec<&String> = running.table.keys().chain(new.table.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -39,8 +49,12 @@ pub fn merge(running: &Config, new: Config) -> Reloaded {
         }
     }
     let mut config = running.clone();
+    // The new file was checked as a whole; the combination of its live keys with the running
+    // restart-only ones is checked here, so a reload never accepts what a start would refuse.
+    if new.mfa.email_otp && matches!(running.notify.transport, crate::notify::Transport::Off) {
+        return Err(ReloadError::EmailWithoutMail);
+    }
     config.mfa = new.mfa;
-    config.trusted_proxies = new.trusted_proxies;
     config.clock = new.clock;
     config.admin = new.admin;
     for key in LIVE_KEYS {
@@ -49,7 +63,7 @@ pub fn merge(running: &Config, new: Config) -> Reloaded {
             None => config.table.remove(key),
         };
     }
-    Reloaded { config, applied, needs_restart }
+    Ok(Reloaded { config, applied, needs_restart })
 }
 
 #[cfg(test)]
@@ -69,14 +83,15 @@ mod tests {
     fn live_keys_apply_and_restart_only_keys_keep_their_running_value() {
         let running = config("[mfa]\npolicy = \"optional\"\n[session]\nidle_timeout = \"1h\"\n");
         let new = config("[mfa]\npolicy = \"required\"\n[session]\nidle_timeout = \"2h\"\n");
-        let reloaded = merge(&running, new);
+        let reloaded = merge(&running, new).unwrap();
         assert_eq!(reloaded.config.mfa.policy, MfaPolicy::Required);
         assert_eq!(reloaded.config.session.idle_timeout, running.session.idle_timeout);
         assert_eq!(reloaded.applied, ["mfa"]);
         assert_eq!(reloaded.needs_restart, ["session"]);
 
         // Until the restart, the same difference is reported again; the live part is settled.
-        let again = merge(&reloaded.config, config("[mfa]\npolicy = \"required\"\n[session]\nidle_timeout = \"2h\"\n"));
+        let again = merge(&reloaded.config, config("[mfa]\npolicy = \"required\"\n[session]\nidle_timeout = \"2h\"\n"))
+            .unwrap();
         assert!(again.applied.is_empty());
         assert_eq!(again.needs_restart, ["session"]);
     }
@@ -84,9 +99,24 @@ mod tests {
     #[test]
     fn removing_a_live_section_restores_its_defaults() {
         let running = config("[mfa]\npolicy = \"required\"\n");
-        let reloaded = merge(&running, config(""));
+        let reloaded = merge(&running, config("")).unwrap();
         assert_eq!(reloaded.config.mfa.policy, MfaPolicy::Optional);
         assert_eq!(reloaded.applied, ["mfa"]);
         assert!(reloaded.needs_restart.is_empty());
+    }
+
+    #[test]
+    fn a_live_key_that_needs_a_restart_only_key_is_refused() {
+        let running = config("[notify]\ntransport = \"off\"\n");
+        let new = config("[mfa]\nemail_otp = true\n");
+        assert!(matches!(merge(&running, new), Err(ReloadError::EmailWithoutMail)));
+    }
+
+    #[test]
+    fn trusted_proxies_need_a_restart() {
+        let running = config("");
+        let reloaded = merge(&running, config("trusted_proxies = [\"10.0.0.0/8\"]\n")).unwrap();
+        assert!(reloaded.config.trusted_proxies.is_empty());
+        assert_eq!(reloaded.needs_restart, ["trusted_proxies"]);
     }
 }

@@ -156,7 +156,7 @@ fn notice(done: &str) -> Option<&'static str> {
     Some(match done {
         "reset" => "Two-step verification was reset; the user was emailed.",
         "revoked" => "The sessions were ended.",
-        "downgraded" => "Every session must prove its second factor again.",
+        "downgraded" => "Every session must prove its second factor again (sessions without one were ended).",
         "unbanned" => "The ban was lifted.",
         "link" => "A one-time recovery link was emailed to the user.",
         _ => return None,
@@ -190,7 +190,7 @@ fn consequence(op: &str, target: &str) -> Option<(String, String, &'static str)>
     Some(match op {
         "reset-2fa" => (
             format!("Reset two-step verification for {target}?"),
-            format!("{target}'s authenticator and recovery codes are removed and their sessions must prove a new factor. Do this only when you are sure who asked: they will set up a new authenticator with just their password. They are emailed."),
+            format!("{target}'s second factors and recovery codes are removed and their sessions end. Do this only when you are sure who asked: they will set up a new factor with just their password. They are emailed."),
             "Reset",
         ),
         "recovery-link" => (
@@ -202,7 +202,7 @@ fn consequence(op: &str, target: &str) -> Option<(String, String, &'static str)>
         "revoke-all" => ("End every session?".into(), "Everyone is signed out on every device, you included.".into(), "End every session"),
         "downgrade-all" => (
             "Ask every session for its second factor again?".into(),
-            "Every signed-in person, you included, must prove their second factor at their next request; people without one are offered to set it up.".into(),
+            "Every signed-in person, you included, must prove their second factor at their next request; people without one are signed out and sign in again.".into(),
             "Ask everyone",
         ),
         _ => return None,

@@ -37,9 +37,6 @@ pub async fn challenge_send(app: &Arc<App>, request: Request<Incoming>) -> Respo
         Ok(checked) => checked,
         Err(response) => return response,
     };
-    if !app.config().mfa.email_otp {
-        return page_with_rd(app, "challenge", &return_to);
-    }
     match send_sign_in_code(app, session.user()) {
         Ok(()) => {
             let query = serde_urlencoded::to_string([("rd", return_to.as_str()), ("sent", "1")]).unwrap_or_default();

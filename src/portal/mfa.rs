@@ -66,7 +66,7 @@ impl Pending {
         self.0.get(key).and_then(|s| s.codes.clone())
     }
 
-    fn forget(&self, key: &SessionKey) {
+    pub fn forget(&self, key: &SessionKey) {
         self.0.remove(key);
     }
 
@@ -114,7 +114,9 @@ pub(super) fn render_challenge(
     status: StatusCode,
 ) -> Response<Body> {
     let record = app.accounts.get(session.user().name.as_str());
-    let email = record.email.as_ref().filter(|_| app.config().mfa.email_otp);
+    // `mfa.email_otp` governs new setups; an address already confirmed keeps working, so
+    // turning the option off never strands the accounts that chose it.
+    let email = record.email.as_ref();
     let page = ChallengePage {
         step_up: matches!(session, Session::Full(_)),
         issuer: &app.config().mfa.issuer,
@@ -303,6 +305,9 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
             };
             match upgraded {
                 Ok((id, full)) => {
+                    if !step_up {
+                        app.accounts.record_sign_in(&user, app.clock.now()).await;
+                    }
                     app.pending.rekey(&old_key, full.key());
                     let mut response = pages::see_other(&app.config().public_url.join_path(&return_to));
                     response
@@ -424,10 +429,28 @@ fn render_enroll(
     error: Option<CodeError>,
     status: StatusCode,
 ) -> Response<Body> {
+    let email_option = (may_add(app, session, FactorKind::Email) == MayAdd::Yes)
+        .then(|| crate::factors::email::masked(&session.user().email));
+    let issuer = &app.config().mfa.issuer;
+    if may_add(app, session, FactorKind::Totp) != MayAdd::Yes {
+        let page = EnrollPage {
+            required: matches!(session, Session::Partial(_)),
+            totp: false,
+            issuer,
+            qr: "",
+            uri: "",
+            secret: "",
+            secret_grouped: "",
+            error,
+            csrf: session.csrf_token(),
+            return_to,
+            email_option,
+        };
+        return with_user(pages::html(status, &page), session);
+    }
     let max_age = app.config().session.partial_timeout.as_secs() as i64;
     let secret = app.pending.secret(session.key(), app.clock.now(), max_age);
     let account = session.user().name.as_str();
-    let issuer = &app.config().mfa.issuer;
     let (Ok(uri), encoded) = (totp::provisioning_uri(secret.expose(), issuer, account), totp::base32(secret.expose()))
     else {
         return pages::error(
@@ -446,6 +469,7 @@ fn render_enroll(
     };
     let page = EnrollPage {
         required: matches!(session, Session::Partial(_)),
+        totp: true,
         issuer,
         qr: &qr,
         uri: &uri,
@@ -454,8 +478,7 @@ fn render_enroll(
         error,
         csrf: session.csrf_token(),
         return_to,
-        email_option: (may_add(app, session, FactorKind::Email) == MayAdd::Yes)
-            .then(|| crate::factors::email::masked(&session.user().email)),
+        email_option,
     };
     with_user(pages::html(status, &page), session)
 }
@@ -469,6 +492,25 @@ pub fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
         Lookup::Found(session) if may_add(app, &session, FactorKind::Totp) == MayAdd::StepUpFirst => {
             let query = serde_urlencoded::to_string([("rd", return_to.as_str())]).unwrap_or_default();
             page_with_rd(app, "challenge", &format!("/.portcullis/enroll?{query}"))
+        }
+        // No app allowed here, but codes by email are: the same page, with only that choice.
+        Lookup::Found(session) if may_add(app, &session, FactorKind::Email) == MayAdd::Yes => {
+            render_enroll(app, &session, &return_to, None, StatusCode::OK)
+        }
+        Lookup::Found(session @ Session::Partial(_))
+            if !app.accounts.get(session.user().name.as_str()).has_second_factor() =>
+        {
+            // Nothing to prove and nothing that may be set up: say so rather than send the
+            // browser back to the challenge page, which would send it here again.
+            with_user(
+                pages::error(
+                    StatusCode::FORBIDDEN,
+                    "Two-step verification cannot be set up",
+                    "Your account needs a second step, but none can be set up here at the moment. Tell your administrator.",
+                    Some(("/.portcullis/logout", "Sign out")),
+                ),
+                &session,
+            )
         }
         Lookup::Found(Session::Partial(_)) => page_with_rd(app, "challenge", &return_to),
         Lookup::Found(Session::Full(_)) => pages::see_other(&app.config().public_url.join_path("/.portcullis/account")),
@@ -587,6 +629,9 @@ pub(super) async fn factor_added(
 pub fn recovery_codes_page(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
     let Lookup::Found(session) = app.resolve_session(request.headers()) else { return login_redirect(app, &return_to) };
+    if !codes_belong_to(app, &session) {
+        return page_with_rd(app, "challenge", &return_to);
+    }
     let Some(codes) = app.pending.codes(session.key()) else {
         return pages::see_other(&app.config().public_url.join_path("/.portcullis/account"));
     };
@@ -636,20 +681,34 @@ pub async fn recovery_codes_confirm(app: &Arc<App>, request: Request<Incoming>) 
         Ok(checked) => checked,
         Err(response) => return response,
     };
+    if !codes_belong_to(app, &session) {
+        return page_with_rd(app, "challenge", &return_to);
+    }
     if app.pending.codes(session.key()).is_none() {
         return pages::see_other(&app.config().public_url.join_path("/.portcullis/account"));
     }
     if form.saved.as_deref() != Some("yes") {
         return page_with_rd(app, "recovery-codes", &return_to);
     }
-    let method = app.pending.0.get(session.key()).and_then(|s| s.enrolled_with).unwrap_or(AuthMethod::Otp);
+    let enrolled_with = app.pending.0.get(session.key()).and_then(|s| s.enrolled_with);
     app.pending.forget(session.key());
-    match session {
-        Session::Partial(partial) => finish_inline_enrollment(app, partial, method, &return_to).await,
-        Session::Full(full) => {
+    match (session, enrolled_with) {
+        (Session::Partial(partial), Some(method)) => finish_inline_enrollment(app, partial, method, &return_to).await,
+        (Session::Partial(_), None) => page_with_rd(app, "challenge", &return_to),
+        (Session::Full(full), _) => {
             let response = pages::see_other(&app.config().public_url.join_path(&return_to));
             with_user(response, &Session::Full(full))
         }
+    }
+}
+
+/// Codes waiting to be confirmed are shown to, and confirmed by, a full session, or a partial one
+/// in the middle of enrolling its first factor. Never to a session that was full when they were
+/// made and has since been sent back to the second step: it must prove a factor first.
+fn codes_belong_to(app: &App, session: &Session) -> bool {
+    match session {
+        Session::Full(_) => true,
+        Session::Partial(p) => app.pending.0.get(p.key()).is_some_and(|s| s.enrolled_with.is_some()),
     }
 }
 
@@ -666,6 +725,7 @@ async fn finish_inline_enrollment(
     }
     match app.sessions.promote(partial, vec![AuthMethod::Pwd, method]).await {
         Ok((id, full)) => {
+            app.accounts.record_sign_in(&user, app.clock.now()).await;
             let mut response = pages::see_other(&app.config().public_url.join_path(return_to));
             response.headers_mut().append(http::header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
             response.extensions_mut().insert(RequestUser(Some(user)));
@@ -868,6 +928,9 @@ pub async fn nudge_decline(app: &Arc<App>, request: Request<Incoming>) -> Respon
         Ok(checked) => checked,
         Err(response) => return response,
     };
+    if !matches!(session, Session::Full(_)) {
+        return page_with_rd(app, "challenge", &return_to);
+    }
     let user = session.user().name.to_string();
     let declined = app
         .accounts

@@ -347,7 +347,6 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
     if let Err(e) = app.regulator.succeeded(user.name.as_str(), false).await {
         tracing::error!("could not record a login: {e}");
     }
-    app.accounts.record_sign_in(user.name.as_str(), app.clock.now()).await;
     // A session the browser already had (perhaps planted by someone else) is ended, never reused.
     if let Lookup::Found(previous) = app.resolve_session(&headers)
         && let Err(e) = app.sessions.end(previous.key()).await
@@ -363,6 +362,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
             AfterPassword::Done => {
                 let (id, full) = app.sessions.promote(partial, vec![AuthMethod::Pwd]).await?;
                 let now = app.clock.now();
+                app.accounts.record_sign_in(user.name.as_str(), now).await;
                 let record = app.accounts.get(user.name.as_str());
                 let nudge = policy::should_nudge(requirement, has_factor, app.config().mfa.nudge_every, &record, now);
                 if nudge {
@@ -382,6 +382,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
             // Signed in; a reminder page first that 2FA becomes required soon.
             AfterPassword::Remind(_) => {
                 let (id, full) = app.sessions.promote(partial, vec![AuthMethod::Pwd]).await?;
+                app.accounts.record_sign_in(user.name.as_str(), app.clock.now()).await;
                 Ok((id, full.expires_at(), Some("reminder")))
             }
             // Half logged in: the partial session's cookie, good only for the second-factor pages.
@@ -389,7 +390,6 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
                 // Email first: the code is on its way by the time the challenge page shows.
                 let record = app.accounts.get(user.name.as_str());
                 if record.primary_factor() == Some(crate::factors::FactorKind::Email)
-                    && app.config().mfa.email_otp
                     && let Err(e) = email::send_sign_in_code(app, &user)
                 {
                     tracing::info!(user = %user.name, "no sign-in code sent at login: {e}");

@@ -145,7 +145,7 @@ pub async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connectio
         .accounts
         .update(&name, |record| {
             let link = record.recovery_link.take().filter(|link| link.admits(&form.token, now)).ok_or(())?;
-            *record = crate::factors::AccountRecord { last_sign_in: Some(now), ..Default::default() };
+            *record = crate::factors::AccountRecord { last_sign_in: record.last_sign_in, ..Default::default() };
             Ok(link)
         })
         .await;

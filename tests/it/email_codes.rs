@@ -192,3 +192,18 @@ async fn removing_one_of_two_factors_keeps_the_other() {
     let refused = post(&browser, &proxy, "/.portcullis/account/remove-email", &[("csrf", &csrf)]).await;
     assert_eq!(refused.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn where_apps_are_not_allowed_email_codes_are_the_whole_setup() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[mfa]\npolicy = \"required\"\ntotp = false\nemail_otp = true").start();
+    let browser = Browser::new();
+    let enroll_url = password(&browser, &proxy, &ALICE, "/").await;
+    let page = browser.navigate(&enroll_url).await.text().await.unwrap();
+    assert!(!page.contains("otpauth://") && !page.contains("data:image/png"), "no authenticator setup offered");
+    let confirmed = enroll_email(&browser, &proxy, &enroll_url).await;
+    assert!(confirmed.headers()["location"].to_str().unwrap().contains("/.portcullis/recovery-codes"));
+    // An app cannot be added behind the operator's back.
+    let refused = browser.navigate(&proxy.url("/.portcullis/enroll")).await;
+    assert!(!refused.text().await.unwrap().contains("otpauth://"));
+}
