@@ -241,25 +241,6 @@ pub fn static_file(name: &str) -> Option<Response<Body>> {
     Some(response)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_text_is_escaped() {
-        let page = LoginPage {
-            error: Some(LoginError::BadCredentials),
-            csrf: "t",
-            return_to: "/\"><script>",
-            username: "<b>",
-        };
-        let html = page.render().unwrap();
-        assert!(!html.contains("<script>"));
-        assert!(!html.contains("<b>"));
-        assert!(html.contains("do not match"));
-    }
-}
-
 #[derive(Template)]
 #[template(path = "reminder.html")]
 pub struct ReminderPage<'a> {
@@ -337,4 +318,23 @@ pub struct NudgePage<'a> {
     pub later: &'a str,
     pub csrf: &'a str,
     pub email_codes: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_text_is_escaped() {
+        let page = LoginPage {
+            error: Some(LoginError::BadCredentials),
+            csrf: "t",
+            return_to: "/\"><script>",
+            username: "<b>",
+        };
+        let html = page.render().unwrap();
+        assert!(!html.contains("<script>"));
+        assert!(!html.contains("<b>"));
+        assert!(html.contains("do not match"));
+    }
 }

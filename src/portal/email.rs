@@ -7,8 +7,8 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::mfa::{MayAdd, RdCsrfForm, factor_added, login_redirect, may_add, page_with_rd, render_challenge};
-use super::{SessionForm, return_to_from_query, session_post};
+use super::mfa::{CodeForm, MayAdd, RdCsrfForm, factor_added, login_redirect, may_add, page_with_rd, render_challenge};
+use super::{return_to_from_query, session_post};
 use crate::app::{App, RequestUser};
 use crate::factors::email::{EmailCodeError, Purpose, masked};
 use crate::factors::{EmailFactorRecord, FactorKind};
@@ -131,28 +131,9 @@ pub fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     render_enroll_email(&session, &return_to, None, sent.then_some(EmailNotice::Sent), StatusCode::OK)
 }
 
-#[derive(Deserialize)]
-struct ConfirmForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    code: String,
-    rd: Option<String>,
-}
-
-impl SessionForm for ConfirmForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
-    fn return_to(&self) -> Option<&str> {
-        self.rd.as_deref()
-    }
-}
-
 /// The confirmation code: right, and the address becomes a second factor.
 pub async fn enroll_confirm(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
-    let (session, form, return_to) = match session_post::<ConfirmForm>(app, request, |rd| login_redirect(app, rd)).await
-    {
+    let (session, form, return_to) = match session_post::<CodeForm>(app, request, |rd| login_redirect(app, rd)).await {
         Ok(checked) => checked,
         Err(response) => return response,
     };

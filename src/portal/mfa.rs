@@ -146,12 +146,13 @@ pub fn challenge_form(app: &App, request: &Request<Incoming>) -> Response<Body> 
     }
 }
 
+/// A form carrying a code (challenge, enrollment, email confirmation).
 #[derive(Deserialize)]
-struct CodeForm {
+pub(super) struct CodeForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
-    code: String,
+    pub(super) code: String,
     rd: Option<String>,
 }
 
