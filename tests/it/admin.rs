@@ -405,3 +405,18 @@ async fn a_session_sent_back_to_the_second_step_cannot_pick_up_codes_made_before
     assert_eq!(submit_code(&browser, &proxy, &challenge, &code(&secret, 1)).await.status(), 303);
     assert_eq!(browser.navigate(&proxy.url("/")).await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_page_warns_when_the_clock_is_off() {
+    let upstream = Upstream::start().await;
+    let time_server = crate::cli::fake_time_server(90.0).await;
+    let proxy = proxy(&upstream.url())
+        .toml(&format!("[admin]\ngroup = \"wiki-admins\"\n[clock]\nntp_server = \"{time_server}\""))
+        .start();
+    proxy.stderr.wait_for(0, |l| l.contains("clock: this clock is")).expect("the start-up check warns");
+    let alice = Browser::new();
+    alice.login(&proxy, &ALICE).await;
+    enroll(&alice, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    let page = alice.navigate(&proxy.url("/.portcullis/admin")).await.text().await.unwrap();
+    assert!(page.contains("class=\"warning\"") && page.contains("this clock is -90."), "{page}");
+}

@@ -102,7 +102,7 @@ async fn prometheus_metrics_are_served_on_their_own_listener() {
 }
 
 /// A local SNTP responder (RFC 4330) whose clock is `offset` seconds away from ours.
-async fn fake_time_server(offset: f64) -> std::net::SocketAddr {
+pub(crate) async fn fake_time_server(offset: f64) -> std::net::SocketAddr {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
