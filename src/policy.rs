@@ -23,18 +23,24 @@ pub enum Requirement {
     Upcoming(crate::clock::UnixTime),
 }
 
-/// The requirement for `user` at `now`: `required` globally or through one of their groups, and
-/// in force once `required_after` (if set) has passed.
+/// The requirement for `user` at `now`: `required` globally or through one of their groups, in
+/// force once `required_after` (if set) has passed, or through a group with its own date in
+/// `group_required_after`. When several rules apply, the earliest wins: a later date for one
+/// group never postpones a rule already in force.
 pub fn requirement(mfa: &MfaSettings, user: &User, now: crate::clock::UnixTime) -> Requirement {
-    let required = match mfa.policy {
-        MfaPolicy::Disabled => return Requirement::Off,
-        MfaPolicy::Required => true,
-        MfaPolicy::Optional => user.groups.iter().any(|g| mfa.required_groups.contains(g)),
-    };
-    match (required, mfa.required_after) {
-        (false, _) => Requirement::Optional,
-        (true, Some(deadline)) if now < deadline => Requirement::Upcoming(deadline),
-        (true, _) => Requirement::Required,
+    if mfa.policy == MfaPolicy::Disabled {
+        return Requirement::Off;
+    }
+    // Each rule that applies, with when it takes effect (`None`: it already does).
+    let mut rules: Vec<Option<i64>> = Vec::new();
+    if mfa.policy == MfaPolicy::Required || user.groups.iter().any(|g| mfa.required_groups.contains(g)) {
+        rules.push(mfa.required_after);
+    }
+    rules.extend(user.groups.iter().filter_map(|g| mfa.group_required_after.get(g)).map(|at| Some(*at)));
+    match rules.into_iter().min_by_key(|at| at.unwrap_or(i64::MIN)) {
+        None => Requirement::Optional,
+        Some(Some(deadline)) if now < deadline => Requirement::Upcoming(deadline),
+        Some(_) => Requirement::Required,
     }
 }
 
@@ -142,6 +148,7 @@ mod tests {
             step_up_window: std::time::Duration::from_secs(600),
             attempts: 5,
             required_after: Some(1_800_000_000),
+            group_required_after: Default::default(),
             nudge_every: None,
             email_otp: false,
             email_code_digits: 6,
@@ -150,6 +157,28 @@ mod tests {
         assert_eq!(requirement(&mfa, &user, 1_800_000_000), Required);
         let outsider = crate::users::User { groups: vec![], ..user.clone() };
         assert_eq!(requirement(&mfa, &outsider, 1_800_000_000), Optional);
+
+        // Groups with dates of their own: the earliest rule that applies wins.
+        let staged = MfaSettings {
+            required_groups: vec![],
+            required_after: None,
+            group_required_after: [
+                ("developers".to_string(), 1_700_000_000),
+                ("translators".to_string(), 1_900_000_000),
+            ]
+            .into_iter()
+            .collect(),
+            ..mfa.clone()
+        };
+        assert_eq!(requirement(&staged, &user, 1_600_000_000), Upcoming(1_700_000_000));
+        assert_eq!(requirement(&staged, &user, 1_700_000_000), Required);
+        let translator = crate::users::User { groups: vec!["translators".into()], ..user.clone() };
+        assert_eq!(requirement(&staged, &translator, 1_800_000_000), Upcoming(1_900_000_000));
+        let both = crate::users::User { groups: vec!["translators".into(), "developers".into()], ..user.clone() };
+        assert_eq!(requirement(&staged, &both, 1_800_000_000), Required, "a later group date never postpones");
+        let now_and_later = MfaSettings { required_groups: vec!["translators".into()], ..staged.clone() };
+        assert_eq!(requirement(&now_and_later, &translator, 1_000), Required, "required now beats a future date");
+        assert_eq!(requirement(&staged, &outsider, 2_000_000_000), Optional);
         assert!(full_session_allowed(Upcoming(1), false, false), "before the deadline a password-only session is fine");
     }
 

@@ -195,6 +195,9 @@ pub struct MfaSettings {
     /// Staged rollout: where 2FA is required (by policy or group), it becomes mandatory only
     /// from this moment (Unix time); before it, users without a factor are reminded at sign-in.
     pub required_after: Option<i64>,
+    /// Staged rollout per group: members of each group must have 2FA from its date (Unix time),
+    /// and are reminded before it.
+    pub group_required_after: std::collections::BTreeMap<String, i64>,
     /// Under `optional`: suggest 2FA after sign-in to users without it, at most this often, until
     /// they set it up or decline for good. No suggestion when `None`.
     pub nudge_every: Option<Duration>,
@@ -372,6 +375,23 @@ impl Validator {
     fn path(&self, relative_to: &Path, value: &str) -> PathBuf {
         let p = Path::new(value);
         if p.is_absolute() { p.to_path_buf() } else { relative_to.join(p) }
+    }
+
+    /// A date (midnight UTC at its start) or a full RFC 3339 time, as Unix seconds.
+    fn date(&mut self, key: &str, text: &str) -> Option<i64> {
+        let full = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_string() };
+        match humantime::parse_rfc3339(&full) {
+            Ok(when) => when.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs() as i64),
+            Err(_) => {
+                self.problem(
+                    key,
+                    Some(text),
+                    "not a date",
+                    "write a date like \"2027-01-31\" (midnight UTC) or a time like \"2027-01-31T09:00:00Z\"",
+                );
+                None
+            }
+        }
     }
 
     fn duration(&mut self, key: &str, value: &Option<String>, default: &str, min: Duration, max: Duration) -> Duration {
@@ -728,7 +748,9 @@ impl Validator {
         let email_otp = raw.email_otp.unwrap_or(false);
         // Fail closed: requiring a second factor that nobody can enroll would lock everyone out
         // (or, worse, tempt a "temporary" bypass). Refuse to start instead, and say what to change.
-        let requires = policy == MfaPolicy::Required || (policy == MfaPolicy::Optional && !required_groups.is_empty());
+        let requires = policy == MfaPolicy::Required
+            || (policy == MfaPolicy::Optional
+                && (!required_groups.is_empty() || raw.group_required_after.as_ref().is_some_and(|g| !g.is_empty())));
         if requires && !totp && !email_otp {
             self.problem(
                 "mfa.totp",
@@ -764,22 +786,33 @@ impl Validator {
             );
         }
         let attempts = self.count("mfa.attempts", raw.attempts, 5, 100);
-        let required_after = raw.required_after.as_deref().and_then(|text| {
-            // A date means midnight UTC at its start; a full RFC 3339 time is taken as written.
-            let full = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_string() };
-            match humantime::parse_rfc3339(&full) {
-                Ok(when) => when.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs() as i64),
-                Err(_) => {
-                    self.problem(
-                        "mfa.required_after",
-                        Some(text),
-                        "not a date",
-                        "write a date like \"2027-01-31\" (midnight UTC) or a time like \"2027-01-31T09:00:00Z\"",
-                    );
-                    None
+        let required_after = raw.required_after.as_deref().and_then(|text| self.date("mfa.required_after", text));
+        let group_required_after: std::collections::BTreeMap<String, i64> = raw
+            .group_required_after
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(group, text)| {
+                let when = self.date(&format!("mfa.group_required_after.{group}"), &text)?;
+                Some((group, when))
+            })
+            .collect();
+        if !group_required_after.is_empty() {
+            let moot = match policy {
+                MfaPolicy::Disabled => Some("has no effect while mfa.policy = \"disabled\""),
+                MfaPolicy::Required if required_after.is_none() => {
+                    Some("has no effect: mfa.policy = \"required\" already applies to everyone, now")
                 }
+                _ => None,
+            };
+            if let Some(why) = moot {
+                self.problem(
+                    "mfa.group_required_after",
+                    None,
+                    why,
+                    "remove it, or use mfa.policy = \"optional\" to roll 2FA out group by group",
+                );
             }
-        });
+        }
         if required_after.is_some() && !requires {
             self.problem(
                 "mfa.required_after",
@@ -805,6 +838,7 @@ impl Validator {
             ),
             attempts: attempts as u32,
             required_after,
+            group_required_after,
             nudge_every,
             email_otp,
             email_code_digits: email_code_digits as u32,

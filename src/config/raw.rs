@@ -113,6 +113,7 @@ pub struct RawMfa {
     pub step_up_window: Option<String>,
     pub attempts: Option<i64>,
     pub required_after: Option<String>,
+    pub group_required_after: Option<std::collections::BTreeMap<String, String>>,
     pub nudge_every: Option<String>,
     pub email_otp: Option<bool>,
     pub email_code_digits: Option<i64>,

@@ -529,3 +529,24 @@ async fn under_optional_a_nudge_suggests_2fa_and_can_be_declined() {
     enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
     assert_eq!(browser.navigate(&proxy.url("/.portcullis/nudge?rd=%2F")).await.status(), 303);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_group_can_have_its_own_date() {
+    let upstream = Upstream::start().await;
+    let both = proxy(&upstream.url())
+        .account(&BOB)
+        .toml("[mfa.group_required_after]\nwiki-admins = \"2099-01-31\"\nstaff = \"2000-01-01\"")
+        .start();
+    // Alice is in both groups: the rule already in force wins over the later date.
+    assert!(password(&Browser::new(), &both, &ALICE, "/").await.contains("/.portcullis/enroll"));
+    let users = both.cli(&["admin", "adoption", "--json"], "");
+    let adoption: serde_json::Value = serde_json::from_slice(&users.stdout).unwrap();
+    let staff = adoption["groups"].as_array().unwrap().iter().find(|g| g["group"] == "staff").unwrap().clone();
+    assert_eq!(staff["missing"], serde_json::json!(["alice", "bob"]));
+
+    let later =
+        proxy(&upstream.url()).account(&BOB).toml("[mfa.group_required_after]\nwiki-admins = \"2099-01-31\"").start();
+    let reminder = password(&Browser::new(), &later, &ALICE, "/").await;
+    assert!(reminder.contains("/.portcullis/reminder"), "{reminder}");
+    assert_eq!(password(&Browser::new(), &later, &BOB, "/").await, later.url("/"), "staff has no date here");
+}
