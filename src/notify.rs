@@ -313,27 +313,55 @@ impl Delivery {
         tokio::spawn(self.run())
     }
 
+    /// Delivers until the queue closes (every `Notifier` dropped), then finishes what is in flight.
     async fn run(mut self) {
         let Some(outbox) = Outbox::open(&self.transport).await else { return };
+        let outbox = std::sync::Arc::new(outbox);
+        // Each mail goes on its own task, so one waiting out its retries never holds up the next
+        // (a sign-in code must not queue behind a mail the server keeps deferring). `in_flight`
+        // bounds the mails being worked on; `sending` the connections open at once.
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let sending = std::sync::Arc::new(tokio::sync::Semaphore::new(SENDING));
+        let mut tasks = tokio::task::JoinSet::new();
         while let Some(message) = self.queue.recv().await {
-            let to = message.envelope().to().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-            let mut attempt = 0;
-            loop {
-                match outbox.send(&message).await {
-                    Ok(receipt) => {
-                        tracing::info!(%to, %receipt, "security notification sent");
-                        break;
-                    }
-                    Err(e) if !e.permanent && attempt < RETRIES.len() => {
-                        tracing::warn!(%to, "sending a security notification failed, retrying in {:?}: {}", RETRIES[attempt], e.reason);
-                        tokio::time::sleep(RETRIES[attempt]).await;
-                        attempt += 1;
-                    }
-                    Err(e) => {
-                        tracing::error!(%to, "a security notification could not be sent: {}", e.reason);
-                        break;
-                    }
-                }
+            let Ok(slot) = in_flight.clone().acquire_owned().await else { break };
+            let (outbox, sending) = (outbox.clone(), sending.clone());
+            tasks.spawn(async move {
+                let _slot = slot;
+                deliver(&outbox, &sending, message).await;
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Mails being delivered or retried at once; past this, the queue waits.
+const IN_FLIGHT: usize = 64;
+/// Attempts in progress at once (each may open a connection to the mail server).
+const SENDING: usize = 4;
+
+async fn deliver(outbox: &Outbox, sending: &tokio::sync::Semaphore, message: Message) {
+    let to = message.envelope().to().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    let mut attempt = 0;
+    loop {
+        let sent = match sending.acquire().await {
+            Ok(_permit) => outbox.send(&message).await,
+            Err(_) => return,
+        };
+        match sent {
+            Ok(receipt) => {
+                tracing::info!(%to, %receipt, "security notification sent");
+                return;
+            }
+            Err(e) if !e.permanent && attempt < RETRIES.len() => {
+                tracing::warn!(%to, "sending a security notification failed, retrying in {:?}: {}", RETRIES[attempt], e.reason);
+                tokio::time::sleep(RETRIES[attempt]).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::error!(%to, "a security notification could not be sent: {}", e.reason);
+                return;
             }
         }
     }

@@ -42,6 +42,12 @@ struct Sink {
 
 impl Sink {
     async fn start(refuse: usize) -> Self {
+        Self::start_deferring(refuse, None).await
+    }
+
+    /// Like `start`, and besides always defers (451) mail to `defer`, as a mailbox that is
+    /// temporarily unavailable would.
+    async fn start_deferring(refuse: usize, defer: Option<&'static str>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, mail) = mpsc::unbounded_channel();
@@ -52,7 +58,7 @@ impl Sink {
             while let Ok((stream, _)) = listener.accept().await {
                 let (tx, refuse, tried) = (tx.clone(), refuse.clone(), tried.clone());
                 tokio::spawn(async move {
-                    let _ = converse(stream, tx, refuse, tried).await;
+                    let _ = converse(stream, tx, refuse, tried, defer).await;
                 });
             }
         });
@@ -71,6 +77,7 @@ async fn converse(
     mail: mpsc::UnboundedSender<Received>,
     refuse: Arc<AtomicUsize>,
     tried: Arc<AtomicUsize>,
+    defer: Option<&'static str>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
@@ -111,7 +118,9 @@ async fn converse(
             b"250 2.1.0 Ok\r\n"
         } else if upper.starts_with("RCPT TO:") {
             tried.fetch_add(1, Ordering::SeqCst);
-            if refuse.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            if defer.is_some_and(|address| line.contains(address))
+                || refuse.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+            {
                 b"451 4.3.0 Try again later\r\n"
             } else {
                 to.push(line["RCPT TO:".len()..].trim().to_string());
@@ -205,4 +214,24 @@ async fn a_mail_the_server_defers_is_retried_and_delivered() {
     let retry = proxy.stderr.wait_for(0, |l| l.contains("failed, retrying"));
     assert!(retry.expect("the deferral is logged").contains("451"));
     assert!(!proxy.stderr.all().join("\n").contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deferred_mail_does_not_hold_up_the_next() {
+    // Alice's mailbox keeps saying "later"; her mail waits out its retries (over a minute) while
+    // Bob's is delivered at once.
+    let mut sink = Sink::start_deferring(0, Some("alice@example.com")).await;
+    let (_keep, password) = password_file();
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).account(&crate::mfa::BOB).toml(&notify_toml(sink.port, &password)).start();
+    let alice = Browser::new();
+    alice.login(&proxy, &ALICE).await;
+    enroll(&alice, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    proxy.stderr.wait_for(0, |l| l.contains("failed, retrying")).expect("alice's mail is deferred");
+
+    let bob = Browser::new();
+    bob.login(&proxy, &crate::mfa::BOB).await;
+    enroll(&bob, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    let mail = sink.next().await;
+    assert_eq!(mail.to, vec!["<bob@example.com>".to_string()]);
 }
