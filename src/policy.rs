@@ -31,13 +31,12 @@ pub fn requirement(mfa: &MfaSettings, user: &User, now: crate::clock::UnixTime) 
     if mfa.policy == MfaPolicy::Disabled {
         return Requirement::Off;
     }
-    // Each rule that applies, with when it takes effect (`None`: it already does).
-    let mut rules: Vec<Option<i64>> = Vec::new();
-    if mfa.policy == MfaPolicy::Required || user.groups.iter().any(|g| mfa.required_groups.contains(g)) {
-        rules.push(mfa.required_after);
-    }
-    rules.extend(user.groups.iter().filter_map(|g| mfa.group_required_after.get(g)).map(|at| Some(*at)));
-    match rules.into_iter().min_by_key(|at| at.unwrap_or(i64::MIN)) {
+    // Each rule that applies, with when it takes effect (`None`: it already does). Evaluated on
+    // every request, so an iterator rather than a collection: no allocation.
+    let global = (mfa.policy == MfaPolicy::Required || user.groups.iter().any(|g| mfa.required_groups.contains(g)))
+        .then_some(mfa.required_after);
+    let per_group = user.groups.iter().filter_map(|g| mfa.group_required_after.get(g)).map(|at| Some(*at));
+    match global.into_iter().chain(per_group).min_by_key(|at| at.unwrap_or(i64::MIN)) {
         None => Requirement::Optional,
         Some(Some(deadline)) if now < deadline => Requirement::Upcoming(deadline),
         Some(_) => Requirement::Required,
