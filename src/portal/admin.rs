@@ -133,7 +133,7 @@ pub async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Response<Body>
             subject: b.subject,
         })
         .collect();
-    let mut warnings = (**app.clock_warnings.load()).clone();
+    let mut warnings: Vec<String> = app.clock_warnings.load().iter().map(|w| format!("Clock: {w}.")).collect();
     let drift = app.drift.report();
     if drift.skew_likely() {
         warnings.push(format!(
