@@ -420,8 +420,8 @@ async fn admin_offline(config: &config::Config, request: admin::Request) -> Resu
         notifier: Arc::new(notifier),
         clock,
     };
-    let uid = std::fs::metadata(&config.data_dir).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0);
-    let reply = operator.execute(request, &format!("cli offline (data_dir owner {uid})")).await;
+    let uid = admin::control::effective_uid();
+    let reply = operator.execute(request, &format!("cli offline (uid {uid})")).await;
     // Deliver what the operation queued before exiting: dropping the last sender ends the queue.
     drop(operator);
     if let Some(delivery) = delivery {

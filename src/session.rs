@@ -488,16 +488,18 @@ impl Sessions {
     /// proved). The id stays: this lowers privilege. The user gets `partial_timeout` from now to
     /// satisfy the policy again.
     pub async fn downgrade(&self, full: FullSession) -> Result<PartialSession, SessionError> {
-        let now = self.clock.now();
-        let record = SessionRecord {
-            stage: Stage::Partial { first_factor_at: now },
-            last_seen: now,
-            ..full.entry.record.clone()
-        };
-        self.persist(&full.key, &record, None).await?;
-        let entry = Entry::new(record);
-        self.cache.insert(full.key.clone(), entry.clone());
+        let entry = self.make_partial(&full.key, &full.entry.record).await?;
         Ok(PartialSession { key: full.key, entry, user: full.user })
+    }
+
+    /// The one way a session drops back to partial: stored first, then swapped into the cache.
+    async fn make_partial(&self, key: &SessionKey, record: &SessionRecord) -> Result<Arc<Entry>, SessionError> {
+        let now = self.clock.now();
+        let record = SessionRecord { stage: Stage::Partial { first_factor_at: now }, last_seen: now, ..record.clone() };
+        self.persist(key, &record, None).await?;
+        let entry = Entry::new(record);
+        self.cache.insert(key.clone(), entry.clone());
+        Ok(entry)
     }
 
     /// Records a second factor proven again in a full session (step-up before a sensitive
@@ -531,7 +533,6 @@ impl Sessions {
     /// must prove a second factor again at its next request (operator action after a reset or a
     /// policy change). The ids stay: this lowers privilege. Returns how many were downgraded.
     pub async fn downgrade_where(&self, matches: impl Fn(&str) -> bool) -> Result<usize, SessionError> {
-        let now = self.clock.now();
         let chosen: Vec<(SessionKey, SessionRecord)> = self
             .cache
             .iter()
@@ -539,10 +540,7 @@ impl Sessions {
             .map(|e| (e.key().clone(), e.value().snapshot()))
             .collect();
         for (key, record) in &chosen {
-            let record =
-                SessionRecord { stage: Stage::Partial { first_factor_at: now }, last_seen: now, ..record.clone() };
-            self.persist(key, &record, None).await?;
-            self.cache.insert(key.clone(), Entry::new(record));
+            self.make_partial(key, record).await?;
         }
         Ok(chosen.len())
     }

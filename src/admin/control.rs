@@ -110,7 +110,8 @@ async fn answer(stream: UnixStream, admin: Arc<Admin>) {
     let _ = write.shutdown().await;
 }
 
-fn effective_uid() -> u32 {
+/// The uid this process runs as (the audit trail names operators by it).
+pub fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }

@@ -115,6 +115,13 @@ struct SentQuery {
     sent: Option<String>,
 }
 
+/// "A code is on its way", after a redirect from sending one (`?sent=1`). Only ever this fixed
+/// notice: nothing from the address is shown.
+pub(super) fn sent_notice<B>(request: &Request<B>) -> Option<EmailNotice> {
+    let query = serde_urlencoded::from_str::<SentQuery>(request.uri().query().unwrap_or("")).ok()?;
+    (query.sent.as_deref() == Some("1")).then_some(EmailNotice::Sent)
+}
+
 /// The page that asks for the confirmation code.
 pub fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
@@ -124,11 +131,7 @@ pub fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     if may_add(app, &session, FactorKind::Email) != MayAdd::Yes {
         return not_now(app, &session, &return_to);
     }
-    let sent = serde_urlencoded::from_str::<SentQuery>(request.uri().query().unwrap_or(""))
-        .ok()
-        .and_then(|q| q.sent)
-        .is_some_and(|s| s == "1");
-    render_enroll_email(&session, &return_to, None, sent.then_some(EmailNotice::Sent), StatusCode::OK)
+    render_enroll_email(&session, &return_to, None, sent_notice(request), StatusCode::OK)
 }
 
 /// The confirmation code: right, and the address becomes a second factor.

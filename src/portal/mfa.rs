@@ -139,8 +139,7 @@ pub fn challenge_form(app: &App, request: &Request<Incoming>) -> Response<Body> 
                 // Nothing to prove with: enroll instead (or go on, if not required).
                 return page_with_rd(app, "enroll", &return_to);
             }
-            let notice = request.uri().query().unwrap_or("").contains("sent=1").then_some(EmailNotice::Sent);
-            render_challenge(app, &session, &return_to, None, notice, StatusCode::OK)
+            render_challenge(app, &session, &return_to, None, super::email::sent_notice(request), StatusCode::OK)
         }
         _ => login_redirect(app, &return_to),
     }
@@ -266,7 +265,7 @@ pub async fn challenge_submit(app: &Arc<App>, request: Request<Incoming>, conn: 
         Verdict::Allowed => {}
         Verdict::Banned(until) => {
             crate::telemetry::second_factor("locked");
-            let minutes = ((until - app.clock.now()).max(1) + 59) / 60;
+            let minutes = super::minutes_until(app, until);
             let message = format!(
                 "Too many wrong codes. For safety, codes are not being checked for about {minutes} minute(s); try again then."
             );

@@ -267,10 +267,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
         Err(response) => return response,
     };
     let return_to = return_url::or_root(form.rd.as_deref(), &app.config().public_url);
-    let (expected_csrf, _) = login_csrf(app, &headers);
-    if !tokens_match(&expected_csrf, &form.csrf)
-        || headers::cookie_values(&headers, &app.login_csrf_cookie()).next().is_none()
-    {
+    if !login_csrf_ok(app, &headers, &form.csrf) {
         return render_login(app, &headers, StatusCode::FORBIDDEN, Some(LoginError::Expired), &return_to, "");
     }
     let username = form.username.trim().to_ascii_lowercase();
@@ -288,7 +285,10 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
     // Regulation comes before the (expensive) hash, and treats unknown names like real ones.
     let client_ip = headers::client_ip(&headers, conn.peer.ip(), &app.config().trusted_proxies);
     let subjects = [Subject::Account(username.clone()), Subject::Address(client_ip)];
-    if let Some(response) = regulated(app, &headers, &subjects, &return_to, &username) {
+    if let Some(response) = regulated(app, &subjects, |status, error| {
+        render_login(app, &headers, status, Some(error), &return_to, &username)
+    }) {
+        crate::telemetry::login("locked");
         return response;
     }
     let user = app.users.get(&username);
@@ -297,19 +297,7 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
         (Ok(true), Some(user)) => user,
         (Ok(_), _) => {
             tracing::warn!(target: "portcullis::security", user = %username, client = %client_ip, "login failed");
-            crate::telemetry::login("failed");
-            match app.regulator.failed(&subjects, false).await {
-                Ok(true) => {
-                    crate::telemetry::lockout();
-                    tracing::warn!(target: "portcullis::security", user = %username, client = %client_ip, "locked out after repeated failures");
-                    // Only a real account has someone to tell; the page says the same either way.
-                    if let Some(account) = app.users.get(&username) {
-                        app.notifier.send(&account, crate::notify::SecurityEvent::Locked, app.clock.now(), false);
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::error!("could not record a failed login: {e}"),
-            }
+            password_failed(app, &subjects, &username, client_ip).await;
             return render_login(
                 app,
                 &headers,
@@ -428,29 +416,49 @@ async fn login_submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connect
     }
 }
 
-/// The answer while a subject is banned: the login form with the wait, status 429.
+/// The login form's CSRF check: the token in the form matches the browser's own login-CSRF
+/// cookie, which must be present.
+fn login_csrf_ok(app: &App, headers: &HeaderMap, given: &str) -> bool {
+    let (expected, _) = login_csrf(app, headers);
+    tokens_match(&expected, given) && headers::cookie_values(headers, &app.login_csrf_cookie()).next().is_some()
+}
+
+/// Counts a wrong password against the account and the address; when that starts a ban, it is
+/// counted and the account's owner (if the account exists) is told.
+async fn password_failed(app: &App, subjects: &[Subject], username: &str, client_ip: std::net::IpAddr) {
+    crate::telemetry::login("failed");
+    match app.regulator.failed(subjects, false).await {
+        Ok(true) => {
+            crate::telemetry::lockout();
+            tracing::warn!(target: "portcullis::security", user = %username, client = %client_ip, "locked out after repeated failures");
+            // Only a real account has someone to tell; the page says the same either way.
+            if let Some(account) = app.users.get(username) {
+                app.notifier.send(&account, crate::notify::SecurityEvent::Locked, app.clock.now(), false);
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!("could not record a failed password: {e}"),
+    }
+}
+
+/// Whole minutes until `until`, at least one, for "try again in about N minutes".
+pub(crate) fn minutes_until(app: &App, until: crate::clock::UnixTime) -> i64 {
+    ((until - app.clock.now()).max(1) + 59) / 60
+}
+
+/// The answer while a subject is banned: the page `render` makes with the wait, status 429 and
+/// `Retry-After`.
 fn regulated(
     app: &App,
-    headers: &HeaderMap,
     subjects: &[Subject],
-    return_to: &str,
-    username: &str,
+    render: impl FnOnce(StatusCode, LoginError) -> Response<Body>,
 ) -> Option<Response<Body>> {
     match app.regulator.check(subjects) {
         Verdict::Allowed => None,
         Verdict::Banned(until) => {
-            crate::telemetry::login("locked");
-            let wait = (until - app.clock.now()).max(1);
-            let minutes = (wait + 59) / 60;
-            let mut response = render_login(
-                app,
-                headers,
-                StatusCode::TOO_MANY_REQUESTS,
-                Some(LoginError::Locked { minutes }),
-                return_to,
-                username,
-            );
-            if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+            let minutes = minutes_until(app, until);
+            let mut response = render(StatusCode::TOO_MANY_REQUESTS, LoginError::Locked { minutes });
+            if let Ok(value) = HeaderValue::from_str(&(until - app.clock.now()).max(1).to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
             Some(response)

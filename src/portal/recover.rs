@@ -15,13 +15,13 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::{
-    cookie_header, forbidden_origin, format_time, login_csrf, read_form, same_origin, session_cookie_header,
-    tokens_match,
+    cookie_header, forbidden_origin, format_time, login_csrf, login_csrf_ok, password_failed, read_form, regulated,
+    same_origin, session_cookie_header,
 };
 use crate::app::{App, Connection, RequestUser};
 use crate::pages::{self, Body, LoginError, RecoverPage};
 use crate::password::HashError;
-use crate::regulation::{Subject, Verdict};
+use crate::regulation::Subject;
 use crate::users::User;
 
 /// The account a token belongs to, if the link is live.
@@ -102,10 +102,7 @@ pub async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connectio
     };
     let Some((user, expires_at)) = holder(app, &form.token) else { return dead_link() };
     let again = |status, error| render(app, &headers, status, &user, expires_at, &form.token, Some(error));
-    let (expected_csrf, _) = login_csrf(app, &headers);
-    if !tokens_match(&expected_csrf, &form.csrf)
-        || crate::headers::cookie_values(&headers, &app.login_csrf_cookie()).next().is_none()
-    {
+    if !login_csrf_ok(app, &headers, &form.csrf) {
         return again(StatusCode::FORBIDDEN, LoginError::Expired);
     }
     if form.password.is_empty() || form.password.len() > 1024 {
@@ -114,17 +111,14 @@ pub async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connectio
     let name = user.name.to_string();
     let client_ip = crate::headers::client_ip(&headers, conn.peer.ip(), &app.config().trusted_proxies);
     let subjects = [Subject::Account(name.clone()), Subject::Address(client_ip)];
-    if let Verdict::Banned(until) = app.regulator.check(&subjects) {
-        let minutes = ((until - app.clock.now()).max(1) + 59) / 60;
-        return again(StatusCode::TOO_MANY_REQUESTS, LoginError::Locked { minutes });
+    if let Some(response) = regulated(app, &subjects, again) {
+        return response;
     }
     match app.passwords.verify(form.password, Some(user.password_hash.as_str())).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(target: "portcullis::security", user = %name, client = %client_ip, "recovery link: wrong password");
-            if let Err(e) = app.regulator.failed(&subjects, false).await {
-                tracing::error!("could not record a failed recovery: {e}");
-            }
+            password_failed(app, &subjects, &name, client_ip).await;
             return again(StatusCode::UNAUTHORIZED, LoginError::BadCredentials);
         }
         Err(HashError::Busy) => {

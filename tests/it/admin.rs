@@ -420,3 +420,37 @@ async fn the_admin_page_warns_when_the_clock_is_off() {
     let page = alice.navigate(&proxy.url("/.portcullis/admin")).await.text().await.unwrap();
     assert!(page.contains("class=\"warning\"") && page.contains("this clock is -90."), "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recovery_link_refuses_forged_and_cross_site_posts() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let issued = proxy.cli(&["admin", "recovery-link", "alice"], "");
+    let link = String::from_utf8_lossy(&issued.stdout).lines().find(|l| l.starts_with("http")).unwrap().to_string();
+    let browser = Browser::new();
+    let html = browser.navigate(&link).await.text().await.unwrap();
+    let form = |name| crate::harness::form_field(&html, name).unwrap();
+    let post = |origin: &'static str, csrf: String| {
+        browser
+            .http
+            .post(proxy.url("/.portcullis/recover"))
+            .header("origin", if origin.is_empty() { proxy.origin() } else { origin.to_string() })
+            .form(&[("csrf", csrf), ("token", form("token")), ("password", ALICE.password.to_string())])
+            .send()
+    };
+    assert_eq!(post("https://evil.example", form("csrf")).await.unwrap().status(), 403, "cross-site");
+    assert_eq!(post("", "forged".into()).await.unwrap().status(), 403, "without the form's token");
+    // Another browser (no login-CSRF cookie) cannot use this one's token either.
+    let other = Browser::new()
+        .http
+        .post(proxy.url("/.portcullis/recover"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", form("csrf")), ("token", form("token")), ("password", ALICE.password.to_string())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 403);
+    assert_eq!(browser.http.get(proxy.url("/")).send().await.unwrap().status(), 401, "no session came of it");
+    assert_eq!(Browser::new().navigate(&link).await.status(), 200, "the link is not spent");
+    assert_eq!(post("", form("csrf")).await.unwrap().status(), 303, "the real form still works");
+}

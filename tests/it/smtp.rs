@@ -173,15 +173,22 @@ fn notify_toml(port: u16, password_file: &std::path::Path) -> String {
     )
 }
 
+/// A proxy (with Alice and Bob) mailing through the sink on `port`, and Alice turning 2FA on,
+/// which sends her a mail.
+async fn alice_enrolls(port: u16, password_file: &std::path::Path) -> (Upstream, crate::harness::Proxy) {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).account(&crate::mfa::BOB).toml(&notify_toml(port, password_file)).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    (upstream, proxy)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn enrolling_sends_a_mail_through_the_smtp_server_signed_in() {
     let mut sink = Sink::start(0).await;
     let (_keep, password) = password_file();
-    let upstream = Upstream::start().await;
-    let proxy = proxy(&upstream.url()).toml(&notify_toml(sink.port, &password)).start();
-    let browser = Browser::new();
-    browser.login(&proxy, &ALICE).await;
-    enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    let (_upstream, proxy) = alice_enrolls(sink.port, &password).await;
 
     let mail = sink.next().await;
     assert_eq!(mail.auth, Some((USERNAME.to_string(), PASSWORD.to_string())), "AUTH carried the configured account");
@@ -202,11 +209,7 @@ async fn enrolling_sends_a_mail_through_the_smtp_server_signed_in() {
 async fn a_mail_the_server_defers_is_retried_and_delivered() {
     let mut sink = Sink::start(1).await;
     let (_keep, password) = password_file();
-    let upstream = Upstream::start().await;
-    let proxy = proxy(&upstream.url()).toml(&notify_toml(sink.port, &password)).start();
-    let browser = Browser::new();
-    browser.login(&proxy, &ALICE).await;
-    enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    let (_upstream, proxy) = alice_enrolls(sink.port, &password).await;
 
     let mail = sink.next().await;
     assert!(mail.data.contains("Subject: Two-step verification was turned on"), "{}", mail.data);
@@ -222,11 +225,7 @@ async fn a_deferred_mail_does_not_hold_up_the_next() {
     // Bob's is delivered at once.
     let mut sink = Sink::start_deferring(0, Some("alice@example.com")).await;
     let (_keep, password) = password_file();
-    let upstream = Upstream::start().await;
-    let proxy = proxy(&upstream.url()).account(&crate::mfa::BOB).toml(&notify_toml(sink.port, &password)).start();
-    let alice = Browser::new();
-    alice.login(&proxy, &ALICE).await;
-    enroll(&alice, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    let (_upstream, proxy) = alice_enrolls(sink.port, &password).await;
     proxy.stderr.wait_for(0, |l| l.contains("failed, retrying")).expect("alice's mail is deferred");
 
     let bob = Browser::new();
