@@ -41,6 +41,8 @@ pub struct App {
     /// What the start-up clock check found, for the admin page.
     pub clock_warnings: arc_swap::ArcSwap<Vec<String>>,
     pub notifier: Arc<crate::notify::Notifier>,
+    /// Signs and recognises known-browser cookies (see `known_browser.rs`).
+    pub known_browsers: crate::known_browser::KnownBrowsers,
     pub clock: SharedClock,
 }
 
@@ -81,7 +83,7 @@ impl App {
 
     /// The cookie that protects the login form against login CSRF.
     pub fn login_csrf_cookie(&self) -> String {
-        format!("{}-csrf", self.config().session.cookie_name)
+        self.sessions.settings().login_csrf_cookie()
     }
 
     pub fn resolve_session(&self, request_headers: &http::HeaderMap) -> Lookup {
@@ -214,13 +216,13 @@ impl App {
             let requirement = policy::requirement(&self.config().mfa, partial.user(), self.clock.now());
             let has_factor = self.accounts.get(partial.user().name.as_str()).has_second_factor();
             let page = match policy::after_password(requirement, has_factor) {
-                policy::AfterPassword::Enroll => "enroll",
+                policy::AfterPassword::Enroll => route::Destination::Enroll,
                 // Challenge; or, if the policy no longer asks for anything, the challenge page
                 // sends a factor-less account on to enrollment or the account page.
-                _ => "challenge",
+                _ => route::Destination::Challenge,
             };
             let original = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            portal::page_with_rd(self, page, &return_url::or_root(Some(original), &self.config().public_url))
+            portal::send_to(self, page, &return_url::or_root(Some(original), &self.config().public_url))
         } else {
             pages::plain(StatusCode::UNAUTHORIZED, "401 Unauthorized: finish signing in at /.portcullis/challenge\n")
         };

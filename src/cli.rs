@@ -90,7 +90,7 @@ pub enum AdminCommand {
     DowngradeAll,
     /// Brute-force bans and second-factor locks in force.
     Bans,
-    /// Lift a ban or lock, named as `bans` shows it: account:NAME or address:IP.
+    /// Lift a ban or lock, named as `bans` shows it: account:NAME, address:IP or browser:ID.
     Unban { subject: String },
     /// Make a one-time recovery link for a user who lost every second factor: with the link and
     /// their password, they set up a new authenticator and the old factors stop working.
@@ -281,16 +281,8 @@ fn read_new_password() -> Result<Zeroizing<String>, String> {
     Ok(password)
 }
 
-/// NIST SP 800-63B §3.1.1.2: at least 8 characters, and allow long passphrases.
 pub fn check_new_password(password: &str) -> Result<(), String> {
-    let chars = password.chars().count();
-    if chars < 8 {
-        return Err("the password must have at least 8 characters; nothing was changed".into());
-    }
-    if password.len() > 1024 {
-        return Err("the password is longer than 1024 bytes; nothing was changed".into());
-    }
-    Ok(())
+    crate::password::check_new_password(password).map_err(|e| format!("{e}; nothing was changed"))
 }
 
 fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {

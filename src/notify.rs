@@ -121,7 +121,15 @@ pub enum SecurityEvent {
         left: usize,
     },
     CodesRegenerated,
-    Locked,
+    /// Signing in was paused after too many wrong passwords, or (`by_codes`) too many wrong
+    /// second-factor codes after a right password.
+    Locked {
+        by_codes: bool,
+    },
+    /// The authenticator app was moved to a new one (the old one no longer works).
+    AuthenticatorReplaced,
+    /// The user changed their password on the account page.
+    PasswordChanged,
     /// An administrator made a one-time recovery link for the account (mailed with the link).
     RecoveryLinkIssued {
         url: String,
@@ -194,9 +202,21 @@ impl SecurityEvent {
                 "Someone signed in with your password but stopped at the second step",
                 "Your password was entered correctly, but no code from your authenticator followed. If that was not you, someone knows your password: change it now.".into(),
             ),
-            Self::Locked => (
+            Self::Locked { by_codes: false } => (
                 "Signing in to your account was paused",
-                "There were too many failed attempts to sign in to your account, so signing in is paused for a while. Someone may be guessing your password.".into(),
+                "There were too many wrong passwords for your account, so signing in to it is paused for a while. Someone may be guessing your password. Browsers you have signed in with before are not affected.".into(),
+            ),
+            Self::Locked { by_codes: true } => (
+                "Signing in to your account was paused",
+                "Your password was entered correctly, then too many wrong codes followed, so codes for your account are paused for a while. If that was not you, someone knows your password: change it now.".into(),
+            ),
+            Self::AuthenticatorReplaced => (
+                "Your authenticator app was replaced",
+                "A new authenticator app was set up for your account; codes from the old one no longer work. Your recovery codes still do.".into(),
+            ),
+            Self::PasswordChanged => (
+                "Your password was changed",
+                "The password of your account was changed from your account page. Your other sessions were signed out and remembered browsers forgotten. If this was not you, tell your administrator at once.".into(),
             ),
         }
     }
@@ -508,7 +528,10 @@ mod tests {
             SecurityEvent::FactorRemoved { factor: "Codes by email" },
             SecurityEvent::RecoveryCodeUsed { left: 3 },
             SecurityEvent::CodesRegenerated,
-            SecurityEvent::Locked,
+            SecurityEvent::Locked { by_codes: false },
+            SecurityEvent::Locked { by_codes: true },
+            SecurityEvent::AuthenticatorReplaced,
+            SecurityEvent::PasswordChanged,
             SecurityEvent::SecondStepAbandoned,
             SecurityEvent::RecoveryLinkIssued { url: "https://app.example.com/x".into(), expires: "soon".into() },
             SecurityEvent::RecoveredWithLink,

@@ -6,6 +6,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 
+pub use crate::regulation::Who;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the proxy produces, own or forwarded.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -18,14 +20,19 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// Why a sign-in form is shown again. Matched in the template, so each case has its own words.
+/// Why a password form (sign-in, recovery link, new password) is shown again. Matched in
+/// `password_error.html`, so each case has its own words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginError {
     BadCredentials,
-    /// Too many failures; the page says when to try again (and nothing about the account).
-    Locked {
+    /// Too many failures counted against `who`; the page says when to try again, and blames no
+    /// one (nothing says whether the account exists either).
+    Paused {
         minutes: i64,
+        who: Who,
     },
+    /// Too many attempts being checked at once.
+    Crowded,
     Expired,
     Malformed,
     Busy,
@@ -58,8 +65,6 @@ pub struct AccountPage<'a> {
     pub display_name: &'a str,
     pub email: &'a str,
     pub groups: &'a [String],
-    pub signed_in: String,
-    pub expires: String,
     pub csrf: &'a str,
     pub notice: Option<&'a str>,
     pub mfa_enabled: bool,
@@ -75,6 +80,9 @@ pub struct AccountPage<'a> {
     /// Whether removing each factor is allowed (not the last one where 2FA is required).
     pub can_remove_totp: bool,
     pub can_remove_email: bool,
+    /// Browsers that skip the second factor, when `mfa.remember_device` is on.
+    pub remembered: Vec<RememberedRow>,
+    pub sessions: Vec<SessionRow>,
 }
 
 pub struct EmailSummary {
@@ -86,6 +94,58 @@ pub struct EmailSummary {
 pub struct TotpSummary {
     pub enrolled: String,
     pub last_used: Option<String>,
+}
+
+/// One of the user's sessions on the account page.
+pub struct SessionRow {
+    pub handle: String,
+    pub browser: String,
+    pub address: String,
+    pub signed_in: String,
+    pub last_seen: String,
+    pub this_one: bool,
+    /// Half signed in (the password, not yet the second step).
+    pub partial: bool,
+}
+
+/// One remembered browser on the account page.
+pub struct RememberedRow {
+    pub id: String,
+    pub browser: String,
+    pub address: String,
+    pub since: String,
+    pub until: String,
+}
+
+/// "Are you sure?" before an account change that cannot be undone.
+#[derive(Template)]
+#[template(path = "account_confirm.html")]
+pub struct AccountConfirmPage<'a> {
+    pub title: &'a str,
+    pub consequence: &'a str,
+    pub button: &'a str,
+    pub action: &'a str,
+    pub csrf: &'a str,
+}
+
+/// Why a new password was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewPasswordError {
+    TooShort,
+    TooLong,
+    Mismatch,
+    SameAsOld,
+    /// The users file cannot be written by the proxy.
+    CannotSave,
+}
+
+#[derive(Template)]
+#[template(path = "password.html")]
+pub struct PasswordPage<'a> {
+    pub username: &'a str,
+    pub csrf: &'a str,
+    pub error: Option<LoginError>,
+    pub new_error: Option<NewPasswordError>,
 }
 
 /// Why a code was not accepted, as the person needs to hear it.
@@ -106,14 +166,49 @@ pub struct ChallengePage<'a> {
     pub error: Option<CodeError>,
     pub csrf: &'a str,
     pub return_to: &'a str,
+    /// Which code the page asks for.
+    pub view: ChallengeView,
     /// The account has an authenticator app.
     pub totp: bool,
     /// The account gets codes by email, at this (masked) address.
     pub email: Option<String>,
-    /// Email is the factor offered first.
-    pub email_first: bool,
     /// A code was just emailed, or could not be yet.
     pub email_notice: Option<EmailNotice>,
+    /// Wrong codes left before this session ends or codes are paused, after a wrong one.
+    pub tries_left: Option<usize>,
+    /// Offer "remember this browser" for this many days (not on step-up).
+    pub remember_days: Option<u64>,
+    /// Links to the other views, with the return path kept.
+    pub links: ChallengeLinks,
+}
+
+/// The challenge page asks for one kind of code at a time; the others are a link away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeView {
+    App,
+    Email,
+    Recovery,
+}
+
+impl ChallengeView {
+    /// The value of `use=` that selects this view.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::App => "app",
+            Self::Email => "email",
+            Self::Recovery => "recovery",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Self> {
+        [Self::App, Self::Email, Self::Recovery].into_iter().find(|v| v.key() == key)
+    }
+}
+
+pub struct ChallengeLinks {
+    pub app: String,
+    pub email: String,
+    pub recovery: String,
 }
 
 /// What happened when an emailed code was asked for.
@@ -137,6 +232,8 @@ pub struct EnrollEmailPage<'a> {
 #[template(path = "enroll.html")]
 pub struct EnrollPage<'a> {
     pub required: bool,
+    /// Moving to a new authenticator: the old one works until a code from the new one is entered.
+    pub replace: bool,
     /// Whether an authenticator app may be set up (else only codes by email are offered).
     pub totp: bool,
     pub issuer: &'a str,
@@ -170,9 +267,19 @@ pub struct ErrorPage<'a> {
     pub action: Option<(&'a str, &'a str)>,
 }
 
+/// The referrer policy of every own page, as header and as `<meta name="referrer">`.
+///
+/// `same-origin`: requests to our own origin carry the referrer, requests anywhere else carry none
+/// (so a return URL in our page's address never leaks to another site). It must not be
+/// `no-referrer`: under that policy the Fetch standard ("serializing a request origin") sends
+/// `Origin: null` on a form POST, and the same-origin check on every POST then refuses our own
+/// forms. `strict-origin-when-cross-origin` would also send the real origin, but it gives other
+/// sites our origin on every link and subresource; `same-origin` gives them nothing.
+pub const REFERRER_POLICY: &str = "same-origin";
+
 /// Headers for every page the proxy renders itself (never for forwarded responses, which stay as
 /// the upstream sent them): no script at all, no framing (clickjacking), no sniffing, no
-/// referrer leaking return URLs, and no caching of pages that show account data or tokens.
+/// referrer to other sites, and no caching of pages that show account data or tokens.
 pub fn harden(response: &mut Response<Body>) {
     let h = response.headers_mut();
     h.insert(
@@ -182,7 +289,7 @@ pub fn harden(response: &mut Response<Body>) {
         ),
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static(REFERRER_POLICY));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
 }
@@ -267,7 +374,7 @@ pub struct AdminUserRow {
     pub email: String,
     pub groups: String,
     pub factors: String,
-    pub enrolled: String,
+    pub enrolled: Option<String>,
     pub last_sign_in: String,
     pub policy: String,
     pub sessions: String,
@@ -285,7 +392,10 @@ pub struct AdminAdoptionRow {
 }
 
 pub struct AdminBanRow {
+    /// The key the unban operation takes (`account:NAME`, `address:IP`).
     pub subject: String,
+    /// The same, in words ("Account alice", "Address 203.0.113.7").
+    pub who: String,
     pub until: String,
     pub locked: &'static str,
 }

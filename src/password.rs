@@ -27,6 +27,30 @@ pub fn hash(password: &[u8]) -> Result<String, HashError> {
     Argon2::default().hash_password(password).map(|h| h.to_string()).map_err(|e| HashError::Internal(e.to_string()))
 }
 
+/// Why a new password is refused (NIST SP 800-63B §3.1.1.2: at least 8 characters, and long
+/// passphrases allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WeakPassword {
+    #[error("the password must have at least 8 characters")]
+    TooShort,
+    #[error("the password is longer than 1024 bytes")]
+    TooLong,
+}
+
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// The rule every new password must meet, whoever sets it (the CLI or the account page).
+pub fn check_new_password(password: &str) -> Result<(), WeakPassword> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(WeakPassword::TooShort);
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(WeakPassword::TooLong);
+    }
+    Ok(())
+}
+
 /// Whether `hash` is a PHC string we can verify against.
 pub fn is_valid_hash(hash: &str) -> bool {
     argon2::PasswordHash::new(hash).is_ok()
@@ -61,7 +85,21 @@ impl PasswordChecker {
     pub async fn verify(&self, password: Zeroizing<String>, stored: Option<&str>) -> Result<bool, HashError> {
         let user_exists = stored.is_some();
         let hash = stored.unwrap_or(&self.decoy_hash).to_string();
+        let matched = self.on_a_slot(move || Ok(verify_sync(password.as_bytes(), &hash))).await?;
+        Ok(matched && user_exists)
+    }
 
+    /// Hashes a new password, on the same bounded slots as sign-ins.
+    pub async fn hash(&self, password: Zeroizing<String>) -> Result<String, HashError> {
+        self.on_a_slot(move || hash(password.as_bytes())).await
+    }
+
+    /// Runs `work` on the blocking pool once a hashing slot is free, or refuses at once when the
+    /// queue for slots is full.
+    async fn on_a_slot<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
+    ) -> Result<T, HashError> {
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue_limit {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(HashError::Busy);
@@ -69,14 +107,12 @@ impl PasswordChecker {
         let permit = self.slots.clone().acquire_owned().await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         let permit = permit.map_err(|e| HashError::Internal(e.to_string()))?;
-
-        let matched = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            verify_sync(password.as_bytes(), &hash)
+            work()
         })
         .await
-        .map_err(|e| HashError::Internal(e.to_string()))?;
-        Ok(matched && user_exists)
+        .map_err(|e| HashError::Internal(e.to_string()))?
     }
 }
 

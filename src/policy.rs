@@ -149,6 +149,7 @@ mod tests {
             required_after: Some(1_800_000_000),
             group_required_after: Default::default(),
             nudge_every: None,
+            remember_device: None,
             email_otp: false,
             email_code_digits: 6,
         };

@@ -1,11 +1,25 @@
-//! Brute-force regulation for passwords, TOTP codes and recovery codes.
+//! Brute-force regulation for passwords and second-factor codes.
 //!
-//! Failures are counted per account *and* per client address, in a sliding window; reaching
-//! `max_failures` bans that subject for `ban`, doubling with each ban in a row (capped at a day).
-//! State is persisted, so a restart does not reset it, and keyed by account and address rather
-//! than by session, so starting the login over or opening a new session changes nothing
-//! (caddy-security#271). Unknown accounts are regulated exactly like real ones, so a lockout says
+//! Failures are counted per *subject* in a sliding window; reaching the subject's limit bans it
+//! for `ban`, doubling with each ban in a row (capped at a day). State is persisted, so a restart
+//! does not reset it, and keyed by account, client address or known browser rather than by
+//! session, so starting the login over or opening a new session changes nothing
+//! (caddy-security#271). Unknown accounts are regulated exactly like real ones, so a pause says
 //! nothing about whether an account exists.
+//!
+//! * An **account** allows `max_failures` wrong passwords, and separately `max_failures` wrong
+//!   codes, per window. The two are kept apart: a right password never forgives wrong codes (else
+//!   "password, four wrong codes" could be repeated forever); only a proven second factor does.
+//! * An **address** allows `address_max_failures`, much more: many people can share one address
+//!   (an office, a VPN), and one person's typos must not pause all of them.
+//! * A **known browser** is one that signed in to the account before (OWASP, "Slow Down Online
+//!   Guessing Attacks with Device Cookies"): it carries a signed cookie for that account, and its
+//!   attempts count against that cookie alone, so neither an attacker guessing the account's
+//!   password from elsewhere nor a busy shared address locks its owner out.
+//!
+//! An attempt is **reserved** before it is checked ([`Regulator::reserve`]) and counts as a failure
+//! until it succeeds, so forty guesses sent at once on one HTTP/2 connection cannot all be
+//! evaluated while the first is still being hashed.
 //!
 //! Separately, an account's *consecutive* second-factor failures are capped at 100 (NIST SP
 //! 800-63B §5.2.2): past that the second factor is refused until an operator resets it.
@@ -29,6 +43,16 @@ const MAX_BAN_SECONDS: i64 = 24 * 3600;
 pub enum Subject {
     Account(String),
     Address(IpAddr),
+    /// A browser holding a known-browser cookie, by the cookie's random id.
+    Browser(String),
+}
+
+/// Which kind of subject a ban is on, for words that say what happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    Account,
+    Address,
+    Browser,
 }
 
 impl Subject {
@@ -37,40 +61,117 @@ impl Subject {
         match self {
             Self::Account(name) => format!("account:{name}"),
             Self::Address(ip) => format!("address:{ip}"),
+            Self::Browser(id) => format!("browser:{id}"),
         }
     }
+
+    pub fn who(&self) -> Who {
+        match self {
+            Self::Account(_) => Who::Account,
+            Self::Address(_) => Who::Address,
+            Self::Browser(_) => Who::Browser,
+        }
+    }
+}
+
+/// What is being tried: each has its own count on an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Factor {
+    Password,
+    SecondFactor,
 }
 
 /// What is persisted per subject.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegulationRecord {
-    /// Failure times inside the current window.
-    pub failures: Vec<UnixTime>,
+    /// Wrong passwords inside the current window (`failures` in records written before wrong
+    /// codes were counted apart).
+    #[serde(default, alias = "failures")]
+    pub password_failures: Vec<UnixTime>,
+    /// Wrong second-factor codes inside the current window.
+    #[serde(default)]
+    pub code_failures: Vec<UnixTime>,
     pub banned_until: Option<UnixTime>,
     /// Bans in a row; each doubles the next.
     pub bans: u32,
     /// Consecutive second-factor failures (accounts only), reset by a success.
     #[serde(default)]
     pub second_factor_streak: u32,
+    /// Attempts being checked right now, counted as failures until they succeed. Not persisted:
+    /// a restart ends every attempt in flight.
+    #[serde(skip)]
+    in_flight: [u32; 2],
+}
+
+impl RegulationRecord {
+    fn failures(&mut self, factor: Factor) -> &mut Vec<UnixTime> {
+        match factor {
+            Factor::Password => &mut self.password_failures,
+            Factor::SecondFactor => &mut self.code_failures,
+        }
+    }
+
+    fn in_flight(&mut self, factor: Factor) -> &mut u32 {
+        &mut self.in_flight[factor as usize]
+    }
+
+    /// Failures and attempts in flight that count toward this subject's limit for `factor`: an
+    /// account counts each factor apart, an address or a browser counts both together.
+    fn counted(&self, subject: &Subject, factor: Factor) -> usize {
+        let [passwords, codes] = self.in_flight.map(|n| n as usize);
+        match (subject.who(), factor) {
+            (Who::Account, Factor::Password) => self.password_failures.len() + passwords,
+            (Who::Account, Factor::SecondFactor) => self.code_failures.len() + codes,
+            _ => self.password_failures.len() + self.code_failures.len() + passwords + codes,
+        }
+    }
+
+    fn forget_old(&mut self, now: UnixTime, window: i64) {
+        self.password_failures.retain(|t| now - t < window);
+        self.code_failures.retain(|t| now - t < window);
+    }
 }
 
 /// A ban or lock in force, as the operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Restriction {
-    /// `account:NAME` or `address:IP`.
+    /// `account:NAME`, `address:IP` or `browser:ID`.
     pub subject: String,
     pub banned_until: Option<UnixTime>,
     pub second_factor_locked: bool,
     pub bans_in_a_row: u32,
 }
 
+/// Why an attempt may not be made now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Allowed,
-    /// Try again at this time.
-    Banned(UnixTime),
+pub enum Refusal {
+    /// Paused until this time, because of failures counted against `who`.
+    Banned { until: UnixTime, who: Who },
+    /// So many attempts are being checked at once that one more could pass the limit: try again
+    /// in a moment.
+    Crowded,
     /// The account's second factor is locked until an operator resets it.
     SecondFactorLocked,
+}
+
+/// What a failed attempt led to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailureOutcome {
+    /// The subjects this failure banned, with the time each may try again.
+    pub banned: Vec<(Who, UnixTime)>,
+    /// How many more failures the strictest subject allows before it is paused.
+    pub left: usize,
+}
+
+impl FailureOutcome {
+    pub fn banned(&self, who: Who) -> bool {
+        self.banned.iter().any(|(w, _)| *w == who)
+    }
+
+    /// When the last of the new bans ends, if this failure started any.
+    pub fn until(&self) -> Option<UnixTime> {
+        self.banned.iter().map(|(_, until)| *until).max()
+    }
 }
 
 pub struct Regulator {
@@ -78,6 +179,16 @@ pub struct Regulator {
     store: Arc<dyn Store>,
     settings: RegulationSettings,
     clock: SharedClock,
+}
+
+/// An attempt that was let through and counts as a failure until settled. Dropping it unsettled
+/// (an internal error before the answer was known) releases it without counting anything.
+#[must_use = "settle the attempt with `failed` or `succeeded`"]
+pub struct Attempt<'a> {
+    regulator: &'a Regulator,
+    subjects: Vec<Subject>,
+    factor: Factor,
+    settled: bool,
 }
 
 impl Regulator {
@@ -89,76 +200,80 @@ impl Regulator {
         Ok(Self { records, store, settings, clock })
     }
 
-    /// Whether these subjects may try now. Memory only.
-    pub fn check(&self, subjects: &[Subject]) -> Verdict {
-        let now = self.clock.now();
-        let mut verdict = Verdict::Allowed;
-        for subject in subjects {
-            if let Some(record) = self.records.get(&subject.store_key()) {
-                if record.second_factor_streak >= MAX_CONSECUTIVE_SECOND_FACTOR_FAILURES {
-                    return Verdict::SecondFactorLocked;
-                }
-                if let Some(until) = record.banned_until.filter(|until| *until > now) {
-                    verdict = match verdict {
-                        Verdict::Banned(other) => Verdict::Banned(other.max(until)),
-                        _ => Verdict::Banned(until),
-                    };
-                }
-            }
+    fn limit(&self, subject: &Subject) -> usize {
+        match subject {
+            Subject::Address(_) => self.settings.address_max_failures as usize,
+            _ => self.settings.max_failures as usize,
         }
-        verdict
     }
 
-    /// Counts a failure against every subject; returns whether any of them is now banned.
-    pub async fn failed(&self, subjects: &[Subject], second_factor: bool) -> Result<bool, StoreError> {
+    /// Whether `subjects` may try `factor` now, without reserving anything (pages that only show
+    /// a form use this). Memory only.
+    pub fn check(&self, subjects: &[Subject], factor: Factor) -> Result<(), Refusal> {
+        let now = self.clock.now();
+        let mut refusal = None;
+        for subject in subjects {
+            let Some(record) = self.records.get(&subject.store_key()) else { continue };
+            if let Some(found) = self.refusal(subject, &record, factor, now, false) {
+                refusal = Some(stricter(refusal, found));
+            }
+        }
+        refusal.map_or(Ok(()), Err)
+    }
+
+    fn refusal(
+        &self,
+        subject: &Subject,
+        record: &RegulationRecord,
+        factor: Factor,
+        now: UnixTime,
+        reserving: bool,
+    ) -> Option<Refusal> {
+        let locked = factor == Factor::SecondFactor
+            && subject.who() == Who::Account
+            && record.second_factor_streak >= MAX_CONSECUTIVE_SECOND_FACTOR_FAILURES;
+        if locked {
+            return Some(Refusal::SecondFactorLocked);
+        }
+        if let Some(until) = record.banned_until.filter(|until| *until > now) {
+            return Some(Refusal::Banned { until, who: subject.who() });
+        }
+        (reserving && record.counted(subject, factor) >= self.limit(subject)).then_some(Refusal::Crowded)
+    }
+
+    /// Lets one attempt through if no subject is paused and none is at its limit counting the
+    /// attempts already in flight; the attempt then counts until it is settled.
+    pub fn reserve(&self, subjects: &[Subject], factor: Factor) -> Result<Attempt<'_>, Refusal> {
         let now = self.clock.now();
         let window = self.settings.window.as_secs() as i64;
-        let mut banned = false;
-        let mut changed = Vec::new();
+        let mut reserved: Vec<Subject> = Vec::with_capacity(subjects.len());
         for subject in subjects {
-            let key = subject.store_key();
-            let mut record = self.records.entry(key.clone()).or_default();
-            record.failures.retain(|t| now - t < window);
-            record.failures.push(now);
-            if second_factor && matches!(subject, Subject::Account(_)) {
-                record.second_factor_streak += 1;
+            let mut record = self.records.entry(subject.store_key()).or_default();
+            record.forget_old(now, window);
+            if let Some(refusal) = self.refusal(subject, &record, factor, now, true) {
+                drop(record);
+                self.release(&reserved, factor);
+                return Err(refusal);
             }
-            if record.failures.len() as u32 >= self.settings.max_failures {
-                let base = self.settings.ban.as_secs() as i64;
-                let length = (base << record.bans.min(16)).min(MAX_BAN_SECONDS);
-                record.banned_until = Some(now + length);
-                record.bans += 1;
-                record.failures.clear();
-                banned = true;
-            }
-            changed.push((key, record.clone()));
+            *record.in_flight(factor) += 1;
+            reserved.push(subject.clone());
         }
-        self.persist(changed).await?;
-        Ok(banned)
+        Ok(Attempt { regulator: self, subjects: reserved, factor, settled: false })
     }
 
-    /// A success clears an account's failures and its second-factor streak (not its ban history
-    /// while a ban is running, and never an address's: one right password from an address does
-    /// not excuse the guesses it made against other accounts).
-    pub async fn succeeded(&self, account: &str, second_factor: bool) -> Result<(), StoreError> {
-        let key = Subject::Account(account.to_string()).store_key();
-        let Some(mut record) = self.records.get_mut(&key) else { return Ok(()) };
-        record.failures.clear();
-        if second_factor {
-            record.second_factor_streak = 0;
+    fn release(&self, subjects: &[Subject], factor: Factor) {
+        for subject in subjects {
+            if let Some(mut record) = self.records.get_mut(&subject.store_key()) {
+                let count = record.in_flight(factor);
+                *count = count.saturating_sub(1);
+            }
         }
-        if record.banned_until.is_none_or(|until| until <= self.clock.now()) {
-            record.bans = 0;
-            record.banned_until = None;
-        }
-        let snapshot = record.clone();
-        drop(record);
-        self.persist(vec![(key, snapshot)]).await
     }
 
     /// Forgets subjects with nothing left to remember: no failures in the window, no ban running
     /// or within the last day (so repeat offenders still get longer bans), no second-factor
-    /// streak. Without this, every user name and address ever tried would be kept forever.
+    /// streak, nothing in flight. Without this, every user name and address ever tried would be
+    /// kept forever.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let window = self.settings.window.as_secs() as i64;
@@ -168,7 +283,8 @@ impl Regulator {
             .filter(|r| {
                 let record = r.value();
                 record.second_factor_streak == 0
-                    && record.failures.iter().all(|t| now - t >= window)
+                    && record.in_flight == [0, 0]
+                    && record.password_failures.iter().chain(&record.code_failures).all(|t| now - t >= window)
                     && record.banned_until.is_none_or(|until| now - until >= MAX_BAN_SECONDS)
             })
             .map(|r| r.key().clone())
@@ -211,8 +327,8 @@ impl Regulator {
         found
     }
 
-    /// Lifts everything held against a subject (`account:NAME` or `address:IP`), in memory and in
-    /// the store. Returns whether there was anything to lift.
+    /// Lifts everything held against a subject (`account:NAME`, `address:IP`, `browser:ID`), in
+    /// memory and in the store. Returns whether there was anything to lift.
     pub async fn clear(&self, store_key: &str) -> Result<bool, StoreError> {
         let existed = self.records.remove(store_key).is_some();
         let store = self.store.clone();
@@ -239,104 +355,101 @@ impl Regulator {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::{Clock, FixedClock};
-    use crate::store::memory::MemoryStore;
-    use std::time::Duration;
-
-    fn regulator(clock: &FixedClock, store: Arc<dyn Store>) -> Regulator {
-        let settings =
-            RegulationSettings { max_failures: 5, window: Duration::from_secs(300), ban: Duration::from_secs(900) };
-        Regulator::open(store, settings, Arc::new(clock.clone())).unwrap()
-    }
-
-    #[tokio::test]
-    async fn five_failures_in_the_window_ban_and_bans_grow() {
-        let clock = FixedClock::at(1_000_000);
-        let reg = regulator(&clock, Arc::new(MemoryStore::default()));
-        let who = [Subject::Account("alice".into()), Subject::Address("203.0.113.7".parse().unwrap())];
-        for _ in 0..4 {
-            assert!(!reg.failed(&who, false).await.unwrap());
-        }
-        assert_eq!(reg.check(&who), Verdict::Allowed);
-        assert!(reg.failed(&who, false).await.unwrap());
-        assert_eq!(reg.check(&who), Verdict::Banned(1_000_000 + 900));
-        // Another account from the same address is banned too; the same account from elsewhere too.
-        assert!(matches!(reg.check(&[Subject::Account("bob".into()), who[1].clone()]), Verdict::Banned(_)));
-        assert!(matches!(
-            reg.check(&[who[0].clone(), Subject::Address("198.51.100.1".parse().unwrap())]),
-            Verdict::Banned(_)
-        ));
-        clock.advance(900);
-        assert_eq!(reg.check(&who), Verdict::Allowed);
-        for _ in 0..5 {
-            reg.failed(&who, false).await.unwrap();
-        }
-        assert_eq!(reg.check(&who), Verdict::Banned(clock.now() + 1800), "the second ban is twice as long");
-    }
-
-    #[tokio::test]
-    async fn failures_outside_the_window_do_not_add_up() {
-        let clock = FixedClock::at(1_000_000);
-        let reg = regulator(&clock, Arc::new(MemoryStore::default()));
-        let who = [Subject::Account("alice".into())];
-        // One failure every 100 s: never more than three in any 300-second window.
-        for _ in 0..10 {
-            assert!(!reg.failed(&who, false).await.unwrap());
-            assert_eq!(reg.check(&who), Verdict::Allowed);
-            clock.advance(100);
-        }
-    }
-
-    #[tokio::test]
-    async fn state_survives_a_restart() {
-        let clock = FixedClock::at(1_000_000);
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let who = [Subject::Account("alice".into())];
-        {
-            let reg = regulator(&clock, store.clone());
-            for _ in 0..5 {
-                reg.failed(&who, false).await.unwrap();
+/// Of two refusals, the one to tell the person: a lock over a ban, the later ban over the
+/// earlier, any ban over a crowd.
+fn stricter(current: Option<Refusal>, found: Refusal) -> Refusal {
+    match (current, found) {
+        (Some(Refusal::SecondFactorLocked), _) | (_, Refusal::SecondFactorLocked) => Refusal::SecondFactorLocked,
+        (Some(Refusal::Banned { until: a, who: wa }), Refusal::Banned { until: b, who: wb }) => {
+            if a >= b {
+                Refusal::Banned { until: a, who: wa }
+            } else {
+                Refusal::Banned { until: b, who: wb }
             }
         }
-        let reopened = regulator(&clock, store);
-        assert!(matches!(reopened.check(&who), Verdict::Banned(_)));
-    }
-
-    #[tokio::test]
-    async fn stale_records_are_swept_but_recent_offenders_are_kept() {
-        let clock = FixedClock::at(1_000_000);
-        let reg = regulator(&clock, Arc::new(MemoryStore::default()));
-        let once = [Subject::Account("typo".into())];
-        let offender = [Subject::Address("203.0.113.9".parse().unwrap())];
-        reg.failed(&once, false).await.unwrap();
-        for _ in 0..5 {
-            reg.failed(&offender, false).await.unwrap();
-        }
-        clock.advance(3600);
-        assert_eq!(reg.sweep().await.unwrap(), 1, "the single old failure is forgotten");
-        assert!(reg.records.contains_key(&offender[0].store_key()), "a ban from the last day is remembered");
-        clock.advance(2 * 24 * 3600);
-        assert_eq!(reg.sweep().await.unwrap(), 1);
-        assert!(reg.records.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_hundred_consecutive_second_factor_failures_lock_the_factor() {
-        let clock = FixedClock::at(1_000_000);
-        let reg = regulator(&clock, Arc::new(MemoryStore::default()));
-        let who = [Subject::Account("alice".into())];
-        for _ in 0..MAX_CONSECUTIVE_SECOND_FACTOR_FAILURES {
-            reg.failed(&who, true).await.unwrap();
-            clock.advance(24 * 3600); // wait out every ban: the cap still applies
-        }
-        assert_eq!(reg.check(&who), Verdict::SecondFactorLocked);
-        assert_eq!(reg.restrictions().len(), 1);
-        assert!(reg.restrictions()[0].second_factor_locked);
-        assert!(reg.clear(&who[0].store_key()).await.unwrap());
-        assert_eq!(reg.check(&who), Verdict::Allowed);
-        assert!(reg.restrictions().is_empty());
+        (Some(banned @ Refusal::Banned { .. }), Refusal::Crowded) => banned,
+        (_, found) => found,
     }
 }
+
+impl Attempt<'_> {
+    /// Counts the attempt as a failure against every subject; says which ones it banned and how
+    /// many tries the strictest one has left.
+    pub async fn failed(mut self) -> Result<FailureOutcome, StoreError> {
+        self.settled = true;
+        let regulator = self.regulator;
+        let (now, window) = (regulator.clock.now(), regulator.settings.window.as_secs() as i64);
+        let mut outcome = FailureOutcome { banned: Vec::new(), left: usize::MAX };
+        let mut changed = Vec::new();
+        for subject in &self.subjects {
+            let key = subject.store_key();
+            let mut record = regulator.records.entry(key.clone()).or_default();
+            record.forget_old(now, window);
+            let count = record.in_flight(self.factor);
+            *count = count.saturating_sub(1);
+            record.failures(self.factor).push(now);
+            if self.factor == Factor::SecondFactor && subject.who() == Who::Account {
+                record.second_factor_streak += 1;
+            }
+            let limit = regulator.limit(subject);
+            let counted = record.counted(subject, self.factor);
+            if counted >= limit {
+                let base = regulator.settings.ban.as_secs() as i64;
+                let length = (base << record.bans.min(16)).min(MAX_BAN_SECONDS);
+                record.banned_until = Some(now + length);
+                record.bans += 1;
+                record.password_failures.clear();
+                record.code_failures.clear();
+                outcome.banned.push((subject.who(), now + length));
+                outcome.left = 0;
+            } else {
+                outcome.left = outcome.left.min(limit - counted);
+            }
+            changed.push((key, record.clone()));
+        }
+        regulator.persist(changed).await?;
+        Ok(outcome)
+    }
+
+    /// The attempt was right. For a password, the account's (or browser's) wrong passwords are
+    /// forgiven; for a second factor, everything the account had counted against it. An
+    /// address is never forgiven: one right password from it does not excuse the guesses it made
+    /// against other accounts. A ban already running stays.
+    pub async fn succeeded(mut self) -> Result<(), StoreError> {
+        self.settled = true;
+        let regulator = self.regulator;
+        let now = regulator.clock.now();
+        let mut changed = Vec::new();
+        for subject in &self.subjects {
+            let key = subject.store_key();
+            let Some(mut record) = regulator.records.get_mut(&key) else { continue };
+            let count = record.in_flight(self.factor);
+            *count = count.saturating_sub(1);
+            if subject.who() == Who::Address {
+                continue;
+            }
+            record.password_failures.clear();
+            if self.factor == Factor::SecondFactor {
+                record.code_failures.clear();
+                record.second_factor_streak = 0;
+            }
+            if record.banned_until.is_none_or(|until| until <= now) {
+                record.bans = 0;
+                record.banned_until = None;
+            }
+            changed.push((key, record.clone()));
+        }
+        regulator.persist(changed).await
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.regulator.release(&self.subjects, self.factor);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -26,9 +26,8 @@ pub enum OwnPage {
     Reminder,
     /// Under `optional`: a suggestion to set up 2FA; "don't ask again" is a POST.
     Nudge,
-    /// A POST on the account page: `remove-totp`, `remove-email`, `primary-totp`,
-    /// `primary-email`, `regenerate-codes`, `sign-out-everywhere`.
-    AccountAction(String),
+    /// An action on the account page, at `/.portcullis/account/<action>`.
+    AccountAction(AccountAction),
     /// "Email me a code" on the challenge page (POST).
     ChallengeEmail,
     /// Set up codes by email: the confirmation page (GET), or send a confirmation code (POST).
@@ -46,6 +45,65 @@ pub enum OwnPage {
     NotFound,
 }
 
+/// What a signed-in person can do from the account page. The sensitive ones show a page on GET
+/// (a confirmation or a form) and act on POST, each behind a fresh second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountAction {
+    RemoveTotp,
+    RemoveEmail,
+    PrimaryTotp,
+    PrimaryEmail,
+    RegenerateCodes,
+    ChangePassword,
+    SignOutEverywhere,
+    /// Sign out one of the user's other sessions.
+    EndSession,
+    /// Forget one remembered browser.
+    ForgetBrowser,
+}
+
+impl AccountAction {
+    const ALL: [Self; 9] = [
+        Self::RemoveTotp,
+        Self::RemoveEmail,
+        Self::PrimaryTotp,
+        Self::PrimaryEmail,
+        Self::RegenerateCodes,
+        Self::ChangePassword,
+        Self::SignOutEverywhere,
+        Self::EndSession,
+        Self::ForgetBrowser,
+    ];
+
+    /// The part of the path after `/.portcullis/account/`.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::RemoveTotp => "remove-totp",
+            Self::RemoveEmail => "remove-email",
+            Self::PrimaryTotp => "primary-totp",
+            Self::PrimaryEmail => "primary-email",
+            Self::RegenerateCodes => "regenerate-codes",
+            Self::ChangePassword => "password",
+            Self::SignOutEverywhere => "sign-out-everywhere",
+            Self::EndSession => "sessions/end",
+            Self::ForgetBrowser => "browsers/forget",
+        }
+    }
+
+    pub fn path(self) -> String {
+        format!("{PREFIX}/account/{}", self.slug())
+    }
+
+    fn parse(slug: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.slug() == slug)
+    }
+
+    /// Whether a GET shows a page for it (a confirmation, or the password form).
+    pub fn has_page(self) -> bool {
+        matches!(self, Self::RemoveTotp | Self::RemoveEmail | Self::RegenerateCodes | Self::ChangePassword)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Own(OwnPage),
@@ -55,6 +113,32 @@ pub enum Route {
 
 pub fn login_path() -> String {
     format!("{PREFIX}/login")
+}
+
+/// The own pages a browser is sent to with a place to go afterwards (`?rd=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    Login,
+    Challenge,
+    Enroll,
+    RecoveryCodes,
+    Reminder,
+    Nudge,
+    Account,
+}
+
+impl Destination {
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Login => "/.portcullis/login",
+            Self::Challenge => "/.portcullis/challenge",
+            Self::Enroll => "/.portcullis/enroll",
+            Self::RecoveryCodes => "/.portcullis/recovery-codes",
+            Self::Reminder => "/.portcullis/reminder",
+            Self::Nudge => "/.portcullis/nudge",
+            Self::Account => "/.portcullis/account",
+        }
+    }
 }
 
 /// The path as a server would resolve it: percent-decoded, dot segments and empty segments
@@ -99,21 +183,9 @@ pub fn route(path: &str) -> Route {
         "/admin" => OwnPage::Admin,
         "/recover" => OwnPage::Recover,
         "/admin/action" => OwnPage::AdminAction,
-        rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/")) {
+        rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/").and_then(AccountAction::parse)) {
             (Some(name), _) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
-            (_, Some(action))
-                if [
-                    "remove-totp",
-                    "remove-email",
-                    "primary-totp",
-                    "primary-email",
-                    "regenerate-codes",
-                    "sign-out-everywhere",
-                ]
-                .contains(&action) =>
-            {
-                OwnPage::AccountAction(action.to_string())
-            }
+            (_, Some(action)) => OwnPage::AccountAction(action),
             _ => OwnPage::NotFound,
         },
     };
@@ -154,7 +226,9 @@ mod tests {
             ("/.portcullis/challenge", Route::Own(OwnPage::Challenge)),
             ("/.portcullis/enroll", Route::Own(OwnPage::Enroll)),
             ("/.portcullis/recovery-codes", Route::Own(OwnPage::RecoveryCodes)),
-            ("/.portcullis/account/remove-totp", Route::Own(OwnPage::AccountAction("remove-totp".into()))),
+            ("/.portcullis/account/remove-totp", Route::Own(OwnPage::AccountAction(AccountAction::RemoveTotp))),
+            ("/.portcullis/account/sessions/end", Route::Own(OwnPage::AccountAction(AccountAction::EndSession))),
+            ("/.portcullis/account/password", Route::Own(OwnPage::AccountAction(AccountAction::ChangePassword))),
             ("/.portcullis/account/format-disk", Route::Own(OwnPage::NotFound)),
             // Resolves to /etc/passwd, which is what the upstream would see: an ordinary gated path.
             ("/.portcullis/static/../../etc/passwd", Route::Gate),

@@ -115,7 +115,7 @@ impl Server {
         let passwords = tokio::task::spawn_blocking(move || PasswordChecker::new(workers, queue))
             .await
             .map_err(|e| HashError::Internal(e.to_string()))??;
-        let own_cookies = vec![config.session.cookie_name.clone(), format!("{}-csrf", config.session.cookie_name)];
+        let own_cookies = config.session.own_cookies();
         let forwarders = (0..config.proxy.workers)
             .map(|_| Forwarder::new(&config, own_cookies.clone()))
             .collect::<Result<_, _>>()?;
@@ -141,6 +141,7 @@ impl Server {
             );
         }
         let pending = crate::portal::Pending::default();
+        let known_browsers = crate::known_browser::KnownBrowsers::new(sealer.browser_key());
         let (notifier, delivery) = crate::notify::Notifier::new(&config.notify, &config.public_url.origin());
         let app = Arc::new(App {
             config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
@@ -156,6 +157,7 @@ impl Server {
             clock_warnings: Default::default(),
             email_codes: Default::default(),
             notifier: Arc::new(notifier),
+            known_browsers,
             clock,
         });
         let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

@@ -77,6 +77,13 @@ impl SessionKey {
     pub fn log_ref(&self) -> String {
         self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    /// How the account page names a session in its "sign out this one" form: a prefix of the
+    /// hash (not of the id, so it cannot be turned into a cookie), only ever matched against the
+    /// same user's sessions.
+    pub fn handle(&self) -> String {
+        self.0[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 impl fmt::Debug for SessionKey {
@@ -99,6 +106,11 @@ pub enum AuthMethod {
     /// A one-time recovery code. Not an RFC 8176 value (it has none for backup codes); documented
     /// in the README so upstreams can tell a recovery from a normal login.
     Rc,
+    /// A browser the user asked to be remembered after proving a second factor in it
+    /// (`mfa.remember_device`). Not an RFC 8176 value: no factor was proven in this session, so it
+    /// never counts as a fresh second factor (step-up still asks for one).
+    #[serde(rename = "device")]
+    RememberedBrowser,
 }
 
 impl AuthMethod {
@@ -108,10 +120,17 @@ impl AuthMethod {
             Self::Otp => "otp",
             Self::Rc => "rc",
             Self::Email => "email",
+            Self::RememberedBrowser => "device",
         }
     }
 
+    /// Whether this stands in for the second factor the policy may ask for.
     pub fn is_second_factor(self) -> bool {
+        matches!(self, Self::Otp | Self::Rc | Self::Email | Self::RememberedBrowser)
+    }
+
+    /// Whether this is a second factor proven just now (what step-up asks for).
+    pub fn is_fresh_second_factor(self) -> bool {
         matches!(self, Self::Otp | Self::Rc | Self::Email)
     }
 }
@@ -131,6 +150,24 @@ pub enum Stage {
     },
 }
 
+/// Where a session was started, for the account page's list of sessions: the client address and
+/// a short description of the browser ("Firefox on Windows"), never the whole `User-Agent`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub address: String,
+    pub browser: String,
+}
+
+/// One of a user's sessions, as the account page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub handle: String,
+    pub device: Device,
+    pub created_at: UnixTime,
+    pub last_seen: UnixTime,
+    pub full: bool,
+}
+
 /// What the store keeps per session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -144,6 +181,8 @@ pub struct SessionRecord {
     pub credential_stamp: [u8; 16],
     /// Binds the session's forms to it (CSRF, double-checked with `Origin`).
     pub csrf_token: String,
+    #[serde(default)]
+    pub device: Device,
 }
 
 struct Entry {
@@ -232,8 +271,10 @@ impl FullSession {
         }
     }
 
+    /// Whether this session's sign-in included a second factor (or a remembered browser standing
+    /// in for one), which the 2FA policy asks for.
     pub fn proved_second_factor(&self) -> bool {
-        self.second_factor_at().is_some()
+        self.amr().iter().any(|m| m.is_second_factor())
     }
 
     pub fn key(&self) -> &SessionKey {
@@ -415,7 +456,7 @@ impl Sessions {
         }
     }
 
-    fn new_record(&self, user: &User, stage: Stage, lifetime_from: UnixTime) -> SessionRecord {
+    fn new_record(&self, user: &User, stage: Stage, lifetime_from: UnixTime, device: Device) -> SessionRecord {
         let now = self.clock.now();
         SessionRecord {
             user: user.name.as_str().to_string(),
@@ -425,6 +466,7 @@ impl Sessions {
             expires_at: lifetime_from + self.settings.lifetime.as_secs() as i64,
             credential_stamp: user.credential_stamp,
             csrf_token: crate::secret::random_token(),
+            device,
         }
     }
 
@@ -449,9 +491,9 @@ impl Sessions {
     }
 
     /// Starts a half-logged-in session for a user whose first factor was just proven.
-    pub async fn begin(&self, user: Arc<User>) -> Result<(SessionId, PartialSession), SessionError> {
+    pub async fn begin(&self, user: Arc<User>, device: Device) -> Result<(SessionId, PartialSession), SessionError> {
         let now = self.clock.now();
-        let record = self.new_record(&user, Stage::Partial { first_factor_at: now }, now);
+        let record = self.new_record(&user, Stage::Partial { first_factor_at: now }, now, device);
         let id = SessionId::generate();
         let key = id.key();
         self.persist(&key, &record, None).await?;
@@ -471,9 +513,10 @@ impl Sessions {
         let Stage::Partial { first_factor_at } = partial.entry.record.stage else {
             unreachable!("a PartialSession is only built from a partial record")
         };
-        let second_factor_at = amr.iter().any(|m| m.is_second_factor()).then_some(now);
+        let second_factor_at = amr.iter().any(|m| m.is_fresh_second_factor()).then_some(now);
         let stage = Stage::Full { auth_time: now, amr, second_factor_at };
-        let mut record = self.new_record(&partial.user, stage, first_factor_at);
+        let device = partial.entry.record.device.clone();
+        let mut record = self.new_record(&partial.user, stage, first_factor_at, device);
         record.created_at = partial.entry.record.created_at;
         let id = SessionId::generate();
         let key = id.key();
@@ -529,6 +572,63 @@ impl Sessions {
         Ok((id, FullSession { key, entry, user: full.user }))
     }
 
+    /// Carries a full session over to the user's new password: the same proof, a new credential
+    /// stamp (so it survives the change that ends every other session) and a new id.
+    pub async fn renew_credentials(
+        &self,
+        full: FullSession,
+        user: Arc<User>,
+    ) -> Result<(SessionId, FullSession), SessionError> {
+        let record = SessionRecord {
+            credential_stamp: user.credential_stamp,
+            last_seen: self.clock.now(),
+            csrf_token: crate::secret::random_token(),
+            ..full.entry.record.clone()
+        };
+        let id = SessionId::generate();
+        let key = id.key();
+        self.persist(&key, &record, Some(&full.key)).await?;
+        self.cache.remove(&full.key);
+        let entry = Entry::new(record);
+        self.cache.insert(key.clone(), entry.clone());
+        Ok((id, FullSession { key, entry, user }))
+    }
+
+    /// The live sessions of `user`, newest first. Memory only.
+    pub fn sessions_of(&self, user: &str) -> Vec<SessionSummary> {
+        let mut found: Vec<SessionSummary> = self
+            .cache
+            .iter()
+            .filter(|e| e.value().record.user == user)
+            .map(|e| {
+                let entry = e.value();
+                SessionSummary {
+                    handle: e.key().handle(),
+                    device: entry.record.device.clone(),
+                    created_at: entry.record.created_at,
+                    last_seen: entry.last_seen.load(Ordering::Relaxed),
+                    full: matches!(entry.record.stage, Stage::Full { .. }),
+                }
+            })
+            .collect();
+        found.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(b.created_at.cmp(&a.created_at)));
+        found
+    }
+
+    /// Ends the session of `user` whose [`SessionKey::handle`] is `handle`; returns whether there
+    /// was one. Another user's session is never matched.
+    pub async fn end_by_handle(&self, user: &str, handle: &str) -> Result<bool, SessionError> {
+        let key = self
+            .cache
+            .iter()
+            .find(|e| e.value().record.user == user && e.key().handle() == handle)
+            .map(|e| e.key().clone());
+        match key {
+            Some(key) => self.end(&key).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// Turns every full session of the users `matches` picks back into a partial one, so each
     /// must prove a second factor again at its next request (operator action after a reset or a
     /// policy change). The ids stay: this lowers privilege. Returns how many were downgraded.
@@ -566,6 +666,20 @@ impl Sessions {
             }
         }
         counts
+    }
+
+    /// Ends every session of `user` but `keep` (after a password change made in `keep`).
+    pub async fn end_all_but(&self, user: &str, keep: &SessionKey) -> Result<usize, SessionError> {
+        let keys: Vec<SessionKey> = self
+            .cache
+            .iter()
+            .filter(|e| e.value().record.user == user && e.key() != keep)
+            .map(|e| e.key().clone())
+            .collect();
+        for key in &keys {
+            self.end(key).await?;
+        }
+        Ok(keys.len())
     }
 
     /// Ends every session of `user` ("sign out everywhere", password resets). Returns how many.
@@ -703,7 +817,7 @@ mod tests {
         let users = directory(dir.path());
         let clock = FixedClock::at(1_700_000_000);
         let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).unwrap();
-        let (partial_id, partial) = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        let (partial_id, partial) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
         assert!(matches!(found(sessions.resolve([partial_id.cookie_value().as_str()], &users)), Session::Partial(_)));
         let (full_id, full) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
         assert_ne!(partial_id.cookie_value(), full_id.cookie_value());
@@ -719,11 +833,11 @@ mod tests {
         let clock = FixedClock::at(1_700_000_000);
         let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).unwrap();
 
-        let (partial_id, _) = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        let (partial_id, _) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
         clock.advance(10 * 60);
         assert_eq!(rejected(sessions.resolve([partial_id.cookie_value().as_str()], &users)), Rejected::Expired);
 
-        let (_, partial) = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        let (_, partial) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
         let (id, _) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
         let cookie = id.cookie_value();
         // Activity every 29 minutes keeps it alive until the 12 h lifetime ends.
@@ -737,7 +851,7 @@ mod tests {
         clock.advance(29 * 60);
         assert_eq!(rejected(sessions.resolve([cookie.as_str()], &users)), Rejected::Expired);
 
-        let (_, partial) = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        let (_, partial) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
         let (idle_id, _) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
         clock.advance(30 * 60);
         assert_eq!(rejected(sessions.resolve([idle_id.cookie_value().as_str()], &users)), Rejected::Expired);
@@ -749,8 +863,8 @@ mod tests {
         let users = directory(dir.path());
         let clock = FixedClock::at(1_700_000_000);
         let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).unwrap();
-        let _ = sessions.begin(users.get("alice").unwrap()).await.unwrap();
-        let (_, partial) = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        let _ = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
+        let (_, partial) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
         sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
         clock.advance(11 * 60);
         let report = sessions.sweep().unwrap();
@@ -769,7 +883,7 @@ mod tests {
             let why = rejected(sessions.resolve([garbage], &users));
             assert!(matches!(why, Rejected::Malformed | Rejected::Unknown), "{garbage}: {why:?}");
         }
-        let (_, partial) = sessions.begin(users.get("alice").unwrap()).await.unwrap();
+        let (_, partial) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
         let (id, _) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
         drop(sessions);
         let reopened = Sessions::open(store, settings(), clock).unwrap();

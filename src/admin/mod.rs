@@ -174,10 +174,10 @@ impl Admin {
             }
             Request::Bans => Reply::Bans { bans: self.regulator.restrictions() },
             Request::Unban { subject } => {
-                if !(subject.starts_with("account:") || subject.starts_with("address:")) {
+                if !["account:", "address:", "browser:"].iter().any(|kind| subject.starts_with(kind)) {
                     return Ok(Reply::Refused {
                         reason: format!(
-                            "`{subject}` is not a ban: write account:NAME or address:IP, as `bans` lists them"
+                            "`{subject}` is not a ban: write account:NAME, address:IP or browser:ID, as `bans` lists them"
                         ),
                     });
                 }

@@ -98,8 +98,11 @@ pub struct Limits {
 /// Brute-force regulation (see `regulation.rs`).
 #[derive(Debug, Clone)]
 pub struct RegulationSettings {
-    /// Failures within `window` that trigger a ban.
+    /// Failures within `window` that pause an account (wrong passwords and wrong codes counted
+    /// apart) or a known browser.
     pub max_failures: u32,
+    /// Failures within `window` that pause a client address: looser, as many people can share one.
+    pub address_max_failures: u32,
     pub window: Duration,
     /// The first ban's length; each ban in a row doubles it (up to a day).
     pub ban: Duration,
@@ -156,6 +159,28 @@ pub struct SessionSettings {
     pub partial_timeout: Duration,
 }
 
+impl SessionSettings {
+    /// The login form's CSRF cookie.
+    pub fn login_csrf_cookie(&self) -> String {
+        format!("{}-csrf", self.cookie_name)
+    }
+
+    /// The known-browser cookie (see `known_browser.rs`).
+    pub fn known_browser_cookie(&self) -> String {
+        format!("{}-known", self.cookie_name)
+    }
+
+    /// The "remember this browser" cookie (`mfa.remember_device`).
+    pub fn remember_cookie(&self) -> String {
+        format!("{}-remember", self.cookie_name)
+    }
+
+    /// Every cookie the proxy sets: never forwarded, never settable by the upstream.
+    pub fn own_cookies(&self) -> Vec<String> {
+        vec![self.cookie_name.clone(), self.login_csrf_cookie(), self.known_browser_cookie(), self.remember_cookie()]
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MfaPolicy {
     /// No second factor pages at all; the password is enough.
@@ -190,7 +215,8 @@ pub struct MfaSettings {
     /// Sensitive account changes need a second factor proven this recently.
     pub step_up_window: Duration,
     /// Wrong codes a half-logged-in session may try before it is ended (the password must then
-    /// be entered again, which is deliberately slow).
+    /// be entered again, which is deliberately slow). Below `regulation.max_failures` by default,
+    /// so signing in again is possible when the session ends.
     pub attempts: u32,
     /// Staged rollout: where 2FA is required (by policy or group), it becomes mandatory only
     /// from this moment (Unix time); before it, users without a factor are reminded at sign-in.
@@ -201,6 +227,9 @@ pub struct MfaSettings {
     /// Under `optional`: suggest 2FA after sign-in to users without it, at most this often, until
     /// they set it up or decline for good. No suggestion when `None`.
     pub nudge_every: Option<Duration>,
+    /// "Remember this browser" on the challenge page: a browser where a second factor was proven
+    /// skips it (never the password) for this long. Off when `None`.
+    pub remember_device: Option<Duration>,
     /// Whether users may use one-time codes by email as a second factor.
     pub email_otp: bool,
     /// How many digits an emailed code has (6 to 8).
@@ -475,8 +504,20 @@ impl Validator {
             queue_limit: self.count("login.queue_limit", raw.login.queue_limit, 64, 100_000),
         };
         let minute = Duration::from_secs(60);
+        let max_failures = self.count("regulation.max_failures", raw.regulation.max_failures, 5, 1000) as u32;
+        let address_max_failures =
+            self.count("regulation.address_max_failures", raw.regulation.address_max_failures, 50, 100_000) as u32;
+        if address_max_failures < max_failures {
+            self.problem(
+                "regulation.address_max_failures",
+                Some(&address_max_failures.to_string()),
+                "is lower than regulation.max_failures: one person's mistakes would pause everyone who shares their address",
+                "make it several times regulation.max_failures (the default is 50)",
+            );
+        }
         let regulation = RegulationSettings {
-            max_failures: self.count("regulation.max_failures", raw.regulation.max_failures, 5, 1000) as u32,
+            max_failures,
+            address_max_failures,
             window: self.duration("regulation.window", &raw.regulation.window, "5m", minute, minute * 60 * 24),
             ban: self.duration("regulation.ban", &raw.regulation.ban, "15m", minute, minute * 60 * 24),
         };
@@ -768,6 +809,23 @@ impl Validator {
                 Duration::from_secs(365 * 86400),
             )
         });
+        let remember_device = raw.remember_device.is_some().then(|| {
+            self.duration(
+                "mfa.remember_device",
+                &raw.remember_device,
+                "30d",
+                Duration::from_secs(3600),
+                Duration::from_secs(365 * 86400),
+            )
+        });
+        if remember_device.is_some() && policy == MfaPolicy::Disabled {
+            self.problem(
+                "mfa.remember_device",
+                raw.remember_device.as_deref(),
+                "has no effect while mfa.policy = \"disabled\"",
+                "remove it, or set mfa.policy = \"optional\"",
+            );
+        }
         let email_code_digits = raw.email_code_digits.unwrap_or(6);
         if !(6..=8).contains(&email_code_digits) {
             self.problem(
@@ -785,7 +843,7 @@ impl Validator {
                 "remove it, or set mfa.policy = \"optional\"",
             );
         }
-        let attempts = self.count("mfa.attempts", raw.attempts, 5, 100);
+        let attempts = self.count("mfa.attempts", raw.attempts, 3, 100);
         let required_after = raw.required_after.as_deref().and_then(|text| self.date("mfa.required_after", text));
         let group_required_after: std::collections::BTreeMap<String, i64> = raw
             .group_required_after
@@ -840,6 +898,7 @@ impl Validator {
             required_after,
             group_required_after,
             nudge_every,
+            remember_device,
             email_otp,
             email_code_digits: email_code_digits as u32,
         }

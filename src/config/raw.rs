@@ -85,6 +85,7 @@ pub struct RawLimits {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawRegulation {
     pub max_failures: Option<i64>,
+    pub address_max_failures: Option<i64>,
     pub window: Option<String>,
     pub ban: Option<String>,
 }
@@ -115,6 +116,7 @@ pub struct RawMfa {
     pub required_after: Option<String>,
     pub group_required_after: Option<std::collections::BTreeMap<String, String>>,
     pub nudge_every: Option<String>,
+    pub remember_device: Option<String>,
     pub email_otp: Option<bool>,
     pub email_code_digits: Option<i64>,
 }

@@ -9,6 +9,7 @@
 pub mod email;
 pub mod qr;
 pub mod recovery;
+pub mod remembered;
 pub mod sealing;
 pub mod totp;
 
@@ -45,6 +46,9 @@ pub struct AccountRecord {
     /// A one-time recovery link an administrator made (at most one; a new one replaces it).
     #[serde(default)]
     pub recovery_link: Option<RecoveryLinkRecord>,
+    /// Browsers that skip the second factor at sign-in (`mfa.remember_device`).
+    #[serde(default)]
+    pub remembered: Vec<remembered::RememberedBrowser>,
 }
 
 /// The kinds of second factor an account can have (recovery codes are their backup, not a kind).

@@ -20,10 +20,11 @@ pub enum SealError {
 }
 
 /// Keys derived from the secrets key file, one per purpose (domain-separated hashes of a
-/// high-entropy key, so the two uses can never be confused).
+/// high-entropy key, so no two uses can ever be confused).
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
     pepper: Secret,
+    browser_key: Secret,
 }
 
 fn derive(master: &Secret, purpose: &str) -> [u8; 32] {
@@ -41,11 +42,17 @@ impl Sealer {
         Self {
             cipher: XChaCha20Poly1305::new(&key),
             pepper: Secret::new(derive(master, "recovery code pepper").to_vec()),
+            browser_key: Secret::new(derive(master, "known browser cookies").to_vec()),
         }
     }
 
     pub fn pepper(&self) -> &Secret {
         &self.pepper
+    }
+
+    /// The key that signs known-browser cookies (see `known_browser.rs`).
+    pub fn browser_key(&self) -> &Secret {
+        &self.browser_key
     }
 
     /// `nonce || ciphertext`.

@@ -10,11 +10,12 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{SessionForm, format_time, page_with_rd, session_post};
+use super::{SessionForm, format_time, login_redirect, send_to, session_post, unavailable};
 use crate::admin::{Reply, Request as Operation, Target};
 use crate::app::{App, RequestUser};
 use crate::pages::{self, AdminAdoptionRow, AdminBanRow, AdminPage, AdminUserRow, Body};
 use crate::policy;
+use crate::route::Destination;
 use crate::session::{FullSession, Lookup, Session};
 
 const HOME: &str = "/.portcullis/admin";
@@ -23,8 +24,8 @@ const HOME: &str = "/.portcullis/admin";
 fn admit(app: &App, session: Option<Session>) -> Result<FullSession, Box<Response<Body>>> {
     let Some(group) = app.config().admin.group.clone() else { return Err(Box::new(super::not_found())) };
     let full = match session {
-        None => return Err(Box::new(super::mfa::login_redirect(app, HOME))),
-        Some(Session::Partial(_)) => return Err(Box::new(page_with_rd(app, "challenge", HOME))),
+        None => return Err(Box::new(login_redirect(app, HOME))),
+        Some(Session::Partial(_)) => return Err(Box::new(send_to(app, Destination::Challenge, HOME))),
         Some(Session::Full(full)) => full,
     };
     let name = full.user().name.to_string();
@@ -47,7 +48,7 @@ fn admit(app: &App, session: Option<Session>) -> Result<FullSession, Box<Respons
     }
     let window = app.config().mfa.step_up_window.as_secs() as i64;
     if !policy::recently_proven(full.second_factor_at(), app.clock.now(), window) {
-        return Err(Box::new(page_with_rd(app, "challenge", HOME)));
+        return Err(Box::new(send_to(app, Destination::Challenge, HOME)));
     }
     Ok(full)
 }
@@ -57,7 +58,7 @@ fn with_admin(mut response: Response<Body>, full: &FullSession) -> Response<Body
     response
 }
 
-pub async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Response<Body> {
+pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Response<Body> {
     let session = match app.resolve_session(request.headers()) {
         Lookup::Found(session) => Some(session),
         _ => None,
@@ -108,17 +109,15 @@ pub async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Response<Body>
             can_reset: !u.factors.is_empty(),
             can_revoke: u.full_sessions + u.partial_sessions > 0,
             sessions: format!("{} full, {} partial", u.full_sessions, u.partial_sessions),
-            policy: match u.required_from {
-                Some(at) => format!("required from {}", format_time(at)),
-                None if u.declined_2fa => format!("{} (declined)", u.requirement),
-                None => u.requirement,
+            policy: match (u.required_from, u.requirement.as_str()) {
+                (Some(at), _) => format!("Required from {}", format_time(at)),
+                (None, "required") => "Required".into(),
+                (None, "off") => "Off".into(),
+                (None, _) if u.declined_2fa => "Optional (declined the suggestion)".into(),
+                (None, _) => "Optional".into(),
             },
-            factors: if u.factors.is_empty() {
-                "none".into()
-            } else {
-                format!("{} ({} codes left)", u.factors.join(", "), u.recovery_codes_left)
-            },
-            enrolled: when(u.enrolled_at),
+            factors: factors_in_words(&u.factors, u.recovery_codes_left),
+            enrolled: u.enrolled_at.map(format_time),
             last_sign_in: when(u.last_sign_in),
             groups: u.groups.join(", "),
             email: u.email,
@@ -130,6 +129,7 @@ pub async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Response<Body>
         .map(|b| AdminBanRow {
             until: b.banned_until.map_or("-".into(), format_time),
             locked: if b.second_factor_locked { "yes, until lifted or reset" } else { "no" },
+            who: subject_in_words(&b.subject),
             subject: b.subject,
         })
         .collect();
@@ -150,6 +150,30 @@ pub async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Response<Body>
     }
     let page = AdminPage { admin: &operator, csrf: full.csrf_token(), notice, warnings, users, adoption, bans };
     with_admin(pages::html(StatusCode::OK, &page), &full)
+}
+
+/// An account's factors as a person names them, never the internal names.
+fn factors_in_words(factors: &[String], codes_left: usize) -> String {
+    let named: Vec<String> = factors
+        .iter()
+        .map(|f| match f.as_str() {
+            "totp" => "Authenticator app".to_string(),
+            "email" => "Codes by email".to_string(),
+            "recovery_codes" => format!("recovery codes ({codes_left} left)"),
+            other => other.to_string(),
+        })
+        .collect();
+    if named.is_empty() { "Not set up".into() } else { named.join(", ") }
+}
+
+/// `account:alice` as "Account alice", `address:203.0.113.7` as "Address 203.0.113.7".
+fn subject_in_words(subject: &str) -> String {
+    match subject.split_once(':') {
+        Some(("account", name)) => format!("Account {name}"),
+        Some(("address", ip)) => format!("Address {ip}"),
+        Some(("device", _)) => "A remembered browser".to_string(),
+        _ => subject.to_string(),
+    }
 }
 
 fn notice(done: &str) -> Option<&'static str> {
@@ -209,12 +233,11 @@ fn consequence(op: &str, target: &str) -> Option<(String, String, &'static str)>
     })
 }
 
-pub async fn action(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
-    let (session, form, _) =
-        match session_post::<ActionForm>(app, request, |_| super::mfa::login_redirect(app, HOME)).await {
-            Ok(checked) => checked,
-            Err(response) => return response,
-        };
+pub(super) async fn action(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+    let (session, form, _) = match session_post::<ActionForm>(app, request, |_| login_redirect(app, HOME)).await {
+        Ok(checked) => checked,
+        Err(response) => return response,
+    };
     let full = match admit(app, Some(session)) {
         Ok(full) => full,
         Err(response) => return *response,
@@ -258,7 +281,7 @@ pub async fn action(app: &Arc<App>, request: Request<Incoming>) -> Response<Body
         Ok(_) => "",
         Err(e) => {
             tracing::error!("an admin action failed: {e}");
-            return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None);
+            return unavailable();
         }
     };
     with_admin(pages::see_other(&app.config().public_url.join_path(&format!("{HOME}?done={done}"))), &full)

@@ -7,13 +7,15 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::mfa::{CodeForm, MayAdd, RdCsrfForm, factor_added, login_redirect, may_add, page_with_rd, render_challenge};
-use super::{return_to_from_query, session_post};
-use crate::app::{App, RequestUser};
+use super::challenge::{self, CodeForm, Extras};
+use super::enroll::{Setup, factor_added, may_set_up};
+use super::{RdCsrfForm, go_to, login_redirect, return_to_from_query, send_to, session_post, unavailable, with_user};
+use crate::app::App;
 use crate::factors::email::{EmailCodeError, Purpose, masked};
 use crate::factors::{EmailFactorRecord, FactorKind};
 use crate::notify::SecurityEvent;
 use crate::pages::{self, Body, CodeError, EmailNotice, EnrollEmailPage};
+use crate::route::Destination;
 use crate::session::{AuthMethod, Lookup, Session};
 use crate::users::User;
 
@@ -32,7 +34,7 @@ pub(super) fn send_sign_in_code(app: &App, user: &User) -> Result<(), EmailCodeE
 }
 
 /// "Email me a code" on the challenge page.
-pub async fn challenge_send(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+pub(super) async fn challenge_send(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
     let (session, _, return_to) = match session_post::<RdCsrfForm>(app, request, |rd| login_redirect(app, rd)).await {
         Ok(checked) => checked,
         Err(response) => return response,
@@ -40,20 +42,17 @@ pub async fn challenge_send(app: &Arc<App>, request: Request<Incoming>) -> Respo
     match send_sign_in_code(app, session.user()) {
         Ok(()) => {
             let query = serde_urlencoded::to_string([("rd", return_to.as_str()), ("sent", "1")]).unwrap_or_default();
-            let mut response =
-                pages::see_other(&app.config().public_url.join_path(&format!("/.portcullis/challenge?{query}")));
-            response.extensions_mut().insert(RequestUser(Some(session.user().name.to_string())));
-            response
+            with_user(go_to(app, &format!("{}?{query}", Destination::Challenge.path())), session.user())
         }
-        Err(EmailCodeError::Throttled { retry_after }) => render_challenge(
-            app,
-            &session,
-            &return_to,
-            None,
-            Some(EmailNotice::Wait { seconds: retry_after }),
-            StatusCode::TOO_MANY_REQUESTS,
-        ),
-        Err(_) => page_with_rd(app, "challenge", &return_to),
+        Err(EmailCodeError::Throttled { retry_after }) => {
+            let extras = Extras {
+                view: Some(pages::ChallengeView::Email),
+                email_notice: Some(EmailNotice::Wait { seconds: retry_after }),
+                ..Default::default()
+            };
+            challenge::render(app, &session, &return_to, extras, StatusCode::TOO_MANY_REQUESTS)
+        }
+        Err(_) => send_to(app, Destination::Challenge, &return_to),
     }
 }
 
@@ -66,27 +65,25 @@ fn render_enroll_email(
 ) -> Response<Body> {
     let address = masked(&session.user().email);
     let page = EnrollEmailPage { address: &address, error, notice, csrf: session.csrf_token(), return_to };
-    let mut response = pages::html(status, &page);
-    response.extensions_mut().insert(RequestUser(Some(session.user().name.to_string())));
-    response
+    with_user(pages::html(status, &page), session.user())
 }
 
 /// Where a session that may not add email codes goes instead.
 fn not_now(app: &App, session: &Session, return_to: &str) -> Response<Body> {
-    match (may_add(app, session, FactorKind::Email), session) {
-        (MayAdd::StepUpFirst, _) => page_with_rd(app, "challenge", "/.portcullis/account"),
-        (_, Session::Partial(_)) => page_with_rd(app, "challenge", return_to),
-        (_, Session::Full(_)) => pages::see_other(&app.config().public_url.join_path("/.portcullis/account")),
+    match (may_set_up(app, session, FactorKind::Email), session) {
+        (Setup::StepUpFirst, _) => send_to(app, Destination::Challenge, Destination::Account.path()),
+        (_, Session::Partial(_)) => send_to(app, Destination::Challenge, return_to),
+        (_, Session::Full(_)) => go_to(app, Destination::Account.path()),
     }
 }
 
 /// "Use codes by email": sends a confirmation code to the account's address.
-pub async fn enroll_send(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+pub(super) async fn enroll_send(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
     let (session, _, return_to) = match session_post::<RdCsrfForm>(app, request, |rd| login_redirect(app, rd)).await {
         Ok(checked) => checked,
         Err(response) => return response,
     };
-    if may_add(app, &session, FactorKind::Email) != MayAdd::Yes {
+    if may_set_up(app, &session, FactorKind::Email) != Setup::Add {
         return not_now(app, &session, &return_to);
     }
     let user = session.user();
@@ -97,7 +94,7 @@ pub async fn enroll_send(app: &Arc<App>, request: Request<Incoming>) -> Response
         Ok(code) => {
             app.notifier.send(user, SecurityEvent::ConfirmAddress { code }, now, true);
             let query = serde_urlencoded::to_string([("rd", return_to.as_str()), ("sent", "1")]).unwrap_or_default();
-            pages::see_other(&app.config().public_url.join_path(&format!("/.portcullis/enroll/email?{query}")))
+            go_to(app, &format!("/.portcullis/enroll/email?{query}"))
         }
         Err(EmailCodeError::Throttled { retry_after }) => render_enroll_email(
             &session,
@@ -123,24 +120,24 @@ pub(super) fn sent_notice<B>(request: &Request<B>) -> Option<EmailNotice> {
 }
 
 /// The page that asks for the confirmation code.
-pub fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+pub(super) fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
     let Lookup::Found(session) = app.resolve_session(request.headers()) else {
         return login_redirect(app, &return_to);
     };
-    if may_add(app, &session, FactorKind::Email) != MayAdd::Yes {
+    if may_set_up(app, &session, FactorKind::Email) != Setup::Add {
         return not_now(app, &session, &return_to);
     }
     render_enroll_email(&session, &return_to, None, sent_notice(request), StatusCode::OK)
 }
 
 /// The confirmation code: right, and the address becomes a second factor.
-pub async fn enroll_confirm(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
+pub(super) async fn enroll_confirm(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
     let (session, form, return_to) = match session_post::<CodeForm>(app, request, |rd| login_redirect(app, rd)).await {
         Ok(checked) => checked,
         Err(response) => return response,
     };
-    if may_add(app, &session, FactorKind::Email) != MayAdd::Yes {
+    if may_set_up(app, &session, FactorKind::Email) != Setup::Add {
         return not_now(app, &session, &return_to);
     }
     let user = session.user().clone();
@@ -170,10 +167,10 @@ pub async fn enroll_confirm(app: &Arc<App>, request: Request<Incoming>) -> Respo
         .await;
     let codes = match saved {
         Ok(Ok(codes)) => codes,
-        Ok(Err(())) => return pages::see_other(&app.config().public_url.join_path("/.portcullis/account")),
+        Ok(Err(())) => return go_to(app, Destination::Account.path()),
         Err(e) => {
             tracing::error!("could not save a new factor: {e}");
-            return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None);
+            return unavailable();
         }
     };
     tracing::info!(target: "portcullis::security", user = %name, "email codes enrolled");

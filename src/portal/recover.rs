@@ -8,20 +8,19 @@
 
 use std::sync::Arc;
 
-use cookie::SameSite;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use super::login::{check_password, login_csrf, login_csrf_cookie, login_csrf_ok, zeroizing};
 use super::{
-    cookie_header, forbidden_origin, format_time, login_csrf, login_csrf_ok, password_failed, read_form, regulated,
-    same_origin, session_cookie_header,
+    forbidden_origin, format_time, read_form, same_origin, send_to, session_cookie_header, unavailable, with_user,
 };
-use crate::app::{App, Connection, RequestUser};
+use crate::app::{App, Connection};
 use crate::pages::{self, Body, LoginError, RecoverPage};
-use crate::password::HashError;
 use crate::regulation::Subject;
+use crate::route::Destination;
 use crate::users::User;
 
 /// The account a token belongs to, if the link is live.
@@ -65,13 +64,12 @@ fn render(
     let page = RecoverPage { username: user.name.as_str(), expires: &expires, token, csrf: &csrf, error };
     let mut response = pages::html(status, &page);
     if fresh {
-        let cookie = cookie_header(app, &app.login_csrf_cookie(), &csrf, None, SameSite::Strict);
-        response.headers_mut().append(header::SET_COOKIE, cookie);
+        response.headers_mut().append(header::SET_COOKIE, login_csrf_cookie(app, &csrf));
     }
     response
 }
 
-pub fn form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+pub(super) fn form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let token = serde_urlencoded::from_str::<TokenQuery>(request.uri().query().unwrap_or("")).map(|q| q.token);
     match token.ok().and_then(|token| holder(app, &token).map(|h| (token, h))) {
         Some((token, (user, expires_at))) => {
@@ -85,13 +83,13 @@ pub fn form(app: &App, request: &Request<Incoming>) -> Response<Body> {
 struct RecoverForm {
     #[serde(default)]
     token: String,
-    #[serde(default, deserialize_with = "super::zeroizing")]
+    #[serde(default, deserialize_with = "zeroizing")]
     password: Zeroizing<String>,
     #[serde(default)]
     csrf: String,
 }
 
-pub async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Response<Body> {
+pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Response<Body> {
     if !same_origin(app, request.headers()) {
         return forbidden_origin();
     }
@@ -109,27 +107,9 @@ pub async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connectio
         return again(StatusCode::BAD_REQUEST, LoginError::Malformed);
     }
     let name = user.name.to_string();
-    let client_ip = crate::headers::client_ip(&headers, conn.peer.ip(), &app.config().trusted_proxies);
-    let subjects = [Subject::Account(name.clone()), Subject::Address(client_ip)];
-    if let Some(response) = regulated(app, &subjects, again) {
+    if let Err(response) = check_password(app, &headers, conn, &name, form.password, again).await {
+        tracing::warn!(target: "portcullis::security", user = %name, "recovery link: password refused");
         return response;
-    }
-    match app.passwords.verify(form.password, Some(user.password_hash.as_str())).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(target: "portcullis::security", user = %name, client = %client_ip, "recovery link: wrong password");
-            password_failed(app, &subjects, &name, client_ip).await;
-            return again(StatusCode::UNAUTHORIZED, LoginError::BadCredentials);
-        }
-        Err(HashError::Busy) => {
-            let mut response = again(StatusCode::SERVICE_UNAVAILABLE, LoginError::Busy);
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-            return response;
-        }
-        Err(e) => {
-            tracing::error!("recovery failed internally: {e}");
-            return pages::error(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", "Try again.", None);
-        }
     }
 
     // Spend the link and void the old factors in one step, re-checking the link under the
@@ -148,29 +128,25 @@ pub async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connectio
         Ok(Err(())) => return dead_link(),
         Err(e) => {
             tracing::error!("could not use a recovery link: {e}");
-            return pages::error(StatusCode::SERVICE_UNAVAILABLE, "Something went wrong", "Try again.", None);
+            return unavailable();
         }
     };
-    tracing::warn!(target: "portcullis::security", user = %name, issued_by = %link.issued_by, client = %client_ip, "recovered with an admin link: old factors voided");
+    tracing::warn!(target: "portcullis::security", user = %name, issued_by = %link.issued_by, client = %conn.peer.ip(), "recovered with an admin link: old factors voided");
     app.notifier.send(&user, crate::notify::SecurityEvent::RecoveredWithLink, now, true);
-    let cleared = async {
-        app.regulator.succeeded(&name, true).await?;
-        app.regulator.clear(&Subject::Account(name.clone()).store_key()).await.map(|_| ())
-    };
-    if let Err(e) = cleared.await {
+    if let Err(e) = app.regulator.clear(&Subject::Account(name.clone()).store_key()).await {
         tracing::error!("could not clear regulation after a recovery: {e}");
     }
     // Whoever holds the lost phone may hold a session too.
     if let Err(e) = app.sessions.end_all_for(&name).await {
         tracing::error!("could not end old sessions after a recovery: {e}");
     }
-    match app.sessions.begin(user.clone()).await {
+    let device = super::device(&headers, super::client_ip(app, &headers, conn));
+    match app.sessions.begin(user.clone(), device).await {
         Ok((id, _partial)) => {
             let expires = app.clock.now() + app.config().session.partial_timeout.as_secs() as i64;
-            let mut response = super::page_with_rd(app, "enroll", "/");
+            let mut response = send_to(app, Destination::Enroll, "/");
             response.headers_mut().append(header::SET_COOKIE, session_cookie_header(app, &id, expires));
-            response.extensions_mut().insert(RequestUser(Some(name)));
-            response
+            with_user(response, &user)
         }
         Err(e) => {
             tracing::error!("could not start a session after a recovery: {e}");

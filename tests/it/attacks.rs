@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::harness::{ALICE, Browser, Proxy, form_field, proxy};
+use crate::harness::{ALICE, Browser, ORIGIN_SENDING_POLICIES, Proxy, form_field, proxy};
 use crate::mfa::{attr, code, enroll, password, read_enrollment_page, submit_code};
 use crate::upstream::Upstream;
 
@@ -35,16 +35,21 @@ fn status_of(response: &str) -> u16 {
 async fn password_guessing_is_locked_out_across_sessions_and_restarts() {
     let upstream = Upstream::start().await;
     let mut first = proxy(&upstream.url()).start();
-    for attempt in 0..5 {
+    for attempt in 0..4 {
         let status = Browser::new().submit_login(&first, "alice", &format!("guess {attempt}"), "/").await.status();
         assert_eq!(status, 401);
     }
+    // The fifth wrong password says at once that signing in is paused.
+    let fifth = Browser::new().submit_login(&first, "alice", "guess 4", "/").await;
+    assert_eq!(fifth.status(), 429);
+    assert!(fifth.text().await.unwrap().contains("Signing in to this account is paused"));
     // A fresh browser (new session, new CSRF cookie) with the *right* password: still locked.
     let locked = Browser::new().submit_login(&first, "alice", ALICE.password, "/").await;
     assert_eq!(locked.status(), 429);
     assert!(locked.headers().contains_key("retry-after"));
     let message = locked.text().await.unwrap();
-    assert!(message.contains("Too many failed attempts"));
+    assert!(message.contains("Signing in to this account is paused"), "{message}");
+    assert!(!message.contains("guessing"), "the page blames no one");
 
     // An account that does not exist gets the same treatment and the same words.
     for attempt in 0..5 {
@@ -52,7 +57,7 @@ async fn password_guessing_is_locked_out_across_sessions_and_restarts() {
     }
     let ghost = Browser::new().submit_login(&first, "nobody-here", "x", "/").await;
     assert_eq!(ghost.status(), 429);
-    assert!(ghost.text().await.unwrap().contains("Too many failed attempts"));
+    assert!(ghost.text().await.unwrap().contains("Signing in to this account is paused"));
 
     // Alice is told; the account that does not exist has nobody to tell.
     let paused = first.wait_for_mail("Subject: Signing in to your account was paused");
@@ -69,9 +74,9 @@ async fn password_guessing_is_locked_out_across_sessions_and_restarts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_address_guessing_many_accounts_is_locked_out() {
     let upstream = Upstream::start().await;
-    let proxy = proxy(&upstream.url()).toml("[regulation]\nmax_failures = 3").start();
-    for name in ["carol", "dave", "erin"] {
-        assert_eq!(Browser::new().submit_login(&proxy, name, "spray", "/").await.status(), 401);
+    let proxy = proxy(&upstream.url()).toml("[regulation]\nmax_failures = 3\naddress_max_failures = 3").start();
+    for (name, status) in [("carol", 401), ("dave", 401), ("erin", 429)] {
+        assert_eq!(Browser::new().submit_login(&proxy, name, "spray", "/").await.status(), status, "{name}");
     }
     // Alice never failed, but this address did: password spraying is stopped too.
     assert_eq!(Browser::new().submit_login(&proxy, "alice", ALICE.password, "/").await.status(), 429);
@@ -280,12 +285,86 @@ async fn every_own_page_carries_the_security_headers() {
         let csp = h["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("script-src"), "{path}: {csp}");
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
-        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
         assert_eq!(h["cache-control"], "no-store", "{path}");
     }
     // Forwarded responses are left as the upstream sent them.
     let forwarded = browser.navigate(&proxy.url("/app")).await;
     assert!(forwarded.headers().get("content-security-policy").is_none());
+}
+
+/// Under `Referrer-Policy: no-referrer` a browser sends `Origin: null` on a form POST, and the
+/// same-origin check then refuses the proxy's own forms: nobody could sign in. Every page the
+/// proxy renders (error pages included) must carry a policy, in the header and in the page, under
+/// which browsers send their real origin on same-origin posts.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_own_page_lets_browsers_send_their_origin_on_posts() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[mfa]\nemail_otp = true").start();
+    let browser = Browser::new();
+    let mut pages = Vec::new();
+    for path in ["/.portcullis/login", "/.portcullis/logout", "/.portcullis/nope", "/.portcullis/recover?token=x"] {
+        pages.push((path.to_string(), browser.navigate(&proxy.url(path)).await));
+    }
+    let refused = browser.http.post(proxy.url("/.portcullis/login")).header("origin", "null").form(&[("a", "b")]);
+    pages.push(("a post with Origin: null".into(), refused.send().await.unwrap()));
+    let put = browser.http.put(proxy.url("/.portcullis/login")).send().await.unwrap();
+    pages.push(("PUT on the login page".into(), put));
+    let wrong = browser.submit_login(&proxy, "alice", "wrong", "/").await;
+    pages.push(("a wrong password".into(), wrong));
+    browser.login(&proxy, &ALICE).await;
+    for path in [
+        "/.portcullis/account",
+        "/.portcullis/enroll",
+        "/.portcullis/enroll/email",
+        "/.portcullis/account/password",
+        "/.portcullis/admin",
+        "/.portcullis/logout",
+    ] {
+        pages.push((path.to_string(), browser.navigate(&proxy.url(path)).await));
+    }
+    assert!(pages.len() >= 13);
+    for (what, page) in pages {
+        let header = page.headers()["referrer-policy"].to_str().unwrap().to_string();
+        assert!(ORIGIN_SENDING_POLICIES.contains(&header.as_str()), "{what}: header {header}");
+        let html = page.text().await.unwrap();
+        let marker = "<meta name=\"referrer\" content=\"";
+        if let Some(start) = html.find(marker) {
+            let meta = &html[start + marker.len()..];
+            let meta = &meta[..meta.find('"').unwrap()];
+            assert!(ORIGIN_SENDING_POLICIES.contains(&meta), "{what}: meta {meta}");
+        } else {
+            assert!(!html.contains("<html"), "{what}: an HTML page without its referrer meta tag");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_post_without_origin_is_refused_even_with_a_referer() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    let csrf = browser.login_form(&proxy, "").await;
+    let fields = [("username", "alice"), ("password", ALICE.password), ("csrf", csrf.as_str()), ("rd", "/")];
+    let referer_only = browser
+        .http
+        .post(proxy.url("/.portcullis/login"))
+        .header("referer", proxy.url("/.portcullis/login"))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(referer_only.status(), 403, "Referer is not a substitute for Origin");
+    let twice = browser
+        .http
+        .post(proxy.url("/.portcullis/login"))
+        .header("origin", proxy.origin())
+        .header("origin", "https://evil.example")
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 403, "two Origin headers are one too many");
+    assert!(browser.cookie_header(&proxy.url("/")).is_none_or(|c| !c.contains("portcullis=")), "no session");
 }
 
 #[tokio::test(flavor = "multi_thread")]

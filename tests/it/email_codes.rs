@@ -3,36 +3,23 @@
 //! primary factor, and its limits.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::path::PathBuf;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-use crate::harness::{ALICE, Browser, PATIENCE, Proxy, form_field, proxy};
+use crate::harness::{ALICE, Browser, Proxy, form_field, proxy};
 use crate::mfa::{enroll, password, submit_code};
 use crate::upstream::Upstream;
 
 const EMAIL_REQUIRED: &str = "[mfa]\npolicy = \"required\"\nemail_otp = true";
 
 /// Waits for a mail containing `needle` that was not among `before`; returns its text.
-fn new_mail(proxy: &Proxy, before: &HashSet<String>, needle: &str) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let fresh = proxy
-            .mails()
-            .into_iter()
-            .filter(|m| !before.contains(m))
-            .map(|m| m.replace("=\r\n", "").replace("=\n", ""))
-            .find(|m| m.contains(needle));
-        if let Some(mail) = fresh {
-            return mail;
-        }
-        assert!(Instant::now() < deadline, "no new mail containing {needle:?}");
-        std::thread::yield_now();
-    }
+fn new_mail(proxy: &Proxy, before: &HashSet<PathBuf>, needle: &str) -> String {
+    proxy.wait_for_new_mail(before, needle)
 }
 
-fn mails(proxy: &Proxy) -> HashSet<String> {
-    proxy.mails().into_iter().collect()
+fn mails(proxy: &Proxy) -> HashSet<PathBuf> {
+    proxy.mail_files()
 }
 
 /// The digits after `lead` in a mail.
@@ -134,7 +121,8 @@ async fn email_is_the_alternate_when_the_app_is_unavailable_and_can_be_made_prim
     let (secret, _, _) = enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
     // Just proven with the app, so adding email codes needs no further step-up.
     let added = enroll_email(&browser, &proxy, &proxy.url("/.portcullis/account")).await;
-    assert_eq!(added.headers()["location"], proxy.url("/.portcullis/account").as_str(), "no second set of codes");
+    let location = added.headers()["location"].to_str().unwrap();
+    assert_eq!(location, proxy.url("/.portcullis/account?done=email-on"), "no second set of codes");
     let account = browser.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
     assert!(account.contains("Codes by email") && account.contains("Offer email codes first"));
 
@@ -144,14 +132,16 @@ async fn email_is_the_alternate_when_the_app_is_unavailable_and_can_be_made_prim
     let challenge = password(&phone_lost, &proxy, &ALICE, "/").await;
     let page = phone_lost.navigate(&challenge).await.text().await.unwrap();
     assert!(page.contains("Email me a code at a•••@example.com instead"));
-    assert!(proxy.mails().iter().all(|m| before.contains(m) || !m.contains("Your sign-in code")));
+    let sent_since = proxy.mail_files().into_iter().filter(|p| !before.contains(p));
+    assert!(sent_since.filter_map(|p| std::fs::read_to_string(p).ok()).all(|m| !m.contains("Your sign-in code")));
     let csrf = form_field(&page, "csrf").unwrap();
     let rd = form_field(&page, "rd").unwrap();
     let asked = post(&phone_lost, &proxy, "/.portcullis/challenge/email", &[("csrf", &csrf), ("rd", &rd)]).await;
     assert_eq!(asked.status(), 303);
     let code = code_after(&new_mail(&proxy, &before, "Your sign-in code"), "Your code is ");
     let notice = phone_lost.navigate(asked.headers()["location"].to_str().unwrap()).await.text().await.unwrap();
-    assert!(notice.contains("A new code is on its way"));
+    assert!(notice.contains("We emailed a code to <strong>a•••@example.com</strong>"), "{notice}");
+    assert!(notice.contains("inputmode=\"numeric\""), "and asks for its digits");
     // Asking again at once is refused: an inbox cannot be flooded through the proxy.
     let again = post(&phone_lost, &proxy, "/.portcullis/challenge/email", &[("csrf", &csrf), ("rd", &rd)]).await;
     assert_eq!(again.status(), 429);

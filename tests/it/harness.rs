@@ -1,6 +1,7 @@
 //! Starts the real `portcullis` binary on loopback against a real upstream, and gives tests a
 //! browser-like client (cookie jar, no automatic redirects) to walk flows with.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,18 @@ use reqwest::cookie::{CookieStore, Jar};
 pub const BINARY: &str = env!("CARGO_BIN_EXE_portcullis");
 /// The longest a test waits for the proxy to do something it announces (start, reload).
 pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Referrer policies under which a browser sends its real `Origin` on a same-origin form POST
+/// (Fetch standard, "serializing a request origin": only `no-referrer` always sends `null`).
+pub const ORIGIN_SENDING_POLICIES: [&str; 7] = [
+    "same-origin",
+    "strict-origin-when-cross-origin",
+    "strict-origin",
+    "origin",
+    "origin-when-cross-origin",
+    "no-referrer-when-downgrade",
+    "unsafe-url",
+];
 
 /// An account the harness creates before the proxy starts.
 pub struct Account {
@@ -233,30 +246,42 @@ impl Proxy {
     /// Waits (within a bound) for a notification mail whose text contains `needle`, written by
     /// the file transport into `data_dir/mail`; returns it.
     pub fn wait_for_mail(&self, needle: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
+        self.wait_for_new_mail(&HashSet::new(), needle)
+    }
+
+    /// Like [`Proxy::wait_for_mail`], among mails not in `before` (from [`Proxy::mail_files`]).
+    /// Between looks it waits for the proxy to log a delivered mail, so it never spins.
+    pub fn wait_for_new_mail(&self, before: &HashSet<PathBuf>, needle: &str) -> String {
         loop {
-            let mails: Vec<String> = std::fs::read_dir(self.data_dir().join("mail"))
+            let logged = self.stderr.len();
+            let found = self
+                .mail_files()
                 .into_iter()
-                .flatten()
-                .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .filter(|path| !before.contains(path))
+                .filter_map(|path| std::fs::read_to_string(path).ok())
                 // Undo quoted-printable soft line breaks so sentences can be matched whole.
                 .map(|m| m.replace("=\r\n", "").replace("=\n", ""))
-                .collect();
-            if let Some(mail) = mails.into_iter().find(|m| m.contains(needle)) {
+                .find(|m| m.contains(needle));
+            if let Some(mail) = found {
                 return mail;
             }
-            assert!(Instant::now() < deadline, "no mail containing {needle:?}");
-            std::thread::yield_now();
+            let delivered = self.stderr.wait_for(logged, |l| l.contains("notification sent"));
+            assert!(delivered.is_some(), "no mail containing {needle:?}");
         }
+    }
+
+    /// The mail files written so far.
+    pub fn mail_files(&self) -> HashSet<PathBuf> {
+        std::fs::read_dir(self.data_dir().join("mail"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some(e.ok()?.path()))
+            .collect()
     }
 
     /// Every notification mail written so far.
     pub fn mails(&self) -> Vec<String> {
-        std::fs::read_dir(self.data_dir().join("mail"))
-            .into_iter()
-            .flatten()
-            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-            .collect()
+        self.mail_files().into_iter().filter_map(|path| std::fs::read_to_string(path).ok()).collect()
     }
 
     /// The identity key the proxy generated, as an upstream would read it.
@@ -281,7 +306,11 @@ pub fn run_cli(config: &Path, args: &[&str], stdin: &str) -> std::process::Outpu
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    // A command that refuses before reading its input closes the pipe early; that is its answer,
+    // not the test's failure.
+    if let Err(e) = child.stdin.take().unwrap().write_all(stdin.as_bytes()) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     child.wait_with_output().unwrap()
 }
 

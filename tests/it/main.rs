@@ -3,6 +3,7 @@
 
 mod admin;
 mod attacks;
+mod browser;
 mod cli;
 mod config_files;
 mod demo;

@@ -452,29 +452,85 @@ async fn a_staged_rollout_reminds_before_the_date_and_requires_after_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sensitive_changes_need_a_recent_second_factor() {
     let upstream = Upstream::start().await;
-    let proxy = proxy(&upstream.url()).start();
-    // A password-only session has never proven a second factor.
+    let proxy = proxy(&upstream.url()).toml("[mfa]\nremember_device = \"30d\"").start();
+    // Without a second factor there is nothing to remove: nothing changes, nothing is announced.
     let browser = Browser::new();
     browser.login(&proxy, &ALICE).await;
-    let page = browser.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
-    let csrf = form_field(&page, "csrf").unwrap();
+    let csrf = account_csrf(&browser, &proxy).await;
     for action in ["remove-totp", "regenerate-codes"] {
-        let response = browser
-            .http
-            .post(proxy.url(&format!("/.portcullis/account/{action}")))
-            .header("origin", proxy.origin())
-            .form(&[("csrf", csrf.as_str())])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 303, "{action}");
-        let location = response.headers()["location"].to_str().unwrap();
-        assert!(
-            location.starts_with(&proxy.url("/.portcullis/challenge?rd=")),
-            "{action}: re-prove first, got {location}"
-        );
+        let response = account_post(&browser, &proxy, action, &csrf).await;
+        assert_eq!(response.headers()["location"], proxy.url("/.portcullis/account").as_str(), "{action}");
     }
     assert!(proxy.mails().is_empty(), "nothing changed, so nothing was announced");
+
+    // With a factor, a session from a remembered browser proved no code itself: every sensitive
+    // change (and its confirmation page) asks for one first, and comes back to it afterwards.
+    let (secret, _, _) = enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    log_out(&browser, &proxy).await;
+    let challenge = password(&browser, &proxy, &ALICE, "/").await;
+    let page = browser.navigate(&challenge).await.text().await.unwrap();
+    let fields = [
+        ("csrf", form_field(&page, "csrf").unwrap()),
+        ("rd", "/".into()),
+        ("code", code(&secret, 1)),
+        ("remember", "yes".into()),
+    ];
+    let proven = browser
+        .http
+        .post(proxy.url("/.portcullis/challenge"))
+        .header("origin", proxy.origin())
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proven.status(), 303);
+    log_out(&browser, &proxy).await;
+    assert_eq!(password(&browser, &proxy, &ALICE, "/").await, proxy.url("/"), "remembered: no code at sign-in");
+    let mails_before = proxy.mails().len();
+    let csrf = account_csrf(&browser, &proxy).await;
+    for action in ["remove-totp", "regenerate-codes", "password"] {
+        let path = format!("/.portcullis/account/{action}");
+        let page = browser.navigate(&proxy.url(&path)).await;
+        let post = account_post(&browser, &proxy, action, &csrf).await;
+        for response in [page, post] {
+            assert_eq!(response.status(), 303, "{action}");
+            let location = response.headers()["location"].to_str().unwrap();
+            let back = serde_urlencoded::to_string([("rd", path.as_str())]).unwrap();
+            assert_eq!(location, proxy.url(&format!("/.portcullis/challenge?{back}")), "{action}: re-prove first");
+        }
+    }
+    assert_eq!(proxy.mails().len(), mails_before, "nothing changed, so nothing was announced");
+    assert!(account_csrf(&browser, &proxy).await.len() == 43, "still signed in, with the factor in place");
+}
+
+/// Signs out with the account page's form.
+pub(crate) async fn log_out(browser: &Browser, proxy: &Proxy) {
+    let csrf = account_csrf(browser, proxy).await;
+    let out = browser
+        .http
+        .post(proxy.url("/.portcullis/logout"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 200);
+}
+
+async fn account_csrf(browser: &Browser, proxy: &Proxy) -> String {
+    let page = browser.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
+    form_field(&page, "csrf").unwrap()
+}
+
+async fn account_post(browser: &Browser, proxy: &Proxy, action: &str, csrf: &str) -> reqwest::Response {
+    browser
+        .http
+        .post(proxy.url(&format!("/.portcullis/account/{action}")))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
