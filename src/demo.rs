@@ -58,7 +58,7 @@ pub fn readable_password() -> String {
 
 pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError> {
     let io = |source| DemoError::Io { path: data_dir.clone(), source };
-    std::fs::create_dir_all(&data_dir).map_err(io)?;
+    crate::secret::secure_private_dir(&data_dir).map_err(io)?;
     let data_dir = data_dir.canonicalize().map_err(io)?;
 
     let upstream = TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
@@ -110,7 +110,7 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError>
     println!();
     println!("  Portcullis demo is running. Open http://{listen}/ and sign in:");
     println!("    user name: {DEMO_USER}");
-    println!("    password:  {password}");
+    println!("    password:  {password}   (a new one at every start of the demo)");
     println!();
     println!("  Set up two-step verification from the account page (an authenticator app, or codes by");
     println!("  email), then visit http://{listen}/.portcullis/admin.");

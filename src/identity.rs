@@ -30,10 +30,12 @@ pub struct AssertionClaims {
     pub exp: UnixTime,
     /// When the user last proved a factor (OpenID Connect Core §2).
     pub auth_time: UnixTime,
-    /// How they proved it, as RFC 8176 values: `["pwd"]`, `["pwd", "otp"]`, or `["pwd", "rc"]`
-    /// for a recovery code.
+    /// How they proved it: `["pwd"]`, `["pwd", "otp"]` (RFC 8176 values), or with our own values
+    /// `["pwd", "rc"]` for a recovery code, `["pwd", "email"]` for an emailed code and
+    /// `["pwd", "device"]` for a remembered browser (see the README's table).
     pub amr: Vec<String>,
-    /// `"aal2"` when a second factor was proven, else `"aal1"` (NIST SP 800-63B levels).
+    /// `"aal2"` when the session proved a second factor NIST SP 800-63B accepts for AAL2 (an app
+    /// code or a recovery code), else `"aal1"`: an emailed code or a remembered browser is not.
     pub acr: String,
 }
 
@@ -77,7 +79,7 @@ impl AssertionSigner {
             exp: now + self.ttl,
             auth_time: session.auth_time(),
             amr: session.amr().iter().map(|m| m.as_str().to_string()).collect(),
-            acr: if session.proved_second_factor() { "aal2" } else { "aal1" }.to_string(),
+            acr: if session.amr().iter().any(|m| m.meets_aal2()) { "aal2" } else { "aal1" }.to_string(),
         };
         Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
     }

@@ -123,9 +123,77 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Makes `dir` private to the user the proxy runs as, since it holds sessions, factors, keys
+/// and (with the file mail transport) sign-in codes and recovery links: created 0700 when
+/// missing; when it exists, it and everything below it are tightened (directories to 0700, files
+/// lose every group and other bit). Symbolic links are left alone. Returns what was tightened,
+/// for the log; fails (with the fix) when a mode cannot be changed, e.g. on a folder owned by
+/// someone else.
+pub fn secure_private_dir(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        return Ok(Vec::new());
+    }
+    let mut tightened = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = fs::symlink_metadata(&path)?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let private = if meta.is_dir() { 0o700 } else { mode & 0o700 };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if mode != private && (meta.is_dir() || mode & 0o077 != 0) {
+            fs::set_permissions(&path, fs::Permissions::from_mode(private)).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot make {} private ({e}). Fix: run Portcullis as the folder's owner, or `chmod -R go-rwx {}`",
+                        path.display(),
+                        dir.display()
+                    ),
+                )
+            })?;
+            tightened.push(path.clone());
+        }
+        if meta.is_dir() {
+            for entry in fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(tightened)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_folder_is_made_private_with_everything_in_it() {
+        let parent = tempfile::tempdir().unwrap();
+        let fresh = parent.path().join("fresh/data");
+        assert!(secure_private_dir(&fresh).unwrap().is_empty());
+        assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
+
+        let old = parent.path().join("old");
+        fs::create_dir_all(old.join("mail")).unwrap();
+        fs::write(old.join("mail/code.eml"), "Your code is 123456").unwrap();
+        fs::write(old.join("secrets.key"), "k").unwrap();
+        for (path, mode) in [(&old, 0o755), (&old.join("mail"), 0o755)] {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        fs::set_permissions(old.join("mail/code.eml"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(old.join("secrets.key"), fs::Permissions::from_mode(0o600)).unwrap();
+        let tightened = secure_private_dir(&old).unwrap();
+        assert_eq!(tightened.len(), 3, "{tightened:?}");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&old), 0o700);
+        assert_eq!(mode(&old.join("mail")), 0o700);
+        assert_eq!(mode(&old.join("mail/code.eml")), 0o600);
+        assert_eq!(mode(&old.join("secrets.key")), 0o600);
+    }
 
     #[test]
     fn debug_never_shows_the_bytes() {

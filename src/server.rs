@@ -39,7 +39,7 @@ use crate::users::{UserDirectory, UsersError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot create data_dir {path}: {source}")]
+    #[error("cannot prepare data_dir {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Key(#[from] KeyFileError),
@@ -68,14 +68,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// A client has this long to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if path.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
-}
-
 /// A bound, ready server. [`Server::serve`] runs it until shutdown.
 pub struct Server {
     app: Arc<App>,
@@ -94,8 +86,11 @@ impl Server {
     /// Opens the store, loads users and keys, and binds every listen address. Nothing is served
     /// until [`Server::serve`].
     pub async fn bind(config: Config, clock: SharedClock) -> Result<Self, StartError> {
-        create_private_dir(&config.data_dir)
+        let tightened = secret::secure_private_dir(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        if !tightened.is_empty() {
+            tracing::warn!(count = tightened.len(), data_dir = %config.data_dir.display(), "data_dir held files others could read; made them private (0700/0600)");
+        }
         let key = secret::load_or_create_key(&config.identity.secret_file)?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
         let sessions = Arc::new(Sessions::open(store.clone(), config.session.clone(), clock.clone())?);

@@ -129,6 +129,13 @@ impl AuthMethod {
         matches!(self, Self::Otp | Self::Rc | Self::Email | Self::RememberedBrowser)
     }
 
+    /// Whether NIST SP 800-63B accepts this as the second factor of AAL2: an OTP device (§5.1.4)
+    /// or a look-up secret (§5.1.2). Not an emailed code (§5.1.3.1 rules out email for
+    /// out-of-band authenticators) and not a remembered browser (nothing was proven now).
+    pub fn meets_aal2(self) -> bool {
+        matches!(self, Self::Otp | Self::Rc)
+    }
+
     /// Whether this is a second factor proven just now (what step-up asks for).
     pub fn is_fresh_second_factor(self) -> bool {
         matches!(self, Self::Otp | Self::Rc | Self::Email)

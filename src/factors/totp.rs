@@ -149,7 +149,9 @@ mod tests {
             .output()
         else {
             assert!(std::env::var_os("CI").is_none(), "CI must run the oathtool cross-check: install oathtool");
-            eprintln!("\n*** SKIPPED the oathtool cross-check: oathtool is not installed (apt-get install oathtool) ***\n");
+            eprintln!(
+                "\n*** SKIPPED the oathtool cross-check: oathtool is not installed (apt-get install oathtool) ***\n"
+            );
             return;
         };
         let theirs = String::from_utf8_lossy(&output.stdout).trim().to_string();

@@ -390,7 +390,7 @@ async fn end_after_wrong_codes(app: &App, session: Session, paused_until: Option
         Some(until) => {
             let minutes = minutes_until(app, until);
             let message = format!(
-                "For your safety you have been signed out, and codes for this account are not checked for about {minutes} minute(s). Sign in again after that; use a recovery code if your authenticator is not available."
+                "For your safety you have been signed out, and codes for this account are not checked for about {minutes} minute(s). You can sign in again after that; use a recovery code if your authenticator is not available."
             );
             let mut response = pages::error(StatusCode::TOO_MANY_REQUESTS, "Too many wrong codes", &message, None);
             retry_after(&mut response, app, until);

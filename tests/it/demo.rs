@@ -25,9 +25,27 @@ async fn the_demo_runs_with_nothing_else_installed() {
         let _ = child.wait();
         panic!("the demo printed no password");
     };
-    let password = password_line.split_whitespace().last().unwrap().to_string();
+    let password = password_line.split_whitespace().nth(1).unwrap().to_string();
     let text = stdout.all().join("\n");
     assert!(text.contains(&format!("http://127.0.0.1:{port}/")) && text.contains("user name: demo"), "{text}");
+    assert!(password_line.contains("a new one at every start"), "the banner says the password changes");
+
+    // The demo's folder holds codes and links: private, like a real data_dir.
+    use std::os::unix::fs::PermissionsExt;
+    let data = dir.path().join("demo-data");
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    let mut open = Vec::new();
+    let mut pending = vec![data];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::metadata(&path).unwrap();
+        if meta.permissions().mode() & 0o077 != 0 {
+            open.push(path.clone());
+        }
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(open.is_empty(), "readable by others: {open:?}");
 
     let browser = Browser::new();
     let base = format!("http://127.0.0.1:{port}");

@@ -101,6 +101,7 @@ async fn codes_by_email_alone_protect_an_account() {
             .unwrap()
             .claims;
     assert_eq!(claims["amr"], serde_json::json!(["pwd", "email"]));
+    assert_eq!(claims["acr"], "aal1", "NIST SP 800-63B does not accept email for AAL2");
 
     // A code works once.
     let third = Browser::new();

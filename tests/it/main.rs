@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, a real upstream, a real HTTP client. One test binary with
 //! modules, so the suite links once.
 
+mod account;
 mod admin;
 mod attacks;
 mod browser;
@@ -12,6 +13,7 @@ mod flows;
 mod forwarding;
 mod harness;
 mod mfa;
+mod pausing;
 mod reload;
 mod smtp;
 mod upstream;

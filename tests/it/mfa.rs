@@ -145,7 +145,7 @@ async fn assert_partial_reaches_nothing(browser: &Browser, proxy: &Proxy, upstre
     assert_eq!(upstream.count(), before, "the upstream saw nothing from a partial session");
 }
 
-fn claims(proxy: &Proxy, seen: &crate::upstream::Seen) -> serde_json::Value {
+pub(crate) fn claims(proxy: &Proxy, seen: &crate::upstream::Seen) -> serde_json::Value {
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     validation.set_audience(&[proxy.origin()]);
     let token = seen.header("x-portcullis-assertion").unwrap();

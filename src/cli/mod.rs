@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod table;
+
 use clap::{Parser, Subcommand};
+use table::{Align, Table};
 use zeroize::Zeroizing;
 
 use crate::clock::SystemClock;
@@ -132,6 +135,12 @@ pub enum UserCommand {
 }
 
 pub fn run(cli: Cli) -> ExitCode {
+    // Everything Portcullis writes (the store, keys, mails holding sign-in codes and recovery
+    // links, the users file) is for its own user only, whatever umask it was started with.
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run_server(&cli.config),
         Command::CheckConfig => check_config(&cli.config),
@@ -327,10 +336,16 @@ fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {
         UserCommand::List => {
             let mut all: Vec<_> = users::read(file).map_err(|e| e.to_string())?.into_values().collect();
             all.sort_by(|a, b| a.name.cmp(&b.name));
-            println!("{:<24} {:<32} {:<32} GROUPS", "NAME", "DISPLAY NAME", "EMAIL");
+            let mut table = Table::new(&[
+                ("NAME", Align::Left),
+                ("DISPLAY NAME", Align::Left),
+                ("EMAIL", Align::Left),
+                ("GROUPS", Align::Left),
+            ]);
             for u in all {
-                println!("{:<24} {:<32} {:<32} {}", u.name, u.display_name, u.email, u.groups.join(","));
+                table.row(vec![u.name.to_string(), u.display_name.clone(), u.email.clone(), u.groups.join(",")]);
             }
+            print!("{}", table.render());
         }
     }
     Ok(())
@@ -440,50 +455,59 @@ fn print_reply(reply: &admin::Reply, view: AdminView) {
             };
             let none: Vec<&str> = users.iter().filter(|u| u.factors.is_empty()).map(|u| u.name.as_str()).collect();
             println!("totp:           {}", with("totp").join(" "));
+            println!("email:          {}", with("email").join(" "));
             println!("recovery codes: {}", with("recovery_codes").join(" "));
             println!("none:           {}", none.join(" "));
         }
         Reply::Users { users } => {
-            println!(
-                "{:<20} {:<22} {:<20} {:<24} {:<24} {:<11} SESSIONS (FULL/PARTIAL)",
-                "NAME", "FACTORS", "POLICY", "ENROLLED", "LAST SIGN-IN", "CODES LEFT"
-            );
+            let mut table = Table::new(&[
+                ("NAME", Align::Left),
+                ("FACTORS", Align::Left),
+                ("POLICY", Align::Left),
+                ("ENROLLED", Align::Left),
+                ("LAST SIGN-IN", Align::Left),
+                ("CODES LEFT", Align::Right),
+                ("SESSIONS FULL/PARTIAL", Align::Left),
+            ]);
             for u in users {
                 let factors = if u.factors.is_empty() { "none".to_string() } else { u.factors.join(",") };
                 let policy = match u.required_from {
                     Some(at) => format!("required from {}", when(Some(at))),
                     None => u.requirement.clone(),
                 };
-                println!(
-                    "{:<20} {:<22} {:<20} {:<24} {:<24} {:<11} {}/{}",
-                    u.name,
+                table.row(vec![
+                    u.name.clone(),
                     factors,
                     policy,
                     when(u.enrolled_at),
                     when(u.last_sign_in),
-                    u.recovery_codes_left,
-                    u.full_sessions,
-                    u.partial_sessions
-                );
+                    u.recovery_codes_left.to_string(),
+                    format!("{}/{}", u.full_sessions, u.partial_sessions),
+                ]);
             }
+            print!("{}", table.render());
         }
         Reply::Adoption { groups } => {
-            println!(
-                "{:<20} {:>8} {:>8} {:>8} {:>9}  MISSING WHERE REQUIRED",
-                "GROUP", "ACCOUNTS", "WITH 2FA", "SHARE", "REQUIRED"
-            );
+            let mut table = Table::new(&[
+                ("GROUP", Align::Left),
+                ("ACCOUNTS", Align::Right),
+                ("WITH 2FA", Align::Right),
+                ("SHARE", Align::Right),
+                ("REQUIRED", Align::Right),
+                ("MISSING WHERE REQUIRED", Align::Left),
+            ]);
             for g in groups {
                 let share = if g.accounts == 0 { 0.0 } else { 100.0 * g.with_second_factor as f64 / g.accounts as f64 };
-                println!(
-                    "{:<20} {:>8} {:>8} {:>7.0}% {:>9}  {}",
-                    if g.group == "*" { "(everyone)" } else { &g.group },
-                    g.accounts,
-                    g.with_second_factor,
-                    share,
-                    g.required,
-                    g.missing.join(" ")
-                );
+                table.row(vec![
+                    if g.group == "*" { "(everyone)".into() } else { g.group.clone() },
+                    g.accounts.to_string(),
+                    g.with_second_factor.to_string(),
+                    format!("{share:.0}%"),
+                    g.required.to_string(),
+                    g.missing.join(" "),
+                ]);
             }
+            print!("{}", table.render());
         }
         Reply::Reset { user, ended } => println!(
             "two-step verification reset for {user}; {ended} session(s) ended; they were emailed. They set up a new factor after their password."
@@ -494,16 +518,21 @@ fn print_reply(reply: &admin::Reply, view: AdminView) {
         ),
         Reply::Bans { bans } if bans.is_empty() => println!("no bans or locks in force"),
         Reply::Bans { bans } => {
-            println!("{:<40} {:<26} {:<14} BANS IN A ROW", "SUBJECT", "BANNED UNTIL", "FACTOR LOCKED");
+            let mut table = Table::new(&[
+                ("SUBJECT", Align::Left),
+                ("BANNED UNTIL", Align::Left),
+                ("FACTOR LOCKED", Align::Left),
+                ("BANS IN A ROW", Align::Right),
+            ]);
             for b in bans {
-                println!(
-                    "{:<40} {:<26} {:<14} {}",
-                    b.subject,
+                table.row(vec![
+                    b.subject.clone(),
                     when(b.banned_until),
-                    if b.second_factor_locked { "yes" } else { "no" },
-                    b.bans_in_a_row
-                );
+                    if b.second_factor_locked { "yes" } else { "no" }.into(),
+                    b.bans_in_a_row.to_string(),
+                ]);
             }
+            print!("{}", table.render());
         }
         Reply::Unbanned { subject, existed: true } => println!("lifted everything held against {subject}"),
         Reply::Unbanned { subject, existed: false } => println!("nothing was held against {subject}"),

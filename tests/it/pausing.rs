@@ -1,0 +1,147 @@
+//! Pausing sign-ins after failures, as the people behind one address live it: one person's typos
+//! do not pause the office, an attacker guessing one account does not lock its owner out of the
+//! browser they always use, wrong codes are never forgiven by a right password, and every page
+//! says what happened and until when, without blaming anyone.
+
+use futures_util::future::join_all;
+
+use crate::harness::{ALICE, Browser, Proxy, proxy};
+use crate::mfa::{BOB, code, enroll, log_out, password, submit_code};
+use crate::upstream::Upstream;
+
+async fn wrong_password(browser: &Browser, proxy: &Proxy, user: &str) -> reqwest::Response {
+    browser.submit_login(proxy, user, "not the password", "/").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_persons_mistakes_do_not_pause_everyone_behind_the_address() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).account(&BOB).start();
+    // Someone at the office keeps getting alice's password wrong.
+    let typist = Browser::new();
+    for _ in 0..4 {
+        assert_eq!(wrong_password(&typist, &proxy, "alice").await.status(), 401);
+    }
+    let paused = wrong_password(&typist, &proxy, "alice").await;
+    assert_eq!(paused.status(), 429);
+    let page = paused.text().await.unwrap();
+    assert!(page.contains("Signing in to this account is paused for about 15 minute(s)"), "{page}");
+    // Bob, at the same address, signs in as usual.
+    assert_eq!(Browser::new().submit_login(&proxy, "bob", BOB.password, "/").await.status(), 303);
+    // Alice hears that someone got her password wrong: that is what happened.
+    let mail = proxy.wait_for_mail("Subject: Signing in to your account was paused");
+    assert!(mail.contains("alice@example.com") && mail.contains("Someone may be guessing your password"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_known_browser_still_signs_in_while_others_have_paused_its_account() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let laptop = Browser::new();
+    laptop.login(&proxy, &ALICE).await;
+    log_out(&laptop, &proxy).await;
+    // An attacker elsewhere guesses until the account is paused.
+    let attacker = Browser::new();
+    for _ in 0..5 {
+        wrong_password(&attacker, &proxy, "alice").await;
+    }
+    assert_eq!(Browser::new().submit_login(&proxy, "alice", ALICE.password, "/").await.status(), 429);
+    // Alice's own browser knows the account: its attempts count on their own.
+    assert_eq!(laptop.submit_login(&proxy, "alice", ALICE.password, "/").await.status(), 303);
+    log_out(&laptop, &proxy).await;
+    // A stolen known-browser cookie is no master key: its own guesses pause it.
+    for _ in 0..4 {
+        assert_eq!(wrong_password(&laptop, &proxy, "alice").await.status(), 401);
+    }
+    let page = wrong_password(&laptop, &proxy, "alice").await.text().await.unwrap();
+    assert!(page.contains("Too many failed sign-ins from this browser"), "{page}");
+    // And it knows only the account it signed in to.
+    for _ in 0..5 {
+        wrong_password(&attacker, &proxy, "bob").await;
+    }
+    assert_eq!(laptop.submit_login(&proxy, "bob", "anything", "/").await.status(), 429);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_paused_by_password_spraying_spares_browsers_that_signed_in_before() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).account(&BOB).toml("[regulation]\naddress_max_failures = 10").start();
+    let bobs_browser = Browser::new();
+    bobs_browser.login(&proxy, &BOB).await;
+    log_out(&bobs_browser, &proxy).await;
+    let sprayer = Browser::new();
+    for n in 0..9 {
+        assert_eq!(wrong_password(&sprayer, &proxy, &format!("user{n}")).await.status(), 401);
+    }
+    let paused = wrong_password(&sprayer, &proxy, "alice").await;
+    assert_eq!(paused.status(), 429);
+    let page = paused.text().await.unwrap();
+    assert!(page.contains("Too many failed sign-ins came from your network"), "{page}");
+    assert!(!page.contains("this account"), "the page does not blame the account: {page}");
+    // Anyone else from this address is paused with the same words; Bob's browser is not.
+    let stranger = Browser::new().submit_login(&proxy, "alice", ALICE.password, "/").await;
+    assert!(stranger.text().await.unwrap().contains("came from your network"));
+    assert_eq!(bobs_browser.submit_login(&proxy, "bob", BOB.password, "/").await.status(), 303);
+    // Nobody's account was paused, so nobody is told someone is guessing their password.
+    assert!(proxy.mails().iter().all(|m| !m.contains("was paused")), "{:?}", proxy.mails());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_codes_count_across_sign_ins_and_the_pages_say_what_is_left() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let owner = Browser::new();
+    owner.login(&proxy, &ALICE).await;
+    let (secret, _, _) = enroll(&owner, &proxy, &proxy.url("/.portcullis/enroll")).await;
+
+    // Someone with the password: three wrong codes end the half-logged-in session, and each page
+    // before that says how many tries are left.
+    let thief = Browser::new();
+    let challenge = password(&thief, &proxy, &ALICE, "/").await;
+    for left in ["2 tries left", "1 try left"] {
+        let wrong = submit_code(&thief, &proxy, &challenge, "000000").await;
+        assert_eq!(wrong.status(), 401);
+        assert!(wrong.text().await.unwrap().contains(left), "{left}");
+    }
+    let ended = submit_code(&thief, &proxy, &challenge, "000000").await;
+    let page = ended.text().await.unwrap();
+    assert!(page.contains("you have been signed out") && page.contains("Sign in again"), "{page}");
+    // Signing in again works (wrong codes never pause the password step by themselves)...
+    let challenge = password(&thief, &proxy, &ALICE, "/").await;
+    // ...but the right password forgives none of the wrong codes: two more, and codes pause.
+    let wrong = submit_code(&thief, &proxy, &challenge, "000000").await;
+    assert!(wrong.text().await.unwrap().contains("1 try left"), "the account's fourth wrong code");
+    let paused = submit_code(&thief, &proxy, &challenge, "000000").await;
+    assert_eq!(paused.status(), 429);
+    assert!(paused.headers().contains_key("retry-after"));
+    let page = paused.text().await.unwrap();
+    assert!(page.contains("not checked for about 15 minute(s)") && !page.contains("Sign in again"), "{page}");
+    // Signing in is paused as long, and says so; even the right code cannot be tried meanwhile.
+    let login = Browser::new().submit_login(&proxy, "alice", ALICE.password, "/").await;
+    assert_eq!(login.status(), 429);
+    // The owner hears that someone has the password.
+    let mail = proxy.wait_for_mail("too many wrong codes followed");
+    assert!(mail.contains("someone knows your password"));
+    let _ = code(&secret, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forty_guesses_at_once_are_not_all_checked() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[login]\nhash_workers = 1").start();
+    let browser = Browser::new();
+    let csrf = browser.login_form(&proxy, "").await;
+    let guesses = (0..40).map(|n| {
+        let guess = format!("guess number {n}");
+        let fields =
+            [("username", "alice".to_string()), ("password", guess), ("csrf", csrf.clone()), ("rd", "/".into())];
+        let request = browser.http.post(proxy.url("/.portcullis/login")).header("origin", proxy.origin()).form(&fields);
+        async move { request.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = join_all(guesses).await;
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(checked + refused, 40, "{statuses:?}");
+    assert!(checked <= 4, "at most the account's limit is checked, the pausing one included: {statuses:?}");
+    assert_eq!(Browser::new().submit_login(&proxy, "alice", ALICE.password, "/").await.status(), 429);
+}
