@@ -38,8 +38,9 @@ async fn save_screenshot(browser: &Browser, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), browser.screenshot().await).unwrap();
 }
 
-/// The page does not scroll sideways, and every control (button, link, field) lies inside the
-/// viewport, so nothing a person must press is out of sight (tables included).
+/// The page does not scroll sideways, every control (button, link, field) lies inside the
+/// viewport, so nothing a person must press is out of sight (tables included), and nothing spills
+/// out of the page's card.
 async fn nothing_off_screen(browser: &Browser, name: &str) {
     let report = browser
         .script(
@@ -54,6 +55,16 @@ async fn nothing_off_screen(browser: &Browser, name: &str) {
                 if (r.width === 0 && r.height === 0) continue; // not rendered (hidden input, closed <details>)
                 if (r.left < -1 || r.right > width + 1) {
                     out.push(`${el.tagName.toLowerCase()} "${(el.innerText || el.value || el.name || '').trim().slice(0, 40)}" spans ${Math.round(r.left)}..${Math.round(r.right)}px`);
+                }
+            }
+            const card = document.querySelector('main.card');
+            if (card) {
+                const edge = card.getBoundingClientRect().right;
+                for (const el of card.querySelectorAll('*')) {
+                    const r = el.getBoundingClientRect();
+                    if (r.width > 0 && r.right > edge + 1) {
+                        out.push(`${el.tagName.toLowerCase()} "${(el.innerText || '').trim().slice(0, 40)}" spills out of the card by ${Math.round(r.right - edge)}px`);
+                    }
                 }
             }
             return out;
