@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
 use crate::clock::SharedClock;
@@ -19,7 +19,7 @@ use crate::password::PasswordChecker;
 use crate::policy;
 use crate::proxy::{ForwardError, Forwarder, UpstreamTime};
 use crate::route::{self, Route};
-use crate::session::{Lookup, Session, Sessions};
+use crate::session::{FullSession, Lookup, Session, SessionKey, Sessions};
 use crate::users::UserDirectory;
 use crate::{portal, return_url};
 
@@ -105,7 +105,7 @@ impl App {
         let client =
             ClientInfo { peer: conn.peer.ip(), real_ip: client_ip, scheme: if conn.tls { "https" } else { "http" } };
 
-        let mut response = if let Some(refusal) = refuse_ambiguous_framing(&request) {
+        let mut response = if let Some(refusal) = refuse_malformed(&request) {
             refusal
         } else {
             match route::route(&path) {
@@ -135,15 +135,33 @@ impl App {
         response
     }
 
-    async fn gate(&self, request: Request<Incoming>, client: &ClientInfo, forwarder: &Forwarder) -> Response<Body> {
+    /// Whether a full session still satisfies the 2FA policy: the policy or the user's groups may
+    /// have changed, or a factor been enrolled elsewhere or reset, since it was made.
+    fn satisfies_policy(&self, full: &FullSession) -> bool {
+        let requirement = policy::requirement(&self.config().mfa, full.user(), self.clock.now());
+        let has_factor = self.accounts.get(full.user()).has_second_factor();
+        policy::full_session_allowed(requirement, has_factor, full.proved_second_factor())
+    }
+
+    /// Whether the session behind an open tunnel (a WebSocket) may keep it: still a live full
+    /// session of a current user, and still satisfying the 2FA policy. Checked every
+    /// [`crate::proxy::UPGRADE_RECHECK`]; memory only.
+    pub fn tunnel_still_allowed(&self, key: &SessionKey) -> bool {
+        self.sessions.live_full(key, &self.users).is_some_and(|full| self.satisfies_policy(&full))
+    }
+
+    async fn gate(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        client: &ClientInfo,
+        forwarder: &Forwarder,
+    ) -> Response<Body> {
         let lookup = self.resolve_session(request.headers());
         let session = match lookup {
             Lookup::Found(Session::Full(full)) => {
                 // The policy is evaluated on every request: a session that no longer satisfies it
                 // (policy tightened, factor enrolled elsewhere or reset) drops back to partial.
-                let requirement = policy::requirement(&self.config().mfa, full.user(), self.clock.now());
-                let has_factor = self.accounts.get(full.user().name.as_str()).has_second_factor();
-                if policy::full_session_allowed(requirement, has_factor, full.proved_second_factor()) {
+                if self.satisfies_policy(&full) {
                     full
                 } else {
                     let user = full.user().name.to_string();
@@ -182,8 +200,8 @@ impl App {
             Ok(identity) => {
                 // Only an upgrade outlives this request, so only an upgrade needs re-checking.
                 let liveness = headers::requested_upgrade(request.headers()).map(|_| {
-                    let (sessions, users, key) = (self.sessions.clone(), self.users.clone(), session.key().clone());
-                    std::sync::Arc::new(move || sessions.is_live_full(&key, &users)) as crate::proxy::Liveness
+                    let (app, key) = (self.clone(), session.key().clone());
+                    Arc::new(move || app.tunnel_still_allowed(&key)) as crate::proxy::Liveness
                 });
                 match forwarder.forward(request, &identity, client, liveness).await {
                     Ok(response) => response,
@@ -214,7 +232,7 @@ impl App {
     ) -> Response<Body> {
         let mut response = if route::is_browser_navigation(request.method(), request.headers()) {
             let requirement = policy::requirement(&self.config().mfa, partial.user(), self.clock.now());
-            let has_factor = self.accounts.get(partial.user().name.as_str()).has_second_factor();
+            let has_factor = self.accounts.get(partial.user()).has_second_factor();
             let page = match policy::after_password(requirement, has_factor) {
                 policy::AfterPassword::Enroll => route::Destination::Enroll,
                 // Challenge; or, if the policy no longer asks for anything, the challenge page
@@ -252,23 +270,62 @@ impl App {
     }
 }
 
-/// Request smuggling guard. hyper already settles the classic case: a request with both
-/// `Transfer-Encoding` and `Content-Length` is framed by the former and the latter is dropped
-/// (RFC 9112 §6.1), and differing lengths are a 400. What it passes on is re-framed by our own
-/// client before the upstream sees it, so the two hops can never disagree. This refuses what is
-/// left that is merely odd: a repeated `Content-Length`, or one that is not a plain number.
-fn refuse_ambiguous_framing<B>(request: &Request<B>) -> Option<Response<Body>> {
+/// Requests refused before anything else looks at them.
+///
+/// * Request smuggling. hyper already settles the classic case: a request with both
+///   `Transfer-Encoding` and `Content-Length` is framed by the former and the latter is dropped
+///   (RFC 9112 §6.1), and differing lengths are a 400. What it passes on is re-framed by our own
+///   client before the upstream sees it, so the two hops can never disagree. This refuses what is
+///   left that is merely odd: a repeated `Content-Length`, or one that is not a plain number.
+/// * `Host`: an HTTP/1.x request needs exactly one (RFC 9112 §3.2: "a server MUST respond with a
+///   400" to none or several), else it would reach the upstream under someone else's name; an
+///   HTTP/2 request may carry one only if it agrees with `:authority` (RFC 9113 §8.3.1).
+/// * `CONNECT` and `TRACE` (405): the first would make the proxy a tunnel, the second echo the
+///   request back (cookies included) to whoever asked; no application behind a gate needs either.
+fn refuse_malformed<B>(request: &Request<B>) -> Option<Response<Body>> {
     let h = request.headers();
+    let refuse = |status: StatusCode, text: &'static str, why: &'static str| {
+        tracing::warn!(target: "portcullis::security", path = %request.uri().path(), "request refused: {why}");
+        let mut response = pages::plain(status, text);
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Some(response)
+    };
+    if request.method() == Method::CONNECT || request.method() == Method::TRACE {
+        let mut response = refuse(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n", "CONNECT or TRACE")?;
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        return Some(response);
+    }
     let lengths: Vec<&HeaderValue> = h.get_all(header::CONTENT_LENGTH).iter().collect();
     let ambiguous = (h.contains_key(header::TRANSFER_ENCODING) && !lengths.is_empty())
         || lengths.len() > 1
         || lengths.iter().any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit));
-    ambiguous.then(|| {
-        tracing::warn!(target: "portcullis::security", path = %request.uri().path(), "request refused: ambiguous body framing");
-        let mut response = pages::plain(StatusCode::BAD_REQUEST, "400 Bad Request: ambiguous message framing\n");
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        response
-    })
+    if ambiguous {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: ambiguous message framing\n",
+            "ambiguous body framing",
+        );
+    }
+    let hosts: Vec<&HeaderValue> = h.get_all(header::HOST).iter().collect();
+    let host_ok = match request.version() {
+        Version::HTTP_2 | Version::HTTP_3 => match (hosts.as_slice(), request.uri().authority()) {
+            ([], _) => true,
+            ([one], Some(authority)) => one.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()),
+            ([_], None) => true,
+            _ => false,
+        },
+        _ => hosts.len() == 1,
+    };
+    if !host_ok {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: exactly one Host header is required\n",
+            "missing, repeated or conflicting Host",
+        );
+    }
+    None
 }
 
 fn upstream_error(e: ForwardError) -> Response<Body> {
@@ -293,6 +350,13 @@ fn upstream_error(e: ForwardError) -> Response<Body> {
         }
         ForwardError::BadRequest(_) => {
             pages::error(StatusCode::BAD_REQUEST, "Bad request", "This request cannot be passed on.", None)
+        }
+        ForwardError::ClientTooSlow(_) => {
+            tracing::warn!(target: "portcullis::security", "request body stalled; connection closed: {e}");
+            let mut response =
+                pages::plain(StatusCode::REQUEST_TIMEOUT, "408 Request Timeout: the request body stopped arriving\n");
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
         }
     }
 }

@@ -16,9 +16,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 /// Connection-specific headers that never travel past one hop (RFC 9110 §7.6.1), plus the
-/// de-facto ones it calls out (`Proxy-Connection`, `Keep-Alive`) and the proxy-auth pair from
-/// RFC 9110 §11.7, which are addressed to us, not the origin.
-const HOP_BY_HOP: [&str; 9] = [
+/// de-facto ones it calls out (`Proxy-Connection`, `Keep-Alive`), the proxy-auth pair from
+/// RFC 9110 §11.7, which are addressed to us, not the origin, and `HTTP2-Settings`, which only
+/// means something on the connection that asks to upgrade to h2c (RFC 7540 §3.2.1).
+const HOP_BY_HOP: [&str; 10] = [
     "connection",
     "proxy-connection",
     "keep-alive",
@@ -28,9 +29,38 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
     "proxy-authenticate",
     "proxy-authorization",
+    "http2-settings",
 ];
 
+/// Headers a `Connection` token may never remove: the request would lose its target (`Host`) or
+/// its framing (`Content-Length`) on the way to the upstream.
+const NEVER_CONNECTION_SPECIFIC: [&str; 2] = ["host", "content-length"];
+
+/// Headers that tell an application where a request came from or what it originally was. The
+/// proxy sets the first five itself; all of them, in every `_`/`-` spelling (CGI, Rack and WSGI
+/// servers fold `X_Forwarded_For` into `X-Forwarded-For`; compare Puma CVE-2024-45614), are
+/// believed only from `trusted_proxies` and removed from everyone else.
 const FORWARDING: [&str; 5] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded"];
+const ORIGINAL_REQUEST: [&str; 18] = [
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-server",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-method",
+    "x-original-host",
+    "x-rewrite-url",
+    "x-host",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+];
 
 /// Headers that an operator may not choose as identity headers: HTTP's own and the ones the
 /// proxy manages.
@@ -86,7 +116,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for token in connection_tokens(headers) {
         // A token may name a header we must keep end to end; RFC 9110 says the sender meant it
-        // as connection-specific, so it goes.
+        // as connection-specific, so it goes, unless losing it would change what is asked for.
+        if NEVER_CONNECTION_SPECIFIC.contains(&token.as_str()) {
+            continue;
+        }
         if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
             headers.remove(name);
         }
@@ -218,7 +251,14 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientInfo, trusted: &[I
     let forwarded_host = headers.get("x-forwarded-host").filter(|_| from_trusted).cloned();
 
     if !from_trusted {
-        headers.remove("forwarded");
+        let untrusted =
+            |name: &HeaderName| FORWARDING.iter().chain(&ORIGINAL_REQUEST).any(|f| same_header(name.as_str(), f));
+        if headers.keys().any(untrusted) {
+            let doomed: Vec<HeaderName> = headers.keys().filter(|n| untrusted(n)).cloned().collect();
+            for name in doomed {
+                headers.remove(name);
+            }
+        }
     }
     let xff = if from_trusted && !prior_for.is_empty() {
         format!("{}, {}", prior_for.join(", "), client.peer)
@@ -271,6 +311,66 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["accept"]);
+    }
+
+    #[test]
+    fn connection_tokens_never_take_host_or_the_framing() {
+        let mut h = map(&[
+            ("connection", "host, content-length, x-hop"),
+            ("host", "app.example.com"),
+            ("content-length", "3"),
+            ("x-hop", "1"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["content-length", "host"]);
+    }
+
+    #[test]
+    fn original_request_headers_from_untrusted_peers_go_in_every_spelling() {
+        let spoofed = [
+            ("X_Forwarded_For", "127.0.0.1"),
+            ("X_Real_IP", "127.0.0.1"),
+            ("X_Forwarded_Proto", "https"),
+            ("X_Forwarded_Host", "admin.internal"),
+            ("X-Forwarded-Port", "443"),
+            ("X-Forwarded-Prefix", "/admin"),
+            ("X-Forwarded-Scheme", "https"),
+            ("X-Forwarded-Ssl", "on"),
+            ("X-Forwarded-Server", "internal"),
+            ("X-Original-URL", "/admin"),
+            ("X-Rewrite-URL", "/admin"),
+            ("True-Client-IP", "127.0.0.1"),
+            ("CF-Connecting-IP", "127.0.0.1"),
+            ("X-Client-IP", "127.0.0.1"),
+        ];
+        let mut h = map(&[("host", "app.example.com"), ("accept", "*/*")]);
+        for (name, value) in spoofed {
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static(value));
+        }
+        let peer = "203.0.113.9".parse().unwrap();
+        set_forwarding(&mut h, &ClientInfo { peer, real_ip: peer, scheme: "http" }, &[]);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec!["accept", "host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"]
+        );
+        assert_eq!(h["x-real-ip"], "203.0.113.9");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+
+        // From a trusted proxy they pass.
+        let mut h = map(&[("host", "app.example.com"), ("x-forwarded-prefix", "/app")]);
+        let proxy = "10.0.0.1".parse().unwrap();
+        set_forwarding(
+            &mut h,
+            &ClientInfo { peer: proxy, real_ip: proxy, scheme: "http" },
+            &["10.0.0.0/8".parse().unwrap()],
+        );
+        assert_eq!(h["x-forwarded-prefix"], "/app");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod body_timeout;
 pub mod cli;
 pub mod clock;
 pub mod clock_health;

@@ -520,6 +520,7 @@ mod tests {
             groups: vec![],
             password_hash: String::new(),
             credential_stamp: [0; 16],
+            account_key: "alice".into(),
         };
         let events = [
             SecurityEvent::Enrolled,

@@ -138,6 +138,7 @@ mod tests {
             groups: vec!["developers".into()],
             password_hash: String::new(),
             credential_stamp: [0; 16],
+            account_key: "dev".into(),
         };
         let mfa = MfaSettings {
             policy: MfaPolicy::Optional,

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::body_timeout::{BodyIdle, IdleTimeout};
 use crate::config::{Config, IdentityHeaders, Upstream};
 use crate::headers::{self, ClientInfo};
 use crate::identity::UpstreamIdentity;
@@ -27,6 +28,8 @@ pub enum ForwardError {
     Timeout(Duration),
     #[error("the request cannot be forwarded: {0}")]
     BadRequest(String),
+    #[error("the client stopped sending its request body: {0}")]
+    ClientTooSlow(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +57,16 @@ pub const UPGRADE_RECHECK: Duration = Duration::from_secs(2);
 pub struct UpstreamTime(pub Duration);
 
 pub struct Forwarder {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, IdleTimeout<Incoming>>,
     upstream: Upstream,
     response_timeout: Duration,
     identity_headers: IdentityHeaders,
     /// Our cookie names, removed from requests and from upstream `Set-Cookie`.
     own_cookies: Vec<String>,
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// `proxy.upgrades`: the protocols a client may switch to.
+    upgrades: Vec<String>,
+    body_idle_timeout: Duration,
 }
 
 impl Forwarder {
@@ -102,7 +108,22 @@ impl Forwarder {
             identity_headers: config.identity.headers.clone(),
             own_cookies,
             trusted_proxies: config.trusted_proxies.clone(),
+            upgrades: settings.upgrades.clone(),
+            body_idle_timeout: settings.body_idle_timeout,
         })
+    }
+
+    /// Whether every protocol the client offers in `Upgrade` is one the operator allows. The
+    /// upstream picks among those offered, so one disallowed name (`websocket, h2c`) is enough to
+    /// refuse the upgrade: it is then forwarded as a plain request.
+    fn upgrade_allowed(&self, offered: &HeaderValue) -> bool {
+        let Ok(text) = offered.to_str() else { return false };
+        let mut protocols = text.split(',').map(|p| p.trim().to_ascii_lowercase()).filter(|p| !p.is_empty()).peekable();
+        protocols.peek().is_some()
+            && protocols.all(|p| {
+                let name = p.split('/').next().unwrap_or("");
+                self.upgrades.iter().any(|allowed| allowed == &p || allowed == name)
+            })
     }
 
     fn upstream_uri(&self, original: &Uri) -> Result<Uri, ForwardError> {
@@ -123,10 +144,21 @@ impl Forwarder {
         client: &ClientInfo,
         liveness: Option<Liveness>,
     ) -> Result<Response<Body>, ForwardError> {
-        // Upgrades are an HTTP/1.1 mechanism (RFC 9110 §7.8); HTTP/2 has none.
+        // Upgrades are an HTTP/1.1 mechanism (RFC 9110 §7.8); HTTP/2 has none. Only the
+        // protocols in `proxy.upgrades` pass: anything else (h2c above all, which would make the
+        // connection a tunnel the gate never sees again) goes on as a plain request, its
+        // `Upgrade` and `HTTP2-Settings` removed with the other hop-by-hop headers.
         let upgrade = match request.version() {
             Version::HTTP_11 => headers::requested_upgrade(request.headers()),
             _ => None,
+        };
+        let upgrade = match upgrade {
+            Some(protocol) if self.upgrade_allowed(&protocol) => Some(protocol),
+            Some(protocol) => {
+                tracing::warn!(target: "portcullis::security", protocol = %crate::logging::Escaped(protocol.to_str().unwrap_or("?")), "upgrade not allowed; forwarded as a plain request");
+                None
+            }
+            None => None,
         };
         let (client_upgrade, liveness) = match (&upgrade, liveness) {
             (None, _) => (None, None),
@@ -157,11 +189,12 @@ impl Forwarder {
         }
         parts.uri = self.upstream_uri(&parts.uri)?;
         parts.version = Version::HTTP_11;
-        let outgoing = Request::from_parts(parts, body);
+        let outgoing = Request::from_parts(parts, IdleTimeout::new(body, self.body_idle_timeout));
 
         let started = Instant::now();
         let mut response = match tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await {
             Err(_) => return Err(ForwardError::Timeout(self.response_timeout)),
+            Ok(Err(e)) if caused_by::<BodyIdle>(&e) => return Err(ForwardError::ClientTooSlow(error_chain(&e))),
             Ok(Err(e)) => return Err(ForwardError::Unreachable(error_chain(&e))),
             Ok(Ok(response)) => response,
         };
@@ -211,6 +244,18 @@ impl Forwarder {
         response.extensions_mut().insert(upstream_time);
         Ok(response)
     }
+}
+
+/// Whether `T` is somewhere in `e`'s chain of sources.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(error) = current {
+        if error.is::<T>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -19,10 +19,13 @@ pub fn validate(candidate: &str, public: &PublicUrl) -> Option<String> {
     if candidate.is_empty() || candidate.len() > MAX_LEN || suspicious(candidate) {
         return None;
     }
-    // Encoded slashes and backslashes are harmless to us but may be decoded by something
-    // downstream into `//evil.com`; refuse them in the authority-shaped position.
-    let decoded = percent_decode_str(candidate).decode_utf8_lossy();
-    if suspicious(&decoded) || decoded.starts_with("//") {
+    // One rule for every spelling: decoded as often as anything downstream might decode it, with
+    // dot segments resolved as a browser or server would, the path must not begin with `//` (a
+    // host) or hide a backslash or control character. `/%2F%2Fevil.com`, `/.%2F%2Fevil.com` and
+    // `/%252F%252Fevil.com` all end up as `//evil.com` somewhere, so all are refused alike.
+    let decoded = fully_decoded(candidate);
+    let path_part = decoded.split(['?', '#']).next().unwrap_or("");
+    if suspicious(&decoded) || decoded.starts_with("//") || remove_dot_segments(path_part).starts_with("//") {
         return None;
     }
     let lower = candidate.to_ascii_lowercase();
@@ -46,6 +49,47 @@ pub fn validate(candidate: &str, public: &PublicUrl) -> Option<String> {
         path.push_str(query);
     }
     Some(path)
+}
+
+/// `text` percent-decoded until decoding changes nothing more (double and triple encodings
+/// included; bounded, and lossy for bytes that are not UTF-8).
+fn fully_decoded(text: &str) -> String {
+    let mut current = text.to_string();
+    for _ in 0..8 {
+        let next = percent_decode_str(&current).decode_utf8_lossy().into_owned();
+        if next == current {
+            break;
+        }
+        current = next;
+    }
+    current
+}
+
+/// RFC 3986 §5.2.4, keeping empty segments (`/./a` → `/a`, `/.//x` → `//x`): what a browser does to
+/// a path before it looks at what the path starts with.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (index, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => {
+                if index == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                if out.len() > 1 {
+                    out.pop();
+                }
+                if index == last {
+                    out.push("");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out.join("/")
 }
 
 /// [`validate`], falling back to the front page.
@@ -72,6 +116,17 @@ mod tests {
     }
 
     #[test]
+    fn dot_segments_resolve_like_a_browser() {
+        assert_eq!(remove_dot_segments("/a/./b/../c"), "/a/c");
+        assert_eq!(remove_dot_segments("/.//evil.com"), "//evil.com");
+        assert_eq!(remove_dot_segments("/../../x"), "/x");
+        assert_eq!(remove_dot_segments("/a/b/.."), "/a/");
+        assert_eq!(fully_decoded("/%25252F"), "//");
+        let p = public();
+        assert_eq!(validate("/wiki/./Page/../Other?x=%2F%2F", &p).as_deref(), Some("/wiki/Other?x=%2F%2F"));
+    }
+
+    #[test]
     fn every_trick_falls_back_to_root() {
         let p = public();
         let long = format!("/{}", "a".repeat(MAX_LEN));
@@ -83,6 +138,12 @@ mod tests {
             "https:/evil.com",
             "%2F%2Fevil.com",
             "/%2F%2Fevil.com",
+            "/.%2F%2Fevil.com",
+            "/%252F%252Fevil.com",
+            "/%25252F%25252Fevil.com",
+            "/./%2Fevil.com",
+            "/a/..//evil.com",
+            "/%2e%2e//evil.com",
             "/%5Cevil.com",
             "/%5cevil.com",
             "javascript:alert(1)",

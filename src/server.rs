@@ -266,7 +266,7 @@ fn tell_abandoned(app: &App, users: &[String]) {
     let mut told = std::collections::HashSet::new();
     for name in users {
         let Some(user) = app.users.get(name) else { continue };
-        if app.accounts.get(name).has_second_factor() && told.insert(name.clone()) {
+        if app.accounts.get(&user).has_second_factor() && told.insert(name.clone()) {
             tracing::warn!(target: "portcullis::security", user = %name, "password right, second step abandoned");
             app.notifier.send(&user, crate::notify::SecurityEvent::SecondStepAbandoned, app.clock.now(), false);
         }

@@ -348,6 +348,8 @@ pub enum Rejected {
     Expired,
     UserRemoved,
     PasswordChanged,
+    /// Live sessions of two different users arrived together (see [`Sessions::resolve`]).
+    Ambiguous,
 }
 
 pub enum Lookup {
@@ -402,17 +404,38 @@ impl Sessions {
         self.cache.contains_key(key)
     }
 
-    /// Finds the session for the values of our cookie in a request (several copies can arrive;
-    /// the first live one wins). In memory only: this is the hot path.
+    /// Finds the session for the values of our cookie in a request. In memory only: this is the
+    /// hot path.
+    ///
+    /// Several copies can arrive, and only a planted one makes two *live* sessions (cookie tossing
+    /// from a sibling host, where there is no `__Host-` prefix). Then the strongest wins when both
+    /// belong to the same user (a full session over a planted partial one, which would otherwise
+    /// hide it), and none when they belong to different users: one person's cookie must never
+    /// make requests under another person's name.
     pub fn resolve<'a>(&self, cookie_values: impl IntoIterator<Item = &'a str>, users: &UserDirectory) -> Lookup {
-        let mut outcome = Lookup::NoCookie;
+        let mut found: Option<Session> = None;
+        let mut rejected = None;
         for value in cookie_values {
-            match self.resolve_one(value, users) {
-                Ok(session) => return Lookup::Found(session),
-                Err(why) => outcome = Lookup::Rejected(why),
+            match (self.resolve_one(value, users), found.take()) {
+                (Ok(session), None) => found = Some(session),
+                (Ok(session), Some(other)) => {
+                    if session.user().name != other.user().name {
+                        tracing::warn!(target: "portcullis::security", "two sessions of different users in one request; both refused");
+                        return Lookup::Rejected(Rejected::Ambiguous);
+                    }
+                    found = Some(if matches!(other, Session::Full(_)) { other } else { session });
+                }
+                (Err(why), kept) => {
+                    rejected = Some(why);
+                    found = kept;
+                }
             }
         }
-        outcome
+        match (found, rejected) {
+            (Some(session), _) => Lookup::Found(session),
+            (None, Some(why)) => Lookup::Rejected(why),
+            (None, None) => Lookup::NoCookie,
+        }
     }
 
     fn resolve_one(&self, value: &str, users: &UserDirectory) -> Result<Session, Rejected> {
@@ -442,14 +465,18 @@ impl Sessions {
         })
     }
 
-    /// Whether `key` still names a live full session of a current user (for connections that
-    /// outlive the request that authorised them).
-    pub fn is_live_full(&self, key: &SessionKey, users: &UserDirectory) -> bool {
-        let Some(entry) = self.cache.get(key).map(|e| e.value().clone()) else { return false };
+    /// The session `key` names, if it is still a live full session of a current user (for
+    /// connections that outlive the request that authorised them). Memory only.
+    pub fn live_full(&self, key: &SessionKey, users: &UserDirectory) -> Option<FullSession> {
+        let entry = self.cache.get(key).map(|e| e.value().clone())?;
         let now = self.clock.now();
-        matches!(entry.record.stage, Stage::Full { .. })
-            && check_expiry(&entry.record, entry.last_seen.load(Ordering::Relaxed), now, &self.settings).is_ok()
-            && users.get(&entry.record.user).is_some_and(|u| u.credential_stamp == entry.record.credential_stamp)
+        if !matches!(entry.record.stage, Stage::Full { .. })
+            || check_expiry(&entry.record, entry.last_seen.load(Ordering::Relaxed), now, &self.settings).is_err()
+        {
+            return None;
+        }
+        let user = users.get(&entry.record.user).filter(|u| u.credential_stamp == entry.record.credential_stamp)?;
+        Some(FullSession { key: key.clone(), entry, user })
     }
 
     fn forget_in_background(&self, key: SessionKey) {
@@ -896,6 +923,36 @@ mod tests {
         let reopened = Sessions::open(store, settings(), clock).unwrap();
         assert!(matches!(found(reopened.resolve([id.cookie_value().as_str()], &users)), Session::Full(_)));
         assert!(store_keys_are_hashes(&reopened, &id));
+    }
+
+    #[tokio::test]
+    async fn a_planted_cookie_never_shadows_or_swaps_a_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = directory(dir.path());
+        crate::users::edit::add(
+            &dir.path().join("users.toml"),
+            crate::users::edit::NewUser {
+                name: "mallory",
+                display_name: None,
+                email: "m@example.com",
+                groups: &[],
+                password_hash: &crate::password::hash(b"pw").unwrap(),
+            },
+        )
+        .unwrap();
+        users.reload().unwrap();
+        let clock = FixedClock::at(1_700_000_000);
+        let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).unwrap();
+        let (_, partial) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
+        let (full_id, _) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
+        let (planted_partial, _) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
+        let (mallory, _) = sessions.begin(users.get("mallory").unwrap(), Device::default()).await.unwrap();
+        let (full, planted, other) = (full_id.cookie_value(), planted_partial.cookie_value(), mallory.cookie_value());
+        for order in [[planted.as_str(), full.as_str()], [full.as_str(), planted.as_str()]] {
+            assert!(matches!(found(sessions.resolve(order, &users)), Session::Full(_)), "the strongest wins");
+        }
+        assert_eq!(rejected(sessions.resolve([other.as_str(), full.as_str()], &users)), Rejected::Ambiguous);
+        assert!(matches!(found(sessions.resolve(["garbage", full.as_str()], &users)), Session::Full(_)));
     }
 
     fn store_keys_are_hashes(sessions: &Sessions, id: &SessionId) -> bool {

@@ -60,6 +60,9 @@ pub struct User {
     /// Changes whenever the password does. Sessions remember the value they were created under,
     /// so setting a new password signs out every existing session.
     pub credential_stamp: [u8; 16],
+    /// What the account's second factors are stored under: `~` and the entry's `id`, or, for an
+    /// entry from before ids, its name (no user name can begin with `~`).
+    pub account_key: String,
 }
 
 impl std::fmt::Debug for User {
@@ -93,6 +96,8 @@ pub enum UsersError {
     BadEmail(String),
     #[error("{0:?} is not a valid group name: use letters, digits, '.', '_' or '-'")]
     BadGroup(String),
+    #[error("{0:?} is not a valid account id: use 8 to 64 letters, digits, '_' or '-' (or leave it out)")]
+    BadId(String),
     #[error("user {0} already exists")]
     Exists(String),
     #[error("no user named {0}")]
@@ -111,6 +116,10 @@ struct RawUsersFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUser {
+    /// A random id `user add` writes, so that a new account that happens to get a removed
+    /// account's name never inherits its second factors. Entries written before ids existed
+    /// have none; their records stay under their name.
+    id: Option<String>,
     display_name: Option<String>,
     email: String,
     #[serde(default)]
@@ -123,6 +132,16 @@ fn check_email(email: &str) -> Result<(), UsersError> {
         && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if plausible { Ok(()) } else { Err(UsersError::BadEmail(email.into())) }
+}
+
+fn check_id(id: &str) -> Result<(), UsersError> {
+    let ok = (8..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+    if ok { Ok(()) } else { Err(UsersError::BadId(id.into())) }
+}
+
+/// A new account id: 128 random bits.
+pub fn new_account_id() -> String {
+    crate::secret::random_bytes::<16>().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn check_group(group: &str) -> Result<(), UsersError> {
@@ -141,6 +160,7 @@ pub fn parse(text: &str, path: &Path) -> Result<HashMap<String, Arc<User>>, User
             Username::parse(&name).map(|_| ()),
             check_email(&raw.email),
             raw.groups.iter().try_for_each(|g| check_group(g)),
+            raw.id.as_deref().map_or(Ok(()), check_id),
         ];
         for err in checks.into_iter().filter_map(Result::err) {
             problems.push(format!("users.{name}: {err}"));
@@ -151,9 +171,11 @@ pub fn parse(text: &str, path: &Path) -> Result<HashMap<String, Arc<User>>, User
             ));
         }
         let Ok(username) = Username::parse(&name) else { continue };
+        let account_key = raw.id.as_ref().map_or_else(|| name.clone(), |id| format!("~{id}"));
         users.insert(
             name.clone(),
             Arc::new(User {
+                account_key,
                 display_name: raw.display_name.unwrap_or_else(|| name.clone()),
                 credential_stamp: credential_stamp(&raw.password_hash),
                 name: username,
@@ -312,6 +334,7 @@ pub mod edit {
             return Err(UsersError::Exists(user.name.into()));
         }
         let mut entry = Table::new();
+        entry.insert("id", value(new_account_id()));
         entry.insert("display_name", value(user.display_name.unwrap_or(user.name)));
         entry.insert("email", value(user.email));
         entry.insert("groups", value(user.groups.iter().map(String::as_str).collect::<toml_edit::Array>()));

@@ -48,6 +48,10 @@ pub enum Request {
     /// Valid for `valid_for` seconds (default `admin.recovery_link_valid`); emailed to the user
     /// if `email`, else returned for the operator to pass on.
     RecoveryLink { user: String, valid_for: Option<u64>, email: bool },
+    /// Forgets what the proxy keeps about a user just removed from the users file: their second
+    /// factors, recovery codes and links, remembered browsers (the record under `account_key`),
+    /// the bans on their name, and their sessions. A new user given the same name starts clean.
+    Forget { user: String, account_key: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +89,10 @@ pub enum Reply {
     },
     Adoption {
         groups: Vec<GroupAdoption>,
+    },
+    Forgotten {
+        user: String,
+        ended: usize,
     },
     /// `url` only when it was not emailed: it is a credential, shown to as few eyes as possible.
     RecoveryLink {
@@ -166,7 +174,8 @@ impl Admin {
                 Reply::Revoked { ended }
             }
             Request::DowngradeAll => {
-                let has_factor = |user: &str| self.accounts.get(user).has_second_factor();
+                let has_factor =
+                    |name: &str| self.users.get(name).is_some_and(|user| self.accounts.get(&user).has_second_factor());
                 let downgraded = self.sessions.downgrade_where(has_factor).await?;
                 let ended = self.sessions.end_where(|user| !has_factor(user)).await?;
                 tracing::warn!(target: "portcullis::security", %operator, downgraded, ended, "admin: every session sent back to prove its factors");
@@ -186,6 +195,23 @@ impl Admin {
                 Reply::Unbanned { subject, existed }
             }
             Request::Adoption => Reply::Adoption { groups: self.adoption() },
+            Request::Forget { user, account_key } => {
+                // The CLI asks right after editing the file: read it now rather than at the next
+                // poll, so the check below sees the removal.
+                if let Err(e) = self.users.reload() {
+                    return Ok(Reply::Refused { reason: format!("the users file cannot be read: {e}") });
+                }
+                if self.users.get(&user).is_some() {
+                    return Ok(Reply::Refused {
+                        reason: format!("`{user}` is still in the users file; remove it first"),
+                    });
+                }
+                self.accounts.forget(&account_key).await?;
+                self.regulator.clear(&crate::regulation::Subject::Account(user.clone()).store_key()).await?;
+                let ended = self.sessions.end_all_for(&user).await?;
+                tracing::warn!(target: "portcullis::security", %operator, %user, ended, "admin: removed user forgotten");
+                Reply::Forgotten { user, ended }
+            }
             Request::RecoveryLink { user, valid_for, email } => {
                 self.recovery_link(&user, valid_for, email, operator).await?
             }
@@ -196,9 +222,9 @@ impl Admin {
         let Some(user) = self.users.get(name) else {
             return Ok(Reply::Refused { reason: format!("there is no user `{name}` in the users file") });
         };
-        let had_factor = self.accounts.get(name).has_second_factor();
+        let had_factor = self.accounts.get(&user).has_second_factor();
         self.accounts
-            .update(name, |record| {
+            .update(&user, |record| {
                 let last_sign_in = record.last_sign_in;
                 *record = crate::factors::AccountRecord { last_sign_in, ..Default::default() };
                 Ok::<_, std::convert::Infallible>(())
@@ -250,7 +276,7 @@ impl Admin {
         };
         let expires_at = record.expires_at;
         self.accounts
-            .update(name, |account| {
+            .update(&user, |account| {
                 account.recovery_link = Some(record);
                 Ok::<_, std::convert::Infallible>(())
             })
@@ -275,7 +301,7 @@ impl Admin {
             .all()
             .into_iter()
             .map(|user| {
-                let record = self.accounts.get(user.name.as_str());
+                let record = self.accounts.get(&user);
                 let mut factors = Vec::new();
                 if record.totp.is_some() {
                     factors.push("totp".to_string());

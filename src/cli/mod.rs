@@ -326,8 +326,19 @@ fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {
             println!("password changed for {name}; their existing sessions have ended");
         }
         UserCommand::Remove { name } => {
+            let account_key = users::read(file)
+                .map_err(|e| e.to_string())?
+                .get(&name)
+                .map(|u| u.account_key.clone())
+                .ok_or_else(|| format!("there is no user `{name}` in {}", file.display()))?;
             edit::remove(file, &name).map_err(|e| e.to_string())?;
-            println!("removed {name}; their sessions have ended");
+            // The running proxy (or, when none runs, the store) forgets the account too, so a
+            // new user given this name later inherits nothing.
+            let forgotten = admin_request(&config, admin::Request::Forget { user: name.clone(), account_key })
+                .map_err(|e| {
+                    format!("removed {name} from the users file, but their stored factors were not removed: {e}")
+                })?;
+            print_reply(&forgotten, AdminView::Plain);
         }
         UserCommand::Reset2fa { name } => {
             let reply = admin_request(&config, admin::Request::Reset2fa { user: name })?;
@@ -534,6 +545,9 @@ fn print_reply(reply: &admin::Reply, view: AdminView) {
             }
             print!("{}", table.render());
         }
+        Reply::Forgotten { user, ended } => println!(
+            "removed {user}: their second factors, recovery codes and remembered browsers are deleted, and {ended} session(s) ended"
+        ),
         Reply::Unbanned { subject, existed: true } => println!("lifted everything held against {subject}"),
         Reply::Unbanned { subject, existed: false } => println!("nothing was held against {subject}"),
         Reply::RecoveryLink { user, url: Some(url), expires_at } => {

@@ -286,6 +286,11 @@ pub struct ProxySettings {
     pub shutdown_grace: Duration,
     /// Worker threads, each running its own event loop with its own upstream connection pool.
     pub workers: usize,
+    /// Protocols a client may switch to with `Upgrade` (lower case; `websocket` by default). Any
+    /// other upgrade is forwarded as a plain request, without the `Upgrade`.
+    pub upgrades: Vec<String>,
+    /// A forwarded request body that sends nothing for this long is abandoned (slow-body attacks).
+    pub body_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1178,8 +1183,30 @@ impl Validator {
             );
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let upgrades: Vec<String> = raw
+            .upgrades
+            .unwrap_or_else(|| vec!["websocket".into()])
+            .into_iter()
+            .map(|p| p.trim().to_ascii_lowercase())
+            .collect();
+        for protocol in &upgrades {
+            if protocol == "h2c" || protocol.starts_with("h2c/") {
+                self.problem(
+                    "proxy.upgrades",
+                    Some(protocol),
+                    "h2c would turn the connection into a tunnel the gate never sees again (RFC 9113 deprecates it)",
+                    "remove it; HTTP/2 reaches Portcullis by TLS (ALPN) or prior knowledge instead",
+                );
+            } else if protocol.is_empty()
+                || !protocol.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
+            {
+                self.problem("proxy.upgrades", Some(protocol), "not a protocol name", "write names like \"websocket\"");
+            }
+        }
         ProxySettings {
             workers: self.count("proxy.workers", raw.workers, cores, 1024),
+            upgrades,
+            body_idle_timeout: self.duration("proxy.body_idle_timeout", &raw.body_idle_timeout, "60s", second, hour),
             connect_timeout: self.duration(
                 "proxy.connect_timeout",
                 &raw.connect_timeout,

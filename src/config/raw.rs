@@ -147,6 +147,8 @@ pub struct RawProxy {
     pub upstream_ca_file: Option<String>,
     pub shutdown_grace: Option<String>,
     pub workers: Option<i64>,
+    pub upgrades: Option<Vec<String>>,
+    pub body_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

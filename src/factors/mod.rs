@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixTime;
 use crate::store::{Store, StoreError};
+use crate::users::User;
 
 /// One account's second factors.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,12 +174,29 @@ impl Accounts {
     }
 
     /// The account's record (an empty one if it has never enrolled anything). Memory only.
-    pub fn get(&self, user: &str) -> Arc<AccountRecord> {
-        self.records.get(user).map(|r| r.value().clone()).unwrap_or_default()
+    ///
+    /// Records are found by the user's [`User::account_key`], never by name, so a new account
+    /// that is given a removed account's name starts with nothing.
+    pub fn get(&self, user: &User) -> Arc<AccountRecord> {
+        self.records.get(&user.account_key).map(|r| r.value().clone()).unwrap_or_default()
+    }
+
+    /// Forgets an account's record entirely (its user was removed). Returns whether there was one.
+    pub async fn forget(&self, account_key: &str) -> Result<bool, StoreError> {
+        let _serial = self.write.lock().await;
+        let existed = self.records.remove(account_key).is_some();
+        let (store, key) = (self.store.clone(), account_key.to_string());
+        tokio::task::spawn_blocking(move || {
+            store.delete_account(&key)?;
+            store.flush()
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        Ok(existed)
     }
 
     /// Remembers when the account last signed in (best effort: a failure is logged, not fatal).
-    pub async fn record_sign_in(&self, user: &str, at: UnixTime) {
+    pub async fn record_sign_in(&self, user: &User, at: UnixTime) {
         let noted = self
             .update(user, |record| {
                 record.last_sign_in = Some(at);
@@ -186,13 +204,8 @@ impl Accounts {
             })
             .await;
         if let Err(e) = noted {
-            tracing::error!(%user, "could not record a sign-in: {e}");
+            tracing::error!(user = %user.name, "could not record a sign-in: {e}");
         }
-    }
-
-    /// Every account that has a record, for the operator's overview. Memory only.
-    pub fn all(&self) -> Vec<(String, Arc<AccountRecord>)> {
-        self.records.iter().map(|r| (r.key().clone(), r.value().clone())).collect()
     }
 
     /// Applies `change` to the account's record and persists the result before returning it.
@@ -200,7 +213,7 @@ impl Accounts {
     /// nothing is written.
     pub async fn update<T, E>(
         &self,
-        user: &str,
+        user: &User,
         change: impl FnOnce(&mut AccountRecord) -> Result<T, E>,
     ) -> Result<Result<T, E>, StoreError> {
         let _serial = self.write.lock().await;
@@ -210,14 +223,14 @@ impl Accounts {
             Err(refusal) => return Ok(Err(refusal)),
         };
         let store = self.store.clone();
-        let (name, to_store) = (user.to_string(), record.clone());
+        let (key, to_store) = (user.account_key.clone(), record.clone());
         tokio::task::spawn_blocking(move || {
-            store.put_account(&name, &to_store)?;
+            store.put_account(&key, &to_store)?;
             store.flush()
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))??;
-        self.records.insert(user.to_string(), Arc::new(record));
+        self.records.insert(user.account_key.clone(), Arc::new(record));
         Ok(Ok(outcome))
     }
 }

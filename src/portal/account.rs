@@ -72,7 +72,7 @@ pub(super) fn page(app: &App, request: &Request<Incoming>) -> Response<Body> {
         Gate::Answer(response) => return response,
     };
     let user = full.user();
-    let record = app.accounts.get(user.name.as_str());
+    let record = app.accounts.get(user);
     let config = app.config();
     let now = app.clock.now();
     let requirement = policy::requirement(&config.mfa, user, now);
@@ -142,7 +142,7 @@ fn sensitive(app: &App, headers: &HeaderMap, full: Option<FullSession>, path: &s
             answer => return answer,
         },
     };
-    let has_factor = app.accounts.get(full.user().name.as_str()).has_second_factor();
+    let has_factor = app.accounts.get(full.user()).has_second_factor();
     let window = app.config().mfa.step_up_window.as_secs() as i64;
     if has_factor && !policy::recently_proven(full.second_factor_at(), app.clock.now(), window) {
         return Gate::Answer(send_to(app, Destination::Challenge, path));
@@ -160,7 +160,7 @@ pub(super) fn action_page(app: &App, action: AccountAction, request: &Request<In
     if action == AccountAction::ChangePassword {
         return password_page(&full, StatusCode::OK, None, None);
     }
-    let record = app.accounts.get(full.user().name.as_str());
+    let record = app.accounts.get(full.user());
     let applies = match action {
         AccountAction::RemoveTotp => record.totp.is_some(),
         AccountAction::RemoveEmail => record.email.is_some(),
@@ -240,7 +240,7 @@ pub(super) async fn action(
         AccountAction::ForgetBrowser => {
             let forgotten = app
                 .accounts
-                .update(&user, |record| {
+                .update(full.user(), |record| {
                     record.remembered.retain(|b| b.id != form.browser);
                     Ok::<_, std::convert::Infallible>(())
                 })
@@ -257,7 +257,7 @@ pub(super) async fn action(
             let kind = if action == AccountAction::PrimaryTotp { FactorKind::Totp } else { FactorKind::Email };
             let chosen = app
                 .accounts
-                .update(&user, |record| {
+                .update(full.user(), |record| {
                     record.primary = Some(kind);
                     // Only a factor the account has can come first.
                     record.primary_factor().filter(|p| *p == kind).map(|_| ()).ok_or(())
@@ -302,7 +302,7 @@ async fn sign_out_everywhere(app: &App, full: FullSession) -> Response<Body> {
     let user = full.user().name.to_string();
     let forgotten = app
         .accounts
-        .update(&user, |record| {
+        .update(full.user(), |record| {
             record.remembered.clear();
             Ok::<_, std::convert::Infallible>(())
         })
@@ -340,7 +340,7 @@ async fn sensitive_action(app: &App, action: AccountAction, full: FullSession) -
         let pepper = app.sealer.pepper();
         let made = app
             .accounts
-            .update(&user, |record| {
+            .update(full.user(), |record| {
                 if !record.has_second_factor() {
                     return Err(());
                 }
@@ -367,7 +367,7 @@ async fn sensitive_action(app: &App, action: AccountAction, full: FullSession) -
     let kind = if action == AccountAction::RemoveTotp { FactorKind::Totp } else { FactorKind::Email };
     let removed = app
         .accounts
-        .update(&user, |record| {
+        .update(full.user(), |record| {
             let (has, other) = match kind {
                 FactorKind::Totp => (record.totp.is_some(), record.email.is_some()),
                 FactorKind::Email => (record.email.is_some(), record.totp.is_some()),
@@ -519,7 +519,7 @@ async fn change_password(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
     let now = app.clock.now();
     let forgotten = app
         .accounts
-        .update(&name, |record| {
+        .update(&user, |record| {
             record.remembered.clear();
             Ok::<_, std::convert::Infallible>(())
         })

@@ -38,7 +38,7 @@ fn admit(app: &App, session: Option<Session>) -> Result<FullSession, Box<Respons
             Some(("/", "Continue to the application")),
         )));
     }
-    if !app.accounts.get(&name).has_second_factor() {
+    if !app.accounts.get(full.user()).has_second_factor() {
         return Err(Box::new(pages::error(
             StatusCode::FORBIDDEN,
             "Two-step verification first",

@@ -24,6 +24,7 @@ use crate::pages::{self, Body, ChallengeLinks, ChallengePage, ChallengeView, Cod
 use crate::regulation::{Factor, Refusal, Subject, Who};
 use crate::route::Destination;
 use crate::session::{AuthMethod, Lookup, Session};
+use crate::users::User;
 
 #[derive(Deserialize, Default)]
 struct ChallengeQuery {
@@ -53,7 +54,7 @@ pub(super) fn render(
     extras: Extras,
     status: StatusCode,
 ) -> Response<Body> {
-    let record = app.accounts.get(session.user().name.as_str());
+    let record = app.accounts.get(session.user());
     // `mfa.email_otp` governs new setups; an address already confirmed keeps working, so
     // turning the option off never strands the accounts that chose it.
     let email = record.email.as_ref().map(|e| crate::factors::email::masked(&e.address));
@@ -99,7 +100,7 @@ pub(super) fn render(
 pub(super) fn form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
     let Lookup::Found(session) = app.resolve_session(request.headers()) else { return login_redirect(app, &return_to) };
-    if !app.accounts.get(session.user().name.as_str()).has_second_factor() {
+    if !app.accounts.get(session.user()).has_second_factor() {
         // Nothing to prove with: enroll instead (or go on, if not required).
         return send_to(app, Destination::Enroll, &return_to);
     }
@@ -148,13 +149,15 @@ enum CodeRefused {
 }
 
 /// Checks a TOTP code, an emailed code or a recovery code for `user`, consuming it on success.
-async fn check_code(app: &App, user: &str, code: &str) -> Result<(AuthMethod, Option<usize>), CodeRefused> {
+async fn check_code(app: &App, account: &User, code: &str) -> Result<(AuthMethod, Option<usize>), CodeRefused> {
+    // Emailed codes are kept per account, like its factors.
+    let user = account.account_key.as_str();
     let now = app.clock.now();
     let digits: String = code.chars().filter(|c| !c.is_whitespace()).collect();
     let all_digits = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
     let looks_totp = digits.len() == totp::DIGITS as usize && all_digits;
     let sealer = &app.sealer;
-    let record = app.accounts.get(user);
+    let record = app.accounts.get(account);
     let sign_in = Purpose::SignIn;
     // An emailed code, if one is outstanding and this could be it. Both kinds may be six digits:
     // when an emailed code is pending and the account also has an app, a code that is not the
@@ -169,7 +172,7 @@ async fn check_code(app: &App, user: &str, code: &str) -> Result<(AuthMethod, Op
             Ok(()) => {
                 let noted = app
                     .accounts
-                    .update(user, |record| {
+                    .update(account, |record| {
                         if let Some(email) = record.email.as_mut() {
                             email.last_used_at = Some(now);
                         }
@@ -177,7 +180,7 @@ async fn check_code(app: &App, user: &str, code: &str) -> Result<(AuthMethod, Op
                     })
                     .await;
                 if let Err(e) = noted {
-                    tracing::error!(%user, "could not record an emailed code's use: {e}");
+                    tracing::error!(user = %account.name, "could not record an emailed code's use: {e}");
                 }
                 return Ok((AuthMethod::Email, None));
             }
@@ -192,7 +195,7 @@ async fn check_code(app: &App, user: &str, code: &str) -> Result<(AuthMethod, Op
     }
     let outcome = if looks_totp {
         app.accounts
-            .update(user, |record| {
+            .update(account, |record| {
                 let factor = record.totp.as_mut().ok_or(CodeRefused::NoFactor)?;
                 let secret = sealer.open(&factor.sealed_secret).map_err(|e| CodeRefused::Internal(e.to_string()))?;
                 let step = totp::verify(secret.expose(), &digits, now, factor.last_step).map_err(|e| match e {
@@ -209,7 +212,7 @@ async fn check_code(app: &App, user: &str, code: &str) -> Result<(AuthMethod, Op
             .await
     } else if recovery::normalize(code).is_some() {
         app.accounts
-            .update(user, |record| {
+            .update(account, |record| {
                 if !record.has_second_factor() {
                     return Err(CodeRefused::NoFactor);
                 }
@@ -282,7 +285,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         Err(refusal) => return paused(app, &session, refusal),
     };
     let view = form.view.as_deref().and_then(ChallengeView::from_key);
-    match check_code(app, &user, &form.code).await {
+    match check_code(app, session.user(), &form.code).await {
         Ok((method, recovery_left)) => {
             crate::telemetry::second_factor("ok");
             if let Err(e) = attempt.succeeded().await {
@@ -312,13 +315,13 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
                 }
             };
             if !step_up {
-                app.accounts.record_sign_in(&user, app.clock.now()).await;
+                app.accounts.record_sign_in(full.user(), app.clock.now()).await;
             }
             app.pending.rekey(&old_key, full.key());
             let mut response = go_to(app, &return_to);
             response.headers_mut().append(header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
             if !step_up && form.remember.as_deref() == Some("yes") {
-                remember_browser(app, &user, device, &mut response).await;
+                remember_browser(app, full.user(), device, &mut response).await;
             }
             with_user(response, full.user())
         }
@@ -409,7 +412,7 @@ async fn end_after_wrong_codes(app: &App, session: Session, paused_until: Option
 
 /// Remembers this browser for `mfa.remember_device` (if the operator allows it): a token in a
 /// cookie, its digest on the account.
-async fn remember_browser(app: &App, user: &str, device: crate::session::Device, response: &mut Response<Body>) {
+async fn remember_browser(app: &App, user: &User, device: crate::session::Device, response: &mut Response<Body>) {
     let Some(lifetime) = app.config().mfa.remember_device else { return };
     let now = app.clock.now();
     let (token, record) =
@@ -423,11 +426,11 @@ async fn remember_browser(app: &App, user: &str, device: crate::session::Device,
         .await;
     match saved {
         Ok(_) => {
-            tracing::info!(target: "portcullis::security", %user, "browser remembered");
+            tracing::info!(target: "portcullis::security", user = %user.name, "browser remembered");
             let max_age = Some(time::Duration::seconds(lifetime.as_secs() as i64));
             let cookie = cookie_header(app, &app.config().session.remember_cookie(), &token, max_age, SameSite::Strict);
             response.headers_mut().append(header::SET_COOKIE, cookie);
         }
-        Err(e) => tracing::error!(%user, "could not remember a browser: {e}"),
+        Err(e) => tracing::error!(user = %user.name, "could not remember a browser: {e}"),
     }
 }

@@ -22,10 +22,10 @@ use crate::users::User;
 /// Mails a sign-in code to the account's confirmed address, unless sending is throttled.
 pub(super) fn send_sign_in_code(app: &App, user: &User) -> Result<(), EmailCodeError> {
     let name = user.name.as_str();
-    let Some(factor) = app.accounts.get(name).email.clone() else { return Err(EmailCodeError::NoCode) };
+    let Some(factor) = app.accounts.get(user).email.clone() else { return Err(EmailCodeError::NoCode) };
     let now = app.clock.now();
     let digits = app.config().mfa.email_code_digits;
-    let code = app.email_codes.issue(name, Purpose::SignIn, digits, app.sealer.pepper(), now)?;
+    let code = app.email_codes.issue(&user.account_key, Purpose::SignIn, digits, app.sealer.pepper(), now)?;
     // To the address that was proven, whatever the users file says now.
     let recipient = User { email: factor.address, ..user.clone() };
     app.notifier.send(&recipient, SecurityEvent::SignInCode { code }, now, true);
@@ -90,7 +90,7 @@ pub(super) async fn enroll_send(app: &Arc<App>, request: Request<Incoming>) -> R
     let now = app.clock.now();
     let purpose = Purpose::Confirm { address: user.email.clone() };
     let digits = app.config().mfa.email_code_digits;
-    match app.email_codes.issue(user.name.as_str(), purpose, digits, app.sealer.pepper(), now) {
+    match app.email_codes.issue(&user.account_key, purpose, digits, app.sealer.pepper(), now) {
         Ok(code) => {
             app.notifier.send(user, SecurityEvent::ConfirmAddress { code }, now, true);
             let query = serde_urlencoded::to_string([("rd", return_to.as_str()), ("sent", "1")]).unwrap_or_default();
@@ -145,7 +145,7 @@ pub(super) async fn enroll_confirm(app: &Arc<App>, request: Request<Incoming>) -
     let now = app.clock.now();
     let purpose = Purpose::Confirm { address: user.email.clone() };
     let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
-    if let Err(e) = app.email_codes.check(&name, &purpose, &code, app.sealer.pepper(), now) {
+    if let Err(e) = app.email_codes.check(&user.account_key, &purpose, &code, app.sealer.pepper(), now) {
         tracing::warn!(target: "portcullis::security", user = %name, "email confirmation code refused: {e}");
         let error = if e == EmailCodeError::Wrong { CodeError::Wrong } else { CodeError::Expired };
         return render_enroll_email(&session, &return_to, Some(error), None, StatusCode::UNAUTHORIZED);
@@ -154,7 +154,7 @@ pub(super) async fn enroll_confirm(app: &Arc<App>, request: Request<Incoming>) -
     let address = user.email.clone();
     let saved = app
         .accounts
-        .update(&name, |record| {
+        .update(&user, |record| {
             if record.email.is_some() {
                 return Err(());
             }

@@ -107,7 +107,7 @@ pub(super) enum Setup {
 /// recently proven second factor, so a stolen session cookie alone can neither add a factor to a
 /// protected account nor swap its authenticator.
 pub(super) fn may_set_up(app: &App, session: &Session, kind: FactorKind) -> Setup {
-    let record = app.accounts.get(session.user().name.as_str());
+    let record = app.accounts.get(session.user());
     let config = app.config();
     let (offered, has) = match kind {
         FactorKind::Totp => (config.mfa.totp, record.totp.is_some()),
@@ -214,7 +214,7 @@ pub(super) fn form(app: &App, request: &Request<Incoming>) -> Response<Body> {
         (Setup::StepUpFirst, _, _) => send_to(app, Destination::Challenge, &enroll_again(&return_to)),
         // No app allowed here, but codes by email are: the same page, with only that choice.
         (_, Setup::Add, _) => render(app, &session, &return_to, None, StatusCode::OK),
-        (_, _, Session::Partial(_)) if !app.accounts.get(session.user().name.as_str()).has_second_factor() => {
+        (_, _, Session::Partial(_)) if !app.accounts.get(session.user()).has_second_factor() => {
             // Nothing to prove and nothing that may be set up: say so rather than send the
             // browser back to the challenge page, which would send it here again.
             with_user(
@@ -268,7 +268,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>) -> Respon
     let replace = setup == Setup::Replace;
     let saved = app
         .accounts
-        .update(&user, |record| {
+        .update(session.user(), |record| {
             if record.totp.is_some() != replace {
                 return Err("the account changed meanwhile");
             }
@@ -423,12 +423,12 @@ async fn finish_inline_enrollment(
 ) -> Response<Body> {
     let user = partial.user().clone();
     // Only an account that now has a factor gets here (enrollment proved a code from it).
-    if !app.accounts.get(user.name.as_str()).has_second_factor() {
+    if !app.accounts.get(&user).has_second_factor() {
         return send_to(app, Destination::Enroll, return_to);
     }
     match app.sessions.promote(partial, vec![AuthMethod::Pwd, method]).await {
         Ok((id, full)) => {
-            app.accounts.record_sign_in(user.name.as_str(), app.clock.now()).await;
+            app.accounts.record_sign_in(&user, app.clock.now()).await;
             let mut response = go_to(app, return_to);
             response.headers_mut().append(http::header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
             with_user(response, &user)

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::app::{App, Connection};
 use crate::factors::FactorKind;
+use crate::logging::Escaped;
 use crate::pages::{self, Body, LoginError, LoginPage};
 use crate::password::HashError;
 use crate::policy::{self, AfterPassword};
@@ -126,17 +127,22 @@ pub(super) async fn check_password(
 ) -> Result<(Arc<User>, HeaderValue), Response<Body>> {
     let client = client_ip(app, headers, conn);
     let now = app.clock.now();
+    // In logs, what the client typed is escaped: a name is not known to be one yet.
+    let logged = Escaped(username);
     let known = crate::headers::cookie_values(headers, &app.config().session.known_browser_cookie())
         .find_map(|value| app.known_browsers.recognise(value, username, now));
     let subjects = match known {
         Some(id) => vec![Subject::Browser(id)],
+        // Something that cannot be a user name has no account to protect (and is not kept as
+        // one in the regulation store); the address still counts it.
+        None if crate::users::Username::parse(username).is_err() => vec![Subject::Address(client)],
         None => vec![Subject::Account(username.to_string()), Subject::Address(client)],
     };
     let attempt = match app.regulator.reserve(&subjects, Factor::Password) {
         Ok(attempt) => attempt,
         Err(refusal) => {
             crate::telemetry::login("locked");
-            tracing::warn!(target: "portcullis::security", user = %username, %client, ?refusal, "password not checked: paused");
+            tracing::warn!(target: "portcullis::security", user = %logged, %client, ?refusal, "password not checked: paused");
             return Err(refused(app, refusal, render));
         }
     };
@@ -157,7 +163,7 @@ pub(super) async fn check_password(
         }
         Ok(_) => {
             crate::telemetry::login("failed");
-            tracing::warn!(target: "portcullis::security", user = %username, %client, "login failed");
+            tracing::warn!(target: "portcullis::security", user = %logged, %client, "login failed");
             let outcome = match attempt.failed().await {
                 Ok(outcome) => outcome,
                 Err(e) => {
@@ -169,7 +175,7 @@ pub(super) async fn check_password(
                 return Err(render(StatusCode::UNAUTHORIZED, LoginError::BadCredentials));
             };
             crate::telemetry::lockout();
-            tracing::warn!(target: "portcullis::security", user = %username, %client, banned = ?outcome.banned, "paused after repeated wrong passwords");
+            tracing::warn!(target: "portcullis::security", user = %logged, %client, banned = ?outcome.banned, "paused after repeated wrong passwords");
             // Only the account's own pause is news for its owner (and only a real account has one):
             // a shared address paused by others' mistakes says nothing about this account.
             if outcome.banned(Who::Account)
@@ -294,19 +300,19 @@ async fn establish(
     let now = app.clock.now();
     let mfa = app.config().mfa.clone();
     let requirement = policy::requirement(&mfa, user, now);
-    let record = app.accounts.get(name);
+    let record = app.accounts.get(user);
     let has_factor = record.has_second_factor();
     let (id, partial) = app.sessions.begin(user.clone(), device).await?;
     let partial_ends = now + app.config().session.partial_timeout.as_secs() as i64;
     match policy::after_password(requirement, has_factor) {
         AfterPassword::Done => {
             let (id, full) = app.sessions.promote(partial, vec![AuthMethod::Pwd]).await?;
-            app.accounts.record_sign_in(name, now).await;
+            app.accounts.record_sign_in(user, now).await;
             let nudge = policy::should_nudge(requirement, has_factor, mfa.nudge_every, &record, now);
             if nudge {
                 let noted = app
                     .accounts
-                    .update(name, |r| {
+                    .update(user, |r| {
                         r.nudged_at = Some(now);
                         Ok::<_, std::convert::Infallible>(())
                     })
@@ -320,14 +326,14 @@ async fn establish(
         // Signed in; a reminder page first that 2FA becomes required soon.
         AfterPassword::Remind(_) => {
             let (id, full) = app.sessions.promote(partial, vec![AuthMethod::Pwd]).await?;
-            app.accounts.record_sign_in(name, now).await;
+            app.accounts.record_sign_in(user, now).await;
             Ok((id, full.expires_at(), Some(Next::Reminder)))
         }
         AfterPassword::Challenge => {
-            if remembered(app, name, headers).await {
+            if remembered(app, user, headers).await {
                 let (id, full) =
                     app.sessions.promote(partial, vec![AuthMethod::Pwd, AuthMethod::RememberedBrowser]).await?;
-                app.accounts.record_sign_in(name, now).await;
+                app.accounts.record_sign_in(user, now).await;
                 tracing::info!(target: "portcullis::security", user = %name, "second factor skipped: a remembered browser");
                 return Ok((id, full.expires_at(), None));
             }
@@ -345,7 +351,7 @@ async fn establish(
 
 /// Whether this browser holds a live "remember this browser" token for the account (and the
 /// operator still allows remembering); notes its use.
-async fn remembered(app: &App, user: &str, headers: &HeaderMap) -> bool {
+async fn remembered(app: &App, user: &User, headers: &HeaderMap) -> bool {
     if app.config().mfa.remember_device.is_none() {
         return false;
     }

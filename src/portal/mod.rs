@@ -39,7 +39,7 @@ use crate::session::{Lookup, Session, SessionId};
 const MAX_FORM_BYTES: usize = 16 * 1024;
 /// A form body must arrive whole within this: a few short fields take milliseconds, and a
 /// connection dribbling a byte every few seconds must not be held open (slow-body attacks).
-pub const FORM_DEADLINE: Duration = Duration::from_secs(10);
+pub const FORM_DEADLINE: Duration = Duration::from_secs(5);
 
 pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, conn: &Connection) -> Response<Body> {
     let method = request.method().clone();

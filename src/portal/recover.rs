@@ -29,9 +29,11 @@ fn holder(app: &App, token: &str) -> Option<(Arc<User>, crate::clock::UnixTime)>
         return None;
     }
     let now = app.clock.now();
-    app.accounts.all().into_iter().find_map(|(name, record)| {
+    app.users.all().into_iter().find_map(|user| {
+        let record = app.accounts.get(&user);
         let link = record.recovery_link.as_ref().filter(|link| link.admits(token, now))?;
-        Some((app.users.get(&name)?, link.expires_at))
+        let expires_at = link.expires_at;
+        Some((user, expires_at))
     })
 }
 
@@ -117,7 +119,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     let now = app.clock.now();
     let spent = app
         .accounts
-        .update(&name, |record| {
+        .update(&user, |record| {
             let link = record.recovery_link.take().filter(|link| link.admits(&form.token, now)).ok_or(())?;
             *record = crate::factors::AccountRecord { last_sign_in: record.last_sign_in, ..Default::default() };
             Ok(link)

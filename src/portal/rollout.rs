@@ -29,7 +29,7 @@ pub(super) fn reminder(app: &App, request: &Request<Incoming>) -> Response<Body>
         return login_redirect(app, &return_to);
     };
     let requirement = policy::requirement(&app.config().mfa, full.user(), app.clock.now());
-    let has = app.accounts.get(full.user().name.as_str()).has_second_factor();
+    let has = app.accounts.get(full.user()).has_second_factor();
     let (Requirement::Upcoming(deadline), false) = (requirement, has) else {
         // Nothing to remind of (already enrolled, or the date has passed): carry on.
         return go_to(app, &return_to);
@@ -47,7 +47,7 @@ pub(super) fn nudge(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let Lookup::Found(Session::Full(full)) = app.resolve_session(request.headers()) else {
         return login_redirect(app, &return_to);
     };
-    if app.accounts.get(full.user().name.as_str()).has_second_factor() {
+    if app.accounts.get(full.user()).has_second_factor() {
         return go_to(app, &return_to);
     }
     let enroll = enroll_link(&return_to);
@@ -71,7 +71,7 @@ pub(super) async fn nudge_decline(app: &Arc<App>, request: Request<Incoming>) ->
     let user = session.user().name.to_string();
     let declined = app
         .accounts
-        .update(&user, |record| {
+        .update(session.user(), |record| {
             record.nudge_declined = true;
             Ok::<_, std::convert::Infallible>(())
         })

@@ -36,6 +36,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn delete_account(&self, key: &str) -> Result<(), StoreError> {
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        Ok(())
+    }
+
     fn accounts(&self) -> Result<Vec<(String, AccountRecord)>, StoreError> {
         let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         Ok(accounts.iter().map(|(k, v)| (k.clone(), v.clone())).collect())

@@ -30,7 +30,8 @@ pub trait Store: Send + Sync + 'static {
     fn delete_session(&self, key: &SessionKey) -> Result<(), StoreError>;
     /// Every stored session, for loading the in-memory cache at start-up.
     fn sessions(&self) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError>;
-    fn put_account(&self, user: &str, record: &AccountRecord) -> Result<(), StoreError>;
+    fn put_account(&self, key: &str, record: &AccountRecord) -> Result<(), StoreError>;
+    fn delete_account(&self, key: &str) -> Result<(), StoreError>;
     /// Every account's factor record, for loading the in-memory directory at start-up.
     fn accounts(&self) -> Result<Vec<(String, AccountRecord)>, StoreError>;
     fn put_regulation(&self, key: &str, record: &RegulationRecord) -> Result<(), StoreError>;

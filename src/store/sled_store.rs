@@ -62,6 +62,11 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn delete_account(&self, key: &str) -> Result<(), StoreError> {
+        self.accounts.remove(key.as_bytes()).map_err(backend)?;
+        Ok(())
+    }
+
     fn accounts(&self) -> Result<Vec<(String, AccountRecord)>, StoreError> {
         let mut out = Vec::new();
         for item in self.accounts.iter() {

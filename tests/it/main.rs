@@ -12,6 +12,7 @@ mod email_codes;
 mod flows;
 mod forwarding;
 mod harness;
+mod hypercorn;
 mod mfa;
 mod pausing;
 mod reload;

@@ -141,7 +141,9 @@ async fn answer(
             let mut body = req.into_body();
             let (mut hasher, mut bytes) = (Sha256::new(), 0u64);
             while let Some(frame) = body.frame().await {
-                if let Ok(data) = frame.unwrap().into_data() {
+                // A client that stops mid-upload (the proxy gave up on it): nothing to answer.
+                let Ok(frame) = frame else { return Response::builder().status(400).body(full("incomplete")).unwrap() };
+                if let Ok(data) = frame.into_data() {
                     bytes += data.len() as u64;
                     hasher.update(&data);
                 }

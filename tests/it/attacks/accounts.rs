@@ -1,0 +1,125 @@
+//! What an account leaves behind (a removed user's factors, files others could read), what a
+//! client can write into the log, and sessions swapped by planted cookies.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::harness::{ALICE, Browser, add_account, proxy};
+use crate::mfa::{code, enroll, log_out, password, submit_code};
+use crate::upstream::Upstream;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recreated_user_inherits_nothing_from_the_removed_one() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let (secret, codes, _) = enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    let link = proxy.cli(&["admin", "recovery-link", "alice"], "");
+    assert!(link.status.success());
+    let link =
+        String::from_utf8_lossy(&link.stdout).lines().find(|l| l.contains("/recover?token=")).unwrap().to_string();
+    for n in 0..5 {
+        let _ = Browser::new().submit_login(&proxy, "alice", &format!("guess {n}"), "/").await;
+    }
+
+    // Alice leaves; later someone else is given the name, with her very password even.
+    let removed = proxy.cli(&["user", "remove", "alice"], "");
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert!(String::from_utf8_lossy(&removed.stdout).contains("second factors, recovery codes"));
+    let mark = proxy.stderr.len();
+    add_account(&proxy.users_file(), &ALICE);
+    proxy.stderr.wait_for(mark, |l| l.contains("users file reloaded")).unwrap();
+
+    let newcomer = Browser::new();
+    assert_eq!(
+        password(&newcomer, &proxy, &ALICE, "/").await,
+        proxy.url("/"),
+        "no second factor asked: none was inherited, and the old bans went with the old account"
+    );
+    let page = newcomer.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
+    assert!(page.contains("Set up two-step verification with an app"), "{page}");
+    assert!(!page.contains("Recovery codes left"), "{page}");
+    assert_eq!(newcomer.navigate(&link).await.status(), 410, "the old recovery link is dead");
+    // Once the newcomer sets up a factor, the old one's codes are worth nothing against it.
+    enroll(&newcomer, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    log_out(&newcomer, &proxy).await;
+    let stranger = Browser::new();
+    let challenge = password(&stranger, &proxy, &ALICE, "/").await;
+    assert_eq!(submit_code(&stranger, &proxy, &challenge, &code(&secret, 1)).await.status(), 401);
+    assert_eq!(submit_code(&stranger, &proxy, &challenge, &codes[0]).await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_name_cannot_forge_a_line_in_the_log() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    // Short enough to pass as a user name's length (64).
+    let forged = "bob\n2026-11-30T12:00:00Z INFO login ok user=admin";
+    let mark = proxy.stderr.len();
+    assert_eq!(Browser::new().submit_login(&proxy, forged, "whatever", "/").await.status(), 401);
+    let line = proxy.stderr.wait_for(mark, |l| l.contains("login failed")).unwrap();
+    assert!(line.contains("bob\\u{a}2026"), "the newline is written as an escape: {line}");
+    let lines = proxy.stderr.all();
+    assert!(!lines[mark..].iter().any(|l| l.starts_with("2026-11-30T12:00:00Z")), "a forged line: {lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn everything_under_data_dir_is_private_even_if_it_was_not() {
+    let upstream = Upstream::start().await;
+    let mut first = proxy(&upstream.url()).toml("[mfa]\nemail_otp = true").start();
+    let data = first.data_dir();
+    assert!(first.stop().success());
+    // Someone loosened the folder (or an older version left it so).
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(data.join("mail")).unwrap();
+    std::fs::set_permissions(data.join("mail"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(data.join("mail/old.eml"), "Your code is 123456").unwrap();
+    std::fs::set_permissions(data.join("mail/old.eml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let restarted = proxy(&upstream.url()).toml("[mfa]\nemail_otp = true").restart_of(&first).start();
+    assert!(restarted.stderr.all().iter().any(|l| l.contains("made them private")));
+    // A mail with a code in it, written now.
+    let browser = Browser::new();
+    browser.login(&restarted, &ALICE).await;
+    for _ in 0..5 {
+        let _ = Browser::new().submit_login(&restarted, "alice", "wrong", "/").await;
+    }
+    restarted.wait_for_mail("Signing in to your account was paused");
+    let mut open = Vec::new();
+    let mut pending = vec![data.clone()];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            if mode != 0o700 {
+                open.push((path.clone(), mode));
+            }
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if mode & 0o077 != 0 {
+            open.push((path.clone(), mode));
+        }
+    }
+    assert!(open.is_empty(), "readable by others: {open:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planted_session_cookie_neither_shadows_nor_swaps_a_session() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).account(&crate::mfa::BOB).start();
+    let victim = Browser::new();
+    victim.login(&proxy, &ALICE).await;
+    let victims = victim.cookie_header(&proxy.url("/")).unwrap();
+    let own = |cookies: &str| cookies.split("; ").find(|c| c.starts_with("portcullis=")).unwrap().to_string();
+    // The attacker's own full session, tossed into the victim's browser next to hers.
+    let attacker = Browser::new();
+    attacker.login(&proxy, &crate::mfa::BOB).await;
+    let attackers = own(&attacker.cookie_header(&proxy.url("/")).unwrap());
+    let client = reqwest::Client::new();
+    let get = |cookie: String| client.get(proxy.url("/whoami")).header("cookie", cookie).send();
+    let both = get(format!("{attackers}; {}", own(&victims))).await.unwrap();
+    assert_eq!(both.status(), 401, "two people's sessions in one request: neither is used");
+    assert_eq!(upstream.count(), 0);
+    let alone = get(own(&victims)).await.unwrap();
+    assert_eq!(alone.status(), 200, "the victim's own session still works by itself");
+    assert_eq!(upstream.seen().pop().unwrap().header("x-forwarded-user"), Some("alice"));
+}

@@ -1,0 +1,159 @@
+//! Requests shaped to mislead what is behind the proxy (who sent them, for which host) or to tie
+//! up its connections (bodies that never finish).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::{raw, status_of};
+use crate::harness::{ALICE, Browser, proxy};
+use crate::upstream::Upstream;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_needs_exactly_one_host_and_no_connection_token_removes_it() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let refused = [
+        format!("GET /none HTTP/1.1\r\nCookie: {cookie}\r\n"),
+        format!("GET /two HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nCookie: {cookie}\r\n"),
+        format!("GET /none-1.0 HTTP/1.0\r\nCookie: {cookie}\r\n"),
+    ];
+    for request in refused {
+        let answer = raw(&proxy, format!("{request}Connection: close\r\n\r\n").as_bytes());
+        assert_eq!(status_of(&answer), 400, "{request}");
+    }
+    assert_eq!(upstream.count(), 0, "no request without exactly one Host reached the upstream");
+
+    let kept = raw(
+        &proxy,
+        format!("GET /host-kept HTTP/1.1\r\nHost: wiki.example\r\nCookie: {cookie}\r\nConnection: host, close\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(status_of(&kept), 200, "{kept}");
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!((seen.path.as_str(), seen.header("host")), ("/host-kept", Some("wiki.example")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_headers_from_a_client_never_reach_the_upstream_in_any_spelling() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let spoofed = [
+        ("X_Forwarded_For", "10.0.0.1"),
+        ("X_Real_IP", "10.0.0.1"),
+        ("X_Forwarded_Proto", "https"),
+        ("X_Forwarded_Host", "admin.internal"),
+        ("X-Forwarded-Port", "8443"),
+        ("X-Forwarded-Prefix", "/admin"),
+        ("X-Forwarded-Scheme", "https"),
+        ("X-Forwarded-Ssl", "on"),
+        ("X-Forwarded-Server", "internal"),
+        ("X-Original-URL", "/admin/delete"),
+        ("X-Rewrite-URL", "/admin/delete"),
+        ("True-Client-IP", "10.0.0.1"),
+        ("CF-Connecting-IP", "10.0.0.1"),
+    ];
+    let mut request = browser.http.get(proxy.url("/whoami"));
+    for (name, value) in spoofed {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    for (name, _) in spoofed {
+        let normal = name.to_ascii_lowercase().replace('_', "-");
+        let leaked: Vec<&String> = seen.headers.keys().filter(|k| k.replace('_', "-") == normal).collect();
+        let ours = ["x-forwarded-for", "x-real-ip", "x-forwarded-proto", "x-forwarded-host"].contains(&normal.as_str());
+        if ours {
+            let values = &seen.headers[&normal];
+            assert!(!values.iter().any(|v| v.contains("10.0.0.1") || v == "admin.internal"), "{name}: {values:?}");
+        } else {
+            assert!(leaked.is_empty(), "{name} reached the upstream: {:?}", seen.headers);
+        }
+    }
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+}
+
+/// Opens a connection that announces a body of `declared` bytes, sends `sent` of them, then
+/// dribbles one more byte every `every` until the server answers; returns the answer.
+fn dribble(addr: SocketAddr, head: &str, declared: usize, every: Duration) -> (String, Duration) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(every)).unwrap();
+    let started = Instant::now();
+    stream.write_all(format!("{head}Content-Length: {declared}\r\n\r\nx").as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while started.elapsed() < Duration::from_secs(60) {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            // Nothing yet: the attacker sends one more byte and waits again.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if stream.write_all(b"x").is_err() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_form_bodies_cannot_hold_the_connections() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nmax_connections = 20").start();
+    // A same-origin form post, so the proxy goes on to read the body.
+    let head = format!(
+        "POST /.portcullis/login HTTP/1.1\r\nHost: {}\r\nOrigin: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n",
+        proxy.addr,
+        proxy.origin()
+    );
+    let addr = proxy.addr;
+    let attackers: Vec<_> = (0..20)
+        .map(|_| {
+            let head = head.clone();
+            std::thread::spawn(move || dribble(addr, &head, 16_000, Duration::from_millis(500)))
+        })
+        .collect();
+    for attacker in attackers {
+        let (answer, took) = attacker.join().unwrap();
+        let status = status_of(&answer);
+        // Cut off by the form deadline (408), or turned away at once as one too many (503).
+        assert!([408, 503].contains(&status), "{answer}");
+        assert!(took < Duration::from_secs(30), "held for {took:?}");
+    }
+    // The budget is free again: a visitor is served.
+    let page = Browser::new().navigate(&proxy.url("/.portcullis/login")).await;
+    assert_eq!(page.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_upload_is_abandoned_after_the_idle_timeout() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[proxy]\nbody_idle_timeout = \"1s\"").start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head =
+        format!("POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: 100000\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&[b'x'; 10]).unwrap();
+    // ...and then nothing. The proxy gives up on the body, answers, and closes.
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(20), "the connection was released");
+    // A steady upload of the same size still passes.
+    let body = vec![b'y'; 100_000];
+    let ok = browser.http.post(proxy.url("/upload")).body(body).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+}

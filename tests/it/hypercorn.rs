@@ -1,0 +1,61 @@
+//! Hypercorn (from PyPI), a real upstream that accepts `Upgrade: h2c` from any HTTP/1.1 client,
+//! serving `tests/upstreams/echo_asgi.py`. `.ci/run` installs it into `tests/upstreams/.venv`;
+//! without it the tests that need it say loudly that they were skipped (and fail under CI).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::harness::{Lines, free_port};
+
+pub struct Hypercorn {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+fn upstreams() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/upstreams")
+}
+
+impl Hypercorn {
+    pub fn start(test: &str) -> Option<Self> {
+        let binary = upstreams().join(".venv/bin/hypercorn");
+        if !binary.exists() {
+            let install = "python3 -m venv tests/upstreams/.venv && tests/upstreams/.venv/bin/pip install -r tests/upstreams/requirements.txt";
+            assert!(std::env::var_os("CI").is_none(), "CI must run {test}, but Hypercorn is missing ({install})");
+            eprintln!("\n*** SKIPPED {test}: Hypercorn is not installed ({install}); CI runs it ***\n");
+            return None;
+        }
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(&binary)
+                .args(["--bind", &format!("127.0.0.1:{port}"), "echo_asgi:app"])
+                .current_dir(upstreams())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("hypercorn starts");
+            let output = Lines::default();
+            output.clone().follow(child.stdout.take().unwrap());
+            output.clone().follow(child.stderr.take().unwrap());
+            if output.wait_for(0, |l| l.contains("Running on")).is_some() {
+                return Some(Self { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) });
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("hypercorn did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Hypercorn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
