@@ -129,13 +129,22 @@ async fn wrong_codes_count_across_sign_ins_and_the_pages_say_what_is_left() {
 async fn forty_guesses_at_once_are_not_all_checked() {
     let upstream = Upstream::start().await;
     let proxy = proxy(&upstream.url()).toml("[login]\nhash_workers = 1").start();
-    let browser = Browser::new();
-    let csrf = browser.login_form(&proxy, "").await;
+    // All forty on one HTTP/2 connection (prior knowledge on the cleartext listener).
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .cookie_provider(jar)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = h2.get(proxy.url("/.portcullis/login")).send().await.unwrap();
+    assert_eq!(page.version(), reqwest::Version::HTTP_2);
+    let csrf = crate::harness::form_field(&page.text().await.unwrap(), "csrf").unwrap();
     let guesses = (0..40).map(|n| {
         let guess = format!("guess number {n}");
         let fields =
             [("username", "alice".to_string()), ("password", guess), ("csrf", csrf.clone()), ("rd", "/".into())];
-        let request = browser.http.post(proxy.url("/.portcullis/login")).header("origin", proxy.origin()).form(&fields);
+        let request = h2.post(proxy.url("/.portcullis/login")).header("origin", proxy.origin()).form(&fields);
         async move { request.send().await.unwrap().status().as_u16() }
     });
     let statuses = join_all(guesses).await;
