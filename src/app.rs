@@ -135,8 +135,26 @@ impl App {
         response
     }
 
-    /// Whether a full session still satisfies the 2FA policy: the policy or the user's groups may
-    /// have changed, or a factor been enrolled elsewhere or reset, since it was made.
+    /// The request's session, with the 2FA policy applied: a full session that no longer satisfies
+    /// it (the policy or the user's groups changed, or a factor was enrolled elsewhere or reset
+    /// since it was made) is turned back into a partial one here, for the gate and our own pages
+    /// alike, so it can neither reach the upstream nor act on the account page.
+    pub async fn session(&self, request_headers: &http::HeaderMap) -> Lookup {
+        match self.resolve_session(request_headers) {
+            Lookup::Found(Session::Full(full)) if !self.satisfies_policy(&full) => {
+                let user = full.user().name.to_string();
+                tracing::warn!(target: "portcullis::security", %user, "session downgraded: the 2FA policy asks for more than it proved");
+                let partial = self.sessions.downgrade(full).await;
+                // Whatever it was in the middle of (new recovery codes, a setup) was for the full
+                // session; the partial one proves a factor first.
+                self.pending.forget(partial.key());
+                Lookup::Found(Session::Partial(partial))
+            }
+            other => other,
+        }
+    }
+
+    /// Whether a full session still satisfies the 2FA policy.
     fn satisfies_policy(&self, full: &FullSession) -> bool {
         let requirement = policy::requirement(&self.config().mfa, full.user(), self.clock.now());
         let has_factor = self.accounts.get(full.user()).has_second_factor();
@@ -156,35 +174,8 @@ impl App {
         client: &ClientInfo,
         forwarder: &Forwarder,
     ) -> Response<Body> {
-        let lookup = self.resolve_session(request.headers());
-        let session = match lookup {
-            Lookup::Found(Session::Full(full)) => {
-                // The policy is evaluated on every request: a session that no longer satisfies it
-                // (policy tightened, factor enrolled elsewhere or reset) drops back to partial.
-                if self.satisfies_policy(&full) {
-                    full
-                } else {
-                    let user = full.user().name.to_string();
-                    tracing::warn!(target: "portcullis::security", %user, "session downgraded: the 2FA policy asks for more than it proved");
-                    return match self.sessions.downgrade(full).await {
-                        Ok(partial) => {
-                            // Whatever it was in the middle of (new recovery codes, a setup) was
-                            // for the full session; the partial one proves a factor first.
-                            self.pending.forget(partial.key());
-                            self.second_factor_needed(&request, &partial)
-                        }
-                        Err(e) => {
-                            tracing::error!("could not downgrade a session: {e}");
-                            pages::error(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "Try again",
-                                "Your session could not be checked.",
-                                None,
-                            )
-                        }
-                    };
-                }
-            }
+        let session = match self.session(request.headers()).await {
+            Lookup::Found(Session::Full(full)) => full,
             Lookup::Found(Session::Partial(partial)) => return self.second_factor_needed(&request, &partial),
             Lookup::Rejected(why) => {
                 tracing::info!(target: "portcullis::security", reason = ?why, "session cookie refused");

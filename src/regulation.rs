@@ -7,11 +7,14 @@
 //! (caddy-security#271). Unknown accounts are regulated exactly like real ones, so a pause says
 //! nothing about whether an account exists.
 //!
-//! * An **account** allows `max_failures` wrong passwords, and separately `max_failures` wrong
-//!   codes, per window. The two are kept apart: a right password never forgives wrong codes (else
-//!   "password, four wrong codes" could be repeated forever); only a proven second factor does.
-//! * An **address** allows `address_max_failures`, much more: many people can share one address
-//!   (an office, a VPN), and one person's typos must not pause all of them.
+//! * Passwords and second-factor codes are counted, and paused, apart, for every subject: a right
+//!   password never forgives wrong codes (else "password, four wrong codes" could be repeated
+//!   forever; only a proven second factor does), and wrong passwords typed elsewhere never stop
+//!   the owner, who has the password, from proving their second factor.
+//! * An **account** allows `max_failures` of each per window.
+//! * An **address** allows `address_max_failures` of each, much more: many people can share one
+//!   address (an office, a VPN), and one person's typos must not pause all of them. IPv6 clients
+//!   are counted per /64, the block one subscriber usually gets, so they cannot hop addresses.
 //! * A **known browser** is one that signed in to the account before (OWASP, "Slow Down Online
 //!   Guessing Attacks with Device Cookies"): it carries a signed cookie for that account, and its
 //!   attempts count against that cookie alone, so neither an attacker guessing the account's
@@ -42,10 +45,15 @@ const MAX_BAN_SECONDS: i64 = 24 * 3600;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subject {
     Account(String),
-    Address(IpAddr),
+    /// A client address block; made by [`Subject::address`].
+    Address(AddressBlock),
     /// A browser holding a known-browser cookie, by the cookie's random id.
     Browser(String),
 }
+
+/// An IPv4 address, or the /64 of an IPv6 one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddressBlock(IpAddr);
 
 /// Which kind of subject a ban is on, for words that say what happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +64,28 @@ pub enum Who {
 }
 
 impl Subject {
+    /// The subject for a client address: an IPv4 address (or an IPv4-mapped IPv6 one) as it is,
+    /// an IPv6 address by its /64, since one subscriber usually holds a whole /64 and could
+    /// otherwise try from a new address every time.
+    pub fn address(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::Address(AddressBlock(IpAddr::V4(v4))),
+                None => {
+                    let s = v6.segments();
+                    Self::Address(AddressBlock(IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))))
+                }
+            },
+            v4 => Self::Address(AddressBlock(v4)),
+        }
+    }
+
     /// The key this subject is persisted under.
     pub fn store_key(&self) -> String {
         match self {
             Self::Account(name) => format!("account:{name}"),
-            Self::Address(ip) => format!("address:{ip}"),
+            Self::Address(AddressBlock(IpAddr::V6(v6))) => format!("address:{v6}/64"),
+            Self::Address(AddressBlock(ip)) => format!("address:{ip}"),
             Self::Browser(id) => format!("browser:{id}"),
         }
     }
@@ -81,6 +106,20 @@ pub enum Factor {
     SecondFactor,
 }
 
+/// A pause on one kind of attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub until: Option<UnixTime>,
+    /// Pauses in a row; each doubles the next.
+    pub in_a_row: u32,
+}
+
+impl Pause {
+    fn running(&self, now: UnixTime) -> Option<UnixTime> {
+        self.until.filter(|until| *until > now)
+    }
+}
+
 /// What is persisted per subject.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegulationRecord {
@@ -91,9 +130,15 @@ pub struct RegulationRecord {
     /// Wrong second-factor codes inside the current window.
     #[serde(default)]
     pub code_failures: Vec<UnixTime>,
-    pub banned_until: Option<UnixTime>,
-    /// Bans in a row; each doubles the next.
-    pub bans: u32,
+    #[serde(default)]
+    pub password_pause: Pause,
+    #[serde(default)]
+    pub code_pause: Pause,
+    /// A pause from a record written before the two were kept apart; it applies to both.
+    #[serde(default, rename = "banned_until", skip_serializing)]
+    legacy_until: Option<UnixTime>,
+    #[serde(default, rename = "bans", skip_serializing)]
+    legacy_in_a_row: u32,
     /// Consecutive second-factor failures (accounts only), reset by a success.
     #[serde(default)]
     pub second_factor_streak: u32,
@@ -104,6 +149,16 @@ pub struct RegulationRecord {
 }
 
 impl RegulationRecord {
+    /// Moves a pause from an older record format onto both kinds of attempt.
+    fn upgraded(mut self) -> Self {
+        if self.legacy_until.is_some() || self.legacy_in_a_row > 0 {
+            let pause = Pause { until: self.legacy_until.take(), in_a_row: std::mem::take(&mut self.legacy_in_a_row) };
+            self.password_pause = pause;
+            self.code_pause = pause;
+        }
+        self
+    }
+
     fn failures(&mut self, factor: Factor) -> &mut Vec<UnixTime> {
         match factor {
             Factor::Password => &mut self.password_failures,
@@ -111,19 +166,31 @@ impl RegulationRecord {
         }
     }
 
+    fn pause(&mut self, factor: Factor) -> &mut Pause {
+        match factor {
+            Factor::Password => &mut self.password_pause,
+            Factor::SecondFactor => &mut self.code_pause,
+        }
+    }
+
+    fn pause_of(&self, factor: Factor) -> Pause {
+        match factor {
+            Factor::Password => self.password_pause,
+            Factor::SecondFactor => self.code_pause,
+        }
+    }
+
     fn in_flight(&mut self, factor: Factor) -> &mut u32 {
         &mut self.in_flight[factor as usize]
     }
 
-    /// Failures and attempts in flight that count toward this subject's limit for `factor`: an
-    /// account counts each factor apart, an address or a browser counts both together.
-    fn counted(&self, subject: &Subject, factor: Factor) -> usize {
-        let [passwords, codes] = self.in_flight.map(|n| n as usize);
-        match (subject.who(), factor) {
-            (Who::Account, Factor::Password) => self.password_failures.len() + passwords,
-            (Who::Account, Factor::SecondFactor) => self.code_failures.len() + codes,
-            _ => self.password_failures.len() + self.code_failures.len() + passwords + codes,
-        }
+    /// Failures and attempts in flight that count toward this subject's limit for `factor`.
+    fn counted(&self, factor: Factor) -> usize {
+        let list = match factor {
+            Factor::Password => &self.password_failures,
+            Factor::SecondFactor => &self.code_failures,
+        };
+        list.len() + self.in_flight[factor as usize] as usize
     }
 
     fn forget_old(&mut self, now: UnixTime, window: i64) {
@@ -195,7 +262,7 @@ impl Regulator {
     pub fn open(store: Arc<dyn Store>, settings: RegulationSettings, clock: SharedClock) -> Result<Self, StoreError> {
         let records = DashMap::new();
         for (key, record) in store.regulation()? {
-            records.insert(key, record);
+            records.insert(key, RegulationRecord::upgraded(record));
         }
         Ok(Self { records, store, settings, clock })
     }
@@ -235,10 +302,10 @@ impl Regulator {
         if locked {
             return Some(Refusal::SecondFactorLocked);
         }
-        if let Some(until) = record.banned_until.filter(|until| *until > now) {
+        if let Some(until) = record.pause_of(factor).running(now) {
             return Some(Refusal::Banned { until, who: subject.who() });
         }
-        (reserving && record.counted(subject, factor) >= self.limit(subject)).then_some(Refusal::Crowded)
+        (reserving && record.counted(factor) >= self.limit(subject)).then_some(Refusal::Crowded)
     }
 
     /// Lets one attempt through if no subject is paused and none is at its limit counting the
@@ -285,7 +352,9 @@ impl Regulator {
                 record.second_factor_streak == 0
                     && record.in_flight == [0, 0]
                     && record.password_failures.iter().chain(&record.code_failures).all(|t| now - t >= window)
-                    && record.banned_until.is_none_or(|until| now - until >= MAX_BAN_SECONDS)
+                    && [record.password_pause, record.code_pause]
+                        .iter()
+                        .all(|p| p.until.is_none_or(|until| now - until >= MAX_BAN_SECONDS))
             })
             .map(|r| r.key().clone())
             .collect();
@@ -314,12 +383,12 @@ impl Regulator {
             .filter_map(|r| {
                 let record = r.value();
                 let locked = record.second_factor_streak >= MAX_CONSECUTIVE_SECOND_FACTOR_FAILURES;
-                let until = record.banned_until.filter(|until| *until > now);
+                let until = record.password_pause.running(now).max(record.code_pause.running(now));
                 (locked || until.is_some()).then(|| Restriction {
                     subject: r.key().clone(),
                     banned_until: until,
                     second_factor_locked: locked,
-                    bans_in_a_row: record.bans,
+                    bans_in_a_row: record.password_pause.in_a_row.max(record.code_pause.in_a_row),
                 })
             })
             .collect();
@@ -392,14 +461,13 @@ impl Attempt<'_> {
                 record.second_factor_streak += 1;
             }
             let limit = regulator.limit(subject);
-            let counted = record.counted(subject, self.factor);
+            let counted = record.counted(self.factor);
             if counted >= limit {
                 let base = regulator.settings.ban.as_secs() as i64;
-                let length = (base << record.bans.min(16)).min(MAX_BAN_SECONDS);
-                record.banned_until = Some(now + length);
-                record.bans += 1;
-                record.password_failures.clear();
-                record.code_failures.clear();
+                let pause = record.pause(self.factor);
+                let length = (base << pause.in_a_row.min(16)).min(MAX_BAN_SECONDS);
+                *pause = Pause { until: Some(now + length), in_a_row: pause.in_a_row + 1 };
+                record.failures(self.factor).clear();
                 outcome.banned.push((subject.who(), now + length));
                 outcome.left = 0;
             } else {
@@ -412,9 +480,9 @@ impl Attempt<'_> {
     }
 
     /// The attempt was right. For a password, the account's (or browser's) wrong passwords are
-    /// forgiven; for a second factor, everything the account had counted against it. An
-    /// address is never forgiven: one right password from it does not excuse the guesses it made
-    /// against other accounts. A ban already running stays.
+    /// forgiven, and the doubling of its password pauses starts over; for a second factor, both.
+    /// An address is never forgiven: one right password from it does not excuse the guesses it
+    /// made against other accounts. A pause already running stays.
     pub async fn succeeded(mut self) -> Result<(), StoreError> {
         self.settled = true;
         let regulator = self.regulator;
@@ -428,14 +496,18 @@ impl Attempt<'_> {
             if subject.who() == Who::Address {
                 continue;
             }
-            record.password_failures.clear();
-            if self.factor == Factor::SecondFactor {
-                record.code_failures.clear();
-                record.second_factor_streak = 0;
+            let forgiven: &[Factor] = match self.factor {
+                Factor::Password => &[Factor::Password],
+                Factor::SecondFactor => &[Factor::Password, Factor::SecondFactor],
+            };
+            for factor in forgiven {
+                record.failures(*factor).clear();
+                if record.pause(*factor).running(now).is_none() {
+                    *record.pause(*factor) = Pause::default();
+                }
             }
-            if record.banned_until.is_none_or(|until| until <= now) {
-                record.bans = 0;
-                record.banned_until = None;
+            if self.factor == Factor::SecondFactor {
+                record.second_factor_streak = 0;
             }
             changed.push((key, record.clone()));
         }

@@ -40,8 +40,9 @@ pub fn validate(candidate: &str, public: &PublicUrl) -> Option<String> {
     if !same_origin {
         return None;
     }
+    // The same rule on the path the URL parser settled on: `https://host/%2f%2fevil` and kin.
     let mut path = url.path().to_string();
-    if path.starts_with("//") {
+    if path.starts_with("//") || remove_dot_segments(&fully_decoded(&path)).starts_with("//") {
         return None;
     }
     if let Some(query) = url.query() {
@@ -144,6 +145,8 @@ mod tests {
             "/./%2Fevil.com",
             "/a/..//evil.com",
             "/%2e%2e//evil.com",
+            "https://app.example.com/%2f%2fevil.com",
+            "https://app.example.com/.%2F%2Fevil.com",
             "/%5Cevil.com",
             "/%5cevil.com",
             "javascript:alert(1)",

@@ -564,19 +564,24 @@ impl Sessions {
     /// Turns a full session back into a partial one (the policy now asks for more than it
     /// proved). The id stays: this lowers privilege. The user gets `partial_timeout` from now to
     /// satisfy the policy again.
-    pub async fn downgrade(&self, full: FullSession) -> Result<PartialSession, SessionError> {
-        let entry = self.make_partial(&full.key, &full.entry.record).await?;
-        Ok(PartialSession { key: full.key, entry, user: full.user })
+    pub async fn downgrade(&self, full: FullSession) -> PartialSession {
+        let entry = self.make_partial(&full.key, &full.entry.record).await;
+        PartialSession { key: full.key, entry, user: full.user }
     }
 
-    /// The one way a session drops back to partial: stored first, then swapped into the cache.
-    async fn make_partial(&self, key: &SessionKey, record: &SessionRecord) -> Result<Arc<Entry>, SessionError> {
+    /// The one way a session drops back to partial. Memory first, so the lower privilege holds
+    /// from this moment whatever the store does; then stored. Should storing fail (logged), a
+    /// restart would load the session as full again, and the policy, checked on every request,
+    /// would send it back here: the failure can only cost a repeat, never let anyone through.
+    async fn make_partial(&self, key: &SessionKey, record: &SessionRecord) -> Arc<Entry> {
         let now = self.clock.now();
         let record = SessionRecord { stage: Stage::Partial { first_factor_at: now }, last_seen: now, ..record.clone() };
-        self.persist(key, &record, None).await?;
-        let entry = Entry::new(record);
+        let entry = Entry::new(record.clone());
         self.cache.insert(key.clone(), entry.clone());
-        Ok(entry)
+        if let Err(e) = self.persist(key, &record, None).await {
+            tracing::error!(session = %key.log_ref(), "a downgraded session could not be stored: {e}");
+        }
+        entry
     }
 
     /// Records a second factor proven again in a full session (step-up before a sensitive
@@ -674,7 +679,7 @@ impl Sessions {
             .map(|e| (e.key().clone(), e.value().snapshot()))
             .collect();
         for (key, record) in &chosen {
-            self.make_partial(key, record).await?;
+            self.make_partial(key, record).await;
         }
         Ok(chosen.len())
     }

@@ -65,6 +65,15 @@ pub struct User {
     pub account_key: String,
 }
 
+impl User {
+    /// A short tag of the current password (of its stamp, itself a digest of the salted hash),
+    /// for things that must stop working when the password changes: known-browser cookies and
+    /// remembered browsers. It reveals nothing about the password.
+    pub fn password_tag(&self) -> String {
+        self.credential_stamp[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("User")

@@ -166,6 +166,21 @@ impl Admin {
             Request::Users => Reply::Users { users: self.user_statuses() },
             Request::Reset2fa { user } => self.reset_2fa(&user, operator).await?,
             Request::Revoke { target } => {
+                // Ending someone's sessions also forgets the browsers that would skip their second
+                // factor: whoever else had a way in has none left.
+                let whose = match &target {
+                    Target::User(name) => self.users.get(name).into_iter().collect(),
+                    Target::Everyone => self.users.all(),
+                };
+                for user in whose.into_iter().filter(|u| !self.accounts.get(u).remembered.is_empty()) {
+                    self.accounts
+                        .update(&user, |record| {
+                            record.remembered.clear();
+                            Ok::<_, std::convert::Infallible>(())
+                        })
+                        .await?
+                        .unwrap_or_else(|never| match never {});
+                }
                 let ended = match &target {
                     Target::User(name) => self.sessions.end_all_for(name).await?,
                     Target::Everyone => self.sessions.end_where(|_| true).await?,

@@ -57,8 +57,8 @@ enum Gate {
 }
 
 /// The full session a request must have for the account pages, or where to send it instead.
-fn full_session(app: &App, headers: &HeaderMap, here: &str) -> Gate {
-    match app.resolve_session(headers) {
+async fn full_session(app: &App, headers: &HeaderMap, here: &str) -> Gate {
+    match app.session(headers).await {
         Lookup::Found(Session::Full(full)) => Gate::Go(full),
         // Half logged in: finish the second factor first, then come back here.
         Lookup::Found(Session::Partial(_)) => Gate::Answer(send_to(app, Destination::Challenge, here)),
@@ -66,8 +66,8 @@ fn full_session(app: &App, headers: &HeaderMap, here: &str) -> Gate {
     }
 }
 
-pub(super) fn page(app: &App, request: &Request<Incoming>) -> Response<Body> {
-    let full = match full_session(app, request.headers(), HOME) {
+pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Response<Body> {
+    let full = match full_session(app, request.headers(), HOME).await {
         Gate::Go(full) => full,
         Gate::Answer(response) => return response,
     };
@@ -134,10 +134,10 @@ pub(super) fn page(app: &App, request: &Request<Incoming>) -> Response<Body> {
 
 /// The session for a sensitive action at `path`: full, and with a second factor proven within
 /// the step-up window if the account has one (else sent to prove it, and back to `path`).
-fn sensitive(app: &App, headers: &HeaderMap, full: Option<FullSession>, path: &str) -> Gate {
+async fn sensitive(app: &App, headers: &HeaderMap, full: Option<FullSession>, path: &str) -> Gate {
     let full = match full {
         Some(full) => full,
-        None => match full_session(app, headers, path) {
+        None => match full_session(app, headers, path).await {
             Gate::Go(full) => full,
             answer => return answer,
         },
@@ -151,9 +151,9 @@ fn sensitive(app: &App, headers: &HeaderMap, full: Option<FullSession>, path: &s
 }
 
 /// The page a sensitive action shows on GET: what it will do, or the password form.
-pub(super) fn action_page(app: &App, action: AccountAction, request: &Request<Incoming>) -> Response<Body> {
+pub(super) async fn action_page(app: &App, action: AccountAction, request: &Request<Incoming>) -> Response<Body> {
     let path = action.path();
-    let full = match sensitive(app, request.headers(), None, &path) {
+    let full = match sensitive(app, request.headers(), None, &path).await {
         Gate::Go(full) => full,
         Gate::Answer(response) => return response,
     };
@@ -222,16 +222,14 @@ pub(super) async fn action(
     match action {
         AccountAction::SignOutEverywhere => sign_out_everywhere(app, full).await,
         AccountAction::EndSession => match app.sessions.end_by_handle(&user, &form.session).await {
-            Ok(ended) => {
-                if ended {
-                    tracing::info!(target: "portcullis::security", %user, "signed out another session");
-                }
-                // Ending this very session from the list is signing out.
-                if form.session == full.key().handle() {
-                    return signed_out(app);
-                }
+            // Ending this very session from the list is signing out.
+            Ok(true) if form.session == full.key().handle() => signed_out(app),
+            Ok(true) => {
+                tracing::info!(target: "portcullis::security", %user, "signed out another session");
                 go_to(app, &format!("{HOME}?done=session-ended"))
             }
+            // Not one of this user's sessions (any more): nothing happened, and nothing is said.
+            Ok(false) => go_to(app, HOME),
             Err(e) => {
                 tracing::error!("could not end a session: {e}");
                 unavailable()
@@ -269,7 +267,7 @@ pub(super) async fn action(
             go_to(app, HOME)
         }
         AccountAction::RemoveTotp | AccountAction::RemoveEmail | AccountAction::RegenerateCodes => {
-            match sensitive(app, &headers, Some(full), &action.path()) {
+            match sensitive(app, &headers, Some(full), &action.path()).await {
                 Gate::Go(full) => sensitive_action(app, action, full).await,
                 Gate::Answer(response) => response,
             }
@@ -462,7 +460,7 @@ async fn change_password(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
         Err(response) => return response,
     };
     let Session::Full(full) = session else { return send_to(app, Destination::Challenge, &path) };
-    let full = match sensitive(app, &headers, Some(full), &path) {
+    let full = match sensitive(app, &headers, Some(full), &path).await {
         Gate::Go(full) => full,
         Gate::Answer(response) => return response,
     };

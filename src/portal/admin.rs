@@ -59,7 +59,7 @@ fn with_admin(mut response: Response<Body>, full: &FullSession) -> Response<Body
 }
 
 pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Response<Body> {
-    let session = match app.resolve_session(request.headers()) {
+    let session = match app.session(request.headers()).await {
         Lookup::Found(session) => Some(session),
         _ => None,
     };

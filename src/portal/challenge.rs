@@ -97,9 +97,9 @@ pub(super) fn render(
     with_user(pages::html(status, &page), session.user())
 }
 
-pub(super) fn form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
-    let Lookup::Found(session) = app.resolve_session(request.headers()) else { return login_redirect(app, &return_to) };
+    let Lookup::Found(session) = app.session(request.headers()).await else { return login_redirect(app, &return_to) };
     if !app.accounts.get(session.user()).has_second_factor() {
         // Nothing to prove with: enroll instead (or go on, if not required).
         return send_to(app, Destination::Enroll, &return_to);
@@ -279,7 +279,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     };
     let user = session.user().name.to_string();
     let step_up = matches!(session, Session::Full(_));
-    let subjects = [Subject::Account(user.clone()), Subject::Address(client)];
+    let subjects = [Subject::Account(user.clone()), Subject::address(client)];
     let attempt = match app.regulator.reserve(&subjects, Factor::SecondFactor) {
         Ok(attempt) => attempt,
         Err(refusal) => return paused(app, &session, refusal),
@@ -320,6 +320,9 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
             app.pending.rekey(&old_key, full.key());
             let mut response = go_to(app, &return_to);
             response.headers_mut().append(header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
+            if !step_up {
+                response.headers_mut().append(header::SET_COOKIE, super::login::known_browser_cookie(app, full.user()));
+            }
             if !step_up && form.remember.as_deref() == Some("yes") {
                 remember_browser(app, full.user(), device, &mut response).await;
             }
@@ -416,7 +419,7 @@ async fn remember_browser(app: &App, user: &User, device: crate::session::Device
     let Some(lifetime) = app.config().mfa.remember_device else { return };
     let now = app.clock.now();
     let (token, record) =
-        crate::factors::remembered::remember(device.browser, device.address, now, lifetime.as_secs() as i64);
+        crate::factors::remembered::remember(user, device.browser, device.address, now, lifetime.as_secs() as i64);
     let saved = app
         .accounts
         .update(user, |account| {

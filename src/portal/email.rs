@@ -120,9 +120,9 @@ pub(super) fn sent_notice<B>(request: &Request<B>) -> Option<EmailNotice> {
 }
 
 /// The page that asks for the confirmation code.
-pub(super) fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+pub(super) async fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
-    let Lookup::Found(session) = app.resolve_session(request.headers()) else {
+    let Lookup::Found(session) = app.session(request.headers()).await else {
         return login_redirect(app, &return_to);
     };
     if may_set_up(app, &session, FactorKind::Email) != Setup::Add {

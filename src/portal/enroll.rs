@@ -203,9 +203,9 @@ fn enroll_again(return_to: &str) -> String {
     format!("{}?{query}", Destination::Enroll.path())
 }
 
-pub(super) fn form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
-    let Lookup::Found(session) = app.resolve_session(request.headers()) else {
+    let Lookup::Found(session) = app.session(request.headers()).await else {
         // Signed out: sign in, then set up, then go on.
         return login_redirect(app, &enroll_again(&return_to));
     };
@@ -336,9 +336,9 @@ pub(super) async fn factor_added(
     }
 }
 
-pub(super) fn recovery_codes_page(app: &App, request: &Request<Incoming>) -> Response<Body> {
+pub(super) async fn recovery_codes_page(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
-    let Lookup::Found(session) = app.resolve_session(request.headers()) else { return login_redirect(app, &return_to) };
+    let Lookup::Found(session) = app.session(request.headers()).await else { return login_redirect(app, &return_to) };
     if !codes_belong_to(app, &session) {
         return send_to(app, Destination::Challenge, &return_to);
     }
@@ -431,6 +431,7 @@ async fn finish_inline_enrollment(
             app.accounts.record_sign_in(&user, app.clock.now()).await;
             let mut response = go_to(app, return_to);
             response.headers_mut().append(http::header::SET_COOKIE, session_cookie_header(app, &id, full.expires_at()));
+            response.headers_mut().append(http::header::SET_COOKIE, super::login::known_browser_cookie(app, &user));
             with_user(response, &user)
         }
         Err(e) => {

@@ -66,9 +66,9 @@ fn render(
     response
 }
 
-pub(super) fn form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
-    if let Lookup::Found(Session::Full(_)) = app.resolve_session(request.headers()) {
+    if let Lookup::Found(Session::Full(_)) = app.session(request.headers()).await {
         return go_to(app, &return_to);
     }
     render(app, request.headers(), StatusCode::OK, None, &return_to, "")
@@ -87,6 +87,15 @@ struct LoginForm {
 
 pub(super) fn zeroizing<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Zeroizing<String>, D::Error> {
     String::deserialize(d).map(Zeroizing::new)
+}
+
+/// The known-browser cookie for a browser whose session just became full (see
+/// `known_browser.rs`): only then, so a password alone never earns one where a second factor is
+/// needed.
+pub(super) fn known_browser_cookie(app: &App, user: &User) -> HeaderValue {
+    let value = app.known_browsers.issue(user, app.clock.now());
+    let max_age = Some(time::Duration::seconds(crate::known_browser::LIFETIME_SECONDS));
+    cookie_header(app, &app.config().session.known_browser_cookie(), &value, max_age, SameSite::Strict)
 }
 
 /// How a regulation refusal reads on a password form, with its status and `Retry-After`.
@@ -116,7 +125,7 @@ pub(super) fn refused(
 /// `known_browser.rs`) is regulated on its own; any other attempt counts against the account and
 /// the client address. When a failure pauses the account, its owner is told.
 ///
-/// On success the user and the known-browser cookie to set; otherwise the page `render` makes.
+/// On success the user; otherwise the page `render` makes.
 pub(super) async fn check_password(
     app: &App,
     headers: &HeaderMap,
@@ -124,19 +133,22 @@ pub(super) async fn check_password(
     username: &str,
     password: Zeroizing<String>,
     render: impl Fn(StatusCode, LoginError) -> Response<Body>,
-) -> Result<(Arc<User>, HeaderValue), Response<Body>> {
+) -> Result<Arc<User>, Response<Body>> {
     let client = client_ip(app, headers, conn);
     let now = app.clock.now();
     // In logs, what the client typed is escaped: a name is not known to be one yet.
     let logged = Escaped(username);
-    let known = crate::headers::cookie_values(headers, &app.config().session.known_browser_cookie())
-        .find_map(|value| app.known_browsers.recognise(value, username, now));
+    let user = app.users.get(username);
+    let known = user.as_ref().and_then(|user| {
+        crate::headers::cookie_values(headers, &app.config().session.known_browser_cookie())
+            .find_map(|value| app.known_browsers.recognise(value, user, now))
+    });
     let subjects = match known {
         Some(id) => vec![Subject::Browser(id)],
         // Something that cannot be a user name has no account to protect (and is not kept as
         // one in the regulation store); the address still counts it.
-        None if crate::users::Username::parse(username).is_err() => vec![Subject::Address(client)],
-        None => vec![Subject::Account(username.to_string()), Subject::Address(client)],
+        None if crate::users::Username::parse(username).is_err() => vec![Subject::address(client)],
+        None => vec![Subject::Account(username.to_string()), Subject::address(client)],
     };
     let attempt = match app.regulator.reserve(&subjects, Factor::Password) {
         Ok(attempt) => attempt,
@@ -146,20 +158,12 @@ pub(super) async fn check_password(
             return Err(refused(app, refusal, render));
         }
     };
-    let user = app.users.get(username);
     match app.passwords.verify(password, user.as_ref().map(|u| u.password_hash.as_str())).await {
         Ok(true) if user.is_some() => {
             if let Err(e) = attempt.succeeded().await {
                 tracing::error!("could not record a right password: {e}");
             }
-            let cookie = cookie_header(
-                app,
-                &app.config().session.known_browser_cookie(),
-                &app.known_browsers.issue(username, now),
-                Some(time::Duration::seconds(crate::known_browser::LIFETIME_SECONDS)),
-                SameSite::Strict,
-            );
-            Ok((user.expect("matched just above"), cookie))
+            Ok(user.expect("matched just above"))
         }
         Ok(_) => {
             crate::telemetry::login("failed");
@@ -224,7 +228,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         return render(app, &headers, StatusCode::BAD_REQUEST, Some(LoginError::Malformed), &return_to, &username);
     }
     let again = |status, error| render(app, &headers, status, Some(error), &return_to, &username);
-    let (user, known_cookie) = match check_password(app, &headers, conn, &username, form.password, again).await {
+    let user = match check_password(app, &headers, conn, &username, form.password, again).await {
         Ok(checked) => checked,
         Err(response) => return response,
     };
@@ -249,7 +253,9 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
                 Some(next) => send_to(app, next.destination(), &return_to),
             };
             response.headers_mut().append(header::SET_COOKIE, session_cookie_header(app, &id, expires_at));
-            response.headers_mut().append(header::SET_COOKIE, known_cookie);
+            if !next.is_some_and(|n| n.second_factor_next()) {
+                response.headers_mut().append(header::SET_COOKIE, known_browser_cookie(app, &user));
+            }
             with_user(response, &user)
         }
         Err(e) => {
@@ -361,7 +367,7 @@ async fn remembered(app: &App, user: &User, headers: &HeaderMap) -> bool {
     let used = app
         .accounts
         .update(user, |record| {
-            let index = record.remembered_by_token(token, now).ok_or(())?;
+            let index = record.remembered_by_token(token, user, now).ok_or(())?;
             record.remembered[index].last_used_at = Some(now);
             Ok::<_, ()>(())
         })
@@ -369,8 +375,8 @@ async fn remembered(app: &App, user: &User, headers: &HeaderMap) -> bool {
     matches!(used, Ok(Ok(())))
 }
 
-pub(super) fn logout_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
-    match app.resolve_session(request.headers()) {
+pub(super) async fn logout_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+    match app.session(request.headers()).await {
         Lookup::Found(session) => pages::html(
             StatusCode::OK,
             &pages::LogoutPage { username: session.user().name.as_str(), csrf: session.csrf_token() },

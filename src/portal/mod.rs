@@ -61,24 +61,26 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
             _,
         ) if mfa_off => not_found(),
         (OwnPage::Static(name), true, _) => pages::static_file(&name).unwrap_or_else(not_found),
-        (OwnPage::Challenge, true, _) => challenge::form(app, &request),
+        (OwnPage::Challenge, true, _) => challenge::form(app, &request).await,
         (OwnPage::Challenge, _, true) => challenge::submit(app, request, conn).await,
-        (OwnPage::Enroll, true, _) => enroll::form(app, &request),
+        (OwnPage::Enroll, true, _) => enroll::form(app, &request).await,
         (OwnPage::Enroll, _, true) => enroll::submit(app, request).await,
-        (OwnPage::RecoveryCodes, true, _) => enroll::recovery_codes_page(app, &request),
+        (OwnPage::RecoveryCodes, true, _) => enroll::recovery_codes_page(app, &request).await,
         (OwnPage::RecoveryCodes, _, true) => enroll::recovery_codes_confirm(app, request).await,
-        (OwnPage::Reminder, true, _) => rollout::reminder(app, &request),
-        (OwnPage::Nudge, true, _) => rollout::nudge(app, &request),
+        (OwnPage::Reminder, true, _) => rollout::reminder(app, &request).await,
+        (OwnPage::Nudge, true, _) => rollout::nudge(app, &request).await,
         (OwnPage::Nudge, _, true) => rollout::nudge_decline(app, request).await,
-        (OwnPage::AccountAction(action), true, _) if action.has_page() => account::action_page(app, action, &request),
+        (OwnPage::AccountAction(action), true, _) if action.has_page() => {
+            account::action_page(app, action, &request).await
+        }
         (OwnPage::AccountAction(action), _, true) => account::action(app, action, request, conn).await,
-        (OwnPage::Login, true, _) => login::form(app, &request),
+        (OwnPage::Login, true, _) => login::form(app, &request).await,
         (OwnPage::Login, _, true) => login::submit(app, request, conn).await,
-        (OwnPage::Logout, true, _) => login::logout_form(app, &request),
+        (OwnPage::Logout, true, _) => login::logout_form(app, &request).await,
         (OwnPage::Logout, _, true) => login::logout_submit(app, request).await,
-        (OwnPage::Account, true, _) => account::page(app, &request),
+        (OwnPage::Account, true, _) => account::page(app, &request).await,
         (OwnPage::ChallengeEmail, _, true) => email::challenge_send(app, request).await,
-        (OwnPage::EnrollEmail, true, _) => email::enroll_form(app, &request),
+        (OwnPage::EnrollEmail, true, _) => email::enroll_form(app, &request).await,
         (OwnPage::EnrollEmail, _, true) => email::enroll_send(app, request).await,
         (OwnPage::EnrollEmailConfirm, _, true) => email::enroll_confirm(app, request).await,
         (OwnPage::Recover, true, _) => recover::form(app, &request),
@@ -308,7 +310,7 @@ async fn session_post<F: SessionForm>(
     if !same_origin(app, request.headers()) {
         return Err(forbidden_origin());
     }
-    let lookup = app.resolve_session(request.headers());
+    let lookup = app.session(request.headers()).await;
     let form: F = read_form(request).await?;
     let return_to = return_url::or_root(form.return_to(), &app.config().public_url);
     let Lookup::Found(session) = lookup else { return Err(anonymous(&return_to)) };

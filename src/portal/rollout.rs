@@ -23,9 +23,9 @@ fn enroll_link(return_to: &str) -> String {
 
 /// After sign-in, before `mfa.required_after`: a reminder with the date, and two plain links (the
 /// session is already full, so neither choice changes anything on the server).
-pub(super) fn reminder(app: &App, request: &Request<Incoming>) -> Response<Body> {
+pub(super) async fn reminder(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
-    let Lookup::Found(Session::Full(full)) = app.resolve_session(request.headers()) else {
+    let Lookup::Found(Session::Full(full)) = app.session(request.headers()).await else {
         return login_redirect(app, &return_to);
     };
     let requirement = policy::requirement(&app.config().mfa, full.user(), app.clock.now());
@@ -42,9 +42,9 @@ pub(super) fn reminder(app: &App, request: &Request<Incoming>) -> Response<Body>
 
 /// After sign-in, under `optional` with `mfa.nudge_every`: a suggestion to set up 2FA. Two links
 /// change nothing; "don't ask me again" is a POST that records the choice.
-pub(super) fn nudge(app: &App, request: &Request<Incoming>) -> Response<Body> {
+pub(super) async fn nudge(app: &App, request: &Request<Incoming>) -> Response<Body> {
     let return_to = return_to_from_query(app, request);
-    let Lookup::Found(Session::Full(full)) = app.resolve_session(request.headers()) else {
+    let Lookup::Found(Session::Full(full)) = app.session(request.headers()).await else {
         return login_redirect(app, &return_to);
     };
     if app.accounts.get(full.user()).has_second_factor() {

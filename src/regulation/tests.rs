@@ -14,7 +14,7 @@ fn regulator(clock: &FixedClock, store: Arc<dyn Store>) -> Regulator {
 }
 
 fn alice_from(ip: &str) -> [Subject; 2] {
-    [Subject::Account("alice".into()), Subject::Address(ip.parse().unwrap())]
+    [Subject::Account("alice".into()), Subject::address(ip.parse().unwrap())]
 }
 
 async fn fail(reg: &Regulator, who: &[Subject], factor: Factor) -> FailureOutcome {
@@ -35,7 +35,7 @@ async fn five_wrong_passwords_pause_the_account_and_bans_grow() {
     assert!(outcome.banned(Who::Account) && !outcome.banned(Who::Address));
     let paused = Refusal::Banned { until: 1_000_000 + 900, who: Who::Account };
     assert_eq!(reg.check(&who, Factor::Password), Err(paused));
-    assert_eq!(reg.check(&who[..1], Factor::SecondFactor), Err(paused), "a paused account proves nothing");
+    assert_eq!(reg.check(&who[..1], Factor::SecondFactor), Ok(()), "wrong passwords do not stop codes");
     // The same account from elsewhere is paused; another account from the same address is not.
     assert!(reg.check(&alice_from("198.51.100.1"), Factor::Password).is_err());
     let bob = [Subject::Account("bob".into()), who[1].clone()];
@@ -53,7 +53,7 @@ async fn five_wrong_passwords_pause_the_account_and_bans_grow() {
 async fn an_address_is_paused_only_at_its_much_looser_limit() {
     let clock = FixedClock::at(1_000_000);
     let reg = regulator(&clock, Arc::new(MemoryStore::default()));
-    let address = Subject::Address("203.0.113.7".parse().unwrap());
+    let address = Subject::address("203.0.113.7".parse().unwrap());
     // Password spraying: one guess at each of twenty accounts.
     for n in 0..20 {
         let who = [Subject::Account(format!("user{n}")), address.clone()];
@@ -84,7 +84,7 @@ async fn a_right_password_never_forgives_wrong_codes() {
         }
     }
     assert_eq!(paused_after, Some((1, 0)), "the fifth wrong code in the window");
-    assert!(matches!(reg.reserve(&who, Factor::Password), Err(Refusal::Banned { who: Who::Account, .. })));
+    assert!(matches!(reg.reserve(&who, Factor::SecondFactor), Err(Refusal::Banned { who: Who::Account, .. })));
 }
 
 #[tokio::test]
@@ -158,10 +158,64 @@ async fn state_survives_a_restart() {
 }
 
 #[test]
-fn records_from_before_the_split_read_their_failures_as_passwords() {
-    let old = r#"{"failures":[5,6],"banned_until":null,"bans":1,"second_factor_streak":3}"#;
-    let record: RegulationRecord = serde_json::from_str(old).unwrap();
-    assert_eq!((record.password_failures, record.code_failures, record.bans), (vec![5, 6], vec![], 1));
+fn records_from_before_the_split_read_their_failures_as_passwords_and_pause_both() {
+    let old = r#"{"failures":[5,6],"banned_until":900,"bans":1,"second_factor_streak":3}"#;
+    let record = serde_json::from_str::<RegulationRecord>(old).unwrap().upgraded();
+    assert_eq!((&record.password_failures, &record.code_failures), (&vec![5, 6], &vec![]));
+    let pause = Pause { until: Some(900), in_a_row: 1 };
+    assert_eq!((record.password_pause, record.code_pause), (pause, pause));
+    let written = serde_json::to_string(&record).unwrap();
+    assert!(!written.contains("banned_until"), "{written}");
+}
+
+#[tokio::test]
+async fn wrong_passwords_from_elsewhere_never_stop_the_owner_proving_the_second_factor() {
+    let clock = FixedClock::at(1_000_000);
+    let reg = regulator(&clock, Arc::new(MemoryStore::default()));
+    let attacker = alice_from("198.51.100.66");
+    for _ in 0..5 {
+        fail(&reg, &attacker, Factor::Password).await;
+    }
+    assert!(reg.check(&attacker, Factor::Password).is_err(), "the password step is paused");
+    // The owner got past the password with a known browser; her code is checked.
+    let owner = alice_from("203.0.113.7");
+    assert_eq!(reg.check(&owner, Factor::SecondFactor), Ok(()));
+    reg.reserve(&owner, Factor::SecondFactor).unwrap().succeeded().await.unwrap();
+    // Likewise an address paused by password spraying still lets its people prove codes.
+    for n in 0..20 {
+        fail(&reg, &[Subject::Account(format!("user{n}")), owner[1].clone()], Factor::Password).await;
+    }
+    assert!(reg.check(&owner[1..], Factor::Password).is_err());
+    assert_eq!(reg.check(&owner, Factor::SecondFactor), Ok(()));
+}
+
+#[tokio::test]
+async fn a_right_password_does_not_reset_the_doubling_of_code_pauses() {
+    let clock = FixedClock::at(1_000_000);
+    let reg = regulator(&clock, Arc::new(MemoryStore::default()));
+    let who = alice_from("203.0.113.7");
+    for _ in 0..5 {
+        fail(&reg, &who, Factor::SecondFactor).await;
+    }
+    clock.advance(900);
+    reg.reserve(&who, Factor::Password).unwrap().succeeded().await.unwrap();
+    let mut until = None;
+    for _ in 0..5 {
+        until = fail(&reg, &who, Factor::SecondFactor).await.until().or(until);
+    }
+    assert_eq!(until, Some(clock.now() + 1800), "the second pause of codes is twice as long");
+}
+
+#[test]
+fn ipv6_clients_are_counted_per_64() {
+    let a = Subject::address("2001:db8:1:2::1".parse().unwrap());
+    let b = Subject::address("2001:db8:1:2:ffff::99".parse().unwrap());
+    let other = Subject::address("2001:db8:1:3::1".parse().unwrap());
+    assert_eq!(a, b);
+    assert_ne!(a, other);
+    assert_eq!(a.store_key(), "address:2001:db8:1:2::/64");
+    let mapped = Subject::address("::ffff:203.0.113.7".parse().unwrap());
+    assert_eq!(mapped.store_key(), "address:203.0.113.7");
 }
 
 #[tokio::test]

@@ -251,3 +251,66 @@ async fn log_out_partial(browser: &Browser, proxy: &Proxy, challenge: &str) {
     let csrf = form_field(&page, "csrf").unwrap();
     assert_eq!(post(browser, proxy, "/.portcullis/logout", &[("csrf", &csrf)]).await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_the_policy_sent_back_cannot_use_the_account_page() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    // Someone signed in with the password while the account had no second factor...
+    let intruder = Browser::new();
+    intruder.login(&proxy, &ALICE).await;
+    let csrf = form_field(&account_page(&intruder, &proxy).await, "csrf").unwrap();
+    // ...then the owner set one up elsewhere.
+    let owner = Browser::new();
+    owner.login(&proxy, &ALICE).await;
+    enroll(&owner, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    let owners = all_fields(&account_page(&intruder, &proxy).await, "session");
+    assert!(owners.is_empty(), "the intruder sees no list of sessions");
+    let page = intruder.navigate(&proxy.url("/.portcullis/account")).await;
+    assert_eq!(page.status(), 303);
+    assert!(page.headers()["location"].to_str().unwrap().contains("/.portcullis/challenge"));
+    for (path, fields) in [
+        ("/.portcullis/account/sign-out-everywhere", vec![("csrf", csrf.as_str())]),
+        ("/.portcullis/account/primary-email", vec![("csrf", csrf.as_str())]),
+        ("/.portcullis/account/browsers/forget", vec![("csrf", csrf.as_str()), ("browser", "x")]),
+    ] {
+        let refused = post(&intruder, &proxy, path, &fields).await;
+        assert_ne!(refused.status(), 200, "{path}");
+        if refused.status() == 303 {
+            assert!(!refused.headers()["location"].to_str().unwrap().contains("done="), "{path}");
+        }
+    }
+    assert_eq!(owner.navigate(&proxy.url("/")).await.status(), 200, "the owner's session lives");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_password_or_an_operator_forgets_remembered_browsers() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[mfa]\nremember_device = \"30d\"").start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let (secret, codes, _) = enroll(&browser, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    log_out(&browser, &proxy).await;
+    assert_eq!(sign_in_remembering(&browser, &proxy, &secret, 1).await.status(), 303);
+    log_out(&browser, &proxy).await;
+
+    // The operator ends her sessions: remembered browsers go too.
+    assert!(proxy.cli(&["admin", "revoke", "alice"], "").status.success());
+    assert!(password(&browser, &proxy, &ALICE, "/").await.contains("/.portcullis/challenge"));
+    let challenge = password(&browser, &proxy, &ALICE, "/").await;
+    let page = browser.navigate(&challenge).await.text().await.unwrap();
+    let csrf = form_field(&page, "csrf").unwrap();
+    let fields = [("csrf", csrf.as_str()), ("rd", "/"), ("code", codes[0].as_str()), ("remember", "yes")];
+    assert_eq!(post(&browser, &proxy, "/.portcullis/challenge", &fields).await.status(), 303);
+    log_out(&browser, &proxy).await;
+    assert_eq!(password(&browser, &proxy, &ALICE, "/").await, proxy.url("/"), "remembered again");
+    log_out(&browser, &proxy).await;
+
+    // A new password set by the operator (not on the account page) makes it worthless too.
+    let mark = proxy.stderr.len();
+    let changed = proxy.cli(&["user", "passwd", "alice"], "another long passphrase\n");
+    assert!(changed.status.success());
+    proxy.stderr.wait_for(mark, |l| l.contains("users file reloaded")).expect("the proxy reloads the users file");
+    let answer = browser.submit_login(&proxy, "alice", "another long passphrase", "/").await;
+    assert!(answer.headers()["location"].to_str().unwrap().contains("/.portcullis/challenge"));
+}

@@ -116,13 +116,78 @@ async fn wrong_codes_count_across_sign_ins_and_the_pages_say_what_is_left() {
     assert!(paused.headers().contains_key("retry-after"));
     let page = paused.text().await.unwrap();
     assert!(page.contains("not checked for about 15 minute(s)") && !page.contains("Sign in again"), "{page}");
-    // Signing in is paused as long, and says so; even the right code cannot be tried meanwhile.
-    let login = Browser::new().submit_login(&proxy, "alice", ALICE.password, "/").await;
-    assert_eq!(login.status(), 429);
+    // Codes stay paused for everyone, however they got past the password: even the right code
+    // cannot be tried meanwhile, and the page says so.
+    let owner = Browser::new();
+    let challenge = password(&owner, &proxy, &ALICE, "/").await;
+    let refused = submit_code(&owner, &proxy, &challenge, &code(&secret, 1)).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.text().await.unwrap().contains("codes for this account are not checked"));
     // The owner hears that someone has the password.
     let mail = proxy.wait_for_mail("too many wrong codes followed");
     assert!(mail.contains("someone knows your password"));
-    let _ = code(&secret, 0);
+}
+
+/// Signs in completely (password and code), which makes the browser a known one, and signs out.
+async fn become_known(browser: &Browser, proxy: &Proxy, secret: &[u8], steps: i64) {
+    let challenge = password(browser, proxy, &ALICE, "/").await;
+    assert_eq!(submit_code(browser, proxy, &challenge, &code(secret, steps)).await.status(), 303);
+    log_out(browser, proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_passwords_from_anywhere_never_stop_the_owner_proving_the_second_factor() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[regulation]\naddress_max_failures = 10").start();
+    let laptop = Browser::new();
+    laptop.login(&proxy, &ALICE).await;
+    let (secret, codes, _) = enroll(&laptop, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    log_out(&laptop, &proxy).await;
+    become_known(&laptop, &proxy, &secret, 1).await;
+    // Anonymous wrong passwords pause the account's password step, and spraying pauses the address.
+    for n in 0..10 {
+        let _ = Browser::new().submit_login(&proxy, &format!("nobody{n}"), "x", "/").await;
+    }
+    for _ in 0..5 {
+        let _ = Browser::new().submit_login(&proxy, "alice", "not it", "/").await;
+    }
+    assert_eq!(Browser::new().submit_login(&proxy, "alice", ALICE.password, "/").await.status(), 429);
+    // Alice's browser is known: its password goes through, and so does her code.
+    let challenge = password(&laptop, &proxy, &ALICE, "/wiki").await;
+    let proven = submit_code(&laptop, &proxy, &challenge, &codes[0]).await;
+    assert_eq!(proven.headers()["location"], proxy.url("/wiki").as_str(), "her code was checked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_alone_earns_no_known_browser_and_a_new_password_voids_the_old_ones() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let laptop = Browser::new();
+    laptop.login(&proxy, &ALICE).await;
+    let (secret, _, _) = enroll(&laptop, &proxy, &proxy.url("/.portcullis/enroll")).await;
+    log_out(&laptop, &proxy).await;
+
+    // Someone with only the password: after it, no known-browser cookie.
+    let thief = Browser::new();
+    let answer = thief.submit_login(&proxy, "alice", ALICE.password, "/").await;
+    let cookies: Vec<String> =
+        answer.headers().get_all("set-cookie").iter().map(|c| c.to_str().unwrap().into()).collect();
+    assert!(cookies.iter().all(|c| !c.starts_with("portcullis-known=")), "{cookies:?}");
+
+    // The owner's browser earned one with the full sign-in...
+    become_known(&laptop, &proxy, &secret, 1).await;
+    // ...which stops counting once the password changes: its guesses fall on the account again.
+    let mark = proxy.stderr.len();
+    let changed = proxy.cli(&["user", "passwd", "alice"], "a different passphrase\n");
+    assert!(changed.status.success());
+    proxy.stderr.wait_for(mark, |l| l.contains("users file reloaded")).expect("the proxy reloads the users file");
+    let mut last = 0;
+    for n in 0..5 {
+        last = laptop.submit_login(&proxy, "alice", &format!("guess {n}"), "/").await.status().as_u16();
+    }
+    assert_eq!(last, 429, "paused after five, like any browser");
+    let bans = String::from_utf8_lossy(&proxy.cli(&["admin", "bans"], "").stdout).into_owned();
+    assert!(bans.contains("account:alice"), "the account counted them: {bans}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
