@@ -13,12 +13,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::DecodingKey;
 use tokio::net::TcpListener;
 
-use crate::clock::SystemClock;
+use crate::base::clock::SystemClock;
+use crate::base::secret;
+use crate::cli;
 use crate::config::{self, Config};
-use crate::pages::{self, Body};
+use crate::domain::users::{self, edit};
+use crate::domain::{identity, password};
 use crate::server::Server;
-use crate::users::{self, edit};
-use crate::{cli, identity, logging, password, secret};
+use crate::server::logging;
+use crate::web::pages::{self, Body};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -58,7 +61,7 @@ pub fn readable_password() -> String {
 
 pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError> {
     let io = |source| DemoError::Io { path: data_dir.clone(), source };
-    crate::secret::secure_private_dir(&data_dir).map_err(io)?;
+    crate::base::secret::secure_private_dir(&data_dir).map_err(io)?;
     let data_dir = data_dir.canonicalize().map_err(io)?;
 
     let upstream = TcpListener::bind("127.0.0.1:0").await.map_err(io)?;

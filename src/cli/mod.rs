@@ -12,11 +12,14 @@ use clap::{Parser, Subcommand};
 use table::{Align, Table};
 use zeroize::Zeroizing;
 
-use crate::clock::SystemClock;
+use crate::base::clock::SystemClock;
 use crate::config;
+use crate::demo;
+use crate::domain::operator as admin;
+use crate::domain::password;
+use crate::domain::users::{self, edit};
 use crate::server::Server;
-use crate::users::{self, edit};
-use crate::{admin, demo, logging, password};
+use crate::server::logging;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -211,7 +214,7 @@ fn doctor(path: &Path) -> ExitCode {
         }
     };
     let checked = with_runtime(async {
-        let report = crate::clock_health::check(&config.clock).await;
+        let report = crate::domain::clock_health::check(&config.clock).await;
         println!("kernel clock: {:?}", report.kernel);
         match &report.sntp {
             None => println!("sntp: not configured (set [clock] ntp_server to compare against a time server)"),
@@ -291,7 +294,7 @@ fn read_new_password() -> Result<Zeroizing<String>, String> {
 }
 
 pub fn check_new_password(password: &str) -> Result<(), String> {
-    crate::password::check_new_password(password).map_err(|e| format!("{e}; nothing was changed"))
+    crate::domain::password::check_new_password(password).map_err(|e| format!("{e}; nothing was changed"))
 }
 
 fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {
@@ -403,7 +406,7 @@ fn admin_command(path: &Path, action: AdminCommand, json: bool) -> ExitCode {
 
 /// Asks the running proxy; if none runs on this data_dir, opens its store and does it here.
 fn admin_request(config: &config::Config, request: admin::Request) -> Result<admin::Reply, String> {
-    if let Some(reply) = admin::control::call(&config.data_dir, &request).map_err(|e| e.to_string())? {
+    if let Some(reply) = crate::server::control::call(&config.data_dir, &request).map_err(|e| e.to_string())? {
         return Ok(reply);
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -412,33 +415,33 @@ fn admin_request(config: &config::Config, request: admin::Request) -> Result<adm
 
 async fn admin_offline(config: &config::Config, request: admin::Request) -> Result<admin::Reply, String> {
     use crate::store::{Store, StoreError};
-    let clock: crate::clock::SharedClock = Arc::new(SystemClock);
+    let clock: crate::base::clock::SharedClock = Arc::new(SystemClock);
     let store: Arc<dyn Store> =
         Arc::new(crate::store::sled_store::SledStore::open(&config.data_dir.join("store")).map_err(|e| match e {
             StoreError::Locked { .. } => format!(
                 "{e}\nA proxy seems to be running, but its control socket {} does not answer; restart it.",
-                admin::control::socket_path(&config.data_dir).display()
+                crate::server::control::socket_path(&config.data_dir).display()
             ),
             other => other.to_string(),
         })?);
     let origin = config.public_url.origin();
-    let (notifier, delivery) = crate::notify::Notifier::new(&config.notify, &origin);
+    let (notifier, delivery) = crate::domain::notify::Notifier::new(&config.notify, &origin);
     let operator = admin::Admin {
         config: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),
         users: Arc::new(users::UserDirectory::load(&config.users_file).map_err(|e| e.to_string())?),
         sessions: Arc::new(
-            crate::session::Sessions::open(store.clone(), config.session.clone(), clock.clone())
+            crate::domain::session::Sessions::open(store.clone(), config.session.clone(), clock.clone())
                 .map_err(|e| e.to_string())?,
         ),
-        accounts: Arc::new(crate::factors::Accounts::open(store.clone()).map_err(|e| e.to_string())?),
+        accounts: Arc::new(crate::domain::factors::Accounts::open(store.clone()).map_err(|e| e.to_string())?),
         regulator: Arc::new(
-            crate::regulation::Regulator::open(store.clone(), config.regulation.clone(), clock.clone())
+            crate::domain::regulation::Regulator::open(store.clone(), config.regulation.clone(), clock.clone())
                 .map_err(|e| e.to_string())?,
         ),
         notifier: Arc::new(notifier),
         clock,
     };
-    let uid = admin::control::effective_uid();
+    let uid = crate::server::control::effective_uid();
     let reply = operator.execute(request, &format!("cli offline (uid {uid})")).await;
     // Deliver what the operation queued before exiting: dropping the last sender ends the queue.
     drop(operator);
@@ -449,8 +452,8 @@ async fn admin_offline(config: &config::Config, request: admin::Request) -> Resu
     reply.map_err(|e| e.to_string())
 }
 
-fn when(at: Option<crate::clock::UnixTime>) -> String {
-    at.map_or("-".to_string(), crate::portal::format_time)
+fn when(at: Option<crate::base::clock::UnixTime>) -> String {
+    at.map_or("-".to_string(), crate::web::portal::format_time)
 }
 
 fn print_reply(reply: &admin::Reply, view: AdminView) {

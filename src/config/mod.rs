@@ -18,9 +18,9 @@ use http::HeaderName;
 use http::uri::{Authority, Scheme};
 use ipnet::IpNet;
 
-use crate::notify::{NotifySettings, SmtpCredentials, SmtpSecurity, SmtpSettings, Transport};
-use crate::secret;
-use crate::tls;
+use crate::base::secret;
+use crate::base::tls;
+use crate::domain::notify::{NotifySettings, SmtpCredentials, SmtpSecurity, SmtpSettings, Transport};
 use raw::{OneOrMany, RawConfig};
 
 /// The configuration a running proxy reads: replaced whole when `proxy.toml` is reloaded.
@@ -456,7 +456,7 @@ impl Validator {
     fn header(&mut self, key: &str, value: &Option<String>, default: &str) -> HeaderName {
         let text = value.as_deref().unwrap_or(default);
         match HeaderName::from_str(text) {
-            Ok(name) if crate::headers::is_reserved_for_proxy(&name) => {
+            Ok(name) if crate::base::headers::is_reserved_for_proxy(&name) => {
                 self.problem(
                     key,
                     Some(text),
@@ -567,8 +567,8 @@ impl Validator {
                 "admin.recovery_link_valid",
                 &raw.admin.recovery_link_valid,
                 "24h",
-                crate::admin::RECOVERY_LINK_SHORTEST,
-                crate::admin::RECOVERY_LINK_LONGEST,
+                crate::domain::operator::RECOVERY_LINK_SHORTEST,
+                crate::domain::operator::RECOVERY_LINK_LONGEST,
             ),
         };
         let audit = match raw.log.audit.as_deref() {
@@ -604,7 +604,7 @@ impl Validator {
             .and_then(|u| u.url().host_str().map(str::to_string))
             .unwrap_or_else(|| "localhost".into());
         let notify = self.notify(raw.notify, data_dir.as_deref(), &host);
-        if mfa.email_otp && matches!(notify.transport, crate::notify::Transport::Off) {
+        if mfa.email_otp && matches!(notify.transport, crate::domain::notify::Transport::Off) {
             // Fail closed: a factor whose codes can never arrive would strand whoever chose it.
             self.problem(
                 "mfa.email_otp",

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::{Store, StoreError};
-use crate::factors::AccountRecord;
-use crate::regulation::RegulationRecord;
-use crate::session::{SessionKey, SessionRecord};
+use crate::domain::factors::AccountRecord;
+use crate::domain::regulation::RegulationRecord;
+use crate::domain::session::{SessionKey, SessionRecord};
 
 #[derive(Default)]
 pub struct MemoryStore {

@@ -7,9 +7,9 @@
 pub mod memory;
 pub mod sled_store;
 
-use crate::factors::AccountRecord;
-use crate::regulation::RegulationRecord;
-use crate::session::{SessionKey, SessionRecord};
+use crate::domain::factors::AccountRecord;
+use crate::domain::regulation::RegulationRecord;
+use crate::domain::session::{SessionKey, SessionRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

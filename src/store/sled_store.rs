@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use super::{Store, StoreError, decode, encode};
-use crate::factors::AccountRecord;
-use crate::regulation::RegulationRecord;
-use crate::session::{SessionKey, SessionRecord};
+use crate::domain::factors::AccountRecord;
+use crate::domain::regulation::RegulationRecord;
+use crate::domain::session::{SessionKey, SessionRecord};
 
 pub struct SledStore {
     db: sled::Db,

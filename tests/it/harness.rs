@@ -190,11 +190,11 @@ fn launch(config_path: &Path, dir: Arc<tempfile::TempDir>, port: u16) -> Option<
 }
 
 pub fn add_account(users_file: &Path, account: &Account) {
-    let hash = portcullis::password::hash(account.password.as_bytes()).unwrap();
+    let hash = portcullis::domain::password::hash(account.password.as_bytes()).unwrap();
     let groups: Vec<String> = account.groups.iter().map(|g| g.to_string()).collect();
-    portcullis::users::edit::add(
+    portcullis::domain::users::edit::add(
         users_file,
-        portcullis::users::edit::NewUser {
+        portcullis::domain::users::edit::NewUser {
             name: account.name,
             display_name: None,
             email: account.email,

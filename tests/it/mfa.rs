@@ -18,7 +18,7 @@ pub(crate) fn now() -> i64 {
 
 /// A TOTP code `steps` steps from now, computed from the base32 secret the page showed.
 pub(crate) fn code(secret: &[u8], steps: i64) -> String {
-    portcullis::factors::totp::code_at(secret, now() + steps * 30).unwrap()
+    portcullis::domain::factors::totp::code_at(secret, now() + steps * 30).unwrap()
 }
 
 pub(crate) fn attr(html: &str, marker: &str) -> String {

@@ -59,7 +59,7 @@ impl Upstream {
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(portcullis::tls::provider())
+        let config = rustls::ServerConfig::builder_with_provider(portcullis::base::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()

@@ -1,0 +1,7 @@
+//! Small things every layer uses, depending on nothing above them.
+
+pub mod clock;
+pub mod headers;
+pub mod secret;
+pub mod tls;
+pub mod user_agent;

@@ -1,0 +1,13 @@
+//! The rules, with no HTTP in them: who may do what, and what is kept about it.
+
+pub mod clock_health;
+pub mod factors;
+pub mod identity;
+pub mod known_browser;
+pub mod notify;
+pub mod operator;
+pub mod password;
+pub mod policy;
+pub mod regulation;
+pub mod session;
+pub mod users;

@@ -1,0 +1,473 @@
+//! Listeners, TLS, HTTP/1.1 + HTTP/2 connections, background tasks and graceful shutdown.
+//!
+//! Thread-per-core, like nginx's worker processes: `proxy.workers` threads each run a
+//! single-threaded tokio runtime with its own accept loop on the shared listening sockets and its
+//! own upstream connection pool. A proxied request is then handled start to finish on one thread:
+//! the client connection, the upstream connection and the hand-off between them never cross
+//! threads. (Measured on 2 cores, the work-stealing runtime spent over half its time in the kernel
+//! waking threads for those hand-offs, and served about 40% fewer requests per second.) Shared
+//! state (sessions, users) is lock-free or sharded, so workers do not contend; blocking work
+//! (password hashing, the store) goes to each runtime's blocking pool.
+
+pub mod control;
+pub mod logging;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::base::clock::SharedClock;
+use crate::base::secret::{self, KeyFileError};
+use crate::config::Config;
+use crate::domain::factors::Accounts;
+use crate::domain::factors::sealing::Sealer;
+use crate::domain::identity::AssertionSigner;
+use crate::domain::password::{HashError, PasswordChecker};
+use crate::domain::session::Sessions;
+use crate::domain::users::{UserDirectory, UsersError};
+use crate::store::sled_store::SledStore;
+use crate::store::{Store, StoreError};
+use crate::web::app::{App, Connection};
+use crate::web::forward::{Forwarder, ProxySetupError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot prepare data_dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the users file is invalid, so nobody could sign in: {0}")]
+    Users(#[from] UsersError),
+    #[error("cannot listen on {addr}: {source}. Fix: choose a free address in `listen`, or stop what is using it")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Proxy(#[from] ProxySetupError),
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::server::telemetry::TelemetryError),
+    #[error("cannot start worker {index}: {source}")]
+    Worker { index: usize, source: std::io::Error },
+}
+
+/// How often proxy.toml is checked for changes.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+/// How often the users file is checked for changes.
+const USERS_POLL: Duration = Duration::from_secs(1);
+/// How often expired sessions are dropped and activity is persisted.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// A client has this long to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A bound, ready server. [`Server::serve`] runs it until shutdown.
+pub struct Server {
+    app: Arc<App>,
+    listeners: Vec<std::net::TcpListener>,
+    tls: Option<TlsAcceptor>,
+    /// One upstream client per worker: a pooled connection belongs to the runtime that drives it.
+    forwarders: Vec<Forwarder>,
+    telemetry: Option<crate::server::telemetry::Telemetry>,
+    delivery: Option<crate::domain::notify::Delivery>,
+    /// Registered at bind, before the proxy announces itself: SIGHUP's default action is to end
+    /// the process, so a reload request must never arrive before we listen for it.
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Server {
+    /// Opens the store, loads users and keys, and binds every listen address. Nothing is served
+    /// until [`Server::serve`].
+    pub async fn bind(config: Config, clock: SharedClock) -> Result<Self, StartError> {
+        let tightened = secret::secure_private_dir(&config.data_dir)
+            .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        if !tightened.is_empty() {
+            tracing::warn!(count = tightened.len(), data_dir = %config.data_dir.display(), "data_dir held files others could read; made them private (0700/0600)");
+        }
+        let key = secret::load_or_create_key(&config.identity.secret_file)?;
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
+        let sessions = Arc::new(Sessions::open(store.clone(), config.session.clone(), clock.clone())?);
+        let accounts = Arc::new(Accounts::open(store.clone())?);
+        let regulator = crate::domain::regulation::Regulator::open(store, config.regulation.clone(), clock.clone())?;
+        // TOTP secrets are sealed with a key kept beside, not inside, the database.
+        let sealer = Sealer::new(&secret::load_or_create_key(&config.data_dir.join("secrets.key"))?);
+        let users = Arc::new(UserDirectory::load(&config.users_file)?);
+        if users.is_empty() {
+            tracing::warn!(
+                path = %config.users_file.display(),
+                "no accounts yet, so nobody can sign in; add one with `portcullis user add NAME --email E`"
+            );
+        }
+        let workers = config.login.hash_workers;
+        let queue = config.login.queue_limit;
+        let passwords = tokio::task::spawn_blocking(move || PasswordChecker::new(workers, queue))
+            .await
+            .map_err(|e| HashError::Internal(e.to_string()))??;
+        let own_cookies = config.session.own_cookies();
+        let forwarders = (0..config.proxy.workers)
+            .map(|_| Forwarder::new(&config, own_cookies.clone()))
+            .collect::<Result<_, _>>()?;
+        let signer = AssertionSigner::new(&key, &config.identity, clock.clone());
+
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let bind_error = |source| StartError::Bind { addr: *addr, source };
+            let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+            listeners.push(listener.into_std().map_err(bind_error)?);
+        }
+        let tls = config.tls.as_ref().map(|t| TlsAcceptor::from(t.server_config.clone()));
+        let telemetry = match config.metrics_listen {
+            Some(addr) => Some(crate::server::telemetry::Telemetry::bind(addr).await?),
+            None => None,
+        };
+        if config.mfa.email_otp
+            && let crate::domain::notify::Transport::File(dir) = &config.notify.transport
+        {
+            tracing::warn!(
+                dir = %dir.display(),
+                "sign-in codes by email are written as files into this folder (notify.transport = \"file\"); fine for trying it out, but use SMTP for real users"
+            );
+        }
+        let pending = crate::web::portal::Pending::default();
+        let known_browsers = crate::domain::known_browser::KnownBrowsers::new(sealer.browser_key());
+        let (notifier, delivery) = crate::domain::notify::Notifier::new(&config.notify, &config.public_url.origin());
+        let app = Arc::new(App {
+            config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
+            users,
+            sessions,
+            passwords,
+            signer,
+            accounts,
+            sealer,
+            pending,
+            regulator: Arc::new(regulator),
+            drift: crate::domain::clock_health::Drift::default(),
+            clock_warnings: Default::default(),
+            email_codes: Default::default(),
+            notifier: Arc::new(notifier),
+            known_browsers,
+            clock,
+        });
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGHUP ({e}); proxy.toml is still reloaded when it changes");
+                None
+            }
+        };
+        Ok(Self { app, listeners, tls, forwarders, telemetry, delivery, hangup })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// for up to `proxy.shutdown_grace`, and persists sessions.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let Self { app, listeners, tls, forwarders, telemetry, delivery, hangup } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // One budget of connections for all workers.
+        let connections = Arc::new(tokio::sync::Semaphore::new(app.config().limits.max_connections));
+        let mut background = vec![app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
+        background.push(tokio::spawn(clock_check(app.clone())));
+        background.push(tokio::spawn(config_watcher(app.clone(), hangup)));
+        match crate::server::control::bind(&app.config().data_dir) {
+            Ok(listener) => background.push(crate::server::control::spawn(listener, Arc::new(app.admin()))),
+            // The proxy works without it; only `portcullis admin` does not.
+            Err(e) => tracing::error!("{e}; `portcullis admin` commands will not reach this proxy"),
+        }
+        if let Some(delivery) = delivery {
+            background.push(delivery.spawn());
+        }
+        if let Some(telemetry) = telemetry {
+            background.push(telemetry.spawn(app.sessions.clone()));
+        }
+
+        let mut workers = Vec::new();
+        for (index, forwarder) in forwarders.into_iter().enumerate() {
+            let worker_error = |source| StartError::Worker { index, source };
+            let sockets =
+                listeners.iter().map(|l| l.try_clone()).collect::<Result<Vec<_>, _>>().map_err(worker_error)?;
+            let (app, tls, stop, connections) = (app.clone(), tls.clone(), stop_rx.clone(), connections.clone());
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("portcullis-worker-{index}"))
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(runtime) => {
+                            runtime.block_on(worker(sockets, app, tls, Arc::new(forwarder), connections, stop))
+                        }
+                        Err(e) => tracing::error!("worker {index} could not start its runtime: {e}"),
+                    }
+                    let _ = done_tx.send(());
+                })
+                .map_err(worker_error)?;
+            workers.push(done_rx);
+        }
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        let _ = stop_tx.send(true);
+        for done in workers {
+            let _ = done.await;
+        }
+        for task in background {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(crate::server::control::socket_path(&app.config().data_dir));
+        let sessions = app.sessions.clone();
+        tokio::task::spawn_blocking(move || sessions.persist_all())
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// One worker: an accept loop per listening socket, on this thread's runtime.
+async fn worker(
+    sockets: Vec<std::net::TcpListener>,
+    app: Arc<App>,
+    tls: Option<TlsAcceptor>,
+    forwarder: Arc<Forwarder>,
+    connections: Arc<tokio::sync::Semaphore>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut loops = Vec::new();
+    for socket in sockets {
+        match TcpListener::from_std(socket) {
+            Ok(listener) => {
+                let (app, tls, forwarder, stop) = (app.clone(), tls.clone(), forwarder.clone(), stop.clone());
+                loops.push(tokio::spawn(accept_loop(listener, app, tls, forwarder, connections.clone(), stop)));
+            }
+            Err(e) => tracing::error!("a worker could not use a listening socket: {e}"),
+        }
+    }
+    for accept in loops {
+        let _ = accept.await;
+    }
+}
+
+/// A half-logged-in session ran out: if the account has a second factor, someone knew the password
+/// but not the code, which its owner should hear about (a likely stolen password).
+fn tell_abandoned(app: &App, users: &[String]) {
+    let mut told = std::collections::HashSet::new();
+    for name in users {
+        let Some(user) = app.users.get(name) else { continue };
+        if app.accounts.get(&user).has_second_factor() && told.insert(name.clone()) {
+            tracing::warn!(target: "portcullis::security", user = %name, "password right, second step abandoned");
+            app.notifier.send(&user, crate::domain::notify::SecurityEvent::SecondStepAbandoned, app.clock.now(), false);
+        }
+    }
+}
+
+/// Reloads proxy.toml when it changes on disk, and proxy.toml and the users file on SIGHUP.
+async fn config_watcher(app: Arc<App>, mut hangup: Option<tokio::signal::unix::Signal>) {
+    let source = app.config().source.clone();
+    let mut seen = crate::domain::users::stamp(&source);
+    let mut tick = tokio::time::interval(CONFIG_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hung_up = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        let now = crate::domain::users::stamp(&source);
+        if hung_up {
+            tracing::info!("SIGHUP: reloading the configuration and the users file");
+            if let Err(e) = app.users.reload() {
+                tracing::error!("the users file was not reloaded; the running accounts stay: {e}");
+            }
+        } else if now == seen {
+            continue;
+        }
+        seen = now;
+        reload_config(&app, &source);
+    }
+}
+
+fn reload_config(app: &App, source: &std::path::Path) {
+    let new = match crate::config::load(source) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!("proxy.toml was not reloaded; the running configuration stays: {e}");
+            return;
+        }
+    };
+    let reloaded = match crate::config::reload::merge(&app.config(), new) {
+        Ok(reloaded) => reloaded,
+        Err(e) => {
+            tracing::error!("proxy.toml was not reloaded; the running configuration stays: {e}");
+            return;
+        }
+    };
+    app.config.store(Arc::new(reloaded.config));
+    tracing::info!(applied = ?reloaded.applied, "configuration reloaded");
+    if !reloaded.needs_restart.is_empty() {
+        tracing::warn!(
+            keys = ?reloaded.needs_restart,
+            "these settings changed in proxy.toml but take effect only after a restart; their running values stay until then"
+        );
+    }
+}
+
+/// The clock self-check at start-up, in the background (an SNTP query may take seconds).
+async fn clock_check(app: Arc<App>) {
+    let report = crate::domain::clock_health::check(&app.config().clock).await;
+    for warning in &report.warnings {
+        tracing::warn!("clock: {warning}");
+    }
+    if report.warnings.is_empty() {
+        tracing::info!(kernel = ?report.kernel, "clock looks healthy");
+    }
+    app.clock_warnings.store(Arc::new(report.warnings));
+}
+
+/// Housekeeping once a minute: expired sessions, session activity, abandoned enrollments and
+/// stale regulation records.
+fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut skew_reported = false;
+        loop {
+            tick.tick().await;
+            let sessions = app.sessions.clone();
+            match tokio::task::spawn_blocking(move || sessions.sweep()).await {
+                Ok(Ok(report)) => {
+                    if report.expired > 0 {
+                        tracing::info!(expired = report.expired, "expired sessions removed");
+                    }
+                    tell_abandoned(&app, &report.abandoned);
+                }
+                Ok(Err(e)) => tracing::error!("session sweep failed: {e}"),
+                Err(e) => tracing::error!("session sweep task failed: {e}"),
+            }
+            app.pending.retain_live(|key| app.sessions.contains(key));
+            app.email_codes.sweep(app.clock.now());
+            let drift = app.drift.report();
+            if drift.skew_likely() != skew_reported {
+                skew_reported = drift.skew_likely();
+                if skew_reported {
+                    tracing::warn!(
+                        samples = drift.samples,
+                        previous_step = format_args!("{:.0}%", drift.previous_step * 100.0),
+                        next_step = format_args!("{:.0}%", drift.next_step * 100.0),
+                        "clock: most TOTP codes match a neighbouring time step; this server's clock is probably off. Run `portcullis doctor`"
+                    );
+                }
+            }
+            if let Err(e) = app.regulator.sweep().await {
+                tracing::error!("regulation sweep failed: {e}");
+            }
+        }
+    })
+}
+
+/// Accepts connections until told to stop, then gives the open ones `shutdown_grace` to finish.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    tls: Option<TlsAcceptor>,
+    forwarder: Arc<Forwarder>,
+    connections: Arc<tokio::sync::Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Usually EMFILE: back off briefly instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Over the limit: a short, honest answer and a closed connection, never a crash.
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
+        let (app, tls, forwarder, watcher) = (app.clone(), tls.clone(), forwarder.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_connection(stream, Connection { peer, tls: false }, app, forwarder, watcher).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        serve_connection(stream, Connection { peer, tls: true }, app, forwarder, watcher).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+            }
+        });
+    }
+    drop(listener);
+    let grace = app.config().proxy.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some connections were still busy after {grace:?} and were closed");
+    }
+}
+
+async fn refuse_busy(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 38\r\nretry-after: 5\r\nconnection: close\r\n\r\nToo many connections; try again soon.\n";
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(BUSY)).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn serve_connection<I>(io: I, conn: Connection, app: Arc<App>, forwarder: Arc<Forwarder>, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = app.config().limits.clone();
+    let service = service_fn(move |request| {
+        let (app, forwarder) = (app.clone(), forwarder.clone());
+        async move { Ok::<_, std::convert::Infallible>(app.handle(request, conn, &forwarder).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let limits = limits.clone();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(100);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(250)
+        .max_header_list_size(limits.max_header_bytes as u32);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(peer = %conn.peer, "connection ended with an error: {e}");
+    }
+}

@@ -1,0 +1,93 @@
+//! A request body that must keep moving: if the client sends nothing for `idle`, the body ends in
+//! an error, so a connection that dribbles a byte now and then cannot be held open forever
+//! (slow-body attacks: 20 such uploads used to fill `max_connections` and turn everyone else away).
+//! Streams of any length and speed pass, as long as some data arrives within each `idle`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::web::pages::BoxError;
+
+/// The error a stalled body ends with; [`crate::web::forward`] answers it with 408.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no body data for {0:?}")]
+pub struct BodyIdle(pub Duration);
+
+pub struct IdleTimeout<B> {
+    inner: B,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, idle: Duration) -> Self {
+        Self { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + self.idle;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(self.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_fails_and_a_slow_steady_one_passes() {
+        // Three chunks, 40 s apart, with 60 s allowed between chunks: passes.
+        let steady = futures_util::stream::unfold(0, |n| async move {
+            if n == 3 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            Some((Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x"))), n + 1))
+        });
+        let body = IdleTimeout::new(StreamBody::new(Box::pin(steady)), Duration::from_secs(60));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), Bytes::from_static(b"xxx"));
+
+        // One chunk, then nothing: fails once 60 s pass.
+        let stalled = futures_util::stream::unfold(0, |n| async move {
+            if n == 1 {
+                std::future::pending::<()>().await;
+            }
+            Some((Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"x"))), n + 1))
+        });
+        let body = IdleTimeout::new(StreamBody::new(Box::pin(stalled)), Duration::from_secs(60));
+        let error = body.collect().await.expect_err("a stalled body fails");
+        assert!(error.downcast_ref::<BodyIdle>().is_some(), "{error}");
+    }
+}

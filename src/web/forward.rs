@@ -1,0 +1,270 @@
+//! Forwarding to the upstream: streamed bodies both ways, pooled keep-alive connections,
+//! protocol upgrades (WebSocket and others), and timeouts that turn into 502/504.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::base::headers::{self, ClientInfo};
+use crate::base::tls;
+use crate::config::{Config, IdentityHeaders, Upstream};
+use crate::domain::identity::UpstreamIdentity;
+use crate::web::body_timeout::{BodyIdle, IdleTimeout};
+use crate::web::pages::Body;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("the upstream could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the request cannot be forwarded: {0}")]
+    BadRequest(String),
+    #[error("the client stopped sending its request body: {0}")]
+    ClientTooSlow(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxySetupError {
+    #[error(
+        "no trusted CA certificates for the https upstream: {0}. Fix: install the system CA bundle or set proxy.upstream_ca_file"
+    )]
+    Roots(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("the TLS client configuration failed: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Whether the session behind an upgraded connection is still valid; checked every
+/// [`UPGRADE_RECHECK`] while the connection is open.
+pub type Liveness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// An upgraded connection (WebSocket) is closed at most this long after its session ends, expires
+/// or is revoked (oauth2-proxy#2996: upgraded connections must not outlive the session).
+pub const UPGRADE_RECHECK: Duration = Duration::from_secs(2);
+
+/// How long the upstream took to send response headers, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTime(pub Duration);
+
+pub struct Forwarder {
+    client: Client<HttpsConnector<HttpConnector>, IdleTimeout<Incoming>>,
+    upstream: Upstream,
+    response_timeout: Duration,
+    identity_headers: IdentityHeaders,
+    /// Our cookie names, removed from requests and from upstream `Set-Cookie`.
+    own_cookies: Vec<String>,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// `proxy.upgrades`: the protocols a client may switch to.
+    upgrades: Vec<String>,
+    body_idle_timeout: Duration,
+}
+
+impl Forwarder {
+    pub fn new(config: &Config, own_cookies: Vec<String>) -> Result<Self, ProxySetupError> {
+        let settings = &config.proxy;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_nodelay(true);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match (&settings.upstream_ca_file, config.upstream.scheme == http::uri::Scheme::HTTPS) {
+            (Some(ca), _) => {
+                let tls = rustls::ClientConfig::builder_with_provider(tls::provider())
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(tls::root_store(ca)?)
+                    .with_no_client_auth();
+                builder.with_tls_config(tls)
+            }
+            (None, true) => builder
+                .with_provider_and_native_roots(tls::provider())
+                .map_err(|e| ProxySetupError::Roots(e.to_string()))?,
+            // A plain-http upstream never does TLS, so it must not depend on a CA bundle existing.
+            (None, false) => builder.with_tls_config(
+                rustls::ClientConfig::builder_with_provider(tls::provider())
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            ),
+        };
+        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        Ok(Self {
+            client,
+            upstream: config.upstream.clone(),
+            response_timeout: settings.response_timeout,
+            identity_headers: config.identity.headers.clone(),
+            own_cookies,
+            trusted_proxies: config.trusted_proxies.clone(),
+            upgrades: settings.upgrades.clone(),
+            body_idle_timeout: settings.body_idle_timeout,
+        })
+    }
+
+    /// Whether every protocol the client offers in `Upgrade` is one the operator allows. The
+    /// upstream picks among those offered, so one disallowed name (`websocket, h2c`) is enough to
+    /// refuse the upgrade: it is then forwarded as a plain request.
+    fn upgrade_allowed(&self, offered: &HeaderValue) -> bool {
+        let Ok(text) = offered.to_str() else { return false };
+        let mut protocols = text.split(',').map(|p| p.trim().to_ascii_lowercase()).filter(|p| !p.is_empty()).peekable();
+        protocols.peek().is_some()
+            && protocols.all(|p| {
+                let name = p.split('/').next().unwrap_or("");
+                self.upgrades.iter().any(|allowed| allowed == &p || allowed == name)
+            })
+    }
+
+    fn upstream_uri(&self, original: &Uri) -> Result<Uri, ForwardError> {
+        let path = original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| ForwardError::BadRequest(e.to_string()))
+    }
+
+    /// Sends `request` upstream on behalf of a full session and returns the upstream's response.
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        identity: &UpstreamIdentity,
+        client: &ClientInfo,
+        liveness: Option<Liveness>,
+    ) -> Result<Response<Body>, ForwardError> {
+        // Upgrades are an HTTP/1.1 mechanism (RFC 9110 §7.8); HTTP/2 has none. Only the
+        // protocols in `proxy.upgrades` pass: anything else (h2c above all, which would make the
+        // connection a tunnel the gate never sees again) goes on as a plain request, its
+        // `Upgrade` and `HTTP2-Settings` removed with the other hop-by-hop headers.
+        let upgrade = match request.version() {
+            Version::HTTP_11 => headers::requested_upgrade(request.headers()),
+            _ => None,
+        };
+        let upgrade = match upgrade {
+            Some(protocol) if self.upgrade_allowed(&protocol) => Some(protocol),
+            Some(protocol) => {
+                tracing::warn!(target: "portcullis::security", protocol = %crate::server::logging::Escaped(protocol.to_str().unwrap_or("?")), "upgrade not allowed; forwarded as a plain request");
+                None
+            }
+            None => None,
+        };
+        let (client_upgrade, liveness) = match (&upgrade, liveness) {
+            (None, _) => (None, None),
+            (Some(_), Some(liveness)) => (Some(hyper::upgrade::on(&mut request)), Some(liveness)),
+            // An upgrade must be re-checked for as long as it lives; without a way to, refuse it.
+            (Some(_), None) => return Err(ForwardError::BadRequest("an upgrade without a session check".into())),
+        };
+
+        let (mut parts, body) = request.into_parts();
+        // HTTP/2 carries the host in `:authority`, not `Host`; the upstream speaks HTTP/1.1, where
+        // `Host` is mandatory. Either way the client's host is forwarded verbatim.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+        let h = &mut parts.headers;
+        headers::strip_hop_by_hop(h);
+        headers::strip_identity(h, &self.identity_headers.all());
+        let own: Vec<&str> = self.own_cookies.iter().map(String::as_str).collect();
+        headers::strip_cookies(h, &own);
+        headers::set_forwarding(h, client, &self.trusted_proxies);
+        identity.apply(h, &self.identity_headers);
+        if let Some(protocol) = &upgrade {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, protocol.clone());
+        }
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.version = Version::HTTP_11;
+        let outgoing = Request::from_parts(parts, IdleTimeout::new(body, self.body_idle_timeout));
+
+        let started = Instant::now();
+        let mut response = match tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await {
+            Err(_) => return Err(ForwardError::Timeout(self.response_timeout)),
+            Ok(Err(e)) if caused_by::<BodyIdle>(&e) => return Err(ForwardError::ClientTooSlow(error_chain(&e))),
+            Ok(Err(e)) => return Err(ForwardError::Unreachable(error_chain(&e))),
+            Ok(Ok(response)) => response,
+        };
+        let upstream_time = UpstreamTime(started.elapsed());
+
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client_upgrade), Some(liveness)) = (switching, client_upgrade, liveness) {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client_io, upstream_io)) => {
+                        let (mut client_io, mut upstream_io) = (TokioIo::new(client_io), TokioIo::new(upstream_io));
+                        let copy = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io);
+                        tokio::pin!(copy);
+                        let mut recheck = tokio::time::interval(UPGRADE_RECHECK);
+                        loop {
+                            tokio::select! {
+                                _ = &mut copy => break,
+                                _ = recheck.tick() => if !liveness() {
+                                    tracing::info!(target: "portcullis::security", "upgraded connection closed: its session ended");
+                                    break;
+                                },
+                            }
+                        }
+                        // Dropping both ends closes them.
+                    }
+                    Err(e) => tracing::debug!("upgrade did not complete: {e}"),
+                }
+            });
+            let (mut parts, _) = response.into_parts();
+            let protocol = parts.headers.get(header::UPGRADE).cloned();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            headers::strip_set_cookie(&mut parts.headers, &own);
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(protocol) = protocol {
+                parts.headers.insert(header::UPGRADE, protocol);
+            }
+            let mut response = Response::from_parts(parts, crate::web::pages::empty());
+            response.extensions_mut().insert(upstream_time);
+            return Ok(response);
+        }
+
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_set_cookie(&mut parts.headers, &own);
+        let mut response = Response::from_parts(parts, body.map_err(Into::into).boxed());
+        response.extensions_mut().insert(upstream_time);
+        Ok(response)
+    }
+}
+
+/// Whether `T` is somewhere in `e`'s chain of sources.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(error) = current {
+        if error.is::<T>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
