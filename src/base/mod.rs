@@ -2,6 +2,8 @@
 
 pub mod clock;
 pub mod headers;
+pub mod metrics;
 pub mod secret;
+pub mod text;
 pub mod tls;
 pub mod user_agent;

@@ -453,7 +453,7 @@ async fn admin_offline(config: &config::Config, request: admin::Request) -> Resu
 }
 
 fn when(at: Option<crate::base::clock::UnixTime>) -> String {
-    at.map_or("-".to_string(), crate::web::portal::format_time)
+    at.map_or("-".to_string(), crate::base::text::format_utc)
 }
 
 fn print_reply(reply: &admin::Reply, view: AdminView) {

@@ -4,7 +4,12 @@
 //! together, each with its key, the value it found and how to fix it. A [`Config`] only exists if
 //! all of it was right, so the rest of the program never re-checks configuration.
 
+pub mod notify;
 mod raw;
+
+/// The bounds of a recovery link's validity (`admin.recovery_link_valid`, and `--valid`).
+pub const RECOVERY_LINK_SHORTEST: Duration = Duration::from_secs(600);
+pub const RECOVERY_LINK_LONGEST: Duration = Duration::from_secs(7 * 24 * 3600);
 pub mod reload;
 
 use std::fmt;
@@ -20,7 +25,7 @@ use ipnet::IpNet;
 
 use crate::base::secret;
 use crate::base::tls;
-use crate::domain::notify::{NotifySettings, SmtpCredentials, SmtpSecurity, SmtpSettings, Transport};
+use crate::config::notify::{NotifySettings, SmtpCredentials, SmtpSecurity, SmtpSettings, Transport};
 use raw::{OneOrMany, RawConfig};
 
 /// The configuration a running proxy reads: replaced whole when `proxy.toml` is reloaded.
@@ -567,8 +572,8 @@ impl Validator {
                 "admin.recovery_link_valid",
                 &raw.admin.recovery_link_valid,
                 "24h",
-                crate::domain::operator::RECOVERY_LINK_SHORTEST,
-                crate::domain::operator::RECOVERY_LINK_LONGEST,
+                RECOVERY_LINK_SHORTEST,
+                RECOVERY_LINK_LONGEST,
             ),
         };
         let audit = match raw.log.audit.as_deref() {
@@ -604,7 +609,7 @@ impl Validator {
             .and_then(|u| u.url().host_str().map(str::to_string))
             .unwrap_or_else(|| "localhost".into());
         let notify = self.notify(raw.notify, data_dir.as_deref(), &host);
-        if mfa.email_otp && matches!(notify.transport, crate::domain::notify::Transport::Off) {
+        if mfa.email_otp && matches!(notify.transport, crate::config::notify::Transport::Off) {
             // Fail closed: a factor whose codes can never arrive would strand whoever chose it.
             self.problem(
                 "mfa.email_otp",

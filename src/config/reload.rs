@@ -51,7 +51,7 @@ pub fn merge(running: &Config, new: Config) -> Result<Reloaded, ReloadError> {
     let mut config = running.clone();
     // The new file was checked as a whole; the combination of its live keys with the running
     // restart-only ones is checked here, so a reload never accepts what a start would refuse.
-    if new.mfa.email_otp && matches!(running.notify.transport, crate::domain::notify::Transport::Off) {
+    if new.mfa.email_otp && matches!(running.notify.transport, crate::config::notify::Transport::Off) {
         return Err(ReloadError::EmailWithoutMail);
     }
     config.mfa = new.mfa;

@@ -6,8 +6,6 @@
 //! file into a folder, so the demo and the tests need no mail server; the `smtp` transport hands
 //! them to a mail server (RFC 5321), over STARTTLS (RFC 3207) or implicit TLS (RFC 8314 §3.3).
 
-use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use askama::Template;
@@ -15,96 +13,11 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 use crate::base::clock::UnixTime;
-use crate::base::secret::Secret;
+use crate::config::notify::{NotifySettings, SmtpSecurity, SmtpSettings, Transport};
 use crate::domain::users::User;
-
-/// How mail leaves the proxy.
-#[derive(Debug, Clone)]
-pub enum Transport {
-    /// One `.eml` file per mail in this folder.
-    File(PathBuf),
-    /// A mail server, reached the same way for every mail.
-    Smtp(SmtpSettings),
-    Off,
-}
-
-/// How the connection to the mail server is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SmtpSecurity {
-    /// Plain TCP upgraded with STARTTLS (RFC 3207), which must succeed before anything is sent:
-    /// a server that does not offer it fails the delivery instead of getting mail in clear.
-    StartTls,
-    /// TLS from the first byte, "implicit TLS" (RFC 8314 §3.3).
-    Tls,
-    /// No encryption at all; configuration allows it only for a relay on this machine.
-    None,
-}
-
-impl SmtpSecurity {
-    /// The port each mode is normally served on (RFC 8314 §3.3, RFC 6409, RFC 5321).
-    pub fn default_port(self) -> u16 {
-        match self {
-            Self::StartTls => 587,
-            Self::Tls => 465,
-            Self::None => 25,
-        }
-    }
-
-    /// As written in `notify.smtp_security`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::StartTls => "starttls",
-            Self::Tls => "tls",
-            Self::None => "none",
-        }
-    }
-}
-
-impl FromStr for SmtpSecurity {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "starttls" => Ok(Self::StartTls),
-            "tls" => Ok(Self::Tls),
-            "none" => Ok(Self::None),
-            _ => Err(()),
-        }
-    }
-}
-
-/// A validated `[notify] transport = "smtp"`.
-#[derive(Debug, Clone)]
-pub struct SmtpSettings {
-    pub host: String,
-    pub port: u16,
-    pub security: SmtpSecurity,
-    pub credentials: Option<SmtpCredentials>,
-    /// Where `extra_roots` came from, for messages.
-    pub ca_file: Option<PathBuf>,
-    /// Trust anchors added to the system's for a mail server with a private CA, read and checked
-    /// when the configuration was loaded.
-    pub extra_roots: Vec<CertificateDer<'static>>,
-    /// For connecting and for each SMTP command.
-    pub timeout: Duration,
-}
-
-/// The account the proxy signs in to the mail server with. `Debug` shows the username only.
-#[derive(Debug, Clone)]
-pub struct SmtpCredentials {
-    pub username: String,
-    /// Read from `smtp_password_file`, trailing line break removed.
-    pub password: Secret,
-}
-
-#[derive(Debug, Clone)]
-pub struct NotifySettings {
-    pub transport: Transport,
-    pub from: String,
-}
 
 /// What happened to an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,7 +218,7 @@ impl Notifier {
             .or_else(|_| user.email.parse())
             .map_err(|e: lettre::address::AddressError| NotifyError::Build(e.to_string()))?;
         let (headline, detail) = event.words();
-        let when = crate::web::portal::format_time(now);
+        let when = crate::base::text::format_utc(now);
         let account_url = format!("{}/.portcullis/account", self.site);
         let content = MailContent {
             display_name: &user.display_name,
@@ -476,6 +389,9 @@ fn smtp_transport(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::secret::Secret;
+    use crate::config::notify::SmtpCredentials;
+    use rustls_pki_types::CertificateDer;
 
     fn smtp(security: SmtpSecurity, extra_roots: Vec<CertificateDer<'static>>) -> SmtpSettings {
         SmtpSettings {

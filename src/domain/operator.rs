@@ -19,9 +19,7 @@ use crate::domain::session::Sessions;
 use crate::domain::users::UserDirectory;
 use crate::store::StoreError;
 
-/// The bounds of a recovery link's validity.
-pub const RECOVERY_LINK_SHORTEST: std::time::Duration = std::time::Duration::from_secs(600);
-pub const RECOVERY_LINK_LONGEST: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+use crate::config::{RECOVERY_LINK_LONGEST, RECOVERY_LINK_SHORTEST};
 
 /// An operator's request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,7 +297,7 @@ impl Admin {
         let url = config.public_url.join_path(&format!("/.portcullis/recover?{query}"));
         tracing::warn!(target: "portcullis::security", %operator, user = %name, expires_at, email, "admin: recovery link issued");
         if email {
-            let event = SecurityEvent::RecoveryLinkIssued { url, expires: crate::web::portal::format_time(expires_at) };
+            let event = SecurityEvent::RecoveryLinkIssued { url, expires: crate::base::text::format_utc(expires_at) };
             self.notifier.send(&user, event, now, false);
             return Ok(Reply::RecoveryLink { user: name.to_string(), url: None, expires_at });
         }

@@ -17,30 +17,6 @@ use crate::config::AuditOutput;
 /// The target every security event is logged under; the audit trail is exactly these events.
 pub const SECURITY: &str = "portcullis::security";
 
-/// Text a client chose (a user name typed into the login form, an `Upgrade` value), made safe for
-/// a log line: control characters are written as `\u{..}` escapes, so a name with a newline in it
-/// cannot forge a line in the human log, and very long text is cut. (The JSON audit trail escapes
-/// on its own; the human log does not.)
-pub struct Escaped<'a>(pub &'a str);
-
-impl std::fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::fmt::Write;
-        const MAX_CHARS: usize = 128;
-        for c in self.0.chars().take(MAX_CHARS) {
-            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
-                write!(f, "\\u{{{:x}}}", c as u32)?;
-            } else {
-                f.write_char(c)?;
-            }
-        }
-        if self.0.chars().nth(MAX_CHARS).is_some() {
-            f.write_str("…")?;
-        }
-        Ok(())
-    }
-}
-
 /// Keeps the log writers running; drop it last (at exit) to flush what is queued.
 pub struct LogGuards(#[allow(dead_code)] Vec<WorkerGuard>);
 
@@ -104,19 +80,4 @@ fn open_audit_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
     }
     std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Escaped;
-
-    #[test]
-    fn client_text_cannot_break_a_log_line() {
-        let forged = "bob\n2026-11-30T12:00:00Z  INFO portcullis::security: login ok user=admin";
-        let logged = Escaped(forged).to_string();
-        assert!(!logged.contains('\n') && logged.starts_with("bob\\u{a}2026"), "{logged}");
-        assert_eq!(Escaped("tab\there\r").to_string(), "tab\\u{9}here\\u{d}");
-        assert_eq!(Escaped(&"x".repeat(200)).to_string().chars().count(), 129);
-        assert_eq!(Escaped("alice").to_string(), "alice");
-    }
 }

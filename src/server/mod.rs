@@ -132,7 +132,7 @@ impl Server {
             None => None,
         };
         if config.mfa.email_otp
-            && let crate::domain::notify::Transport::File(dir) = &config.notify.transport
+            && let crate::config::notify::Transport::File(dir) = &config.notify.transport
         {
             tracing::warn!(
                 dir = %dir.display(),

@@ -116,9 +116,9 @@ impl App {
 
         let user = response.extensions_mut().remove::<RequestUser>().unwrap_or_default();
         let upstream_time = response.extensions().get::<UpstreamTime>().map(|t| t.0.as_secs_f64());
-        crate::server::telemetry::request(response.status());
+        crate::base::metrics::request(response.status());
         if let Some(seconds) = upstream_time {
-            crate::server::telemetry::upstream_latency(seconds);
+            crate::base::metrics::upstream_latency(seconds);
         }
         let upstream = upstream_time.map(|s| s * 1000.0);
         // The path only: query strings can carry tokens that have no place in a log.

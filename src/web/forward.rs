@@ -155,7 +155,7 @@ impl Forwarder {
         let upgrade = match upgrade {
             Some(protocol) if self.upgrade_allowed(&protocol) => Some(protocol),
             Some(protocol) => {
-                tracing::warn!(target: "portcullis::security", protocol = %crate::server::logging::Escaped(protocol.to_str().unwrap_or("?")), "upgrade not allowed; forwarded as a plain request");
+                tracing::warn!(target: "portcullis::security", protocol = %crate::base::text::Escaped(protocol.to_str().unwrap_or("?")), "upgrade not allowed; forwarded as a plain request");
                 None
             }
             None => None,

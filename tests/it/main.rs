@@ -13,6 +13,7 @@ mod flows;
 mod forwarding;
 mod harness;
 mod hypercorn;
+mod layers;
 mod mfa;
 mod pausing;
 mod reload;

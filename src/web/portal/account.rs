@@ -15,9 +15,10 @@ use zeroize::Zeroizing;
 
 use super::login::{check_password, signed_out, zeroizing};
 use super::{
-    SessionForm, clear_cookie, format_time, go_to, login_redirect, send_to, session_cookie_header, session_post,
-    unavailable, with_user,
+    SessionForm, clear_cookie, go_to, login_redirect, send_to, session_cookie_header, session_post, unavailable,
+    with_user,
 };
+use crate::base::text::format_utc;
 use crate::domain::factors::{FactorKind, recovery};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::policy::{self, Requirement};
@@ -85,8 +86,8 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Response<Bod
             this_one: s.handle == this,
             browser: s.device.browser,
             address: if s.device.address.is_empty() { "unknown address".into() } else { s.device.address },
-            signed_in: format_time(s.created_at),
-            last_seen: format_time(s.last_seen),
+            signed_in: format_utc(s.created_at),
+            last_seen: format_utc(s.last_seen),
             partial: !s.full,
             handle: s.handle,
         })
@@ -97,8 +98,8 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Response<Bod
             id: b.id.clone(),
             browser: b.browser.clone(),
             address: b.address.clone(),
-            since: format_time(b.created_at),
-            until: format_time(b.expires_at),
+            since: format_utc(b.created_at),
+            until: format_utc(b.expires_at),
         })
         .collect();
     let page = pages::AccountPage {
@@ -111,14 +112,14 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Response<Bod
         mfa_enabled: requirement != Requirement::Off && (config.mfa.totp || config.mfa.email_otp),
         required: requirement == Requirement::Required,
         totp: record.totp.as_ref().map(|t| pages::TotpSummary {
-            enrolled: format_time(t.enrolled_at),
-            last_used: t.last_used_at.map(format_time),
+            enrolled: format_utc(t.enrolled_at),
+            last_used: t.last_used_at.map(format_utc),
         }),
         recovery_left: record.recovery_codes_left(),
         email_codes: record.email.as_ref().map(|e| pages::EmailSummary {
             address: crate::domain::factors::email::masked(&e.address),
-            enrolled: format_time(e.enrolled_at),
-            last_used: e.last_used_at.map(format_time),
+            enrolled: format_utc(e.enrolled_at),
+            last_used: e.last_used_at.map(format_utc),
         }),
         email_offered: (config.mfa.email_otp && record.email.is_none())
             .then(|| crate::domain::factors::email::masked(&user.email)),

@@ -10,7 +10,8 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{SessionForm, format_time, login_redirect, send_to, session_post, unavailable};
+use super::{SessionForm, login_redirect, send_to, session_post, unavailable};
+use crate::base::text::format_utc;
 use crate::domain::operator::{Reply, Request as Operation, Target};
 use crate::domain::policy;
 use crate::domain::session::{FullSession, Lookup, Session};
@@ -88,7 +89,7 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Respons
                 );
             }
         };
-    let when = |t: Option<i64>| t.map_or("never".to_string(), format_time);
+    let when = |t: Option<i64>| t.map_or("never".to_string(), format_utc);
     let adoption = crate::domain::operator::adoption_by_group(&users)
         .into_iter()
         .map(|g| AdminAdoptionRow {
@@ -110,14 +111,14 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Respons
             can_revoke: u.full_sessions + u.partial_sessions > 0,
             sessions: format!("{} full, {} partial", u.full_sessions, u.partial_sessions),
             policy: match (u.required_from, u.requirement.as_str()) {
-                (Some(at), _) => format!("Required from {}", format_time(at)),
+                (Some(at), _) => format!("Required from {}", format_utc(at)),
                 (None, "required") => "Required".into(),
                 (None, "off") => "Off".into(),
                 (None, _) if u.declined_2fa => "Optional (declined the suggestion)".into(),
                 (None, _) => "Optional".into(),
             },
             factors: factors_in_words(&u.factors, u.recovery_codes_left),
-            enrolled: u.enrolled_at.map(format_time),
+            enrolled: u.enrolled_at.map(format_utc),
             last_sign_in: when(u.last_sign_in),
             groups: u.groups.join(", "),
             email: u.email,
@@ -127,7 +128,7 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Respons
     let bans = bans
         .into_iter()
         .map(|b| AdminBanRow {
-            until: b.banned_until.map_or("-".into(), format_time),
+            until: b.banned_until.map_or("-".into(), format_utc),
             locked: if b.second_factor_locked { "yes, until lifted or reset" } else { "no" },
             who: subject_in_words(&b.subject),
             subject: b.subject,

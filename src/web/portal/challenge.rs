@@ -233,7 +233,7 @@ fn paused(app: &App, session: &Session, refusal: Refusal) -> Response<Body> {
     let user = session.user().name.as_str();
     let response = match refusal {
         Refusal::Banned { until, who } => {
-            crate::server::telemetry::second_factor("locked");
+            crate::base::metrics::second_factor("locked");
             let minutes = minutes_until(app, until);
             let message = match who {
                 Who::Address => format!(
@@ -287,7 +287,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     let view = form.view.as_deref().and_then(ChallengeView::from_key);
     match check_code(app, session.user(), &form.code).await {
         Ok((method, recovery_left)) => {
-            crate::server::telemetry::second_factor("ok");
+            crate::base::metrics::second_factor("ok");
             if let Err(e) = attempt.succeeded().await {
                 tracing::error!("could not record a second factor: {e}");
             }
@@ -354,7 +354,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
                 _ => CodeError::Wrong,
             };
             tracing::warn!(target: "portcullis::security", %user, failures = in_session, step_up, "second factor failed");
-            crate::server::telemetry::second_factor("failed");
+            crate::base::metrics::second_factor("failed");
             let outcome = match attempt.failed().await {
                 Ok(outcome) => outcome,
                 Err(e) => {
@@ -363,7 +363,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
                 }
             };
             if outcome.banned(Who::Account) {
-                crate::server::telemetry::lockout();
+                crate::base::metrics::lockout();
                 tracing::warn!(target: "portcullis::security", %user, %client, "codes paused after repeated wrong codes");
                 let event = crate::domain::notify::SecurityEvent::Locked { by_codes: true };
                 app.notifier.send(session.user(), event, app.clock.now(), false);

@@ -17,13 +17,13 @@ use super::{
     CsrfForm, clear_cookie, client_ip, cookie_header, forbidden_origin, go_to, minutes_until, read_form, retry_after,
     return_to_from_query, same_origin, send_to, session_cookie_header, session_post, tokens_match, with_user,
 };
+use crate::base::text::Escaped;
 use crate::domain::factors::FactorKind;
 use crate::domain::password::HashError;
 use crate::domain::policy::{self, AfterPassword};
 use crate::domain::regulation::{Factor, Refusal, Subject, Who};
 use crate::domain::session::{AuthMethod, Lookup, Session, SessionError};
 use crate::domain::users::User;
-use crate::server::logging::Escaped;
 use crate::web::app::{App, Connection};
 use crate::web::pages::{self, Body, LoginError, LoginPage};
 use crate::web::route::Destination;
@@ -154,7 +154,7 @@ pub(super) async fn check_password(
     let attempt = match app.regulator.reserve(&subjects, Factor::Password) {
         Ok(attempt) => attempt,
         Err(refusal) => {
-            crate::server::telemetry::login("locked");
+            crate::base::metrics::login("locked");
             tracing::warn!(target: "portcullis::security", user = %logged, %client, ?refusal, "password not checked: paused");
             return Err(refused(app, refusal, render));
         }
@@ -167,7 +167,7 @@ pub(super) async fn check_password(
             Ok(user.expect("matched just above"))
         }
         Ok(_) => {
-            crate::server::telemetry::login("failed");
+            crate::base::metrics::login("failed");
             tracing::warn!(target: "portcullis::security", user = %logged, %client, "login failed");
             let outcome = match attempt.failed().await {
                 Ok(outcome) => outcome,
@@ -179,7 +179,7 @@ pub(super) async fn check_password(
             let Some(until) = outcome.until() else {
                 return Err(render(StatusCode::UNAUTHORIZED, LoginError::BadCredentials));
             };
-            crate::server::telemetry::lockout();
+            crate::base::metrics::lockout();
             tracing::warn!(target: "portcullis::security", user = %logged, %client, banned = ?outcome.banned, "paused after repeated wrong passwords");
             // Only the account's own pause is news for its owner (and only a real account has one):
             // a shared address paused by others' mistakes says nothing about this account.
@@ -233,7 +233,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         Ok(checked) => checked,
         Err(response) => return response,
     };
-    crate::server::telemetry::login("ok");
+    crate::base::metrics::login("ok");
     // A session the browser already had (perhaps planted by someone else) is ended, never reused.
     if let Lookup::Found(previous) = app.resolve_session(&headers)
         && let Err(e) = app.sessions.end(previous.key()).await

@@ -342,9 +342,3 @@ fn device(headers: &HeaderMap, client_ip: std::net::IpAddr) -> crate::domain::se
 fn client_ip(app: &App, headers: &HeaderMap, conn: &Connection) -> std::net::IpAddr {
     headers::client_ip(headers, conn.peer.ip(), &app.config().trusted_proxies)
 }
-
-pub(crate) fn format_time(t: crate::base::clock::UnixTime) -> String {
-    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
-    let text = humantime::format_rfc3339_seconds(when).to_string();
-    format!("{} UTC", text.trim_end_matches('Z').replace('T', " "))
-}

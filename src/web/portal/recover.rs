@@ -14,9 +14,8 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::login::{check_password, login_csrf, login_csrf_cookie, login_csrf_ok, zeroizing};
-use super::{
-    forbidden_origin, format_time, read_form, same_origin, send_to, session_cookie_header, unavailable, with_user,
-};
+use super::{forbidden_origin, read_form, same_origin, send_to, session_cookie_header, unavailable, with_user};
+use crate::base::text::format_utc;
 use crate::domain::regulation::Subject;
 use crate::domain::users::User;
 use crate::web::app::{App, Connection};
@@ -62,7 +61,7 @@ fn render(
     error: Option<LoginError>,
 ) -> Response<Body> {
     let (csrf, fresh) = login_csrf(app, headers);
-    let expires = format_time(expires_at);
+    let expires = format_utc(expires_at);
     let page = RecoverPage { username: user.name.as_str(), expires: &expires, token, csrf: &csrf, error };
     let mut response = pages::html(status, &page);
     if fresh {

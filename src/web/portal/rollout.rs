@@ -6,9 +6,8 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{
-    RdCsrfForm, format_time, go_to, login_redirect, return_to_from_query, send_to, session_post, unavailable, with_user,
-};
+use super::{RdCsrfForm, go_to, login_redirect, return_to_from_query, send_to, session_post, unavailable, with_user};
+use crate::base::text::format_utc;
 use crate::domain::policy::{self, Requirement};
 use crate::domain::session::{Lookup, Session};
 use crate::web::app::App;
@@ -34,7 +33,7 @@ pub(super) async fn reminder(app: &App, request: &Request<Incoming>) -> Response
         // Nothing to remind of (already enrolled, or the date has passed): carry on.
         return go_to(app, &return_to);
     };
-    let deadline = format_time(deadline);
+    let deadline = format_utc(deadline);
     let enroll = enroll_link(&return_to);
     let page = pages::ReminderPage { deadline: &deadline, enroll: &enroll, later: &return_to };
     with_user(pages::html(StatusCode::OK, &page), full.user())
