@@ -414,41 +414,24 @@ fn admin_request(config: &config::Config, request: admin::Request) -> Result<adm
 }
 
 async fn admin_offline(config: &config::Config, request: admin::Request) -> Result<admin::Reply, String> {
-    use crate::store::{Store, StoreError};
     let clock: crate::base::clock::SharedClock = Arc::new(SystemClock);
-    let store: Arc<dyn Store> =
-        Arc::new(crate::store::sled_store::SledStore::open(&config.data_dir.join("store")).map_err(|e| match e {
-            StoreError::Locked { .. } => format!(
-                "{e}\nA proxy seems to be running, but its control socket {} does not answer; restart it.",
-                crate::server::control::socket_path(&config.data_dir).display()
-            ),
-            other => other.to_string(),
-        })?);
-    let origin = config.public_url.origin();
-    let (notifier, delivery) = crate::domain::notify::Notifier::new(&config.notify, &origin);
-    let operator = admin::Admin {
-        config: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),
-        users: Arc::new(users::UserDirectory::load(&config.users_file).map_err(|e| e.to_string())?),
-        sessions: Arc::new(
-            crate::domain::session::Sessions::open(store.clone(), config.session.clone(), clock.clone())
-                .map_err(|e| e.to_string())?,
+    let services = crate::server::compose::Services::open(config, clock).await.map_err(|e| match e {
+        crate::server::compose::ComposeError::Store(crate::store::StoreError::Locked { .. }) => format!(
+            "{e}\nA proxy seems to be running, but its control socket {} does not answer; restart it.",
+            crate::server::control::socket_path(&config.data_dir).display()
         ),
-        accounts: Arc::new(crate::domain::factors::Accounts::open(store.clone()).map_err(|e| e.to_string())?),
-        regulator: Arc::new(
-            crate::domain::regulation::Regulator::open(store.clone(), config.regulation.clone(), clock.clone())
-                .map_err(|e| e.to_string())?,
-        ),
-        notifier: Arc::new(notifier),
-        clock,
-    };
+        other => other.to_string(),
+    })?;
+    let operator = services.admin(Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())));
     let uid = crate::server::control::effective_uid();
     let reply = operator.execute(request, &format!("cli offline (uid {uid})")).await;
     // Deliver what the operation queued before exiting: dropping the last sender ends the queue.
     drop(operator);
+    let crate::server::compose::Services { delivery, notifier, .. } = services;
+    drop(notifier);
     if let Some(delivery) = delivery {
         let _ = delivery.spawn().await;
     }
-    store.flush().map_err(|e| e.to_string())?;
     reply.map_err(|e| e.to_string())
 }
 

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::clock::{SharedClock, UnixTime};
 use crate::config::RegulationSettings;
-use crate::store::{Store, StoreError};
+use crate::store::{Space, Store, StoreError, Write, decode, encode, text_key};
 
 /// NIST SP 800-63B §5.2.2: at most 100 consecutive failed attempts on one authenticator.
 pub const MAX_CONSECUTIVE_SECOND_FACTOR_FAILURES: u32 = 100;
@@ -259,10 +259,14 @@ pub struct Attempt<'a> {
 }
 
 impl Regulator {
-    pub fn open(store: Arc<dyn Store>, settings: RegulationSettings, clock: SharedClock) -> Result<Self, StoreError> {
+    pub async fn open(
+        store: Arc<dyn Store>,
+        settings: RegulationSettings,
+        clock: SharedClock,
+    ) -> Result<Self, StoreError> {
         let records = DashMap::new();
-        for (key, record) in store.regulation()? {
-            records.insert(key, RegulationRecord::upgraded(record));
+        for (key, value) in store.scan(Space::Regulation).await? {
+            records.insert(text_key(&key)?, decode::<RegulationRecord>(&value)?.upgraded());
         }
         Ok(Self { records, store, settings, clock })
     }
@@ -361,16 +365,11 @@ impl Regulator {
         for key in &stale {
             self.records.remove(key);
         }
-        let store = self.store.clone();
         let removed = stale.len();
-        tokio::task::spawn_blocking(move || {
-            for key in &stale {
-                store.delete_regulation(key)?;
-            }
-            Ok::<_, StoreError>(())
-        })
-        .await
-        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        if removed > 0 {
+            let writes = stale.into_iter().map(|key| Write::Delete { space: Space::Regulation, key: key.into_bytes() });
+            self.store.apply(writes.collect()).await?;
+        }
         Ok(removed)
     }
 
@@ -400,27 +399,16 @@ impl Regulator {
     /// memory and in the store. Returns whether there was anything to lift.
     pub async fn clear(&self, store_key: &str) -> Result<bool, StoreError> {
         let existed = self.records.remove(store_key).is_some();
-        let store = self.store.clone();
-        let key = store_key.to_string();
-        tokio::task::spawn_blocking(move || {
-            store.delete_regulation(&key)?;
-            store.flush()
-        })
-        .await
-        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        self.store.apply(vec![Write::Delete { space: Space::Regulation, key: store_key.as_bytes().to_vec() }]).await?;
         Ok(existed)
     }
 
     async fn persist(&self, changed: Vec<(String, RegulationRecord)>) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            for (key, record) in &changed {
-                store.put_regulation(key, record)?;
-            }
-            store.flush()
-        })
-        .await
-        .map_err(|e| StoreError::Backend(e.to_string()))?
+        let writes = changed
+            .into_iter()
+            .map(|(key, record)| Ok(Write::Put { space: Space::Regulation, key: key.into_bytes(), value: encode(&record)? }))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.store.apply(writes).await
     }
 }
 

@@ -26,7 +26,7 @@ use crate::base::secret::random_bytes;
 use crate::config::SessionSettings;
 use crate::domain::identity::AssertionCache;
 use crate::domain::users::{User, UserDirectory};
-use crate::store::{Store, StoreError};
+use crate::store::{Space, Store, StoreError, Write, decode, encode};
 
 /// The secret a browser holds. Never logged, never stored.
 pub struct SessionId([u8; 32]);
@@ -375,16 +375,20 @@ pub struct Sessions {
 
 impl Sessions {
     /// Loads every stored session that is still alive into memory and deletes the rest.
-    pub fn open(store: Arc<dyn Store>, settings: SessionSettings, clock: SharedClock) -> Result<Self, StoreError> {
+    pub async fn open(store: Arc<dyn Store>, settings: SessionSettings, clock: SharedClock) -> Result<Self, StoreError> {
         let now = clock.now();
         let cache = DashMap::new();
-        for (key, record) in store.sessions()? {
+        let mut expired = Vec::new();
+        for (key, value) in store.scan(Space::Sessions).await? {
+            let record: SessionRecord = decode(&value)?;
+            let key = SessionKey::from_slice(&key).ok_or_else(|| StoreError::Corrupt("a session key of the wrong length".into()))?;
             if check_expiry(&record, record.last_seen, now, &settings).is_ok() {
                 cache.insert(key, Entry::new(record));
             } else {
-                store.delete_session(&key)?;
+                expired.push(delete(&key));
             }
         }
+        store.apply(expired).await?;
         Ok(Self { cache, store, settings, clock })
     }
 
@@ -482,8 +486,8 @@ impl Sessions {
     fn forget_in_background(&self, key: SessionKey) {
         if self.cache.remove(&key).is_some() {
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = store.delete_session(&key) {
+            tokio::spawn(async move {
+                if let Err(e) = store.apply(vec![delete(&key)]).await {
                     tracing::error!(session = %key.log_ref(), "could not delete an expired session: {e}");
                 }
             });
@@ -510,17 +514,9 @@ impl Sessions {
         record: &SessionRecord,
         replaces: Option<&SessionKey>,
     ) -> Result<(), SessionError> {
-        let store = self.store.clone();
-        let (key, record, replaces) = (key.clone(), record.clone(), replaces.cloned());
-        tokio::task::spawn_blocking(move || {
-            store.put_session(&key, &record)?;
-            if let Some(old) = replaces {
-                store.delete_session(&old)?;
-            }
-            store.flush()
-        })
-        .await
-        .map_err(|e| SessionError::Task(e.to_string()))??;
+        let mut writes = vec![put(key, record)?];
+        writes.extend(replaces.map(delete));
+        self.store.apply(writes).await?;
         Ok(())
     }
 
@@ -729,23 +725,17 @@ impl Sessions {
     /// Logs out: the session is gone server side, whatever the browser keeps.
     pub async fn end(&self, key: &SessionKey) -> Result<(), SessionError> {
         self.cache.remove(key);
-        let store = self.store.clone();
-        let key = key.clone();
-        tokio::task::spawn_blocking(move || {
-            store.delete_session(&key)?;
-            store.flush()
-        })
-        .await
-        .map_err(|e| SessionError::Task(e.to_string()))??;
+        self.store.apply(vec![delete(key)]).await?;
         Ok(())
     }
 
     /// Drops expired sessions and persists `last_seen` for sessions that were used, at most
     /// once a minute each. Runs on a timer and at shutdown, off the hot path.
-    pub fn sweep(&self) -> Result<SweepReport, StoreError> {
+    pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
         let now = self.clock.now();
         let mut report = SweepReport::default();
         let mut expired = Vec::new();
+        let mut writes = Vec::new();
         for item in self.cache.iter() {
             let entry = item.value();
             let last_seen = entry.last_seen.load(Ordering::Relaxed);
@@ -757,26 +747,36 @@ impl Sessions {
                     report.abandoned.push(entry.record.user.clone());
                 }
             } else if last_seen - entry.persisted_last_seen.load(Ordering::Relaxed) >= 60 {
-                self.store.put_session(item.key(), &entry.snapshot())?;
+                writes.push(put(item.key(), &entry.snapshot())?);
                 entry.persisted_last_seen.store(last_seen, Ordering::Relaxed);
                 report.touched += 1;
             }
         }
         for key in expired {
             self.cache.remove(&key);
-            self.store.delete_session(&key)?;
+            writes.push(delete(&key));
             report.expired += 1;
+        }
+        if !writes.is_empty() {
+            self.store.apply(writes).await?;
         }
         Ok(report)
     }
 
     /// Persists every session's latest activity, for a clean shutdown.
-    pub fn persist_all(&self) -> Result<(), StoreError> {
-        for item in self.cache.iter() {
-            self.store.put_session(item.key(), &item.value().snapshot())?;
-        }
-        self.store.flush()
+    pub async fn persist_all(&self) -> Result<(), StoreError> {
+        let writes =
+            self.cache.iter().map(|item| put(item.key(), &item.value().snapshot())).collect::<Result<Vec<_>, _>>()?;
+        self.store.apply(writes).await
     }
+}
+
+fn put(key: &SessionKey, record: &SessionRecord) -> Result<Write, StoreError> {
+    Ok(Write::Put { space: Space::Sessions, key: key.as_bytes().to_vec(), value: encode(record)? })
+}
+
+fn delete(key: &SessionKey) -> Write {
+    Write::Delete { space: Space::Sessions, key: key.as_bytes().to_vec() }
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -855,7 +855,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let users = directory(dir.path());
         let clock = FixedClock::at(1_700_000_000);
-        let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).unwrap();
+        let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).await.unwrap();
         let (partial_id, partial) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
         assert!(matches!(found(sessions.resolve([partial_id.cookie_value().as_str()], &users)), Session::Partial(_)));
         let (full_id, full) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
@@ -870,7 +870,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let users = directory(dir.path());
         let clock = FixedClock::at(1_700_000_000);
-        let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).unwrap();
+        let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).await.unwrap();
 
         let (partial_id, _) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
         clock.advance(10 * 60);
@@ -901,12 +901,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let users = directory(dir.path());
         let clock = FixedClock::at(1_700_000_000);
-        let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).unwrap();
+        let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).await.unwrap();
         let _ = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
         let (_, partial) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
         sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
         clock.advance(11 * 60);
-        let report = sessions.sweep().unwrap();
+        let report = sessions.sweep().await.unwrap();
         assert_eq!(report.abandoned, vec!["alice".to_string()], "only the partial one was abandoned");
         assert_eq!(report.expired, 1);
     }
@@ -917,7 +917,7 @@ mod tests {
         let users = directory(dir.path());
         let clock: SharedClock = Arc::new(FixedClock::at(1_700_000_000));
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let sessions = Sessions::open(store.clone(), settings(), clock.clone()).unwrap();
+        let sessions = Sessions::open(store.clone(), settings(), clock.clone()).await.unwrap();
         for garbage in ["", "x", "%%%", &"A".repeat(43), &"A".repeat(44)] {
             let why = rejected(sessions.resolve([garbage], &users));
             assert!(matches!(why, Rejected::Malformed | Rejected::Unknown), "{garbage}: {why:?}");
@@ -925,7 +925,7 @@ mod tests {
         let (_, partial) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
         let (id, _) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
         drop(sessions);
-        let reopened = Sessions::open(store, settings(), clock).unwrap();
+        let reopened = Sessions::open(store, settings(), clock).await.unwrap();
         assert!(matches!(found(reopened.resolve([id.cookie_value().as_str()], &users)), Session::Full(_)));
         assert!(store_keys_are_hashes(&reopened, &id));
     }
@@ -947,7 +947,7 @@ mod tests {
         .unwrap();
         users.reload().unwrap();
         let clock = FixedClock::at(1_700_000_000);
-        let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).unwrap();
+        let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).await.unwrap();
         let (_, partial) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
         let (full_id, _) = sessions.promote(partial, vec![AuthMethod::Pwd]).await.unwrap();
         let (planted_partial, _) = sessions.begin(users.get("alice").unwrap(), Device::default()).await.unwrap();
@@ -961,7 +961,12 @@ mod tests {
     }
 
     fn store_keys_are_hashes(sessions: &Sessions, id: &SessionId) -> bool {
-        let stored = sessions.store.sessions().unwrap();
+        let stored: Vec<(SessionKey, SessionRecord)> = futures_util::FutureExt::now_or_never(sessions.store.scan(Space::Sessions))
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (SessionKey::from_slice(&k).unwrap(), decode(&v).unwrap()))
+            .collect();
         stored.iter().all(|(key, _)| key.as_bytes() != id.0) && stored.iter().any(|(key, _)| *key == id.key())
     }
 

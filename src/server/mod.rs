@@ -9,6 +9,7 @@
 //! state (sessions, users) is lock-free or sharded, so workers do not contend; blocking work
 //! (password hashing, the store) goes to each runtime's blocking pool.
 
+pub mod compose;
 pub mod control;
 pub mod logging;
 pub mod telemetry;
@@ -30,27 +31,21 @@ use tokio_rustls::TlsAcceptor;
 use crate::base::clock::SharedClock;
 use crate::base::secret::{self, KeyFileError};
 use crate::config::Config;
-use crate::domain::factors::Accounts;
-use crate::domain::factors::sealing::Sealer;
 use crate::domain::identity::AssertionSigner;
 use crate::domain::password::{HashError, PasswordChecker};
-use crate::domain::session::Sessions;
-use crate::domain::users::{UserDirectory, UsersError};
-use crate::store::sled_store::SledStore;
-use crate::store::{Store, StoreError};
+use crate::server::compose::{ComposeError, Services};
+use crate::store::StoreError;
 use crate::web::app::{App, Connection};
 use crate::web::forward::{Forwarder, ProxySetupError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot prepare data_dir {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Services(#[from] ComposeError),
     #[error(transparent)]
     Key(#[from] KeyFileError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the users file is invalid, so nobody could sign in: {0}")]
-    Users(#[from] UsersError),
     #[error("cannot listen on {addr}: {source}. Fix: choose a free address in `listen`, or stop what is using it")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
@@ -90,19 +85,9 @@ impl Server {
     /// Opens the store, loads users and keys, and binds every listen address. Nothing is served
     /// until [`Server::serve`].
     pub async fn bind(config: Config, clock: SharedClock) -> Result<Self, StartError> {
-        let tightened = secret::secure_private_dir(&config.data_dir)
-            .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
-        if !tightened.is_empty() {
-            tracing::warn!(count = tightened.len(), data_dir = %config.data_dir.display(), "data_dir held files others could read; made them private (0700/0600)");
-        }
+        let services = Services::open(&config, clock.clone()).await?;
         let key = secret::load_or_create_key(&config.identity.secret_file)?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
-        let sessions = Arc::new(Sessions::open(store.clone(), config.session.clone(), clock.clone())?);
-        let accounts = Arc::new(Accounts::open(store.clone())?);
-        let regulator = crate::domain::regulation::Regulator::open(store, config.regulation.clone(), clock.clone())?;
-        // TOTP secrets are sealed with a key kept beside, not inside, the database.
-        let sealer = Sealer::new(&secret::load_or_create_key(&config.data_dir.join("secrets.key"))?);
-        let users = Arc::new(UserDirectory::load(&config.users_file)?);
+        let Services { users, sessions, accounts, regulator, notifier, delivery, sealer, .. } = services;
         if users.is_empty() {
             tracing::warn!(
                 path = %config.users_file.display(),
@@ -141,7 +126,6 @@ impl Server {
         }
         let pending = crate::web::portal::Pending::default();
         let known_browsers = crate::domain::known_browser::KnownBrowsers::new(sealer.browser_key());
-        let (notifier, delivery) = crate::domain::notify::Notifier::new(&config.notify, &config.public_url.origin());
         let app = Arc::new(App {
             config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
             users,
@@ -151,11 +135,11 @@ impl Server {
             accounts,
             sealer,
             pending,
-            regulator: Arc::new(regulator),
+            regulator,
             drift: crate::domain::clock_health::Drift::default(),
             clock_warnings: Default::default(),
             email_codes: Default::default(),
-            notifier: Arc::new(notifier),
+            notifier,
             known_browsers,
             clock,
         });
@@ -231,10 +215,7 @@ impl Server {
             task.abort();
         }
         let _ = std::fs::remove_file(crate::server::control::socket_path(&app.config().data_dir));
-        let sessions = app.sessions.clone();
-        tokio::task::spawn_blocking(move || sessions.persist_all())
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))??;
+        app.sessions.persist_all().await?;
         tracing::info!("stopped");
         Ok(())
     }
@@ -353,16 +334,14 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
         let mut skew_reported = false;
         loop {
             tick.tick().await;
-            let sessions = app.sessions.clone();
-            match tokio::task::spawn_blocking(move || sessions.sweep()).await {
-                Ok(Ok(report)) => {
+            match app.sessions.sweep().await {
+                Ok(report) => {
                     if report.expired > 0 {
                         tracing::info!(expired = report.expired, "expired sessions removed");
                     }
                     tell_abandoned(&app, &report.abandoned);
                 }
-                Ok(Err(e)) => tracing::error!("session sweep failed: {e}"),
-                Err(e) => tracing::error!("session sweep task failed: {e}"),
+                Err(e) => tracing::error!("session sweep failed: {e}"),
             }
             app.pending.retain_live(|key| app.sessions.contains(key));
             app.email_codes.sweep(app.clock.now());

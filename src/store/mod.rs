@@ -1,15 +1,47 @@
-//! Persistence behind a small trait of our own, so the backend is one module.
+//! Persistence: records as bytes in a few keyspaces, behind a small trait of our own, so a
+//! backend is one module and knows nothing of what it stores.
 //!
-//! sled is the embedded default ([`sled_store`]). It has had no stable release since 2021 and has
-//! open reports of databases that do not reopen after a hard kill, so nothing outside this module
-//! knows it is sled, and anything we must not lose is flushed explicitly.
+//! Each domain module encodes its own records ([`encode`], [`decode`]) and keeps everything it
+//! needs on the hot path in memory; the store is written on the rare events (a sign-in, a code
+//! accepted, a pause) and read once at start-up. The trait is asynchronous so that a networked
+//! backend fits as well as the embedded one: sled ([`sled_store`], the default) runs its calls on
+//! the blocking pool. sled has had no stable release since 2021 and has open reports of databases
+//! that do not reopen after a hard kill, so nothing outside this module knows it is sled, and
+//! every batch of writes is durable (flushed) before it returns.
 
 pub mod memory;
 pub mod sled_store;
 
-use crate::domain::factors::AccountRecord;
-use crate::domain::regulation::RegulationRecord;
-use crate::domain::session::{SessionKey, SessionRecord};
+use std::future::Future;
+use std::pin::Pin;
+
+/// The keyspaces. A record's key is chosen by its domain module (a session's key hash, an
+/// account key, a regulation subject).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Space {
+    Sessions,
+    Accounts,
+    Regulation,
+}
+
+impl Space {
+    pub const ALL: [Space; 3] = [Space::Sessions, Space::Accounts, Space::Regulation];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sessions => "sessions",
+            Self::Accounts => "accounts",
+            Self::Regulation => "regulation",
+        }
+    }
+}
+
+/// One write in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put { space: Space, key: Vec<u8>, value: Vec<u8> },
+    Delete { space: Space, key: Vec<u8> },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -23,28 +55,26 @@ pub enum StoreError {
     Locked { path: String },
 }
 
-/// What the proxy keeps across restarts. Implementations are synchronous; callers on async tasks
-/// run them with `spawn_blocking`, and the proxied hot path never calls them at all.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// What the proxy keeps across restarts. The proxied hot path never calls it.
 pub trait Store: Send + Sync + 'static {
-    fn put_session(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError>;
-    fn delete_session(&self, key: &SessionKey) -> Result<(), StoreError>;
-    /// Every stored session, for loading the in-memory cache at start-up.
-    fn sessions(&self) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError>;
-    fn put_account(&self, key: &str, record: &AccountRecord) -> Result<(), StoreError>;
-    fn delete_account(&self, key: &str) -> Result<(), StoreError>;
-    /// Every account's factor record, for loading the in-memory directory at start-up.
-    fn accounts(&self) -> Result<Vec<(String, AccountRecord)>, StoreError>;
-    fn put_regulation(&self, key: &str, record: &RegulationRecord) -> Result<(), StoreError>;
-    fn delete_regulation(&self, key: &str) -> Result<(), StoreError>;
-    fn regulation(&self) -> Result<Vec<(String, RegulationRecord)>, StoreError>;
-    /// Makes everything written so far durable.
-    fn flush(&self) -> Result<(), StoreError>;
+    /// Applies the writes, in order, and makes them durable before returning.
+    fn apply(&self, writes: Vec<Write>) -> StoreFuture<'_, ()>;
+    /// Every record of a keyspace, for loading the in-memory caches at start-up.
+    fn scan(&self, space: Space) -> StoreFuture<'_, Vec<(Vec<u8>, Vec<u8>)>>;
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+/// A record as stored (JSON: readable with any tool when something needs looking into).
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// A key that is text (an account key, a regulation subject), read back.
+pub fn text_key(key: &[u8]) -> Result<String, StoreError> {
+    String::from_utf8(key.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))
 }

@@ -1,17 +1,14 @@
-//! The embedded default store: one sled database in `data_dir/store`.
+//! The embedded default store: one sled database in `data_dir/store`, a tree per keyspace. Each
+//! call runs on the blocking pool; each batch is flushed before it returns.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use super::{Store, StoreError, decode, encode};
-use crate::domain::factors::AccountRecord;
-use crate::domain::regulation::RegulationRecord;
-use crate::domain::session::{SessionKey, SessionRecord};
+use super::{Space, Store, StoreError, StoreFuture, Write};
 
 pub struct SledStore {
     db: sled::Db,
-    sessions: sled::Tree,
-    accounts: sled::Tree,
-    regulation: sled::Tree,
+    trees: HashMap<Space, sled::Tree>,
 }
 
 impl SledStore {
@@ -23,10 +20,15 @@ impl SledStore {
             }
             other => StoreError::Backend(other.to_string()),
         })?;
-        let sessions = db.open_tree("sessions").map_err(backend)?;
-        let accounts = db.open_tree("accounts").map_err(backend)?;
-        let regulation = db.open_tree("regulation").map_err(backend)?;
-        Ok(Self { db, sessions, accounts, regulation })
+        let mut trees = HashMap::new();
+        for space in Space::ALL {
+            trees.insert(space, db.open_tree(space.name()).map_err(backend)?);
+        }
+        Ok(Self { db, trees })
+    }
+
+    fn tree(&self, space: Space) -> sled::Tree {
+        self.trees[&space].clone()
     }
 }
 
@@ -34,70 +36,41 @@ fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::Backend(format!("a store task failed: {e}")))?
+}
+
 impl Store for SledStore {
-    fn put_session(&self, key: &SessionKey, record: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions.insert(key.as_bytes(), encode(record)?).map_err(backend)?;
-        Ok(())
+    fn apply(&self, writes: Vec<Write>) -> StoreFuture<'_, ()> {
+        let db = self.db.clone();
+        let trees: Vec<(Write, sled::Tree)> = writes
+            .into_iter()
+            .map(|w| {
+                let space = match &w {
+                    Write::Put { space, .. } | Write::Delete { space, .. } => *space,
+                };
+                (w, self.tree(space))
+            })
+            .collect();
+        Box::pin(blocking(move || {
+            for (write, tree) in trees {
+                match write {
+                    Write::Put { key, value, .. } => tree.insert(key, value).map(|_| ()),
+                    Write::Delete { key, .. } => tree.remove(key).map(|_| ()),
+                }
+                .map_err(backend)?;
+            }
+            db.flush().map_err(backend)?;
+            Ok(())
+        }))
     }
 
-    fn delete_session(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.sessions.remove(key.as_bytes()).map_err(backend)?;
-        Ok(())
-    }
-
-    fn sessions(&self) -> Result<Vec<(SessionKey, SessionRecord)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.sessions.iter() {
-            let (key, value) = item.map_err(backend)?;
-            let Some(key) = SessionKey::from_slice(&key) else {
-                return Err(StoreError::Corrupt("a session key of the wrong length".into()));
-            };
-            out.push((key, decode(&value)?));
-        }
-        Ok(out)
-    }
-
-    fn put_account(&self, user: &str, record: &AccountRecord) -> Result<(), StoreError> {
-        self.accounts.insert(user.as_bytes(), encode(record)?).map_err(backend)?;
-        Ok(())
-    }
-
-    fn delete_account(&self, key: &str) -> Result<(), StoreError> {
-        self.accounts.remove(key.as_bytes()).map_err(backend)?;
-        Ok(())
-    }
-
-    fn accounts(&self) -> Result<Vec<(String, AccountRecord)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.accounts.iter() {
-            let (key, value) = item.map_err(backend)?;
-            let user = String::from_utf8(key.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            out.push((user, decode(&value)?));
-        }
-        Ok(out)
-    }
-
-    fn put_regulation(&self, key: &str, record: &RegulationRecord) -> Result<(), StoreError> {
-        self.regulation.insert(key.as_bytes(), encode(record)?).map_err(backend)?;
-        Ok(())
-    }
-
-    fn delete_regulation(&self, key: &str) -> Result<(), StoreError> {
-        self.regulation.remove(key.as_bytes()).map_err(backend)?;
-        Ok(())
-    }
-
-    fn regulation(&self) -> Result<Vec<(String, RegulationRecord)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.regulation.iter() {
-            let (key, value) = item.map_err(backend)?;
-            out.push((String::from_utf8_lossy(&key).into_owned(), decode(&value)?));
-        }
-        Ok(out)
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(backend)?;
-        Ok(())
+    fn scan(&self, space: Space) -> StoreFuture<'_, Vec<(Vec<u8>, Vec<u8>)>> {
+        let tree = self.tree(space);
+        Box::pin(blocking(move || {
+            tree.iter().map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend)).collect()
+        }))
     }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::clock::UnixTime;
 use crate::domain::users::User;
-use crate::store::{Store, StoreError};
+use crate::store::{Space, Store, StoreError, Write, decode, encode, text_key};
 
 /// One account's second factors.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,10 +169,10 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    pub fn open(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+    pub async fn open(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let records = DashMap::new();
-        for (user, record) in store.accounts()? {
-            records.insert(user, Arc::new(record));
+        for (key, value) in store.scan(Space::Accounts).await? {
+            records.insert(text_key(&key)?, Arc::new(decode::<AccountRecord>(&value)?));
         }
         Ok(Self { records, store, write: tokio::sync::Mutex::new(()) })
     }
@@ -189,13 +189,7 @@ impl Accounts {
     pub async fn forget(&self, account_key: &str) -> Result<bool, StoreError> {
         let _serial = self.write.lock().await;
         let existed = self.records.remove(account_key).is_some();
-        let (store, key) = (self.store.clone(), account_key.to_string());
-        tokio::task::spawn_blocking(move || {
-            store.delete_account(&key)?;
-            store.flush()
-        })
-        .await
-        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        self.store.apply(vec![Write::Delete { space: Space::Accounts, key: account_key.as_bytes().to_vec() }]).await?;
         Ok(existed)
     }
 
@@ -226,14 +220,8 @@ impl Accounts {
             Ok(value) => value,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let store = self.store.clone();
-        let (key, to_store) = (user.account_key.clone(), record.clone());
-        tokio::task::spawn_blocking(move || {
-            store.put_account(&key, &to_store)?;
-            store.flush()
-        })
-        .await
-        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        let key = user.account_key.as_bytes().to_vec();
+        self.store.apply(vec![Write::Put { space: Space::Accounts, key, value: encode(&record)? }]).await?;
         self.records.insert(user.account_key.clone(), Arc::new(record));
         Ok(Ok(outcome))
     }

@@ -10,7 +10,7 @@ fn regulator(clock: &FixedClock, store: Arc<dyn Store>) -> Regulator {
         window: Duration::from_secs(300),
         ban: Duration::from_secs(900),
     };
-    Regulator::open(store, settings, Arc::new(clock.clone())).unwrap()
+    futures_util::FutureExt::now_or_never(Regulator::open(store, settings, Arc::new(clock.clone()))).unwrap().unwrap()
 }
 
 fn alice_from(ip: &str) -> [Subject; 2] {

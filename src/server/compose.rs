@@ -1,0 +1,78 @@
+//! The services, composed once: the store opened, every domain service loaded from it, keys
+//! read. The proxy ([`super::Server`]), the offline admin CLI and the demo all start from here,
+//! so there is one way the pieces fit together.
+
+use std::sync::Arc;
+
+use crate::base::clock::SharedClock;
+use crate::base::secret::{self, KeyFileError};
+use crate::config::Config;
+use crate::domain::factors::Accounts;
+use crate::domain::factors::sealing::Sealer;
+use crate::domain::notify::{Delivery, Notifier};
+use crate::domain::operator::Admin;
+use crate::domain::regulation::Regulator;
+use crate::domain::session::Sessions;
+use crate::domain::users::{UserDirectory, UsersError};
+use crate::store::sled_store::SledStore;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("cannot prepare data_dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the users file is invalid, so nobody could sign in: {0}")]
+    Users(#[from] UsersError),
+}
+
+/// Everything that keeps state, for one data directory.
+pub struct Services {
+    pub store: Arc<dyn Store>,
+    pub users: Arc<UserDirectory>,
+    pub sessions: Arc<Sessions>,
+    pub accounts: Arc<Accounts>,
+    pub regulator: Arc<Regulator>,
+    pub notifier: Arc<Notifier>,
+    /// The mail delivery task's half, to be spawned by whoever runs the services.
+    pub delivery: Option<Delivery>,
+    /// TOTP secrets are sealed with a key kept beside, not inside, the database.
+    pub sealer: Sealer,
+    pub clock: SharedClock,
+}
+
+impl Services {
+    /// Makes `data_dir` private, opens the store in it (one process at a time) and loads every
+    /// service. Nothing listens yet.
+    pub async fn open(config: &Config, clock: SharedClock) -> Result<Self, ComposeError> {
+        let tightened = secret::secure_private_dir(&config.data_dir)
+            .map_err(|source| ComposeError::DataDir { path: config.data_dir.display().to_string(), source })?;
+        if !tightened.is_empty() {
+            tracing::warn!(count = tightened.len(), data_dir = %config.data_dir.display(), "data_dir held files others could read; made them private (0700/0600)");
+        }
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
+        let sessions = Arc::new(Sessions::open(store.clone(), config.session.clone(), clock.clone()).await?);
+        let accounts = Arc::new(Accounts::open(store.clone()).await?);
+        let regulator = Arc::new(Regulator::open(store.clone(), config.regulation.clone(), clock.clone()).await?);
+        let sealer = Sealer::new(&secret::load_or_create_key(&config.data_dir.join("secrets.key"))?);
+        let users = Arc::new(UserDirectory::load(&config.users_file)?);
+        let (notifier, delivery) = Notifier::new(&config.notify, &config.public_url.origin());
+        Ok(Self { store, users, sessions, accounts, regulator, notifier: Arc::new(notifier), delivery, sealer, clock })
+    }
+
+    /// The operator's actions over these services.
+    pub fn admin(&self, config: Arc<arc_swap::ArcSwap<Config>>) -> Admin {
+        Admin {
+            config,
+            users: self.users.clone(),
+            sessions: self.sessions.clone(),
+            accounts: self.accounts.clone(),
+            regulator: self.regulator.clone(),
+            notifier: self.notifier.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
