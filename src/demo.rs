@@ -15,7 +15,6 @@ use tokio::net::TcpListener;
 
 use crate::base::clock::SystemClock;
 use crate::base::secret;
-use crate::cli;
 use crate::config::{self, Config};
 use crate::domain::users::{self, edit};
 use crate::domain::{identity, password};
@@ -109,7 +108,7 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError>
     tokio::spawn(serve_whoami(upstream, whoami));
 
     let server = Server::bind(config, Arc::new(SystemClock)).await?;
-    cli::announce(&server);
+    server.announce();
     println!();
     println!("  Portcullis demo is running. Open http://{listen}/ and sign in:");
     println!("    user name: {DEMO_USER}");
@@ -122,7 +121,7 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError>
         data_dir.join("mail").display()
     );
     println!("  Demo data (config, users, keys, sessions) is in {}. Stop with Ctrl-C.", data_dir.display());
-    server.serve(cli::shutdown_signal()).await?;
+    server.serve(crate::server::shutdown_signal()).await?;
     Ok(())
 }
 

@@ -24,6 +24,11 @@ impl std::fmt::Display for Escaped<'_> {
     }
 }
 
+/// Whole minutes in `seconds`, rounded up and at least one: "try again in about N minutes".
+pub fn whole_minutes(seconds: i64) -> i64 {
+    (seconds.max(1) + 59) / 60
+}
+
 /// A Unix time as `2026-11-30 15:10:53 UTC`, for pages, mails and the CLI.
 pub fn format_utc(t: crate::base::clock::UnixTime) -> String {
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);

@@ -1,6 +1,6 @@
 //! The command line: run the proxy, check a config, manage users, run the demo.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -232,33 +232,6 @@ fn doctor(path: &Path) -> ExitCode {
     checked
 }
 
-/// Resolves when the process is asked to stop (SIGTERM from a service manager, or Ctrl-C).
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
-}
-
-/// Prints one line per listener on stdout, the signal that the proxy accepts connections (the
-/// tests and scripts wait for it rather than sleeping).
-pub fn announce(server: &Server) {
-    let scheme = if server.is_tls() { "https" } else { "http" };
-    let mut out = std::io::stdout().lock();
-    for addr in server.local_addrs() {
-        let _ = writeln!(out, "portcullis listening on {scheme}://{addr}");
-    }
-    let _ = out.flush();
-}
-
 fn run_server(path: &Path) -> ExitCode {
     let config = match config::load(path) {
         Ok(config) => config,
@@ -270,8 +243,8 @@ fn run_server(path: &Path) -> ExitCode {
     let _log = logging::init(&config.log_level, &config.audit);
     with_runtime(async move {
         let server = Server::bind(config, Arc::new(SystemClock)).await.map_err(|e| e.to_string())?;
-        announce(&server);
-        server.serve(shutdown_signal()).await.map_err(|e| e.to_string())
+        server.announce();
+        server.serve(crate::server::shutdown_signal()).await.map_err(|e| e.to_string())
     })
 }
 

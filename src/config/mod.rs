@@ -213,7 +213,8 @@ pub struct MfaSettings {
     pub policy: MfaPolicy,
     /// Under `optional`, members of these groups are treated as `required`.
     pub required_groups: Vec<String>,
-    /// Whether users may enroll a TOTP authenticator (the one factor that can be enrolled today).
+    /// Whether users may set up an authenticator app (TOTP, RFC 6238). Codes by email are the
+    /// other second factor (`email_otp`); recovery codes come with either.
     pub totp: bool,
     /// The name authenticator apps show next to the account.
     pub issuer: String,

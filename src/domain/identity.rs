@@ -4,7 +4,7 @@
 //! [`UpstreamIdentity`] can only be built here, and only from a [`FullSession`]. Forwarding takes
 //! one, so a request without a full session has nothing to forward with.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -101,12 +101,10 @@ pub fn verify(
     Ok(jsonwebtoken::decode::<AssertionClaims>(token, key, &validation)?.claims)
 }
 
-/// A session's most recent assertion. Signing costs microseconds, but the hot path runs for every
-/// request, so an assertion is reused while at least half its lifetime remains. It is re-signed
-/// when the user record changes (a reload of the users file changed email or groups).
-#[derive(Default)]
-pub struct AssertionCache(Mutex<Option<CachedAssertion>>);
-
+/// A session's most recent assertion, kept in the session's memo. Signing costs microseconds, but
+/// the hot path runs for every request, so an assertion is reused while at least half its lifetime
+/// remains. It is re-signed when the user record changes (a reload of the users file changed email
+/// or groups).
 struct CachedAssertion {
     header: HeaderValue,
     issued_at: UnixTime,
@@ -135,15 +133,16 @@ impl FullSession {
     pub fn upstream_identity(&self, signer: &AssertionSigner) -> Result<UpstreamIdentity, IdentityError> {
         let now = signer.clock.now();
         let user = self.user();
-        let assertion = {
-            let mut cached = self.assertion_cache().0.lock().unwrap_or_else(|p| p.into_inner());
-            match &*cached {
-                Some(c) if now - c.issued_at < signer.ttl / 2 && Arc::ptr_eq(&c.for_user, user) => c.header.clone(),
-                _ => {
-                    let header = HeaderValue::from_str(&signer.sign(self, now)?)?;
-                    *cached = Some(CachedAssertion { header: header.clone(), issued_at: now, for_user: user.clone() });
-                    header
-                }
+        let assertion = match self.memo().get::<CachedAssertion>() {
+            Some(c) if now - c.issued_at < signer.ttl / 2 && Arc::ptr_eq(&c.for_user, user) => c.header.clone(),
+            _ => {
+                let header = HeaderValue::from_str(&signer.sign(self, now)?)?;
+                self.memo().set(Arc::new(CachedAssertion {
+                    header: header.clone(),
+                    issued_at: now,
+                    for_user: user.clone(),
+                }));
+                header
             }
         };
         Ok(UpstreamIdentity {

@@ -10,4 +10,5 @@ pub mod password;
 pub mod policy;
 pub mod regulation;
 pub mod session;
+pub mod sign_in;
 pub mod users;

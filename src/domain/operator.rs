@@ -172,10 +172,9 @@ impl Admin {
                     self.accounts
                         .update(&user, |record| {
                             record.remembered.clear();
-                            Ok::<_, std::convert::Infallible>(())
+                            Ok::<_, StoreError>(())
                         })
-                        .await?
-                        .unwrap_or_else(|never| match never {});
+                        .await?;
                 }
                 let ended = match &target {
                     Target::User(name) => self.sessions.end_all_for(name).await?,
@@ -238,10 +237,9 @@ impl Admin {
             .update(&user, |record| {
                 let last_sign_in = record.last_sign_in;
                 *record = crate::domain::factors::AccountRecord { last_sign_in, ..Default::default() };
-                Ok::<_, std::convert::Infallible>(())
+                Ok::<_, StoreError>(())
             })
-            .await?
-            .unwrap_or_else(|never| match never {});
+            .await?;
         // A factor locked by 100 failures belongs to the factor that was just removed.
         self.regulator.clear(&crate::domain::regulation::Subject::Account(name.to_string()).store_key()).await?;
         // Ended, not downgraded: a downgraded session would have no factor left to prove, and
@@ -289,10 +287,9 @@ impl Admin {
         self.accounts
             .update(&user, |account| {
                 account.recovery_link = Some(record);
-                Ok::<_, std::convert::Infallible>(())
+                Ok::<_, StoreError>(())
             })
-            .await?
-            .unwrap_or_else(|never| match never {});
+            .await?;
         let query = serde_urlencoded::to_string([("token", token.as_str())]).unwrap_or_default();
         let url = config.public_url.join_path(&format!("/.portcullis/recover?{query}"));
         tracing::warn!(target: "portcullis::security", %operator, user = %name, expires_at, email, "admin: recovery link issued");

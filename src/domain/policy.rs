@@ -7,6 +7,7 @@
 //! rule that only applies at login leaves old sessions unconverted for days).
 
 use crate::config::{MfaPolicy, MfaSettings};
+use crate::domain::factors::{AccountRecord, FactorKind};
 use crate::domain::users::User;
 
 /// What one account must prove beyond the password.
@@ -43,25 +44,30 @@ pub fn requirement(mfa: &MfaSettings, user: &User, now: crate::base::clock::Unix
     }
 }
 
+/// The policy's word that the password is all this account needs now: what a session becomes
+/// full with when no second factor applies. Only [`after_password`] gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordIsEnough(());
+
 /// Where a user goes once their password is proven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterPassword {
     /// The password is all that is needed: a full session now.
-    Done,
+    Done(PasswordIsEnough),
     /// Prove the enrolled second factor.
     Challenge,
     /// No factor yet, but one is required: enroll now, inline, then carry on.
     Enroll,
     /// Signed in, and reminded first that 2FA becomes required at this time.
-    Remind(crate::base::clock::UnixTime),
+    Remind(crate::base::clock::UnixTime, PasswordIsEnough),
 }
 
 pub fn after_password(requirement: Requirement, has_factor: bool) -> AfterPassword {
     match (requirement, has_factor) {
-        (Requirement::Off, _) => AfterPassword::Done,
+        (Requirement::Off, _) => AfterPassword::Done(PasswordIsEnough(())),
         (_, true) => AfterPassword::Challenge,
-        (Requirement::Optional, false) => AfterPassword::Done,
-        (Requirement::Upcoming(deadline), false) => AfterPassword::Remind(deadline),
+        (Requirement::Optional, false) => AfterPassword::Done(PasswordIsEnough(())),
+        (Requirement::Upcoming(deadline), false) => AfterPassword::Remind(deadline, PasswordIsEnough(())),
         (Requirement::Required, false) => AfterPassword::Enroll,
     }
 }
@@ -85,7 +91,7 @@ pub fn should_nudge(
     requirement: Requirement,
     has_factor: bool,
     every: Option<std::time::Duration>,
-    account: &crate::domain::factors::AccountRecord,
+    account: &AccountRecord,
     now: crate::base::clock::UnixTime,
 ) -> bool {
     let Some(every) = every else { return false };
@@ -93,6 +99,67 @@ pub fn should_nudge(
         && !has_factor
         && !account.nudge_declined
         && account.nudged_at.is_none_or(|at| now - at >= every.as_secs() as i64)
+}
+
+/// Whether a second factor proven at `at` is recent enough for a sensitive change.
+pub fn recently_proven(
+    at: Option<crate::base::clock::UnixTime>,
+    now: crate::base::clock::UnixTime,
+    window_seconds: i64,
+) -> bool {
+    at.is_some_and(|at| now - at < window_seconds && at <= now)
+}
+
+/// Whether a factor may be set up now, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// Add it: the account lacks it.
+    Add,
+    /// Replace the account's authenticator with a new one (a new phone).
+    Replace,
+    /// The account is protected already: prove a factor again first.
+    StepUpFirst,
+    No,
+}
+
+/// What the session asking to set up a factor has proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proven {
+    /// The password only (a half-logged-in session).
+    Password,
+    /// A full session; `recently` is whether its second factor is within the step-up window.
+    Full { recently: bool },
+}
+
+/// Whether a session may set up a factor of `kind`. 2FA must be on and the kind offered; then
+/// either the account has no factor at all (inline enrollment, or after an operator reset or a
+/// recovery link, where the password is what was proven), or this is a full session with a
+/// recently proven second factor, so a stolen session cookie alone can neither add a factor to a
+/// protected account nor swap its authenticator. Only an app can be moved to a new device; an
+/// email address is proven anew by adding it.
+pub fn may_set_up(
+    mfa: &MfaSettings,
+    requirement: Requirement,
+    account: &AccountRecord,
+    kind: FactorKind,
+    proven: Proven,
+) -> Setup {
+    let (offered, has) = match kind {
+        FactorKind::Totp => (mfa.totp, account.totp.is_some()),
+        FactorKind::Email => (mfa.email_otp, account.email.is_some()),
+    };
+    if !offered || requirement == Requirement::Off || (has && kind == FactorKind::Email) {
+        return Setup::No;
+    }
+    if !account.has_second_factor() {
+        return Setup::Add;
+    }
+    match (proven, has) {
+        (Proven::Password, _) => Setup::No,
+        (Proven::Full { recently: false }, _) => Setup::StepUpFirst,
+        (Proven::Full { recently: true }, false) => Setup::Add,
+        (Proven::Full { recently: true }, true) => Setup::Replace,
+    }
 }
 
 #[cfg(test)]
@@ -119,13 +186,14 @@ mod tests {
 
     #[test]
     fn after_the_password() {
-        assert_eq!(after_password(Off, true), Done);
-        assert_eq!(after_password(Off, false), Done);
+        let enough = PasswordIsEnough(());
+        assert_eq!(after_password(Off, true), Done(enough));
+        assert_eq!(after_password(Off, false), Done(enough));
         assert_eq!(after_password(Optional, true), Challenge);
-        assert_eq!(after_password(Optional, false), Done);
+        assert_eq!(after_password(Optional, false), Done(enough));
         assert_eq!(after_password(Required, true), Challenge);
         assert_eq!(after_password(Required, false), Enroll);
-        assert_eq!(after_password(Upcoming(99), false), Remind(99));
+        assert_eq!(after_password(Upcoming(99), false), Remind(99, enough));
         assert_eq!(after_password(Upcoming(99), true), Challenge);
     }
 
@@ -203,20 +271,55 @@ mod tests {
             assert_eq!(full_session_allowed(requirement, has, proved), allowed, "{requirement:?} {has} {proved}");
         }
     }
-}
 
-/// Whether a second factor proven at `at` is recent enough for a sensitive change.
-pub fn recently_proven(
-    at: Option<crate::base::clock::UnixTime>,
-    now: crate::base::clock::UnixTime,
-    window_seconds: i64,
-) -> bool {
-    at.is_some_and(|at| now - at < window_seconds && at <= now)
-}
-
-#[cfg(test)]
-mod step_up_tests {
-    use super::recently_proven;
+    #[test]
+    fn who_may_set_up_what() {
+        let mfa = MfaSettings {
+            policy: MfaPolicy::Optional,
+            required_groups: vec![],
+            totp: true,
+            issuer: "x".into(),
+            step_up_window: std::time::Duration::from_secs(600),
+            attempts: 3,
+            required_after: None,
+            group_required_after: Default::default(),
+            nudge_every: None,
+            remember_device: None,
+            email_otp: true,
+            email_code_digits: 6,
+        };
+        let none = AccountRecord::default();
+        let with_app = AccountRecord {
+            totp: Some(crate::domain::factors::TotpRecord {
+                sealed_secret: Vec::new(),
+                enrolled_at: 0,
+                last_used_at: None,
+                last_step: 0,
+            }),
+            ..Default::default()
+        };
+        let fresh = Proven::Full { recently: true };
+        let stale = Proven::Full { recently: false };
+        use FactorKind::{Email, Totp};
+        let table = [
+            (Optional, &none, Totp, Proven::Password, Setup::Add),
+            (Off, &none, Totp, fresh, Setup::No),
+            (Required, &with_app, Totp, Proven::Password, Setup::No),
+            (Required, &with_app, Totp, stale, Setup::StepUpFirst),
+            (Required, &with_app, Totp, fresh, Setup::Replace),
+            (Required, &with_app, Email, fresh, Setup::Add),
+            (Required, &with_app, Email, stale, Setup::StepUpFirst),
+        ];
+        for (requirement, account, kind, proven, expected) in table {
+            assert_eq!(
+                may_set_up(&mfa, requirement, account, kind, proven),
+                expected,
+                "{requirement:?} {kind:?} {proven:?}"
+            );
+        }
+        let app_only = MfaSettings { email_otp: false, ..mfa };
+        assert_eq!(may_set_up(&app_only, Optional, &none, Email, fresh), Setup::No, "not offered");
+    }
 
     #[test]
     fn step_up_window() {

@@ -406,7 +406,9 @@ impl Regulator {
     async fn persist(&self, changed: Vec<(String, RegulationRecord)>) -> Result<(), StoreError> {
         let writes = changed
             .into_iter()
-            .map(|(key, record)| Ok(Write::Put { space: Space::Regulation, key: key.into_bytes(), value: encode(&record)? }))
+            .map(|(key, record)| {
+                Ok(Write::Put { space: Space::Regulation, key: key.into_bytes(), value: encode(&record)? })
+            })
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.store.apply(writes).await
     }

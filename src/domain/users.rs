@@ -24,7 +24,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::base::secret::write_private_file;
-use crate::domain::password;
+use crate::domain::password::hashing as password;
 
 /// A user name: 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or digit. Lower case only, so
 /// "Alice" and "alice" can never be two accounts.

@@ -31,12 +31,15 @@ use tokio_rustls::TlsAcceptor;
 use crate::base::clock::SharedClock;
 use crate::base::secret::{self, KeyFileError};
 use crate::config::Config;
+use crate::domain::factors::SecondFactors;
 use crate::domain::identity::AssertionSigner;
 use crate::domain::password::{HashError, PasswordChecker};
+use crate::domain::sign_in::SignIn;
 use crate::server::compose::{ComposeError, Services};
 use crate::store::StoreError;
-use crate::web::app::{App, Connection};
 use crate::web::forward::{Forwarder, ProxySetupError};
+use crate::web::pending::Pending;
+use crate::web::state::{App, Connection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -124,23 +127,26 @@ impl Server {
                 "sign-in codes by email are written as files into this folder (notify.transport = \"file\"); fine for trying it out, but use SMTP for real users"
             );
         }
-        let pending = crate::web::portal::Pending::default();
         let known_browsers = crate::domain::known_browser::KnownBrowsers::new(sealer.browser_key());
+        let sign_in = SignIn {
+            users: users.clone(),
+            passwords,
+            regulator: regulator.clone(),
+            known_browsers,
+            notifier: notifier.clone(),
+            clock: clock.clone(),
+        };
         let app = Arc::new(App {
             config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
             users,
             sessions,
-            passwords,
+            sign_in,
+            factors: SecondFactors::new(accounts, sealer),
             signer,
-            accounts,
-            sealer,
-            pending,
+            pending: Pending::default(),
             regulator,
-            drift: crate::domain::clock_health::Drift::default(),
             clock_warnings: Default::default(),
-            email_codes: Default::default(),
             notifier,
-            known_browsers,
             clock,
         });
         let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -159,6 +165,18 @@ impl Server {
 
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// Prints one line per listener on stdout, the signal that the proxy accepts connections (the
+    /// tests and scripts wait for it rather than sleeping).
+    pub fn announce(&self) {
+        use std::io::Write as _;
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        let mut out = std::io::stdout().lock();
+        for addr in self.local_addrs() {
+            let _ = writeln!(out, "portcullis listening on {scheme}://{addr}");
+        }
+        let _ = out.flush();
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
@@ -251,7 +269,7 @@ fn tell_abandoned(app: &App, users: &[String]) {
     let mut told = std::collections::HashSet::new();
     for name in users {
         let Some(user) = app.users.get(name) else { continue };
-        if app.accounts.get(&user).has_second_factor() && told.insert(name.clone()) {
+        if app.account(&user).has_second_factor() && told.insert(name.clone()) {
             tracing::warn!(target: "portcullis::security", user = %name, "password right, second step abandoned");
             app.notifier.send(&user, crate::domain::notify::SecurityEvent::SecondStepAbandoned, app.clock.now(), false);
         }
@@ -344,8 +362,8 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                 Err(e) => tracing::error!("session sweep failed: {e}"),
             }
             app.pending.retain_live(|key| app.sessions.contains(key));
-            app.email_codes.sweep(app.clock.now());
-            let drift = app.drift.report();
+            app.factors.email_codes.sweep(app.clock.now());
+            let drift = app.factors.drift.report();
             if drift.skew_likely() != skew_reported {
                 skew_reported = drift.skew_likely();
                 if skew_reported {
@@ -448,5 +466,21 @@ where
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(peer = %conn.peer, "connection ended with an error: {e}");
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM: what `serve` waits for to shut down gracefully.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
     }
 }

@@ -5,9 +5,12 @@ use std::sync::Mutex;
 
 use super::{Space, Store, StoreError, StoreFuture, Write};
 
+/// One keyspace: keys to values, in key order (as sled keeps them).
+type Keyspace = BTreeMap<Vec<u8>, Vec<u8>>;
+
 #[derive(Default)]
 pub struct MemoryStore {
-    spaces: Mutex<HashMap<Space, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    spaces: Mutex<HashMap<Space, Keyspace>>,
 }
 
 impl Store for MemoryStore {
@@ -28,7 +31,8 @@ impl Store for MemoryStore {
 
     fn scan(&self, space: Space) -> StoreFuture<'_, Vec<(Vec<u8>, Vec<u8>)>> {
         let spaces = self.spaces.lock().unwrap_or_else(|p| p.into_inner());
-        let all = spaces.get(&space).map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let all =
+            spaces.get(&space).map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
         Box::pin(std::future::ready(Ok(all)))
     }
 }

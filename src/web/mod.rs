@@ -1,9 +1,19 @@
-//! HTTP: the gate in front of the upstream, forwarding, routing, and the proxy's own pages.
+//! HTTP: the gate in front of the upstream, forwarding, routing, the proxy's own pages, forms and
+//! their checks, and the one error type every handler answers with.
+//!
+//! Inside the layer, too, dependencies point one way: `gate` → `portal` (the pages) → `forms`,
+//! `cookies`, `respond` → `state` (the shared services) → `pending`, `route`, `pages`, `error`.
 
-pub mod app;
 pub mod body_timeout;
+pub mod cookies;
+pub mod error;
+pub mod forms;
 pub mod forward;
+pub mod gate;
 pub mod pages;
+pub mod pending;
 pub mod portal;
+pub mod respond;
 pub mod return_url;
 pub mod route;
+pub mod state;

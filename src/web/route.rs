@@ -111,34 +111,51 @@ pub enum Route {
     Gate,
 }
 
-pub fn login_path() -> String {
-    format!("{PREFIX}/login")
-}
-
-/// The own pages a browser is sent to with a place to go afterwards (`?rd=`).
+/// The own pages a browser is sent to (most with a place to go afterwards, `?rd=`): every path
+/// a handler names comes from here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
     Login,
+    Logout,
     Challenge,
     Enroll,
+    EnrollEmail,
     RecoveryCodes,
     Reminder,
     Nudge,
     Account,
+    Admin,
 }
 
 impl Destination {
-    pub fn path(self) -> &'static str {
+    pub const fn path(self) -> &'static str {
         match self {
             Self::Login => "/.portcullis/login",
+            Self::Logout => "/.portcullis/logout",
             Self::Challenge => "/.portcullis/challenge",
             Self::Enroll => "/.portcullis/enroll",
+            Self::EnrollEmail => "/.portcullis/enroll/email",
             Self::RecoveryCodes => "/.portcullis/recovery-codes",
             Self::Reminder => "/.portcullis/reminder",
             Self::Nudge => "/.portcullis/nudge",
             Self::Account => "/.portcullis/account",
+            Self::Admin => "/.portcullis/admin",
         }
     }
+
+    /// The path with `?rd=` (and any further `extra` query pairs), relative to the public URL.
+    pub fn with_return(self, return_to: &str, extra: &[(&str, &str)]) -> String {
+        let mut pairs = vec![("rd", return_to)];
+        pairs.extend_from_slice(extra);
+        let query = serde_urlencoded::to_string(pairs).unwrap_or_default();
+        format!("{}?{query}", self.path())
+    }
+}
+
+/// A notice on the account or admin page after a change (`?done=`): fixed keys, never text.
+pub fn done(page: Destination, key: &str) -> String {
+    let query = serde_urlencoded::to_string([("done", key)]).unwrap_or_default();
+    format!("{}?{query}", page.path())
 }
 
 /// The path as a server would resolve it: percent-decoded, dot segments and empty segments

@@ -10,7 +10,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::RecoveryCodeRecord;
+use serde::{Deserialize, Serialize};
+
+use crate::base::clock::UnixTime;
 use crate::base::secret::{Secret, random_bytes};
 
 pub const COUNT: usize = 10;
@@ -75,6 +77,13 @@ pub fn find_unused(pepper: &Secret, records: &[RecoveryCodeRecord], input: &str)
         }
     }
     found
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryCodeRecord {
+    /// HMAC-SHA256 of the normalised code under the data directory's pepper, hex.
+    pub digest: String,
+    pub used_at: Option<UnixTime>,
 }
 
 #[cfg(test)]

@@ -11,9 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-use super::AccountRecord;
 use crate::base::clock::UnixTime;
 use crate::domain::users::User;
 
@@ -37,7 +35,7 @@ pub struct RememberedBrowser {
     pub last_used_at: Option<UnixTime>,
 }
 
-fn digest_of(token: &str) -> String {
+pub(super) fn digest_of(token: &str) -> String {
     Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -61,71 +59,4 @@ pub fn remember(
         last_used_at: None,
     };
     (token, record)
-}
-
-impl AccountRecord {
-    /// Adds a remembered browser, dropping run-out ones and, past the cap, the oldest.
-    pub fn add_remembered(&mut self, browser: RememberedBrowser, now: UnixTime) {
-        self.remembered.retain(|b| b.expires_at > now);
-        self.remembered.push(browser);
-        while self.remembered.len() > MAX_PER_ACCOUNT {
-            self.remembered.remove(0);
-        }
-    }
-
-    /// The remembered browser whose cookie holds `token`, if it has not run out and was
-    /// remembered under `user`'s current password. Every digest is compared in constant time.
-    pub fn remembered_by_token(&self, token: &str, user: &User, now: UnixTime) -> Option<usize> {
-        let given = digest_of(token);
-        let password = user.password_tag();
-        let mut found = None;
-        for (index, browser) in self.remembered.iter().enumerate() {
-            let same = bool::from(browser.digest.as_bytes().ct_eq(given.as_bytes()));
-            if same && browser.expires_at > now && browser.password == password {
-                found = Some(index);
-            }
-        }
-        found
-    }
-
-    /// The browsers still remembered at `now`.
-    pub fn remembered_at(&self, now: UnixTime) -> impl Iterator<Item = &RememberedBrowser> {
-        self.remembered.iter().filter(move |b| b.expires_at > now)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn alice(password_hash: &str) -> User {
-        User {
-            name: crate::domain::users::Username::parse("alice").unwrap(),
-            display_name: "Alice".into(),
-            email: "alice@example.com".into(),
-            groups: vec![],
-            password_hash: password_hash.into(),
-            credential_stamp: crate::domain::users::credential_stamp(password_hash),
-            account_key: "alice".into(),
-        }
-    }
-
-    #[test]
-    fn a_token_finds_its_browser_until_it_runs_out_or_the_password_changes() {
-        let user = alice("$argon2id$one");
-        let mut account = AccountRecord::default();
-        let (token, record) = remember(&user, "Firefox on Linux".into(), "192.0.2.1".into(), 1_000, 100);
-        assert!(!record.digest.contains(&token), "only the digest is kept");
-        account.add_remembered(record, 1_000);
-        assert_eq!(account.remembered_by_token(&token, &user, 1_050), Some(0));
-        assert_eq!(account.remembered_by_token("another token", &user, 1_050), None);
-        assert_eq!(account.remembered_by_token(&token, &alice("$argon2id$two"), 1_050), None, "a new password");
-        assert_eq!(account.remembered_by_token(&token, &user, 1_100), None, "run out");
-        for n in 0..MAX_PER_ACCOUNT {
-            let (_, more) = remember(&user, format!("browser {n}"), String::new(), 1_000, 100);
-            account.add_remembered(more, 1_000);
-        }
-        assert_eq!(account.remembered.len(), MAX_PER_ACCOUNT);
-        assert_eq!(account.remembered_by_token(&token, &user, 1_050), None, "the oldest was forgotten");
-    }
 }

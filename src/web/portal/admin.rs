@@ -10,63 +10,49 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{SessionForm, login_redirect, send_to, session_post, unavailable};
 use crate::base::text::format_utc;
 use crate::domain::operator::{Reply, Request as Operation, Target};
-use crate::domain::policy;
 use crate::domain::session::{FullSession, Lookup, Session};
-use crate::web::app::{App, RequestUser};
+use crate::web::error::WebError;
+use crate::web::forms::{SessionForm, session_post};
 use crate::web::pages::{self, AdminAdoptionRow, AdminBanRow, AdminPage, AdminUserRow, Body};
-use crate::web::route::Destination;
+use crate::web::respond::{Answer, go_to, login_redirect, send_to, with_user};
+use crate::web::route::{Destination, done};
+use crate::web::state::App;
 
-const HOME: &str = "/.portcullis/admin";
+const HOME: &str = Destination::Admin.path();
 
-/// The session, if it may use the admin pages now; otherwise where to send it instead.
-fn admit(app: &App, session: Option<Session>) -> Result<FullSession, Box<Response<Body>>> {
-    let Some(group) = app.config().admin.group.clone() else { return Err(Box::new(super::not_found())) };
+/// The session, if it may use the admin pages now: a full one, of a member of `admin.group`,
+/// with a second factor proven within the step-up window. Otherwise the error to show, or
+/// (`Ok(Err(..))`) where to send the browser first.
+fn admit(app: &App, session: Option<Session>) -> Result<Result<FullSession, Response<Body>>, WebError> {
+    let Some(group) = app.config().admin.group.clone() else { return Err(WebError::NotFound) };
     let full = match session {
-        None => return Err(Box::new(login_redirect(app, HOME))),
-        Some(Session::Partial(_)) => return Err(Box::new(send_to(app, Destination::Challenge, HOME))),
+        None => return Ok(Err(login_redirect(app, HOME))),
+        Some(Session::Partial(_)) => return Ok(Err(send_to(app, Destination::Challenge, HOME))),
         Some(Session::Full(full)) => full,
     };
-    let name = full.user().name.to_string();
     if !full.user().groups.contains(&group) {
-        tracing::warn!(target: "portcullis::security", user = %name, "admin pages refused: not in the admin group");
-        return Err(Box::new(pages::error(
-            StatusCode::FORBIDDEN,
-            "Not an administrator",
-            "Your account is not in the group that administers Portcullis.",
-            Some(("/", "Continue to the application")),
-        )));
+        tracing::warn!(target: "portcullis::security", user = %full.user().name, "admin pages refused: not in the admin group");
+        return Err(WebError::NotAdministrator);
     }
-    if !app.accounts.get(full.user()).has_second_factor() {
-        return Err(Box::new(pages::error(
-            StatusCode::FORBIDDEN,
-            "Two-step verification first",
-            "The admin pages need a second factor. Set up two-step verification for your account, then come back.",
-            Some(("/.portcullis/enroll?rd=%2F.portcullis%2Fadmin", "Set it up")),
-        )));
+    if !app.account(full.user()).has_second_factor() {
+        return Err(WebError::AdminNeedsSecondFactor);
     }
-    let window = app.config().mfa.step_up_window.as_secs() as i64;
-    if !policy::recently_proven(full.second_factor_at(), app.clock.now(), window) {
-        return Err(Box::new(send_to(app, Destination::Challenge, HOME)));
+    if !app.recently_proven(&full) {
+        return Ok(Err(send_to(app, Destination::Challenge, HOME)));
     }
-    Ok(full)
+    Ok(Ok(full))
 }
 
-fn with_admin(mut response: Response<Body>, full: &FullSession) -> Response<Body> {
-    response.extensions_mut().insert(RequestUser(Some(full.user().name.to_string())));
-    response
-}
-
-pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Response<Body> {
+pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Answer {
     let session = match app.session(request.headers()).await {
         Lookup::Found(session) => Some(session),
         _ => None,
     };
-    let full = match admit(app, session) {
+    let full = match admit(app, session)? {
         Ok(full) => full,
-        Err(response) => return *response,
+        Err(elsewhere) => return Ok(elsewhere),
     };
     let notice = request.uri().query().and_then(|q| {
         serde_urlencoded::from_str::<Vec<(String, String)>>(q)
@@ -80,14 +66,8 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Respons
     let (users, bans) =
         match (admin.execute(Operation::Users, &operator).await, admin.execute(Operation::Bans, &operator).await) {
             (Ok(Reply::Users { users }), Ok(Reply::Bans { bans })) => (users, bans),
-            _ => {
-                return pages::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Try again",
-                    "The overview could not be made.",
-                    None,
-                );
-            }
+            (Err(e), _) | (_, Err(e)) => return Err(WebError::Unavailable(format!("the admin overview: {e}"))),
+            _ => return Err(WebError::Internal("the admin overview got an unexpected reply".into())),
         };
     let when = |t: Option<i64>| t.map_or("never".to_string(), format_utc);
     let adoption = crate::domain::operator::adoption_by_group(&users)
@@ -135,7 +115,7 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Respons
         })
         .collect();
     let mut warnings: Vec<String> = app.clock_warnings.load().iter().map(|w| format!("Clock: {w}.")).collect();
-    let drift = app.drift.report();
+    let drift = app.factors.drift.report();
     if drift.skew_likely() {
         warnings.push(format!(
             "Clock: of the last {} accepted codes, {:.0}% matched the previous and {:.0}% the next time step. This server's clock is probably off; run `portcullis doctor`.",
@@ -150,7 +130,7 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Respons
         warnings.push("Clock: the kernel reports the clock as not synchronised; run a time daemon.".into());
     }
     let page = AdminPage { admin: &operator, csrf: full.csrf_token(), notice, warnings, users, adoption, bans };
-    with_admin(pages::html(StatusCode::OK, &page), &full)
+    Ok(with_user(pages::html(StatusCode::OK, &page), full.user()))
 }
 
 /// An account's factors as a person names them, never the internal names.
@@ -234,14 +214,13 @@ fn consequence(op: &str, target: &str) -> Option<(String, String, &'static str)>
     })
 }
 
-pub(super) async fn action(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
-    let (session, form, _) = match session_post::<ActionForm>(app, request, |_| login_redirect(app, HOME)).await {
-        Ok(checked) => checked,
-        Err(response) => return response,
-    };
-    let full = match admit(app, Some(session)) {
+pub(super) async fn action(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+    let posted = session_post::<ActionForm>(app, request).await?;
+    let form = posted.form;
+    let Some(session) = posted.session else { return Ok(login_redirect(app, HOME)) };
+    let full = match admit(app, Some(session))? {
         Ok(full) => full,
-        Err(response) => return *response,
+        Err(elsewhere) => return Ok(elsewhere),
     };
     let operation = match form.op.as_str() {
         "reset-2fa" => Operation::Reset2fa { user: form.target.clone() },
@@ -251,7 +230,7 @@ pub(super) async fn action(app: &Arc<App>, request: Request<Incoming>) -> Respon
         "unban" => Operation::Unban { subject: form.target.clone() },
         // From the page, a link is only ever emailed: it goes to the account's own address.
         "recovery-link" => Operation::RecoveryLink { user: form.target.clone(), valid_for: None, email: true },
-        _ => return pages::error(StatusCode::BAD_REQUEST, "Unknown action", "There is no such action.", None),
+        _ => return Err(WebError::NoSuchAction),
     };
     if form.confirmed != "yes"
         && let Some((title, consequence, button)) = consequence(&form.op, &form.target)
@@ -264,26 +243,22 @@ pub(super) async fn action(app: &Arc<App>, request: Request<Incoming>) -> Respon
             op: &form.op,
             target: &form.target,
         };
-        return with_admin(pages::html(StatusCode::OK, &page), &full);
+        return Ok(with_user(pages::html(StatusCode::OK, &page), full.user()));
     }
     let operator = full.user().name.to_string();
-    let done = match app.admin().execute(operation, &operator).await {
-        Ok(Reply::Reset { .. }) => "reset",
-        Ok(Reply::Revoked { .. }) => "revoked",
-        Ok(Reply::Downgraded { .. }) => "downgraded",
-        Ok(Reply::Unbanned { .. }) => "unbanned",
-        Ok(Reply::RecoveryLink { .. }) => "link",
-        Ok(Reply::Refused { reason }) => {
-            return with_admin(
-                pages::error(StatusCode::BAD_REQUEST, "Not done", &reason, Some((HOME, "Back to administration"))),
-                &full,
-            );
-        }
-        Ok(_) => "",
-        Err(e) => {
-            tracing::error!("an admin action failed: {e}");
-            return unavailable();
-        }
+    let reply = app
+        .admin()
+        .execute(operation, &operator)
+        .await
+        .map_err(|e| WebError::Unavailable(format!("an admin action failed: {e}")))?;
+    let notice = match reply {
+        Reply::Reset { .. } => "reset",
+        Reply::Revoked { .. } => "revoked",
+        Reply::Downgraded { .. } => "downgraded",
+        Reply::Unbanned { .. } => "unbanned",
+        Reply::RecoveryLink { .. } => "link",
+        Reply::Refused { reason } => return Err(WebError::ActionRefused(reason)),
+        _ => "",
     };
-    with_admin(pages::see_other(&app.config().public_url.join_path(&format!("{HOME}?done={done}"))), &full)
+    Ok(with_user(go_to(app, &done(Destination::Admin, notice)), full.user()))
 }

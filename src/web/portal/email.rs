@@ -7,53 +7,40 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::challenge::{self, CodeForm, Extras};
-use super::enroll::{Setup, factor_added, may_set_up};
-use super::{RdCsrfForm, go_to, login_redirect, return_to_from_query, send_to, session_post, unavailable, with_user};
-use crate::domain::factors::email::{EmailCodeError, Purpose, masked};
-use crate::domain::factors::{EmailFactorRecord, FactorKind};
+use super::challenge::{self, Extras};
+use super::enroll::factor_added;
+use super::second_step::send_sign_in_code;
+use crate::domain::factors::FactorKind;
+use crate::domain::factors::email::{EmailCodeError, masked};
+use crate::domain::factors::service::EnrollError;
 use crate::domain::notify::SecurityEvent;
-use crate::domain::session::{AuthMethod, Lookup, Session};
-use crate::domain::users::User;
-use crate::web::app::App;
-use crate::web::pages::{self, Body, CodeError, EmailNotice, EnrollEmailPage};
+use crate::domain::policy::Setup;
+use crate::domain::session::{Lookup, Session};
+use crate::web::forms::{CodeForm, RdCsrfForm, return_to_from_query, session_post};
+use crate::web::pages::{self, Body, ChallengeView, CodeError, EmailNotice, EnrollEmailPage};
+use crate::web::respond::{Answer, go_to, login_redirect, send_to, with_user};
 use crate::web::route::Destination;
-
-/// Mails a sign-in code to the account's confirmed address, unless sending is throttled.
-pub(super) fn send_sign_in_code(app: &App, user: &User) -> Result<(), EmailCodeError> {
-    let name = user.name.as_str();
-    let Some(factor) = app.accounts.get(user).email.clone() else { return Err(EmailCodeError::NoCode) };
-    let now = app.clock.now();
-    let digits = app.config().mfa.email_code_digits;
-    let code = app.email_codes.issue(&user.account_key, Purpose::SignIn, digits, app.sealer.pepper(), now)?;
-    // To the address that was proven, whatever the users file says now.
-    let recipient = User { email: factor.address, ..user.clone() };
-    app.notifier.send(&recipient, SecurityEvent::SignInCode { code }, now, true);
-    tracing::info!(target: "portcullis::security", user = %name, "sign-in code emailed");
-    Ok(())
-}
+use crate::web::state::App;
 
 /// "Email me a code" on the challenge page.
-pub(super) async fn challenge_send(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
-    let (session, _, return_to) = match session_post::<RdCsrfForm>(app, request, |rd| login_redirect(app, rd)).await {
-        Ok(checked) => checked,
-        Err(response) => return response,
-    };
-    match send_sign_in_code(app, session.user()) {
+pub(super) async fn challenge_send(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+    let posted = session_post::<RdCsrfForm>(app, request).await?;
+    let return_to = posted.return_to;
+    let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
+    Ok(match send_sign_in_code(app, session.user()) {
         Ok(()) => {
-            let query = serde_urlencoded::to_string([("rd", return_to.as_str()), ("sent", "1")]).unwrap_or_default();
-            with_user(go_to(app, &format!("{}?{query}", Destination::Challenge.path())), session.user())
+            with_user(go_to(app, &Destination::Challenge.with_return(&return_to, &[("sent", "1")])), session.user())
         }
         Err(EmailCodeError::Throttled { retry_after }) => {
             let extras = Extras {
-                view: Some(pages::ChallengeView::Email),
+                view: Some(ChallengeView::Email),
                 email_notice: Some(EmailNotice::Wait { seconds: retry_after }),
                 ..Default::default()
             };
             challenge::render(app, &session, &return_to, extras, StatusCode::TOO_MANY_REQUESTS)
         }
         Err(_) => send_to(app, Destination::Challenge, &return_to),
-    }
+    })
 }
 
 fn render_enroll_email(
@@ -70,7 +57,7 @@ fn render_enroll_email(
 
 /// Where a session that may not add email codes goes instead.
 fn not_now(app: &App, session: &Session, return_to: &str) -> Response<Body> {
-    match (may_set_up(app, session, FactorKind::Email), session) {
+    match (app.may_set_up(session, FactorKind::Email), session) {
         (Setup::StepUpFirst, _) => send_to(app, Destination::Challenge, Destination::Account.path()),
         (_, Session::Partial(_)) => send_to(app, Destination::Challenge, return_to),
         (_, Session::Full(_)) => go_to(app, Destination::Account.path()),
@@ -78,23 +65,20 @@ fn not_now(app: &App, session: &Session, return_to: &str) -> Response<Body> {
 }
 
 /// "Use codes by email": sends a confirmation code to the account's address.
-pub(super) async fn enroll_send(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
-    let (session, _, return_to) = match session_post::<RdCsrfForm>(app, request, |rd| login_redirect(app, rd)).await {
-        Ok(checked) => checked,
-        Err(response) => return response,
-    };
-    if may_set_up(app, &session, FactorKind::Email) != Setup::Add {
-        return not_now(app, &session, &return_to);
+pub(super) async fn enroll_send(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+    let posted = session_post::<RdCsrfForm>(app, request).await?;
+    let return_to = posted.return_to;
+    let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
+    if app.may_set_up(&session, FactorKind::Email) != Setup::Add {
+        return Ok(not_now(app, &session, &return_to));
     }
     let user = session.user();
     let now = app.clock.now();
-    let purpose = Purpose::Confirm { address: user.email.clone() };
     let digits = app.config().mfa.email_code_digits;
-    match app.email_codes.issue(&user.account_key, purpose, digits, app.sealer.pepper(), now) {
+    Ok(match app.factors.issue_confirmation_code(user, digits, now) {
         Ok(code) => {
             app.notifier.send(user, SecurityEvent::ConfirmAddress { code }, now, true);
-            let query = serde_urlencoded::to_string([("rd", return_to.as_str()), ("sent", "1")]).unwrap_or_default();
-            go_to(app, &format!("/.portcullis/enroll/email?{query}"))
+            go_to(app, &Destination::EnrollEmail.with_return(&return_to, &[("sent", "1")]))
         }
         Err(EmailCodeError::Throttled { retry_after }) => render_enroll_email(
             &session,
@@ -104,7 +88,7 @@ pub(super) async fn enroll_send(app: &Arc<App>, request: Request<Incoming>) -> R
             StatusCode::TOO_MANY_REQUESTS,
         ),
         Err(_) => not_now(app, &session, &return_to),
-    }
+    })
 }
 
 #[derive(Deserialize)]
@@ -114,66 +98,44 @@ struct SentQuery {
 
 /// "A code is on its way", after a redirect from sending one (`?sent=1`). Only ever this fixed
 /// notice: nothing from the address is shown.
-pub(super) fn sent_notice<B>(request: &Request<B>) -> Option<EmailNotice> {
+fn sent_notice<B>(request: &Request<B>) -> Option<EmailNotice> {
     let query = serde_urlencoded::from_str::<SentQuery>(request.uri().query().unwrap_or("")).ok()?;
     (query.sent.as_deref() == Some("1")).then_some(EmailNotice::Sent)
 }
 
 /// The page that asks for the confirmation code.
-pub(super) async fn enroll_form(app: &App, request: &Request<Incoming>) -> Response<Body> {
+pub(super) async fn enroll_form(app: &App, request: &Request<Incoming>) -> Answer {
     let return_to = return_to_from_query(app, request);
     let Lookup::Found(session) = app.session(request.headers()).await else {
-        return login_redirect(app, &return_to);
+        return Ok(login_redirect(app, &return_to));
     };
-    if may_set_up(app, &session, FactorKind::Email) != Setup::Add {
-        return not_now(app, &session, &return_to);
+    if app.may_set_up(&session, FactorKind::Email) != Setup::Add {
+        return Ok(not_now(app, &session, &return_to));
     }
-    render_enroll_email(&session, &return_to, None, sent_notice(request), StatusCode::OK)
+    Ok(render_enroll_email(&session, &return_to, None, sent_notice(request), StatusCode::OK))
 }
 
 /// The confirmation code: right, and the address becomes a second factor.
-pub(super) async fn enroll_confirm(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
-    let (session, form, return_to) = match session_post::<CodeForm>(app, request, |rd| login_redirect(app, rd)).await {
-        Ok(checked) => checked,
-        Err(response) => return response,
-    };
-    if may_set_up(app, &session, FactorKind::Email) != Setup::Add {
-        return not_now(app, &session, &return_to);
+pub(super) async fn enroll_confirm(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+    let posted = session_post::<CodeForm>(app, request).await?;
+    let (form, return_to) = (posted.form, posted.return_to);
+    let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
+    if app.may_set_up(&session, FactorKind::Email) != Setup::Add {
+        return Ok(not_now(app, &session, &return_to));
     }
     let user = session.user().clone();
-    let name = user.name.to_string();
     let now = app.clock.now();
-    let purpose = Purpose::Confirm { address: user.email.clone() };
-    let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
-    if let Err(e) = app.email_codes.check(&user.account_key, &purpose, &code, app.sealer.pepper(), now) {
-        tracing::warn!(target: "portcullis::security", user = %name, "email confirmation code refused: {e}");
-        let error = if e == EmailCodeError::Wrong { CodeError::Wrong } else { CodeError::Expired };
-        return render_enroll_email(&session, &return_to, Some(error), None, StatusCode::UNAUTHORIZED);
-    }
-    let pepper = app.sealer.pepper();
-    let address = user.email.clone();
-    let saved = app
-        .accounts
-        .update(&user, |record| {
-            if record.email.is_some() {
-                return Err(());
-            }
-            record.email = Some(EmailFactorRecord { address, enrolled_at: now, last_used_at: Some(now) });
-            if record.primary.is_none() {
-                record.primary = Some(if record.totp.is_some() { FactorKind::Totp } else { FactorKind::Email });
-            }
-            Ok(record.ensure_recovery_codes(pepper, now))
-        })
-        .await;
-    let codes = match saved {
-        Ok(Ok(codes)) => codes,
-        Ok(Err(())) => return go_to(app, Destination::Account.path()),
-        Err(e) => {
-            tracing::error!("could not save a new factor: {e}");
-            return unavailable();
+    let enrolled = match app.factors.confirm_email(&user, &form.code, now).await {
+        Ok(enrolled) => enrolled,
+        Err(e @ (EnrollError::Wrong | EnrollError::Expired | EnrollError::Replayed)) => {
+            tracing::warn!(target: "portcullis::security", user = %user.name, "email confirmation code refused: {e}");
+            let error = if matches!(e, EnrollError::Wrong) { CodeError::Wrong } else { CodeError::Expired };
+            return Ok(render_enroll_email(&session, &return_to, Some(error), None, StatusCode::UNAUTHORIZED));
         }
+        Err(EnrollError::Changed) => return Ok(go_to(app, Destination::Account.path())),
+        Err(e) => return Err(e.into()),
     };
-    tracing::info!(target: "portcullis::security", user = %name, "email codes enrolled");
+    tracing::info!(target: "portcullis::security", user = %user.name, "email codes enrolled");
     app.notifier.send(&user, SecurityEvent::EmailEnrolled, now, true);
-    factor_added(app, session, codes, AuthMethod::Email, &return_to).await
+    factor_added(app, session, enrolled, &return_to).await
 }

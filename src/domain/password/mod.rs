@@ -9,55 +9,38 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use argon2::{Argon2, PasswordHasher as _, PasswordVerifier as _};
+use argon2::{Argon2, PasswordVerifier as _};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-#[derive(Debug, thiserror::Error)]
-pub enum HashError {
-    #[error("too many sign-ins are being checked right now")]
-    Busy,
-    #[error("password hashing failed: {0}")]
-    Internal(String),
-}
+use crate::domain::users::User;
 
-/// Hashes a new password with argon2id and the crate's recommended parameters (OWASP's: 19 MiB,
-/// 2 passes, 1 lane). Synchronous: for the CLI, or inside [`PasswordChecker`].
-pub fn hash(password: &[u8]) -> Result<String, HashError> {
-    Argon2::default().hash_password(password).map(|h| h.to_string()).map_err(|e| HashError::Internal(e.to_string()))
-}
+pub mod hashing;
 
-/// Why a new password is refused (NIST SP 800-63B §3.1.1.2: at least 8 characters, and long
-/// passphrases allowed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum WeakPassword {
-    #[error("the password must have at least 8 characters")]
-    TooShort,
-    #[error("the password is longer than 1024 bytes")]
-    TooLong,
-}
-
-pub const MIN_PASSWORD_CHARS: usize = 8;
-pub const MAX_PASSWORD_BYTES: usize = 1024;
-
-/// The rule every new password must meet, whoever sets it (the CLI or the account page).
-pub fn check_new_password(password: &str) -> Result<(), WeakPassword> {
-    if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(WeakPassword::TooShort);
-    }
-    if password.len() > MAX_PASSWORD_BYTES {
-        return Err(WeakPassword::TooLong);
-    }
-    Ok(())
-}
-
-/// Whether `hash` is a PHC string we can verify against.
-pub fn is_valid_hash(hash: &str) -> bool {
-    argon2::PasswordHash::new(hash).is_ok()
-}
+pub use hashing::{
+    HashError, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, WeakPassword, check_new_password, hash, is_valid_hash,
+};
 
 fn verify_sync(password: &[u8], hash: &str) -> bool {
     Argon2::default().verify_password(password, hash).is_ok()
+}
+
+/// A right password for this user, just checked: what a half-logged-in session starts from.
+/// Only [`PasswordChecker::verify`] makes one.
+pub struct PasswordProof {
+    user: Arc<User>,
+}
+
+impl PasswordProof {
+    pub fn user(&self) -> &Arc<User> {
+        &self.user
+    }
+
+    /// For unit tests of what happens after a password (sessions), without hashing one.
+    #[cfg(test)]
+    pub(crate) fn for_tests(user: Arc<User>) -> Self {
+        Self { user }
+    }
 }
 
 pub struct PasswordChecker {
@@ -80,13 +63,16 @@ impl PasswordChecker {
         })
     }
 
-    /// Checks `password` against `stored` (the user's hash, or `None` for an unknown user, which
-    /// never matches but takes as long).
-    pub async fn verify(&self, password: Zeroizing<String>, stored: Option<&str>) -> Result<bool, HashError> {
-        let user_exists = stored.is_some();
-        let hash = stored.unwrap_or(&self.decoy_hash).to_string();
+    /// Checks `password` for `user` (or, for a name that is no user, against a decoy hash that
+    /// never matches but takes as long). A right password yields the proof a session starts from.
+    pub async fn verify(
+        &self,
+        password: Zeroizing<String>,
+        user: Option<&Arc<User>>,
+    ) -> Result<Option<PasswordProof>, HashError> {
+        let hash = user.map_or(&self.decoy_hash, |u| &u.password_hash).to_string();
         let matched = self.on_a_slot(move || Ok(verify_sync(password.as_bytes(), &hash))).await?;
-        Ok(matched && user_exists)
+        Ok(user.filter(|_| matched).map(|user| PasswordProof { user: user.clone() }))
     }
 
     /// Hashes a new password, on the same bounded slots as sign-ins.
@@ -120,33 +106,47 @@ impl PasswordChecker {
 mod tests {
     use super::*;
 
+    fn user(password: &str) -> Arc<User> {
+        let password_hash = hash(password.as_bytes()).unwrap();
+        Arc::new(User {
+            name: crate::domain::users::Username::parse("alice").unwrap(),
+            display_name: "Alice".into(),
+            email: "alice@example.com".into(),
+            groups: vec![],
+            credential_stamp: crate::domain::users::credential_stamp(&password_hash),
+            password_hash,
+            account_key: "alice".into(),
+        })
+    }
+
     #[tokio::test]
     async fn right_password_matches_wrong_and_unknown_do_not() {
         let checker = PasswordChecker::new(1, 4).unwrap();
-        let stored = hash(b"correct horse").unwrap();
-        assert!(stored.starts_with("$argon2id$"));
-        let ok = checker.verify(Zeroizing::new("correct horse".into()), Some(&stored)).await.unwrap();
-        let wrong = checker.verify(Zeroizing::new("battery staple".into()), Some(&stored)).await.unwrap();
+        let alice = user("correct horse");
+        assert!(alice.password_hash.starts_with("$argon2id$"));
+        let ok = checker.verify(Zeroizing::new("correct horse".into()), Some(&alice)).await.unwrap();
+        let wrong = checker.verify(Zeroizing::new("battery staple".into()), Some(&alice)).await.unwrap();
         let unknown = checker.verify(Zeroizing::new("correct horse".into()), None).await.unwrap();
-        assert_eq!((ok, wrong, unknown), (true, false, false));
+        assert_eq!(ok.map(|proof| proof.user().name.to_string()), Some("alice".to_string()));
+        assert!(wrong.is_none() && unknown.is_none());
     }
 
     #[tokio::test]
     async fn a_full_queue_turns_logins_away_instead_of_growing() {
         let checker = Arc::new(PasswordChecker::new(1, 1).unwrap());
-        let stored = hash(b"pw").unwrap();
+        let alice = user("pw");
         // Hold the only hashing slot so the next caller has to wait in the queue.
         let held = checker.slots.clone().acquire_owned().await.unwrap();
         let waiting = {
-            let (checker, stored) = (checker.clone(), stored.clone());
-            tokio::spawn(async move { checker.verify(Zeroizing::new("pw".into()), Some(&stored)).await })
+            let (checker, alice) = (checker.clone(), alice.clone());
+            tokio::spawn(async move { checker.verify(Zeroizing::new("pw".into()), Some(&alice)).await })
         };
         while checker.waiting.load(Ordering::Acquire) == 0 {
             tokio::task::yield_now().await;
         }
-        let turned_away = checker.verify(Zeroizing::new("pw".into()), Some(&stored)).await;
+        let turned_away = checker.verify(Zeroizing::new("pw".into()), Some(&alice)).await;
         assert!(matches!(turned_away, Err(HashError::Busy)));
         drop(held);
-        assert!(waiting.await.unwrap().unwrap());
+        assert!(waiting.await.unwrap().unwrap().is_some());
     }
 }

@@ -1,0 +1,97 @@
+//! Every account's factor record, in memory, written through to the store.
+//!
+//! The gate consults it on every request to evaluate the policy, so reading must not touch disk;
+//! changes are written through and flushed, because an accepted TOTP step or a used recovery code
+//! must never be forgotten by a crash: that would reopen a replay.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::records::AccountRecord;
+use crate::base::clock::UnixTime;
+use crate::domain::users::User;
+use crate::store::{Space, Store, StoreError, Write, decode, encode, text_key};
+
+/// Every account's factors, in memory, written through to the store.
+pub struct Accounts {
+    records: DashMap<String, Arc<AccountRecord>>,
+    store: Arc<dyn Store>,
+    /// Serialises read-modify-write cycles, so two code checks for one account cannot both accept
+    /// the same time step, and writes reach the store in order. Never taken on the hot path.
+    write: tokio::sync::Mutex<()>,
+}
+
+impl Accounts {
+    pub async fn open(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let records = DashMap::new();
+        for (key, value) in store.scan(Space::Accounts).await? {
+            records.insert(text_key(&key)?, Arc::new(decode::<AccountRecord>(&value)?));
+        }
+        Ok(Self { records, store, write: tokio::sync::Mutex::new(()) })
+    }
+
+    /// The account's record (an empty one if it has never enrolled anything). Memory only.
+    ///
+    /// Records are found by the user's [`User::account_key`], never by name, so a new account
+    /// that is given a removed account's name starts with nothing.
+    pub fn get(&self, user: &User) -> Arc<AccountRecord> {
+        self.records.get(&user.account_key).map(|r| r.value().clone()).unwrap_or_default()
+    }
+
+    /// Forgets an account's record entirely (its user was removed). Returns whether there was one.
+    pub async fn forget(&self, account_key: &str) -> Result<bool, StoreError> {
+        let _serial = self.write.lock().await;
+        let existed = self.records.remove(account_key).is_some();
+        self.store.apply(vec![Write::Delete { space: Space::Accounts, key: account_key.as_bytes().to_vec() }]).await?;
+        Ok(existed)
+    }
+
+    /// Remembers when the account last signed in (best effort: a failure is logged, not fatal).
+    pub async fn record_sign_in(&self, user: &User, at: UnixTime) {
+        let noted: Result<(), StoreError> = self
+            .update(user, |record| {
+                record.last_sign_in = Some(at);
+                Ok(())
+            })
+            .await;
+        if let Err(e) = noted {
+            tracing::error!(user = %user.name, "could not record a sign-in: {e}");
+        }
+    }
+
+    /// Remembers that 2FA was suggested to the account now (`mfa.nudge_every`).
+    pub async fn note_nudge(&self, user: &User, at: UnixTime) -> Result<(), StoreError> {
+        self.update(user, |record| {
+            record.nudged_at = Some(at);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Remembers that the account asked not to be offered 2FA again.
+    pub async fn decline_nudges(&self, user: &User) -> Result<(), StoreError> {
+        self.update(user, |record| {
+            record.nudge_declined = true;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Applies `change` to the account's record and persists the result before returning it.
+    /// `change` decides on the current record and may refuse (returning `Err`), in which case
+    /// nothing is written; a store failure comes back as the same error type.
+    pub async fn update<T, E: From<StoreError>>(
+        &self,
+        user: &User,
+        change: impl FnOnce(&mut AccountRecord) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let _serial = self.write.lock().await;
+        let mut record = (*self.get(user)).clone();
+        let outcome = change(&mut record)?;
+        let key = user.account_key.as_bytes().to_vec();
+        self.store.apply(vec![Write::Put { space: Space::Accounts, key, value: encode(&record)? }]).await?;
+        self.records.insert(user.account_key.clone(), Arc::new(record));
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,118 @@
+//! Proofs: values only verification can make. A session becomes full with one of these, never
+//! with a list of methods its caller writes down, so "the code was right" is a type fact: the
+//! only way to hold a [`SecondFactorProof`] is to have had a code (or a remembered browser)
+//! checked by this module tree.
+//!
+//! ```compile_fail,E0451
+//! use portcullis::domain::factors::proof::{AuthMethod, SecondFactorProof};
+//! // Outside the factors module nobody can make one up...
+//! let made_up = SecondFactorProof { method: AuthMethod::Otp, account: "alice".into() };
+//! ```
+//!
+//! ```compile_fail,E0624
+//! use portcullis::domain::factors::proof::{AuthMethod, SecondFactorProof};
+//! use portcullis::domain::users::User;
+//! // ...nor call the constructor the verifiers use.
+//! fn made_up(user: &User) -> SecondFactorProof {
+//!     SecondFactorProof::new(AuthMethod::Otp, user)
+//! }
+//! ```
+//!
+//! And a session is promoted only with a proof, never with a list of methods, and only from
+//! inside the crate (the web layer, after the domain checked the code):
+//!
+//! ```compile_fail,E0624
+//! use portcullis::domain::factors::proof::SecondFactorProof;
+//! use portcullis::domain::session::{PartialSession, Sessions};
+//! async fn promote(sessions: &Sessions, partial: PartialSession, proof: SecondFactorProof) {
+//!     let _ = sessions.promote(partial, proof).await;
+//! }
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::users::User;
+
+/// How a factor was proven, as RFC 8176 "amr" values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// Password (RFC 8176 §2).
+    Pwd,
+    /// One-time password: a TOTP code (RFC 8176 §2).
+    Otp,
+    /// A one-time code sent by email. Not an RFC 8176 value either (its "otp" would hide which
+    /// kind was used, and NIST SP 800-63B does not accept email for AAL2); documented likewise.
+    Email,
+    /// A one-time recovery code. Not an RFC 8176 value (it has none for backup codes); documented
+    /// in the README so upstreams can tell a recovery from a normal login.
+    Rc,
+    /// A browser the user asked to be remembered after proving a second factor in it
+    /// (`mfa.remember_device`). Not an RFC 8176 value: no factor was proven in this session, so it
+    /// never counts as a fresh second factor (step-up still asks for one).
+    #[serde(rename = "device")]
+    RememberedBrowser,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pwd => "pwd",
+            Self::Otp => "otp",
+            Self::Rc => "rc",
+            Self::Email => "email",
+            Self::RememberedBrowser => "device",
+        }
+    }
+
+    /// Whether this stands in for the second factor the policy may ask for.
+    pub fn is_second_factor(self) -> bool {
+        matches!(self, Self::Otp | Self::Rc | Self::Email | Self::RememberedBrowser)
+    }
+
+    /// Whether NIST SP 800-63B accepts this as the second factor of AAL2: an OTP device (§5.1.4)
+    /// or a look-up secret (§5.1.2). Not an emailed code (§5.1.3.1 rules out email for
+    /// out-of-band authenticators) and not a remembered browser (nothing was proven now).
+    pub fn meets_aal2(self) -> bool {
+        matches!(self, Self::Otp | Self::Rc)
+    }
+
+    /// Whether this is a second factor proven just now (what step-up asks for).
+    pub fn is_fresh_second_factor(self) -> bool {
+        matches!(self, Self::Otp | Self::Rc | Self::Email)
+    }
+}
+
+/// A second factor proven just now (an app code, an emailed code, a recovery code), or a
+/// remembered browser standing in for one at sign-in. Neither `Clone` nor `Copy`: promoting a
+/// session spends it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SecondFactorProof {
+    method: AuthMethod,
+    /// Whose factor it was ([`User::account_key`]): a proof for one account never promotes
+    /// another's session.
+    account: String,
+}
+
+impl SecondFactorProof {
+    /// Only the verifiers of this module tree prove factors.
+    pub(super) fn new(method: AuthMethod, user: &User) -> Self {
+        debug_assert!(method.is_second_factor());
+        Self { method, account: user.account_key.clone() }
+    }
+
+    pub fn method(&self) -> AuthMethod {
+        self.method
+    }
+
+    /// Whether this proves `user`'s factor.
+    pub fn is_for(&self, user: &User) -> bool {
+        self.account == user.account_key
+    }
+
+    /// For unit tests of what happens after a second factor (sessions), without checking one.
+    #[cfg(test)]
+    pub(crate) fn for_tests(method: AuthMethod, user: &User) -> Self {
+        Self { method, account: user.account_key.clone() }
+    }
+}

@@ -1,0 +1,269 @@
+//! A live session in memory, and the two kinds a request can hold.
+//!
+//! A [`PartialSession`] and a [`FullSession`] are different types, made in one place
+//! (`Sessions::resolve`) from what the session's entry says it is. Only a `FullSession` can
+//! produce the identity that forwarding requires (see `identity.rs`), so a half-logged-in visitor
+//! reaching the upstream is not a runtime check that could be forgotten: it does not compile.
+//!
+//! ```compile_fail,E0599
+//! fn forward(partial: &portcullis::domain::session::PartialSession, signer: &portcullis::domain::identity::AssertionSigner) {
+//!     let _ = partial.upstream_identity(signer); // a partial session has no identity to give
+//! }
+//! ```
+
+use std::any::Any;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::id::SessionKey;
+use super::record::{Device, SessionRecord, Stage};
+use crate::base::clock::UnixTime;
+use crate::domain::factors::proof::AuthMethod;
+use crate::domain::users::User;
+
+/// What a full session proved, kept once per session and shared by every request's
+/// [`FullSession`] (no copy on the hot path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullStage {
+    /// When the last factor was proven (the `auth_time` claim).
+    pub auth_time: UnixTime,
+    pub amr: Vec<AuthMethod>,
+    /// When a second factor was last proven in this session (for step-up).
+    pub second_factor_at: Option<UnixTime>,
+}
+
+/// The stage of a live session: the one place it is kept in memory.
+pub(super) enum LiveStage {
+    Partial { first_factor_at: UnixTime },
+    Full(Arc<FullStage>),
+}
+
+impl LiveStage {
+    /// As the store keeps it.
+    pub(super) fn stored(&self) -> Stage {
+        match self {
+            Self::Partial { first_factor_at } => Stage::Partial { first_factor_at: *first_factor_at },
+            Self::Full(full) => Stage::Full {
+                auth_time: full.auth_time,
+                amr: full.amr.clone(),
+                second_factor_at: full.second_factor_at,
+            },
+        }
+    }
+}
+
+/// Room for one value derived from a session that is costly to make on every request (the signed
+/// assertion, see `identity.rs`). The session only keeps it; whoever fills it knows its type.
+#[derive(Default)]
+pub struct Memo(Mutex<Option<Arc<dyn Any + Send + Sync>>>);
+
+impl Memo {
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let kept = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        kept.and_then(|value| value.downcast::<T>().ok())
+    }
+
+    pub fn set<T: Any + Send + Sync>(&self, value: Arc<T>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+    }
+}
+
+/// A live session.
+pub(super) struct Entry {
+    pub(super) user: String,
+    pub(super) stage: LiveStage,
+    pub(super) created_at: UnixTime,
+    /// Absolute end, whatever the activity.
+    pub(super) expires_at: UnixTime,
+    pub(super) credential_stamp: [u8; 16],
+    pub(super) csrf_token: String,
+    pub(super) device: Device,
+    pub(super) last_seen: AtomicI64,
+    pub(super) persisted_last_seen: AtomicI64,
+    memo: Memo,
+    /// Wrong second-factor codes tried in this session.
+    failures: AtomicU32,
+}
+
+impl Entry {
+    /// An entry for a stored record (at start-up).
+    pub(super) fn from_record(record: SessionRecord) -> Arc<Self> {
+        let stage = match &record.stage {
+            Stage::Partial { first_factor_at } => LiveStage::Partial { first_factor_at: *first_factor_at },
+            Stage::Full { auth_time, amr, second_factor_at } => LiveStage::Full(Arc::new(FullStage {
+                auth_time: *auth_time,
+                amr: amr.clone(),
+                second_factor_at: *second_factor_at,
+            })),
+        };
+        Self::new(record, stage)
+    }
+
+    /// An entry for `record` at `stage` (the record's own stage is what `stage` stores as).
+    pub(super) fn new(record: SessionRecord, stage: LiveStage) -> Arc<Self> {
+        Arc::new(Self {
+            user: record.user,
+            stage,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            credential_stamp: record.credential_stamp,
+            csrf_token: record.csrf_token,
+            device: record.device,
+            last_seen: AtomicI64::new(record.last_seen),
+            persisted_last_seen: AtomicI64::new(record.last_seen),
+            memo: Memo::default(),
+            failures: AtomicU32::new(0),
+        })
+    }
+
+    /// The entry as the store keeps it, with its latest activity.
+    pub(super) fn snapshot(&self) -> SessionRecord {
+        SessionRecord {
+            user: self.user.clone(),
+            stage: self.stage.stored(),
+            created_at: self.created_at,
+            last_seen: self.last_seen.load(Ordering::Relaxed),
+            expires_at: self.expires_at,
+            credential_stamp: self.credential_stamp,
+            csrf_token: self.csrf_token.clone(),
+            device: self.device.clone(),
+        }
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        matches!(self.stage, LiveStage::Full(_))
+    }
+
+    fn record_failure(&self) -> u32 {
+        self.failures.fetch_add(1, Ordering::AcqRel) + 1
+    }
+}
+
+/// First factor proven, more to do. It can show challenge pages; it cannot reach the upstream.
+pub struct PartialSession {
+    pub(super) key: SessionKey,
+    pub(super) entry: Arc<Entry>,
+    pub(super) user: Arc<User>,
+    pub(super) first_factor_at: UnixTime,
+}
+
+/// Every required factor proven: the only kind of session that is forwarded.
+pub struct FullSession {
+    pub(super) key: SessionKey,
+    pub(super) entry: Arc<Entry>,
+    pub(super) user: Arc<User>,
+    pub(super) stage: Arc<FullStage>,
+}
+
+impl PartialSession {
+    pub fn user(&self) -> &Arc<User> {
+        &self.user
+    }
+
+    pub fn key(&self) -> &SessionKey {
+        &self.key
+    }
+
+    pub fn csrf_token(&self) -> &str {
+        &self.entry.csrf_token
+    }
+
+    /// Counts a wrong code; returns how many there have been.
+    pub fn record_failure(&self) -> u32 {
+        self.entry.record_failure()
+    }
+}
+
+impl FullSession {
+    pub fn user(&self) -> &Arc<User> {
+        &self.user
+    }
+
+    /// When the last factor was proven (the `auth_time` claim).
+    pub fn auth_time(&self) -> UnixTime {
+        self.stage.auth_time
+    }
+
+    pub fn amr(&self) -> &[AuthMethod] {
+        &self.stage.amr
+    }
+
+    /// When this session last proved a second factor, if it ever did.
+    pub fn second_factor_at(&self) -> Option<UnixTime> {
+        self.stage.second_factor_at
+    }
+
+    /// Whether this session's sign-in included a second factor (or a remembered browser standing
+    /// in for one), which the 2FA policy asks for.
+    pub fn proved_second_factor(&self) -> bool {
+        self.amr().iter().any(|m| m.is_second_factor())
+    }
+
+    pub fn key(&self) -> &SessionKey {
+        &self.key
+    }
+
+    /// Counts a wrong code during step-up; returns how many there have been.
+    pub fn record_failure(&self) -> u32 {
+        self.entry.record_failure()
+    }
+
+    pub fn expires_at(&self) -> UnixTime {
+        self.entry.expires_at
+    }
+
+    pub fn created_at(&self) -> UnixTime {
+        self.entry.created_at
+    }
+
+    pub fn csrf_token(&self) -> &str {
+        &self.entry.csrf_token
+    }
+
+    /// See [`Memo`].
+    pub fn memo(&self) -> &Memo {
+        &self.entry.memo
+    }
+}
+
+pub enum Session {
+    Partial(PartialSession),
+    Full(FullSession),
+}
+
+impl Session {
+    fn entry(&self) -> &Arc<Entry> {
+        match self {
+            Self::Partial(s) => &s.entry,
+            Self::Full(s) => &s.entry,
+        }
+    }
+
+    pub fn key(&self) -> &SessionKey {
+        match self {
+            Self::Partial(s) => &s.key,
+            Self::Full(s) => &s.key,
+        }
+    }
+
+    pub fn user(&self) -> &Arc<User> {
+        match self {
+            Self::Partial(s) => &s.user,
+            Self::Full(s) => &s.user,
+        }
+    }
+
+    pub fn csrf_token(&self) -> &str {
+        &self.entry().csrf_token
+    }
+
+    pub fn created_at(&self) -> UnixTime {
+        self.entry().created_at
+    }
+}
+
+pub enum Lookup {
+    NoCookie,
+    Rejected(super::record::Rejected),
+    Found(Session),
+}

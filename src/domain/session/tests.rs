@@ -1,0 +1,224 @@
+use super::*;
+use crate::base::clock::{Clock, FixedClock};
+use crate::store::memory::MemoryStore;
+use crate::store::{Space, decode};
+use std::time::Duration;
+
+fn settings() -> SessionSettings {
+    SessionSettings {
+        cookie_name: "portcullis".into(),
+        idle_timeout: Duration::from_secs(30 * 60),
+        lifetime: Duration::from_secs(12 * 3600),
+        partial_timeout: Duration::from_secs(10 * 60),
+    }
+}
+
+fn directory(dir: &std::path::Path) -> UserDirectory {
+    let path = dir.join("users.toml");
+    let hash = crate::domain::password::hash(b"pw").unwrap();
+    crate::domain::users::edit::add(
+        &path,
+        crate::domain::users::edit::NewUser {
+            name: "alice",
+            display_name: None,
+            email: "a@example.com",
+            groups: &[],
+            password_hash: &hash,
+        },
+    )
+    .unwrap();
+    UserDirectory::load(&path).unwrap()
+}
+
+/// The proof a right password gives (made here as the verifier would).
+fn password(users: &UserDirectory, name: &str) -> PasswordProof {
+    PasswordProof::for_tests(users.get(name).unwrap())
+}
+
+/// The policy's word that a password suffices (optional 2FA, no factor).
+fn enough() -> PasswordIsEnough {
+    match crate::domain::policy::after_password(crate::domain::policy::Requirement::Optional, false) {
+        crate::domain::policy::AfterPassword::Done(enough) => enough,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn found(lookup: Lookup) -> Session {
+    match lookup {
+        Lookup::Found(s) => s,
+        Lookup::Rejected(why) => panic!("rejected: {why:?}"),
+        Lookup::NoCookie => panic!("no cookie"),
+    }
+}
+
+fn rejected(lookup: Lookup) -> Rejected {
+    match lookup {
+        Lookup::Rejected(why) => why,
+        _ => panic!("expected a rejection"),
+    }
+}
+
+#[tokio::test]
+async fn promotion_rotates_the_id_and_kills_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = directory(dir.path());
+    let clock = FixedClock::at(1_700_000_000);
+    let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).await.unwrap();
+    let (partial_id, partial) = sessions.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    assert!(matches!(found(sessions.resolve([partial_id.cookie_value().as_str()], &users)), Session::Partial(_)));
+    let (full_id, full) = sessions.promote_with_password(partial, enough()).await.unwrap();
+    assert_ne!(partial_id.cookie_value(), full_id.cookie_value());
+    assert_eq!(full.amr(), &[AuthMethod::Pwd]);
+    assert_eq!(rejected(sessions.resolve([partial_id.cookie_value().as_str()], &users)), Rejected::Unknown);
+    assert!(matches!(found(sessions.resolve([full_id.cookie_value().as_str()], &users)), Session::Full(_)));
+}
+
+#[tokio::test]
+async fn idle_absolute_and_partial_timeouts_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = directory(dir.path());
+    let clock = FixedClock::at(1_700_000_000);
+    let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).await.unwrap();
+
+    let (partial_id, _) = sessions.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    clock.advance(10 * 60);
+    assert_eq!(rejected(sessions.resolve([partial_id.cookie_value().as_str()], &users)), Rejected::Expired);
+
+    let (_, partial) = sessions.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    let (id, _) = sessions.promote_with_password(partial, enough()).await.unwrap();
+    let cookie = id.cookie_value();
+    // Activity every 29 minutes keeps it alive until the 12 h lifetime ends.
+    for _ in 0..24 {
+        clock.advance(29 * 60);
+        if clock.now() >= 1_700_000_000 + 10 * 60 + 12 * 3600 {
+            break;
+        }
+        found(sessions.resolve([cookie.as_str()], &users));
+    }
+    clock.advance(29 * 60);
+    assert_eq!(rejected(sessions.resolve([cookie.as_str()], &users)), Rejected::Expired);
+
+    let (_, partial) = sessions.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    let (idle_id, _) = sessions.promote_with_password(partial, enough()).await.unwrap();
+    clock.advance(30 * 60);
+    assert_eq!(rejected(sessions.resolve([idle_id.cookie_value().as_str()], &users)), Rejected::Expired);
+}
+
+#[tokio::test]
+async fn the_sweep_reports_half_logged_in_sessions_that_ran_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = directory(dir.path());
+    let clock = FixedClock::at(1_700_000_000);
+    let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).await.unwrap();
+    let _ = sessions.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    let (_, partial) = sessions.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    sessions.promote_with_password(partial, enough()).await.unwrap();
+    clock.advance(11 * 60);
+    let report = sessions.sweep().await.unwrap();
+    assert_eq!(report.abandoned, vec!["alice".to_string()], "only the partial one was abandoned");
+    assert_eq!(report.expired, 1);
+}
+
+#[tokio::test]
+async fn garbage_cookies_are_malformed_and_sessions_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = directory(dir.path());
+    let clock: SharedClock = Arc::new(FixedClock::at(1_700_000_000));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let sessions = Sessions::open(store.clone(), settings(), clock.clone()).await.unwrap();
+    for garbage in ["", "x", "%%%", &"A".repeat(43), &"A".repeat(44)] {
+        let why = rejected(sessions.resolve([garbage], &users));
+        assert!(matches!(why, Rejected::Malformed | Rejected::Unknown), "{garbage}: {why:?}");
+    }
+    let (_, partial) = sessions.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    let (id, _) = sessions.promote_with_password(partial, enough()).await.unwrap();
+    drop(sessions);
+    let reopened = Sessions::open(store, settings(), clock).await.unwrap();
+    assert!(matches!(found(reopened.resolve([id.cookie_value().as_str()], &users)), Session::Full(_)));
+    assert!(store_keys_are_hashes(&reopened, &id));
+}
+
+#[tokio::test]
+async fn a_planted_cookie_never_shadows_or_swaps_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = directory(dir.path());
+    crate::domain::users::edit::add(
+        &dir.path().join("users.toml"),
+        crate::domain::users::edit::NewUser {
+            name: "mallory",
+            display_name: None,
+            email: "m@example.com",
+            groups: &[],
+            password_hash: &crate::domain::password::hash(b"pw").unwrap(),
+        },
+    )
+    .unwrap();
+    users.reload().unwrap();
+    let clock = FixedClock::at(1_700_000_000);
+    let sessions = Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(clock.clone())).await.unwrap();
+    let (_, partial) = sessions.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    let (full_id, _) = sessions.promote_with_password(partial, enough()).await.unwrap();
+    let (planted_partial, _) = sessions.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    let (mallory, _) = sessions.begin(password(&users, "mallory"), Device::default()).await.unwrap();
+    let (full, planted, other) = (full_id.cookie_value(), planted_partial.cookie_value(), mallory.cookie_value());
+    for order in [[planted.as_str(), full.as_str()], [full.as_str(), planted.as_str()]] {
+        assert!(matches!(found(sessions.resolve(order, &users)), Session::Full(_)), "the strongest wins");
+    }
+    assert_eq!(rejected(sessions.resolve([other.as_str(), full.as_str()], &users)), Rejected::Ambiguous);
+    assert!(matches!(found(sessions.resolve(["garbage", full.as_str()], &users)), Session::Full(_)));
+}
+
+fn store_keys_are_hashes(sessions: &Sessions, id: &SessionId) -> bool {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(id.cookie_value()).unwrap();
+    let stored: Vec<(SessionKey, SessionRecord)> =
+        futures_util::FutureExt::now_or_never(sessions.store.scan(Space::Sessions))
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (SessionKey::from_slice(&k).unwrap(), decode(&v).unwrap()))
+            .collect();
+    stored.iter().all(|(key, _)| key.as_bytes() != raw.as_slice()) && stored.iter().any(|(key, _)| *key == id.key())
+}
+
+proptest::proptest! {
+    /// Cookie values from anywhere: never a panic, and only our exact encoding is an id.
+    #[test]
+    fn cookie_decoding_is_total_and_strict(value in ".{0,80}") {
+        if let Some(id) = SessionId::from_cookie(&value) {
+            proptest::prop_assert_eq!(id.cookie_value(), value);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_proof_for_another_account_never_promotes_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = directory(dir.path());
+    let hash = crate::domain::password::hash(b"pw").unwrap();
+    crate::domain::users::edit::add(
+        &dir.path().join("users.toml"),
+        crate::domain::users::edit::NewUser {
+            name: "bob",
+            display_name: None,
+            email: "b@example.com",
+            groups: &[],
+            password_hash: &hash,
+        },
+    )
+    .unwrap();
+    users.reload().unwrap();
+    let sessions =
+        Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(FixedClock::at(1_700_000_000)))
+            .await
+            .unwrap();
+    let bob = users.get("bob").unwrap();
+    let (_, partial) = sessions.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    let bobs_code = SecondFactorProof::for_tests(AuthMethod::Otp, &bob);
+    assert!(matches!(sessions.promote(partial, bobs_code).await, Err(SessionError::ProofForAnotherAccount)));
+
+    let (_, partial) = sessions.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    let (_, full) = sessions.promote_with_password(partial, enough()).await.unwrap();
+    let bobs_code = SecondFactorProof::for_tests(AuthMethod::Otp, &bob);
+    assert!(matches!(sessions.step_up(full, bobs_code).await, Err(SessionError::ProofForAnotherAccount)));
+}

@@ -1,0 +1,137 @@
+//! What every request handler shares: the services, composed once by the server, and the
+//! request's session with the 2FA policy applied.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::base::clock::SharedClock;
+use crate::base::headers;
+use crate::config::{Config, SharedConfig};
+use crate::domain::factors::{AccountRecord, FactorKind, SecondFactors};
+use crate::domain::identity::AssertionSigner;
+use crate::domain::notify::Notifier;
+use crate::domain::operator::Admin;
+use crate::domain::policy::{self, Proven, Requirement, Setup};
+use crate::domain::regulation::Regulator;
+use crate::domain::session::{FullSession, Lookup, Session, SessionKey, Sessions};
+use crate::domain::sign_in::SignIn;
+use crate::domain::users::{User, UserDirectory};
+use crate::web::pending::Pending;
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    pub config: SharedConfig,
+    pub users: Arc<UserDirectory>,
+    pub sessions: Arc<Sessions>,
+    /// Password checks (the first factor), regulated.
+    pub sign_in: SignIn,
+    /// Second factors: verification, setup, removal, recovery codes, remembered browsers.
+    pub factors: SecondFactors,
+    pub signer: AssertionSigner,
+    /// Enrollment state between page loads, per session.
+    pub pending: Pending,
+    pub regulator: Arc<Regulator>,
+    /// What the start-up clock check found, for the admin page.
+    pub clock_warnings: arc_swap::ArcSwap<Vec<String>>,
+    pub notifier: Arc<Notifier>,
+    pub clock: SharedClock,
+}
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Who a request was for, for the access log (never a cookie or a secret).
+#[derive(Debug, Default, Clone)]
+pub struct RequestUser(pub Option<String>);
+
+impl App {
+    /// The configuration in force (swapped whole on reload; lock-free to read).
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// The operator's view of this proxy's state (shared, not copied).
+    pub fn admin(&self) -> Admin {
+        Admin {
+            config: self.config.clone(),
+            users: self.users.clone(),
+            sessions: self.sessions.clone(),
+            accounts: self.factors.accounts.clone(),
+            regulator: self.regulator.clone(),
+            notifier: self.notifier.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
+    /// The account's factor record (memory only).
+    pub fn account(&self, user: &User) -> Arc<AccountRecord> {
+        self.factors.accounts.get(user)
+    }
+
+    /// What the 2FA policy asks of `user` now.
+    pub fn requirement(&self, user: &User) -> Requirement {
+        policy::requirement(&self.config().mfa, user, self.clock.now())
+    }
+
+    pub fn session_cookie(&self) -> &str {
+        // Restart-only, so the value the sessions were opened with is the one in force.
+        &self.sessions.settings().cookie_name
+    }
+
+    /// The session the request's cookies name, as stored (no policy applied).
+    pub fn resolve_session(&self, request_headers: &http::HeaderMap) -> Lookup {
+        self.sessions.resolve(headers::cookie_values(request_headers, self.session_cookie()), &self.users)
+    }
+
+    /// The request's session, with the 2FA policy applied: a full session that no longer satisfies
+    /// it (the policy or the user's groups changed, or a factor was enrolled elsewhere or reset
+    /// since it was made) is turned back into a partial one here, for the gate and our own pages
+    /// alike, so it can neither reach the upstream nor act on the account page.
+    pub async fn session(&self, request_headers: &http::HeaderMap) -> Lookup {
+        match self.resolve_session(request_headers) {
+            Lookup::Found(Session::Full(full)) if !self.satisfies_policy(&full) => {
+                let user = full.user().name.to_string();
+                tracing::warn!(target: "portcullis::security", %user, "session downgraded: the 2FA policy asks for more than it proved");
+                let partial = self.sessions.downgrade(full).await;
+                // Whatever it was in the middle of (new recovery codes, a setup) was for the full
+                // session; the partial one proves a factor first.
+                self.pending.forget(partial.key());
+                Lookup::Found(Session::Partial(partial))
+            }
+            other => other,
+        }
+    }
+
+    /// Whether a full session still satisfies the 2FA policy.
+    fn satisfies_policy(&self, full: &FullSession) -> bool {
+        let has_factor = self.account(full.user()).has_second_factor();
+        policy::full_session_allowed(self.requirement(full.user()), has_factor, full.proved_second_factor())
+    }
+
+    /// Whether the session behind an open tunnel (a WebSocket) may keep it: still a live full
+    /// session of a current user, and still satisfying the 2FA policy. Checked every
+    /// [`crate::web::forward::UPGRADE_RECHECK`]; memory only.
+    pub fn tunnel_still_allowed(&self, key: &SessionKey) -> bool {
+        self.sessions.live_full(key, &self.users).is_some_and(|full| self.satisfies_policy(&full))
+    }
+
+    /// Whether `session` may set up a factor of `kind` now (see [`policy::may_set_up`]).
+    pub fn may_set_up(&self, session: &Session, kind: FactorKind) -> Setup {
+        let proven = match session {
+            Session::Partial(_) => Proven::Password,
+            Session::Full(full) => Proven::Full { recently: self.recently_proven(full) },
+        };
+        let requirement = self.requirement(session.user());
+        policy::may_set_up(&self.config().mfa, requirement, &self.account(session.user()), kind, proven)
+    }
+
+    /// Whether `full` proved a second factor within `mfa.step_up_window` (for sensitive changes).
+    pub fn recently_proven(&self, full: &FullSession) -> bool {
+        let window = self.config().mfa.step_up_window.as_secs() as i64;
+        policy::recently_proven(full.second_factor_at(), self.clock.now(), window)
+    }
+}
