@@ -27,10 +27,17 @@ pub fn kernel_clock() -> KernelClock {
     // writes into the struct we own for the duration of the call.
     let mut timex: libc::timex = unsafe { std::mem::zeroed() };
     let state = unsafe { libc::adjtimex(&mut timex) };
+    let error = (state < 0).then(|| std::io::Error::last_os_error().to_string());
+    interpret_adjtimex(state, timex.status, error)
+}
+
+/// What `adjtimex(2)`'s answer means: its return value (the clock state, or -1 with `error`) and
+/// the status bits. `TIME_ERROR` or `STA_UNSYNC` means no time daemon keeps the clock in step.
+fn interpret_adjtimex(state: i32, status: i32, error: Option<String>) -> KernelClock {
     if state < 0 {
-        return KernelClock::Unknown(std::io::Error::last_os_error().to_string());
+        return KernelClock::Unknown(error.unwrap_or_else(|| "adjtimex failed".into()));
     }
-    if state == libc::TIME_ERROR || timex.status & libc::STA_UNSYNC != 0 {
+    if state == libc::TIME_ERROR || status & libc::STA_UNSYNC != 0 {
         KernelClock::Unsynchronised
     } else {
         KernelClock::Synchronised
@@ -165,11 +172,17 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_can_be_asked() {
-        // Whatever this machine says, asking must not fail in a way we cannot describe.
-        match kernel_clock() {
-            KernelClock::Synchronised | KernelClock::Unsynchronised => {}
-            KernelClock::Unknown(why) => assert!(!why.is_empty()),
+    fn the_kernel_answer_is_read_right() {
+        let synced = interpret_adjtimex(libc::TIME_OK, libc::STA_PLL, None);
+        assert_eq!(synced, KernelClock::Synchronised);
+        let unsynced = interpret_adjtimex(libc::TIME_OK, libc::STA_UNSYNC | libc::STA_PLL, None);
+        assert_eq!(unsynced, KernelClock::Unsynchronised, "the unsync bit alone says so");
+        assert_eq!(interpret_adjtimex(libc::TIME_ERROR, 0, None), KernelClock::Unsynchronised);
+        let failed = interpret_adjtimex(-1, 0, Some("Operation not permitted".into()));
+        assert_eq!(failed, KernelClock::Unknown("Operation not permitted".into()));
+        // And asking this machine's kernel gives one of the three, with a reason if unknown.
+        if let KernelClock::Unknown(why) = kernel_clock() {
+            assert!(!why.is_empty());
         }
     }
 }

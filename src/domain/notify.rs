@@ -1,5 +1,5 @@
 //! Security notifications by email: on every event that changes how an account is protected, its
-//! owner hears about it (seed 001), so a change they did not make does not go unnoticed.
+//! owner hears about it, so a change they did not make does not go unnoticed.
 //!
 //! Sending never blocks a request: mails go into a bounded queue and a background task delivers
 //! them, retrying with back-off. The `file` transport (the default) writes each mail as an `.eml`

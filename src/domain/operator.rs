@@ -329,7 +329,7 @@ impl Admin {
                     groups: user.groups.clone(),
                     factors,
                     recovery_codes_left: record.recovery_codes_left(),
-                    enrolled_at: record.totp.as_ref().map(|t| t.enrolled_at),
+                    enrolled_at: record.enrolled_at(),
                     last_sign_in: record.last_sign_in,
                     requirement: requirement.to_string(),
                     required_from,

@@ -31,7 +31,6 @@ pub enum ComposeError {
 
 /// Everything that keeps state, for one data directory.
 pub struct Services {
-    pub store: Arc<dyn Store>,
     pub users: Arc<UserDirectory>,
     pub sessions: Arc<Sessions>,
     pub accounts: Arc<Accounts>,
@@ -60,7 +59,7 @@ impl Services {
         let sealer = Sealer::new(&secret::load_or_create_key(&config.data_dir.join("secrets.key"))?);
         let users = Arc::new(UserDirectory::load(&config.users_file)?);
         let (notifier, delivery) = Notifier::new(&config.notify, &config.public_url.origin());
-        Ok(Self { store, users, sessions, accounts, regulator, notifier: Arc::new(notifier), delivery, sealer, clock })
+        Ok(Self { users, sessions, accounts, regulator, notifier: Arc::new(notifier), delivery, sealer, clock })
     }
 
     /// The operator's actions over these services.

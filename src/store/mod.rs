@@ -9,6 +9,7 @@
 //! that do not reopen after a hard kill, so nothing outside this module knows it is sled, and
 //! every batch of writes is durable (flushed) before it returns.
 
+#[cfg(test)]
 pub mod memory;
 pub mod sled_store;
 

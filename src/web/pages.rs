@@ -68,7 +68,6 @@ pub struct AccountPage<'a> {
     pub csrf: &'a str,
     pub notice: Option<&'a str>,
     pub mfa_enabled: bool,
-    pub required: bool,
     pub totp: Option<TotpSummary>,
     pub recovery_left: usize,
     /// Codes by email: on (to this address), or offered (to the account's address).

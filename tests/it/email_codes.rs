@@ -111,6 +111,15 @@ async fn codes_by_email_alone_protect_an_account() {
     let replay = submit_code(&third, &proxy, &challenge, &code).await;
     assert_eq!(replay.status(), 401);
     assert_eq!(third.http.get(proxy.url("/")).send().await.unwrap().status(), 401);
+
+    // Operators see the factor, and when two-step verification was turned on, in every view.
+    let json = proxy.cli(&["admin", "users", "--json"], "");
+    let users: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let alice = users["users"].as_array().unwrap().iter().find(|u| u["name"] == "alice").unwrap().clone();
+    assert_eq!(alice["factors"], serde_json::json!(["email", "recovery_codes"]));
+    assert!(alice["enrolled_at"].as_i64().is_some(), "enrolled with email alone: {alice}");
+    let factors = String::from_utf8(proxy.cli(&["admin", "factors"], "").stdout).unwrap();
+    assert!(factors.lines().any(|l| l.starts_with("email:") && l.contains("alice")), "{factors}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

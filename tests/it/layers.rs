@@ -43,10 +43,7 @@ fn modules(src: &Path) -> BTreeMap<String, String> {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             // Test code may reach anywhere (a test of the domain may use an in-memory store).
-            let text = match text.find("#[cfg(test)]") {
-                Some(at) => text[..at].to_string(),
-                None => text,
-            };
+            let text = without_test_items(&text);
             // Comments name other modules without depending on them.
             let text: String = text
                 .lines()
@@ -57,6 +54,37 @@ fn modules(src: &Path) -> BTreeMap<String, String> {
         }
     }
     found
+}
+
+/// `text` without its `#[cfg(test)]` items: each from its attribute to the end of the item (the
+/// `;` of a one-line item, or the brace that closes its body).
+fn without_test_items(text: &str) -> String {
+    let mut kept = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        kept.push_str(&rest[..at]);
+        let item = &rest[at + "#[cfg(test)]".len()..];
+        let mut depth = 0usize;
+        let mut end = item.len();
+        for (i, c) in item.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 1 => {
+                    end = i + 1;
+                    break;
+                }
+                '}' => depth = depth.saturating_sub(1),
+                ';' if depth == 0 => {
+                    end = i + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &item[end..];
+    }
+    kept.push_str(rest);
+    kept
 }
 
 /// The module a path names: the longest prefix of it that is a module.

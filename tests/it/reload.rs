@@ -51,6 +51,8 @@ async fn sighup_reloads_the_users_file_and_proxy_toml() {
     let bob = Browser::new();
     bob.login(&proxy, &BOB).await;
     assert_eq!(bob.navigate(&proxy.url("/")).await.status(), 200, "the new account signs in");
+    let mark = proxy.stderr.len();
     hang_up(proxy.pid());
-    assert_eq!(bob.navigate(&proxy.url("/")).await.status(), 200, "still running, session kept");
+    proxy.stderr.wait_for(mark, |l| l.contains("SIGHUP: reloading")).unwrap();
+    assert_eq!(bob.navigate(&proxy.url("/")).await.status(), 200, "still running after a second SIGHUP, session kept");
 }

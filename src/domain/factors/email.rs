@@ -1,5 +1,6 @@
-//! One-time codes by email as a second factor (seed 002), for people without an authenticator
-//! app.
+//! One-time codes by email as a second factor, for people without an authenticator app (an
+//! emailed code is weaker: NIST SP 800-63B §5.1.3.1 does not count email for AAL2, so upstreams
+//! see `acr = "aal1"` for it).
 //!
 //! A code is 6 to 8 digits (`mfa.email_code_digits`), works once, for ten minutes, and allows five
 //! tries; a new code replaces the old one. Sending is rate-limited per account (no new code while

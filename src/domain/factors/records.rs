@@ -87,6 +87,14 @@ impl AccountRecord {
         self.totp.is_some() || self.email.is_some()
     }
 
+    /// When two-step verification was turned on: the earliest factor still in place (an app or
+    /// codes by email, whichever came first).
+    pub fn enrolled_at(&self) -> Option<UnixTime> {
+        let app = self.totp.as_ref().map(|t| t.enrolled_at);
+        let email = self.email.as_ref().map(|e| e.enrolled_at);
+        app.into_iter().chain(email).min()
+    }
+
     /// The factor to offer first: the chosen one if it is still there, else whichever exists.
     pub fn primary_factor(&self) -> Option<FactorKind> {
         let has = |kind: &FactorKind| match kind {
@@ -119,7 +127,7 @@ impl AccountRecord {
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TotpRecord {
-    /// The shared secret, sealed with the data directory's secrets key (see [`sealing`]).
+    /// The shared secret, sealed with the data directory's secrets key (see [`super::sealing`]).
     pub sealed_secret: Vec<u8>,
     pub enrolled_at: UnixTime,
     pub last_used_at: Option<UnixTime>,
@@ -184,6 +192,19 @@ mod tests {
             credential_stamp: crate::domain::users::credential_stamp(password_hash),
             account_key: "alice".into(),
         }
+    }
+
+    #[test]
+    fn two_step_verification_dates_from_the_first_factor_of_either_kind() {
+        let email = EmailFactorRecord { address: "a@example.com".into(), enrolled_at: 500, last_used_at: None };
+        let app = TotpRecord { sealed_secret: Vec::new(), enrolled_at: 900, last_used_at: None, last_step: 0 };
+        let email_only = AccountRecord { email: Some(email.clone()), ..Default::default() };
+        assert_eq!(email_only.enrolled_at(), Some(500), "codes by email alone");
+        let both = AccountRecord { email: Some(email), totp: Some(app.clone()), ..Default::default() };
+        assert_eq!(both.enrolled_at(), Some(500), "the earlier of the two");
+        let app_only = AccountRecord { totp: Some(app), ..Default::default() };
+        assert_eq!(app_only.enrolled_at(), Some(900));
+        assert_eq!(AccountRecord::default().enrolled_at(), None);
     }
 
     #[test]

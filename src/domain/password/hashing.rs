@@ -12,7 +12,7 @@ pub enum HashError {
 }
 
 /// Hashes a new password with argon2id and the crate's recommended parameters (OWASP's: 19 MiB,
-/// 2 passes, 1 lane). Synchronous: for the CLI, or inside [`PasswordChecker`].
+/// 2 passes, 1 lane). Synchronous: for the CLI, or inside [`super::PasswordChecker`].
 pub fn hash(password: &[u8]) -> Result<String, HashError> {
     Argon2::default().hash_password(password).map(|h| h.to_string()).map_err(|e| HashError::Internal(e.to_string()))
 }

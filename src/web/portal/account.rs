@@ -107,7 +107,6 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
         csrf: full.csrf_token(),
         notice: notice(request.uri().query().unwrap_or("")),
         mfa_enabled: requirement != Requirement::Off && (config.mfa.totp || config.mfa.email_otp),
-        required: requirement == Requirement::Required,
         totp: record.totp.as_ref().map(|t| pages::TotpSummary {
             enrolled: format_utc(t.enrolled_at),
             last_used: t.last_used_at.map(format_utc),
