@@ -23,7 +23,8 @@
 //!
 //! `tests/it/layers.rs` checks the direction of every `use crate::` line and that no modules use
 //! each other in a circle. Only what the binary, the integration tests and the `compile_fail`
-//! doctests need is public ([`cli`], [`domain`], [`base`]); the rest is crate-private.
+//! doctests need is public ([`cli`], [`domain`], [`base`], and `fuzzing` for the fuzz targets); the rest
+//! is crate-private.
 
 pub mod base;
 pub mod cli;
@@ -33,3 +34,11 @@ pub mod domain;
 pub(crate) mod server;
 pub(crate) mod store;
 pub(crate) mod web;
+
+/// What the fuzz targets in `fuzz/` drive: pure functions over untrusted input.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::config::parse as parse_config;
+    pub use crate::web::return_url::validate as validate_return_url;
+    pub use crate::web::route::{Route, normalize, route};
+}

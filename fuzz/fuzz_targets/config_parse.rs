@@ -4,5 +4,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let _ = portcullis::config::parse(text, std::path::Path::new("/tmp/proxy.toml"));
+    let _ = portcullis::fuzzing::parse_config(text, std::path::Path::new("/tmp/proxy.toml"));
 });

@@ -2,7 +2,7 @@
 //! Path normalisation is total and canonical; anything that normalises into the reserved prefix
 //! is never sent to the gate.
 use libfuzzer_sys::fuzz_target;
-use portcullis::web::route::{Route, normalize, route};
+use portcullis::fuzzing::{Route, normalize, route};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else { return };

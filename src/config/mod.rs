@@ -16,6 +16,4 @@ mod validate;
 
 pub use problems::ConfigError;
 pub use settings::*;
-pub use validate::load;
-#[cfg(test)]
-pub use validate::parse;
+pub use validate::{load, parse};
