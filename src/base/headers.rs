@@ -41,7 +41,7 @@ const NEVER_CONNECTION_SPECIFIC: [&str; 2] = ["host", "content-length"];
 /// servers fold `X_Forwarded_For` into `X-Forwarded-For`; compare Puma CVE-2024-45614), are
 /// believed only from `trusted_proxies` and removed from everyone else.
 const FORWARDING: [&str; 5] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded"];
-const ORIGINAL_REQUEST: [&str; 18] = [
+const ORIGINAL_REQUEST: [&str; 42] = [
     "x-forwarded-port",
     "x-forwarded-prefix",
     "x-forwarded-scheme",
@@ -60,6 +60,36 @@ const ORIGINAL_REQUEST: [&str; 18] = [
     "x-client-ip",
     "x-cluster-client-ip",
     "fastly-client-ip",
+    // Read by common "real client address" helpers (django-ipware, PHP snippets) or set by
+    // other proxies; an application that believes one would believe the client.
+    "client-ip",
+    "x-forwarded",
+    "forwarded-for",
+    "x-forwarded-protocol",
+    "x-forwarded-by",
+    "x-forwarded-path",
+    "front-end-https",
+    "x-url-scheme",
+    "x-remote-addr",
+    "x-remote-ip",
+    "x-proxyuser-ip",
+    "x-originating-ip",
+    "x-envoy-external-address",
+    // Identity headers of other authenticating proxies (Apache, oauth2-proxy, Grafana's auth
+    // proxy): an application set up for one of them must not take a client's word for it.
+    "remote-user",
+    "x-remote-user",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-preferred-username",
+    "x-auth-request-groups",
+    "x-webauth-user",
+    "x-forwarded-preferred-username",
+    // Our own default identity names, removed even when the operator chose others (the identity
+    // is set after this, so configured names are unaffected).
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
 ];
 
 /// Headers that an operator may not choose as identity headers: HTTP's own and the ones the
@@ -190,7 +220,9 @@ pub fn strip_set_cookie(headers: &mut HeaderMap, ours: &[&str]) {
         .filter(|v| {
             let text = String::from_utf8_lossy(v.as_bytes());
             let name = text.split(['=', ';']).next().unwrap_or("").trim();
-            !ours.iter().any(|o| o.eq_ignore_ascii_case(name))
+            // A cookie without a name (`=portcullis=X`) is one some clients read as `portcullis`
+            // (RFC 6265bis §5.6 gives it an empty name; not everyone follows it): none pass.
+            !name.is_empty() && !ours.iter().any(|o| o.eq_ignore_ascii_case(name))
         })
         .cloned()
         .collect();
@@ -402,7 +434,12 @@ mod tests {
 
     #[test]
     fn upstream_cannot_set_our_cookie() {
-        let mut h = map(&[("set-cookie", "portcullis=planted; Path=/"), ("set-cookie", "app=1")]);
+        let mut h = map(&[
+            ("set-cookie", "portcullis=planted; Path=/"),
+            ("set-cookie", "=portcullis=planted; Path=/"),
+            ("set-cookie", " PORTCULLIS =planted"),
+            ("set-cookie", "app=1"),
+        ]);
         strip_set_cookie(&mut h, &["portcullis"]);
         assert_eq!(h.get_all("set-cookie").iter().collect::<Vec<_>>(), vec!["app=1"]);
     }

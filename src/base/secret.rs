@@ -101,7 +101,9 @@ pub fn load_or_create_key(path: &Path) -> Result<Secret, KeyFileError> {
 pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let existing = fs::metadata(path).ok();
-    let mode = existing.as_ref().map_or(0o600, |m| m.permissions().mode() & 0o777);
+    // The owner's and group's bits are kept (an operator may share the file with a group on
+    // purpose); everyone else's never: these files hold password hashes and keys.
+    let mode = existing.as_ref().map_or(0o600, |m| m.permissions().mode() & 0o770);
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| {
@@ -123,25 +125,38 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// What [`secure_private_dir`] did, for the log.
+#[derive(Debug, Default)]
+pub struct PrivateDir {
+    /// Files and folders whose modes were tightened.
+    pub tightened: Vec<std::path::PathBuf>,
+    /// Symbolic links inside, not followed (they may point anywhere): whatever they point to was
+    /// not made private.
+    pub links: Vec<std::path::PathBuf>,
+}
+
 /// Makes `dir` private to the user the proxy runs as, since it holds sessions, factors, keys
 /// and (with the file mail transport) sign-in codes and recovery links: created 0700 when
 /// missing; when it exists, it and everything below it are tightened (directories to 0700, files
-/// lose every group and other bit). Symbolic links are left alone. Returns what was tightened,
-/// for the log; fails (with the fix) when a mode cannot be changed, e.g. on a folder owned by
+/// lose every group and other bit). `dir` itself may be a symbolic link (the operator chose
+/// where it points), and its target is what is tightened; links inside are not followed, only
+/// reported. Fails (with the fix) when a mode cannot be changed, e.g. on a folder owned by
 /// someone else.
-pub fn secure_private_dir(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+pub fn secure_private_dir(dir: &Path) -> std::io::Result<PrivateDir> {
     use std::os::unix::fs::DirBuilderExt;
     if !dir.exists() {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        return Ok(Vec::new());
+        return Ok(PrivateDir::default());
     }
-    let mut tightened = Vec::new();
+    let dir = &fs::canonicalize(dir)?;
+    let mut done = PrivateDir::default();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(path) = pending.pop() {
         let meta = fs::symlink_metadata(&path)?;
         let mode = meta.permissions().mode() & 0o7777;
         let private = if meta.is_dir() { 0o700 } else { mode & 0o700 };
         if meta.file_type().is_symlink() {
+            done.links.push(path);
             continue;
         }
         if mode != private && (meta.is_dir() || mode & 0o077 != 0) {
@@ -155,7 +170,7 @@ pub fn secure_private_dir(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>
                     ),
                 )
             })?;
-            tightened.push(path.clone());
+            done.tightened.push(path.clone());
         }
         if meta.is_dir() {
             for entry in fs::read_dir(&path)? {
@@ -163,7 +178,13 @@ pub fn secure_private_dir(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>
             }
         }
     }
-    Ok(tightened)
+    Ok(done)
+}
+
+/// The mode of `path` if every local user may read it.
+pub fn readable_by_others(path: &Path) -> Option<u32> {
+    let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o004 != 0).then_some(mode)
 }
 
 #[cfg(test)]
@@ -174,7 +195,7 @@ mod tests {
     fn a_data_folder_is_made_private_with_everything_in_it() {
         let parent = tempfile::tempdir().unwrap();
         let fresh = parent.path().join("fresh/data");
-        assert!(secure_private_dir(&fresh).unwrap().is_empty());
+        assert!(secure_private_dir(&fresh).unwrap().tightened.is_empty());
         assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
 
         let old = parent.path().join("old");
@@ -186,7 +207,7 @@ mod tests {
         }
         fs::set_permissions(old.join("mail/code.eml"), fs::Permissions::from_mode(0o644)).unwrap();
         fs::set_permissions(old.join("secrets.key"), fs::Permissions::from_mode(0o600)).unwrap();
-        let tightened = secure_private_dir(&old).unwrap();
+        let tightened = secure_private_dir(&old).unwrap().tightened;
         assert_eq!(tightened.len(), 3, "{tightened:?}");
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&old), 0o700);
@@ -240,5 +261,36 @@ mod tests {
         write_private_file(&path, b"two").unwrap();
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
         assert_eq!(fs::read(&path).unwrap(), b"two");
+        // ...but never what it gave every local user.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(readable_by_others(&path), Some(0o644));
+        write_private_file(&path, b"three").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(readable_by_others(&path), None);
+    }
+
+    #[test]
+    fn a_symlinked_data_folder_is_made_private_where_it_points_and_links_inside_are_reported() {
+        let parent = tempfile::tempdir().unwrap();
+        let real = parent.path().join("real");
+        let shared = parent.path().join("shared");
+        fs::create_dir_all(&real).unwrap();
+        fs::create_dir_all(&shared).unwrap();
+        fs::write(real.join("old.eml"), "Your code is 123456").unwrap();
+        fs::write(shared.join("other.eml"), "Your code is 654321").unwrap();
+        for path in [&real, &shared] {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        fs::set_permissions(real.join("old.eml"), fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&shared, real.join("mail")).unwrap();
+        let data = parent.path().join("data");
+        std::os::unix::fs::symlink(&real, &data).unwrap();
+
+        let done = secure_private_dir(&data).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&real), 0o700, "the folder data_dir points to");
+        assert_eq!(mode(&real.join("old.eml")), 0o600);
+        assert_eq!(done.links, vec![fs::canonicalize(&real).unwrap().join("mail")], "reported, not followed");
+        assert_eq!(mode(&shared), 0o755, "what a link inside points to is left alone");
     }
 }

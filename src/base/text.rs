@@ -11,7 +11,11 @@ impl std::fmt::Display for Escaped<'_> {
         use std::fmt::Write;
         const MAX_CHARS: usize = 128;
         for c in self.0.chars().take(MAX_CHARS) {
-            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+            // Controls, line separators, and the bidirectional formatting characters that can
+            // make a log line read differently from what it holds ("Trojan Source", CVE-2021-42574).
+            let bidi =
+                matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' || bidi {
                 write!(f, "\\u{{{:x}}}", c as u32)?;
             } else {
                 f.write_char(c)?;
@@ -48,6 +52,7 @@ mod tests {
         assert_eq!(Escaped("tab\there\r").to_string(), "tab\\u{9}here\\u{d}");
         assert_eq!(Escaped(&"x".repeat(200)).to_string().chars().count(), 129);
         assert_eq!(Escaped("alice").to_string(), "alice");
+        assert_eq!(Escaped("admin\u{202e}nimda").to_string(), "admin\\u{202e}nimda", "bidi overrides too");
     }
 
     #[test]

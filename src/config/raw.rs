@@ -80,6 +80,7 @@ pub struct RawLimits {
     pub max_connections: Option<i64>,
     pub max_header_bytes: Option<i64>,
     pub header_read_timeout: Option<String>,
+    pub send_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -85,8 +85,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// The largest request head (request line and headers) accepted; larger ones get 431.
     pub max_header_bytes: usize,
-    /// Time a client has to send a complete request head, idle keep-alive included (slowloris).
+    /// Time a client has to send a complete request head (slowloris), and the longest a
+    /// connection may sit with no request in flight, whatever its protocol (see
+    /// `server/connection.rs`).
     pub header_read_timeout: Duration,
+    /// A write to a client that makes no progress for this long ends the connection: a client
+    /// that stops reading cannot hold one (slow-read attacks).
+    pub send_timeout: Duration,
 }
 
 /// Brute-force regulation (see `regulation.rs`).
@@ -134,6 +139,11 @@ impl PublicUrl {
 
     pub fn is_https(&self) -> bool {
         self.url.scheme() == "https"
+    }
+
+    /// The host name, if it is a name (not an IP address).
+    pub fn domain(&self) -> Option<&str> {
+        self.url.domain()
     }
 
     /// An absolute URL on the public origin for a path that starts with `/`.

@@ -47,10 +47,16 @@ impl Services {
     /// Makes `data_dir` private, opens the store in it (one process at a time) and loads every
     /// service. Nothing listens yet.
     pub async fn open(config: &Config, clock: SharedClock) -> Result<Self, ComposeError> {
-        let tightened = secret::secure_private_dir(&config.data_dir)
+        let private = secret::secure_private_dir(&config.data_dir)
             .map_err(|source| ComposeError::DataDir { path: config.data_dir.display().to_string(), source })?;
-        if !tightened.is_empty() {
-            tracing::warn!(count = tightened.len(), data_dir = %config.data_dir.display(), "data_dir held files others could read; made them private (0700/0600)");
+        if !private.tightened.is_empty() {
+            tracing::warn!(count = private.tightened.len(), data_dir = %config.data_dir.display(), "data_dir held files others could read; made them private (0700/0600)");
+        }
+        for link in &private.links {
+            tracing::warn!(link = %link.display(), "a symbolic link inside data_dir was not followed, so what it points to was not made private; Fix: replace it with the folder or file itself");
+        }
+        if let Some(mode) = secret::readable_by_others(&config.users_file) {
+            tracing::warn!(users_file = %config.users_file.display(), mode = format_args!("{mode:o}"), "the users file, with its password hashes, is readable by every local user; Fix: chmod o-rwx on it (Portcullis drops those bits the next time it writes the file)");
         }
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
         let sessions = Arc::new(Sessions::open(store.clone(), config.session.clone(), clock.clone()).await?);

@@ -10,6 +10,7 @@
 //! (password hashing, the store) goes to each runtime's blocking pool.
 
 pub mod compose;
+mod connection;
 pub mod control;
 pub mod logging;
 pub mod telemetry;
@@ -19,11 +20,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -391,7 +387,8 @@ async fn accept_loop(
     connections: Arc<tokio::sync::Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender; when all are dropped, every connection has ended.
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -409,17 +406,22 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             // Over the limit: a short, honest answer and a closed connection, never a crash.
-            tokio::spawn(refuse_busy(stream));
+            tokio::spawn(connection::refuse_busy(stream));
             continue;
         };
-        let (app, tls, forwarder, watcher) = (app.clone(), tls.clone(), forwarder.clone(), graceful.watcher());
+        let (app, tls, forwarder, stop, open) =
+            (app.clone(), tls.clone(), forwarder.clone(), stop.clone(), open_tx.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _open = open;
             match tls {
-                None => serve_connection(stream, Connection { peer, tls: false }, app, forwarder, watcher).await,
+                None => {
+                    let conn = Connection { peer, tls: false };
+                    connection::serve(stream, conn, app, forwarder, permit, stop).await
+                }
                 Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
-                        serve_connection(stream, Connection { peer, tls: true }, app, forwarder, watcher).await
+                        let conn = Connection { peer, tls: true };
+                        connection::serve(stream, conn, app, forwarder, permit, stop).await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -428,44 +430,10 @@ async fn accept_loop(
         });
     }
     drop(listener);
+    drop(open_tx);
     let grace = app.config().proxy.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, open_rx.recv()).await.is_err() {
         tracing::warn!("some connections were still busy after {grace:?} and were closed");
-    }
-}
-
-async fn refuse_busy(mut stream: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 38\r\nretry-after: 5\r\nconnection: close\r\n\r\nToo many connections; try again soon.\n";
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(BUSY)).await;
-    let _ = stream.shutdown().await;
-}
-
-async fn serve_connection<I>(io: I, conn: Connection, app: Arc<App>, forwarder: Arc<Forwarder>, watcher: Watcher)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let limits = app.config().limits.clone();
-    let service = service_fn(move |request| {
-        let (app, forwarder) = (app.clone(), forwarder.clone());
-        async move { Ok::<_, std::convert::Infallible>(app.handle(request, conn, &forwarder).await) }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let limits = limits.clone();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(100);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(250)
-        .max_header_list_size(limits.max_header_bytes as u32);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(peer = %conn.peer, "connection ended with an error: {e}");
     }
 }
 

@@ -59,6 +59,57 @@ pub fn clear_session(response: &mut Response<Body>, app: &App) {
     }
 }
 
+/// Deletes every copy of the session cookie a browser may hold for this request: when two
+/// sessions of different users arrive together, one was tossed in by someone else (from a sibling
+/// or child host, with `Domain=` and maybe a narrower `Path=`). Deleting only our own host-only
+/// cookie would leave the planted one as the only session, and the next request would be the
+/// attacker's. A deletion must name the cookie's domain and path exactly, and the browser does not
+/// say which it has, so this names each candidate: host-only and every parent domain of the
+/// public host (two labels or more), at `/` and every prefix of the request's path (up to four
+/// segments). The person signs in again; nobody else's session survives in their browser.
+/// (With an https public URL the cookie is `__Host-` prefixed, which no other host can set.)
+pub fn clear_session_everywhere(response: &mut Response<Body>, app: &App, request_path: &str) {
+    const MAX_SEGMENTS: usize = 4;
+    let config = app.config();
+    let mut domains: Vec<Option<String>> = vec![None];
+    if let Some(host) = config.public_url.domain() {
+        let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+        for start in 0..labels.len().saturating_sub(1) {
+            domains.push(Some(labels[start..].join(".")));
+        }
+    }
+    let mut paths = vec!["/".to_string()];
+    let mut prefix = String::new();
+    for segment in request_path.split('/').filter(|s| !s.is_empty()).take(MAX_SEGMENTS) {
+        prefix.push('/');
+        prefix.push_str(segment);
+        paths.push(prefix.clone());
+        paths.push(format!("{prefix}/"));
+    }
+    // Before any cookie the response sets already (a new session at sign-in), which must win.
+    let already: Vec<HeaderValue> = response.headers().get_all(header::SET_COOKIE).iter().cloned().collect();
+    response.headers_mut().remove(header::SET_COOKIE);
+    for domain in &domains {
+        for path in &paths {
+            let mut cookie = Cookie::build((app.session_cookie().to_string(), String::new()))
+                .path(path.clone())
+                .http_only(true)
+                .secure(config.public_url.is_https())
+                .max_age(time::Duration::ZERO)
+                .build();
+            if let Some(domain) = domain {
+                cookie.set_domain(domain.clone());
+            }
+            if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
+                response.headers_mut().append(header::SET_COOKIE, value);
+            }
+        }
+    }
+    for value in already {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
 /// The known-browser cookie for a browser whose session just became full (see
 /// `known_browser.rs`): only then, so a password alone never earns one where a second factor is
 /// needed.

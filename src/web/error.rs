@@ -74,6 +74,8 @@ pub enum WebError {
     UpstreamTimeout(String),
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
+    #[error("{0}")]
+    UpstreamBroken(String),
     #[error("the request cannot be forwarded")]
     BadRequest,
     #[error("request body stalled: {0}")]
@@ -104,6 +106,7 @@ impl From<ForwardError> for WebError {
             ForwardError::Unreachable(_) => Self::UpstreamUnreachable(e.to_string()),
             ForwardError::BadRequest(_) => Self::BadRequest,
             ForwardError::ClientTooSlow(_) => Self::ClientTooSlow(e.to_string()),
+            ForwardError::BadResponse(_) => Self::UpstreamBroken(e.to_string()),
         }
     }
 }
@@ -164,7 +167,9 @@ impl WebError {
             | Self::SignInUnavailable(_)
             | Self::SignOutFailed(_)
             | Self::RecoveredWithoutSession(_) => tracing::error!("{self}"),
-            Self::UpstreamTimeout(_) | Self::UpstreamUnreachable(_) => tracing::warn!("{self}"),
+            Self::UpstreamTimeout(_) | Self::UpstreamUnreachable(_) | Self::UpstreamBroken(_) => {
+                tracing::warn!("{self}")
+            }
             Self::ClientTooSlow(_) | Self::FormTooSlow => {
                 tracing::warn!(target: "portcullis::security", "{self}; connection closed")
             }
@@ -335,6 +340,12 @@ impl WebError {
                 StatusCode::BAD_GATEWAY,
                 "The application is not answering",
                 "Portcullis let you in, but the application behind it could not be reached. Try again in a moment; if it keeps happening, tell the administrator.".into(),
+                None,
+            ),
+            Self::UpstreamBroken(_) => (
+                StatusCode::BAD_GATEWAY,
+                "The application gave an answer Portcullis cannot pass on",
+                "Try again in a moment; if it keeps happening, tell the administrator, who will find details in the log.".into(),
                 None,
             ),
             Self::BadRequest => {

@@ -30,6 +30,10 @@ pub enum ForwardError {
     BadRequest(String),
     #[error("the client stopped sending its request body: {0}")]
     ClientTooSlow(String),
+    /// The upstream answered in a way that cannot be passed on (it switched to a protocol nobody
+    /// asked for).
+    #[error("the upstream's answer cannot be passed on: {0}")]
+    BadResponse(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,21 @@ pub type Liveness = Arc<dyn Fn() -> bool + Send + Sync>;
 /// An upgraded connection (WebSocket) is closed at most this long after its session ends, expires
 /// or is revoked (oauth2-proxy#2996: upgraded connections must not outlive the session).
 pub const UPGRADE_RECHECK: Duration = Duration::from_secs(2);
+
+/// A client connection's place in `limits.max_connections`, carried on each of its requests so
+/// that a tunnel it turns into (a WebSocket) keeps the place for as long as it is open. What it
+/// holds is the server's business.
+#[derive(Clone)]
+pub struct TunnelSlot {
+    /// Held for its `Drop`: the place is given back when the last holder lets go.
+    _held: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl TunnelSlot {
+    pub fn new(held: Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        Self { _held: held }
+    }
+}
 
 /// How long the upstream took to send response headers, for the access log.
 #[derive(Debug, Clone, Copy)]
@@ -160,6 +179,7 @@ impl Forwarder {
             }
             None => None,
         };
+        let slot = request.extensions_mut().remove::<TunnelSlot>();
         let (client_upgrade, liveness) = match (&upgrade, liveness) {
             (None, _) => (None, None),
             (Some(_), Some(liveness)) => (Some(hyper::upgrade::on(&mut request)), Some(liveness)),
@@ -200,10 +220,22 @@ impl Forwarder {
         };
         let upstream_time = UpstreamTime(started.elapsed());
 
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(client_upgrade), Some(liveness)) = (switching, client_upgrade, liveness) {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Only to a protocol the client asked for (and the operator allows), and only when
+            // it asked: anything else would hand the client a connection nobody checked.
+            let chosen = response.headers().get(header::UPGRADE);
+            let (Some(offered), Some(client_upgrade), Some(liveness)) = (&upgrade, client_upgrade, liveness) else {
+                return Err(ForwardError::BadResponse(
+                    "101 Switching Protocols to a request without an upgrade".into(),
+                ));
+            };
+            if !chosen.is_some_and(|chosen| is_one_of(chosen, offered)) {
+                return Err(ForwardError::BadResponse("101 Switching Protocols to a protocol not offered".into()));
+            }
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(async move {
+                // The tunnel keeps its connection's place in `limits.max_connections`.
+                let _slot = slot;
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client_io, upstream_io)) => {
                         let (mut client_io, mut upstream_io) = (TokioIo::new(client_io), TokioIo::new(upstream_io));
@@ -244,6 +276,13 @@ impl Forwarder {
         response.extensions_mut().insert(upstream_time);
         Ok(response)
     }
+}
+
+/// Whether the protocol an upstream switched to (`chosen`, one token) is among those `offered`.
+fn is_one_of(chosen: &HeaderValue, offered: &HeaderValue) -> bool {
+    let (Ok(chosen), Ok(offered)) = (chosen.to_str(), offered.to_str()) else { return false };
+    let chosen = chosen.trim();
+    !chosen.is_empty() && !chosen.contains(',') && offered.split(',').any(|p| p.trim().eq_ignore_ascii_case(chosen))
 }
 
 /// Whether `T` is somewhere in `e`'s chain of sources.

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
 use crate::base::headers::{self, ClientInfo};
 use crate::domain::policy::{self, AfterPassword};
-use crate::domain::session::{Lookup, PartialSession, Session};
+use crate::domain::session::{Lookup, PartialSession, Rejected, Session};
 use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::forward::{Forwarder, Liveness, UpstreamTime};
@@ -76,7 +76,11 @@ impl App {
             Lookup::Rejected(why) => {
                 tracing::info!(target: "portcullis::security", reason = ?why, "session cookie refused");
                 let mut response = self.needs_login(&request);
-                cookies::clear_session(&mut response, self);
+                if why == Rejected::Ambiguous {
+                    cookies::clear_session_everywhere(&mut response, self, request.uri().path());
+                } else {
+                    cookies::clear_session(&mut response, self);
+                }
                 return Ok(response);
             }
             Lookup::NoCookie => return Ok(self.needs_login(&request)),
@@ -136,6 +140,15 @@ impl App {
     }
 }
 
+/// A host and optional port (RFC 9110 §7.2): no user information (`admin@host`), which no
+/// browser sends and an upstream might believe, and not a list of hosts.
+fn is_plain_host(value: &[u8]) -> bool {
+    !value.is_empty()
+        && !value.contains(&b'@')
+        && !value.contains(&b',')
+        && http::uri::Authority::try_from(value).is_ok()
+}
+
 /// Requests refused before anything else looks at them.
 ///
 /// * Request smuggling. hyper already settles the classic case: a request with both
@@ -156,8 +169,12 @@ fn refuse_malformed<B>(request: &Request<B>) -> Option<Response<Body>> {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         Some(response)
     };
-    if request.method() == Method::CONNECT || request.method() == Method::TRACE {
-        let mut response = refuse(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n", "CONNECT or TRACE")?;
+    // Method names are case-sensitive (RFC 9110 §9.1), so `trace` is another method; but some
+    // servers fold case, and `TRACK` is IIS's `TRACE`: all are refused.
+    let method = request.method().as_str();
+    if ["CONNECT", "TRACE", "TRACK"].iter().any(|m| method.eq_ignore_ascii_case(m)) {
+        let mut response =
+            refuse(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n", "CONNECT, TRACE or TRACK")?;
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
@@ -176,13 +193,16 @@ fn refuse_malformed<B>(request: &Request<B>) -> Option<Response<Body>> {
     }
     let hosts: Vec<&HeaderValue> = h.get_all(header::HOST).iter().collect();
     let host_ok = match request.version() {
+        // RFC 9113 §8.3.1: `:authority` or `Host`, at least one, and equal when both are there.
         Version::HTTP_2 | Version::HTTP_3 => match (hosts.as_slice(), request.uri().authority()) {
-            ([], _) => true,
-            ([one], Some(authority)) => one.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()),
-            ([_], None) => true,
+            ([], Some(authority)) => is_plain_host(authority.as_str().as_bytes()),
+            ([one], Some(authority)) => {
+                is_plain_host(one.as_bytes()) && one.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
+            }
+            ([one], None) => is_plain_host(one.as_bytes()),
             _ => false,
         },
-        _ => hosts.len() == 1,
+        _ => matches!(hosts.as_slice(), [one] if is_plain_host(one.as_bytes())),
     };
     if !host_ok {
         return refuse(

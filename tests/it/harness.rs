@@ -96,6 +96,8 @@ pub struct ProxyBuilder {
     dir: Option<Arc<tempfile::TempDir>>,
     port: Option<u16>,
     scheme: &'static str,
+    /// The public URL's host (default 127.0.0.1; a name must be resolved by the test's client).
+    host: &'static str,
 }
 
 pub fn proxy(upstream: &str) -> ProxyBuilder {
@@ -106,6 +108,7 @@ pub fn proxy(upstream: &str) -> ProxyBuilder {
         dir: None,
         port: None,
         scheme: "http",
+        host: "127.0.0.1",
     }
 }
 
@@ -120,6 +123,12 @@ impl ProxyBuilder {
     /// Another account in the users file from the start.
     pub fn account(mut self, account: &'static Account) -> Self {
         self.accounts.push(account);
+        self
+    }
+
+    /// A host name for `public_url` instead of the loopback address.
+    pub fn public_host(mut self, host: &'static str) -> Self {
+        self.host = host;
         self
     }
 
@@ -147,8 +156,8 @@ impl ProxyBuilder {
             let port = self.port.unwrap_or_else(free_port);
             let config_path = dir.path().join("proxy.toml");
             let text = format!(
-                "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\npublic_url = \"{}://127.0.0.1:{port}\"\ndata_dir = \"data\"\nusers_file = \"users.toml\"\n{}",
-                self.upstream, self.scheme, self.extra
+                "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\npublic_url = \"{}://{}:{port}\"\ndata_dir = \"data\"\nusers_file = \"users.toml\"\n{}",
+                self.upstream, self.scheme, self.host, self.extra
             );
             std::fs::write(&config_path, text).unwrap();
             if let Some(proxy) = launch(&config_path, dir.clone(), port) {
@@ -336,6 +345,20 @@ impl Browser {
             .cookie_provider(jar.clone())
             .redirect(reqwest::redirect::Policy::none())
             .timeout(PATIENCE)
+            .build()
+            .unwrap();
+        Self { http, jar }
+    }
+
+    /// A browser that closes each connection after its request (for tests that count the
+    /// proxy's connections).
+    pub fn without_keep_alive() -> Self {
+        let jar = Arc::new(Jar::default());
+        let http = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(PATIENCE)
+            .pool_max_idle_per_host(0)
             .build()
             .unwrap();
         Self { http, jar }

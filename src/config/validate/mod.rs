@@ -214,6 +214,13 @@ impl Validator {
                 Duration::from_secs(1),
                 Duration::from_secs(600),
             ),
+            send_timeout: self.duration(
+                "limits.send_timeout",
+                &raw.limits.send_timeout,
+                "60s",
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+            ),
         };
         let admin = AdminSettings {
             group: match raw.admin.group {

@@ -16,7 +16,7 @@ use crate::base::headers::cookie_values;
 use crate::domain::factors::FactorKind;
 use crate::domain::password::{MAX_PASSWORD_BYTES, PasswordProof};
 use crate::domain::policy::{self, AfterPassword};
-use crate::domain::session::{Lookup, Session};
+use crate::domain::session::{Lookup, Rejected, Session};
 use crate::domain::sign_in::PasswordRefused;
 use crate::domain::users::User;
 use crate::web::cookies;
@@ -46,10 +46,16 @@ fn render(
 
 pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
     let return_to = return_to_from_query(app, request);
-    if let Lookup::Found(Session::Full(_)) = app.session(request.headers()).await {
-        return Ok(go_to(app, &return_to));
+    match app.session(request.headers()).await {
+        Lookup::Found(Session::Full(_)) => Ok(go_to(app, &return_to)),
+        // Someone else's session next to this browser's own: sign in afresh, with neither.
+        Lookup::Rejected(Rejected::Ambiguous) => {
+            let mut response = render(app, request.headers(), StatusCode::OK, None, &return_to, "");
+            cookies::clear_session_everywhere(&mut response, app, request.uri().path());
+            Ok(response)
+        }
+        _ => Ok(render(app, request.headers(), StatusCode::OK, None, &return_to, "")),
     }
-    Ok(render(app, request.headers(), StatusCode::OK, None, &return_to, ""))
 }
 
 #[derive(Deserialize)]
@@ -125,14 +131,20 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         Err(answer) => return answer,
     };
     crate::base::metrics::login("ok");
-    // A session the browser already had (perhaps planted by someone else) is ended, never reused.
-    if let Lookup::Found(previous) = app.resolve_session(&headers)
+    // A session the browser already had (perhaps planted by someone else) is ended, never reused;
+    // two of different users (one tossed in) are both deleted from the browser.
+    let previous = app.resolve_session(&headers);
+    if let Lookup::Found(previous) = &previous
         && let Err(e) = app.sessions.end(previous.key()).await
     {
         tracing::error!("could not end the previous session: {e}");
     }
     let device = device(&headers, client_ip(app, &headers, conn));
-    after_password(app, proof, &headers, device, &return_to).await
+    let mut response = after_password(app, proof, &headers, device, &return_to).await?;
+    if let Lookup::Rejected(Rejected::Ambiguous) = previous {
+        cookies::clear_session_everywhere(&mut response, app, "/");
+    }
+    Ok(response)
 }
 
 /// Starts the session a right password earns: full when the policy asks for nothing more (or a

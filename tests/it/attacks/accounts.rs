@@ -75,9 +75,17 @@ async fn everything_under_data_dir_is_private_even_if_it_was_not() {
     std::fs::set_permissions(data.join("mail"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(data.join("mail/old.eml"), "Your code is 123456").unwrap();
     std::fs::set_permissions(data.join("mail/old.eml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    // And the users file, with its password hashes, was left readable by everyone.
+    let users = first.users_file();
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     let restarted = proxy(&upstream.url()).toml("[mfa]\nemail_otp = true").restart_of(&first).start();
     assert!(restarted.stderr.all().iter().any(|l| l.contains("made them private")));
+    assert!(restarted.stderr.all().iter().any(|l| l.contains("readable by every local user")), "the operator is told");
+    // The next write of the users file takes everyone else's bits away.
+    let added = restarted.cli(&["user", "add", "zoe", "--email", "zoe@example.com"], "correct horse battery\n");
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert_eq!(std::fs::metadata(&users).unwrap().permissions().mode() & 0o777, 0o640);
     // A mail with a code in it, written now.
     let browser = Browser::new();
     browser.login(&restarted, &ALICE).await;
@@ -122,4 +130,54 @@ async fn a_planted_session_cookie_neither_shadows_nor_swaps_a_session() {
     let alone = get(own(&victims)).await.unwrap();
     assert_eq!(alone.status(), 200, "the victim's own session still works by itself");
     assert_eq!(upstream.seen().pop().unwrap().header("x-forwarded-user"), Some("alice"));
+}
+
+/// A browser on `host` (resolved to the proxy) and its sibling hosts under `example.test`.
+fn browser_for_hosts(proxy: &crate::harness::Proxy, hosts: &[&str]) -> Browser {
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let mut builder =
+        reqwest::Client::builder().cookie_provider(jar.clone()).redirect(reqwest::redirect::Policy::none());
+    for host in hosts {
+        builder = builder.resolve(host, proxy.addr);
+    }
+    Browser { http: builder.build().unwrap(), jar }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cookie_tossed_in_from_a_sibling_host_never_makes_the_request_someone_elses() {
+    // Without https there is no `__Host-` prefix, so a sibling host can set a cookie for the
+    // parent domain that the browser sends to us too (cookie tossing).
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).public_host("app.example.test").account(&crate::mfa::BOB).start();
+    let base = format!("http://app.example.test:{}", proxy.addr.port());
+    let hosts = ["app.example.test", "evil.example.test"];
+    let mallory = browser_for_hosts(&proxy, &hosts);
+    assert_eq!(mallory.submit_login_at(&base, "bob", crate::mfa::BOB.password, "/").await.status(), 303);
+    let cookies = mallory.cookie_header(&format!("{base}/")).unwrap();
+    let malloys_session = cookies.split("; ").find(|c| c.starts_with("portcullis=")).unwrap().to_string();
+
+    let victim = browser_for_hosts(&proxy, &hosts);
+    assert_eq!(victim.submit_login_at(&base, "alice", ALICE.password, "/").await.status(), 303);
+    assert_eq!(victim.navigate(&format!("{base}/notes/today")).await.status(), 200);
+
+    // evil.example.test answers the victim with Mallory's session for the whole domain, once at
+    // `/` and once at a narrower path (which the browser sends first).
+    let evil: reqwest::Url = "http://evil.example.test/".parse().unwrap();
+    victim.jar.add_cookie_str(&format!("{malloys_session}; Domain=example.test; Path=/"), &evil);
+    victim.jar.add_cookie_str(&format!("{malloys_session}; Domain=example.test; Path=/notes"), &evil);
+    let sent = victim.cookie_header(&format!("{base}/notes/today")).unwrap();
+    assert_eq!(sent.matches("portcullis=").count(), 3, "the browser sends all of them: {sent}");
+
+    let refused = victim.navigate(&format!("{base}/notes/today")).await;
+    assert_eq!(refused.status(), 303, "neither session is used");
+    assert!(refused.headers()["location"].to_str().unwrap().contains("/.portcullis/login"));
+    let left = victim.cookie_header(&format!("{base}/notes/today")).unwrap_or_default();
+    assert!(!left.contains("portcullis="), "every copy was deleted, the planted ones too: {left}");
+    // So the login page asks for a password, rather than finding Mallory's session.
+    let login = victim.navigate(&format!("{base}/.portcullis/login")).await;
+    assert_eq!(login.status(), 200);
+    assert!(
+        upstream.seen().iter().all(|seen| seen.header("x-forwarded-user") != Some("bob")),
+        "nothing reached the application as Mallory"
+    );
 }

@@ -7,6 +7,7 @@
 //! property tests for parsers live beside them in src/.
 
 mod accounts;
+mod connections;
 mod origin;
 mod requests;
 mod tunnels;

@@ -20,6 +20,8 @@ async fn a_request_needs_exactly_one_host_and_no_connection_token_removes_it() {
         format!("GET /none HTTP/1.1\r\nCookie: {cookie}\r\n"),
         format!("GET /two HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nCookie: {cookie}\r\n"),
         format!("GET /none-1.0 HTTP/1.0\r\nCookie: {cookie}\r\n"),
+        format!("GET /list HTTP/1.1\r\nHost: 127.0.0.1, evil.example\r\nCookie: {cookie}\r\n"),
+        format!("GET /userinfo HTTP/1.1\r\nHost: admin@127.0.0.1\r\nCookie: {cookie}\r\n"),
     ];
     for request in refused {
         let answer = raw(&proxy, format!("{request}Connection: close\r\n\r\n").as_bytes());
@@ -57,6 +59,25 @@ async fn forwarding_headers_from_a_client_never_reach_the_upstream_in_any_spelli
         ("X-Rewrite-URL", "/admin/delete"),
         ("True-Client-IP", "10.0.0.1"),
         ("CF-Connecting-IP", "10.0.0.1"),
+        ("Client-IP", "10.0.0.1"),
+        ("Client_IP", "10.0.0.1"),
+        ("X-Forwarded", "for=10.0.0.1"),
+        ("Forwarded-For", "10.0.0.1"),
+        ("X-Forwarded-Protocol", "https"),
+        ("X-Forwarded-By", "10.0.0.1"),
+        ("X-Forwarded-Path", "/admin"),
+        ("Front-End-Https", "on"),
+        ("X-Url-Scheme", "https"),
+        ("X-Remote-Addr", "10.0.0.1"),
+        ("X-Remote-IP", "10.0.0.1"),
+        ("X-ProxyUser-Ip", "10.0.0.1"),
+        ("X-Originating-IP", "10.0.0.1"),
+        ("X-Envoy-External-Address", "10.0.0.1"),
+        ("Remote-User", "admin"),
+        ("X-Remote-User", "admin"),
+        ("X-Auth-Request-User", "admin"),
+        ("X-Auth-Request-Email", "admin@example.com"),
+        ("X-WEBAUTH-USER", "admin"),
     ];
     let mut request = browser.http.get(proxy.url("/whoami"));
     for (name, value) in spoofed {

@@ -82,6 +82,10 @@ async fn connect_and_trace_are_refused_with_or_without_a_session() {
         "TRACE / HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_string(),
         format!("TRACE / HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n"),
         format!("TRACE /.portcullis/login HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n"),
+        // Other spellings: servers that fold case, and IIS's TRACK.
+        format!("trace / HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n"),
+        format!("TRACK / HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n"),
+        format!("connect 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nCookie: {cookie}\r\n"),
     ];
     for request in requests {
         let answer = raw(&proxy, format!("{request}Connection: close\r\n\r\n").as_bytes());
@@ -129,4 +133,56 @@ async fn an_open_websocket_is_closed_when_the_2fa_policy_no_longer_lets_its_sess
     })
     .await;
     assert_eq!(closed, Ok(true), "a password-only WebSocket outlived a policy that requires 2FA");
+}
+
+/// An upstream that answers every request with `101 Switching Protocols` to `protocol`, asked or
+/// not, and keeps the connection open (a broken or hostile application).
+async fn switching_upstream(protocol: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let answer =
+                    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\nConnection: upgrade\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_cannot_switch_protocols_nobody_asked_for() {
+    let addr = switching_upstream("h2c").await;
+    // A short idle limit, so the answers' connections end soon after they are read.
+    let proxy = proxy(&format!("http://{addr}")).toml("[limits]\nheader_read_timeout = \"1s\"").start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+
+    // A plain request answered with 101: there is nothing to switch, so nothing is relayed.
+    let plain = raw(
+        &proxy,
+        format!("GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(status_of(&plain), 502, "{plain}");
+
+    // A WebSocket request answered with a switch to h2c: not what was offered, so no tunnel.
+    let websocket = raw(
+        &proxy,
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status_of(&websocket), 502, "{websocket}");
 }

@@ -1,0 +1,247 @@
+//! Holding connections without using them: sockets that never speak, HTTP/2 kept open with
+//! pings, a quiet TLS session, a client that stops reading, and WebSockets past the connection
+//! cap. Each would otherwise let one client fill `limits.max_connections` for everyone.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use super::{raw, status_of};
+use crate::harness::{ALICE, Browser, Proxy, proxy};
+use crate::upstream::Upstream;
+
+/// Generous against a 1 s limit, tight against "never".
+const CUT_OFF_WITHIN: Duration = Duration::from_secs(10);
+
+/// Reads until the proxy closes the connection; returns how long that took from `since`.
+fn closed_after(stream: &mut TcpStream, since: Instant) -> Duration {
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut sink = [0u8; 4096];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return since.elapsed(),
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4) and an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+/// A PING frame (RFC 9113 §6.7).
+const H2_PING: &[u8] = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingping";
+
+/// An HTTP/2 `GET /` on stream 1 for `authority`: HPACK static-table entries for the method,
+/// scheme and path (RFC 7541 Appendix A), a literal authority.
+fn h2_get(authority: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, authority.len() as u8];
+    block.extend_from_slice(authority.as_bytes());
+    let mut frame = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
+    frame.extend_from_slice(&block);
+    frame
+}
+
+/// The `:status` of the proxy's answer on stream 1, as its HPACK static-table index (RFC 7541
+/// Appendix A: 0x88 is 200, 0x8c is 400), read from the first HEADERS frame for the stream.
+fn h2_status_index(stream: &mut TcpStream) -> u8 {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    loop {
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).unwrap();
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        stream.read_exact(&mut payload).unwrap();
+        let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        if head[3] == 0x01 && stream_id == 1 {
+            return payload[0];
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_request_must_name_its_host() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let ask = |block: &[u8]| {
+        let mut stream = TcpStream::connect(proxy.addr).unwrap();
+        stream.write_all(H2_PREFACE).unwrap();
+        let mut frame = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
+        frame.extend_from_slice(block);
+        stream.write_all(&frame).unwrap();
+        h2_status_index(&mut stream)
+    };
+    // Neither `:authority` nor `Host`: malformed (RFC 9113 §8.3.1), not the upstream's own name.
+    assert_eq!(ask(&[0x82, 0x86, 0x84]), 0x8c, "400 without a host");
+    // `:authority` with user information.
+    let authority = format!("admin@{}", proxy.addr);
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, authority.len() as u8];
+    block.extend_from_slice(authority.as_bytes());
+    assert_eq!(ask(&block), 0x8c, "400 for {authority}");
+    // The same request with a plain authority is answered (401: no session), so the checks
+    // above failed for the host alone.
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    stream.write_all(H2_PREFACE).unwrap();
+    stream.write_all(&h2_get(&proxy.addr.to_string())).unwrap();
+    assert_ne!(h2_status_index(&mut stream), 0x8c);
+    assert_eq!(upstream.count(), 0);
+}
+
+/// Sends PING frames until the connection breaks (the proxy closed it).
+fn keep_pinging(mut stream: TcpStream) {
+    std::thread::spawn(move || {
+        while stream.write_all(H2_PING).is_ok() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_with_nothing_in_flight_are_closed_whatever_their_protocol() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nheader_read_timeout = \"1s\"").start();
+
+    // A socket that never says anything.
+    let mut silent = TcpStream::connect(proxy.addr).unwrap();
+    assert!(closed_after(&mut silent, Instant::now()) < CUT_OFF_WITHIN, "a silent socket is closed");
+
+    // The HTTP/2 preface and nothing more, then pings to look alive.
+    let mut preface = TcpStream::connect(proxy.addr).unwrap();
+    preface.write_all(H2_PREFACE).unwrap();
+    keep_pinging(preface.try_clone().unwrap());
+    assert!(closed_after(&mut preface, Instant::now()) < CUT_OFF_WITHIN, "a preface kept alive with pings");
+
+    // One real HTTP/2 request, answered; then only pings.
+    let mut served = TcpStream::connect(proxy.addr).unwrap();
+    served.write_all(H2_PREFACE).unwrap();
+    served.write_all(&h2_get(&proxy.addr.to_string())).unwrap();
+    keep_pinging(served.try_clone().unwrap());
+    assert!(closed_after(&mut served, Instant::now()) < CUT_OFF_WITHIN, "an HTTP/2 connection idle between requests");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_tls_session_is_closed_too() {
+    let upstream = Upstream::start().await;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let proxy = proxy(&upstream.url())
+        .https()
+        .toml(&format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[limits]\nheader_read_timeout = \"1s\"",
+            cert.display(),
+            key.display()
+        ))
+        .start();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(portcullis::base::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("the handshake completes");
+    let since = Instant::now();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut sink));
+    assert!(read.await.is_ok(), "the proxy closed the session");
+    assert!(since.elapsed() < CUT_OFF_WITHIN, "within the limit: {:?}", since.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_sockets_cannot_fill_the_connection_cap_for_good() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nmax_connections = 3\nheader_read_timeout = \"1s\"").start();
+    let mut held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(proxy.addr).unwrap()).collect();
+    // While they are open, there is no room (the proxy accepts in order, so asking until the
+    // answer is 503 waits for it to have taken all three, not for time to pass).
+    let deadline = Instant::now() + CUT_OFF_WITHIN;
+    while status_of(&raw(&proxy, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")) != 503 {
+        assert!(Instant::now() < deadline, "the three silent sockets never filled the cap");
+    }
+    // The proxy closes them, and then serves again.
+    for socket in &mut held {
+        assert!(closed_after(socket, Instant::now()) < CUT_OFF_WITHIN);
+    }
+    let after = raw(&proxy, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&after), 401, "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nsend_timeout = \"1s\"").start();
+    let stream = TcpStream::connect(proxy.addr).unwrap();
+    let mark = proxy.stderr.len();
+    // Thousands of pipelined requests for a page, never reading an answer: the answers fill the
+    // socket buffers, and the proxy's writes stop making progress.
+    let mut writer = stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let request = b"GET /.portcullis/login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        for _ in 0..20_000 {
+            if writer.write_all(request).is_err() {
+                return;
+            }
+        }
+    });
+    let said = proxy.stderr.wait_for(mark, |l| l.contains("a client stopped reading"));
+    assert!(said.is_some(), "the proxy gave up on the client");
+    // The connection is gone: reading what was buffered ends, short of 20 000 answers.
+    let mut stream = stream;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut answers = Vec::new();
+    let _ = stream.read_to_end(&mut answers);
+    let count = String::from_utf8_lossy(&answers).matches("HTTP/1.1 200").count();
+    assert!(count < 20_000, "only what fitted in the buffers was sent: {count}");
+}
+
+/// Opens a WebSocket through the proxy with `browser`'s session. The sign-in's own connection
+/// may still hold its place for a moment after it closed, so a 503 is asked again, within a bound.
+async fn websocket(
+    proxy: &Proxy,
+    browser: &Browser,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let deadline = Instant::now() + CUT_OFF_WITHIN;
+    loop {
+        let mut request = format!("ws://{}/ws", proxy.addr).into_client_request().unwrap();
+        request.headers_mut().insert("cookie", browser.cookie_header(&proxy.url("/")).unwrap().parse().unwrap());
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => return socket,
+            Err(e) => assert!(Instant::now() < deadline, "no WebSocket: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_websockets_count_against_the_connection_cap() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nmax_connections = 3").start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        tunnels.push(websocket(&proxy, &browser).await);
+    }
+    let refused = raw(&proxy, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&refused), 503, "three open tunnels are three connections: {refused}");
+    // Closing one gives its place back.
+    let mut closing = tunnels.pop().unwrap();
+    closing.close(None).await.unwrap();
+    while closing.next().await.is_some() {}
+    drop(closing);
+    let deadline = Instant::now() + CUT_OFF_WITHIN;
+    loop {
+        let status = status_of(&raw(&proxy, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"));
+        if status == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the closed tunnel's place never came back ({status})");
+    }
+}
