@@ -41,7 +41,7 @@ const NEVER_CONNECTION_SPECIFIC: [&str; 2] = ["host", "content-length"];
 /// servers fold `X_Forwarded_For` into `X-Forwarded-For`; compare Puma CVE-2024-45614), are
 /// believed only from `trusted_proxies` and removed from everyone else.
 const FORWARDING: [&str; 5] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded"];
-const ORIGINAL_REQUEST: [&str; 42] = [
+const ORIGINAL_REQUEST: [&str; 31] = [
     "x-forwarded-port",
     "x-forwarded-prefix",
     "x-forwarded-scheme",
@@ -75,22 +75,27 @@ const ORIGINAL_REQUEST: [&str; 42] = [
     "x-proxyuser-ip",
     "x-originating-ip",
     "x-envoy-external-address",
-    // Identity headers of other authenticating proxies (Apache, oauth2-proxy, Grafana's auth
-    // proxy): an application set up for one of them must not take a client's word for it.
+];
+
+/// Identity headers that some upstream somewhere trusts (Apache's and Authelia's `Remote-*`,
+/// oauth2-proxy, Grafana's auth proxy, ours under other names): removed from every request,
+/// whoever sent it, with the prefixes below and `identity.strip_headers`. The identity we assert
+/// is set after this.
+const OTHER_IDENTITY: [&str; 10] = [
     "remote-user",
+    "remote-email",
+    "remote-groups",
+    "remote-name",
     "x-remote-user",
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-preferred-username",
-    "x-auth-request-groups",
     "x-webauth-user",
     "x-forwarded-preferred-username",
-    // Our own default identity names, removed even when the operator chose others (the identity
-    // is set after this, so configured names are unaffected).
     "x-forwarded-user",
     "x-forwarded-email",
     "x-forwarded-groups",
 ];
+/// Prefixes of whole families of identity headers: oauth2-proxy's `X-Auth-Request-*`,
+/// authentik's `X-authentik-*`, Cloudflare Access's `Cf-Access-*`, and our own.
+const OTHER_IDENTITY_PREFIXES: [&str; 4] = ["x-auth-request-", "x-authentik-", "cf-access-", "x-portcullis-"];
 
 /// Headers that an operator may not choose as identity headers: HTTP's own and the ones the
 /// proxy manages.
@@ -159,15 +164,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes every client-sent header that could be mistaken for an identity we assert: the
-/// configured names in any case or `_`/`-` spelling, and anything under our `X-Portcullis-`
-/// prefix.
-pub fn strip_identity(headers: &mut HeaderMap, identity_names: &[&HeaderName]) {
-    const RESERVED_PREFIX: &str = "x-portcullis-";
+/// Removes every client-sent header that could be mistaken for an identity: the configured
+/// names, [`OTHER_IDENTITY`] and everything under [`OTHER_IDENTITY_PREFIXES`], in any case or
+/// `_`/`-` spelling.
+pub fn strip_identity(headers: &mut HeaderMap, identity_names: &[HeaderName]) {
     let is_identity = |name: &HeaderName| {
         let n = name.as_str();
         identity_names.iter().any(|id| same_header(n, id.as_str()))
-            || n.get(..RESERVED_PREFIX.len()).is_some_and(|p| same_header(p, RESERVED_PREFIX))
+            || OTHER_IDENTITY.iter().any(|id| same_header(n, id))
+            || OTHER_IDENTITY_PREFIXES
+                .iter()
+                .any(|prefix| n.get(..prefix.len()).is_some_and(|p| same_header(p, prefix)))
     };
     if !headers.keys().any(is_identity) {
         return;
@@ -407,18 +414,34 @@ mod tests {
 
     #[test]
     fn identity_headers_go_in_every_spelling() {
-        let names = [HeaderName::from_static("x-forwarded-user"), HeaderName::from_static("x-forwarded-email")];
-        let refs: Vec<&HeaderName> = names.iter().collect();
+        let names = [HeaderName::from_static("x-user"), HeaderName::from_static("x-custom-sso")];
         let mut h = map(&[
-            ("X-Forwarded-User", "admin"),
-            ("x_forwarded_user", "admin"),
-            ("X_FORWARDED_EMAIL", "root@example.com"),
+            ("X-User", "admin"),
+            ("x_user", "admin"),
+            ("X_CUSTOM_SSO", "root@example.com"),
             ("x-portcullis-assertion", "forged"),
-            ("x-forwarded-userx", "kept: a different header"),
+            ("Remote-User", "admin"),
+            ("Remote_Email", "root@example.com"),
+            ("Remote-Groups", "admins"),
+            ("Remote-Name", "Root"),
+            ("X-Remote-User", "admin"),
+            ("X-WEBAUTH-USER", "admin"),
+            ("X-Auth-Request-User", "admin"),
+            ("X-Auth-Request-Access-Token", "forged"),
+            ("X-authentik-username", "akadmin"),
+            ("X-Authentik-Groups", "admins"),
+            ("Cf-Access-Authenticated-User-Email", "root@example.com"),
+            ("CF_ACCESS_JWT_ASSERTION", "forged"),
+            ("X-Forwarded-Preferred-Username", "admin"),
+            ("X-Forwarded-User", "admin"),
+            ("x-userx", "kept: a different header"),
+            ("remote-addr-note", "kept: not an identity"),
         ]);
-        h.append("x-forwarded-user", HeaderValue::from_static("second copy"));
-        strip_identity(&mut h, &refs);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-forwarded-userx"]);
+        h.append("x-user", HeaderValue::from_static("second copy"));
+        strip_identity(&mut h, &names);
+        let mut kept: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        kept.sort();
+        assert_eq!(kept, vec!["remote-addr-note", "x-userx"]);
     }
 
     #[test]

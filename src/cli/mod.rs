@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod explain;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,23 @@ pub enum Command {
         json: bool,
         #[command(subcommand)]
         action: AdminCommand,
+    },
+    /// Which access rule a request meets and what the proxy does with it; `--rules` lists every
+    /// rule in force.
+    Explain {
+        /// The request's method, like GET.
+        method: Option<String>,
+        /// The full URL, like https://wiki.example.com/admin.
+        url: Option<String>,
+        /// As if signed in as this user (for rules with `groups`).
+        #[arg(long)]
+        user: Option<String>,
+        /// As if from this client address (for rules with `networks`).
+        #[arg(long)]
+        from: Option<std::net::IpAddr>,
+        /// Print every rule in force instead, the `[sandstorm]` preset's included.
+        #[arg(long)]
+        rules: bool,
     },
     /// Check what 2FA depends on: the clock (kernel synchronisation, and the offset against
     /// `[clock] ntp_server` when set). Exits 1 if anything needs attention.
@@ -148,6 +166,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Run => run_server(&cli.config),
         Command::CheckConfig => check_config(&cli.config),
         Command::Doctor => doctor(&cli.config),
+        Command::Explain { rules: true, .. } => explain::rules(&cli.config),
+        Command::Explain { method: Some(method), url: Some(url), user, from, rules: false } => {
+            explain::explain(&cli.config, explain::Question { method: &method, url: &url, user: user.as_deref(), from })
+        }
+        Command::Explain { .. } => {
+            eprintln!("usage: portcullis explain METHOD URL [--user NAME] [--from IP], or portcullis explain --rules");
+            ExitCode::from(2)
+        }
         Command::User { action } => match user_command(&cli.config, action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -7,10 +7,12 @@
 //! `settings` holds the typed values, `validate` turns the file (`raw`) into them, `problems`
 //! says what was wrong, `reload` decides what a changed file may change in a running proxy.
 
+pub mod access;
 pub mod notify;
 pub mod problems;
 mod raw;
 pub mod reload;
+pub mod sandstorm;
 pub mod settings;
 mod validate;
 

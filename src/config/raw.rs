@@ -17,6 +17,12 @@ pub struct RawConfig {
     pub data_dir: Option<String>,
     pub users_file: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    /// Hosts served besides `public_url`'s.
+    pub hosts: Option<Vec<String>>,
+    /// `[[rule]]`, in order.
+    #[serde(default)]
+    pub rule: Vec<RawRule>,
+    pub sandstorm: Option<RawSandstorm>,
     #[serde(default)]
     pub session: RawSession,
     #[serde(default)]
@@ -42,6 +48,23 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub notify: RawNotify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRule {
+    pub hosts: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
+    pub methods: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
+    pub networks: Option<Vec<String>>,
+    pub access: Option<String>,
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSandstorm {
+    pub base_url: Option<String>,
+    pub wildcard_host: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +155,8 @@ pub struct RawIdentity {
     pub email_header: Option<String>,
     pub groups_header: Option<String>,
     pub assertion_header: Option<String>,
+    /// More client-sent headers to remove before forwarding (identity headers of other systems).
+    pub strip_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

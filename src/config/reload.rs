@@ -11,7 +11,7 @@ use super::Config;
 
 /// Top-level keys and sections that take effect on reload. (`trusted_proxies` is not one: each
 /// worker's forwarder holds its own copy for the `X-Forwarded-*` headers it writes.)
-pub const LIVE_KEYS: [&str; 3] = ["mfa", "clock", "admin"];
+pub const LIVE_KEYS: [&str; 6] = ["mfa", "clock", "admin", "hosts", "rule", "sandstorm"];
 
 /// What a reload did.
 #[derive(Debug)]
@@ -57,6 +57,8 @@ pub fn merge(running: &Config, new: Config) -> Result<Reloaded, ReloadError> {
     config.mfa = new.mfa;
     config.clock = new.clock;
     config.admin = new.admin;
+    config.hosts = new.hosts;
+    config.rules = new.rules;
     for key in LIVE_KEYS {
         match new.table.get(key) {
             Some(value) => config.table.insert(key.to_string(), value.clone()),

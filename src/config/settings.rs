@@ -11,6 +11,7 @@ use http::HeaderName;
 use http::uri::{Authority, Scheme};
 use ipnet::IpNet;
 
+use crate::config::access::{AccessRules, Hosts};
 use crate::config::notify::NotifySettings;
 
 /// The bounds of a recovery link's validity (`admin.recovery_link_valid`, and `--valid`).
@@ -32,6 +33,10 @@ pub struct Config {
     pub users_file: PathBuf,
     /// Peers whose `X-Forwarded-*` / `X-Real-IP` / `Forwarded` headers we believe.
     pub trusted_proxies: Vec<IpNet>,
+    /// The hosts served: `public_url`'s, `hosts`, and the `[sandstorm]` wildcard.
+    pub hosts: Hosts,
+    /// `[[rule]]`s, then the `[sandstorm]` preset's.
+    pub rules: AccessRules,
     pub session: SessionSettings,
     pub mfa: MfaSettings,
     pub identity: IdentitySettings,
@@ -248,6 +253,8 @@ pub struct IdentitySettings {
     pub audience: String,
     pub ttl: Duration,
     pub headers: IdentityHeaders,
+    /// `identity.strip_headers`: more client-sent headers removed before forwarding.
+    pub strip_headers: Vec<HeaderName>,
 }
 
 /// The headers that carry identity to the upstream. The proxy removes any client-sent copy of

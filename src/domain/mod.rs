@@ -1,7 +1,9 @@
 //! The rules, with no HTTP in them: who may do what, and what is kept about it.
 
+pub mod access;
 pub mod clock_health;
 pub mod factors;
+pub mod handoff;
 pub mod identity;
 pub mod known_browser;
 pub mod notify;

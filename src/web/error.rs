@@ -82,6 +82,15 @@ pub enum WebError {
     ClientTooSlow(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request's host is not one the proxy serves (`public_url`, `hosts`).
+    #[error("a host the proxy does not serve")]
+    MisdirectedHost,
+    /// An access rule says `deny`.
+    #[error("denied by an access rule")]
+    Denied,
+    /// A handoff code that is unknown, used, expired or for another host.
+    #[error("handoff refused: {0}")]
+    HandoffRefused(String),
 }
 
 impl From<StoreError> for WebError {
@@ -170,6 +179,7 @@ impl WebError {
             Self::UpstreamTimeout(_) | Self::UpstreamUnreachable(_) | Self::UpstreamBroken(_) => {
                 tracing::warn!("{self}")
             }
+            Self::HandoffRefused(_) => tracing::warn!(target: "portcullis::security", "{self}"),
             Self::ClientTooSlow(_) | Self::FormTooSlow => {
                 tracing::warn!(target: "portcullis::security", "{self}; connection closed")
             }
@@ -351,6 +361,24 @@ impl WebError {
             Self::BadRequest => {
                 (StatusCode::BAD_REQUEST, "Bad request", "This request cannot be passed on.".into(), None)
             }
+            Self::MisdirectedHost => {
+                return pages::plain(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "421 Misdirected Request: this server does not answer for that host\n",
+                );
+            }
+            Self::Denied => (
+                StatusCode::FORBIDDEN,
+                "Not available",
+                "This address is closed to everyone here.".into(),
+                None,
+            ),
+            Self::HandoffRefused(_) => (
+                StatusCode::FORBIDDEN,
+                "This sign-in link does not work",
+                "It was used already, is too old, or belongs to another address. Go back to the page you wanted and try again.".into(),
+                Some(("/".into(), "Go to the start page")),
+            ),
             Self::MethodNotAllowed => {
                 let mut response = pages::plain(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n");
                 response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));

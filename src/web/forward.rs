@@ -80,6 +80,8 @@ pub struct Forwarder {
     upstream: Upstream,
     response_timeout: Duration,
     identity_headers: IdentityHeaders,
+    /// Client-sent headers removed as identities: ours and `identity.strip_headers`.
+    stripped: Vec<http::HeaderName>,
     /// Our cookie names, removed from requests and from upstream `Set-Cookie`.
     own_cookies: Vec<String>,
     trusted_proxies: Vec<ipnet::IpNet>,
@@ -125,6 +127,14 @@ impl Forwarder {
             upstream: config.upstream.clone(),
             response_timeout: settings.response_timeout,
             identity_headers: config.identity.headers.clone(),
+            stripped: config
+                .identity
+                .headers
+                .all()
+                .into_iter()
+                .cloned()
+                .chain(config.identity.strip_headers.iter().cloned())
+                .collect(),
             own_cookies,
             trusted_proxies: config.trusted_proxies.clone(),
             upgrades: settings.upgrades.clone(),
@@ -155,11 +165,12 @@ impl Forwarder {
             .map_err(|e| ForwardError::BadRequest(e.to_string()))
     }
 
-    /// Sends `request` upstream on behalf of a full session and returns the upstream's response.
+    /// Sends `request` upstream, with the identity of a full session or (for a `bypass` rule)
+    /// with none, and returns the upstream's response.
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
-        identity: &UpstreamIdentity,
+        identity: Option<&UpstreamIdentity>,
         client: &ClientInfo,
         liveness: Option<Liveness>,
     ) -> Result<Response<Body>, ForwardError> {
@@ -198,11 +209,14 @@ impl Forwarder {
         }
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
-        headers::strip_identity(h, &self.identity_headers.all());
+        headers::strip_identity(h, &self.stripped);
         let own: Vec<&str> = self.own_cookies.iter().map(String::as_str).collect();
         headers::strip_cookies(h, &own);
         headers::set_forwarding(h, client, &self.trusted_proxies);
-        identity.apply(h, &self.identity_headers);
+        // A bypassed request carries no identity at all: only the client-sent copies were removed.
+        if let Some(identity) = identity {
+            identity.apply(h, &self.identity_headers);
+        }
         if let Some(protocol) = &upgrade {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             h.insert(header::UPGRADE, protocol.clone());

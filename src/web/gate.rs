@@ -1,25 +1,30 @@
-//! The gate: every request comes through [`App::handle`], which refuses malformed requests,
-//! decides between the proxy's own pages and the upstream, and lets only full sessions through to
-//! the upstream, with the identity only a full session can make.
+//! The gate: every request comes through [`App::handle`]. It refuses malformed requests and
+//! hosts the proxy does not serve (421), sends `/.portcullis/` to the proxy's own pages, and for
+//! everything else asks the access rules (`domain::access`) what the request needs, then forwards
+//! it with the identity only a full session can make, forwards it with none (`bypass`), or sends
+//! the visitor where they must go first.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::base::headers::{self, ClientInfo};
+use crate::config::access::{Access, request_host};
+use crate::domain::access::{self as rules, Decision, RequestFacts, Standing, Verdict};
 use crate::domain::policy::{self, AfterPassword};
-use crate::domain::session::{Lookup, PartialSession, Rejected, Session};
+use crate::domain::session::{FullSession, Lookup, Rejected, Session};
 use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::forward::{Forwarder, Liveness, UpstreamTime};
+use crate::web::malformed::refuse_malformed;
 use crate::web::pages::{self, Body};
 use crate::web::portal;
-use crate::web::respond::{Answer, login_redirect, send_to};
+use crate::web::respond::{Answer, go_to, with_user};
 use crate::web::return_url;
-use crate::web::route::{self, Destination, Route};
-use crate::web::state::{App, Connection, RequestUser};
+use crate::web::route::{self, Destination, OwnPage, Route};
+use crate::web::state::{App, Connection, RequestUser, Target};
 
 impl App {
     /// Handles one request and writes its access-log line.
@@ -39,9 +44,13 @@ impl App {
 
         let answer = match refuse_malformed(&request) {
             Some(refusal) => Ok(refusal),
-            None => match route::route(&path) {
-                Route::Own(page) => portal::handle(&self, page, request, &conn).await,
-                Route::Gate => self.gate(request, &client, forwarder).await,
+            None => match self.target(&request) {
+                None => Err(WebError::MisdirectedHost),
+                Some(target) => match route::route(&path) {
+                    Route::Own(page) if target.main => portal::handle(&self, page, request, &conn).await,
+                    Route::Own(page) => self.own_page_elsewhere(page, request, &target).await,
+                    Route::Gate => self.gate(request, &client, &target, forwarder).await,
+                },
             },
         };
         let mut response = answer.unwrap_or_else(WebError::into_response);
@@ -67,149 +76,237 @@ impl App {
         response
     }
 
-    /// A request for the upstream: forwarded with the identity of a full session, and nothing
-    /// else ever is.
-    async fn gate(self: &Arc<Self>, request: Request<Incoming>, client: &ClientInfo, forwarder: &Forwarder) -> Answer {
-        let session = match self.session(request.headers()).await {
-            Lookup::Found(Session::Full(full)) => full,
-            Lookup::Found(Session::Partial(partial)) => return Ok(self.second_factor_needed(&request, &partial)),
-            Lookup::Rejected(why) => {
-                tracing::info!(target: "portcullis::security", reason = ?why, "session cookie refused");
-                let mut response = self.needs_login(&request);
-                if why == Rejected::Ambiguous {
-                    cookies::clear_session_everywhere(&mut response, self, request.uri().path());
-                } else {
-                    cookies::clear_session(&mut response, self);
-                }
-                return Ok(response);
-            }
-            Lookup::NoCookie => return Ok(self.needs_login(&request)),
+    /// The host a request is for, if the proxy serves it (`malformed.rs` has made sure there is
+    /// exactly one plain host).
+    fn target<B>(&self, request: &Request<B>) -> Option<Target> {
+        let authority = match request.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
+            Some(host) => host,
+            None => request.uri().authority()?.as_str(),
         };
+        let host = request_host(authority)?;
+        let config = self.config();
+        if !config.hosts.serves(&host) {
+            tracing::info!(target: "portcullis::security", host = %crate::base::text::Escaped(&host), "request for a host the proxy does not serve; 421");
+            return None;
+        }
+        Some(Target { main: config.hosts.is_main(&host), host, authority: authority.to_string() })
+    }
 
-        let user = session.user().name.to_string();
-        let identity = session
+    /// `/.portcullis/` on a host other than the main one: only the handoff and the stylesheet are
+    /// here; every other page is the main host's, so the browser goes there.
+    async fn own_page_elsewhere(&self, page: OwnPage, request: Request<Incoming>, target: &Target) -> Answer {
+        match page {
+            OwnPage::Handoff => portal::handoff::exchange(self, &request, target).await,
+            OwnPage::Static(name) => pages::static_file(&name).ok_or(WebError::NotFound),
+            _ => Ok(go_to(self, request.uri().path_and_query().map_or("/", |p| p.as_str()))),
+        }
+    }
+
+    /// A request for the upstream: what the access rules and the session allow.
+    async fn gate(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        client: &ClientInfo,
+        target: &Target,
+        forwarder: &Forwarder,
+    ) -> Answer {
+        let lookup = self.session_on(request.headers(), target.session_host()).await;
+        // What the rules say, kept without the rule itself so the configuration is not held
+        // across the forwarding below (a reload may swap it meanwhile).
+        let decision: Decision<'static> = {
+            let config = self.config();
+            if config.rules.is_empty() {
+                Decision { rule: None, access: Access::Session, max_age: None }
+            } else {
+                let path = route::normalize(request.uri().path());
+                let facts =
+                    RequestFacts { host: &target.host, path: &path, method: request.method(), client: client.real_ip };
+                let user = match &lookup {
+                    Lookup::Found(session) => Some(session.user().as_ref()),
+                    _ => None,
+                };
+                let decided = rules::decide(&config.rules, &facts, user);
+                Decision { rule: None, access: decided.access, max_age: decided.max_age }
+            }
+        };
+        let standing = match &lookup {
+            Lookup::Found(Session::Full(full)) => Standing::Full {
+                proved_second_factor: full.proved_second_factor(),
+                second_factor_at: full.second_factor_at(),
+                has_factor: self.account(full.user()).has_second_factor(),
+            },
+            Lookup::Found(Session::Partial(_)) => Standing::Partial,
+            _ => Standing::None,
+        };
+        match (rules::admit(&decision, standing, self.clock.now()), lookup) {
+            (Verdict::Forward, Lookup::Found(Session::Full(full))) => {
+                self.forward_as(request, full, client, forwarder).await
+            }
+            (Verdict::Bypass, _) => self.forward_bypassed(request, client, target, forwarder).await,
+            (Verdict::Deny, lookup) => {
+                let mut response = WebError::Denied.into_response();
+                if let Lookup::Found(session) = lookup {
+                    response = with_user(response, session.user());
+                }
+                Ok(response)
+            }
+            (verdict, lookup) => Ok(self.elsewhere_first(&request, verdict, lookup, target)),
+        }
+    }
+
+    /// Forwards with `full`'s identity.
+    async fn forward_as(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        full: FullSession,
+        client: &ClientInfo,
+        forwarder: &Forwarder,
+    ) -> Answer {
+        let user = full.user().name.to_string();
+        let identity = full
             .upstream_identity(&self.signer)
             .map_err(|e| WebError::Internal(format!("cannot build the identity for {user}: {e}")))?;
         // Only an upgrade outlives this request, so only an upgrade needs re-checking.
         let liveness = headers::requested_upgrade(request.headers()).map(|_| {
-            let (app, key) = (self.clone(), session.key().clone());
+            let (app, key) = (self.clone(), full.key().clone());
             Arc::new(move || app.tunnel_still_allowed(&key)) as Liveness
         });
-        let mut response = forwarder.forward(request, &identity, client, liveness).await?;
+        let mut response = forwarder.forward(request, Some(&identity), client, liveness).await?;
         response.extensions_mut().insert(RequestUser(Some(user)));
         Ok(response)
     }
 
-    /// The answer for a half-logged-in session: never the upstream. A browser navigation goes to
-    /// the second-factor page that applies (challenge, or enrollment when 2FA is required and the
-    /// account has none), and comes back afterwards; anything else gets a 401.
-    fn second_factor_needed<B>(&self, request: &Request<B>, partial: &PartialSession) -> Response<Body> {
-        let mut response = if route::is_browser_navigation(request.method(), request.headers()) {
-            let has_factor = self.account(partial.user()).has_second_factor();
-            let page = match policy::after_password(self.requirement(partial.user()), has_factor) {
-                AfterPassword::Enroll => Destination::Enroll,
-                // Challenge; or, if the policy no longer asks for anything, the challenge page
-                // sends a factor-less account on to enrollment or the account page.
-                _ => Destination::Challenge,
-            };
-            let original = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            send_to(self, page, &return_url::or_root(Some(original), &self.config().public_url))
-        } else {
-            pages::plain(StatusCode::UNAUTHORIZED, "401 Unauthorized: finish signing in at /.portcullis/challenge\n")
+    /// Forwards with no identity (a `bypass` rule). An upgraded connection (a grain's WebSocket)
+    /// stays open while the rules still let its request through unchecked.
+    async fn forward_bypassed(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        client: &ClientInfo,
+        target: &Target,
+        forwarder: &Forwarder,
+    ) -> Answer {
+        let liveness = headers::requested_upgrade(request.headers()).map(|_| {
+            let app = self.clone();
+            let (host, path, method, from) =
+                (target.host.clone(), route::normalize(request.uri().path()), request.method().clone(), client.real_ip);
+            Arc::new(move || {
+                let config = app.config();
+                let facts = RequestFacts { host: &host, path: &path, method: &method, client: from };
+                rules::decide(&config.rules, &facts, None).access == Access::Bypass
+            }) as Liveness
+        });
+        Ok(forwarder.forward(request, None, client, liveness).await?)
+    }
+
+    /// A request that may not go on yet: a browser is sent where it must go first and brought
+    /// back; a frame gets a page whose link does that at top level; anything else gets a 401.
+    fn elsewhere_first(
+        &self,
+        request: &Request<Incoming>,
+        verdict: Verdict,
+        lookup: Lookup,
+        target: &Target,
+    ) -> Response<Body> {
+        let user = match &lookup {
+            Lookup::Found(session) => Some(session.user().clone()),
+            _ => None,
         };
-        response.extensions_mut().insert(RequestUser(Some(partial.user().name.to_string())));
-        response
-    }
-
-    /// The answer for a request without a full session: a browser navigation is sent to the login
-    /// page and brought back afterwards; anything else gets a 401, never a redirect.
-    fn needs_login<B>(&self, request: &Request<B>) -> Response<Body> {
-        if !route::is_browser_navigation(request.method(), request.headers()) {
-            let mut response =
-                pages::plain(StatusCode::UNAUTHORIZED, "401 Unauthorized: sign in at /.portcullis/login\n");
-            // RFC 9110 §11.6.1 requires a challenge with 401; ours is a cookie session, so it
-            // names the login page rather than a standard scheme.
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Cookie realm=\"portcullis\", login=\"/.portcullis/login\""),
-            );
-            return response;
-        }
+        let navigation = route::is_browser_navigation(request.method(), request.headers());
+        let frame = request.headers().get("sec-fetch-dest").is_some_and(|dest| {
+            dest.as_bytes().eq_ignore_ascii_case(b"iframe") || dest.as_bytes().eq_ignore_ascii_case(b"frame")
+        });
         let original = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        login_redirect(self, &return_url::or_root(Some(original), &self.config().public_url))
-    }
-}
-
-/// A host and optional port (RFC 9110 §7.2): no user information (`admin@host`), which no
-/// browser sends and an upstream might believe, and not a list of hosts.
-fn is_plain_host(value: &[u8]) -> bool {
-    !value.is_empty()
-        && !value.contains(&b'@')
-        && !value.contains(&b',')
-        && http::uri::Authority::try_from(value).is_ok()
-}
-
-/// Requests refused before anything else looks at them.
-///
-/// * Request smuggling. hyper already settles the classic case: a request with both
-///   `Transfer-Encoding` and `Content-Length` is framed by the former and the latter is dropped
-///   (RFC 9112 §6.1), and differing lengths are a 400. What it passes on is re-framed by our own
-///   client before the upstream sees it, so the two hops can never disagree. This refuses what is
-///   left that is merely odd: a repeated `Content-Length`, or one that is not a plain number.
-/// * `Host`: an HTTP/1.x request needs exactly one (RFC 9112 §3.2: "a server MUST respond with a
-///   400" to none or several), else it would reach the upstream under someone else's name; an
-///   HTTP/2 request may carry one only if it agrees with `:authority` (RFC 9113 §8.3.1).
-/// * `CONNECT` and `TRACE` (405): the first would make the proxy a tunnel, the second echo the
-///   request back (cookies included) to whoever asked; no application behind a gate needs either.
-fn refuse_malformed<B>(request: &Request<B>) -> Option<Response<Body>> {
-    let h = request.headers();
-    let refuse = |status: StatusCode, text: &'static str, why: &'static str| {
-        tracing::warn!(target: "portcullis::security", path = %request.uri().path(), "request refused: {why}");
-        let mut response = pages::plain(status, text);
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        Some(response)
-    };
-    // Method names are case-sensitive (RFC 9110 §9.1), so `trace` is another method; but some
-    // servers fold case, and `TRACK` is IIS's `TRACE`: all are refused.
-    let method = request.method().as_str();
-    if ["CONNECT", "TRACE", "TRACK"].iter().any(|m| method.eq_ignore_ascii_case(m)) {
-        let mut response =
-            refuse(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n", "CONNECT, TRACE or TRACK")?;
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
-        return Some(response);
-    }
-    let lengths: Vec<&HeaderValue> = h.get_all(header::CONTENT_LENGTH).iter().collect();
-    let ambiguous = (h.contains_key(header::TRANSFER_ENCODING) && !lengths.is_empty())
-        || lengths.len() > 1
-        || lengths.iter().any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit));
-    if ambiguous {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "400 Bad Request: ambiguous message framing\n",
-            "ambiguous body framing",
-        );
-    }
-    let hosts: Vec<&HeaderValue> = h.get_all(header::HOST).iter().collect();
-    let host_ok = match request.version() {
-        // RFC 9113 §8.3.1: `:authority` or `Host`, at least one, and equal when both are there.
-        Version::HTTP_2 | Version::HTTP_3 => match (hosts.as_slice(), request.uri().authority()) {
-            ([], Some(authority)) => is_plain_host(authority.as_str().as_bytes()),
-            ([one], Some(authority)) => {
-                is_plain_host(one.as_bytes()) && one.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
+        let mut response = if !navigation {
+            api_refusal(verdict)
+        } else {
+            let next = if target.main {
+                let return_to = return_url::or_root(Some(original), &self.config().public_url);
+                match verdict {
+                    Verdict::SignIn => Destination::Login.with_return(&return_to, &[]),
+                    Verdict::FinishSignIn => self.second_step_page(&lookup).with_return(&return_to, &[]),
+                    Verdict::Enroll => Destination::Enroll.with_return(&return_to, &[]),
+                    _ => Destination::Challenge.with_return(&return_to, &[]),
+                }
+            } else {
+                // Another host: the main host decides, and hands a session back.
+                let scheme = if self.config().public_url.is_https() { "https" } else { "http" };
+                let to = format!("{scheme}://{}{original}", target.authority);
+                let query = serde_urlencoded::to_string([("to", to.as_str())]).unwrap_or_default();
+                format!("{}?{query}", Destination::Handoff.path())
+            };
+            if frame { self.frame_page(&self.config().public_url.join_path(&next)) } else { go_to(self, &next) }
+        };
+        if let Lookup::Rejected(why) = lookup {
+            tracing::info!(target: "portcullis::security", reason = ?why, "session cookie refused");
+            if why == Rejected::Ambiguous {
+                cookies::clear_session_everywhere(&mut response, self, request.uri().path());
+            } else {
+                cookies::clear_session(&mut response, self);
             }
-            ([one], None) => is_plain_host(one.as_bytes()),
-            _ => false,
-        },
-        _ => matches!(hosts.as_slice(), [one] if is_plain_host(one.as_bytes())),
-    };
-    if !host_ok {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "400 Bad Request: exactly one Host header is required\n",
-            "missing, repeated or conflicting Host",
-        );
+        }
+        match user {
+            Some(user) => with_user(response, &user),
+            None => response,
+        }
     }
-    None
+
+    /// For a half-logged-in session: the challenge, or enrollment when 2FA is required and the
+    /// account has no factor.
+    fn second_step_page(&self, lookup: &Lookup) -> Destination {
+        let Lookup::Found(session) = lookup else { return Destination::Login };
+        let has_factor = self.account(session.user()).has_second_factor();
+        match policy::after_password(self.requirement(session.user()), has_factor) {
+            AfterPassword::Enroll => Destination::Enroll,
+            // Challenge; or, if the policy no longer asks for anything, the challenge page
+            // sends a factor-less account on to enrollment or the account page.
+            _ => Destination::Challenge,
+        }
+    }
+}
+
+/// The 401 an API client gets: never a redirect. RFC 9110 §11.6.1 requires a challenge with 401;
+/// ours is a cookie session, so it names the login page rather than a standard scheme, and when a
+/// (fresher) second factor is what is missing it says so as RFC 9470 does for OAuth.
+fn api_refusal(verdict: Verdict) -> Response<Body> {
+    let (text, challenge) = match verdict {
+        Verdict::FinishSignIn => (
+            "401 Unauthorized: finish signing in at /.portcullis/challenge\n",
+            "Cookie realm=\"portcullis\", login=\"/.portcullis/login\"".to_string(),
+        ),
+        Verdict::ProveSecondFactor { max_age } => (
+            "401 Unauthorized: this needs a (fresh) second factor; prove it at /.portcullis/challenge\n",
+            format!(
+                "Cookie realm=\"portcullis\", error=\"insufficient_user_authentication\", error_description=\"a fresh second factor is required\"{}",
+                max_age.map_or(String::new(), |age| format!(", max_age={}", age.as_secs()))
+            ),
+        ),
+        Verdict::Enroll => (
+            "401 Unauthorized: this needs two-step verification; set it up at /.portcullis/enroll\n",
+            "Cookie realm=\"portcullis\", error=\"insufficient_user_authentication\", error_description=\"a second factor is required\"".to_string(),
+        ),
+        _ => (
+            "401 Unauthorized: sign in at /.portcullis/login\n",
+            "Cookie realm=\"portcullis\", login=\"/.portcullis/login\"".to_string(),
+        ),
+    };
+    let mut response = pages::plain(StatusCode::UNAUTHORIZED, text);
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+impl App {
+    /// Inside a frame no sign-in page is ever shown (the framing page could dress it up): a small
+    /// page whose link opens `url` at the top level instead. Only the proxy's own hosts may frame
+    /// it.
+    fn frame_page(&self, url: &str) -> Response<Body> {
+        let config = self.config();
+        let public = &config.public_url;
+        let scheme = if public.is_https() { "https" } else { "http" };
+        let port = public.url().port().map_or(String::new(), |p| format!(":{p}"));
+        let mut ancestors = vec!["'self'".to_string(), public.origin()];
+        ancestors.extend(config.hosts.others.iter().map(|host| format!("{scheme}://{}{port}", host.csp_source())));
+        pages::framed_sign_in(url, &ancestors.join(" "))
+    }
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod forms;
 pub mod forward;
 pub mod gate;
+pub mod malformed;
 pub mod pages;
 pub mod pending;
 pub mod portal;

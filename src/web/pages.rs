@@ -58,6 +58,13 @@ pub struct LogoutPage<'a> {
 #[template(path = "signed_out.html")]
 pub struct SignedOutPage;
 
+/// Shown inside a frame instead of a sign-in page: a link that signs in at the top level.
+#[derive(Template)]
+#[template(path = "framed.html")]
+pub struct FramedSignInPage<'a> {
+    pub url: &'a str,
+}
+
 #[derive(Template)]
 #[template(path = "account.html")]
 pub struct AccountPage<'a> {
@@ -315,6 +322,20 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     harden(&mut response);
+    response
+}
+
+/// [`FramedSignInPage`], which may be framed by `ancestors` (a CSP source list of the proxy's own
+/// origins: the application that frames it), unlike every other page of ours.
+pub fn framed_sign_in(url: &str, ancestors: &str) -> Response<Body> {
+    let mut response = html(StatusCode::UNAUTHORIZED, &FramedSignInPage { url });
+    let policy = format!(
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'none'; frame-ancestors {ancestors}; base-uri 'none'"
+    );
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, value);
+    }
+    response.headers_mut().remove(header::X_FRAME_OPTIONS);
     response
 }
 

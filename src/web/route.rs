@@ -40,6 +40,9 @@ pub enum OwnPage {
     Admin,
     /// A POST from the admin page.
     AdminAction,
+    /// Handing a session to another host: on the main host, make a code (`?to=URL`); on the other
+    /// host, exchange it (`?code=…&rd=…`).
+    Handoff,
     /// A file under `static/`, by name.
     Static(String),
     NotFound,
@@ -125,6 +128,7 @@ pub enum Destination {
     Nudge,
     Account,
     Admin,
+    Handoff,
 }
 
 impl Destination {
@@ -140,6 +144,7 @@ impl Destination {
             Self::Nudge => "/.portcullis/nudge",
             Self::Account => "/.portcullis/account",
             Self::Admin => "/.portcullis/admin",
+            Self::Handoff => "/.portcullis/handoff",
         }
     }
 
@@ -200,6 +205,7 @@ pub fn route(path: &str) -> Route {
         "/admin" => OwnPage::Admin,
         "/recover" => OwnPage::Recover,
         "/admin/action" => OwnPage::AdminAction,
+        "/handoff" => OwnPage::Handoff,
         rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/").and_then(AccountAction::parse)) {
             (Some(name), _) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
             (_, Some(action)) => OwnPage::AccountAction(action),

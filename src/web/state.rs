@@ -8,6 +8,7 @@ use crate::base::clock::SharedClock;
 use crate::base::headers;
 use crate::config::{Config, SharedConfig};
 use crate::domain::factors::{AccountRecord, FactorKind, SecondFactors};
+use crate::domain::handoff::HandoffCodes;
 use crate::domain::identity::AssertionSigner;
 use crate::domain::notify::Notifier;
 use crate::domain::operator::Admin;
@@ -30,11 +31,30 @@ pub struct App {
     pub signer: AssertionSigner,
     /// Enrollment state between page loads, per session.
     pub pending: Pending,
+    /// Codes handing a session from the main host to another host.
+    pub handoff: HandoffCodes,
     pub regulator: Arc<Regulator>,
     /// What the start-up clock check found, for the admin page.
     pub clock_warnings: arc_swap::ArcSwap<Vec<String>>,
     pub notifier: Arc<Notifier>,
     pub clock: SharedClock,
+}
+
+/// Where a request is going: the main host (`public_url`'s), or another host the proxy serves.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Lower case, no port.
+    pub host: String,
+    /// The authority as the client wrote it (with its port), for URLs back to this host.
+    pub authority: String,
+    pub main: bool,
+}
+
+impl Target {
+    /// The session lookup's host: `None` on the main host.
+    pub fn session_host(&self) -> Option<&str> {
+        (!self.main).then_some(self.host.as_str())
+    }
 }
 
 /// Facts about the connection a request arrived on.
@@ -84,7 +104,12 @@ impl App {
 
     /// The session the request's cookies name, as stored (no policy applied).
     pub fn resolve_session(&self, request_headers: &http::HeaderMap) -> Lookup {
-        self.sessions.resolve(headers::cookie_values(request_headers, self.session_cookie()), &self.users)
+        self.resolve_session_on(request_headers, None)
+    }
+
+    /// [`App::resolve_session`] on another host (`None`: the main host).
+    pub fn resolve_session_on(&self, request_headers: &http::HeaderMap, host: Option<&str>) -> Lookup {
+        self.sessions.resolve_on(headers::cookie_values(request_headers, self.session_cookie()), &self.users, host)
     }
 
     /// The request's session, with the 2FA policy applied: a full session that no longer satisfies
@@ -92,7 +117,12 @@ impl App {
     /// since it was made) is turned back into a partial one here, for the gate and our own pages
     /// alike, so it can neither reach the upstream nor act on the account page.
     pub async fn session(&self, request_headers: &http::HeaderMap) -> Lookup {
-        match self.resolve_session(request_headers) {
+        self.session_on(request_headers, None).await
+    }
+
+    /// [`App::session`] on another host (`None`: the main host).
+    pub async fn session_on(&self, request_headers: &http::HeaderMap, host: Option<&str>) -> Lookup {
+        match self.resolve_session_on(request_headers, host) {
             Lookup::Found(Session::Full(full)) if !self.satisfies_policy(&full) => {
                 let user = full.user().name.to_string();
                 tracing::warn!(target: "portcullis::security", %user, "session downgraded: the 2FA policy asks for more than it proved");

@@ -1,6 +1,9 @@
 //! From the file to [`Config`]: every key checked, every problem collected (see `problems.rs`).
 //! The sections' own checks are in `sections.rs` and `mail.rs`.
 
+mod access;
+#[cfg(test)]
+mod access_tests;
 mod mail;
 mod sections;
 #[cfg(test)]
@@ -174,6 +177,7 @@ impl Validator {
             self.required("data_dir", &raw.data_dir, "/var/lib/portcullis").map(|d| self.path(&self.base, d));
         let users_file = self.path(&self.base, raw.users_file.as_deref().unwrap_or("users.toml"));
         let trusted_proxies = self.trusted_proxies(raw.trusted_proxies.unwrap_or_default());
+        let (hosts, rules) = self.access(raw.hosts, raw.rule, raw.sandstorm, public_url.as_ref());
         let session = self.session(raw.session, public_url.as_ref());
         let mfa = self.mfa(raw.mfa, public_url.as_ref());
         let identity = self.identity(raw.identity, data_dir.as_deref(), public_url.as_ref());
@@ -313,6 +317,8 @@ impl Validator {
             data_dir: data_dir?,
             users_file,
             trusted_proxies,
+            hosts,
+            rules,
             session,
             mfa,
             identity,

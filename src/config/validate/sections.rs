@@ -4,6 +4,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use http::HeaderName;
+
 use super::Validator;
 use crate::base::secret;
 use crate::base::tls;
@@ -206,6 +208,24 @@ impl Validator {
                 groups: self.header("identity.groups_header", &raw.groups_header, "X-Forwarded-Groups"),
                 assertion: self.header("identity.assertion_header", &raw.assertion_header, "X-Portcullis-Assertion"),
             },
+            strip_headers: raw
+                .strip_headers
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .filter_map(|(n, name)| match HeaderName::from_bytes(name.trim().as_bytes()) {
+                    Ok(name) => Some(name),
+                    Err(_) => {
+                        self.problem(
+                            &format!("identity.strip_headers[{n}]"),
+                            Some(name),
+                            "not a header name",
+                            "use letters, digits and dashes, like \"X-Remote-User\"",
+                        );
+                        None
+                    }
+                })
+                .collect(),
         }
     }
 

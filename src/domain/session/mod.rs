@@ -9,6 +9,7 @@
 //! go through to the store on the rare events (login, promotion, logout) and `last_seen` is
 //! persisted lazily by [`Sessions::sweep`].
 
+mod hosts;
 mod id;
 mod record;
 mod state;
@@ -123,10 +124,22 @@ impl Sessions {
     /// hide it), and none when they belong to different users: one person's cookie must never
     /// make requests under another person's name.
     pub fn resolve<'a>(&self, cookie_values: impl IntoIterator<Item = &'a str>, users: &UserDirectory) -> Lookup {
+        self.resolve_on(cookie_values, users, None)
+    }
+
+    /// [`Sessions::resolve`] for a request to `host` (`None`: the main host). A session belongs
+    /// to one host: one handed to another host is unknown on the main host, and the other way
+    /// round.
+    pub fn resolve_on<'a>(
+        &self,
+        cookie_values: impl IntoIterator<Item = &'a str>,
+        users: &UserDirectory,
+        host: Option<&str>,
+    ) -> Lookup {
         let mut found: Option<Session> = None;
         let mut rejected = None;
         for value in cookie_values {
-            match (self.resolve_one(value, users), found.take()) {
+            match (self.resolve_one(value, users, host), found.take()) {
                 (Ok(session), None) => found = Some(session),
                 (Ok(session), Some(other)) => {
                     if session.user().name != other.user().name {
@@ -148,9 +161,12 @@ impl Sessions {
         }
     }
 
-    fn resolve_one(&self, value: &str, users: &UserDirectory) -> Result<Session, Rejected> {
+    fn resolve_one(&self, value: &str, users: &UserDirectory, host: Option<&str>) -> Result<Session, Rejected> {
         let key = SessionId::from_cookie(value).ok_or(Rejected::Malformed)?.key();
         let entry = self.cache.get(&key).map(|e| e.value().clone()).ok_or(Rejected::Unknown)?;
+        if entry.host.as_deref() != host {
+            return Err(Rejected::Unknown);
+        }
         let now = self.clock.now();
         let verdict = self.expiry(&entry, now).and_then(|()| match users.get(&entry.user) {
             None => Err(Rejected::UserRemoved),
@@ -244,6 +260,8 @@ impl Sessions {
             credential_stamp: user.credential_stamp,
             csrf_token: crate::base::secret::random_token(),
             device,
+            host: None,
+            family: crate::base::secret::random_token(),
         }
     }
 
@@ -292,6 +310,8 @@ impl Sessions {
         let stage = Arc::new(FullStage { auth_time: now, amr, second_factor_at });
         let mut record = self.new_record(&partial.user, partial.first_factor_at, partial.entry.device.clone());
         record.created_at = partial.entry.created_at;
+        record.host = partial.entry.host.clone();
+        record.family = partial.entry.family.clone();
         self.store_full(record, stage, &partial.key, partial.user).await
     }
 

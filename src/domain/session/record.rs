@@ -47,6 +47,14 @@ pub struct SessionRecord {
     pub csrf_token: String,
     #[serde(default)]
     pub device: Device,
+    /// The host this session is for, when it is not the main host: a session handed to another
+    /// host (see `hosts.rs`) works there and nowhere else.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Shared by a session, the sessions it becomes (new ids at each privilege change) and those
+    /// handed to other hosts: signing out ends the whole family.
+    #[serde(default)]
+    pub family: String,
 }
 
 /// Why a cookie did not lead to a session. Each of these clears the cookie.

@@ -78,6 +78,8 @@ pub(super) struct Entry {
     pub(super) credential_stamp: [u8; 16],
     pub(super) csrf_token: String,
     pub(super) device: Device,
+    pub(super) host: Option<String>,
+    pub(super) family: String,
     pub(super) last_seen: AtomicI64,
     pub(super) persisted_last_seen: AtomicI64,
     memo: Memo,
@@ -109,6 +111,8 @@ impl Entry {
             credential_stamp: record.credential_stamp,
             csrf_token: record.csrf_token,
             device: record.device,
+            host: record.host,
+            family: record.family,
             last_seen: AtomicI64::new(record.last_seen),
             persisted_last_seen: AtomicI64::new(record.last_seen),
             memo: Memo::default(),
@@ -127,6 +131,8 @@ impl Entry {
             credential_stamp: self.credential_stamp,
             csrf_token: self.csrf_token.clone(),
             device: self.device.clone(),
+            host: self.host.clone(),
+            family: self.family.clone(),
         }
     }
 

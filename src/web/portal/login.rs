@@ -256,7 +256,8 @@ pub(super) async fn logout_submit(app: &Arc<App>, request: Request<Incoming>) ->
     let posted = session_post::<RdCsrfForm>(app, request).await?;
     // Signing out without a session is already done: say so, and drop any stale cookie.
     let Some(session) = posted.session else { return Ok(signed_out(app)) };
-    app.sessions.end(session.key()).await.map_err(|e| WebError::SignOutFailed(e.to_string()))?;
+    // Signing out here signs out of every host this session was handed to.
+    app.sessions.end_family(session.key()).await.map_err(|e| WebError::SignOutFailed(e.to_string()))?;
     tracing::info!(target: "portcullis::security", user = %session.user().name, session = %session.key().log_ref(), "logout");
     Ok(with_user(signed_out(app), session.user()))
 }

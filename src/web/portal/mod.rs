@@ -11,6 +11,7 @@ mod admin;
 mod challenge;
 mod email;
 mod enroll;
+pub mod handoff;
 mod login;
 mod recover;
 mod recovery_codes;
@@ -79,6 +80,7 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
         (OwnPage::Recover, _, true) => recover::submit(app, request, conn).await,
         (OwnPage::Admin, true, _) => admin::page(app, &request).await,
         (OwnPage::AdminAction, _, true) => admin::action(app, request).await,
+        (OwnPage::Handoff, true, _) => handoff::start(app, &request, conn).await,
         (OwnPage::NotFound, _, _) => Err(WebError::NotFound),
         _ => Err(WebError::MethodNotAllowed),
     }

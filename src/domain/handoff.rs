@@ -1,0 +1,67 @@
+//! Handing a signed-in session from the main host to another host the proxy serves: a code made
+//! on the main host, carried in a top-level redirect, and exchanged on the other host for a
+//! session of its own. A code works once, for [`CODE_LIFETIME`], on the one host it was made
+//! for. Only its digest is kept, so the map never holds a usable code.
+
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+
+use crate::base::clock::UnixTime;
+use crate::domain::session::{FullSession, SessionKey};
+
+/// How long a code may take from the redirect to the exchange: a browser follows a redirect at
+/// once; anything slower is a copied link.
+pub const CODE_LIFETIME: i64 = 30;
+
+struct Pending {
+    parent: SessionKey,
+    host: String,
+    expires_at: UnixTime,
+}
+
+/// Codes made and not yet used.
+#[derive(Default)]
+pub struct HandoffCodes(DashMap<[u8; 32], Pending>);
+
+/// Why a code did not hand over a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandoffRefused {
+    #[error("unknown or already used")]
+    Unknown,
+    #[error("expired")]
+    Expired,
+    #[error("made for another host")]
+    OtherHost,
+}
+
+fn digest(code: &str) -> [u8; 32] {
+    Sha256::digest(code.as_bytes()).into()
+}
+
+impl HandoffCodes {
+    /// A new code handing `parent` to `host`.
+    pub fn issue(&self, parent: &FullSession, host: &str, now: UnixTime) -> String {
+        let code = crate::base::secret::random_token();
+        let pending = Pending { parent: parent.key().clone(), host: host.to_string(), expires_at: now + CODE_LIFETIME };
+        self.0.insert(digest(&code), pending);
+        code
+    }
+
+    /// Spends `code` on `host`: the main-host session it hands over. A code is gone after its
+    /// first use, whatever the outcome, so a replay finds nothing.
+    pub fn redeem(&self, code: &str, host: &str, now: UnixTime) -> Result<SessionKey, HandoffRefused> {
+        let (_, pending) = self.0.remove(&digest(code)).ok_or(HandoffRefused::Unknown)?;
+        if now > pending.expires_at {
+            return Err(HandoffRefused::Expired);
+        }
+        if pending.host != host {
+            return Err(HandoffRefused::OtherHost);
+        }
+        Ok(pending.parent)
+    }
+
+    /// Forgets codes nobody used.
+    pub fn sweep(&self, now: UnixTime) {
+        self.0.retain(|_, pending| pending.expires_at >= now);
+    }
+}

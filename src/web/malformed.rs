@@ -1,0 +1,80 @@
+//! Requests refused before anything else looks at them: smuggling leftovers, hosts that are not
+//! one plain host, and methods no application behind a gate needs.
+
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+
+use crate::web::pages::{self, Body};
+
+/// A host and optional port (RFC 9110 §7.2): no user information (`admin@host`), which no
+/// browser sends and an upstream might believe, and not a list of hosts.
+fn is_plain_host(value: &[u8]) -> bool {
+    !value.is_empty()
+        && !value.contains(&b'@')
+        && !value.contains(&b',')
+        && http::uri::Authority::try_from(value).is_ok()
+}
+
+/// Requests refused before anything else looks at them.
+///
+/// * Request smuggling. hyper already settles the classic case: a request with both
+///   `Transfer-Encoding` and `Content-Length` is framed by the former and the latter is dropped
+///   (RFC 9112 §6.1), and differing lengths are a 400. What it passes on is re-framed by our own
+///   client before the upstream sees it, so the two hops can never disagree. This refuses what is
+///   left that is merely odd: a repeated `Content-Length`, or one that is not a plain number.
+/// * `Host`: an HTTP/1.x request needs exactly one (RFC 9112 §3.2: "a server MUST respond with a
+///   400" to none or several), else it would reach the upstream under someone else's name; an
+///   HTTP/2 request may carry one only if it agrees with `:authority` (RFC 9113 §8.3.1).
+/// * `CONNECT` and `TRACE` (405): the first would make the proxy a tunnel, the second echo the
+///   request back (cookies included) to whoever asked; no application behind a gate needs either.
+pub fn refuse_malformed<B>(request: &Request<B>) -> Option<Response<Body>> {
+    let h = request.headers();
+    let refuse = |status: StatusCode, text: &'static str, why: &'static str| {
+        tracing::warn!(target: "portcullis::security", path = %request.uri().path(), "request refused: {why}");
+        let mut response = pages::plain(status, text);
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Some(response)
+    };
+    // Method names are case-sensitive (RFC 9110 §9.1), so `trace` is another method; but some
+    // servers fold case, and `TRACK` is IIS's `TRACE`: all are refused.
+    let method = request.method().as_str();
+    if ["CONNECT", "TRACE", "TRACK"].iter().any(|m| method.eq_ignore_ascii_case(m)) {
+        let mut response =
+            refuse(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n", "CONNECT, TRACE or TRACK")?;
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        return Some(response);
+    }
+    let lengths: Vec<&HeaderValue> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+    let ambiguous = (h.contains_key(header::TRANSFER_ENCODING) && !lengths.is_empty())
+        || lengths.len() > 1
+        || lengths.iter().any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit));
+    if ambiguous {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: ambiguous message framing\n",
+            "ambiguous body framing",
+        );
+    }
+    let hosts: Vec<&HeaderValue> = h.get_all(header::HOST).iter().collect();
+    let host_ok = match request.version() {
+        // RFC 9113 §8.3.1: `:authority` or `Host`, at least one, and equal when both are there.
+        Version::HTTP_2 | Version::HTTP_3 => match (hosts.as_slice(), request.uri().authority()) {
+            ([], Some(authority)) => is_plain_host(authority.as_str().as_bytes()),
+            ([one], Some(authority)) => {
+                is_plain_host(one.as_bytes()) && one.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
+            }
+            ([one], None) => is_plain_host(one.as_bytes()),
+            _ => false,
+        },
+        _ => matches!(hosts.as_slice(), [one] if is_plain_host(one.as_bytes())),
+    };
+    if !host_ok {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: exactly one Host header is required\n",
+            "missing, repeated or conflicting Host",
+        );
+    }
+    None
+}
