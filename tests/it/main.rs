@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, a real upstream, a real HTTP client. One test binary with
 //! modules, so the suite links once.
 
+mod access;
 mod account;
 mod admin;
 mod attacks;
@@ -12,6 +13,7 @@ mod email_codes;
 mod flows;
 mod forwarding;
 mod harness;
+mod hosts;
 mod hypercorn;
 mod layers;
 mod mfa;
