@@ -4,6 +4,9 @@
 #
 #   bash bench/run.sh            # 10 s per measurement
 #   DURATION=30s bash bench/run.sh
+#   RULES=1000 bash bench/run.sh # with that many access rules, none of which matches the request
+#                                # (up to 10 path rules every request must look at; the rest for
+#                                # other hosts, which the host index skips)
 #
 # Installs nginx and wrk from Debian packages if they are missing. The upstream is nginx serving
 # a small fixed response, so the proxies, not the app, are what is measured. Two passes:
@@ -12,6 +15,7 @@
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
+RULES=${RULES:-0}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 WORK=$(mktemp -d)
@@ -79,9 +83,17 @@ listen = "127.0.0.1:$PORTCULLIS_PORT"
 upstream = "http://127.0.0.1:$UPSTREAM_PORT"
 public_url = "http://127.0.0.1:$PORTCULLIS_PORT"
 data_dir = "data"
+hosts = ["*.example.test"]
 [log]
 level = "warn"
 TOML
+for i in $(seq 1 "$RULES"); do
+  if [ "$i" -le 10 ]; then
+    printf '[[rule]]\npaths = ["/area-%s"]\naccess = "two_factor"\n' "$i"
+  else
+    printf '[[rule]]\nhosts = ["host-%s.example.test"]\naccess = "deny"\n' "$i"
+  fi
+done >> "$WORK/proxy.toml"
 echo "bench password 123" | "$BIN" --config "$WORK/proxy.toml" user add bench --email bench@example.com >/dev/null
 "$BIN" --config "$WORK/proxy.toml" > "$WORK/portcullis.out" 2> "$WORK/portcullis.err" &
 for _ in $(seq 1 100); do grep -q listening "$WORK/portcullis.out" 2>/dev/null && break; sleep 0.1; done
@@ -125,7 +137,7 @@ for pass in "throughput 64 2" "latency 1 1"; do
   nginx=$(measure nginx "http://127.0.0.1:$NGINX_PORT/" "$2" "$3")
   portcullis=$(measure portcullis "$BASE/" "$2" "$3" "Cookie: $SESSION")
   echo
-  echo "## $1: $2 connection(s), $3 wrk thread(s), $DURATION, $(nproc) cores"
+  echo "## $1: $2 connection(s), $3 wrk thread(s), $DURATION, $(nproc) cores, $RULES access rule(s)"
   printf '%-11s %12s %10s %10s %8s\n' target "req/s" "p50 µs" "p99 µs" non-2xx
   for row in "$direct" "$nginx" "$portcullis"; do
     printf '%-11s %12s %10s %10s %8s\n' $row

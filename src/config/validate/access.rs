@@ -64,8 +64,9 @@ impl Validator {
     }
 
     fn sandstorm(&mut self, raw: RawSandstorm, main: &str) -> Option<SandstormSettings> {
-        let base = self.required("sandstorm.base_url", &raw.base_url, "https://sandstorm.example.com")?;
-        let wildcard = self.required("sandstorm.wildcard_host", &raw.wildcard_host, "*.sandstorm.example.com")?;
+        let base = self.required("sandstorm.base_url", &raw.base_url, "https://sandstorm.example.com");
+        let wildcard = self.required("sandstorm.wildcard_host", &raw.wildcard_host, "*.sandstorm.example.com");
+        let (base, wildcard) = (base?, wildcard);
         let base_host = url::Url::parse(base).ok().and_then(|u| u.host_str().and_then(request_host));
         let Some(base_host) = base_host else {
             self.problem(
@@ -85,6 +86,7 @@ impl Validator {
             );
             return None;
         }
+        let wildcard = wildcard?;
         // WILDCARD_HOST may carry a port (`*.local.sandstorm.io:6080`); hosts are compared without.
         let without_port = request_host(wildcard).unwrap_or_default();
         let parent = without_port.strip_prefix("*.").filter(|p| HostPattern::parse(&format!("x.{p}")).is_some());
