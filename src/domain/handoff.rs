@@ -7,7 +7,7 @@ use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
 use crate::base::clock::UnixTime;
-use crate::domain::session::{FullSession, SessionKey};
+use crate::domain::session::SessionKey;
 
 /// How long a code may take from the redirect to the exchange: a browser follows a redirect at
 /// once; anything slower is a copied link.
@@ -39,10 +39,10 @@ fn digest(code: &str) -> [u8; 32] {
 }
 
 impl HandoffCodes {
-    /// A new code handing `parent` to `host`.
-    pub fn issue(&self, parent: &FullSession, host: &str, now: UnixTime) -> String {
+    /// A new code handing the full session `parent` (its key) to `host`.
+    pub fn issue(&self, parent: &SessionKey, host: &str, now: UnixTime) -> String {
         let code = crate::base::secret::random_token();
-        let pending = Pending { parent: parent.key().clone(), host: host.to_string(), expires_at: now + CODE_LIFETIME };
+        let pending = Pending { parent: parent.clone(), host: host.to_string(), expires_at: now + CODE_LIFETIME };
         self.0.insert(digest(&code), pending);
         code
     }
@@ -63,5 +63,37 @@ impl HandoffCodes {
     /// Forgets codes nobody used.
     pub fn sweep(&self, now: UnixTime) {
         self.0.retain(|_, pending| pending.expires_at >= now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parent() -> SessionKey {
+        SessionKey::from_slice(&[7; 32]).unwrap()
+    }
+
+    #[test]
+    fn a_code_works_once_in_time_on_its_own_host() {
+        let codes = HandoffCodes::default();
+        let code = codes.issue(&parent(), "wiki.example.com", 1_000);
+        assert_eq!(codes.redeem(&code, "wiki.example.com", 1_000 + CODE_LIFETIME), Ok(parent()));
+        assert_eq!(codes.redeem(&code, "wiki.example.com", 1_001), Err(HandoffRefused::Unknown), "used");
+
+        let late = codes.issue(&parent(), "wiki.example.com", 1_000);
+        assert_eq!(codes.redeem(&late, "wiki.example.com", 1_000 + CODE_LIFETIME + 1), Err(HandoffRefused::Expired));
+        let misplaced = codes.issue(&parent(), "wiki.example.com", 1_000);
+        assert_eq!(codes.redeem(&misplaced, "notes.example.com", 1_001), Err(HandoffRefused::OtherHost));
+        assert_eq!(
+            codes.redeem(&misplaced, "wiki.example.com", 1_001),
+            Err(HandoffRefused::Unknown),
+            "spent by the attempt"
+        );
+        assert_eq!(codes.redeem("made-up", "wiki.example.com", 1_001), Err(HandoffRefused::Unknown));
+
+        let abandoned = codes.issue(&parent(), "wiki.example.com", 1_000);
+        codes.sweep(1_000 + CODE_LIFETIME + 1);
+        assert_eq!(codes.redeem(&abandoned, "wiki.example.com", 1_001), Err(HandoffRefused::Unknown), "swept");
     }
 }

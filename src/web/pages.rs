@@ -112,6 +112,8 @@ pub struct SessionRow {
     pub this_one: bool,
     /// Half signed in (the password, not yet the second step).
     pub partial: bool,
+    /// The other host it was handed to; `None` on the main host.
+    pub host: Option<String>,
 }
 
 /// One remembered browser on the account page.

@@ -61,6 +61,10 @@ async fn signing_in_on_the_main_host_hands_a_session_to_another_host() {
         (Some(format!("wiki.example.test:{port}").as_str()), Some("alice"))
     );
 
+    // The account page lists the wiki's session with the host it is for.
+    let account = browser.navigate(&format!("{main}/.portcullis/account")).await.text().await.unwrap();
+    assert!(account.contains("on wiki.example.test"), "{account}");
+
     // A code works once, on its own host, and only for a little while.
     let replayed = browser.navigate(&exchange).await;
     assert_eq!(replayed.status(), 403, "a replayed code");

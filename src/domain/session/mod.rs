@@ -41,6 +41,8 @@ pub struct SessionSummary {
     pub created_at: UnixTime,
     pub last_seen: UnixTime,
     pub full: bool,
+    /// The other host it was handed to; `None` on the main host.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -408,6 +410,7 @@ impl Sessions {
                     created_at: entry.created_at,
                     last_seen: entry.last_seen.load(Ordering::Relaxed),
                     full: entry.is_full(),
+                    host: entry.host.clone(),
                 }
             })
             .collect();

@@ -86,6 +86,7 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
             signed_in: format_utc(s.created_at),
             last_seen: format_utc(s.last_seen),
             partial: !s.full,
+            host: s.host,
             handle: s.handle,
         })
         .collect();

@@ -105,7 +105,7 @@ pub(super) async fn start(app: &Arc<App>, request: &Request<Incoming>, conn: &Co
     let scheme = app.config().public_url.url().scheme().to_string();
     let response = match verdict {
         Verdict::Forward => {
-            let code = app.handoff.issue(&full, &target.host, app.clock.now());
+            let code = app.handoff.issue(full.key(), &target.host, app.clock.now());
             let query = serde_urlencoded::to_string([("code", code.as_str()), ("rd", target.path_and_query.as_str())])
                 .unwrap_or_default();
             tracing::info!(target: "portcullis::security", user = %full.user().name, host = %target.host, "session handed to another host");
