@@ -29,11 +29,15 @@ access = "deny"
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bypass_path_reaches_the_upstream_with_no_session_and_no_identity() {
     let upstream = Upstream::start().await;
-    let proxy = proxy(&upstream.url()).toml(RULES).start();
+    let proxy =
+        proxy(&upstream.url()).toml(&format!("{RULES}\n[identity]\nstrip_headers = [\"X-Custom-User\"]")).start();
     let anonymous = reqwest::Client::new()
         .get(proxy.url("/healthz"))
         .header("X-Forwarded-User", "admin")
         .header("Remote-User", "admin")
+        .header("X-authentik-username", "akadmin")
+        .header("Cf-Access-Authenticated-User-Email", "root@example.com")
+        .header("X-Custom-User", "admin")
         .header("X-Portcullis-Assertion", "forged")
         .send()
         .await
@@ -41,8 +45,16 @@ async fn a_bypass_path_reaches_the_upstream_with_no_session_and_no_identity() {
     assert_eq!(anonymous.status(), 200);
     let seen = upstream.seen().pop().unwrap();
     assert_eq!(seen.path, "/healthz");
-    for name in ["x-forwarded-user", "x-forwarded-email", "x-forwarded-groups", "remote-user", "x-portcullis-assertion"]
-    {
+    for name in [
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-groups",
+        "remote-user",
+        "x-authentik-username",
+        "cf-access-authenticated-user-email",
+        "x-custom-user",
+        "x-portcullis-assertion",
+    ] {
         assert!(seen.header(name).is_none(), "{name} reached the upstream: {:?}", seen.headers);
     }
     // Signed in, the bypassed path still carries no identity: it is not checked, so not vouched for.
