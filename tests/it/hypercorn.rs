@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 use crate::harness::{Lines, free_port};
@@ -28,7 +29,10 @@ impl Hypercorn {
         }
         for _ in 0..5 {
             let port = free_port();
+            // Its own process group: Hypercorn serves from a worker process it spawns, which must
+            // go when the test does (killing only the parent would leave the worker running).
             let mut child = Command::new(&binary)
+                .process_group(0)
                 .args(["--bind", &format!("127.0.0.1:{port}"), "echo_asgi:app"])
                 .current_dir(upstreams())
                 .stdin(Stdio::null())
@@ -42,8 +46,7 @@ impl Hypercorn {
             if output.wait_for(0, |l| l.contains("Running on")).is_some() {
                 return Some(Self { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) });
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
         }
         panic!("hypercorn did not start");
     }
@@ -53,9 +56,17 @@ impl Hypercorn {
     }
 }
 
+/// Ends Hypercorn and its worker (the whole process group it leads).
+fn kill_group(child: &mut Child) {
+    // SAFETY: kill(2) with a negative pid signals the process group; no memory is involved.
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
+
 impl Drop for Hypercorn {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
