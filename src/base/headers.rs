@@ -86,16 +86,31 @@ const OTHER_IDENTITY: [&str; 10] = [
     "remote-email",
     "remote-groups",
     "remote-name",
-    "x-remote-user",
-    "x-webauth-user",
     "x-forwarded-preferred-username",
     "x-forwarded-user",
     "x-forwarded-email",
     "x-forwarded-groups",
+    "x-forwarded-access-token",
+    "x-auth-email",
 ];
 /// Prefixes of whole families of identity headers: oauth2-proxy's `X-Auth-Request-*`,
-/// authentik's `X-authentik-*`, Cloudflare Access's `Cf-Access-*`, and our own.
-const OTHER_IDENTITY_PREFIXES: [&str; 4] = ["x-auth-request-", "x-authentik-", "cf-access-", "x-portcullis-"];
+/// authentik's `X-authentik-*`, Cloudflare Access's `Cf-Access-*`, Grafana's `X-WEBAUTH-*`,
+/// `X-Remote-*`, Pomerium, Vouch, Tailscale, Google IAP, AWS ALB and Azure App Service, and our
+/// own.
+const OTHER_IDENTITY_PREFIXES: [&str; 12] = [
+    "x-auth-request-",
+    "x-authentik-",
+    "cf-access-",
+    "x-webauth-",
+    "x-remote-",
+    "x-pomerium-",
+    "x-vouch-",
+    "tailscale-user-",
+    "x-goog-authenticated-user-",
+    "x-amzn-oidc-",
+    "x-ms-client-principal",
+    "x-portcullis-",
+];
 
 /// Headers that an operator may not choose as identity headers: HTTP's own and the ones the
 /// proxy manages.
@@ -167,14 +182,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes every client-sent header that could be mistaken for an identity: the configured
 /// names, [`OTHER_IDENTITY`] and everything under [`OTHER_IDENTITY_PREFIXES`], in any case or
 /// `_`/`-` spelling.
-pub fn strip_identity(headers: &mut HeaderMap, identity_names: &[HeaderName]) {
+pub fn strip_identity(headers: &mut HeaderMap, identity_names: &[HeaderName], extra_prefixes: &[String]) {
+    let has_prefix = |n: &str, prefix: &str| n.get(..prefix.len()).is_some_and(|p| same_header(p, prefix));
     let is_identity = |name: &HeaderName| {
         let n = name.as_str();
         identity_names.iter().any(|id| same_header(n, id.as_str()))
             || OTHER_IDENTITY.iter().any(|id| same_header(n, id))
-            || OTHER_IDENTITY_PREFIXES
-                .iter()
-                .any(|prefix| n.get(..prefix.len()).is_some_and(|p| same_header(p, prefix)))
+            || OTHER_IDENTITY_PREFIXES.iter().any(|prefix| has_prefix(n, prefix))
+            || extra_prefixes.iter().any(|prefix| has_prefix(n, prefix))
     };
     if !headers.keys().any(is_identity) {
         return;
@@ -260,17 +275,42 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 /// in which case the right-most untrusted address in `X-Forwarded-For` (everything left of a
 /// trusted hop could have been written by the client itself).
 pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d; rules and regulation
+    // compare it as the IPv4 address it is.
+    let peer = peer.to_canonical();
     if !is_trusted(peer, trusted) {
         return peer;
     }
-    let chain: Vec<IpAddr> = headers
+    // From the nearest hop back: each trusted proxy vouches for the address before it, and the
+    // first untrusted one is the client. An entry that cannot be read ends the walk, since
+    // nothing written before it can be believed: the last address read stands.
+    let entries: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
+        .map(str::trim)
         .collect();
-    chain.iter().rev().find(|ip| !is_trusted(**ip, trusted)).or(chain.first()).copied().unwrap_or(peer)
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        let Some(ip) = forwarded_address(entry) else { break };
+        client = ip;
+        if !is_trusted(ip, trusted) {
+            break;
+        }
+    }
+    client
+}
+
+/// An `X-Forwarded-For` entry: an address, or one with a port as some balancers write it
+/// (`192.0.2.5:51234`, `[2001:db8::1]:443`).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let ip = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())?;
+    Some(ip.to_canonical())
 }
 
 /// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` for the upstream. Client copies are
@@ -287,7 +327,6 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientInfo, trusted: &[I
         .get("x-forwarded-proto")
         .filter(|v| from_trusted && matches!(v.as_bytes(), b"http" | b"https"))
         .cloned();
-    let forwarded_host = headers.get("x-forwarded-host").filter(|_| from_trusted).cloned();
 
     if !from_trusted {
         let untrusted =
@@ -313,7 +352,9 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientInfo, trusted: &[I
     set(headers, "x-forwarded-for", HeaderValue::from_str(&xff).ok());
     set(headers, "x-real-ip", HeaderValue::from_str(&real_ip.to_string()).ok());
     set(headers, "x-forwarded-proto", proto.or(Some(HeaderValue::from_static(client.scheme))));
-    set(headers, "x-forwarded-host", forwarded_host.or(host));
+    // Always the host the proxy answered for, even from a trusted balancer: the access rules and
+    // the identity were decided for it, so the upstream must not route on another.
+    set(headers, "x-forwarded-host", host);
 }
 
 #[cfg(test)]
@@ -434,14 +475,26 @@ mod tests {
             ("CF_ACCESS_JWT_ASSERTION", "forged"),
             ("X-Forwarded-Preferred-Username", "admin"),
             ("X-Forwarded-User", "admin"),
+            ("X-Corp-SSO-Login", "admin"),
+            ("X-WEBAUTH-EMAIL", "root@example.com"),
+            ("X-Remote-Groups", "admins"),
+            ("X-Forwarded-Access-Token", "forged"),
+            ("X-Pomerium-Claim-Email", "root@example.com"),
+            ("X-Vouch-User", "admin"),
+            ("Tailscale-User-Login", "admin"),
+            ("X-Goog-Authenticated-User-Email", "accounts.google.com:root@example.com"),
+            ("X-Amzn-Oidc-Identity", "admin"),
+            ("X-MS-CLIENT-PRINCIPAL-NAME", "admin"),
+            ("X-Auth-Email", "root@example.com"),
             ("x-userx", "kept: a different header"),
+            ("x-auth-token", "kept: an API's own credential"),
             ("remote-addr-note", "kept: not an identity"),
         ]);
         h.append("x-user", HeaderValue::from_static("second copy"));
-        strip_identity(&mut h, &names);
+        strip_identity(&mut h, &names, &["x-corp-sso-".to_string()]);
         let mut kept: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         kept.sort();
-        assert_eq!(kept, vec!["remote-addr-note", "x-userx"]);
+        assert_eq!(kept, vec!["remote-addr-note", "x-auth-token", "x-userx"]);
     }
 
     #[test]
@@ -453,6 +506,19 @@ mod tests {
         let mut only_ours = map(&[("cookie", "portcullis=secret")]);
         strip_cookies(&mut only_ours, &["portcullis"]);
         assert!(only_ours.get("cookie").is_none());
+    }
+
+    #[test]
+    fn the_client_address_behind_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.3/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        let via = |xff: &str| client_ip(&map(&[("x-forwarded-for", xff)]), "127.0.0.3".parse().unwrap(), &trusted);
+        assert_eq!(via("198.51.100.7, 10.0.0.2").to_string(), "198.51.100.7");
+        assert_eq!(via("192.0.2.5, 203.0.113.9:51234").to_string(), "203.0.113.9", "a balancer that writes the port");
+        assert_eq!(via("192.0.2.5, [2001:db8::1]:443").to_string(), "2001:db8::1");
+        assert_eq!(via("192.0.2.5, unknown").to_string(), "127.0.0.3", "nothing before an unreadable entry counts");
+        assert_eq!(via("192.0.2.5, ::ffff:203.0.113.9").to_string(), "203.0.113.9");
+        let mapped: IpAddr = "::ffff:192.0.2.44".parse().unwrap();
+        assert_eq!(client_ip(&HeaderMap::new(), mapped, &[]).to_string(), "192.0.2.44", "IPv4 on a dual-stack socket");
     }
 
     #[test]
@@ -501,6 +567,11 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.2, 10.0.0.1");
         assert_eq!(h["x-real-ip"], "198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "https");
+
+        // A balancer's X-Forwarded-Host gives way to the Host the rules were checked against.
+        let mut h = map(&[("host", "ui-a.apps.example.com"), ("x-forwarded-host", "app.example.com")]);
+        set_forwarding(&mut h, &client, &trusted);
+        assert_eq!(h["x-forwarded-host"], "ui-a.apps.example.com");
     }
 
     proptest::proptest! {

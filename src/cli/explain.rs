@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use http::Method;
 
-use crate::config::access::{Access, Rule, request_host};
+use crate::config::access::{Access, Rule, request_host, rule_path};
 use crate::domain::access::{self, RequestFacts};
 use crate::domain::users::UserDirectory;
 
@@ -91,9 +91,12 @@ pub fn explain(config_path: &Path, question: Question<'_>) -> ExitCode {
     };
     let Some((host, path)) = url::Url::parse(question.url)
         .ok()
-        .and_then(|url| Some((request_host(url.host_str()?)?, crate::web::route::normalize(url.path()))))
+        .and_then(|url| Some((request_host(url.host_str()?)?, rule_path(url.path())?)))
     else {
-        eprintln!("error: {} is not a URL; write it like https://wiki.example.com/admin", question.url);
+        eprintln!(
+            "error: {} is not a URL the proxy would pass on; write it like https://wiki.example.com/admin",
+            question.url
+        );
         return ExitCode::FAILURE;
     };
     if !config.hosts.serves(&host) {

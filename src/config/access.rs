@@ -184,6 +184,54 @@ pub fn path_within(path: &str, prefix: &str) -> bool {
         || path.strip_prefix(prefix).is_some_and(|rest| prefix.ends_with('/') || rest.starts_with('/'))
 }
 
+/// [`path_within`], ignoring ASCII case: many servers route `/Admin` to `/admin` (ASP.NET,
+/// Express by default, anything on a case-insensitive file system).
+pub fn path_within_any_case(path: &str, prefix: &str) -> bool {
+    let (path, prefix) = (path.as_bytes(), prefix.as_bytes());
+    prefix == b"/"
+        || (path.len() >= prefix.len()
+            && path[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && (path.len() == prefix.len() || prefix.ends_with(b"/") || path[prefix.len()] == b'/'))
+}
+
+/// A path as the access rules read it, so that no spelling an upstream would resolve to a
+/// protected path slips past its rule:
+/// * percent-decoded until nothing changes (an upstream that decodes twice reads `%252e` as `.`);
+/// * backslashes read as slashes, and empty segments dropped (`//admin` is `/admin`);
+/// * each segment's `;parameters` dropped: servlet containers ignore them, so behind Tomcat
+///   `/public/..;/admin` is `/admin` (the classic `..;/` bypass);
+/// * trailing dots and spaces dropped from a segment, as Windows servers do (`/admin.`);
+/// * `.` and `..` resolved, after all of the above.
+///
+/// `None` for a path with a control character once decoded (a NUL ends the path for some
+/// servers): such a request is refused outright.
+pub fn rule_path(raw: &str) -> Option<String> {
+    let mut decoded = raw.to_string();
+    for _ in 0..3 {
+        let next = percent_encoding::percent_decode_str(&decoded).decode_utf8_lossy().into_owned();
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    if decoded.chars().any(char::is_control) {
+        return None;
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split(['/', '\\']) {
+        let segment = segment.split(';').next().unwrap_or("");
+        let segment = if segment == "." || segment == ".." { segment } else { segment.trim_end_matches(['.', ' ']) };
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    Some(format!("/{}", segments.join("/")))
+}
+
 impl Rule {
     /// Whether every request this rule matches, `earlier` matches too (so this one can never
     /// apply after it).
@@ -294,10 +342,12 @@ pub fn request_host(authority: &str) -> Option<String> {
     let host = match authority.strip_prefix('[') {
         // An IPv6 literal keeps its brackets.
         Some(rest) => format!("[{}]", rest.split(']').next()?),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, port)| if port.bytes().all(|b| b.is_ascii_digit()) { host } else { authority })
-            .to_string(),
+        // A port is digits; anything else after a colon is not a host at all.
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_string(),
+            Some(_) => return None,
+            None => authority.to_string(),
+        },
     };
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     (!host.is_empty()).then_some(host)
@@ -330,6 +380,28 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_read_as_any_upstream_might() {
+        for (raw, read) in [
+            ("/public/..;/admin", "/admin"),
+            ("/x/..;/admin", "/admin"),
+            ("/admin;jsessionid=1", "/admin"),
+            ("/admin.", "/admin"),
+            ("/admin%20", "/admin"),
+            ("/%2561dmin", "/admin"),
+            ("/public/%252e%252e/admin", "/admin"),
+            ("//admin", "/admin"),
+            ("/a\\..\\admin", "/admin"),
+            ("/static/app.js", "/static/app.js"),
+            ("/", "/"),
+        ] {
+            assert_eq!(rule_path(raw).as_deref(), Some(read), "{raw}");
+        }
+        assert_eq!(rule_path("/admin%00"), None, "a NUL is refused, not read");
+        assert_eq!(rule_path("/a%0d%0ab"), None);
+        assert!(path_within_any_case("/ADMIN/users", "/admin") && !path_within_any_case("/ADMINS", "/admin"));
+    }
+
+    #[test]
     fn paths_match_by_whole_segments() {
         assert!(path_within("/api", "/api"));
         assert!(path_within("/api/v1", "/api"));
@@ -344,6 +416,7 @@ mod tests {
         assert_eq!(request_host("127.0.0.1:8080").as_deref(), Some("127.0.0.1"));
         assert_eq!(request_host("[::1]:8080").as_deref(), Some("[::1]"));
         assert_eq!(request_host("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(request_host("ui-a:b.sandstorm.example"), None, "a port that is not a number");
     }
 
     fn rule(hosts: &[&str], access: Access) -> Rule {

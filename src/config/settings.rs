@@ -184,9 +184,20 @@ impl SessionSettings {
         format!("{}-remember", self.cookie_name)
     }
 
+    /// The cookie that ties a handoff to the browser that asked for it, on the other host.
+    pub fn handoff_cookie(&self) -> String {
+        format!("{}-handoff", self.cookie_name)
+    }
+
     /// Every cookie the proxy sets: never forwarded, never settable by the upstream.
     pub fn own_cookies(&self) -> Vec<String> {
-        vec![self.cookie_name.clone(), self.login_csrf_cookie(), self.known_browser_cookie(), self.remember_cookie()]
+        vec![
+            self.cookie_name.clone(),
+            self.login_csrf_cookie(),
+            self.known_browser_cookie(),
+            self.remember_cookie(),
+            self.handoff_cookie(),
+        ]
     }
 }
 
@@ -253,8 +264,10 @@ pub struct IdentitySettings {
     pub audience: String,
     pub ttl: Duration,
     pub headers: IdentityHeaders,
-    /// `identity.strip_headers`: more client-sent headers removed before forwarding.
+    /// `identity.strip_headers`: more client-sent headers removed before forwarding...
     pub strip_headers: Vec<HeaderName>,
+    /// ...and, from its entries ending in `*`, whole families by prefix (lower case).
+    pub strip_prefixes: Vec<String>,
 }
 
 /// The headers that carry identity to the upstream. The proxy removes any client-sent copy of

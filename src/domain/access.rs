@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::config::access::{Access, AccessRules, Rule, path_within};
+use crate::config::access::{Access, AccessRules, Rule, path_within, path_within_any_case};
 use crate::domain::users::User;
 
 /// What the rules look at in a request.
@@ -15,7 +15,7 @@ use crate::domain::users::User;
 pub struct RequestFacts<'a> {
     /// Lower case, no port (see `config::access::request_host`).
     pub host: &'a str,
-    /// The normalised path (`web::route::normalize`).
+    /// The path as rules read it (`config::access::rule_path`).
     pub path: &'a str,
     pub method: &'a Method,
     /// The client's address, after `trusted_proxies`.
@@ -63,7 +63,13 @@ pub fn mismatch(rule: &Rule, facts: &RequestFacts<'_>, user: Option<&User>) -> O
     if !rule.hosts.is_empty() && !rule.hosts.iter().any(|h| h.matches(facts.host)) {
         return Some(Mismatch::Host);
     }
-    if !rule.paths.is_empty() && !rule.paths.iter().any(|p| path_within(facts.path, p)) {
+    // A `bypass` opens a path exactly as written; every other rule holds for any case of it
+    // (when in doubt, the stricter reading).
+    let within = |prefix: &String| match rule.access {
+        Access::Bypass => path_within(facts.path, prefix),
+        _ => path_within_any_case(facts.path, prefix),
+    };
+    if !rule.paths.is_empty() && !rule.paths.iter().any(within) {
         return Some(Mismatch::Path);
     }
     if !rule.methods.is_empty() && !rule.methods.contains(facts.method) {
@@ -81,12 +87,28 @@ pub fn mismatch(rule: &Rule, facts: &RequestFacts<'_>, user: Option<&User>) -> O
     None
 }
 
-/// The decision for a request: the first rule that matches, or `session`.
+/// The decision for a request: the first rule that matches, or `session`. One exception: a
+/// request with no session that reaches a `deny` past a rule for members of some groups is asked
+/// to sign in instead, since signing in may be what lets it through (a deep link to a members'
+/// area); once signed in, the rules are asked again.
 pub fn decide<'a>(rules: &'a AccessRules, facts: &RequestFacts<'_>, user: Option<&User>) -> Decision<'a> {
-    rules.for_host(facts.host).find(|rule| mismatch(rule, facts, user).is_none()).map_or(
-        Decision { rule: None, access: Access::Session, max_age: None },
-        |rule| Decision { rule: Some(rule), access: rule.access, max_age: rule.max_age },
-    )
+    let mut members_only_skipped = false;
+    for rule in rules.for_host(facts.host) {
+        match mismatch(rule, facts, user) {
+            None => return matched(rule, members_only_skipped),
+            Some(Mismatch::NoSession) => members_only_skipped = true,
+            Some(_) => {}
+        }
+    }
+    Decision { rule: None, access: Access::Session, max_age: None }
+}
+
+fn matched(rule: &Rule, members_only_skipped: bool) -> Decision<'_> {
+    let access = match rule.access {
+        Access::Deny if members_only_skipped => Access::Session,
+        access => access,
+    };
+    Decision { rule: Some(rule), access, max_age: rule.max_age }
 }
 
 /// Every rule in order with why it did not match, up to the one that did (for `explain`).
@@ -95,12 +117,13 @@ pub fn explain<'a>(
     facts: &RequestFacts<'_>,
     user: Option<&User>,
 ) -> (Vec<(&'a Rule, Mismatch)>, Decision<'a>) {
-    let mut passed = Vec::new();
+    let mut passed: Vec<(&Rule, Mismatch)> = Vec::new();
     for rule in rules.all() {
         match mismatch(rule, facts, user) {
             Some(why) => passed.push((rule, why)),
             None => {
-                return (passed, Decision { rule: Some(rule), access: rule.access, max_age: rule.max_age });
+                let members_only_skipped = passed.iter().any(|(_, why)| *why == Mismatch::NoSession);
+                return (passed, matched(rule, members_only_skipped));
             }
         }
     }
@@ -117,7 +140,7 @@ pub enum Standing {
     /// A full session (which the account's 2FA policy still accepts).
     Full {
         /// Whether it proved a second factor (an app code, an emailed code, a recovery code, or
-        /// a remembered browser standing in for one).
+        /// a remembered browser standing in for one): what the account's own policy accepts.
         proved_second_factor: bool,
         /// When it last proved one just now; `None` if never in this session.
         second_factor_at: Option<i64>,
@@ -149,14 +172,12 @@ pub enum Verdict {
 /// `Forward`, and only `bypass` forwards anything else (with no identity): a partial session
 /// or none never reaches the upstream as someone.
 pub fn admit(decision: &Decision<'_>, standing: Standing, now: i64) -> Verdict {
-    let (proved, second_factor_at, has_factor) = match (decision.access, standing) {
+    let (second_factor_at, has_factor) = match (decision.access, standing) {
         (Access::Bypass, _) => return Verdict::Bypass,
         (Access::Deny, _) => return Verdict::Deny,
         (_, Standing::None) => return Verdict::SignIn,
         (_, Standing::Partial) => return Verdict::FinishSignIn,
-        (_, Standing::Full { proved_second_factor, second_factor_at, has_factor }) => {
-            (proved_second_factor, second_factor_at, has_factor)
-        }
+        (_, Standing::Full { second_factor_at, has_factor, .. }) => (second_factor_at, has_factor),
     };
     let wants_factor = decision.access == Access::TwoFactor || decision.max_age.is_some();
     if !wants_factor {
@@ -165,14 +186,14 @@ pub fn admit(decision: &Decision<'_>, standing: Standing, now: i64) -> Verdict {
     if !has_factor {
         return Verdict::Enroll;
     }
-    match decision.max_age {
-        Some(max_age) => {
-            let fresh = second_factor_at.is_some_and(|at| at <= now && now - at <= max_age.as_secs() as i64);
-            if fresh { Verdict::Forward } else { Verdict::ProveSecondFactor { max_age: Some(max_age) } }
-        }
-        None if proved => Verdict::Forward,
-        None => Verdict::ProveSecondFactor { max_age: None },
-    }
+    // A rule that asks for a second factor asks for one proven in this session: a remembered
+    // browser stands in for it at sign-in under the account's policy, never here.
+    let proven_at = second_factor_at.filter(|at| *at <= now);
+    let fresh = match decision.max_age {
+        Some(max_age) => proven_at.is_some_and(|at| now - at <= max_age.as_secs() as i64),
+        None => proven_at.is_some(),
+    };
+    if fresh { Verdict::Forward } else { Verdict::ProveSecondFactor { max_age: decision.max_age } }
 }
 
 #[cfg(test)]

@@ -16,6 +16,9 @@ pub const CODE_LIFETIME: i64 = 30;
 struct Pending {
     parent: SessionKey,
     host: String,
+    /// The digest of the state the other host gave the browser that asked: only that browser
+    /// can use the code (else an attacker's code would sign a victim's browser in as the attacker).
+    state: [u8; 32],
     expires_at: UnixTime,
 }
 
@@ -32,6 +35,8 @@ pub enum HandoffRefused {
     Expired,
     #[error("made for another host")]
     OtherHost,
+    #[error("made for another browser")]
+    OtherBrowser,
 }
 
 fn digest(code: &str) -> [u8; 32] {
@@ -39,23 +44,33 @@ fn digest(code: &str) -> [u8; 32] {
 }
 
 impl HandoffCodes {
-    /// A new code handing the full session `parent` (its key) to `host`.
-    pub fn issue(&self, parent: &SessionKey, host: &str, now: UnixTime) -> String {
+    /// A new code handing the full session `parent` (its key) to `host`, for the browser that
+    /// holds `state` there.
+    pub fn issue(&self, parent: &SessionKey, host: &str, state: &str, now: UnixTime) -> String {
         let code = crate::base::secret::random_token();
-        let pending = Pending { parent: parent.clone(), host: host.to_string(), expires_at: now + CODE_LIFETIME };
+        let pending = Pending {
+            parent: parent.clone(),
+            host: host.to_string(),
+            state: digest(state),
+            expires_at: now + CODE_LIFETIME,
+        };
         self.0.insert(digest(&code), pending);
         code
     }
 
     /// Spends `code` on `host`: the main-host session it hands over. A code is gone after its
     /// first use, whatever the outcome, so a replay finds nothing.
-    pub fn redeem(&self, code: &str, host: &str, now: UnixTime) -> Result<SessionKey, HandoffRefused> {
+    pub fn redeem(&self, code: &str, host: &str, state: &str, now: UnixTime) -> Result<SessionKey, HandoffRefused> {
         let (_, pending) = self.0.remove(&digest(code)).ok_or(HandoffRefused::Unknown)?;
         if now > pending.expires_at {
             return Err(HandoffRefused::Expired);
         }
         if pending.host != host {
             return Err(HandoffRefused::OtherHost);
+        }
+        // Digests of random tokens, compared in constant time all the same.
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&pending.state[..], &digest(state)[..])) {
+            return Err(HandoffRefused::OtherBrowser);
         }
         Ok(pending.parent)
     }
@@ -77,23 +92,32 @@ mod tests {
     #[test]
     fn a_code_works_once_in_time_on_its_own_host() {
         let codes = HandoffCodes::default();
-        let code = codes.issue(&parent(), "wiki.example.com", 1_000);
-        assert_eq!(codes.redeem(&code, "wiki.example.com", 1_000 + CODE_LIFETIME), Ok(parent()));
-        assert_eq!(codes.redeem(&code, "wiki.example.com", 1_001), Err(HandoffRefused::Unknown), "used");
+        let code = codes.issue(&parent(), "wiki.example.com", "state", 1_000);
+        assert_eq!(codes.redeem(&code, "wiki.example.com", "state", 1_000 + CODE_LIFETIME), Ok(parent()));
+        assert_eq!(codes.redeem(&code, "wiki.example.com", "state", 1_001), Err(HandoffRefused::Unknown), "used");
 
-        let late = codes.issue(&parent(), "wiki.example.com", 1_000);
-        assert_eq!(codes.redeem(&late, "wiki.example.com", 1_000 + CODE_LIFETIME + 1), Err(HandoffRefused::Expired));
-        let misplaced = codes.issue(&parent(), "wiki.example.com", 1_000);
-        assert_eq!(codes.redeem(&misplaced, "notes.example.com", 1_001), Err(HandoffRefused::OtherHost));
+        let late = codes.issue(&parent(), "wiki.example.com", "state", 1_000);
         assert_eq!(
-            codes.redeem(&misplaced, "wiki.example.com", 1_001),
+            codes.redeem(&late, "wiki.example.com", "state", 1_000 + CODE_LIFETIME + 1),
+            Err(HandoffRefused::Expired)
+        );
+        let misplaced = codes.issue(&parent(), "wiki.example.com", "state", 1_000);
+        assert_eq!(codes.redeem(&misplaced, "notes.example.com", "state", 1_001), Err(HandoffRefused::OtherHost));
+        assert_eq!(
+            codes.redeem(&misplaced, "wiki.example.com", "state", 1_001),
             Err(HandoffRefused::Unknown),
             "spent by the attempt"
         );
-        assert_eq!(codes.redeem("made-up", "wiki.example.com", 1_001), Err(HandoffRefused::Unknown));
+        assert_eq!(codes.redeem("made-up", "wiki.example.com", "state", 1_001), Err(HandoffRefused::Unknown));
 
-        let abandoned = codes.issue(&parent(), "wiki.example.com", 1_000);
+        let attackers = codes.issue(&parent(), "wiki.example.com", "attacker's state", 1_000);
+        assert_eq!(
+            codes.redeem(&attackers, "wiki.example.com", "victim's state", 1_001),
+            Err(HandoffRefused::OtherBrowser)
+        );
+
+        let abandoned = codes.issue(&parent(), "wiki.example.com", "state", 1_000);
         codes.sweep(1_000 + CODE_LIFETIME + 1);
-        assert_eq!(codes.redeem(&abandoned, "wiki.example.com", 1_001), Err(HandoffRefused::Unknown), "swept");
+        assert_eq!(codes.redeem(&abandoned, "wiki.example.com", "state", 1_001), Err(HandoffRefused::Unknown), "swept");
     }
 }

@@ -120,6 +120,24 @@ pub fn set_known_browser(response: &mut Response<Body>, app: &App, user: &User) 
     response.headers_mut().append(header::SET_COOKIE, cookie);
 }
 
+/// How long a browser has to come back from the main host with a handoff code.
+const HANDOFF_STATE_SECONDS: i64 = 600;
+
+/// The state tying a handoff to this browser, on the other host (host-only; `__Host-` on https,
+/// so no sibling host can plant one).
+pub fn set_handoff_state(response: &mut Response<Body>, app: &App, state: &str) {
+    let name = app.config().session.handoff_cookie();
+    let cookie = cookie_header(app, &name, state, Some(time::Duration::seconds(HANDOFF_STATE_SECONDS)), SameSite::Lax);
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+}
+
+/// Drops the handoff state once it was used.
+pub fn clear_handoff_state(response: &mut Response<Body>, app: &App) {
+    let name = app.config().session.handoff_cookie();
+    let cookie = cookie_header(app, &name, "", Some(time::Duration::ZERO), SameSite::Lax);
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+}
+
 /// The "remember this browser" token, for `lifetime` seconds.
 pub fn set_remembered(response: &mut Response<Body>, app: &App, token: &str, lifetime: i64) {
     let max_age = Some(time::Duration::seconds(lifetime));

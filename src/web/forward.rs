@@ -82,6 +82,8 @@ pub struct Forwarder {
     identity_headers: IdentityHeaders,
     /// Client-sent headers removed as identities: ours and `identity.strip_headers`.
     stripped: Vec<http::HeaderName>,
+    /// `identity.strip_headers` entries ending in `*`: whole families.
+    stripped_prefixes: Vec<String>,
     /// Our cookie names, removed from requests and from upstream `Set-Cookie`.
     own_cookies: Vec<String>,
     trusted_proxies: Vec<ipnet::IpNet>,
@@ -135,6 +137,7 @@ impl Forwarder {
                 .cloned()
                 .chain(config.identity.strip_headers.iter().cloned())
                 .collect(),
+            stripped_prefixes: config.identity.strip_prefixes.clone(),
             own_cookies,
             trusted_proxies: config.trusted_proxies.clone(),
             upgrades: settings.upgrades.clone(),
@@ -209,7 +212,7 @@ impl Forwarder {
         }
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
-        headers::strip_identity(h, &self.stripped);
+        headers::strip_identity(h, &self.stripped, &self.stripped_prefixes);
         let own: Vec<&str> = self.own_cookies.iter().map(String::as_str).collect();
         headers::strip_cookies(h, &own);
         headers::set_forwarding(h, client, &self.trusted_proxies);

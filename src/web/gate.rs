@@ -7,14 +7,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::base::headers::{self, ClientInfo};
-use crate::config::access::{Access, request_host};
+use crate::config::access::{Access, request_host, rule_path};
 use crate::domain::access::{self as rules, Decision, RequestFacts, Standing, Verdict};
 use crate::domain::policy::{self, AfterPassword};
 use crate::domain::session::{FullSession, Lookup, Rejected, Session};
+use crate::domain::users::User;
 use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::forward::{Forwarder, Liveness, UpstreamTime};
@@ -25,6 +26,16 @@ use crate::web::respond::{Answer, go_to, with_user};
 use crate::web::return_url;
 use crate::web::route::{self, Destination, OwnPage, Route};
 use crate::web::state::{App, Connection, RequestUser, Target};
+
+/// What a request asks for, as the rules look at it (kept for re-checking an open tunnel).
+#[derive(Debug, Clone)]
+struct Asked {
+    host: String,
+    /// As the client wrote it; read by [`rule_path`] when rules are checked.
+    path: String,
+    method: Method,
+    client: std::net::IpAddr,
+}
 
 impl App {
     /// Handles one request and writes its access-log line.
@@ -111,24 +122,17 @@ impl App {
         forwarder: &Forwarder,
     ) -> Answer {
         let lookup = self.session_on(request.headers(), target.session_host()).await;
-        // What the rules say, kept without the rule itself so the configuration is not held
-        // across the forwarding below (a reload may swap it meanwhile).
-        let decision: Decision<'static> = {
-            let config = self.config();
-            if config.rules.is_empty() {
-                Decision { rule: None, access: Access::Session, max_age: None }
-            } else {
-                let path = route::normalize(request.uri().path());
-                let facts =
-                    RequestFacts { host: &target.host, path: &path, method: request.method(), client: client.real_ip };
-                let user = match &lookup {
-                    Lookup::Found(session) => Some(session.user().as_ref()),
-                    _ => None,
-                };
-                let decided = rules::decide(&config.rules, &facts, user);
-                Decision { rule: None, access: decided.access, max_age: decided.max_age }
-            }
+        let user = match &lookup {
+            Lookup::Found(session) => Some(session.user().clone()),
+            _ => None,
         };
+        let asked = Asked {
+            host: target.host.clone(),
+            path: request.uri().path().to_string(),
+            method: request.method().clone(),
+            client: client.real_ip,
+        };
+        let decision = self.decide(&asked, user.as_deref()).ok_or(WebError::BadRequest)?;
         let standing = match &lookup {
             Lookup::Found(Session::Full(full)) => Standing::Full {
                 proved_second_factor: full.proved_second_factor(),
@@ -140,9 +144,9 @@ impl App {
         };
         match (rules::admit(&decision, standing, self.clock.now()), lookup) {
             (Verdict::Forward, Lookup::Found(Session::Full(full))) => {
-                self.forward_as(request, full, client, forwarder).await
+                self.forward_as(request, full, client, asked, forwarder).await
             }
-            (Verdict::Bypass, _) => self.forward_bypassed(request, client, target, forwarder).await,
+            (Verdict::Bypass, _) => self.forward_bypassed(request, client, asked, forwarder).await,
             (Verdict::Deny, lookup) => {
                 let mut response = WebError::Denied.into_response();
                 if let Lookup::Found(session) = lookup {
@@ -154,22 +158,54 @@ impl App {
         }
     }
 
+    /// What the rules say about `asked` for `user`: kept without the rule itself, so the
+    /// configuration is not held across forwarding (a reload may swap it meanwhile). `None` for a
+    /// path no rule can read (a control character once decoded): refused.
+    fn decide(&self, asked: &Asked, user: Option<&User>) -> Option<Decision<'static>> {
+        let config = self.config();
+        if config.rules.is_empty() {
+            return Some(Decision { rule: None, access: Access::Session, max_age: None });
+        }
+        let path = rule_path(&asked.path)?;
+        // Methods are case-sensitive (RFC 9110 §9.1), but frameworks upper-case them (Flask,
+        // Django): a rule for POST holds for `post` too.
+        let method = Method::from_bytes(asked.method.as_str().to_ascii_uppercase().as_bytes()).ok()?;
+        let facts = RequestFacts { host: &asked.host, path: &path, method: &method, client: asked.client };
+        let decided = rules::decide(&config.rules, &facts, user);
+        Some(Decision { rule: None, access: decided.access, max_age: decided.max_age })
+    }
+
     /// Forwards with `full`'s identity.
     async fn forward_as(
         self: &Arc<Self>,
         request: Request<Incoming>,
         full: FullSession,
         client: &ClientInfo,
+        asked: Asked,
         forwarder: &Forwarder,
     ) -> Answer {
         let user = full.user().name.to_string();
         let identity = full
             .upstream_identity(&self.signer)
             .map_err(|e| WebError::Internal(format!("cannot build the identity for {user}: {e}")))?;
-        // Only an upgrade outlives this request, so only an upgrade needs re-checking.
+        // Only an upgrade outlives this request, so only an upgrade needs re-checking: the
+        // session, the 2FA policy, and the rules (a reload, or a second factor grown too old for
+        // the rule's `max_age`).
         let liveness = headers::requested_upgrade(request.headers()).map(|_| {
             let (app, key) = (self.clone(), full.key().clone());
-            Arc::new(move || app.tunnel_still_allowed(&key)) as Liveness
+            Arc::new(move || {
+                if !app.tunnel_still_allowed(&key) {
+                    return false;
+                }
+                let Some(full) = app.sessions.live_full(&key, &app.users) else { return false };
+                let standing = Standing::Full {
+                    proved_second_factor: full.proved_second_factor(),
+                    second_factor_at: full.second_factor_at(),
+                    has_factor: app.account(full.user()).has_second_factor(),
+                };
+                app.decide(&asked, Some(full.user()))
+                    .is_some_and(|decision| rules::admit(&decision, standing, app.clock.now()) == Verdict::Forward)
+            }) as Liveness
         });
         let mut response = forwarder.forward(request, Some(&identity), client, liveness).await?;
         response.extensions_mut().insert(RequestUser(Some(user)));
@@ -182,18 +218,12 @@ impl App {
         self: &Arc<Self>,
         request: Request<Incoming>,
         client: &ClientInfo,
-        target: &Target,
+        asked: Asked,
         forwarder: &Forwarder,
     ) -> Answer {
         let liveness = headers::requested_upgrade(request.headers()).map(|_| {
             let app = self.clone();
-            let (host, path, method, from) =
-                (target.host.clone(), route::normalize(request.uri().path()), request.method().clone(), client.real_ip);
-            Arc::new(move || {
-                let config = app.config();
-                let facts = RequestFacts { host: &host, path: &path, method: &method, client: from };
-                rules::decide(&config.rules, &facts, None).access == Access::Bypass
-            }) as Liveness
+            Arc::new(move || app.decide(&asked, None).is_some_and(|d| d.access == Access::Bypass)) as Liveness
         });
         Ok(forwarder.forward(request, None, client, liveness).await?)
     }
@@ -216,6 +246,7 @@ impl App {
             dest.as_bytes().eq_ignore_ascii_case(b"iframe") || dest.as_bytes().eq_ignore_ascii_case(b"frame")
         });
         let original = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut handoff_state = None;
         let mut response = if !navigation {
             api_refusal(verdict)
         } else {
@@ -228,14 +259,21 @@ impl App {
                     _ => Destination::Challenge.with_return(&return_to, &[]),
                 }
             } else {
-                // Another host: the main host decides, and hands a session back.
+                // Another host: the main host decides, and hands a session back to this browser
+                // only (the state in its cookie here must come back with the code).
                 let scheme = if self.config().public_url.is_https() { "https" } else { "http" };
                 let to = format!("{scheme}://{}{original}", target.authority);
-                let query = serde_urlencoded::to_string([("to", to.as_str())]).unwrap_or_default();
+                let state = crate::base::secret::random_token();
+                handoff_state = Some(state.clone());
+                let query =
+                    serde_urlencoded::to_string([("to", to.as_str()), ("state", state.as_str())]).unwrap_or_default();
                 format!("{}?{query}", Destination::Handoff.path())
             };
             if frame { self.frame_page(&self.config().public_url.join_path(&next)) } else { go_to(self, &next) }
         };
+        if let Some(state) = handoff_state {
+            cookies::set_handoff_state(&mut response, self, &state);
+        }
         if let Lookup::Rejected(why) = lookup {
             tracing::info!(target: "portcullis::security", reason = ?why, "session cookie refused");
             if why == Rejected::Ambiguous {

@@ -45,6 +45,15 @@ pub fn refuse_malformed<B>(request: &Request<B>) -> Option<Response<Body>> {
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
         return Some(response);
     }
+    // A control character in the path once decoded (a NUL ends a path for some servers, CR/LF
+    // split log lines and headers): no application needs one.
+    if percent_encoding::percent_decode_str(request.uri().path()).any(|b| b < 0x20 || b == 0x7f) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: a control character in the path\n",
+            "control character in the path",
+        );
+    }
     let lengths: Vec<&HeaderValue> = h.get_all(header::CONTENT_LENGTH).iter().collect();
     let ambiguous = (h.contains_key(header::TRANSFER_ENCODING) && !lengths.is_empty())
         || lengths.len() > 1

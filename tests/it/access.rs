@@ -226,3 +226,82 @@ async fn explain_says_which_rule_applies_and_why_the_earlier_ones_did_not() {
     let rules = String::from_utf8_lossy(&proxy.cli(&["explain", "--rules"], "").stdout).into_owned();
     assert!(rules.lines().filter(|l| l.starts_with("[[rule]]")).count() == 5, "{rules}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_spelling_of_a_path_or_method_slips_past_its_rule() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url())
+        .toml(
+            r#"
+[[rule]]
+paths = ["/public"]
+access = "bypass"
+
+[[rule]]
+paths = ["/admin"]
+access = "deny"
+
+[[rule]]
+paths = ["/api"]
+methods = ["POST"]
+access = "two_factor"
+"#,
+        )
+        .start();
+    // Anonymous: every spelling that a servlet container, a case-insensitive router or a double
+    // decoder would read as /admin is not the bypassed /public.
+    for path in ["/public/..;/admin", "/public/%252e%252e/admin", "/public/..%3B/admin", "/PUBLIC/x"] {
+        let answer =
+            raw(&proxy, format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes());
+        // 403 where it reads as /admin, 401 where it needs a session: never the upstream.
+        assert!([401, 403].contains(&status_of(&answer)), "{path}: {answer}");
+    }
+    assert_eq!(upstream.count(), 0, "nothing reached the upstream without a session");
+    // Signed in: every spelling of /admin is denied.
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    for path in ["/Admin", "/ADMIN/users", "/admin;x=1", "/x/..;/admin", "/admin.", "/admin%20", "/%2561dmin"] {
+        let answer = raw(
+            &proxy,
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(status_of(&answer), 403, "{path}: {answer}");
+    }
+    let nul = raw(
+        &proxy,
+        format!("GET /admin%00 HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(status_of(&nul), 400);
+    // A lower-case method is the method frameworks upper-case it to.
+    for method in ["POST", "post", "Post"] {
+        let answer = raw(
+            &proxy,
+            format!("{method} /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(status_of(&answer), 401, "{method}: a second factor is needed");
+    }
+    assert_eq!(upstream.count(), 0);
+    // And the bypass still works as written.
+    assert_eq!(reqwest::get(proxy.url("/public/logo.png")).await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_members_area_asks_strangers_to_sign_in_rather_than_turning_them_away() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url())
+        .account(&crate::mfa::BOB)
+        .toml("[[rule]]\npaths = [\"/staff\"]\ngroups = [\"ops\"]\naccess = \"session\"\n[[rule]]\npaths = [\"/staff\"]\naccess = \"deny\"\n")
+        .start();
+    let stranger = Browser::new();
+    let deep_link = stranger.navigate(&proxy.url("/staff/handbook")).await;
+    assert_eq!(deep_link.status(), 303, "signing in may be what lets them in");
+    assert!(deep_link.headers()["location"].to_str().unwrap().contains("/.portcullis/login"));
+    // Signed in and not a member: turned away.
+    stranger.login(&proxy, &crate::mfa::BOB).await;
+    assert_eq!(stranger.navigate(&proxy.url("/staff/handbook")).await.status(), 403);
+    assert_eq!(upstream.count(), 0);
+}

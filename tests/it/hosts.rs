@@ -73,6 +73,18 @@ async fn signing_in_on_the_main_host_hands_a_session_to_another_host() {
     assert_eq!(browser.navigate(&elsewhere).await.status(), 403, "a code for the wiki, shown to another host");
     assert_eq!(browser.navigate(&fresh).await.status(), 403, "...is spent by the attempt");
 
+    // A code made for someone else's browser (an attacker's own, passed to a victim in a link)
+    // does not sign this browser in as them: the other host's state cookie is not there.
+    let mallory = browser_for(&proxy, &["app.example.test", "wiki.example.test"]);
+    let start = mallory.navigate(&format!("{wiki}/")).await.headers()["location"].to_str().unwrap().to_string();
+    let login = start.replace(&main, "");
+    assert_eq!(mallory.submit_login_at(&main, "alice", ALICE.password, &login).await.status(), 303);
+    let malloys_code = mallory.navigate(&start).await.headers()["location"].to_str().unwrap().to_string();
+    assert!(malloys_code.contains("code="), "{malloys_code}");
+    let victim = browser_for(&proxy, &["app.example.test", "wiki.example.test"]);
+    assert_eq!(victim.navigate(&malloys_code).await.status(), 403, "not this browser's handoff");
+    assert!(victim.cookie_header(&format!("{wiki}/")).is_none_or(|c| !c.contains("portcullis=")));
+
     // The main host's cookie is not the wiki's, and the wiki's is not the main host's.
     let main_cookie = browser.cookie_header(&format!("{main}/")).unwrap();
     let wiki_cookie = browser.cookie_header(&format!("{wiki}/")).unwrap();

@@ -3,8 +3,8 @@
 //! without it the tests that need it say loudly that they were skipped (and fail under CI).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use crate::harness::{Lines, free_port};

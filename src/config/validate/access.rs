@@ -7,7 +7,9 @@ use http::Method;
 use ipnet::IpNet;
 
 use super::Validator;
-use crate::config::access::{Access, AccessRules, HostPattern, Hosts, Rule, RuleSource, path_within, request_host};
+use crate::config::access::{
+    Access, AccessRules, HostPattern, Hosts, Rule, RuleSource, path_within, request_host, rule_path,
+};
 use crate::config::raw::{RawRule, RawSandstorm};
 use crate::config::sandstorm::{self, SandstormSettings};
 use crate::config::settings::PublicUrl;
@@ -108,7 +110,23 @@ impl Validator {
             );
             return None;
         }
-        Some(SandstormSettings { main_host: base_host, wildcard_parent: parent.to_string() })
+        let settings = SandstormSettings { main_host: base_host, wildcard_parent: parent.to_string() };
+        // The shell must never fall under a class the preset lets through (a BASE_URL of
+        // api.example.com with a wildcard of *.example.com would open it to everyone).
+        let opened = sandstorm::rules(&settings)
+            .into_iter()
+            .filter(|rule| rule.access == Access::Bypass)
+            .find(|rule| rule.hosts.iter().any(|h| h.matches(&settings.main_host)));
+        if let Some(rule) = opened {
+            self.problem(
+                "sandstorm.base_url",
+                Some(base),
+                &format!("the shell's host is also one of Sandstorm's {}, which pass without a session", rule.source),
+                "give the shell a host outside the wildcard's special names (not api, static, ui-*, selftest-* or 20 letters)",
+            );
+            return None;
+        }
+        Some(settings)
     }
 
     fn rule(&mut self, number: usize, raw: RawRule, served: &Hosts) -> Option<Rule> {
@@ -142,16 +160,28 @@ impl Validator {
         }
         let mut paths = Vec::new();
         for text in raw.paths.unwrap_or_default() {
-            if !text.starts_with('/') || text.contains(['?', '#']) {
-                self.problem(
-                    &key("paths"),
-                    Some(&text),
-                    "not a path",
-                    "write a path prefix starting with /, like \"/api\"",
-                );
-                ok = false;
-            } else {
-                paths.push(text);
+            // Read as requests are (`rule_path`), so `/a/./b`, `/private%20files` and
+            // `/wp-admin/` mean what they say.
+            match rule_path(&text).filter(|_| text.starts_with('/') && !text.contains(['?', '#', '*'])) {
+                Some(path) => paths.push(path),
+                None if text.contains('*') => {
+                    self.problem(
+                        &key("paths"),
+                        Some(&text),
+                        "paths are prefixes, not patterns",
+                        "write it without *: \"/api\" covers /api and everything below it",
+                    );
+                    ok = false;
+                }
+                None => {
+                    self.problem(
+                        &key("paths"),
+                        Some(&text),
+                        "not a path",
+                        "write a path prefix starting with /, like \"/api\"",
+                    );
+                    ok = false;
+                }
             }
         }
         let mut methods = Vec::new();

@@ -197,6 +197,7 @@ impl Validator {
             );
         }
         let origin = public_url.map(PublicUrl::origin).unwrap_or_default();
+        let (strip_headers, strip_prefixes) = self.strip_headers(raw.strip_headers.unwrap_or_default());
         IdentitySettings {
             secret_file,
             issuer: raw.issuer.unwrap_or_else(|| format!("{origin}/.portcullis")),
@@ -208,25 +209,45 @@ impl Validator {
                 groups: self.header("identity.groups_header", &raw.groups_header, "X-Forwarded-Groups"),
                 assertion: self.header("identity.assertion_header", &raw.assertion_header, "X-Portcullis-Assertion"),
             },
-            strip_headers: raw
-                .strip_headers
-                .unwrap_or_default()
-                .iter()
-                .enumerate()
-                .filter_map(|(n, name)| match HeaderName::from_bytes(name.trim().as_bytes()) {
-                    Ok(name) => Some(name),
-                    Err(_) => {
-                        self.problem(
-                            &format!("identity.strip_headers[{n}]"),
-                            Some(name),
-                            "not a header name",
-                            "use letters, digits and dashes, like \"X-Remote-User\"",
-                        );
-                        None
-                    }
-                })
-                .collect(),
+            strip_headers,
+            strip_prefixes,
         }
+    }
+
+    /// `identity.strip_headers`: names, or prefixes written with a trailing `*`. HTTP's own
+    /// headers are not identities: removing them would break every request.
+    fn strip_headers(&mut self, entries: Vec<String>) -> (Vec<HeaderName>, Vec<String>) {
+        const HTTP_OWN: [&str; 8] =
+            ["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "content-type"];
+        let (mut names, mut prefixes) = (Vec::new(), Vec::new());
+        for (n, entry) in entries.iter().enumerate() {
+            let key = format!("identity.strip_headers[{n}]");
+            let text = entry.trim().to_ascii_lowercase();
+            let (body, family) = match text.strip_suffix('*') {
+                Some(prefix) => (prefix.to_string(), true),
+                None => (text.clone(), false),
+            };
+            if body.is_empty() || body.contains('*') || HeaderName::from_bytes(body.as_bytes()).is_err() {
+                self.problem(
+                    &key,
+                    Some(entry),
+                    "not a header name",
+                    "write a name like \"X-Remote-User\", or a family like \"X-Vouch-*\"",
+                );
+            } else if HTTP_OWN.contains(&body.as_str()) {
+                self.problem(
+                    &key,
+                    Some(entry),
+                    "one of HTTP's own headers, not an identity",
+                    "remove it; only identity headers belong here",
+                );
+            } else if family {
+                prefixes.push(body);
+            } else {
+                names.push(HeaderName::from_bytes(body.as_bytes()).expect("checked above"));
+            }
+        }
+        (names, prefixes)
     }
 
     pub(super) fn tls(&mut self, raw: raw::RawTls) -> Option<TlsSettings> {

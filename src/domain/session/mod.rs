@@ -424,6 +424,11 @@ impl Sessions {
         let key =
             self.cache.iter().find(|e| e.value().user == user && e.key().handle() == handle).map(|e| e.key().clone());
         match key {
+            // A main-host session takes the sessions handed out from it along; one on another
+            // host goes alone.
+            Some(key) if self.cache.get(&key).is_some_and(|e| e.host.is_none()) => {
+                self.end_family(&key).await.map(|_| true)
+            }
             Some(key) => self.end(&key).await.map(|()| true),
             None => Ok(false),
         }

@@ -112,7 +112,8 @@ impl Entry {
             csrf_token: record.csrf_token,
             device: record.device,
             host: record.host,
-            family: record.family,
+            // Sessions stored before families existed get one of their own.
+            family: if record.family.is_empty() { crate::base::secret::random_token() } else { record.family },
             last_seen: AtomicI64::new(record.last_seen),
             persisted_last_seen: AtomicI64::new(record.last_seen),
             memo: Memo::default(),

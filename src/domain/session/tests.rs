@@ -222,3 +222,43 @@ async fn a_proof_for_another_account_never_promotes_a_session() {
     let bobs_code = SecondFactorProof::for_tests(AuthMethod::Otp, &bob);
     assert!(matches!(sessions.step_up(full, bobs_code).await, Err(SessionError::ProofForAnotherAccount)));
 }
+
+#[tokio::test]
+async fn a_session_handed_to_another_host_works_there_only_and_ends_with_its_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = directory(dir.path());
+    let sessions =
+        Sessions::open(Arc::new(MemoryStore::default()), settings(), Arc::new(FixedClock::at(1_700_000_000)))
+            .await
+            .unwrap();
+    let (_, partial) = sessions.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    let (main_id, main) = sessions.promote_with_password(partial, enough()).await.unwrap();
+    let (wiki_id, _) = sessions.for_host(&main, "wiki.example.com").await.unwrap();
+    let on = |id: &SessionId, host: Option<&str>| sessions.resolve_on([id.cookie_value().as_str()], &users, host);
+    assert!(matches!(on(&wiki_id, Some("wiki.example.com")), Lookup::Found(Session::Full(_))));
+    assert!(matches!(on(&wiki_id, None), Lookup::Rejected(Rejected::Unknown)), "not on the main host");
+    assert!(matches!(on(&wiki_id, Some("notes.example.com")), Lookup::Rejected(Rejected::Unknown)));
+    assert!(matches!(on(&main_id, Some("wiki.example.com")), Lookup::Rejected(Rejected::Unknown)));
+
+    // Ending the main session from the list of sessions ends what was handed out from it.
+    assert!(sessions.end_by_handle("alice", &main.key().handle()).await.unwrap());
+    assert!(matches!(on(&wiki_id, Some("wiki.example.com")), Lookup::Rejected(_) | Lookup::NoCookie));
+}
+
+#[tokio::test]
+async fn a_session_stored_before_families_gets_one_of_its_own() {
+    let record = SessionRecord {
+        user: "alice".into(),
+        stage: Stage::Partial { first_factor_at: 1 },
+        created_at: 1,
+        last_seen: 1,
+        expires_at: 2,
+        credential_stamp: [0; 16],
+        csrf_token: "t".into(),
+        device: Device::default(),
+        host: None,
+        family: String::new(),
+    };
+    let (a, b) = (Entry::from_record(record.clone()), Entry::from_record(record));
+    assert!(!a.family.is_empty() && a.family != b.family, "never one shared empty family");
+}

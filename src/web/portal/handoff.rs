@@ -10,7 +10,7 @@ use http::Request;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::config::access::request_host;
+use crate::config::access::{request_host, rule_path};
 use crate::domain::access::{self as rules, RequestFacts, Standing, Verdict};
 use crate::domain::policy::{self, AfterPassword};
 use crate::domain::session::{Lookup, Session};
@@ -18,12 +18,14 @@ use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::pages;
 use crate::web::respond::{Answer, client_ip, go_to, login_redirect, send_to, with_user};
-use crate::web::route::{self, Destination};
+use crate::web::route::Destination;
 use crate::web::state::{App, Connection, Target};
 
 #[derive(Deserialize, Default)]
 struct StartQuery {
     to: Option<String>,
+    /// The state the other host gave the browser: the code will only work with it.
+    state: Option<String>,
 }
 
 /// A URL on one of the other hosts, with the same scheme and port as the public URL.
@@ -67,10 +69,12 @@ pub(super) async fn start(app: &Arc<App>, request: &Request<Incoming>, conn: &Co
         // Not one of ours: go to the front page, as with any return URL that is not ours.
         return Ok(go_to(app, "/"));
     };
+    // Without the other host's state there is nothing to bind a code to: start there.
+    let Some(state) = query.state.filter(|s| s.len() == 43) else { return Ok(pages::see_other(&to)) };
     let here = format!(
         "{}?{}",
         Destination::Handoff.path(),
-        serde_urlencoded::to_string([("to", to.as_str())]).unwrap_or_default()
+        serde_urlencoded::to_string([("to", to.as_str()), ("state", state.as_str())]).unwrap_or_default()
     );
     let full = match app.session(request.headers()).await {
         Lookup::Found(Session::Full(full)) => full,
@@ -84,7 +88,9 @@ pub(super) async fn start(app: &Arc<App>, request: &Request<Incoming>, conn: &Co
         }
         _ => return Ok(login_redirect(app, &here)),
     };
-    let path = route::normalize(target.path_and_query.split('?').next().unwrap_or("/"));
+    let Some(path) = rule_path(target.path_and_query.split('?').next().unwrap_or("/")) else {
+        return Err(WebError::BadRequest);
+    };
     let method = http::Method::GET;
     let verdict = {
         let config = app.config();
@@ -105,13 +111,15 @@ pub(super) async fn start(app: &Arc<App>, request: &Request<Incoming>, conn: &Co
     let scheme = app.config().public_url.url().scheme().to_string();
     let response = match verdict {
         Verdict::Forward => {
-            let code = app.handoff.issue(full.key(), &target.host, app.clock.now());
+            let code = app.handoff.issue(full.key(), &target.host, &state, app.clock.now());
             let query = serde_urlencoded::to_string([("code", code.as_str()), ("rd", target.path_and_query.as_str())])
                 .unwrap_or_default();
             tracing::info!(target: "portcullis::security", user = %full.user().name, host = %target.host, "session handed to another host");
             pages::see_other(&format!("{scheme}://{}{}?{query}", target.authority, Destination::Handoff.path()))
         }
-        Verdict::Bypass => pages::see_other(&to),
+        // Nothing to hand over for a host that needs no session; and not a redirect to whatever
+        // a bypassed host serves.
+        Verdict::Bypass => go_to(app, "/"),
         Verdict::Deny => return Err(WebError::Denied),
         Verdict::Enroll => send_to(app, Destination::Enroll, &here),
         Verdict::ProveSecondFactor { .. } | Verdict::SignIn | Verdict::FinishSignIn => {
@@ -134,11 +142,15 @@ pub async fn exchange(app: &App, request: &Request<Incoming>, target: &Target) -
     // Back to a path on this host, and nowhere else.
     let rd = query
         .rd
-        .filter(|rd| rd.starts_with('/') && !rd.starts_with("//") && !rd.contains('\\'))
+        .filter(|rd| {
+            rd.starts_with('/') && !rd.starts_with("//") && !rd.contains('\\') && !rd.chars().any(char::is_control)
+        })
         .unwrap_or_else(|| "/".into());
+    let state_cookie = app.config().session.handoff_cookie();
+    let state = crate::base::headers::cookie_values(request.headers(), &state_cookie).next().unwrap_or("").to_string();
     let parent = app
         .handoff
-        .redeem(&code, &target.host, app.clock.now())
+        .redeem(&code, &target.host, &state, app.clock.now())
         .map_err(|e| WebError::HandoffRefused(format!("{e} (on {})", target.host)))?;
     // Still a live full session that the 2FA policy lets in.
     if !app.tunnel_still_allowed(&parent) {
@@ -156,6 +168,7 @@ pub async fn exchange(app: &App, request: &Request<Incoming>, target: &Target) -
     let scheme = app.config().public_url.url().scheme().to_string();
     let mut response = pages::see_other(&format!("{scheme}://{}{rd}", target.authority));
     cookies::set_session(&mut response, app, &id, session.expires_at());
+    cookies::clear_handoff_state(&mut response, app);
     tracing::info!(target: "portcullis::security", user = %session.user().name, host = %target.host, "session started on another host");
     Ok(with_user(response, session.user()))
 }
