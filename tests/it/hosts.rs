@@ -157,6 +157,18 @@ async fn the_sandstorm_preset_treats_every_host_class_as_its_table_says() {
             assert!(seen.header("x-forwarded-user").is_none(), "{class}: passes with no identity at all");
         }
     }
+    // A token in the path (`/.sandstorm-token/<token>/…`, for clients that cannot send headers)
+    // is read by Sandstorm on its API hosts, which pass with the path intact; on the main host
+    // the same path is the shell's, and stays ours to guard.
+    let token_path = "/.sandstorm-token/RfNqni4FEHXkWC5B8v6t/connect";
+    let request = format!(
+        "GET {token_path} HTTP/1.1\r\nHost: api-0123456789abcdef0123456789abcdef.sandstorm.test:{}\r\nConnection: close\r\n\r\n",
+        proxy.addr.port()
+    );
+    assert_eq!(status_of(&raw(&proxy, request.as_bytes())), 200);
+    assert_eq!(upstream.seen().pop().unwrap().path, token_path);
+    let request = format!("GET {token_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&raw(&proxy, request.as_bytes())), 401);
     // The shell on the main host is ours to guard, its DDP WebSocket included.
     assert_eq!(status_of(&raw(&proxy, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")), 401);
     let browser = Browser::new();
