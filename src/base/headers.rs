@@ -263,7 +263,8 @@ pub struct ClientInfo {
     pub scheme: &'static str,
 }
 
-fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+/// Whether `ip` (IPv4-mapped read as IPv4) is in `trusted_proxies`.
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,

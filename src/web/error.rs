@@ -88,6 +88,12 @@ pub enum WebError {
     /// An access rule says `deny`.
     #[error("denied by an access rule")]
     Denied,
+    /// Forward-auth asked by a peer that is not in `trusted_proxies`.
+    #[error("forward-auth from an untrusted peer")]
+    ForwardAuthUntrusted,
+    /// Forward-auth from a trusted front proxy that did not describe the request readably.
+    #[error("forward-auth request not understood: {0}")]
+    ForwardAuthUndescribed(crate::web::forward_auth::Undescribed),
     /// A handoff code that is unknown, used, expired or for another host.
     #[error("handoff refused: {0}")]
     HandoffRefused(String),
@@ -365,6 +371,18 @@ impl WebError {
                 return pages::plain(
                     StatusCode::MISDIRECTED_REQUEST,
                     "421 Misdirected Request: this server does not answer for that host\n",
+                );
+            }
+            Self::ForwardAuthUntrusted => {
+                return pages::plain(
+                    StatusCode::UNAUTHORIZED,
+                    "401 Unauthorized: forward-auth answers only the front proxies in trusted_proxies\n",
+                );
+            }
+            Self::ForwardAuthUndescribed(_) => {
+                return pages::plain(
+                    StatusCode::BAD_REQUEST,
+                    "400 Bad Request: the front proxy did not describe the request (see the log)\n",
                 );
             }
             Self::Denied => (

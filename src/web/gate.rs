@@ -29,12 +29,12 @@ use crate::web::state::{App, Connection, RequestUser, Target};
 
 /// What a request asks for, as the rules look at it (kept for re-checking an open tunnel).
 #[derive(Debug, Clone)]
-struct Asked {
-    host: String,
+pub(crate) struct Asked {
+    pub host: String,
     /// As the client wrote it; read by [`rule_path`] when rules are checked.
-    path: String,
-    method: Method,
-    client: std::net::IpAddr,
+    pub path: String,
+    pub method: Method,
+    pub client: std::net::IpAddr,
 }
 
 impl App {
@@ -55,12 +55,15 @@ impl App {
 
         let answer = match refuse_malformed(&request) {
             Some(refusal) => Ok(refusal),
-            None => match self.target(&request) {
-                None => Err(WebError::MisdirectedHost),
-                Some(target) => match route::route(&path) {
-                    Route::Own(page) if target.main => portal::handle(&self, page, request, &conn).await,
-                    Route::Own(page) => self.own_page_elsewhere(page, request, &target).await,
-                    Route::Gate => self.gate(request, &client, &target, forwarder).await,
+            None => match route::route(&path) {
+                Route::Own(OwnPage::ForwardAuth) => self.forward_auth(&request, &conn, &client).await,
+                route => match (route, self.target(&request)) {
+                    (_, None) => Err(WebError::MisdirectedHost),
+                    (Route::Own(page), Some(target)) if target.main => {
+                        portal::handle(&self, page, request, &conn).await
+                    }
+                    (Route::Own(page), Some(target)) => self.own_page_elsewhere(page, request, &target).await,
+                    (Route::Gate, Some(target)) => self.gate(request, &client, &target, forwarder).await,
                 },
             },
         };
@@ -133,16 +136,7 @@ impl App {
             client: client.real_ip,
         };
         let decision = self.decide(&asked, user.as_deref()).ok_or(WebError::BadRequest)?;
-        let standing = match &lookup {
-            Lookup::Found(Session::Full(full)) => Standing::Full {
-                proved_second_factor: full.proved_second_factor(),
-                second_factor_at: full.second_factor_at(),
-                has_factor: self.account(full.user()).has_second_factor(),
-            },
-            Lookup::Found(Session::Partial(_)) => Standing::Partial,
-            _ => Standing::None,
-        };
-        match (rules::admit(&decision, standing, self.clock.now()), lookup) {
+        match (rules::admit(&decision, self.standing(&lookup), self.clock.now()), lookup) {
             (Verdict::Forward, Lookup::Found(Session::Full(full))) => {
                 self.forward_as(request, full, client, asked, forwarder).await
             }
@@ -158,10 +152,27 @@ impl App {
         }
     }
 
+    /// Where a session stands, as the access rules weigh it.
+    pub(crate) fn standing(&self, lookup: &Lookup) -> Standing {
+        match lookup {
+            Lookup::Found(Session::Full(full)) => self.full_standing(full),
+            Lookup::Found(Session::Partial(_)) => Standing::Partial,
+            _ => Standing::None,
+        }
+    }
+
+    fn full_standing(&self, full: &FullSession) -> Standing {
+        Standing::Full {
+            proved_second_factor: full.proved_second_factor(),
+            second_factor_at: full.second_factor_at(),
+            has_factor: self.account(full.user()).has_second_factor(),
+        }
+    }
+
     /// What the rules say about `asked` for `user`: kept without the rule itself, so the
     /// configuration is not held across forwarding (a reload may swap it meanwhile). `None` for a
     /// path no rule can read (a control character once decoded): refused.
-    fn decide(&self, asked: &Asked, user: Option<&User>) -> Option<Decision<'static>> {
+    pub(crate) fn decide(&self, asked: &Asked, user: Option<&User>) -> Option<Decision<'static>> {
         let config = self.config();
         if config.rules.is_empty() {
             return Some(Decision { rule: None, access: Access::Session, max_age: None });
@@ -198,11 +209,7 @@ impl App {
                     return false;
                 }
                 let Some(full) = app.sessions.live_full(&key, &app.users) else { return false };
-                let standing = Standing::Full {
-                    proved_second_factor: full.proved_second_factor(),
-                    second_factor_at: full.second_factor_at(),
-                    has_factor: app.account(full.user()).has_second_factor(),
-                };
+                let standing = app.full_standing(&full);
                 app.decide(&asked, Some(full.user()))
                     .is_some_and(|decision| rules::admit(&decision, standing, app.clock.now()) == Verdict::Forward)
             }) as Liveness
@@ -251,13 +258,7 @@ impl App {
             api_refusal(verdict)
         } else {
             let next = if target.main {
-                let return_to = return_url::or_root(Some(original), &self.config().public_url);
-                match verdict {
-                    Verdict::SignIn => Destination::Login.with_return(&return_to, &[]),
-                    Verdict::FinishSignIn => self.second_step_page(&lookup).with_return(&return_to, &[]),
-                    Verdict::Enroll => Destination::Enroll.with_return(&return_to, &[]),
-                    _ => Destination::Challenge.with_return(&return_to, &[]),
-                }
+                self.first_stop(verdict, &lookup, original)
             } else {
                 // Another host: the main host decides, and hands a session back to this browser
                 // only (the state in its cookie here must come back with the code).
@@ -288,6 +289,18 @@ impl App {
         }
     }
 
+    /// The own page (with `?rd=`) a browser must visit on the main host before `original` (a
+    /// path and query there) lets it through.
+    pub(crate) fn first_stop(&self, verdict: Verdict, lookup: &Lookup, original: &str) -> String {
+        let return_to = return_url::or_root(Some(original), &self.config().public_url);
+        match verdict {
+            Verdict::SignIn => Destination::Login.with_return(&return_to, &[]),
+            Verdict::FinishSignIn => self.second_step_page(lookup).with_return(&return_to, &[]),
+            Verdict::Enroll => Destination::Enroll.with_return(&return_to, &[]),
+            _ => Destination::Challenge.with_return(&return_to, &[]),
+        }
+    }
+
     /// For a half-logged-in session: the challenge, or enrollment when 2FA is required and the
     /// account has no factor.
     fn second_step_page(&self, lookup: &Lookup) -> Destination {
@@ -305,7 +318,7 @@ impl App {
 /// The 401 an API client gets: never a redirect. RFC 9110 §11.6.1 requires a challenge with 401;
 /// ours is a cookie session, so it names the login page rather than a standard scheme, and when a
 /// (fresher) second factor is what is missing it says so as RFC 9470 does for OAuth.
-fn api_refusal(verdict: Verdict) -> Response<Body> {
+pub(crate) fn api_refusal(verdict: Verdict) -> Response<Body> {
     let (text, challenge) = match verdict {
         Verdict::FinishSignIn => (
             "401 Unauthorized: finish signing in at /.portcullis/challenge\n",
@@ -338,7 +351,7 @@ impl App {
     /// Inside a frame no sign-in page is ever shown (the framing page could dress it up): a small
     /// page whose link opens `url` at the top level instead. Only the proxy's own hosts may frame
     /// it.
-    fn frame_page(&self, url: &str) -> Response<Body> {
+    pub(crate) fn frame_page(&self, url: &str) -> Response<Body> {
         let config = self.config();
         let public = &config.public_url;
         let scheme = if public.is_https() { "https" } else { "http" };

@@ -7,7 +7,7 @@ use crate::web::pages::{self, Body};
 
 /// A host and optional port (RFC 9110 §7.2): no user information (`admin@host`), which no
 /// browser sends and an upstream might believe, and not a list of hosts.
-fn is_plain_host(value: &[u8]) -> bool {
+pub fn is_plain_host(value: &[u8]) -> bool {
     !value.is_empty()
         && !value.contains(&b'@')
         && !value.contains(&b',')

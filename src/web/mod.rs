@@ -1,7 +1,7 @@
 //! HTTP: the gate in front of the upstream, forwarding, routing, the proxy's own pages, forms and
 //! their checks, and the one error type every handler answers with.
 //!
-//! Inside the layer, too, dependencies point one way: `gate` → `portal` (the pages) → `forms`,
+//! Inside the layer, too, dependencies point one way: `forward_auth` → `gate` → `portal` (the pages) → `forms`,
 //! `cookies`, `respond` → `state` (the shared services) → `pending`, `route`, `pages`, `error`.
 
 pub mod body_timeout;
@@ -9,6 +9,7 @@ pub mod cookies;
 pub mod error;
 pub mod forms;
 pub mod forward;
+pub mod forward_auth;
 pub mod gate;
 pub mod malformed;
 pub mod pages;

@@ -43,6 +43,9 @@ pub enum OwnPage {
     /// Handing a session to another host: on the main host, make a code (`?to=URL`); on the other
     /// host, exchange it (`?code=…&rd=…`).
     Handoff,
+    /// Forward-auth: a front proxy asks whether a request it holds may pass (answered on any
+    /// host, since the subrequest's own `Host` is the front proxy's business).
+    ForwardAuth,
     /// A file under `static/`, by name.
     Static(String),
     NotFound,
@@ -206,6 +209,7 @@ pub fn route(path: &str) -> Route {
         "/recover" => OwnPage::Recover,
         "/admin/action" => OwnPage::AdminAction,
         "/handoff" => OwnPage::Handoff,
+        "/auth" => OwnPage::ForwardAuth,
         rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/").and_then(AccountAction::parse)) {
             (Some(name), _) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
             (_, Some(action)) => OwnPage::AccountAction(action),

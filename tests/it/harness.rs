@@ -98,6 +98,7 @@ pub struct ProxyBuilder {
     scheme: &'static str,
     /// The public URL's host (default 127.0.0.1; a name must be resolved by the test's client).
     host: &'static str,
+    public_port: Option<u16>,
 }
 
 pub fn proxy(upstream: &str) -> ProxyBuilder {
@@ -109,6 +110,7 @@ pub fn proxy(upstream: &str) -> ProxyBuilder {
         port: None,
         scheme: "http",
         host: "127.0.0.1",
+        public_port: None,
     }
 }
 
@@ -129,6 +131,12 @@ impl ProxyBuilder {
     /// A host name for `public_url` instead of the loopback address.
     pub fn public_host(mut self, host: &'static str) -> Self {
         self.host = host;
+        self
+    }
+
+    /// The port browsers use in `public_url`, when a front proxy listens there and not the proxy.
+    pub fn public_port(mut self, port: u16) -> Self {
+        self.public_port = Some(port);
         self
     }
 
@@ -156,8 +164,12 @@ impl ProxyBuilder {
             let port = self.port.unwrap_or_else(free_port);
             let config_path = dir.path().join("proxy.toml");
             let text = format!(
-                "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\npublic_url = \"{}://{}:{port}\"\ndata_dir = \"data\"\nusers_file = \"users.toml\"\n{}",
-                self.upstream, self.scheme, self.host, self.extra
+                "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\npublic_url = \"{}://{}:{}\"\ndata_dir = \"data\"\nusers_file = \"users.toml\"\n{}",
+                self.upstream,
+                self.scheme,
+                self.host,
+                self.public_port.unwrap_or(port),
+                self.extra
             );
             std::fs::write(&config_path, text).unwrap();
             if let Some(proxy) = launch(&config_path, dir.clone(), port) {
@@ -370,7 +382,12 @@ impl Browser {
     }
 
     pub async fn navigate(&self, url: &str) -> reqwest::Response {
-        self.http.get(url).header("accept", "text/html,application/xhtml+xml,*/*;q=0.8").send().await.unwrap()
+        self.navigate_request(url).send().await.unwrap()
+    }
+
+    /// A navigation to `url`, for a test to add headers to before sending it.
+    pub fn navigate_request(&self, url: &str) -> reqwest::RequestBuilder {
+        self.http.get(url).header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
     }
 
     /// Loads the login page and returns its CSRF token.

@@ -70,7 +70,11 @@ pub(super) async fn start(app: &Arc<App>, request: &Request<Incoming>, conn: &Co
         return Ok(go_to(app, "/"));
     };
     // Without the other host's state there is nothing to bind a code to: start there.
-    let Some(state) = query.state.filter(|s| s.len() == 43) else { return Ok(pages::see_other(&to)) };
+    let Some(state) = query.state.filter(|s| s.len() == 43) else {
+        let scheme = app.config().public_url.url().scheme().to_string();
+        let query = serde_urlencoded::to_string([("to", to.as_str())]).unwrap_or_default();
+        return Ok(pages::see_other(&format!("{scheme}://{}{}?{query}", target.authority, Destination::Handoff.path())));
+    };
     let here = format!(
         "{}?{}",
         Destination::Handoff.path(),
@@ -133,12 +137,29 @@ pub(super) async fn start(app: &Arc<App>, request: &Request<Incoming>, conn: &Co
 struct ExchangeQuery {
     code: Option<String>,
     rd: Option<String>,
+    /// With no code: where this browser is going on this host (the start of a handoff).
+    to: Option<String>,
+}
+
+/// On another host with no code yet (where forward-auth sends a browser, and where the main host
+/// sends one that came without state): give this browser the state its code will be bound to,
+/// and send it to the main host for one. A front proxy cannot be relied on to pass our
+/// `Set-Cookie` along with its own refusal (nginx drops it), hence this step on the host itself.
+fn begin(app: &App, to: Option<&str>, target: &Target) -> Answer {
+    let to = to
+        .filter(|to| other_host_url(app, to).is_some_and(|t| t.host == target.host))
+        .ok_or_else(|| WebError::HandoffRefused(format!("no code, and no address on {} to go to", target.host)))?;
+    let state = crate::base::secret::random_token();
+    let query = serde_urlencoded::to_string([("to", to), ("state", state.as_str())]).unwrap_or_default();
+    let mut response = go_to(app, &format!("{}?{query}", Destination::Handoff.path()));
+    cookies::set_handoff_state(&mut response, app, &state);
+    Ok(response)
 }
 
 /// On another host: exchange a code from the main host for this host's own session.
 pub async fn exchange(app: &App, request: &Request<Incoming>, target: &Target) -> Answer {
     let query: ExchangeQuery = serde_urlencoded::from_str(request.uri().query().unwrap_or("")).unwrap_or_default();
-    let code = query.code.unwrap_or_default();
+    let Some(code) = query.code else { return begin(app, query.to.as_deref(), target) };
     // Back to a path on this host, and nowhere else.
     let rd = query
         .rd
