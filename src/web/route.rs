@@ -43,6 +43,8 @@ pub enum OwnPage {
     /// Handing a session to another host: on the main host, make a code (`?to=URL`); on the other
     /// host, exchange it (`?code=…&rd=…`).
     Handoff,
+    /// The public keys that verify identity assertions (a JWK Set, RFC 7517 §5).
+    Jwks,
     /// A file under `static/`, by name.
     Static(String),
     NotFound,
@@ -129,6 +131,8 @@ pub enum Destination {
     Account,
     Admin,
     Handoff,
+    /// Not a page: the JWK Set upstreams fetch (named here so every path is in this file).
+    Jwks,
 }
 
 impl Destination {
@@ -145,6 +149,7 @@ impl Destination {
             Self::Account => "/.portcullis/account",
             Self::Admin => "/.portcullis/admin",
             Self::Handoff => "/.portcullis/handoff",
+            Self::Jwks => "/.portcullis/jwks.json",
         }
     }
 
@@ -206,6 +211,7 @@ pub fn route(path: &str) -> Route {
         "/recover" => OwnPage::Recover,
         "/admin/action" => OwnPage::AdminAction,
         "/handoff" => OwnPage::Handoff,
+        "/jwks.json" => OwnPage::Jwks,
         rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/").and_then(AccountAction::parse)) {
             (Some(name), _) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
             (_, Some(action)) => OwnPage::AccountAction(action),
@@ -246,6 +252,9 @@ mod tests {
             ("/.portcullis/", Route::Own(OwnPage::Account)),
             ("/.portcullis/static/portcullis.css", Route::Own(OwnPage::Static("portcullis.css".into()))),
             ("/.portcullis/nope", Route::Own(OwnPage::NotFound)),
+            ("/.portcullis/jwks.json", Route::Own(OwnPage::Jwks)),
+            ("/.portcullis/jwks.json/", Route::Own(OwnPage::NotFound)),
+            ("/.portcullis//jwks.json", Route::Own(OwnPage::NotFound)),
             ("/.portcullis/challenge", Route::Own(OwnPage::Challenge)),
             ("/.portcullis/enroll", Route::Own(OwnPage::Enroll)),
             ("/.portcullis/recovery-codes", Route::Own(OwnPage::RecoveryCodes)),
@@ -263,6 +272,7 @@ mod tests {
         for (path, expected) in table {
             assert_eq!(route(path), expected, "{path}");
         }
+        assert_eq!(route(Destination::Jwks.path()), Route::Own(OwnPage::Jwks));
     }
 
     #[test]
