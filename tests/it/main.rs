@@ -15,6 +15,7 @@ mod forwarding;
 mod harness;
 mod hosts;
 mod hypercorn;
+mod identity_keys;
 mod layers;
 mod mfa;
 mod pausing;
