@@ -10,7 +10,6 @@ use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use jsonwebtoken::DecodingKey;
 use tokio::net::TcpListener;
 
 use crate::base::clock::SystemClock;
@@ -98,16 +97,17 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError>
         edit::add(&config.users_file, new)?;
     }
 
-    let key = secret::load_or_create_key(&config.identity.secret_file)?;
+    let whoami_config = config.clone();
+    let server = Server::bind(config, Arc::new(SystemClock)).await?;
+    // The demo app verifies as an upstream should: with the published public keys only (asked
+    // for at each request, so a rotation is seen at once), never the private key.
     let whoami = Arc::new(Whoami {
-        key: DecodingKey::from_secret(key.expose()),
-        issuer: config.identity.issuer.clone(),
-        audience: config.identity.audience.clone(),
-        config: config.clone(),
+        signer: server.identity(),
+        issuer: whoami_config.identity.issuer.clone(),
+        audience: whoami_config.identity.audience.clone(),
+        config: whoami_config,
     });
     tokio::spawn(serve_whoami(upstream, whoami));
-
-    let server = Server::bind(config, Arc::new(SystemClock)).await?;
     server.announce();
     println!();
     println!("  Portcullis demo is running. Open http://{listen}/ and sign in:");
@@ -127,7 +127,7 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError>
 
 /// The demo upstream: shows what it received from the proxy and whether the assertion verified.
 struct Whoami {
-    key: DecodingKey,
+    signer: Arc<identity::AssertionSigner>,
     issuer: String,
     audience: String,
     config: Config,
@@ -165,7 +165,7 @@ impl Whoami {
         let header_text = |name: &http::HeaderName| request.headers().get(name).and_then(|v| v.to_str().ok());
         let verdict = match header_text(&names.assertion) {
             None => Err("no assertion header arrived".to_string()),
-            Some(token) => identity::verify(token, &self.key, &self.issuer, &self.audience)
+            Some(token) => identity::verify(token, &self.signer.verifying_keys(), &self.issuer, &self.audience)
                 .map(|claims| serde_json::to_string_pretty(&claims).unwrap_or_default())
                 .map_err(|e| format!("the assertion did not verify: {e}")),
         };

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 mod explain;
+mod identity;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -72,6 +73,12 @@ pub enum Command {
         /// Print every rule in force instead, the `[sandstorm]` preset's included.
         #[arg(long)]
         rules: bool,
+    },
+    /// The keys that sign the identity assertion (EdDSA or ES256): rotate them, print the public
+    /// keys. Through the running proxy when there is one.
+    Identity {
+        #[command(subcommand)]
+        action: identity::IdentityCommand,
     },
     /// Check what 2FA depends on: the clock (kernel synchronisation, and the offset against
     /// `[clock] ntp_server` when set). Exits 1 if anything needs attention.
@@ -182,6 +189,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Admin { json, action } => admin_command(&cli.config, action, json),
+        Command::Identity { action } => identity::run(&cli.config, action),
         Command::Demo { listen, data_dir } => with_runtime(demo::run(listen, data_dir)),
     }
 }
@@ -545,6 +553,7 @@ fn print_reply(reply: &admin::Reply, view: AdminView) {
         Reply::RecoveryLink { user, url: None, expires_at } => {
             println!("a one-time recovery link was emailed to {user}; it works until {}", when(Some(*expires_at)))
         }
+        Reply::IdentityKeyRotated { rotation } => println!("identity key rotated; {} signs now", rotation.current),
         Reply::Refused { reason } => eprintln!("refused: {reason}"),
     }
 }

@@ -147,6 +147,8 @@ pub struct RawMfa {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawIdentity {
+    pub algorithm: Option<String>,
+    pub key_file: Option<String>,
     pub secret_file: Option<String>,
     pub issuer: Option<String>,
     pub audience: Option<String>,

@@ -257,8 +257,57 @@ pub struct MfaSettings {
     pub email_code_digits: u32,
 }
 
+/// How the identity assertion is signed (`identity.algorithm`; RFC 7518 §3.1 names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum IdentityAlgorithm {
+    /// Ed25519 (RFC 8037): the default. Small keys and signatures, deterministic signing.
+    EdDSA,
+    /// ECDSA with P-256 and SHA-256 (RFC 7518 §3.4), for verifiers without Ed25519.
+    ES256,
+    /// HMAC-SHA256 with the shared key in `identity.secret_file` (the behaviour before EdDSA):
+    /// whoever can verify can also forge.
+    HS256,
+}
+
+impl IdentityAlgorithm {
+    pub const ALL: [Self; 3] = [Self::EdDSA, Self::ES256, Self::HS256];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EdDSA => "EdDSA",
+            Self::ES256 => "ES256",
+            Self::HS256 => "HS256",
+        }
+    }
+
+    /// Whether verifiers hold only a public key (so the key set and JWKS apply).
+    pub fn is_asymmetric(self) -> bool {
+        self != Self::HS256
+    }
+}
+
+impl FromStr for IdentityAlgorithm {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s).ok_or(())
+    }
+}
+
+impl fmt::Display for IdentityAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct IdentitySettings {
+    /// `identity.algorithm`: what new keys are made for (EdDSA by default).
+    pub algorithm: IdentityAlgorithm,
+    /// Whether `identity.algorithm` was written in proxy.toml (for the upgrade warning).
+    pub algorithm_chosen: bool,
+    /// `identity.key_file`: the key set for EdDSA and ES256 (default `data_dir/identity-keys.json`).
+    pub key_file: PathBuf,
+    /// `identity.secret_file`: the shared key for HS256 (default `data_dir/identity.key`).
     pub secret_file: PathBuf,
     pub issuer: String,
     pub audience: String,

@@ -48,6 +48,9 @@ pub enum Request {
     /// factors, recovery codes and links, remembered browsers (the record under `account_key`),
     /// the bans on their name, and their sessions. A new user given the same name starts clean.
     Forget { user: String, account_key: String },
+    /// Rotates the identity signing keys: next becomes current, a new next is made, the old
+    /// current is retired (published until what it signed has expired).
+    RotateIdentityKey,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +98,9 @@ pub enum Reply {
         user: String,
         url: Option<String>,
         expires_at: UnixTime,
+    },
+    IdentityKeyRotated {
+        rotation: crate::domain::identity::keys::Rotation,
     },
     Refused {
         reason: String,
@@ -151,6 +157,8 @@ pub struct Admin {
     pub accounts: Arc<Accounts>,
     pub regulator: Arc<Regulator>,
     pub notifier: Arc<Notifier>,
+    /// The running proxy's signer; `None` offline (the CLI then rotates the key file itself).
+    pub identity: Option<Arc<crate::domain::identity::AssertionSigner>>,
     pub clock: SharedClock,
 }
 
@@ -225,7 +233,31 @@ impl Admin {
             Request::RecoveryLink { user, valid_for, email } => {
                 self.recovery_link(&user, valid_for, email, operator).await?
             }
+            Request::RotateIdentityKey => self.rotate_identity_key(operator).await,
         })
+    }
+
+    async fn rotate_identity_key(&self, operator: &str) -> Reply {
+        let Some(signer) = self.identity.clone() else {
+            return Reply::Refused { reason: "no running proxy holds the identity keys here".into() };
+        };
+        // A file write: off the async workers.
+        let rotated = tokio::task::spawn_blocking(move || signer.rotate()).await;
+        match rotated {
+            Ok(Ok(rotation)) => {
+                tracing::warn!(
+                    target: "portcullis::security",
+                    %operator,
+                    current = %rotation.current,
+                    next = %rotation.next,
+                    retired = %rotation.retired,
+                    "admin: identity signing key rotated"
+                );
+                Reply::IdentityKeyRotated { rotation }
+            }
+            Ok(Err(e)) => Reply::Refused { reason: e.to_string() },
+            Err(e) => Reply::Refused { reason: format!("the rotation did not finish: {e}") },
+        }
     }
 
     async fn reset_2fa(&self, name: &str, operator: &str) -> Result<Reply, AdminError> {

@@ -77,6 +77,8 @@ impl Services {
             accounts: self.accounts.clone(),
             regulator: self.regulator.clone(),
             notifier: self.notifier.clone(),
+            // Without a running proxy the CLI rotates the key file itself (`portcullis identity`).
+            identity: None,
             clock: self.clock.clone(),
         }
     }

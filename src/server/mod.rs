@@ -25,10 +25,10 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::base::clock::SharedClock;
-use crate::base::secret::{self, KeyFileError};
+use crate::base::secret::KeyFileError;
 use crate::config::Config;
 use crate::domain::factors::SecondFactors;
-use crate::domain::identity::AssertionSigner;
+use crate::domain::identity::{AssertionSigner, IdentityError};
 use crate::domain::password::{HashError, PasswordChecker};
 use crate::domain::sign_in::SignIn;
 use crate::server::compose::{ComposeError, Services};
@@ -44,6 +44,8 @@ pub enum StartError {
     #[error(transparent)]
     Key(#[from] KeyFileError),
     #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}. Fix: choose a free address in `listen`, or stop what is using it")]
     Bind { addr: SocketAddr, source: std::io::Error },
@@ -55,6 +57,33 @@ pub enum StartError {
     Telemetry(#[from] crate::server::telemetry::TelemetryError),
     #[error("cannot start worker {index}: {source}")]
     Worker { index: usize, source: std::io::Error },
+}
+
+/// Says at start how assertions are signed, and warns after an upgrade that moved a setup that
+/// had an HS256 key (and chose no algorithm) to EdDSA: its upstreams must switch to the JWKS.
+fn announce_identity(settings: &crate::config::IdentitySettings, signer: &AssertionSigner) {
+    if settings.algorithm.is_asymmetric() {
+        if !settings.algorithm_chosen && settings.secret_file.exists() {
+            tracing::warn!(
+                secret_file = %settings.secret_file.display(),
+                "assertions are now signed with EdDSA; verify them with /.portcullis/jwks.json, or set identity.algorithm = \"HS256\" to keep the shared key"
+            );
+        }
+        let signing = signer.signing_algorithm();
+        tracing::info!(
+            algorithm = %signing,
+            kid = signer.current_kid().unwrap_or_default(),
+            key_file = %settings.key_file.display(),
+            jwks = crate::web::route::Destination::Jwks.path(),
+            "identity assertions are signed with this key; upstreams verify with the public keys at the jwks path"
+        );
+        if signing != settings.algorithm {
+            tracing::warn!(
+                "the current identity key is {signing} but identity.algorithm is {}: run `portcullis identity rotate` twice (the second once upstreams have fetched the JWKS) to switch without a gap",
+                settings.algorithm
+            );
+        }
+    }
 }
 
 /// How often proxy.toml is checked for changes.
@@ -85,7 +114,8 @@ impl Server {
     /// until [`Server::serve`].
     pub async fn bind(config: Config, clock: SharedClock) -> Result<Self, StartError> {
         let services = Services::open(&config, clock.clone()).await?;
-        let key = secret::load_or_create_key(&config.identity.secret_file)?;
+        let signer = Arc::new(AssertionSigner::open(&config.identity, clock.clone())?);
+        announce_identity(&config.identity, &signer);
         let Services { users, sessions, accounts, regulator, notifier, delivery, sealer, .. } = services;
         if users.is_empty() {
             tracing::warn!(
@@ -102,7 +132,6 @@ impl Server {
         let forwarders = (0..config.proxy.workers)
             .map(|_| Forwarder::new(&config, own_cookies.clone()))
             .collect::<Result<_, _>>()?;
-        let signer = AssertionSigner::new(&key, &config.identity, clock.clone());
 
         let mut listeners = Vec::new();
         for addr in &config.listen {
@@ -154,6 +183,11 @@ impl Server {
             }
         };
         Ok(Self { app, listeners, tls, forwarders, telemetry, delivery, hangup })
+    }
+
+    /// What signs the identity assertions (the demo upstream verifies with its public keys).
+    pub fn identity(&self) -> Arc<AssertionSigner> {
+        self.app.signer.clone()
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {

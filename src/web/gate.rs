@@ -106,12 +106,13 @@ impl App {
         Some(Target { main: config.hosts.is_main(&host), host, authority: authority.to_string() })
     }
 
-    /// `/.portcullis/` on a host other than the main one: only the handoff and the stylesheet are
-    /// here; every other page is the main host's, so the browser goes there.
+    /// `/.portcullis/` on a host other than the main one: only the handoff, the stylesheet and
+    /// the JWKS are here; every other page is the main host's, so the browser goes there.
     async fn own_page_elsewhere(&self, page: OwnPage, request: Request<Incoming>, target: &Target) -> Answer {
         match page {
             OwnPage::Handoff => portal::handoff::exchange(self, &request, target).await,
             OwnPage::Static(name) => pages::static_file(&name).ok_or(WebError::NotFound),
+            OwnPage::Jwks => portal::jwks::serve(self, request.method()),
             _ => Ok(go_to(self, request.uri().path_and_query().map_or("/", |p| p.as_str()))),
         }
     }

@@ -46,6 +46,8 @@ pub enum OwnPage {
     /// Forward-auth: a front proxy asks whether a request it holds may pass (answered on any
     /// host, since the subrequest's own `Host` is the front proxy's business).
     ForwardAuth,
+    /// The public keys that verify identity assertions (a JWK Set, RFC 7517 §5).
+    Jwks,
     /// A file under `static/`, by name.
     Static(String),
     NotFound,
@@ -132,6 +134,8 @@ pub enum Destination {
     Account,
     Admin,
     Handoff,
+    /// Not a page: the JWK Set upstreams fetch (named here so every path is in this file).
+    Jwks,
 }
 
 impl Destination {
@@ -148,6 +152,7 @@ impl Destination {
             Self::Account => "/.portcullis/account",
             Self::Admin => "/.portcullis/admin",
             Self::Handoff => "/.portcullis/handoff",
+            Self::Jwks => "/.portcullis/jwks.json",
         }
     }
 
@@ -210,6 +215,7 @@ pub fn route(path: &str) -> Route {
         "/admin/action" => OwnPage::AdminAction,
         "/handoff" => OwnPage::Handoff,
         "/auth" => OwnPage::ForwardAuth,
+        "/jwks.json" => OwnPage::Jwks,
         rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/").and_then(AccountAction::parse)) {
             (Some(name), _) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
             (_, Some(action)) => OwnPage::AccountAction(action),
@@ -250,6 +256,9 @@ mod tests {
             ("/.portcullis/", Route::Own(OwnPage::Account)),
             ("/.portcullis/static/portcullis.css", Route::Own(OwnPage::Static("portcullis.css".into()))),
             ("/.portcullis/nope", Route::Own(OwnPage::NotFound)),
+            ("/.portcullis/jwks.json", Route::Own(OwnPage::Jwks)),
+            ("/.portcullis/jwks.json/", Route::Own(OwnPage::NotFound)),
+            ("/.portcullis//jwks.json", Route::Own(OwnPage::NotFound)),
             ("/.portcullis/challenge", Route::Own(OwnPage::Challenge)),
             ("/.portcullis/enroll", Route::Own(OwnPage::Enroll)),
             ("/.portcullis/recovery-codes", Route::Own(OwnPage::RecoveryCodes)),
@@ -267,6 +276,7 @@ mod tests {
         for (path, expected) in table {
             assert_eq!(route(path), expected, "{path}");
         }
+        assert_eq!(route(Destination::Jwks.path()), Route::Own(OwnPage::Jwks));
     }
 
     #[test]

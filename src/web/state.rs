@@ -28,7 +28,8 @@ pub struct App {
     pub sign_in: SignIn,
     /// Second factors: verification, setup, removal, recovery codes, remembered browsers.
     pub factors: SecondFactors,
-    pub signer: AssertionSigner,
+    /// Signs the identity assertion; shared with the control socket, which rotates its keys.
+    pub signer: Arc<AssertionSigner>,
     /// Enrollment state between page loads, per session.
     pub pending: Pending,
     /// Codes handing a session from the main host to another host.
@@ -83,6 +84,7 @@ impl App {
             accounts: self.factors.accounts.clone(),
             regulator: self.regulator.clone(),
             notifier: self.notifier.clone(),
+            identity: Some(self.signer.clone()),
             clock: self.clock.clone(),
         }
     }

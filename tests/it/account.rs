@@ -195,7 +195,7 @@ async fn a_remembered_browser_skips_only_the_code_until_it_is_forgotten() {
     assert_eq!(password(&browser, &proxy, &ALICE, "/wiki").await, proxy.url("/wiki"), "no code asked");
     assert_eq!(browser.navigate(&proxy.url("/wiki")).await.status(), 200);
     let seen = upstream.seen();
-    let claims = crate::mfa::claims(&proxy, seen.last().unwrap());
+    let claims = crate::mfa::claims(&proxy, seen.last().unwrap()).await;
     assert_eq!(claims["amr"], serde_json::json!(["pwd", "device"]));
     assert_eq!(claims["acr"], "aal1", "no second factor was proven in this session");
     let page = account_page(&browser, &proxy).await;

@@ -5,8 +5,6 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-
 use crate::harness::{ALICE, Browser, Proxy, form_field, proxy};
 use crate::mfa::{enroll, password, submit_code};
 use crate::upstream::Upstream;
@@ -92,14 +90,8 @@ async fn codes_by_email_alone_protect_an_account() {
 
     // The upstream can tell how the second step was made.
     let seen = upstream.seen().into_iter().rev().find(|s| s.path == "/notes").unwrap();
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.set_audience(&[proxy.origin()]);
-    validation.set_issuer(&[format!("{}/.portcullis", proxy.origin())]);
     let token = seen.header("x-portcullis-assertion").unwrap();
-    let claims =
-        jsonwebtoken::decode::<serde_json::Value>(token, &DecodingKey::from_secret(&proxy.identity_key()), &validation)
-            .unwrap()
-            .claims;
+    let claims = proxy.verify_assertion(token).await;
     assert_eq!(claims["amr"], serde_json::json!(["pwd", "email"]));
     assert_eq!(claims["acr"], "aal1", "NIST SP 800-63B does not accept email for AAL2");
 

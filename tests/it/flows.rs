@@ -1,6 +1,8 @@
 //! The flows a person walks: being sent to sign in, signing in, landing where they were going,
 //! signing out, and what happens to a session across restarts and account changes.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::harness::{ALICE, Browser, form_field, proxy};
@@ -73,8 +75,42 @@ async fn signing_in_lands_on_the_original_url_with_a_verifiable_identity() {
     assert_eq!(seen.header("x-forwarded-groups"), Some("staff,wiki-admins"));
     assert!(seen.header("cookie").is_none(), "our session cookie must not reach the upstream");
 
-    // Verify the assertion the way an upstream would, with nothing but the key file.
+    // Verify the assertion the way an upstream would, with nothing but the published keys.
     let token = seen.header("x-portcullis-assertion").unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, Algorithm::EdDSA, "EdDSA is the default");
+    assert!(header.kid.is_some(), "every assertion names its key");
+    let claims = proxy.verify_assertion(token).await;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["email"], "alice@example.com");
+    assert_eq!(claims["groups"], serde_json::json!(["staff", "wiki-admins"]));
+    assert_eq!(claims["amr"], serde_json::json!(["pwd"]));
+    let (iat, exp) = (claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
+    assert!(exp > iat && exp - iat <= 300, "exp must be at most 5 minutes after iat");
+    assert!(claims["auth_time"].as_i64().unwrap() <= iat);
+    assert_eq!(claims["jti"].as_str().unwrap().len(), 22, "128 bits, base64url");
+    assert_eq!(claims["sid"].as_str().unwrap().len(), 16, "the session's handle");
+
+    // Changed claims no longer verify.
+    let parts: Vec<&str> = token.split('.').collect();
+    let payload = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(payload.replace("alice", "admin")), parts[2]);
+    assert!(proxy.try_verify_assertion(&forged).await.is_err());
+}
+
+/// `identity.algorithm = "HS256"` keeps the shared key as before: the assertion verifies with
+/// `identity.key`, carries no `kid`, and nothing is published or rotated. Dropping the setting
+/// later warns that upstreams must switch to the JWKS.
+#[tokio::test(flavor = "multi_thread")]
+async fn hs256_setups_keep_the_shared_key_and_publish_nothing() {
+    let upstream = Upstream::start().await;
+    let mut proxy = proxy(&upstream.url()).toml("[identity]\nalgorithm = \"HS256\"").start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    assert_eq!(browser.navigate(&proxy.url("/")).await.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    let token = seen.header("x-portcullis-assertion").unwrap();
+    assert_eq!(jsonwebtoken::decode_header(token).unwrap().kid, None);
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_audience(&[proxy.origin()]);
     validation.set_issuer(&[format!("{}/.portcullis", proxy.origin())]);
@@ -83,16 +119,25 @@ async fn signing_in_lands_on_the_original_url_with_a_verifiable_identity() {
             .expect("the assertion verifies with the identity key")
             .claims;
     assert_eq!(claims["sub"], "alice");
-    assert_eq!(claims["email"], "alice@example.com");
-    assert_eq!(claims["groups"], serde_json::json!(["staff", "wiki-admins"]));
-    assert_eq!(claims["amr"], serde_json::json!(["pwd"]));
-    let (iat, exp) = (claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
-    assert!(exp > iat && exp - iat <= 300, "exp must be at most 5 minutes after iat");
-    assert!(claims["auth_time"].as_i64().unwrap() <= iat);
-
-    // A key other than the proxy's does not verify it.
     let wrong = DecodingKey::from_secret(b"some-other-key-that-is-long-enough-to-be-real");
     assert!(jsonwebtoken::decode::<serde_json::Value>(token, &wrong, &validation).is_err());
+
+    let jwks = reqwest::get(proxy.url("/.portcullis/jwks.json")).await.unwrap();
+    assert_eq!(jwks.status(), 404);
+    assert!(jwks.text().await.unwrap().contains("shared secret"));
+    for args in [&["identity", "rotate"][..], &["identity", "public-key"][..]] {
+        let out = proxy.cli(args, "");
+        assert!(!out.status.success(), "{args:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("HS256") && said.contains("no public key"), "{args:?}: {said}");
+    }
+    assert!(!proxy.data_dir().join("identity-keys.json").exists());
+
+    // The upgrade: the setting is gone, the old key is still there.
+    proxy.stop();
+    let proxy = crate::harness::proxy(&upstream.url()).restart_of(&proxy).start();
+    let warned = proxy.stderr.wait_for(0, |l| l.contains("assertions are now signed with EdDSA"));
+    assert!(warned.unwrap().contains("identity.algorithm = \"HS256\""), "names the way back");
 }
 
 #[tokio::test(flavor = "multi_thread")]

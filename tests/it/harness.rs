@@ -305,7 +305,35 @@ impl Proxy {
         self.mail_files().into_iter().filter_map(|path| std::fs::read_to_string(path).ok()).collect()
     }
 
-    /// The identity key the proxy generated, as an upstream would read it.
+    /// The JWK Set the proxy publishes, fetched as an upstream would (no cookie).
+    pub async fn jwks(&self) -> jsonwebtoken::jwk::JwkSet {
+        let response = reqwest::get(self.url("/.portcullis/jwks.json")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Verifies an assertion as an upstream should: with the key its `kid` names in the published
+    /// JWKS, the algorithm pinned to that key's, and the issuer and audience checked. Panics if it
+    /// does not verify; returns the claims.
+    pub async fn verify_assertion(&self, token: &str) -> serde_json::Value {
+        self.try_verify_assertion(token).await.unwrap_or_else(|e| panic!("the assertion does not verify: {e}"))
+    }
+
+    pub async fn try_verify_assertion(&self, token: &str) -> Result<serde_json::Value, String> {
+        let set = self.jwks().await;
+        let kid = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?.kid.ok_or("no kid")?;
+        let jwk = set.find(&kid).ok_or(format!("kid {kid} is not published"))?;
+        let algorithm = jwk.common.key_algorithm.ok_or("the key has no alg")?;
+        let algorithm: jsonwebtoken::Algorithm = algorithm.to_string().parse().map_err(|_| "an alg JWTs cannot use")?;
+        let mut validation = jsonwebtoken::Validation::new(algorithm);
+        validation.set_audience(&[self.origin()]);
+        validation.set_issuer(&[format!("{}/.portcullis", self.origin())]);
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+        jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map(|t| t.claims).map_err(|e| e.to_string())
+    }
+
+    /// The HS256 shared key the proxy generated (`identity.algorithm = "HS256"`), as an upstream
+    /// would read it.
     pub fn identity_key(&self) -> Vec<u8> {
         std::fs::read_to_string(self.data_dir().join("identity.key")).unwrap().trim().as_bytes().to_vec()
     }

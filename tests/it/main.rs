@@ -17,6 +17,7 @@ mod front_proxy;
 mod harness;
 mod hosts;
 mod hypercorn;
+mod identity_keys;
 mod layers;
 mod mfa;
 mod pausing;

@@ -145,17 +145,9 @@ async fn assert_partial_reaches_nothing(browser: &Browser, proxy: &Proxy, upstre
     assert_eq!(upstream.count(), before, "the upstream saw nothing from a partial session");
 }
 
-pub(crate) fn claims(proxy: &Proxy, seen: &crate::upstream::Seen) -> serde_json::Value {
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-    validation.set_audience(&[proxy.origin()]);
-    let token = seen.header("x-portcullis-assertion").unwrap();
-    jsonwebtoken::decode::<serde_json::Value>(
-        token,
-        &jsonwebtoken::DecodingKey::from_secret(&proxy.identity_key()),
-        &validation,
-    )
-    .unwrap()
-    .claims
+/// The claims of the assertion `seen` carried, verified with the proxy's published keys.
+pub(crate) async fn claims(proxy: &Proxy, seen: &crate::upstream::Seen) -> serde_json::Value {
+    proxy.verify_assertion(seen.header("x-portcullis-assertion").unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -207,7 +199,7 @@ async fn optional_enrollment_then_every_login_needs_the_code() {
     assert_eq!(ok.headers()["location"], proxy.url("/wiki/Deep?x=1").as_str(), "lands where it was going");
     assert_eq!(second.navigate(&proxy.url("/wiki/Deep?x=1")).await.status(), 200);
     let seen = upstream.seen().pop().unwrap();
-    let claims = claims(&proxy, &seen);
+    let claims = claims(&proxy, &seen).await;
     assert_eq!(claims["amr"], serde_json::json!(["pwd", "otp"]));
     assert_eq!(claims["acr"], "aal2");
     assert_eq!(seen.header("x-forwarded-user"), Some("alice"), "the plain headers are unchanged");
@@ -233,7 +225,7 @@ async fn recovery_codes_work_once_and_regenerating_voids_the_old_set() {
     let sloppy = codes[0].to_uppercase().replace('-', " ");
     assert_eq!(submit_code(&lost_phone, &proxy, &challenge, &sloppy).await.status(), 303);
     assert_eq!(lost_phone.navigate(&proxy.url("/")).await.status(), 200);
-    assert_eq!(claims(&proxy, &upstream.seen().pop().unwrap())["amr"], serde_json::json!(["pwd", "rc"]));
+    assert_eq!(claims(&proxy, &upstream.seen().pop().unwrap()).await["amr"], serde_json::json!(["pwd", "rc"]));
     let account = lost_phone.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
     assert!(account.contains("Recovery codes left: <strong>9</strong>"));
     // The owner hears about both: the enrollment, and the recovery code (with how many are left).
@@ -283,7 +275,7 @@ async fn required_policy_enrolls_inline_and_lands_on_the_deep_link() {
     let (_secret, _codes, done) = enroll(&browser, &proxy, &enroll_url).await;
     assert_eq!(done.headers()["location"], proxy.url("/projects/42/settings?tab=members").as_str());
     assert_eq!(browser.navigate(&proxy.url("/projects/42/settings?tab=members")).await.status(), 200);
-    assert_eq!(claims(&proxy, &upstream.seen().pop().unwrap())["amr"], serde_json::json!(["pwd", "otp"]));
+    assert_eq!(claims(&proxy, &upstream.seen().pop().unwrap()).await["amr"], serde_json::json!(["pwd", "otp"]));
 
     // The last factor cannot be removed while 2FA is required.
     let account = browser.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();

@@ -184,9 +184,27 @@ impl Validator {
         data_dir: Option<&Path>,
         public_url: Option<&PublicUrl>,
     ) -> IdentitySettings {
+        let algorithm = match raw.algorithm.as_deref() {
+            None => IdentityAlgorithm::EdDSA,
+            Some(text) => IdentityAlgorithm::from_str(text).unwrap_or_else(|()| {
+                let allowed: Vec<String> = IdentityAlgorithm::ALL.iter().map(|a| format!("\"{a}\"")).collect();
+                self.problem(
+                    "identity.algorithm",
+                    Some(text),
+                    "not a signing algorithm Portcullis offers",
+                    &format!("write {} (EdDSA is the default; HS256 keeps the shared key)", allowed.join(", ")),
+                );
+                IdentityAlgorithm::EdDSA
+            }),
+        };
+        let key_file = raw.key_file.as_deref().unwrap_or("identity-keys.json");
+        let key_file = self.path(data_dir.unwrap_or(&self.base), key_file);
         let secret_file = raw.secret_file.as_deref().unwrap_or("identity.key");
         let secret_file = self.path(data_dir.unwrap_or(&self.base), secret_file);
-        if secret_file.exists()
+        // The shared key is only read with HS256; with a public-key algorithm an old identity.key
+        // is left alone (the server warns about it at start).
+        if algorithm == IdentityAlgorithm::HS256
+            && secret_file.exists()
             && let Err(e) = secret::load_or_create_key(&secret_file)
         {
             self.problem(
@@ -199,6 +217,9 @@ impl Validator {
         let origin = public_url.map(PublicUrl::origin).unwrap_or_default();
         let (strip_headers, strip_prefixes) = self.strip_headers(raw.strip_headers.unwrap_or_default());
         IdentitySettings {
+            algorithm,
+            algorithm_chosen: raw.algorithm.is_some(),
+            key_file,
             secret_file,
             issuer: raw.issuer.unwrap_or_else(|| format!("{origin}/.portcullis")),
             audience: raw.audience.unwrap_or(origin),

@@ -240,3 +240,25 @@ proptest::proptest! {
         let _ = parse(&text, Path::new("/tmp/proxy.toml"));
     }
 }
+
+#[test]
+fn identity_algorithm_defaults_to_eddsa_and_an_unknown_one_is_named_with_the_choices() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.identity.algorithm, IdentityAlgorithm::EdDSA);
+    assert!(!c.identity.algorithm_chosen);
+    assert_eq!(c.identity.key_file, Path::new("/etc/portcullis/data/identity-keys.json"));
+    for (text, algorithm) in [("ES256", IdentityAlgorithm::ES256), ("HS256", IdentityAlgorithm::HS256)] {
+        let c = parse_ok(&format!("{MINIMAL}\n[identity]\nalgorithm = \"{text}\"\nkey_file = \"/srv/keys.json\"\n"));
+        assert_eq!(c.identity.algorithm, algorithm);
+        assert!(c.identity.algorithm_chosen);
+        assert_eq!(c.identity.key_file, Path::new("/srv/keys.json"));
+    }
+    // Reported with the other problems, at once.
+    let found = problems(&format!("{MINIMAL}\n[identity]\nalgorithm = \"RS256\"\nttl = \"1s\"\n"));
+    let bad = found.iter().find(|p| p.key == "identity.algorithm").expect("identity.algorithm is named");
+    assert_eq!(bad.value.as_deref(), Some("\"RS256\""));
+    for choice in ["\"EdDSA\"", "\"ES256\"", "\"HS256\""] {
+        assert!(bad.fix.contains(choice), "{}", bad.fix);
+    }
+    assert!(found.iter().any(|p| p.key == "identity.ttl"));
+}

@@ -12,6 +12,7 @@ mod challenge;
 mod email;
 mod enroll;
 pub mod handoff;
+pub mod jwks;
 mod login;
 mod recover;
 mod recovery_codes;
@@ -50,6 +51,7 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
             _,
         ) if mfa_off => Err(WebError::NotFound),
         (OwnPage::Static(name), true, _) => pages::static_file(&name).ok_or(WebError::NotFound),
+        (OwnPage::Jwks, _, _) => jwks::serve(app, &method),
         (OwnPage::Challenge, true, _) => challenge::form(app, &request).await,
         (OwnPage::Challenge, _, true) => challenge::submit(app, request, conn).await,
         (OwnPage::Enroll, true, _) => enroll::form(app, &request).await,
