@@ -98,6 +98,8 @@ pub struct ProxyBuilder {
     scheme: &'static str,
     /// The public URL's host (default 127.0.0.1; a name must be resolved by the test's client).
     host: &'static str,
+    /// Extra environment for the proxy process.
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 pub fn proxy(upstream: &str) -> ProxyBuilder {
@@ -109,6 +111,7 @@ pub fn proxy(upstream: &str) -> ProxyBuilder {
         port: None,
         scheme: "http",
         host: "127.0.0.1",
+        env: Vec::new(),
     }
 }
 
@@ -129,6 +132,12 @@ impl ProxyBuilder {
     /// A host name for `public_url` instead of the loopback address.
     pub fn public_host(mut self, host: &'static str) -> Self {
         self.host = host;
+        self
+    }
+
+    /// An environment variable for the proxy process (e.g. `NOTIFY_SOCKET`).
+    pub fn env(mut self, key: &str, value: impl Into<std::ffi::OsString>) -> Self {
+        self.env.push((key.to_string(), value.into()));
         self
     }
 
@@ -160,7 +169,7 @@ impl ProxyBuilder {
                 self.upstream, self.scheme, self.host, self.extra
             );
             std::fs::write(&config_path, text).unwrap();
-            if let Some(proxy) = launch(&config_path, dir.clone(), port) {
+            if let Some(proxy) = launch(&config_path, dir.clone(), port, &self.env) {
                 return proxy;
             }
             assert!(self.port.is_none(), "could not restart on port {port}");
@@ -173,11 +182,17 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn launch(config_path: &Path, dir: Arc<tempfile::TempDir>, port: u16) -> Option<Proxy> {
+fn launch(
+    config_path: &Path,
+    dir: Arc<tempfile::TempDir>,
+    port: u16,
+    env: &[(String, std::ffi::OsString)],
+) -> Option<Proxy> {
     let mut child = Command::new(BINARY)
         .arg("--config")
         .arg(config_path)
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
