@@ -185,3 +185,28 @@ fn the_sysusers_file_creates_the_user_the_unit_runs_as() {
     assert!(said.contains("Creating user 'portcullis'"), "{said}");
     assert!(!said.contains("gnoring") && !said.to_lowercase().contains("warn"), "{said}");
 }
+
+/// The container cannot be built here (no container runtime); this only guards the lines the
+/// README promises, so an edit that drops one fails a test rather than a deployment.
+#[test]
+fn the_containerfile_keeps_its_promises() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = std::fs::read_to_string(root.join("deploy/Containerfile")).unwrap();
+    let lines: Vec<&str> = file.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+    for needed in [
+        "FROM docker.io/library/rust:1-bookworm AS build",
+        "cargo build --release --locked --bin portcullis",
+        "FROM gcr.io/distroless/cc-debian12:nonroot",
+        "VOLUME /data",
+        "ENV PORTCULLIS_CONFIG=/etc/portcullis/proxy.toml",
+        "USER 65532:65532",
+        "STOPSIGNAL SIGTERM",
+    ] {
+        assert!(lines.iter().any(|l| l.contains(needed)), "deploy/Containerfile lost {needed:?}");
+    }
+    assert!(!lines.iter().any(|l| l.starts_with("HEALTHCHECK")), "distroless has nothing to run a health check with");
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    for path in ["target/", "tests/upstreams/.venv/", "tests/browser/node_modules/"] {
+        assert!(ignored.lines().any(|l| l == path), ".dockerignore lost {path}");
+    }
+}
