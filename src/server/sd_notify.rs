@@ -83,8 +83,9 @@ impl ServiceManager {
         self.notify(&format!("READY=1\nSTATUS={}", one_line(status)));
     }
 
-    /// A reload begins. `MONOTONIC_USEC` lets the manager tell this reload from an earlier one
-    /// (`sd_notify(3)`: "RELOADING=1 … must be sent with MONOTONIC_USEC=").
+    /// A reload begins. `MONOTONIC_USEC` (CLOCK_MONOTONIC when the message was made) lets the
+    /// manager match it to the SIGHUP it sent; `Type=notify-reload` (systemd.service(5), 253 and
+    /// later) expects it with `RELOADING=1` (sd_notify(3)).
     pub fn reloading(&self) {
         match monotonic_usec() {
             Ok(usec) => self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the configuration")),
