@@ -13,6 +13,7 @@ pub mod compose;
 mod connection;
 pub mod control;
 pub mod logging;
+pub mod sd_notify;
 pub mod telemetry;
 
 use std::future::Future;
@@ -32,6 +33,7 @@ use crate::domain::identity::{AssertionSigner, IdentityError};
 use crate::domain::password::{HashError, PasswordChecker};
 use crate::domain::sign_in::SignIn;
 use crate::server::compose::{ComposeError, Services};
+use crate::server::sd_notify::ServiceManager;
 use crate::store::StoreError;
 use crate::web::forward::{Forwarder, ProxySetupError};
 use crate::web::pending::Pending;
@@ -215,11 +217,13 @@ impl Server {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let Self { app, listeners, tls, forwarders, telemetry, delivery, hangup } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let manager = Arc::new(ServiceManager::from_env());
+        let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect::<Vec<_>>();
         // One budget of connections for all workers.
         let connections = Arc::new(tokio::sync::Semaphore::new(app.config().limits.max_connections));
         let mut background = vec![app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
         background.push(tokio::spawn(clock_check(app.clone())));
-        background.push(tokio::spawn(config_watcher(app.clone(), hangup)));
+        background.push(tokio::spawn(config_watcher(app.clone(), hangup, manager.clone())));
         match crate::server::control::bind(&app.config().data_dir) {
             Ok(listener) => background.push(crate::server::control::spawn(listener, Arc::new(app.admin()))),
             // The proxy works without it; only `portcullis admin` does not.
@@ -233,28 +237,44 @@ impl Server {
         }
 
         let mut workers = Vec::new();
+        let mut started = Vec::new();
         for (index, forwarder) in forwarders.into_iter().enumerate() {
             let worker_error = |source| StartError::Worker { index, source };
             let sockets =
                 listeners.iter().map(|l| l.try_clone()).collect::<Result<Vec<_>, _>>().map_err(worker_error)?;
             let (app, tls, stop, connections) = (app.clone(), tls.clone(), stop_rx.clone(), connections.clone());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new()
                 .name(format!("portcullis-worker-{index}"))
                 .spawn(move || {
                     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        Ok(runtime) => {
-                            runtime.block_on(worker(sockets, app, tls, Arc::new(forwarder), connections, stop))
-                        }
+                        Ok(runtime) => runtime.block_on(worker(
+                            sockets,
+                            app,
+                            tls,
+                            Arc::new(forwarder),
+                            connections,
+                            stop,
+                            started_tx,
+                        )),
                         Err(e) => tracing::error!("worker {index} could not start its runtime: {e}"),
                     }
                     let _ = done_tx.send(());
                 })
                 .map_err(worker_error)?;
             workers.push(done_rx);
+            started.push(started_rx);
         }
+        // Ready means served, not just bound: every worker accepts on every listener. A worker
+        // that could not start drops its sender; the others serve, so that is still ready.
+        for worker_started in started {
+            let _ = worker_started.await;
+        }
+        manager.ready(&format!("serving on {}", addrs.join(", ")));
 
         shutdown.await;
+        manager.stopping();
         tracing::info!("shutting down: no new connections; finishing requests in flight");
         let _ = stop_tx.send(true);
         for done in workers {
@@ -278,6 +298,7 @@ async fn worker(
     forwarder: Arc<Forwarder>,
     connections: Arc<tokio::sync::Semaphore>,
     stop: watch::Receiver<bool>,
+    started: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut loops = Vec::new();
     for socket in sockets {
@@ -289,6 +310,8 @@ async fn worker(
             Err(e) => tracing::error!("a worker could not use a listening socket: {e}"),
         }
     }
+    // The accept loops are spawned; they run as soon as this task awaits them below.
+    let _ = started.send(());
     for accept in loops {
         let _ = accept.await;
     }
@@ -308,7 +331,9 @@ fn tell_abandoned(app: &App, users: &[String]) {
 }
 
 /// Reloads proxy.toml when it changes on disk, and proxy.toml and the users file on SIGHUP.
-async fn config_watcher(app: Arc<App>, mut hangup: Option<tokio::signal::unix::Signal>) {
+/// Each reload is announced to the service manager (`RELOADING=1`, then `READY=1`), so `systemctl
+/// reload` and a `Type=notify-reload` unit see when it is done.
+async fn config_watcher(app: Arc<App>, mut hangup: Option<tokio::signal::unix::Signal>, manager: Arc<ServiceManager>) {
     let source = app.config().source.clone();
     let mut seen = crate::domain::users::stamp(&source);
     let mut tick = tokio::time::interval(CONFIG_POLL);
@@ -324,32 +349,42 @@ async fn config_watcher(app: Arc<App>, mut hangup: Option<tokio::signal::unix::S
             } => true,
         };
         let now = crate::domain::users::stamp(&source);
+        if !hung_up && now == seen {
+            continue;
+        }
+        manager.reloading();
+        let mut users_ok = true;
         if hung_up {
             tracing::info!("SIGHUP: reloading the configuration and the users file");
             if let Err(e) = app.users.reload() {
+                users_ok = false;
                 tracing::error!("the users file was not reloaded; the running accounts stay: {e}");
             }
-        } else if now == seen {
-            continue;
         }
         seen = now;
-        reload_config(&app, &source);
+        let config_ok = reload_config(&app, &source);
+        // READY=1 either way: a refused file leaves the proxy serving its running configuration.
+        manager.ready(match (config_ok, users_ok) {
+            (true, true) => "serving; configuration reloaded",
+            _ => "serving; the last reload was refused (see the log), the running configuration stays",
+        });
     }
 }
 
-fn reload_config(app: &App, source: &std::path::Path) {
+/// Returns whether the new configuration was applied.
+fn reload_config(app: &App, source: &std::path::Path) -> bool {
     let new = match crate::config::load(source) {
         Ok(new) => new,
         Err(e) => {
             tracing::error!("proxy.toml was not reloaded; the running configuration stays: {e}");
-            return;
+            return false;
         }
     };
     let reloaded = match crate::config::reload::merge(&app.config(), new) {
         Ok(reloaded) => reloaded,
         Err(e) => {
             tracing::error!("proxy.toml was not reloaded; the running configuration stays: {e}");
-            return;
+            return false;
         }
     };
     app.config.store(Arc::new(reloaded.config));
@@ -360,6 +395,7 @@ fn reload_config(app: &App, source: &std::path::Path) {
             "these settings changed in proxy.toml but take effect only after a restart; their running values stay until then"
         );
     }
+    true
 }
 
 /// The clock self-check at start-up, in the background (an SNTP query may take seconds).

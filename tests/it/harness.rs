@@ -99,6 +99,8 @@ pub struct ProxyBuilder {
     /// The public URL's host (default 127.0.0.1; a name must be resolved by the test's client).
     host: &'static str,
     public_port: Option<u16>,
+    /// Extra environment for the proxy process.
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 pub fn proxy(upstream: &str) -> ProxyBuilder {
@@ -111,6 +113,7 @@ pub fn proxy(upstream: &str) -> ProxyBuilder {
         scheme: "http",
         host: "127.0.0.1",
         public_port: None,
+        env: Vec::new(),
     }
 }
 
@@ -137,6 +140,12 @@ impl ProxyBuilder {
     /// The port browsers use in `public_url`, when a front proxy listens there and not the proxy.
     pub fn public_port(mut self, port: u16) -> Self {
         self.public_port = Some(port);
+        self
+    }
+
+    /// An environment variable for the proxy process (e.g. `NOTIFY_SOCKET`).
+    pub fn env(mut self, key: &str, value: impl Into<std::ffi::OsString>) -> Self {
+        self.env.push((key.to_string(), value.into()));
         self
     }
 
@@ -172,7 +181,7 @@ impl ProxyBuilder {
                 self.extra
             );
             std::fs::write(&config_path, text).unwrap();
-            if let Some(proxy) = launch(&config_path, dir.clone(), port) {
+            if let Some(proxy) = launch(&config_path, dir.clone(), port, &self.env) {
                 return proxy;
             }
             assert!(self.port.is_none(), "could not restart on port {port}");
@@ -185,11 +194,17 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn launch(config_path: &Path, dir: Arc<tempfile::TempDir>, port: u16) -> Option<Proxy> {
+fn launch(
+    config_path: &Path,
+    dir: Arc<tempfile::TempDir>,
+    port: u16,
+    env: &[(String, std::ffi::OsString)],
+) -> Option<Proxy> {
     let mut child = Command::new(BINARY)
         .arg("--config")
         .arg(config_path)
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -9,6 +9,7 @@ mod browser;
 mod cli;
 mod config_files;
 mod demo;
+mod deploy;
 mod email_codes;
 mod flows;
 mod forward_auth;
