@@ -116,7 +116,8 @@ impl App {
             tracing::warn!(target: "portcullis::security", %why, "forward-auth request the proxy cannot read; check the front proxy's configuration");
             WebError::ForwardAuthUndescribed(why)
         })?;
-        let host = request_host(&described.authority).ok_or(WebError::ForwardAuthUndescribed(Undescribed::Unreadable))?;
+        let host =
+            request_host(&described.authority).ok_or(WebError::ForwardAuthUndescribed(Undescribed::Unreadable))?;
         let target = {
             let config = self.config();
             if !config.hosts.serves(&host) {
@@ -236,7 +237,10 @@ mod tests {
             ("x-forwarded-method", "DELETE"),
         ]);
         let d = describe(&h, &Method::GET).unwrap();
-        assert_eq!((d.method, d.authority.as_str(), d.path_and_query.as_str(), d.nginx), (Method::DELETE, "app.example.com:8443", "/x?y", false));
+        assert_eq!(
+            (d.method, d.authority.as_str(), d.path_and_query.as_str(), d.nginx),
+            (Method::DELETE, "app.example.com:8443", "/x?y", false)
+        );
         // Without a method header, the subrequest's own method.
         let h = headers(&[("x-forwarded-uri", "/"), ("x-forwarded-host", "app.example.com")]);
         assert_eq!(describe(&h, &Method::PUT).unwrap().method, Method::PUT);
@@ -247,7 +251,10 @@ mod tests {
         let table: [(&[(&str, &str)], Undescribed); 7] = [
             (&[], Undescribed::NoUri),
             (&[("x-forwarded-uri", "/")], Undescribed::NoHost),
-            (&[("x-forwarded-uri", "/"), ("x-forwarded-uri", "/admin"), ("x-forwarded-host", "a")], Undescribed::Ambiguous),
+            (
+                &[("x-forwarded-uri", "/"), ("x-forwarded-uri", "/admin"), ("x-forwarded-host", "a")],
+                Undescribed::Ambiguous,
+            ),
             (&[("x-forwarded-uri", "/"), ("x-forwarded-host", "a"), ("x-forwarded-host", "b")], Undescribed::Ambiguous),
             (&[("x-forwarded-uri", "/"), ("x-forwarded-host", "a b")], Undescribed::Unreadable),
             (&[("x-forwarded-uri", "/"), ("x-forwarded-host", "user@a")], Undescribed::Unreadable),

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::harness::{ALICE, Browser, Proxy, free_port, proxy};
 use crate::front_proxy::{Addresses, Front};
+use crate::harness::{ALICE, Browser, Proxy, free_port, proxy, verify_with_jwks};
 use crate::upstream::Upstream;
 
 const RULES: &str = r#"
@@ -58,9 +58,10 @@ fn portcullis_for(upstream: &Upstream, front_port: u16, extra: &str) -> Proxy {
 /// What every front proxy must do with the sample as shipped: strangers are sent to sign in (or
 /// refused, for API calls); a signed-in browser passes with the identity Portcullis vouched for
 /// and nothing a client forged; bypass passes with no identity at all; deny is 403.
-async fn the_gate_holds_through(base: &str, front: SocketAddr, upstream: &Upstream, proxy: &Proxy) {
+async fn the_gate_holds_through(base: &str, front: SocketAddr, upstream: &Upstream) {
     let browser = browser_at(front, &["app.example.test"]);
-    let forged = |request: reqwest::RequestBuilder| FORGED.iter().fold(request, |r, (name, value)| r.header(*name, *value));
+    let forged =
+        |request: reqwest::RequestBuilder| FORGED.iter().fold(request, |r, (name, value)| r.header(*name, *value));
 
     // A stranger's navigation goes to the login page and comes back to the deep link.
     let first = browser.navigate(&format!("{base}/page?x=1")).await;
@@ -94,12 +95,15 @@ async fn the_gate_holds_through(base: &str, front: SocketAddr, upstream: &Upstre
     for other in ["remote-user", "x-remote-user"] {
         assert!(seen.header(other).is_none(), "{other} forged by the client is dropped");
     }
-    let claims = crate::mfa::claims(proxy, &seen);
-    assert_eq!(claims["sub"], "alice");
+    // The assertion verifies with the keys published at the public URL, as an upstream would.
+    let jwks = browser.http.get(format!("{base}/.portcullis/jwks.json")).send().await.unwrap().json().await.unwrap();
+    let claims = verify_with_jwks(seen.header("x-portcullis-assertion").unwrap(), &jwks, base).unwrap();
+    assert_eq!((claims["sub"].as_str(), claims["acr"].as_str()), (Some("alice"), Some("aal1")));
     // Signed in, deny is still 403 and bypass still carries no identity.
     assert_eq!(browser.navigate(&format!("{base}/internal")).await.status(), 403);
     browser.navigate(&format!("{base}/public/y")).await;
-    assert!(upstream.seen().pop().unwrap().header("x-forwarded-user").is_none());
+    let seen = upstream.seen().pop().unwrap();
+    assert!(seen.header("x-forwarded-user").is_none(), "{:?}", seen.headers);
     // The question is the front proxy's to ask: a client asking it directly learns nothing.
     let direct = browser.navigate(&format!("{base}/.portcullis/auth")).await;
     assert_eq!(direct.status(), 404);
@@ -116,10 +120,15 @@ async fn nginx_auth_request_gates_with_the_shipped_sample() {
     let test = "nginx_auth_request_gates_with_the_shipped_sample";
     let Some(nginx) = Front::nginx(test, "nginx/forward-auth.conf", port, &addresses) else { return };
     let base = format!("http://app.example.test:{port}");
-    the_gate_holds_through(&base, nginx.addr(), &upstream, &proxy).await;
+    the_gate_holds_through(&base, nginx.addr(), &upstream).await;
 
     // nginx passes Portcullis's challenge on with its 401.
-    let api = reqwest::Client::new().get(format!("http://{}/api", nginx.addr())).header("host", "app.example.test").send().await.unwrap();
+    let api = reqwest::Client::new()
+        .get(format!("http://{}/api", nginx.addr()))
+        .header("host", "app.example.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(api.status(), 401);
 
     // A WebSocket through nginx: refused without a session, echoed with one.
@@ -171,7 +180,7 @@ async fn caddy_forward_auth_gates_with_the_shipped_sample() {
     let test = "caddy_forward_auth_gates_with_the_shipped_sample";
     let Some(caddy) = Front::caddy(test, "caddy/Caddyfile.forward-auth", port, &addresses) else { return };
     let base = format!("http://app.example.test:{port}");
-    the_gate_holds_through(&base, caddy.addr(), &upstream, &proxy).await;
+    the_gate_holds_through(&base, caddy.addr(), &upstream).await;
 }
 
 /// What Traefik's ForwardAuth middleware sends (`X-Forwarded-Method/-Proto/-Host/-Uri/-For`,
@@ -209,7 +218,11 @@ async fn traefiks_header_contract_across_two_hosts() {
     assert_eq!(api.status(), 401);
     assert!(api.headers()["www-authenticate"].to_str().unwrap().contains("realm=\"portcullis\""));
     // Bypass: 200 with no identity, whatever the client forged into the headers Traefik copies.
-    let open = traefik_asks(&browser, &proxy, &main_host, "/public").header("x-forwarded-user", "mallory").send().await.unwrap();
+    let open = traefik_asks(&browser, &proxy, &main_host, "/public")
+        .header("x-forwarded-user", "mallory")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(open.status(), 200);
     assert!(open.headers().get("x-forwarded-user").is_none() && open.headers().get("x-portcullis-assertion").is_none());
     assert_eq!(traefik_asks(&browser, &proxy, &main_host, "/internal").send().await.unwrap().status(), 403);
@@ -238,14 +251,16 @@ async fn traefiks_header_contract_across_two_hosts() {
 
     // Now Traefik's question for the wiki is answered with the identity to copy.
     let cookie = browser.cookie_header(&format!("{wiki}/")).unwrap();
-    let allowed = traefik_asks(&browser, &proxy, &wiki_host, "/doc?v=2").header("cookie", &cookie).send().await.unwrap();
+    let allowed =
+        traefik_asks(&browser, &proxy, &wiki_host, "/doc?v=2").header("cookie", &cookie).send().await.unwrap();
     assert_eq!(allowed.status(), 200);
     assert_eq!(allowed.headers()["x-forwarded-user"], "alice");
     assert_eq!(allowed.headers()["x-forwarded-groups"], "staff,wiki-admins");
     assert!(allowed.headers().contains_key("x-portcullis-assertion"));
     // The wiki's cookie means nothing on the main host, and the main host's nothing on the wiki.
     let main_cookie = browser.cookie_header(&format!("{main}/")).unwrap();
-    let crossed = traefik_asks(&browser, &proxy, &wiki_host, "/doc").header("cookie", &main_cookie).send().await.unwrap();
+    let crossed =
+        traefik_asks(&browser, &proxy, &wiki_host, "/doc").header("cookie", &main_cookie).send().await.unwrap();
     assert_eq!(crossed.status(), 401);
     assert!(upstream.seen().is_empty(), "forward-auth never forwards anything itself");
 }
@@ -262,7 +277,10 @@ async fn forward_auth_believes_nothing_from_an_untrusted_peer() {
     for uri in ["/", "/anything"] {
         let asked = traefik_asks(&browser, &proxy, &host, uri).header("cookie", &cookie).send().await.unwrap();
         assert_eq!(asked.status(), 401, "even with a full session's cookie");
-        assert!(asked.headers().get("x-forwarded-user").is_none() && asked.headers().get("x-portcullis-assertion").is_none());
+        assert!(
+            asked.headers().get("x-forwarded-user").is_none()
+                && asked.headers().get("x-portcullis-assertion").is_none()
+        );
     }
     let nginx_style = browser
         .http
@@ -279,7 +297,9 @@ async fn a_trusted_front_proxy_that_describes_nothing_readable_gets_a_400() {
     let upstream = Upstream::start().await;
     let proxy = proxy(&upstream.url()).toml("trusted_proxies = [\"127.0.0.1/32\"]").start();
     let client = reqwest::Client::new();
-    for (name, value) in [("x-forwarded-method", "GET"), ("x-original-url", "not a url"), ("x-forwarded-uri", "/no-host")] {
+    for (name, value) in
+        [("x-forwarded-method", "GET"), ("x-original-url", "not a url"), ("x-forwarded-uri", "/no-host")]
+    {
         let asked = client.get(proxy.url("/.portcullis/auth")).header(name, value).send().await.unwrap();
         assert_eq!(asked.status(), 400, "{name}: {value}");
     }

@@ -15,8 +15,6 @@ use crate::harness::Lines;
 pub struct Front {
     child: Child,
     pub port: u16,
-    /// Everything the front proxy logged (for failure messages).
-    pub log: Lines,
     _dir: tempfile::TempDir,
 }
 
@@ -90,7 +88,7 @@ impl Front {
             log.clone().follow(child.stderr.take().unwrap());
             // The master binds every listener before it starts a worker.
             if log.wait_for(0, |l| l.contains("start worker process")).is_some() {
-                return Some(Self { child, port, log, _dir: dir });
+                return Some(Self { child, port, _dir: dir });
             }
             kill_group(&mut child);
             panic!("nginx did not start:\n{}", log.all().join("\n"));
@@ -132,7 +130,7 @@ impl Front {
             log.clone().follow(child.stdout.take().unwrap());
             log.clone().follow(child.stderr.take().unwrap());
             if log.wait_for(0, |l| l.contains("serving initial configuration")).is_some() {
-                return Some(Self { child, port, log, _dir: dir });
+                return Some(Self { child, port, _dir: dir });
             }
             kill_group(&mut child);
             panic!("caddy did not start:\n{}", log.all().join("\n"));

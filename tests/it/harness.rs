@@ -335,18 +335,29 @@ impl Proxy {
     }
 
     pub async fn try_verify_assertion(&self, token: &str) -> Result<serde_json::Value, String> {
-        let set = self.jwks().await;
-        let kid = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?.kid.ok_or("no kid")?;
-        let jwk = set.find(&kid).ok_or(format!("kid {kid} is not published"))?;
-        let algorithm = jwk.common.key_algorithm.ok_or("the key has no alg")?;
-        let algorithm: jsonwebtoken::Algorithm = algorithm.to_string().parse().map_err(|_| "an alg JWTs cannot use")?;
-        let mut validation = jsonwebtoken::Validation::new(algorithm);
-        validation.set_audience(&[self.origin()]);
-        validation.set_issuer(&[format!("{}/.portcullis", self.origin())]);
-        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
-        jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map(|t| t.claims).map_err(|e| e.to_string())
+        verify_with_jwks(token, &self.jwks().await, &self.origin())
     }
+}
 
+/// Verifies an assertion with the key its `kid` names in `set`, for the proxy whose public URL is
+/// `origin` (the issuer and audience).
+pub fn verify_with_jwks(
+    token: &str,
+    set: &jsonwebtoken::jwk::JwkSet,
+    origin: &str,
+) -> Result<serde_json::Value, String> {
+    let kid = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?.kid.ok_or("no kid")?;
+    let jwk = set.find(&kid).ok_or(format!("kid {kid} is not published"))?;
+    let algorithm = jwk.common.key_algorithm.ok_or("the key has no alg")?;
+    let algorithm: jsonwebtoken::Algorithm = algorithm.to_string().parse().map_err(|_| "an alg JWTs cannot use")?;
+    let mut validation = jsonwebtoken::Validation::new(algorithm);
+    validation.set_audience(&[origin]);
+    validation.set_issuer(&[format!("{origin}/.portcullis")]);
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map(|t| t.claims).map_err(|e| e.to_string())
+}
+
+impl Proxy {
     /// The HS256 shared key the proxy generated (`identity.algorithm = "HS256"`), as an upstream
     /// would read it.
     pub fn identity_key(&self) -> Vec<u8> {

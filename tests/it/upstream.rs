@@ -34,8 +34,9 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// The first value of `name`, in any case (the names are kept in lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+        self.headers.get(&name.to_ascii_lowercase()).and_then(|v| v.first()).map(String::as_str)
     }
 }
 

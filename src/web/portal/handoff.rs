@@ -73,7 +73,11 @@ pub(super) async fn start(app: &Arc<App>, request: &Request<Incoming>, conn: &Co
     let Some(state) = query.state.filter(|s| s.len() == 43) else {
         let scheme = app.config().public_url.url().scheme().to_string();
         let query = serde_urlencoded::to_string([("to", to.as_str())]).unwrap_or_default();
-        return Ok(pages::see_other(&format!("{scheme}://{}{}?{query}", target.authority, Destination::Handoff.path())));
+        return Ok(pages::see_other(&format!(
+            "{scheme}://{}{}?{query}",
+            target.authority,
+            Destination::Handoff.path()
+        )));
     };
     let here = format!(
         "{}?{}",
