@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measures an authenticated GET through Portcullis against the same GET through nginx
-# `proxy_pass` and straight to the upstream, in one run, on loopback.
+# `proxy_pass`, through nginx asking Portcullis first (`auth_request`, forward-auth), and straight
+# to the upstream, in one run, on loopback.
 #
 #   bash bench/run.sh            # 10 s per measurement
 #   DURATION=30s bash bench/run.sh
@@ -37,7 +38,7 @@ echo "building portcullis (release)..." >&2
 (cd "$ROOT" && cargo build --release --quiet)
 BIN="$ROOT/target/release/portcullis"
 
-UPSTREAM_PORT=18080 NGINX_PORT=18081 PORTCULLIS_PORT=18082
+UPSTREAM_PORT=18080 NGINX_PORT=18081 PORTCULLIS_PORT=18082 AUTH_PORT=18083
 # Two nginx instances: the upstream, and nginx-as-proxy. Were they one instance, nginx could proxy
 # to itself inside one worker's event loop, an advantage no separate upstream gives a proxy.
 mkdir -p "$WORK/up/logs" "$WORK/px/logs"
@@ -73,6 +74,34 @@ http {
       proxy_set_header X-Forwarded-For \$remote_addr;
     }
   }
+  # Forward-auth: the same proxy_pass, after asking Portcullis (as deploy/nginx/forward-auth.conf).
+  upstream portcullis { server 127.0.0.1:$PORTCULLIS_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$AUTH_PORT;
+    location = /.portcullis/auth {
+      internal;
+      proxy_pass http://portcullis;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Original-URL \$scheme://\$http_host\$request_uri;
+      proxy_set_header X-Original-Method \$request_method;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+    }
+    location / {
+      auth_request /.portcullis/auth;
+      auth_request_set \$portcullis_user \$upstream_http_x_forwarded_user;
+      auth_request_set \$portcullis_assertion \$upstream_http_x_portcullis_assertion;
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-User \$portcullis_user;
+      proxy_set_header X-Portcullis-Assertion \$portcullis_assertion;
+    }
+  }
 }
 NGINX
 nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
@@ -84,6 +113,7 @@ upstream = "http://127.0.0.1:$UPSTREAM_PORT"
 public_url = "http://127.0.0.1:$PORTCULLIS_PORT"
 data_dir = "data"
 hosts = ["*.example.test"]
+trusted_proxies = ["127.0.0.1/32"]
 [log]
 level = "warn"
 TOML
@@ -108,6 +138,10 @@ SESSION=$(awk '$6 == "portcullis" { print "portcullis=" $7 }' "$WORK/jar")
 [ -n "$SESSION" ] || { echo "login failed" >&2; cat "$WORK/portcullis.err" >&2; exit 1; }
 STATUS=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $SESSION" "$BASE/")
 [ "$STATUS" = 200 ] || { echo "authenticated GET returned $STATUS" >&2; exit 1; }
+STATUS=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $SESSION" "http://127.0.0.1:$AUTH_PORT/")
+[ "$STATUS" = 200 ] || { echo "authenticated GET through nginx auth_request returned $STATUS" >&2; exit 1; }
+STATUS=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$AUTH_PORT/")
+[ "$STATUS" = 401 ] || { echo "anonymous GET through nginx auth_request returned $STATUS, not 401" >&2; exit 1; }
 
 # wrk prints "Requests/sec: N" and, with --latency, lines like "50%  1.23ms".
 to_us() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v*1000 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000000 } }'; }
@@ -136,17 +170,20 @@ for pass in "throughput 64 2" "latency 1 1"; do
   direct=$(measure direct "http://127.0.0.1:$UPSTREAM_PORT/" "$2" "$3")
   nginx=$(measure nginx "http://127.0.0.1:$NGINX_PORT/" "$2" "$3")
   portcullis=$(measure portcullis "$BASE/" "$2" "$3" "Cookie: $SESSION")
+  fwdauth=$(measure nginx+auth "http://127.0.0.1:$AUTH_PORT/" "$2" "$3" "Cookie: $SESSION")
   echo
   echo "## $1: $2 connection(s), $3 wrk thread(s), $DURATION, $(nproc) cores, $RULES access rule(s)"
   printf '%-11s %12s %10s %10s %8s\n' target "req/s" "p50 µs" "p99 µs" non-2xx
-  for row in "$direct" "$nginx" "$portcullis"; do
+  for row in "$direct" "$nginx" "$portcullis" "$fwdauth"; do
     printf '%-11s %12s %10s %10s %8s\n' $row
   done
   read -r _ d_rps d_p50 _ _ <<< "$direct"
   read -r _ n_rps n_p50 _ _ <<< "$nginx"
   read -r _ p_rps p_p50 _ _ <<< "$portcullis"
-  awk -v p="$p_rps" -v n="$n_rps" -v d="$d_rps" -v pl="$p_p50" -v nl="$n_p50" -v dl="$d_p50" 'BEGIN {
+  read -r _ f_rps f_p50 _ _ <<< "$fwdauth"
+  awk -v p="$p_rps" -v n="$n_rps" -v d="$d_rps" -v f="$f_rps" -v pl="$p_p50" -v nl="$n_p50" -v dl="$d_p50" -v fl="$f_p50" 'BEGIN {
     printf "portcullis/nginx throughput: %.2fx   portcullis/direct: %.2fx\n", p/n, p/d
-    printf "added p50 over direct: portcullis %+.0f µs, nginx %+.0f µs\n", pl-dl, nl-dl
+    printf "nginx+auth/nginx throughput: %.2fx   nginx+auth/portcullis: %.2fx\n", f/n, f/p
+    printf "added p50 over direct: portcullis %+.0f µs, nginx %+.0f µs, nginx+auth %+.0f µs\n", pl-dl, nl-dl, fl-dl
   }'
 done

@@ -93,10 +93,23 @@ pub enum WebError {
     ForwardAuthUntrusted,
     /// Forward-auth from a trusted front proxy that did not describe the request readably.
     #[error("forward-auth request not understood: {0}")]
-    ForwardAuthUndescribed(crate::web::forward_auth::Undescribed),
+    ForwardAuthUndescribed(Undescribed),
     /// A handoff code that is unknown, used, expired or for another host.
     #[error("handoff refused: {0}")]
     HandoffRefused(String),
+}
+
+/// Why a trusted front proxy's (forward-auth) description could not be read: its configuration is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Undescribed {
+    #[error("neither X-Original-URL (nginx) nor X-Forwarded-Uri (Caddy, Traefik) was sent")]
+    NoUri,
+    #[error("the original URL is a path, and X-Forwarded-Host is missing")]
+    NoHost,
+    #[error("a describing header is sent twice or is not text")]
+    Ambiguous,
+    #[error("the original URL, host or method cannot be read")]
+    Unreadable,
 }
 
 impl From<StoreError> for WebError {

@@ -25,7 +25,7 @@ use crate::base::headers::{self, ClientInfo};
 use crate::config::access::request_host;
 use crate::domain::access::{self as rules, Verdict};
 use crate::domain::session::{Lookup, Session};
-use crate::web::error::WebError;
+use crate::web::error::{Undescribed, WebError};
 use crate::web::gate::{Asked, api_refusal};
 use crate::web::malformed::is_plain_host;
 use crate::web::pages::{self, Body};
@@ -44,19 +44,6 @@ pub struct Described {
     /// Described the nginx way (`X-Original-URL`): nginx's `auth_request` accepts only 2xx, 401
     /// and 403 from us, so a redirect has to travel as a 401 with `Location`.
     pub nginx: bool,
-}
-
-/// Why a trusted front proxy's description could not be read: its configuration is wrong.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Undescribed {
-    #[error("neither X-Original-URL (nginx) nor X-Forwarded-Uri (Caddy, Traefik) was sent")]
-    NoUri,
-    #[error("the original URL is a path, and X-Forwarded-Host is missing")]
-    NoHost,
-    #[error("a describing header is sent twice or is not text")]
-    Ambiguous,
-    #[error("the original URL, host or method cannot be read")]
-    Unreadable,
 }
 
 /// The one value of `name`, if it was sent once.

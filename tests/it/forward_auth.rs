@@ -116,7 +116,7 @@ async fn nginx_auth_request_gates_with_the_shipped_sample() {
     let port = free_port();
     let proxy = portcullis_for(&upstream, port, "");
     let hosts = [("app.example.com", "app.example.test")];
-    let addresses = Addresses { portcullis: proxy.addr, app: upstream.addr, hosts: &hosts };
+    let addresses = Addresses { portcullis: proxy.addr, app: Some(upstream.addr), hosts: &hosts };
     let test = "nginx_auth_request_gates_with_the_shipped_sample";
     let Some(nginx) = Front::nginx(test, "nginx/forward-auth.conf", port, &addresses) else { return };
     let base = format!("http://app.example.test:{port}");
@@ -154,7 +154,7 @@ async fn nginx_sends_a_half_signed_in_browser_to_its_second_step() {
     let port = free_port();
     let proxy = portcullis_for(&upstream, port, "[mfa]\npolicy = \"required\"");
     let hosts = [("app.example.com", "app.example.test")];
-    let addresses = Addresses { portcullis: proxy.addr, app: upstream.addr, hosts: &hosts };
+    let addresses = Addresses { portcullis: proxy.addr, app: Some(upstream.addr), hosts: &hosts };
     let test = "nginx_sends_a_half_signed_in_browser_to_its_second_step";
     let Some(nginx) = Front::nginx(test, "nginx/forward-auth.conf", port, &addresses) else { return };
     let base = format!("http://app.example.test:{port}");
@@ -176,7 +176,7 @@ async fn caddy_forward_auth_gates_with_the_shipped_sample() {
     let port = free_port();
     let proxy = portcullis_for(&upstream, port, "");
     let hosts = [("app.example.com", "app.example.test")];
-    let addresses = Addresses { portcullis: proxy.addr, app: upstream.addr, hosts: &hosts };
+    let addresses = Addresses { portcullis: proxy.addr, app: Some(upstream.addr), hosts: &hosts };
     let test = "caddy_forward_auth_gates_with_the_shipped_sample";
     let Some(caddy) = Front::caddy(test, "caddy/Caddyfile.forward-auth", port, &addresses) else { return };
     let base = format!("http://app.example.test:{port}");
@@ -312,4 +312,43 @@ async fn a_trusted_front_proxy_that_describes_nothing_readable_gets_a_400() {
         .await
         .unwrap();
     assert_eq!(twice.status(), 400, "two descriptions: which one did the front proxy mean?");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_in_front_of_the_inline_proxy_with_the_shipped_sample() {
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    let proxy = portcullis_for(&upstream, port, "");
+    let hosts = [("app.example.com", "app.example.test")];
+    // The inline sample has no application address: Portcullis forwards to it.
+    let addresses = Addresses { portcullis: proxy.addr, app: None, hosts: &hosts };
+    let test = "nginx_in_front_of_the_inline_proxy_with_the_shipped_sample";
+    let Some(nginx) = Front::nginx(test, "nginx/inline.conf", port, &addresses) else { return };
+    let base = format!("http://app.example.test:{port}");
+    let browser = browser_at(nginx.addr(), &["app.example.test"]);
+    let first = browser.navigate(&format!("{base}/page")).await;
+    assert_eq!((first.status().as_u16(), location(&first)), (303, format!("{base}/.portcullis/login?rd=%2Fpage")));
+    let signed_in = browser.submit_login_at(&base, "alice", ALICE.password, "/page").await;
+    assert_eq!(signed_in.status(), 303);
+    let page = browser
+        .navigate_request(&format!("{base}/page"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-user", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.header("x-forwarded-user"), Some("alice"));
+    // nginx is trusted for the client's address and writes the one it saw, not the client's claim;
+    // Portcullis adds nginx's own.
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1, 127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-host"), Some(format!("app.example.test:{port}").as_str()));
+    // WebSockets pass nginx and the proxy, signed in.
+    let mut request = format!("ws://{}/ws", nginx.addr()).into_client_request().unwrap();
+    request.headers_mut().insert("host", "app.example.test".parse().unwrap());
+    request.headers_mut().insert("cookie", browser.cookie_header(&format!("{base}/")).unwrap().parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("a WebSocket through nginx, signed in");
+    futures_util::SinkExt::send(&mut ws, "ping".into()).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "ping");
 }

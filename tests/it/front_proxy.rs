@@ -22,8 +22,8 @@ pub struct Front {
 pub struct Addresses<'a> {
     /// Portcullis (`127.0.0.1:9091` in the samples).
     pub portcullis: SocketAddr,
-    /// The application (`127.0.0.1:8080` in the samples).
-    pub app: SocketAddr,
+    /// The application (`127.0.0.1:8080` in the samples that name it).
+    pub app: Option<SocketAddr>,
     /// Host names: each `(sample name, test name)`, e.g. `("app.example.com", "app.example.test")`.
     pub hosts: &'a [(&'a str, &'a str)],
 }
@@ -62,7 +62,9 @@ impl Front {
         {
             let dir = tempfile::tempdir().unwrap();
             let mut site = swap(&original, "127.0.0.1:9091", &addresses.portcullis.to_string(), &file);
-            site = swap(&site, "127.0.0.1:8080", &addresses.app.to_string(), &file);
+            if let Some(app) = addresses.app {
+                site = swap(&site, "127.0.0.1:8080", &app.to_string(), &file);
+            }
             site = swap(&site, "listen 80;", &format!("listen 127.0.0.1:{port};"), &file);
             for (from, to) in addresses.hosts {
                 site = swap(&site, from, to, &file);
@@ -105,7 +107,9 @@ impl Front {
         {
             let dir = tempfile::tempdir().unwrap();
             let mut site = swap(&original, "127.0.0.1:9091", &addresses.portcullis.to_string(), &file);
-            site = swap(&site, "127.0.0.1:8080", &addresses.app.to_string(), &file);
+            if let Some(app) = addresses.app {
+                site = swap(&site, "127.0.0.1:8080", &app.to_string(), &file);
+            }
             for (from, to) in addresses.hosts {
                 // A site address with a scheme and port: plain HTTP on the test's port.
                 site = swap(&site, &format!("{from} {{"), &format!("http://{to}:{port} {{"), &file);
