@@ -24,9 +24,13 @@ paths = ["/internal"]
 access = "deny"
 "#;
 
-/// Identity headers a client might forge, in our names and other gates'.
-const FORGED: [(&str, &str); 6] = [
+/// Identity headers a client might forge, in our names and other gates', and in the `_` spelling
+/// that CGI-style servers fold into the same name.
+const FORGED: [(&str, &str); 9] = [
     ("X-Forwarded-User", "mallory"),
+    ("X_Forwarded_User", "mallory"),
+    ("X_Portcullis_Assertion", "forged"),
+    ("Remote_User", "mallory"),
     ("X-Forwarded-Email", "mallory@example.com"),
     ("X-Forwarded-Groups", "admins"),
     ("X-Portcullis-Assertion", "forged"),
@@ -92,7 +96,7 @@ async fn the_gate_holds_through(base: &str, front: SocketAddr, upstream: &Upstre
     assert_eq!(seen.header("x-forwarded-user"), Some("alice"));
     assert_eq!(seen.header("x-forwarded-email"), Some("alice@example.com"));
     assert_eq!(seen.header("x-forwarded-groups"), Some("staff,wiki-admins"));
-    for other in ["remote-user", "x-remote-user"] {
+    for other in ["remote-user", "x-remote-user", "x_forwarded_user", "x_portcullis_assertion", "remote_user"] {
         assert!(seen.header(other).is_none(), "{other} forged by the client is dropped");
     }
     // The assertion verifies with the keys published at the public URL, as an upstream would.
