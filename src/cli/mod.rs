@@ -223,6 +223,13 @@ fn check_config(path: &Path) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // A damaged or too-open key set stops the proxy at start; say so before that.
+            if config.identity.algorithm != config::IdentityAlgorithm::HS256
+                && let Err(e) = crate::domain::identity::keys::KeySet::load(&config.identity.key_file)
+            {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{} is valid: {} listener(s), upstream {}, {} account(s)",
                 path.display(),

@@ -203,4 +203,8 @@ async fn rotating_while_stopped_and_a_corrupt_key_file() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("identity key file") && said.contains("never replaced"), "{said}");
     assert_eq!(std::fs::read_to_string(&key_file).unwrap(), corrupt, "not regenerated");
+    // `check-config` says so before a start would.
+    let out = second.cli(&["check-config"], "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("identity key file"));
 }
