@@ -104,10 +104,18 @@ pub enum WebError {
 pub enum Undescribed {
     #[error("neither X-Original-URL (nginx) nor X-Forwarded-Uri (Caddy, Traefik) was sent")]
     NoUri,
-    #[error("the original URL is a path, and X-Forwarded-Host is missing")]
+    #[error(
+        "the original URL is a path, and X-Forwarded-Host is missing (or, for nginx's X-Original-URL, not allowed)"
+    )]
     NoHost,
     #[error("a describing header is sent twice or is not text")]
     Ambiguous,
+    /// nginx's `X-Original-*` next to `X-Forwarded-Uri`/`-Method`: one family is the front
+    /// proxy's, the other the client's, and nothing here can tell which.
+    #[error(
+        "the description mixes X-Original-URL/-Method (nginx) with X-Forwarded-Uri/-Method (Caddy, Traefik); the front proxy must clear the family it does not send"
+    )]
+    Mixed,
     #[error("the original URL, host or method cannot be read")]
     Unreadable,
 }

@@ -62,18 +62,36 @@ fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Und
 /// subrequest's own method is the original's (Caddy sends GET either way, with the header).
 pub fn describe(headers: &HeaderMap, own_method: &Method) -> Result<Described, Undescribed> {
     let original_url = single(headers, "x-original-url")?;
+    let original_method = single(headers, "x-original-method")?;
+    let forwarded_uri = single(headers, "x-forwarded-uri")?;
+    let forwarded_method = single(headers, "x-forwarded-method")?;
+    // Front proxies copy the client's headers into their question and overwrite only the ones
+    // they write themselves: Caddy passes a client's `X-Original-URL` along, nginx a client's
+    // `X-Forwarded-Uri`. Preferring either family would let a client describe its own request
+    // (a bypassed path for a denied one), so a description with both is refused.
     let nginx = original_url.is_some();
+    let mixed = if nginx { forwarded_uri.is_some() || forwarded_method.is_some() } else { original_method.is_some() };
+    if mixed {
+        return Err(Undescribed::Mixed);
+    }
     let uri_text = match original_url {
         Some(url) => url,
-        None => single(headers, "x-forwarded-uri")?.ok_or(Undescribed::NoUri)?,
+        None => forwarded_uri.ok_or(Undescribed::NoUri)?,
     };
-    let method = match single(headers, "x-original-method")?.or(single(headers, "x-forwarded-method")?) {
+    let method = match original_method.or(forwarded_method) {
         Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| Undescribed::Unreadable)?,
         None => own_method.clone(),
     };
     let uri: http::Uri = uri_text.parse().map_err(|_| Undescribed::Unreadable)?;
     let authority = match uri.authority() {
-        Some(authority) => authority.as_str().to_string(),
+        // nginx's sample writes the port it accepted on (`$host:$server_port`); the scheme's own
+        // port adds nothing to the URLs built from it.
+        Some(authority) => match (uri.scheme_str(), authority.port_u16()) {
+            (Some("https"), Some(443)) | (Some("http"), Some(80)) => authority.host().to_string(),
+            _ => authority.as_str().to_string(),
+        },
+        // nginx passes a client's X-Forwarded-Host along: its URL must name the host itself.
+        None if nginx => return Err(Undescribed::NoHost),
         None => single(headers, "x-forwarded-host")?.ok_or(Undescribed::NoHost)?.to_string(),
     };
     let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
@@ -132,11 +150,11 @@ impl App {
                 let identity = full.upstream_identity(&self.signer).map_err(|e| {
                     WebError::Internal(format!("cannot build the identity for {}: {e}", full.user().name))
                 })?;
-                let mut response = pages::plain(StatusCode::OK, "");
+                let mut response = self.pass(request.headers());
                 identity.apply(response.headers_mut(), &self.config().identity.headers);
                 response
             }
-            (Verdict::Bypass, _) => pages::plain(StatusCode::OK, ""),
+            (Verdict::Bypass, _) => self.pass(request.headers()),
             (Verdict::Deny, _) => WebError::Denied.into_response(),
             (verdict, lookup) => self.not_yet(request.headers(), &described, verdict, lookup, &target),
         };
@@ -144,6 +162,25 @@ impl App {
             Some(user) => with_user(response, &user),
             None => response,
         })
+    }
+
+    /// A 200: the request may pass. It carries, as `Cookie`, the client's cookies as the
+    /// application should get them: without the proxy's own (a session cookie is a credential the
+    /// application has no use for, as the inline proxy makes sure). The samples copy it over the
+    /// request's; an empty value means none are left, which nginx and Traefik turn into no
+    /// `Cookie` at all. A `Cookie` in a response means nothing to anyone else, and only a 2xx
+    /// carries it, which front proxies never pass to the client.
+    fn pass(&self, subrequest: &HeaderMap) -> Response<Body> {
+        let mut cookies = HeaderMap::new();
+        for value in subrequest.get_all(header::COOKIE) {
+            cookies.append(header::COOKIE, value.clone());
+        }
+        let own = self.config().session.own_cookies();
+        headers::strip_cookies(&mut cookies, &own.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut response = pages::plain(StatusCode::OK, "");
+        let kept = cookies.remove(header::COOKIE).unwrap_or_else(|| HeaderValue::from_static(""));
+        response.headers_mut().insert(header::COOKIE, kept);
+        response
     }
 
     /// Where a visitor who may not pass yet must go: the inline gate's answer (sign-in page,
@@ -234,8 +271,26 @@ mod tests {
     }
 
     #[test]
+    fn a_description_in_both_families_is_refused() {
+        // Caddy's question with a client's X-Original-URL copied in, and nginx's with a client's
+        // X-Forwarded-Uri or -Method: each names two requests.
+        let caddy = [("x-forwarded-uri", "/admin"), ("x-forwarded-host", "a"), ("x-original-url", "http://a/public")];
+        let caddy_method = [("x-forwarded-uri", "/api"), ("x-forwarded-host", "a"), ("x-original-method", "GET")];
+        let nginx = [("x-original-url", "http://a/admin"), ("x-forwarded-uri", "/public")];
+        let nginx_method = [("x-original-url", "http://a/admin"), ("x-forwarded-method", "GET")];
+        for pairs in [&caddy[..], &caddy_method, &nginx, &nginx_method] {
+            assert_eq!(describe(&headers(pairs), &Method::GET), Err(Undescribed::Mixed), "{pairs:?}");
+        }
+        // nginx's own X-Forwarded-Host next to X-Original-URL is no description: the URL's
+        // authority is the host.
+        let h = headers(&[("x-original-url", "https://a.example:443/x"), ("x-forwarded-host", "b.example")]);
+        assert_eq!(describe(&h, &Method::GET).unwrap().authority, "a.example");
+    }
+
+    #[test]
     fn what_cannot_be_read_is_refused() {
-        let table: [(&[(&str, &str)], Undescribed); 7] = [
+        let table: [(&[(&str, &str)], Undescribed); 8] = [
+            (&[("x-original-url", "/admin"), ("x-forwarded-host", "a")], Undescribed::NoHost),
             (&[], Undescribed::NoUri),
             (&[("x-forwarded-uri", "/")], Undescribed::NoHost),
             (

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use crate::attacks::{raw_to, status_of};
 use crate::front_proxy::{Addresses, Front};
 use crate::harness::{ALICE, Browser, Proxy, free_port, proxy, verify_with_jwks};
 use crate::upstream::Upstream;
@@ -26,7 +27,10 @@ access = "deny"
 
 /// Identity headers a client might forge, in our names and other gates', and in the `_` spelling
 /// that CGI-style servers fold into the same name.
-const FORGED: [(&str, &str); 9] = [
+const FORGED: [(&str, &str); 12] = [
+    ("X-Auth-Request-User", "mallory"),
+    ("X-authentik-username", "mallory"),
+    ("Cf-Access-Authenticated-User-Email", "mallory@example.com"),
     ("X-Forwarded-User", "mallory"),
     ("X_Forwarded_User", "mallory"),
     ("X_Portcullis_Assertion", "forged"),
@@ -83,7 +87,25 @@ async fn the_gate_holds_through(base: &str, front: SocketAddr, upstream: &Upstre
         assert!(seen.header(name).is_none(), "a bypassed request carries no {name}: {:?}", seen.header(name));
     }
     assert_eq!(browser.navigate(&format!("{base}/internal")).await.status(), 403);
+    // A client describing its request itself, in either family, as a bypassed one: the front
+    // proxy's description is the one judged.
+    let described = |r: reqwest::RequestBuilder| {
+        r.header("x-original-url", format!("{base}/public"))
+            .header("x-original-method", "GET")
+            .header("x-forwarded-uri", "/public")
+            .header("x-forwarded-method", "GET")
+    };
+    let denied = described(browser.navigate_request(&format!("{base}/internal"))).send().await.unwrap();
+    assert_ne!(denied.status(), 200, "a denied path described as a bypassed one");
+    let api = described(browser.http.post(format!("{base}/api/write"))).send().await.unwrap();
+    assert_ne!(api.status(), 200, "a POST to a gated path described as a GET of a bypassed one");
     assert_eq!(upstream.seen().len(), 1, "nothing but the bypassed request reached the upstream");
+
+    // The application gets the browser's own cookies, never Portcullis's.
+    browser.jar.add_cookie_str("theme=dark; Path=/", &format!("{base}/").parse().unwrap());
+    let open = browser.navigate(&format!("{base}/public/cookies")).await;
+    assert_eq!(open.status(), 200);
+    assert_eq!(upstream.seen().pop().unwrap().header("cookie"), Some("theme=dark"));
 
     // Signing in on the proxy's pages, served on the same host through the front proxy.
     let signed_in = browser.submit_login_at(base, "alice", ALICE.password, "/page?x=1").await;
@@ -96,6 +118,8 @@ async fn the_gate_holds_through(base: &str, front: SocketAddr, upstream: &Upstre
     assert_eq!(seen.header("x-forwarded-user"), Some("alice"));
     assert_eq!(seen.header("x-forwarded-email"), Some("alice@example.com"));
     assert_eq!(seen.header("x-forwarded-groups"), Some("staff,wiki-admins"));
+    let cookie = seen.header("cookie").unwrap_or("");
+    assert!(cookie.contains("theme=dark") && !cookie.contains("portcullis"), "the app's cookies only: {cookie}");
     for other in ["remote-user", "x-remote-user", "x_forwarded_user", "x_portcullis_assertion", "remote_user"] {
         assert!(seen.header(other).is_none(), "{other} forged by the client is dropped");
     }
@@ -108,6 +132,7 @@ async fn the_gate_holds_through(base: &str, front: SocketAddr, upstream: &Upstre
     browser.navigate(&format!("{base}/public/y")).await;
     let seen = upstream.seen().pop().unwrap();
     assert!(seen.header("x-forwarded-user").is_none(), "{:?}", seen.headers);
+    assert_eq!(seen.header("cookie"), Some("theme=dark"), "a bypassed request gets no session cookie either");
     // The question is the front proxy's to ask: a client asking it directly learns nothing.
     let direct = browser.navigate(&format!("{base}/.portcullis/auth")).await;
     assert_eq!(direct.status(), 404);
@@ -355,4 +380,31 @@ async fn nginx_in_front_of_the_inline_proxy_with_the_shipped_sample() {
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("a WebSocket through nginx, signed in");
     futures_util::SinkExt::send(&mut ws, "ping".into()).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "ping");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_judges_the_host_it_routes_by() {
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    // The wiki is a host Portcullis serves, wide open; nginx here serves only the app.
+    let proxy = proxy(&upstream.url())
+        .public_host("app.example.test")
+        .public_port(port)
+        .toml("hosts = [\"wiki.example.test\"]\ntrusted_proxies = [\"127.0.0.1/32\"]")
+        .toml("[[rule]]\nhosts = [\"wiki.example.test\"]\naccess = \"bypass\"")
+        .start();
+    let hosts = [("app.example.com", "app.example.test")];
+    let addresses = Addresses { portcullis: proxy.addr, app: Some(upstream.addr), hosts: &hosts };
+    let test = "nginx_judges_the_host_it_routes_by";
+    let Some(nginx) = Front::nginx(test, "nginx/forward-auth.conf", port, &addresses) else { return };
+    // The wiki's name on the app's server: nginx's default server answers nothing at all.
+    let other = raw_to(nginx.addr(), b"GET /page HTTP/1.1\r\nHost: wiki.example.test\r\nConnection: close\r\n\r\n");
+    assert!(other.is_empty(), "{other}");
+    // The app's name in the request line, the wiki's in Host: nginx routes by the request line,
+    // and that is the host judged (the app's: sign in first), not the wiki's.
+    let request = format!(
+        "GET http://app.example.test:{port}/page HTTP/1.1\r\nHost: wiki.example.test:{port}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(status_of(&raw_to(nginx.addr(), request.as_bytes())), 401);
+    assert!(upstream.seen().is_empty(), "nothing reached the app");
 }

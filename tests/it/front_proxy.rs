@@ -65,7 +65,7 @@ impl Front {
             if let Some(app) = addresses.app {
                 site = swap(&site, "127.0.0.1:8080", &app.to_string(), &file);
             }
-            site = swap(&site, "listen 80;", &format!("listen 127.0.0.1:{port};"), &file);
+            site = swap(&site, "listen 80", &format!("listen 127.0.0.1:{port}"), &file);
             for (from, to) in addresses.hosts {
                 site = swap(&site, from, to, &file);
             }

@@ -25,7 +25,12 @@ use crate::upstream::Upstream;
 
 /// Sends raw bytes and returns whatever comes back until the server closes or goes quiet.
 pub(crate) fn raw(proxy: &Proxy, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    raw_to(proxy.addr, request)
+}
+
+/// [`raw`] to any address (a front proxy's).
+pub(crate) fn raw_to(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream.write_all(request).unwrap();
     let mut out = Vec::new();
