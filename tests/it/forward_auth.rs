@@ -408,3 +408,36 @@ async fn nginx_judges_the_host_it_routes_by() {
     assert_eq!(status_of(&raw_to(nginx.addr(), request.as_bytes())), 401);
     assert!(upstream.seen().is_empty(), "nothing reached the app");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caddy_in_front_of_the_inline_proxy_with_the_shipped_sample() {
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    let proxy = portcullis_for(&upstream, port, "");
+    let hosts = [("app.example.com", "app.example.test")];
+    let addresses = Addresses { portcullis: proxy.addr, app: None, hosts: &hosts };
+    let test = "caddy_in_front_of_the_inline_proxy_with_the_shipped_sample";
+    let Some(caddy) = Front::caddy(test, "caddy/Caddyfile.inline", port, &addresses) else { return };
+    let base = format!("http://app.example.test:{port}");
+    let browser = browser_at(caddy.addr(), &["app.example.test"]);
+    let first = browser.navigate(&format!("{base}/page")).await;
+    assert_eq!((first.status().as_u16(), location(&first)), (303, format!("{base}/.portcullis/login?rd=%2Fpage")));
+    assert_eq!(browser.submit_login_at(&base, "alice", ALICE.password, "/page").await.status(), 303);
+    let page = browser
+        .navigate_request(&format!("{base}/page"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-user", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.header("x-forwarded-user"), Some("alice"));
+    // Caddy ignores the client's X-Forwarded-For and writes the address it saw.
+    assert!(
+        !seen.header("x-forwarded-for").unwrap_or("").contains("203.0.113.9"),
+        "{:?}",
+        seen.header("x-forwarded-for")
+    );
+    assert!(!seen.header("cookie").unwrap_or("").contains("portcullis"));
+}
