@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 mod explain;
 mod identity;
+mod providers;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -99,8 +100,15 @@ pub enum AdminCommand {
     /// Every account: its factors, when it enrolled and last signed in, what the policy asks of
     /// it, and its live sessions.
     Users,
-    /// Who has which factor.
-    Factors,
+    /// Who has which factor (that counts under the configured providers).
+    Factors {
+        /// Only the accounts whose every factor belongs to a disabled or unconfigured provider:
+        /// locked out where 2FA is required, without 2FA where it is optional.
+        #[arg(long)]
+        stranded: bool,
+    },
+    /// The factor providers: kind, name, status, and how many accounts use each.
+    Providers,
     /// How many accounts have 2FA, overall and per group, and who is still missing it where it is
     /// required.
     Adoption,
@@ -384,13 +392,17 @@ fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {
 enum AdminView {
     Plain,
     Factors,
+    /// `factors --stranded`.
+    Stranded,
     Json,
 }
 
 fn admin_command(path: &Path, action: AdminCommand, json: bool) -> ExitCode {
     let (request, view) = match action {
         AdminCommand::Users => (admin::Request::Users, AdminView::Plain),
-        AdminCommand::Factors => (admin::Request::Users, AdminView::Factors),
+        AdminCommand::Factors { stranded: false } => (admin::Request::Users, AdminView::Factors),
+        AdminCommand::Factors { stranded: true } => (admin::Request::Users, AdminView::Stranded),
+        AdminCommand::Providers => (admin::Request::Providers, AdminView::Plain),
         AdminCommand::Adoption => (admin::Request::Adoption, AdminView::Plain),
         AdminCommand::Reset2fa { name } => (admin::Request::Reset2fa { user: name }, AdminView::Plain),
         AdminCommand::Revoke { name, all: _ } => {
@@ -460,6 +472,8 @@ fn print_reply(reply: &admin::Reply, view: AdminView) {
         return;
     }
     match reply {
+        Reply::Users { users } if view == AdminView::Stranded => providers::print_stranded(users),
+        Reply::Providers { providers } => providers::print_providers(providers),
         Reply::Users { users } if view == AdminView::Factors => {
             let with = |factor: &str| -> Vec<&str> {
                 users.iter().filter(|u| u.factors.iter().any(|f| f == factor)).map(|u| u.name.as_str()).collect()

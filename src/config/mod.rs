@@ -10,6 +10,7 @@
 pub mod access;
 pub mod notify;
 pub mod problems;
+pub mod providers;
 mod raw;
 pub mod reload;
 pub mod sandstorm;
@@ -17,5 +18,6 @@ pub mod settings;
 mod validate;
 
 pub use problems::ConfigError;
+pub use providers::{Provider, ProviderId, ProviderKind, ProviderStatus, Providers};
 pub use settings::*;
 pub use validate::{load, parse};

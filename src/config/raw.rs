@@ -143,6 +143,16 @@ pub struct RawMfa {
     pub remember_device: Option<String>,
     pub email_otp: Option<bool>,
     pub email_code_digits: Option<i64>,
+    /// `[[mfa.provider]]` tables.
+    pub provider: Option<Vec<RawProvider>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawProvider {
+    pub id: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub status: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

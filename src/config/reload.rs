@@ -28,7 +28,7 @@ pub struct Reloaded {
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error(
-        "mfa.email_otp = true needs a mail transport, but the running notify.transport is \"off\" and changes only at a restart. Fix: restart to apply both, or keep mfa.email_otp = false"
+        "codes by email (mfa.email_otp = true, or an email provider) need a mail transport, but the running notify.transport is \"off\" and changes only at a restart. Fix: restart to apply both, or keep codes by email off"
     )]
     EmailWithoutMail,
 }
@@ -51,7 +51,9 @@ pub fn merge(running: &Config, new: Config) -> Result<Reloaded, ReloadError> {
     let mut config = running.clone();
     // The new file was checked as a whole; the combination of its live keys with the running
     // restart-only ones is checked here, so a reload never accepts what a start would refuse.
-    if new.mfa.email_otp && matches!(running.notify.transport, crate::config::notify::Transport::Off) {
+    if new.mfa.providers.needing_mail().next().is_some()
+        && matches!(running.notify.transport, crate::config::notify::Transport::Off)
+    {
         return Err(ReloadError::EmailWithoutMail);
     }
     config.mfa = new.mfa;

@@ -228,9 +228,9 @@ pub struct MfaSettings {
     pub policy: MfaPolicy,
     /// Under `optional`, members of these groups are treated as `required`.
     pub required_groups: Vec<String>,
-    /// Whether users may set up an authenticator app (TOTP, RFC 6238). Codes by email are the
-    /// other second factor (`email_otp`); recovery codes come with either.
-    pub totp: bool,
+    /// The kinds of second factor offered, and in what status (`[[mfa.provider]]`, or the old
+    /// `totp` and `email_otp` switches). Recovery codes are no provider: they come with any.
+    pub providers: crate::config::providers::Providers,
     /// The name authenticator apps show next to the account.
     pub issuer: String,
     /// Sensitive account changes need a second factor proven this recently.
@@ -251,8 +251,6 @@ pub struct MfaSettings {
     /// "Remember this browser" on the challenge page: a browser where a second factor was proven
     /// skips it (never the password) for this long. Off when `None`.
     pub remember_device: Option<Duration>,
-    /// Whether users may use one-time codes by email as a second factor.
-    pub email_otp: bool,
     /// How many digits an emailed code has (6 to 8).
     pub email_code_digits: u32,
 }

@@ -62,6 +62,12 @@ pub enum SecurityEvent {
     RecoveredWithLink,
     /// The password was right, but the second step never came: maybe someone else has it.
     SecondStepAbandoned,
+    /// A second step the account uses is being retired by the administrator (a `deprecated`
+    /// provider): `names` of those, and what can be set up `instead`, if anything.
+    ProviderRetiring {
+        names: String,
+        instead: Option<String>,
+    },
 }
 
 impl SecurityEvent {
@@ -126,6 +132,13 @@ impl SecurityEvent {
             Self::AuthenticatorReplaced => (
                 "Your authenticator app was replaced",
                 "A new authenticator app was set up for your account; codes from the old one no longer work. Your recovery codes still do.".into(),
+            ),
+            Self::ProviderRetiring { names, instead } => (
+                "A second step of your account is being retired",
+                match instead {
+                    Some(instead) => format!("Your administrator is retiring {names}. It still works for now, but it will stop working later. Set up {instead} from your account page, then remove the old one."),
+                    None => format!("Your administrator is retiring {names}. It still works for now, but it will stop working later. Ask your administrator what to use instead."),
+                },
             ),
             Self::PasswordChanged => (
                 "Your password was changed",

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::base::clock::{SharedClock, UnixTime};
-use crate::domain::factors::Accounts;
+use crate::domain::factors::{Accounts, FactorKind, providers};
 use crate::domain::notify::{Notifier, SecurityEvent};
 use crate::domain::policy::{self, Requirement};
 use crate::domain::regulation::{Regulator, Restriction};
@@ -51,6 +51,8 @@ pub enum Request {
     /// Rotates the identity signing keys: next becomes current, a new next is made, the old
     /// current is retired (published until what it signed has expired).
     RotateIdentityKey,
+    /// The factor providers, with how many accounts have a factor pointing at each.
+    Providers,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +104,9 @@ pub enum Reply {
     IdentityKeyRotated {
         rotation: crate::domain::identity::keys::Rotation,
     },
+    Providers {
+        providers: Vec<crate::domain::factors::providers::ProviderRow>,
+    },
     Refused {
         reason: String,
     },
@@ -114,8 +119,12 @@ pub struct UserStatus {
     pub display_name: String,
     pub email: String,
     pub groups: Vec<String>,
-    /// The factors the account has: `totp`, `email`, `recovery_codes`.
+    /// The factors the account has that count: `totp`, `email`, `recovery_codes`.
     pub factors: Vec<String>,
+    /// Providers (ids) of the account's factors that no longer count (disabled or unknown). With
+    /// no `factors`, the account is stranded: `admin factors --stranded`.
+    #[serde(default)]
+    pub turned_off: Vec<String>,
     pub recovery_codes_left: usize,
     pub enrolled_at: Option<UnixTime>,
     pub last_sign_in: Option<UnixTime>,
@@ -192,8 +201,12 @@ impl Admin {
                 Reply::Revoked { ended }
             }
             Request::DowngradeAll => {
-                let has_factor =
-                    |name: &str| self.users.get(name).is_some_and(|user| self.accounts.get(&user).has_second_factor());
+                let config = self.config.load();
+                let has_factor = |name: &str| {
+                    self.users.get(name).is_some_and(|user| {
+                        providers::has_counting_factor(&self.accounts.get(&user), &config.mfa.providers)
+                    })
+                };
                 let downgraded = self.sessions.downgrade_where(has_factor).await?;
                 let ended = self.sessions.end_where(|user| !has_factor(user)).await?;
                 tracing::warn!(target: "portcullis::security", %operator, downgraded, ended, "admin: every session sent back to prove its factors");
@@ -234,6 +247,11 @@ impl Admin {
                 self.recovery_link(&user, valid_for, email, operator).await?
             }
             Request::RotateIdentityKey => self.rotate_identity_key(operator).await,
+            Request::Providers => {
+                let records: Vec<_> = self.users.all().iter().map(|user| self.accounts.get(user)).collect();
+                let census = providers::census(records.iter().map(|r| r.as_ref()));
+                Reply::Providers { providers: providers::rows(&self.config.load().mfa.providers, &census) }
+            }
         })
     }
 
@@ -342,16 +360,20 @@ impl Admin {
             .into_iter()
             .map(|user| {
                 let record = self.accounts.get(&user);
+                let config = self.config.load();
+                let known = &config.mfa.providers;
                 let mut factors = Vec::new();
-                if record.totp.is_some() {
+                if providers::counts(&record, known, FactorKind::Totp) {
                     factors.push("totp".to_string());
                 }
-                if record.email.is_some() {
+                if providers::counts(&record, known, FactorKind::Email) {
                     factors.push("email".to_string());
                 }
-                if record.recovery_codes_left() > 0 {
+                // Codes back up a factor that counts; alone they are not listed as one.
+                if record.recovery_codes_left() > 0 && !factors.is_empty() {
                     factors.push("recovery_codes".to_string());
                 }
+                let turned_off = providers::not_counting(&record, known).iter().map(|id| id.to_string()).collect();
                 let (requirement, required_from) = describe(policy::requirement(&self.config.load().mfa, &user, now));
                 let (full_sessions, partial_sessions) = sessions.get(user.name.as_str()).copied().unwrap_or_default();
                 UserStatus {
@@ -360,6 +382,7 @@ impl Admin {
                     email: user.email.clone(),
                     groups: user.groups.clone(),
                     factors,
+                    turned_off,
                     recovery_codes_left: record.recovery_codes_left(),
                     enrolled_at: record.enrolled_at(),
                     last_sign_in: record.last_sign_in,
@@ -432,6 +455,7 @@ mod tests {
             email: format!("{name}@example.com"),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             factors: if totp { vec!["totp".into()] } else { vec![] },
+            turned_off: vec![],
             recovery_codes_left: 0,
             enrolled_at: None,
             last_sign_in: None,

@@ -7,7 +7,7 @@
 //! rule that only applies at login leaves old sessions unconverted for days).
 
 use crate::config::{MfaPolicy, MfaSettings};
-use crate::domain::factors::{AccountRecord, FactorKind};
+use crate::domain::factors::{AccountRecord, FactorKind, providers};
 use crate::domain::users::User;
 
 /// What one account must prove beyond the password.
@@ -144,14 +144,14 @@ pub fn may_set_up(
     kind: FactorKind,
     proven: Proven,
 ) -> Setup {
-    let (offered, has) = match kind {
-        FactorKind::Totp => (mfa.totp, account.totp.is_some()),
-        FactorKind::Email => (mfa.email_otp, account.email.is_some()),
-    };
+    // Offered: an active provider of the kind. Has: a factor of it that still counts (one whose
+    // provider was disabled is replaced as if it were not there).
+    let offered = mfa.providers.active(providers::kind_of(kind)).is_some();
+    let has = providers::counts(account, &mfa.providers, kind);
     if !offered || requirement == Requirement::Off || (has && kind == FactorKind::Email) {
         return Setup::No;
     }
-    if !account.has_second_factor() {
+    if !providers::has_counting_factor(account, &mfa.providers) {
         return Setup::Add;
     }
     match (proven, has) {
@@ -211,7 +211,7 @@ mod tests {
         let mfa = MfaSettings {
             policy: MfaPolicy::Optional,
             required_groups: vec!["developers".into()],
-            totp: true,
+            providers: crate::config::Providers::from_switches(true, false),
             issuer: "x".into(),
             step_up_window: std::time::Duration::from_secs(600),
             attempts: 5,
@@ -219,7 +219,6 @@ mod tests {
             group_required_after: Default::default(),
             nudge_every: None,
             remember_device: None,
-            email_otp: false,
             email_code_digits: 6,
         };
         assert_eq!(requirement(&mfa, &user, 1_799_999_999), Upcoming(1_800_000_000));
@@ -277,7 +276,7 @@ mod tests {
         let mfa = MfaSettings {
             policy: MfaPolicy::Optional,
             required_groups: vec![],
-            totp: true,
+            providers: crate::config::Providers::from_switches(true, true),
             issuer: "x".into(),
             step_up_window: std::time::Duration::from_secs(600),
             attempts: 3,
@@ -285,7 +284,6 @@ mod tests {
             group_required_after: Default::default(),
             nudge_every: None,
             remember_device: None,
-            email_otp: true,
             email_code_digits: 6,
         };
         let none = AccountRecord::default();
@@ -295,6 +293,7 @@ mod tests {
                 enrolled_at: 0,
                 last_used_at: None,
                 last_step: 0,
+                provider: crate::config::ProviderId::totp(),
             }),
             ..Default::default()
         };
@@ -317,7 +316,7 @@ mod tests {
                 "{requirement:?} {kind:?} {proven:?}"
             );
         }
-        let app_only = MfaSettings { email_otp: false, ..mfa };
+        let app_only = MfaSettings { providers: crate::config::Providers::from_switches(true, false), ..mfa };
         assert_eq!(may_set_up(&app_only, Optional, &none, Email, fresh), Setup::No, "not offered");
     }
 

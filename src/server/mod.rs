@@ -146,7 +146,7 @@ impl Server {
             Some(addr) => Some(crate::server::telemetry::Telemetry::bind(addr).await?),
             None => None,
         };
-        if config.mfa.email_otp
+        if config.mfa.providers.needing_mail().next().is_some()
             && let crate::config::notify::Transport::File(dir) = &config.notify.transport
         {
             tracing::warn!(
@@ -323,7 +323,7 @@ fn tell_abandoned(app: &App, users: &[String]) {
     let mut told = std::collections::HashSet::new();
     for name in users {
         let Some(user) = app.users.get(name) else { continue };
-        if app.account(&user).has_second_factor() && told.insert(name.clone()) {
+        if app.has_factor(&user) && told.insert(name.clone()) {
             tracing::warn!(target: "portcullis::security", user = %name, "password right, second step abandoned");
             app.notifier.send(&user, crate::domain::notify::SecurityEvent::SecondStepAbandoned, app.clock.now(), false);
         }
@@ -336,6 +336,10 @@ fn tell_abandoned(app: &App, users: &[String]) {
 async fn config_watcher(app: Arc<App>, mut hangup: Option<tokio::signal::unix::Signal>, manager: Arc<ServiceManager>) {
     let source = app.config().source.clone();
     let mut seen = crate::domain::users::stamp(&source);
+    // Providers first, at start: ids factors point at that are gone, and users of deprecated
+    // ones to tell. The same after every reload that applied, in this task, so two sweeps never
+    // run at once.
+    review_providers(&app).await;
     let mut tick = tokio::time::interval(CONFIG_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -363,11 +367,29 @@ async fn config_watcher(app: Arc<App>, mut hangup: Option<tokio::signal::unix::S
         }
         seen = now;
         let config_ok = reload_config(&app, &source);
+        if config_ok {
+            review_providers(&app).await;
+        }
         // READY=1 either way: a refused file leaves the proxy serving its running configuration.
         manager.ready(match (config_ok, users_ok) {
             (true, true) => "serving; configuration reloaded",
             _ => "serving; the last reload was refused (see the log), the running configuration stays",
         });
+    }
+}
+
+/// Logs factors whose provider is not configured, and mails users of deprecated providers who
+/// were not told yet.
+async fn review_providers(app: &App) {
+    let providers = app.config().mfa.providers.clone();
+    let accounts = &app.factors.accounts;
+    crate::domain::factors::providers::warn_unconfigured(&app.users, accounts, &providers);
+    let now = app.clock.now();
+    match crate::domain::factors::providers::mail_retirements(&app.users, accounts, &app.notifier, &providers, now)
+        .await
+    {
+        Ok(mailed) => tracing::info!(mailed, "providers reviewed: users of deprecated providers told"),
+        Err(e) => tracing::error!("users of deprecated providers could not be told: {e}"),
     }
 }
 

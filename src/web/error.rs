@@ -58,6 +58,13 @@ pub enum WebError {
     TooManyCodes { paused_for: Option<i64> },
     #[error("no second factor can be set up, and one is required")]
     NoFactorPossible,
+    /// Every factor of the account belongs to a disabled provider (`names`), 2FA is required, and
+    /// nothing can be set up instead: no access, and what to do about it.
+    #[error("the account's factors ({names}) were disabled and nothing else can be set up")]
+    Stranded { names: String },
+    /// A setup of a kind no active provider offers (a deprecated one, or a forged form).
+    #[error("that kind of second step is not offered")]
+    FactorNotOffered,
     #[error("the last factor of an account that requires 2FA")]
     LastFactorRequired,
     #[error("not in the admin group")]
@@ -161,6 +168,7 @@ impl From<EnrollError> for WebError {
     fn from(e: EnrollError) -> Self {
         match e {
             EnrollError::Store(e) => Self::Unavailable(e.to_string()),
+            EnrollError::NotOffered => Self::FactorNotOffered,
             other => Self::Internal(other.to_string()),
         }
     }
@@ -330,6 +338,18 @@ impl WebError {
                 "Two-step verification cannot be set up",
                 "Your account needs a second step, but none can be set up here at the moment. Tell your administrator.".into(),
                 Some((Destination::Logout.path().into(), "Sign out")),
+            ),
+            Self::Stranded { names } => (
+                StatusCode::FORBIDDEN,
+                "Your second step was turned off",
+                format!("Your password was right, but {names} can no longer be used to sign in here: your administrator turned it off, and no other kind of second step can be set up right now. Until that changes you cannot go on. Contact your administrator: they can turn it back on, or send you a recovery link with which you set up a new second step."),
+                Some((Destination::Logout.path().into(), "Sign out")),
+            ),
+            Self::FactorNotOffered => (
+                StatusCode::FORBIDDEN,
+                "Not offered",
+                "That kind of second step cannot be set up here any more. Your account page shows what can.".into(),
+                Some((Destination::Account.path().into(), "Go to your account")),
             ),
             Self::LastFactorRequired => (
                 StatusCode::FORBIDDEN,

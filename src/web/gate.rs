@@ -164,9 +164,9 @@ impl App {
 
     fn full_standing(&self, full: &FullSession) -> Standing {
         Standing::Full {
-            proved_second_factor: full.proved_second_factor(),
+            proved_second_factor: self.proved_counting_factor(full),
             second_factor_at: full.second_factor_at(),
-            has_factor: self.account(full.user()).has_second_factor(),
+            has_factor: self.has_factor(full.user()),
         }
     }
 
@@ -306,7 +306,7 @@ impl App {
     /// account has no factor.
     fn second_step_page(&self, lookup: &Lookup) -> Destination {
         let Lookup::Found(session) = lookup else { return Destination::Login };
-        let has_factor = self.account(session.user()).has_second_factor();
+        let has_factor = self.has_factor(session.user());
         match policy::after_password(self.requirement(session.user()), has_factor) {
             AfterPassword::Enroll => Destination::Enroll,
             // Challenge; or, if the policy no longer asks for anything, the challenge page

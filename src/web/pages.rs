@@ -89,6 +89,16 @@ pub struct AccountPage<'a> {
     /// Browsers that skip the second factor, when `mfa.remember_device` is on.
     pub remembered: Vec<RememberedRow>,
     pub sessions: Vec<SessionRow>,
+    /// Deprecated providers the account relies on (names), and what to set up instead.
+    pub retiring: Option<Retiring>,
+    /// Names of the account's factors whose provider was disabled (they no longer count).
+    pub turned_off: Option<String>,
+}
+
+/// The banner for an account that relies on a provider being retired.
+pub struct Retiring {
+    pub names: String,
+    pub instead: Option<String>,
 }
 
 pub struct EmailSummary {
@@ -254,6 +264,8 @@ pub struct EnrollPage<'a> {
     pub return_to: &'a str,
     /// Offer codes by email instead, to this (masked) address.
     pub email_option: Option<String>,
+    /// The account's factors were all disabled: their providers' names, to say why it is here.
+    pub turned_off: Option<String>,
 }
 
 #[derive(Template)]

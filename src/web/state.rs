@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::base::clock::SharedClock;
 use crate::base::headers;
 use crate::config::{Config, SharedConfig};
-use crate::domain::factors::{AccountRecord, FactorKind, SecondFactors};
+use crate::domain::factors::{AccountRecord, FactorKind, SecondFactors, providers};
 use crate::domain::handoff::HandoffCodes;
 use crate::domain::identity::AssertionSigner;
 use crate::domain::notify::Notifier;
@@ -94,6 +94,39 @@ impl App {
         self.factors.accounts.get(user)
     }
 
+    /// Whether `user` has a second factor that counts under the providers in force (a factor of a
+    /// disabled provider does not; see `domain::factors::providers`).
+    pub fn has_factor(&self, user: &User) -> bool {
+        providers::has_counting_factor(&self.account(user), &self.config().mfa.providers)
+    }
+
+    /// Whether `full` proved a second factor that still counts (its provider was not disabled
+    /// since): what access rules asking for a second factor weigh.
+    pub fn proved_counting_factor(&self, full: &FullSession) -> bool {
+        full.proved_second_factor()
+            && providers::proof_counts(full.amr(), &self.account(full.user()), &self.config().mfa.providers)
+    }
+
+    /// An account whose every factor's provider was disabled: what the stranded page explains.
+    pub fn is_stranded(&self, user: &User) -> bool {
+        providers::is_stranded(&self.account(user), &self.config().mfa.providers)
+    }
+
+    /// The names of the providers of `user`'s factors that no longer count, for the pages that
+    /// explain it ("Authenticator app and Codes by email").
+    pub fn turned_off_names(&self, user: &User) -> String {
+        let config = self.config();
+        let record = self.account(user);
+        let mut names: Vec<String> = providers::not_counting(&record, &config.mfa.providers)
+            .into_iter()
+            .map(|id| {
+                config.mfa.providers.get(id).map_or_else(|| "your earlier second step".into(), |p| p.name.clone())
+            })
+            .collect();
+        names.dedup();
+        names.join(" and ")
+    }
+
     /// What the 2FA policy asks of `user` now.
     pub fn requirement(&self, user: &User) -> Requirement {
         policy::requirement(&self.config().mfa, user, self.clock.now())
@@ -138,10 +171,15 @@ impl App {
         }
     }
 
-    /// Whether a full session still satisfies the 2FA policy.
+    /// Whether a full session still satisfies the 2FA policy. A second factor it proved with a
+    /// provider disabled since proves nothing now, so a status change on reload downgrades such
+    /// sessions just as a policy change does.
     fn satisfies_policy(&self, full: &FullSession) -> bool {
-        let has_factor = self.account(full.user()).has_second_factor();
-        policy::full_session_allowed(self.requirement(full.user()), has_factor, full.proved_second_factor())
+        let record = self.account(full.user());
+        let providers = &self.config().mfa.providers;
+        let has_factor = providers::has_counting_factor(&record, providers);
+        let proved = full.proved_second_factor() && providers::proof_counts(full.amr(), &record, providers);
+        policy::full_session_allowed(self.requirement(full.user()), has_factor, proved)
     }
 
     /// Whether the session behind an open tunnel (a WebSocket) may keep it: still a live full

@@ -22,6 +22,7 @@ mod identity_keys;
 mod layers;
 mod mfa;
 mod pausing;
+mod providers;
 mod reload;
 mod smtp;
 mod upstream;

@@ -5,6 +5,9 @@ mod access;
 #[cfg(test)]
 mod access_tests;
 mod mail;
+mod providers;
+#[cfg(test)]
+mod providers_tests;
 mod sections;
 #[cfg(test)]
 mod tests;
@@ -179,6 +182,7 @@ impl Validator {
         let trusted_proxies = self.trusted_proxies(raw.trusted_proxies.unwrap_or_default());
         let (hosts, rules) = self.access(raw.hosts, raw.rule, raw.sandstorm, public_url.as_ref());
         let session = self.session(raw.session, public_url.as_ref());
+        let raw_switches = raw.mfa.provider.as_ref().is_none_or(|p| p.is_empty());
         let mfa = self.mfa(raw.mfa, public_url.as_ref());
         let identity = self.identity(raw.identity, data_dir.as_deref(), public_url.as_ref());
         let tls = raw.tls.and_then(|t| self.tls(t));
@@ -291,13 +295,29 @@ impl Validator {
             .and_then(|u| u.url().host_str().map(str::to_string))
             .unwrap_or_else(|| "localhost".into());
         let notify = self.notify(raw.notify, data_dir.as_deref(), &host);
-        if mfa.email_otp && matches!(notify.transport, crate::config::notify::Transport::Off) {
+        if let Some(email) = mfa.providers.needing_mail().next()
+            && matches!(notify.transport, crate::config::notify::Transport::Off)
+        {
             // Fail closed: a factor whose codes can never arrive would strand whoever chose it.
+            let (key, value, fix) = if raw_switches {
+                (
+                    "mfa.email_otp".to_string(),
+                    "true".to_string(),
+                    "set notify.transport = \"smtp\" (with its smtp_* keys), or mfa.email_otp = false".to_string(),
+                )
+            } else {
+                (
+                    format!("mfa.provider[id = \"{}\"].status", email.id),
+                    email.status.to_string(),
+                    "set notify.transport = \"smtp\" (with its smtp_* keys), or that provider's status = \"disabled\""
+                        .to_string(),
+                )
+            };
             self.problem(
-                "mfa.email_otp",
-                Some("true"),
+                &key,
+                Some(&value),
                 "codes by email need a way to send mail, but notify.transport is \"off\"",
-                "set notify.transport = \"smtp\" (with its smtp_* keys), or mfa.email_otp = false",
+                &fix,
             );
         }
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());

@@ -59,19 +59,26 @@ impl Validator {
             MfaPolicy::Optional
         });
         let required_groups = raw.required_groups.unwrap_or_default();
-        let totp = raw.totp.unwrap_or(true);
-        let email_otp = raw.email_otp.unwrap_or(false);
+        let from_switches = raw.provider.as_ref().is_none_or(|p| p.is_empty());
+        let providers = self.providers(raw.totp, raw.email_otp, raw.provider);
         // Fail closed: requiring a second factor that nobody can enroll would lock everyone out
         // (or, worse, tempt a "temporary" bypass). Refuse to start instead, and say what to change.
         let requires = policy == MfaPolicy::Required
             || (policy == MfaPolicy::Optional
                 && (!required_groups.is_empty() || raw.group_required_after.as_ref().is_some_and(|g| !g.is_empty())));
-        if requires && !totp && !email_otp {
+        if requires && !providers.any_enrollable() && from_switches {
             self.problem(
                 "mfa.totp",
                 Some("false"),
                 "2FA is required (mfa.policy or mfa.required_groups) but no second factor can be enrolled, so nobody could sign in",
                 "set mfa.totp = true (or mfa.email_otp = true), or stop requiring 2FA (mfa.policy = \"optional\" with no mfa.required_groups)",
+            );
+        } else if requires && !providers.any_enrollable() {
+            self.problem(
+                "mfa.provider",
+                None,
+                "2FA is required (mfa.policy or mfa.required_groups) but no provider that can be set up is active, so nobody without a factor could sign in",
+                "make a totp or email provider's status \"active\", or stop requiring 2FA (mfa.policy = \"optional\" with no mfa.required_groups)",
             );
         }
         let nudge_every = raw.nudge_every.is_some().then(|| {
@@ -157,7 +164,7 @@ impl Validator {
         MfaSettings {
             policy,
             required_groups,
-            totp,
+            providers,
             issuer: raw
                 .issuer
                 .unwrap_or_else(|| public_url.and_then(|u| u.url().host_str()).unwrap_or("Portcullis").to_string()),
@@ -173,7 +180,6 @@ impl Validator {
             group_required_after,
             nudge_every,
             remember_device,
-            email_otp,
             email_code_digits: email_code_digits as u32,
         }
     }

@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod email;
 pub mod proof;
+pub mod providers;
 pub mod qr;
 pub mod records;
 pub mod recovery;

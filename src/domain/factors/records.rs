@@ -6,6 +6,7 @@ use subtle::ConstantTimeEq;
 use super::recovery::{self, RecoveryCodeRecord};
 use super::remembered::{MAX_PER_ACCOUNT, RememberedBrowser, digest_of};
 use crate::base::clock::UnixTime;
+use crate::config::ProviderId;
 use crate::domain::users::User;
 
 /// One account's second factors.
@@ -36,6 +37,9 @@ pub struct AccountRecord {
     /// Browsers that skip the second factor at sign-in (`mfa.remember_device`).
     #[serde(default)]
     pub remembered: Vec<RememberedBrowser>,
+    /// Deprecated providers the user was mailed about, so each is mailed once.
+    #[serde(default)]
+    pub retirement_mailed: std::collections::BTreeSet<ProviderId>,
 }
 
 /// The kinds of second factor an account can have (recovery codes are their backup, not a kind).
@@ -54,6 +58,9 @@ pub struct EmailFactorRecord {
     pub address: String,
     pub enrolled_at: UnixTime,
     pub last_used_at: Option<UnixTime>,
+    /// The provider this factor belongs to; records from before providers belong to `email`.
+    #[serde(default = "ProviderId::email")]
+    pub provider: ProviderId,
 }
 
 /// An admin-issued recovery link, as stored: only the SHA-256 of its token, like session ids.
@@ -134,6 +141,9 @@ pub struct TotpRecord {
     /// The last RFC 6238 time step accepted. Only later steps are accepted, so a code, once used,
     /// can never be used again: not in another session, not after a restart.
     pub last_step: u64,
+    /// The provider this factor belongs to; records from before providers belong to `totp`.
+    #[serde(default = "ProviderId::totp")]
+    pub provider: ProviderId,
 }
 
 impl std::fmt::Debug for TotpRecord {
@@ -142,6 +152,7 @@ impl std::fmt::Debug for TotpRecord {
             .field("enrolled_at", &self.enrolled_at)
             .field("last_used_at", &self.last_used_at)
             .field("last_step", &self.last_step)
+            .field("provider", &self.provider)
             .finish_non_exhaustive()
     }
 }
@@ -196,8 +207,19 @@ mod tests {
 
     #[test]
     fn two_step_verification_dates_from_the_first_factor_of_either_kind() {
-        let email = EmailFactorRecord { address: "a@example.com".into(), enrolled_at: 500, last_used_at: None };
-        let app = TotpRecord { sealed_secret: Vec::new(), enrolled_at: 900, last_used_at: None, last_step: 0 };
+        let email = EmailFactorRecord {
+            address: "a@example.com".into(),
+            enrolled_at: 500,
+            last_used_at: None,
+            provider: ProviderId::email(),
+        };
+        let app = TotpRecord {
+            sealed_secret: Vec::new(),
+            enrolled_at: 900,
+            last_used_at: None,
+            last_step: 0,
+            provider: ProviderId::totp(),
+        };
         let email_only = AccountRecord { email: Some(email.clone()), ..Default::default() };
         assert_eq!(email_only.enrolled_at(), Some(500), "codes by email alone");
         let both = AccountRecord { email: Some(email), totp: Some(app.clone()), ..Default::default() };

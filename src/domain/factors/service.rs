@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::accounts::Accounts;
 use super::email::{EmailCodeError, EmailCodes, Purpose};
 use super::proof::{AuthMethod, SecondFactorProof};
+use super::providers::{counts, has_counting_factor};
 use super::records::{AccountRecord, EmailFactorRecord, FactorKind, RecoveryLinkRecord, TotpRecord};
 use super::recovery;
 use super::remembered;
@@ -14,6 +15,7 @@ use super::sealing::{SealError, Sealer};
 use super::totp;
 use crate::base::clock::UnixTime;
 use crate::base::secret::Secret;
+use crate::config::{ProviderKind, Providers};
 use crate::domain::clock_health::Drift;
 use crate::domain::users::User;
 use crate::store::StoreError;
@@ -62,6 +64,9 @@ pub enum EnrollError {
     /// The account changed meanwhile (set up elsewhere, or reset): nothing was saved.
     #[error("the account changed meanwhile")]
     Changed,
+    /// No active provider offers this kind (the configuration changed meanwhile).
+    #[error("that kind of factor is not offered")]
+    NotOffered,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -98,6 +103,16 @@ pub enum LinkError {
     Store(#[from] StoreError),
 }
 
+/// Recovery codes for a factor just added. The first factor that counts gets a new set: codes
+/// left from factors whose provider was disabled were their backup and go with them (they may
+/// sit beside the old device). A second factor keeps the codes the first came with.
+fn first_factor_codes(record: &mut AccountRecord, first: bool, pepper: &Secret, now: UnixTime) -> Option<Vec<String>> {
+    if first {
+        record.recovery_codes.clear();
+    }
+    record.ensure_recovery_codes(pepper, now)
+}
+
 pub struct SecondFactors {
     pub accounts: Arc<Accounts>,
     /// Outstanding emailed codes and recent sends, per account.
@@ -118,12 +133,14 @@ impl SecondFactors {
     }
 
     /// Checks an app code, an emailed code or a recovery code for `user`, consuming it on
-    /// success. Emailed codes are `email_digits` long.
+    /// success. Emailed codes are `email_digits` long. Only factors whose provider still counts
+    /// are tried (see `providers.rs`), and recovery codes only while one does.
     pub async fn verify_code(
         &self,
         user: &User,
         code: &str,
         email_digits: u32,
+        providers: &Providers,
         now: UnixTime,
     ) -> Result<Verified, CodeRefused> {
         let account = user.account_key.as_str();
@@ -131,16 +148,18 @@ impl SecondFactors {
         let all_digits = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
         let looks_totp = digits.len() == totp::DIGITS as usize && all_digits;
         let record = self.accounts.get(user);
+        let (has_app, has_email) =
+            (counts(&record, providers, FactorKind::Totp), counts(&record, providers, FactorKind::Email));
         let sign_in = Purpose::SignIn;
         // An emailed code, if one is outstanding and this could be it. Both kinds may be six
         // digits: when an emailed code is pending and the account also has an app, a code that is
         // not the emailed one is tried as an app code next.
         if all_digits
             && digits.len() == email_digits as usize
-            && record.email.is_some()
+            && has_email
             && self.email_codes.outstanding(account, &sign_in, now)
         {
-            let could_be_totp = looks_totp && record.totp.is_some();
+            let could_be_totp = looks_totp && has_app;
             match self.email_codes.check(account, &sign_in, &digits, self.sealer.pepper(), now) {
                 Ok(()) => {
                     let noted: Result<(), StoreError> = self
@@ -165,7 +184,7 @@ impl SecondFactors {
                 Err(_) => return Err(CodeRefused::Wrong),
             }
         }
-        if all_digits && record.totp.is_none() && record.email.is_some() {
+        if all_digits && !has_app && has_email {
             // Digits, no app, and no emailed code waiting: it was used, ran out or never sent.
             return Err(CodeRefused::Expired);
         }
@@ -174,6 +193,9 @@ impl SecondFactors {
             return self
                 .accounts
                 .update(user, |record| {
+                    if !counts(record, providers, FactorKind::Totp) {
+                        return Err(CodeRefused::NoFactor);
+                    }
                     let factor = record.totp.as_mut().ok_or(CodeRefused::NoFactor)?;
                     let secret = sealer.open(&factor.sealed_secret)?;
                     let step = totp::verify(secret.expose(), &digits, now, factor.last_step).map_err(|e| match e {
@@ -194,7 +216,7 @@ impl SecondFactors {
         }
         self.accounts
             .update(user, |record| {
-                if !record.has_second_factor() {
+                if !has_counting_factor(record, providers) {
                     return Err(CodeRefused::NoFactor);
                 }
                 let index =
@@ -207,15 +229,18 @@ impl SecondFactors {
     }
 
     /// Sets up (or, with `replace`, swaps in) an authenticator app from `secret`, once `code`
-    /// from it is right: the code proves the new factor.
+    /// from it is right: the code proves the new factor, which belongs to the active TOTP
+    /// provider. An app whose provider no longer counts is replaced as if there were none.
     pub async fn enroll_totp(
         &self,
         user: &User,
         secret: &Secret,
         code: &str,
         replace: bool,
+        providers: &Providers,
         now: UnixTime,
     ) -> Result<Enrolled, EnrollError> {
+        let provider = providers.active(ProviderKind::Totp).ok_or(EnrollError::NotOffered)?.id.clone();
         let step = totp::verify(secret.expose(), code, now, 0).map_err(|e| match e {
             totp::TotpError::Replayed => EnrollError::Replayed,
             _ => EnrollError::Wrong,
@@ -224,16 +249,18 @@ impl SecondFactors {
         let pepper = self.sealer.pepper();
         self.accounts
             .update(user, |record| {
-                if record.totp.is_some() != replace {
+                if counts(record, providers, FactorKind::Totp) != replace {
                     return Err(EnrollError::Changed);
                 }
+                let first = !has_counting_factor(record, providers);
                 record.totp = Some(TotpRecord {
                     sealed_secret: sealed,
                     enrolled_at: now,
                     last_used_at: Some(now),
                     last_step: step,
+                    provider,
                 });
-                let new_codes = record.ensure_recovery_codes(pepper, now);
+                let new_codes = first_factor_codes(record, first, pepper, now);
                 Ok(Enrolled { proof: SecondFactorProof::new(AuthMethod::Otp, user), new_codes })
             })
             .await
@@ -245,9 +272,16 @@ impl SecondFactors {
         self.email_codes.issue(&user.account_key, purpose, digits, self.sealer.pepper(), now)
     }
 
-    /// Codes by email become a factor once the confirmation `code` is right: it proves the
-    /// address, and the factor.
-    pub async fn confirm_email(&self, user: &User, code: &str, now: UnixTime) -> Result<Enrolled, EnrollError> {
+    /// Codes by email become a factor of the active email provider once the confirmation `code`
+    /// is right: it proves the address, and the factor.
+    pub async fn confirm_email(
+        &self,
+        user: &User,
+        code: &str,
+        providers: &Providers,
+        now: UnixTime,
+    ) -> Result<Enrolled, EnrollError> {
+        let provider = providers.active(ProviderKind::Email).ok_or(EnrollError::NotOffered)?.id.clone();
         let purpose = Purpose::Confirm { address: user.email.clone() };
         let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
         self.email_codes.check(&user.account_key, &purpose, &code, self.sealer.pepper(), now).map_err(|e| match e {
@@ -258,41 +292,54 @@ impl SecondFactors {
         let address = user.email.clone();
         self.accounts
             .update(user, |record| {
-                if record.email.is_some() {
+                if counts(record, providers, FactorKind::Email) {
                     return Err(EnrollError::Changed);
                 }
-                record.email = Some(EmailFactorRecord { address, enrolled_at: now, last_used_at: Some(now) });
+                let first = !has_counting_factor(record, providers);
+                record.email = Some(EmailFactorRecord { address, enrolled_at: now, last_used_at: Some(now), provider });
                 if record.primary.is_none() {
                     record.primary = Some(if record.totp.is_some() { FactorKind::Totp } else { FactorKind::Email });
                 }
-                let new_codes = record.ensure_recovery_codes(pepper, now);
+                let new_codes = first_factor_codes(record, first, pepper, now);
                 Ok(Enrolled { proof: SecondFactorProof::new(AuthMethod::Email, user), new_codes })
             })
             .await
     }
 
     /// A sign-in code for `user`, and the confirmed address it must go to (whatever the users
-    /// file says now: only that one was proven).
+    /// file says now: only that one was proven). None for a factor that no longer counts.
     pub fn issue_sign_in_code(
         &self,
         user: &User,
         digits: u32,
+        providers: &Providers,
         now: UnixTime,
     ) -> Result<(String, String), EmailCodeError> {
-        let Some(factor) = self.accounts.get(user).email.clone() else { return Err(EmailCodeError::NoCode) };
+        let record = self.accounts.get(user);
+        let Some(factor) = record.email.clone().filter(|_| counts(&record, providers, FactorKind::Email)) else {
+            return Err(EmailCodeError::NoCode);
+        };
         let code = self.email_codes.issue(&user.account_key, Purpose::SignIn, digits, self.sealer.pepper(), now)?;
         Ok((code, factor.address))
     }
 
-    /// Removes one factor. Returns whether another remains; with the last one, two-step
-    /// verification is off and what stood in for it goes too (recovery codes, remembered
+    /// Removes one factor. Returns whether another that counts remains; with the last one,
+    /// two-step verification is off and what stood in for it goes too (recovery codes, remembered
     /// browsers). Where it is `required`, the last one stays.
-    pub async fn remove(&self, user: &User, kind: FactorKind, required: bool) -> Result<bool, RemoveError> {
+    pub async fn remove(
+        &self,
+        user: &User,
+        kind: FactorKind,
+        required: bool,
+        providers: &Providers,
+    ) -> Result<bool, RemoveError> {
         self.accounts
             .update(user, |record| {
+                let (totp, email) =
+                    (counts(record, providers, FactorKind::Totp), counts(record, providers, FactorKind::Email));
                 let (has, other) = match kind {
-                    FactorKind::Totp => (record.totp.is_some(), record.email.is_some()),
-                    FactorKind::Email => (record.email.is_some(), record.totp.is_some()),
+                    FactorKind::Totp => (totp, email),
+                    FactorKind::Email => (email, totp),
                 };
                 if !has {
                     return Err(RemoveError::NothingToRemove);
@@ -316,12 +363,17 @@ impl SecondFactors {
     }
 
     /// A new set of recovery codes, voiding the old one; `None` when the account has no factor
-    /// (codes are a factor's backup, never a factor of their own).
-    pub async fn regenerate_codes(&self, user: &User, now: UnixTime) -> Result<Option<Vec<String>>, StoreError> {
+    /// that counts (codes are a factor's backup, never a factor of their own).
+    pub async fn regenerate_codes(
+        &self,
+        user: &User,
+        providers: &Providers,
+        now: UnixTime,
+    ) -> Result<Option<Vec<String>>, StoreError> {
         let pepper = self.sealer.pepper();
         self.accounts
             .update(user, |record| {
-                if !record.has_second_factor() {
+                if !has_counting_factor(record, providers) {
                     return Ok(None);
                 }
                 let (codes, records) = recovery::new_set(pepper);

@@ -15,8 +15,10 @@ use serde::Deserialize;
 
 use super::login::signed_out;
 use crate::base::text::format_utc;
+use crate::config::{ProviderKind, Providers};
 use crate::domain::factors::FactorKind;
 use crate::domain::factors::email::masked;
+use crate::domain::factors::providers::{self, counts};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::policy::Requirement;
 use crate::domain::session::{FullSession, Lookup, Session};
@@ -74,6 +76,9 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
     let config = app.config();
     let now = app.clock.now();
     let requirement = app.requirement(user);
+    let providers = &config.mfa.providers;
+    let (app_counts, email_counts) =
+        (counts(&record, providers, FactorKind::Totp), counts(&record, providers, FactorKind::Email));
     let this = full.key().handle();
     let sessions = app
         .sessions
@@ -107,33 +112,54 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
         groups: &user.groups,
         csrf: full.csrf_token(),
         notice: notice(request.uri().query().unwrap_or("")),
-        mfa_enabled: requirement != Requirement::Off && (config.mfa.totp || config.mfa.email_otp),
-        totp: record.totp.as_ref().map(|t| pages::TotpSummary {
+        // Shown when something can be set up, or the account has factors (even ones that no
+        // longer count: it says so).
+        mfa_enabled: requirement != Requirement::Off
+            && (providers.any_enrollable() || !providers::factors_of(&record).is_empty()),
+        totp: record.totp.as_ref().filter(|_| app_counts).map(|t| pages::TotpSummary {
             enrolled: format_utc(t.enrolled_at),
             last_used: t.last_used_at.map(format_utc),
         }),
         recovery_left: record.recovery_codes_left(),
-        email_codes: record.email.as_ref().map(|e| pages::EmailSummary {
+        email_codes: record.email.as_ref().filter(|_| email_counts).map(|e| pages::EmailSummary {
             address: masked(&e.address),
             enrolled: format_utc(e.enrolled_at),
             last_used: e.last_used_at.map(format_utc),
         }),
-        email_offered: (config.mfa.email_otp && record.email.is_none()).then(|| masked(&user.email)),
-        totp_offered: config.mfa.totp,
-        primary_email: record.primary_factor() == Some(FactorKind::Email),
-        can_remove_totp: !(requirement == Requirement::Required && record.email.is_none()),
-        can_remove_email: !(requirement == Requirement::Required && record.totp.is_none()),
+        email_offered: (providers.active(ProviderKind::Email).is_some() && !email_counts).then(|| masked(&user.email)),
+        totp_offered: providers.active(ProviderKind::Totp).is_some(),
+        primary_email: (record.primary_factor() == Some(FactorKind::Email) && email_counts) || !app_counts,
+        can_remove_totp: !(requirement == Requirement::Required && !email_counts),
+        can_remove_email: !(requirement == Requirement::Required && !app_counts),
         remembered,
         sessions,
+        retiring: retiring_banner(&record, providers),
+        turned_off: app.is_stranded(user).then(|| app.turned_off_names(user)).or_else(|| {
+            // Some factors still count, others were disabled: say which stopped working.
+            let off = providers::not_counting(&record, providers);
+            (!off.is_empty()).then(|| app.turned_off_names(user))
+        }),
     };
     Ok(with_user(pages::html(StatusCode::OK, &page), user))
+}
+
+/// The banner for deprecated providers the account relies on, with the active kind (if any) to
+/// move to.
+fn retiring_banner(record: &crate::domain::factors::AccountRecord, providers: &Providers) -> Option<pages::Retiring> {
+    let retiring = providers::retiring(record, providers);
+    if retiring.is_empty() {
+        return None;
+    }
+    let names = retiring.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(" and ");
+    let instead = providers.first_enrollable().map(|p| p.name.clone());
+    Some(pages::Retiring { names, instead })
 }
 
 /// Checks that `full` may make a sensitive change at `path` now: with a second factor proven
 /// within the step-up window if the account has one; else the answer that sends it to prove one,
 /// and back to `path`.
 pub(super) fn fresh_enough(app: &App, full: FullSession, path: &str) -> Result<FullSession, Elsewhere> {
-    let has_factor = app.account(full.user()).has_second_factor();
+    let has_factor = app.has_factor(full.user());
     if has_factor && !app.recently_proven(&full) {
         return Err(Box::new(send_to(app, Destination::Challenge, path)));
     }
@@ -148,16 +174,19 @@ pub(super) async fn action_page(app: &App, action: AccountAction, request: &Requ
         Err(elsewhere) => return Ok(*elsewhere),
     };
     let record = app.account(full.user());
+    let providers = &app.config().mfa.providers;
+    let (app_counts, email_counts) =
+        (counts(&record, providers, FactorKind::Totp), counts(&record, providers, FactorKind::Email));
     let applies = match action {
-        AccountAction::RemoveTotp => record.totp.is_some(),
-        AccountAction::RemoveEmail => record.email.is_some(),
-        _ => record.has_second_factor(),
+        AccountAction::RemoveTotp => app_counts,
+        AccountAction::RemoveEmail => email_counts,
+        _ => app_counts || email_counts,
     };
     if !applies {
         // A stale link: there is nothing to confirm.
         return Ok(go_to(app, HOME));
     }
-    let last = record.totp.is_none() || record.email.is_none();
+    let last = !(app_counts && email_counts);
     let (title, consequence, button) = match action {
         AccountAction::RemoveTotp if last => (
             "Turn off two-step verification?",
@@ -268,7 +297,7 @@ async fn sensitive_action(app: &App, action: AccountAction, full: FullSession) -
     }
     let now = app.clock.now();
     if action == AccountAction::RegenerateCodes {
-        let Some(codes) = app.factors.regenerate_codes(full.user(), now).await? else {
+        let Some(codes) = app.factors.regenerate_codes(full.user(), &app.config().mfa.providers, now).await? else {
             return Ok(go_to(app, HOME));
         };
         tracing::info!(target: "portcullis::security", %user, "recovery codes regenerated");
@@ -277,7 +306,11 @@ async fn sensitive_action(app: &App, action: AccountAction, full: FullSession) -
         return Ok(send_to(app, Destination::RecoveryCodes, &done(Destination::Account, "codes")));
     }
     let kind = if action == AccountAction::RemoveTotp { FactorKind::Totp } else { FactorKind::Email };
-    let other_remains = match app.factors.remove(full.user(), kind, requirement == Requirement::Required).await {
+    let other_remains = match app
+        .factors
+        .remove(full.user(), kind, requirement == Requirement::Required, &app.config().mfa.providers)
+        .await
+    {
         Ok(other_remains) => other_remains,
         Err(crate::domain::factors::service::RemoveError::NothingToRemove) => return Ok(go_to(app, HOME)),
         Err(e) => return Err(e.into()),

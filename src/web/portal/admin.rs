@@ -36,7 +36,7 @@ fn admit(app: &App, session: Option<Session>) -> Result<Result<FullSession, Resp
         tracing::warn!(target: "portcullis::security", user = %full.user().name, "admin pages refused: not in the admin group");
         return Err(WebError::NotAdministrator);
     }
-    if !app.account(full.user()).has_second_factor() {
+    if !app.has_factor(full.user()) {
         return Err(WebError::AdminNeedsSecondFactor);
     }
     if !app.recently_proven(&full) {

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::second_step::{Enough, complete_sign_in, complete_step_up};
 use crate::domain::factors::FactorKind;
 use crate::domain::factors::email::masked;
+use crate::domain::factors::providers::counts;
 use crate::domain::factors::service::{CodeRefused, Verified};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::regulation::{Factor, Refusal, Subject, Who};
@@ -52,17 +53,21 @@ pub(super) fn render(
     status: StatusCode,
 ) -> Response<Body> {
     let record = app.account(session.user());
-    // `mfa.email_otp` governs new setups; an address already confirmed keeps working, so
-    // turning the option off never strands the accounts that chose it.
-    let email = record.email.as_ref().map(|e| masked(&e.address));
+    // Only factors that count are offered: an address already confirmed keeps working while
+    // its provider is active or deprecated (as with `mfa.email_otp = false`), not once disabled.
+    let providers = &app.config().mfa.providers;
+    let app_counts = counts(&record, providers, FactorKind::Totp);
+    let email =
+        record.email.as_ref().filter(|_| counts(&record, providers, FactorKind::Email)).map(|e| masked(&e.address));
     let primary = match record.primary_factor() {
-        Some(FactorKind::Email) => ChallengeView::Email,
+        Some(FactorKind::Email) if email.is_some() => ChallengeView::Email,
+        _ if !app_counts && email.is_some() => ChallengeView::Email,
         _ => ChallengeView::App,
     };
     let view = match extras.view {
         // A code was just emailed: ask for it.
         _ if extras.email_notice == Some(EmailNotice::Sent) && email.is_some() => ChallengeView::Email,
-        Some(ChallengeView::App) if record.totp.is_some() => ChallengeView::App,
+        Some(ChallengeView::App) if app_counts => ChallengeView::App,
         Some(ChallengeView::Email) if email.is_some() => ChallengeView::Email,
         Some(ChallengeView::Recovery) => ChallengeView::Recovery,
         _ => primary,
@@ -77,7 +82,7 @@ pub(super) fn render(
         csrf: session.csrf_token(),
         return_to,
         view,
-        totp: record.totp.is_some(),
+        totp: app_counts,
         email,
         email_notice: extras.email_notice,
         tries_left: extras.tries_left,
@@ -96,7 +101,7 @@ pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
     let Lookup::Found(session) = app.session(request.headers()).await else {
         return Ok(login_redirect(app, &return_to));
     };
-    if !app.account(session.user()).has_second_factor() {
+    if !app.has_factor(session.user()) {
         // Nothing to prove with: enroll instead (or go on, if not required).
         return Ok(send_to(app, Destination::Enroll, &return_to));
     }
@@ -140,25 +145,26 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     };
     let now = app.clock.now();
     let digits = app.config().mfa.email_code_digits;
-    let refused = match app.factors.verify_code(session.user(), &form.code, digits, now).await {
-        Ok(verified) => {
-            crate::base::metrics::second_factor("ok");
-            if let Err(e) = attempt.succeeded().await {
-                tracing::error!("could not record a second factor: {e}");
+    let refused =
+        match app.factors.verify_code(session.user(), &form.code, digits, &app.config().mfa.providers, now).await {
+            Ok(verified) => {
+                crate::base::metrics::second_factor("ok");
+                if let Err(e) = attempt.succeeded().await {
+                    tracing::error!("could not record a second factor: {e}");
+                }
+                let remember = form.remember.as_deref() == Some("yes");
+                return proven(app, session, verified, &return_to, remember.then_some(device)).await;
             }
-            let remember = form.remember.as_deref() == Some("yes");
-            return proven(app, session, verified, &return_to, remember.then_some(device)).await;
-        }
-        Err(CodeRefused::NoFactor) => {
-            drop(attempt);
-            return Ok(send_to(app, Destination::Enroll, &return_to));
-        }
-        Err(e @ (CodeRefused::Store(_) | CodeRefused::Sealing(_) | CodeRefused::Secret(_))) => {
-            drop(attempt);
-            return Err(WebError::Internal(format!("second factor check for {user} failed: {e}")));
-        }
-        Err(refused) => refused,
-    };
+            Err(CodeRefused::NoFactor) => {
+                drop(attempt);
+                return Ok(send_to(app, Destination::Enroll, &return_to));
+            }
+            Err(e @ (CodeRefused::Store(_) | CodeRefused::Sealing(_) | CodeRefused::Secret(_))) => {
+                drop(attempt);
+                return Err(WebError::Internal(format!("second factor check for {user} failed: {e}")));
+            }
+            Err(refused) => refused,
+        };
 
     let in_session = match &session {
         Session::Partial(p) => p.record_failure(),

@@ -69,6 +69,7 @@ pub(super) async fn enroll_send(app: &Arc<App>, request: Request<Incoming>) -> A
     let posted = session_post::<RdCsrfForm>(app, request).await?;
     let return_to = posted.return_to;
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
+    super::enroll::offered(app, FactorKind::Email)?;
     if app.may_set_up(&session, FactorKind::Email) != Setup::Add {
         return Ok(not_now(app, &session, &return_to));
     }
@@ -120,12 +121,13 @@ pub(super) async fn enroll_confirm(app: &Arc<App>, request: Request<Incoming>) -
     let posted = session_post::<CodeForm>(app, request).await?;
     let (form, return_to) = (posted.form, posted.return_to);
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
+    super::enroll::offered(app, FactorKind::Email)?;
     if app.may_set_up(&session, FactorKind::Email) != Setup::Add {
         return Ok(not_now(app, &session, &return_to));
     }
     let user = session.user().clone();
     let now = app.clock.now();
-    let enrolled = match app.factors.confirm_email(&user, &form.code, now).await {
+    let enrolled = match app.factors.confirm_email(&user, &form.code, &app.config().mfa.providers, now).await {
         Ok(enrolled) => enrolled,
         Err(e @ (EnrollError::Wrong | EnrollError::Expired | EnrollError::Replayed)) => {
             tracing::warn!(target: "portcullis::security", user = %user.name, "email confirmation code refused: {e}");

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use super::second_step::{Enough, complete_sign_in, complete_step_up};
 use crate::domain::factors::email::masked;
 use crate::domain::factors::service::{EnrollError, Enrolled};
-use crate::domain::factors::{FactorKind, totp};
+use crate::domain::factors::{FactorKind, providers, totp};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::policy::Setup;
 use crate::domain::session::{Lookup, Session};
@@ -41,6 +41,7 @@ fn render(app: &App, session: &Session, return_to: &str, error: Option<CodeError
         csrf,
         return_to,
         email_option,
+        turned_off: app.is_stranded(session.user()).then(|| app.turned_off_names(session.user())),
     };
     if !matches!(totp_setup, Setup::Add | Setup::Replace) {
         return Ok(with_user(pages::html(status, &page), session.user()));
@@ -79,9 +80,10 @@ pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
         (_, Setup::Add, _) => render(app, &session, &return_to, None, StatusCode::OK),
         // Nothing to prove and nothing that may be set up: say so rather than send the browser
         // back to the challenge page, which would send it here again.
-        (_, _, Session::Partial(_)) if !app.account(session.user()).has_second_factor() => {
-            Err(WebError::NoFactorPossible)
+        (_, _, Session::Partial(_)) if app.is_stranded(session.user()) => {
+            Err(WebError::Stranded { names: app.turned_off_names(session.user()) })
         }
+        (_, _, Session::Partial(_)) if !app.has_factor(session.user()) => Err(WebError::NoFactorPossible),
         (_, _, Session::Partial(_)) => Ok(send_to(app, Destination::Challenge, &return_to)),
         (_, _, Session::Full(_)) => Ok(go_to(app, Destination::Account.path())),
     }
@@ -92,6 +94,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>) -> Answer
     let (form, return_to) = (posted.form, posted.return_to);
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
     let setup = app.may_set_up(&session, FactorKind::Totp);
+    offered(app, FactorKind::Totp)?;
     if !matches!(setup, Setup::Add | Setup::Replace) {
         return Ok(go_to(app, Destination::Account.path()));
     }
@@ -102,7 +105,11 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>) -> Answer
         return render(app, &session, &return_to, None, StatusCode::OK);
     };
     let replace = setup == Setup::Replace;
-    let enrolled = match app.factors.enroll_totp(session.user(), &secret, &form.code, replace, now).await {
+    let enrolled = match app
+        .factors
+        .enroll_totp(session.user(), &secret, &form.code, replace, &app.config().mfa.providers, now)
+        .await
+    {
         Ok(enrolled) => enrolled,
         Err(e @ (EnrollError::Wrong | EnrollError::Replayed | EnrollError::Expired)) => {
             // Keep the same secret so the user can simply try the next code.
@@ -124,6 +131,15 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>) -> Answer
     };
     app.notifier.send(session.user(), event, now, true);
     factor_added(app, session, enrolled, &return_to).await
+}
+
+/// Refuses a setup of `kind` when no active provider offers it (deprecated, disabled, or never
+/// configured): a forged or stale form must not add a factor nobody may add.
+pub(super) fn offered(app: &App, kind: FactorKind) -> Result<(), WebError> {
+    match app.config().mfa.providers.active(providers::kind_of(kind)) {
+        Some(_) => Ok(()),
+        None => Err(WebError::FactorNotOffered),
+    }
 }
 
 /// After a new factor is saved. A half-logged-in session becomes full (through the recovery

@@ -87,7 +87,7 @@ pub(super) async fn start(app: &Arc<App>, request: &Request<Incoming>, conn: &Co
     let full = match app.session(request.headers()).await {
         Lookup::Found(Session::Full(full)) => full,
         Lookup::Found(Session::Partial(partial)) => {
-            let has_factor = app.account(partial.user()).has_second_factor();
+            let has_factor = app.has_factor(partial.user());
             let page = match policy::after_password(app.requirement(partial.user()), has_factor) {
                 AfterPassword::Enroll => Destination::Enroll,
                 _ => Destination::Challenge,
@@ -110,9 +110,9 @@ pub(super) async fn start(app: &Arc<App>, request: &Request<Incoming>, conn: &Co
         };
         let decision = rules::decide(&config.rules, &facts, Some(full.user()));
         let standing = Standing::Full {
-            proved_second_factor: full.proved_second_factor(),
+            proved_second_factor: app.proved_counting_factor(&full),
             second_factor_at: full.second_factor_at(),
-            has_factor: app.account(full.user()).has_second_factor(),
+            has_factor: app.has_factor(full.user()),
         };
         rules::admit(&decision, standing, app.clock.now())
     };

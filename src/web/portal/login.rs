@@ -161,7 +161,7 @@ async fn after_password(
     let mfa = app.config().mfa.clone();
     let requirement = app.requirement(&user);
     let record = app.account(&user);
-    let has_factor = record.has_second_factor();
+    let has_factor = app.has_factor(&user);
     let (id, partial) =
         app.sessions.begin(proof, device).await.map_err(|e| WebError::SignInUnavailable(e.to_string()))?;
     let log = |stage: &str| {

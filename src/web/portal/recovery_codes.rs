@@ -90,7 +90,7 @@ pub(super) async fn confirm(app: &Arc<App>, request: Request<Incoming>) -> Answe
     match (session, enrolled_with) {
         (Session::Partial(partial), Some(proof)) => {
             // Only an account that now has a factor gets here (setting it up proved a code).
-            if !app.account(partial.user()).has_second_factor() {
+            if !app.has_factor(partial.user()) {
                 return Ok(send_to(app, Destination::Enroll, &return_to));
             }
             let then = go_to(app, &return_to);

@@ -22,7 +22,7 @@ pub(super) async fn reminder(app: &App, request: &Request<Incoming>) -> Answer {
     let Lookup::Found(Session::Full(full)) = app.session(request.headers()).await else {
         return Ok(login_redirect(app, &return_to));
     };
-    let has = app.account(full.user()).has_second_factor();
+    let has = app.has_factor(full.user());
     let (Requirement::Upcoming(deadline), false) = (app.requirement(full.user()), has) else {
         // Nothing to remind of (already enrolled, or the date has passed): carry on.
         return Ok(go_to(app, &return_to));
@@ -40,7 +40,7 @@ pub(super) async fn nudge(app: &App, request: &Request<Incoming>) -> Answer {
     let Lookup::Found(Session::Full(full)) = app.session(request.headers()).await else {
         return Ok(login_redirect(app, &return_to));
     };
-    if app.account(full.user()).has_second_factor() {
+    if app.has_factor(full.user()) {
         return Ok(go_to(app, &return_to));
     }
     let enroll = Destination::Enroll.with_return(&return_to, &[]);
@@ -48,7 +48,7 @@ pub(super) async fn nudge(app: &App, request: &Request<Incoming>) -> Answer {
         enroll: &enroll,
         later: &return_to,
         csrf: full.csrf_token(),
-        email_codes: app.config().mfa.email_otp,
+        email_codes: app.config().mfa.providers.active(crate::config::ProviderKind::Email).is_some(),
     };
     Ok(with_user(pages::html(StatusCode::OK, &page), full.user()))
 }

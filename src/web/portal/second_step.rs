@@ -71,7 +71,7 @@ pub async fn complete_step_up(
 pub fn send_sign_in_code(app: &App, user: &User) -> Result<(), EmailCodeError> {
     let now = app.clock.now();
     let digits = app.config().mfa.email_code_digits;
-    let (code, address) = app.factors.issue_sign_in_code(user, digits, now)?;
+    let (code, address) = app.factors.issue_sign_in_code(user, digits, &app.config().mfa.providers, now)?;
     let recipient = User { email: address, ..user.clone() };
     app.notifier.send(&recipient, SecurityEvent::SignInCode { code }, now, true);
     tracing::info!(target: "portcullis::security", user = %user.name, "sign-in code emailed");
