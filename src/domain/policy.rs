@@ -316,8 +316,26 @@ mod tests {
                 "{requirement:?} {kind:?} {proven:?}"
             );
         }
-        let app_only = MfaSettings { providers: crate::config::Providers::from_switches(true, false), ..mfa };
+        let app_only = MfaSettings { providers: crate::config::Providers::from_switches(true, false), ..mfa.clone() };
         assert_eq!(may_set_up(&app_only, Optional, &none, Email, fresh), Setup::No, "not offered");
+
+        // The app's provider disabled, another active: the account has no factor that counts, so
+        // after the password it sets one up (as after a reset); with only a deprecated one, none.
+        let config = |providers: &str| {
+            crate::config::parse(
+                &format!("upstream = \"http://127.0.0.1:1\"\npublic_url = \"http://x\"\ndata_dir = \"d\"\n{providers}"),
+                std::path::Path::new("/p.toml"),
+            )
+            .unwrap()
+            .mfa
+        };
+        let moved = config(
+            "[[mfa.provider]]\nid = \"totp\"\nkind = \"totp\"\nstatus = \"disabled\"\n[[mfa.provider]]\nid = \"new\"\nkind = \"totp\"\n",
+        );
+        assert_eq!(may_set_up(&moved, Required, &with_app, Totp, Proven::Password), Setup::Add);
+        let retired = config("[[mfa.provider]]\nid = \"totp\"\nkind = \"totp\"\nstatus = \"deprecated\"\n");
+        assert_eq!(may_set_up(&retired, Optional, &with_app, Totp, fresh), Setup::No, "deprecated: no new app");
+        assert_eq!(may_set_up(&retired, Optional, &none, Totp, Proven::Password), Setup::No);
     }
 
     #[test]
