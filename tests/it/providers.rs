@@ -14,7 +14,7 @@ fn provider(id: &str, status: &str) -> String {
 
 /// Rewrites proxy.toml as `base` plus `extra` and waits until the reload was applied and the
 /// providers reviewed; returns that log line (it says how many users were mailed).
-fn reload_with(proxy: &Proxy, base: &str, extra: &str) -> String {
+pub(crate) fn reload_with(proxy: &Proxy, base: &str, extra: &str) -> String {
     let mark = proxy.stderr.len();
     std::fs::write(proxy.config_path(), format!("{base}\n{extra}")).unwrap();
     proxy.stderr.wait_for(mark, |l| l.contains("configuration reloaded")).expect("reloaded");

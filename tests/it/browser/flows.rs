@@ -296,3 +296,38 @@ pub async fn step_up_carries_the_action_through(viewport: Viewport, test: &str) 
     sign_in(&browser, "alice", "a brand new passphrase").await;
     assert_eq!(browser.url().await, proxy.url("/wiki/after"), "the new password works, and no code is asked");
 }
+
+/// An operator retires the authenticator app alice set up, then switches it off: the account page
+/// says so while it still works, and once it is off, the next page she opens explains it and sets
+/// up its successor before anything else.
+pub async fn a_retired_then_disabled_authenticator_is_explained(viewport: Viewport, test: &str) {
+    let Some((browser, _permit)) = super::open(viewport, test).await else { return };
+    let upstream = Upstream::start().await;
+    let provider = |id: &str, status: &str| {
+        format!(
+            "[[mfa.provider]]\nid = \"{id}\"\nkind = \"totp\"\nname = \"Authenticator app\"\nstatus = \"{status}\"\n"
+        )
+    };
+    let proxy = proxy(&upstream.url()).toml("[mfa]\npolicy = \"required\"").toml(&provider("totp", "active")).start();
+    let base = std::fs::read_to_string(proxy.config_path()).unwrap();
+    let base = base.split("[[mfa.provider]]").next().unwrap().to_string();
+
+    browser.goto(&proxy.url("/notes")).await;
+    sign_in(&browser, "alice", ALICE.password).await;
+    enroll_totp(&browser, "providers-enroll").await;
+    assert_eq!(browser.url().await, proxy.url("/notes"));
+
+    let next = format!("{}{}", provider("totp", "deprecated"), provider("totp-2027", "active"));
+    crate::providers::reload_with(&proxy, &base, &next);
+    browser.goto(&proxy.url("/.portcullis/account")).await;
+    assert!(browser.text().await.contains("retiring"), "{}", browser.text().await);
+    checks::page(&browser, "account-provider-retiring").await;
+
+    let off = format!("{}{}", provider("totp", "disabled"), provider("totp-2027", "active"));
+    crate::providers::reload_with(&proxy, &base, &off);
+    browser.goto(&proxy.url("/notes")).await;
+    assert!(browser.url().await.contains("/.portcullis/enroll"), "{}", browser.url().await);
+    assert!(browser.text().await.contains("no longer works"), "{}", browser.text().await);
+    enroll_totp(&browser, "providers-enroll-again").await;
+    assert_eq!(browser.url().await, proxy.url("/notes"), "back where she was going");
+}

@@ -71,4 +71,5 @@ in_both_viewports! {
     two_step_verification_from_setup_to_every_way_in;
     required_policy_enrolls_inline_and_lands_on_the_deep_link;
     step_up_carries_the_action_through;
+    a_retired_then_disabled_authenticator_is_explained;
 }
