@@ -147,6 +147,8 @@ pub fn may_set_up(
     let (offered, has) = match kind {
         FactorKind::Totp => (mfa.totp, account.totp.is_some()),
         FactorKind::Email => (mfa.email_otp, account.email.is_some()),
+        // An account may have several keys: one more is always an addition, never a swap.
+        FactorKind::SecurityKey => (mfa.security_keys, false),
     };
     if !offered || requirement == Requirement::Off || (has && kind == FactorKind::Email) {
         return Setup::No;
@@ -221,6 +223,7 @@ mod tests {
             remember_device: None,
             email_otp: false,
             email_code_digits: 6,
+            security_keys: false,
         };
         assert_eq!(requirement(&mfa, &user, 1_799_999_999), Upcoming(1_800_000_000));
         assert_eq!(requirement(&mfa, &user, 1_800_000_000), Required);
@@ -287,6 +290,7 @@ mod tests {
             remember_device: None,
             email_otp: true,
             email_code_digits: 6,
+            security_keys: true,
         };
         let none = AccountRecord::default();
         let with_app = AccountRecord {
@@ -300,7 +304,7 @@ mod tests {
         };
         let fresh = Proven::Full { recently: true };
         let stale = Proven::Full { recently: false };
-        use FactorKind::{Email, Totp};
+        use FactorKind::{Email, SecurityKey, Totp};
         let table = [
             (Optional, &none, Totp, Proven::Password, Setup::Add),
             (Off, &none, Totp, fresh, Setup::No),
@@ -309,6 +313,10 @@ mod tests {
             (Required, &with_app, Totp, fresh, Setup::Replace),
             (Required, &with_app, Email, fresh, Setup::Add),
             (Required, &with_app, Email, stale, Setup::StepUpFirst),
+            (Optional, &none, SecurityKey, Proven::Password, Setup::Add),
+            (Required, &with_app, SecurityKey, Proven::Password, Setup::No),
+            (Required, &with_app, SecurityKey, stale, Setup::StepUpFirst),
+            (Required, &with_app, SecurityKey, fresh, Setup::Add),
         ];
         for (requirement, account, kind, proven, expected) in table {
             assert_eq!(
@@ -319,6 +327,8 @@ mod tests {
         }
         let app_only = MfaSettings { email_otp: false, ..mfa };
         assert_eq!(may_set_up(&app_only, Optional, &none, Email, fresh), Setup::No, "not offered");
+        let no_keys = MfaSettings { security_keys: false, ..app_only };
+        assert_eq!(may_set_up(&no_keys, Optional, &none, SecurityKey, fresh), Setup::No, "not offered");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod mail;
 mod sections;
 #[cfg(test)]
 mod tests;
+mod webauthn;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -179,7 +180,8 @@ impl Validator {
         let trusted_proxies = self.trusted_proxies(raw.trusted_proxies.unwrap_or_default());
         let (hosts, rules) = self.access(raw.hosts, raw.rule, raw.sandstorm, public_url.as_ref());
         let session = self.session(raw.session, public_url.as_ref());
-        let mfa = self.mfa(raw.mfa, public_url.as_ref());
+        let mut mfa = self.mfa(raw.mfa, public_url.as_ref());
+        let webauthn = self.webauthn(raw.webauthn, public_url.as_ref(), &mut mfa);
         let identity = self.identity(raw.identity, data_dir.as_deref(), public_url.as_ref());
         let tls = raw.tls.and_then(|t| self.tls(t));
         let proxy = self.proxy(raw.proxy);
@@ -333,6 +335,7 @@ impl Validator {
             clock,
             notify,
             admin,
+            webauthn,
             table: toml::Table::new(),
         })
     }

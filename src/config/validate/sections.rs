@@ -175,6 +175,8 @@ impl Validator {
             remember_device,
             email_otp,
             email_code_digits: email_code_digits as u32,
+            // Set by the `[webauthn]` checks, which see the public URL's host.
+            security_keys: false,
         }
     }
 

@@ -290,11 +290,12 @@ impl SecondFactors {
     pub async fn remove(&self, user: &User, kind: FactorKind, required: bool) -> Result<bool, RemoveError> {
         self.accounts
             .update(user, |record| {
-                let (has, other) = match kind {
-                    FactorKind::Totp => (record.totp.is_some(), record.email.is_some()),
-                    FactorKind::Email => (record.email.is_some(), record.totp.is_some()),
-                };
-                if !has {
+                let has = record.has(kind);
+                let other = [FactorKind::Totp, FactorKind::Email, FactorKind::SecurityKey]
+                    .into_iter()
+                    .any(|k| k != kind && record.has(k));
+                // Keys go one at a time (`remove_key`), by their handle.
+                if !has || kind == FactorKind::SecurityKey {
                     return Err(RemoveError::NothingToRemove);
                 }
                 if required && !other {
@@ -303,6 +304,7 @@ impl SecondFactors {
                 match kind {
                     FactorKind::Totp => record.totp = None,
                     FactorKind::Email => record.email = None,
+                    FactorKind::SecurityKey => {}
                 }
                 if !other {
                     record.recovery_codes.clear();
@@ -336,11 +338,7 @@ impl SecondFactors {
     pub async fn choose_primary(&self, user: &User, kind: FactorKind) -> Result<(), StoreError> {
         self.accounts
             .update(user, |record| {
-                let has = match kind {
-                    FactorKind::Totp => record.totp.is_some(),
-                    FactorKind::Email => record.email.is_some(),
-                };
-                if has {
+                if record.has(kind) {
                     record.primary = Some(kind);
                 }
                 Ok(())
