@@ -8,6 +8,9 @@ use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 
 pub use crate::domain::regulation::Who;
 
+mod security_keys;
+pub use security_keys::{KeyRow, SecurityKeyPage, html_with_script};
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the proxy produces, own or forwarded.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -88,6 +91,9 @@ pub struct AccountPage<'a> {
     pub can_remove_email: bool,
     /// Browsers that skip the second factor, when `mfa.remember_device` is on.
     pub remembered: Vec<RememberedRow>,
+    /// Security keys and passkeys, and whether more may be added.
+    pub security_keys: Vec<KeyRow>,
+    pub keys_offered: bool,
     pub sessions: Vec<SessionRow>,
 }
 
@@ -164,6 +170,12 @@ pub enum CodeError {
     Malformed,
     /// The emailed code ran out (ten minutes, or too many tries): ask for a new one.
     Expired,
+    /// A security key's answer did not verify (wrong site, another key, a copied key).
+    KeyRefused,
+    /// The security key request ran out (5 minutes) or was already answered.
+    KeyExpired,
+    /// The browser sent no answer from a key (JavaScript off, or no WebAuthn).
+    KeyMissing,
 }
 
 #[derive(Template)]
@@ -188,6 +200,10 @@ pub struct ChallengePage<'a> {
     pub remember_days: Option<u64>,
     /// Links to the other views, with the return path kept.
     pub links: ChallengeLinks,
+    /// The account has security keys.
+    pub keys: bool,
+    /// For the key view: the WebAuthn request options (JSON), for `static/webauthn.js`.
+    pub key_options: Option<String>,
 }
 
 /// The challenge page asks for one kind of code at a time; the others are a link away.
@@ -196,6 +212,8 @@ pub enum ChallengeView {
     App,
     Email,
     Recovery,
+    /// A security key or passkey.
+    Key,
 }
 
 impl ChallengeView {
@@ -205,11 +223,12 @@ impl ChallengeView {
             Self::App => "app",
             Self::Email => "email",
             Self::Recovery => "recovery",
+            Self::Key => "key",
         }
     }
 
     pub fn from_key(key: &str) -> Option<Self> {
-        [Self::App, Self::Email, Self::Recovery].into_iter().find(|v| v.key() == key)
+        [Self::App, Self::Email, Self::Recovery, Self::Key].into_iter().find(|v| v.key() == key)
     }
 }
 
@@ -217,6 +236,7 @@ pub struct ChallengeLinks {
     pub app: String,
     pub email: String,
     pub recovery: String,
+    pub key: String,
 }
 
 /// What happened when an emailed code was asked for.
@@ -254,6 +274,8 @@ pub struct EnrollPage<'a> {
     pub return_to: &'a str,
     /// Offer codes by email instead, to this (masked) address.
     pub email_option: Option<String>,
+    /// Offer a security key instead: the link to its setup page.
+    pub key_option: Option<String>,
 }
 
 #[derive(Template)]
@@ -360,6 +382,7 @@ pub fn see_other(location: &str) -> Response<Body> {
 pub fn static_file(name: &str) -> Option<Response<Body>> {
     let (body, content_type) = match name {
         "portcullis.css" => (include_str!("../../static/portcullis.css"), "text/css; charset=utf-8"),
+        "webauthn.js" => (include_str!("../../static/webauthn.js"), "text/javascript; charset=utf-8"),
         _ => return None,
     };
     let mut response = Response::new(full(body));

@@ -39,6 +39,9 @@ pub enum CodeRefused {
     Sealing(#[from] SealError),
     #[error("the stored secret is unusable: {0}")]
     Secret(String),
+    /// A security key's assertion that did not prove the factor.
+    #[error(transparent)]
+    Key(#[from] super::webauthn::KeyError),
 }
 
 /// A code that proved a second factor.

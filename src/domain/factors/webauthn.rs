@@ -15,6 +15,9 @@ use webauthn_rs::prelude::{
 };
 
 use super::proof::{AuthMethod, SecondFactorProof};
+
+/// The relying party's settings and checks (webauthn-rs's `Webauthn`).
+pub type RelyingParty = Webauthn;
 use super::service::{Enrolled, RemoveError, SecondFactors, Verified};
 use crate::base::clock::UnixTime;
 use crate::config::PublicUrl;

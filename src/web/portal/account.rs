@@ -49,6 +49,8 @@ fn notice(query: &str) -> Option<&'static str> {
         "password" => "Your password was changed. Your other sessions were signed out.",
         "session-ended" => "You signed out that session.",
         "forgotten" => "That browser will be asked for a code again.",
+        "key-on" => "Your security key is added. You will be asked for it when you sign in.",
+        "key-removed" => "That security key was removed. Your other second steps and your recovery codes still work.",
         _ => return None,
     })
 }
@@ -107,7 +109,8 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
         groups: &user.groups,
         csrf: full.csrf_token(),
         notice: notice(request.uri().query().unwrap_or("")),
-        mfa_enabled: requirement != Requirement::Off && (config.mfa.totp || config.mfa.email_otp),
+        mfa_enabled: requirement != Requirement::Off
+            && (config.mfa.totp || config.mfa.email_otp || config.mfa.security_keys || record.has_second_factor()),
         totp: record.totp.as_ref().map(|t| pages::TotpSummary {
             enrolled: format_utc(t.enrolled_at),
             last_used: t.last_used_at.map(format_utc),
@@ -121,9 +124,25 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
         email_offered: (config.mfa.email_otp && record.email.is_none()).then(|| masked(&user.email)),
         totp_offered: config.mfa.totp,
         primary_email: record.primary_factor() == Some(FactorKind::Email),
-        can_remove_totp: !(requirement == Requirement::Required && record.email.is_none()),
-        can_remove_email: !(requirement == Requirement::Required && record.totp.is_none()),
+        can_remove_totp: !(requirement == Requirement::Required
+            && record.email.is_none()
+            && record.security_keys.is_empty()),
+        can_remove_email: !(requirement == Requirement::Required
+            && record.totp.is_none()
+            && record.security_keys.is_empty()),
         remembered,
+        security_keys: record
+            .security_keys
+            .iter()
+            .map(|k| pages::KeyRow {
+                id: k.id.clone(),
+                name: k.name.clone(),
+                created: format_utc(k.created_at),
+                last_used: k.last_used_at.map(format_utc),
+                synced: k.backup_eligible,
+            })
+            .collect(),
+        keys_offered: config.mfa.security_keys,
         sessions,
     };
     Ok(with_user(pages::html(StatusCode::OK, &page), user))
@@ -157,7 +176,9 @@ pub(super) async fn action_page(app: &App, action: AccountAction, request: &Requ
         // A stale link: there is nothing to confirm.
         return Ok(go_to(app, HOME));
     }
-    let last = record.totp.is_none() || record.email.is_none();
+    let last =
+        [FactorKind::Totp, FactorKind::Email, FactorKind::SecurityKey].into_iter().filter(|k| record.has(*k)).count()
+            <= 1;
     let (title, consequence, button) = match action {
         AccountAction::RemoveTotp if last => (
             "Turn off two-step verification?",

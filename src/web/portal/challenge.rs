@@ -13,9 +13,11 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::second_step::{Enough, complete_sign_in, complete_step_up};
+use super::security_keys;
 use crate::domain::factors::FactorKind;
 use crate::domain::factors::email::masked;
 use crate::domain::factors::service::{CodeRefused, Verified};
+use crate::domain::factors::webauthn::KeyError;
 use crate::domain::notify::SecurityEvent;
 use crate::domain::regulation::{Factor, Refusal, Subject, Who};
 use crate::domain::session::{Device, Lookup, Session};
@@ -55,7 +57,9 @@ pub(super) fn render(
     // `mfa.email_otp` governs new setups; an address already confirmed keeps working, so
     // turning the option off never strands the accounts that chose it.
     let email = record.email.as_ref().map(|e| masked(&e.address));
+    let keys = !record.security_keys.is_empty();
     let primary = match record.primary_factor() {
+        Some(FactorKind::SecurityKey) => ChallengeView::Key,
         Some(FactorKind::Email) => ChallengeView::Email,
         _ => ChallengeView::App,
     };
@@ -65,8 +69,11 @@ pub(super) fn render(
         Some(ChallengeView::App) if record.totp.is_some() => ChallengeView::App,
         Some(ChallengeView::Email) if email.is_some() => ChallengeView::Email,
         Some(ChallengeView::Recovery) => ChallengeView::Recovery,
+        Some(ChallengeView::Key) if keys => ChallengeView::Key,
         _ => primary,
     };
+    // Each showing of the key view starts a new assertion, replacing the session's earlier one.
+    let key_options = (view == ChallengeView::Key).then(|| security_keys::sign_in_options(app, session)).flatten();
     let link = |view: ChallengeView| Destination::Challenge.with_return(return_to, &[("use", view.key())]);
     let step_up = matches!(session, Session::Full(_));
     let remember_days = app.config().mfa.remember_device.filter(|_| !step_up).map(|d| d.as_secs() / 86_400);
@@ -86,9 +93,14 @@ pub(super) fn render(
             app: link(ChallengeView::App),
             email: link(ChallengeView::Email),
             recovery: link(ChallengeView::Recovery),
+            key: link(ChallengeView::Key),
         },
+        keys,
+        key_options,
     };
-    with_user(pages::html(status, &page), session.user())
+    let response =
+        if page.key_options.is_some() { pages::html_with_script(status, &page) } else { pages::html(status, &page) };
+    with_user(response, session.user())
 }
 
 pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
@@ -140,7 +152,12 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     };
     let now = app.clock.now();
     let digits = app.config().mfa.email_code_digits;
-    let refused = match app.factors.verify_code(session.user(), &form.code, digits, now).await {
+    let checked = if form.credential.is_empty() {
+        app.factors.verify_code(session.user(), &form.code, digits, now).await
+    } else {
+        security_keys::verify(app, &session, &form.credential).await.map_err(CodeRefused::from)
+    };
+    let refused = match checked {
         Ok(verified) => {
             crate::base::metrics::second_factor("ok");
             if let Err(e) = attempt.succeeded().await {
@@ -153,7 +170,12 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
             drop(attempt);
             return Ok(send_to(app, Destination::Enroll, &return_to));
         }
-        Err(e @ (CodeRefused::Store(_) | CodeRefused::Sealing(_) | CodeRefused::Secret(_))) => {
+        Err(
+            e @ (CodeRefused::Store(_)
+            | CodeRefused::Sealing(_)
+            | CodeRefused::Secret(_)
+            | CodeRefused::Key(KeyError::Store(_) | KeyError::Unavailable(_))),
+        ) => {
             drop(attempt);
             return Err(WebError::Internal(format!("second factor check for {user} failed: {e}")));
         }
@@ -164,7 +186,17 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         Session::Partial(p) => p.record_failure(),
         Session::Full(f) => f.record_failure(),
     } as usize;
+    if let CodeRefused::Key(KeyError::PossibleClone { name }) = &refused {
+        // WebAuthn L3 §6.1.1: a counter that does not go up signals a cloned authenticator. The
+        // sign-in is refused (and counted as a wrong attempt); the owner hears of it.
+        tracing::warn!(target: "portcullis::security", %user, "security key refused: its signature counter went backwards (cloned?)");
+        app.notifier.send(session.user(), SecurityEvent::KeyPossiblyCloned { name: name.clone() }, now, true);
+    } else if let CodeRefused::Key(e) = &refused {
+        tracing::warn!(target: "portcullis::security", %user, "security key refused: {e}");
+    }
     let error = match refused {
+        CodeRefused::Key(KeyError::Expired) => CodeError::KeyExpired,
+        CodeRefused::Key(_) => CodeError::KeyRefused,
         CodeRefused::Replayed => CodeError::Replayed,
         CodeRefused::Malformed => CodeError::Malformed,
         CodeRefused::Expired => CodeError::Expired,
