@@ -23,5 +23,6 @@ mod layers;
 mod mfa;
 mod pausing;
 mod reload;
+mod security_keys;
 mod smtp;
 mod upstream;
