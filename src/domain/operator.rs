@@ -114,8 +114,11 @@ pub struct UserStatus {
     pub display_name: String,
     pub email: String,
     pub groups: Vec<String>,
-    /// The factors the account has: `totp`, `email`, `recovery_codes`.
+    /// The factors the account has: `totp`, `email`, `security_key`, `recovery_codes`.
     pub factors: Vec<String>,
+    /// The names its owner gave its security keys and passkeys.
+    #[serde(default)]
+    pub security_keys: Vec<String>,
     pub recovery_codes_left: usize,
     pub enrolled_at: Option<UnixTime>,
     pub last_sign_in: Option<UnixTime>,
@@ -349,6 +352,9 @@ impl Admin {
                 if record.email.is_some() {
                     factors.push("email".to_string());
                 }
+                if !record.security_keys.is_empty() {
+                    factors.push("security_key".to_string());
+                }
                 if record.recovery_codes_left() > 0 {
                     factors.push("recovery_codes".to_string());
                 }
@@ -360,6 +366,7 @@ impl Admin {
                     email: user.email.clone(),
                     groups: user.groups.clone(),
                     factors,
+                    security_keys: record.security_keys.iter().map(|k| k.name.clone()).collect(),
                     recovery_codes_left: record.recovery_codes_left(),
                     enrolled_at: record.enrolled_at(),
                     last_sign_in: record.last_sign_in,
@@ -409,7 +416,7 @@ fn count<'a>(members: impl Iterator<Item = &'a UserStatus>, group: &str) -> Grou
         missing: Vec::new(),
     };
     for user in members {
-        let has = user.factors.iter().any(|f| f == "totp" || f == "email");
+        let has = user.factors.iter().any(|f| f == "totp" || f == "email" || f == "security_key");
         let required = matches!(user.requirement.as_str(), "required" | "required_from");
         row.accounts += 1;
         row.with_second_factor += usize::from(has);
@@ -432,6 +439,7 @@ mod tests {
             email: format!("{name}@example.com"),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             factors: if totp { vec!["totp".into()] } else { vec![] },
+            security_keys: vec![],
             recovery_codes_left: 0,
             enrolled_at: None,
             last_sign_in: None,

@@ -12,6 +12,7 @@
 
 mod checks;
 mod flows;
+mod keys;
 mod webdriver;
 
 use std::path::PathBuf;
@@ -71,4 +72,5 @@ in_both_viewports! {
     two_step_verification_from_setup_to_every_way_in;
     required_policy_enrolls_inline_and_lands_on_the_deep_link;
     step_up_carries_the_action_through;
+    security_key_from_the_account_page_to_sign_in;
 }
