@@ -5,8 +5,8 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::base::text::whole_minutes;
+use crate::domain::factors::security_key::KeyError;
 use crate::domain::factors::service::{CodeRefused, EnrollError, LinkError, RemoveError};
-use crate::domain::factors::webauthn::KeyError;
 use crate::domain::regulation::Who;
 use crate::domain::session::SessionError;
 use crate::store::StoreError;

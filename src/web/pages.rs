@@ -8,9 +8,6 @@ use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 
 pub use crate::domain::regulation::Who;
 
-mod security_keys;
-pub use security_keys::{KeyRow, SecurityKeyPage, html_with_script};
-
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the proxy produces, own or forwarded.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -120,6 +117,16 @@ pub struct SessionRow {
     pub partial: bool,
     /// The other host it was handed to; `None` on the main host.
     pub host: Option<String>,
+}
+
+/// One key on the account page.
+pub struct KeyRow {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub last_used: Option<String>,
+    /// A passkey that may be synced between devices (the BE flag).
+    pub synced: bool,
 }
 
 /// One remembered browser on the account page.

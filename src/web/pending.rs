@@ -6,8 +6,8 @@ use dashmap::DashMap;
 use crate::base::clock::UnixTime;
 use crate::base::secret::Secret;
 use crate::domain::factors::proof::SecondFactorProof;
+use crate::domain::factors::security_key::{RegistrationCeremony, SignInCeremony};
 use crate::domain::factors::totp;
-use crate::domain::factors::webauthn::{RegistrationCeremony, SignInCeremony};
 use crate::domain::session::SessionKey;
 
 #[derive(Default)]

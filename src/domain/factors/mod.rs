@@ -13,6 +13,7 @@ pub mod records;
 pub mod recovery;
 pub mod remembered;
 pub mod sealing;
+pub mod security_key;
 pub mod service;
 pub mod totp;
 pub mod webauthn;

@@ -5,7 +5,7 @@ use subtle::ConstantTimeEq;
 
 use super::recovery::{self, RecoveryCodeRecord};
 use super::remembered::{MAX_PER_ACCOUNT, RememberedBrowser, digest_of};
-pub use super::webauthn::SecurityKeyRecord;
+pub use super::security_key::SecurityKeyRecord;
 use crate::base::clock::UnixTime;
 use crate::domain::users::User;
 

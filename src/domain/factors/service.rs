@@ -41,7 +41,7 @@ pub enum CodeRefused {
     Secret(String),
     /// A security key's assertion that did not prove the factor.
     #[error(transparent)]
-    Key(#[from] super::webauthn::KeyError),
+    Key(#[from] super::security_key::KeyError),
 }
 
 /// A code that proved a second factor.

@@ -6,6 +6,8 @@ use webauthn_authenticator_rs::WebauthnAuthenticator;
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 use webauthn_rs::prelude::{Url, Webauthn};
 
+use super::super::security_key::*;
+
 use super::*;
 use crate::base::secret::Secret;
 use crate::domain::factors::accounts::Accounts;

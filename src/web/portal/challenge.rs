@@ -16,8 +16,8 @@ use super::second_step::{Enough, complete_sign_in, complete_step_up};
 use super::security_keys;
 use crate::domain::factors::FactorKind;
 use crate::domain::factors::email::masked;
+use crate::domain::factors::security_key::KeyError;
 use crate::domain::factors::service::{CodeRefused, Verified};
-use crate::domain::factors::webauthn::KeyError;
 use crate::domain::notify::SecurityEvent;
 use crate::domain::regulation::{Factor, Refusal, Subject, Who};
 use crate::domain::session::{Device, Lookup, Session};
@@ -98,8 +98,11 @@ pub(super) fn render(
         keys,
         key_options,
     };
-    let response =
-        if page.key_options.is_some() { pages::html_with_script(status, &page) } else { pages::html(status, &page) };
+    let response = if page.key_options.is_some() {
+        crate::web::key_pages::html_with_script(status, &page)
+    } else {
+        pages::html(status, &page)
+    };
     with_user(response, session.user())
 }
 

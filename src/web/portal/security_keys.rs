@@ -13,22 +13,23 @@ use serde::Deserialize;
 use super::account::{fresh_enough, full_session};
 use super::enroll::factor_added;
 use crate::domain::factors::FactorKind;
+use crate::domain::factors::security_key::{self, KeyError};
 use crate::domain::factors::service::Verified;
-use crate::domain::factors::webauthn::{self, KeyError};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::policy::{Requirement, Setup};
 use crate::domain::session::{Lookup, Session};
 use crate::web::error::WebError;
 use crate::web::forms::{SessionForm, return_to_from_query, session_post};
-use crate::web::pages::{self, AccountConfirmPage, CodeError, SecurityKeyPage};
+use crate::web::key_pages::{SecurityKeyPage, html_with_script};
+use crate::web::pages::{self, AccountConfirmPage, CodeError};
 use crate::web::respond::{Answer, go_to, login_redirect, send_to, with_user};
 use crate::web::route::{Destination, done};
 use crate::web::state::App;
 
 /// The relying party for the public URL in force.
-fn relying_party(app: &App) -> Result<webauthn::RelyingParty, KeyError> {
+fn relying_party(app: &App) -> Result<security_key::RelyingParty, KeyError> {
     let config = app.config();
-    webauthn::relying_party(&config.public_url, &config.mfa.issuer)
+    security_key::relying_party(&config.public_url, &config.mfa.issuer)
 }
 
 /// Starts an assertion for the challenge page (replacing any earlier one of this session) and
@@ -102,7 +103,7 @@ fn render(app: &App, session: &Session, return_to: &str, name: &str, error: Opti
         other_ways: &other_ways,
     };
     let status = if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
-    Ok(with_user(pages::html_with_script(status, &page), session.user()))
+    Ok(with_user(html_with_script(status, &page), session.user()))
 }
 
 pub(super) async fn new_form(app: &App, request: &Request<Incoming>) -> Answer {
@@ -126,7 +127,7 @@ pub(super) async fn new_submit(app: &Arc<App>, request: Request<Incoming>) -> An
     if app.may_set_up(&session, FactorKind::SecurityKey) != Setup::Add {
         return Ok(go_to(app, Destination::Account.path()));
     }
-    if webauthn::clean_name(&form.name).is_err() {
+    if security_key::clean_name(&form.name).is_err() {
         return render(app, &session, &return_to, "", Some(CodeError::Malformed));
     }
     if form.credential.is_empty() {
@@ -153,7 +154,7 @@ pub(super) async fn new_submit(app: &Arc<App>, request: Request<Incoming>) -> An
             return render(app, &session, &return_to, &form.name, Some(CodeError::KeyRefused));
         }
     };
-    let name = webauthn::clean_name(&form.name).unwrap_or_default();
+    let name = security_key::clean_name(&form.name).unwrap_or_default();
     tracing::info!(target: "portcullis::security", user = %user.name, "security key added");
     app.notifier.send(&user, SecurityEvent::KeyAdded { name }, now, true);
     factor_added(app, session, enrolled, &return_to).await

@@ -1,9 +1,9 @@
-//! The security key pages, and the one CSP that allows a script.
+//! The security key pages, and the one CSP that allows a script (only on pages that talk to a key).
 
 use askama::Template;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use super::{Body, CodeError, html};
+use crate::web::pages::{Body, CodeError, html};
 
 /// Registering a security key or passkey.
 #[derive(Template)]
@@ -21,16 +21,6 @@ pub struct SecurityKeyPage<'a> {
     pub return_to: &'a str,
     /// Where the other ways of setting up a second step are.
     pub other_ways: &'a str,
-}
-
-/// One key on the account page.
-pub struct KeyRow {
-    pub id: String,
-    pub name: String,
-    pub created: String,
-    pub last_used: Option<String>,
-    /// A passkey that may be synced between devices (the BE flag).
-    pub synced: bool,
 }
 
 /// [`html`], with a CSP that also lets our own `static/webauthn.js` run: only on the pages that
