@@ -37,6 +37,10 @@
     (list || []).forEach(function (c) { c.id = fromBase64url(c.id); });
   }
 
+  // The button is hidden until now: without this script it could not do anything.
+  var start = form.querySelector("[data-webauthn-start]");
+  if (start) { start.hidden = false; }
+
   var mode = form.getAttribute("data-webauthn");
   var options = JSON.parse(form.getAttribute("data-options")).publicKey;
   options.challenge = fromBase64url(options.challenge);

@@ -125,6 +125,17 @@ async fn a_key_registered_on_the_account_page_signs_in_and_refuses_clones_replay
     // Sign in elsewhere: password, then the key.
     let laptop = browser(&proxy);
     let challenge = password(&laptop, &base).await;
+    // Without JavaScript the key's button stays hidden and the page says why; a form that still
+    // arrives without an answer costs no attempt.
+    assert!(challenge.contains("data-webauthn-start hidden") && challenge.contains("<noscript>"));
+    let csrf = form_field(&challenge, "csrf").unwrap();
+    for _ in 0..4 {
+        let form = [("csrf", csrf.as_str()), ("rd", "/"), ("use", "key"), ("credential", "")];
+        let empty = post(&laptop, &base, "/.portcullis/challenge", &form).await;
+        assert_eq!(empty.status(), 400);
+        assert!(empty.text().await.unwrap().contains("No answer came from a key"));
+    }
+    let (_, _, challenge) = page(&laptop, &format!("{base}/.portcullis/challenge?use=key")).await;
     let credential = answer(&mut key, &base, &challenge);
     let signed_in = submit(&laptop, &base, &challenge, &credential, false).await;
     assert_eq!(signed_in.status(), 303);

@@ -146,6 +146,13 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
     let user = session.user().name.to_string();
     let step_up = matches!(session, Session::Full(_));
+    let view = form.view.as_deref().and_then(ChallengeView::from_key);
+    if view == Some(ChallengeView::Key) && form.credential.is_empty() && form.code.trim().is_empty() {
+        // The key form arrived without a key's answer (no JavaScript, or no WebAuthn): nothing
+        // was tried, so nothing is counted; the page says why and offers the other ways.
+        let extras = Extras { view, error: Some(CodeError::KeyMissing), ..Default::default() };
+        return Ok(render(app, &session, &return_to, extras, StatusCode::BAD_REQUEST));
+    }
     // Codes are regulated per account and per address, apart from passwords (see
     // `regulation.rs`): the attempt is reserved before the code is checked.
     let subjects = [Subject::Account(user.clone()), Subject::address(client)];
@@ -226,7 +233,6 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         return end_after_wrong_codes(app, session, None).await;
     }
     let tries_left = (session_limit - in_session).min(outcome.left);
-    let view = form.view.as_deref().and_then(ChallengeView::from_key);
     let extras = Extras { view, error: Some(error), tries_left: Some(tries_left), ..Default::default() };
     Ok(render(app, &session, &return_to, extras, StatusCode::UNAUTHORIZED))
 }
