@@ -481,6 +481,12 @@ fn print_reply(reply: &admin::Reply, view: AdminView) {
             let none: Vec<&str> = users.iter().filter(|u| u.factors.is_empty()).map(|u| u.name.as_str()).collect();
             println!("totp:           {}", with("totp").join(" "));
             println!("email:          {}", with("email").join(" "));
+            let keys: Vec<String> = users
+                .iter()
+                .filter(|u| !u.security_keys.is_empty())
+                .map(|u| format!("{} ({})", u.name, u.security_keys.join(", ")))
+                .collect();
+            println!("security keys:  {}", keys.join(" "));
             println!("recovery codes: {}", with("recovery_codes").join(" "));
             println!("none:           {}", none.join(" "));
         }

@@ -44,11 +44,9 @@ impl ProviderKind {
         }
     }
 
-    /// Whether this build can set up factors of this kind. `webauthn` becomes true when its
-    /// enrollment is merged; until then an active webauthn provider must not satisfy the
-    /// "required 2FA needs something to enroll" check.
+    /// Whether factors of this kind can be set up on the proxy's pages (each kind can).
     pub fn can_enroll(self) -> bool {
-        !matches!(self, Self::Webauthn)
+        true
     }
 }
 
@@ -126,6 +124,11 @@ impl ProviderId {
         Self::default_for(ProviderKind::Totp)
     }
 
+    /// For `#[serde(default = ...)]` on stored security keys.
+    pub fn webauthn() -> Self {
+        Self::default_for(ProviderKind::Webauthn)
+    }
+
     /// For `#[serde(default = ...)]` on stored email factors.
     pub fn email() -> Self {
         Self::default_for(ProviderKind::Email)
@@ -176,6 +179,17 @@ impl Providers {
             from_switch: !on,
         };
         Self(vec![provider(ProviderKind::Totp, totp), provider(ProviderKind::Email, email_otp)])
+    }
+
+    /// Adds the provider a switch stands for (`webauthn.enabled`), as [`Self::from_switches`] does.
+    pub fn add_from_switch(&mut self, kind: ProviderKind, on: bool) {
+        self.0.push(Provider {
+            id: ProviderId::default_for(kind),
+            kind,
+            name: kind.default_name().to_string(),
+            status: if on { ProviderStatus::Active } else { ProviderStatus::Deprecated },
+            from_switch: !on,
+        });
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Provider> {

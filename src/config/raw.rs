@@ -48,6 +48,16 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub notify: RawNotify,
+    #[serde(default)]
+    pub webauthn: RawWebauthn,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawWebauthn {
+    pub enabled: Option<bool>,
+    pub passwordless: Option<bool>,
+    pub attestation: Option<String>,
+    pub allowed_aaguids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -52,6 +52,8 @@ pub struct Config {
     pub clock: ClockSettings,
     pub notify: NotifySettings,
     pub admin: AdminSettings,
+    /// Security keys and passkeys (`[webauthn]`).
+    pub webauthn: WebauthnSettings,
     /// The file as written, to tell which keys a reload changed (see [`reload`]).
     pub(super) table: toml::Table,
 }
@@ -253,6 +255,36 @@ pub struct MfaSettings {
     pub remember_device: Option<Duration>,
     /// How many digits an emailed code has (6 to 8).
     pub email_code_digits: u32,
+    /// Whether users may register security keys and passkeys (`webauthn.enabled`, and a
+    /// `public_url` whose host is a domain name: WebAuthn L3 §5.1.3 needs a valid domain as
+    /// the relying party ID, which an IP address is not).
+    pub security_keys: bool,
+}
+
+/// `[webauthn]`: security keys and passkeys as a second factor (WebAuthn Level 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebauthnSettings {
+    /// Whether they are offered at all (see [`MfaSettings::security_keys`] for the effective value).
+    pub enabled: bool,
+    /// Signing in with a discoverable passkey and no password. Not built yet: refused at load.
+    pub passwordless: bool,
+    /// Only `"none"` for now: keys are not asked to prove their make (WebAuthn L3 §5.4.7).
+    pub attestation: Attestation,
+    /// Authenticator models (AAGUIDs) allowed, with `attestation = "direct"`; empty: any.
+    pub allowed_aaguids: Vec<String>,
+}
+
+impl Default for WebauthnSettings {
+    fn default() -> Self {
+        Self { enabled: true, passwordless: false, attestation: Attestation::None, allowed_aaguids: Vec::new() }
+    }
+}
+
+/// `webauthn.attestation` (WebAuthn L3 §5.4.7, `AttestationConveyancePreference`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attestation {
+    None,
+    Direct,
 }
 
 /// How the identity assertion is signed (`identity.algorithm`; RFC 7518 §3.1 names).

@@ -68,6 +68,18 @@ pub enum SecurityEvent {
         names: String,
         instead: Option<String>,
     },
+    /// A security key or passkey was registered, under this name.
+    KeyAdded {
+        name: String,
+    },
+    /// A security key or passkey was removed; other second steps remain.
+    KeyRemoved {
+        name: String,
+    },
+    /// A key's signature counter went backwards (WebAuthn L3 §6.1.1): it may have been copied.
+    KeyPossiblyCloned {
+        name: String,
+    },
 }
 
 impl SecurityEvent {
@@ -139,6 +151,18 @@ impl SecurityEvent {
                     Some(instead) => format!("Your administrator is retiring {names}. It still works for now, but it will stop working later. Set up {instead} from your account page, then remove the old one."),
                     None => format!("Your administrator is retiring {names}. It still works for now, but it will stop working later. Ask your administrator what to use instead."),
                 },
+            ),
+            Self::KeyAdded { name } => (
+                "A security key was added to your account",
+                format!("The security key or passkey \"{name}\" was added to your account. It can now be used as the second step when you sign in. If this was not you, remove it from your account page and change your password."),
+            ),
+            Self::KeyRemoved { name } => (
+                "A security key was removed from your account",
+                format!("The security key or passkey \"{name}\" no longer works for your account. Your other second steps and your recovery codes still do."),
+            ),
+            Self::KeyPossiblyCloned { name } => (
+                "Your security key may have been copied",
+                format!("A sign-in with your security key \"{name}\" was refused because the key's signature counter went backwards, which is what a copied key looks like. If you did not just try to sign in, remove the key from your account page, change your password, and tell your administrator."),
             ),
             Self::PasswordChanged => (
                 "Your password was changed",
@@ -468,6 +492,9 @@ mod tests {
             SecurityEvent::SignInCode { code: "123456".into() },
             SecurityEvent::ConfirmAddress { code: "654321".into() },
             SecurityEvent::EmailEnrolled,
+            SecurityEvent::KeyAdded { name: "Blue key".into() },
+            SecurityEvent::KeyRemoved { name: "Blue key".into() },
+            SecurityEvent::KeyPossiblyCloned { name: "Blue key".into() },
         ];
         for event in events {
             let message = notifier.build(&user, event.clone(), 1_800_000_000, false).unwrap();

@@ -125,6 +125,9 @@ pub struct UserStatus {
     /// no `factors`, the account is stranded: `admin factors --stranded`.
     #[serde(default)]
     pub turned_off: Vec<String>,
+    /// The names its owner gave its security keys and passkeys.
+    #[serde(default)]
+    pub security_keys: Vec<String>,
     pub recovery_codes_left: usize,
     pub enrolled_at: Option<UnixTime>,
     pub last_sign_in: Option<UnixTime>,
@@ -369,6 +372,9 @@ impl Admin {
                 if providers::counts(&record, known, FactorKind::Email) {
                     factors.push("email".to_string());
                 }
+                if providers::counts(&record, known, FactorKind::SecurityKey) {
+                    factors.push("security_key".to_string());
+                }
                 // Codes back up a factor that counts; alone they are not listed as one.
                 if record.recovery_codes_left() > 0 && !factors.is_empty() {
                     factors.push("recovery_codes".to_string());
@@ -383,6 +389,7 @@ impl Admin {
                     groups: user.groups.clone(),
                     factors,
                     turned_off,
+                    security_keys: record.security_keys.iter().map(|k| k.name.clone()).collect(),
                     recovery_codes_left: record.recovery_codes_left(),
                     enrolled_at: record.enrolled_at(),
                     last_sign_in: record.last_sign_in,
@@ -432,7 +439,7 @@ fn count<'a>(members: impl Iterator<Item = &'a UserStatus>, group: &str) -> Grou
         missing: Vec::new(),
     };
     for user in members {
-        let has = user.factors.iter().any(|f| f == "totp" || f == "email");
+        let has = user.factors.iter().any(|f| f == "totp" || f == "email" || f == "security_key");
         let required = matches!(user.requirement.as_str(), "required" | "required_from");
         row.accounts += 1;
         row.with_second_factor += usize::from(has);
@@ -456,6 +463,7 @@ mod tests {
             groups: groups.iter().map(|g| g.to_string()).collect(),
             factors: if totp { vec!["totp".into()] } else { vec![] },
             turned_off: vec![],
+            security_keys: vec![],
             recovery_codes_left: 0,
             enrolled_at: None,
             last_sign_in: None,

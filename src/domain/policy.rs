@@ -144,10 +144,15 @@ pub fn may_set_up(
     kind: FactorKind,
     proven: Proven,
 ) -> Setup {
-    // Offered: an active provider of the kind. Has: a factor of it that still counts (one whose
-    // provider was disabled is replaced as if it were not there).
-    let offered = mfa.providers.active(providers::kind_of(kind)).is_some();
-    let has = providers::counts(account, &mfa.providers, kind);
+    // Offered: an active provider of the kind (keys: and a domain to be their relying party). Has:
+    // a factor of it that still counts (one whose provider was disabled is replaced as if it were
+    // not there). An account may have several keys: one more is always an addition, never a swap.
+    let (offered, has) = match kind {
+        FactorKind::SecurityKey => (mfa.security_keys, false),
+        _ => {
+            (mfa.providers.active(providers::kind_of(kind)).is_some(), providers::counts(account, &mfa.providers, kind))
+        }
+    };
     if !offered || requirement == Requirement::Off || (has && kind == FactorKind::Email) {
         return Setup::No;
     }
@@ -220,6 +225,7 @@ mod tests {
             nudge_every: None,
             remember_device: None,
             email_code_digits: 6,
+            security_keys: false,
         };
         assert_eq!(requirement(&mfa, &user, 1_799_999_999), Upcoming(1_800_000_000));
         assert_eq!(requirement(&mfa, &user, 1_800_000_000), Required);
@@ -285,6 +291,7 @@ mod tests {
             nudge_every: None,
             remember_device: None,
             email_code_digits: 6,
+            security_keys: true,
         };
         let none = AccountRecord::default();
         let with_app = AccountRecord {
@@ -299,7 +306,7 @@ mod tests {
         };
         let fresh = Proven::Full { recently: true };
         let stale = Proven::Full { recently: false };
-        use FactorKind::{Email, Totp};
+        use FactorKind::{Email, SecurityKey, Totp};
         let table = [
             (Optional, &none, Totp, Proven::Password, Setup::Add),
             (Off, &none, Totp, fresh, Setup::No),
@@ -308,6 +315,10 @@ mod tests {
             (Required, &with_app, Totp, fresh, Setup::Replace),
             (Required, &with_app, Email, fresh, Setup::Add),
             (Required, &with_app, Email, stale, Setup::StepUpFirst),
+            (Optional, &none, SecurityKey, Proven::Password, Setup::Add),
+            (Required, &with_app, SecurityKey, Proven::Password, Setup::No),
+            (Required, &with_app, SecurityKey, stale, Setup::StepUpFirst),
+            (Required, &with_app, SecurityKey, fresh, Setup::Add),
         ];
         for (requirement, account, kind, proven, expected) in table {
             assert_eq!(
@@ -336,6 +347,8 @@ mod tests {
         let retired = config("[[mfa.provider]]\nid = \"totp\"\nkind = \"totp\"\nstatus = \"deprecated\"\n");
         assert_eq!(may_set_up(&retired, Optional, &with_app, Totp, fresh), Setup::No, "deprecated: no new app");
         assert_eq!(may_set_up(&retired, Optional, &none, Totp, Proven::Password), Setup::No);
+        let no_keys = MfaSettings { security_keys: false, ..app_only };
+        assert_eq!(may_set_up(&no_keys, Optional, &none, SecurityKey, fresh), Setup::No, "not offered");
     }
 
     #[test]

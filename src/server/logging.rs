@@ -14,6 +14,9 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::AuditOutput;
 
+/// Crates whose debug output would include secrets or challenges, held at `warn`.
+const QUIET: [&str; 3] = ["webauthn_rs=warn", "webauthn_rs_core=warn", "webauthn_rs_proto=warn"];
+
 /// The target every security event is logged under; the audit trail is exactly these events.
 pub const SECURITY: &str = "portcullis::security";
 
@@ -31,6 +34,9 @@ pub fn init(level: &str, audit: &AuditOutput) -> LogGuards {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // webauthn-rs logs ceremony state (challenges) and credentials at debug and trace: never
+    // those, whatever level is asked for. Its warnings and errors still come through.
+    let filter = QUIET.iter().filter_map(|d| d.parse().ok()).fold(filter, EnvFilter::add_directive);
     let writer = |name: &str, sink: Box<dyn std::io::Write + Send>| {
         NonBlockingBuilder::default().lossy(false).thread_name(name).finish(sink)
     };

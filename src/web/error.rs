@@ -5,6 +5,7 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::base::text::whole_minutes;
+use crate::domain::factors::security_key::KeyError;
 use crate::domain::factors::service::{CodeRefused, EnrollError, LinkError, RemoveError};
 use crate::domain::regulation::Who;
 use crate::domain::session::SessionError;
@@ -169,6 +170,16 @@ impl From<EnrollError> for WebError {
         match e {
             EnrollError::Store(e) => Self::Unavailable(e.to_string()),
             EnrollError::NotOffered => Self::FactorNotOffered,
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<KeyError> for WebError {
+    /// Only the failures that are not the person's: a refused key is answered on its page.
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Store(e) => Self::Unavailable(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -111,6 +111,10 @@ pub struct CodeForm {
     pub view: Option<String>,
     /// "Remember this browser", ticked.
     pub remember: Option<String>,
+    /// A security key's answer instead of a code: the WebAuthn credential as JSON, its binary
+    /// fields base64url (what `static/webauthn.js` puts there).
+    #[serde(default)]
+    pub credential: String,
 }
 
 impl SessionForm for CodeForm {

@@ -2,7 +2,7 @@
 //! their checks, and the one error type every handler answers with.
 //!
 //! Inside the layer, too, dependencies point one way: `forward_auth` → `gate` → `portal` (the pages) → `forms`,
-//! `cookies`, `respond` → `state` (the shared services) → `pending`, `route`, `pages`, `error`.
+//! `cookies`, `respond` → `state` (the shared services) → `pending`, `route`, `key_pages` → `pages`, `error`.
 
 pub mod body_timeout;
 pub mod cookies;
@@ -11,6 +11,7 @@ pub mod forms;
 pub mod forward;
 pub mod forward_auth;
 pub mod gate;
+pub mod key_pages;
 pub mod malformed;
 pub mod pages;
 pub mod pending;

@@ -88,6 +88,9 @@ pub struct AccountPage<'a> {
     pub can_remove_email: bool,
     /// Browsers that skip the second factor, when `mfa.remember_device` is on.
     pub remembered: Vec<RememberedRow>,
+    /// Security keys and passkeys, and whether more may be added.
+    pub security_keys: Vec<KeyRow>,
+    pub keys_offered: bool,
     pub sessions: Vec<SessionRow>,
     /// Deprecated providers the account relies on (names), and what to set up instead.
     pub retiring: Option<Retiring>,
@@ -124,6 +127,16 @@ pub struct SessionRow {
     pub partial: bool,
     /// The other host it was handed to; `None` on the main host.
     pub host: Option<String>,
+}
+
+/// One key on the account page.
+pub struct KeyRow {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub last_used: Option<String>,
+    /// A passkey that may be synced between devices (the BE flag).
+    pub synced: bool,
 }
 
 /// One remembered browser on the account page.
@@ -174,6 +187,12 @@ pub enum CodeError {
     Malformed,
     /// The emailed code ran out (ten minutes, or too many tries): ask for a new one.
     Expired,
+    /// A security key's answer did not verify (wrong site, another key, a copied key).
+    KeyRefused,
+    /// The security key request ran out (5 minutes) or was already answered.
+    KeyExpired,
+    /// The browser sent no answer from a key (JavaScript off, or no WebAuthn).
+    KeyMissing,
 }
 
 #[derive(Template)]
@@ -198,6 +217,10 @@ pub struct ChallengePage<'a> {
     pub remember_days: Option<u64>,
     /// Links to the other views, with the return path kept.
     pub links: ChallengeLinks,
+    /// The account has security keys.
+    pub keys: bool,
+    /// For the key view: the WebAuthn request options (JSON), for `static/webauthn.js`.
+    pub key_options: Option<String>,
 }
 
 /// The challenge page asks for one kind of code at a time; the others are a link away.
@@ -206,6 +229,8 @@ pub enum ChallengeView {
     App,
     Email,
     Recovery,
+    /// A security key or passkey.
+    Key,
 }
 
 impl ChallengeView {
@@ -215,11 +240,12 @@ impl ChallengeView {
             Self::App => "app",
             Self::Email => "email",
             Self::Recovery => "recovery",
+            Self::Key => "key",
         }
     }
 
     pub fn from_key(key: &str) -> Option<Self> {
-        [Self::App, Self::Email, Self::Recovery].into_iter().find(|v| v.key() == key)
+        [Self::App, Self::Email, Self::Recovery, Self::Key].into_iter().find(|v| v.key() == key)
     }
 }
 
@@ -227,6 +253,7 @@ pub struct ChallengeLinks {
     pub app: String,
     pub email: String,
     pub recovery: String,
+    pub key: String,
 }
 
 /// What happened when an emailed code was asked for.
@@ -266,6 +293,8 @@ pub struct EnrollPage<'a> {
     pub email_option: Option<String>,
     /// The account's factors were all disabled: their providers' names, to say why it is here.
     pub turned_off: Option<String>,
+    /// Offer a security key instead: the link to its setup page.
+    pub key_option: Option<String>,
 }
 
 #[derive(Template)]
@@ -372,6 +401,7 @@ pub fn see_other(location: &str) -> Response<Body> {
 pub fn static_file(name: &str) -> Option<Response<Body>> {
     let (body, content_type) = match name {
         "portcullis.css" => (include_str!("../../static/portcullis.css"), "text/css; charset=utf-8"),
+        "webauthn.js" => (include_str!("../../static/webauthn.js"), "text/javascript; charset=utf-8"),
         _ => return None,
     };
     let mut response = Response::new(full(body));

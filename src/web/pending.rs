@@ -6,6 +6,7 @@ use dashmap::DashMap;
 use crate::base::clock::UnixTime;
 use crate::base::secret::Secret;
 use crate::domain::factors::proof::SecondFactorProof;
+use crate::domain::factors::security_key::{RegistrationCeremony, SignInCeremony};
 use crate::domain::factors::totp;
 use crate::domain::session::SessionKey;
 
@@ -21,6 +22,11 @@ struct PendingState {
     /// The proof of the factor just set up in a half-logged-in session, which makes the session
     /// full once the codes are saved.
     enrolled_with: Option<SecondFactorProof>,
+    /// A security key registration in progress (WebAuthn L3 §7.1): one per session, replaced by
+    /// a newer one, taken (so used at most once) by the form that finishes it.
+    key_registration: Option<RegistrationCeremony>,
+    /// A security key assertion in progress (§7.2), likewise.
+    key_sign_in: Option<SignInCeremony>,
 }
 
 impl Pending {
@@ -47,6 +53,22 @@ impl Pending {
     /// Puts back a secret whose code was wrong, so the next code from the same app works.
     pub fn keep_secret(&self, key: &SessionKey, secret: Secret, made: UnixTime) {
         self.0.entry(key.clone()).or_default().totp_secret = Some((secret, made));
+    }
+
+    pub fn put_key_registration(&self, key: &SessionKey, ceremony: RegistrationCeremony) {
+        self.0.entry(key.clone()).or_default().key_registration = Some(ceremony);
+    }
+
+    pub fn take_key_registration(&self, key: &SessionKey) -> Option<RegistrationCeremony> {
+        self.0.get_mut(key)?.key_registration.take()
+    }
+
+    pub fn put_key_sign_in(&self, key: &SessionKey, ceremony: SignInCeremony) {
+        self.0.entry(key.clone()).or_default().key_sign_in = Some(ceremony);
+    }
+
+    pub fn take_key_sign_in(&self, key: &SessionKey) -> Option<SignInCeremony> {
+        self.0.get_mut(key)?.key_sign_in.take()
     }
 
     pub fn put_codes(&self, key: &SessionKey, codes: Vec<String>) {

@@ -48,6 +48,10 @@ pub enum OwnPage {
     ForwardAuth,
     /// The public keys that verify identity assertions (a JWK Set, RFC 7517 §5).
     Jwks,
+    /// Register a security key or passkey: the page (GET), the browser's answer (POST).
+    SecurityKeyNew,
+    /// Remove one security key (`?key=<handle>`): the confirmation (GET), the removal (POST).
+    SecurityKeyRemove,
     /// A file under `static/`, by name.
     Static(String),
     NotFound,
@@ -136,6 +140,8 @@ pub enum Destination {
     Handoff,
     /// Not a page: the JWK Set upstreams fetch (named here so every path is in this file).
     Jwks,
+    SecurityKeyNew,
+    SecurityKeyRemove,
 }
 
 impl Destination {
@@ -153,6 +159,8 @@ impl Destination {
             Self::Admin => "/.portcullis/admin",
             Self::Handoff => "/.portcullis/handoff",
             Self::Jwks => "/.portcullis/jwks.json",
+            Self::SecurityKeyNew => "/.portcullis/security-keys/new",
+            Self::SecurityKeyRemove => "/.portcullis/security-keys/remove",
         }
     }
 
@@ -216,6 +224,8 @@ pub fn route(path: &str) -> Route {
         "/handoff" => OwnPage::Handoff,
         "/auth" => OwnPage::ForwardAuth,
         "/jwks.json" => OwnPage::Jwks,
+        "/security-keys/new" => OwnPage::SecurityKeyNew,
+        "/security-keys/remove" => OwnPage::SecurityKeyRemove,
         rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/").and_then(AccountAction::parse)) {
             (Some(name), _) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
             (_, Some(action)) => OwnPage::AccountAction(action),

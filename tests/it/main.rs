@@ -24,5 +24,6 @@ mod mfa;
 mod pausing;
 mod providers;
 mod reload;
+mod security_keys;
 mod smtp;
 mod upstream;

@@ -11,6 +11,7 @@ mod providers_tests;
 mod sections;
 #[cfg(test)]
 mod tests;
+mod webauthn;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use http::HeaderName;
 use http::uri::Scheme;
 use ipnet::IpNet;
 
+use crate::config::ProviderKind;
 use crate::config::problems::{ConfigError, Problem};
 use crate::config::raw::{OneOrMany, RawConfig};
 use crate::config::settings::*;
@@ -183,7 +185,15 @@ impl Validator {
         let (hosts, rules) = self.access(raw.hosts, raw.rule, raw.sandstorm, public_url.as_ref());
         let session = self.session(raw.session, public_url.as_ref());
         let raw_switches = raw.mfa.provider.as_ref().is_none_or(|p| p.is_empty());
-        let mfa = self.mfa(raw.mfa, public_url.as_ref());
+        let mut mfa = self.mfa(raw.mfa, public_url.as_ref());
+        let webauthn = self.webauthn(raw.webauthn, public_url.as_ref(), &mut mfa);
+        if raw_switches {
+            // Without [[mfa.provider]], `webauthn.enabled` is the switch for security keys, as
+            // mfa.totp and mfa.email_otp are for theirs.
+            mfa.providers.add_from_switch(ProviderKind::Webauthn, webauthn.enabled);
+        }
+        // Offered only through an active provider, like every kind.
+        mfa.security_keys = mfa.security_keys && mfa.providers.active(ProviderKind::Webauthn).is_some();
         let identity = self.identity(raw.identity, data_dir.as_deref(), public_url.as_ref());
         let tls = raw.tls.and_then(|t| self.tls(t));
         let proxy = self.proxy(raw.proxy);
@@ -353,6 +363,7 @@ impl Validator {
             clock,
             notify,
             admin,
+            webauthn,
             table: toml::Table::new(),
         })
     }

@@ -181,6 +181,8 @@ impl Validator {
             nudge_every,
             remember_device,
             email_code_digits: email_code_digits as u32,
+            // Set by the `[webauthn]` checks, which see the public URL's host.
+            security_keys: false,
         }
     }
 

@@ -52,6 +52,12 @@ pub enum AuthMethod {
     /// never counts as a fresh second factor (step-up still asks for one).
     #[serde(rename = "device")]
     RememberedBrowser,
+    /// A security key or device-bound passkey: proof of possession of a hardware-protected key
+    /// (RFC 8176 §2 "hwk"), with user verification (WebAuthn L3 §6.2.3).
+    Hwk,
+    /// A passkey the authenticator says may be synced between devices (WebAuthn L3 §6.1.3,
+    /// the BE flag): a software-protected key (RFC 8176 §2 "swk").
+    Swk,
 }
 
 impl AuthMethod {
@@ -62,24 +68,27 @@ impl AuthMethod {
             Self::Rc => "rc",
             Self::Email => "email",
             Self::RememberedBrowser => "device",
+            Self::Hwk => "hwk",
+            Self::Swk => "swk",
         }
     }
 
     /// Whether this stands in for the second factor the policy may ask for.
     pub fn is_second_factor(self) -> bool {
-        matches!(self, Self::Otp | Self::Rc | Self::Email | Self::RememberedBrowser)
+        matches!(self, Self::Otp | Self::Rc | Self::Email | Self::RememberedBrowser | Self::Hwk | Self::Swk)
     }
 
     /// Whether NIST SP 800-63B accepts this as the second factor of AAL2: an OTP device (§5.1.4)
-    /// or a look-up secret (§5.1.2). Not an emailed code (§5.1.3.1 rules out email for
+    /// or a look-up secret (§5.1.2), or a multi-factor cryptographic authenticator (§5.1.9, a
+    /// WebAuthn credential with user verification; synced passkeys count at AAL2). Not an emailed code (§5.1.3.1 rules out email for
     /// out-of-band authenticators) and not a remembered browser (nothing was proven now).
     pub fn meets_aal2(self) -> bool {
-        matches!(self, Self::Otp | Self::Rc)
+        matches!(self, Self::Otp | Self::Rc | Self::Hwk | Self::Swk)
     }
 
     /// Whether this is a second factor proven just now (what step-up asks for).
     pub fn is_fresh_second_factor(self) -> bool {
-        matches!(self, Self::Otp | Self::Rc | Self::Email)
+        matches!(self, Self::Otp | Self::Rc | Self::Email | Self::Hwk | Self::Swk)
     }
 }
 

@@ -52,14 +52,16 @@ pub fn kind_of(kind: FactorKind) -> ProviderKind {
     match kind {
         FactorKind::Totp => ProviderKind::Totp,
         FactorKind::Email => ProviderKind::Email,
+        FactorKind::SecurityKey => ProviderKind::Webauthn,
     }
 }
 
-/// Every factor of the account, with the provider it points at. (WebAuthn credentials join here.)
+/// Every factor of the account, with the provider it points at (each security key apart).
 pub fn factors_of(record: &AccountRecord) -> Vec<(FactorKind, &ProviderId)> {
     let app = record.totp.as_ref().map(|t| (FactorKind::Totp, &t.provider));
     let email = record.email.as_ref().map(|e| (FactorKind::Email, &e.provider));
-    app.into_iter().chain(email).collect()
+    let keys = record.security_keys.iter().map(|k| (FactorKind::SecurityKey, &k.provider));
+    app.into_iter().chain(email).chain(keys).collect()
 }
 
 /// Whether the account has a factor of `kind` that counts.
@@ -102,6 +104,7 @@ pub fn proof_counts(amr: &[AuthMethod], record: &AccountRecord, providers: &Prov
     amr.iter().any(|method| match method {
         AuthMethod::Otp => counts(record, providers, FactorKind::Totp),
         AuthMethod::Email => counts(record, providers, FactorKind::Email),
+        AuthMethod::Hwk | AuthMethod::Swk => counts(record, providers, FactorKind::SecurityKey),
         AuthMethod::Rc | AuthMethod::RememberedBrowser => has_counting_factor(record, providers),
         AuthMethod::Pwd => false,
     })

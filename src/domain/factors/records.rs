@@ -5,6 +5,7 @@ use subtle::ConstantTimeEq;
 
 use super::recovery::{self, RecoveryCodeRecord};
 use super::remembered::{MAX_PER_ACCOUNT, RememberedBrowser, digest_of};
+pub use super::security_key::SecurityKeyRecord;
 use crate::base::clock::UnixTime;
 use crate::config::ProviderId;
 use crate::domain::users::User;
@@ -40,6 +41,9 @@ pub struct AccountRecord {
     /// Deprecated providers the user was mailed about, so each is mailed once.
     #[serde(default)]
     pub retirement_mailed: std::collections::BTreeSet<ProviderId>,
+    /// Security keys and passkeys (WebAuthn credentials), several per account.
+    #[serde(default)]
+    pub security_keys: Vec<SecurityKeyRecord>,
 }
 
 /// The kinds of second factor an account can have (recovery codes are their backup, not a kind).
@@ -48,6 +52,8 @@ pub struct AccountRecord {
 pub enum FactorKind {
     Totp,
     Email,
+    /// One or more security keys or passkeys.
+    SecurityKey,
 }
 
 /// Codes by email to a confirmed address.
@@ -91,7 +97,16 @@ impl AccountRecord {
     /// Whether the account can prove a second factor. Recovery codes only count alongside an
     /// authenticator: they are its backup, not a factor of their own.
     pub fn has_second_factor(&self) -> bool {
-        self.totp.is_some() || self.email.is_some()
+        self.totp.is_some() || self.email.is_some() || !self.security_keys.is_empty()
+    }
+
+    /// Whether the account has a factor of `kind`.
+    pub fn has(&self, kind: FactorKind) -> bool {
+        match kind {
+            FactorKind::Totp => self.totp.is_some(),
+            FactorKind::Email => self.email.is_some(),
+            FactorKind::SecurityKey => !self.security_keys.is_empty(),
+        }
     }
 
     /// When two-step verification was turned on: the earliest factor still in place (an app or
@@ -99,15 +114,17 @@ impl AccountRecord {
     pub fn enrolled_at(&self) -> Option<UnixTime> {
         let app = self.totp.as_ref().map(|t| t.enrolled_at);
         let email = self.email.as_ref().map(|e| e.enrolled_at);
-        app.into_iter().chain(email).min()
+        let keys = self.security_keys.iter().map(|k| k.created_at);
+        app.into_iter().chain(email).chain(keys).min()
     }
 
-    /// The factor to offer first: the chosen one if it is still there, else whichever exists.
+    /// The factor to offer first: a security key whenever there is one (it cannot be phished,
+    /// unlike a code), else the chosen one if it is still there, else whichever exists.
     pub fn primary_factor(&self) -> Option<FactorKind> {
-        let has = |kind: &FactorKind| match kind {
-            FactorKind::Totp => self.totp.is_some(),
-            FactorKind::Email => self.email.is_some(),
-        };
+        let has = |kind: &FactorKind| self.has(*kind);
+        if self.has(FactorKind::SecurityKey) {
+            return Some(FactorKind::SecurityKey);
+        }
         self.primary.filter(has).or_else(|| [FactorKind::Totp, FactorKind::Email].into_iter().find(has))
     }
 

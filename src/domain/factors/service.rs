@@ -41,6 +41,9 @@ pub enum CodeRefused {
     Sealing(#[from] SealError),
     #[error("the stored secret is unusable: {0}")]
     Secret(String),
+    /// A security key's assertion that did not prove the factor.
+    #[error(transparent)]
+    Key(#[from] super::security_key::KeyError),
 }
 
 /// A code that proved a second factor.
@@ -335,13 +338,12 @@ impl SecondFactors {
     ) -> Result<bool, RemoveError> {
         self.accounts
             .update(user, |record| {
-                let (totp, email) =
-                    (counts(record, providers, FactorKind::Totp), counts(record, providers, FactorKind::Email));
-                let (has, other) = match kind {
-                    FactorKind::Totp => (totp, email),
-                    FactorKind::Email => (email, totp),
-                };
-                if !has {
+                let has = counts(record, providers, kind);
+                let other = [FactorKind::Totp, FactorKind::Email, FactorKind::SecurityKey]
+                    .into_iter()
+                    .any(|k| k != kind && counts(record, providers, k));
+                // Keys go one at a time (`remove_key`), by their handle.
+                if !has || kind == FactorKind::SecurityKey {
                     return Err(RemoveError::NothingToRemove);
                 }
                 if required && !other {
@@ -350,6 +352,7 @@ impl SecondFactors {
                 match kind {
                     FactorKind::Totp => record.totp = None,
                     FactorKind::Email => record.email = None,
+                    FactorKind::SecurityKey => {}
                 }
                 if !other {
                     record.recovery_codes.clear();
@@ -388,11 +391,7 @@ impl SecondFactors {
     pub async fn choose_primary(&self, user: &User, kind: FactorKind) -> Result<(), StoreError> {
         self.accounts
             .update(user, |record| {
-                let has = match kind {
-                    FactorKind::Totp => record.totp.is_some(),
-                    FactorKind::Email => record.email.is_some(),
-                };
-                if has {
+                if record.has(kind) {
                     record.primary = Some(kind);
                 }
                 Ok(())

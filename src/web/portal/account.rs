@@ -51,6 +51,8 @@ fn notice(query: &str) -> Option<&'static str> {
         "password" => "Your password was changed. Your other sessions were signed out.",
         "session-ended" => "You signed out that session.",
         "forgotten" => "That browser will be asked for a code again.",
+        "key-on" => "Your security key is added. You will be asked for it when you sign in.",
+        "key-removed" => "That security key was removed. Your other second steps and your recovery codes still work.",
         _ => return None,
     })
 }
@@ -79,6 +81,7 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
     let providers = &config.mfa.providers;
     let (app_counts, email_counts) =
         (counts(&record, providers, FactorKind::Totp), counts(&record, providers, FactorKind::Email));
+    let keys_count = counts(&record, providers, FactorKind::SecurityKey);
     let this = full.key().handle();
     let sessions = app
         .sessions
@@ -128,10 +131,24 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
         }),
         email_offered: (providers.active(ProviderKind::Email).is_some() && !email_counts).then(|| masked(&user.email)),
         totp_offered: providers.active(ProviderKind::Totp).is_some(),
-        primary_email: (record.primary_factor() == Some(FactorKind::Email) && email_counts) || !app_counts,
-        can_remove_totp: requirement != Requirement::Required || email_counts,
-        can_remove_email: requirement != Requirement::Required || app_counts,
+        primary_email: (record.primary_factor() == Some(FactorKind::Email) && email_counts)
+            || (!app_counts && !keys_count),
+        can_remove_totp: requirement != Requirement::Required || email_counts || keys_count,
+        can_remove_email: requirement != Requirement::Required || app_counts || keys_count,
         remembered,
+        security_keys: record
+            .security_keys
+            .iter()
+            .filter(|k| providers::standing(providers.get(&k.provider)).counts)
+            .map(|k| pages::KeyRow {
+                id: k.id.clone(),
+                name: k.name.clone(),
+                created: format_utc(k.created_at),
+                last_used: k.last_used_at.map(format_utc),
+                synced: k.backup_eligible,
+            })
+            .collect(),
+        keys_offered: config.mfa.security_keys,
         sessions,
         retiring: retiring_banner(&record, providers),
         turned_off: app.is_stranded(user).then(|| app.turned_off_names(user)).or_else(|| {
@@ -180,13 +197,14 @@ pub(super) async fn action_page(app: &App, action: AccountAction, request: &Requ
     let applies = match action {
         AccountAction::RemoveTotp => app_counts,
         AccountAction::RemoveEmail => email_counts,
-        _ => app_counts || email_counts,
+        _ => app_counts || email_counts || counts(&record, providers, FactorKind::SecurityKey),
     };
     if !applies {
         // A stale link: there is nothing to confirm.
         return Ok(go_to(app, HOME));
     }
-    let last = !(app_counts && email_counts);
+    let keys_count = counts(&record, providers, FactorKind::SecurityKey);
+    let last = [app_counts, email_counts, keys_count].into_iter().filter(|c| *c).count() <= 1;
     let (title, consequence, button) = match action {
         AccountAction::RemoveTotp if last => (
             "Turn off two-step verification?",

@@ -97,7 +97,7 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Answer 
                 (None, _) if u.declined_2fa => "Optional (declined the suggestion)".into(),
                 (None, _) => "Optional".into(),
             },
-            factors: factors_in_words(&u.factors, u.recovery_codes_left),
+            factors: factors_in_words(&u.factors, &u.security_keys, u.recovery_codes_left),
             enrolled: u.enrolled_at.map(format_utc),
             last_sign_in: when(u.last_sign_in),
             groups: u.groups.join(", "),
@@ -134,12 +134,13 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Answer 
 }
 
 /// An account's factors as a person names them, never the internal names.
-fn factors_in_words(factors: &[String], codes_left: usize) -> String {
+fn factors_in_words(factors: &[String], keys: &[String], codes_left: usize) -> String {
     let named: Vec<String> = factors
         .iter()
         .map(|f| match f.as_str() {
             "totp" => "Authenticator app".to_string(),
             "email" => "Codes by email".to_string(),
+            "security_key" => format!("Security keys ({})", keys.join(", ")),
             "recovery_codes" => format!("recovery codes ({codes_left} left)"),
             other => other.to_string(),
         })

@@ -13,9 +13,11 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::second_step::{Enough, complete_sign_in, complete_step_up};
+use super::security_keys;
 use crate::domain::factors::FactorKind;
 use crate::domain::factors::email::masked;
 use crate::domain::factors::providers::counts;
+use crate::domain::factors::security_key::KeyError;
 use crate::domain::factors::service::{CodeRefused, Verified};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::regulation::{Factor, Refusal, Subject, Who};
@@ -59,8 +61,11 @@ pub(super) fn render(
     let app_counts = counts(&record, providers, FactorKind::Totp);
     let email =
         record.email.as_ref().filter(|_| counts(&record, providers, FactorKind::Email)).map(|e| masked(&e.address));
+    let keys = counts(&record, providers, FactorKind::SecurityKey);
     let primary = match record.primary_factor() {
+        Some(FactorKind::SecurityKey) if keys => ChallengeView::Key,
         Some(FactorKind::Email) if email.is_some() => ChallengeView::Email,
+        _ if !app_counts && keys => ChallengeView::Key,
         _ if !app_counts && email.is_some() => ChallengeView::Email,
         _ => ChallengeView::App,
     };
@@ -70,8 +75,11 @@ pub(super) fn render(
         Some(ChallengeView::App) if app_counts => ChallengeView::App,
         Some(ChallengeView::Email) if email.is_some() => ChallengeView::Email,
         Some(ChallengeView::Recovery) => ChallengeView::Recovery,
+        Some(ChallengeView::Key) if keys => ChallengeView::Key,
         _ => primary,
     };
+    // Each showing of the key view starts a new assertion, replacing the session's earlier one.
+    let key_options = (view == ChallengeView::Key).then(|| security_keys::sign_in_options(app, session)).flatten();
     let link = |view: ChallengeView| Destination::Challenge.with_return(return_to, &[("use", view.key())]);
     let step_up = matches!(session, Session::Full(_));
     let remember_days = app.config().mfa.remember_device.filter(|_| !step_up).map(|d| d.as_secs() / 86_400);
@@ -91,9 +99,17 @@ pub(super) fn render(
             app: link(ChallengeView::App),
             email: link(ChallengeView::Email),
             recovery: link(ChallengeView::Recovery),
+            key: link(ChallengeView::Key),
         },
+        keys,
+        key_options,
     };
-    with_user(pages::html(status, &page), session.user())
+    let response = if page.key_options.is_some() {
+        crate::web::key_pages::html_with_script(status, &page)
+    } else {
+        pages::html(status, &page)
+    };
+    with_user(response, session.user())
 }
 
 pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
@@ -136,6 +152,13 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
     let user = session.user().name.to_string();
     let step_up = matches!(session, Session::Full(_));
+    let view = form.view.as_deref().and_then(ChallengeView::from_key);
+    if view == Some(ChallengeView::Key) && form.credential.is_empty() && form.code.trim().is_empty() {
+        // The key form arrived without a key's answer (no JavaScript, or no WebAuthn): nothing
+        // was tried, so nothing is counted; the page says why and offers the other ways.
+        let extras = Extras { view, error: Some(CodeError::KeyMissing), ..Default::default() };
+        return Ok(render(app, &session, &return_to, extras, StatusCode::BAD_REQUEST));
+    }
     // Codes are regulated per account and per address, apart from passwords (see
     // `regulation.rs`): the attempt is reserved before the code is checked.
     let subjects = [Subject::Account(user.clone()), Subject::address(client)];
@@ -145,32 +168,51 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     };
     let now = app.clock.now();
     let digits = app.config().mfa.email_code_digits;
-    let refused =
-        match app.factors.verify_code(session.user(), &form.code, digits, &app.config().mfa.providers, now).await {
-            Ok(verified) => {
-                crate::base::metrics::second_factor("ok");
-                if let Err(e) = attempt.succeeded().await {
-                    tracing::error!("could not record a second factor: {e}");
-                }
-                let remember = form.remember.as_deref() == Some("yes");
-                return proven(app, session, verified, &return_to, remember.then_some(device)).await;
+    let checked = if form.credential.is_empty() {
+        app.factors.verify_code(session.user(), &form.code, digits, &app.config().mfa.providers, now).await
+    } else {
+        security_keys::verify(app, &session, &form.credential).await.map_err(CodeRefused::from)
+    };
+    let refused = match checked {
+        Ok(verified) => {
+            crate::base::metrics::second_factor("ok");
+            if let Err(e) = attempt.succeeded().await {
+                tracing::error!("could not record a second factor: {e}");
             }
-            Err(CodeRefused::NoFactor) => {
-                drop(attempt);
-                return Ok(send_to(app, Destination::Enroll, &return_to));
-            }
-            Err(e @ (CodeRefused::Store(_) | CodeRefused::Sealing(_) | CodeRefused::Secret(_))) => {
-                drop(attempt);
-                return Err(WebError::Internal(format!("second factor check for {user} failed: {e}")));
-            }
-            Err(refused) => refused,
-        };
+            let remember = form.remember.as_deref() == Some("yes");
+            return proven(app, session, verified, &return_to, remember.then_some(device)).await;
+        }
+        Err(CodeRefused::NoFactor) => {
+            drop(attempt);
+            return Ok(send_to(app, Destination::Enroll, &return_to));
+        }
+        Err(
+            e @ (CodeRefused::Store(_)
+            | CodeRefused::Sealing(_)
+            | CodeRefused::Secret(_)
+            | CodeRefused::Key(KeyError::Store(_) | KeyError::Unavailable(_))),
+        ) => {
+            drop(attempt);
+            return Err(WebError::Internal(format!("second factor check for {user} failed: {e}")));
+        }
+        Err(refused) => refused,
+    };
 
     let in_session = match &session {
         Session::Partial(p) => p.record_failure(),
         Session::Full(f) => f.record_failure(),
     } as usize;
+    if let CodeRefused::Key(KeyError::PossibleClone { name }) = &refused {
+        // WebAuthn L3 §6.1.1: a counter that does not go up signals a cloned authenticator. The
+        // sign-in is refused (and counted as a wrong attempt); the owner hears of it.
+        tracing::warn!(target: "portcullis::security", %user, "security key refused: its signature counter went backwards (cloned?)");
+        app.notifier.send(session.user(), SecurityEvent::KeyPossiblyCloned { name: name.clone() }, now, true);
+    } else if let CodeRefused::Key(e) = &refused {
+        tracing::warn!(target: "portcullis::security", %user, "security key refused: {e}");
+    }
     let error = match refused {
+        CodeRefused::Key(KeyError::Expired) => CodeError::KeyExpired,
+        CodeRefused::Key(_) => CodeError::KeyRefused,
         CodeRefused::Replayed => CodeError::Replayed,
         CodeRefused::Malformed => CodeError::Malformed,
         CodeRefused::Expired => CodeError::Expired,
@@ -197,7 +239,6 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         return end_after_wrong_codes(app, session, None).await;
     }
     let tries_left = (session_limit - in_session).min(outcome.left);
-    let view = form.view.as_deref().and_then(ChallengeView::from_key);
     let extras = Extras { view, error: Some(error), tries_left: Some(tries_left), ..Default::default() };
     Ok(render(app, &session, &return_to, extras, StatusCode::UNAUTHORIZED))
 }

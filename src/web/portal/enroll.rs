@@ -42,6 +42,8 @@ fn render(app: &App, session: &Session, return_to: &str, error: Option<CodeError
         return_to,
         email_option,
         turned_off: app.is_stranded(session.user()).then(|| app.turned_off_names(session.user())),
+        key_option: (app.may_set_up(session, FactorKind::SecurityKey) == Setup::Add)
+            .then(|| Destination::SecurityKeyNew.with_return(return_to, &[])),
     };
     if !matches!(totp_setup, Setup::Add | Setup::Replace) {
         return Ok(with_user(pages::html(status, &page), session.user()));
@@ -78,6 +80,10 @@ pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
         }
         // No app allowed here, but codes by email are: the same page, with only that choice.
         (_, Setup::Add, _) => render(app, &session, &return_to, None, StatusCode::OK),
+        // Only a security key may be set up: its own page.
+        _ if app.may_set_up(&session, FactorKind::SecurityKey) == Setup::Add => {
+            Ok(send_to(app, Destination::SecurityKeyNew, &return_to))
+        }
         // Nothing to prove and nothing that may be set up: say so rather than send the browser
         // back to the challenge page, which would send it here again.
         (_, _, Session::Partial(_)) if app.is_stranded(session.user()) => {

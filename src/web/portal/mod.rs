@@ -18,6 +18,7 @@ mod recover;
 mod recovery_codes;
 mod rollout;
 mod second_step;
+mod security_keys;
 
 use std::sync::Arc;
 
@@ -46,7 +47,9 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
             | OwnPage::Recover
             | OwnPage::ChallengeEmail
             | OwnPage::EnrollEmail
-            | OwnPage::EnrollEmailConfirm,
+            | OwnPage::EnrollEmailConfirm
+            | OwnPage::SecurityKeyNew
+            | OwnPage::SecurityKeyRemove,
             _,
             _,
         ) if mfa_off => Err(WebError::NotFound),
@@ -80,6 +83,10 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
         (OwnPage::EnrollEmailConfirm, _, true) => email::enroll_confirm(app, request).await,
         (OwnPage::Recover, true, _) => recover::form(app, &request),
         (OwnPage::Recover, _, true) => recover::submit(app, request, conn).await,
+        (OwnPage::SecurityKeyNew, true, _) => security_keys::new_form(app, &request).await,
+        (OwnPage::SecurityKeyNew, _, true) => security_keys::new_submit(app, request).await,
+        (OwnPage::SecurityKeyRemove, true, _) => security_keys::remove_page(app, &request).await,
+        (OwnPage::SecurityKeyRemove, _, true) => security_keys::remove_submit(app, request).await,
         (OwnPage::Admin, true, _) => admin::page(app, &request).await,
         (OwnPage::AdminAction, _, true) => admin::action(app, request).await,
         (OwnPage::Handoff, true, _) => handoff::start(app, &request, conn).await,

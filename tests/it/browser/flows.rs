@@ -12,10 +12,12 @@ use crate::harness::{ALICE, Proxy, proxy};
 use crate::mfa::code;
 use crate::upstream::Upstream;
 
-const SUBMIT: &str = "main form button[type=submit]";
+pub use super::keys::security_key_from_the_account_page_to_sign_in;
+
+pub(super) const SUBMIT: &str = "main form button[type=submit]";
 
 /// Signs in on the login page the browser is showing.
-async fn sign_in(browser: &Browser, user: &str, password: &str) {
+pub(super) async fn sign_in(browser: &Browser, user: &str, password: &str) {
     assert!(browser.url().await.contains("/.portcullis/login"), "not on the login page: {}", browser.url().await);
     browser.fill("#username", user).await;
     browser.fill("#password", password).await;
@@ -23,7 +25,7 @@ async fn sign_in(browser: &Browser, user: &str, password: &str) {
 }
 
 /// What the recording upstream answered with: the request it saw, as JSON.
-async fn upstream_saw(browser: &Browser) -> Value {
+pub(super) async fn upstream_saw(browser: &Browser) -> Value {
     let text = browser.text().await;
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("not an upstream page: {text}"))
 }
@@ -33,7 +35,7 @@ fn header<'a>(seen: &'a Value, name: &str) -> Option<&'a str> {
 }
 
 /// Signs out with the first sign-out button on the page.
-async fn sign_out(browser: &Browser) {
+pub(super) async fn sign_out(browser: &Browser) {
     browser.submit("form[action='/.portcullis/logout'] button").await;
     assert!(browser.text().await.contains("You are signed out"), "{}", browser.text().await);
 }

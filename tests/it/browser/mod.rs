@@ -12,6 +12,7 @@
 
 mod checks;
 mod flows;
+mod keys;
 mod webdriver;
 
 use std::path::PathBuf;
@@ -72,4 +73,5 @@ in_both_viewports! {
     required_policy_enrolls_inline_and_lands_on_the_deep_link;
     step_up_carries_the_action_through;
     a_retired_then_disabled_authenticator_is_explained;
+    security_key_from_the_account_page_to_sign_in;
 }

@@ -1,0 +1,136 @@
+//! The checks of the `[webauthn]` section: security keys and passkeys.
+
+use super::Validator;
+use crate::config::raw;
+use crate::config::settings::{Attestation, MfaPolicy, MfaSettings, PublicUrl, WebauthnSettings};
+
+impl Validator {
+    /// Validates `[webauthn]` and records in `mfa` whether security keys are offered.
+    pub(super) fn webauthn(
+        &mut self,
+        raw: raw::RawWebauthn,
+        public_url: Option<&PublicUrl>,
+        mfa: &mut MfaSettings,
+    ) -> WebauthnSettings {
+        let written = raw.enabled;
+        let enabled = written.unwrap_or(true);
+        // WebAuthn L3 §5.1.3 / §13.4.9: the RP ID is a valid domain string, and browsers refuse
+        // an IP address. Left at its default, the factor is simply not offered on such a URL;
+        // asked for explicitly, that would be a silent no, so it is an error instead.
+        let has_domain = public_url.is_none_or(|u| u.domain().is_some());
+        if written == Some(true) && !has_domain {
+            self.problem(
+                "webauthn.enabled",
+                Some("true"),
+                "security keys need public_url to name its host by a domain name (browsers refuse an IP address as the WebAuthn relying party ID)",
+                "use a name in public_url (like https://localhost:8443 or https://app.example.com), or set webauthn.enabled = false",
+            );
+        }
+        let passwordless = raw.passwordless.unwrap_or(false);
+        if passwordless {
+            self.problem(
+                "webauthn.passwordless",
+                Some("true"),
+                "signing in with a passkey alone is not available in this version",
+                "remove it (security keys and passkeys still work as the second step after the password)",
+            );
+        }
+        let attestation = match raw.attestation.as_deref().unwrap_or("none") {
+            "none" => Attestation::None,
+            "direct" => {
+                // Refused rather than accepted and ignored: an operator who restricts key models
+                // must not believe they are restricted when they are not.
+                self.problem(
+                    "webauthn.attestation",
+                    Some("direct"),
+                    "checking a key's make (attestation) is not available in this version",
+                    "write \"none\", or remove the key",
+                );
+                Attestation::Direct
+            }
+            other => {
+                self.problem(
+                    "webauthn.attestation",
+                    Some(other),
+                    "not an attestation setting",
+                    "write \"none\" or \"direct\"",
+                );
+                Attestation::None
+            }
+        };
+        let allowed_aaguids = raw.allowed_aaguids.unwrap_or_default();
+        for aaguid in &allowed_aaguids {
+            if !is_uuid(aaguid) {
+                self.problem(
+                    "webauthn.allowed_aaguids",
+                    Some(aaguid),
+                    "not an AAGUID",
+                    "write each like \"cb69481e-8ff7-4039-93ec-0a2729a154a8\"",
+                );
+            }
+        }
+        if !allowed_aaguids.is_empty() && attestation != Attestation::Direct {
+            self.problem(
+                "webauthn.allowed_aaguids",
+                None,
+                "has no effect unless webauthn.attestation = \"direct\" (without attestation a key's AAGUID is only its own claim)",
+                "remove it",
+            );
+        }
+        mfa.security_keys = enabled && has_domain && mfa.policy != MfaPolicy::Disabled;
+        WebauthnSettings { enabled, passwordless, attestation, allowed_aaguids }
+    }
+}
+
+/// `8-4-4-4-12` hex digits, as AAGUIDs are written (RFC 9562 §4).
+fn is_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn problems(webauthn: &str, public_url: &str) -> Vec<String> {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:1\"\npublic_url = \"{public_url}\"\ndata_dir = \"/tmp/x\"\n[webauthn]\n{webauthn}\n"
+        );
+        match crate::config::parse(&text, Path::new("/tmp/proxy.toml")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.to_string().lines().map(str::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn security_keys_follow_the_public_url_and_the_switch() {
+        let text = "listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n";
+        let on =
+            crate::config::parse(&format!("{text}public_url = \"https://app.example.com\"\n"), Path::new("/tmp/p"))
+                .unwrap();
+        assert!(on.webauthn.enabled && on.mfa.security_keys, "on by default");
+        let ip = crate::config::parse(&format!("{text}public_url = \"http://127.0.0.1:8443\"\n"), Path::new("/tmp/p"))
+            .unwrap();
+        assert!(!ip.mfa.security_keys, "not offered where browsers cannot use them");
+        let off = format!("{text}public_url = \"https://app.example.com\"\n[webauthn]\nenabled = false\n");
+        assert!(!crate::config::parse(&off, Path::new("/tmp/p")).unwrap().mfa.security_keys);
+    }
+
+    #[test]
+    fn each_problem_names_its_key_and_fix() {
+        let url = "https://app.example.com";
+        assert!(problems("enabled = true", "http://127.0.0.1:8443").iter().any(|p| p.contains("webauthn.enabled")));
+        assert!(
+            problems("attestation = \"maybe\"", url)
+                .iter()
+                .any(|p| p.contains("webauthn.attestation") && p.contains("Fix"))
+        );
+        assert!(problems("passwordless = true", url).iter().any(|p| p.contains("webauthn.passwordless")));
+        let aaguids = problems("allowed_aaguids = [\"nope\"]", url);
+        assert!(aaguids.iter().any(|p| p.contains("not an AAGUID")), "{aaguids:?}");
+        assert!(aaguids.iter().any(|p| p.contains("has no effect")), "{aaguids:?}");
+        assert!(problems("enabled = true\nattestation = \"none\"", url).is_empty());
+        assert!(super::is_uuid("cb69481e-8ff7-4039-93ec-0a2729a154a8"));
+    }
+}

@@ -1,0 +1,203 @@
+//! The WebAuthn ceremonies' steps on an account's factors (WebAuthn Level 3 §7.1 registration,
+//! §7.2 authentication): the only place a security key yields a [`SecondFactorProof`]. What is
+//! stored and the rules the steps apply are in `security_key.rs`.
+
+use webauthn_rs::prelude::{
+    CreationChallengeResponse, Passkey, PublicKeyCredential, RegisterPublicKeyCredential, RequestChallengeResponse,
+    WebauthnError,
+};
+
+use super::proof::{AuthMethod, SecondFactorProof};
+use super::security_key::{
+    KeyError, MAX_PER_ACCOUNT, RegistrationCeremony, RelyingParty, SecurityKeyRecord, SignInCeremony, clean_name,
+    counter_acceptable, handle_of, registered_flags, still_valid, user_handle,
+};
+use super::service::{Enrolled, RemoveError, SecondFactors, Verified};
+use crate::base::clock::UnixTime;
+use crate::domain::users::User;
+
+fn method_for(backup_eligible: bool) -> AuthMethod {
+    if backup_eligible { AuthMethod::Swk } else { AuthMethod::Hwk }
+}
+
+impl SecondFactors {
+    /// Starts registering a new key for `user` (the browser is told to skip keys it has already).
+    pub fn start_key_registration(
+        &self,
+        rp: &RelyingParty,
+        user: &User,
+        now: UnixTime,
+    ) -> Result<(CreationChallengeResponse, RegistrationCeremony), KeyError> {
+        let record = self.accounts.get(user);
+        if record.security_keys.len() >= MAX_PER_ACCOUNT {
+            return Err(KeyError::TooMany);
+        }
+        let exclude = record.security_keys.iter().map(|k| k.passkey.cred_id().clone()).collect();
+        let (options, state) = rp
+            .start_passkey_registration(user_handle(user), user.name.as_str(), &user.display_name, Some(exclude))
+            .map_err(|e| KeyError::Unavailable(e.to_string()))?;
+        Ok((options, RegistrationCeremony { state, account: user.account_key.clone(), started_at: now }))
+    }
+
+    /// Finishes a registration with the browser's `response` (JSON): the key is saved under
+    /// `name`, and its attestation proves the factor (with user verification, §7.1 step 16).
+    pub async fn finish_key_registration(
+        &self,
+        rp: &RelyingParty,
+        user: &User,
+        ceremony: RegistrationCeremony,
+        response: &str,
+        name: &str,
+        provider: &crate::config::ProviderId,
+        now: UnixTime,
+    ) -> Result<Enrolled, KeyError> {
+        still_valid(&ceremony.account, ceremony.started_at, user, now)?;
+        let name = clean_name(name)?;
+        let credential: RegisterPublicKeyCredential =
+            serde_json::from_str(response).map_err(|_| KeyError::Malformed)?;
+        let passkey = rp
+            .finish_passkey_registration(&credential, &ceremony.state)
+            .map_err(|e| KeyError::Refused(e.to_string()))?;
+        let (backup_eligible, sign_count) = registered_flags(&passkey);
+        let record = SecurityKeyRecord {
+            id: handle_of(&passkey),
+            name,
+            passkey,
+            created_at: now,
+            last_used_at: Some(now),
+            backup_eligible,
+            sign_count,
+            provider: provider.clone(),
+        };
+        let pepper = self.sealer().pepper();
+        self.accounts
+            .update(user, |account| {
+                if account.security_keys.iter().any(|k| k.passkey.cred_id() == record.passkey.cred_id()) {
+                    return Err(KeyError::AlreadyRegistered);
+                }
+                if account.security_keys.len() >= MAX_PER_ACCOUNT {
+                    return Err(KeyError::TooMany);
+                }
+                account.security_keys.push(record);
+                let new_codes = account.ensure_recovery_codes(pepper, now);
+                Ok(Enrolled { proof: SecondFactorProof::new(method_for(backup_eligible), user), new_codes })
+            })
+            .await
+    }
+
+    /// Starts an assertion with any of `user`'s keys (§7.2), with user verification required.
+    pub fn start_key_sign_in(
+        &self,
+        rp: &RelyingParty,
+        user: &User,
+        providers: &crate::config::Providers,
+        now: UnixTime,
+    ) -> Result<(RequestChallengeResponse, SignInCeremony), KeyError> {
+        let record = self.accounts.get(user);
+        // Only keys whose provider still counts are asked for (a disabled one's prove nothing).
+        let passkeys: Vec<Passkey> = record
+            .security_keys
+            .iter()
+            .filter(|k| super::providers::standing(providers.get(&k.provider)).counts)
+            .map(|k| k.passkey.clone())
+            .collect();
+        if passkeys.is_empty() {
+            return Err(KeyError::NoKeys);
+        }
+        let (options, state) =
+            rp.start_passkey_authentication(&passkeys).map_err(|e| KeyError::Unavailable(e.to_string()))?;
+        Ok((options, SignInCeremony { state, account: user.account_key.clone(), started_at: now }))
+    }
+
+    /// Checks an assertion (`response`, JSON) against the ceremony and the stored key: the only
+    /// way a key yields a [`SecondFactorProof`]. The counter is compared with the stored one under
+    /// the account's write lock, so two assertions signed out of order (what a cloned key
+    /// produces) cannot both pass.
+    pub async fn verify_key(
+        &self,
+        rp: &RelyingParty,
+        user: &User,
+        ceremony: SignInCeremony,
+        response: &str,
+        providers: &crate::config::Providers,
+        now: UnixTime,
+    ) -> Result<Verified, KeyError> {
+        still_valid(&ceremony.account, ceremony.started_at, user, now)?;
+        let credential: PublicKeyCredential = serde_json::from_str(response).map_err(|_| KeyError::Malformed)?;
+        let clone_of = |cred_id: &[u8]| {
+            let record = self.accounts.get(user);
+            let name = record.security_keys.iter().find(|k| {
+                let id: &[u8] = k.passkey.cred_id().as_ref();
+                id == cred_id
+            });
+            KeyError::PossibleClone { name: name.map_or_else(String::new, |k| k.name.clone()) }
+        };
+        let result = rp.finish_passkey_authentication(&credential, &ceremony.state).map_err(|e| match e {
+            WebauthnError::CredentialPossibleCompromise => clone_of(&credential.raw_id),
+            other => KeyError::Refused(other.to_string()),
+        })?;
+        self.accounts
+            .update(user, |account| {
+                let key = account
+                    .security_keys
+                    .iter_mut()
+                    .find(|k| k.passkey.cred_id() == result.cred_id())
+                    .filter(|k| super::providers::standing(providers.get(&k.provider)).counts)
+                    .ok_or(KeyError::UnknownKey)?;
+                let seen = result.counter();
+                if !counter_acceptable(key.sign_count, seen) {
+                    return Err(KeyError::PossibleClone { name: key.name.clone() });
+                }
+                key.sign_count = seen;
+                key.passkey.update_credential(&result);
+                key.last_used_at = Some(now);
+                // The BE flag may only go from false to true (§6.1.3); a synced passkey is "swk".
+                key.backup_eligible |= result.backup_eligible();
+                let method = method_for(key.backup_eligible);
+                Ok(Verified { proof: SecondFactorProof::new(method, user), recovery_codes_left: None })
+            })
+            .await
+    }
+
+    /// Removes one key (by its handle). Returns its name and whether another factor remains;
+    /// with the last factor gone, 2FA is off and its backups go too. Where it is `required`, the
+    /// last factor stays.
+    pub async fn remove_key(
+        &self,
+        user: &User,
+        id: &str,
+        required: bool,
+        providers: &crate::config::Providers,
+    ) -> Result<(String, bool), RemoveError> {
+        use super::providers::{counts, standing};
+        use super::records::FactorKind;
+        self.accounts
+            .update(user, |record| {
+                let index = record.security_keys.iter().position(|k| k.id == id).ok_or(RemoveError::NothingToRemove)?;
+                // Another factor that counts (a disabled provider's factors do not).
+                let others = record
+                    .security_keys
+                    .iter()
+                    .enumerate()
+                    .any(|(i, k)| i != index && standing(providers.get(&k.provider)).counts)
+                    || counts(record, providers, FactorKind::Totp)
+                    || counts(record, providers, FactorKind::Email);
+                if required && !others {
+                    return Err(RemoveError::LastRequired);
+                }
+                let removed = record.security_keys.remove(index);
+                if !others {
+                    record.recovery_codes.clear();
+                    record.recovery_generated_at = None;
+                    record.primary = None;
+                    record.remembered.clear();
+                }
+                Ok((removed.name, others))
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+#[path = "webauthn_tests.rs"]
+mod tests;

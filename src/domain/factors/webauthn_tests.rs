@@ -1,0 +1,173 @@
+//! The WebAuthn rules, with a software authenticator standing in for a key.
+
+use std::sync::Arc;
+
+use webauthn_authenticator_rs::WebauthnAuthenticator;
+use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+use webauthn_rs::prelude::{Url, Webauthn};
+
+use super::super::security_key::*;
+
+use super::*;
+use crate::base::secret::Secret;
+use crate::config::ProviderId;
+use crate::domain::factors::accounts::Accounts;
+use crate::domain::factors::proof::AuthMethod;
+use crate::domain::factors::sealing::Sealer;
+use crate::domain::users::{User, Username};
+use crate::store::memory::MemoryStore;
+
+const ORIGIN: &str = "https://app.example.com";
+const NOW: UnixTime = 1_800_000_000;
+
+fn user(name: &str) -> User {
+    User {
+        name: Username::parse(name).unwrap(),
+        display_name: name.into(),
+        email: format!("{name}@example.com"),
+        groups: vec![],
+        password_hash: String::new(),
+        credential_stamp: [0; 16],
+        account_key: format!("key-{name}"),
+    }
+}
+
+async fn factors() -> SecondFactors {
+    let accounts = Accounts::open(Arc::new(MemoryStore::default())).await.unwrap();
+    SecondFactors::new(Arc::new(accounts), Sealer::new(&Secret::new(b"k".repeat(64))))
+}
+
+fn rp() -> Webauthn {
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:1\"\npublic_url = \"{ORIGIN}\"\ndata_dir = \"/tmp/x\"\n"
+    );
+    let config = crate::config::parse(&text, std::path::Path::new("/tmp/proxy.toml")).unwrap();
+    relying_party(&config.public_url, "Test").unwrap()
+}
+
+/// A key that does user verification (the soft passkey only claims it: `falsify_uv`).
+fn key() -> SoftPasskey {
+    SoftPasskey::new(true)
+}
+
+async fn register(factors: &SecondFactors, rp: &Webauthn, who: &User, key: &mut SoftPasskey) {
+    let (options, ceremony) = factors.start_key_registration(rp, who, NOW).unwrap();
+    let response = key.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
+    let json = serde_json::to_string(&response).unwrap();
+    let enrolled = factors
+        .finish_key_registration(rp, who, ceremony, &json, " Blue key ", &ProviderId::webauthn(), NOW)
+        .await
+        .unwrap();
+    assert_eq!(enrolled.proof.method(), AuthMethod::Hwk);
+    assert!(enrolled.new_codes.is_some(), "a first factor comes with recovery codes");
+}
+
+fn sign(key: &mut SoftPasskey, options: webauthn_rs::prelude::RequestChallengeResponse) -> String {
+    serde_json::to_string(&key.do_authentication(Url::parse(ORIGIN).unwrap(), options).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_registered_key_proves_the_factor_and_its_counter_only_goes_up() {
+    let (factors, rp, alice, mut key) = (factors().await, rp(), user("alice"), key());
+    register(&factors, &rp, &alice, &mut key).await;
+    let stored = factors.accounts.get(&alice);
+    assert_eq!(stored.security_keys.len(), 1);
+    assert_eq!(stored.security_keys[0].name, "Blue key");
+    assert!(stored.has_second_factor());
+
+    let (options, ceremony) = factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW).unwrap();
+    let verified =
+        factors.verify_key(&rp, &alice, ceremony, &sign(&mut key, options), &keys_provider(), NOW + 10).await.unwrap();
+    assert_eq!(verified.proof.method(), AuthMethod::Hwk);
+    assert!(verified.proof.is_for(&alice));
+    let key_record = factors.accounts.get(&alice).security_keys[0].clone();
+    assert_eq!(key_record.last_used_at, Some(NOW + 10));
+    assert!(key_record.sign_count > 0);
+
+    // Two ceremonies, signed in one order and presented in the other: the second one presented
+    // carries a lower counter than the stored one, which is what a cloned key looks like.
+    let (first_options, first) = factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW).unwrap();
+    let (second_options, second) = factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW).unwrap();
+    let early = sign(&mut key, first_options);
+    let late = sign(&mut key, second_options);
+    factors.verify_key(&rp, &alice, second, &late, &keys_provider(), NOW + 20).await.unwrap();
+    let refused = factors.verify_key(&rp, &alice, first, &early, &keys_provider(), NOW + 20).await.unwrap_err();
+    assert!(matches!(refused, KeyError::PossibleClone { ref name } if name == "Blue key"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn ceremonies_expire_belong_to_one_account_and_check_the_origin() {
+    let (factors, rp, alice, mut key) = (factors().await, rp(), user("alice"), key());
+    register(&factors, &rp, &alice, &mut key).await;
+
+    let (options, ceremony) = factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW).unwrap();
+    let late = factors
+        .verify_key(&rp, &alice, ceremony, &sign(&mut key, options), &keys_provider(), NOW + CEREMONY_LIFETIME)
+        .await;
+    assert!(matches!(late, Err(KeyError::Expired)), "{late:?}");
+
+    let (options, ceremony) = factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW).unwrap();
+    let other =
+        factors.verify_key(&rp, &user("mallory"), ceremony, &sign(&mut key, options), &keys_provider(), NOW).await;
+    assert!(matches!(other, Err(KeyError::OtherAccount)), "{other:?}");
+
+    let (options, ceremony) = factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW).unwrap();
+    let phished = key.do_authentication(Url::parse("https://evil.app.example.com").unwrap(), options).unwrap();
+    let phished = serde_json::to_string(&phished).unwrap();
+    let refused = factors.verify_key(&rp, &alice, ceremony, &phished, &keys_provider(), NOW).await;
+    assert!(matches!(refused, Err(KeyError::Refused(_))), "{refused:?}");
+
+    let (_, ceremony) = factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW).unwrap();
+    let garbage = factors.verify_key(&rp, &alice, ceremony, "{\"id\": 1}", &keys_provider(), NOW).await;
+    assert!(matches!(garbage, Err(KeyError::Malformed)), "{garbage:?}");
+
+    let (options, ceremony) = factors.start_key_registration(&rp, &alice, NOW).unwrap();
+    let mut other_key = super::tests::key();
+    let response = other_key.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
+    let json = serde_json::to_string(&response).unwrap();
+    let late = factors
+        .finish_key_registration(&rp, &alice, ceremony, &json, "x", &ProviderId::webauthn(), NOW + CEREMONY_LIFETIME)
+        .await;
+    assert!(matches!(late, Err(KeyError::Expired)), "{late:?}");
+}
+
+#[tokio::test]
+async fn the_last_factor_stays_where_it_is_required() {
+    let (factors, rp, alice, mut key) = (factors().await, rp(), user("alice"), key());
+    register(&factors, &rp, &alice, &mut key).await;
+    let id = factors.accounts.get(&alice).security_keys[0].id.clone();
+    assert!(matches!(factors.remove_key(&alice, &id, true, &keys_provider()).await, Err(RemoveError::LastRequired)));
+    assert!(matches!(
+        factors.remove_key(&alice, "nope", false, &keys_provider()).await,
+        Err(RemoveError::NothingToRemove)
+    ));
+    let (name, others) = factors.remove_key(&alice, &id, false, &keys_provider()).await.unwrap();
+    assert_eq!((name.as_str(), others), ("Blue key", false));
+    let after = factors.accounts.get(&alice);
+    assert!(!after.has_second_factor() && after.recovery_codes.is_empty(), "its backups went with it");
+    assert!(matches!(factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW), Err(KeyError::NoKeys)));
+}
+
+#[test]
+fn counters_and_names() {
+    assert!(counter_acceptable(0, 0), "an authenticator without a counter");
+    assert!(counter_acceptable(0, 1));
+    assert!(counter_acceptable(5, 6));
+    assert!(!counter_acceptable(5, 5), "the same counter twice");
+    assert!(!counter_acceptable(5, 4));
+    assert!(!counter_acceptable(5, 0), "a counter that stopped counting");
+    assert_eq!(clean_name("  Phone ").unwrap(), "Phone");
+    assert!(clean_name("   ").is_err());
+    assert!(clean_name("a\u{7}b").is_err());
+    assert!(clean_name(&"x".repeat(MAX_NAME_CHARS + 1)).is_err());
+    let a = user("alice");
+    assert_eq!(user_handle(&a), user_handle(&a), "stable");
+    assert_ne!(user_handle(&a), user_handle(&user("bob")));
+}
+
+/// The providers of a configuration where security keys are on (the default).
+fn keys_provider() -> crate::config::Providers {
+    let mut providers = crate::config::Providers::from_switches(true, false);
+    providers.add_from_switch(crate::config::ProviderKind::Webauthn, true);
+    providers
+}
