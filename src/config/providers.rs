@@ -44,9 +44,11 @@ impl ProviderKind {
         }
     }
 
-    /// Whether factors of this kind can be set up on the proxy's pages (each kind can).
+    /// Whether every user can set up a factor of this kind, whatever their browser. Keys need
+    /// WebAuthn (and a device that speaks it), so neither a required policy nor a retiring
+    /// kind's "set up this instead" may rest on them alone.
     pub fn can_enroll(self) -> bool {
-        true
+        !matches!(self, Self::Webauthn)
     }
 }
 

@@ -86,7 +86,7 @@ fn each_mistake_names_its_key_and_its_fix() {
             "mfa.provider[id = \"mail\"].status",
             "notify.transport",
         ),
-        // Required, and nothing that can be set up (webauthn is not wired in yet).
+        // Required, and nothing every user can set up (keys need a browser and device for them).
         (
             format!(
                 "[mfa]\npolicy = \"required\"\n{}{}",
