@@ -22,7 +22,6 @@ use http::HeaderName;
 use http::uri::Scheme;
 use ipnet::IpNet;
 
-use crate::config::ProviderKind;
 use crate::config::problems::{ConfigError, Problem};
 use crate::config::raw::{OneOrMany, RawConfig};
 use crate::config::settings::*;
@@ -187,13 +186,7 @@ impl Validator {
         let raw_switches = raw.mfa.provider.as_ref().is_none_or(|p| p.is_empty());
         let mut mfa = self.mfa(raw.mfa, public_url.as_ref());
         let webauthn = self.webauthn(raw.webauthn, public_url.as_ref(), &mut mfa);
-        if raw_switches {
-            // Without [[mfa.provider]], `webauthn.enabled` is the switch for security keys, as
-            // mfa.totp and mfa.email_otp are for theirs.
-            mfa.providers.add_from_switch(ProviderKind::Webauthn, webauthn.enabled);
-        }
-        // Offered only through an active provider, like every kind.
-        mfa.security_keys = mfa.security_keys && mfa.providers.active(ProviderKind::Webauthn).is_some();
+        Self::keys_provider(&mut mfa, webauthn.enabled, raw_switches);
         let identity = self.identity(raw.identity, data_dir.as_deref(), public_url.as_ref());
         let tls = raw.tls.and_then(|t| self.tls(t));
         let proxy = self.proxy(raw.proxy);

@@ -110,3 +110,15 @@ impl Validator {
         Providers::new(list)
     }
 }
+
+impl Validator {
+    /// Security keys as a provider: without `[[mfa.provider]]`, `webauthn.enabled` is their
+    /// switch, as `mfa.totp` and `mfa.email_otp` are for theirs; either way they are offered only
+    /// through an active `webauthn` provider, like every kind.
+    pub(super) fn keys_provider(mfa: &mut crate::config::settings::MfaSettings, enabled: bool, from_switches: bool) {
+        if from_switches {
+            mfa.providers.add_from_switch(ProviderKind::Webauthn, enabled);
+        }
+        mfa.security_keys = mfa.security_keys && mfa.providers.active(ProviderKind::Webauthn).is_some();
+    }
+}

@@ -165,6 +165,32 @@ fn counters_and_names() {
     assert_ne!(user_handle(&a), user_handle(&user("bob")));
 }
 
+#[tokio::test]
+async fn a_key_whose_provider_is_disabled_is_neither_asked_for_nor_accepted() {
+    let (factors, rp, alice, mut key) = (factors().await, rp(), user("alice"), key());
+    register(&factors, &rp, &alice, &mut key).await;
+    // Asked for while the provider counts...
+    let (options, ceremony) = factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW).unwrap();
+    let answer = sign(&mut key, options);
+    // ...then the provider is switched off: the answer proves nothing, and no new one is asked.
+    let mut off = crate::config::Providers::from_switches(true, false);
+    off.add_from_switch(crate::config::ProviderKind::Webauthn, true);
+    let off = crate::config::Providers::new(
+        off.iter()
+            .cloned()
+            .map(|mut p| {
+                if p.kind == crate::config::ProviderKind::Webauthn {
+                    p.status = crate::config::ProviderStatus::Disabled;
+                }
+                p
+            })
+            .collect(),
+    );
+    let refused = factors.verify_key(&rp, &alice, ceremony, &answer, &off, NOW + 10).await;
+    assert!(matches!(refused, Err(KeyError::UnknownKey)), "{refused:?}");
+    assert!(matches!(factors.start_key_sign_in(&rp, &alice, &off, NOW), Err(KeyError::NoKeys)));
+}
+
 /// The providers of a configuration where security keys are on (the default).
 fn keys_provider() -> crate::config::Providers {
     let mut providers = crate::config::Providers::from_switches(true, false);
