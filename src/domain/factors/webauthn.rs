@@ -47,8 +47,7 @@ impl SecondFactors {
         user: &User,
         ceremony: RegistrationCeremony,
         response: &str,
-        name: &str,
-        provider: &crate::config::ProviderId,
+        (name, provider): (&str, &crate::config::ProviderId),
         now: UnixTime,
     ) -> Result<Enrolled, KeyError> {
         still_valid(&ceremony.account, ceremony.started_at, user, now)?;

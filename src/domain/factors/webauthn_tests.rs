@@ -55,7 +55,7 @@ async fn register(factors: &SecondFactors, rp: &Webauthn, who: &User, key: &mut 
     let response = key.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
     let json = serde_json::to_string(&response).unwrap();
     let enrolled = factors
-        .finish_key_registration(rp, who, ceremony, &json, " Blue key ", &ProviderId::webauthn(), NOW)
+        .finish_key_registration(rp, who, ceremony, &json, (" Blue key ", &ProviderId::webauthn()), NOW)
         .await
         .unwrap();
     assert_eq!(enrolled.proof.method(), AuthMethod::Hwk);
@@ -126,7 +126,7 @@ async fn ceremonies_expire_belong_to_one_account_and_check_the_origin() {
     let response = other_key.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
     let json = serde_json::to_string(&response).unwrap();
     let late = factors
-        .finish_key_registration(&rp, &alice, ceremony, &json, "x", &ProviderId::webauthn(), NOW + CEREMONY_LIFETIME)
+        .finish_key_registration(&rp, &alice, ceremony, &json, ("x", &ProviderId::webauthn()), NOW + CEREMONY_LIFETIME)
         .await;
     assert!(matches!(late, Err(KeyError::Expired)), "{late:?}");
 }

@@ -150,7 +150,7 @@ pub(super) async fn new_submit(app: &Arc<App>, request: Request<Incoming>) -> An
     };
     let enrolled = match app
         .factors
-        .finish_key_registration(&rp, &user, ceremony, &form.credential, &form.name, &provider, now)
+        .finish_key_registration(&rp, &user, ceremony, &form.credential, (&form.name, &provider), now)
         .await
     {
         Ok(enrolled) => enrolled,
