@@ -108,6 +108,7 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError>
         config: whoami_config,
     });
     tokio::spawn(serve_whoami(upstream, whoami));
+    let shutdown = crate::server::shutdown_signal();
     server.announce();
     println!();
     println!("  Portcullis demo is running. Open http://{listen}/ and sign in:");
@@ -121,7 +122,7 @@ pub async fn run(listen: SocketAddr, data_dir: PathBuf) -> Result<(), DemoError>
         data_dir.join("mail").display()
     );
     println!("  Demo data (config, users, keys, sessions) is in {}. Stop with Ctrl-C.", data_dir.display());
-    server.serve(crate::server::shutdown_signal()).await?;
+    server.serve(shutdown).await?;
     Ok(())
 }
 

@@ -292,8 +292,9 @@ fn run_server(path: &Path) -> ExitCode {
     let _log = logging::init(&config.log_level, &config.audit);
     with_runtime(async move {
         let server = Server::bind(config, Arc::new(SystemClock)).await.map_err(|e| e.to_string())?;
+        let shutdown = crate::server::shutdown_signal();
         server.announce();
-        server.serve(crate::server::shutdown_signal()).await.map_err(|e| e.to_string())
+        server.serve(shutdown).await.map_err(|e| e.to_string())
     })
 }
 

@@ -11,7 +11,7 @@ use super::Config;
 
 /// Top-level keys and sections that take effect on reload. (`trusted_proxies` is not one: each
 /// worker's forwarder holds its own copy for the `X-Forwarded-*` headers it writes.)
-pub const LIVE_KEYS: [&str; 6] = ["mfa", "clock", "admin", "hosts", "rule", "sandstorm"];
+pub const LIVE_KEYS: [&str; 7] = ["mfa", "clock", "admin", "hosts", "rule", "sandstorm", "webauthn"];
 
 /// What a reload did.
 #[derive(Debug)]
@@ -61,6 +61,12 @@ pub fn merge(running: &Config, new: Config) -> Result<Reloaded, ReloadError> {
     config.admin = new.admin;
     config.hosts = new.hosts;
     config.rules = new.rules;
+    config.webauthn = new.webauthn;
+    // Whether keys are offered follows `[webauthn]` and the *running* public URL (restart-only),
+    // not the one in the new file.
+    config.mfa.security_keys = config.webauthn.enabled
+        && config.public_url.domain().is_some()
+        && config.mfa.policy != crate::config::MfaPolicy::Disabled;
     for key in LIVE_KEYS {
         match new.table.get(key) {
             Some(value) => config.table.insert(key.to_string(), value.clone()),
@@ -114,6 +120,21 @@ mod tests {
         let running = config("[notify]\ntransport = \"off\"\n");
         let new = config("[mfa]\nemail_otp = true\n");
         assert!(matches!(merge(&running, new), Err(ReloadError::EmailWithoutMail)));
+    }
+
+    #[test]
+    fn security_keys_switch_live_but_follow_the_running_public_url() {
+        let named = "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:9000\"\npublic_url = \"https://app.example.com\"\ndata_dir = \"/tmp/pc\"\n";
+        let running = parse(named, Path::new("/p")).unwrap();
+        assert!(running.mfa.security_keys);
+        let off = parse(&format!("{named}[webauthn]\nenabled = false\n"), Path::new("/p")).unwrap();
+        let reloaded = merge(&running, off).unwrap();
+        assert!(!reloaded.config.mfa.security_keys && !reloaded.config.webauthn.enabled);
+        assert_eq!(reloaded.applied, ["webauthn"]);
+        // A new public URL waits for a restart, and so does what depends on it.
+        let on_an_address = merge(&running, config("")).unwrap();
+        assert!(on_an_address.needs_restart.contains(&"public_url".to_string()));
+        assert!(on_an_address.config.mfa.security_keys, "still the running (named) URL");
     }
 
     #[test]

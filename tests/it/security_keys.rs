@@ -295,3 +295,30 @@ async fn where_a_second_step_is_required_a_key_can_be_set_up_inline_and_javascri
     assert!(done.headers()["location"].to_str().unwrap().contains("/.portcullis/recovery-codes"));
     assert_eq!(upstream.count(), 0, "not before the recovery codes are confirmed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn challenges_and_answers_stay_out_of_the_log_even_at_trace_level() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).public_host(HOST).env("RUST_LOG", "trace").start();
+    let base = format!("http://{HOST}:{}", proxy.addr.port());
+    let owner = browser(&proxy);
+    assert_eq!(owner.submit_login_at(&base, ALICE.name, ALICE.password, "/").await.status(), 303);
+    let url = format!("{base}/.portcullis/security-keys/new?rd=%2F");
+    let (_, _, html) = page(&owner, &url).await;
+    let creation: CreationChallengeResponse = serde_json::from_str(&options(&html)).unwrap();
+    let challenge = serde_json::to_value(&creation).unwrap()["publicKey"]["challenge"].as_str().unwrap().to_string();
+    let mut key = key();
+    let credential = key.do_registration(Url::parse(&base).unwrap(), creation).unwrap();
+    let raw_id = serde_json::to_value(&credential).unwrap()["rawId"].as_str().unwrap().to_string();
+    let credential = serde_json::to_string(&credential).unwrap();
+    let (csrf, rd) = (form_field(&html, "csrf").unwrap(), form_field(&html, "rd").unwrap());
+    let form = [("csrf", csrf.as_str()), ("rd", rd.as_str()), ("name", "Key"), ("credential", credential.as_str())];
+    assert_eq!(post(&owner, &base, "/.portcullis/security-keys/new", &form).await.status(), 303);
+    let mark = proxy.stderr.wait_for(0, |l| l.contains("security key added"));
+    assert!(mark.is_some(), "the event is logged");
+    let lines = proxy.stderr.all();
+    assert!(lines.iter().any(|l| l.contains("TRACE")), "the log really is at trace level");
+    for secret in [&challenge, &raw_id] {
+        assert!(!lines.iter().any(|l| l.contains(secret.as_str())), "{secret} was logged");
+    }
+}

@@ -1,7 +1,7 @@
 //! Proofs: values only verification can make. A session becomes full with one of these, never
 //! with a list of methods its caller writes down, so "the code was right" is a type fact: the
-//! only way to hold a [`SecondFactorProof`] is to have had a code (or a remembered browser)
-//! checked by this module tree.
+//! only way to hold a [`SecondFactorProof`] is to have had a code, a security key's answer (or a
+//! remembered browser) checked by this module tree.
 //!
 //! ```compile_fail,E0451
 //! use portcullis::domain::factors::proof::{AuthMethod, SecondFactorProof};
@@ -92,7 +92,8 @@ impl AuthMethod {
     }
 }
 
-/// A second factor proven just now (an app code, an emailed code, a recovery code), or a
+/// A second factor proven just now (an app code, an emailed code, a recovery code, a security
+/// key), or a
 /// remembered browser standing in for one at sign-in. Neither `Clone` nor `Copy`: promoting a
 /// session spends it.
 #[derive(Debug, PartialEq, Eq)]

@@ -197,3 +197,44 @@ fn keys_provider() -> crate::config::Providers {
     providers.add_from_switch(crate::config::ProviderKind::Webauthn, true);
     providers
 }
+
+#[tokio::test]
+async fn an_account_keeps_several_keys_each_named_and_each_works() {
+    let (factors, rp, alice) = (factors().await, rp(), user("alice"));
+    let (mut blue, mut phone) = (key(), key());
+    register(&factors, &rp, &alice, &mut blue).await;
+    let (options, ceremony) = factors.start_key_registration(&rp, &alice, NOW).unwrap();
+    let excluded = options.public_key.exclude_credentials.clone().unwrap_or_default();
+    assert_eq!(excluded.len(), 1, "the browser is told which key is registered already");
+    let json = serde_json::to_string(&phone.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap()).unwrap();
+    let second = factors
+        .finish_key_registration(&rp, &alice, ceremony, &json, ("Phone", &ProviderId::webauthn()), NOW + 1)
+        .await
+        .unwrap();
+    assert!(second.new_codes.is_none(), "the codes the first key came with stay");
+    let names: Vec<String> = factors.accounts.get(&alice).security_keys.iter().map(|k| k.name.clone()).collect();
+    assert_eq!(names, ["Blue key", "Phone"]);
+
+    let ids: Vec<_> = factors.accounts.get(&alice).security_keys.iter().map(|k| k.passkey.cred_id().clone()).collect();
+    for (key, id) in [(&mut blue, &ids[0]), (&mut phone, &ids[1])] {
+        let (mut options, ceremony) = factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW).unwrap();
+        assert_eq!(options.public_key.allow_credentials.len(), 2, "either key may answer");
+        // A real key finds its own credential in the list; the soft one only tries the first.
+        options.public_key.allow_credentials.retain(|c| c.id == *id);
+        factors.verify_key(&rp, &alice, ceremony, &sign(key, options), &keys_provider(), NOW + 2).await.unwrap();
+    }
+    // Removing one leaves the other working, and 2FA on.
+    let id = factors.accounts.get(&alice).security_keys[0].id.clone();
+    let (name, others) = factors.remove_key(&alice, &id, true, &keys_provider()).await.unwrap();
+    assert_eq!((name.as_str(), others), ("Blue key", true));
+    let (options, ceremony) = factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW).unwrap();
+    assert_eq!(options.public_key.allow_credentials.len(), 1, "only the remaining key is asked for");
+    factors.verify_key(&rp, &alice, ceremony, &sign(&mut phone, options), &keys_provider(), NOW + 3).await.unwrap();
+
+    // A key removed while a ceremony that lists it is open does not sign in through it.
+    let (options, ceremony) = factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW).unwrap();
+    let id = factors.accounts.get(&alice).security_keys[0].id.clone();
+    factors.remove_key(&alice, &id, false, &keys_provider()).await.unwrap();
+    let late = factors.verify_key(&rp, &alice, ceremony, &sign(&mut phone, options), &keys_provider(), NOW + 4).await;
+    assert!(matches!(late, Err(KeyError::UnknownKey)), "{late:?}");
+}
