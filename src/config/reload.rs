@@ -62,11 +62,12 @@ pub fn merge(running: &Config, new: Config) -> Result<Reloaded, ReloadError> {
     config.hosts = new.hosts;
     config.rules = new.rules;
     config.webauthn = new.webauthn;
-    // Whether keys are offered follows `[webauthn]` and the *running* public URL (restart-only),
-    // not the one in the new file.
+    // Whether keys are offered follows `[webauthn]`, the *running* public URL (restart-only, not
+    // the one in the new file), and an active webauthn provider, like every kind.
     config.mfa.security_keys = config.webauthn.enabled
         && config.public_url.domain().is_some()
-        && config.mfa.policy != crate::config::MfaPolicy::Disabled;
+        && config.mfa.policy != crate::config::MfaPolicy::Disabled
+        && config.mfa.providers.active(crate::config::providers::ProviderKind::Webauthn).is_some();
     for key in LIVE_KEYS {
         match new.table.get(key) {
             Some(value) => config.table.insert(key.to_string(), value.clone()),

@@ -322,3 +322,39 @@ async fn challenges_and_answers_stay_out_of_the_log_even_at_trace_level() {
         assert!(!lines.iter().any(|l| l.contains(secret.as_str())), "{secret} was logged");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retiring_key_provider_keeps_keys_working_and_a_disabled_one_makes_them_count_no_more() {
+    let upstream = Upstream::start().await;
+    let provider = |id: &str, kind: &str, status: &str| {
+        format!("[[mfa.provider]]\nid = \"{id}\"\nkind = \"{kind}\"\nstatus = \"{status}\"\n")
+    };
+    let app = provider("totp", "totp", "active");
+    let (proxy, base) = keyed_proxy(&upstream, &format!("{app}{}", provider("keys", "webauthn", "active")));
+    let config = std::fs::read_to_string(proxy.config_path()).unwrap();
+    let plain = config.split("[[mfa.provider]]").next().unwrap().to_string();
+    let mut key = key();
+    let owner = browser(&proxy);
+    assert_eq!(owner.submit_login_at(&base, ALICE.name, ALICE.password, "/").await.status(), 303);
+    assert_eq!(register(&owner, &base, &mut key, "Blue key").await.status(), 303);
+
+    // Retiring: the key still signs in, and no new one can be added.
+    crate::providers::reload_with(&proxy, &plain, &format!("{app}{}", provider("keys", "webauthn", "deprecated")));
+    let laptop = browser(&proxy);
+    let challenge = password(&laptop, &base).await;
+    let signed_in = submit(&laptop, &base, &challenge, &answer(&mut key, &base, &challenge), false).await;
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(laptop.navigate(&format!("{base}/wiki")).await.status(), 200);
+    let (_, _, account) = page(&laptop, &format!("{base}/.portcullis/account")).await;
+    assert!(!account.contains("Add a security key or passkey"), "no new keys: {account}");
+    let new_key = laptop.navigate(&format!("{base}/.portcullis/security-keys/new")).await;
+    assert_eq!(new_key.status(), 303, "the setup page sends the browser back to the account");
+
+    // Switched off: the key proves nothing, so the account (optional 2FA) has no second step left.
+    crate::providers::reload_with(&proxy, &plain, &format!("{app}{}", provider("keys", "webauthn", "disabled")));
+    let phone = browser(&proxy);
+    let response = phone.submit_login_at(&base, ALICE.name, ALICE.password, "/").await;
+    assert_eq!(response.status(), 303);
+    let next = response.headers()["location"].to_str().unwrap().to_string();
+    assert!(!next.contains("/.portcullis/challenge"), "no key is asked for: {next}");
+}
