@@ -189,10 +189,18 @@ pub(super) fn user_handle(user: &User) -> Uuid {
 pub fn clean_name(name: &str) -> Result<String, KeyError> {
     let name = name.trim();
     let count = name.chars().count();
-    if count == 0 || count > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+    if count == 0 || count > MAX_NAME_CHARS || name.chars().any(|c| c.is_control() || is_invisible(c)) {
         return Err(KeyError::BadName);
     }
     Ok(name.to_string())
+}
+
+/// Characters that change how the text around them is shown without showing themselves:
+/// direction overrides and isolates (the "Trojan Source" class, CVE-2021-42574), zero-width
+/// characters and joiners, the soft hyphen and the byte-order mark. A key's name is shown on pages
+/// and in the mail that warns its owner, so it must read as what it is.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// The BE flag and signature counter of a new credential. webauthn-rs keeps both inside the

@@ -109,7 +109,12 @@ pub enum LinkError {
 /// Recovery codes for a factor just added. The first factor that counts gets a new set: codes
 /// left from factors whose provider was disabled were their backup and go with them (they may
 /// sit beside the old device). A second factor keeps the codes the first came with.
-fn first_factor_codes(record: &mut AccountRecord, first: bool, pepper: &Secret, now: UnixTime) -> Option<Vec<String>> {
+pub(super) fn first_factor_codes(
+    record: &mut AccountRecord,
+    first: bool,
+    pepper: &Secret,
+    now: UnixTime,
+) -> Option<Vec<String>> {
     if first {
         record.recovery_codes.clear();
     }

@@ -47,7 +47,7 @@ impl SecondFactors {
         user: &User,
         ceremony: RegistrationCeremony,
         response: &str,
-        (name, provider): (&str, &crate::config::ProviderId),
+        (name, provider, providers): (&str, &crate::config::ProviderId, &crate::config::Providers),
         now: UnixTime,
     ) -> Result<Enrolled, KeyError> {
         still_valid(&ceremony.account, ceremony.started_at, user, now)?;
@@ -77,8 +77,11 @@ impl SecondFactors {
                 if account.security_keys.len() >= MAX_PER_ACCOUNT {
                     return Err(KeyError::TooMany);
                 }
+                // The first factor that counts gets a new set of codes, as the app and email do:
+                // codes left from factors whose provider was disabled went with them.
+                let first = !super::providers::has_counting_factor(account, providers);
                 account.security_keys.push(record);
-                let new_codes = account.ensure_recovery_codes(pepper, now);
+                let new_codes = super::service::first_factor_codes(account, first, pepper, now);
                 Ok(Enrolled { proof: SecondFactorProof::new(method_for(backup_eligible), user), new_codes })
             })
             .await

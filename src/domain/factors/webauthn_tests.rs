@@ -55,7 +55,14 @@ async fn register(factors: &SecondFactors, rp: &Webauthn, who: &User, key: &mut 
     let response = key.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
     let json = serde_json::to_string(&response).unwrap();
     let enrolled = factors
-        .finish_key_registration(rp, who, ceremony, &json, (" Blue key ", &ProviderId::webauthn()), NOW)
+        .finish_key_registration(
+            rp,
+            who,
+            ceremony,
+            &json,
+            (" Blue key ", &ProviderId::webauthn(), &keys_provider()),
+            NOW,
+        )
         .await
         .unwrap();
     assert_eq!(enrolled.proof.method(), AuthMethod::Hwk);
@@ -126,7 +133,14 @@ async fn ceremonies_expire_belong_to_one_account_and_check_the_origin() {
     let response = other_key.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
     let json = serde_json::to_string(&response).unwrap();
     let late = factors
-        .finish_key_registration(&rp, &alice, ceremony, &json, ("x", &ProviderId::webauthn()), NOW + CEREMONY_LIFETIME)
+        .finish_key_registration(
+            &rp,
+            &alice,
+            ceremony,
+            &json,
+            ("x", &ProviderId::webauthn(), &keys_provider()),
+            NOW + CEREMONY_LIFETIME,
+        )
         .await;
     assert!(matches!(late, Err(KeyError::Expired)), "{late:?}");
 }
@@ -159,6 +173,10 @@ fn counters_and_names() {
     assert_eq!(clean_name("  Phone ").unwrap(), "Phone");
     assert!(clean_name("   ").is_err());
     assert!(clean_name("a\u{7}b").is_err());
+    for spoof in ["Blue\u{202E}yek", "Blue\u{200B}key", "\u{2066}Blue\u{2069}", "Blue\u{FEFF}"] {
+        assert!(clean_name(spoof).is_err(), "{spoof:?}");
+    }
+    assert_eq!(clean_name("Clé bleue 🔑").unwrap(), "Clé bleue 🔑", "other text is a name");
     assert!(clean_name(&"x".repeat(MAX_NAME_CHARS + 1)).is_err());
     let a = user("alice");
     assert_eq!(user_handle(&a), user_handle(&a), "stable");
@@ -208,7 +226,14 @@ async fn an_account_keeps_several_keys_each_named_and_each_works() {
     assert_eq!(excluded.len(), 1, "the browser is told which key is registered already");
     let json = serde_json::to_string(&phone.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap()).unwrap();
     let second = factors
-        .finish_key_registration(&rp, &alice, ceremony, &json, ("Phone", &ProviderId::webauthn()), NOW + 1)
+        .finish_key_registration(
+            &rp,
+            &alice,
+            ceremony,
+            &json,
+            ("Phone", &ProviderId::webauthn(), &keys_provider()),
+            NOW + 1,
+        )
         .await
         .unwrap();
     assert!(second.new_codes.is_none(), "the codes the first key came with stay");
@@ -237,4 +262,42 @@ async fn an_account_keeps_several_keys_each_named_and_each_works() {
     factors.remove_key(&alice, &id, false, &keys_provider()).await.unwrap();
     let late = factors.verify_key(&rp, &alice, ceremony, &sign(&mut phone, options), &keys_provider(), NOW + 4).await;
     assert!(matches!(late, Err(KeyError::UnknownKey)), "{late:?}");
+}
+
+#[tokio::test]
+async fn a_stranded_account_that_sets_up_a_key_gets_new_recovery_codes() {
+    let (factors, rp, alice, mut old_key) = (factors().await, rp(), user("alice"), key());
+    register(&factors, &rp, &alice, &mut old_key).await;
+    let old_codes = factors.accounts.get(&alice).recovery_codes.clone();
+    assert!(!old_codes.is_empty());
+    // The operator switches the key provider off and opens another: alice is stranded, and her
+    // codes were the old key's backup.
+    let off = crate::config::Providers::new(
+        keys_provider()
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                if p.kind == crate::config::ProviderKind::Webauthn {
+                    p.status = crate::config::ProviderStatus::Disabled;
+                }
+                p
+            })
+            .chain([crate::config::Provider {
+                id: ProviderId::parse("keys-2027").unwrap(),
+                kind: crate::config::ProviderKind::Webauthn,
+                name: "Security key".into(),
+                status: crate::config::ProviderStatus::Active,
+                from_switch: false,
+            }])
+            .collect(),
+    );
+    let (options, ceremony) = factors.start_key_registration(&rp, &alice, NOW).unwrap();
+    let json = serde_json::to_string(&key().do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap()).unwrap();
+    let new_provider = ProviderId::parse("keys-2027").unwrap();
+    let enrolled = factors
+        .finish_key_registration(&rp, &alice, ceremony, &json, ("New key", &new_provider, &off), NOW + 1)
+        .await
+        .unwrap();
+    assert!(enrolled.new_codes.is_some(), "the new factor comes with new codes, shown once");
+    assert_ne!(factors.accounts.get(&alice).recovery_codes, old_codes, "the old set is void");
 }

@@ -129,6 +129,10 @@ pub(super) async fn new_submit(app: &Arc<App>, request: Request<Incoming>) -> An
     let posted = session_post::<KeyForm>(app, request).await?;
     let (form, return_to) = (posted.form, posted.return_to);
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
+    // A kind no provider offers is refused outright (403), as for the app and email codes.
+    if !app.config().mfa.security_keys {
+        return Err(WebError::FactorNotOffered);
+    }
     if app.may_set_up(&session, FactorKind::SecurityKey) != Setup::Add {
         return Ok(go_to(app, Destination::Account.path()));
     }
@@ -150,7 +154,14 @@ pub(super) async fn new_submit(app: &Arc<App>, request: Request<Incoming>) -> An
     };
     let enrolled = match app
         .factors
-        .finish_key_registration(&rp, &user, ceremony, &form.credential, (&form.name, &provider), now)
+        .finish_key_registration(
+            &rp,
+            &user,
+            ceremony,
+            &form.credential,
+            (&form.name, &provider, &app.config().mfa.providers),
+            now,
+        )
         .await
     {
         Ok(enrolled) => enrolled,
