@@ -3,7 +3,6 @@
 //! contract, asked directly (Traefik is not packaged here).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -42,17 +41,6 @@ const FORGED: [(&str, &str); 12] = [
     ("X-Remote-User", "mallory"),
 ];
 
-/// A browser whose `app.example.test` (and `hosts`) resolve to `addr`.
-fn browser_at(addr: SocketAddr, hosts: &[&str]) -> Browser {
-    let jar = Arc::new(reqwest::cookie::Jar::default());
-    let mut builder =
-        reqwest::Client::builder().cookie_provider(jar.clone()).redirect(reqwest::redirect::Policy::none());
-    for host in hosts {
-        builder = builder.resolve(host, addr);
-    }
-    Browser { http: builder.build().unwrap(), jar }
-}
-
 fn location(response: &reqwest::Response) -> String {
     response.headers().get("location").map(|l| l.to_str().unwrap().to_string()).unwrap_or_default()
 }
@@ -67,7 +55,7 @@ fn portcullis_for(upstream: &Upstream, front_port: u16, extra: &str) -> Proxy {
 /// refused, for API calls); a signed-in browser passes with the identity Portcullis vouched for
 /// and nothing a client forged; bypass passes with no identity at all; deny is 403.
 async fn the_gate_holds_through(base: &str, front: SocketAddr, upstream: &Upstream) {
-    let browser = browser_at(front, &["app.example.test"]);
+    let browser = Browser::resolving(front, &["app.example.test"]);
     let forged =
         |request: reqwest::RequestBuilder| FORGED.iter().fold(request, |r, (name, value)| r.header(*name, *value));
 
@@ -165,7 +153,7 @@ async fn nginx_auth_request_gates_with_the_shipped_sample() {
     let mut stranger = ws_url.clone().into_client_request().unwrap();
     stranger.headers_mut().insert("host", "app.example.test".parse().unwrap());
     assert!(tokio_tungstenite::connect_async(stranger).await.is_err(), "no session, no WebSocket");
-    let browser = browser_at(nginx.addr(), &["app.example.test"]);
+    let browser = Browser::resolving(nginx.addr(), &["app.example.test"]);
     assert_eq!(browser.submit_login_at(&base, "alice", ALICE.password, "/").await.status(), 303);
     let mut request = ws_url.into_client_request().unwrap();
     request.headers_mut().insert("host", "app.example.test".parse().unwrap());
@@ -187,7 +175,7 @@ async fn nginx_sends_a_half_signed_in_browser_to_its_second_step() {
     let test = "nginx_sends_a_half_signed_in_browser_to_its_second_step";
     let Some(nginx) = Front::nginx(test, "nginx/forward-auth.conf", port, &addresses) else { return };
     let base = format!("http://app.example.test:{port}");
-    let browser = browser_at(nginx.addr(), &["app.example.test"]);
+    let browser = Browser::resolving(nginx.addr(), &["app.example.test"]);
     // The password alone is a partial session: 2FA is required and alice has no factor yet.
     let signed_in = browser.submit_login_at(&base, "alice", ALICE.password, "/page").await;
     assert_eq!(signed_in.status(), 303);
@@ -237,7 +225,7 @@ async fn traefiks_header_contract_across_two_hosts() {
     let (main, wiki) = (format!("http://app.example.test:{port}"), format!("http://wiki.example.test:{port}"));
     let (main_host, wiki_host) = (format!("app.example.test:{port}"), format!("wiki.example.test:{port}"));
     // Traefik routes each host's /.portcullis/ to Portcullis; here the browser goes there directly.
-    let browser = browser_at(proxy.addr, &["app.example.test", "wiki.example.test"]);
+    let browser = Browser::resolving(proxy.addr, &["app.example.test", "wiki.example.test"]);
     let html = |r: reqwest::RequestBuilder| r.header("accept", "text/html");
 
     // On the main host a stranger is sent to the login page; an API call gets the 401.
@@ -354,7 +342,7 @@ async fn nginx_in_front_of_the_inline_proxy_with_the_shipped_sample() {
     let test = "nginx_in_front_of_the_inline_proxy_with_the_shipped_sample";
     let Some(nginx) = Front::nginx(test, "nginx/inline.conf", port, &addresses) else { return };
     let base = format!("http://app.example.test:{port}");
-    let browser = browser_at(nginx.addr(), &["app.example.test"]);
+    let browser = Browser::resolving(nginx.addr(), &["app.example.test"]);
     let first = browser.navigate(&format!("{base}/page")).await;
     assert_eq!((first.status().as_u16(), location(&first)), (303, format!("{base}/.portcullis/login?rd=%2Fpage")));
     let signed_in = browser.submit_login_at(&base, "alice", ALICE.password, "/page").await;
@@ -419,7 +407,7 @@ async fn caddy_in_front_of_the_inline_proxy_with_the_shipped_sample() {
     let test = "caddy_in_front_of_the_inline_proxy_with_the_shipped_sample";
     let Some(caddy) = Front::caddy(test, "caddy/Caddyfile.inline", port, &addresses) else { return };
     let base = format!("http://app.example.test:{port}");
-    let browser = browser_at(caddy.addr(), &["app.example.test"]);
+    let browser = Browser::resolving(caddy.addr(), &["app.example.test"]);
     let first = browser.navigate(&format!("{base}/page")).await;
     assert_eq!((first.status().as_u16(), location(&first)), (303, format!("{base}/.portcullis/login?rd=%2Fpage")));
     assert_eq!(browser.submit_login_at(&base, "alice", ALICE.password, "/page").await.status(), 303);

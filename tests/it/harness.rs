@@ -430,6 +430,19 @@ impl Browser {
         Self { http, jar }
     }
 
+    /// A browser whose `hosts` resolve to `addr` (a proxy or a front proxy on loopback).
+    pub fn resolving(addr: SocketAddr, hosts: &[&str]) -> Self {
+        let jar = Arc::new(Jar::default());
+        let mut builder = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(PATIENCE);
+        for host in hosts {
+            builder = builder.resolve(host, addr);
+        }
+        Self { http: builder.build().unwrap(), jar }
+    }
+
     /// The `Cookie` header the browser would send to `url`.
     pub fn cookie_header(&self, url: &str) -> Option<String> {
         self.jar.cookies(&url.parse().unwrap()).map(|v| v.to_str().unwrap().to_string())

@@ -1,26 +1,12 @@
 //! Several hosts: signing in on one host hands a session to another (single use, 30 s, that
 //! host only), and the Sandstorm preset treats every class of Sandstorm host as its table says.
 
-use std::sync::Arc;
-
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::attacks::{raw, status_of};
-use crate::harness::{ALICE, Browser, Proxy, proxy};
+use crate::harness::{ALICE, Browser, proxy};
 use crate::upstream::Upstream;
-
-/// A browser whose names resolve to the proxy: `app.example.test` (the main host) and the other
-/// hosts given.
-fn browser_for(proxy: &Proxy, hosts: &[&str]) -> Browser {
-    let jar = Arc::new(reqwest::cookie::Jar::default());
-    let mut builder =
-        reqwest::Client::builder().cookie_provider(jar.clone()).redirect(reqwest::redirect::Policy::none());
-    for host in hosts {
-        builder = builder.resolve(host, proxy.addr);
-    }
-    Browser { http: builder.build().unwrap(), jar }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signing_in_on_the_main_host_hands_a_session_to_another_host() {
@@ -31,7 +17,7 @@ async fn signing_in_on_the_main_host_hands_a_session_to_another_host() {
         .start();
     let port = proxy.addr.port();
     let (main, wiki) = (format!("http://app.example.test:{port}"), format!("http://wiki.example.test:{port}"));
-    let browser = browser_for(&proxy, &["app.example.test", "wiki.example.test", "notes.example.test"]);
+    let browser = Browser::resolving(proxy.addr, &["app.example.test", "wiki.example.test", "notes.example.test"]);
 
     // The wiki has no session of its own: off to the main host, which asks for a password first.
     let first = browser.navigate(&format!("{wiki}/page?x=1")).await;
@@ -75,13 +61,13 @@ async fn signing_in_on_the_main_host_hands_a_session_to_another_host() {
 
     // A code made for someone else's browser (an attacker's own, passed to a victim in a link)
     // does not sign this browser in as them: the other host's state cookie is not there.
-    let mallory = browser_for(&proxy, &["app.example.test", "wiki.example.test"]);
+    let mallory = Browser::resolving(proxy.addr, &["app.example.test", "wiki.example.test"]);
     let start = mallory.navigate(&format!("{wiki}/")).await.headers()["location"].to_str().unwrap().to_string();
     let login = start.replace(&main, "");
     assert_eq!(mallory.submit_login_at(&main, "alice", ALICE.password, &login).await.status(), 303);
     let malloys_code = mallory.navigate(&start).await.headers()["location"].to_str().unwrap().to_string();
     assert!(malloys_code.contains("code="), "{malloys_code}");
-    let victim = browser_for(&proxy, &["app.example.test", "wiki.example.test"]);
+    let victim = Browser::resolving(proxy.addr, &["app.example.test", "wiki.example.test"]);
     assert_eq!(victim.navigate(&malloys_code).await.status(), 403, "not this browser's handoff");
     assert!(victim.cookie_header(&format!("{wiki}/")).is_none_or(|c| !c.contains("portcullis=")));
 

@@ -132,17 +132,6 @@ async fn a_planted_session_cookie_neither_shadows_nor_swaps_a_session() {
     assert_eq!(upstream.seen().pop().unwrap().header("x-forwarded-user"), Some("alice"));
 }
 
-/// A browser on `host` (resolved to the proxy) and its sibling hosts under `example.test`.
-fn browser_for_hosts(proxy: &crate::harness::Proxy, hosts: &[&str]) -> Browser {
-    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
-    let mut builder =
-        reqwest::Client::builder().cookie_provider(jar.clone()).redirect(reqwest::redirect::Policy::none());
-    for host in hosts {
-        builder = builder.resolve(host, proxy.addr);
-    }
-    Browser { http: builder.build().unwrap(), jar }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cookie_tossed_in_from_a_sibling_host_never_makes_the_request_someone_elses() {
     // Without https there is no `__Host-` prefix, so a sibling host can set a cookie for the
@@ -151,12 +140,12 @@ async fn a_cookie_tossed_in_from_a_sibling_host_never_makes_the_request_someone_
     let proxy = proxy(&upstream.url()).public_host("app.example.test").account(&crate::mfa::BOB).start();
     let base = format!("http://app.example.test:{}", proxy.addr.port());
     let hosts = ["app.example.test", "evil.example.test"];
-    let mallory = browser_for_hosts(&proxy, &hosts);
+    let mallory = Browser::resolving(proxy.addr, &hosts);
     assert_eq!(mallory.submit_login_at(&base, "bob", crate::mfa::BOB.password, "/").await.status(), 303);
     let cookies = mallory.cookie_header(&format!("{base}/")).unwrap();
     let malloys_session = cookies.split("; ").find(|c| c.starts_with("portcullis=")).unwrap().to_string();
 
-    let victim = browser_for_hosts(&proxy, &hosts);
+    let victim = Browser::resolving(proxy.addr, &hosts);
     assert_eq!(victim.submit_login_at(&base, "alice", ALICE.password, "/").await.status(), 303);
     assert_eq!(victim.navigate(&format!("{base}/notes/today")).await.status(), 200);
 
