@@ -76,24 +76,10 @@ impl Front {
                  http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  include {d}/site.conf;\n}}\n"
             );
             std::fs::write(dir.path().join("nginx.conf"), main).unwrap();
-            // Its own process group: the workers go with the master (see Drop).
-            let mut child = Command::new("nginx")
-                .process_group(0)
-                .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-e", "stderr"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("nginx starts");
-            let log = Lines::default();
-            log.clone().follow(child.stdout.take().unwrap());
-            log.clone().follow(child.stderr.take().unwrap());
+            let mut command = Command::new("nginx");
+            command.args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-e", "stderr"]);
             // The master binds every listener before it starts a worker.
-            if log.wait_for(0, |l| l.contains("start worker process")).is_some() {
-                return Some(Self { child, port, _dir: dir });
-            }
-            kill_group(&mut child);
-            panic!("nginx did not start:\n{}", log.all().join("\n"));
+            Some(Self::run(command, "start worker process", port, dir))
         }
     }
 
@@ -118,27 +104,35 @@ impl Front {
             let text = format!("{{\n\tadmin off\n\tauto_https off\n\tdefault_bind 127.0.0.1\n}}\n\n{site}");
             let caddyfile = dir.path().join("Caddyfile");
             std::fs::write(&caddyfile, text).unwrap();
-            let mut child = Command::new("caddy")
-                .process_group(0)
+            let mut command = Command::new("caddy");
+            command
                 .args(["run", "--adapter", "caddyfile", "--config"])
                 .arg(&caddyfile)
                 .env("HOME", dir.path())
                 .env("XDG_DATA_HOME", dir.path().join("data"))
-                .env("XDG_CONFIG_HOME", dir.path().join("config"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("caddy starts");
-            let log = Lines::default();
-            log.clone().follow(child.stdout.take().unwrap());
-            log.clone().follow(child.stderr.take().unwrap());
-            if log.wait_for(0, |l| l.contains("serving initial configuration")).is_some() {
-                return Some(Self { child, port, _dir: dir });
-            }
-            kill_group(&mut child);
-            panic!("caddy did not start:\n{}", log.all().join("\n"));
+                .env("XDG_CONFIG_HOME", dir.path().join("config"));
+            Some(Self::run(command, "serving initial configuration", port, dir))
         }
+    }
+
+    /// Starts `command` in its own process group (so its workers go with it, see Drop) and
+    /// waits for the line that says it serves.
+    fn run(mut command: Command, ready: &str, port: u16, dir: tempfile::TempDir) -> Self {
+        let mut child = command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
+        let log = Lines::default();
+        log.clone().follow(child.stdout.take().unwrap());
+        log.clone().follow(child.stderr.take().unwrap());
+        if log.wait_for(0, |l| l.contains(ready)).is_some() {
+            return Self { child, port, _dir: dir };
+        }
+        kill_group(&mut child);
+        panic!("{command:?} did not start:\n{}", log.all().join("\n"));
     }
 
     pub fn addr(&self) -> SocketAddr {
