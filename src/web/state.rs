@@ -104,7 +104,12 @@ impl App {
     /// since): what access rules asking for a second factor weigh.
     pub fn proved_counting_factor(&self, full: &FullSession) -> bool {
         full.proved_second_factor()
-            && providers::proof_counts(full.amr(), &self.account(full.user()), &self.config().mfa.providers)
+            && providers::proof_counts(
+                full.amr(),
+                full.proven_with(),
+                &self.account(full.user()),
+                &self.config().mfa.providers,
+            )
     }
 
     /// An account whose every factor's provider was disabled: what the stranded page explains.
@@ -178,7 +183,8 @@ impl App {
         let record = self.account(full.user());
         let providers = &self.config().mfa.providers;
         let has_factor = providers::has_counting_factor(&record, providers);
-        let proved = full.proved_second_factor() && providers::proof_counts(full.amr(), &record, providers);
+        let proved =
+            full.proved_second_factor() && providers::proof_counts(full.amr(), full.proven_with(), &record, providers);
         policy::full_session_allowed(self.requirement(full.user()), has_factor, proved)
     }
 

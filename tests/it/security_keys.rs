@@ -358,3 +358,48 @@ async fn a_retiring_key_provider_keeps_keys_working_and_a_disabled_one_makes_the
     let next = response.headers()["location"].to_str().unwrap().to_string();
     assert!(!next.contains("/.portcullis/challenge"), "no key is asked for: {next}");
 }
+
+/// Two key providers, one switched off: the sessions its keys made lose their second step (they
+/// are sent to prove one again), while those made with the other provider's keys go on. The
+/// session remembers which provider's factor it proved, not only that it was "a key".
+#[tokio::test(flavor = "multi_thread")]
+async fn disabling_one_of_two_key_providers_downgrades_only_the_sessions_its_keys_made() {
+    let upstream = Upstream::start().await;
+    let provider = |id: &str, status: &str| {
+        format!("[[mfa.provider]]\nid = \"{id}\"\nkind = \"webauthn\"\nstatus = \"{status}\"\n")
+    };
+    let app = "[[mfa.provider]]\nid = \"totp\"\nkind = \"totp\"\nstatus = \"active\"\n";
+    let (proxy, base) = keyed_proxy(&upstream, &format!("{app}{}", provider("old-keys", "active")));
+    let config = std::fs::read_to_string(proxy.config_path()).unwrap();
+    let plain = config.split("[[mfa.provider]]").next().unwrap().to_string();
+    let (mut old_key, mut new_key) = (key(), key());
+    let owner = browser(&proxy);
+    assert_eq!(owner.submit_login_at(&base, ALICE.name, ALICE.password, "/").await.status(), 303);
+    assert_eq!(register(&owner, &base, &mut old_key, "Old key").await.status(), 303);
+    let moving = format!("{app}{}{}", provider("old-keys", "deprecated"), provider("new-keys", "active"));
+    crate::providers::reload_with(&proxy, &plain, &moving);
+    assert_eq!(register(&owner, &base, &mut new_key, "New key").await.status(), 303);
+
+    let laptop = browser(&proxy);
+    let challenge = password(&laptop, &base).await;
+    let response = submit(&laptop, &base, &challenge, &answer(&mut old_key, &base, &challenge), false).await;
+    assert_eq!(response.status(), 303);
+    let phone = browser(&proxy);
+    let challenge = password(&phone, &base).await;
+    let response = submit(&phone, &base, &challenge, &answer(&mut new_key, &base, &challenge), false).await;
+    assert_eq!(response.status(), 303);
+    for browser in [&laptop, &phone] {
+        assert_eq!(browser.navigate(&format!("{base}/wiki")).await.status(), 200);
+    }
+
+    let switched_off = format!("{app}{}{}", provider("old-keys", "disabled"), provider("new-keys", "active"));
+    crate::providers::reload_with(&proxy, &plain, &switched_off);
+    let refused = laptop.navigate(&format!("{base}/wiki")).await;
+    assert_eq!(refused.status(), 303, "the old key's session must prove a second step again");
+    let next = refused.headers()["location"].to_str().unwrap();
+    assert!(next.contains("/.portcullis/challenge"), "{next}");
+    assert_eq!(phone.navigate(&format!("{base}/wiki")).await.status(), 200, "the new key's session goes on");
+    let requests = upstream.count();
+    assert_eq!(laptop.navigate(&format!("{base}/wiki")).await.status(), 303);
+    assert_eq!(upstream.count(), requests, "nothing of the downgraded session reached the app");
+}

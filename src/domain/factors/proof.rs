@@ -6,7 +6,7 @@
 //! ```compile_fail,E0451
 //! use portcullis::domain::factors::proof::{AuthMethod, SecondFactorProof};
 //! // Outside the factors module nobody can make one up...
-//! let made_up = SecondFactorProof { method: AuthMethod::Otp, account: "alice".into() };
+//! let made_up = SecondFactorProof { method: AuthMethod::Otp, account: "alice".into(), provider: None };
 //! ```
 //!
 //! ```compile_fail,E0624
@@ -31,6 +31,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::ProviderId;
 use crate::domain::users::User;
 
 /// How a factor was proven, as RFC 8176 "amr" values.
@@ -102,17 +103,34 @@ pub struct SecondFactorProof {
     /// Whose factor it was ([`User::account_key`]): a proof for one account never promotes
     /// another's session.
     account: String,
+    /// The provider of the factor that was proven (`[[mfa.provider]]`); none for a recovery code
+    /// or a remembered browser, which stand for the account's factors as a whole. A session keeps
+    /// it, so disabling that provider takes back what the proof earned even when another provider
+    /// of the same kind stays on.
+    provider: Option<ProviderId>,
 }
 
 impl SecondFactorProof {
-    /// Only the verifiers of this module tree prove factors.
+    /// Only the verifiers of this module tree prove factors. For a recovery code or a remembered
+    /// browser (no provider of their own).
     pub(super) fn new(method: AuthMethod, user: &User) -> Self {
-        debug_assert!(method.is_second_factor());
-        Self { method, account: user.account_key.clone() }
+        debug_assert!(matches!(method, AuthMethod::Rc | AuthMethod::RememberedBrowser));
+        Self { method, account: user.account_key.clone(), provider: None }
+    }
+
+    /// A factor of `provider` proven by `user`.
+    pub(super) fn of_provider(method: AuthMethod, user: &User, provider: &ProviderId) -> Self {
+        debug_assert!(method.is_fresh_second_factor());
+        Self { method, account: user.account_key.clone(), provider: Some(provider.clone()) }
     }
 
     pub fn method(&self) -> AuthMethod {
         self.method
+    }
+
+    /// The provider of the factor proven, if it has one.
+    pub fn provider(&self) -> Option<&ProviderId> {
+        self.provider.as_ref()
     }
 
     /// Whether this proves `user`'s factor.
@@ -123,6 +141,6 @@ impl SecondFactorProof {
     /// For unit tests of what happens after a second factor (sessions), without checking one.
     #[cfg(test)]
     pub(crate) fn for_tests(method: AuthMethod, user: &User) -> Self {
-        Self { method, account: user.account_key.clone() }
+        Self { method, account: user.account_key.clone(), provider: None }
     }
 }

@@ -96,15 +96,29 @@ pub fn retiring<'a>(record: &AccountRecord, providers: &'a Providers) -> Vec<&'a
     found
 }
 
-/// Whether a session's proof (its `amr`) still stands: some second factor it used still counts.
-/// A code from a factor that was disabled since proves nothing any more, so that session must
-/// prove a factor again (a recovery code or a remembered browser stands for the account's factors
-/// as long as one of them counts).
-pub fn proof_counts(amr: &[AuthMethod], record: &AccountRecord, providers: &Providers) -> bool {
+/// Whether a session's proof still stands: some second factor it used (`amr`, with the providers
+/// of those factors, `proven_with`) still counts. A code from a factor whose provider was disabled
+/// since proves nothing any more, so that session must prove a factor again, even when the
+/// account has another factor of the same kind under a provider still on (two webauthn
+/// providers, one switched off: the sessions its keys made are downgraded, the other's are not).
+/// A recovery code or a remembered browser stands for the account's factors as long as one of
+/// them counts. Sessions stored before providers were recorded (`proven_with` empty) are weighed
+/// by the kind of factor alone.
+pub fn proof_counts(
+    amr: &[AuthMethod],
+    proven_with: &[ProviderId],
+    record: &AccountRecord,
+    providers: &Providers,
+) -> bool {
+    let proven_kind = |kind: FactorKind| {
+        factors_of(record).into_iter().any(|(k, id)| {
+            k == kind && standing(providers.get(id)).counts && (proven_with.is_empty() || proven_with.contains(id))
+        })
+    };
     amr.iter().any(|method| match method {
-        AuthMethod::Otp => counts(record, providers, FactorKind::Totp),
-        AuthMethod::Email => counts(record, providers, FactorKind::Email),
-        AuthMethod::Hwk | AuthMethod::Swk => counts(record, providers, FactorKind::SecurityKey),
+        AuthMethod::Otp => proven_kind(FactorKind::Totp),
+        AuthMethod::Email => proven_kind(FactorKind::Email),
+        AuthMethod::Hwk | AuthMethod::Swk => proven_kind(FactorKind::SecurityKey),
         AuthMethod::Rc | AuthMethod::RememberedBrowser => has_counting_factor(record, providers),
         AuthMethod::Pwd => false,
     })
@@ -264,13 +278,22 @@ mod tests {
         assert!(!has_counting_factor(&stranded, &providers));
         assert!(is_stranded(&stranded, &providers));
         assert_eq!(not_counting(&stranded, &providers), [&ProviderId::totp()]);
-        assert!(!proof_counts(&[AuthMethod::Pwd, AuthMethod::Otp], &stranded, &providers));
-        assert!(!proof_counts(&[AuthMethod::Pwd, AuthMethod::Rc], &stranded, &providers), "codes go with the factor");
+        assert!(!proof_counts(&[AuthMethod::Pwd, AuthMethod::Otp], &[], &stranded, &providers));
+        assert!(
+            !proof_counts(&[AuthMethod::Pwd, AuthMethod::Rc], &[], &stranded, &providers),
+            "codes go with the factor"
+        );
         assert!(!is_stranded(&AccountRecord::default(), &providers), "never had a factor: not stranded");
 
         let moved = app_on("totp-2");
         assert!(has_counting_factor(&moved, &providers) && counts(&moved, &providers, FactorKind::Totp));
-        assert!(proof_counts(&[AuthMethod::Pwd, AuthMethod::Rc], &moved, &providers));
+        assert!(proof_counts(&[AuthMethod::Pwd, AuthMethod::Rc], &[], &moved, &providers));
+        let (old, new) = (ProviderId::totp(), ProviderId::parse("totp-2").unwrap());
+        assert!(proof_counts(&[AuthMethod::Otp], &[new.clone()], &moved, &providers));
+        assert!(
+            !proof_counts(&[AuthMethod::Otp], &[old], &moved, &providers),
+            "proven with the disabled provider's factor, though one of the same kind still counts"
+        );
 
         let email = EmailFactorRecord {
             address: "a@example.com".into(),
@@ -281,8 +304,8 @@ mod tests {
         let both = AccountRecord { email: Some(email), ..app_on("totp") };
         assert!(has_counting_factor(&both, &providers), "deprecated still counts");
         assert!(!counts(&both, &providers, FactorKind::Totp));
-        assert!(proof_counts(&[AuthMethod::Email], &both, &providers));
-        assert!(!proof_counts(&[AuthMethod::Otp], &both, &providers), "proven with the disabled app");
+        assert!(proof_counts(&[AuthMethod::Email], &[], &both, &providers));
+        assert!(!proof_counts(&[AuthMethod::Otp], &[], &both, &providers), "proven with the disabled app");
         assert_eq!(retiring(&both, &providers).iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["email"]);
 
         let unknown = app_on("gone");

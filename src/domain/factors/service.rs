@@ -15,7 +15,7 @@ use super::sealing::{SealError, Sealer};
 use super::totp;
 use crate::base::clock::UnixTime;
 use crate::base::secret::Secret;
-use crate::config::{ProviderKind, Providers};
+use crate::config::{ProviderId, ProviderKind, Providers};
 use crate::domain::clock_health::Drift;
 use crate::domain::users::User;
 use crate::store::StoreError;
@@ -170,6 +170,7 @@ impl SecondFactors {
             let could_be_totp = looks_totp && has_app;
             match self.email_codes.check(account, &sign_in, &digits, self.sealer.pepper(), now) {
                 Ok(()) => {
+                    let provider = record.email.as_ref().map_or_else(ProviderId::email, |e| e.provider.clone());
                     let noted: Result<(), StoreError> = self
                         .accounts
                         .update(user, |record| {
@@ -183,7 +184,7 @@ impl SecondFactors {
                         tracing::error!(user = %user.name, "could not record an emailed code's use: {e}");
                     }
                     return Ok(Verified {
-                        proof: SecondFactorProof::new(AuthMethod::Email, user),
+                        proof: SecondFactorProof::of_provider(AuthMethod::Email, user, &provider),
                         recovery_codes_left: None,
                     });
                 }
@@ -215,7 +216,8 @@ impl SecondFactors {
                     factor.last_used_at = Some(now);
                     // Which step the code matched, relative to ours: the clock-skew telemetry.
                     self.drift.record(step as i64 - now / totp::STEP_SECONDS as i64);
-                    Ok(Verified { proof: SecondFactorProof::new(AuthMethod::Otp, user), recovery_codes_left: None })
+                    let proof = SecondFactorProof::of_provider(AuthMethod::Otp, user, &factor.provider);
+                    Ok(Verified { proof, recovery_codes_left: None })
                 })
                 .await;
         }
@@ -261,6 +263,7 @@ impl SecondFactors {
                     return Err(EnrollError::Changed);
                 }
                 let first = !has_counting_factor(record, providers);
+                let proof = SecondFactorProof::of_provider(AuthMethod::Otp, user, &provider);
                 record.totp = Some(TotpRecord {
                     sealed_secret: sealed,
                     enrolled_at: now,
@@ -269,7 +272,7 @@ impl SecondFactors {
                     provider,
                 });
                 let new_codes = first_factor_codes(record, first, pepper, now);
-                Ok(Enrolled { proof: SecondFactorProof::new(AuthMethod::Otp, user), new_codes })
+                Ok(Enrolled { proof, new_codes })
             })
             .await
     }
@@ -304,12 +307,13 @@ impl SecondFactors {
                     return Err(EnrollError::Changed);
                 }
                 let first = !has_counting_factor(record, providers);
+                let proof = SecondFactorProof::of_provider(AuthMethod::Email, user, &provider);
                 record.email = Some(EmailFactorRecord { address, enrolled_at: now, last_used_at: Some(now), provider });
                 if record.primary.is_none() {
                     record.primary = Some(if record.totp.is_some() { FactorKind::Totp } else { FactorKind::Email });
                 }
                 let new_codes = first_factor_codes(record, first, pepper, now);
-                Ok(Enrolled { proof: SecondFactorProof::new(AuthMethod::Email, user), new_codes })
+                Ok(Enrolled { proof, new_codes })
             })
             .await
     }

@@ -58,6 +58,7 @@ impl SecondFactors {
             .finish_passkey_registration(&credential, &ceremony.state)
             .map_err(|e| KeyError::Refused(e.to_string()))?;
         let (backup_eligible, sign_count) = registered_flags(&passkey);
+        let proof = SecondFactorProof::of_provider(method_for(backup_eligible), user, provider);
         let record = SecurityKeyRecord {
             id: handle_of(&passkey),
             name,
@@ -82,7 +83,7 @@ impl SecondFactors {
                 let first = !super::providers::has_counting_factor(account, providers);
                 account.security_keys.push(record);
                 let new_codes = super::service::first_factor_codes(account, first, pepper, now);
-                Ok(Enrolled { proof: SecondFactorProof::new(method_for(backup_eligible), user), new_codes })
+                Ok(Enrolled { proof, new_codes })
             })
             .await
     }
@@ -156,7 +157,8 @@ impl SecondFactors {
                 // The BE flag may only go from false to true (§6.1.3); a synced passkey is "swk".
                 key.backup_eligible |= result.backup_eligible();
                 let method = method_for(key.backup_eligible);
-                Ok(Verified { proof: SecondFactorProof::new(method, user), recovery_codes_left: None })
+                let proof = SecondFactorProof::of_provider(method, user, &key.provider);
+                Ok(Verified { proof, recovery_codes_left: None })
             })
             .await
     }

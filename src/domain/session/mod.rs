@@ -290,7 +290,8 @@ impl Sessions {
         if !proof.is_for(&partial.user) {
             return Err(SessionError::ProofForAnotherAccount);
         }
-        self.make_full(partial, vec![AuthMethod::Pwd, proof.method()]).await
+        let providers = proof.provider().into_iter().cloned().collect();
+        self.make_full(partial, vec![AuthMethod::Pwd, proof.method()], providers).await
     }
 
     /// Makes a partial session full where the policy says the password is enough. The id changes.
@@ -299,17 +300,18 @@ impl Sessions {
         partial: PartialSession,
         _enough: PasswordIsEnough,
     ) -> Result<(SessionId, FullSession), SessionError> {
-        self.make_full(partial, vec![AuthMethod::Pwd]).await
+        self.make_full(partial, vec![AuthMethod::Pwd], Vec::new()).await
     }
 
     async fn make_full(
         &self,
         partial: PartialSession,
         amr: Vec<AuthMethod>,
+        providers: Vec<crate::config::ProviderId>,
     ) -> Result<(SessionId, FullSession), SessionError> {
         let now = self.clock.now();
         let second_factor_at = amr.iter().any(|m| m.is_fresh_second_factor()).then_some(now);
-        let stage = Arc::new(FullStage { auth_time: now, amr, second_factor_at });
+        let stage = Arc::new(FullStage { auth_time: now, amr, second_factor_at, providers });
         let mut record = self.new_record(&partial.user, partial.first_factor_at, partial.entry.device.clone());
         record.created_at = partial.entry.created_at;
         record.host = partial.entry.host.clone();
@@ -344,8 +346,14 @@ impl Sessions {
         if !amr.contains(&proof.method()) {
             amr.push(proof.method());
         }
+        let mut providers = full.stage.providers.clone();
+        if let Some(provider) = proof.provider()
+            && !providers.contains(provider)
+        {
+            providers.push(provider.clone());
+        }
         let second_factor_at = proof.method().is_fresh_second_factor().then_some(now).or(full.second_factor_at());
-        let stage = Arc::new(FullStage { auth_time: now, amr, second_factor_at });
+        let stage = Arc::new(FullStage { auth_time: now, amr, second_factor_at, providers });
         let record =
             SessionRecord { last_seen: now, csrf_token: crate::base::secret::random_token(), ..full.entry.snapshot() };
         self.store_full(record, stage, &full.key, full.user).await

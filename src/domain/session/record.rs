@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::id::SessionKey;
 use crate::base::clock::UnixTime;
-use crate::config::SessionSettings;
+use crate::config::{ProviderId, SessionSettings};
 use crate::domain::factors::proof::AuthMethod;
 use crate::store::{Space, StoreError, Write, encode};
 
@@ -21,6 +21,10 @@ pub enum Stage {
         /// When a second factor was last proven in this session (for step-up).
         #[serde(default)]
         second_factor_at: Option<UnixTime>,
+        /// The providers of the factors proven (empty in sessions stored before providers were
+        /// recorded: those are weighed by the kind of factor alone).
+        #[serde(default)]
+        providers: Vec<ProviderId>,
     },
 }
 

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use super::id::SessionKey;
 use super::record::{Device, SessionRecord, Stage};
 use crate::base::clock::UnixTime;
+use crate::config::ProviderId;
 use crate::domain::factors::proof::AuthMethod;
 use crate::domain::users::User;
 
@@ -30,6 +31,9 @@ pub struct FullStage {
     pub amr: Vec<AuthMethod>,
     /// When a second factor was last proven in this session (for step-up).
     pub second_factor_at: Option<UnixTime>,
+    /// The providers of the factors proven in this session, so that disabling one takes back what
+    /// its factors earned (`domain::factors::providers::proof_counts`).
+    pub providers: Vec<ProviderId>,
 }
 
 /// The stage of a live session: the one place it is kept in memory.
@@ -47,6 +51,7 @@ impl LiveStage {
                 auth_time: full.auth_time,
                 amr: full.amr.clone(),
                 second_factor_at: full.second_factor_at,
+                providers: full.providers.clone(),
             },
         }
     }
@@ -92,10 +97,11 @@ impl Entry {
     pub(super) fn from_record(record: SessionRecord) -> Arc<Self> {
         let stage = match &record.stage {
             Stage::Partial { first_factor_at } => LiveStage::Partial { first_factor_at: *first_factor_at },
-            Stage::Full { auth_time, amr, second_factor_at } => LiveStage::Full(Arc::new(FullStage {
+            Stage::Full { auth_time, amr, second_factor_at, providers } => LiveStage::Full(Arc::new(FullStage {
                 auth_time: *auth_time,
                 amr: amr.clone(),
                 second_factor_at: *second_factor_at,
+                providers: providers.clone(),
             })),
         };
         Self::new(record, stage)
@@ -193,6 +199,11 @@ impl FullSession {
 
     pub fn amr(&self) -> &[AuthMethod] {
         &self.stage.amr
+    }
+
+    /// The providers of the factors this session proved (none recorded before providers were).
+    pub fn proven_with(&self) -> &[ProviderId] {
+        &self.stage.providers
     }
 
     /// When this session last proved a second factor, if it ever did.
