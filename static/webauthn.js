@@ -1,9 +1,14 @@
 // Security keys and passkeys (WebAuthn Level 3), for Portcullis's own pages. No framework, no
 // inline script: the page's form carries the options in data-options (JSON, its binary fields
 // base64url, as the server's WebAuthn library writes them) and data-webauthn ("create" to
-// register, "get" to sign in). On submit this asks the browser, puts the answer in the form's
-// hidden "credential" field (JSON, binary fields base64url) and submits the form, so the server
-// still gets an ordinary form POST with its CSRF token and Origin check.
+// register, "get" to prove the second step, "passkey" to sign in with a passkey alone). On
+// submit this asks the browser, puts the answer in the form's hidden "credential" field (JSON,
+// binary fields base64url) and submits the form, so the server still gets an ordinary form POST
+// with its CSRF token and Origin check.
+//
+// On the login page ("passkey") the browser is also asked, where it supports it, to offer the
+// site's passkeys in the user name field's autofill (conditional mediation, WebAuthn L3
+// §5.1.4.1); the button aborts that request and asks directly, with the same challenge.
 (function () {
   "use strict";
   var form = document.querySelector("form[data-webauthn]");
@@ -51,6 +56,24 @@
     decodeIds(options.allowCredentials);
   }
 
+  function answer(credential) {
+    form.elements.credential.value = JSON.stringify(encode(credential));
+    form.submit();
+  }
+
+  var busy = false;
+  // The autofill request, while it waits: the button cancels it before asking directly (a
+  // browser runs one request at a time).
+  var conditional = null;
+  if (mode === "passkey" && PublicKeyCredential.isConditionalMediationAvailable) {
+    PublicKeyCredential.isConditionalMediationAvailable().then(function (available) {
+      if (!available || busy) { return; }
+      var controller = new AbortController();
+      var asked = navigator.credentials.get({ publicKey: options, mediation: "conditional", signal: controller.signal });
+      conditional = { controller: controller, settled: asked.then(answer, function () {}) };
+    }, function () {});
+  }
+
   function encode(credential) {
     var r = credential.response;
     var out = {
@@ -70,19 +93,23 @@
     return out;
   }
 
-  var busy = false;
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     if (busy) { return; }
     busy = true;
     if (status) { status.textContent = "Touch your security key, or confirm on your device…"; }
-    var ask = mode === "create"
-      ? navigator.credentials.create({ publicKey: options })
-      : navigator.credentials.get({ publicKey: options });
-    ask.then(function (credential) {
-      form.elements.credential.value = JSON.stringify(encode(credential));
-      form.submit();
-    }, function () {
+    var waited = Promise.resolve();
+    if (conditional) {
+      conditional.controller.abort();
+      waited = conditional.settled;
+      conditional = null;
+    }
+    var ask = waited.then(function () {
+      return mode === "create"
+        ? navigator.credentials.create({ publicKey: options })
+        : navigator.credentials.get({ publicKey: options });
+    });
+    ask.then(answer, function () {
       busy = false;
       if (status) {
         status.textContent = "No key answered, or it was cancelled. Try again, or choose another way.";

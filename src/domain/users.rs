@@ -233,6 +233,12 @@ impl UserDirectory {
         self.users.load().get(name).cloned()
     }
 
+    /// The user whose [`User::account_key`] is `account_key` (a scan: only for sign-ins that name
+    /// the account by what was stored for it, such as a passkey's credential).
+    pub fn by_account_key(&self, account_key: &str) -> Option<Arc<User>> {
+        self.users.load().values().find(|user| user.account_key == account_key).cloned()
+    }
+
     /// Every account, in no particular order.
     pub fn all(&self) -> Vec<Arc<User>> {
         self.users.load().values().cloned().collect()

@@ -171,6 +171,7 @@ impl Server {
             factors: SecondFactors::new(accounts, sealer),
             signer,
             pending: Pending::default(),
+            passkey_logins: Default::default(),
             handoff: Default::default(),
             regulator,
             clock_warnings: Default::default(),
@@ -453,6 +454,7 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             app.pending.retain_live(|key| app.sessions.contains(key));
             app.factors.email_codes.sweep(app.clock.now());
             app.handoff.sweep(app.clock.now());
+            app.passkey_logins.sweep(app.clock.now());
             let drift = app.factors.drift.report();
             if drift.skew_likely() != skew_reported {
                 skew_reported = drift.skew_likely();

@@ -14,6 +14,7 @@ pub mod gate;
 pub mod key_pages;
 pub mod malformed;
 pub mod pages;
+pub mod passkey_logins;
 pub mod pending;
 pub mod portal;
 pub mod respond;

@@ -36,6 +36,11 @@ pub enum LoginError {
     Expired,
     Malformed,
     Busy,
+    /// A passkey's answer did not sign in (unknown, removed, retired or refused): one message
+    /// for every reason, which the log tells apart.
+    PasskeyRefused,
+    /// The passkey request ran out or was used already.
+    PasskeyExpired,
 }
 
 #[derive(Template)]
@@ -45,6 +50,9 @@ pub struct LoginPage<'a> {
     pub csrf: &'a str,
     pub return_to: &'a str,
     pub username: &'a str,
+    /// The WebAuthn request options (JSON) for a passkey sign-in, when `webauthn.passwordless` is
+    /// on (the page then also runs `static/webauthn.js`).
+    pub passkey_options: Option<&'a str>,
 }
 
 #[derive(Template)]
@@ -505,6 +513,7 @@ mod tests {
             csrf: "t",
             return_to: "/\"><script>",
             username: "<b>",
+            passkey_options: None,
         };
         let html = page.render().unwrap();
         assert!(!html.contains("<script>"));

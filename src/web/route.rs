@@ -14,6 +14,9 @@ pub const PREFIX: &str = "/.portcullis";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnPage {
     Login,
+    /// Sign in with a passkey alone (`webauthn.passwordless`): the form the login page's script
+    /// posts the passkey's answer to.
+    LoginPasskey,
     Logout,
     Account,
     /// Prove the second factor (after the password, or again before a sensitive change).
@@ -208,6 +211,7 @@ pub fn route(path: &str) -> Route {
     }
     let page = match normal.strip_prefix(PREFIX).unwrap_or("") {
         "/login" => OwnPage::Login,
+        "/login/passkey" => OwnPage::LoginPasskey,
         "/logout" => OwnPage::Logout,
         "/account" | "" | "/" => OwnPage::Account,
         "/challenge" => OwnPage::Challenge,

@@ -32,6 +32,8 @@ pub struct App {
     pub signer: Arc<AssertionSigner>,
     /// Enrollment state between page loads, per session.
     pub pending: Pending,
+    /// Passkey sign-ins in progress, per browser (`webauthn.passwordless`).
+    pub passkey_logins: crate::web::passkey_logins::PasskeyLogins,
     /// Codes handing a session from the main host to another host.
     pub handoff: HandoffCodes,
     pub regulator: Arc<Regulator>,

@@ -21,6 +21,7 @@ mod hypercorn;
 mod identity_keys;
 mod layers;
 mod mfa;
+mod passkeys;
 mod pausing;
 mod providers;
 mod reload;

@@ -16,15 +16,15 @@ use crate::upstream::Upstream;
 
 /// WebAuthn needs a domain name as the relying party ID (an IP address is refused) and a secure
 /// context (https, or http on `localhost`), so these proxies are `http://localhost:<port>`.
-const HOST: &str = "localhost";
+pub(crate) const HOST: &str = "localhost";
 
-fn keyed_proxy(upstream: &Upstream, extra: &str) -> (Proxy, String) {
+pub(crate) fn keyed_proxy(upstream: &Upstream, extra: &str) -> (Proxy, String) {
     let proxy = proxy(&upstream.url()).public_host(HOST).toml(extra).start();
     let base = format!("http://{HOST}:{}", proxy.addr.port());
     (proxy, base)
 }
 
-fn browser(proxy: &Proxy) -> Browser {
+pub(crate) fn browser(proxy: &Proxy) -> Browser {
     let jar = Arc::new(Jar::default());
     let http = reqwest::Client::builder()
         .cookie_provider(jar.clone())
@@ -37,25 +37,25 @@ fn browser(proxy: &Proxy) -> Browser {
 }
 
 /// The page's `data-options`, as the browser hands the attribute to the script.
-fn options(html: &str) -> String {
+pub(crate) fn options(html: &str) -> String {
     let marker = "data-options=\"";
     let start = html.find(marker).expect("the page carries WebAuthn options") + marker.len();
     let raw = &html[start..start + html[start..].find('"').unwrap()];
     raw.replace("&#34;", "\"").replace("&quot;", "\"").replace("&#39;", "'").replace("&#38;", "&").replace("&amp;", "&")
 }
 
-fn key() -> SoftPasskey {
+pub(crate) fn key() -> SoftPasskey {
     // `true`: the soft key says it verified the user, which our ceremonies require.
     SoftPasskey::new(true)
 }
 
-async fn page(browser: &Browser, url: &str) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
+pub(crate) async fn page(browser: &Browser, url: &str) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
     let response = browser.navigate(url).await;
     let (status, headers) = (response.status(), response.headers().clone());
     (status, headers, response.text().await.unwrap())
 }
 
-async fn post(browser: &Browser, base: &str, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+pub(crate) async fn post(browser: &Browser, base: &str, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
     browser.http.post(format!("{base}{path}")).header("origin", base).form(form).send().await.unwrap()
 }
 

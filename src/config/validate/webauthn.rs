@@ -27,12 +27,13 @@ impl Validator {
             );
         }
         let passwordless = raw.passwordless.unwrap_or(false);
-        if passwordless {
+        if passwordless && (!enabled || !has_domain || mfa.policy == MfaPolicy::Disabled) {
+            // Asked for and impossible: said at load, not discovered by a user at the login page.
             self.problem(
                 "webauthn.passwordless",
                 Some("true"),
-                "signing in with a passkey alone is not available in this version",
-                "remove it (security keys and passkeys still work as the second step after the password)",
+                "passkeys can sign in by themselves only where security keys are offered: webauthn.enabled, a domain name in public_url, and mfa.policy other than \"disabled\"",
+                "turn those on, or remove webauthn.passwordless",
             );
         }
         let attestation = match raw.attestation.as_deref().unwrap_or("none") {
@@ -126,7 +127,11 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("webauthn.attestation") && p.contains("Fix"))
         );
-        assert!(problems("passwordless = true", url).iter().any(|p| p.contains("webauthn.passwordless")));
+        assert!(problems("passwordless = true", url).is_empty(), "offered with keys");
+        let off = problems("passwordless = true\nenabled = false", url);
+        assert!(off.iter().any(|p| p.contains("webauthn.passwordless")), "{off:?}");
+        let ip = problems("passwordless = true", "http://127.0.0.1:8443");
+        assert!(ip.iter().any(|p| p.contains("webauthn.passwordless")), "{ip:?}");
         let aaguids = problems("allowed_aaguids = [\"nope\"]", url);
         assert!(aaguids.iter().any(|p| p.contains("not an AAGUID")), "{aaguids:?}");
         assert!(aaguids.iter().any(|p| p.contains("has no effect")), "{aaguids:?}");

@@ -16,6 +16,10 @@ use crate::store::{Space, Store, StoreError, Write, decode, encode, text_key};
 /// Every account's factors, in memory, written through to the store.
 pub struct Accounts {
     records: DashMap<String, Arc<AccountRecord>>,
+    /// Which account each security key's credential id belongs to: a passkey that signs in by
+    /// itself names its credential, not its account, and a credential id may belong to one account
+    /// only (WebAuthn L3 §7.1 step 25). Kept in step with `records` under the write lock.
+    key_owners: DashMap<Vec<u8>, String>,
     store: Arc<dyn Store>,
     /// Serialises read-modify-write cycles, so two code checks for one account cannot both accept
     /// the same time step, and writes reach the store in order. Never taken on the hot path.
@@ -24,11 +28,21 @@ pub struct Accounts {
 
 impl Accounts {
     pub async fn open(store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        let records = DashMap::new();
+        let (records, key_owners) = (DashMap::new(), DashMap::new());
         for (key, value) in store.scan(Space::Accounts).await? {
-            records.insert(text_key(&key)?, Arc::new(decode::<AccountRecord>(&value)?));
+            let account = text_key(&key)?;
+            let record = decode::<AccountRecord>(&value)?;
+            for cred_id in credential_ids(&record) {
+                key_owners.insert(cred_id, account.clone());
+            }
+            records.insert(account, Arc::new(record));
         }
-        Ok(Self { records, store, write: tokio::sync::Mutex::new(()) })
+        Ok(Self { records, key_owners, store, write: tokio::sync::Mutex::new(()) })
+    }
+
+    /// The account key ([`User::account_key`]) of the account a credential id is registered to.
+    pub fn owner_of_key(&self, cred_id: &[u8]) -> Option<String> {
+        self.key_owners.get(cred_id).map(|owner| owner.value().clone())
     }
 
     /// The account's record (an empty one if it has never enrolled anything). Memory only.
@@ -42,7 +56,11 @@ impl Accounts {
     /// Forgets an account's record entirely (its user was removed). Returns whether there was one.
     pub async fn forget(&self, account_key: &str) -> Result<bool, StoreError> {
         let _serial = self.write.lock().await;
-        let existed = self.records.remove(account_key).is_some();
+        let removed = self.records.remove(account_key);
+        for cred_id in removed.iter().flat_map(|(_, record)| credential_ids(record)) {
+            self.key_owners.remove(&cred_id);
+        }
+        let existed = removed.is_some();
         self.store.apply(vec![Write::Delete { space: Space::Accounts, key: account_key.as_bytes().to_vec() }]).await?;
         Ok(existed)
     }
@@ -87,11 +105,25 @@ impl Accounts {
         change: impl FnOnce(&mut AccountRecord) -> Result<T, E>,
     ) -> Result<T, E> {
         let _serial = self.write.lock().await;
-        let mut record = (*self.get(user)).clone();
+        let before = self.get(user);
+        let mut record = (*before).clone();
         let outcome = change(&mut record)?;
         let key = user.account_key.as_bytes().to_vec();
         self.store.apply(vec![Write::Put { space: Space::Accounts, key, value: encode(&record)? }]).await?;
+        for cred_id in credential_ids(&before) {
+            self.key_owners.remove(&cred_id);
+        }
+        for cred_id in credential_ids(&record) {
+            self.key_owners.insert(cred_id, user.account_key.clone());
+        }
         self.records.insert(user.account_key.clone(), Arc::new(record));
         Ok(outcome)
     }
+}
+
+fn credential_ids(record: &AccountRecord) -> impl Iterator<Item = Vec<u8>> + '_ {
+    record.security_keys.iter().map(|k| {
+        let id: &[u8] = k.passkey.cred_id().as_ref();
+        id.to_vec()
+    })
 }

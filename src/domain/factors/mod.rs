@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod email;
+pub mod passwordless;
 pub mod proof;
 pub mod providers;
 pub mod qr;

@@ -31,6 +31,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::config::ProviderId;
 use crate::domain::users::User;
 
@@ -59,6 +61,11 @@ pub enum AuthMethod {
     /// A passkey the authenticator says may be synced between devices (WebAuthn L3 §6.1.3,
     /// the BE flag): a software-protected key (RFC 8176 §2 "swk").
     Swk,
+    /// The authenticator verified its user (its PIN or a biometric; WebAuthn L3 §6.2.3, the UV
+    /// flag) when a passkey signed in by itself. RFC 8176 §2 "user" names a test of the user at the
+    /// device; it has no value for "PIN or biometric, not said which", and the authenticator does
+    /// not say.
+    User,
 }
 
 impl AuthMethod {
@@ -71,6 +78,7 @@ impl AuthMethod {
             Self::RememberedBrowser => "device",
             Self::Hwk => "hwk",
             Self::Swk => "swk",
+            Self::User => "user",
         }
     }
 
@@ -142,5 +150,36 @@ impl SecondFactorProof {
     #[cfg(test)]
     pub(crate) fn for_tests(method: AuthMethod, user: &User) -> Self {
         Self { method, account: user.account_key.clone(), provider: None }
+    }
+}
+
+/// A passkey that signed in by itself (`webauthn.passwordless`): a discoverable credential whose
+/// authenticator verified its user (PIN or biometric, WebAuthn L3 §6.2.3). Possession of the key
+/// and that verification are two factors at once (NIST SP 800-63B §5.1.9, a multi-factor
+/// cryptographic authenticator), so the session it starts is full from the start, with `amr`
+/// `["hwk", "user"]` (or `"swk"`), and no password. Only `passwordless.rs` makes one.
+#[derive(Debug)]
+pub struct PasskeyProof {
+    key: SecondFactorProof,
+    user: Arc<User>,
+}
+
+impl PasskeyProof {
+    pub(super) fn new(key: SecondFactorProof, user: Arc<User>) -> Self {
+        Self { key, user }
+    }
+
+    pub fn user(&self) -> &Arc<User> {
+        &self.user
+    }
+
+    /// `hwk` or `swk`.
+    pub fn method(&self) -> AuthMethod {
+        self.key.method
+    }
+
+    /// The provider of the key.
+    pub fn provider(&self) -> Option<&ProviderId> {
+        self.key.provider.as_ref()
     }
 }

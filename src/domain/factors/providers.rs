@@ -120,7 +120,7 @@ pub fn proof_counts(
         AuthMethod::Email => proven_kind(FactorKind::Email),
         AuthMethod::Hwk | AuthMethod::Swk => proven_kind(FactorKind::SecurityKey),
         AuthMethod::Rc | AuthMethod::RememberedBrowser => has_counting_factor(record, providers),
-        AuthMethod::Pwd => false,
+        AuthMethod::Pwd | AuthMethod::User => false,
     })
 }
 
@@ -289,7 +289,7 @@ mod tests {
         assert!(has_counting_factor(&moved, &providers) && counts(&moved, &providers, FactorKind::Totp));
         assert!(proof_counts(&[AuthMethod::Pwd, AuthMethod::Rc], &[], &moved, &providers));
         let (old, new) = (ProviderId::totp(), ProviderId::parse("totp-2").unwrap());
-        assert!(proof_counts(&[AuthMethod::Otp], &[new.clone()], &moved, &providers));
+        assert!(proof_counts(&[AuthMethod::Otp], &[new], &moved, &providers));
         assert!(
             !proof_counts(&[AuthMethod::Otp], &[old], &moved, &providers),
             "proven with the disabled provider's factor, though one of the same kind still counts"

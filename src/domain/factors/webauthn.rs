@@ -3,9 +3,11 @@
 //! stored and the rules the steps apply are in `security_key.rs`.
 
 use webauthn_rs::prelude::{
-    CreationChallengeResponse, Passkey, PublicKeyCredential, RegisterPublicKeyCredential, RequestChallengeResponse,
-    WebauthnError,
+    AuthenticationResult, CreationChallengeResponse, Passkey, PublicKeyCredential, RegisterPublicKeyCredential,
+    RequestChallengeResponse, WebauthnError,
 };
+
+use webauthn_rs_proto::ResidentKeyRequirement;
 
 use super::proof::{AuthMethod, SecondFactorProof};
 use super::security_key::{
@@ -16,16 +18,20 @@ use super::service::{Enrolled, RemoveError, SecondFactors, Verified};
 use crate::base::clock::UnixTime;
 use crate::domain::users::User;
 
-fn method_for(backup_eligible: bool) -> AuthMethod {
+pub(super) fn method_for(backup_eligible: bool) -> AuthMethod {
     if backup_eligible { AuthMethod::Swk } else { AuthMethod::Hwk }
 }
 
 impl SecondFactors {
     /// Starts registering a new key for `user` (the browser is told to skip keys it has already).
+    /// With `discoverable` (passkeys may sign in by themselves), the authenticator is asked to
+    /// keep the credential so it can offer it at the login page (`residentKey: "preferred"`,
+    /// WebAuthn L3 §5.4.6): a key that cannot still registers, as a second step only.
     pub fn start_key_registration(
         &self,
         rp: &RelyingParty,
         user: &User,
+        discoverable: bool,
         now: UnixTime,
     ) -> Result<(CreationChallengeResponse, RegistrationCeremony), KeyError> {
         let record = self.accounts.get(user);
@@ -33,9 +39,12 @@ impl SecondFactors {
             return Err(KeyError::TooMany);
         }
         let exclude = record.security_keys.iter().map(|k| k.passkey.cred_id().clone()).collect();
-        let (options, state) = rp
+        let (mut options, state) = rp
             .start_passkey_registration(user_handle(user), user.name.as_str(), &user.display_name, Some(exclude))
             .map_err(|e| KeyError::Unavailable(e.to_string()))?;
+        if discoverable && let Some(selection) = options.public_key.authenticator_selection.as_mut() {
+            selection.resident_key = Some(ResidentKeyRequirement::Preferred);
+        }
         Ok((options, RegistrationCeremony { state, account: user.account_key.clone(), started_at: now }))
     }
 
@@ -72,7 +81,11 @@ impl SecondFactors {
         let pepper = self.sealer().pepper();
         self.accounts
             .update(user, |account| {
-                if account.security_keys.iter().any(|k| k.passkey.cred_id() == record.passkey.cred_id()) {
+                // One credential, one account (§7.1 step 25): the same key registered to a second
+                // account would make a passwordless sign-in ambiguous, and lets one account's
+                // owner vouch for another. Checked under the accounts' write lock.
+                let cred_id: &[u8] = record.passkey.cred_id().as_ref();
+                if self.accounts.owner_of_key(cred_id).is_some() {
                     return Err(KeyError::AlreadyRegistered);
                 }
                 if account.security_keys.len() >= MAX_PER_ACCOUNT {
@@ -139,6 +152,21 @@ impl SecondFactors {
             WebauthnError::CredentialPossibleCompromise => clone_of(&credential.raw_id),
             other => KeyError::Refused(other.to_string()),
         })?;
+        let proof = self.record_assertion(user, &result, providers, now).await?;
+        Ok(Verified { proof, recovery_codes_left: None })
+    }
+
+    /// Records a verified assertion on the key that made it, and proves the factor: the counter is
+    /// compared with the stored one under the account's write lock, so two assertions signed out
+    /// of order (what a cloned key produces) cannot both pass, and only a key whose provider still
+    /// counts proves anything.
+    pub(super) async fn record_assertion(
+        &self,
+        user: &User,
+        result: &AuthenticationResult,
+        providers: &crate::config::Providers,
+        now: UnixTime,
+    ) -> Result<SecondFactorProof, KeyError> {
         self.accounts
             .update(user, |account| {
                 let key = account
@@ -152,13 +180,12 @@ impl SecondFactors {
                     return Err(KeyError::PossibleClone { name: key.name.clone() });
                 }
                 key.sign_count = seen;
-                key.passkey.update_credential(&result);
+                key.passkey.update_credential(result);
                 key.last_used_at = Some(now);
                 // The BE flag may only go from false to true (§6.1.3); a synced passkey is "swk".
                 key.backup_eligible |= result.backup_eligible();
                 let method = method_for(key.backup_eligible);
-                let proof = SecondFactorProof::of_provider(method, user, &key.provider);
-                Ok(Verified { proof, recovery_codes_left: None })
+                Ok(SecondFactorProof::of_provider(method, user, &key.provider))
             })
             .await
     }

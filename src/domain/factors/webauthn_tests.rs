@@ -51,7 +51,7 @@ fn key() -> SoftPasskey {
 }
 
 async fn register(factors: &SecondFactors, rp: &Webauthn, who: &User, key: &mut SoftPasskey) {
-    let (options, ceremony) = factors.start_key_registration(rp, who, NOW).unwrap();
+    let (options, ceremony) = factors.start_key_registration(rp, who, false, NOW).unwrap();
     let response = key.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
     let json = serde_json::to_string(&response).unwrap();
     let enrolled = factors
@@ -128,7 +128,7 @@ async fn ceremonies_expire_belong_to_one_account_and_check_the_origin() {
     let garbage = factors.verify_key(&rp, &alice, ceremony, "{\"id\": 1}", &keys_provider(), NOW).await;
     assert!(matches!(garbage, Err(KeyError::Malformed)), "{garbage:?}");
 
-    let (options, ceremony) = factors.start_key_registration(&rp, &alice, NOW).unwrap();
+    let (options, ceremony) = factors.start_key_registration(&rp, &alice, false, NOW).unwrap();
     let mut other_key = super::tests::key();
     let response = other_key.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
     let json = serde_json::to_string(&response).unwrap();
@@ -221,7 +221,7 @@ async fn an_account_keeps_several_keys_each_named_and_each_works() {
     let (factors, rp, alice) = (factors().await, rp(), user("alice"));
     let (mut blue, mut phone) = (key(), key());
     register(&factors, &rp, &alice, &mut blue).await;
-    let (options, ceremony) = factors.start_key_registration(&rp, &alice, NOW).unwrap();
+    let (options, ceremony) = factors.start_key_registration(&rp, &alice, false, NOW).unwrap();
     let excluded = options.public_key.exclude_credentials.clone().unwrap_or_default();
     assert_eq!(excluded.len(), 1, "the browser is told which key is registered already");
     let json = serde_json::to_string(&phone.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap()).unwrap();
@@ -291,7 +291,7 @@ async fn a_stranded_account_that_sets_up_a_key_gets_new_recovery_codes() {
             }])
             .collect(),
     );
-    let (options, ceremony) = factors.start_key_registration(&rp, &alice, NOW).unwrap();
+    let (options, ceremony) = factors.start_key_registration(&rp, &alice, false, NOW).unwrap();
     let json = serde_json::to_string(&key().do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap()).unwrap();
     let new_provider = ProviderId::parse("keys-2027").unwrap();
     let enrolled = factors
@@ -300,4 +300,29 @@ async fn a_stranded_account_that_sets_up_a_key_gets_new_recovery_codes() {
         .unwrap();
     assert!(enrolled.new_codes.is_some(), "the new factor comes with new codes, shown once");
     assert_ne!(factors.accounts.get(&alice).recovery_codes, old_codes, "the old set is void");
+}
+
+#[tokio::test]
+async fn each_credential_is_known_to_belong_to_one_account_until_it_is_removed() {
+    let (factors, rp) = (factors().await, rp());
+    let (alice, bob) = (user("alice"), user("bob"));
+    let (mut blue, mut red) = (key(), key());
+    register(&factors, &rp, &alice, &mut blue).await;
+    register(&factors, &rp, &bob, &mut red).await;
+    let ids: Vec<(String, Vec<u8>)> = [&alice, &bob]
+        .iter()
+        .map(|who| {
+            let record = factors.accounts.get(who);
+            let key = &record.security_keys[0];
+            let id: &[u8] = key.passkey.cred_id().as_ref();
+            (key.id.clone(), id.to_vec())
+        })
+        .collect();
+    assert_eq!(factors.accounts.owner_of_key(&ids[0].1).as_deref(), Some("key-alice"));
+    assert_eq!(factors.accounts.owner_of_key(&ids[1].1).as_deref(), Some("key-bob"));
+    assert_eq!(factors.accounts.owner_of_key(b"no such credential"), None);
+    factors.remove_key(&alice, &ids[0].0, false, &keys_provider()).await.unwrap();
+    assert_eq!(factors.accounts.owner_of_key(&ids[0].1), None, "removed with its key");
+    factors.accounts.forget("key-bob").await.unwrap();
+    assert_eq!(factors.accounts.owner_of_key(&ids[1].1), None, "forgotten with its account");
 }

@@ -27,7 +27,7 @@ use self::record::{check_expiry, delete, put};
 use self::state::{Entry, LiveStage};
 use crate::base::clock::{SharedClock, UnixTime};
 use crate::config::SessionSettings;
-use crate::domain::factors::proof::{AuthMethod, SecondFactorProof};
+use crate::domain::factors::proof::{AuthMethod, PasskeyProof, SecondFactorProof};
 use crate::domain::password::PasswordProof;
 use crate::domain::policy::PasswordIsEnough;
 use crate::domain::users::{User, UserDirectory};
@@ -279,6 +279,26 @@ impl Sessions {
         let stage = LiveStage::Partial { first_factor_at: now };
         let (id, key, entry) = self.store_new(record, stage, None).await?;
         Ok((id, PartialSession { key, entry, user, first_factor_at: now }))
+    }
+
+    /// Starts a full session for a passkey that signed in by itself (both factors at once; see
+    /// [`PasskeyProof`]): `amr` is the key's `hwk` or `swk` and `user`, with no password.
+    pub(crate) async fn begin_with_passkey(
+        &self,
+        proof: PasskeyProof,
+        device: Device,
+    ) -> Result<(SessionId, FullSession), SessionError> {
+        let user = proof.user().clone();
+        let now = self.clock.now();
+        let record = self.new_record(&user, now, device);
+        let stage = Arc::new(FullStage {
+            auth_time: now,
+            amr: vec![proof.method(), AuthMethod::User],
+            second_factor_at: Some(now),
+            providers: proof.provider().into_iter().cloned().collect(),
+        });
+        let (id, key, entry) = self.store_new(record, LiveStage::Full(stage.clone()), None).await?;
+        Ok((id, FullSession { key, entry, user, stage }))
     }
 
     /// Makes a partial session full with the second factor it just proved. The id changes.

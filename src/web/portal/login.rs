@@ -30,7 +30,7 @@ use crate::web::state::{App, Connection};
 /// Longest user name accepted (the users file allows no longer).
 const MAX_USERNAME_BYTES: usize = 64;
 
-fn render(
+pub(super) fn render(
     app: &App,
     headers: &HeaderMap,
     status: StatusCode,
@@ -39,7 +39,12 @@ fn render(
     username: &str,
 ) -> Response<Body> {
     let csrf = LoginCsrf::of(app, headers);
-    let mut response = pages::html(status, &LoginPage { error, csrf: &csrf.token, return_to, username });
+    let passkey_options = super::passkey_login::options(app, &csrf.token);
+    let page = LoginPage { error, csrf: &csrf.token, return_to, username, passkey_options: passkey_options.as_deref() };
+    let mut response = match passkey_options {
+        Some(_) => crate::web::key_pages::html_with_script(status, &page),
+        None => pages::html(status, &page),
+    };
     csrf.set_cookie(app, &mut response);
     response
 }

@@ -14,6 +14,7 @@ mod enroll;
 pub mod handoff;
 pub mod jwks;
 mod login;
+mod passkey_login;
 mod recover;
 mod recovery_codes;
 mod rollout;
@@ -49,7 +50,8 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
             | OwnPage::EnrollEmail
             | OwnPage::EnrollEmailConfirm
             | OwnPage::SecurityKeyNew
-            | OwnPage::SecurityKeyRemove,
+            | OwnPage::SecurityKeyRemove
+            | OwnPage::LoginPasskey,
             _,
             _,
         ) if mfa_off => Err(WebError::NotFound),
@@ -74,6 +76,7 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
         (OwnPage::AccountAction(action), _, true) => account::action(app, action, request).await,
         (OwnPage::Login, true, _) => login::form(app, &request).await,
         (OwnPage::Login, _, true) => login::submit(app, request, conn).await,
+        (OwnPage::LoginPasskey, _, true) => passkey_login::submit(app, request, conn).await,
         (OwnPage::Logout, true, _) => login::logout_form(app, &request).await,
         (OwnPage::Logout, _, true) => login::logout_submit(app, request).await,
         (OwnPage::Account, true, _) => account::page(app, &request).await,
