@@ -12,7 +12,7 @@ use crate::harness::{ALICE, Proxy, proxy};
 use crate::mfa::code;
 use crate::upstream::Upstream;
 
-pub use super::keys::security_key_from_the_account_page_to_sign_in;
+pub use super::keys::{a_passkey_signs_in_without_a_password, security_key_from_the_account_page_to_sign_in};
 
 pub(super) const SUBMIT: &str = "main form button[type=submit]";
 

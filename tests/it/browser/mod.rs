@@ -74,4 +74,5 @@ in_both_viewports! {
     step_up_carries_the_action_through;
     a_retired_then_disabled_authenticator_is_explained;
     security_key_from_the_account_page_to_sign_in;
+    a_passkey_signs_in_without_a_password;
 }
