@@ -58,6 +58,7 @@ pub struct RawWebauthn {
     pub passwordless: Option<bool>,
     pub attestation: Option<String>,
     pub allowed_aaguids: Option<Vec<String>>,
+    pub attestation_ca_files: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -266,17 +266,26 @@ pub struct MfaSettings {
 pub struct WebauthnSettings {
     /// Whether they are offered at all (see [`MfaSettings::security_keys`] for the effective value).
     pub enabled: bool,
-    /// Signing in with a discoverable passkey and no password. Not built yet: refused at load.
+    /// Signing in with a discoverable passkey and no password.
     pub passwordless: bool,
-    /// Only `"none"` for now: keys are not asked to prove their make (WebAuthn L3 §5.4.7).
+    /// Whether new keys must prove their make (WebAuthn L3 §5.4.7, §8).
     pub attestation: Attestation,
-    /// Authenticator models (AAGUIDs) allowed, with `attestation = "direct"`; empty: any.
+    /// Authenticator models (AAGUIDs) allowed, with `attestation = "direct"` (at least one).
     pub allowed_aaguids: Vec<String>,
+    /// The root certificates (DER) an attestation must chain to, from
+    /// `webauthn.attestation_ca_files`, with `attestation = "direct"` (at least one).
+    pub attestation_cas: Vec<Vec<u8>>,
 }
 
 impl Default for WebauthnSettings {
     fn default() -> Self {
-        Self { enabled: true, passwordless: false, attestation: Attestation::None, allowed_aaguids: Vec::new() }
+        Self {
+            enabled: true,
+            passwordless: false,
+            attestation: Attestation::None,
+            allowed_aaguids: Vec::new(),
+            attestation_cas: Vec::new(),
+        }
     }
 }
 

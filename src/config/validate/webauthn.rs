@@ -1,6 +1,7 @@
 //! The checks of the `[webauthn]` section: security keys and passkeys.
 
 use super::Validator;
+use crate::base::tls;
 use crate::config::raw;
 use crate::config::settings::{Attestation, MfaPolicy, MfaSettings, PublicUrl, WebauthnSettings};
 
@@ -38,17 +39,7 @@ impl Validator {
         }
         let attestation = match raw.attestation.as_deref().unwrap_or("none") {
             "none" => Attestation::None,
-            "direct" => {
-                // Refused rather than accepted and ignored: an operator who restricts key models
-                // must not believe they are restricted when they are not.
-                self.problem(
-                    "webauthn.attestation",
-                    Some("direct"),
-                    "checking a key's make (attestation) is not available in this version",
-                    "write \"none\", or remove the key",
-                );
-                Attestation::Direct
-            }
+            "direct" => Attestation::Direct,
             other => {
                 self.problem(
                     "webauthn.attestation",
@@ -78,8 +69,49 @@ impl Validator {
                 "remove it",
             );
         }
+        let ca_files = raw.attestation_ca_files.unwrap_or_default();
+        let mut attestation_cas = Vec::new();
+        for file in &ca_files {
+            let path = self.path(&self.base, file);
+            match tls::ca_certificates(&path) {
+                Ok(certs) => attestation_cas.extend(certs.iter().map(|c| c.as_ref().to_vec())),
+                Err(e) => self.problem(
+                    "webauthn.attestation_ca_files",
+                    Some(&path.display().to_string()),
+                    &e.to_string(),
+                    "point it at a PEM file with the root certificate(s) of the key maker's attestation (Yubico publishes theirs)",
+                ),
+            }
+        }
+        if attestation == Attestation::Direct {
+            // Both are needed: the CA says who made the key, the AAGUID which model. Refused
+            // rather than read as "any": an operator who restricts keys must be restricted.
+            if allowed_aaguids.is_empty() {
+                self.problem(
+                    "webauthn.allowed_aaguids",
+                    None,
+                    "is empty, but webauthn.attestation = \"direct\" needs the models to allow",
+                    "list the AAGUIDs of the keys you issue, like [\"cb69481e-8ff7-4039-93ec-0a2729a154a8\"]",
+                );
+            }
+            if ca_files.is_empty() {
+                self.problem(
+                    "webauthn.attestation_ca_files",
+                    None,
+                    "is empty, but webauthn.attestation = \"direct\" needs the roots a key's attestation must chain to",
+                    "add attestation_ca_files = [\"/etc/portcullis/yubico-attestation-root.pem\"]",
+                );
+            }
+        } else if !ca_files.is_empty() {
+            self.problem(
+                "webauthn.attestation_ca_files",
+                None,
+                "has no effect unless webauthn.attestation = \"direct\"",
+                "remove it, or set webauthn.attestation = \"direct\"",
+            );
+        }
         mfa.security_keys = enabled && has_domain && mfa.policy != MfaPolicy::Disabled;
-        WebauthnSettings { enabled, passwordless, attestation, allowed_aaguids }
+        WebauthnSettings { enabled, passwordless, attestation, allowed_aaguids, attestation_cas }
     }
 }
 

@@ -10,11 +10,12 @@
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use webauthn_rs::prelude::{
-    Passkey, PasskeyAuthentication, PasskeyRegistration, Url, Uuid, Webauthn, WebauthnBuilder, WebauthnError,
+    AttestationCaList, AttestationCaListBuilder, AttestedPasskeyRegistration, Passkey, PasskeyAuthentication,
+    PasskeyRegistration, Url, Uuid, Webauthn, WebauthnBuilder, WebauthnError,
 };
 
 use crate::base::clock::UnixTime;
-use crate::config::{ProviderId, PublicUrl};
+use crate::config::{Attestation, ProviderId, PublicUrl, WebauthnSettings};
 use crate::domain::users::User;
 use crate::store::StoreError;
 
@@ -51,6 +52,10 @@ pub struct SecurityKeyRecord {
     /// as `webauthn`.
     #[serde(default = "ProviderId::webauthn")]
     pub provider: ProviderId,
+    /// The model it proved to be by attestation (`webauthn.attestation = "direct"`), as its
+    /// AAGUID; none for a key registered without attestation (its model is only its own claim).
+    #[serde(default)]
+    pub attested_model: Option<String>,
 }
 
 impl PartialEq for SecurityKeyRecord {
@@ -115,9 +120,45 @@ pub enum KeyError {
     Store(#[from] StoreError),
 }
 
+/// What a new key must be, from `[webauthn]`.
+pub struct NewKeyRules {
+    /// Asked to keep the credential for passkey sign-in (`webauthn.passwordless`).
+    pub discoverable: bool,
+    /// The makes and models allowed (`webauthn.attestation = "direct"`): each root in
+    /// `attestation_ca_files` with each AAGUID in `allowed_aaguids`.
+    pub attested: Option<AttestationCaList>,
+}
+
+impl NewKeyRules {
+    pub fn from_settings(settings: &WebauthnSettings) -> Result<Self, KeyError> {
+        let attested = match settings.attestation {
+            Attestation::None => None,
+            Attestation::Direct => {
+                let mut builder = AttestationCaListBuilder::new();
+                for ca in &settings.attestation_cas {
+                    for aaguid in &settings.allowed_aaguids {
+                        let aaguid = Uuid::parse_str(aaguid).map_err(|e| KeyError::Unavailable(e.to_string()))?;
+                        builder
+                            .insert_device_der(ca, aaguid, format!("allowed model {aaguid}"), Default::default())
+                            .map_err(|e| KeyError::Unavailable(format!("an attestation root: {e:?}")))?;
+                    }
+                }
+                Some(builder.build())
+            }
+        };
+        Ok(Self { discoverable: settings.passwordless, attested })
+    }
+}
+
+/// The relying party's state for a registration: a plain one, or one that checks attestation.
+pub(super) enum RegistrationState {
+    Plain(PasskeyRegistration),
+    Attested(AttestedPasskeyRegistration),
+}
+
 /// A registration in progress: kept server side (never in a cookie), for one account, used once.
 pub struct RegistrationCeremony {
-    pub(super) state: PasskeyRegistration,
+    pub(super) state: RegistrationState,
     pub(super) account: String,
     pub(super) started_at: UnixTime,
 }

@@ -3,16 +3,16 @@
 //! stored and the rules the steps apply are in `security_key.rs`.
 
 use webauthn_rs::prelude::{
-    AuthenticationResult, CreationChallengeResponse, Passkey, PublicKeyCredential, RegisterPublicKeyCredential,
-    RequestChallengeResponse, WebauthnError,
+    AttestationMetadata, AuthenticationResult, CreationChallengeResponse, Passkey, PublicKeyCredential,
+    RegisterPublicKeyCredential, RequestChallengeResponse, WebauthnError,
 };
 
 use webauthn_rs_proto::ResidentKeyRequirement;
 
 use super::proof::{AuthMethod, SecondFactorProof};
 use super::security_key::{
-    KeyError, MAX_PER_ACCOUNT, RegistrationCeremony, RelyingParty, SecurityKeyRecord, SignInCeremony, clean_name,
-    counter_acceptable, handle_of, registered_flags, still_valid, user_handle,
+    KeyError, MAX_PER_ACCOUNT, NewKeyRules, RegistrationCeremony, RegistrationState, RelyingParty, SecurityKeyRecord,
+    SignInCeremony, clean_name, counter_acceptable, handle_of, registered_flags, still_valid, user_handle,
 };
 use super::service::{Enrolled, RemoveError, SecondFactors, Verified};
 use crate::base::clock::UnixTime;
@@ -23,26 +23,39 @@ pub(super) fn method_for(backup_eligible: bool) -> AuthMethod {
 }
 
 impl SecondFactors {
-    /// Starts registering a new key for `user` (the browser is told to skip keys it has already).
-    /// With `discoverable` (passkeys may sign in by themselves), the authenticator is asked to
-    /// keep the credential so it can offer it at the login page (`residentKey: "preferred"`,
-    /// WebAuthn L3 §5.4.6): a key that cannot still registers, as a second step only.
+    /// Starts registering a new key for `user` (the browser is told to skip keys it has already),
+    /// under `rules`. With `discoverable` (passkeys may sign in by themselves), the authenticator
+    /// is asked to keep the credential so it can offer it at the login page (`residentKey:
+    /// "preferred"`, WebAuthn L3 §5.4.6): a key that cannot still registers, as a second step
+    /// only. With `attested`, the key is asked for direct attestation (§5.4.7), which the finish
+    /// checks against the allowed roots and models (§7.1 steps 19–23, §8).
     pub fn start_key_registration(
         &self,
         rp: &RelyingParty,
         user: &User,
-        discoverable: bool,
+        rules: NewKeyRules,
         now: UnixTime,
     ) -> Result<(CreationChallengeResponse, RegistrationCeremony), KeyError> {
         let record = self.accounts.get(user);
         if record.security_keys.len() >= MAX_PER_ACCOUNT {
             return Err(KeyError::TooMany);
         }
-        let exclude = record.security_keys.iter().map(|k| k.passkey.cred_id().clone()).collect();
-        let (mut options, state) = rp
-            .start_passkey_registration(user_handle(user), user.name.as_str(), &user.display_name, Some(exclude))
-            .map_err(|e| KeyError::Unavailable(e.to_string()))?;
-        if discoverable && let Some(selection) = options.public_key.authenticator_selection.as_mut() {
+        let exclude = Some(record.security_keys.iter().map(|k| k.passkey.cred_id().clone()).collect());
+        let unavailable = |e: WebauthnError| KeyError::Unavailable(e.to_string());
+        let (handle, name, display) = (user_handle(user), user.name.as_str(), user.display_name.as_str());
+        let (mut options, state) = match rules.attested {
+            None => rp
+                .start_passkey_registration(handle, name, display, exclude)
+                .map(|(options, state)| (options, RegistrationState::Plain(state)))
+                .map_err(unavailable)?,
+            Some(roots) => rp
+                .start_attested_passkey_registration(handle, name, display, exclude, roots, None)
+                .map(|(options, state)| (options, RegistrationState::Attested(state)))
+                .map_err(unavailable)?,
+        };
+        if rules.discoverable
+            && let Some(selection) = options.public_key.authenticator_selection.as_mut()
+        {
             selection.resident_key = Some(ResidentKeyRequirement::Preferred);
         }
         Ok((options, RegistrationCeremony { state, account: user.account_key.clone(), started_at: now }))
@@ -63,9 +76,22 @@ impl SecondFactors {
         let name = clean_name(name)?;
         let credential: RegisterPublicKeyCredential =
             serde_json::from_str(response).map_err(|_| KeyError::Malformed)?;
-        let passkey = rp
-            .finish_passkey_registration(&credential, &ceremony.state)
-            .map_err(|e| KeyError::Refused(e.to_string()))?;
+        let refused = |e: WebauthnError| KeyError::Refused(e.to_string());
+        let (passkey, attested_model) = match &ceremony.state {
+            RegistrationState::Plain(state) => {
+                (rp.finish_passkey_registration(&credential, state).map_err(refused)?, None)
+            }
+            RegistrationState::Attested(state) => {
+                let attested = rp.finish_attested_passkey_registration(&credential, state).map_err(refused)?;
+                let model = match &attested.attestation().metadata {
+                    AttestationMetadata::Packed { aaguid } | AttestationMetadata::Tpm { aaguid, .. } => {
+                        Some(aaguid.to_string())
+                    }
+                    _ => None,
+                };
+                (Passkey::from(attested), model)
+            }
+        };
         let (backup_eligible, sign_count) = registered_flags(&passkey);
         let proof = SecondFactorProof::of_provider(method_for(backup_eligible), user, provider);
         let record = SecurityKeyRecord {
@@ -77,6 +103,7 @@ impl SecondFactors {
             backup_eligible,
             sign_count,
             provider: provider.clone(),
+            attested_model,
         };
         let pepper = self.sealer().pepper();
         self.accounts

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use webauthn_authenticator_rs::WebauthnAuthenticator;
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
-use webauthn_rs::prelude::{Url, Webauthn};
+use webauthn_rs::prelude::{Url, Uuid, Webauthn};
 
 use super::super::security_key::*;
 
@@ -45,13 +45,18 @@ fn rp() -> Webauthn {
     relying_party(&config.public_url, "Test").unwrap()
 }
 
+/// Rules for a new key: not discoverable, no attestation.
+fn plain() -> NewKeyRules {
+    NewKeyRules { discoverable: false, attested: None }
+}
+
 /// A key that does user verification (the soft passkey only claims it: `falsify_uv`).
 fn key() -> SoftPasskey {
     SoftPasskey::new(true)
 }
 
 async fn register(factors: &SecondFactors, rp: &Webauthn, who: &User, key: &mut SoftPasskey) {
-    let (options, ceremony) = factors.start_key_registration(rp, who, false, NOW).unwrap();
+    let (options, ceremony) = factors.start_key_registration(rp, who, plain(), NOW).unwrap();
     let response = key.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
     let json = serde_json::to_string(&response).unwrap();
     let enrolled = factors
@@ -128,7 +133,7 @@ async fn ceremonies_expire_belong_to_one_account_and_check_the_origin() {
     let garbage = factors.verify_key(&rp, &alice, ceremony, "{\"id\": 1}", &keys_provider(), NOW).await;
     assert!(matches!(garbage, Err(KeyError::Malformed)), "{garbage:?}");
 
-    let (options, ceremony) = factors.start_key_registration(&rp, &alice, false, NOW).unwrap();
+    let (options, ceremony) = factors.start_key_registration(&rp, &alice, plain(), NOW).unwrap();
     let mut other_key = super::tests::key();
     let response = other_key.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
     let json = serde_json::to_string(&response).unwrap();
@@ -221,7 +226,7 @@ async fn an_account_keeps_several_keys_each_named_and_each_works() {
     let (factors, rp, alice) = (factors().await, rp(), user("alice"));
     let (mut blue, mut phone) = (key(), key());
     register(&factors, &rp, &alice, &mut blue).await;
-    let (options, ceremony) = factors.start_key_registration(&rp, &alice, false, NOW).unwrap();
+    let (options, ceremony) = factors.start_key_registration(&rp, &alice, plain(), NOW).unwrap();
     let excluded = options.public_key.exclude_credentials.clone().unwrap_or_default();
     assert_eq!(excluded.len(), 1, "the browser is told which key is registered already");
     let json = serde_json::to_string(&phone.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap()).unwrap();
@@ -291,7 +296,7 @@ async fn a_stranded_account_that_sets_up_a_key_gets_new_recovery_codes() {
             }])
             .collect(),
     );
-    let (options, ceremony) = factors.start_key_registration(&rp, &alice, false, NOW).unwrap();
+    let (options, ceremony) = factors.start_key_registration(&rp, &alice, plain(), NOW).unwrap();
     let json = serde_json::to_string(&key().do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap()).unwrap();
     let new_provider = ProviderId::parse("keys-2027").unwrap();
     let enrolled = factors
@@ -325,4 +330,57 @@ async fn each_credential_is_known_to_belong_to_one_account_until_it_is_removed()
     assert_eq!(factors.accounts.owner_of_key(&ids[0].1), None, "removed with its key");
     factors.accounts.forget("key-bob").await.unwrap();
     assert_eq!(factors.accounts.owner_of_key(&ids[1].1), None, "forgotten with its account");
+}
+
+/// `attestation = "direct"` with these roots and models.
+fn attested(roots: &[&crypto_glue::x509::Certificate], models: &[Uuid]) -> NewKeyRules {
+    use crypto_glue::traits::EncodeDer;
+    let settings = crate::config::WebauthnSettings {
+        attestation: crate::config::Attestation::Direct,
+        allowed_aaguids: models.iter().map(Uuid::to_string).collect(),
+        attestation_cas: roots.iter().map(|ca| ca.to_der().unwrap()).collect(),
+        ..Default::default()
+    };
+    NewKeyRules::from_settings(&settings).unwrap()
+}
+
+/// Registers for `who` under `rules`, the authenticator answering with `answer`.
+async fn register_under(
+    factors: &SecondFactors,
+    who: &User,
+    rules: NewKeyRules,
+    answer: &mut impl WebauthnAuthenticator,
+) -> Result<(), KeyError> {
+    let rp = rp();
+    let (options, ceremony) = factors.start_key_registration(&rp, who, rules, NOW).unwrap();
+    let response = answer.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
+    let json = serde_json::to_string(&response).unwrap();
+    let named = ("Issued key", &ProviderId::webauthn(), &keys_provider());
+    factors.finish_key_registration(&rp, who, ceremony, &json, named, NOW).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn with_attestation_only_keys_of_an_allowed_maker_and_model_register() {
+    use webauthn_authenticator_rs::softtoken::{AAGUID, SoftToken};
+    let (factors, alice) = (factors().await, user("alice"));
+    let (mut issued, root) = SoftToken::new(true).unwrap();
+    let (_, other_root) = SoftToken::new(true).unwrap();
+    let other_model = Uuid::parse_str("cb69481e-8ff7-4039-93ec-0a2729a154a8").unwrap();
+
+    // Made by another maker (its attestation chains to another root): refused.
+    let refused = register_under(&factors, &alice, attested(&[&other_root], &[AAGUID]), &mut issued).await;
+    assert!(matches!(refused, Err(KeyError::Refused(_))), "{refused:?}");
+    // The right maker, a model not listed: refused.
+    let refused = register_under(&factors, &alice, attested(&[&root], &[other_model]), &mut issued).await;
+    assert!(matches!(refused, Err(KeyError::Refused(_))), "{refused:?}");
+    // No attestation to show (self attestation, like most synced passkeys): refused.
+    let refused = register_under(&factors, &alice, attested(&[&root], &[AAGUID]), &mut key()).await;
+    assert!(matches!(refused, Err(KeyError::Refused(_))), "{refused:?}");
+    assert!(factors.accounts.get(&alice).security_keys.is_empty(), "nothing refused was kept");
+
+    // The issued maker and model: registered, its model recorded as proven.
+    let rules = attested(&[&other_root, &root], &[other_model, AAGUID]);
+    register_under(&factors, &alice, rules, &mut issued).await.unwrap();
+    let record = factors.accounts.get(&alice);
+    assert_eq!(record.security_keys[0].attested_model, Some(AAGUID.to_string()));
 }

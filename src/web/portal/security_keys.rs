@@ -84,8 +84,8 @@ impl SessionForm for KeyForm {
 /// The registration page, with a new ceremony.
 fn render(app: &App, session: &Session, return_to: &str, name: &str, error: Option<CodeError>) -> Answer {
     let started = relying_party(app).and_then(|rp| {
-        let discoverable = app.config().webauthn.passwordless;
-        app.factors.start_key_registration(&rp, session.user(), discoverable, app.clock.now())
+        let rules = security_key::NewKeyRules::from_settings(&app.config().webauthn)?;
+        app.factors.start_key_registration(&rp, session.user(), rules, app.clock.now())
     });
     let options = match started {
         Ok((options, ceremony)) => {
