@@ -162,6 +162,14 @@ impl ProxyBuilder {
         self
     }
 
+    /// Reuse a data folder from an earlier proxy, on a new port: a restart that cannot fail
+    /// because something else took the old port while no proxy held it.
+    pub fn data_of(mut self, earlier: &Proxy) -> Self {
+        self.dir = Some(earlier.dir.clone());
+        self.accounts.clear();
+        self
+    }
+
     pub fn start(self) -> Proxy {
         let dir = self.dir.clone().unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
         for account in &self.accounts {
@@ -272,6 +280,20 @@ impl Proxy {
         let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
         assert!(status.success());
         child.wait().unwrap()
+    }
+
+    /// Kills the proxy with SIGKILL, as a power cut or the OOM killer would: it gets no chance to
+    /// save or flush anything. Reaps it; panics if it had already exited on its own.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("already stopped");
+        let early = child.try_wait().unwrap();
+        assert!(
+            early.is_none(),
+            "the proxy exited before it was killed ({early:?}):\n{}",
+            self.stderr.all().join("\n")
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     /// Waits for a proxy that was already asked to stop.

@@ -8,6 +8,7 @@ mod attacks;
 mod browser;
 mod cli;
 mod config_files;
+mod crash;
 mod demo;
 mod deploy;
 mod email_codes;
