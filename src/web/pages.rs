@@ -438,6 +438,17 @@ pub struct AdminPage<'a> {
     pub users: Vec<AdminUserRow>,
     pub adoption: Vec<AdminAdoptionRow>,
     pub bans: Vec<AdminBanRow>,
+    pub providers: Vec<AdminProviderRow>,
+}
+
+/// One factor provider on the admin page, in words (`portcullis admin providers`).
+pub struct AdminProviderRow {
+    pub id: String,
+    pub kind: String,
+    pub name: String,
+    pub status: String,
+    /// Accounts with a factor pointing at it.
+    pub users: usize,
 }
 
 /// One account on the admin page, already in words.
@@ -452,6 +463,8 @@ pub struct AdminUserRow {
     pub sessions: String,
     pub can_reset: bool,
     pub can_revoke: bool,
+    /// Its every factor's provider was turned off.
+    pub stranded: bool,
 }
 
 pub struct AdminAdoptionRow {

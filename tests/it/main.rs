@@ -5,6 +5,7 @@ mod access;
 mod account;
 mod admin;
 mod attacks;
+mod attestation;
 mod browser;
 mod cli;
 mod config_files;

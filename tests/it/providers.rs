@@ -37,7 +37,7 @@ fn retiring_mails(proxy: &Proxy) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deprecated_provider_keeps_working_takes_no_new_factors_and_tells_its_users_once() {
     let upstream = Upstream::start().await;
-    let proxy = proxy(&upstream.url()).start();
+    let proxy = proxy(&upstream.url()).toml("[admin]\ngroup = \"wiki-admins\"\n").start();
     let base = std::fs::read_to_string(proxy.config_path()).unwrap();
     let first = Browser::new();
     first.login(&proxy, &ALICE).await;
@@ -90,6 +90,14 @@ async fn a_deprecated_provider_keeps_working_takes_no_new_factors_and_tells_its_
         (totp["id"].as_str(), totp["status"].as_str(), totp["users"].as_i64()),
         (Some("totp"), Some("deprecated"), Some(1))
     );
+    // The admin pages show the same (she is an administrator, with her app just proven).
+    let admin = browser.navigate(&proxy.url("/.portcullis/admin")).await;
+    assert_eq!(admin.status(), 200);
+    let admin = admin.text().await.unwrap();
+    let providers = &admin[admin.find("Second-step providers").expect("a providers section")..];
+    let row = &providers[providers.find("id totp").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("Retiring: works, nobody can add one") && row.contains(">1</td>"), "{row}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -76,7 +76,7 @@ async fn register(browser: &Browser, base: &str, key: &mut SoftPasskey, name: &s
 }
 
 /// Signs in with the password; returns the challenge page (which must offer the key first).
-async fn password(browser: &Browser, base: &str) -> String {
+pub(crate) async fn password(browser: &Browser, base: &str) -> String {
     let response = browser.submit_login_at(base, ALICE.name, ALICE.password, "/").await;
     assert_eq!(response.status(), 303);
     let next = response.headers()["location"].to_str().unwrap().to_string();
@@ -90,12 +90,18 @@ async fn password(browser: &Browser, base: &str) -> String {
 }
 
 /// The key's answer to the challenge page's options, as the form field the script fills.
-fn answer(key: &mut SoftPasskey, origin: &str, html: &str) -> String {
+pub(crate) fn answer(key: &mut impl WebauthnAuthenticator, origin: &str, html: &str) -> String {
     let request: RequestChallengeResponse = serde_json::from_str(&options(html)).unwrap();
     serde_json::to_string(&key.do_authentication(Url::parse(origin).unwrap(), request).unwrap()).unwrap()
 }
 
-async fn submit(browser: &Browser, base: &str, html: &str, credential: &str, remember: bool) -> reqwest::Response {
+pub(crate) async fn submit(
+    browser: &Browser,
+    base: &str,
+    html: &str,
+    credential: &str,
+    remember: bool,
+) -> reqwest::Response {
     let csrf = form_field(html, "csrf").unwrap();
     let mut form = vec![("csrf", csrf.as_str()), ("rd", "/"), ("use", "key"), ("credential", credential)];
     if remember {

@@ -168,6 +168,21 @@ mod tests {
         assert!(aaguids.iter().any(|p| p.contains("not an AAGUID")), "{aaguids:?}");
         assert!(aaguids.iter().any(|p| p.contains("has no effect")), "{aaguids:?}");
         assert!(problems("enabled = true\nattestation = \"none\"", url).is_empty());
+        // Direct attestation needs both the roots and the models, and real certificates.
+        let bare = problems("attestation = \"direct\"", url);
+        assert!(bare.iter().any(|p| p.contains("webauthn.allowed_aaguids") && p.contains("is empty")), "{bare:?}");
+        assert!(bare.iter().any(|p| p.contains("webauthn.attestation_ca_files") && p.contains("is empty")), "{bare:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("root.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let direct = format!(
+            "attestation = \"direct\"\nallowed_aaguids = [\"cb69481e-8ff7-4039-93ec-0a2729a154a8\"]\nattestation_ca_files = [{:?}]",
+            not_pem.display().to_string()
+        );
+        let unreadable = problems(&direct, url);
+        assert!(unreadable.iter().any(|p| p.contains("webauthn.attestation_ca_files")), "{unreadable:?}");
+        let stray = problems(&format!("attestation_ca_files = [{:?}]", not_pem.display().to_string()), url);
+        assert!(stray.iter().any(|p| p.contains("has no effect")), "{stray:?}");
         assert!(super::is_uuid("cb69481e-8ff7-4039-93ec-0a2729a154a8"));
     }
 }

@@ -15,7 +15,7 @@ use crate::domain::operator::{Reply, Request as Operation, Target};
 use crate::domain::session::{FullSession, Lookup, Session};
 use crate::web::error::WebError;
 use crate::web::forms::{SessionForm, session_post};
-use crate::web::pages::{self, AdminAdoptionRow, AdminBanRow, AdminPage, AdminUserRow, Body};
+use crate::web::pages::{self, AdminAdoptionRow, AdminBanRow, AdminPage, AdminProviderRow, AdminUserRow, Body};
 use crate::web::respond::{Answer, go_to, login_redirect, send_to, with_user};
 use crate::web::route::{Destination, done};
 use crate::web::state::App;
@@ -63,12 +63,19 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Answer 
     });
     let admin = app.admin();
     let operator = full.user().name.to_string();
-    let (users, bans) =
-        match (admin.execute(Operation::Users, &operator).await, admin.execute(Operation::Bans, &operator).await) {
-            (Ok(Reply::Users { users }), Ok(Reply::Bans { bans })) => (users, bans),
-            (Err(e), _) | (_, Err(e)) => return Err(WebError::Unavailable(format!("the admin overview: {e}"))),
-            _ => return Err(WebError::Internal("the admin overview got an unexpected reply".into())),
-        };
+    let (users, bans, providers) = match (
+        admin.execute(Operation::Users, &operator).await,
+        admin.execute(Operation::Bans, &operator).await,
+        admin.execute(Operation::Providers, &operator).await,
+    ) {
+        (Ok(Reply::Users { users }), Ok(Reply::Bans { bans }), Ok(Reply::Providers { providers })) => {
+            (users, bans, providers)
+        }
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return Err(WebError::Unavailable(format!("the admin overview: {e}")));
+        }
+        _ => return Err(WebError::Internal("the admin overview got an unexpected reply".into())),
+    };
     let when = |t: Option<i64>| t.map_or("never".to_string(), format_utc);
     let adoption = crate::domain::operator::adoption_by_group(&users)
         .into_iter()
@@ -98,6 +105,9 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Answer 
                 (None, _) => "Optional".into(),
             },
             factors: factors_in_words(&u.factors, &u.security_keys, u.recovery_codes_left),
+            // Every factor it had points at a provider that no longer counts (`admin factors
+            // --stranded`): the operator's cue to turn one back on or send a recovery link.
+            stranded: u.factors.is_empty() && !u.turned_off.is_empty(),
             enrolled: u.enrolled_at.map(format_utc),
             last_sign_in: when(u.last_sign_in),
             groups: u.groups.join(", "),
@@ -129,7 +139,28 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Answer 
     {
         warnings.push("Clock: the kernel reports the clock as not synchronised; run a time daemon.".into());
     }
-    let page = AdminPage { admin: &operator, csrf: full.csrf_token(), notice, warnings, users, adoption, bans };
+    let providers = providers
+        .into_iter()
+        .map(|p| AdminProviderRow {
+            name: if p.name.is_empty() { "-".into() } else { p.name },
+            kind: match p.kind.as_str() {
+                "totp" => "Authenticator app".into(),
+                "email" => "Codes by email".into(),
+                "webauthn" => "Security keys and passkeys".into(),
+                _ => "-".into(),
+            },
+            status: match p.status.as_str() {
+                "deprecated" => "Retiring: works, nobody can add one".into(),
+                "disabled" => "Off: its factors count no more".into(),
+                "not configured" => "Not configured: its factors count no more".into(),
+                other => capitalised(other),
+            },
+            users: p.users,
+            id: p.id,
+        })
+        .collect();
+    let page =
+        AdminPage { admin: &operator, csrf: full.csrf_token(), notice, warnings, users, adoption, bans, providers };
     Ok(with_user(pages::html(StatusCode::OK, &page), full.user()))
 }
 
@@ -262,4 +293,9 @@ pub(super) async fn action(app: &Arc<App>, request: Request<Incoming>) -> Answer
         _ => "",
     };
     Ok(with_user(go_to(app, &done(Destination::Admin, notice)), full.user()))
+}
+
+fn capitalised(word: &str) -> String {
+    let mut chars = word.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
