@@ -2,7 +2,9 @@
 
 pub mod access;
 pub mod clock_health;
+pub mod email_link;
 pub mod factors;
+pub mod first_factor;
 pub mod handoff;
 pub mod identity;
 pub mod known_browser;

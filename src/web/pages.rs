@@ -443,7 +443,8 @@ pub struct AdminPage<'a> {
 
 /// One factor provider on the admin page, in words (`portcullis admin providers`).
 pub struct AdminProviderRow {
-    pub id: String,
+    /// Its id in the configuration, shown only to tell apart providers of the same name.
+    pub id: Option<String>,
     pub kind: String,
     pub name: String,
     pub status: String,

@@ -95,7 +95,7 @@ async fn a_deprecated_provider_keeps_working_takes_no_new_factors_and_tells_its_
     assert_eq!(admin.status(), 200);
     let admin = admin.text().await.unwrap();
     let providers = &admin[admin.find("Second-step providers").expect("a providers section")..];
-    let row = &providers[providers.find("id totp").unwrap()..];
+    let row = &providers[providers.find("Authenticator app").unwrap()..];
     let row = &row[..row.find("</tr>").unwrap()];
     assert!(row.contains("Retiring: works, nobody can add one") && row.contains(">1</td>"), "{row}");
 }

@@ -61,6 +61,9 @@ pub enum AuthMethod {
     /// A passkey the authenticator says may be synced between devices (WebAuthn L3 §6.1.3,
     /// the BE flag): a software-protected key (RFC 8176 §2 "swk").
     Swk,
+    /// A one-time sign-in link sent by email (`[login.email_link]`): the first factor, proving
+    /// the mailbox. Not an RFC 8176 value (it has none for it); documented in the README.
+    Link,
     /// The authenticator verified its user (its PIN or a biometric; WebAuthn L3 §6.2.3, the UV
     /// flag) when a passkey signed in by itself. RFC 8176 §2 "user" names a test of the user at the
     /// device; it has no value for "PIN or biometric, not said which", and the authenticator does
@@ -79,7 +82,13 @@ impl AuthMethod {
             Self::Hwk => "hwk",
             Self::Swk => "swk",
             Self::User => "user",
+            Self::Link => "link",
         }
+    }
+
+    /// What a record from before first factors were kept proved: a password.
+    pub fn password() -> Self {
+        Self::Pwd
     }
 
     /// Whether this stands in for the second factor the policy may ask for.

@@ -120,7 +120,7 @@ pub fn proof_counts(
         AuthMethod::Email => proven_kind(FactorKind::Email),
         AuthMethod::Hwk | AuthMethod::Swk => proven_kind(FactorKind::SecurityKey),
         AuthMethod::Rc | AuthMethod::RememberedBrowser => has_counting_factor(record, providers),
-        AuthMethod::Pwd | AuthMethod::User => false,
+        AuthMethod::Pwd | AuthMethod::Link | AuthMethod::User => false,
     })
 }
 

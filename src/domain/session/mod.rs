@@ -1,6 +1,7 @@
 //! Sessions: anonymous → partial (first factor proven) → full (every required factor proven).
 //!
-//! A session becomes partial only with a [`PasswordProof`], and full only with a
+//! A session becomes partial only with a [`FirstFactorProof`] (a password, a sign-in link), and
+//! full only with a
 //! [`SecondFactorProof`] or the policy's [`PasswordIsEnough`]: values that only the verifiers
 //! and the policy can make, so no caller can promote a session on its own say-so.
 //!
@@ -28,7 +29,7 @@ use self::state::{Entry, LiveStage};
 use crate::base::clock::{SharedClock, UnixTime};
 use crate::config::SessionSettings;
 use crate::domain::factors::proof::{AuthMethod, PasskeyProof, SecondFactorProof};
-use crate::domain::password::PasswordProof;
+use crate::domain::first_factor::FirstFactorProof;
 use crate::domain::policy::PasswordIsEnough;
 use crate::domain::users::{User, UserDirectory};
 use crate::store::{Space, Store, StoreError, decode};
@@ -111,7 +112,7 @@ impl Sessions {
 
     fn expiry(&self, entry: &Entry, now: UnixTime) -> Result<(), Rejected> {
         let partial_since = match entry.stage {
-            LiveStage::Partial { first_factor_at } => Some(first_factor_at),
+            LiveStage::Partial { first_factor_at, .. } => Some(first_factor_at),
             LiveStage::Full(_) => None,
         };
         check_expiry(partial_since, entry.expires_at, entry.last_seen.load(Ordering::Relaxed), now, &self.settings)
@@ -192,9 +193,9 @@ impl Sessions {
     /// The kind of session an entry is: decided here, from the entry's own stage, and nowhere else.
     fn typed(key: SessionKey, entry: Arc<Entry>, user: Arc<User>) -> Session {
         match &entry.stage {
-            LiveStage::Partial { first_factor_at } => {
-                let first_factor_at = *first_factor_at;
-                Session::Partial(PartialSession { key, entry, user, first_factor_at })
+            LiveStage::Partial { first_factor_at, first_factor } => {
+                let (first_factor_at, first_factor) = (*first_factor_at, *first_factor);
+                Session::Partial(PartialSession { key, entry, user, first_factor_at, first_factor })
             }
             LiveStage::Full(stage) => {
                 let stage = stage.clone();
@@ -255,7 +256,7 @@ impl Sessions {
         let now = self.clock.now();
         SessionRecord {
             user: user.name.as_str().to_string(),
-            stage: Stage::Partial { first_factor_at: now },
+            stage: Stage::Partial { first_factor_at: now, first_factor: AuthMethod::Pwd },
             created_at: now,
             last_seen: now,
             expires_at: lifetime_from + self.settings.lifetime.as_secs() as i64,
@@ -267,18 +268,19 @@ impl Sessions {
         }
     }
 
-    /// Starts a half-logged-in session for a user whose password was just proven.
+    /// Starts a half-logged-in session for a user whose first factor was just proven.
     pub async fn begin(
         &self,
-        proof: PasswordProof,
+        proof: impl Into<FirstFactorProof>,
         device: Device,
     ) -> Result<(SessionId, PartialSession), SessionError> {
-        let user = proof.user().clone();
+        let proof = proof.into();
+        let (user, first_factor) = (proof.user().clone(), proof.method());
         let now = self.clock.now();
         let record = self.new_record(&user, now, device);
-        let stage = LiveStage::Partial { first_factor_at: now };
+        let stage = LiveStage::Partial { first_factor_at: now, first_factor };
         let (id, key, entry) = self.store_new(record, stage, None).await?;
-        Ok((id, PartialSession { key, entry, user, first_factor_at: now }))
+        Ok((id, PartialSession { key, entry, user, first_factor_at: now, first_factor }))
     }
 
     /// Starts a full session for a passkey that signed in by itself (both factors at once; see
@@ -311,7 +313,8 @@ impl Sessions {
             return Err(SessionError::ProofForAnotherAccount);
         }
         let providers = proof.provider().into_iter().cloned().collect();
-        self.make_full(partial, vec![AuthMethod::Pwd, proof.method()], providers).await
+        let amr = vec![partial.first_factor, proof.method()];
+        self.make_full(partial, amr, providers).await
     }
 
     /// Makes a partial session full where the policy says the password is enough. The id changes.
@@ -320,7 +323,8 @@ impl Sessions {
         partial: PartialSession,
         _enough: PasswordIsEnough,
     ) -> Result<(SessionId, FullSession), SessionError> {
-        self.make_full(partial, vec![AuthMethod::Pwd], Vec::new()).await
+        let amr = vec![partial.first_factor];
+        self.make_full(partial, amr, Vec::new()).await
     }
 
     async fn make_full(
@@ -400,7 +404,8 @@ impl Sessions {
     /// satisfy the policy again.
     pub async fn downgrade(&self, full: FullSession) -> PartialSession {
         let (entry, first_factor_at) = self.make_partial(&full.key, &full.entry).await;
-        PartialSession { key: full.key, entry, user: full.user, first_factor_at }
+        let first_factor = entry.first_factor();
+        PartialSession { key: full.key, entry, user: full.user, first_factor_at, first_factor }
     }
 
     /// The one way a session drops back to partial. Memory first, so the lower privilege holds
@@ -409,7 +414,7 @@ impl Sessions {
     /// would send it back here: the failure can only cost a repeat, never let anyone through.
     async fn make_partial(&self, key: &SessionKey, entry: &Entry) -> (Arc<Entry>, UnixTime) {
         let now = self.clock.now();
-        let stage = LiveStage::Partial { first_factor_at: now };
+        let stage = LiveStage::Partial { first_factor_at: now, first_factor: entry.first_factor() };
         let record = SessionRecord { stage: stage.stored(), last_seen: now, ..entry.snapshot() };
         let partial = Entry::new(record.clone(), stage);
         self.cache.insert(key.clone(), partial.clone());

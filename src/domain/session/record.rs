@@ -14,6 +14,9 @@ use crate::store::{Space, StoreError, Write, encode};
 pub enum Stage {
     Partial {
         first_factor_at: UnixTime,
+        /// How the first factor was proven (sessions stored before this was kept: a password).
+        #[serde(default = "AuthMethod::password")]
+        first_factor: AuthMethod,
     },
     Full {
         auth_time: UnixTime,
@@ -94,7 +97,7 @@ impl SessionRecord {
     /// When its first factor was proven, if it is half logged in.
     pub fn partial_since(&self) -> Option<UnixTime> {
         match self.stage {
-            Stage::Partial { first_factor_at } => Some(first_factor_at),
+            Stage::Partial { first_factor_at, .. } => Some(first_factor_at),
             Stage::Full { .. } => None,
         }
     }

@@ -38,7 +38,7 @@ pub struct FullStage {
 
 /// The stage of a live session: the one place it is kept in memory.
 pub(super) enum LiveStage {
-    Partial { first_factor_at: UnixTime },
+    Partial { first_factor_at: UnixTime, first_factor: AuthMethod },
     Full(Arc<FullStage>),
 }
 
@@ -46,7 +46,9 @@ impl LiveStage {
     /// As the store keeps it.
     pub(super) fn stored(&self) -> Stage {
         match self {
-            Self::Partial { first_factor_at } => Stage::Partial { first_factor_at: *first_factor_at },
+            Self::Partial { first_factor_at, first_factor } => {
+                Stage::Partial { first_factor_at: *first_factor_at, first_factor: *first_factor }
+            }
             Self::Full(full) => Stage::Full {
                 auth_time: full.auth_time,
                 amr: full.amr.clone(),
@@ -93,10 +95,22 @@ pub(super) struct Entry {
 }
 
 impl Entry {
+    /// How the session's first factor was proven. For a full session, the first `amr` value,
+    /// which is always the first factor (`pwd`, `link`, or a passkey that signed in by itself):
+    /// what stays proven when it drops back to partial.
+    pub(super) fn first_factor(&self) -> AuthMethod {
+        match &self.stage {
+            LiveStage::Partial { first_factor, .. } => *first_factor,
+            LiveStage::Full(full) => full.amr.first().copied().unwrap_or(AuthMethod::Pwd),
+        }
+    }
+
     /// An entry for a stored record (at start-up).
     pub(super) fn from_record(record: SessionRecord) -> Arc<Self> {
         let stage = match &record.stage {
-            Stage::Partial { first_factor_at } => LiveStage::Partial { first_factor_at: *first_factor_at },
+            Stage::Partial { first_factor_at, first_factor } => {
+                LiveStage::Partial { first_factor_at: *first_factor_at, first_factor: *first_factor }
+            }
             Stage::Full { auth_time, amr, second_factor_at, providers } => LiveStage::Full(Arc::new(FullStage {
                 auth_time: *auth_time,
                 amr: amr.clone(),
@@ -158,6 +172,8 @@ pub struct PartialSession {
     pub(super) entry: Arc<Entry>,
     pub(super) user: Arc<User>,
     pub(super) first_factor_at: UnixTime,
+    /// How the first factor was proven: the first `amr` value of the full session it becomes.
+    pub(super) first_factor: AuthMethod,
 }
 
 /// Every required factor proven: the only kind of session that is forwarded.
@@ -171,6 +187,12 @@ pub struct FullSession {
 impl PartialSession {
     pub fn user(&self) -> &Arc<User> {
         &self.user
+    }
+
+    /// How the first factor was proven (`pwd`, `link`; `hwk`/`swk` for a passkey session sent
+    /// back to prove a second step).
+    pub fn first_factor(&self) -> AuthMethod {
+        self.first_factor
     }
 
     pub fn key(&self) -> &SessionKey {

@@ -31,8 +31,8 @@ fn directory(dir: &std::path::Path) -> UserDirectory {
 }
 
 /// The proof a right password gives (made here as the verifier would).
-fn password(users: &UserDirectory, name: &str) -> PasswordProof {
-    PasswordProof::for_tests(users.get(name).unwrap())
+fn password(users: &UserDirectory, name: &str) -> crate::domain::password::PasswordProof {
+    crate::domain::password::PasswordProof::for_tests(users.get(name).unwrap())
 }
 
 /// The policy's word that a password suffices (optional 2FA, no factor).
@@ -249,7 +249,7 @@ async fn a_session_handed_to_another_host_works_there_only_and_ends_with_its_fam
 async fn a_session_stored_before_families_gets_one_of_its_own() {
     let record = SessionRecord {
         user: "alice".into(),
-        stage: Stage::Partial { first_factor_at: 1 },
+        stage: Stage::Partial { first_factor_at: 1, first_factor: AuthMethod::Pwd },
         created_at: 1,
         last_seen: 1,
         expires_at: 2,

@@ -139,9 +139,14 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Answer 
     {
         warnings.push("Clock: the kernel reports the clock as not synchronised; run a time daemon.".into());
     }
-    let providers = providers
-        .into_iter()
+    // The configured id is shown only where two providers share a name (a retiring app and its
+    // successor): elsewhere the page speaks in the names users see.
+    let shared = |name: &str| providers.iter().filter(|p| p.name == name).count() > 1;
+    let providers: Vec<AdminProviderRow> = providers
+        .iter()
+        .cloned()
         .map(|p| AdminProviderRow {
+            id: (p.name.is_empty() || shared(&p.name)).then(|| p.id.clone()),
             name: if p.name.is_empty() { "-".into() } else { p.name },
             kind: match p.kind.as_str() {
                 "totp" => "Authenticator app".into(),
@@ -156,7 +161,6 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Answer 
                 other => capitalised(other),
             },
             users: p.users,
-            id: p.id,
         })
         .collect();
     let page =
