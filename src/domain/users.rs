@@ -194,6 +194,26 @@ pub fn parse(text: &str, path: &Path) -> Result<HashMap<String, Arc<User>>, User
             }),
         );
     }
+    // An id names one account: factors, keys and sessions are stored under it, and a passkey
+    // finds its account by it. Two users sharing one would share all of that.
+    let mut owners: HashMap<&str, Vec<&str>> = HashMap::new();
+    for user in users.values() {
+        owners.entry(user.account_key.as_str()).or_default().push(user.name.as_str());
+    }
+    let mut shared: Vec<String> = owners
+        .into_iter()
+        .filter(|(_, names)| names.len() > 1)
+        .map(|(key, mut names)| {
+            names.sort();
+            format!(
+                "users {}: the same id {:?}; every user needs an id of their own (remove the line from all but one, and `portcullis user add` makes new ones)",
+                names.join(" and "),
+                key.trim_start_matches('~')
+            )
+        })
+        .collect();
+    shared.sort();
+    problems.extend(shared);
     if problems.is_empty() { Ok(users) } else { Err(UsersError::Invalid { path: path.into(), problems }) }
 }
 
@@ -437,6 +457,20 @@ mod tests {
         let users = read(&path).unwrap();
         assert_eq!(users.keys().collect::<Vec<_>>(), vec!["alice"]);
         assert_eq!(users["alice"].display_name, "alice");
+    }
+
+    #[test]
+    fn two_users_sharing_an_id_are_refused() {
+        let hash = password::hash(b"pw").unwrap();
+        let entry = |name: &str| {
+            format!("[users.{name}]\nemail = \"{name}@example.com\"\npassword_hash = {hash:?}\nid = \"shared-id-1\"\n")
+        };
+        let text = format!("{}{}", entry("carol"), entry("dave"));
+        let Err(UsersError::Invalid { problems, .. }) = parse(&text, Path::new("users.toml")) else {
+            panic!("a shared id must be refused");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("carol and dave") && problems[0].contains("shared-id-1"), "{problems:?}");
     }
 
     #[test]

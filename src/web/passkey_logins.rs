@@ -3,49 +3,163 @@
 //! the browser's login-form token (the login CSRF cookie, which the finishing form must present
 //! too): one per browser, replaced by a newer page, taken (used at most once) by the form.
 //!
-//! Anyone can load the login page, so the number kept is bounded: past [`MAX_OUTSTANDING`] the
-//! ones that ran out are dropped first, and if all are live the page offers no passkey until some
-//! end (signing in with the password still works). Memory stays bounded whatever a client does.
+//! Anyone can load the login page, so what is kept is bounded twice over: each client (an
+//! address, an IPv6 /64) keeps at most [`PER_CLIENT`] ceremonies, its oldest giving way to its
+//! newest, and all clients together at most [`MAX_OUTSTANDING`], the oldest overall giving way.
+//! A client loading the page in a loop only churns its own share: it cannot push everyone else's
+//! passkey sign-in out (it would need hundreds of networks for that), and memory stays bounded.
+//! Only the login page (never the hot path) takes this lock.
 
-use dashmap::DashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
 use sha2::Digest;
 
 use crate::base::clock::UnixTime;
 use crate::domain::factors::passwordless::PasskeyCeremony;
+use crate::domain::regulation::Subject;
 
 /// More outstanding passkey sign-ins than an install sees in five minutes (each is a few hundred
 /// bytes).
 pub const MAX_OUTSTANDING: usize = 10_000;
+/// Per client: an office behind one address loading the login page within five minutes.
+pub const PER_CLIENT: usize = 64;
+
+type Slot = [u8; 32];
 
 #[derive(Default)]
-pub struct PasskeyLogins(DashMap<[u8; 32], PasskeyCeremony>);
+pub struct PasskeyLogins(Mutex<Kept>);
+
+#[derive(Default)]
+struct Kept {
+    ceremonies: HashMap<Slot, (PasskeyCeremony, String)>,
+    /// Slots in the order they were filled (some may have been taken since).
+    order: VecDeque<Slot>,
+    by_client: HashMap<String, VecDeque<Slot>>,
+}
 
 /// The map's key for a login-form token: its digest, so the tokens themselves are not kept.
-fn slot(token: &str) -> [u8; 32] {
+fn slot(token: &str) -> Slot {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
-impl PasskeyLogins {
-    /// Keeps `ceremony` for the browser holding `token`. Returns false (and keeps nothing) when
-    /// [`MAX_OUTSTANDING`] live ceremonies are kept already.
-    pub fn put(&self, token: &str, ceremony: PasskeyCeremony, now: UnixTime) -> bool {
-        if self.0.len() >= MAX_OUTSTANDING {
-            self.0.retain(|_, kept| kept.is_live(now));
-            if self.0.len() >= MAX_OUTSTANDING && !self.0.contains_key(&slot(token)) {
-                return false;
+impl Kept {
+    fn remove(&mut self, slot: &Slot) -> Option<PasskeyCeremony> {
+        let (ceremony, client) = self.ceremonies.remove(slot)?;
+        if let Some(queue) = self.by_client.get_mut(&client) {
+            queue.retain(|s| s != slot);
+            if queue.is_empty() {
+                self.by_client.remove(&client);
             }
         }
-        self.0.insert(slot(token), ceremony);
-        true
+        Some(ceremony)
+    }
+
+    /// Drops the oldest ceremony still kept.
+    fn drop_oldest(&mut self) {
+        while let Some(oldest) = self.order.pop_front() {
+            if self.remove(&oldest).is_some() {
+                return;
+            }
+        }
+    }
+}
+
+impl PasskeyLogins {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps `ceremony` for the browser holding `token`, asked for from `client`.
+    pub fn put(&self, token: &str, client: IpAddr, ceremony: PasskeyCeremony) {
+        let (slot, client) = (slot(token), Subject::address(client).store_key());
+        let mut kept = self.kept();
+        kept.remove(&slot);
+        if kept.by_client.get(&client).is_some_and(|queue| queue.len() >= PER_CLIENT)
+            && let Some(oldest) = kept.by_client.get_mut(&client).and_then(VecDeque::pop_front)
+        {
+            kept.remove(&oldest);
+        }
+        if kept.ceremonies.len() >= MAX_OUTSTANDING {
+            kept.drop_oldest();
+        }
+        // Taken slots linger in `order` until they come up; a bound keeps a busy page from
+        // growing it without end.
+        if kept.order.len() >= 4 * MAX_OUTSTANDING {
+            let live: VecDeque<Slot> =
+                kept.order.iter().filter(|s| kept.ceremonies.contains_key(*s)).copied().collect();
+            kept.order = live;
+        }
+        kept.order.push_back(slot);
+        kept.by_client.entry(client.clone()).or_default().push_back(slot);
+        kept.ceremonies.insert(slot, (ceremony, client));
     }
 
     /// Takes the ceremony of the browser holding `token`, if it has one.
     pub fn take(&self, token: &str) -> Option<PasskeyCeremony> {
-        self.0.remove(&slot(token)).map(|(_, ceremony)| ceremony)
+        self.kept().remove(&slot(token))
     }
 
     /// Drops ceremonies that ran out (called with the other periodic sweeps).
     pub fn sweep(&self, now: UnixTime) {
-        self.0.retain(|_, kept| kept.is_live(now));
+        let mut kept = self.kept();
+        let stale: Vec<Slot> =
+            kept.ceremonies.iter().filter(|(_, (ceremony, _))| !ceremony.is_live(now)).map(|(slot, _)| *slot).collect();
+        for slot in stale {
+            kept.remove(&slot);
+        }
+        let live: VecDeque<Slot> = kept.order.iter().filter(|s| kept.ceremonies.contains_key(*s)).copied().collect();
+        kept.order = live;
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.kept().ceremonies.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ceremony() -> PasskeyCeremony {
+        let text = "listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:1\"\npublic_url = \"https://app.example.com\"\ndata_dir = \"/tmp/x\"\n";
+        let config = crate::config::parse(text, std::path::Path::new("/tmp/proxy.toml")).unwrap();
+        let rp = crate::domain::factors::security_key::relying_party(&config.public_url, "Test").unwrap();
+        crate::domain::factors::passwordless::start_passkey_sign_in(&rp, 1_800_000_000).unwrap().1
+    }
+
+    #[test]
+    fn one_client_churns_its_own_share_and_cannot_push_out_anyone_else() {
+        let logins = PasskeyLogins::default();
+        let office: IpAddr = "192.0.2.7".parse().unwrap();
+        logins.put("alice's browser", office, ceremony());
+        let flooder: IpAddr = "2001:db8::1".parse().unwrap();
+        for i in 0..(PER_CLIENT * 3) {
+            // A new /64 host each time: still one client.
+            let host: IpAddr = format!("2001:db8::{:x}", i + 2).parse().unwrap();
+            logins.put(&format!("flood {i}"), if i % 2 == 0 { flooder } else { host }, ceremony());
+        }
+        assert_eq!(logins.len(), PER_CLIENT + 1, "the flood keeps its own share only");
+        assert!(logins.take("alice's browser").is_some(), "the office's ceremony survived the flood");
+        assert!(logins.take("alice's browser").is_none(), "taken once");
+        assert!(logins.take("flood 0").is_none(), "the flood's oldest gave way");
+        assert!(logins.take(&format!("flood {}", PER_CLIENT * 3 - 1)).is_some());
+    }
+
+    #[test]
+    fn all_clients_together_are_bounded_and_a_new_page_replaces_the_old() {
+        let logins = PasskeyLogins::default();
+        for i in 0..(MAX_OUTSTANDING + 10) {
+            let client: IpAddr = format!("10.{}.{}.1", i / 256, i % 256).parse().unwrap();
+            logins.put(&format!("browser {i}"), client, ceremony());
+        }
+        assert_eq!(logins.len(), MAX_OUTSTANDING);
+        assert!(logins.take("browser 0").is_none(), "the oldest gave way");
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        logins.put("same", client, ceremony());
+        logins.put("same", client, ceremony());
+        assert!(logins.take("same").is_some() && logins.take("same").is_none(), "one per browser");
     }
 }

@@ -108,7 +108,7 @@ impl App {
         full.proved_second_factor()
             && providers::proof_counts(
                 full.amr(),
-                full.proven_with(),
+                (full.proven_with(), full.keys_used()),
                 &self.account(full.user()),
                 &self.config().mfa.providers,
             )
@@ -168,11 +168,15 @@ impl App {
             Lookup::Found(Session::Full(full)) if !self.satisfies_policy(&full) => {
                 let user = full.user().name.to_string();
                 tracing::warn!(target: "portcullis::security", %user, "session downgraded: the 2FA policy asks for more than it proved");
-                let partial = self.sessions.downgrade(full).await;
+                let key = full.key().clone();
                 // Whatever it was in the middle of (new recovery codes, a setup) was for the full
                 // session; the partial one proves a factor first.
-                self.pending.forget(partial.key());
-                Lookup::Found(Session::Partial(partial))
+                self.pending.forget(&key);
+                match self.sessions.downgrade(full).await {
+                    Some(partial) => Lookup::Found(Session::Partial(partial)),
+                    // A passkey session is ended instead: sign in again.
+                    None => Lookup::Rejected(crate::domain::session::Rejected::Unknown),
+                }
             }
             other => other,
         }
@@ -181,12 +185,21 @@ impl App {
     /// Whether a full session still satisfies the 2FA policy. A second factor it proved with a
     /// provider disabled since proves nothing now, so a status change on reload downgrades such
     /// sessions just as a policy change does.
+    ///
+    /// A session a passkey signed in by itself stands on that key alone, whatever the policy: it
+    /// lasts while the key is on the account, its provider counts and passkeys may still sign in
+    /// by themselves (`webauthn.passwordless`). Under "optional" 2FA an account without factors
+    /// may go on with a password, but such a session has no password to go on with.
     fn satisfies_policy(&self, full: &FullSession) -> bool {
         let record = self.account(full.user());
-        let providers = &self.config().mfa.providers;
+        let config = self.config();
+        let providers = &config.mfa.providers;
+        let proved = full.proved_second_factor()
+            && providers::proof_counts(full.amr(), (full.proven_with(), full.keys_used()), &record, providers);
+        if full.signed_in_by_passkey() {
+            return proved && config.webauthn.passwordless && config.mfa.security_keys;
+        }
         let has_factor = providers::has_counting_factor(&record, providers);
-        let proved =
-            full.proved_second_factor() && providers::proof_counts(full.amr(), full.proven_with(), &record, providers);
         policy::full_session_allowed(self.requirement(full.user()), has_factor, proved)
     }
 

@@ -204,3 +204,134 @@ async fn a_passkey_of_a_switched_off_provider_signs_in_no_more_and_without_the_s
     let form = [("csrf", csrf.as_str()), ("rd", "/"), ("credential", "{}")];
     assert_eq!(post(&stranger, &plain_base, "/.portcullis/login/passkey", &form).await.status(), 404);
 }
+
+/// Signs in with the passkey alone in a new browser; returns it, signed in.
+async fn passkey_session(
+    proxy: &crate::harness::Proxy,
+    base: &str,
+    key: &mut SoftPasskey,
+    registered: &Registered,
+) -> Browser {
+    let browser = browser(proxy);
+    let html = login_page(&browser, base, "/").await;
+    let credential = passkey_answer(key, base, &html, registered, &registered.user_handle);
+    let response = submit(&browser, base, base, &html, &credential).await;
+    assert_eq!(response.status(), 303, "{}", response.text().await.unwrap());
+    assert_eq!(browser.navigate(&format!("{base}/wiki")).await.status(), 200);
+    browser
+}
+
+/// Where a browser is sent for `/wiki`: a session that was ended goes to the login page, never
+/// to a second step or a setup page.
+async fn sent_to_login(browser: &Browser, base: &str) {
+    let response = browser.navigate(&format!("{base}/wiki")).await;
+    assert_eq!(response.status(), 303);
+    let next = response.headers()["location"].to_str().unwrap();
+    assert!(next.contains("/.portcullis/login"), "ended, not sent to prove more: {next}");
+    for page in ["/.portcullis/enroll", "/.portcullis/security-keys/new", "/.portcullis/challenge"] {
+        let response = browser.navigate(&format!("{base}{page}")).await;
+        let next = response.headers().get("location").map(|l| l.to_str().unwrap().to_string()).unwrap_or_default();
+        assert!(next.contains("/.portcullis/login"), "{page} needs a sign-in: {next}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passkey_session_lasts_only_while_its_key_and_the_setting_do() {
+    let upstream = Upstream::start().await;
+    let (proxy, base) = keyed_proxy(&upstream, PASSWORDLESS);
+    let config = std::fs::read_to_string(proxy.config_path()).unwrap();
+    let plain = config.replace(PASSWORDLESS, "");
+    let mut key = key();
+    let owner = browser(&proxy);
+    assert_eq!(owner.submit_login_at(&base, ALICE.name, ALICE.password, "/").await.status(), 303);
+    let registered = register(&owner, &base, &mut key).await;
+
+    // The setting turned off: sessions that rest on it end.
+    let phone = passkey_session(&proxy, &base, &mut key, &registered).await;
+    crate::providers::reload_with(&proxy, &plain, "[webauthn]\npasswordless = false\n");
+    sent_to_login(&phone, &base).await;
+
+    // The key removed by its owner: the session it made ends, though 2FA is optional and the
+    // account is left with no factor (a password session would go on; this one has no password).
+    crate::providers::reload_with(&proxy, &plain, PASSWORDLESS);
+    let thief = passkey_session(&proxy, &base, &mut key, &registered).await;
+    let (_, _, account) = page(&owner, &format!("{base}/.portcullis/account")).await;
+    let marker = "/.portcullis/security-keys/remove?key=";
+    let start = account.find(marker).unwrap();
+    let remove = account[start..start + account[start..].find('"').unwrap()].to_string();
+    let (status, _, confirm) = page(&owner, &format!("{base}{remove}")).await;
+    assert_eq!(status, 200, "the owner proved the key just now: {confirm}");
+    let removed = post(&owner, &base, &remove, &[("csrf", form_field(&confirm, "csrf").unwrap().as_str())]).await;
+    assert_eq!(removed.status(), 303);
+    sent_to_login(&thief, &base).await;
+    let html = login_page(&thief, &base, "/").await;
+    let again = passkey_answer(&mut key, &base, &html, &registered, &registered.user_handle);
+    assert_eq!(submit(&thief, &base, &base, &html, &again).await.status(), 401, "the removed key signs in no more");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passkey_session_is_ended_not_sent_back_to_a_second_step() {
+    let upstream = Upstream::start().await;
+    let providers = |keys: &str| {
+        format!(
+            "[[mfa.provider]]\nid = \"totp\"\nkind = \"totp\"\n[[mfa.provider]]\nid = \"keys\"\nkind = \"webauthn\"\nstatus = \"{keys}\"\n"
+        )
+    };
+    let (proxy, base) = keyed_proxy(&upstream, &format!("{PASSWORDLESS}{}", providers("active")));
+    let config = std::fs::read_to_string(proxy.config_path()).unwrap();
+    let plain = config.split("[[mfa.provider]]").next().unwrap().to_string();
+    let mut key = key();
+    let owner = browser(&proxy);
+    assert_eq!(owner.submit_login_at(&base, ALICE.name, ALICE.password, "/").await.status(), 303);
+    let registered = register(&owner, &base, &mut key).await;
+
+    // 2FA becomes required and the key provider is switched off (the keys were stolen): the
+    // passkey session is not turned into a half-signed-in one that could set up a factor of its
+    // own (it proved no password); it ends.
+    let thief = passkey_session(&proxy, &base, &mut key, &registered).await;
+    let required = format!("[mfa]\npolicy = \"required\"\n{}", providers("disabled"));
+    crate::providers::reload_with(&proxy, &plain.replace("[mfa]\n", "[mfa-was]\n"), &required);
+    sent_to_login(&thief, &base).await;
+
+    // An administrator asks every session to prove its second step again: a passkey session is
+    // ended rather than left to prove a "second" step on top of a password it never gave.
+    crate::providers::reload_with(&proxy, &plain, &providers("active"));
+    let phone = passkey_session(&proxy, &base, &mut key, &registered).await;
+    let output = proxy.cli(&["admin", "downgrade-all"], "");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    sent_to_login(&phone, &base).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_second_step_pauses_the_passkey_too() {
+    let upstream = Upstream::start().await;
+    // More wrong codes per half-signed-in session than the account's pause needs (5).
+    let (proxy, base) = keyed_proxy(&upstream, &format!("{PASSWORDLESS}[mfa]\nattempts = 10\n"));
+    let mut key = key();
+    let owner = browser(&proxy);
+    assert_eq!(owner.submit_login_at(&base, ALICE.name, ALICE.password, "/").await.status(), 303);
+    let registered = register(&owner, &base, &mut key).await;
+
+    // Someone with the password guesses codes until the account's second step is paused.
+    let guesser = browser(&proxy);
+    assert_eq!(guesser.submit_login_at(&base, ALICE.name, ALICE.password, "/").await.status(), 303);
+    let (_, _, challenge) = page(&guesser, &format!("{base}/.portcullis/challenge?use=recovery")).await;
+    let csrf = form_field(&challenge, "csrf").unwrap();
+    let mut last = 0;
+    for _ in 0..8 {
+        let form = [("csrf", csrf.as_str()), ("rd", "/"), ("use", "recovery"), ("code", "aaaa-bbbb-cccc")];
+        last = post(&guesser, &base, "/.portcullis/challenge", &form).await.status().as_u16();
+        if last == 429 {
+            break;
+        }
+    }
+    assert_eq!(last, 429, "the account's codes are paused");
+
+    // The passkey is that account's second factor too: paused alike, as it is at the challenge.
+    let visitor = browser(&proxy);
+    let html = login_page(&visitor, &base, "/").await;
+    let credential = passkey_answer(&mut key, &base, &html, &registered, &registered.user_handle);
+    let refused = submit(&visitor, &base, &base, &html, &credential).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(visitor.navigate(&format!("{base}/wiki")).await.status(), 303, "not signed in");
+}

@@ -6,7 +6,7 @@
 //! ```compile_fail,E0451
 //! use portcullis::domain::factors::proof::{AuthMethod, SecondFactorProof};
 //! // Outside the factors module nobody can make one up...
-//! let made_up = SecondFactorProof { method: AuthMethod::Otp, account: "alice".into(), provider: None };
+//! let made_up = SecondFactorProof { method: AuthMethod::Otp, account: "alice".into(), provider: None, key: None };
 //! ```
 //!
 //! ```compile_fail,E0624
@@ -125,6 +125,9 @@ pub struct SecondFactorProof {
     /// it, so disabling that provider takes back what the proof earned even when another provider
     /// of the same kind stays on.
     provider: Option<ProviderId>,
+    /// The security key that answered (its handle, `SecurityKeyRecord::id`), for a key: a
+    /// session made with a key lasts only as long as that key is on the account.
+    key: Option<String>,
 }
 
 impl SecondFactorProof {
@@ -132,13 +135,18 @@ impl SecondFactorProof {
     /// browser (no provider of their own).
     pub(super) fn new(method: AuthMethod, user: &User) -> Self {
         debug_assert!(matches!(method, AuthMethod::Rc | AuthMethod::RememberedBrowser));
-        Self { method, account: user.account_key.clone(), provider: None }
+        Self { method, account: user.account_key.clone(), provider: None, key: None }
     }
 
     /// A factor of `provider` proven by `user`.
     pub(super) fn of_provider(method: AuthMethod, user: &User, provider: &ProviderId) -> Self {
         debug_assert!(method.is_fresh_second_factor());
-        Self { method, account: user.account_key.clone(), provider: Some(provider.clone()) }
+        Self { method, account: user.account_key.clone(), provider: Some(provider.clone()), key: None }
+    }
+
+    /// The security key `key` (its handle), of `provider`, answered for `user`.
+    pub(super) fn of_key(method: AuthMethod, user: &User, provider: &ProviderId, key: &str) -> Self {
+        Self { key: Some(key.to_string()), ..Self::of_provider(method, user, provider) }
     }
 
     pub fn method(&self) -> AuthMethod {
@@ -150,6 +158,11 @@ impl SecondFactorProof {
         self.provider.as_ref()
     }
 
+    /// The handle of the security key that answered, for a key.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
     /// Whether this proves `user`'s factor.
     pub fn is_for(&self, user: &User) -> bool {
         self.account == user.account_key
@@ -158,7 +171,7 @@ impl SecondFactorProof {
     /// For unit tests of what happens after a second factor (sessions), without checking one.
     #[cfg(test)]
     pub(crate) fn for_tests(method: AuthMethod, user: &User) -> Self {
-        Self { method, account: user.account_key.clone(), provider: None }
+        Self { method, account: user.account_key.clone(), provider: None, key: None }
     }
 }
 
@@ -190,5 +203,10 @@ impl PasskeyProof {
     /// The provider of the key.
     pub fn provider(&self) -> Option<&ProviderId> {
         self.key.provider.as_ref()
+    }
+
+    /// The key's handle: the session it starts lasts only as long as this key signs in.
+    pub fn key(&self) -> Option<&str> {
+        self.key.key()
     }
 }

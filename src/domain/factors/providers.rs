@@ -103,10 +103,12 @@ pub fn retiring<'a>(record: &AccountRecord, providers: &'a Providers) -> Vec<&'a
 /// providers, one switched off: the sessions its keys made are downgraded, the other's are not).
 /// A recovery code or a remembered browser stands for the account's factors as long as one of
 /// them counts. Sessions stored before providers were recorded (`proven_with` empty) are weighed
-/// by the kind of factor alone.
+/// by the kind of factor alone. A security key counts only while that very key (`keys_used`, by
+/// handle) is still on the account and its provider counts: removing a key takes back what it
+/// proved, as the removal page promises.
 pub fn proof_counts(
     amr: &[AuthMethod],
-    proven_with: &[ProviderId],
+    (proven_with, keys_used): (&[ProviderId], &[String]),
     record: &AccountRecord,
     providers: &Providers,
 ) -> bool {
@@ -115,10 +117,16 @@ pub fn proof_counts(
             k == kind && standing(providers.get(id)).counts && (proven_with.is_empty() || proven_with.contains(id))
         })
     };
+    let proven_key = || {
+        if keys_used.is_empty() {
+            return proven_kind(FactorKind::SecurityKey);
+        }
+        record.security_keys.iter().any(|k| keys_used.contains(&k.id) && standing(providers.get(&k.provider)).counts)
+    };
     amr.iter().any(|method| match method {
         AuthMethod::Otp => proven_kind(FactorKind::Totp),
         AuthMethod::Email => proven_kind(FactorKind::Email),
-        AuthMethod::Hwk | AuthMethod::Swk => proven_kind(FactorKind::SecurityKey),
+        AuthMethod::Hwk | AuthMethod::Swk => proven_key(),
         AuthMethod::Rc | AuthMethod::RememberedBrowser => has_counting_factor(record, providers),
         AuthMethod::Pwd | AuthMethod::Link | AuthMethod::User => false,
     })
@@ -278,20 +286,20 @@ mod tests {
         assert!(!has_counting_factor(&stranded, &providers));
         assert!(is_stranded(&stranded, &providers));
         assert_eq!(not_counting(&stranded, &providers), [&ProviderId::totp()]);
-        assert!(!proof_counts(&[AuthMethod::Pwd, AuthMethod::Otp], &[], &stranded, &providers));
+        assert!(!proof_counts(&[AuthMethod::Pwd, AuthMethod::Otp], (&[], &[]), &stranded, &providers));
         assert!(
-            !proof_counts(&[AuthMethod::Pwd, AuthMethod::Rc], &[], &stranded, &providers),
+            !proof_counts(&[AuthMethod::Pwd, AuthMethod::Rc], (&[], &[]), &stranded, &providers),
             "codes go with the factor"
         );
         assert!(!is_stranded(&AccountRecord::default(), &providers), "never had a factor: not stranded");
 
         let moved = app_on("totp-2");
         assert!(has_counting_factor(&moved, &providers) && counts(&moved, &providers, FactorKind::Totp));
-        assert!(proof_counts(&[AuthMethod::Pwd, AuthMethod::Rc], &[], &moved, &providers));
+        assert!(proof_counts(&[AuthMethod::Pwd, AuthMethod::Rc], (&[], &[]), &moved, &providers));
         let (old, new) = (ProviderId::totp(), ProviderId::parse("totp-2").unwrap());
-        assert!(proof_counts(&[AuthMethod::Otp], &[new], &moved, &providers));
+        assert!(proof_counts(&[AuthMethod::Otp], (&[new], &[]), &moved, &providers));
         assert!(
-            !proof_counts(&[AuthMethod::Otp], &[old], &moved, &providers),
+            !proof_counts(&[AuthMethod::Otp], (&[old], &[]), &moved, &providers),
             "proven with the disabled provider's factor, though one of the same kind still counts"
         );
 
@@ -304,8 +312,8 @@ mod tests {
         let both = AccountRecord { email: Some(email), ..app_on("totp") };
         assert!(has_counting_factor(&both, &providers), "deprecated still counts");
         assert!(!counts(&both, &providers, FactorKind::Totp));
-        assert!(proof_counts(&[AuthMethod::Email], &[], &both, &providers));
-        assert!(!proof_counts(&[AuthMethod::Otp], &[], &both, &providers), "proven with the disabled app");
+        assert!(proof_counts(&[AuthMethod::Email], (&[], &[]), &both, &providers));
+        assert!(!proof_counts(&[AuthMethod::Otp], (&[], &[]), &both, &providers), "proven with the disabled app");
         assert_eq!(retiring(&both, &providers).iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["email"]);
 
         let unknown = app_on("gone");

@@ -18,7 +18,10 @@ use super::service::{Enrolled, RemoveError, SecondFactors, Verified};
 use crate::base::clock::UnixTime;
 use crate::domain::users::User;
 
-pub(super) fn method_for(backup_eligible: bool) -> AuthMethod {
+/// The longest credential id accepted (WebAuthn L3 §7.1 step 25).
+const MAX_CREDENTIAL_ID_BYTES: usize = 1023;
+
+fn method_for(backup_eligible: bool) -> AuthMethod {
     if backup_eligible { AuthMethod::Swk } else { AuthMethod::Hwk }
 }
 
@@ -92,10 +95,16 @@ impl SecondFactors {
                 (Passkey::from(attested), model)
             }
         };
+        // §7.1 step 25 (L3): a credential id longer than 1023 bytes is refused; it is no real
+        // authenticator's, and would bloat every record and options list it joins.
+        if passkey.cred_id().len() > MAX_CREDENTIAL_ID_BYTES {
+            return Err(KeyError::Refused(format!("a credential id over {MAX_CREDENTIAL_ID_BYTES} bytes")));
+        }
         let (backup_eligible, sign_count) = registered_flags(&passkey);
-        let proof = SecondFactorProof::of_provider(method_for(backup_eligible), user, provider);
+        let id = handle_of(&passkey);
+        let proof = SecondFactorProof::of_key(method_for(backup_eligible), user, provider, &id);
         let record = SecurityKeyRecord {
-            id: handle_of(&passkey),
+            id,
             name,
             passkey,
             created_at: now,
@@ -212,7 +221,7 @@ impl SecondFactors {
                 // The BE flag may only go from false to true (§6.1.3); a synced passkey is "swk".
                 key.backup_eligible |= result.backup_eligible();
                 let method = method_for(key.backup_eligible);
-                Ok(SecondFactorProof::of_provider(method, user, &key.provider))
+                Ok(SecondFactorProof::of_key(method, user, &key.provider, &key.id))
             })
             .await
     }

@@ -298,6 +298,7 @@ impl Sessions {
             amr: vec![proof.method(), AuthMethod::User],
             second_factor_at: Some(now),
             providers: proof.provider().into_iter().cloned().collect(),
+            keys: proof.key().into_iter().map(str::to_string).collect(),
         });
         let (id, key, entry) = self.store_new(record, LiveStage::Full(stage.clone()), None).await?;
         Ok((id, FullSession { key, entry, user, stage }))
@@ -313,8 +314,9 @@ impl Sessions {
             return Err(SessionError::ProofForAnotherAccount);
         }
         let providers = proof.provider().into_iter().cloned().collect();
+        let keys = proof.key().into_iter().map(str::to_string).collect();
         let amr = vec![partial.first_factor, proof.method()];
-        self.make_full(partial, amr, providers).await
+        self.make_full(partial, amr, (providers, keys)).await
     }
 
     /// Makes a partial session full where the policy says the password is enough. The id changes.
@@ -324,18 +326,18 @@ impl Sessions {
         _enough: PasswordIsEnough,
     ) -> Result<(SessionId, FullSession), SessionError> {
         let amr = vec![partial.first_factor];
-        self.make_full(partial, amr, Vec::new()).await
+        self.make_full(partial, amr, (Vec::new(), Vec::new())).await
     }
 
     async fn make_full(
         &self,
         partial: PartialSession,
         amr: Vec<AuthMethod>,
-        providers: Vec<crate::config::ProviderId>,
+        (providers, keys): (Vec<crate::config::ProviderId>, Vec<String>),
     ) -> Result<(SessionId, FullSession), SessionError> {
         let now = self.clock.now();
         let second_factor_at = amr.iter().any(|m| m.is_fresh_second_factor()).then_some(now);
-        let stage = Arc::new(FullStage { auth_time: now, amr, second_factor_at, providers });
+        let stage = Arc::new(FullStage { auth_time: now, amr, second_factor_at, providers, keys });
         let mut record = self.new_record(&partial.user, partial.first_factor_at, partial.entry.device.clone());
         record.created_at = partial.entry.created_at;
         record.host = partial.entry.host.clone();
@@ -376,8 +378,14 @@ impl Sessions {
         {
             providers.push(provider.clone());
         }
+        let mut keys = full.stage.keys.clone();
+        if let Some(key) = proof.key()
+            && !keys.iter().any(|k| k == key)
+        {
+            keys.push(key.to_string());
+        }
         let second_factor_at = proof.method().is_fresh_second_factor().then_some(now).or(full.second_factor_at());
-        let stage = Arc::new(FullStage { auth_time: now, amr, second_factor_at, providers });
+        let stage = Arc::new(FullStage { auth_time: now, amr, second_factor_at, providers, keys });
         let record =
             SessionRecord { last_seen: now, csrf_token: crate::base::secret::random_token(), ..full.entry.snapshot() };
         self.store_full(record, stage, &full.key, full.user).await
@@ -402,10 +410,21 @@ impl Sessions {
     /// Turns a full session back into a partial one (the policy now asks for more than it
     /// proved). The id stays: this lowers privilege. The user gets `partial_timeout` from now to
     /// satisfy the policy again.
-    pub async fn downgrade(&self, full: FullSession) -> PartialSession {
+    ///
+    /// A session a passkey signed in by itself is ended instead (`None`): it proved no password,
+    /// so as a partial session it would hold a first factor it never had, and whoever holds it
+    /// could set up factors of their own on the account (a stolen passkey, switched off by the
+    /// operator, would become a way back in).
+    pub async fn downgrade(&self, full: FullSession) -> Option<PartialSession> {
+        if full.signed_in_by_passkey() {
+            if let Err(e) = self.end(&full.key).await {
+                tracing::error!(session = %full.key.log_ref(), "a passkey session could not be ended: {e}");
+            }
+            return None;
+        }
         let (entry, first_factor_at) = self.make_partial(&full.key, &full.entry).await;
         let first_factor = entry.first_factor();
-        PartialSession { key: full.key, entry, user: full.user, first_factor_at, first_factor }
+        Some(PartialSession { key: full.key, entry, user: full.user, first_factor_at, first_factor })
     }
 
     /// The one way a session drops back to partial. Memory first, so the lower privilege holds
@@ -478,7 +497,12 @@ impl Sessions {
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
         for (key, entry) in &chosen {
-            self.make_partial(key, entry).await;
+            // A passkey session is ended, never turned partial (see `downgrade`).
+            if matches!(entry.first_factor(), AuthMethod::Hwk | AuthMethod::Swk) {
+                self.end(key).await?;
+            } else {
+                self.make_partial(key, entry).await;
+            }
         }
         Ok(chosen.len())
     }

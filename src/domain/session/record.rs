@@ -28,6 +28,9 @@ pub enum Stage {
         /// recorded: those are weighed by the kind of factor alone).
         #[serde(default)]
         providers: Vec<ProviderId>,
+        /// The security keys (handles) that answered in this session.
+        #[serde(default)]
+        keys: Vec<String>,
     },
 }
 

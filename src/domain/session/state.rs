@@ -34,6 +34,9 @@ pub struct FullStage {
     /// The providers of the factors proven in this session, so that disabling one takes back what
     /// its factors earned (`domain::factors::providers::proof_counts`).
     pub providers: Vec<ProviderId>,
+    /// The security keys (their handles) that answered in this session: one removed since, or
+    /// whose provider no longer counts, proves nothing any more.
+    pub keys: Vec<String>,
 }
 
 /// The stage of a live session: the one place it is kept in memory.
@@ -54,6 +57,7 @@ impl LiveStage {
                 amr: full.amr.clone(),
                 second_factor_at: full.second_factor_at,
                 providers: full.providers.clone(),
+                keys: full.keys.clone(),
             },
         }
     }
@@ -111,11 +115,12 @@ impl Entry {
             Stage::Partial { first_factor_at, first_factor } => {
                 LiveStage::Partial { first_factor_at: *first_factor_at, first_factor: *first_factor }
             }
-            Stage::Full { auth_time, amr, second_factor_at, providers } => LiveStage::Full(Arc::new(FullStage {
+            Stage::Full { auth_time, amr, second_factor_at, providers, keys } => LiveStage::Full(Arc::new(FullStage {
                 auth_time: *auth_time,
                 amr: amr.clone(),
                 second_factor_at: *second_factor_at,
                 providers: providers.clone(),
+                keys: keys.clone(),
             })),
         };
         Self::new(record, stage)
@@ -226,6 +231,17 @@ impl FullSession {
     /// The providers of the factors this session proved (none recorded before providers were).
     pub fn proven_with(&self) -> &[ProviderId] {
         &self.stage.providers
+    }
+
+    /// The security keys (handles) that answered in this session.
+    pub fn keys_used(&self) -> &[String] {
+        &self.stage.keys
+    }
+
+    /// Whether a passkey signed this session in by itself (no password, no link): it stands only
+    /// as long as that key does, and is ended rather than sent back to a second step.
+    pub fn signed_in_by_passkey(&self) -> bool {
+        matches!(self.amr().first(), Some(AuthMethod::Hwk | AuthMethod::Swk))
     }
 
     /// When this session last proved a second factor, if it ever did.

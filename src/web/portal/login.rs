@@ -32,14 +32,14 @@ const MAX_USERNAME_BYTES: usize = 64;
 
 pub(super) fn render(
     app: &App,
-    headers: &HeaderMap,
+    (headers, client): (&HeaderMap, std::net::IpAddr),
     status: StatusCode,
     error: Option<LoginError>,
     return_to: &str,
     username: &str,
 ) -> Response<Body> {
     let csrf = LoginCsrf::of(app, headers);
-    let passkey_options = super::passkey_login::options(app, &csrf.token);
+    let passkey_options = super::passkey_login::options(app, &csrf.token, client);
     let page = LoginPage { error, csrf: &csrf.token, return_to, username, passkey_options: passkey_options.as_deref() };
     let mut response = match passkey_options {
         Some(_) => crate::web::key_pages::html_with_script(status, &page),
@@ -49,17 +49,18 @@ pub(super) fn render(
     response
 }
 
-pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn form(app: &App, request: &Request<Incoming>, conn: &Connection) -> Answer {
     let return_to = return_to_from_query(app, request);
+    let client = client_ip(app, request.headers(), conn);
     match app.session(request.headers()).await {
         Lookup::Found(Session::Full(_)) => Ok(go_to(app, &return_to)),
         // Someone else's session next to this browser's own: sign in afresh, with neither.
         Lookup::Rejected(Rejected::Ambiguous) => {
-            let mut response = render(app, request.headers(), StatusCode::OK, None, &return_to, "");
+            let mut response = render(app, (request.headers(), client), StatusCode::OK, None, &return_to, "");
             cookies::clear_session_everywhere(&mut response, app, request.uri().path());
             Ok(response)
         }
-        _ => Ok(render(app, request.headers(), StatusCode::OK, None, &return_to, "")),
+        _ => Ok(render(app, (request.headers(), client), StatusCode::OK, None, &return_to, "")),
     }
 }
 
@@ -117,10 +118,11 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         return Err(WebError::CrossOrigin);
     }
     let headers = request.headers().clone();
+    let client = client_ip(app, &headers, conn);
     let form: LoginForm = read_form(request).await?;
     let return_to = crate::web::return_url::or_root(form.rd.as_deref(), &app.config().public_url);
     if !LoginCsrf::admits(app, &headers, &form.csrf) {
-        return Ok(render(app, &headers, StatusCode::FORBIDDEN, Some(LoginError::Expired), &return_to, ""));
+        return Ok(render(app, (&headers, client), StatusCode::FORBIDDEN, Some(LoginError::Expired), &return_to, ""));
     }
     let username = form.username.trim().to_ascii_lowercase();
     if username.is_empty()
@@ -128,9 +130,16 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         || username.len() > MAX_USERNAME_BYTES
         || form.password.len() > MAX_PASSWORD_BYTES
     {
-        return Ok(render(app, &headers, StatusCode::BAD_REQUEST, Some(LoginError::Malformed), &return_to, &username));
+        return Ok(render(
+            app,
+            (&headers, client),
+            StatusCode::BAD_REQUEST,
+            Some(LoginError::Malformed),
+            &return_to,
+            &username,
+        ));
     }
-    let again = |status, error| render(app, &headers, status, Some(error), &return_to, &username);
+    let again = |status, error| render(app, (&headers, client), status, Some(error), &return_to, &username);
     let proof = match check_password(app, &headers, conn, &username, form.password, again).await {
         Ok(proof) => proof,
         Err(answer) => return answer,

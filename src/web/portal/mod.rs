@@ -74,7 +74,7 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
             account::action_page(app, action, &request).await
         }
         (OwnPage::AccountAction(action), _, true) => account::action(app, action, request).await,
-        (OwnPage::Login, true, _) => login::form(app, &request).await,
+        (OwnPage::Login, true, _) => login::form(app, &request, conn).await,
         (OwnPage::Login, _, true) => login::submit(app, request, conn).await,
         (OwnPage::LoginPasskey, _, true) => passkey_login::submit(app, request, conn).await,
         (OwnPage::Logout, true, _) => login::logout_form(app, &request).await,

@@ -33,9 +33,10 @@ fn offered(app: &App) -> bool {
     config.webauthn.passwordless && config.mfa.security_keys
 }
 
-/// The request options for the login page, starting a ceremony for the browser holding `token`;
-/// `None` (the page then offers the password only) when passkeys cannot sign in now.
-pub(super) fn options(app: &App, token: &str) -> Option<String> {
+/// The request options for the login page, starting a ceremony for the browser holding `token`
+/// (asked for from `client`); `None` (the page then offers the password only) when passkeys
+/// cannot sign in now.
+pub(super) fn options(app: &App, token: &str, client: std::net::IpAddr) -> Option<String> {
     if !offered(app) {
         return None;
     }
@@ -45,10 +46,7 @@ pub(super) fn options(app: &App, token: &str) -> Option<String> {
         .and_then(|rp| start_passkey_sign_in(&rp, now));
     match started {
         Ok((options, ceremony)) => {
-            if !app.passkey_logins.put(token, ceremony, now) {
-                tracing::warn!("a passkey sign-in was not offered: too many are outstanding");
-                return None;
-            }
+            app.passkey_logins.put(token, client, ceremony);
             serde_json::to_string(&options).ok()
         }
         Err(e) => {
@@ -76,9 +74,10 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         return Err(WebError::CrossOrigin);
     }
     let headers = request.headers().clone();
+    let client = client_ip(app, &headers, conn);
     let form: PasskeyForm = read_form(request).await?;
     let return_to = crate::web::return_url::or_root(form.rd.as_deref(), &app.config().public_url);
-    let again = |status, error| render(app, &headers, status, Some(error), &return_to, "");
+    let again = |status, error| render(app, (&headers, client), status, Some(error), &return_to, "");
     if !LoginCsrf::admits(app, &headers, &form.csrf) {
         return Ok(again(StatusCode::FORBIDDEN, LoginError::Expired));
     }
@@ -86,7 +85,6 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     let Some(ceremony) = app.passkey_logins.take(&form.csrf) else {
         return Ok(again(StatusCode::UNAUTHORIZED, LoginError::PasskeyExpired));
     };
-    let client = client_ip(app, &headers, conn);
     let attempt = match app.regulator.reserve(&[Subject::address(client)], Factor::Password) {
         Ok(attempt) => attempt,
         Err(Refusal::Banned { until, who }) => {
@@ -134,6 +132,24 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     };
     if let Err(e) = attempt.succeeded().await {
         tracing::error!("could not record a passkey sign-in: {e}");
+    }
+    // The passkey is the account's second factor too, so the account's second-step pause and
+    // lock hold here as they do at the challenge page, where the same key would be refused.
+    let account = [Subject::Account(proof.user().name.to_string())];
+    match app.regulator.reserve(&account, Factor::SecondFactor) {
+        Ok(attempt) => {
+            if let Err(e) = attempt.succeeded().await {
+                tracing::error!("could not record a passkey sign-in: {e}");
+            }
+        }
+        Err(refusal) => {
+            tracing::warn!(target: "portcullis::security", user = %proof.user().name, ?refusal, "passkey sign-in refused: the account's second step is paused or locked");
+            return Err(match refusal {
+                Refusal::Banned { until, who } => WebError::CodesPaused { seconds: seconds_until(app, until), who },
+                Refusal::Crowded => WebError::CodesCrowded,
+                Refusal::SecondFactorLocked => WebError::SecondFactorLocked,
+            });
+        }
     }
     crate::base::metrics::login("ok");
     // As at the password form: a session the browser already had is ended, never reused.
