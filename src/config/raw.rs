@@ -204,6 +204,13 @@ pub struct RawProxy {
 pub struct RawLogin {
     pub hash_workers: Option<i64>,
     pub queue_limit: Option<i64>,
+    #[serde(default)]
+    pub email_link: RawEmailLink,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawEmailLink {
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

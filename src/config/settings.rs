@@ -191,6 +191,11 @@ impl SessionSettings {
         format!("{}-handoff", self.cookie_name)
     }
 
+    /// The cookie that ties a sign-in link to the browser that asked for it.
+    pub fn link_cookie(&self) -> String {
+        format!("{}-link", self.cookie_name)
+    }
+
     /// Every cookie the proxy sets: never forwarded, never settable by the upstream.
     pub fn own_cookies(&self) -> Vec<String> {
         vec![
@@ -199,6 +204,7 @@ impl SessionSettings {
             self.known_browser_cookie(),
             self.remember_cookie(),
             self.handoff_cookie(),
+            self.link_cookie(),
         ]
     }
 }
@@ -412,4 +418,6 @@ pub struct LoginSettings {
     pub hash_workers: usize,
     /// Logins allowed to wait for a hashing slot before new ones are turned away with 503.
     pub queue_limit: usize,
+    /// Signing in with a link sent by email (`[login.email_link] enabled`).
+    pub email_link: bool,
 }

@@ -52,6 +52,10 @@ pub enum SecurityEvent {
     SignInCode {
         code: String,
     },
+    /// A link that signs in (`[login.email_link]`), to the account's address.
+    SignInLink {
+        url: String,
+    },
     /// A code that proves the address, before email codes become a factor.
     ConfirmAddress {
         code: String,
@@ -116,6 +120,10 @@ impl SecurityEvent {
             Self::SignInCode { code } => (
                 "Your sign-in code",
                 format!("Your code is {code}. It works once, for 10 minutes. If you are not signing in right now, someone knows your password: change it, and do not give this code to anyone."),
+            ),
+            Self::SignInLink { url } => (
+                "Your sign-in link",
+                format!("Open this link to sign in: {url} . It works once, for 15 minutes, in the browser where you asked for it; opened anywhere else it shows a code to type there instead. If you did not ask to sign in, ignore this mail: nobody can use the link without that browser."),
             ),
             Self::ConfirmAddress { code } => (
                 "Confirm your address for sign-in codes",
@@ -490,6 +498,7 @@ mod tests {
             SecurityEvent::RecoveryLinkIssued { url: "https://app.example.com/x".into(), expires: "soon".into() },
             SecurityEvent::RecoveredWithLink,
             SecurityEvent::SignInCode { code: "123456".into() },
+            SecurityEvent::SignInLink { url: "https://app.example.com/.portcullis/login/email/open?token=x".into() },
             SecurityEvent::ConfirmAddress { code: "654321".into() },
             SecurityEvent::EmailEnrolled,
             SecurityEvent::KeyAdded { name: "Blue key".into() },

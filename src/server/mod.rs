@@ -172,6 +172,7 @@ impl Server {
             signer,
             pending: Pending::default(),
             passkey_logins: Default::default(),
+            email_links: Default::default(),
             handoff: Default::default(),
             regulator,
             clock_warnings: Default::default(),
@@ -455,6 +456,7 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             app.factors.email_codes.sweep(app.clock.now());
             app.handoff.sweep(app.clock.now());
             app.passkey_logins.sweep(app.clock.now());
+            app.email_links.sweep(app.clock.now());
             let drift = app.factors.drift.report();
             if drift.skew_likely() != skew_reported {
                 skew_reported = drift.skew_likely();

@@ -66,6 +66,13 @@ pub enum WebError {
     /// A setup of a kind no active provider offers (a deprecated one, or a forged form).
     #[error("that kind of second step is not offered")]
     FactorNotOffered,
+    /// A sign-in link (or its code) that signs nobody in: used, replaced, run out, or unknown.
+    #[error("the sign-in link is not valid")]
+    SignInLinkInvalid,
+    /// Signed in with a link, and the account's only second step is a code by email: the same
+    /// mailbox twice is one factor, so the password way is the one left.
+    #[error("the only second step is email, after a sign-in link")]
+    LinkThenEmailOnly,
     #[error("the last factor of an account that requires 2FA")]
     LastFactorRequired,
     #[error("not in the admin group")]
@@ -355,6 +362,18 @@ impl WebError {
                 "Your second step was turned off",
                 format!("Your password was right, but {names} can no longer be used to sign in here: your administrator turned it off, and no other kind of second step can be set up right now. Until that changes you cannot go on. Contact your administrator: they can turn it back on, or send you a recovery link with which you set up a new second step."),
                 Some((Destination::Logout.path().into(), "Sign out")),
+            ),
+            Self::SignInLinkInvalid => (
+                StatusCode::GONE,
+                "This sign-in link no longer works",
+                "It was used already, replaced by a newer link, or is older than 15 minutes. Ask for a new one, in the browser you want to sign in with.".into(),
+                Some((Destination::LoginEmail.path().into(), "Email me a new link")),
+            ),
+            Self::LinkThenEmailOnly => (
+                StatusCode::FORBIDDEN,
+                "Sign in with your password",
+                "Your account's second step is a code sent by email. After a sign-in link, which came by email too, that would prove the same mailbox twice, which is one step, not two. Sign in with your user name and password instead, then use the emailed code.".into(),
+                Some((Destination::Login.path().into(), "Sign in with your password")),
             ),
             Self::FactorNotOffered => (
                 StatusCode::FORBIDDEN,

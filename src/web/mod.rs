@@ -12,6 +12,7 @@ pub mod forward;
 pub mod forward_auth;
 pub mod gate;
 pub mod key_pages;
+pub mod link_pages;
 pub mod malformed;
 pub mod pages;
 pub mod passkey_logins;

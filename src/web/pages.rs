@@ -53,6 +53,8 @@ pub struct LoginPage<'a> {
     /// The WebAuthn request options (JSON) for a passkey sign-in, when `webauthn.passwordless` is
     /// on (the page then also runs `static/webauthn.js`).
     pub passkey_options: Option<&'a str>,
+    /// "Email me a sign-in link" (`[login.email_link]`), keeping where the visitor was going.
+    pub link_url: Option<&'a str>,
 }
 
 #[derive(Template)]
@@ -528,6 +530,7 @@ mod tests {
             return_to: "/\"><script>",
             username: "<b>",
             passkey_options: None,
+            link_url: None,
         };
         let html = page.render().unwrap();
         assert!(!html.contains("<script>"));

@@ -17,6 +17,12 @@ pub enum OwnPage {
     /// Sign in with a passkey alone (`webauthn.passwordless`): the form the login page's script
     /// posts the passkey's answer to.
     LoginPasskey,
+    /// Ask for a sign-in link by email (`[login.email_link]`).
+    LoginEmail,
+    /// A sign-in link, opened.
+    LoginEmailOpen,
+    /// The code shown where a link was opened in another browser, typed into the asking one.
+    LoginEmailCode,
     Logout,
     Account,
     /// Prove the second factor (after the password, or again before a sensitive change).
@@ -131,6 +137,8 @@ pub enum Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
     Login,
+    LoginEmail,
+    LoginEmailOpen,
     Logout,
     Challenge,
     Enroll,
@@ -151,6 +159,8 @@ impl Destination {
     pub const fn path(self) -> &'static str {
         match self {
             Self::Login => "/.portcullis/login",
+            Self::LoginEmail => "/.portcullis/login/email",
+            Self::LoginEmailOpen => "/.portcullis/login/email/open",
             Self::Logout => "/.portcullis/logout",
             Self::Challenge => "/.portcullis/challenge",
             Self::Enroll => "/.portcullis/enroll",
@@ -212,6 +222,9 @@ pub fn route(path: &str) -> Route {
     let page = match normal.strip_prefix(PREFIX).unwrap_or("") {
         "/login" => OwnPage::Login,
         "/login/passkey" => OwnPage::LoginPasskey,
+        "/login/email" => OwnPage::LoginEmail,
+        "/login/email/open" => OwnPage::LoginEmailOpen,
+        "/login/email/code" => OwnPage::LoginEmailCode,
         "/logout" => OwnPage::Logout,
         "/account" | "" | "/" => OwnPage::Account,
         "/challenge" => OwnPage::Challenge,

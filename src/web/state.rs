@@ -32,6 +32,8 @@ pub struct App {
     pub signer: Arc<AssertionSigner>,
     /// Enrollment state between page loads, per session.
     pub pending: Pending,
+    /// Sign-in links sent and not yet used (`[login.email_link]`).
+    pub email_links: crate::domain::email_link::EmailLinks,
     /// Passkey sign-ins in progress, per browser (`webauthn.passwordless`).
     pub passkey_logins: crate::web::passkey_logins::PasskeyLogins,
     /// Codes handing a session from the main host to another host.

@@ -13,6 +13,7 @@ mod crash;
 mod demo;
 mod deploy;
 mod email_codes;
+mod email_links;
 mod flows;
 mod forward_auth;
 mod forwarding;

@@ -194,6 +194,7 @@ impl Validator {
         let login = LoginSettings {
             hash_workers: self.count("login.hash_workers", raw.login.hash_workers, default_workers, 256),
             queue_limit: self.count("login.queue_limit", raw.login.queue_limit, 64, 100_000),
+            email_link: raw.login.email_link.enabled.unwrap_or(false),
         };
         let minute = Duration::from_secs(60);
         let max_failures = self.count("regulation.max_failures", raw.regulation.max_failures, 5, 1000) as u32;
@@ -321,6 +322,14 @@ impl Validator {
                 Some(&value),
                 "codes by email need a way to send mail, but notify.transport is \"off\"",
                 &fix,
+            );
+        }
+        if login.email_link && matches!(notify.transport, crate::config::notify::Transport::Off) {
+            self.problem(
+                "login.email_link.enabled",
+                Some("true"),
+                "sign-in links are sent by email, but notify.transport is \"off\"",
+                "set notify.transport = \"smtp\" (with its smtp_* keys), or remove [login.email_link]",
             );
         }
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());

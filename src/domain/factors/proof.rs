@@ -86,6 +86,13 @@ impl AuthMethod {
         }
     }
 
+    /// Whether an emailed code may be the second factor after this first factor. Not after a
+    /// sign-in link: both would prove the same mailbox, one factor twice (NIST SP 800-63B §5.1.3:
+    /// the out-of-band channel must be separate from the primary one).
+    pub fn allows_email_codes_after(self) -> bool {
+        self != Self::Link
+    }
+
     /// What a record from before first factors were kept proved: a password.
     pub fn password() -> Self {
         Self::Pwd

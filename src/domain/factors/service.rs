@@ -142,11 +142,13 @@ impl SecondFactors {
 
     /// Checks an app code, an emailed code or a recovery code for `user`, consuming it on
     /// success. Emailed codes are `email_digits` long. Only factors whose provider still counts
-    /// are tried (see `providers.rs`), and recovery codes only while one does.
+    /// are tried (see `providers.rs`), and recovery codes only while one does; emailed codes not
+    /// after a first factor that proved the mailbox already (`after`, see
+    /// [`AuthMethod::allows_email_codes_after`]).
     pub async fn verify_code(
         &self,
         user: &User,
-        code: &str,
+        (code, after): (&str, AuthMethod),
         email_digits: u32,
         providers: &Providers,
         now: UnixTime,
@@ -156,8 +158,10 @@ impl SecondFactors {
         let all_digits = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
         let looks_totp = digits.len() == totp::DIGITS as usize && all_digits;
         let record = self.accounts.get(user);
-        let (has_app, has_email) =
-            (counts(&record, providers, FactorKind::Totp), counts(&record, providers, FactorKind::Email));
+        let (has_app, has_email) = (
+            counts(&record, providers, FactorKind::Totp),
+            counts(&record, providers, FactorKind::Email) && after.allows_email_codes_after(),
+        );
         let sign_in = Purpose::SignIn;
         // An emailed code, if one is outstanding and this could be it. Both kinds may be six
         // digits: when an emailed code is pending and the account also has an app, a code that is

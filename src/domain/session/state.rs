@@ -313,6 +313,11 @@ impl Session {
         &self.entry().csrf_token
     }
 
+    /// How this session's first factor was proven (`pwd`, `link`, a passkey's `hwk`/`swk`).
+    pub fn first_factor(&self) -> AuthMethod {
+        self.entry().first_factor()
+    }
+
     pub fn created_at(&self) -> UnixTime {
         self.entry().created_at
     }

@@ -59,8 +59,12 @@ pub(super) fn render(
     // its provider is active or deprecated (as with `mfa.email_otp = false`), not once disabled.
     let providers = &app.config().mfa.providers;
     let app_counts = counts(&record, providers, FactorKind::Totp);
-    let email =
-        record.email.as_ref().filter(|_| counts(&record, providers, FactorKind::Email)).map(|e| masked(&e.address));
+    // Not after a sign-in link: it proved the same mailbox (see `allows_email_codes_after`).
+    let email = record
+        .email
+        .as_ref()
+        .filter(|_| counts(&record, providers, FactorKind::Email) && session.first_factor().allows_email_codes_after())
+        .map(|e| masked(&e.address));
     let keys = counts(&record, providers, FactorKind::SecurityKey);
     let primary = match record.primary_factor() {
         Some(FactorKind::SecurityKey) if keys => ChallengeView::Key,
@@ -121,6 +125,9 @@ pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
         // Nothing to prove with: enroll instead (or go on, if not required).
         return Ok(send_to(app, Destination::Enroll, &return_to));
     }
+    if !session.first_factor().allows_email_codes_after() && only_email_counts(app, &session) {
+        return Err(WebError::LinkThenEmailOnly);
+    }
     let query: ChallengeQuery = serde_urlencoded::from_str(request.uri().query().unwrap_or("")).unwrap_or_default();
     let extras = Extras {
         view: query.view.as_deref().and_then(ChallengeView::from_key),
@@ -129,6 +136,15 @@ pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
         ..Default::default()
     };
     Ok(render(app, &session, &return_to, extras, StatusCode::OK))
+}
+
+/// Whether the account's only second step that counts is codes by email.
+fn only_email_counts(app: &App, session: &Session) -> bool {
+    let record = app.account(session.user());
+    let providers = &app.config().mfa.providers;
+    counts(&record, providers, FactorKind::Email)
+        && !counts(&record, providers, FactorKind::Totp)
+        && !counts(&record, providers, FactorKind::SecurityKey)
 }
 
 /// Why codes are not being checked now, as the error page that says so.
@@ -169,7 +185,8 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     let now = app.clock.now();
     let digits = app.config().mfa.email_code_digits;
     let checked = if form.credential.is_empty() {
-        app.factors.verify_code(session.user(), &form.code, digits, &app.config().mfa.providers, now).await
+        let code = (form.code.as_str(), session.first_factor());
+        app.factors.verify_code(session.user(), code, digits, &app.config().mfa.providers, now).await
     } else {
         security_keys::verify(app, &session, &form.credential).await.map_err(CodeRefused::from)
     };

@@ -27,6 +27,10 @@ pub(super) async fn challenge_send(app: &Arc<App>, request: Request<Incoming>) -
     let posted = session_post::<RdCsrfForm>(app, request).await?;
     let return_to = posted.return_to;
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
+    if !session.first_factor().allows_email_codes_after() {
+        // The same mailbox as the sign-in link: no code is sent (`allows_email_codes_after`).
+        return Ok(send_to(app, Destination::Challenge, &return_to));
+    }
     Ok(match send_sign_in_code(app, session.user()) {
         Ok(()) => {
             with_user(go_to(app, &Destination::Challenge.with_return(&return_to, &[("sent", "1")])), session.user())

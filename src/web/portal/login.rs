@@ -11,9 +11,11 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use super::login_page::{end_previous, render};
 use super::second_step::{Enough, complete_sign_in, send_sign_in_code};
 use crate::base::headers::cookie_values;
 use crate::domain::factors::FactorKind;
+use crate::domain::first_factor::FirstFactorProof;
 use crate::domain::password::{MAX_PASSWORD_BYTES, PasswordProof};
 use crate::domain::policy::{self, AfterPassword};
 use crate::domain::session::{Lookup, Rejected, Session};
@@ -22,32 +24,13 @@ use crate::domain::users::User;
 use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::forms::{LoginCsrf, RdCsrfForm, read_form, return_to_from_query, same_origin, session_post, zeroizing};
-use crate::web::pages::{self, Body, LoginError, LoginPage};
+use crate::web::pages::{self, Body, LoginError};
 use crate::web::respond::{Answer, client_ip, device, go_to, retry_after, seconds_until, send_to, with_user};
 use crate::web::route::Destination;
 use crate::web::state::{App, Connection};
 
 /// Longest user name accepted (the users file allows no longer).
 const MAX_USERNAME_BYTES: usize = 64;
-
-pub(super) fn render(
-    app: &App,
-    (headers, client): (&HeaderMap, std::net::IpAddr),
-    status: StatusCode,
-    error: Option<LoginError>,
-    return_to: &str,
-    username: &str,
-) -> Response<Body> {
-    let csrf = LoginCsrf::of(app, headers);
-    let passkey_options = super::passkey_login::options(app, &csrf.token, client);
-    let page = LoginPage { error, csrf: &csrf.token, return_to, username, passkey_options: passkey_options.as_deref() };
-    let mut response = match passkey_options {
-        Some(_) => crate::web::key_pages::html_with_script(status, &page),
-        None => pages::html(status, &page),
-    };
-    csrf.set_cookie(app, &mut response);
-    response
-}
 
 pub(super) async fn form(app: &App, request: &Request<Incoming>, conn: &Connection) -> Answer {
     let return_to = return_to_from_query(app, request);
@@ -145,32 +128,23 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         Err(answer) => return answer,
     };
     crate::base::metrics::login("ok");
-    // A session the browser already had (perhaps planted by someone else) is ended, never reused;
-    // two of different users (one tossed in) are both deleted from the browser.
-    let previous = app.resolve_session(&headers);
-    if let Lookup::Found(previous) = &previous
-        && let Err(e) = app.sessions.end(previous.key()).await
-    {
-        tracing::error!("could not end the previous session: {e}");
-    }
+    let previous = end_previous(app, &headers).await;
     let device = device(&headers, client_ip(app, &headers, conn));
-    let mut response = after_password(app, proof, &headers, device, &return_to).await?;
-    if let Lookup::Rejected(Rejected::Ambiguous) = previous {
-        cookies::clear_session_everywhere(&mut response, app, "/");
-    }
-    Ok(response)
+    let response = after_first_factor(app, proof.into(), &headers, device, &return_to).await?;
+    Ok(previous.clear_from(app, response))
 }
 
-/// Starts the session a right password earns: full when the policy asks for nothing more (or a
-/// remembered browser stands in for the second factor), else partial, and sends the browser on.
-async fn after_password(
+/// Starts the session a first factor earns (a right password, a sign-in link): full when the
+/// policy asks for nothing more (or a remembered browser stands in for the second factor), else
+/// partial, and sends the browser on. The same for every way in: 2FA belongs to the account.
+pub(super) async fn after_first_factor(
     app: &App,
-    proof: PasswordProof,
+    proof: FirstFactorProof,
     headers: &HeaderMap,
     device: crate::domain::session::Device,
     return_to: &str,
 ) -> Answer {
-    let user: Arc<User> = proof.user().clone();
+    let (user, first_factor): (Arc<User>, _) = (proof.user().clone(), proof.method());
     let now = app.clock.now();
     let mfa = app.config().mfa.clone();
     let requirement = app.requirement(&user);
@@ -209,8 +183,10 @@ async fn after_password(
                 return Ok(complete_sign_in(app, partial, Enough::SecondFactor(proof), then).await?.0);
             }
             log("password ok, second factor next");
-            // Email first: the code is on its way by the time the challenge page shows.
+            // Email first: the code is on its way by the time the challenge page shows (not after
+            // a sign-in link, which proved that mailbox already).
             if record.primary_factor() == Some(FactorKind::Email)
+                && first_factor.allows_email_codes_after()
                 && let Err(e) = send_sign_in_code(app, &user)
             {
                 tracing::info!(user = %user.name, "no sign-in code sent at login: {e}");

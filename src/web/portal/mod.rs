@@ -10,10 +10,12 @@ mod account_password;
 mod admin;
 mod challenge;
 mod email;
+mod email_link;
 mod enroll;
 pub mod handoff;
 pub mod jwks;
 mod login;
+mod login_page;
 mod passkey_login;
 mod recover;
 mod recovery_codes;
@@ -77,6 +79,10 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
         (OwnPage::Login, true, _) => login::form(app, &request, conn).await,
         (OwnPage::Login, _, true) => login::submit(app, request, conn).await,
         (OwnPage::LoginPasskey, _, true) => passkey_login::submit(app, request, conn).await,
+        (OwnPage::LoginEmail, true, _) => email_link::form(app, &request).await,
+        (OwnPage::LoginEmail, _, true) => email_link::send(app, request, conn).await,
+        (OwnPage::LoginEmailOpen, true, _) => email_link::open(app, &request, conn).await,
+        (OwnPage::LoginEmailCode, _, true) => email_link::code(app, request, conn).await,
         (OwnPage::Logout, true, _) => login::logout_form(app, &request).await,
         (OwnPage::Logout, _, true) => login::logout_submit(app, request).await,
         (OwnPage::Account, true, _) => account::page(app, &request).await,

@@ -13,12 +13,11 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::login::render;
-use crate::domain::factors::passwordless::{PasskeyRefused, start_passkey_sign_in};
+use super::login_page::{end_previous, render};
+use crate::domain::factors::passwordless::PasskeyRefused;
 use crate::domain::factors::security_key::{self, KeyError};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::regulation::{Factor, Refusal, Subject};
-use crate::domain::session::{Lookup, Rejected};
 use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::forms::{LoginCsrf, read_form, same_origin};
@@ -26,35 +25,7 @@ use crate::web::pages::LoginError;
 use crate::web::respond::{Answer, client_ip, device, go_to, retry_after, seconds_until, with_user};
 use crate::web::state::{App, Connection};
 
-/// Whether passkeys may sign in by themselves here now: asked for, and security keys offered
-/// (a domain in `public_url`, 2FA not disabled, an active or retiring webauthn provider).
-fn offered(app: &App) -> bool {
-    let config = app.config();
-    config.webauthn.passwordless && config.mfa.security_keys
-}
-
-/// The request options for the login page, starting a ceremony for the browser holding `token`
-/// (asked for from `client`); `None` (the page then offers the password only) when passkeys
-/// cannot sign in now.
-pub(super) fn options(app: &App, token: &str, client: std::net::IpAddr) -> Option<String> {
-    if !offered(app) {
-        return None;
-    }
-    let config = app.config();
-    let now = app.clock.now();
-    let started = security_key::relying_party(&config.public_url, &config.mfa.issuer)
-        .and_then(|rp| start_passkey_sign_in(&rp, now));
-    match started {
-        Ok((options, ceremony)) => {
-            app.passkey_logins.put(token, client, ceremony);
-            serde_json::to_string(&options).ok()
-        }
-        Err(e) => {
-            tracing::error!("a passkey sign-in could not start: {e}");
-            None
-        }
-    }
-}
+use super::login_page::offered;
 
 #[derive(Deserialize)]
 struct PasskeyForm {
@@ -153,12 +124,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     }
     crate::base::metrics::login("ok");
     // As at the password form: a session the browser already had is ended, never reused.
-    let previous = app.resolve_session(&headers);
-    if let Lookup::Found(previous) = &previous
-        && let Err(e) = app.sessions.end(previous.key()).await
-    {
-        tracing::error!("could not end the previous session: {e}");
-    }
+    let previous = end_previous(app, &headers).await;
     let user = proof.user().clone();
     let (id, full) = app
         .sessions
@@ -170,8 +136,5 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     let mut response = go_to(app, &return_to);
     cookies::set_session(&mut response, app, &id, full.expires_at());
     cookies::set_known_browser(&mut response, app, &user);
-    if let Lookup::Rejected(Rejected::Ambiguous) = previous {
-        cookies::clear_session_everywhere(&mut response, app, "/");
-    }
-    Ok(with_user(response, &user))
+    Ok(with_user(previous.clear_from(app, response), &user))
 }

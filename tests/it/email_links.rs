@@ -1,0 +1,199 @@
+//! Signing in with a link sent by email (`[login.email_link]`), through the real binary and its
+//! file mail transport: the link signs in the browser that asked and no other, is single use,
+//! and leads to the same partial session a password does, so the account's second factor still
+//! follows. The same page answers known and unknown addresses.
+
+use std::collections::HashSet;
+
+use crate::harness::{ALICE, Browser, Proxy, form_field, proxy};
+use crate::mfa::{code, enroll, submit_code};
+use crate::upstream::Upstream;
+
+const LINKS: &str = "[login.email_link]\nenabled = true\n";
+
+async fn post(browser: &Browser, proxy: &Proxy, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+    browser.http.post(proxy.url(path)).header("origin", proxy.origin()).form(fields).send().await.unwrap()
+}
+
+/// Asks for a link for `address` from `browser` (going to `rd`); returns the page's answer.
+async fn ask(browser: &Browser, proxy: &Proxy, address: &str, rd: &str) -> (reqwest::StatusCode, String) {
+    let login = browser.navigate(&proxy.url(&format!("/.portcullis/login?rd={}", rd.replace('/', "%2F")))).await;
+    let login = login.text().await.unwrap();
+    let start = login.find("/.portcullis/login/email?rd=").expect("the login page offers a link");
+    let url = login[start..start + login[start..].find('"').unwrap()].replace("&amp;", "&");
+    let page = browser.navigate(&proxy.url(&url)).await.text().await.unwrap();
+    let (csrf, rd) = (form_field(&page, "csrf").unwrap(), form_field(&page, "rd").unwrap());
+    let sent =
+        post(browser, proxy, "/.portcullis/login/email", &[("csrf", &csrf), ("rd", &rd), ("email", address)]).await;
+    (sent.status(), sent.text().await.unwrap())
+}
+
+/// The link in the newest mail that arrived since `before`.
+fn link_in_new_mail(proxy: &Proxy, before: &HashSet<std::path::PathBuf>) -> String {
+    let mail = proxy.wait_for_new_mail(before, "Your sign-in link").replace("=\r\n", "").replace("=3D", "=");
+    let marker = "/.portcullis/login/email/open?token=";
+    let start = mail.find(marker).unwrap() + marker.len();
+    let token: String = mail[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || "-_".contains(*c)).collect();
+    proxy.url(&format!("{marker}{token}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_signs_in_the_browser_that_asked_once_and_the_second_factor_still_follows() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml(LINKS).start();
+    // Alice has an authenticator app: the link is her first factor, the app still her second.
+    let setup = Browser::new();
+    setup.login(&proxy, &ALICE).await;
+    let (secret, _, _) = enroll(&setup, &proxy, &proxy.url("/.portcullis/enroll?rd=%2F.portcullis%2Faccount")).await;
+
+    let laptop = Browser::new();
+    let before = proxy.mail_files();
+    let (status, page) = ask(&laptop, &proxy, "Alice@Example.com", "/wiki/Deep").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Check your email"), "{page}");
+    let link = link_in_new_mail(&proxy, &before);
+
+    // Opened on the phone (no cookie of the asking browser): a code, no session.
+    let phone = Browser::new();
+    let elsewhere = phone.navigate(&link).await;
+    assert_eq!(elsewhere.status(), 200);
+    let shown = elsewhere.text().await.unwrap();
+    assert!(shown.contains("Finish on the browser that asked"), "{shown}");
+    assert_eq!(phone.navigate(&proxy.url("/wiki")).await.status(), 303, "the phone is not signed in");
+
+    // Opened in the asking browser: the first factor; the app's code is asked next.
+    let opened = laptop.navigate(&link).await;
+    assert_eq!(opened.status(), 303);
+    let challenge = opened.headers()["location"].to_str().unwrap().to_string();
+    assert!(challenge.contains("/.portcullis/challenge"), "2FA belongs to the account: {challenge}");
+    let before_upstream = upstream.count();
+    assert_eq!(laptop.navigate(&proxy.url("/wiki/Deep")).await.status(), 303, "half signed in reaches nothing");
+    assert_eq!(upstream.count(), before_upstream);
+    let signed_in = submit_code(&laptop, &proxy, &challenge, &code(&secret, 1)).await;
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(signed_in.headers()["location"], proxy.url("/wiki/Deep").as_str(), "lands where it was going");
+    assert_eq!(laptop.navigate(&proxy.url("/wiki/Deep")).await.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    let token = seen.header("x-portcullis-assertion").unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        laptop.http.get(proxy.url("/.portcullis/jwks.json")).send().await.unwrap().json().await.unwrap();
+    let claims = crate::harness::verify_with_jwks(token, &jwks, &proxy.origin()).unwrap();
+    assert_eq!(claims["amr"], serde_json::json!(["link", "otp"]), "{claims}");
+
+    // Used once: opening it again signs nobody in, anywhere.
+    let again = Browser::new();
+    assert_eq!(again.navigate(&link).await.status(), 410);
+    assert_eq!(laptop.navigate(&link).await.status(), 410);
+    let log = proxy.stderr.all().join("\n");
+    let token = link.rsplit('=').next().unwrap();
+    assert!(!log.contains(token), "the link's token is never logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_code_from_another_device_signs_in_the_asking_browser_and_strangers_learn_nothing() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml(LINKS).start();
+    let laptop = Browser::new();
+    let before = proxy.mail_files();
+    let (_, known) = ask(&laptop, &proxy, ALICE.email, "/").await;
+    let link = link_in_new_mail(&proxy, &before);
+
+    // An unknown address gets the same page, and no mail.
+    let stranger = Browser::new();
+    let mails = proxy.mail_files();
+    let (status, unknown) = ask(&stranger, &proxy, "nobody@example.com", "/").await;
+    assert_eq!(status, 200);
+    let strip = |page: &str| {
+        let mut page = page.to_string();
+        for field in ["csrf"] {
+            if let Some(value) = form_field(&page, field) {
+                page = page.replace(&value, "");
+            }
+        }
+        page
+    };
+    assert_eq!(strip(&known), strip(&unknown), "one answer for known and unknown addresses");
+    // Asking again for Alice within the minute: the same page, no second mail.
+    let (status, _) = ask(&stranger, &proxy, ALICE.email, "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(proxy.mail_files().len(), mails.len(), "no mail for the unknown address nor the repeat");
+
+    // The phone shows the code; a wrong one is counted, the right one signs the laptop in.
+    let shown = Browser::new().navigate(&link).await.text().await.unwrap();
+    let start = shown.find("class=\"code\"").unwrap();
+    let code: String = shown[start..].chars().skip_while(|c| *c != '>').filter(char::is_ascii_digit).take(6).collect();
+    assert_eq!(code.len(), 6);
+    let page = laptop.navigate(&proxy.url("/.portcullis/login/email?rd=%2F")).await.text().await.unwrap();
+    let csrf = form_field(&page, "csrf").unwrap();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    // The code typed into a browser that never asked is refused.
+    let refused =
+        post(&stranger, &proxy, "/.portcullis/login/email/code", &[("csrf", &csrf), ("rd", "/"), ("code", &code)])
+            .await;
+    assert_eq!(refused.status(), 403, "no login cookie there");
+    let wrong =
+        post(&laptop, &proxy, "/.portcullis/login/email/code", &[("csrf", &csrf), ("rd", "/"), ("code", wrong)]).await;
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.text().await.unwrap().contains("4 tries left"));
+    let right =
+        post(&laptop, &proxy, "/.portcullis/login/email/code", &[("csrf", &csrf), ("rd", "/"), ("code", &code)]).await;
+    assert_eq!(right.status(), 303, "Alice has no second factor here: signed in");
+    assert_eq!(laptop.navigate(&proxy.url("/wiki")).await.status(), 200);
+    // Cross-site posts are refused like every other form.
+    let forged = laptop
+        .http
+        .post(proxy.url("/.portcullis/login/email"))
+        .header("origin", "https://evil.example")
+        .form(&[("csrf", csrf.as_str()), ("email", ALICE.email)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_link_an_emailed_code_is_not_a_second_factor_and_without_the_setting_there_are_no_links() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml(&format!("{LINKS}[mfa]\nemail_otp = true\ntotp = false\n")).start();
+    // Alice's only second step is codes by email.
+    let setup = Browser::new();
+    setup.login(&proxy, &ALICE).await;
+    let page = setup.navigate(&proxy.url("/.portcullis/enroll/email?rd=%2F")).await.text().await.unwrap();
+    let csrf = form_field(&page, "csrf").unwrap();
+    let before = proxy.mail_files();
+    assert_eq!(post(&setup, &proxy, "/.portcullis/enroll/email", &[("csrf", &csrf), ("rd", "/")]).await.status(), 303);
+    let mail = proxy.wait_for_new_mail(&before, "Confirm your address");
+    let start = mail.find("Your confirmation code is ").unwrap() + "Your confirmation code is ".len();
+    let confirmation: String = mail[start..].chars().take(6).collect();
+    let confirmed = post(
+        &setup,
+        &proxy,
+        "/.portcullis/enroll/email/confirm",
+        &[("csrf", &csrf), ("rd", "/"), ("code", &confirmation)],
+    )
+    .await;
+    assert_eq!(confirmed.status(), 303);
+
+    // A link, then: the mailbox cannot be the second step as well. No code is sent, and the page
+    // says to use the password.
+    let laptop = Browser::new();
+    let before = proxy.mail_files();
+    ask(&laptop, &proxy, ALICE.email, "/").await;
+    let link = link_in_new_mail(&proxy, &before);
+    let opened = laptop.navigate(&link).await;
+    assert_eq!(opened.status(), 303);
+    let challenge = laptop.navigate(opened.headers()["location"].to_str().unwrap()).await;
+    assert_eq!(challenge.status(), 403);
+    assert!(challenge.text().await.unwrap().contains("Sign in with your password"));
+    let mails = proxy.mail_files().len();
+    assert_eq!(laptop.navigate(&proxy.url("/wiki")).await.status(), 303);
+    assert_eq!(proxy.mail_files().len(), mails, "no sign-in code was sent after the link");
+
+    // Without [login.email_link]: no offer on the login page, and the pages do not exist.
+    let plain = crate::harness::proxy(&upstream.url()).start();
+    let stranger = Browser::new();
+    let login = stranger.navigate(&plain.url("/.portcullis/login")).await.text().await.unwrap();
+    assert!(!login.contains("sign-in link"), "{login}");
+    assert_eq!(stranger.navigate(&plain.url("/.portcullis/login/email")).await.status(), 404);
+    assert_eq!(stranger.navigate(&plain.url("/.portcullis/login/email/open?token=x")).await.status(), 404);
+}
