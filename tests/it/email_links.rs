@@ -9,14 +9,14 @@ use crate::harness::{ALICE, Browser, Proxy, form_field, proxy};
 use crate::mfa::{code, enroll, submit_code};
 use crate::upstream::Upstream;
 
-const LINKS: &str = "[login.email_link]\nenabled = true\n";
+pub(crate) const LINKS: &str = "[login.email_link]\nenabled = true\n";
 
 async fn post(browser: &Browser, proxy: &Proxy, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
     browser.http.post(proxy.url(path)).header("origin", proxy.origin()).form(fields).send().await.unwrap()
 }
 
 /// Asks for a link for `address` from `browser` (going to `rd`); returns the page's answer.
-async fn ask(browser: &Browser, proxy: &Proxy, address: &str, rd: &str) -> (reqwest::StatusCode, String) {
+pub(crate) async fn ask(browser: &Browser, proxy: &Proxy, address: &str, rd: &str) -> (reqwest::StatusCode, String) {
     let login = browser.navigate(&proxy.url(&format!("/.portcullis/login?rd={}", rd.replace('/', "%2F")))).await;
     let login = login.text().await.unwrap();
     let start = login.find("/.portcullis/login/email?rd=").expect("the login page offers a link");
@@ -30,7 +30,12 @@ async fn ask(browser: &Browser, proxy: &Proxy, address: &str, rd: &str) -> (reqw
 
 /// The link in the newest mail that arrived since `before`.
 fn link_in_new_mail(proxy: &Proxy, before: &HashSet<std::path::PathBuf>) -> String {
-    let mail = proxy.wait_for_new_mail(before, "Your sign-in link").replace("=\r\n", "").replace("=3D", "=");
+    link_in(proxy, &proxy.wait_for_new_mail(before, "Your sign-in link"))
+}
+
+/// The sign-in link in a mail as sent (quoted-printable soft breaks and `=3D` undone).
+pub(crate) fn link_in(proxy: &Proxy, mail: &str) -> String {
+    let mail = mail.replace("=\r\n", "").replace("=\n", "").replace("=3D", "=");
     let marker = "/.portcullis/login/email/open?token=";
     let start = mail.find(marker).unwrap() + marker.len();
     let token: String = mail[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || "-_".contains(*c)).collect();

@@ -234,3 +234,25 @@ async fn a_deferred_mail_does_not_hold_up_the_next() {
     let mail = sink.next().await;
     assert_eq!(mail.to, vec!["<bob@example.com>".to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sign_in_link_goes_through_the_smtp_server_and_signs_in() {
+    let mut sink = Sink::start(0).await;
+    let (_keep, password) = password_file();
+    let upstream = Upstream::start().await;
+    let config = format!("{}\n{}", notify_toml(sink.port, &password), crate::email_links::LINKS);
+    let proxy = proxy(&upstream.url()).toml(&config).start();
+    let browser = Browser::new();
+    let (status, _) = crate::email_links::ask(&browser, &proxy, ALICE.email, "/wiki").await;
+    assert_eq!(status, 200);
+    let mail = sink.next().await;
+    assert_eq!(mail.to, vec!["<alice@example.com>".to_string()]);
+    assert!(mail.data.contains("Subject: Your sign-in link"), "{}", mail.data);
+    let link = crate::email_links::link_in(&proxy, &mail.data);
+    let opened = browser.navigate(&link).await;
+    assert_eq!(opened.status(), 303);
+    assert_eq!(opened.headers()["location"], proxy.url("/wiki").as_str(), "no second factor here: signed in");
+    assert_eq!(browser.navigate(&proxy.url("/wiki")).await.status(), 200);
+    let token = link.rsplit('=').next().unwrap();
+    assert!(!proxy.stderr.all().join("\n").contains(token), "the link never reaches the log");
+}
