@@ -74,3 +74,29 @@ fn anchors(ca: &Path) -> Result<(Vec<CertificateDer<'static>>, RootCertStore), T
     }
     Ok((certs, store))
 }
+
+/// A TLS client configuration trusting `extra` (DER certificates from an operator's CA file)
+/// when given, else the system's trust anchors: for clients hyper does not build (LDAP).
+pub fn client_config(extra: &[Vec<u8>]) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    if extra.is_empty() {
+        let found = rustls_native_certs::load_native_certs();
+        for cert in found.certs {
+            // A system bundle may hold a certificate rustls cannot use; the others still count.
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            return Err(format!("no trust anchors found on this system ({:?})", found.errors));
+        }
+    } else {
+        for der in extra {
+            roots.add(CertificateDer::from(der.clone())).map_err(|e| e.to_string())?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}

@@ -8,6 +8,7 @@
 //! says what was wrong, `reload` decides what a changed file may change in a running proxy.
 
 pub mod access;
+pub mod ldap;
 pub mod notify;
 pub mod problems;
 pub mod providers;

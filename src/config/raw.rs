@@ -206,6 +206,25 @@ pub struct RawLogin {
     pub queue_limit: Option<i64>,
     #[serde(default)]
     pub email_link: RawEmailLink,
+    pub ldap: Option<RawLdap>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLdap {
+    pub url: Option<String>,
+    pub starttls: Option<bool>,
+    pub ca_file: Option<String>,
+    pub bind_dn: Option<String>,
+    pub bind_password_file: Option<String>,
+    pub base_dn: Option<String>,
+    pub user_filter: Option<String>,
+    pub display_name_attribute: Option<String>,
+    pub email_attribute: Option<String>,
+    pub groups_from: Option<String>,
+    pub group_base_dn: Option<String>,
+    pub group_filter: Option<String>,
+    pub group_name_attribute: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

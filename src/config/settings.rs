@@ -420,4 +420,6 @@ pub struct LoginSettings {
     pub queue_limit: usize,
     /// Signing in with a link sent by email (`[login.email_link] enabled`).
     pub email_link: bool,
+    /// Passwords checked against a directory (`[login.ldap]`) for names not in the users file.
+    pub ldap: Option<std::sync::Arc<crate::config::ldap::LdapSettings>>,
 }

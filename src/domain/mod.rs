@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod clock_health;
+pub mod directory;
 pub mod email_link;
 pub mod factors;
 pub mod first_factor;

@@ -13,6 +13,8 @@ use zeroize::Zeroizing;
 
 use crate::base::clock::{SharedClock, UnixTime};
 use crate::base::text::Escaped;
+use crate::config::ldap::LdapSettings;
+use crate::domain::directory::{Directory, DirectoryRefused};
 use crate::domain::known_browser::KnownBrowsers;
 use crate::domain::notify::{Notifier, SecurityEvent};
 use crate::domain::password::{HashError, PasswordChecker, PasswordProof};
@@ -36,6 +38,9 @@ pub enum PasswordRefused {
     Busy,
     #[error("the password could not be checked: {0}")]
     Internal(String),
+    /// The directory (`[login.ldap]`) could not be asked.
+    #[error("the directory cannot be reached")]
+    DirectoryUnavailable,
 }
 
 /// Checks passwords. Shares the user directory, the regulator and the notifier with the rest of
@@ -48,6 +53,8 @@ pub struct SignIn {
     pub known_browsers: KnownBrowsers,
     pub notifier: Arc<Notifier>,
     pub clock: SharedClock,
+    /// Checks passwords of names the users file lacks against `[login.ldap]`.
+    pub directory: Directory,
 }
 
 impl SignIn {
@@ -56,12 +63,15 @@ impl SignIn {
     /// (OWASP "device cookies"), so someone guessing from elsewhere cannot lock its owner out;
     /// any other attempt counts against the account and the client's address. When a failure
     /// pauses the account, its owner is told.
+    ///
+    /// A name the users file does not have is checked against the directory when `ldap` is set
+    /// (`[login.ldap]`), under exactly the same regulation.
     pub async fn check_password<'a>(
         &self,
         username: &str,
         password: Zeroizing<String>,
         client: IpAddr,
-        browser_cookies: impl IntoIterator<Item = &'a str>,
+        (browser_cookies, ldap): (impl IntoIterator<Item = &'a str>, Option<&LdapSettings>),
     ) -> Result<PasswordProof, PasswordRefused> {
         let now = self.clock.now();
         // In logs, what the client typed is escaped: a name is not known to be one yet.
@@ -89,7 +99,24 @@ impl SignIn {
                 });
             }
         };
-        match self.passwords.verify(password, user.as_ref()).await {
+        let local = self.users.get_local(username);
+        let checked = match (local, ldap, Username::parse(username)) {
+            (None, Some(ldap), Ok(name)) => match self.directory.check(ldap, &name, &password).await {
+                Ok(proof) => {
+                    self.users.remember_from_directory(proof.user().clone());
+                    Ok(Some(proof))
+                }
+                Err(DirectoryRefused::Wrong) => Ok(None),
+                Err(DirectoryRefused::Unavailable(why)) => {
+                    // Nothing was decided about the password: not counted either way.
+                    drop(attempt);
+                    tracing::error!(target: "portcullis::security", user = %logged, "password not checked: {why}");
+                    return Err(PasswordRefused::DirectoryUnavailable);
+                }
+            },
+            (local, _, _) => self.passwords.verify(password, local.as_ref()).await,
+        };
+        match checked {
             Ok(Some(proof)) => {
                 if let Err(e) = attempt.succeeded().await {
                     tracing::error!("could not record a right password: {e}");

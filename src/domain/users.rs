@@ -240,17 +240,42 @@ pub struct UserDirectory {
     path: PathBuf,
     users: ArcSwap<HashMap<String, Arc<User>>>,
     seen: Mutex<FileStamp>,
+    /// Accounts a directory (`[login.ldap]`) vouched for since start-up, as of their last sign-in:
+    /// what their sessions are resolved against. Memory only: after a restart they sign in again.
+    from_directory: dashmap::DashMap<String, Arc<User>>,
 }
 
 impl UserDirectory {
     pub fn load(path: &Path) -> Result<Self, UsersError> {
         let seen = stamp(path);
         let users = read(path)?;
-        Ok(Self { path: path.into(), users: ArcSwap::from_pointee(users), seen: Mutex::new(seen) })
+        Ok(Self {
+            path: path.into(),
+            users: ArcSwap::from_pointee(users),
+            seen: Mutex::new(seen),
+            from_directory: Default::default(),
+        })
     }
 
+    /// The account called `name`: the users file's, else one a directory vouched for. A name in
+    /// the users file is always that local account.
     pub fn get(&self, name: &str) -> Option<Arc<User>> {
+        self.users.load().get(name).cloned().or_else(|| self.from_directory.get(name).map(|u| u.value().clone()))
+    }
+
+    /// The users file's account called `name` (whose password the proxy checks itself).
+    pub fn get_local(&self, name: &str) -> Option<Arc<User>> {
         self.users.load().get(name).cloned()
+    }
+
+    /// Remembers (or refreshes) an account a directory just vouched for.
+    pub fn remember_from_directory(&self, user: Arc<User>) {
+        self.from_directory.insert(user.name.as_str().to_string(), user);
+    }
+
+    /// Whether `user` came from a directory (its password is not the proxy's to change).
+    pub fn is_from_directory(&self, user: &User) -> bool {
+        self.get_local(user.name.as_str()).is_none() && self.from_directory.contains_key(user.name.as_str())
     }
 
     /// The user whose [`User::account_key`] is `account_key` (a scan: only for sign-ins that name
@@ -259,9 +284,12 @@ impl UserDirectory {
         self.users.load().values().find(|user| user.account_key == account_key).cloned()
     }
 
-    /// Every account, in no particular order.
+    /// Every account, in no particular order (directory accounts seen since start-up included).
     pub fn all(&self) -> Vec<Arc<User>> {
-        self.users.load().values().cloned().collect()
+        let local = self.users.load();
+        let mut all: Vec<Arc<User>> = local.values().cloned().collect();
+        all.extend(self.from_directory.iter().filter(|u| !local.contains_key(u.key())).map(|u| u.value().clone()));
+        all
     }
 
     pub fn len(&self) -> usize {

@@ -162,6 +162,7 @@ impl Server {
             known_browsers,
             notifier: notifier.clone(),
             clock: clock.clone(),
+            directory: Default::default(),
         };
         let app = Arc::new(App {
             config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),

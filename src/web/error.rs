@@ -66,6 +66,9 @@ pub enum WebError {
     /// A setup of a kind no active provider offers (a deprecated one, or a forged form).
     #[error("that kind of second step is not offered")]
     FactorNotOffered,
+    /// A directory account's password (`[login.ldap]`) is changed in the directory.
+    #[error("the password is kept by the directory")]
+    PasswordInDirectory,
     /// A sign-in link (or its code) that signs nobody in: used, replaced, run out, or unknown.
     #[error("the sign-in link is not valid")]
     SignInLinkInvalid,
@@ -362,6 +365,12 @@ impl WebError {
                 "Your second step was turned off",
                 format!("Your password was right, but {names} can no longer be used to sign in here: your administrator turned it off, and no other kind of second step can be set up right now. Until that changes you cannot go on. Contact your administrator: they can turn it back on, or send you a recovery link with which you set up a new second step."),
                 Some((Destination::Logout.path().into(), "Sign out")),
+            ),
+            Self::PasswordInDirectory => (
+                StatusCode::FORBIDDEN,
+                "Change it in your directory",
+                "Your password is kept by your organisation's directory, not here. Change it where you manage your organisation account; the new one works here at once.".into(),
+                Some((Destination::Account.path().into(), "Back to your account")),
             ),
             Self::SignInLinkInvalid => (
                 StatusCode::GONE,

@@ -41,6 +41,8 @@ pub enum LoginError {
     PasskeyRefused,
     /// The passkey request ran out or was used already.
     PasskeyExpired,
+    /// The directory that checks this name's password (`[login.ldap]`) cannot be reached.
+    DirectoryUnavailable,
 }
 
 #[derive(Template)]
@@ -78,6 +80,8 @@ pub struct FramedSignInPage<'a> {
 #[derive(Template)]
 #[template(path = "account.html")]
 pub struct AccountPage<'a> {
+    /// The password is the directory's (`[login.ldap]`): changed there, not here.
+    pub password_elsewhere: bool,
     pub username: &'a str,
     pub display_name: &'a str,
     pub email: &'a str,

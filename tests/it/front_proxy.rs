@@ -37,7 +37,7 @@ fn swap(text: &str, from: &str, to: &str, file: &Path) -> String {
     text.replace(from, to)
 }
 
-fn present(program: &str, test: &str) -> bool {
+pub(crate) fn present(program: &str, test: &str) -> bool {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .stdout(Stdio::null())
@@ -117,7 +117,7 @@ impl Front {
 
     /// Starts `command` in its own process group (so its workers go with it, see Drop) and
     /// waits for the line that says it serves.
-    fn run(mut command: Command, ready: &str, port: u16, dir: tempfile::TempDir) -> Self {
+    pub(crate) fn run(mut command: Command, ready: &str, port: u16, dir: tempfile::TempDir) -> Self {
         let mut child = command
             .process_group(0)
             .stdin(Stdio::null())

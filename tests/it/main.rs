@@ -23,6 +23,7 @@ mod hosts;
 mod hypercorn;
 mod identity_keys;
 mod layers;
+mod ldap;
 mod mfa;
 mod passkeys;
 mod pausing;

@@ -4,6 +4,7 @@
 mod access;
 #[cfg(test)]
 mod access_tests;
+mod ldap;
 mod mail;
 mod providers;
 #[cfg(test)]
@@ -195,6 +196,7 @@ impl Validator {
             hash_workers: self.count("login.hash_workers", raw.login.hash_workers, default_workers, 256),
             queue_limit: self.count("login.queue_limit", raw.login.queue_limit, 64, 100_000),
             email_link: raw.login.email_link.enabled.unwrap_or(false),
+            ldap: self.ldap(raw.login.ldap),
         };
         let minute = Duration::from_secs(60);
         let max_failures = self.count("regulation.max_failures", raw.regulation.max_failures, 5, 1000) as u32;

@@ -36,6 +36,11 @@ impl PasswordProof {
         &self.user
     }
 
+    /// A password a directory accepted by a bind as the user (`domain/directory.rs`).
+    pub(in crate::domain) fn checked_by_directory(user: Arc<User>) -> Self {
+        Self { user }
+    }
+
     /// For unit tests of what happens after a password (sessions), without hashing one.
     #[cfg(test)]
     pub(crate) fn for_tests(user: Arc<User>) -> Self {

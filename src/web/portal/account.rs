@@ -109,6 +109,7 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
         })
         .collect();
     let page = pages::AccountPage {
+        password_elsewhere: app.users.is_from_directory(full.user()),
         username: user.name.as_str(),
         display_name: &user.display_name,
         email: &user.email,

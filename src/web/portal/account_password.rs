@@ -37,6 +37,7 @@ fn render(
 pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
     let path = AccountAction::ChangePassword.path();
     match full_session(app, request.headers(), &path).await.and_then(|full| fresh_enough(app, full, &path)) {
+        Ok(full) if app.users.is_from_directory(full.user()) => Err(WebError::PasswordInDirectory),
         Ok(full) => Ok(render(&full, StatusCode::OK, None, None)),
         Err(elsewhere) => Ok(*elsewhere),
     }
@@ -71,6 +72,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         Some(Session::Full(full)) => full,
     };
     let full = match fresh_enough(app, full, &path) {
+        Ok(full) if app.users.is_from_directory(full.user()) => return Err(WebError::PasswordInDirectory),
         Ok(full) => full,
         Err(elsewhere) => return Ok(*elsewhere),
     };

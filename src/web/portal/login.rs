@@ -71,7 +71,9 @@ pub(super) async fn check_password(
     let known_browser_cookie = app.config().session.known_browser_cookie();
     let browser_cookies = cookie_values(headers, &known_browser_cookie);
     let client = client_ip(app, headers, conn);
-    match app.sign_in.check_password(username, password, client, browser_cookies).await {
+    let config = app.config();
+    let ldap = config.login.ldap.as_deref();
+    match app.sign_in.check_password(username, password, client, (browser_cookies, ldap)).await {
         Ok(proof) => Ok(proof),
         Err(PasswordRefused::Wrong) => Err(Ok(render(StatusCode::UNAUTHORIZED, LoginError::BadCredentials))),
         Err(PasswordRefused::Paused { until, who }) => {
@@ -89,6 +91,11 @@ pub(super) async fn check_password(
         Err(PasswordRefused::Busy) => {
             let mut response = render(StatusCode::SERVICE_UNAVAILABLE, LoginError::Busy);
             retry_after(&mut response, 2);
+            Err(Ok(response))
+        }
+        Err(PasswordRefused::DirectoryUnavailable) => {
+            let mut response = render(StatusCode::SERVICE_UNAVAILABLE, LoginError::DirectoryUnavailable);
+            retry_after(&mut response, 30);
             Err(Ok(response))
         }
         Err(PasswordRefused::Internal(e)) => Err(Err(WebError::Internal(e))),
