@@ -168,6 +168,25 @@ pub enum UserCommand {
     /// The same as `admin reset-2fa` (kept for scripts written for earlier versions).
     #[command(name = "reset-2fa")]
     Reset2fa { name: String },
+    /// Link an OpenID Connect identity to an account: signing in with it reaches the account
+    /// (its second step still applies). The owner is mailed.
+    Link {
+        name: String,
+        /// The `[[login.oidc]]` provider's id.
+        #[arg(long)]
+        oidc: String,
+        /// The identity's `sub` at that provider.
+        #[arg(long)]
+        subject: String,
+    },
+    /// Unlink an OpenID Connect identity from an account.
+    Unlink {
+        name: String,
+        #[arg(long)]
+        oidc: String,
+        #[arg(long)]
+        subject: String,
+    },
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -365,6 +384,14 @@ fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {
                     format!("removed {name} from the users file, but their stored factors were not removed: {e}")
                 })?;
             print_reply(&forgotten, AdminView::Plain);
+        }
+        UserCommand::Link { name, oidc, subject } => {
+            let request = admin::Request::Identity { user: name, provider: oidc, subject, link: true };
+            print_reply(&admin_request(&config, request)?, AdminView::Plain);
+        }
+        UserCommand::Unlink { name, oidc, subject } => {
+            let request = admin::Request::Identity { user: name, provider: oidc, subject, link: false };
+            print_reply(&admin_request(&config, request)?, AdminView::Plain);
         }
         UserCommand::Reset2fa { name } => {
             let reply = admin_request(&config, admin::Request::Reset2fa { user: name })?;
@@ -566,6 +593,13 @@ fn print_reply(reply: &admin::Reply, view: AdminView) {
             }
             print!("{}", table.render());
         }
+        Reply::Identity { user, provider, link: true, changed, .. } => {
+            println!("{} {provider} identity to {user}", if *changed { "linked the" } else { "already linked: the" })
+        }
+        Reply::Identity { user, provider, link: false, changed, .. } => println!(
+            "{} {provider} identity from {user}",
+            if *changed { "unlinked the" } else { "nothing to unlink: no such" }
+        ),
         Reply::Forgotten { user, ended } => println!(
             "removed {user}: their second factors, recovery codes and remembered browsers are deleted, and {ended} session(s) ended"
         ),

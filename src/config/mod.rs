@@ -10,6 +10,7 @@
 pub mod access;
 pub mod ldap;
 pub mod notify;
+pub mod oidc;
 pub mod problems;
 pub mod providers;
 mod raw;

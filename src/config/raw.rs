@@ -207,6 +207,19 @@ pub struct RawLogin {
     #[serde(default)]
     pub email_link: RawEmailLink,
     pub ldap: Option<RawLdap>,
+    pub oidc: Option<Vec<RawOidc>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawOidc {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub trust_provider_mfa: Option<bool>,
+    pub link_by_verified_email: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -196,6 +196,11 @@ impl SessionSettings {
         format!("{}-link", self.cookie_name)
     }
 
+    /// The cookie that ties an OpenID Connect sign-in to the browser that started it.
+    pub fn oidc_cookie(&self) -> String {
+        format!("{}-oidc", self.cookie_name)
+    }
+
     /// Every cookie the proxy sets: never forwarded, never settable by the upstream.
     pub fn own_cookies(&self) -> Vec<String> {
         vec![
@@ -205,6 +210,7 @@ impl SessionSettings {
             self.remember_cookie(),
             self.handoff_cookie(),
             self.link_cookie(),
+            self.oidc_cookie(),
         ]
     }
 }
@@ -422,4 +428,6 @@ pub struct LoginSettings {
     pub email_link: bool,
     /// Passwords checked against a directory (`[login.ldap]`) for names not in the users file.
     pub ldap: Option<std::sync::Arc<crate::config::ldap::LdapSettings>>,
+    /// OpenID Connect providers people may sign in with (`[[login.oidc]]`), in their order.
+    pub oidc: Vec<std::sync::Arc<crate::config::oidc::OidcProvider>>,
 }

@@ -35,6 +35,12 @@ impl From<PasswordProof> for FirstFactorProof {
     }
 }
 
+impl From<crate::domain::identities::OidcProof> for FirstFactorProof {
+    fn from(proof: crate::domain::identities::OidcProof) -> Self {
+        Self { user: proof.into_user(), method: AuthMethod::Fed }
+    }
+}
+
 impl From<crate::domain::email_link::EmailLinkProof> for FirstFactorProof {
     fn from(proof: crate::domain::email_link::EmailLinkProof) -> Self {
         Self { user: proof.into_user(), method: AuthMethod::Link }

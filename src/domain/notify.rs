@@ -52,6 +52,14 @@ pub enum SecurityEvent {
     SignInCode {
         code: String,
     },
+    /// An OpenID Connect identity was linked to the account: signing in with it now reaches it.
+    IdentityLinked {
+        provider: String,
+    },
+    /// Such an identity was unlinked.
+    IdentityUnlinked {
+        provider: String,
+    },
     /// A link that signs in (`[login.email_link]`), to the account's address.
     SignInLink {
         url: String,
@@ -120,6 +128,14 @@ impl SecurityEvent {
             Self::SignInCode { code } => (
                 "Your sign-in code",
                 format!("Your code is {code}. It works once, for 10 minutes. If you are not signing in right now, someone knows your password: change it, and do not give this code to anyone."),
+            ),
+            Self::IdentityLinked { provider } => (
+                "A new way to sign in was added",
+                format!("Your {provider} account can now be used to sign in to this account (your second step still applies). If you did not expect this, tell your administrator at once."),
+            ),
+            Self::IdentityUnlinked { provider } => (
+                "A way to sign in was removed",
+                format!("Your {provider} account can no longer be used to sign in to this account."),
             ),
             Self::SignInLink { url } => (
                 "Your sign-in link",
@@ -499,6 +515,8 @@ mod tests {
             SecurityEvent::RecoveredWithLink,
             SecurityEvent::SignInCode { code: "123456".into() },
             SecurityEvent::SignInLink { url: "https://app.example.com/.portcullis/login/email/open?token=x".into() },
+            SecurityEvent::IdentityLinked { provider: "Google".into() },
+            SecurityEvent::IdentityUnlinked { provider: "Google".into() },
             SecurityEvent::ConfirmAddress { code: "654321".into() },
             SecurityEvent::EmailEnrolled,
             SecurityEvent::KeyAdded { name: "Blue key".into() },

@@ -53,6 +53,9 @@ pub enum Request {
     RotateIdentityKey,
     /// The factor providers, with how many accounts have a factor pointing at each.
     Providers,
+    /// Links an OpenID Connect identity (`subject` at the `[[login.oidc]]` provider `provider`)
+    /// to a user's account, or (`link: false`) unlinks it.
+    Identity { user: String, provider: String, subject: String, link: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +109,14 @@ pub enum Reply {
     },
     Providers {
         providers: Vec<crate::domain::factors::providers::ProviderRow>,
+    },
+    /// An identity linked (`link`) or unlinked; `changed` false when it already was so.
+    Identity {
+        user: String,
+        provider: String,
+        subject: String,
+        link: bool,
+        changed: bool,
     },
     Refused {
         reason: String,
@@ -250,11 +261,75 @@ impl Admin {
                 self.recovery_link(&user, valid_for, email, operator).await?
             }
             Request::RotateIdentityKey => self.rotate_identity_key(operator).await,
+            Request::Identity { user, provider, subject, link } => {
+                self.identity(&user, &provider, &subject, link, operator).await?
+            }
             Request::Providers => {
                 let records: Vec<_> = self.users.all().iter().map(|user| self.accounts.get(user)).collect();
                 let census = providers::census(records.iter().map(|r| r.as_ref()));
                 Reply::Providers { providers: providers::rows(&self.config.load().mfa.providers, &census) }
             }
+        })
+    }
+
+    /// Links or unlinks an OpenID Connect identity, mailing the account's owner.
+    async fn identity(
+        &self,
+        user: &str,
+        provider: &str,
+        subject: &str,
+        link: bool,
+        operator: &str,
+    ) -> Result<Reply, AdminError> {
+        let config = self.config.load();
+        let Some(oidc) = config.login.oidc.iter().find(|p| p.id == provider) else {
+            return Ok(Reply::Refused { reason: format!("no [[login.oidc]] provider has id {provider:?}") });
+        };
+        let Some(account) = self.users.get(user) else {
+            return Ok(Reply::Refused { reason: format!("no user named {user}") });
+        };
+        let subject = subject.trim();
+        if subject.is_empty() || subject.len() > 255 {
+            return Ok(Reply::Refused { reason: "a subject is 1 to 255 characters (OpenID Connect Core §2)".into() });
+        }
+        let now = self.clock.now();
+        let changed = if link {
+            match crate::domain::identities::link(
+                &self.accounts,
+                &account,
+                (provider, &oidc.issuer, subject),
+                "operator",
+                now,
+            )
+            .await
+            {
+                Ok(changed) => changed,
+                Err(crate::domain::identities::LinkError::OtherAccount) => {
+                    return Ok(Reply::Refused {
+                        reason: "that identity is linked to another account; unlink it there first".into(),
+                    });
+                }
+                Err(crate::domain::identities::LinkError::Store(e)) => return Err(e.into()),
+            }
+        } else {
+            crate::domain::identities::unlink(&self.accounts, &account, provider, subject).await?
+        };
+        if changed {
+            let name = oidc.name.clone();
+            let event = if link {
+                SecurityEvent::IdentityLinked { provider: name }
+            } else {
+                SecurityEvent::IdentityUnlinked { provider: name }
+            };
+            self.notifier.send(&account, event, now, false);
+            tracing::warn!(target: "portcullis::security", %operator, %user, %provider, link, "admin: sign-in identity changed");
+        }
+        Ok(Reply::Identity {
+            user: user.to_string(),
+            provider: provider.to_string(),
+            subject: subject.to_string(),
+            link,
+            changed,
         })
     }
 

@@ -59,6 +59,8 @@ pub enum StartError {
     Telemetry(#[from] crate::server::telemetry::TelemetryError),
     #[error("cannot start worker {index}: {source}")]
     Worker { index: usize, source: std::io::Error },
+    #[error("cannot set up the OpenID Connect client: {0}")]
+    Oidc(String),
 }
 
 /// Says at start how assertions are signed, and warns after an upgrade that moved a setup that
@@ -174,6 +176,7 @@ impl Server {
             pending: Pending::default(),
             passkey_logins: Default::default(),
             email_links: Default::default(),
+            oidc: crate::domain::oidc::OidcLogins::new().map_err(StartError::Oidc)?,
             handoff: Default::default(),
             regulator,
             clock_warnings: Default::default(),
@@ -458,6 +461,7 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             app.handoff.sweep(app.clock.now());
             app.passkey_logins.sweep(app.clock.now());
             app.email_links.sweep(app.clock.now());
+            app.oidc.sweep(app.clock.now());
             let drift = app.factors.drift.report();
             if drift.skew_likely() != skew_reported {
                 skew_reported = drift.skew_likely();

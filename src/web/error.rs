@@ -66,6 +66,21 @@ pub enum WebError {
     /// A setup of a kind no active provider offers (a deprecated one, or a forged form).
     #[error("that kind of second step is not offered")]
     FactorNotOffered,
+    /// An OpenID provider cannot be used now (unreachable, or its metadata or keys unusable).
+    #[error("the OpenID provider {name} cannot be used")]
+    ProviderUnavailable { name: String },
+    /// The provider sent the browser back with an error code (`access_denied`, …).
+    #[error("the OpenID provider {name} answered {code}")]
+    ProviderRefused { name: String, code: String },
+    /// A callback for a sign-in this browser did not start (or that ran out, or a forged state).
+    #[error("no OpenID sign-in in progress for this browser")]
+    ProviderSignInNotStarted,
+    /// The code exchange or the ID token was refused.
+    #[error("the answer of the OpenID provider {name} was refused")]
+    ProviderAnswerRefused { name: String },
+    /// The provider's identity is linked to no account (and no verified address links it).
+    #[error("an identity at {name} linked to no account")]
+    IdentityNotLinked { name: String },
     /// A directory account's password (`[login.ldap]`) is changed in the directory.
     #[error("the password is kept by the directory")]
     PasswordInDirectory,
@@ -365,6 +380,36 @@ impl WebError {
                 "Your second step was turned off",
                 format!("Your password was right, but {names} can no longer be used to sign in here: your administrator turned it off, and no other kind of second step can be set up right now. Until that changes you cannot go on. Contact your administrator: they can turn it back on, or send you a recovery link with which you set up a new second step."),
                 Some((Destination::Logout.path().into(), "Sign out")),
+            ),
+            Self::ProviderUnavailable { name } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Signing in with that is not possible right now",
+                format!("{name} cannot be reached at the moment. Try again in a minute, or sign in another way."),
+                Some((Destination::Login.path().into(), "Back to sign in")),
+            ),
+            Self::ProviderRefused { name, code } => (
+                StatusCode::FORBIDDEN,
+                "Not signed in",
+                format!("{name} did not sign you in (it said \"{code}\"). You can try again, or sign in another way."),
+                Some((Destination::Login.path().into(), "Back to sign in")),
+            ),
+            Self::ProviderSignInNotStarted => (
+                StatusCode::BAD_REQUEST,
+                "Start signing in again",
+                "This sign-in was not started in this browser, or it took longer than 10 minutes. Start again from the sign-in page.".into(),
+                Some((Destination::Login.path().into(), "Back to sign in")),
+            ),
+            Self::ProviderAnswerRefused { name } => (
+                StatusCode::FORBIDDEN,
+                "Not signed in",
+                format!("The answer from {name} could not be accepted. Start again from the sign-in page; if it happens again, tell your administrator."),
+                Some((Destination::Login.path().into(), "Back to sign in")),
+            ),
+            Self::IdentityNotLinked { name } => (
+                StatusCode::FORBIDDEN,
+                "No account for this sign-in",
+                format!("Your {name} account is not linked to an account here. Sign in another way, or ask your administrator to link it."),
+                Some((Destination::Login.path().into(), "Back to sign in")),
             ),
             Self::PasswordInDirectory => (
                 StatusCode::FORBIDDEN,

@@ -57,6 +57,8 @@ pub struct LoginPage<'a> {
     pub passkey_options: Option<&'a str>,
     /// "Email me a sign-in link" (`[login.email_link]`), keeping where the visitor was going.
     pub link_url: Option<&'a str>,
+    /// One "Sign in with …" per OpenID provider: its name and where it starts.
+    pub providers: Vec<(String, String)>,
 }
 
 #[derive(Template)]
@@ -535,6 +537,7 @@ mod tests {
             username: "<b>",
             passkey_options: None,
             link_url: None,
+            providers: Vec::new(),
         };
         let html = page.render().unwrap();
         assert!(!html.contains("<script>"));

@@ -23,6 +23,10 @@ pub enum OwnPage {
     LoginEmailOpen,
     /// The code shown where a link was opened in another browser, typed into the asking one.
     LoginEmailCode,
+    /// Sign in through the OpenID Connect provider with this id: off to the provider.
+    OidcStart(String),
+    /// The provider sends the browser back here.
+    OidcCallback(String),
     Logout,
     Account,
     /// Prove the second factor (after the password, or again before a sensitive change).
@@ -210,6 +214,22 @@ pub fn normalize(path: &str) -> String {
     format!("/{}{}", segments.join("/"), if trailing { "/" } else { "" })
 }
 
+/// `<id>` or `<id>/callback` under `/login/oidc/`: a provider id as `[[login.oidc]]` allows.
+fn oidc_page(rest: &str) -> OwnPage {
+    let (id, callback) = match rest.strip_suffix("/callback") {
+        Some(id) => (id, true),
+        None => (rest, false),
+    };
+    let valid = !id.is_empty()
+        && id.len() <= 27
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    match (valid, callback) {
+        (false, _) => OwnPage::NotFound,
+        (true, false) => OwnPage::OidcStart(id.to_string()),
+        (true, true) => OwnPage::OidcCallback(id.to_string()),
+    }
+}
+
 pub fn route(path: &str) -> Route {
     let normal = normalize(path);
     let own = normal == PREFIX || normal.starts_with(&format!("{PREFIX}/"));
@@ -243,6 +263,7 @@ pub fn route(path: &str) -> Route {
         "/jwks.json" => OwnPage::Jwks,
         "/security-keys/new" => OwnPage::SecurityKeyNew,
         "/security-keys/remove" => OwnPage::SecurityKeyRemove,
+        rest if rest.starts_with("/login/oidc/") => oidc_page(&rest["/login/oidc/".len()..]),
         rest => match (rest.strip_prefix("/static/"), rest.strip_prefix("/account/").and_then(AccountAction::parse)) {
             (Some(name), _) if !name.is_empty() && !name.contains('/') => OwnPage::Static(name.to_string()),
             (_, Some(action)) => OwnPage::AccountAction(action),

@@ -32,6 +32,8 @@ pub struct App {
     pub signer: Arc<AssertionSigner>,
     /// Enrollment state between page loads, per session.
     pub pending: Pending,
+    /// OpenID Connect sign-ins in progress, and the providers' metadata (`[[login.oidc]]`).
+    pub oidc: crate::domain::oidc::OidcLogins,
     /// Sign-in links sent and not yet used (`[login.email_link]`).
     pub email_links: crate::domain::email_link::EmailLinks,
     /// Passkey sign-ins in progress, per browser (`webauthn.passwordless`).
@@ -107,13 +109,14 @@ impl App {
     /// Whether `full` proved a second factor that still counts (its provider was not disabled
     /// since): what access rules asking for a second factor weigh.
     pub fn proved_counting_factor(&self, full: &FullSession) -> bool {
-        full.proved_second_factor()
-            && providers::proof_counts(
-                full.amr(),
-                (full.proven_with(), full.keys_used()),
-                &self.account(full.user()),
-                &self.config().mfa.providers,
-            )
+        self.provider_mfa_holds(full)
+            || full.proved_second_factor()
+                && providers::proof_counts(
+                    full.amr(),
+                    (full.proven_with(), full.keys_used()),
+                    &self.account(full.user()),
+                    &self.config().mfa.providers,
+                )
     }
 
     /// An account whose every factor's provider was disabled: what the stranded page explains.
@@ -201,8 +204,20 @@ impl App {
         if full.signed_in_by_passkey() {
             return proved && config.webauthn.passwordless && config.mfa.security_keys;
         }
-        let has_factor = providers::has_counting_factor(&record, providers);
-        policy::full_session_allowed(self.requirement(full.user()), has_factor, proved)
+        // An OpenID provider's own MFA, trusted for it: the second factor this session proved,
+        // and one the account has, as long as the trust lasts.
+        let provider_mfa = self.provider_mfa_holds(full);
+        let has_factor = provider_mfa || providers::has_counting_factor(&record, providers);
+        policy::full_session_allowed(self.requirement(full.user()), has_factor, proved || provider_mfa)
+    }
+
+    /// Whether `full` proved its second factor with an OpenID provider's MFA (`mfa` in its
+    /// `amr`) and the operator still trusts that provider for it (`trust_provider_mfa`).
+    fn provider_mfa_holds(&self, full: &FullSession) -> bool {
+        full.amr().contains(&crate::domain::factors::proof::AuthMethod::Mfa)
+            && self.config().login.oidc.iter().any(|p| {
+                p.trust_provider_mfa && full.proven_with().iter().any(|id| id.as_str() == format!("oidc_{}", p.id))
+            })
     }
 
     /// Whether the session behind an open tunnel (a WebSocket) may keep it: still a live full

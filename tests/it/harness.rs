@@ -137,6 +137,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// Listen on `port` (chosen by the test, when something must know it before the proxy starts).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
     /// The port browsers use in `public_url`, when a front proxy listens there and not the proxy.
     pub fn public_port(mut self, port: u16) -> Self {
         self.public_port = Some(port);

@@ -25,6 +25,7 @@ mod identity_keys;
 mod layers;
 mod ldap;
 mod mfa;
+mod oidc;
 mod passkeys;
 mod pausing;
 mod providers;

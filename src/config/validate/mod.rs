@@ -6,6 +6,7 @@ mod access;
 mod access_tests;
 mod ldap;
 mod mail;
+mod oidc;
 mod providers;
 #[cfg(test)]
 mod providers_tests;
@@ -197,6 +198,7 @@ impl Validator {
             queue_limit: self.count("login.queue_limit", raw.login.queue_limit, 64, 100_000),
             email_link: raw.login.email_link.enabled.unwrap_or(false),
             ldap: self.ldap(raw.login.ldap),
+            oidc: self.oidc(raw.login.oidc),
         };
         let minute = Duration::from_secs(60);
         let max_failures = self.count("regulation.max_failures", raw.regulation.max_failures, 5, 1000) as u32;

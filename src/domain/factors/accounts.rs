@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::records::AccountRecord;
+use super::records::{AccountRecord, LinkedIdentity};
 use crate::base::clock::UnixTime;
 use crate::domain::users::User;
 use crate::store::{Space, Store, StoreError, Write, decode, encode, text_key};
@@ -20,6 +20,8 @@ pub struct Accounts {
     /// itself names its credential, not its account, and a credential id may belong to one account
     /// only (WebAuthn L3 §7.1 step 25). Kept in step with `records` under the write lock.
     key_owners: DashMap<Vec<u8>, String>,
+    /// Which account each linked OpenID Connect identity (issuer and subject) belongs to: one.
+    identity_owners: DashMap<String, String>,
     store: Arc<dyn Store>,
     /// Serialises read-modify-write cycles, so two code checks for one account cannot both accept
     /// the same time step, and writes reach the store in order. Never taken on the hot path.
@@ -28,16 +30,24 @@ pub struct Accounts {
 
 impl Accounts {
     pub async fn open(store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        let (records, key_owners) = (DashMap::new(), DashMap::new());
+        let (records, key_owners, identity_owners) = (DashMap::new(), DashMap::new(), DashMap::new());
         for (key, value) in store.scan(Space::Accounts).await? {
             let account = text_key(&key)?;
             let record = decode::<AccountRecord>(&value)?;
             for cred_id in credential_ids(&record) {
                 key_owners.insert(cred_id, account.clone());
             }
+            for identity in identity_keys(&record) {
+                identity_owners.insert(identity, account.clone());
+            }
             records.insert(account, Arc::new(record));
         }
-        Ok(Self { records, key_owners, store, write: tokio::sync::Mutex::new(()) })
+        Ok(Self { records, key_owners, identity_owners, store, write: tokio::sync::Mutex::new(()) })
+    }
+
+    /// The account key of the account an OpenID Connect identity is linked to.
+    pub fn owner_of_identity(&self, issuer: &str, subject: &str) -> Option<String> {
+        self.identity_owners.get(&LinkedIdentity::key(issuer, subject)).map(|owner| owner.value().clone())
     }
 
     /// The account key ([`User::account_key`]) of the account a credential id is registered to.
@@ -59,6 +69,9 @@ impl Accounts {
         let removed = self.records.remove(account_key);
         for cred_id in removed.iter().flat_map(|(_, record)| credential_ids(record)) {
             self.key_owners.remove(&cred_id);
+        }
+        for identity in removed.iter().flat_map(|(_, record)| identity_keys(record)) {
+            self.identity_owners.remove(&identity);
         }
         let existed = removed.is_some();
         self.store.apply(vec![Write::Delete { space: Space::Accounts, key: account_key.as_bytes().to_vec() }]).await?;
@@ -116,9 +129,19 @@ impl Accounts {
         for cred_id in credential_ids(&record) {
             self.key_owners.insert(cred_id, user.account_key.clone());
         }
+        for identity in identity_keys(&before) {
+            self.identity_owners.remove(&identity);
+        }
+        for identity in identity_keys(&record) {
+            self.identity_owners.insert(identity, user.account_key.clone());
+        }
         self.records.insert(user.account_key.clone(), Arc::new(record));
         Ok(outcome)
     }
+}
+
+fn identity_keys(record: &AccountRecord) -> impl Iterator<Item = String> + '_ {
+    record.identities.iter().map(|i| LinkedIdentity::key(&i.issuer, &i.subject))
 }
 
 fn credential_ids(record: &AccountRecord) -> impl Iterator<Item = Vec<u8>> + '_ {

@@ -21,5 +21,5 @@ pub mod totp;
 pub mod webauthn;
 
 pub use accounts::Accounts;
-pub use records::{AccountRecord, EmailFactorRecord, FactorKind, RecoveryLinkRecord, TotpRecord};
+pub use records::{AccountRecord, EmailFactorRecord, FactorKind, LinkedIdentity, RecoveryLinkRecord, TotpRecord};
 pub use service::SecondFactors;

@@ -61,6 +61,12 @@ pub enum AuthMethod {
     /// A passkey the authenticator says may be synced between devices (WebAuthn L3 §6.1.3,
     /// the BE flag): a software-protected key (RFC 8176 §2 "swk").
     Swk,
+    /// The second factor an OpenID Connect provider checked and the operator trusts it for
+    /// (`trust_provider_mfa`): RFC 8176 §2 "mfa".
+    Mfa,
+    /// Signed in through an OpenID Connect provider: a federated identity, the first factor.
+    /// Not an RFC 8176 value (it has none for federation); documented in the README.
+    Fed,
     /// A one-time sign-in link sent by email (`[login.email_link]`): the first factor, proving
     /// the mailbox. Not an RFC 8176 value (it has none for it); documented in the README.
     Link,
@@ -83,6 +89,8 @@ impl AuthMethod {
             Self::Swk => "swk",
             Self::User => "user",
             Self::Link => "link",
+            Self::Mfa => "mfa",
+            Self::Fed => "fed",
         }
     }
 
@@ -100,7 +108,7 @@ impl AuthMethod {
 
     /// Whether this stands in for the second factor the policy may ask for.
     pub fn is_second_factor(self) -> bool {
-        matches!(self, Self::Otp | Self::Rc | Self::Email | Self::RememberedBrowser | Self::Hwk | Self::Swk)
+        matches!(self, Self::Otp | Self::Rc | Self::Email | Self::RememberedBrowser | Self::Hwk | Self::Swk | Self::Mfa)
     }
 
     /// Whether NIST SP 800-63B accepts this as the second factor of AAL2: an OTP device (§5.1.4)
@@ -113,7 +121,7 @@ impl AuthMethod {
 
     /// Whether this is a second factor proven just now (what step-up asks for).
     pub fn is_fresh_second_factor(self) -> bool {
-        matches!(self, Self::Otp | Self::Rc | Self::Email | Self::Hwk | Self::Swk)
+        matches!(self, Self::Otp | Self::Rc | Self::Email | Self::Hwk | Self::Swk | Self::Mfa)
     }
 }
 
@@ -143,6 +151,14 @@ impl SecondFactorProof {
     pub(super) fn new(method: AuthMethod, user: &User) -> Self {
         debug_assert!(matches!(method, AuthMethod::Rc | AuthMethod::RememberedBrowser));
         Self { method, account: user.account_key.clone(), provider: None, key: None }
+    }
+
+    /// The second factor an OpenID Connect provider says it checked (its ID token's `amr`), for a
+    /// provider the operator trusts for it (`trust_provider_mfa`). Recorded under the provider
+    /// `oidc_<id>`, so a session made with it stands only while that trust does.
+    pub(in crate::domain) fn from_trusted_provider(user: &User, oidc_provider: &str) -> Self {
+        let provider = ProviderId::parse(&format!("oidc_{oidc_provider}"));
+        Self { method: AuthMethod::Mfa, account: user.account_key.clone(), provider, key: None }
     }
 
     /// A factor of `provider` proven by `user`.

@@ -128,7 +128,8 @@ pub fn proof_counts(
         AuthMethod::Email => proven_kind(FactorKind::Email),
         AuthMethod::Hwk | AuthMethod::Swk => proven_key(),
         AuthMethod::Rc | AuthMethod::RememberedBrowser => has_counting_factor(record, providers),
-        AuthMethod::Pwd | AuthMethod::Link | AuthMethod::User => false,
+        // A provider's MFA (`mfa`) is weighed against the OIDC trust by the caller (`web/state.rs`).
+        AuthMethod::Pwd | AuthMethod::Link | AuthMethod::User | AuthMethod::Fed | AuthMethod::Mfa => false,
     })
 }
 

@@ -44,6 +44,30 @@ pub struct AccountRecord {
     /// Security keys and passkeys (WebAuthn credentials), several per account.
     #[serde(default)]
     pub security_keys: Vec<SecurityKeyRecord>,
+    /// Ways in besides the password: OpenID Connect identities linked to this account.
+    #[serde(default)]
+    pub identities: Vec<LinkedIdentity>,
+}
+
+/// An OpenID Connect identity linked to an account: signing in with it is signing in to the
+/// account (its second factor still follows). An identity is its issuer and `sub` together
+/// (OpenID Connect Core §2: `sub` is unique only within its issuer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedIdentity {
+    /// The `[[login.oidc]]` id it came through.
+    pub provider: String,
+    pub issuer: String,
+    pub subject: String,
+    pub linked_at: UnixTime,
+    /// `operator` (`user link`) or `verified-email` (`link_by_verified_email`).
+    pub how: String,
+}
+
+impl LinkedIdentity {
+    /// The key an identity is known by across accounts.
+    pub fn key(issuer: &str, subject: &str) -> String {
+        format!("{issuer}\0{subject}")
+    }
 }
 
 /// The kinds of second factor an account can have (recovery codes are their backup, not a kind).

@@ -32,6 +32,7 @@ pub(super) fn render(
         username,
         passkey_options: passkey_options.as_deref(),
         link_url: link_url.as_deref(),
+        providers: super::oidc::offers(app, return_to),
     };
     let mut response = match passkey_options {
         Some(_) => crate::web::key_pages::html_with_script(status, &page),

@@ -1,0 +1,132 @@
+//! Signing in through an OpenID Connect provider (`[[login.oidc]]`): off to the provider with a
+//! sign-in kept for this browser, and back at the callback, where the provider's answer becomes
+//! an identity (`domain/oidc`), the identity an account (`domain/identities.rs`), and the account
+//! goes on as after a password, its second factor included (`login::after_first_factor`), unless
+//! the operator trusts the provider's own MFA and its token says it did some.
+//!
+//! The browser is marked by a random nonce in its own cookie, `SameSite=Lax`: the provider sends
+//! the browser back with a top-level navigation from its own site, on which a `Strict` cookie
+//! would not come along.
+
+use std::sync::Arc;
+
+use cookie::SameSite;
+use http::{HeaderMap, Request, Response, header};
+use hyper::body::Incoming;
+
+use super::login::after_first_factor;
+use super::login_page::end_previous;
+use super::second_step::{Enough, complete_sign_in};
+use crate::base::headers::cookie_values;
+use crate::base::secret::random_token;
+use crate::config::oidc::OidcProvider;
+use crate::domain::identities::{self, Resolved};
+use crate::domain::notify::SecurityEvent;
+use crate::domain::oidc::{Callback, LIFETIME, OidcError};
+use crate::web::cookies::cookie_header;
+use crate::web::error::WebError;
+use crate::web::forms::return_to_from_query;
+use crate::web::pages::Body;
+use crate::web::respond::{Answer, client_ip, device, go_to};
+use crate::web::state::{App, Connection};
+
+fn provider(app: &App, id: &str) -> Result<Arc<OidcProvider>, WebError> {
+    app.config().login.oidc.iter().find(|p| p.id == id).cloned().ok_or(WebError::NotFound)
+}
+
+/// Where the provider sends the browser back: to register with it as the redirect URI.
+pub fn redirect_uri(app: &App, id: &str) -> String {
+    app.config().public_url.join_path(&format!("/.portcullis/login/oidc/{id}/callback"))
+}
+
+fn nonce_of(app: &App, headers: &HeaderMap) -> Option<String> {
+    let name = app.sessions.settings().oidc_cookie();
+    cookie_values(headers, &name).find(|v| v.len() == 43).map(str::to_string)
+}
+
+fn set_nonce(app: &App, response: &mut Response<Body>, value: &str, max_age: time::Duration) {
+    let name = app.sessions.settings().oidc_cookie();
+    response.headers_mut().append(header::SET_COOKIE, cookie_header(app, &name, value, Some(max_age), SameSite::Lax));
+}
+
+/// Off to the provider.
+pub(super) async fn start(app: &App, request: &Request<Incoming>, id: &str) -> Answer {
+    let provider = provider(app, id)?;
+    let return_to = return_to_from_query(app, request);
+    // A new nonce for every start: a sign-in never continues one someone else began.
+    let nonce = random_token();
+    let started = app.oidc.start(&provider, &redirect_uri(app, id), &nonce, &return_to, app.clock.now()).await;
+    match started {
+        Ok(url) => {
+            let mut response = crate::web::pages::see_other(&url);
+            set_nonce(app, &mut response, &nonce, time::Duration::seconds(LIFETIME));
+            Ok(response)
+        }
+        Err(e) => {
+            tracing::error!(provider = %provider.id, "an OpenID Connect sign-in could not start: {e}");
+            Err(WebError::ProviderUnavailable { name: provider.name.clone() })
+        }
+    }
+}
+
+/// Back from the provider.
+pub(super) async fn callback(app: &Arc<App>, request: &Request<Incoming>, conn: &Connection, id: &str) -> Answer {
+    let provider = provider(app, id)?;
+    let headers = request.headers();
+    let query: Callback = serde_urlencoded::from_str(request.uri().query().unwrap_or("")).unwrap_or_default();
+    let now = app.clock.now();
+    let nonce = nonce_of(app, headers).ok_or(WebError::ProviderSignInNotStarted)?;
+    let name = provider.name.clone();
+    let (identity, return_to) = match app.oidc.finish(&provider, &redirect_uri(app, id), &nonce, query, now).await {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(target: "portcullis::security", provider = %provider.id, "OpenID Connect sign-in refused: {e}");
+            return Err(match e {
+                OidcError::Unavailable(_) => WebError::ProviderUnavailable { name },
+                OidcError::ProviderSaid(code) => WebError::ProviderRefused { name, code },
+                OidcError::NotStarted | OidcError::StateMismatch => WebError::ProviderSignInNotStarted,
+                OidcError::Refused(_) => WebError::ProviderAnswerRefused { name },
+            });
+        }
+    };
+    let resolved = identities::resolve(&app.factors.accounts, &app.users, &provider, &identity, now)
+        .await
+        .map_err(|e| WebError::SignInUnavailable(e.to_string()))?;
+    let Resolved::Account { proof, linked_now, provider_mfa } = resolved else {
+        tracing::warn!(target: "portcullis::security", provider = %provider.id, "OpenID Connect identity linked to no account");
+        return Err(WebError::IdentityNotLinked { name });
+    };
+    let user = proof.user().clone();
+    if linked_now {
+        tracing::warn!(target: "portcullis::security", user = %user.name, provider = %provider.id, "identity linked by its verified address");
+        app.notifier.send(&user, SecurityEvent::IdentityLinked { provider: name.clone() }, now, true);
+    }
+    tracing::info!(target: "portcullis::security", user = %user.name, provider = %provider.id, "signed in through an OpenID provider");
+    crate::base::metrics::login("ok");
+    let previous = end_previous(app, headers).await;
+    let device = device(headers, client_ip(app, headers, conn));
+    let mut response = match provider_mfa {
+        // The provider's own MFA, trusted for it: the second factor is done.
+        Some(mfa) => {
+            let (_, partial) =
+                app.sessions.begin(proof, device).await.map_err(|e| WebError::SignInUnavailable(e.to_string()))?;
+            complete_sign_in(app, partial, Enough::SecondFactor(mfa), go_to(app, &return_to)).await?.0
+        }
+        None => after_first_factor(app, proof.into(), headers, device, &return_to).await?,
+    };
+    set_nonce(app, &mut response, "", time::Duration::ZERO);
+    Ok(previous.clear_from(app, response))
+}
+
+/// The login page's offer: one entry per provider, with where the visitor was going.
+pub fn offers(app: &App, return_to: &str) -> Vec<(String, String)> {
+    app.config()
+        .login
+        .oidc
+        .iter()
+        .map(|p| {
+            let query = serde_urlencoded::to_string([("rd", return_to)]).unwrap_or_default();
+            (p.name.clone(), format!("/.portcullis/login/oidc/{}?{query}", p.id))
+        })
+        .collect()
+}
