@@ -32,7 +32,7 @@ pub(super) fn render(
         username,
         passkey_options: passkey_options.as_deref(),
         link_url: link_url.as_deref(),
-        providers: super::oidc::offers(app, return_to),
+        providers: oidc_offers(app, return_to),
     };
     let mut response = match passkey_options {
         Some(_) => crate::web::key_pages::html_with_script(status, &page),
@@ -95,4 +95,17 @@ pub(super) async fn end_previous(app: &App, headers: &HeaderMap) -> Previous {
         tracing::error!("could not end the previous session: {e}");
     }
     Previous(previous)
+}
+
+/// The login page's offer: one entry per provider, with where the visitor was going.
+fn oidc_offers(app: &App, return_to: &str) -> Vec<(String, String)> {
+    app.config()
+        .login
+        .oidc
+        .iter()
+        .map(|p| {
+            let query = serde_urlencoded::to_string([("rd", return_to)]).unwrap_or_default();
+            (p.name.clone(), format!("/.portcullis/login/oidc/{}?{query}", p.id))
+        })
+        .collect()
 }

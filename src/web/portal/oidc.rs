@@ -117,16 +117,3 @@ pub(super) async fn callback(app: &Arc<App>, request: &Request<Incoming>, conn: 
     set_nonce(app, &mut response, "", time::Duration::ZERO);
     Ok(previous.clear_from(app, response))
 }
-
-/// The login page's offer: one entry per provider, with where the visitor was going.
-pub fn offers(app: &App, return_to: &str) -> Vec<(String, String)> {
-    app.config()
-        .login
-        .oidc
-        .iter()
-        .map(|p| {
-            let query = serde_urlencoded::to_string([("rd", return_to)]).unwrap_or_default();
-            (p.name.clone(), format!("/.portcullis/login/oidc/{}?{query}", p.id))
-        })
-        .collect()
-}
