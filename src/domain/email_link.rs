@@ -98,8 +98,11 @@ pub enum Opened {
 }
 
 struct Link {
+    /// Empty for a decoy (see [`EmailLinks::decoy`]): it signs nobody in.
     account_key: String,
     user: String,
+    /// The address it was sent to: a link works only while the account still has it.
+    address: String,
     browser: [u8; 32],
     code: String,
     return_to: String,
@@ -118,6 +121,8 @@ pub struct EmailLinks {
     by_browser: DashMap<[u8; 32], [u8; 32]>,
     sent_to_account: DashMap<String, Vec<UnixTime>>,
     asked_by_client: DashMap<String, Vec<UnixTime>>,
+    /// When each account was last sent a link, used or not (the [`RESEND_AFTER`] rule).
+    last_issued: DashMap<String, UnixTime>,
 }
 
 fn digest(text: &str) -> [u8; 32] {
@@ -161,10 +166,9 @@ impl EmailLinks {
         return_to: &str,
         now: UnixTime,
     ) -> Result<Issued, LinkRefused> {
-        if let Some(hash) = self.by_account.get(&user.account_key).map(|h| *h)
-            && let Some(last) = self.links.get(&hash)
-            && now - last.issued_at < RESEND_AFTER
-        {
+        // From the last link sent, whatever became of it: voiding one with wrong codes does not
+        // buy a new one sooner.
+        if self.last_issued.get(&user.account_key).is_some_and(|last| now - *last < RESEND_AFTER) {
             return Err(LinkRefused::TooSoon);
         }
         if self.links.len() >= MAX_OUTSTANDING {
@@ -183,9 +187,11 @@ impl EmailLinks {
         let (token, code) = (random_token(), new_code());
         let hash = digest(&token);
         let browser = digest(browser_nonce);
+        self.last_issued.insert(user.account_key.clone(), now);
         let link = Link {
             account_key: user.account_key.clone(),
             user: user.name.as_str().to_string(),
+            address: user.email.clone(),
             browser,
             code: code.clone(),
             return_to: return_to.to_string(),
@@ -200,6 +206,41 @@ impl EmailLinks {
         Ok(Issued { token, code })
     }
 
+    /// A link that is never sent and signs nobody in, bound to the browser holding
+    /// `browser_nonce`: what a request for an unknown address (or a held-back one) leaves, so that
+    /// the asking browser's code form answers exactly as it would for a real link ("wrong code,
+    /// tries left") and tells a stranger nothing about which addresses have accounts.
+    pub fn decoy(&self, browser_nonce: &str, now: UnixTime) {
+        if self.links.len() >= MAX_OUTSTANDING {
+            return;
+        }
+        let hash = digest(&random_token());
+        let browser = digest(browser_nonce);
+        let link = Link {
+            account_key: String::new(),
+            user: String::new(),
+            address: String::new(),
+            browser,
+            code: new_code(),
+            return_to: "/".into(),
+            issued_at: now,
+            tries_left: CODE_TRIES,
+        };
+        if let Some(old) = self.by_browser.insert(browser, hash)
+            && self.links.get(&old).is_some_and(|l| l.account_key.is_empty())
+        {
+            self.links.remove(&old);
+        }
+        self.links.insert(hash, link);
+    }
+
+    /// The user name whose link the browser holding `browser_nonce` asked for (empty for a
+    /// decoy), for regulating the codes typed there.
+    pub fn asked_for(&self, browser_nonce: &str) -> Option<String> {
+        let hash = self.by_browser.get(&digest(browser_nonce)).map(|h| *h)?;
+        self.links.get(&hash).map(|link| link.user.clone())
+    }
+
     /// Opens the link whose token is `token`, in a browser holding `browser_nonce` (if any).
     pub fn open(
         &self,
@@ -209,7 +250,11 @@ impl EmailLinks {
         now: UnixTime,
     ) -> Result<Opened, LinkInvalid> {
         let hash = digest(token);
-        let live = self.links.get(&hash).is_some_and(|link| now >= link.issued_at && now - link.issued_at < LIFETIME);
+        let Some(live) = self.links.get(&hash).map(|link| now >= link.issued_at && now - link.issued_at < LIFETIME)
+        else {
+            // Unknown: nothing to clean up (and nothing to scan for a stranger's made-up token).
+            return Err(LinkInvalid::Invalid);
+        };
         if !live {
             self.forget(&hash);
             return Err(LinkInvalid::Invalid);
@@ -265,9 +310,15 @@ impl EmailLinks {
     }
 
     /// The account a spent link was for, if it still exists as the same account.
+    /// (A link sent to an address the account no longer has proves nothing.)
     fn proof(users: &UserDirectory, link: &Link) -> Result<EmailLinkProof, LinkInvalid> {
-        let user =
-            users.get(&link.user).filter(|u| u.account_key == link.account_key).ok_or(LinkInvalid::AccountGone)?;
+        if link.account_key.is_empty() {
+            return Err(LinkInvalid::Invalid);
+        }
+        let user = users
+            .get(&link.user)
+            .filter(|u| u.account_key == link.account_key && u.email.eq_ignore_ascii_case(&link.address))
+            .ok_or(LinkInvalid::AccountGone)?;
         Ok(EmailLinkProof { user })
     }
 
@@ -284,6 +335,7 @@ impl EmailLinks {
         self.by_account.retain(|_, hash| self.links.contains_key(hash));
         self.by_browser.retain(|_, hash| self.links.contains_key(hash));
         self.sent_to_account.retain(|_, times| recent(times, now) > 0);
+        self.last_issued.retain(|_, at| now - *at < RESEND_AFTER);
         self.asked_by_client.retain(|_, times| recent(times, now) > 0);
     }
 }

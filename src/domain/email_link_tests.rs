@@ -124,3 +124,27 @@ fn a_link_for_a_removed_account_signs_nobody_in() {
     users.reload().unwrap();
     assert_eq!(links.open(&users, &sent.token, Some(&asking), NOW).err(), Some(LinkInvalid::AccountGone));
 }
+
+#[test]
+fn a_link_works_only_while_the_account_keeps_the_address_it_went_to_and_decoys_sign_in_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = directory(dir.path(), &["alice"]);
+    let alice = users.get("alice").unwrap();
+    let links = EmailLinks::default();
+    let asking = new_browser_nonce();
+    let sent = links.issue(&alice, &asking, "/", NOW).unwrap();
+    let path = dir.path().join("users.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace("alice@example.com", "alice@elsewhere.example");
+    std::fs::write(&path, text).unwrap();
+    users.reload().unwrap();
+    assert_eq!(links.open(&users, &sent.token, Some(&asking), NOW + 1).err(), Some(LinkInvalid::AccountGone));
+
+    let stranger = new_browser_nonce();
+    links.decoy(&stranger, NOW);
+    assert_eq!(links.asked_for(&stranger).as_deref(), Some(""));
+    assert_eq!(
+        links.enter_code(&users, &stranger, "123456", NOW).err(),
+        Some(LinkInvalid::WrongCode { tries_left: CODE_TRIES - 1 }),
+        "answers like a real link"
+    );
+}

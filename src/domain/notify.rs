@@ -154,8 +154,8 @@ impl SecurityEvent {
                 "A recovery link from an administrator was used with your password. Your old authenticator and recovery codes no longer work; a new authenticator is being set up. If this was not you, tell your administrator at once.".into(),
             ),
             Self::SecondStepAbandoned => (
-                "Someone signed in with your password but stopped at the second step",
-                "Your password was entered correctly, but no code from your authenticator followed. If that was not you, someone knows your password: change it now.".into(),
+                "Someone began signing in to your account but stopped at the second step",
+                "The first step of signing in succeeded (your password, a sign-in link sent to you, or an account linked to yours), but no second step followed. If that was not you, someone has that first step: change your password, or check who can read your mail, and tell your administrator.".into(),
             ),
             Self::Locked { by_codes: false } => (
                 "Signing in to your account was paused",

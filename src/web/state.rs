@@ -233,6 +233,11 @@ impl App {
             Session::Partial(_) => Proven::Password,
             Session::Full(full) => Proven::Full { recently: self.recently_proven(full) },
         };
+        // Codes by email are not set up in a session a link from that mailbox began: the mailbox
+        // would be both factors (see `AuthMethod::allows_email_codes_after`).
+        if kind == FactorKind::Email && !session.first_factor().allows_email_codes_after() {
+            return Setup::No;
+        }
         let requirement = self.requirement(session.user());
         policy::may_set_up(&self.config().mfa, requirement, &self.account(session.user()), kind, proven)
     }

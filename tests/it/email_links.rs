@@ -123,8 +123,19 @@ async fn the_code_from_another_device_signs_in_the_asking_browser_and_strangers_
     assert_eq!(status, 200);
     assert_eq!(proxy.mail_files().len(), mails.len(), "no mail for the unknown address nor the repeat");
 
+    // The code form answers alike whether a link went out or not: wrong codes have tries left.
+    let page = stranger.navigate(&proxy.url("/.portcullis/login/email?rd=%2F")).await.text().await.unwrap();
+    let stranger_csrf = form_field(&page, "csrf").unwrap();
+    let guess = [("csrf", stranger_csrf.as_str()), ("rd", "/"), ("code", "123456")];
+    let decoy = post(&stranger, &proxy, "/.portcullis/login/email/code", &guess).await;
+    assert_eq!(decoy.status(), 401, "as for a real link");
+    assert!(decoy.text().await.unwrap().contains("tries left"));
+
     // The phone shows the code; a wrong one is counted, the right one signs the laptop in.
-    let shown = Browser::new().navigate(&link).await.text().await.unwrap();
+    let opened = Browser::new().navigate(&link).await;
+    assert_eq!(opened.headers()["referrer-policy"], "no-referrer", "the token in its URL goes nowhere");
+    let shown = opened.text().await.unwrap();
+    assert!(shown.contains("<link rel=\"icon\" href=\"data:,\">"), "no favicon request either");
     let start = shown.find("class=\"code\"").unwrap();
     let code: String = shown[start..].chars().skip_while(|c| *c != '>').filter(char::is_ascii_digit).take(6).collect();
     assert_eq!(code.len(), 6);
@@ -201,4 +212,50 @@ async fn after_a_link_an_emailed_code_is_not_a_second_factor_and_without_the_set
     assert!(!login.contains("sign-in link"), "{login}");
     assert_eq!(stranger.navigate(&plain.url("/.portcullis/login/email")).await.status(), 404);
     assert_eq!(stranger.navigate(&plain.url("/.portcullis/login/email/open?token=x")).await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn link_codes_are_regulated_like_passwords_and_a_link_never_sets_up_codes_by_email() {
+    let upstream = Upstream::start().await;
+    let config = format!("{LINKS}[mfa]\npolicy = \"required\"\nemail_otp = true\n");
+    let proxy = proxy(&upstream.url()).toml(&config).start();
+    // Someone with Alice's mailbox in another browser (not her laptop) guesses codes: five wrong
+    // ones pause the account's sign-ins, as five wrong passwords would.
+    let guesser = Browser::new();
+    let before = proxy.mail_files();
+    ask(&guesser, &proxy, ALICE.email, "/").await;
+    let _ = link_in_new_mail(&proxy, &before);
+    let page = guesser.navigate(&proxy.url("/.portcullis/login/email?rd=%2F")).await.text().await.unwrap();
+    let csrf = form_field(&page, "csrf").unwrap();
+    let mut statuses = Vec::new();
+    for guess in ["000001", "000002", "000003", "000004", "000005"] {
+        let form = [("csrf", csrf.as_str()), ("rd", "/"), ("code", guess)];
+        statuses.push(post(&guesser, &proxy, "/.portcullis/login/email/code", &form).await.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 410], "the fifth wrong code voids the link");
+    // Asking again at once buys no new link (a minute from the last one sent, used or not).
+    let mails = proxy.mail_files().len();
+    ask(&guesser, &proxy, ALICE.email, "/").await;
+    assert_eq!(proxy.mail_files().len(), mails, "no new link within the minute");
+    let password = Browser::new().submit_login(&proxy, ALICE.name, ALICE.password, "/").await;
+    assert_eq!(password.status(), 429, "the account is paused, whatever the way in");
+
+    // A fresh proxy: Alice (no factor yet, 2FA required) opens her link; she must set up a
+    // second step, and codes by email (the same mailbox) are not among the choices.
+    let proxy = crate::harness::proxy(&upstream.url()).toml(&config).start();
+    let laptop = Browser::new();
+    let before = proxy.mail_files();
+    ask(&laptop, &proxy, ALICE.email, "/").await;
+    let link = link_in_new_mail(&proxy, &before);
+    let opened = laptop.navigate(&link).await;
+    let enroll = opened.headers()["location"].to_str().unwrap().to_string();
+    assert!(enroll.contains("/.portcullis/enroll"), "{enroll}");
+    let page = laptop.navigate(&enroll).await.text().await.unwrap();
+    assert!(!page.contains("/.portcullis/enroll/email"), "no email codes offered after a link: {page}");
+    let csrf = form_field(&page, "csrf").unwrap();
+    let forced = post(&laptop, &proxy, "/.portcullis/enroll/email", &[("csrf", &csrf), ("rd", "/")]).await;
+    assert_ne!(forced.status(), 200);
+    let confirmation = forced.headers().get("location").map(|l| l.to_str().unwrap().to_string()).unwrap_or_default();
+    assert!(!confirmation.contains("/.portcullis/enroll/email?"), "no confirmation code was sent: {confirmation}");
+    assert!(!proxy.mails().iter().any(|m| m.contains("Confirm your address")), "no mail to confirm the same mailbox");
 }

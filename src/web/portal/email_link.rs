@@ -22,6 +22,7 @@ use super::login_page::end_previous;
 use crate::base::headers::cookie_values;
 use crate::domain::email_link::{LIFETIME, LinkInvalid, Opened, new_browser_nonce};
 use crate::domain::notify::SecurityEvent;
+use crate::domain::regulation::{Factor, Subject};
 use crate::web::cookies::cookie_header;
 use crate::web::error::WebError;
 use crate::web::forms::{LoginCsrf, read_form, return_to_from_query, same_origin};
@@ -125,25 +126,36 @@ pub(super) async fn send(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
     }
     let nonce = nonce_of(app, &headers).unwrap_or_else(new_browser_nonce);
     let owners: Vec<_> = app.users.all().into_iter().filter(|u| u.email.eq_ignore_ascii_case(address)).collect();
-    match owners.as_slice() {
+    let sent = match owners.as_slice() {
         [user] => match app.email_links.issue(user, &nonce, &return_to, now) {
             Ok(issued) => {
                 let query = serde_urlencoded::to_string([("token", &issued.token)]).unwrap_or_default();
                 let url = app.config().public_url.join_path(&format!("{}?{query}", Destination::LoginEmailOpen.path()));
-                app.notifier.send(user, SecurityEvent::SignInLink { url }, now, true);
+                // Built and queued off this request, so the answer takes as long as for an
+                // address no account has.
+                let (notifier, user) = (app.notifier.clone(), user.clone());
                 tracing::info!(target: "portcullis::security", user = %user.name, %client, "sign-in link emailed");
+                tokio::spawn(async move { notifier.send(&user, SecurityEvent::SignInLink { url }, now, true) });
+                true
             }
             Err(refused) => {
-                tracing::info!(target: "portcullis::security", user = %user.name, %client, "sign-in link not sent: {refused}")
+                tracing::info!(target: "portcullis::security", user = %user.name, %client, "sign-in link not sent: {refused}");
+                false
             }
         },
         [] => {
-            tracing::info!(target: "portcullis::security", %client, "sign-in link asked for an address no account has")
+            tracing::info!(target: "portcullis::security", %client, "sign-in link asked for an address no account has");
+            false
         }
         // A link must name one account; which of several would be a guess.
         _ => {
-            tracing::warn!(target: "portcullis::security", %client, accounts = owners.len(), "sign-in link not sent: several accounts share that address")
+            tracing::warn!(target: "portcullis::security", %client, accounts = owners.len(), "sign-in link not sent: several accounts share that address");
+            false
         }
+    };
+    if !sent {
+        // The same state as a real link leaves, so the code form answers alike (see `decoy`).
+        app.email_links.decoy(&nonce, now);
     }
     let mut response = sent_page(app, &headers, StatusCode::OK, &return_to, None);
     set_nonce(app, &mut response, &nonce);
@@ -169,7 +181,11 @@ pub(super) async fn open(app: &App, request: &Request<Incoming>, conn: &Connecti
         }
         Ok(Opened::Elsewhere { code }) => {
             let grouped = format!("{} {}", &code[..3], &code[3..]);
-            Ok(pages::html(StatusCode::OK, &LinkElsewherePage { code: &grouped }))
+            let mut response = pages::html(StatusCode::OK, &LinkElsewherePage { code: &grouped });
+            // The page's URL holds a live token: no request from it may name it, not even to
+            // this origin (where the upstream would log it).
+            response.headers_mut().insert(header::REFERRER_POLICY, http::HeaderValue::from_static("no-referrer"));
+            Ok(response)
         }
         Err(why) => {
             tracing::info!(target: "portcullis::security", "sign-in link refused: {why}");
@@ -201,7 +217,31 @@ pub(super) async fn code(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
         return Ok(sent_page(app, &headers, StatusCode::FORBIDDEN, &return_to, Some(expired)));
     }
     let nonce = nonce_of(app, &headers).ok_or(WebError::SignInLinkInvalid)?;
-    match app.email_links.enter_code(&app.users, &nonce, &form.code, app.clock.now()) {
+    // Codes are guesses like passwords: counted per account and per address, and paused alike.
+    let client = client_ip(app, &headers, conn);
+    let mut subjects = vec![Subject::address(client)];
+    if let Some(user) = app.email_links.asked_for(&nonce).filter(|u| !u.is_empty()) {
+        subjects.push(Subject::Account(user));
+    }
+    let attempt = match app.regulator.reserve(&subjects, Factor::Password) {
+        Ok(attempt) => attempt,
+        Err(refusal) => {
+            tracing::warn!(target: "portcullis::security", %client, ?refusal, "sign-in link code not checked: paused");
+            let paused = "Too many wrong codes or passwords: signing in is paused for a while. Try again later.";
+            let mut response = sent_page(app, &headers, StatusCode::TOO_MANY_REQUESTS, &return_to, Some(paused));
+            retry_after(&mut response, 60);
+            return Ok(response);
+        }
+    };
+    let entered = app.email_links.enter_code(&app.users, &nonce, &form.code, app.clock.now());
+    let recorded = match &entered {
+        Ok(_) => attempt.succeeded().await,
+        Err(_) => attempt.failed().await.map(|_| ()),
+    };
+    if let Err(e) = recorded {
+        tracing::error!("could not record a sign-in link code: {e}");
+    }
+    match entered {
         Ok((proof, return_to)) => {
             tracing::info!(target: "portcullis::security", user = %proof.user().name, "sign-in link used by its code");
             signed_in(app, &headers, conn, proof, &return_to).await
