@@ -175,6 +175,7 @@ pub(super) fn print_reply(reply: &admin::Reply, view: AdminView) {
                 ("LAST SIGN-IN", Align::Left),
                 ("CODES LEFT", Align::Right),
                 ("SESSIONS FULL/PARTIAL", Align::Left),
+                ("ALSO SIGNS IN AS", Align::Left),
             ]);
             for u in users {
                 let factors = if u.factors.is_empty() { "none".to_string() } else { u.factors.join(",") };
@@ -190,6 +191,7 @@ pub(super) fn print_reply(reply: &admin::Reply, view: AdminView) {
                     when(u.last_sign_in),
                     u.recovery_codes_left.to_string(),
                     format!("{}/{}", u.full_sessions, u.partial_sessions),
+                    if u.identities.is_empty() { "-".into() } else { u.identities.join(" ") },
                 ]);
             }
             print!("{}", table.render());

@@ -139,6 +139,9 @@ pub struct UserStatus {
     /// The names its owner gave its security keys and passkeys.
     #[serde(default)]
     pub security_keys: Vec<String>,
+    /// The OpenID Connect identities linked to it, as `provider:subject`.
+    #[serde(default)]
+    pub identities: Vec<String>,
     pub recovery_codes_left: usize,
     pub enrolled_at: Option<UnixTime>,
     pub last_sign_in: Option<UnixTime>,
@@ -465,6 +468,7 @@ impl Admin {
                     factors,
                     turned_off,
                     security_keys: record.security_keys.iter().map(|k| k.name.clone()).collect(),
+                    identities: record.identities.iter().map(|i| format!("{}:{}", i.provider, i.subject)).collect(),
                     recovery_codes_left: record.recovery_codes_left(),
                     enrolled_at: record.enrolled_at(),
                     last_sign_in: record.last_sign_in,

@@ -474,6 +474,8 @@ pub struct AdminUserRow {
     pub can_revoke: bool,
     /// Its every factor's provider was turned off.
     pub stranded: bool,
+    /// Linked OpenID Connect identities (`provider:subject`), if any.
+    pub identities: Option<String>,
 }
 
 pub struct AdminAdoptionRow {

@@ -125,6 +125,8 @@ async fn a_linked_identity_signs_in_to_its_account_and_the_account_keeps_its_sec
     let output = proxy.cli(&["user", "link", "alice", "--oidc", "test", "--subject", "carol"], "");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     proxy.wait_for_mail("A new way to sign in was added");
+    let listed = String::from_utf8(proxy.cli(&["admin", "users"], "").stdout).unwrap();
+    assert!(listed.lines().any(|l| l.starts_with("alice") && l.contains("test:carol")), "{listed}");
     let login = Browser::new().navigate(&proxy.url("/.portcullis/login")).await.text().await.unwrap();
     assert!(login.contains("Sign in with Test ID"), "the login page offers the provider");
     let laptop = Browser::new();

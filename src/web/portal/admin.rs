@@ -105,6 +105,7 @@ pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Answer 
                 (None, _) => "Optional".into(),
             },
             factors: factors_in_words(&u.factors, &u.security_keys, u.recovery_codes_left),
+            identities: if u.identities.is_empty() { None } else { Some(u.identities.join(", ")) },
             // Every factor it had points at a provider that no longer counts (`admin factors
             // --stranded`): the operator's cue to turn one back on or send a recovery link.
             stranded: u.factors.is_empty() && !u.turned_off.is_empty(),
