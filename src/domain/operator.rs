@@ -543,6 +543,7 @@ mod tests {
             factors: if totp { vec!["totp".into()] } else { vec![] },
             turned_off: vec![],
             security_keys: vec![],
+            identities: vec![],
             recovery_codes_left: 0,
             enrolled_at: None,
             last_sign_in: None,
