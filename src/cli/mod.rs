@@ -339,11 +339,11 @@ fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {
         }
         UserCommand::Link { name, oidc, subject } => {
             let request = admin::Request::Identity { user: name, provider: oidc, subject, link: true };
-            print_reply(&admin_request(&config, request)?, AdminView::Plain);
+            identity_reply(admin_request(&config, request)?)?;
         }
         UserCommand::Unlink { name, oidc, subject } => {
             let request = admin::Request::Identity { user: name, provider: oidc, subject, link: false };
-            print_reply(&admin_request(&config, request)?, AdminView::Plain);
+            identity_reply(admin_request(&config, request)?)?;
         }
         UserCommand::Reset2fa { name } => {
             let reply = admin_request(&config, admin::Request::Reset2fa { user: name })?;
@@ -365,4 +365,15 @@ fn user_command(path: &Path, action: UserCommand) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Prints a link or unlink answer; a refusal is an error (a failing exit status for scripts).
+fn identity_reply(reply: admin::Reply) -> Result<(), String> {
+    match reply {
+        admin::Reply::Refused { reason } => Err(reason),
+        reply => {
+            print_reply(&reply, AdminView::Plain);
+            Ok(())
+        }
+    }
 }

@@ -33,8 +33,10 @@ pub struct LdapSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LdapGroups {
     /// The user entry's `memberOf` values (OpenLDAP's memberof overlay, Active Directory): each
-    /// group's name is the value of its DN's first part (`cn=wiki-admins,…` → `wiki-admins`).
-    MemberOf,
+    /// group's name is the value of its DN's first part (`cn=wiki-admins,…` → `wiki-admins`),
+    /// and only groups `under` a subtree count when one is given (`group_base_dn`): a group of
+    /// the right name elsewhere (one users may create) does not.
+    MemberOf { under: Option<String> },
     /// A search under `base_dn` with `filter`, `{dn}` standing for the user's escaped DN.
     Search { base_dn: String, filter: String, name_attribute: String },
 }

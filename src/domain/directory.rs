@@ -57,6 +57,13 @@ fn first_rdn_value(dn: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_string())
 }
 
+/// Whether `dn` is in the subtree `base` (compared without case or spaces after commas).
+fn is_under(dn: &str, base: &str) -> bool {
+    let plain = |text: &str| text.split(',').map(|part| part.trim().to_ascii_lowercase()).collect::<Vec<_>>();
+    let (dn, base) = (plain(dn), plain(base));
+    dn.len() > base.len() && dn[dn.len() - base.len()..] == base[..]
+}
+
 fn first(entry: &SearchEntry, attribute: &str) -> Option<String> {
     entry.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(attribute)).and_then(|(_, v)| v.first().cloned())
 }
@@ -132,7 +139,11 @@ impl Directory {
             other => return Err(DirectoryRefused::Unavailable(format!("the user's bind failed with result {other}"))),
         }
         let groups = match &settings.groups {
-            LdapGroups::MemberOf => all(&entry, "memberOf").iter().filter_map(|dn| first_rdn_value(dn)).collect(),
+            LdapGroups::MemberOf { under } => all(&entry, "memberOf")
+                .iter()
+                .filter(|dn| under.as_ref().is_none_or(|base| is_under(dn, base)))
+                .filter_map(|dn| first_rdn_value(dn))
+                .collect(),
             LdapGroups::Search { base_dn, filter, name_attribute } => {
                 // Read back as the service account: the user may not be allowed to read groups.
                 if let (Some(dn), Some(secret)) = (&settings.bind_dn, &settings.bind_password) {
@@ -156,7 +167,12 @@ impl Directory {
         let user = User {
             name: username.clone(),
             display_name: first(&entry, &settings.display_name_attribute).unwrap_or_else(|| username.to_string()),
-            email: first(&entry, &settings.email_attribute).unwrap_or_default(),
+            // One plausible address, or none: it goes into identity headers and security mails.
+            email: first(&entry, &settings.email_attribute)
+                .filter(|e| {
+                    all(&entry, &settings.email_attribute).len() == 1 && crate::domain::users::check_email(e).is_ok()
+                })
+                .unwrap_or_default(),
             groups: clean_groups(groups),
             password_hash: String::new(),
             // The directory keeps the password; sessions end with their lifetime, not a change.
@@ -191,6 +207,8 @@ mod tests {
         assert_eq!(filled(filter, "username", "a)(uid=*"), "(&(objectClass=person)(uid=a\\29\\28uid=\\2a))");
         assert_eq!(first_rdn_value("cn=wiki-admins,ou=groups,dc=example,dc=test").as_deref(), Some("wiki-admins"));
         assert_eq!(first_rdn_value("garbage"), None);
+        assert!(is_under("cn=admins,ou=groups,dc=example,dc=test", "ou=groups, DC=example,dc=test"));
+        assert!(!is_under("cn=admins,ou=selfservice,dc=example,dc=test", "ou=groups,dc=example,dc=test"));
         assert_eq!(clean_groups(vec!["b".into(), "a".into(), "a".into(), "x y".into(), "<script>".into()]), ["a", "b"]);
     }
 }

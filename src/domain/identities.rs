@@ -97,9 +97,13 @@ pub async fn resolve(
     identity: &OidcIdentity,
     now: UnixTime,
 ) -> Result<Resolved, LinkError> {
+    // "mfa" itself, or two methods of which one is a second factor's (`["pwd","otp"]`): one
+    // method alone (`["sms"]`, a passwordless login) is one factor, whatever it is. And only an
+    // authentication done within this sign-in (`auth_time`; the request asked for `max_age`):
+    // an old session at the provider is not a second factor proven now.
     let mfa = |user: &User| {
-        let said_mfa = identity.amr.iter().any(|value| OidcProvider::MFA_VALUES.contains(&value.as_str()));
-        (provider.trust_provider_mfa && said_mfa).then(|| SecondFactorProof::from_trusted_provider(user, &provider.id))
+        (provider.trust_provider_mfa && provider_did_mfa(&identity.amr, identity.auth_time, now))
+            .then(|| SecondFactorProof::from_trusted_provider(user, &provider.id))
     };
     if let Some(user) =
         accounts.owner_of_identity(&identity.issuer, &identity.subject).and_then(|key| users.by_account_key(&key))
@@ -128,4 +132,37 @@ pub async fn resolve(
     }
     let provider_mfa = mfa(&user);
     Ok(Resolved::Account { proof: OidcProof { user }, linked_now: true, provider_mfa })
+}
+
+/// Whether an ID token says its provider did multi-factor authentication within this sign-in:
+/// `amr` has "mfa", or two methods of which one is a second factor's (`["pwd","otp"]`); one
+/// method alone (`["sms"]`, a passwordless login) is one factor, whatever it is. And
+/// `auth_time` falls within the sign-in (the request asked for `max_age`): an old session at the
+/// provider is not a factor proven now.
+fn provider_did_mfa(amr: &[String], auth_time: Option<UnixTime>, now: UnixTime) -> bool {
+    let values: std::collections::BTreeSet<&str> = amr.iter().map(String::as_str).collect();
+    let said =
+        values.contains("mfa") || (values.len() >= 2 && values.iter().any(|v| OidcProvider::MFA_VALUES.contains(v)));
+    let recent = auth_time.is_some_and(|at| at <= now + 60 && now - at < crate::domain::oidc::LIFETIME);
+    said && recent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::provider_did_mfa;
+
+    #[test]
+    fn only_several_methods_done_just_now_are_a_providers_mfa() {
+        let amr = |values: &[&str]| values.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+        let now = 1_800_000_000;
+        assert!(provider_did_mfa(&amr(&["pwd", "mfa"]), Some(now - 5), now));
+        assert!(provider_did_mfa(&amr(&["pwd", "otp"]), Some(now - 5), now));
+        assert!(provider_did_mfa(&amr(&["mfa"]), Some(now), now));
+        for single in ["sms", "otp", "hwk", "swk", "pwd"] {
+            assert!(!provider_did_mfa(&amr(&[single]), Some(now), now), "{single} alone is one factor");
+        }
+        assert!(!provider_did_mfa(&amr(&["pwd", "mfa"]), Some(now - 30 * 86_400), now), "an old sign-in there");
+        assert!(!provider_did_mfa(&amr(&["pwd", "mfa"]), None, now), "no auth_time: not known to be now");
+        assert!(!provider_did_mfa(&amr(&["pwd", "MFA"]), Some(now), now), "values are case-sensitive");
+    }
 }

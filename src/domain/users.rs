@@ -136,7 +136,7 @@ struct RawUser {
     password_hash: String,
 }
 
-fn check_email(email: &str) -> Result<(), UsersError> {
+pub fn check_email(email: &str) -> Result<(), UsersError> {
     let plausible = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
@@ -281,7 +281,12 @@ impl UserDirectory {
     /// The user whose [`User::account_key`] is `account_key` (a scan: only for sign-ins that name
     /// the account by what was stored for it, such as a passkey's credential).
     pub fn by_account_key(&self, account_key: &str) -> Option<Arc<User>> {
-        self.users.load().values().find(|user| user.account_key == account_key).cloned()
+        self.users
+            .load()
+            .values()
+            .find(|user| user.account_key == account_key)
+            .cloned()
+            .or_else(|| self.from_directory.iter().find(|u| u.account_key == account_key).map(|u| u.value().clone()))
     }
 
     /// Every account, in no particular order (directory accounts seen since start-up included).

@@ -176,7 +176,8 @@ impl Server {
             pending: Pending::default(),
             passkey_logins: Default::default(),
             email_links: Default::default(),
-            oidc: crate::domain::oidc::OidcLogins::new().map_err(StartError::Oidc)?,
+            oidc: crate::domain::oidc::OidcClients::new().map_err(StartError::Oidc)?,
+            oidc_pending: Default::default(),
             handoff: Default::default(),
             regulator,
             clock_warnings: Default::default(),
@@ -461,7 +462,7 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             app.handoff.sweep(app.clock.now());
             app.passkey_logins.sweep(app.clock.now());
             app.email_links.sweep(app.clock.now());
-            app.oidc.sweep(app.clock.now());
+            app.oidc_pending.sweep(app.clock.now());
             let drift = app.factors.drift.report();
             if drift.skew_likely() != skew_reported {
                 skew_reported = drift.skew_likely();

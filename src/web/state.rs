@@ -33,11 +33,13 @@ pub struct App {
     /// Enrollment state between page loads, per session.
     pub pending: Pending,
     /// OpenID Connect sign-ins in progress, and the providers' metadata (`[[login.oidc]]`).
-    pub oidc: crate::domain::oidc::OidcLogins,
+    pub oidc: crate::domain::oidc::OidcClients,
+    /// OpenID Connect sign-ins in progress, per browser, bounded per client.
+    pub oidc_pending: crate::web::pending_sign_ins::OidcLogins,
     /// Sign-in links sent and not yet used (`[login.email_link]`).
     pub email_links: crate::domain::email_link::EmailLinks,
     /// Passkey sign-ins in progress, per browser (`webauthn.passwordless`).
-    pub passkey_logins: crate::web::passkey_logins::PasskeyLogins,
+    pub passkey_logins: crate::web::pending_sign_ins::PasskeyLogins,
     /// Codes handing a session from the main host to another host.
     pub handoff: HandoffCodes,
     pub regulator: Arc<Regulator>,

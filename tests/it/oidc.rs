@@ -168,6 +168,9 @@ async fn a_linked_identity_signs_in_to_its_account_and_the_account_keeps_its_sec
     let claims = upstream_claims(&upstream, &phone, &proxy).await;
     assert_eq!(claims["amr"], serde_json::json!(["fed", "otp"]));
 
+    // A link the proxy refuses fails for scripts too (an unknown provider).
+    let refused = proxy.cli(&["user", "link", "alice", "--oidc", "nope", "--subject", "carol"], "");
+    assert!(!refused.status.success(), "a refused link exits with an error");
     // Unlinked: the identity signs nobody in again.
     let output = proxy.cli(&["user", "unlink", "alice", "--oidc", "test", "--subject", "carol"], "");
     assert!(output.status.success());

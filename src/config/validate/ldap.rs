@@ -87,7 +87,7 @@ impl Validator {
             );
         }
         let groups = match raw.groups_from.as_deref().unwrap_or("memberOf") {
-            "memberOf" => LdapGroups::MemberOf,
+            "memberOf" => LdapGroups::MemberOf { under: raw.group_base_dn.clone() },
             "search" => {
                 let filter = raw.group_filter.unwrap_or_else(|| "(&(objectClass=groupOfNames)(member={dn}))".into());
                 if !filter.contains("{dn}") {
@@ -111,7 +111,7 @@ impl Validator {
                     "not a group source",
                     "write \"memberOf\" or \"search\"",
                 );
-                LdapGroups::MemberOf
+                LdapGroups::MemberOf { under: None }
             }
         };
         let timeout =

@@ -21,7 +21,7 @@ use crate::config::Providers;
 use crate::domain::users::{User, UserDirectory};
 
 /// A passkey sign-in in progress: kept server side for the browser that loaded the login page
-/// (keyed by its login form token, see `web/passkey_logins.rs`), used once, for
+/// (keyed by its login form token, see `web/pending_sign_ins.rs`), used once, for
 /// [`CEREMONY_LIFETIME`].
 pub struct PasskeyCeremony {
     state: DiscoverableAuthentication,

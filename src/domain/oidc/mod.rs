@@ -4,8 +4,8 @@
 //! JWKS, issuer, audience, expiry, nonce). What comes out is an identity (issuer and `sub`), not
 //! an account: which account it is, is `identities.rs`'s decision.
 //!
-//! A sign-in in progress is kept server side for the browser (by a random nonce in its cookie),
-//! used once, for [`LIFETIME`]; the provider's metadata and keys are fetched by discovery and
+//! A sign-in in progress ([`OidcPending`]) is kept server side by the caller, for the browser (by a
+//! random nonce in its cookie), used once, for [`LIFETIME`]; the provider's metadata and keys are fetched by discovery and
 //! kept [`DISCOVERY_TTL`], and fetched again at once when a token's key is not among them (a
 //! provider rotated its keys).
 
@@ -19,7 +19,6 @@ use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
     Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
 };
-use sha2::Digest;
 use subtle::ConstantTimeEq;
 
 pub use self::http::OidcHttp;
@@ -30,8 +29,6 @@ use crate::config::oidc::OidcProvider;
 pub const LIFETIME: i64 = 600;
 /// How long discovered metadata and keys are used before they are fetched again.
 pub const DISCOVERY_TTL: i64 = 3600;
-/// Bound on the sign-ins in progress kept at once.
-const MAX_PENDING: usize = 10_000;
 
 type Client =
     CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
@@ -68,15 +65,25 @@ pub struct OidcIdentity {
     pub email_verified: bool,
     /// The provider's `amr` values (RFC 8176), as it sent them.
     pub amr: Vec<String>,
+    /// When the provider last authenticated the user (`auth_time`), if it said.
+    pub auth_time: Option<UnixTime>,
 }
 
-struct Pending {
+/// A sign-in in progress: what the callback needs, kept server side for one browser.
+pub struct OidcPending {
     provider: String,
     state: String,
     nonce: Nonce,
     verifier: PkceCodeVerifier,
     return_to: String,
     started_at: UnixTime,
+}
+
+impl OidcPending {
+    /// Whether the callback may still finish it at `now`.
+    pub fn is_live(&self, now: UnixTime) -> bool {
+        now >= self.started_at && now - self.started_at < LIFETIME
+    }
 }
 
 /// The query the provider sends the browser back with.
@@ -87,14 +94,14 @@ pub struct Callback {
     pub error: Option<String>,
 }
 
-pub struct OidcLogins {
+/// The providers' metadata, and the client that talks to them.
+pub struct OidcClients {
     http: OidcHttp,
     discovered: DashMap<String, (Arc<CoreProviderMetadata>, UnixTime)>,
-    pending: DashMap<[u8; 32], Pending>,
 }
 
-fn slot(browser_nonce: &str) -> [u8; 32] {
-    sha2::Sha256::digest(browser_nonce.as_bytes()).into()
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An error code as the provider may send it (RFC 6749 §4.1.2.1: printable ASCII), cut short:
@@ -103,10 +110,10 @@ fn error_code(text: &str) -> String {
     text.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect()
 }
 
-impl OidcLogins {
+impl OidcClients {
     pub fn new() -> Result<Self, String> {
         let http = OidcHttp::new().map_err(|e| e.to_string())?;
-        Ok(Self { http, discovered: DashMap::new(), pending: DashMap::new() })
+        Ok(Self { http, discovered: DashMap::new() })
     }
 
     /// The provider's metadata and keys: kept, or discovered now (`fresh`: whatever is kept).
@@ -126,6 +133,19 @@ impl OidcLogins {
         let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
             .await
             .map_err(|e| OidcError::Unavailable(format!("discovery: {e}")))?;
+        // The endpoints the client secret, the code and the keys go to are held to the issuer's
+        // own rule: https, or http on loopback for a loopback issuer.
+        let issuer_loopback =
+            url::Url::parse(&provider.issuer).ok().and_then(|u| u.host_str().map(is_loopback)).unwrap_or(false);
+        let acceptable = |endpoint: &url::Url| {
+            endpoint.scheme() == "https" || (issuer_loopback && endpoint.host_str().is_some_and(is_loopback))
+        };
+        let token = metadata.token_endpoint().map(|t| t.url().clone());
+        if !token.as_ref().is_none_or(acceptable) || !acceptable(metadata.jwks_uri().url()) {
+            return Err(OidcError::Unavailable(
+                "its discovery names endpoints that are neither https nor loopback".into(),
+            ));
+        }
         let metadata = Arc::new(metadata);
         self.discovered.insert(provider.id.clone(), (metadata.clone(), now));
         Ok(metadata)
@@ -146,33 +166,31 @@ impl OidcLogins {
         .set_redirect_uri(redirect))
     }
 
-    /// Starts a sign-in for the browser holding `browser_nonce`: the provider's authorization URL
-    /// to send it to. A sign-in it had in progress is replaced.
+    /// Starts a sign-in: the provider's authorization URL to send the browser to, and what to
+    /// keep for the callback.
     pub async fn start(
         &self,
         provider: &OidcProvider,
         redirect_uri: &str,
-        browser_nonce: &str,
         return_to: &str,
         now: UnixTime,
-    ) -> Result<String, OidcError> {
+    ) -> Result<(String, OidcPending), OidcError> {
         let metadata = self.metadata(provider, now, false).await?;
         let client = Self::client(provider, &metadata, redirect_uri)?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = client
             .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
             .set_pkce_challenge(challenge);
+        if provider.trust_provider_mfa {
+            // Its MFA stands for a second factor proven now: ask it to authenticate again if its
+            // own sign-in is older than a sign-in here may take (OpenID Connect Core §3.1.2.1).
+            request = request.set_max_age(std::time::Duration::from_secs(LIFETIME as u64));
+        }
         for scope in provider.scopes.iter().filter(|s| *s != "openid") {
             request = request.add_scope(Scope::new(scope.clone()));
         }
         let (url, state, nonce) = request.url();
-        if self.pending.len() >= MAX_PENDING {
-            self.sweep(now);
-        }
-        if self.pending.len() >= MAX_PENDING {
-            return Err(OidcError::Unavailable("too many sign-ins in progress".into()));
-        }
-        let pending = Pending {
+        let pending = OidcPending {
             provider: provider.id.clone(),
             state: state.secret().clone(),
             nonce,
@@ -180,23 +198,21 @@ impl OidcLogins {
             return_to: return_to.to_string(),
             started_at: now,
         };
-        self.pending.insert(slot(browser_nonce), pending);
-        Ok(url.to_string())
+        Ok((url.to_string(), pending))
     }
 
-    /// Finishes the sign-in of the browser holding `browser_nonce` with the provider's answer:
-    /// the identity it proves, and where the browser was going. The sign-in in progress is used
-    /// up whatever the outcome.
+    /// Finishes the sign-in `pending` (taken from the browser's keeping, so used up whatever the
+    /// outcome) with the provider's answer: the identity it proves, and where the browser was
+    /// going.
     pub async fn finish(
         &self,
         provider: &OidcProvider,
         redirect_uri: &str,
-        browser_nonce: &str,
+        pending: OidcPending,
         callback: Callback,
         now: UnixTime,
     ) -> Result<(OidcIdentity, String), OidcError> {
-        let (_, pending) = self.pending.remove(&slot(browser_nonce)).ok_or(OidcError::NotStarted)?;
-        if pending.provider != provider.id || now < pending.started_at || now - pending.started_at >= LIFETIME {
+        if pending.provider != provider.id || !pending.is_live(now) {
             return Err(OidcError::NotStarted);
         }
         let state = callback.state.unwrap_or_default();
@@ -239,12 +255,8 @@ impl OidcLogins {
             email: claims.email().map(|e| e.to_string()),
             email_verified: claims.email_verified().unwrap_or(false),
             amr: claims.auth_method_refs().map(|v| v.iter().map(|a| a.to_string()).collect()).unwrap_or_default(),
+            auth_time: claims.auth_time().map(|t| t.timestamp()),
         };
         Ok((identity, pending.return_to))
-    }
-
-    /// Drops sign-ins that ran out.
-    pub fn sweep(&self, now: UnixTime) {
-        self.pending.retain(|_, p| now - p.started_at < LIFETIME);
     }
 }

@@ -80,7 +80,7 @@ pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, c
         (OwnPage::Login, true, _) => login::form(app, &request, conn).await,
         (OwnPage::Login, _, true) => login::submit(app, request, conn).await,
         (OwnPage::LoginPasskey, _, true) => passkey_login::submit(app, request, conn).await,
-        (OwnPage::OidcStart(id), true, _) => oidc::start(app, &request, &id).await,
+        (OwnPage::OidcStart(id), true, _) => oidc::start(app, &request, conn, &id).await,
         (OwnPage::OidcCallback(id), true, _) => oidc::callback(app, &request, conn, &id).await,
         (OwnPage::LoginEmail, true, _) => email_link::form(app, &request).await,
         (OwnPage::LoginEmail, _, true) => email_link::send(app, request, conn).await,

@@ -50,14 +50,17 @@ fn set_nonce(app: &App, response: &mut Response<Body>, value: &str, max_age: tim
 }
 
 /// Off to the provider.
-pub(super) async fn start(app: &App, request: &Request<Incoming>, id: &str) -> Answer {
+pub(super) async fn start(app: &App, request: &Request<Incoming>, conn: &Connection, id: &str) -> Answer {
     let provider = provider(app, id)?;
     let return_to = return_to_from_query(app, request);
     // A new nonce for every start: a sign-in never continues one someone else began.
     let nonce = random_token();
-    let started = app.oidc.start(&provider, &redirect_uri(app, id), &nonce, &return_to, app.clock.now()).await;
+    let started = app.oidc.start(&provider, &redirect_uri(app, id), &return_to, app.clock.now()).await;
     match started {
-        Ok(url) => {
+        Ok((url, pending)) => {
+            // Kept per browser, at most a few per client: a client starting sign-ins in a loop
+            // churns its own share only (see `pending_sign_ins.rs`).
+            app.oidc_pending.put(&nonce, client_ip(app, request.headers(), conn), pending);
             let mut response = crate::web::pages::see_other(&url);
             set_nonce(app, &mut response, &nonce, time::Duration::seconds(LIFETIME));
             Ok(response)
@@ -76,8 +79,9 @@ pub(super) async fn callback(app: &Arc<App>, request: &Request<Incoming>, conn: 
     let query: Callback = serde_urlencoded::from_str(request.uri().query().unwrap_or("")).unwrap_or_default();
     let now = app.clock.now();
     let nonce = nonce_of(app, headers).ok_or(WebError::ProviderSignInNotStarted)?;
+    let pending = app.oidc_pending.take(&nonce).ok_or(WebError::ProviderSignInNotStarted)?;
     let name = provider.name.clone();
-    let (identity, return_to) = match app.oidc.finish(&provider, &redirect_uri(app, id), &nonce, query, now).await {
+    let (identity, return_to) = match app.oidc.finish(&provider, &redirect_uri(app, id), pending, query, now).await {
         Ok(done) => done,
         Err(e) => {
             tracing::warn!(target: "portcullis::security", provider = %provider.id, "OpenID Connect sign-in refused: {e}");

@@ -1,5 +1,5 @@
 //! Signing in with a passkey alone (`webauthn.passwordless`): the login page carries the request
-//! options (a ceremony kept for this browser's login-form token, `web/passkey_logins.rs`), the
+//! options (a ceremony kept for this browser's login-form token, `web/pending_sign_ins.rs`), the
 //! script hands the passkey's answer to this form, and a verified answer starts a full session:
 //! the key and its user verification are both factors (see `domain/factors/passwordless.rs`).
 //!

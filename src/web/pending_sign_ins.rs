@@ -1,9 +1,9 @@
-//! Passkey sign-ins in progress (`webauthn.passwordless`), kept server side between the login
-//! page that starts one and the form that finishes it. There is no session yet, so each belongs to
-//! the browser's login-form token (the login CSRF cookie, which the finishing form must present
-//! too): one per browser, replaced by a newer page, taken (used at most once) by the form.
+//! Sign-ins in progress before there is a session, kept server side per browser: passkey
+//! ceremonies (`webauthn.passwordless`, by the browser's login-form token) and OpenID Connect
+//! round trips (`[[login.oidc]]`, by a nonce in the browser's cookie). One per browser, replaced
+//! by a newer one, taken (used at most once) by the request that finishes it.
 //!
-//! Anyone can load the login page, so what is kept is bounded twice over: each client (an
+//! Anyone can start one, so what is kept is bounded twice over: each client (an
 //! address, an IPv6 /64) keeps at most [`PER_CLIENT`] ceremonies, its oldest giving way to its
 //! newest, and all clients together at most [`MAX_OUTSTANDING`], the oldest overall giving way.
 //! A client loading the page in a loop only churns its own share: it cannot push everyone else's
@@ -18,7 +18,30 @@ use sha2::Digest;
 
 use crate::base::clock::UnixTime;
 use crate::domain::factors::passwordless::PasskeyCeremony;
+use crate::domain::oidc::OidcPending;
 use crate::domain::regulation::Subject;
+
+/// Something kept until it runs out.
+pub trait Expiring {
+    fn is_live(&self, now: UnixTime) -> bool;
+}
+
+impl Expiring for PasskeyCeremony {
+    fn is_live(&self, now: UnixTime) -> bool {
+        PasskeyCeremony::is_live(self, now)
+    }
+}
+
+impl Expiring for OidcPending {
+    fn is_live(&self, now: UnixTime) -> bool {
+        OidcPending::is_live(self, now)
+    }
+}
+
+/// Passkey ceremonies, by login-form token.
+pub type PasskeyLogins = PerBrowser<PasskeyCeremony>;
+/// OpenID Connect sign-ins in progress, by the browser's nonce.
+pub type OidcLogins = PerBrowser<OidcPending>;
 
 /// More outstanding passkey sign-ins than an install sees in five minutes (each is a few hundred
 /// bytes).
@@ -28,12 +51,16 @@ pub const PER_CLIENT: usize = 64;
 
 type Slot = [u8; 32];
 
-#[derive(Default)]
-pub struct PasskeyLogins(Mutex<Kept>);
+pub struct PerBrowser<T>(Mutex<Kept<T>>);
 
-#[derive(Default)]
-struct Kept {
-    ceremonies: HashMap<Slot, (PasskeyCeremony, String)>,
+impl<T> Default for PerBrowser<T> {
+    fn default() -> Self {
+        Self(Mutex::new(Kept { ceremonies: HashMap::new(), order: VecDeque::new(), by_client: HashMap::new() }))
+    }
+}
+
+struct Kept<T> {
+    ceremonies: HashMap<Slot, (T, String)>,
     /// Slots in the order they were filled (some may have been taken since).
     order: VecDeque<Slot>,
     by_client: HashMap<String, VecDeque<Slot>>,
@@ -44,8 +71,8 @@ fn slot(token: &str) -> Slot {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
-impl Kept {
-    fn remove(&mut self, slot: &Slot) -> Option<PasskeyCeremony> {
+impl<T> Kept<T> {
+    fn remove(&mut self, slot: &Slot) -> Option<T> {
         let (ceremony, client) = self.ceremonies.remove(slot)?;
         if let Some(queue) = self.by_client.get_mut(&client) {
             queue.retain(|s| s != slot);
@@ -66,13 +93,13 @@ impl Kept {
     }
 }
 
-impl PasskeyLogins {
-    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+impl<T: Expiring> PerBrowser<T> {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept<T>> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Keeps `ceremony` for the browser holding `token`, asked for from `client`.
-    pub fn put(&self, token: &str, client: IpAddr, ceremony: PasskeyCeremony) {
+    pub fn put(&self, token: &str, client: IpAddr, ceremony: T) {
         let (slot, client) = (slot(token), Subject::address(client).store_key());
         let mut kept = self.kept();
         kept.remove(&slot);
@@ -97,7 +124,7 @@ impl PasskeyLogins {
     }
 
     /// Takes the ceremony of the browser holding `token`, if it has one.
-    pub fn take(&self, token: &str) -> Option<PasskeyCeremony> {
+    pub fn take(&self, token: &str) -> Option<T> {
         self.kept().remove(&slot(token))
     }
 
@@ -132,7 +159,7 @@ mod tests {
 
     #[test]
     fn one_client_churns_its_own_share_and_cannot_push_out_anyone_else() {
-        let logins = PasskeyLogins::default();
+        let logins: PasskeyLogins = PerBrowser::default();
         let office: IpAddr = "192.0.2.7".parse().unwrap();
         logins.put("alice's browser", office, ceremony());
         let flooder: IpAddr = "2001:db8::1".parse().unwrap();
@@ -150,7 +177,7 @@ mod tests {
 
     #[test]
     fn all_clients_together_are_bounded_and_a_new_page_replaces_the_old() {
-        let logins = PasskeyLogins::default();
+        let logins: PasskeyLogins = PerBrowser::default();
         for i in 0..(MAX_OUTSTANDING + 10) {
             let client: IpAddr = format!("10.{}.{}.1", i / 256, i % 256).parse().unwrap();
             logins.put(&format!("browser {i}"), client, ceremony());
