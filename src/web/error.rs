@@ -78,6 +78,9 @@ pub enum WebError {
     /// The code exchange or the ID token was refused.
     #[error("the answer of the OpenID provider {name} was refused")]
     ProviderAnswerRefused { name: String },
+    /// Linking an identity another account has.
+    #[error("an identity at {name} linked to another account")]
+    IdentityLinkedElsewhere { name: String },
     /// The provider's identity is linked to no account (and no verified address links it).
     #[error("an identity at {name} linked to no account")]
     IdentityNotLinked { name: String },
@@ -404,6 +407,12 @@ impl WebError {
                 "Not signed in",
                 format!("The answer from {name} could not be accepted. Start again from the sign-in page; if it happens again, tell your administrator."),
                 Some((Destination::Login.path().into(), "Back to sign in")),
+            ),
+            Self::IdentityLinkedElsewhere { name } => (
+                StatusCode::CONFLICT,
+                "Linked to another account",
+                format!("That {name} account already signs in to another account here, so it was not linked to yours. Unlink it there first, or ask your administrator."),
+                Some((Destination::Account.path().into(), "Back to your account")),
             ),
             Self::IdentityNotLinked { name } => (
                 StatusCode::FORBIDDEN,

@@ -82,6 +82,9 @@ pub struct FramedSignInPage<'a> {
 #[derive(Template)]
 #[template(path = "account.html")]
 pub struct AccountPage<'a> {
+    /// Linked OpenID Connect identities, and the providers one could be linked at.
+    pub identities: Vec<IdentityRow>,
+    pub link_offers: Vec<(String, String)>,
     /// The password is the directory's (`[login.ldap]`): changed there, not here.
     pub password_elsewhere: bool,
     pub username: &'a str,
@@ -447,6 +450,15 @@ pub struct AdminPage<'a> {
     pub adoption: Vec<AdminAdoptionRow>,
     pub bans: Vec<AdminBanRow>,
     pub providers: Vec<AdminProviderRow>,
+}
+
+/// A linked OpenID Connect identity on the account page.
+pub struct IdentityRow {
+    /// The provider's name, as the login page shows it.
+    pub name: String,
+    pub provider: String,
+    pub subject: String,
+    pub linked: String,
 }
 
 /// One factor provider on the admin page, in words (`portcullis admin providers`).

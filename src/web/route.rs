@@ -85,10 +85,12 @@ pub enum AccountAction {
     EndSession,
     /// Forget one remembered browser.
     ForgetBrowser,
+    /// Unlink an OpenID Connect identity from the account.
+    UnlinkIdentity,
 }
 
 impl AccountAction {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::RemoveTotp,
         Self::RemoveEmail,
         Self::PrimaryTotp,
@@ -98,6 +100,7 @@ impl AccountAction {
         Self::SignOutEverywhere,
         Self::EndSession,
         Self::ForgetBrowser,
+        Self::UnlinkIdentity,
     ];
 
     /// The part of the path after `/.portcullis/account/`.
@@ -112,6 +115,7 @@ impl AccountAction {
             Self::SignOutEverywhere => "sign-out-everywhere",
             Self::EndSession => "sessions/end",
             Self::ForgetBrowser => "browsers/forget",
+            Self::UnlinkIdentity => "identities/unlink",
         }
     }
 

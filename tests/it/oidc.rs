@@ -60,8 +60,13 @@ fn proxy_and_provider(test: &str, upstream: &Upstream, extra: &str) -> Option<(P
 /// Follows the proxy's redirect to the provider, signs in there as `login`, and stops at the
 /// redirect back to the proxy's callback; returns that callback URL.
 async fn at_provider(browser: &Browser, proxy: &Proxy, login: &str, rd: &str) -> String {
-    let start =
-        browser.navigate(&proxy.url(&format!("/.portcullis/login/oidc/test?rd={}", rd.replace('/', "%2F")))).await;
+    let start = proxy.url(&format!("/.portcullis/login/oidc/test?rd={}", rd.replace('/', "%2F")));
+    through_provider(browser, proxy, &start, login).await
+}
+
+/// From `start` (a proxy URL that sends the browser to the provider) to the callback URL.
+async fn through_provider(browser: &Browser, proxy: &Proxy, start: &str, login: &str) -> String {
+    let start = browser.navigate(start).await;
     assert_eq!(start.status(), 303, "{}", start.text().await.unwrap());
     let mut next = start.headers()["location"].to_str().unwrap().to_string();
     assert!(
@@ -209,4 +214,52 @@ async fn verified_addresses_link_where_allowed_and_trusted_provider_mfa_counts_w
     let back = plain.navigate(&callback).await;
     assert!(back.headers()["location"].to_str().unwrap().contains("/.portcullis/enroll"), "required: set one up");
     assert_eq!(plain.navigate(&proxy.url("/wiki")).await.status(), 303);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_in_user_links_and_unlinks_an_identity_from_the_account_page() {
+    let upstream = Upstream::start().await;
+    let Some((proxy, _provider)) = proxy_and_provider("oidc account page", &upstream, "") else { return };
+    let alice = Browser::new();
+    alice.login(&proxy, &ALICE).await;
+    let account = alice.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
+    assert!(account.contains("Link your Test ID account"), "{account}");
+
+    // Linked from the account page: the provider's sign-in, then back to the account page.
+    let callback = through_provider(&alice, &proxy, &proxy.url("/.portcullis/login/oidc/test?link=1"), "carol").await;
+    let back = alice.navigate(&callback).await;
+    assert_eq!(back.status(), 303);
+    assert!(back.headers()["location"].to_str().unwrap().contains("done=identity-linked"));
+    proxy.wait_for_mail("A new way to sign in was added");
+    let account = alice.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
+    assert!(account.contains("Other ways to sign in") && account.contains("identities/unlink"), "{account}");
+
+    // It signs in to Alice's account now.
+    let laptop = Browser::new();
+    let callback = at_provider(&laptop, &proxy, "carol", "/wiki").await;
+    assert_eq!(laptop.navigate(&callback).await.status(), 303);
+    assert_eq!(laptop.navigate(&proxy.url("/wiki")).await.status(), 200);
+    assert_eq!(upstream.seen().pop().unwrap().header("x-forwarded-user"), Some(ALICE.name));
+
+    // A visitor who is not signed in cannot start a linking (sent to sign in first).
+    let stranger = Browser::new();
+    let refused = stranger.navigate(&proxy.url("/.portcullis/login/oidc/test?link=1")).await;
+    assert_eq!(refused.status(), 303);
+    assert!(refused.headers()["location"].to_str().unwrap().contains("/.portcullis/login"));
+
+    // Unlinked from the account page: it signs nobody in any more.
+    let csrf = crate::harness::form_field(&account, "csrf").unwrap();
+    let unlink = alice
+        .http
+        .post(proxy.url("/.portcullis/account/identities/unlink"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", csrf.as_str()), ("provider", "test"), ("subject", "carol")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unlink.status(), 303);
+    proxy.wait_for_mail("A way to sign in was removed");
+    let after = Browser::new();
+    let callback = at_provider(&after, &proxy, "carol", "/").await;
+    assert_eq!(after.navigate(&callback).await.status(), 403);
 }

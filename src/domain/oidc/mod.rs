@@ -77,9 +77,22 @@ pub struct OidcPending {
     verifier: PkceCodeVerifier,
     return_to: String,
     started_at: UnixTime,
+    /// Started from the account page to link the identity to this account (its account key),
+    /// not to sign in.
+    link_for: Option<String>,
 }
 
 impl OidcPending {
+    /// Marks it as linking the identity to the account `account_key`.
+    pub fn linking_to(self, account_key: &str) -> Self {
+        Self { link_for: Some(account_key.to_string()), ..self }
+    }
+
+    /// The account it links to, when it is a linking.
+    pub fn links_to(&self) -> Option<&str> {
+        self.link_for.as_deref()
+    }
+
     /// Whether the callback may still finish it at `now`.
     pub fn is_live(&self, now: UnixTime) -> bool {
         now >= self.started_at && now - self.started_at < LIFETIME
@@ -197,6 +210,7 @@ impl OidcClients {
             verifier,
             return_to: return_to.to_string(),
             started_at: now,
+            link_for: None,
         };
         Ok((url.to_string(), pending))
     }

@@ -53,6 +53,8 @@ fn notice(query: &str) -> Option<&'static str> {
         "forgotten" => "That browser will be asked for a code again.",
         "key-on" => "Your security key is added. You will be asked for it when you sign in.",
         "key-removed" => "That security key was removed. Your other second steps and your recovery codes still work.",
+        "identity-linked" => "That account now signs you in here too. Your second step still applies.",
+        "identity-unlinked" => "That account no longer signs you in here.",
         _ => return None,
     })
 }
@@ -108,7 +110,26 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
             until: format_utc(b.expires_at),
         })
         .collect();
+    let identities: Vec<pages::IdentityRow> = record
+        .identities
+        .iter()
+        .map(|i| pages::IdentityRow {
+            name: config.login.oidc.iter().find(|p| p.id == i.provider).map_or(i.provider.clone(), |p| p.name.clone()),
+            provider: i.provider.clone(),
+            subject: i.subject.clone(),
+            linked: format_utc(i.linked_at),
+        })
+        .collect();
+    let link_offers: Vec<(String, String)> = config
+        .login
+        .oidc
+        .iter()
+        .filter(|p| !record.identities.iter().any(|i| i.provider == p.id))
+        .map(|p| (p.name.clone(), format!("/.portcullis/login/oidc/{}?link=1", p.id)))
+        .collect();
     let page = pages::AccountPage {
+        identities,
+        link_offers,
         password_elsewhere: app.users.is_from_directory(full.user()),
         username: user.name.as_str(),
         display_name: &user.display_name,
@@ -247,6 +268,11 @@ struct ActionForm {
     /// For [`AccountAction::ForgetBrowser`]: which one.
     #[serde(default)]
     browser: String,
+    /// For [`AccountAction::UnlinkIdentity`]: which one (provider id and subject).
+    #[serde(default)]
+    provider: String,
+    #[serde(default)]
+    subject: String,
 }
 
 impl SessionForm for ActionForm {
@@ -291,6 +317,31 @@ pub(super) async fn action(app: &Arc<App>, action: AccountAction, request: Reque
                 Ok(full) => sensitive_action(app, action, full).await,
                 Err(elsewhere) => Ok(*elsewhere),
             }
+        }
+        // Like a factor change: a second step proven just now first.
+        AccountAction::UnlinkIdentity => {
+            let full = match fresh_enough(app, full, HOME) {
+                Ok(full) => full,
+                Err(elsewhere) => return Ok(*elsewhere),
+            };
+            let accounts = &app.factors.accounts;
+            if crate::domain::identities::unlink(accounts, full.user(), &form.provider, &form.subject).await? {
+                let name = app
+                    .config()
+                    .login
+                    .oidc
+                    .iter()
+                    .find(|p| p.id == form.provider)
+                    .map_or(form.provider.clone(), |p| p.name.clone());
+                tracing::warn!(target: "portcullis::security", %user, provider = %form.provider, "identity unlinked by its owner");
+                app.notifier.send(
+                    full.user(),
+                    SecurityEvent::IdentityUnlinked { provider: name },
+                    app.clock.now(),
+                    true,
+                );
+            }
+            Ok(go_to(app, &done(Destination::Account, "identity-unlinked")))
         }
         // Dispatched to `account_password.rs`; never here.
         AccountAction::ChangePassword => Err(WebError::NoSuchAction),

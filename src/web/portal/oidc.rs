@@ -14,6 +14,7 @@ use cookie::SameSite;
 use http::{HeaderMap, Request, Response, header};
 use hyper::body::Incoming;
 
+use super::account::{fresh_enough, full_session};
 use super::login::after_first_factor;
 use super::login_page::end_previous;
 use super::second_step::{Enough, complete_sign_in};
@@ -53,11 +54,27 @@ fn set_nonce(app: &App, response: &mut Response<Body>, value: &str, max_age: tim
 pub(super) async fn start(app: &App, request: &Request<Incoming>, conn: &Connection, id: &str) -> Answer {
     let provider = provider(app, id)?;
     let return_to = return_to_from_query(app, request);
+    // From the account page: link this provider's identity to the signed-in account, after a
+    // second step proven just now (like any change to how the account is reached).
+    let linking = request.uri().query().is_some_and(|q| q.split('&').any(|pair| pair == "link=1"));
+    let link_for = if linking {
+        let here = format!("/.portcullis/login/oidc/{id}?link=1");
+        match full_session(app, request.headers(), &here).await.and_then(|full| fresh_enough(app, full, &here)) {
+            Ok(full) => Some(full.user().account_key.clone()),
+            Err(elsewhere) => return Ok(*elsewhere),
+        }
+    } else {
+        None
+    };
     // A new nonce for every start: a sign-in never continues one someone else began.
     let nonce = random_token();
     let started = app.oidc.start(&provider, &redirect_uri(app, id), &return_to, app.clock.now()).await;
     match started {
         Ok((url, pending)) => {
+            let pending = match &link_for {
+                Some(account) => pending.linking_to(account),
+                None => pending,
+            };
             // Kept per browser, at most a few per client: a client starting sign-ins in a loop
             // churns its own share only (see `pending_sign_ins.rs`).
             app.oidc_pending.put(&nonce, client_ip(app, request.headers(), conn), pending);
@@ -80,6 +97,7 @@ pub(super) async fn callback(app: &Arc<App>, request: &Request<Incoming>, conn: 
     let now = app.clock.now();
     let nonce = nonce_of(app, headers).ok_or(WebError::ProviderSignInNotStarted)?;
     let pending = app.oidc_pending.take(&nonce).ok_or(WebError::ProviderSignInNotStarted)?;
+    let links_to = pending.links_to().map(str::to_string);
     let name = provider.name.clone();
     let (identity, return_to) = match app.oidc.finish(&provider, &redirect_uri(app, id), pending, query, now).await {
         Ok(done) => done,
@@ -93,6 +111,9 @@ pub(super) async fn callback(app: &Arc<App>, request: &Request<Incoming>, conn: 
             });
         }
     };
+    if let Some(account) = links_to {
+        return link_here(app, headers, &provider, &identity, &account).await;
+    }
     let resolved = identities::resolve(&app.factors.accounts, &app.users, &provider, &identity, now)
         .await
         .map_err(|e| WebError::SignInUnavailable(e.to_string()))?;
@@ -120,4 +141,42 @@ pub(super) async fn callback(app: &Arc<App>, request: &Request<Incoming>, conn: 
     };
     set_nonce(app, &mut response, "", time::Duration::ZERO);
     Ok(previous.clear_from(app, response))
+}
+
+/// The end of a linking started from the account page: the identity joins the account of the
+/// full session that started it (still this browser's, still that account's), and its owner is
+/// told.
+async fn link_here(
+    app: &App,
+    headers: &HeaderMap,
+    provider: &OidcProvider,
+    identity: &crate::domain::oidc::OidcIdentity,
+    account: &str,
+) -> Answer {
+    let here = crate::web::route::Destination::Account.path();
+    let full = match full_session(app, headers, here).await {
+        Ok(full) if full.user().account_key == account => full,
+        Ok(_) => return Err(WebError::ProviderSignInNotStarted),
+        Err(elsewhere) => return Ok(*elsewhere),
+    };
+    let now = app.clock.now();
+    let triple = (provider.id.as_str(), identity.issuer.as_str(), identity.subject.as_str());
+    match identities::link(&app.factors.accounts, full.user(), triple, "user", now).await {
+        Ok(changed) => {
+            if changed {
+                tracing::warn!(target: "portcullis::security", user = %full.user().name, provider = %provider.id, "identity linked by its owner");
+                app.notifier.send(
+                    full.user(),
+                    SecurityEvent::IdentityLinked { provider: provider.name.clone() },
+                    now,
+                    true,
+                );
+            }
+            Ok(go_to(app, &crate::web::route::done(crate::web::route::Destination::Account, "identity-linked")))
+        }
+        Err(identities::LinkError::OtherAccount) => {
+            Err(WebError::IdentityLinkedElsewhere { name: provider.name.clone() })
+        }
+        Err(identities::LinkError::Store(e)) => Err(WebError::SignInUnavailable(e.to_string())),
+    }
 }
