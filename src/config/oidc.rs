@@ -23,6 +23,10 @@ pub struct OidcProvider {
     /// An unknown identity whose `email` the provider marks verified is linked to the one account
     /// of the users file with that address.
     pub link_by_verified_email: bool,
+    /// An identity linked to no account gets an account of its own (not in the users file), in
+    /// `default_groups`, instead of being refused.
+    pub create_accounts: bool,
+    pub default_groups: Vec<String>,
 }
 
 impl PartialEq for OidcProvider {
@@ -35,6 +39,8 @@ impl PartialEq for OidcProvider {
             && self.scopes == other.scopes
             && self.trust_provider_mfa == other.trust_provider_mfa
             && self.link_by_verified_email == other.link_by_verified_email
+            && self.create_accounts == other.create_accounts
+            && self.default_groups == other.default_groups
     }
 }
 

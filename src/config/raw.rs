@@ -220,6 +220,8 @@ pub struct RawOidc {
     pub scopes: Option<Vec<String>>,
     pub trust_provider_mfa: Option<bool>,
     pub link_by_verified_email: Option<bool>,
+    pub create_accounts: Option<bool>,
+    pub default_groups: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

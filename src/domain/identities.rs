@@ -15,8 +15,9 @@ use crate::domain::factors::Accounts;
 use crate::domain::factors::LinkedIdentity;
 use crate::domain::factors::proof::SecondFactorProof;
 use crate::domain::oidc::OidcIdentity;
-use crate::domain::users::{User, UserDirectory};
+use crate::domain::users::{User, UserDirectory, Username};
 use crate::store::StoreError;
+use sha2::Digest;
 
 /// A linked identity just proven by its provider: a first factor for its account. Only
 /// [`resolve`] makes one.
@@ -112,9 +113,9 @@ pub async fn resolve(
         return Ok(Resolved::Account { proof: OidcProof { user }, linked_now: false, provider_mfa });
     }
     if !(provider.link_by_verified_email && identity.email_verified) {
-        return Ok(Resolved::Unknown);
+        return create(accounts, users, provider, identity, now).await;
     }
-    let Some(address) = &identity.email else { return Ok(Resolved::Unknown) };
+    let Some(address) = &identity.email else { return create(accounts, users, provider, identity, now).await };
     // Only the users file's accounts, and only one: an address two accounts share links neither.
     let owners: Vec<Arc<User>> = users
         .all()
@@ -123,7 +124,7 @@ pub async fn resolve(
         .collect();
     let user = match owners.as_slice() {
         [only] => only.clone(),
-        _ => return Ok(Resolved::Unknown),
+        _ => return create(accounts, users, provider, identity, now).await,
     };
     match link(accounts, &user, (&provider.id, &identity.issuer, &identity.subject), "verified-email", now).await {
         Ok(_) => {}
@@ -132,6 +133,63 @@ pub async fn resolve(
     }
     let provider_mfa = mfa(&user);
     Ok(Resolved::Account { proof: OidcProof { user }, linked_now: true, provider_mfa })
+}
+
+/// An account of its own for an identity linked to none, where the provider allows it
+/// (`create_accounts`): named after its `preferred_username` (or its address, or its subject),
+/// with a name no other account has, in `default_groups`, its address only if the provider
+/// verified it. The account key is derived from the identity, so the same identity always comes
+/// back to the same account (its factors included), also after a restart.
+async fn create(
+    accounts: &Accounts,
+    users: &UserDirectory,
+    provider: &OidcProvider,
+    identity: &OidcIdentity,
+    now: UnixTime,
+) -> Result<Resolved, LinkError> {
+    if !provider.create_accounts {
+        return Ok(Resolved::Unknown);
+    }
+    let digest = sha2::Sha256::digest(LinkedIdentity::key(&identity.issuer, &identity.subject).as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let account_key = format!("oidc:{hex}");
+    let wanted = identity
+        .preferred_username
+        .clone()
+        .or_else(|| identity.email.as_ref().and_then(|e| e.split('@').next().map(str::to_string)))
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let base: String = wanted.chars().filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).take(48).collect();
+    let base = base.trim_start_matches(['.', '_', '-']).to_string();
+    let base = if base.is_empty() { format!("user-{}", &hex[..8]) } else { base };
+    let candidates = std::iter::once(base.clone()).chain((2..100).map(|n| format!("{base}-{n}")));
+    let free = |name: &str| users.get(name).is_none_or(|u| u.account_key == account_key);
+    let Some(name) = candidates.filter_map(|n| Username::parse(&n).ok()).find(|n| free(n.as_str())) else {
+        return Ok(Resolved::Unknown);
+    };
+    let user = Arc::new(User {
+        display_name: identity.name.clone().unwrap_or_else(|| name.to_string()),
+        email: identity
+            .email
+            .clone()
+            .filter(|e| identity.email_verified && crate::domain::users::check_email(e).is_ok())
+            .unwrap_or_default(),
+        groups: provider.default_groups.clone(),
+        password_hash: String::new(),
+        credential_stamp: sha2::Sha256::digest(account_key.as_bytes())[..16].try_into().unwrap_or([0; 16]),
+        account_key,
+        name,
+    });
+    users.remember_from_directory(user.clone());
+    match link(accounts, &user, (&provider.id, &identity.issuer, &identity.subject), "created", now).await {
+        Ok(_) => {}
+        Err(LinkError::OtherAccount) => return Ok(Resolved::Unknown),
+        Err(e) => return Err(e),
+    }
+    tracing::info!(target: "portcullis::security", user = %user.name, provider = %provider.id, "account made for a new identity");
+    let provider_mfa = (provider.trust_provider_mfa && provider_did_mfa(&identity.amr, identity.auth_time, now))
+        .then(|| SecondFactorProof::from_trusted_provider(&user, &provider.id));
+    Ok(Resolved::Account { proof: OidcProof { user }, linked_now: false, provider_mfa })
 }
 
 /// Whether an ID token says its provider did multi-factor authentication within this sign-in:

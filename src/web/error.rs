@@ -423,7 +423,7 @@ impl WebError {
             Self::PasswordInDirectory => (
                 StatusCode::FORBIDDEN,
                 "Change it in your directory",
-                "Your password is kept by your organisation's directory, not here. Change it where you manage your organisation account; the new one works here at once.".into(),
+                "Your account has no password here: you sign in through your organisation's directory or sign-in provider. Change your password there; the new one works here at once.".into(),
                 Some((Destination::Account.path().into(), "Back to your account")),
             ),
             Self::SignInLinkInvalid => (

@@ -168,7 +168,7 @@ async fn directory_passwords_sign_in_with_their_names_addresses_and_groups_and_2
     assert_eq!(seen.header("x-forwarded-groups"), Some("wiki-admins"));
     // Her password is the directory's: the account page says so, and there is no form for it.
     let account = carol.navigate(&proxy.url("/.portcullis/account")).await.text().await.unwrap();
-    assert!(account.contains("kept by your organisation's directory"), "{account}");
+    assert!(account.contains("no password here"), "{account}");
     assert_eq!(carol.navigate(&proxy.url("/.portcullis/account/password")).await.status(), 403);
 
     // 2FA belongs to her account: set up an app, and the next sign-in asks for it.

@@ -263,3 +263,35 @@ async fn a_signed_in_user_links_and_unlinks_an_identity_from_the_account_page() 
     let callback = at_provider(&after, &proxy, "carol", "/").await;
     assert_eq!(after.navigate(&callback).await.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn where_allowed_a_new_identity_gets_an_account_of_its_own_in_the_default_groups() {
+    let upstream = Upstream::start().await;
+    let extra = "create_accounts = true\ndefault_groups = [\"guests\"]\n";
+    let Some((proxy, _provider)) = proxy_and_provider("oidc new accounts", &upstream, extra) else { return };
+    // erin: named after her address, in the default groups; her address is unverified, so the
+    // account has none.
+    let erin = Browser::new();
+    let callback = at_provider(&erin, &proxy, "erin", "/wiki").await;
+    assert_eq!(erin.navigate(&callback).await.status(), 303);
+    assert_eq!(erin.navigate(&proxy.url("/wiki")).await.status(), 200);
+    let seen = upstream.seen().pop().unwrap();
+    assert_eq!(seen.header("x-forwarded-user"), Some("erin"));
+    assert_eq!(seen.header("x-forwarded-groups"), Some("guests"));
+    assert_eq!(seen.header("x-forwarded-email"), Some(""));
+    // mallory's address names "alice", who exists: a name of her own, never Alice's account.
+    let mallory = Browser::new();
+    let callback = at_provider(&mallory, &proxy, "mallory", "/wiki").await;
+    assert_eq!(mallory.navigate(&callback).await.status(), 303);
+    assert_eq!(mallory.navigate(&proxy.url("/wiki")).await.status(), 200);
+    assert_eq!(upstream.seen().pop().unwrap().header("x-forwarded-user"), Some("alice-2"));
+    // The same identity again: the same account.
+    let again = Browser::new();
+    let callback = at_provider(&again, &proxy, "erin", "/wiki").await;
+    assert_eq!(again.navigate(&callback).await.status(), 303);
+    assert_eq!(again.navigate(&proxy.url("/wiki")).await.status(), 200);
+    assert_eq!(upstream.seen().pop().unwrap().header("x-forwarded-user"), Some("erin"));
+    // And a password cannot sign in to a made account.
+    let guess = Browser::new().submit_login(&proxy, "erin", "anything at all", "/").await;
+    assert_eq!(guess.status(), 401);
+}

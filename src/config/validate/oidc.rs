@@ -68,6 +68,26 @@ impl Validator {
                     "add \"openid\" to the list",
                 );
             }
+            let default_groups = raw.default_groups.unwrap_or_default();
+            for group in &default_groups {
+                if group.is_empty() || !group.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                    self.problem(
+                        &at("default_groups"),
+                        Some(group),
+                        "not a group name",
+                        "use letters, digits, '.', '_' or '-'",
+                    );
+                }
+            }
+            let create_accounts = raw.create_accounts.unwrap_or(false);
+            if !create_accounts && !default_groups.is_empty() {
+                self.problem(
+                    &at("default_groups"),
+                    None,
+                    "has no effect without create_accounts = true",
+                    "remove it, or set create_accounts = true",
+                );
+            }
             let Some(client_secret) = secret else { continue };
             providers.push(Arc::new(OidcProvider {
                 name: raw.name.unwrap_or_else(|| id.clone()),
@@ -78,6 +98,8 @@ impl Validator {
                 scopes,
                 trust_provider_mfa: raw.trust_provider_mfa.unwrap_or(false),
                 link_by_verified_email: raw.link_by_verified_email.unwrap_or(false),
+                create_accounts,
+                default_groups,
             }));
         }
         providers

@@ -67,6 +67,10 @@ pub struct OidcIdentity {
     pub amr: Vec<String>,
     /// When the provider last authenticated the user (`auth_time`), if it said.
     pub auth_time: Option<UnixTime>,
+    /// What it suggests calling the user (`preferred_username`), and their `name`: for an account
+    /// made for the identity (`create_accounts`).
+    pub preferred_username: Option<String>,
+    pub name: Option<String>,
 }
 
 /// A sign-in in progress: what the callback needs, kept server side for one browser.
@@ -270,6 +274,8 @@ impl OidcClients {
             email_verified: claims.email_verified().unwrap_or(false),
             amr: claims.auth_method_refs().map(|v| v.iter().map(|a| a.to_string()).collect()).unwrap_or_default(),
             auth_time: claims.auth_time().map(|t| t.timestamp()),
+            preferred_username: claims.preferred_username().map(|u| u.to_string()),
+            name: claims.name().and_then(|n| n.get(None)).map(|n| n.to_string()),
         };
         Ok((identity, pending.return_to))
     }
