@@ -22,18 +22,36 @@ const DAVE_PASSWORD: &str = "dave's directory password";
 /// A running slapd with its entries.
 struct Slapd {
     server: Front,
+    /// The ldaps:// port, when started with a certificate.
+    tls_port: Option<u16>,
 }
 
 impl Slapd {
     async fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, None).await
+    }
+
+    /// With `tls` (a certificate and its key, PEM): StartTLS on the ldap:// port, and ldaps://.
+    async fn start_with(test: &str, tls: Option<(String, String)>) -> Option<Self> {
         // Debian puts it in /usr/sbin, which a user's PATH may not have.
         if !std::path::Path::new(SLAPD).exists() && !present("slapd", test) {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("db")).unwrap();
+        let tls_lines = match &tls {
+            Some((cert, key)) => {
+                std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+                std::fs::write(dir.path().join("key.pem"), key).unwrap();
+                format!(
+                    "TLSCertificateFile {d}/cert.pem\nTLSCertificateKeyFile {d}/key.pem\n",
+                    d = dir.path().display()
+                )
+            }
+            None => String::new(),
+        };
         let conf = format!(
-            "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
+            "{tls_lines}include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
              include /etc/ldap/schema/inetorgperson.schema\ninclude /etc/ldap/schema/nis.schema\n\
              modulepath /usr/lib/ldap\nmoduleload back_mdb\nmoduleload memberof\n\
              pidfile {dir}/slapd.pid\n\
@@ -46,12 +64,17 @@ impl Slapd {
         let path = dir.path().join("slapd.conf");
         std::fs::write(&path, conf).unwrap();
         let port = free_port();
+        let tls_port = tls.as_ref().map(|_| free_port());
+        let listeners = match tls_port {
+            Some(tls_port) => format!("ldap://127.0.0.1:{port}/ ldaps://127.0.0.1:{tls_port}/"),
+            None => format!("ldap://127.0.0.1:{port}/"),
+        };
         let program = if std::path::Path::new(SLAPD).exists() { SLAPD } else { "slapd" };
         let mut command = Command::new(program);
         // -d keeps it in the foreground; level 256 logs connections, and "slapd starting".
-        command.arg("-f").arg(&path).arg("-h").arg(format!("ldap://127.0.0.1:{port}/")).args(["-d", "256"]);
+        command.arg("-f").arg(&path).arg("-h").arg(listeners).args(["-d", "256"]);
         let server = Front::run(command, "slapd starting", port, dir);
-        let slapd = Self { server };
+        let slapd = Self { server, tls_port };
         slapd.add_entries().await;
         Some(slapd)
     }
@@ -134,13 +157,17 @@ impl Slapd {
 
     /// `[login.ldap]` for this server; `extra` adds lines (the group source).
     fn config(&self, secrets: &std::path::Path, extra: &str) -> String {
+        self.config_at(&self.url(), secrets, extra)
+    }
+
+    fn config_at(&self, url: &str, secrets: &std::path::Path, extra: &str) -> String {
         let password = secrets.join("ldap.secret");
         std::fs::write(&password, SERVICE_PASSWORD).unwrap();
         std::fs::set_permissions(&password, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         format!(
             "[login.ldap]\nurl = \"{}\"\nbind_dn = \"cn=portcullis,ou=services,{SUFFIX}\"\nbind_password_file = \"{}\"\n\
              base_dn = \"ou=people,{SUFFIX}\"\nuser_filter = \"(&(objectClass=inetOrgPerson)(uid={{username}}))\"\n{extra}",
-            self.url(),
+            url,
             password.display()
         )
     }
@@ -256,4 +283,36 @@ async fn groups_by_search_and_a_directory_that_is_down_fails_closed_with_a_clear
     assert_eq!(upstream.count(), before);
     // Local accounts are not held up by it.
     Browser::new().login(&proxy, &ALICE).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_ldaps_and_starttls_the_directory_must_prove_itself_with_the_configured_ca() {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let tls = (certified.cert.pem(), certified.signing_key.serialize_pem());
+    let Some(slapd) = Slapd::start_with("ldap over tls", Some(tls)).await else { return };
+    let upstream = Upstream::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let ca = secrets.path().join("ldap-ca.pem");
+    std::fs::write(&ca, certified.cert.pem()).unwrap();
+    let trusted = format!("ca_file = \"{}\"\n", ca.display());
+    let ldaps = format!("ldaps://127.0.0.1:{}", slapd.tls_port.unwrap());
+    let cases =
+        [(ldaps.clone(), trusted.clone(), "ldaps"), (slapd.url(), format!("starttls = true\n{trusted}"), "StartTLS")];
+    for (url, extra, what) in cases {
+        let proxy = proxy(&upstream.url()).toml(&slapd.config_at(&url, secrets.path(), &extra)).start();
+        let carol = Browser::new();
+        let response = sign_in(&carol, &proxy, "carol", CAROL_PASSWORD).await;
+        assert_eq!(response.status(), 303, "{what}: {}", response.text().await.unwrap());
+        assert_eq!(carol.navigate(&proxy.url("/wiki")).await.status(), 200, "{what}");
+    }
+
+    // Without the CA the directory's certificate is not trusted, over ldaps:// and after StartTLS
+    // alike (so StartTLS really happened): nothing is sent, a clear 503.
+    for (url, extra) in [(ldaps.clone(), ""), (slapd.url(), "starttls = true\n")] {
+        let untrusting = proxy(&upstream.url()).toml(&slapd.config_at(&url, secrets.path(), extra)).start();
+        let carol = Browser::new();
+        let refused = sign_in(&carol, &untrusting, "carol", CAROL_PASSWORD).await;
+        assert_eq!(refused.status(), 503, "{url} {extra}");
+        assert_eq!(carol.navigate(&untrusting.url("/wiki")).await.status(), 303);
+    }
 }
