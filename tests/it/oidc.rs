@@ -82,9 +82,14 @@ async fn through_provider(browser: &Browser, proxy: &Proxy, start: &str, login: 
         let response = browser.navigate(&next).await;
         let base = reqwest::Url::parse(&next).unwrap();
         if response.status() == 200 {
-            // The provider's sign-in page: its login form.
+            // The provider's sign-in page: its login form (its cancel form for an empty login).
             let page = response.text().await.unwrap();
-            let start = page.find("action=\"").unwrap() + "action=\"".len();
+            let form = if login.is_empty() {
+                page.find("/abort\"").map(|i| page[..i].rfind("action=\"").unwrap()).unwrap()
+            } else {
+                page.find("action=\"").unwrap()
+            };
+            let start = form + "action=\"".len();
             let action = &page[start..start + page[start..].find('"').unwrap()];
             let url = base.join(action).unwrap();
             let origin = url.origin().ascii_serialization();
@@ -117,6 +122,14 @@ async fn upstream_claims(upstream: &Upstream, browser: &Browser, proxy: &Proxy) 
 async fn a_linked_identity_signs_in_to_its_account_and_the_account_keeps_its_second_factor() {
     let upstream = Upstream::start().await;
     let Some((proxy, _provider)) = proxy_and_provider("oidc linked identity", &upstream, "") else { return };
+
+    // The person cancels at the provider: it says access_denied, the page says so, in our words.
+    let cancelled = Browser::new();
+    let callback = at_provider(&cancelled, &proxy, "", "/wiki").await;
+    let page = cancelled.navigate(&callback).await;
+    assert_eq!(page.status(), 403);
+    let text = page.text().await.unwrap();
+    assert!(text.contains("Test ID did not sign you in") && text.contains("access_denied"), "{text}");
 
     // Not linked: refused with a clear page, nothing forwarded.
     let stranger = Browser::new();
@@ -294,4 +307,50 @@ async fn where_allowed_a_new_identity_gets_an_account_of_its_own_in_the_default_
     // And a password cannot sign in to a made account.
     let guess = Browser::new().submit_login(&proxy, "erin", "anything at all", "/").await;
     assert_eq!(guess.status(), 401);
+}
+
+/// Against a hostile provider (`tests/oidc/hostile_provider.py`): ID tokens that verify but name
+/// another audience, another issuer, another nonce, or ran out, sign nobody in. The same provider
+/// with an honest token signs in, so the refusals are the claims', not the harness's.
+#[tokio::test(flavor = "multi_thread")]
+async fn id_tokens_for_another_audience_issuer_or_nonce_or_out_of_time_are_refused() {
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    let mut command = Command::new("python3");
+    command.arg(provider_dir().join("hostile_provider.py")).arg(port.to_string()).arg("portcullis").arg(CLIENT_SECRET);
+    let _hostile = Front::run(command, "listening http://", port, tempfile::tempdir().unwrap());
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("oidc.secret");
+    std::fs::write(&secret_file, CLIENT_SECRET).unwrap();
+    std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let config = format!(
+        "[[login.oidc]]\nid = \"test\"\nname = \"Test ID\"\nissuer = \"http://127.0.0.1:{port}\"\nclient_id = \"portcullis\"\nclient_secret_file = \"{}\"\n",
+        secret_file.display()
+    );
+    let proxy = proxy(&upstream.url()).toml(&config).start();
+    let output = proxy.cli(&["user", "link", "alice", "--oidc", "test", "--subject", "carol"], "");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let control = reqwest::Client::new();
+    let attempt = |mode: &'static str| {
+        let (proxy, control) = (&proxy, &control);
+        async move {
+            let set = control.post(format!("http://127.0.0.1:{port}/mode")).body(mode).send().await.unwrap();
+            assert_eq!(set.status(), 204);
+            let browser = Browser::new();
+            let to_provider = browser.navigate(&proxy.url("/.portcullis/login/oidc/test?rd=%2Fwiki")).await;
+            let authorize = to_provider.headers()["location"].to_str().unwrap().to_string();
+            let back = browser.navigate(&authorize).await;
+            let callback = back.headers()["location"].to_str().unwrap().to_string();
+            let status = browser.navigate(&callback).await.status();
+            (status, browser.navigate(&proxy.url("/wiki")).await.status())
+        }
+    };
+    assert_eq!(attempt("good").await, (reqwest::StatusCode::SEE_OTHER, reqwest::StatusCode::OK), "an honest token");
+    let before = upstream.count();
+    for mode in ["aud", "iss", "nonce", "expired"] {
+        let (callback, wiki) = attempt(mode).await;
+        assert_eq!(callback, 403, "a token with the wrong {mode} is refused");
+        assert_eq!(wiki, 303, "and signs nobody in ({mode})");
+    }
+    assert_eq!(upstream.count(), before, "nothing reached the application");
 }
