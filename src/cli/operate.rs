@@ -61,6 +61,10 @@ pub enum AdminCommand {
         #[arg(long)]
         email: bool,
     },
+    /// Ask the directory ([login.ldap]) again about the accounts it vouched for, now: sessions of
+    /// accounts it no longer has end (otherwise this happens every five minutes).
+    #[command(name = "recheck-directory")]
+    RecheckDirectory,
 }
 
 /// How to show an answer: `factors` is a different view of the `users` answer.
@@ -86,6 +90,7 @@ pub(super) fn admin_command(path: &Path, action: AdminCommand, json: bool) -> Ex
             (admin::Request::Revoke { target }, AdminView::Plain)
         }
         AdminCommand::DowngradeAll => (admin::Request::DowngradeAll, AdminView::Plain),
+        AdminCommand::RecheckDirectory => (admin::Request::RecheckDirectory, AdminView::Plain),
         AdminCommand::Bans => (admin::Request::Bans, AdminView::Plain),
         AdminCommand::Unban { subject } => (admin::Request::Unban { subject }, AdminView::Plain),
         AdminCommand::RecoveryLink { name, valid, email } => {
@@ -243,6 +248,11 @@ pub(super) fn print_reply(reply: &admin::Reply, view: AdminView) {
             }
             print!("{}", table.render());
         }
+        Reply::Rechecked { ended, refreshed, unknown } => println!(
+            "directory accounts re-checked: {} ended ({}), {refreshed} refreshed, {unknown} could not be asked",
+            ended.len(),
+            if ended.is_empty() { "none".to_string() } else { ended.join(", ") }
+        ),
         Reply::Identity { user, provider, link: true, changed, .. } => {
             println!("{} {provider} identity to {user}", if *changed { "linked the" } else { "already linked: the" })
         }

@@ -99,87 +99,179 @@ impl Directory {
         password: &str,
     ) -> Result<PasswordProof, DirectoryRefused> {
         let unavailable = |e: ldap3::LdapError| DirectoryRefused::Unavailable(e.to_string());
-        let tls = crate::base::tls::client_config(&settings.extra_roots).map_err(DirectoryRefused::Unavailable)?;
-        let connection =
-            LdapConnSettings::new().set_conn_timeout(settings.timeout).set_starttls(settings.starttls).set_config(tls);
-        let (conn, mut ldap) = LdapConnAsync::with_settings(connection, &settings.url).await.map_err(unavailable)?;
-        ldap3::drive!(conn);
-        let timeout = settings.timeout;
-
-        // Find the one entry for this name, as the service account (or anonymously).
-        if let (Some(dn), Some(secret)) = (&settings.bind_dn, &settings.bind_password) {
-            let secret = std::str::from_utf8(secret.expose()).unwrap_or_default();
-            ldap.with_timeout(timeout)
-                .simple_bind(dn, secret)
-                .await
-                .map_err(unavailable)?
-                .success()
-                .map_err(|e| DirectoryRefused::Unavailable(format!("the service account's bind was refused: {e}")))?;
-        }
-        let filter = filled(&settings.user_filter, "username", username.as_str());
-        let wanted =
-            [settings.display_name_attribute.as_str(), settings.email_attribute.as_str(), "memberOf", "entryUUID"];
-        let (entries, _) = ldap
-            .with_timeout(timeout)
-            .search(&settings.base_dn, Scope::Subtree, &filter, wanted.to_vec())
-            .await
-            .map_err(unavailable)?
-            .success()
-            .map_err(unavailable)?;
-        // None or several: no one to sign in (several would make the password pick the account).
-        let [entry] = <[_; 1]>::try_from(entries).map_err(|_| DirectoryRefused::Wrong)?;
-        let entry = SearchEntry::construct(entry);
-
+        let mut ldap = connect(settings).await?;
+        let entry = find(&mut ldap, settings, username).await?.ok_or(DirectoryRefused::Wrong)?;
         // The password: a bind as the entry. Only "invalid credentials" means wrong (RFC 4511
         // §4.1.9, result 49); anything else is the directory's trouble, not the user's.
-        let bound = ldap.with_timeout(timeout).simple_bind(&entry.dn, password).await.map_err(unavailable)?;
+        let bound = ldap.with_timeout(settings.timeout).simple_bind(&entry.dn, password).await.map_err(unavailable)?;
         match bound.rc {
             0 => {}
             49 => return Err(DirectoryRefused::Wrong),
             other => return Err(DirectoryRefused::Unavailable(format!("the user's bind failed with result {other}"))),
         }
-        let groups = match &settings.groups {
-            LdapGroups::MemberOf { under } => all(&entry, "memberOf")
-                .iter()
-                .filter(|dn| under.as_ref().is_none_or(|base| is_under(dn, base)))
-                .filter_map(|dn| first_rdn_value(dn))
-                .collect(),
-            LdapGroups::Search { base_dn, filter, name_attribute } => {
-                // Read back as the service account: the user may not be allowed to read groups.
-                if let (Some(dn), Some(secret)) = (&settings.bind_dn, &settings.bind_password) {
-                    let secret = std::str::from_utf8(secret.expose()).unwrap_or_default();
-                    ldap.with_timeout(timeout).simple_bind(dn, secret).await.map_err(unavailable)?;
-                }
-                let filter = filled(filter, "dn", &entry.dn);
-                let (groups, _) = ldap
-                    .with_timeout(timeout)
-                    .search(base_dn, Scope::Subtree, &filter, vec![name_attribute.as_str()])
-                    .await
-                    .map_err(unavailable)?
-                    .success()
-                    .map_err(unavailable)?;
-                groups.into_iter().filter_map(|g| first(&SearchEntry::construct(g), name_attribute)).collect()
-            }
-        };
+        let user = account(&mut ldap, settings, username, &entry).await?;
         let _ = ldap.unbind().await;
-        let identity = first(&entry, "entryUUID").unwrap_or_else(|| entry.dn.to_ascii_lowercase());
-        let account_key = format!("ldap:{identity}");
-        let user = User {
-            name: username.clone(),
-            display_name: first(&entry, &settings.display_name_attribute).unwrap_or_else(|| username.to_string()),
-            // One plausible address, or none: it goes into identity headers and security mails.
-            email: first(&entry, &settings.email_attribute)
-                .filter(|e| {
-                    all(&entry, &settings.email_attribute).len() == 1 && crate::domain::users::check_email(e).is_ok()
-                })
-                .unwrap_or_default(),
-            groups: clean_groups(groups),
-            password_hash: String::new(),
-            // The directory keeps the password; sessions end with their lifetime, not a change.
-            credential_stamp: sha2::Sha256::digest(account_key.as_bytes())[..16].try_into().unwrap_or([0; 16]),
-            account_key,
-        };
         Ok(PasswordProof::checked_by_directory(Arc::new(user)))
+    }
+
+    /// The account `username` is in the directory now (`None`: no longer there), as the service
+    /// account sees it: what live sessions of directory accounts are re-checked against.
+    pub async fn look_up(
+        &self,
+        settings: &LdapSettings,
+        username: &Username,
+    ) -> Result<Option<User>, DirectoryRefused> {
+        let _slot = self.slots.acquire().await.map_err(|e| DirectoryRefused::Unavailable(e.to_string()))?;
+        let lookup = async {
+            let mut ldap = connect(settings).await?;
+            let Some(entry) = find(&mut ldap, settings, username).await? else { return Ok(None) };
+            let user = account(&mut ldap, settings, username, &entry).await?;
+            let _ = ldap.unbind().await;
+            Ok(Some(user))
+        };
+        tokio::time::timeout(settings.timeout * 4, lookup)
+            .await
+            .map_err(|_| DirectoryRefused::Unavailable("no answer in time".into()))?
+    }
+}
+
+/// A connection, bound as the service account (or anonymous).
+async fn connect(settings: &LdapSettings) -> Result<ldap3::Ldap, DirectoryRefused> {
+    let unavailable = |e: ldap3::LdapError| DirectoryRefused::Unavailable(e.to_string());
+    let tls = crate::base::tls::client_config(&settings.extra_roots).map_err(DirectoryRefused::Unavailable)?;
+    let connection =
+        LdapConnSettings::new().set_conn_timeout(settings.timeout).set_starttls(settings.starttls).set_config(tls);
+    let (conn, mut ldap) = LdapConnAsync::with_settings(connection, &settings.url).await.map_err(unavailable)?;
+    ldap3::drive!(conn);
+    service_bind(&mut ldap, settings).await?;
+    Ok(ldap)
+}
+
+async fn service_bind(ldap: &mut ldap3::Ldap, settings: &LdapSettings) -> Result<(), DirectoryRefused> {
+    if let (Some(dn), Some(secret)) = (&settings.bind_dn, &settings.bind_password) {
+        let secret = std::str::from_utf8(secret.expose()).unwrap_or_default();
+        let bound = ldap.with_timeout(settings.timeout).simple_bind(dn, secret).await;
+        bound
+            .map_err(|e| DirectoryRefused::Unavailable(e.to_string()))?
+            .success()
+            .map_err(|e| DirectoryRefused::Unavailable(format!("the service account's bind was refused: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The one entry for `username` (none, or several: `None`; several would make the password pick
+/// the account).
+async fn find(
+    ldap: &mut ldap3::Ldap,
+    settings: &LdapSettings,
+    username: &Username,
+) -> Result<Option<SearchEntry>, DirectoryRefused> {
+    let unavailable = |e: ldap3::LdapError| DirectoryRefused::Unavailable(e.to_string());
+    let filter = filled(&settings.user_filter, "username", username.as_str());
+    let wanted = [settings.display_name_attribute.as_str(), settings.email_attribute.as_str(), "memberOf", "entryUUID"];
+    let (entries, _) = ldap
+        .with_timeout(settings.timeout)
+        .search(&settings.base_dn, Scope::Subtree, &filter, wanted.to_vec())
+        .await
+        .map_err(unavailable)?
+        .success()
+        .map_err(unavailable)?;
+    Ok(<[_; 1]>::try_from(entries).ok().map(|[entry]| SearchEntry::construct(entry)))
+}
+
+/// Who the entry says the user is.
+async fn account(
+    ldap: &mut ldap3::Ldap,
+    settings: &LdapSettings,
+    username: &Username,
+    entry: &SearchEntry,
+) -> Result<User, DirectoryRefused> {
+    let unavailable = |e: ldap3::LdapError| DirectoryRefused::Unavailable(e.to_string());
+    let groups = match &settings.groups {
+        LdapGroups::MemberOf { under } => all(entry, "memberOf")
+            .iter()
+            .filter(|dn| under.as_ref().is_none_or(|base| is_under(dn, base)))
+            .filter_map(|dn| first_rdn_value(dn))
+            .collect(),
+        LdapGroups::Search { base_dn, filter, name_attribute } => {
+            // Read as the service account: the user may not be allowed to read groups.
+            service_bind(ldap, settings).await?;
+            let filter = filled(filter, "dn", &entry.dn);
+            let (groups, _) = ldap
+                .with_timeout(settings.timeout)
+                .search(base_dn, Scope::Subtree, &filter, vec![name_attribute.as_str()])
+                .await
+                .map_err(unavailable)?
+                .success()
+                .map_err(unavailable)?;
+            groups.into_iter().filter_map(|g| first(&SearchEntry::construct(g), name_attribute)).collect()
+        }
+    };
+    let identity = first(entry, "entryUUID").unwrap_or_else(|| entry.dn.to_ascii_lowercase());
+    let account_key = format!("ldap:{identity}");
+    Ok(User {
+        name: username.clone(),
+        display_name: first(entry, &settings.display_name_attribute).unwrap_or_else(|| username.to_string()),
+        // One plausible address, or none: it goes into identity headers and security mails.
+        email: first(entry, &settings.email_attribute)
+            .filter(|e| {
+                all(entry, &settings.email_attribute).len() == 1 && crate::domain::users::check_email(e).is_ok()
+            })
+            .unwrap_or_default(),
+        groups: clean_groups(groups),
+        password_hash: String::new(),
+        // The directory keeps the password; sessions end with their lifetime, not a change.
+        credential_stamp: sha2::Sha256::digest(account_key.as_bytes())[..16].try_into().unwrap_or([0; 16]),
+        account_key,
+    })
+}
+
+/// What a re-check of the directory's accounts did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recheck {
+    /// Accounts no longer in the directory (or now another entry): their sessions were ended.
+    pub ended: Vec<String>,
+    /// Accounts whose name, address or groups changed: their sessions go on with the new ones.
+    pub refreshed: usize,
+    /// Accounts the directory could not be asked about (kept as they were).
+    pub unknown: usize,
+}
+
+impl Directory {
+    /// Asks the directory again about every account it vouched for: one that is gone (or whose
+    /// name is now another entry's) loses its sessions at once, one whose groups or address
+    /// changed goes on with the new ones. Live sessions so follow the directory within one
+    /// re-check, not only at the next sign-in. (A new password cannot be seen without it:
+    /// sessions made before one last their lifetime, or `admin revoke`.)
+    pub async fn recheck(
+        &self,
+        settings: &LdapSettings,
+        users: &crate::domain::users::UserDirectory,
+        sessions: &crate::domain::session::Sessions,
+    ) -> Recheck {
+        let mut report = Recheck::default();
+        for user in users.from_ldap() {
+            match self.look_up(settings, &user.name).await {
+                Ok(Some(now)) if now.account_key == user.account_key => {
+                    if (&now.display_name, &now.email, &now.groups) != (&user.display_name, &user.email, &user.groups) {
+                        users.remember_from_directory(Arc::new(now));
+                        report.refreshed += 1;
+                    }
+                }
+                Ok(_) => {
+                    users.forget_from_directory(user.name.as_str());
+                    if let Err(e) = sessions.end_all_for(user.name.as_str()).await {
+                        tracing::error!(user = %user.name, "could not end the sessions of an account the directory dropped: {e}");
+                    }
+                    report.ended.push(user.name.to_string());
+                }
+                Err(e) => {
+                    tracing::warn!(user = %user.name, "the directory could not be asked again: {e}");
+                    report.unknown += 1;
+                }
+            }
+        }
+        report
     }
 }
 

@@ -53,6 +53,9 @@ pub enum Request {
     RotateIdentityKey,
     /// The factor providers, with how many accounts have a factor pointing at each.
     Providers,
+    /// Asks the directory (`[login.ldap]`) again about the accounts it vouched for now, rather than
+    /// at the next five-minute round: sessions of accounts it dropped end.
+    RecheckDirectory,
     /// Links an OpenID Connect identity (`subject` at the `[[login.oidc]]` provider `provider`)
     /// to a user's account, or (`link: false`) unlinks it.
     Identity { user: String, provider: String, subject: String, link: bool },
@@ -109,6 +112,12 @@ pub enum Reply {
     },
     Providers {
         providers: Vec<crate::domain::factors::providers::ProviderRow>,
+    },
+    /// What a directory re-check did.
+    Rechecked {
+        ended: Vec<String>,
+        refreshed: usize,
+        unknown: usize,
     },
     /// An identity linked (`link`) or unlinked; `changed` false when it already was so.
     Identity {
@@ -264,6 +273,15 @@ impl Admin {
                 self.recovery_link(&user, valid_for, email, operator).await?
             }
             Request::RotateIdentityKey => self.rotate_identity_key(operator).await,
+            Request::RecheckDirectory => {
+                let Some(ldap) = self.config.load().login.ldap.clone() else {
+                    return Ok(Reply::Refused { reason: "no [login.ldap] is configured".into() });
+                };
+                let directory = crate::domain::directory::Directory::default();
+                let report = directory.recheck(&ldap, &self.users, &self.sessions).await;
+                tracing::warn!(target: "portcullis::security", %operator, ended = ?report.ended, refreshed = report.refreshed, "admin: directory accounts re-checked");
+                Reply::Rechecked { ended: report.ended, refreshed: report.refreshed, unknown: report.unknown }
+            }
             Request::Identity { user, provider, subject, link } => {
                 self.identity(&user, &provider, &subject, link, operator).await?
             }

@@ -273,6 +273,16 @@ impl UserDirectory {
         self.from_directory.insert(user.name.as_str().to_string(), user);
     }
 
+    /// The accounts an LDAP directory vouched for (not those made for OpenID identities).
+    pub fn from_ldap(&self) -> Vec<Arc<User>> {
+        self.from_directory.iter().filter(|u| u.account_key.starts_with("ldap:")).map(|u| u.value().clone()).collect()
+    }
+
+    /// Forgets an account a directory no longer has (its sessions then resolve to no one).
+    pub fn forget_from_directory(&self, name: &str) {
+        self.from_directory.remove(name);
+    }
+
     /// Whether `user` came from a directory (its password is not the proxy's to change).
     pub fn is_from_directory(&self, user: &User) -> bool {
         self.get_local(user.name.as_str()).is_none() && self.from_directory.contains_key(user.name.as_str())

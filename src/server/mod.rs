@@ -446,8 +446,19 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut skew_reported = false;
+        let mut rounds: u64 = 0;
         loop {
             tick.tick().await;
+            rounds += 1;
+            // Every fifth round (5 minutes): the directory's accounts, asked again.
+            if rounds % 5 == 0
+                && let Some(ldap) = app.config().login.ldap.clone()
+            {
+                let report = app.sign_in.directory.recheck(&ldap, &app.users, &app.sessions).await;
+                if !report.ended.is_empty() || report.refreshed > 0 {
+                    tracing::warn!(target: "portcullis::security", ended = ?report.ended, refreshed = report.refreshed, "directory accounts re-checked");
+                }
+            }
             match app.sessions.sweep().await {
                 Ok(report) => {
                     if report.expired > 0 {

@@ -155,6 +155,21 @@ impl Slapd {
         ldap.unbind().await.unwrap();
     }
 
+    /// A change made in the directory as its root: Carol leaves the group, Dave's entry goes.
+    async fn carol_leaves_and_dave_is_removed(&self) {
+        let (conn, mut ldap) = LdapConnAsync::with_settings(LdapConnSettings::new(), &self.url()).await.unwrap();
+        ldap3::drive!(conn);
+        ldap.simple_bind(&format!("cn=root,{SUFFIX}"), ROOT_PASSWORD).await.unwrap().success().unwrap();
+        let carol: std::collections::HashSet<String> = [format!("uid=carol,ou=people,{SUFFIX}")].into_iter().collect();
+        // groupOfNames needs a member: Dave stands in, then goes.
+        let dave: std::collections::HashSet<String> = [format!("uid=dave,ou=people,{SUFFIX}")].into_iter().collect();
+        let group = format!("cn=wiki-admins,ou=groups,{SUFFIX}");
+        ldap.modify(&group, vec![ldap3::Mod::Add("member".to_string(), dave)]).await.unwrap().success().unwrap();
+        ldap.modify(&group, vec![ldap3::Mod::Delete("member".to_string(), carol)]).await.unwrap().success().unwrap();
+        ldap.delete(&format!("uid=dave,ou=people,{SUFFIX}")).await.unwrap().success().unwrap();
+        ldap.unbind().await.unwrap();
+    }
+
     /// `[login.ldap]` for this server; `extra` adds lines (the group source).
     fn config(&self, secrets: &std::path::Path, extra: &str) -> String {
         self.config_at(&self.url(), secrets, extra)
@@ -315,4 +330,30 @@ async fn over_ldaps_and_starttls_the_directory_must_prove_itself_with_the_config
         assert_eq!(refused.status(), 503, "{url} {extra}");
         assert_eq!(carol.navigate(&untrusting.url("/wiki")).await.status(), 303);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_sessions_follow_the_directory_when_it_is_asked_again() {
+    let Some(slapd) = Slapd::start("ldap recheck").await else { return };
+    let upstream = Upstream::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let proxy = proxy(&upstream.url()).toml(&slapd.config(secrets.path(), "")).start();
+    let (carol, dave) = (Browser::new(), Browser::new());
+    assert_eq!(sign_in(&carol, &proxy, "carol", CAROL_PASSWORD).await.status(), 303);
+    assert_eq!(sign_in(&dave, &proxy, "dave", DAVE_PASSWORD).await.status(), 303);
+    assert_eq!(carol.navigate(&proxy.url("/wiki")).await.status(), 200);
+    assert_eq!(upstream.seen().pop().unwrap().header("x-forwarded-groups"), Some("wiki-admins"));
+
+    // Carol leaves the group and Dave leaves the organisation; the directory is asked again
+    // (every five minutes, or now with `admin recheck-directory`).
+    slapd.carol_leaves_and_dave_is_removed().await;
+    let output = proxy.cli(&["admin", "recheck-directory"], "");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && said.contains("1 ended (dave), 1 refreshed"), "{said}");
+    assert_eq!(carol.navigate(&proxy.url("/wiki")).await.status(), 200);
+    assert_eq!(upstream.seen().pop().unwrap().header("x-forwarded-groups"), Some(""), "her session lost the group");
+    let before = upstream.count();
+    assert_eq!(dave.navigate(&proxy.url("/wiki")).await.status(), 303, "his session ended");
+    assert_eq!(upstream.count(), before);
+    assert_eq!(sign_in(&Browser::new(), &proxy, "dave", DAVE_PASSWORD).await.status(), 401);
 }
