@@ -451,7 +451,7 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             rounds += 1;
             // Every fifth round (5 minutes): the directory's accounts, asked again.
-            if rounds % 5 == 0
+            if rounds.is_multiple_of(5)
                 && let Some(ldap) = app.config().login.ldap.clone()
             {
                 let report = app.sign_in.directory.recheck(&ldap, &app.users, &app.sessions).await;
