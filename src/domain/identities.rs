@@ -98,14 +98,7 @@ pub async fn resolve(
     identity: &OidcIdentity,
     now: UnixTime,
 ) -> Result<Resolved, LinkError> {
-    // "mfa" itself, or two methods of which one is a second factor's (`["pwd","otp"]`): one
-    // method alone (`["sms"]`, a passwordless login) is one factor, whatever it is. And only an
-    // authentication done within this sign-in (`auth_time`; the request asked for `max_age`):
-    // an old session at the provider is not a second factor proven now.
-    let mfa = |user: &User| {
-        (provider.trust_provider_mfa && provider_did_mfa(&identity.amr, identity.auth_time, now))
-            .then(|| SecondFactorProof::from_trusted_provider(user, &provider.id))
-    };
+    let mfa = |user: &User| trusted_mfa(provider, identity, user, now);
     if let Some(user) =
         accounts.owner_of_identity(&identity.issuer, &identity.subject).and_then(|key| users.by_account_key(&key))
     {
@@ -187,9 +180,20 @@ async fn create(
         Err(e) => return Err(e),
     }
     tracing::info!(target: "portcullis::security", user = %user.name, provider = %provider.id, "account made for a new identity");
-    let provider_mfa = (provider.trust_provider_mfa && provider_did_mfa(&identity.amr, identity.auth_time, now))
-        .then(|| SecondFactorProof::from_trusted_provider(&user, &provider.id));
+    let provider_mfa = trusted_mfa(provider, identity, &user, now);
     Ok(Resolved::Account { proof: OidcProof { user }, linked_now: false, provider_mfa })
+}
+
+/// The provider's MFA as the second factor, where the operator trusts it for that and the ID
+/// token says it did some within this sign-in (see [`provider_did_mfa`]).
+fn trusted_mfa(
+    provider: &OidcProvider,
+    identity: &OidcIdentity,
+    user: &User,
+    now: UnixTime,
+) -> Option<SecondFactorProof> {
+    (provider.trust_provider_mfa && provider_did_mfa(&identity.amr, identity.auth_time, now))
+        .then(|| SecondFactorProof::from_trusted_provider(user, &provider.id))
 }
 
 /// Whether an ID token says its provider did multi-factor authentication within this sign-in:

@@ -13,6 +13,7 @@
 mod checks;
 mod flows;
 mod keys;
+mod links;
 mod webdriver;
 
 use std::path::PathBuf;
@@ -75,4 +76,5 @@ in_both_viewports! {
     a_retired_then_disabled_authenticator_is_explained;
     security_key_from_the_account_page_to_sign_in;
     a_passkey_signs_in_without_a_password;
+    a_sign_in_link_signs_in_the_browser_that_asked;
 }
