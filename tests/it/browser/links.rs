@@ -4,7 +4,7 @@
 
 use super::checks;
 use super::flows::{SUBMIT, upstream_saw};
-use super::webdriver::{Browser, Viewport};
+use super::webdriver::Viewport;
 use crate::harness::{ALICE, proxy};
 use crate::upstream::Upstream;
 
