@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 mod explain;
 mod identity;
+mod migrate;
 mod operate;
 mod providers;
 mod table;

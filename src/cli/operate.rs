@@ -65,6 +65,13 @@ pub enum AdminCommand {
     /// accounts it no longer has end (otherwise this happens every five minutes).
     #[command(name = "recheck-directory")]
     RecheckDirectory,
+    /// Copy every account, session and ban from the embedded store (data_dir/store) into the
+    /// Redis that [store] names, or back (--to sled). The destination must be empty; stop the
+    /// proxy first.
+    Migrate {
+        #[arg(long, value_enum)]
+        to: super::migrate::Destination,
+    },
 }
 
 /// How to show an answer: `factors` is a different view of the `users` answer.
@@ -79,6 +86,7 @@ pub(super) enum AdminView {
 
 pub(super) fn admin_command(path: &Path, action: AdminCommand, json: bool) -> ExitCode {
     let (request, view) = match action {
+        AdminCommand::Migrate { to } => return super::migrate::migrate(path, to),
         AdminCommand::Users => (admin::Request::Users, AdminView::Plain),
         AdminCommand::Factors { stranded: false } => (admin::Request::Users, AdminView::Factors),
         AdminCommand::Factors { stranded: true } => (admin::Request::Users, AdminView::Stranded),

@@ -17,6 +17,7 @@ mod raw;
 pub mod reload;
 pub mod sandstorm;
 pub mod settings;
+pub mod store;
 mod validate;
 
 pub use problems::ConfigError;

@@ -50,6 +50,19 @@ pub struct RawConfig {
     pub notify: RawNotify,
     #[serde(default)]
     pub webauthn: RawWebauthn,
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawStore {
+    pub backend: Option<String>,
+    pub url: Option<String>,
+    pub password_file: Option<String>,
+    pub key_prefix: Option<String>,
+    pub ca_file: Option<String>,
+    pub allow_plaintext: Option<bool>,
+    pub offline_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

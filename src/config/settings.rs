@@ -54,6 +54,8 @@ pub struct Config {
     pub admin: AdminSettings,
     /// Security keys and passkeys (`[webauthn]`).
     pub webauthn: WebauthnSettings,
+    /// Where state is kept (`[store]`).
+    pub store: crate::config::store::StoreSettings,
     /// The file as written, to tell which keys a reload changed (see [`reload`]).
     pub(super) table: toml::Table,
 }

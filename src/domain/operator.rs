@@ -435,7 +435,7 @@ impl Admin {
         let expires_at = record.expires_at;
         self.accounts
             .update(&user, |account| {
-                account.recovery_link = Some(record);
+                account.recovery_link = Some(record.clone());
                 Ok::<_, StoreError>(())
             })
             .await?;

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::clock::{SharedClock, UnixTime};
 use crate::config::RegulationSettings;
-use crate::store::{Space, Store, StoreError, Write, decode, encode, text_key};
+use crate::store::{Space, Store, StoreError, Write, decode, text_key};
 
 /// NIST SP 800-63B §5.2.2: at most 100 consecutive failed attempts on one authenticator.
 pub const MAX_CONSECUTIVE_SECOND_FACTOR_FAILURES: u32 = 100;
@@ -348,31 +348,31 @@ impl Regulator {
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let window = self.settings.window.as_secs() as i64;
-        let stale: Vec<String> = self
-            .records
-            .iter()
-            .filter(|r| {
-                let record = r.value();
-                record.second_factor_streak == 0
-                    && record.in_flight == [0, 0]
-                    && record.password_failures.iter().chain(&record.code_failures).all(|t| now - t >= window)
-                    && [record.password_pause, record.code_pause]
-                        .iter()
-                        .all(|p| p.until.is_none_or(|until| now - until >= MAX_BAN_SECONDS))
+        let stale = |record: &RegulationRecord| {
+            record.second_factor_streak == 0
+                && record.in_flight == [0, 0]
+                && record.password_failures.iter().chain(&record.code_failures).all(|t| now - t >= window)
+                && [record.password_pause, record.code_pause]
+                    .iter()
+                    .all(|p| p.until.is_none_or(|until| now - until >= MAX_BAN_SECONDS))
+        };
+        let candidates: Vec<String> =
+            self.records.iter().filter(|r| stale(r.value())).map(|r| r.key().clone()).collect();
+        let mut removed = 0;
+        for key in candidates {
+            // Deleted only if the store's record is stale too: another replica may have counted a
+            // failure since.
+            let gone = crate::store::update(&*self.store, Space::Regulation, key.as_bytes(), |current| {
+                let stored = current.map(decode::<RegulationRecord>).transpose()?.unwrap_or_default();
+                Ok::<_, StoreError>(if stale(&stored) { (None, true) } else { (current.map(<[u8]>::to_vec), false) })
             })
-            .map(|r| r.key().clone())
-            .collect();
-        for key in &stale {
-            self.records.remove(key);
-        }
-        let removed = stale.len();
-        if removed > 0 {
-            let writes = stale.into_iter().map(|key| Write::Delete { space: Space::Regulation, key: key.into_bytes() });
-            self.store.apply(writes.collect()).await?;
+            .await?;
+            if gone && self.records.remove_if(&key, |_, record| stale(record)).is_some() {
+                removed += 1;
+            }
         }
         Ok(removed)
     }
-
     /// Subjects that are banned now, or whose second factor is locked, for the operator.
     pub fn restrictions(&self) -> Vec<Restriction> {
         let now = self.clock.now();
@@ -402,16 +402,6 @@ impl Regulator {
         self.store.apply(vec![Write::Delete { space: Space::Regulation, key: store_key.as_bytes().to_vec() }]).await?;
         Ok(existed)
     }
-
-    async fn persist(&self, changed: Vec<(String, RegulationRecord)>) -> Result<(), StoreError> {
-        let writes = changed
-            .into_iter()
-            .map(|(key, record)| {
-                Ok(Write::Put { space: Space::Regulation, key: key.into_bytes(), value: encode(&record)? })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        self.store.apply(writes).await
-    }
 }
 
 /// Of two refusals, the one to tell the person: a lock over a ban, the later ban over the
@@ -433,42 +423,47 @@ fn stricter(current: Option<Refusal>, found: Refusal) -> Refusal {
 
 impl Attempt<'_> {
     /// Counts the attempt as a failure against every subject; says which ones it banned and how
-    /// many tries the strictest one has left.
+    /// many tries the strictest one has left. Each subject's record is changed as the store holds
+    /// it ([`Regulator::change`]), so failures counted at once by several replicas add up.
     pub async fn failed(mut self) -> Result<FailureOutcome, StoreError> {
         self.settled = true;
         let regulator = self.regulator;
         let (now, window) = (regulator.clock.now(), regulator.settings.window.as_secs() as i64);
+        let base = regulator.settings.ban.as_secs() as i64;
         let mut outcome = FailureOutcome { banned: Vec::new(), left: usize::MAX };
-        let mut changed = Vec::new();
+        regulator.release(&self.subjects, self.factor);
         for subject in &self.subjects {
-            let key = subject.store_key();
-            let mut record = regulator.records.entry(key.clone()).or_default();
-            record.forget_old(now, window);
-            let count = record.in_flight(self.factor);
-            *count = count.saturating_sub(1);
-            record.failures(self.factor).push(now);
-            if self.factor == Factor::SecondFactor && subject.who() == Who::Account {
-                record.second_factor_streak += 1;
-            }
             let limit = regulator.limit(subject);
-            let counted = record.counted(self.factor);
-            if counted >= limit {
-                let base = regulator.settings.ban.as_secs() as i64;
-                let pause = record.pause(self.factor);
-                let length = (base << pause.in_a_row.min(16)).min(MAX_BAN_SECONDS);
-                *pause = Pause { until: Some(now + length), in_a_row: pause.in_a_row + 1 };
-                record.failures(self.factor).clear();
-                outcome.banned.push((subject.who(), now + length));
-                outcome.left = 0;
-            } else {
-                outcome.left = outcome.left.min(limit - counted);
+            let factor = self.factor;
+            let ban = regulator
+                .change(subject, |record| {
+                    record.forget_old(now, window);
+                    record.failures(factor).push(now);
+                    if factor == Factor::SecondFactor && subject.who() == Who::Account {
+                        record.second_factor_streak += 1;
+                    }
+                    let counted = record.counted(factor);
+                    if counted >= limit {
+                        let pause = record.pause(factor);
+                        let length = (base << pause.in_a_row.min(16)).min(MAX_BAN_SECONDS);
+                        *pause = Pause { until: Some(now + length), in_a_row: pause.in_a_row + 1 };
+                        record.failures(factor).clear();
+                        Err(now + length)
+                    } else {
+                        Ok(limit - counted)
+                    }
+                })
+                .await?;
+            match ban {
+                Err(until) => {
+                    outcome.banned.push((subject.who(), until));
+                    outcome.left = 0;
+                }
+                Ok(left) => outcome.left = outcome.left.min(left),
             }
-            changed.push((key, record.clone()));
         }
-        regulator.persist(changed).await?;
         Ok(outcome)
     }
-
     /// The attempt was right. For a password, the account's (or browser's) wrong passwords are
     /// forgiven, and the doubling of its password pauses starts over; for a second factor, both.
     /// An address is never forgiven: one right password from it does not excuse the guesses it
@@ -477,34 +472,33 @@ impl Attempt<'_> {
         self.settled = true;
         let regulator = self.regulator;
         let now = regulator.clock.now();
-        let mut changed = Vec::new();
-        for subject in &self.subjects {
-            let key = subject.store_key();
-            let Some(mut record) = regulator.records.get_mut(&key) else { continue };
-            let count = record.in_flight(self.factor);
-            *count = count.saturating_sub(1);
-            if subject.who() == Who::Address {
+        regulator.release(&self.subjects, self.factor);
+        for subject in self.subjects.iter().filter(|s| s.who() != Who::Address) {
+            if !regulator.records.contains_key(&subject.store_key()) {
                 continue;
             }
-            let forgiven: &[Factor] = match self.factor {
-                Factor::Password => &[Factor::Password],
-                Factor::SecondFactor => &[Factor::Password, Factor::SecondFactor],
-            };
-            for factor in forgiven {
-                record.failures(*factor).clear();
-                if record.pause(*factor).running(now).is_none() {
-                    *record.pause(*factor) = Pause::default();
-                }
-            }
-            if self.factor == Factor::SecondFactor {
-                record.second_factor_streak = 0;
-            }
-            changed.push((key, record.clone()));
+            let factor = self.factor;
+            regulator
+                .change(subject, |record| {
+                    let forgiven: &[Factor] = match factor {
+                        Factor::Password => &[Factor::Password],
+                        Factor::SecondFactor => &[Factor::Password, Factor::SecondFactor],
+                    };
+                    for factor in forgiven {
+                        record.failures(*factor).clear();
+                        if record.pause(*factor).running(now).is_none() {
+                            *record.pause(*factor) = Pause::default();
+                        }
+                    }
+                    if factor == Factor::SecondFactor {
+                        record.second_factor_streak = 0;
+                    }
+                })
+                .await?;
         }
-        regulator.persist(changed).await
+        Ok(())
     }
 }
-
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.settled {
@@ -513,5 +507,6 @@ impl Drop for Attempt<'_> {
     }
 }
 
+mod shared;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::base::clock::SharedClock;
 use crate::base::secret::{self, KeyFileError};
 use crate::config::Config;
+use crate::config::store::StoreSettings;
 use crate::domain::factors::Accounts;
 use crate::domain::factors::sealing::Sealer;
 use crate::domain::notify::{Delivery, Notifier};
@@ -14,8 +15,10 @@ use crate::domain::operator::Admin;
 use crate::domain::regulation::Regulator;
 use crate::domain::session::Sessions;
 use crate::domain::users::{UserDirectory, UsersError};
+use crate::store::redis_store::RedisStore;
 use crate::store::sled_store::SledStore;
-use crate::store::{Store, StoreError};
+use crate::store::{Change, Space, Store, StoreError};
+use tokio::sync::broadcast::error::RecvError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ComposeError {
@@ -41,6 +44,15 @@ pub struct Services {
     /// TOTP secrets are sealed with a key kept beside, not inside, the database.
     pub sealer: Sealer,
     pub clock: SharedClock,
+    pub store: Arc<dyn Store>,
+}
+
+/// The store `[store]` names: the embedded one in `data_dir/store`, or a shared Redis.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &config.store {
+        StoreSettings::Embedded => Arc::new(SledStore::open(&config.data_dir.join("store"))?),
+        StoreSettings::Redis(redis) => Arc::new(RedisStore::open(redis).await?),
+    })
 }
 
 impl Services {
@@ -58,14 +70,47 @@ impl Services {
         if let Some(mode) = secret::readable_by_others(&config.users_file) {
             tracing::warn!(users_file = %config.users_file.display(), mode = format_args!("{mode:o}"), "the users file, with its password hashes, is readable by every local user; Fix: chmod o-rwx on it (Portcullis drops those bits the next time it writes the file)");
         }
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir.join("store"))?);
+        let store = open_store(config).await?;
         let sessions = Arc::new(Sessions::open(store.clone(), config.session.clone(), clock.clone()).await?);
         let accounts = Arc::new(Accounts::open(store.clone()).await?);
         let regulator = Arc::new(Regulator::open(store.clone(), config.regulation.clone(), clock.clone()).await?);
         let sealer = Sealer::new(&secret::load_or_create_key(&config.data_dir.join("secrets.key"))?);
         let users = Arc::new(UserDirectory::load(&config.users_file)?);
         let (notifier, delivery) = Notifier::new(&config.notify, &config.public_url.origin());
-        Ok(Self { users, sessions, accounts, regulator, notifier: Arc::new(notifier), delivery, sealer, clock })
+        Ok(Self { users, sessions, accounts, regulator, notifier: Arc::new(notifier), delivery, sealer, clock, store })
+    }
+
+    /// For a store other replicas share: reads again what they change, for as long as the
+    /// process runs. Nothing to do for the embedded store.
+    pub fn follow_other_replicas(&self) {
+        let Some(shared) = self.store.shared() else { return };
+        let mut changes = shared.subscribe();
+        let (sessions, accounts, regulator) = (self.sessions.clone(), self.accounts.clone(), self.regulator.clone());
+        tokio::spawn(async move {
+            loop {
+                let read = match changes.recv().await {
+                    Ok(Change::Record { space, key }) => match space {
+                        Space::Sessions => sessions.refresh(&key).await,
+                        Space::Accounts => accounts.refresh(&key).await,
+                        Space::Regulation => regulator.refresh(&key).await,
+                    },
+                    // Missed changes (a lost connection, or more at once than the queue holds).
+                    Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
+                        let all = async {
+                            sessions.reload().await?;
+                            accounts.reload().await?;
+                            regulator.reload().await
+                        };
+                        all.await
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if let Err(e) = read {
+                    // The store went away mid-read; the subscription notices, and a resync follows.
+                    tracing::warn!(target: "portcullis::store", "could not read another replica's change: {e}");
+                }
+            }
+        });
     }
 
     /// The operator's actions over these services.

@@ -118,6 +118,7 @@ impl Server {
     /// until [`Server::serve`].
     pub async fn bind(config: Config, clock: SharedClock) -> Result<Self, StartError> {
         let services = Services::open(&config, clock.clone()).await?;
+        services.follow_other_replicas();
         let signer = Arc::new(AssertionSigner::open(&config.identity, clock.clone())?);
         announce_identity(&config.identity, &signer);
         let Services { users, sessions, accounts, regulator, notifier, delivery, sealer, .. } = services;

@@ -73,4 +73,20 @@ impl Store for SledStore {
             tree.iter().map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend)).collect()
         }))
     }
+
+    fn get(&self, space: Space, key: &[u8]) -> StoreFuture<'_, Option<Vec<u8>>> {
+        let (tree, key) = (self.tree(space), key.to_vec());
+        Box::pin(blocking(move || Ok(tree.get(key).map_err(backend)?.map(|v| v.to_vec()))))
+    }
+
+    fn swap(&self, space: Space, key: &[u8], expected: Option<Vec<u8>>, new: Option<Vec<u8>>) -> StoreFuture<'_, bool> {
+        let (db, tree, key) = (self.db.clone(), self.tree(space), key.to_vec());
+        Box::pin(blocking(move || {
+            let swapped = tree.compare_and_swap(key, expected, new).map_err(backend)?.is_ok();
+            if swapped {
+                db.flush().map_err(backend)?;
+            }
+            Ok(swapped)
+        }))
+    }
 }

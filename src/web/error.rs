@@ -46,6 +46,9 @@ pub enum WebError {
     SignInUnavailable(String),
     #[error("a session could not be ended: {0}")]
     SignOutFailed(String),
+    /// The shared store cannot be reached (logged once by the store, not per request).
+    #[error("the shared store cannot be reached")]
+    StoreOffline,
     /// Codes are not checked for `seconds` more, for the account or the address (`who`).
     #[error("codes are paused for {seconds} s ({who:?})")]
     CodesPaused { seconds: i64, who: Who },
@@ -328,6 +331,12 @@ impl WebError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Sign-in is unavailable",
                 "Your password was right, but a session could not be stored. Try again; if it keeps failing, tell the administrator.".into(),
+                None,
+            ),
+            Self::StoreOffline => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable for a moment",
+                "Portcullis cannot reach its data store just now, so it cannot sign anyone in or check who you are. Try again in a minute; if it keeps failing, tell the administrator.".into(),
                 None,
             ),
             Self::SignOutFailed(_) => (

@@ -14,7 +14,7 @@ use crate::base::headers::{self, ClientInfo};
 use crate::config::access::{Access, request_host, rule_path};
 use crate::domain::access::{self as rules, Decision, RequestFacts, Standing, Verdict};
 use crate::domain::policy::{self, AfterPassword};
-use crate::domain::session::{FullSession, Lookup, Rejected, Session};
+use crate::domain::session::{FullSession, Lookup, Rejected, Session, StoreState};
 use crate::domain::users::User;
 use crate::web::cookies;
 use crate::web::error::WebError;
@@ -56,7 +56,14 @@ impl App {
         let answer = match refuse_malformed(&request) {
             Some(refusal) => Ok(refusal),
             None => match route::route(&path) {
+                // Fail closed: see `Sessions::store_state`. Our own pages sign people in and change
+                // accounts, which needs the store; proxied requests of full sessions in memory may
+                // go on for the grace.
+                _ if self.sessions.store_state() == StoreState::Closed => Err(WebError::StoreOffline),
                 Route::Own(OwnPage::ForwardAuth) => self.forward_auth(&request, &conn, &client).await,
+                Route::Own(page) if !page.works_offline() && self.sessions.store_state() == StoreState::Grace => {
+                    Err(WebError::StoreOffline)
+                }
                 route => match (route, self.target(&request)) {
                     (_, None) => Err(WebError::MisdirectedHost),
                     (Route::Own(page), Some(target)) if target.main => {

@@ -70,6 +70,14 @@ pub enum OwnPage {
     NotFound,
 }
 
+impl OwnPage {
+    /// Pages that need nothing from the store, served while it cannot be reached: the identity
+    /// keys, files, forward-auth (which checks sessions in memory like the gate), and not-found.
+    pub fn works_offline(&self) -> bool {
+        matches!(self, Self::ForwardAuth | Self::Jwks | Self::Static(_) | Self::NotFound)
+    }
+}
+
 /// What a signed-in person can do from the account page. The sensitive ones show a page on GET
 /// (a confirmation or a form) and act on POST, each behind a fresh second factor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

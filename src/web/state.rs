@@ -171,7 +171,21 @@ impl App {
 
     /// [`App::session`] on another host (`None`: the main host).
     pub async fn session_on(&self, request_headers: &http::HeaderMap, host: Option<&str>) -> Lookup {
-        match self.resolve_session_on(request_headers, host) {
+        let mut lookup = self.resolve_session_on(request_headers, host);
+        // With a store other replicas share, a session made on another one a moment ago may not
+        // have reached this one's memory yet: looked up in the store once.
+        if matches!(lookup, Lookup::Rejected(crate::domain::session::Rejected::Unknown))
+            && self.sessions.shared()
+            && self.sessions.fetch(headers::cookie_values(request_headers, self.session_cookie())).await.unwrap_or_else(
+                |e| {
+                    tracing::warn!("could not look a session up in the shared store: {e}");
+                    false
+                },
+            )
+        {
+            lookup = self.resolve_session_on(request_headers, host);
+        }
+        match lookup {
             Lookup::Found(Session::Full(full)) if !self.satisfies_policy(&full) => {
                 let user = full.user().name.to_string();
                 tracing::warn!(target: "portcullis::security", %user, "session downgraded: the 2FA policy asks for more than it proved");

@@ -101,6 +101,8 @@ pub struct ProxyBuilder {
     public_port: Option<u16>,
     /// Extra environment for the proxy process.
     env: Vec<(String, std::ffi::OsString)>,
+    /// Another proxy's users file, read in place (replicas share one).
+    users_file: Option<PathBuf>,
 }
 
 pub fn proxy(upstream: &str) -> ProxyBuilder {
@@ -114,6 +116,7 @@ pub fn proxy(upstream: &str) -> ProxyBuilder {
         host: "127.0.0.1",
         public_port: None,
         env: Vec::new(),
+        users_file: None,
     }
 }
 
@@ -176,6 +179,21 @@ impl ProxyBuilder {
         self
     }
 
+    /// A replica of `earlier`: its own data folder holding copies of `earlier`'s key files (the
+    /// sealing key and the identity keys, which every replica must share), and `earlier`'s users
+    /// file read in place. The store is whatever `[store]` the test gives both.
+    pub fn replica_of(mut self, earlier: &Proxy) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        for file in ["secrets.key", "identity-keys.json"] {
+            std::fs::copy(earlier.data_dir().join(file), dir.path().join("data").join(file)).unwrap();
+        }
+        self.dir = Some(Arc::new(dir));
+        self.users_file = Some(earlier.users_file());
+        self.accounts.clear();
+        self
+    }
+
     pub fn start(self) -> Proxy {
         let dir = self.dir.clone().unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
         for account in &self.accounts {
@@ -187,11 +205,12 @@ impl ProxyBuilder {
             let port = self.port.unwrap_or_else(free_port);
             let config_path = dir.path().join("proxy.toml");
             let text = format!(
-                "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\npublic_url = \"{}://{}:{}\"\ndata_dir = \"data\"\nusers_file = \"users.toml\"\n{}",
+                "listen = \"127.0.0.1:{port}\"\nupstream = \"{}\"\npublic_url = \"{}://{}:{}\"\ndata_dir = \"data\"\nusers_file = {:?}\n{}",
                 self.upstream,
                 self.scheme,
                 self.host,
                 self.public_port.unwrap_or(port),
+                self.users_file.as_deref().map_or("users.toml".to_string(), |p| p.display().to_string()),
                 self.extra
             );
             std::fs::write(&config_path, text).unwrap();

@@ -30,6 +30,7 @@ mod passkeys;
 mod pausing;
 mod providers;
 mod reload;
+mod replicas;
 mod security_keys;
 mod smtp;
 mod upstream;

@@ -11,6 +11,7 @@ mod providers;
 #[cfg(test)]
 mod providers_tests;
 mod sections;
+mod store;
 #[cfg(test)]
 mod tests;
 mod webauthn;
@@ -336,6 +337,7 @@ impl Validator {
                 "set notify.transport = \"smtp\" (with its smtp_* keys), or remove [login.email_link]",
             );
         }
+        let store = self.store(raw.store);
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             self.problem(
@@ -370,6 +372,7 @@ impl Validator {
             notify,
             admin,
             webauthn,
+            store,
             table: toml::Table::new(),
         })
     }

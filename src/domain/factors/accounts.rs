@@ -66,14 +66,8 @@ impl Accounts {
     /// Forgets an account's record entirely (its user was removed). Returns whether there was one.
     pub async fn forget(&self, account_key: &str) -> Result<bool, StoreError> {
         let _serial = self.write.lock().await;
-        let removed = self.records.remove(account_key);
-        for cred_id in removed.iter().flat_map(|(_, record)| credential_ids(record)) {
-            self.key_owners.remove(&cred_id);
-        }
-        for identity in removed.iter().flat_map(|(_, record)| identity_keys(record)) {
-            self.identity_owners.remove(&identity);
-        }
-        let existed = removed.is_some();
+        let existed = self.records.contains_key(account_key);
+        self.install(account_key, None);
         self.store.apply(vec![Write::Delete { space: Space::Accounts, key: account_key.as_bytes().to_vec() }]).await?;
         Ok(existed)
     }
@@ -109,37 +103,94 @@ impl Accounts {
         .await
     }
 
-    /// Applies `change` to the account's record and persists the result before returning it.
-    /// `change` decides on the current record and may refuse (returning `Err`), in which case
-    /// nothing is written; a store failure comes back as the same error type.
+    /// Applies `change` to the account's record as the store holds it now and persists the
+    /// result before returning it. `change` decides on the current record and may refuse
+    /// (returning `Err`), in which case nothing is written; a store failure comes back as the same
+    /// error type.
+    ///
+    /// The write is a compare-and-swap ([`crate::store::update`]): should another replica change
+    /// the record first, `change` runs again on its version. That is what makes a TOTP step, a
+    /// recovery code or a recovery link good for one use across every replica sharing a store.
     pub async fn update<T, E: From<StoreError>>(
         &self,
         user: &User,
-        change: impl FnOnce(&mut AccountRecord) -> Result<T, E>,
+        mut change: impl FnMut(&mut AccountRecord) -> Result<T, E>,
     ) -> Result<T, E> {
         let _serial = self.write.lock().await;
-        let before = self.get(user);
-        let mut record = (*before).clone();
-        let outcome = change(&mut record)?;
-        let key = user.account_key.as_bytes().to_vec();
-        self.store.apply(vec![Write::Put { space: Space::Accounts, key, value: encode(&record)? }]).await?;
-        for cred_id in credential_ids(&before) {
-            self.key_owners.remove(&cred_id);
+        let mut written = None;
+        let outcome = crate::store::update(
+            &*self.store,
+            Space::Accounts,
+            user.account_key.as_bytes(),
+            |current| -> Result<_, E> {
+                let mut record = match current {
+                    Some(bytes) => decode::<AccountRecord>(bytes)?,
+                    None => AccountRecord::default(),
+                };
+                let outcome = change(&mut record)?;
+                let bytes = encode(&record)?;
+                written = Some(record);
+                Ok((Some(bytes), outcome))
+            },
+        )
+        .await?;
+        if let Some(record) = written {
+            self.install(&user.account_key, Some(record));
         }
-        for cred_id in credential_ids(&record) {
-            self.key_owners.insert(cred_id, user.account_key.clone());
-        }
-        for identity in identity_keys(&before) {
-            self.identity_owners.remove(&identity);
-        }
-        for identity in identity_keys(&record) {
-            self.identity_owners.insert(identity, user.account_key.clone());
-        }
-        self.records.insert(user.account_key.clone(), Arc::new(record));
         Ok(outcome)
     }
-}
 
+    /// Puts `record` (`None`: no record) in memory for `account`, with the indexes kept in step.
+    fn install(&self, account: &str, record: Option<AccountRecord>) {
+        let before = self.records.get(account).map(|r| r.value().clone()).unwrap_or_default();
+        for cred_id in credential_ids(&before) {
+            self.key_owners.remove_if(&cred_id, |_, owner| owner == account);
+        }
+        for identity in identity_keys(&before) {
+            self.identity_owners.remove_if(&identity, |_, owner| owner == account);
+        }
+        match record {
+            Some(record) => {
+                for cred_id in credential_ids(&record) {
+                    self.key_owners.insert(cred_id, account.to_string());
+                }
+                for identity in identity_keys(&record) {
+                    self.identity_owners.insert(identity, account.to_string());
+                }
+                self.records.insert(account.to_string(), Arc::new(record));
+            }
+            None => {
+                self.records.remove(account);
+            }
+        }
+    }
+
+    /// Reads one account's record again, after another replica changed it.
+    pub async fn refresh(&self, account: &[u8]) -> Result<(), StoreError> {
+        let _serial = self.write.lock().await;
+        let account_key = text_key(account)?;
+        let record =
+            self.store.get(Space::Accounts, account).await?.map(|v| decode::<AccountRecord>(&v)).transpose()?;
+        self.install(&account_key, record);
+        Ok(())
+    }
+
+    /// Reads every record again (changes from other replicas may have been missed).
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let _serial = self.write.lock().await;
+        let mut seen = std::collections::HashSet::new();
+        for (key, value) in self.store.scan(Space::Accounts).await? {
+            let account = text_key(&key)?;
+            self.install(&account, Some(decode::<AccountRecord>(&value)?));
+            seen.insert(account);
+        }
+        let gone: Vec<String> = self.records.iter().map(|r| r.key().clone()).filter(|k| !seen.contains(k)).collect();
+        for account in gone {
+            self.install(&account, None);
+        }
+        Ok(())
+    }
+}
 fn identity_keys(record: &AccountRecord) -> impl Iterator<Item = String> + '_ {
     record.identities.iter().map(|i| LinkedIdentity::key(&i.issuer, &i.subject))
 }

@@ -269,11 +269,11 @@ impl SecondFactors {
                 let first = !has_counting_factor(record, providers);
                 let proof = SecondFactorProof::of_provider(AuthMethod::Otp, user, &provider);
                 record.totp = Some(TotpRecord {
-                    sealed_secret: sealed,
+                    sealed_secret: sealed.clone(),
                     enrolled_at: now,
                     last_used_at: Some(now),
                     last_step: step,
-                    provider,
+                    provider: provider.clone(),
                 });
                 let new_codes = first_factor_codes(record, first, pepper, now);
                 Ok(Enrolled { proof, new_codes })
@@ -312,7 +312,12 @@ impl SecondFactors {
                 }
                 let first = !has_counting_factor(record, providers);
                 let proof = SecondFactorProof::of_provider(AuthMethod::Email, user, &provider);
-                record.email = Some(EmailFactorRecord { address, enrolled_at: now, last_used_at: Some(now), provider });
+                record.email = Some(EmailFactorRecord {
+                    address: address.clone(),
+                    enrolled_at: now,
+                    last_used_at: Some(now),
+                    provider: provider.clone(),
+                });
                 if record.primary.is_none() {
                     record.primary = Some(if record.totp.is_some() { FactorKind::Totp } else { FactorKind::Email });
                 }
@@ -424,7 +429,7 @@ impl SecondFactors {
         let (token, record) = remembered::remember(user, browser, address, now, lifetime);
         self.accounts
             .update(user, |account| {
-                account.add_remembered(record, now);
+                account.add_remembered(record.clone(), now);
                 Ok(())
             })
             .await?;

@@ -102,7 +102,7 @@ impl SecondFactors {
         }
         let (backup_eligible, sign_count) = registered_flags(&passkey);
         let id = handle_of(&passkey);
-        let proof = SecondFactorProof::of_key(method_for(backup_eligible), user, provider, &id);
+        let method = method_for(backup_eligible);
         let record = SecurityKeyRecord {
             id,
             name,
@@ -130,7 +130,8 @@ impl SecondFactors {
                 // The first factor that counts gets a new set of codes, as the app and email do:
                 // codes left from factors whose provider was disabled went with them.
                 let first = !super::providers::has_counting_factor(account, providers);
-                account.security_keys.push(record);
+                let proof = SecondFactorProof::of_key(method, user, provider, &record.id);
+                account.security_keys.push(record.clone());
                 let new_codes = super::service::first_factor_codes(account, first, pepper, now);
                 Ok(Enrolled { proof, new_codes })
             })

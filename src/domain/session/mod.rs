@@ -13,11 +13,13 @@
 mod hosts;
 mod id;
 mod record;
+mod replicas;
 mod state;
+mod sweep;
 
 pub use id::{SessionId, SessionKey};
 pub use record::{Device, Rejected, SessionRecord, Stage};
-pub use state::{FullSession, FullStage, Lookup, Memo, PartialSession, Session};
+pub use state::{FullSession, FullStage, Lookup, Memo, PartialSession, Session, StoreState};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -437,13 +439,18 @@ impl Sessions {
         let record = SessionRecord { stage: stage.stored(), last_seen: now, ..entry.snapshot() };
         let partial = Entry::new(record.clone(), stage);
         self.cache.insert(key.clone(), partial.clone());
-        match put(key, &record) {
-            Ok(write) => {
-                if let Err(e) = self.store.apply(vec![write]).await {
-                    tracing::error!(session = %key.log_ref(), "a downgraded session could not be stored: {e}");
-                }
+        let stored = async {
+            if !self.shared() {
+                return self.store.apply(vec![put(key, &record)?]).await;
             }
-            Err(e) => tracing::error!(session = %key.log_ref(), "a downgraded session could not be encoded: {e}"),
+            // Ended on another replica meanwhile: it stays ended.
+            if self.make_partial_stored(key, &record).await?.is_none() {
+                self.cache.remove(key);
+            }
+            Ok(())
+        };
+        if let Err(e) = stored.await {
+            tracing::error!(session = %key.log_ref(), "a downgraded session could not be stored: {e}");
         }
         (partial, now)
     }
@@ -551,47 +558,6 @@ impl Sessions {
         self.cache.remove(key);
         self.store.apply(vec![delete(key)]).await?;
         Ok(())
-    }
-
-    /// Drops expired sessions and persists `last_seen` for sessions that were used, at most
-    /// once a minute each. Runs on a timer and at shutdown, off the hot path.
-    pub async fn sweep(&self) -> Result<SweepReport, StoreError> {
-        let now = self.clock.now();
-        let mut report = SweepReport::default();
-        let mut expired = Vec::new();
-        let mut writes = Vec::new();
-        for item in self.cache.iter() {
-            let entry = item.value();
-            let last_seen = entry.last_seen.load(Ordering::Relaxed);
-            if self.expiry(entry, now).is_err() {
-                expired.push(item.key().clone());
-                // A half-logged-in session that ran out: the password was right, the second step
-                // never came. The caller decides whether that is worth telling the user.
-                if !entry.is_full() {
-                    report.abandoned.push(entry.user.clone());
-                }
-            } else if last_seen - entry.persisted_last_seen.load(Ordering::Relaxed) >= 60 {
-                writes.push(put(item.key(), &entry.snapshot())?);
-                entry.persisted_last_seen.store(last_seen, Ordering::Relaxed);
-                report.touched += 1;
-            }
-        }
-        for key in expired {
-            self.cache.remove(&key);
-            writes.push(delete(&key));
-            report.expired += 1;
-        }
-        if !writes.is_empty() {
-            self.store.apply(writes).await?;
-        }
-        Ok(report)
-    }
-
-    /// Persists every session's latest activity, for a clean shutdown.
-    pub async fn persist_all(&self) -> Result<(), StoreError> {
-        let writes =
-            self.cache.iter().map(|item| put(item.key(), &item.value().snapshot())).collect::<Result<Vec<_>, _>>()?;
-        self.store.apply(writes).await
     }
 }
 

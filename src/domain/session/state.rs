@@ -328,3 +328,11 @@ pub enum Lookup {
     Rejected(super::record::Rejected),
     Found(Session),
 }
+
+/// See `Sessions::store_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreState {
+    Reachable,
+    Grace,
+    Closed,
+}

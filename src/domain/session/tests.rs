@@ -262,3 +262,47 @@ async fn a_session_stored_before_families_gets_one_of_its_own() {
     let (a, b) = (Entry::from_record(record.clone()), Entry::from_record(record));
     assert!(!a.family.is_empty() && a.family != b.family, "never one shared empty family");
 }
+
+/// Two replicas over one shared store: what one ends or downgrades, the other's sweep never
+/// writes back (it would bring a signed-out session back to life, or a downgraded one back to
+/// full).
+#[tokio::test]
+async fn a_replicas_sweep_never_revives_what_another_ended_or_downgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = directory(dir.path());
+    let clock = FixedClock::at(1_700_000_000);
+    let store: Arc<dyn crate::store::Store> = Arc::new(MemoryStore::shared());
+    let a = Sessions::open(store.clone(), settings(), Arc::new(clock.clone())).await.unwrap();
+    let b = Sessions::open(store.clone(), settings(), Arc::new(clock.clone())).await.unwrap();
+
+    let (_, partial) = a.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    let (ended_id, _) = a.promote_with_password(partial, enough()).await.unwrap();
+    let (_, partial) = a.begin(password(&users, "alice"), Device::default()).await.unwrap();
+    let (lowered_id, _) = a.promote_with_password(partial, enough()).await.unwrap();
+    // B learns of both from the store, as it would from a cookie it does not know.
+    for id in [&ended_id, &lowered_id] {
+        assert!(b.fetch([id.cookie_value().as_str()]).await.unwrap());
+    }
+    // Both are used on A a few minutes later, so A's sweep has `last_seen` to write.
+    clock.advance(120);
+    for id in [&ended_id, &lowered_id] {
+        assert!(matches!(found(a.resolve([id.cookie_value().as_str()], &users)), Session::Full(_)));
+    }
+    // Meanwhile B ends one and downgrades the other.
+    b.end(&ended_id.key()).await.unwrap();
+    let Session::Full(full) = found(b.resolve([lowered_id.cookie_value().as_str()], &users)) else { panic!() };
+    assert!(b.downgrade(full).await.is_some());
+
+    let report = a.sweep().await.unwrap();
+    assert_eq!(report.touched, 2);
+    assert!(store.get(Space::Sessions, ended_id.key().as_bytes()).await.unwrap().is_none(), "still ended");
+    let stored: SessionRecord =
+        decode(&store.get(Space::Sessions, lowered_id.key().as_bytes()).await.unwrap().unwrap()).unwrap();
+    assert!(matches!(stored.stage, Stage::Partial { .. }), "still partial: {stored:?}");
+    assert_eq!(stored.last_seen, 1_700_000_120, "only last_seen moved");
+    // A reads both again (the change messages) and agrees.
+    a.refresh(ended_id.key().as_bytes()).await.unwrap();
+    a.refresh(lowered_id.key().as_bytes()).await.unwrap();
+    assert_eq!(rejected(a.resolve([ended_id.cookie_value().as_str()], &users)), Rejected::Unknown);
+    assert!(matches!(found(a.resolve([lowered_id.cookie_value().as_str()], &users)), Session::Partial(_)));
+}

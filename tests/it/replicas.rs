@@ -1,0 +1,327 @@
+//! Two Portcullis processes sharing one real Redis (Debian's `redis-server`, started here on a
+//! loopback port with `appendonly yes`), with the test as the round-robin client in front of them:
+//! a session made on one works on the other, a sign-out on one reaches the other at once, a ban
+//! holds on both, a TOTP code raced to both at the same instant is accepted once, and a Redis
+//! restart loses nothing. With Redis stopped, the documented behaviour: sign-ins get a 503 page,
+//! full sessions go on for `store.offline_grace`, then everything is refused until it is back.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::front_proxy::{Addresses, Front, present};
+use crate::harness::{ALICE, Account, Browser, Lines, Proxy, form_field, free_port, proxy, run_cli};
+use crate::mfa::{code, enroll, log_out, password};
+use crate::upstream::Upstream;
+
+/// A redis-server that can be stopped and started again on the same port and files.
+struct Redis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start(test: &str) -> Option<Self> {
+        if !present("redis-server", test) {
+            return None;
+        }
+        let mut redis = Self { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        redis.run();
+        Some(redis)
+    }
+
+    fn run(&mut self) {
+        let mut child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--appendonly", "yes", "--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("redis-server starts");
+        let log = Lines::default();
+        log.clone().follow(child.stdout.take().unwrap());
+        log.clone().follow(child.stderr.take().unwrap());
+        assert!(
+            log.wait_for(0, |l| l.contains("Ready to accept connections")).is_some(),
+            "redis-server did not start:\n{}",
+            log.all().join("\n")
+        );
+        self.child = Some(child);
+    }
+
+    /// SIGTERM: Redis writes its append-only file and exits.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            child.wait().unwrap();
+        }
+    }
+
+    fn store_toml(&self, prefix: &str) -> String {
+        format!(
+            "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\nkey_prefix = \"{prefix}\"\noffline_grace = \"3s\"\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Replica `a` and replica `b` of one install.
+fn replicas(upstream: &Upstream, redis: &Redis, prefix: &str, extra: &str) -> (Proxy, Proxy) {
+    let a = proxy(&upstream.url()).toml(&redis.store_toml(prefix)).toml(extra).start();
+    let b = proxy(&upstream.url()).replica_of(&a).toml(&redis.store_toml(prefix)).toml(extra).start();
+    (a, b)
+}
+
+/// Polls `check` until it holds, for at most `within`; returns how long it took.
+async fn within<F: std::future::Future<Output = bool>>(within: Duration, mut check: impl FnMut() -> F) -> Duration {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "did not happen within {within:?}");
+        tokio::task::yield_now().await;
+    }
+    started.elapsed()
+}
+
+async fn status_with_cookie(proxy: &Proxy, cookie: &str) -> u16 {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    client.get(proxy.url("/")).header("cookie", cookie).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_made_on_one_replica_works_on_the_other_and_ends_on_both() {
+    let Some(redis) = Redis::start("replicas share sessions") else { return };
+    let upstream = Upstream::start().await;
+    let (a, b) = replicas(&upstream, &redis, "share:", "");
+
+    let browser = Browser::new();
+    browser.login(&a, &ALICE).await;
+    // The very next request goes to the other replica, before any change message could matter.
+    let on_b = browser.navigate(&b.url("/wiki")).await;
+    assert_eq!(on_b.status(), 200, "a session from A is good on B");
+    assert_eq!(upstream.seen().last().unwrap().path, "/wiki");
+
+    let cookie = browser.cookie_header(&a.url("/")).unwrap();
+    assert_eq!(status_with_cookie(&a, &cookie).await, 200);
+    log_out(&browser, &b).await;
+    let took = within(Duration::from_secs(1), || async { status_with_cookie(&a, &cookie).await != 200 }).await;
+    eprintln!("a sign-out on B was refused on A after {took:?}");
+    assert_eq!(status_with_cookie(&b, &cookie).await, 401, "and on B");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ban_made_on_one_replica_holds_on_the_other() {
+    let Some(redis) = Redis::start("replicas share bans") else { return };
+    let upstream = Upstream::start().await;
+    let (a, b) = replicas(&upstream, &redis, "bans:", "");
+    let attacker = Browser::new();
+    let mut paused = false;
+    for _ in 0..5 {
+        let answer = attacker.submit_login(&a, "alice", "not the password", "/").await;
+        paused = answer.status() == 429;
+    }
+    assert!(paused, "A paused the account after five wrong passwords");
+    // B has heard when its operator view shows the pause (a condition, not a sleep).
+    within(Duration::from_secs(2), || async {
+        let out = run_cli(b.config_path(), &["admin", "bans"], "");
+        String::from_utf8_lossy(&out.stdout).contains("account:alice")
+    })
+    .await;
+    let owner = Browser::new();
+    let answer = owner.submit_login(&b, ALICE.name, ALICE.password, "/").await;
+    assert_eq!(answer.status(), 429, "the right password on B is paused too");
+    // Lifted on B, it is lifted on A.
+    assert!(run_cli(b.config_path(), &["admin", "unban", "account:alice"], "").status.success());
+    within(Duration::from_secs(2), || async {
+        let out = run_cli(a.config_path(), &["admin", "bans"], "");
+        !String::from_utf8_lossy(&out.stdout).contains("account:alice")
+    })
+    .await;
+}
+
+/// The challenge form of a half-logged-in browser: its CSRF token and return address.
+async fn challenge_form(browser: &Browser, challenge_url: &str) -> (String, String) {
+    let page = browser.navigate(challenge_url).await.text().await.unwrap();
+    (form_field(&page, "csrf").expect("a challenge form"), form_field(&page, "rd").unwrap())
+}
+
+async fn post_code(browser: &Browser, proxy: &Proxy, form: &(String, String), code: &str) -> u16 {
+    let sent = browser
+        .http
+        .post(proxy.url("/.portcullis/challenge"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", form.0.as_str()), ("rd", form.1.as_str()), ("code", code)])
+        .send()
+        .await
+        .unwrap();
+    sent.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_totp_code_raced_to_both_replicas_is_accepted_once_fifty_times() {
+    let Some(redis) = Redis::start("the TOTP race across replicas") else { return };
+    let upstream = Upstream::start().await;
+    // A code is good for one step; each race needs a step nobody used, so each of fifty accounts
+    // races once, with the step after the one its enrollment used.
+    let accounts: Vec<&'static Account> = (0..50)
+        .map(|i| {
+            let name: &'static str = Box::leak(format!("racer{i:02}").into_boxed_str());
+            let email: &'static str = Box::leak(format!("racer{i:02}@example.com").into_boxed_str());
+            &*Box::leak(Box::new(Account { name, password: "racing password 1", email, groups: &[] }))
+        })
+        .collect();
+    let regulation = "[regulation]\nmax_failures = 1000\naddress_max_failures = 100000\n";
+    let mut builder = proxy(&upstream.url()).toml(&redis.store_toml("race:")).toml(regulation);
+    for account in &accounts {
+        builder = builder.account(account);
+    }
+    let a = builder.start();
+    let b = proxy(&upstream.url()).replica_of(&a).toml(&redis.store_toml("race:")).toml(regulation).start();
+
+    let (mut accepted_on_a, mut accepted_on_b) = (0, 0);
+    for account in &accounts {
+        let setup = Browser::new();
+        setup.login(&a, account).await;
+        let (secret, _, _) = enroll(&setup, &a, &a.url("/.portcullis/enroll")).await;
+        let next = code(&secret, 1);
+
+        let (on_a, on_b) = (Browser::new(), Browser::new());
+        let (challenge_a, challenge_b) =
+            tokio::join!(password(&on_a, &a, account, "/"), password(&on_b, &b, account, "/"));
+        let (form_a, form_b) = tokio::join!(challenge_form(&on_a, &challenge_a), challenge_form(&on_b, &challenge_b));
+        let (status_a, status_b) =
+            tokio::join!(post_code(&on_a, &a, &form_a, &next), post_code(&on_b, &b, &form_b, &next));
+        let mut statuses = [status_a, status_b];
+        statuses.sort();
+        assert_eq!(statuses, [303, 401], "{}: accepted exactly once (A {status_a}, B {status_b})", account.name);
+        if status_a == 303 {
+            accepted_on_a += 1;
+        } else {
+            accepted_on_b += 1;
+        }
+    }
+    eprintln!("fifty races: A won {accepted_on_a}, B won {accepted_on_b}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_restart_loses_nothing_and_a_redis_outage_fails_closed_after_the_grace() {
+    let Some(mut redis) = Redis::start("replicas through a Redis restart") else { return };
+    let upstream = Upstream::start().await;
+    let (a, b) = replicas(&upstream, &redis, "outage:", "");
+    let browser = Browser::new();
+    browser.login(&a, &ALICE).await;
+    let (secret, _, _) = enroll(&browser, &a, &a.url("/.portcullis/enroll")).await;
+
+    redis.stop();
+    // While Redis is down: the full session goes on for the grace (3 s here) ...
+    assert_eq!(browser.navigate(&b.url("/")).await.status(), 200);
+    // ... signing in is refused with a page that says why ...
+    let newcomer = Browser::new();
+    let refused = newcomer.http.get(a.url("/.portcullis/login")).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.text().await.unwrap().contains("cannot reach its data store"));
+    // ... and after the grace nothing passes (another replica may have ended the session).
+    let closed = within(Duration::from_secs(6), || async { browser.navigate(&b.url("/")).await.status() == 503 }).await;
+    eprintln!("with Redis down, B closed after {closed:?}");
+    let seen = upstream.count();
+    assert_eq!(browser.navigate(&a.url("/")).await.status(), 503);
+    assert_eq!(upstream.count(), seen, "nothing reached the upstream");
+
+    redis.run();
+    // Both reconnect by themselves, and the session and the enrollment survived the restart.
+    within(Duration::from_secs(10), || async { browser.navigate(&a.url("/")).await.status() == 200 }).await;
+    within(Duration::from_secs(10), || async { browser.navigate(&b.url("/")).await.status() == 200 }).await;
+    let device = Browser::new();
+    let challenge = password(&device, &b, &ALICE, "/").await;
+    assert!(challenge.contains("/.portcullis/challenge"), "the enrolled factor is asked for: {challenge}");
+    let form = challenge_form(&device, &challenge).await;
+    assert_eq!(post_code(&device, &b, &form, &code(&secret, 1)).await, 303);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_copies_the_embedded_store_into_redis_and_back() {
+    let Some(redis) = Redis::start("admin migrate") else { return };
+    let upstream = Upstream::start().await;
+    let mut single = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&single, &ALICE).await;
+    let (secret, _, _) = enroll(&browser, &single, &single.url("/.portcullis/enroll")).await;
+    assert!(single.stop().success());
+
+    // The same install, now on Redis: copied over, the enrollment and the session are there.
+    let config = single.config_path().to_path_buf();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{}", redis.store_toml("moved:"))).unwrap();
+    let out = run_cli(&config, &["admin", "migrate", "--to", "redis"], "");
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("copied") && said.contains("1 accounts"), "{said}");
+    // A second copy into the now full store is refused, naming the fix.
+    let again = run_cli(&config, &["admin", "migrate", "--to", "redis"], "");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds"));
+
+    // The embedded store is put aside, so what follows can only come from Redis.
+    let data: PathBuf = single.data_dir();
+    std::fs::rename(data.join("store"), data.join("store.old")).unwrap();
+    let moved = proxy(&upstream.url()).restart_of(&single).toml(&redis.store_toml("moved:")).start();
+    assert_eq!(browser.navigate(&moved.url("/")).await.status(), 200, "still signed in after the move");
+    let device = Browser::new();
+    let challenge = password(&device, &moved, &ALICE, "/").await;
+    let form = challenge_form(&device, &challenge).await;
+    assert_eq!(post_code(&device, &moved, &form, &code(&secret, 1)).await, 303, "the factor moved along");
+    drop(moved);
+
+    // And back into an empty embedded store, which then serves the same session.
+    let out = run_cli(&config, &["admin", "migrate", "--to", "sled"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let back = proxy(&upstream.url()).restart_of(&single).start();
+    assert_eq!(browser.navigate(&back.url("/")).await.status(), 200, "still signed in after moving back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_round_robin_over_two_replicas_with_the_shipped_sample() {
+    let Some(redis) = Redis::start("nginx in front of two replicas") else { return };
+    let upstream = Upstream::start().await;
+    let port = free_port();
+    let front = |builder: crate::harness::ProxyBuilder| {
+        builder
+            .public_host("app.example.test")
+            .public_port(port)
+            .toml("trusted_proxies = [\"127.0.0.1/32\"]")
+            .toml(&redis.store_toml("nginx:"))
+    };
+    let a = front(proxy(&upstream.url())).start();
+    let b = front(proxy(&upstream.url()).replica_of(&a)).start();
+    let second = b.addr.to_string();
+    let hosts = [("app.example.com", "app.example.test"), ("127.0.0.1:9092", second.as_str())];
+    let addresses = Addresses { portcullis: a.addr, app: None, hosts: &hosts };
+    let test = "nginx_round_robin_over_two_replicas_with_the_shipped_sample";
+    let Some(nginx) = Front::nginx(test, "nginx/replicas.conf", port, &addresses) else { return };
+
+    let base = format!("http://app.example.test:{port}");
+    let browser = Browser::resolving(nginx.addr(), &["app.example.test"]);
+    // The login form and its POST may reach different replicas: the form's token is the
+    // browser's, not a replica's.
+    let signed_in = browser.submit_login_at(&base, "alice", ALICE.password, "/").await;
+    assert_eq!(signed_in.status(), 303);
+    for i in 0..20 {
+        let page = browser.navigate(&format!("{base}/page-{i}")).await;
+        assert_eq!(page.status(), 200, "request {i}");
+    }
+    let served = |replica: &Proxy| replica.stderr.all().iter().filter(|l| l.contains("path=/page-")).count();
+    let (on_a, on_b) = (served(&a), served(&b));
+    assert_eq!(on_a + on_b, 20);
+    assert!(on_a > 0 && on_b > 0, "both replicas served signed-in requests (A {on_a}, B {on_b})");
+}
