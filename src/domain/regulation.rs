@@ -146,7 +146,24 @@ pub struct RegulationRecord {
     /// a restart ends every attempt in flight.
     #[serde(skip)]
     in_flight: [u32; 2],
+    /// With a store several replicas share: the attempts in flight on every replica, each until
+    /// it is settled or its time runs out (a replica that died mid-check). Counted like
+    /// `in_flight`, so a burst spread over the replicas gets no more checks than one would.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    reserved: Vec<Reservation>,
 }
+
+/// One attempt in flight somewhere, in a shared store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    id: u64,
+    /// 0: password, 1: second factor.
+    factor: u8,
+    until: UnixTime,
+}
+
+/// How long a reservation in a shared store holds if the replica that made it never settles it.
+const RESERVATION_SECONDS: i64 = 60;
 
 impl RegulationRecord {
     /// Moves a pause from an older record format onto both kinds of attempt.
@@ -190,7 +207,13 @@ impl RegulationRecord {
             Factor::Password => &self.password_failures,
             Factor::SecondFactor => &self.code_failures,
         };
-        list.len() + self.in_flight[factor as usize] as usize
+        let reserved = self.reserved.iter().filter(|r| r.factor == factor as u8).count();
+        list.len() + self.in_flight[factor as usize] as usize + reserved
+    }
+
+    /// Drops the reservation `id` (the attempt was settled) and those whose time ran out.
+    fn settle(&mut self, id: Option<u64>, now: UnixTime) {
+        self.reserved.retain(|r| Some(r.id) != id && r.until > now);
     }
 
     fn forget_old(&mut self, now: UnixTime, window: i64) {
@@ -256,6 +279,8 @@ pub struct Attempt<'a> {
     subjects: Vec<Subject>,
     factor: Factor,
     settled: bool,
+    /// Its reservation in a shared store (see [`RegulationRecord::reserved`]).
+    reservation: Option<u64>,
 }
 
 impl Regulator {
@@ -314,7 +339,13 @@ impl Regulator {
 
     /// Lets one attempt through if no subject is paused and none is at its limit counting the
     /// attempts already in flight; the attempt then counts until it is settled.
-    pub fn reserve(&self, subjects: &[Subject], factor: Factor) -> Result<Attempt<'_>, Refusal> {
+    ///
+    /// With a shared store the reservation is made in the store ([`Regulator::reserve_shared`]),
+    /// so attempts in flight on other replicas count too.
+    pub async fn reserve(&self, subjects: &[Subject], factor: Factor) -> Result<Attempt<'_>, Refusal> {
+        if self.store.shared().is_some() {
+            return self.reserve_shared(subjects, factor).await;
+        }
         let now = self.clock.now();
         let window = self.settings.window.as_secs() as i64;
         let mut reserved: Vec<Subject> = Vec::with_capacity(subjects.len());
@@ -329,7 +360,7 @@ impl Regulator {
             *record.in_flight(factor) += 1;
             reserved.push(subject.clone());
         }
-        Ok(Attempt { regulator: self, subjects: reserved, factor, settled: false })
+        Ok(Attempt { regulator: self, subjects: reserved, factor, settled: false, reservation: None })
     }
 
     fn release(&self, subjects: &[Subject], factor: Factor) {
@@ -351,6 +382,7 @@ impl Regulator {
         let stale = |record: &RegulationRecord| {
             record.second_factor_streak == 0
                 && record.in_flight == [0, 0]
+                && record.reserved.iter().all(|r| r.until <= now)
                 && record.password_failures.iter().chain(&record.code_failures).all(|t| now - t >= window)
                 && [record.password_pause, record.code_pause]
                     .iter()
@@ -434,10 +466,11 @@ impl Attempt<'_> {
         regulator.release(&self.subjects, self.factor);
         for subject in &self.subjects {
             let limit = regulator.limit(subject);
-            let factor = self.factor;
+            let (factor, reservation) = (self.factor, self.reservation);
             let ban = regulator
                 .change(subject, |record| {
                     record.forget_old(now, window);
+                    record.settle(reservation, now);
                     record.failures(factor).push(now);
                     if factor == Factor::SecondFactor && subject.who() == Who::Account {
                         record.second_factor_streak += 1;
@@ -473,13 +506,18 @@ impl Attempt<'_> {
         let regulator = self.regulator;
         let now = regulator.clock.now();
         regulator.release(&self.subjects, self.factor);
-        for subject in self.subjects.iter().filter(|s| s.who() != Who::Address) {
-            if !regulator.records.contains_key(&subject.store_key()) {
+        for subject in &self.subjects {
+            if subject.who() == Who::Address || !regulator.records.contains_key(&subject.store_key()) {
+                // Not forgiven; only its reservation (in a shared store) ends.
+                if self.reservation.is_some() {
+                    regulator.change(subject, |record| record.settle(self.reservation, now)).await?;
+                }
                 continue;
             }
-            let factor = self.factor;
+            let (factor, reservation) = (self.factor, self.reservation);
             regulator
                 .change(subject, |record| {
+                    record.settle(reservation, now);
                     let forgiven: &[Factor] = match factor {
                         Factor::Password => &[Factor::Password],
                         Factor::SecondFactor => &[Factor::Password, Factor::SecondFactor],

@@ -87,7 +87,7 @@ impl SignIn {
             None if Username::parse(username).is_err() => vec![Subject::address(client)],
             None => vec![Subject::Account(username.to_string()), Subject::address(client)],
         };
-        let attempt = match self.regulator.reserve(&subjects, Factor::Password) {
+        let attempt = match self.regulator.reserve(&subjects, Factor::Password).await {
             Ok(attempt) => attempt,
             Err(refusal) => {
                 crate::base::metrics::login("locked");

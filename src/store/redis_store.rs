@@ -174,6 +174,7 @@ fn follow_changes(client: Client, channel: String, origin: String, shared: Arc<S
                         // Whatever was written while we were not listening must be read again.
                         None => shared.announce(Change::Resync),
                     }
+                    shared.set_subscribed(true);
                     shared.mark_up();
                     let mut messages = pubsub.into_on_message();
                     while let Some(message) = messages.next().await {
@@ -182,6 +183,7 @@ fn follow_changes(client: Client, channel: String, origin: String, shared: Arc<S
                         }
                     }
                     tracing::warn!(target: "portcullis::store", "lost the subscription to Redis's change channel; subscribing again");
+                    shared.set_subscribed(false);
                     shared.mark_down();
                 }
                 Ok(Err(e)) => {
@@ -209,8 +211,8 @@ fn parse_change(payload: &[u8], own: &str) -> Option<Change> {
 }
 
 /// Asks Redis every second whether it is there. A store found unreachable is marked up again
-/// only by the change subscription, once it is back: until then this process may have missed
-/// another's sign-out.
+/// when it answers while the change subscription held, or when the subscription is back: never
+/// while this process may be missing another's sign-out.
 async fn check_health(mut connection: ConnectionManager, shared: Arc<Shared>) {
     let mut every = tokio::time::interval(HEALTH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -220,8 +222,9 @@ async fn check_health(mut connection: ConnectionManager, shared: Arc<Shared>) {
             tokio::time::timeout(RESPONSE_TIMEOUT, redis::cmd("PING").query_async(&mut connection))
                 .await
                 .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))));
-        if answered.is_err() {
-            shared.mark_down();
+        match answered {
+            Ok(_) => shared.answered(),
+            Err(_) => shared.mark_down(),
         }
     }
 }

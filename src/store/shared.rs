@@ -24,13 +24,21 @@ pub struct Shared {
     down_since: AtomicU64,
     epoch: Instant,
     offline_grace: Duration,
+    /// Whether this process is subscribed to the others' changes right now.
+    subscribed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
     pub fn new(offline_grace: Duration) -> Self {
         // A burst of changes larger than this makes a slow listener resync everything instead.
         let (changes, _) = broadcast::channel(4096);
-        Self { changes, down_since: AtomicU64::new(0), epoch: Instant::now(), offline_grace }
+        Self {
+            changes,
+            down_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+            offline_grace,
+            subscribed: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Other processes' changes, from now on.
@@ -72,6 +80,22 @@ impl Shared {
     pub(super) fn mark_up(&self) {
         if self.down_since.swap(0, Ordering::Relaxed) != 0 {
             tracing::warn!(target: "portcullis::store", "the shared store can be reached again");
+        }
+    }
+
+    pub(super) fn set_subscribed(&self, subscribed: bool) {
+        self.subscribed.store(subscribed, Ordering::Relaxed);
+    }
+
+    /// The store answered again. If the subscription outlived the silence (a stalled server, a
+    /// slow network: the connection never broke), no change message was lost, since the server
+    /// kept them for us; everything is read again all the same, in case one was, and the store
+    /// counts as reachable. Without a subscription it stays unreachable until the subscriber is
+    /// back (and resyncs).
+    pub(super) fn answered(&self) {
+        if self.down_since.load(Ordering::Relaxed) != 0 && self.subscribed.load(Ordering::Relaxed) {
+            self.announce(Change::Resync);
+            self.mark_up();
         }
     }
 }

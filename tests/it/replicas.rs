@@ -60,6 +60,13 @@ impl Redis {
         }
     }
 
+    /// SIGSTOP / SIGCONT: a server that stalls (a slow fork, a hung disk) without dropping any
+    /// connection.
+    fn pause(&self, paused: bool) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        unsafe { libc::kill(pid, if paused { libc::SIGSTOP } else { libc::SIGCONT }) };
+    }
+
     fn store_toml(&self, prefix: &str) -> String {
         format!(
             "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\nkey_prefix = \"{prefix}\"\noffline_grace = \"3s\"\n",
@@ -148,6 +155,50 @@ async fn a_ban_made_on_one_replica_holds_on_the_other() {
         !String::from_utf8_lossy(&out.stdout).contains("account:alice")
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_guesses_split_over_the_replicas_gets_no_more_checks_than_one_replica_allows() {
+    let Some(redis) = Redis::start("replicas share one guess limit") else { return };
+    let upstream = Upstream::start().await;
+    let (a, b) = replicas(&upstream, &redis, "burst:", "");
+    let guesses = (0..20).map(|i| {
+        let target = if i % 2 == 0 { &a } else { &b };
+        async move { Browser::new().submit_login(target, "alice", "not the password", "/").await.status().as_u16() }
+    });
+    let answers = futures_util::future::join_all(guesses).await;
+    let checked = answers.iter().filter(|s| **s == 401).count();
+    assert!(answers.iter().all(|s| *s == 401 || *s == 429), "{answers:?}");
+    // max_failures is 5: at most five passwords were checked, whichever replica got them.
+    assert!(checked <= 5, "{checked} guesses checked: {answers:?}");
+    for replica in [&a, &b] {
+        let owner = Browser::new().submit_login(replica, ALICE.name, ALICE.password, "/").await;
+        assert_eq!(owner.status(), 429, "paused on both");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_redis_closes_the_replicas_and_they_come_back_when_it_answers() {
+    let Some(redis) = Redis::start("replicas through a stalled Redis") else { return };
+    let upstream = Upstream::start().await;
+    let (a, b) = replicas(&upstream, &redis, "stall:", "");
+    let browser = Browser::new();
+    browser.login(&a, &ALICE).await;
+    assert_eq!(browser.navigate(&b.url("/")).await.status(), 200);
+    redis.pause(true);
+    // Unanswered pings count it unreachable; after the grace (3 s) both refuse.
+    for replica in [&a, &b] {
+        within(Duration::from_secs(10), || async { browser.navigate(&replica.url("/")).await.status() == 503 }).await;
+    }
+    redis.pause(false);
+    // The subscriptions held through the stall: once Redis answers, both serve again.
+    for replica in [&a, &b] {
+        let back =
+            within(Duration::from_secs(5), || async { browser.navigate(&replica.url("/")).await.status() == 200 })
+                .await;
+        eprintln!("served again {back:?} after Redis answered");
+    }
+    assert_eq!(Browser::new().submit_login(&b, ALICE.name, ALICE.password, "/").await.status(), 303);
 }
 
 /// The challenge form of a half-logged-in browser: its CSRF token and return address.
@@ -291,7 +342,7 @@ async fn migrate_copies_the_embedded_store_into_redis_and_back() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn nginx_round_robin_over_two_replicas_with_the_shipped_sample() {
+async fn behind_nginx_with_the_shipped_sample_a_replica_going_down_keeps_its_users_signed_in() {
     let Some(redis) = Redis::start("nginx in front of two replicas") else { return };
     let upstream = Upstream::start().await;
     let port = free_port();
@@ -302,26 +353,33 @@ async fn nginx_round_robin_over_two_replicas_with_the_shipped_sample() {
             .toml("trusted_proxies = [\"127.0.0.1/32\"]")
             .toml(&redis.store_toml("nginx:"))
     };
-    let a = front(proxy(&upstream.url())).start();
-    let b = front(proxy(&upstream.url()).replica_of(&a)).start();
+    let mut a = front(proxy(&upstream.url())).start();
+    let mut b = front(proxy(&upstream.url()).replica_of(&a)).start();
     let second = b.addr.to_string();
     let hosts = [("app.example.com", "app.example.test"), ("127.0.0.1:9092", second.as_str())];
     let addresses = Addresses { portcullis: a.addr, app: None, hosts: &hosts };
-    let test = "nginx_round_robin_over_two_replicas_with_the_shipped_sample";
+    let test = "behind_nginx_with_the_shipped_sample_a_replica_going_down_keeps_its_users_signed_in";
     let Some(nginx) = Front::nginx(test, "nginx/replicas.conf", port, &addresses) else { return };
 
     let base = format!("http://app.example.test:{port}");
     let browser = Browser::resolving(nginx.addr(), &["app.example.test"]);
-    // The login form and its POST may reach different replicas: the form's token is the
-    // browser's, not a replica's.
     let signed_in = browser.submit_login_at(&base, "alice", ALICE.password, "/").await;
     assert_eq!(signed_in.status(), 303);
-    for i in 0..20 {
-        let page = browser.navigate(&format!("{base}/page-{i}")).await;
-        assert_eq!(page.status(), 200, "request {i}");
+    for i in 0..5 {
+        assert_eq!(browser.navigate(&format!("{base}/before-{i}")).await.status(), 200);
     }
-    let served = |replica: &Proxy| replica.stderr.all().iter().filter(|l| l.contains("path=/page-")).count();
-    let (on_a, on_b) = (served(&a), served(&b));
-    assert_eq!(on_a + on_b, 20);
-    assert!(on_a > 0 && on_b > 0, "both replicas served signed-in requests (A {on_a}, B {on_b})");
+    let served = |replica: &Proxy, path: &str| replica.stderr.all().iter().filter(|l| l.contains(path)).count();
+    // Access lines are read from the replicas' stderr as they come.
+    within(Duration::from_secs(5), || async { served(&a, "path=/before-") + served(&b, "path=/before-") == 5 }).await;
+    // One client, one replica (the sample hashes the client's address).
+    let (on_a, on_b) = (served(&a, "path=/before-"), served(&b, "path=/before-"));
+    assert!((on_a, on_b) == (5, 0) || (on_a, on_b) == (0, 5), "A {on_a}, B {on_b}");
+    let (gone, other) = if on_a == 5 { (&mut a, &b) } else { (&mut b, &a) };
+    gone.kill();
+    for i in 0..5 {
+        let page = browser.navigate(&format!("{base}/after-{i}")).await;
+        assert_eq!(page.status(), 200, "still signed in on the other replica (request {i})");
+    }
+    within(Duration::from_secs(5), || async { served(other, "path=/after-") == 5 }).await;
+    assert_eq!(upstream.seen().last().unwrap().header("x-forwarded-user"), Some("alice"));
 }

@@ -7,9 +7,27 @@ use crate::base::tls;
 use crate::config::raw::RawStore;
 use crate::config::store::{RedisSettings, StoreSettings};
 
-/// Characters that mean something in a Redis `SCAN MATCH` pattern: a prefix holding one would
-/// make a replica read another install's keys at start-up.
-const GLOB_CHARACTERS: [char; 5] = ['*', '?', '[', ']', '\\'];
+/// A key prefix: one word and a colon. No glob characters (`SCAN MATCH` reads the prefix as a
+/// pattern), and no colon inside: with `a:` and `a:sessions:` allowed side by side, one install's
+/// scan would read the other's records as its own.
+fn valid_prefix(prefix: &str) -> bool {
+    let Some(word) = prefix.strip_suffix(':') else { return false };
+    (1..=63).contains(&word.len()) && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// The URL as it may be shown: a password in it (which is refused anyway) replaced by `***`,
+/// even when the rest does not parse.
+fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
 
 impl Validator {
     pub(super) fn store(&mut self, raw: RawStore) -> StoreSettings {
@@ -55,12 +73,12 @@ impl Validator {
             self.password_file("store.password_file", &path)
         });
         let key_prefix = raw.key_prefix.unwrap_or_else(|| "portcullis:".into());
-        if key_prefix.is_empty() || key_prefix.len() > 64 || key_prefix.contains(GLOB_CHARACTERS) {
+        if !valid_prefix(&key_prefix) {
             self.problem(
                 "store.key_prefix",
                 Some(&key_prefix),
-                "must be 1 to 64 characters without * ? [ ] or \\",
-                "write something like \"portcullis:\" (the default), different for each install sharing the server",
+                "must be one word (letters, digits, - _ .) and a colon",
+                "write something like \"portcullis:\" (the default), or \"wiki:\" and \"dashboard:\" for two installs sharing one server",
             );
         }
         let mut ca_pem = None;
@@ -86,14 +104,14 @@ impl Validator {
 
     fn redis_url(&mut self, url: String, allow_plaintext: bool) -> Option<String> {
         let Ok(parsed) = url::Url::parse(&url) else {
-            self.problem("store.url", Some(&url), "not a URL", "write it like \"redis://127.0.0.1:6379/0\"");
+            self.problem("store.url", Some(&shown(&url)), "not a URL", "write it like \"redis://127.0.0.1:6379/0\"");
             return None;
         };
         if parsed.password().is_some() {
             // The password would sit in proxy.toml and in every message that names the URL.
             self.problem(
                 "store.url",
-                Some("(a URL with a password; not shown)"),
+                Some(&shown(&url)),
                 "holds a password",
                 "move the password to a file named by store.password_file (chmod 600) and drop it from the URL",
             );
@@ -186,6 +204,31 @@ mod tests {
         let found = problems("backend = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1:6379\"\n");
         assert!(found.iter().any(|p| p == "store.url: holds a password"), "{found:?}");
         assert!(!found.iter().any(|p| p.contains("hunter2")), "{found:?}");
+    }
+
+    #[test]
+    fn a_password_is_never_shown_even_in_a_url_that_does_not_parse() {
+        for url in
+            ["redis://:hunter2@127.0.0.1:99999/0", "redis://user:hunter2@/0", "redis+unix://:hunter2@/tmp/r.sock"]
+        {
+            let found = problems(&format!("backend = \"redis\"\nurl = \"{url}\"\n"));
+            assert!(!found.is_empty(), "{url}");
+            assert!(!found.iter().any(|p| p.contains("hunter2")), "{found:?}");
+        }
+        assert_eq!(super::shown("redis://me:hunter2@host:1/0"), "redis://me:***@host:1/0");
+    }
+
+    #[test]
+    fn prefixes_are_one_word_so_two_installs_never_nest() {
+        for bad in ["a*:", "portcullis:sessions:", "portcullis", ":", "a b:"] {
+            let found =
+                problems(&format!("backend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"{bad}\"\n"));
+            assert!(found.iter().any(|p| p.starts_with("store.key_prefix")), "{bad}: {found:?}");
+        }
+        assert!(
+            problems("backend = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\nkey_prefix = \"wiki-2.prod_x:\"\n")
+                .is_empty()
+        );
     }
 
     #[test]

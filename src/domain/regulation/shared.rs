@@ -2,7 +2,7 @@
 //! compare-and-swap, so failures counted by several replicas at once all count, and a ban set by
 //! one holds on all (each reads the record again when another writes it).
 
-use super::{RegulationRecord, Regulator, Subject};
+use super::{Attempt, Factor, RESERVATION_SECONDS, Refusal, RegulationRecord, Regulator, Reservation, Subject};
 use crate::store::{Space, StoreError, decode, encode, text_key};
 
 impl Regulator {
@@ -70,5 +70,54 @@ impl Regulator {
             }
         }
         Ok(())
+    }
+}
+
+impl Regulator {
+    /// [`Regulator::reserve`] with a shared store: each subject's reservation is added to its
+    /// record as the store holds it, next to the other replicas' reservations, and refused when
+    /// those and the failures reach the limit. A store that cannot be reached refuses the attempt
+    /// (as "too many at once": try again in a moment).
+    pub(super) async fn reserve_shared(&self, subjects: &[Subject], factor: Factor) -> Result<Attempt<'_>, Refusal> {
+        let now = self.clock.now();
+        let window = self.settings.window.as_secs() as i64;
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|_| Refusal::Crowded)?;
+        let id = u64::from_le_bytes(id);
+        let mut reserved: Vec<Subject> = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let decided = self
+                .change(subject, |record| {
+                    record.forget_old(now, window);
+                    record.settle(None, now);
+                    match self.refusal(subject, record, factor, now, true) {
+                        Some(refusal) => Err(refusal),
+                        None => {
+                            let until = now + RESERVATION_SECONDS;
+                            record.reserved.push(Reservation { id, factor: factor as u8, until });
+                            Ok(())
+                        }
+                    }
+                })
+                .await;
+            let refusal = match decided {
+                Ok(Ok(())) => {
+                    reserved.push(subject.clone());
+                    continue;
+                }
+                Ok(Err(refusal)) => refusal,
+                Err(e) => {
+                    tracing::error!(target: "portcullis::store", "an attempt could not be reserved: {e}");
+                    Refusal::Crowded
+                }
+            };
+            for earlier in &reserved {
+                if let Err(e) = self.change(earlier, |record| record.settle(Some(id), now)).await {
+                    tracing::warn!(target: "portcullis::store", "a reservation is left to run out: {e}");
+                }
+            }
+            return Err(refusal);
+        }
+        Ok(Attempt { regulator: self, subjects: reserved, factor, settled: false, reservation: Some(id) })
     }
 }

@@ -18,7 +18,7 @@ fn alice_from(ip: &str) -> [Subject; 2] {
 }
 
 async fn fail(reg: &Regulator, who: &[Subject], factor: Factor) -> FailureOutcome {
-    reg.reserve(who, factor).unwrap().failed().await.unwrap()
+    reg.reserve(who, factor).await.unwrap().failed().await.unwrap()
 }
 
 #[tokio::test]
@@ -72,9 +72,9 @@ async fn a_right_password_never_forgives_wrong_codes() {
     // Password, then four wrong codes, over and over: the fifth wrong code pauses the account.
     let mut paused_after = None;
     for round in 0..3 {
-        reg.reserve(&who, Factor::Password).unwrap().succeeded().await.unwrap();
+        reg.reserve(&who, Factor::Password).await.unwrap().succeeded().await.unwrap();
         for guess in 0..4 {
-            let Ok(attempt) = reg.reserve(&who, Factor::SecondFactor) else { break };
+            let Ok(attempt) = reg.reserve(&who, Factor::SecondFactor).await else { break };
             if attempt.failed().await.unwrap().banned(Who::Account) {
                 paused_after.get_or_insert((round, guess));
             }
@@ -84,7 +84,7 @@ async fn a_right_password_never_forgives_wrong_codes() {
         }
     }
     assert_eq!(paused_after, Some((1, 0)), "the fifth wrong code in the window");
-    assert!(matches!(reg.reserve(&who, Factor::SecondFactor), Err(Refusal::Banned { who: Who::Account, .. })));
+    assert!(matches!(reg.reserve(&who, Factor::SecondFactor).await, Err(Refusal::Banned { who: Who::Account, .. })));
 }
 
 #[tokio::test]
@@ -95,7 +95,7 @@ async fn a_proven_second_factor_forgives_the_account_but_not_the_address() {
     for _ in 0..4 {
         fail(&reg, &who, Factor::SecondFactor).await;
     }
-    reg.reserve(&who, Factor::SecondFactor).unwrap().succeeded().await.unwrap();
+    reg.reserve(&who, Factor::SecondFactor).await.unwrap().succeeded().await.unwrap();
     assert_eq!(fail(&reg, &who, Factor::SecondFactor).await.left, 4, "the account starts over");
     let address = reg.records.get(&who[1].store_key()).unwrap();
     assert_eq!(address.code_failures.len(), 5, "the address keeps counting");
@@ -110,7 +110,7 @@ async fn attempts_in_flight_count_until_they_are_settled() {
     let mut through = Vec::new();
     let mut refused = 0;
     for _ in 0..40 {
-        match reg.reserve(&who, Factor::Password) {
+        match reg.reserve(&who, Factor::Password).await {
             Ok(attempt) => through.push(attempt),
             Err(Refusal::Crowded) => refused += 1,
             Err(other) => panic!("{other:?}"),
@@ -119,14 +119,16 @@ async fn attempts_in_flight_count_until_they_are_settled() {
     assert_eq!((through.len(), refused), (5, 35));
     // One was right: it is refunded, and its slot is free again.
     through.pop().unwrap().succeeded().await.unwrap();
-    let again = reg.reserve(&who, Factor::Password).unwrap();
+    let again = reg.reserve(&who, Factor::Password).await.unwrap();
     drop(again); // an attempt abandoned unsettled counts nothing
     let mut banned = false;
     for attempt in through {
-        banned |= attempt.failed().await.unwrap().banned(Who::Account);
+        let outcome = attempt.failed().await.unwrap();
+        eprintln!("{outcome:?}");
+        banned |= outcome.banned(Who::Account);
     }
     assert!(!banned, "four failures are under the limit");
-    assert!(reg.reserve(&who, Factor::Password).is_ok());
+    assert!(reg.reserve(&who, Factor::Password).await.is_ok());
 }
 
 #[tokio::test]
@@ -180,7 +182,7 @@ async fn wrong_passwords_from_elsewhere_never_stop_the_owner_proving_the_second_
     // The owner got past the password with a known browser; her code is checked.
     let owner = alice_from("203.0.113.7");
     assert_eq!(reg.check(&owner, Factor::SecondFactor), Ok(()));
-    reg.reserve(&owner, Factor::SecondFactor).unwrap().succeeded().await.unwrap();
+    reg.reserve(&owner, Factor::SecondFactor).await.unwrap().succeeded().await.unwrap();
     // Likewise an address paused by password spraying still lets its people prove codes.
     for n in 0..20 {
         fail(&reg, &[Subject::Account(format!("user{n}")), owner[1].clone()], Factor::Password).await;
@@ -198,7 +200,7 @@ async fn a_right_password_does_not_reset_the_doubling_of_code_pauses() {
         fail(&reg, &who, Factor::SecondFactor).await;
     }
     clock.advance(900);
-    reg.reserve(&who, Factor::Password).unwrap().succeeded().await.unwrap();
+    reg.reserve(&who, Factor::Password).await.unwrap().succeeded().await.unwrap();
     let mut until = None;
     for _ in 0..5 {
         until = fail(&reg, &who, Factor::SecondFactor).await.until().or(until);
@@ -252,4 +254,43 @@ async fn a_hundred_consecutive_second_factor_failures_lock_the_factor() {
     assert!(reg.clear(&who[0].store_key()).await.unwrap());
     assert_eq!(reg.check(&who, Factor::SecondFactor), Ok(()));
     assert!(reg.restrictions().is_empty());
+}
+
+/// Two replicas over one shared store: attempts in flight on both count against one limit, so a
+/// burst split between them gets no more checks than one replica would allow; a settled attempt
+/// frees its place, and failures on both add up to one ban.
+#[tokio::test]
+async fn attempts_in_flight_on_every_replica_share_one_limit() {
+    let clock = FixedClock::at(1_000_000);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::shared());
+    let (a, b) = (regulator(&clock, store.clone()), regulator(&clock, store.clone()));
+    let who = [Subject::Account("alice".into())];
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(a.reserve(&who, Factor::Password).await.unwrap());
+    }
+    held.push(b.reserve(&who, Factor::Password).await.unwrap());
+    held.push(b.reserve(&who, Factor::Password).await.unwrap());
+    assert_eq!(b.reserve(&who, Factor::Password).await.err(), Some(Refusal::Crowded), "five in flight: B is full");
+    assert_eq!(a.reserve(&who, Factor::Password).await.err(), Some(Refusal::Crowded), "and so is A");
+    // One settles as a success (forgiving nothing in flight): a place is free again.
+    held.pop().unwrap().succeeded().await.unwrap();
+    let again = a.reserve(&who, Factor::Password).await.unwrap();
+    // All five fail, on both replicas: the account is paused on both.
+    // With four more in flight, the first failure reaches the limit (as on one replica).
+    assert!(again.failed().await.unwrap().banned(Who::Account));
+    for attempt in held {
+        attempt.failed().await.unwrap();
+    }
+    b.refresh(b"account:alice").await.unwrap();
+    assert!(matches!(b.check(&who, Factor::Password), Err(Refusal::Banned { .. })));
+    // A replica that died holding a reservation frees it when its time runs out.
+    clock.advance(900 + 1);
+    let orphan = a.reserve(&who, Factor::Password).await.unwrap();
+    std::mem::forget(orphan);
+    clock.advance(RESERVATION_SECONDS + 1);
+    for _ in 0..4 {
+        std::mem::forget(b.reserve(&who, Factor::Password).await.unwrap());
+    }
+    assert!(b.reserve(&who, Factor::Password).await.is_ok(), "the orphan ran out");
 }

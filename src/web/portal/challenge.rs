@@ -178,7 +178,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     // Codes are regulated per account and per address, apart from passwords (see
     // `regulation.rs`): the attempt is reserved before the code is checked.
     let subjects = [Subject::Account(user.clone()), Subject::address(client)];
-    let attempt = match app.regulator.reserve(&subjects, Factor::SecondFactor) {
+    let attempt = match app.regulator.reserve(&subjects, Factor::SecondFactor).await {
         Ok(attempt) => attempt,
         Err(refusal) => return Err(paused(app, &session, refusal)),
     };

@@ -223,7 +223,7 @@ pub(super) async fn code(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
     if let Some(user) = app.email_links.asked_for(&nonce).filter(|u| !u.is_empty()) {
         subjects.push(Subject::Account(user));
     }
-    let attempt = match app.regulator.reserve(&subjects, Factor::Password) {
+    let attempt = match app.regulator.reserve(&subjects, Factor::Password).await {
         Ok(attempt) => attempt,
         Err(refusal) => {
             tracing::warn!(target: "portcullis::security", %client, ?refusal, "sign-in link code not checked: paused");

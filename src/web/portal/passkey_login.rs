@@ -56,7 +56,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     let Some(ceremony) = app.passkey_logins.take(&form.csrf) else {
         return Ok(again(StatusCode::UNAUTHORIZED, LoginError::PasskeyExpired));
     };
-    let attempt = match app.regulator.reserve(&[Subject::address(client)], Factor::Password) {
+    let attempt = match app.regulator.reserve(&[Subject::address(client)], Factor::Password).await {
         Ok(attempt) => attempt,
         Err(Refusal::Banned { until, who }) => {
             let seconds = seconds_until(app, until);
@@ -107,7 +107,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     // The passkey is the account's second factor too, so the account's second-step pause and
     // lock hold here as they do at the challenge page, where the same key would be refused.
     let account = [Subject::Account(proof.user().name.to_string())];
-    match app.regulator.reserve(&account, Factor::SecondFactor) {
+    match app.regulator.reserve(&account, Factor::SecondFactor).await {
         Ok(attempt) => {
             if let Err(e) = attempt.succeeded().await {
                 tracing::error!("could not record a passkey sign-in: {e}");
