@@ -6,6 +6,7 @@ pub mod directory;
 pub mod email_link;
 pub mod factors;
 pub mod first_factor;
+pub mod flows;
 pub mod handoff;
 pub mod identities;
 pub mod identity;

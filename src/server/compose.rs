@@ -93,6 +93,8 @@ impl Services {
                         Space::Sessions => sessions.refresh(&key).await,
                         Space::Accounts => accounts.refresh(&key).await,
                         Space::Regulation => regulator.refresh(&key).await,
+                        // Never announced; read from the store each time.
+                        Space::Flows => Ok(()),
                     },
                     // Missed changes (a lost connection, or more at once than the queue holds).
                     Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {

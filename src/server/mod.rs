@@ -121,7 +121,9 @@ impl Server {
         services.follow_other_replicas();
         let signer = Arc::new(AssertionSigner::open(&config.identity, clock.clone())?);
         announce_identity(&config.identity, &signer);
-        let Services { users, sessions, accounts, regulator, notifier, delivery, sealer, .. } = services;
+        let Services { users, sessions, accounts, regulator, notifier, delivery, sealer, store, .. } = services;
+        let pending = Pending::new(crate::domain::flows::Flows::for_store(&store, &sealer), sealer.clone());
+        let email_flows = crate::domain::flows::Flows::for_store(&store, &sealer);
         if users.is_empty() {
             tracing::warn!(
                 path = %config.users_file.display(),
@@ -172,9 +174,9 @@ impl Server {
             users,
             sessions,
             sign_in,
-            factors: SecondFactors::new(accounts, sealer),
+            factors: SecondFactors::with_flows(accounts, sealer, email_flows),
             signer,
-            pending: Pending::default(),
+            pending,
             passkey_logins: Default::default(),
             email_links: Default::default(),
             oidc: crate::domain::oidc::OidcClients::new().map_err(StartError::Oidc)?,
@@ -469,8 +471,8 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
                 }
                 Err(e) => tracing::error!("session sweep failed: {e}"),
             }
-            app.pending.retain_live(|key| app.sessions.contains(key));
-            app.factors.email_codes.sweep(app.clock.now());
+            app.pending.sweep();
+            app.factors.email_codes.sweep();
             app.handoff.sweep(app.clock.now());
             app.passkey_logins.sweep(app.clock.now());
             app.email_links.sweep(app.clock.now());

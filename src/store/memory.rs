@@ -52,7 +52,14 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(found)))
     }
 
-    fn swap(&self, space: Space, key: &[u8], expected: Option<Vec<u8>>, new: Option<Vec<u8>>) -> StoreFuture<'_, bool> {
+    fn swap(
+        &self,
+        space: Space,
+        key: &[u8],
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+        _expires_in: Option<std::time::Duration>,
+    ) -> StoreFuture<'_, bool> {
         let mut spaces = self.spaces.lock().unwrap_or_else(|p| p.into_inner());
         let keyspace = spaces.entry(space).or_default();
         let swapped = keyspace.get(key) == expected.as_ref();

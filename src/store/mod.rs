@@ -62,8 +62,16 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, space: Space, key: &[u8]) -> StoreFuture<'_, Option<Vec<u8>>>;
     /// Replaces the record at `key` with `new` (`None`: deletes it) if it is still `expected`
     /// (`None`: absent), atomically for every process using the store, and durably. Returns
-    /// whether it did.
-    fn swap(&self, space: Space, key: &[u8], expected: Option<Vec<u8>>, new: Option<Vec<u8>>) -> StoreFuture<'_, bool>;
+    /// whether it did. With `expires_in`, the store forgets the record after that long (a shared
+    /// store's [`Space::Flows`]); without, a record keeps the expiry it had.
+    fn swap(
+        &self,
+        space: Space,
+        key: &[u8],
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+        expires_in: Option<std::time::Duration>,
+    ) -> StoreFuture<'_, bool>;
     /// For a store other processes write too: their changes, and whether it can be reached.
     /// `None` for a store this process has to itself.
     fn shared(&self) -> Option<&Shared> {
@@ -120,12 +128,23 @@ pub async fn update<T, E: From<StoreError>>(
     store: &dyn Store,
     space: Space,
     key: &[u8],
+    change: impl FnMut(Option<&[u8]>) -> Result<(Option<Vec<u8>>, T), E>,
+) -> Result<T, E> {
+    update_expiring(store, space, key, None, change).await
+}
+
+/// [`update`] for a record the store forgets `expires_in` after it is written.
+pub async fn update_expiring<T, E: From<StoreError>>(
+    store: &dyn Store,
+    space: Space,
+    key: &[u8],
+    expires_in: Option<std::time::Duration>,
     mut change: impl FnMut(Option<&[u8]>) -> Result<(Option<Vec<u8>>, T), E>,
 ) -> Result<T, E> {
     for _ in 0..MAX_SWAP_TRIES {
         let current = store.get(space, key).await?;
         let (new, outcome) = change(current.as_deref())?;
-        if new == current || store.swap(space, key, current, new).await? {
+        if new == current || store.swap(space, key, current, new, expires_in).await? {
             return Ok(outcome);
         }
     }

@@ -28,7 +28,8 @@ const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
 
 /// `KEYS[1]`: the record; `KEYS[2]`: the change channel. `ARGV[1]`: "1" if a value is expected
 /// (then `ARGV[2]` is it); `ARGV[3]`: "1" to set `ARGV[4]`, else delete; `ARGV[5]`: the change
-/// message. Returns 1 if it swapped.
+/// message (empty: none); `ARGV[6]`: milliseconds until the record expires (empty: it keeps the
+/// expiry it had, if any). Returns 1 if it swapped.
 const SWAP: &str = r"
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '1' then
@@ -36,12 +37,16 @@ if ARGV[1] == '1' then
 elseif current then
   return 0
 end
-if ARGV[3] == '1' then
-  redis.call('SET', KEYS[1], ARGV[4])
-else
+if ARGV[3] ~= '1' then
   redis.call('DEL', KEYS[1])
+elseif ARGV[6] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[6])
+else
+  redis.call('SET', KEYS[1], ARGV[4], 'KEEPTTL')
 end
-redis.call('PUBLISH', KEYS[2], ARGV[5])
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', KEYS[2], ARGV[5])
+end
 return 1
 ";
 
@@ -306,8 +311,17 @@ impl Store for RedisStore {
         })
     }
 
-    fn swap(&self, space: Space, key: &[u8], expected: Option<Vec<u8>>, new: Option<Vec<u8>>) -> StoreFuture<'_, bool> {
-        let (full, message) = (self.key(space, key), self.message(space, key));
+    fn swap(
+        &self,
+        space: Space,
+        key: &[u8],
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+        expires_in: Option<std::time::Duration>,
+    ) -> StoreFuture<'_, bool> {
+        let full = self.key(space, key);
+        let message = if space.announced() { self.message(space, key) } else { Vec::new() };
+        let expires_in = expires_in.map(|d| d.as_millis().max(1).to_string()).unwrap_or_default();
         Box::pin(async move {
             let mut invocation = self.swap.key(full);
             invocation
@@ -316,7 +330,8 @@ impl Store for RedisStore {
                 .arg(expected.unwrap_or_default())
                 .arg(if new.is_some() { "1" } else { "0" })
                 .arg(new.unwrap_or_default())
-                .arg(message);
+                .arg(message)
+                .arg(expires_in);
             let mut connection = self.connection.clone();
             let swapped: i64 = invocation.invoke_async(&mut connection).await.map_err(|e| self.failed(e))?;
             Ok(swapped == 1)

@@ -21,7 +21,8 @@ impl SledStore {
             other => StoreError::Backend(other.to_string()),
         })?;
         let mut trees = HashMap::new();
-        for space in Space::ALL {
+        // Flows are never written to the embedded store, but a tree keeps a mistake from panicking.
+        for space in Space::ALL.into_iter().chain([Space::Flows]) {
             trees.insert(space, db.open_tree(space.name()).map_err(backend)?);
         }
         Ok(Self { db, trees })
@@ -79,7 +80,14 @@ impl Store for SledStore {
         Box::pin(blocking(move || Ok(tree.get(key).map_err(backend)?.map(|v| v.to_vec()))))
     }
 
-    fn swap(&self, space: Space, key: &[u8], expected: Option<Vec<u8>>, new: Option<Vec<u8>>) -> StoreFuture<'_, bool> {
+    fn swap(
+        &self,
+        space: Space,
+        key: &[u8],
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+        _expires_in: Option<std::time::Duration>,
+    ) -> StoreFuture<'_, bool> {
         let (db, tree, key) = (self.db.clone(), self.tree(space), key.to_vec());
         Box::pin(blocking(move || {
             let swapped = tree.compare_and_swap(key, expected, new).map_err(backend)?.is_ok();

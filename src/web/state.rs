@@ -192,7 +192,7 @@ impl App {
                 let key = full.key().clone();
                 // Whatever it was in the middle of (new recovery codes, a setup) was for the full
                 // session; the partial one proves a factor first.
-                self.pending.forget(&key);
+                self.pending.forget(&key).await;
                 match self.sessions.downgrade(full).await {
                     Some(partial) => Lookup::Found(Session::Partial(partial)),
                     // A passkey session is ended instead: sign in again.

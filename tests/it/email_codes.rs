@@ -9,19 +9,19 @@ use crate::harness::{ALICE, Browser, Proxy, form_field, proxy};
 use crate::mfa::{enroll, password, submit_code};
 use crate::upstream::Upstream;
 
-const EMAIL_REQUIRED: &str = "[mfa]\npolicy = \"required\"\nemail_otp = true";
+pub(crate) const EMAIL_REQUIRED: &str = "[mfa]\npolicy = \"required\"\nemail_otp = true";
 
 /// Waits for a mail containing `needle` that was not among `before`; returns its text.
-fn new_mail(proxy: &Proxy, before: &HashSet<PathBuf>, needle: &str) -> String {
+pub(crate) fn new_mail(proxy: &Proxy, before: &HashSet<PathBuf>, needle: &str) -> String {
     proxy.wait_for_new_mail(before, needle)
 }
 
-fn mails(proxy: &Proxy) -> HashSet<PathBuf> {
+pub(crate) fn mails(proxy: &Proxy) -> HashSet<PathBuf> {
     proxy.mail_files()
 }
 
 /// The digits after `lead` in a mail.
-fn code_after(mail: &str, lead: &str) -> String {
+pub(crate) fn code_after(mail: &str, lead: &str) -> String {
     let start = mail.find(lead).unwrap_or_else(|| panic!("{lead:?} not in mail")) + lead.len();
     mail[start..].chars().take_while(char::is_ascii_digit).collect()
 }
@@ -31,7 +31,7 @@ async fn post(browser: &Browser, proxy: &Proxy, path: &str, fields: &[(&str, &st
 }
 
 /// Sets up codes by email from the page at `enroll_url`; returns the answer to the right code.
-async fn enroll_email(browser: &Browser, proxy: &Proxy, page_url: &str) -> reqwest::Response {
+pub(crate) async fn enroll_email(browser: &Browser, proxy: &Proxy, page_url: &str) -> reqwest::Response {
     let page = browser.navigate(page_url).await.text().await.unwrap();
     assert!(page.contains("a•••@example.com"), "the address is shown masked");
     let csrf = form_field(&page, "csrf").unwrap();

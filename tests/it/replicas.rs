@@ -67,6 +67,19 @@ impl Redis {
         unsafe { libc::kill(pid, if paused { libc::SIGSTOP } else { libc::SIGCONT }) };
     }
 
+    /// The values of the keys matching `pattern`, read with the redis crate.
+    async fn values(&self, pattern: &str) -> Vec<Vec<u8>> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", self.port)).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg(pattern).query_async(&mut connection).await.unwrap();
+        let mut values = Vec::new();
+        for key in keys {
+            let value: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut connection).await.unwrap();
+            values.extend(value);
+        }
+        values
+    }
+
     fn store_toml(&self, prefix: &str) -> String {
         format!(
             "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\nkey_prefix = \"{prefix}\"\noffline_grace = \"3s\"\n",
@@ -199,6 +212,109 @@ async fn a_stalled_redis_closes_the_replicas_and_they_come_back_when_it_answers(
         eprintln!("served again {back:?} after Redis answered");
     }
     assert_eq!(Browser::new().submit_login(&b, ALICE.name, ALICE.password, "/").await.status(), 303);
+}
+
+/// Every page of a first setup on the other replica from the one before: the secret shown by A is
+/// taken by B, the codes made by B are shown by A and confirmed on B, and the session is full on
+/// both. Under `required`, from a half-logged-in session, so the proof of the new factor (held
+/// between the pages, sealed) is what makes it full.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_setup_started_on_one_replica_finishes_on_the_other() {
+    let Some(redis) = Redis::start("setup across replicas") else { return };
+    let upstream = Upstream::start().await;
+    let (a, b) = replicas(&upstream, &redis, "setup:", "[mfa]\npolicy = \"required\"");
+    let browser = Browser::new();
+    let next = password(&browser, &a, &ALICE, "/wiki").await;
+    assert!(next.contains("/.portcullis/enroll"), "{next}");
+    // The path and query, to ask either replica for the same page.
+    let next = next.find("/.portcullis/").map(|i| next[i..].to_string()).unwrap();
+    let html = browser.navigate(&a.url(&next)).await.text().await.unwrap();
+    let secret = crate::mfa::read_enrollment_page(&html);
+    // The same page on B shows the same secret (it is the session's, not the replica's).
+    let again = browser.navigate(&b.url(&next)).await.text().await.unwrap();
+    assert_eq!(crate::mfa::read_enrollment_page(&again), secret);
+    let (csrf, rd) = (form_field(&html, "csrf").unwrap(), form_field(&html, "rd").unwrap());
+    let done = browser
+        .http
+        .post(b.url("/.portcullis/enroll"))
+        .header("origin", b.origin())
+        .form(&[("csrf", csrf.as_str()), ("rd", rd.as_str()), ("code", code(&secret, 0).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 303, "the code for A's secret, on B");
+    let codes_page = done.headers()["location"].to_str().unwrap().to_string();
+    let codes_page = codes_page.find("/.portcullis/").map(|i| codes_page[i..].to_string()).unwrap();
+    let page = browser.navigate(&a.url(&codes_page)).await.text().await.unwrap();
+    let codes: Vec<&str> = page.split("<li><code>").skip(1).map(|s| &s[..s.find('<').unwrap()]).collect();
+    assert_eq!(codes.len(), 10, "B's codes, shown by A");
+    // The setup state in the store is sealed: the codes waiting to be confirmed are not there in
+    // the clear.
+    let values = redis.values("setup:flows:*").await;
+    assert_eq!(values.len(), 1, "one flow: this session's setup");
+    assert!(!values.iter().any(|v| v.windows(codes[0].len()).any(|w| w == codes[0].as_bytes())));
+    let (csrf, rd) = (form_field(&page, "csrf").unwrap(), form_field(&page, "rd").unwrap());
+    let confirmed = browser
+        .http
+        .post(b.url("/.portcullis/recovery-codes"))
+        .header("origin", b.origin())
+        .form(&[("csrf", csrf.as_str()), ("rd", rd.as_str()), ("saved", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 303);
+    assert!(confirmed.headers()["location"].to_str().unwrap().ends_with("/wiki"), "back where the user was going");
+    for replica in [&a, &b] {
+        assert_eq!(browser.navigate(&replica.url("/wiki")).await.status(), 200);
+    }
+    // And one of those codes signs in on either replica, once.
+    let device = Browser::new();
+    let challenge = password(&device, &b, &ALICE, "/").await;
+    let form = challenge_form(&device, &challenge).await;
+    assert_eq!(post_code(&device, &b, &form, codes[0]).await, 303);
+    let replay = Browser::new();
+    let challenge = password(&replay, &a, &ALICE, "/").await;
+    let form = challenge_form(&replay, &challenge).await;
+    assert_eq!(post_code(&replay, &a, &form, codes[0]).await, 401);
+}
+
+/// A code mailed by one replica is accepted by the other, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_mailed_by_one_replica_works_once_on_the_other() {
+    use crate::email_codes::{EMAIL_REQUIRED, code_after, enroll_email, mails, new_mail};
+    let Some(redis) = Redis::start("emailed codes across replicas") else { return };
+    let upstream = Upstream::start().await;
+    let (a, b) = replicas(&upstream, &redis, "mail:", EMAIL_REQUIRED);
+    let browser = Browser::new();
+    let enroll_url = password(&browser, &a, &ALICE, "/").await;
+    let confirmed = enroll_email(&browser, &a, &enroll_url).await;
+    assert_eq!(confirmed.status(), 303);
+    let codes_page = confirmed.headers()["location"].to_str().unwrap().to_string();
+    let html = browser.navigate(&codes_page).await.text().await.unwrap();
+    let (csrf, rd) = (form_field(&html, "csrf").unwrap(), form_field(&html, "rd").unwrap());
+    let saved = browser
+        .http
+        .post(b.url("/.portcullis/recovery-codes"))
+        .header("origin", b.origin())
+        .form(&[("csrf", csrf.as_str()), ("rd", rd.as_str()), ("saved", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(saved.status(), 303, "codes confirmed on B");
+
+    // A mails the code as the password is accepted; it is typed on B.
+    let device = Browser::new();
+    let before = mails(&a);
+    let challenge = password(&device, &a, &ALICE, "/").await;
+    let code = code_after(&new_mail(&a, &before, "Your sign-in code"), "Your code is ");
+    let challenge_on_b = challenge.find("/.portcullis/").map(|i| b.url(&challenge[i..])).unwrap();
+    let form = challenge_form(&device, &challenge_on_b).await;
+    assert_eq!(post_code(&device, &b, &form, &code).await, 303, "A's code, on B");
+    // Spent: not again on A.
+    let replay = Browser::new();
+    let challenge = password(&replay, &a, &ALICE, "/").await;
+    let form = challenge_form(&replay, &challenge).await;
+    assert_eq!(post_code(&replay, &a, &form, &code).await, 401);
 }
 
 /// The challenge form of a half-logged-in browser: its CSRF token and return address.

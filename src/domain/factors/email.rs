@@ -4,17 +4,21 @@
 //!
 //! A code is 6 to 8 digits (`mfa.email_code_digits`), works once, for ten minutes, and allows five
 //! tries; a new code replaces the old one. Sending is rate-limited per account (no new code while
-//! an unused one is under a minute old, ten an hour), so the proxy cannot flood an inbox. Outstanding codes
-//! live in memory only, as HMACs under the data directory's pepper: a restart simply means asking
-//! for a new one.
+//! an unused one is under a minute old, ten an hour), so the proxy cannot flood an inbox.
+//! Outstanding codes are kept as HMACs under the data directory's pepper, as a flow
+//! ([`Flows`]): in memory for one process (a restart simply means asking for a new one), in the
+//! shared store for replicas, so a code mailed by one is accepted by another, once.
 
-use dashmap::DashMap;
+use std::time::Duration;
+
 use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::base::clock::UnixTime;
 use crate::base::secret::{Secret, random_bytes};
+use crate::domain::flows::Flows;
 
 /// How long a code works.
 pub const VALID_SECONDS: i64 = 600;
@@ -27,12 +31,13 @@ pub const PER_HOUR: usize = 10;
 
 /// What a code is for: signing in, or confirming an address before it becomes a factor. A code
 /// for one purpose never passes for the other.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Purpose {
     SignIn,
     Confirm { address: String },
 }
 
+#[derive(Serialize, Deserialize)]
 struct Issued {
     digest: [u8; 32],
     purpose: Purpose,
@@ -51,20 +56,55 @@ pub enum EmailCodeError {
     Wrong,
     #[error("too many codes were sent; the next may be sent in {retry_after} s")]
     Throttled { retry_after: i64 },
+    /// The shared store did not answer (logged where it happened).
+    #[error("emailed codes cannot be read or kept now")]
+    Unavailable,
 }
 
+/// How long an account's codes and sends are kept after the last change: the hourly cap's hour.
+const KEPT_FOR: Duration = Duration::from_secs(3600);
+
 /// Outstanding codes and recent sends, per account.
-#[derive(Default)]
 pub struct EmailCodes {
-    issued: DashMap<String, Issued>,
-    /// When codes were sent, for the hourly cap.
-    sent: DashMap<String, Vec<UnixTime>>,
+    flows: Flows,
+}
+
+/// One account's: its outstanding code, and when codes were sent (for the hourly cap).
+#[derive(Default, Serialize, Deserialize)]
+struct AccountCodes {
+    issued: Option<Issued>,
+    sent: Vec<UnixTime>,
 }
 
 impl EmailCodes {
+    pub fn new(flows: Flows) -> Self {
+        Self { flows }
+    }
+
+    /// Reads an account's codes, lets `change` decide, and keeps the result.
+    async fn change<T>(
+        &self,
+        user: &str,
+        mut change: impl FnMut(&mut AccountCodes) -> Result<T, EmailCodeError>,
+    ) -> Result<T, EmailCodeError> {
+        let outcome = self
+            .flows
+            .update(&format!("email-codes:{user}"), KEPT_FOR, |current| {
+                let mut codes: AccountCodes = current.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+                let outcome = change(&mut codes);
+                let empty = codes.issued.is_none() && codes.sent.is_empty();
+                (if empty { None } else { serde_json::to_vec(&codes).ok() }, outcome)
+            })
+            .await;
+        outcome.unwrap_or_else(|e| {
+            tracing::error!(target: "portcullis::store", "emailed codes could not be read or kept: {e}");
+            Err(EmailCodeError::Unavailable)
+        })
+    }
+
     /// Makes a new code for `user` (replacing any outstanding one) unless sending is throttled.
     /// Returns the code to mail; it is not kept.
-    pub fn issue(
+    pub async fn issue(
         &self,
         user: &str,
         purpose: Purpose,
@@ -72,42 +112,48 @@ impl EmailCodes {
         pepper: &Secret,
         now: UnixTime,
     ) -> Result<String, EmailCodeError> {
-        {
+        let code = generate(digits);
+        let digest = digest(pepper, &code);
+        self.change(user, |codes| {
             // No new code while the last one for the same purpose is fresh and unused: it is
             // still on its way. Once it is spent (or for another purpose), a new one may go at
             // once; the hourly cap counts every mail.
-            if let Some(issued) = self.issued.get(user)
+            if let Some(issued) = &codes.issued
                 && issued.purpose == purpose
                 && now - issued.issued_at < RESEND_AFTER
             {
                 return Err(EmailCodeError::Throttled { retry_after: RESEND_AFTER - (now - issued.issued_at) });
             }
-            let mut sent = self.sent.entry(user.to_string()).or_default();
-            sent.retain(|t| now - t < 3600);
-            if sent.len() >= PER_HOUR {
-                return Err(EmailCodeError::Throttled { retry_after: 3600 - (now - sent[0]) });
+            codes.sent.retain(|t| now - t < 3600);
+            if codes.sent.len() >= PER_HOUR {
+                return Err(EmailCodeError::Throttled { retry_after: 3600 - (now - codes.sent[0]) });
             }
-            sent.push(now);
-        }
-        let code = generate(digits);
-        let issued = Issued {
-            digest: digest(pepper, &code),
-            purpose,
-            issued_at: now,
-            expires_at: now + VALID_SECONDS,
-            tries_left: TRIES,
-        };
-        self.issued.insert(user.to_string(), issued);
+            codes.sent.push(now);
+            codes.issued = Some(Issued {
+                digest,
+                purpose: purpose.clone(),
+                issued_at: now,
+                expires_at: now + VALID_SECONDS,
+                tries_left: TRIES,
+            });
+            Ok(())
+        })
+        .await?;
         Ok(code)
     }
 
     /// Whether a code for `purpose` is outstanding and unexpired (so a typed code may be one).
-    pub fn outstanding(&self, user: &str, purpose: &Purpose, now: UnixTime) -> bool {
-        self.issued.get(user).is_some_and(|i| &i.purpose == purpose && now < i.expires_at)
+    pub async fn outstanding(&self, user: &str, purpose: &Purpose, now: UnixTime) -> bool {
+        let found = self.change(user, |codes| {
+            Ok(codes.issued.as_ref().is_some_and(|i| &i.purpose == purpose && now < i.expires_at))
+        });
+        found.await.unwrap_or(false)
     }
 
     /// Checks `code`; a right one is spent, a wrong one costs a try (the last try spends it).
-    pub fn check(
+    /// Read, decision and write are one compare-and-swap, so one code cannot be accepted twice by
+    /// two requests at once, on one replica or two.
+    pub async fn check(
         &self,
         user: &str,
         purpose: &Purpose,
@@ -116,34 +162,31 @@ impl EmailCodes {
         now: UnixTime,
     ) -> Result<(), EmailCodeError> {
         let given = digest(pepper, code.trim());
-        // The entry stays locked from the comparison to the removal, so one code cannot be
-        // accepted twice by two requests at once.
-        let dashmap::Entry::Occupied(mut entry) = self.issued.entry(user.to_string()) else {
-            return Err(EmailCodeError::NoCode);
-        };
-        let issued = entry.get_mut();
-        if &issued.purpose != purpose {
-            return Err(EmailCodeError::NoCode);
-        }
-        if now >= issued.expires_at {
-            entry.remove();
-            return Err(EmailCodeError::Expired);
-        }
-        if bool::from(given.ct_eq(&issued.digest)) {
-            entry.remove();
-            return Ok(());
-        }
-        issued.tries_left = issued.tries_left.saturating_sub(1);
-        if issued.tries_left == 0 {
-            entry.remove();
-        }
-        Err(EmailCodeError::Wrong)
+        self.change(user, |codes| {
+            let Some(issued) = codes.issued.as_mut() else { return Err(EmailCodeError::NoCode) };
+            if &issued.purpose != purpose {
+                return Err(EmailCodeError::NoCode);
+            }
+            if now >= issued.expires_at {
+                codes.issued = None;
+                return Err(EmailCodeError::Expired);
+            }
+            if bool::from(given.ct_eq(&issued.digest)) {
+                codes.issued = None;
+                return Ok(());
+            }
+            issued.tries_left = issued.tries_left.saturating_sub(1);
+            if issued.tries_left == 0 {
+                codes.issued = None;
+            }
+            Err(EmailCodeError::Wrong)
+        })
+        .await
     }
 
-    /// Drops expired codes and old send records.
-    pub fn sweep(&self, now: UnixTime) {
-        self.issued.retain(|_, i| now < i.expires_at);
-        self.sent.retain(|_, sent| sent.iter().any(|t| now - t < 3600));
+    /// Drops codes and send records in memory that ran out (a shared store expires its own).
+    pub fn sweep(&self) {
+        self.flows.sweep();
     }
 }
 
@@ -180,71 +223,81 @@ mod tests {
         Secret::new(vec![7; 32])
     }
 
-    #[test]
-    fn a_code_works_once_for_its_purpose_only() {
-        let codes = EmailCodes::default();
-        let code = codes.issue("alice", Purpose::SignIn, 6, &pepper(), 1000).unwrap();
+    fn codes() -> EmailCodes {
+        EmailCodes::new(Flows::in_memory())
+    }
+
+    #[tokio::test]
+    async fn a_code_works_once_for_its_purpose_only() {
+        let codes = codes();
+        let code = codes.issue("alice", Purpose::SignIn, 6, &pepper(), 1000).await.unwrap();
         assert_eq!(code.len(), 6);
         assert!(code.bytes().all(|b| b.is_ascii_digit()));
         let confirm = Purpose::Confirm { address: "a@example.com".into() };
-        assert_eq!(codes.check("alice", &confirm, &code, &pepper(), 1001), Err(EmailCodeError::NoCode));
-        assert_eq!(codes.check("bob", &Purpose::SignIn, &code, &pepper(), 1001), Err(EmailCodeError::NoCode));
-        assert_eq!(codes.check("alice", &Purpose::SignIn, &code, &pepper(), 1001), Ok(()));
-        assert_eq!(codes.check("alice", &Purpose::SignIn, &code, &pepper(), 1002), Err(EmailCodeError::NoCode));
+        assert_eq!(codes.check("alice", &confirm, &code, &pepper(), 1001).await, Err(EmailCodeError::NoCode));
+        assert_eq!(codes.check("bob", &Purpose::SignIn, &code, &pepper(), 1001).await, Err(EmailCodeError::NoCode));
+        assert_eq!(codes.check("alice", &Purpose::SignIn, &code, &pepper(), 1001).await, Ok(()));
+        assert_eq!(codes.check("alice", &Purpose::SignIn, &code, &pepper(), 1002).await, Err(EmailCodeError::NoCode));
     }
 
-    #[test]
-    fn a_code_expires_after_ten_minutes_and_survives_only_five_wrong_tries() {
-        let codes = EmailCodes::default();
-        let code = codes.issue("alice", Purpose::SignIn, 8, &pepper(), 1000).unwrap();
+    #[tokio::test]
+    async fn a_code_expires_after_ten_minutes_and_survives_only_five_wrong_tries() {
+        let codes = codes();
+        let code = codes.issue("alice", Purpose::SignIn, 8, &pepper(), 1000).await.unwrap();
         assert_eq!(code.len(), 8);
         assert_eq!(
-            codes.check("alice", &Purpose::SignIn, &code, &pepper(), 1000 + VALID_SECONDS),
+            codes.check("alice", &Purpose::SignIn, &code, &pepper(), 1000 + VALID_SECONDS).await,
             Err(EmailCodeError::Expired)
         );
 
-        let code = codes.issue("bob", Purpose::SignIn, 6, &pepper(), 1000).unwrap();
+        let code = codes.issue("bob", Purpose::SignIn, 6, &pepper(), 1000).await.unwrap();
         let wrong = if code == "000000" { "000001" } else { "000000" };
         for _ in 0..TRIES {
-            assert_eq!(codes.check("bob", &Purpose::SignIn, wrong, &pepper(), 1001), Err(EmailCodeError::Wrong));
+            assert_eq!(codes.check("bob", &Purpose::SignIn, wrong, &pepper(), 1001).await, Err(EmailCodeError::Wrong));
         }
         assert_eq!(
-            codes.check("bob", &Purpose::SignIn, &code, &pepper(), 1002),
+            codes.check("bob", &Purpose::SignIn, &code, &pepper(), 1002).await,
             Err(EmailCodeError::NoCode),
             "spent by the fifth wrong try"
         );
     }
 
-    #[test]
-    fn sending_is_rate_limited_per_account() {
-        let codes = EmailCodes::default();
+    #[tokio::test]
+    async fn sending_is_rate_limited_per_account() {
+        let codes = codes();
         let p = pepper();
-        let first = codes.issue("alice", Purpose::SignIn, 6, &p, 1000).unwrap();
+        let first = codes.issue("alice", Purpose::SignIn, 6, &p, 1000).await.unwrap();
         assert_eq!(
-            codes.issue("alice", Purpose::SignIn, 6, &p, 1030),
+            codes.issue("alice", Purpose::SignIn, 6, &p, 1030).await,
             Err(EmailCodeError::Throttled { retry_after: 30 })
         );
-        assert!(codes.issue("bob", Purpose::SignIn, 6, &p, 1030).is_ok(), "another account is not affected");
+        assert!(codes.issue("bob", Purpose::SignIn, 6, &p, 1030).await.is_ok(), "another account is not affected");
         let confirm = Purpose::Confirm { address: "a@example.com".into() };
-        assert!(codes.issue("carol", confirm, 6, &p, 1000).is_ok());
-        let code = codes.issue("carol", Purpose::SignIn, 6, &p, 1001).unwrap();
-        assert_eq!(codes.check("carol", &Purpose::SignIn, &code, &p, 1002), Ok(()));
-        assert!(codes.issue("carol", Purpose::SignIn, 6, &p, 1003).is_ok(), "a spent code does not hold up the next");
+        assert!(codes.issue("carol", confirm, 6, &p, 1000).await.is_ok());
+        let code = codes.issue("carol", Purpose::SignIn, 6, &p, 1001).await.unwrap();
+        assert_eq!(codes.check("carol", &Purpose::SignIn, &code, &p, 1002).await, Ok(()));
+        assert!(
+            codes.issue("carol", Purpose::SignIn, 6, &p, 1003).await.is_ok(),
+            "a spent code does not hold up the next"
+        );
         // A new code replaces the old one.
-        let second = codes.issue("alice", Purpose::SignIn, 6, &p, 1000 + RESEND_AFTER).unwrap();
+        let second = codes.issue("alice", Purpose::SignIn, 6, &p, 1000 + RESEND_AFTER).await.unwrap();
         if first != second {
-            assert_eq!(codes.check("alice", &Purpose::SignIn, &first, &p, 1100), Err(EmailCodeError::Wrong));
+            assert_eq!(codes.check("alice", &Purpose::SignIn, &first, &p, 1100).await, Err(EmailCodeError::Wrong));
         }
         let mut t = 1000 + RESEND_AFTER;
         for _ in 2..PER_HOUR {
             t += RESEND_AFTER;
-            codes.issue("alice", Purpose::SignIn, 6, &p, t).unwrap();
+            codes.issue("alice", Purpose::SignIn, 6, &p, t).await.unwrap();
         }
         assert!(matches!(
-            codes.issue("alice", Purpose::SignIn, 6, &p, t + RESEND_AFTER),
+            codes.issue("alice", Purpose::SignIn, 6, &p, t + RESEND_AFTER).await,
             Err(EmailCodeError::Throttled { .. })
         ));
-        assert!(codes.issue("alice", Purpose::SignIn, 6, &p, 1000 + 3600 + RESEND_AFTER).is_ok(), "an hour later");
+        assert!(
+            codes.issue("alice", Purpose::SignIn, 6, &p, 1000 + 3600 + RESEND_AFTER).await.is_ok(),
+            "an hour later"
+        );
     }
 
     #[test]

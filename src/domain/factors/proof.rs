@@ -233,3 +233,30 @@ impl PasskeyProof {
         self.key.key()
     }
 }
+
+/// A proof as kept between two requests of one flow (the codes of a first setup are confirmed on
+/// the next page): sealed with the install's key, so only this install makes one it will take
+/// back, and a store that holds it learns nothing.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptProof {
+    method: AuthMethod,
+    account: String,
+    provider: Option<ProviderId>,
+    key: Option<String>,
+}
+
+impl SecondFactorProof {
+    /// Spends the proof into sealed bytes, for [`SecondFactorProof::unseal`] on a later request.
+    pub fn seal(self, sealer: &super::sealing::Sealer) -> Option<Vec<u8>> {
+        let kept = KeptProof { method: self.method, account: self.account, provider: self.provider, key: self.key };
+        let bytes = zeroize::Zeroizing::new(serde_json::to_vec(&kept).ok()?);
+        sealer.seal(&bytes).ok()
+    }
+
+    /// The proof [`SecondFactorProof::seal`] made, if `sealed` is one.
+    pub fn unseal(sealer: &super::sealing::Sealer, sealed: &[u8]) -> Option<Self> {
+        let opened = sealer.open(sealed).ok()?;
+        let kept: KeptProof = serde_json::from_slice(opened.expose()).ok()?;
+        Some(Self { method: kept.method, account: kept.account, provider: kept.provider, key: kept.key })
+    }
+}

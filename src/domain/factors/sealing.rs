@@ -21,6 +21,7 @@ pub enum SealError {
 
 /// Keys derived from the secrets key file, one per purpose (domain-separated hashes of a
 /// high-entropy key, so no two uses can ever be confused).
+#[derive(Clone)]
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
     pepper: Secret,

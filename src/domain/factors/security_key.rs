@@ -151,12 +151,14 @@ impl NewKeyRules {
 }
 
 /// The relying party's state for a registration: a plain one, or one that checks attestation.
+#[derive(Serialize, Deserialize)]
 pub(super) enum RegistrationState {
     Plain(PasskeyRegistration),
     Attested(AttestedPasskeyRegistration),
 }
 
 /// A registration in progress: kept server side (never in a cookie), for one account, used once.
+#[derive(Serialize, Deserialize)]
 pub struct RegistrationCeremony {
     pub(super) state: RegistrationState,
     pub(super) account: String,
@@ -164,6 +166,7 @@ pub struct RegistrationCeremony {
 }
 
 /// A sign-in (or step-up) assertion in progress: kept server side, for one account, used once.
+#[derive(Serialize, Deserialize)]
 pub struct SignInCeremony {
     pub(super) state: PasskeyAuthentication,
     pub(super) account: String,

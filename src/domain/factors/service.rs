@@ -131,8 +131,14 @@ pub struct SecondFactors {
 }
 
 impl SecondFactors {
+    /// With emailed codes kept in memory (one process).
     pub fn new(accounts: Arc<Accounts>, sealer: Sealer) -> Self {
-        Self { accounts, email_codes: EmailCodes::default(), sealer, drift: Drift::default() }
+        Self::with_flows(accounts, sealer, crate::domain::flows::Flows::in_memory())
+    }
+
+    /// With emailed codes kept in `flows` (the shared store, for replicas).
+    pub fn with_flows(accounts: Arc<Accounts>, sealer: Sealer, flows: crate::domain::flows::Flows) -> Self {
+        Self { accounts, email_codes: EmailCodes::new(flows), sealer, drift: Drift::default() }
     }
 
     /// Keys derived from `secrets.key` for other purposes (known-browser cookies).
@@ -169,10 +175,10 @@ impl SecondFactors {
         if all_digits
             && digits.len() == email_digits as usize
             && has_email
-            && self.email_codes.outstanding(account, &sign_in, now)
+            && self.email_codes.outstanding(account, &sign_in, now).await
         {
             let could_be_totp = looks_totp && has_app;
-            match self.email_codes.check(account, &sign_in, &digits, self.sealer.pepper(), now) {
+            match self.email_codes.check(account, &sign_in, &digits, self.sealer.pepper(), now).await {
                 Ok(()) => {
                     let provider = record.email.as_ref().map_or_else(ProviderId::email, |e| e.provider.clone());
                     let noted: Result<(), StoreError> = self
@@ -191,6 +197,9 @@ impl SecondFactors {
                         proof: SecondFactorProof::of_provider(AuthMethod::Email, user, &provider),
                         recovery_codes_left: None,
                     });
+                }
+                Err(EmailCodeError::Unavailable) => {
+                    return Err(CodeRefused::Store(StoreError::Backend("emailed codes cannot be read".into())));
                 }
                 Err(_) if could_be_totp => {}
                 Err(EmailCodeError::Expired) => return Err(CodeRefused::Expired),
@@ -282,9 +291,14 @@ impl SecondFactors {
     }
 
     /// A code that confirms `user`'s address, before codes by email become a factor.
-    pub fn issue_confirmation_code(&self, user: &User, digits: u32, now: UnixTime) -> Result<String, EmailCodeError> {
+    pub async fn issue_confirmation_code(
+        &self,
+        user: &User,
+        digits: u32,
+        now: UnixTime,
+    ) -> Result<String, EmailCodeError> {
         let purpose = Purpose::Confirm { address: user.email.clone() };
-        self.email_codes.issue(&user.account_key, purpose, digits, self.sealer.pepper(), now)
+        self.email_codes.issue(&user.account_key, purpose, digits, self.sealer.pepper(), now).await
     }
 
     /// Codes by email become a factor of the active email provider once the confirmation `code`
@@ -299,10 +313,15 @@ impl SecondFactors {
         let provider = providers.active(ProviderKind::Email).ok_or(EnrollError::NotOffered)?.id.clone();
         let purpose = Purpose::Confirm { address: user.email.clone() };
         let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
-        self.email_codes.check(&user.account_key, &purpose, &code, self.sealer.pepper(), now).map_err(|e| match e {
-            EmailCodeError::Wrong => EnrollError::Wrong,
-            _ => EnrollError::Expired,
-        })?;
+        self.email_codes.check(&user.account_key, &purpose, &code, self.sealer.pepper(), now).await.map_err(
+            |e| match e {
+                EmailCodeError::Wrong => EnrollError::Wrong,
+                EmailCodeError::Unavailable => {
+                    EnrollError::Store(StoreError::Backend("emailed codes cannot be read".into()))
+                }
+                _ => EnrollError::Expired,
+            },
+        )?;
         let pepper = self.sealer.pepper();
         let address = user.email.clone();
         self.accounts
@@ -329,7 +348,7 @@ impl SecondFactors {
 
     /// A sign-in code for `user`, and the confirmed address it must go to (whatever the users
     /// file says now: only that one was proven). None for a factor that no longer counts.
-    pub fn issue_sign_in_code(
+    pub async fn issue_sign_in_code(
         &self,
         user: &User,
         digits: u32,
@@ -340,7 +359,8 @@ impl SecondFactors {
         let Some(factor) = record.email.clone().filter(|_| counts(&record, providers, FactorKind::Email)) else {
             return Err(EmailCodeError::NoCode);
         };
-        let code = self.email_codes.issue(&user.account_key, Purpose::SignIn, digits, self.sealer.pepper(), now)?;
+        let code =
+            self.email_codes.issue(&user.account_key, Purpose::SignIn, digits, self.sealer.pepper(), now).await?;
         Ok((code, factor.address))
     }
 

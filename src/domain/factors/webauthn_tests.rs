@@ -57,6 +57,8 @@ fn key() -> SoftPasskey {
 
 async fn register(factors: &SecondFactors, rp: &Webauthn, who: &User, key: &mut SoftPasskey) {
     let (options, ceremony) = factors.start_key_registration(rp, who, plain(), NOW).unwrap();
+    // Kept as bytes between the two requests, as replicas sharing a store keep it.
+    let ceremony: RegistrationCeremony = serde_json::from_slice(&serde_json::to_vec(&ceremony).unwrap()).unwrap();
     let response = key.do_registration(Url::parse(ORIGIN).unwrap(), options).unwrap();
     let json = serde_json::to_string(&response).unwrap();
     let enrolled = factors
@@ -88,6 +90,7 @@ async fn a_registered_key_proves_the_factor_and_its_counter_only_goes_up() {
     assert!(stored.has_second_factor());
 
     let (options, ceremony) = factors.start_key_sign_in(&rp, &alice, &keys_provider(), NOW).unwrap();
+    let ceremony: SignInCeremony = serde_json::from_slice(&serde_json::to_vec(&ceremony).unwrap()).unwrap();
     let verified =
         factors.verify_key(&rp, &alice, ceremony, &sign(&mut key, options), &keys_provider(), NOW + 10).await.unwrap();
     assert_eq!(verified.proof.method(), AuthMethod::Hwk);

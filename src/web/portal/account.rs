@@ -372,7 +372,7 @@ async fn sensitive_action(app: &App, action: AccountAction, full: FullSession) -
         };
         tracing::info!(target: "portcullis::security", %user, "recovery codes regenerated");
         app.notifier.send(full.user(), SecurityEvent::CodesRegenerated, now, true);
-        app.pending.put_codes(full.key(), codes);
+        app.pending.put_codes(full.key(), codes).await?;
         return Ok(send_to(app, Destination::RecoveryCodes, &done(Destination::Account, "codes")));
     }
     let kind = if action == AccountAction::RemoveTotp { FactorKind::Totp } else { FactorKind::Email };

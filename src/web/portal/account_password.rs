@@ -129,7 +129,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
             return Ok(response);
         }
     };
-    app.pending.rekey(&this, full.key());
+    app.pending.rekey(&this, full.key()).await?;
     // The others were made under the old password and would end at their next request anyway;
     // ending them now also takes them off the list.
     if let Err(e) = app.sessions.end_all_but(&name, full.key()).await {

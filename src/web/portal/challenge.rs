@@ -47,7 +47,7 @@ pub(super) struct Extras {
 }
 
 /// The challenge page for `session`'s account.
-pub(super) fn render(
+pub(super) async fn render(
     app: &App,
     session: &Session,
     return_to: &str,
@@ -83,7 +83,8 @@ pub(super) fn render(
         _ => primary,
     };
     // Each showing of the key view starts a new assertion, replacing the session's earlier one.
-    let key_options = (view == ChallengeView::Key).then(|| security_keys::sign_in_options(app, session)).flatten();
+    let key_options =
+        if view == ChallengeView::Key { security_keys::sign_in_options(app, session).await } else { None };
     let link = |view: ChallengeView| Destination::Challenge.with_return(return_to, &[("use", view.key())]);
     let step_up = matches!(session, Session::Full(_));
     let remember_days = app.config().mfa.remember_device.filter(|_| !step_up).map(|d| d.as_secs() / 86_400);
@@ -135,7 +136,7 @@ pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
         email_notice: (query.sent.as_deref() == Some("1")).then_some(EmailNotice::Sent),
         ..Default::default()
     };
-    Ok(render(app, &session, &return_to, extras, StatusCode::OK))
+    Ok(render(app, &session, &return_to, extras, StatusCode::OK).await)
 }
 
 /// Whether the account's only second step that counts is codes by email.
@@ -173,7 +174,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         // The key form arrived without a key's answer (no JavaScript, or no WebAuthn): nothing
         // was tried, so nothing is counted; the page says why and offers the other ways.
         let extras = Extras { view, error: Some(CodeError::KeyMissing), ..Default::default() };
-        return Ok(render(app, &session, &return_to, extras, StatusCode::BAD_REQUEST));
+        return Ok(render(app, &session, &return_to, extras, StatusCode::BAD_REQUEST).await);
     }
     // Codes are regulated per account and per address, apart from passwords (see
     // `regulation.rs`): the attempt is reserved before the code is checked.
@@ -257,7 +258,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
     }
     let tries_left = (session_limit - in_session).min(outcome.left);
     let extras = Extras { view, error: Some(error), tries_left: Some(tries_left), ..Default::default() };
-    Ok(render(app, &session, &return_to, extras, StatusCode::UNAUTHORIZED))
+    Ok(render(app, &session, &return_to, extras, StatusCode::UNAUTHORIZED).await)
 }
 
 /// A right code: the session becomes full (or records a fresh factor, for step-up) and goes on;
@@ -290,7 +291,7 @@ async fn end_after_wrong_codes(app: &App, session: Session, paused_for: Option<i
     if let Err(e) = app.sessions.end(session.key()).await {
         tracing::error!("could not end a session: {e}");
     }
-    app.pending.forget(session.key());
+    app.pending.forget(session.key()).await;
     tracing::warn!(target: "portcullis::security", user = %session.user().name, "session ended after too many wrong codes");
     let mut response = WebError::TooManyCodes { paused_for }.into_response();
     cookies::clear_session(&mut response, app);

@@ -31,7 +31,7 @@ pub(super) async fn challenge_send(app: &Arc<App>, request: Request<Incoming>) -
         // The same mailbox as the sign-in link: no code is sent (`allows_email_codes_after`).
         return Ok(send_to(app, Destination::Challenge, &return_to));
     }
-    Ok(match send_sign_in_code(app, session.user()) {
+    Ok(match send_sign_in_code(app, session.user()).await {
         Ok(()) => {
             with_user(go_to(app, &Destination::Challenge.with_return(&return_to, &[("sent", "1")])), session.user())
         }
@@ -41,7 +41,7 @@ pub(super) async fn challenge_send(app: &Arc<App>, request: Request<Incoming>) -
                 email_notice: Some(EmailNotice::Wait { seconds: retry_after }),
                 ..Default::default()
             };
-            challenge::render(app, &session, &return_to, extras, StatusCode::TOO_MANY_REQUESTS)
+            challenge::render(app, &session, &return_to, extras, StatusCode::TOO_MANY_REQUESTS).await
         }
         Err(_) => send_to(app, Destination::Challenge, &return_to),
     })
@@ -80,7 +80,7 @@ pub(super) async fn enroll_send(app: &Arc<App>, request: Request<Incoming>) -> A
     let user = session.user();
     let now = app.clock.now();
     let digits = app.config().mfa.email_code_digits;
-    Ok(match app.factors.issue_confirmation_code(user, digits, now) {
+    Ok(match app.factors.issue_confirmation_code(user, digits, now).await {
         Ok(code) => {
             app.notifier.send(user, SecurityEvent::ConfirmAddress { code }, now, true);
             go_to(app, &Destination::EnrollEmail.with_return(&return_to, &[("sent", "1")]))

@@ -21,7 +21,7 @@ use crate::web::respond::{Answer, go_to, login_redirect, send_to, with_user};
 use crate::web::route::Destination;
 use crate::web::state::App;
 
-fn render(app: &App, session: &Session, return_to: &str, error: Option<CodeError>, status: StatusCode) -> Answer {
+async fn render(app: &App, session: &Session, return_to: &str, error: Option<CodeError>, status: StatusCode) -> Answer {
     let email_option =
         (app.may_set_up(session, FactorKind::Email) == Setup::Add).then(|| masked(&session.user().email));
     let issuer = &app.config().mfa.issuer;
@@ -49,7 +49,7 @@ fn render(app: &App, session: &Session, return_to: &str, error: Option<CodeError
         return Ok(with_user(pages::html(status, &page), session.user()));
     }
     let max_age = app.config().session.partial_timeout.as_secs() as i64;
-    let secret = app.pending.secret(session.key(), app.clock.now(), max_age);
+    let secret = app.pending.secret(session.key(), app.clock.now(), max_age).await?;
     let account = session.user().name.as_str();
     let uri = totp::provisioning_uri(secret.expose(), issuer, account)
         .map_err(|e| WebError::Internal(format!("the setup code could not be made: {e}")))?;
@@ -74,12 +74,12 @@ pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
         return Ok(login_redirect(app, &Destination::Enroll.with_return(&return_to, &[])));
     };
     match (app.may_set_up(&session, FactorKind::Totp), app.may_set_up(&session, FactorKind::Email), &session) {
-        (Setup::Add | Setup::Replace, _, _) => render(app, &session, &return_to, None, StatusCode::OK),
+        (Setup::Add | Setup::Replace, _, _) => render(app, &session, &return_to, None, StatusCode::OK).await,
         (Setup::StepUpFirst, _, _) => {
             Ok(send_to(app, Destination::Challenge, &Destination::Enroll.with_return(&return_to, &[])))
         }
         // No app allowed here, but codes by email are: the same page, with only that choice.
-        (_, Setup::Add, _) => render(app, &session, &return_to, None, StatusCode::OK),
+        (_, Setup::Add, _) => render(app, &session, &return_to, None, StatusCode::OK).await,
         // Only a security key may be set up: its own page.
         _ if app.may_set_up(&session, FactorKind::SecurityKey) == Setup::Add => {
             Ok(send_to(app, Destination::SecurityKeyNew, &return_to))
@@ -106,9 +106,9 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>) -> Answer
     }
     let now = app.clock.now();
     let max_age = app.config().session.partial_timeout.as_secs() as i64;
-    let Some((secret, _)) = app.pending.take_secret(session.key(), now, max_age) else {
+    let Some((secret, _)) = app.pending.take_secret(session.key(), now, max_age).await? else {
         // The setup expired (or never started): show a fresh one.
-        return render(app, &session, &return_to, None, StatusCode::OK);
+        return render(app, &session, &return_to, None, StatusCode::OK).await;
     };
     let replace = setup == Setup::Replace;
     let enrolled = match app
@@ -119,9 +119,9 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>) -> Answer
         Ok(enrolled) => enrolled,
         Err(e @ (EnrollError::Wrong | EnrollError::Replayed | EnrollError::Expired)) => {
             // Keep the same secret so the user can simply try the next code.
-            app.pending.keep_secret(session.key(), secret, now);
+            app.pending.keep_secret(session.key(), secret, now).await?;
             let error = if matches!(e, EnrollError::Replayed) { CodeError::Replayed } else { CodeError::Wrong };
-            return render(app, &session, &return_to, Some(error), StatusCode::UNAUTHORIZED);
+            return render(app, &session, &return_to, Some(error), StatusCode::UNAUTHORIZED).await;
         }
         // Set up elsewhere or reset meanwhile: nothing was saved.
         Err(EnrollError::Changed) => return Ok(go_to(app, Destination::Account.path())),
@@ -154,7 +154,7 @@ pub(super) fn offered(app: &App, kind: FactorKind) -> Result<(), WebError> {
 pub(super) async fn factor_added(app: &App, session: Session, enrolled: Enrolled, return_to: &str) -> Answer {
     match (session, enrolled.new_codes) {
         (Session::Partial(partial), Some(codes)) => {
-            app.pending.put_enrollment(partial.key(), codes, enrolled.proof);
+            app.pending.put_enrollment(partial.key(), codes, enrolled.proof).await?;
             Ok(with_user(send_to(app, Destination::RecoveryCodes, return_to), partial.user()))
         }
         (Session::Partial(partial), None) => {
@@ -168,7 +168,7 @@ pub(super) async fn factor_added(app: &App, session: Session, enrolled: Enrolled
             };
             let (response, full) = complete_step_up(app, full, enrolled.proof, then).await?;
             if let Some(codes) = codes {
-                app.pending.put_codes(full.key(), codes);
+                app.pending.put_codes(full.key(), codes).await?;
             }
             Ok(response)
         }

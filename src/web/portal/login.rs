@@ -194,7 +194,7 @@ pub(super) async fn after_first_factor(
             // a sign-in link, which proved that mailbox already).
             if record.primary_factor() == Some(FactorKind::Email)
                 && first_factor.allows_email_codes_after()
-                && let Err(e) = send_sign_in_code(app, &user)
+                && let Err(e) = send_sign_in_code(app, &user).await
             {
                 tracing::info!(user = %user.name, "no sign-in code sent at login: {e}");
             }

@@ -18,10 +18,14 @@ use crate::web::state::App;
 /// Codes waiting to be confirmed are shown to, and confirmed by, a full session, or a partial one
 /// in the middle of enrolling its first factor. Never to a session that was full when they were
 /// made and has since been sent back to the second step: it must prove a factor first.
-fn codes_belong_to(app: &App, session: &Session) -> bool {
+async fn codes_belong_to(app: &App, session: &Session) -> bool {
     match session {
         Session::Full(_) => true,
-        Session::Partial(partial) => app.pending.is_enrolling(partial.key()),
+        // Unknown (the store did not answer): not shown.
+        Session::Partial(partial) => app.pending.is_enrolling(partial.key()).await.unwrap_or_else(|e| {
+            tracing::warn!("setup state could not be read: {e}");
+            false
+        }),
     }
 }
 
@@ -30,10 +34,12 @@ pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
     let Lookup::Found(session) = app.session(request.headers()).await else {
         return Ok(login_redirect(app, &return_to));
     };
-    if !codes_belong_to(app, &session) {
+    if !codes_belong_to(app, &session).await {
         return Ok(send_to(app, Destination::Challenge, &return_to));
     }
-    let Some(codes) = app.pending.codes(session.key()) else { return Ok(go_to(app, Destination::Account.path())) };
+    let Some(codes) = app.pending.codes(session.key()).await? else {
+        return Ok(go_to(app, Destination::Account.path()));
+    };
     let issuer = &app.config().mfa.issuer;
     let text = format!(
         "Recovery codes for {} at {issuer}\nEach code works once. Keep them somewhere safe.\n\n{}\n",
@@ -77,16 +83,16 @@ pub(super) async fn confirm(app: &Arc<App>, request: Request<Incoming>) -> Answe
     let posted = session_post::<SavedForm>(app, request).await?;
     let (form, return_to) = (posted.form, posted.return_to);
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
-    if !codes_belong_to(app, &session) {
+    if !codes_belong_to(app, &session).await {
         return Ok(send_to(app, Destination::Challenge, &return_to));
     }
-    if app.pending.codes(session.key()).is_none() {
+    if app.pending.codes(session.key()).await?.is_none() {
         return Ok(go_to(app, Destination::Account.path()));
     }
     if form.saved.as_deref() != Some("yes") {
         return Ok(send_to(app, Destination::RecoveryCodes, &return_to));
     }
-    let enrolled_with = app.pending.finish(session.key());
+    let enrolled_with = app.pending.finish(session.key()).await?;
     match (session, enrolled_with) {
         (Session::Partial(partial), Some(proof)) => {
             // Only an account that now has a factor gets here (setting it up proved a code).

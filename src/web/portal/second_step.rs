@@ -43,7 +43,7 @@ pub async fn complete_sign_in(
             .await
             .map_err(|e| WebError::SignInUnavailable(e.to_string()))?,
     };
-    app.pending.rekey(&old_key, full.key());
+    app.pending.rekey(&old_key, full.key()).await?;
     app.factors.accounts.record_sign_in(full.user(), app.clock.now()).await;
     cookies::set_session(&mut then, app, &id, full.expires_at());
     cookies::set_known_browser(&mut then, app, full.user());
@@ -61,17 +61,17 @@ pub async fn complete_step_up(
     let old_key = full.key().clone();
     let (id, full) =
         app.sessions.step_up(full, proof).await.map_err(|e| WebError::VerificationUnsaved(e.to_string()))?;
-    app.pending.rekey(&old_key, full.key());
+    app.pending.rekey(&old_key, full.key()).await?;
     cookies::set_session(&mut then, app, &id, full.expires_at());
     Ok((with_user(then, full.user()), full))
 }
 
 /// Mails a sign-in code to the account's confirmed address (whatever the users file says now:
 /// only that one was proven), unless sending is throttled.
-pub fn send_sign_in_code(app: &App, user: &User) -> Result<(), EmailCodeError> {
+pub async fn send_sign_in_code(app: &App, user: &User) -> Result<(), EmailCodeError> {
     let now = app.clock.now();
     let digits = app.config().mfa.email_code_digits;
-    let (code, address) = app.factors.issue_sign_in_code(user, digits, &app.config().mfa.providers, now)?;
+    let (code, address) = app.factors.issue_sign_in_code(user, digits, &app.config().mfa.providers, now).await?;
     let recipient = User { email: address, ..user.clone() };
     app.notifier.send(&recipient, SecurityEvent::SignInCode { code }, now, true);
     tracing::info!(target: "portcullis::security", user = %user.name, "sign-in code emailed");

@@ -35,13 +35,16 @@ fn relying_party(app: &App) -> Result<security_key::RelyingParty, KeyError> {
 
 /// Starts an assertion for the challenge page (replacing any earlier one of this session) and
 /// returns its options as JSON; `None` (logged) when keys cannot be used now.
-pub(super) fn sign_in_options(app: &App, session: &Session) -> Option<String> {
+pub(super) async fn sign_in_options(app: &App, session: &Session) -> Option<String> {
     let started = relying_party(app).and_then(|rp| {
         app.factors.start_key_sign_in(&rp, session.user(), &app.config().mfa.providers, app.clock.now())
     });
     match started {
         Ok((options, ceremony)) => {
-            app.pending.put_key_sign_in(session.key(), ceremony);
+            if let Err(e) = app.pending.put_key_sign_in(session.key(), ceremony).await {
+                tracing::error!(user = %session.user().name, "a security key sign-in could not be kept: {e}");
+                return None;
+            }
             serde_json::to_string(&options).ok()
         }
         Err(e) => {
@@ -54,7 +57,7 @@ pub(super) fn sign_in_options(app: &App, session: &Session) -> Option<String> {
 /// Checks the browser's answer against this session's outstanding assertion, which is used up
 /// whatever the outcome (WebAuthn L3 §13.4.3: a challenge is good for one ceremony).
 pub(super) async fn verify(app: &App, session: &Session, credential: &str) -> Result<Verified, KeyError> {
-    let ceremony = app.pending.take_key_sign_in(session.key()).ok_or(KeyError::Expired)?;
+    let ceremony = app.pending.take_key_sign_in(session.key()).await?.ok_or(KeyError::Expired)?;
     let rp = relying_party(app)?;
     app.factors
         .verify_key(&rp, session.user(), ceremony, credential, &app.config().mfa.providers, app.clock.now())
@@ -82,14 +85,14 @@ impl SessionForm for KeyForm {
 }
 
 /// The registration page, with a new ceremony.
-fn render(app: &App, session: &Session, return_to: &str, name: &str, error: Option<CodeError>) -> Answer {
+async fn render(app: &App, session: &Session, return_to: &str, name: &str, error: Option<CodeError>) -> Answer {
     let started = relying_party(app).and_then(|rp| {
         let rules = security_key::NewKeyRules::from_settings(&app.config().webauthn)?;
         app.factors.start_key_registration(&rp, session.user(), rules, app.clock.now())
     });
     let options = match started {
         Ok((options, ceremony)) => {
-            app.pending.put_key_registration(session.key(), ceremony);
+            app.pending.put_key_registration(session.key(), ceremony).await?;
             serde_json::to_string(&options).ok()
         }
         Err(e) => {
@@ -120,7 +123,7 @@ pub(super) async fn new_form(app: &App, request: &Request<Incoming>) -> Answer {
         return Ok(login_redirect(app, &here));
     };
     match (app.may_set_up(&session, FactorKind::SecurityKey), &session) {
-        (Setup::Add, _) => render(app, &session, &return_to, "", None),
+        (Setup::Add, _) => render(app, &session, &return_to, "", None).await,
         (Setup::StepUpFirst, _) => Ok(send_to(app, Destination::Challenge, &here)),
         (_, Session::Partial(_)) => Ok(send_to(app, Destination::Challenge, &return_to)),
         (_, Session::Full(_)) => Ok(go_to(app, Destination::Account.path())),
@@ -139,13 +142,13 @@ pub(super) async fn new_submit(app: &Arc<App>, request: Request<Incoming>) -> An
         return Ok(go_to(app, Destination::Account.path()));
     }
     if security_key::clean_name(&form.name).is_err() {
-        return render(app, &session, &return_to, "", Some(CodeError::Malformed));
+        return render(app, &session, &return_to, "", Some(CodeError::Malformed)).await;
     }
     if form.credential.is_empty() {
-        return render(app, &session, &return_to, &form.name, Some(CodeError::KeyMissing));
+        return render(app, &session, &return_to, &form.name, Some(CodeError::KeyMissing)).await;
     }
-    let Some(ceremony) = app.pending.take_key_registration(session.key()) else {
-        return render(app, &session, &return_to, &form.name, Some(CodeError::KeyExpired));
+    let Some(ceremony) = app.pending.take_key_registration(session.key()).await? else {
+        return render(app, &session, &return_to, &form.name, Some(CodeError::KeyExpired)).await;
     };
     let now = app.clock.now();
     let rp = relying_party(app)?;
@@ -168,12 +171,12 @@ pub(super) async fn new_submit(app: &Arc<App>, request: Request<Incoming>) -> An
     {
         Ok(enrolled) => enrolled,
         Err(KeyError::Expired) => {
-            return render(app, &session, &return_to, &form.name, Some(CodeError::KeyExpired));
+            return render(app, &session, &return_to, &form.name, Some(CodeError::KeyExpired)).await;
         }
         Err(e @ (KeyError::Store(_) | KeyError::Unavailable(_))) => return Err(e.into()),
         Err(e) => {
             tracing::warn!(target: "portcullis::security", user = %user.name, "security key registration refused: {e}");
-            return render(app, &session, &return_to, &form.name, Some(CodeError::KeyRefused));
+            return render(app, &session, &return_to, &form.name, Some(CodeError::KeyRefused)).await;
         }
     };
     let name = security_key::clean_name(&form.name).unwrap_or_default();
