@@ -89,7 +89,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let connection = ConnectionManager::new_with_config(client.clone(), config).await.map_err(|e| {
             StoreError::Backend(format!(
-                "cannot reach Redis at {}: {e}. Fix: start it, or check store.url and store.password_file",
+                "cannot reach Redis at {}: {e}. Fix: start it, or check store.url, store.password_file and store.ca_file",
                 settings.url
             ))
         })?;

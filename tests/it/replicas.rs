@@ -19,14 +19,23 @@ struct Redis {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// More arguments for redis-server (TLS, a password).
+    extra: Vec<String>,
 }
 
 impl Redis {
     fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, |_, _| Vec::new())
+    }
+
+    /// With more arguments, made from the port and the server's folder.
+    fn start_with(test: &str, extra: impl FnOnce(u16, &std::path::Path) -> Vec<String>) -> Option<Self> {
         if !present("redis-server", test) {
             return None;
         }
-        let mut redis = Self { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        let (port, dir) = (free_port(), tempfile::tempdir().unwrap());
+        let extra = extra(port, dir.path());
+        let mut redis = Self { port, dir, child: None, extra };
         redis.run();
         Some(redis)
     }
@@ -36,6 +45,7 @@ impl Redis {
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--appendonly", "yes", "--save", ""])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -498,4 +508,66 @@ async fn behind_nginx_with_the_shipped_sample_a_replica_going_down_keeps_its_use
     }
     within(Duration::from_secs(5), || async { served(other, "path=/after-") == 5 }).await;
     assert_eq!(upstream.seen().last().unwrap().header("x-forwarded-user"), Some("alice"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_tls_with_a_password_and_only_with_the_right_ca_and_password() {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
+    const PASSWORD: &str = "redis password: never in a log";
+    let started = Redis::start_with("Redis over TLS", |port, dir| {
+        std::fs::write(dir.join("cert.pem"), &cert).unwrap();
+        std::fs::write(dir.join("key.pem"), &key).unwrap();
+        let file = |name: &str| dir.join(name).display().to_string();
+        // TLS only: the plain port is off.
+        ["--port", "0", "--tls-port", &port.to_string(), "--tls-cert-file", &file("cert.pem")]
+            .into_iter()
+            .chain(["--tls-key-file", &file("key.pem"), "--tls-auth-clients", "no", "--requirepass", PASSWORD])
+            .map(str::to_string)
+            .collect()
+    });
+    let Some(redis) = started else { return };
+    let upstream = Upstream::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let (ca, password, wrong) =
+        (secrets.path().join("ca.pem"), secrets.path().join("redis.secret"), secrets.path().join("wrong.secret"));
+    std::fs::write(&ca, certified.cert.pem()).unwrap();
+    for (file, text) in [(&password, PASSWORD), (&wrong, "not the password")] {
+        std::fs::write(file, text).unwrap();
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let store = |ca: Option<&PathBuf>, password: &PathBuf| {
+        let ca = ca.map(|c| format!("ca_file = \"{}\"\n", c.display())).unwrap_or_default();
+        format!(
+            "[store]\nbackend = \"redis\"\nurl = \"rediss://127.0.0.1:{}/0\"\nkey_prefix = \"tls:\"\npassword_file = \"{}\"\n{ca}",
+            redis.port,
+            password.display()
+        )
+    };
+    let a = proxy(&upstream.url()).toml(&store(Some(&ca), &password)).start();
+    let b = proxy(&upstream.url()).replica_of(&a).toml(&store(Some(&ca), &password)).start();
+    let browser = Browser::new();
+    browser.login(&a, &ALICE).await;
+    assert_eq!(browser.navigate(&b.url("/")).await.status(), 200, "shared over TLS");
+    assert!(!a.stderr.all().iter().chain(b.stderr.all().iter()).any(|l| l.contains(PASSWORD)));
+
+    // Without the CA, or with the wrong password, nothing is opened, and the message says why.
+    for (ca, password, why) in [(None, &password, "certificate"), (Some(&ca), &wrong, "")] {
+        let config = secrets.path().join("refused.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\nupstream = \"{}\"\npublic_url = \"http://127.0.0.1:1\"\ndata_dir = \"{}\"\nusers_file = \"{}\"\n{}",
+            upstream.url(),
+            secrets.path().join("data").display(),
+            a.users_file().display(),
+            store(ca, password)
+        );
+        std::fs::write(&config, text).unwrap();
+        let out = run_cli(&config, &["admin", "bans"], "");
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "refused: {said}");
+        assert!(said.contains("cannot reach Redis at rediss://127.0.0.1"), "{said}");
+        assert!(said.to_lowercase().contains(why), "{said}");
+        assert!(!said.contains(PASSWORD));
+        eprintln!("{said}");
+    }
 }
