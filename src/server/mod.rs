@@ -124,6 +124,7 @@ impl Server {
         let Services { users, sessions, accounts, regulator, notifier, delivery, sealer, store, .. } = services;
         let pending = Pending::new(crate::domain::flows::Flows::for_store(&store, &sealer), sealer.clone());
         let email_flows = crate::domain::flows::Flows::for_store(&store, &sealer);
+        let handoff_flows = crate::domain::flows::Flows::for_store(&store, &sealer);
         if users.is_empty() {
             tracing::warn!(
                 path = %config.users_file.display(),
@@ -181,7 +182,7 @@ impl Server {
             email_links: Default::default(),
             oidc: crate::domain::oidc::OidcClients::new().map_err(StartError::Oidc)?,
             oidc_pending: Default::default(),
-            handoff: Default::default(),
+            handoff: crate::domain::handoff::HandoffCodes::new(handoff_flows),
             regulator,
             clock_warnings: Default::default(),
             notifier,
@@ -473,7 +474,7 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             }
             app.pending.sweep();
             app.factors.email_codes.sweep();
-            app.handoff.sweep(app.clock.now());
+            app.handoff.sweep();
             app.passkey_logins.sweep(app.clock.now());
             app.email_links.sweep(app.clock.now());
             app.oidc_pending.sweep(app.clock.now());

@@ -571,3 +571,39 @@ async fn over_tls_with_a_password_and_only_with_the_right_ca_and_password() {
         eprintln!("{said}");
     }
 }
+
+/// A session handed from the main host to another host: the code made by A is exchanged on B.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handoff_code_made_by_one_replica_is_exchanged_once_on_the_other() {
+    let Some(redis) = Redis::start("handoff across replicas") else { return };
+    let upstream = Upstream::start().await;
+    let hosts = "hosts = [\"wiki.example.test\"]";
+    let a = proxy(&upstream.url()).public_host("app.example.test").toml(hosts).toml(&redis.store_toml("hand:")).start();
+    let b = proxy(&upstream.url())
+        .replica_of(&a)
+        .public_host("app.example.test")
+        .toml(hosts)
+        .toml(&redis.store_toml("hand:"))
+        .start();
+    // Both names resolve to loopback; the port in each URL picks the replica (cookies ignore
+    // ports, so the browser's cookies go to both).
+    let browser = Browser::resolving(a.addr, &["app.example.test", "wiki.example.test"]);
+    let (main, wiki_a) =
+        (format!("http://app.example.test:{}", a.addr.port()), format!("http://wiki.example.test:{}", a.addr.port()));
+    let first = browser.navigate(&format!("{wiki_a}/page")).await;
+    let handoff = first.headers()["location"].to_str().unwrap().to_string();
+    let signed_in = browser.submit_login_at(&main, "alice", ALICE.password, &handoff.replace(&main, "")).await;
+    assert_eq!(signed_in.status(), 303);
+    let back = signed_in.headers()["location"].to_str().unwrap().to_string();
+    let exchange = browser.navigate(&back).await.headers()["location"].to_str().unwrap().to_string();
+    assert!(exchange.starts_with(&format!("{wiki_a}/.portcullis/handoff?code=")), "{exchange}");
+    // The code A made, and the session A made, taken by B.
+    let on_b = exchange.replace(&format!(":{}/", a.addr.port()), &format!(":{}/", b.addr.port()));
+    let landed = browser.navigate(&on_b).await;
+    assert_eq!(landed.status(), 303, "exchanged on B");
+    let wiki_b = format!("http://wiki.example.test:{}", b.addr.port());
+    assert_eq!(browser.navigate(&format!("{wiki_b}/page")).await.status(), 200);
+    assert_eq!(upstream.seen().last().unwrap().header("x-forwarded-user"), Some("alice"));
+    // Once: not again on A.
+    assert_eq!(browser.navigate(&exchange).await.status(), 403, "spent on B");
+}

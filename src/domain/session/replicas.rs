@@ -59,6 +59,17 @@ impl Sessions {
         Ok(found)
     }
 
+    /// [`Sessions::fetch`] for a key (a session named by a handoff code, not by a cookie).
+    pub async fn fetch_key(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        if !self.shared() || self.cache.contains_key(key) {
+            return Ok(false);
+        }
+        match self.store.get(Space::Sessions, key.as_bytes()).await? {
+            Some(bytes) => Ok(self.install(key.clone(), decode(&bytes)?)),
+            None => Ok(false),
+        }
+    }
+
     /// Reads one session again after another replica wrote or deleted it.
     pub async fn refresh(&self, key: &[u8]) -> Result<(), StoreError> {
         let key = SessionKey::from_slice(key)

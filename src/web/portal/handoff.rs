@@ -119,7 +119,7 @@ pub(super) async fn start(app: &Arc<App>, request: &Request<Incoming>, conn: &Co
     let scheme = app.config().public_url.url().scheme().to_string();
     let response = match verdict {
         Verdict::Forward => {
-            let code = app.handoff.issue(full.key(), &target.host, &state, app.clock.now());
+            let code = app.handoff.issue(full.key(), &target.host, &state, app.clock.now()).await?;
             let query = serde_urlencoded::to_string([("code", code.as_str()), ("rd", target.path_and_query.as_str())])
                 .unwrap_or_default();
             tracing::info!(target: "portcullis::security", user = %full.user().name, host = %target.host, "session handed to another host");
@@ -176,7 +176,12 @@ pub async fn exchange(app: &App, request: &Request<Incoming>, target: &Target) -
     let parent = app
         .handoff
         .redeem(&code, &target.host, &state, app.clock.now())
+        .await
         .map_err(|e| WebError::HandoffRefused(format!("{e} (on {})", target.host)))?;
+    // Made on another replica a moment ago, it may not be in this one's memory yet.
+    if let Err(e) = app.sessions.fetch_key(&parent).await {
+        tracing::warn!("could not look a session up in the shared store: {e}");
+    }
     // Still a live full session that the 2FA policy lets in.
     if !app.tunnel_still_allowed(&parent) {
         return Err(WebError::HandoffRefused("the session it was made from ended or no longer qualifies".into()));
