@@ -150,6 +150,5 @@ mod tests {
             codes.redeem(&attackers, "wiki.example.com", "victim's state", 1_001).await,
             Err(HandoffRefused::OtherBrowser)
         );
-
     }
 }

@@ -37,6 +37,7 @@ use crate::server::sd_notify::ServiceManager;
 use crate::store::StoreError;
 use crate::web::forward::{Forwarder, ProxySetupError};
 use crate::web::pending::Pending;
+use crate::web::pending_sign_ins::PerBrowser;
 use crate::web::state::{App, Connection};
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +126,9 @@ impl Server {
         let pending = Pending::new(crate::domain::flows::Flows::for_store(&store, &sealer), sealer.clone());
         let email_flows = crate::domain::flows::Flows::for_store(&store, &sealer);
         let handoff_flows = crate::domain::flows::Flows::for_store(&store, &sealer);
+        // Sign-ins in progress before a session: in the shared store, or bounded in memory.
+        let shared_flows = || store.shared().map(|_| crate::domain::flows::Flows::for_store(&store, &sealer));
+        let (passkey_logins, oidc_pending) = (PerBrowser::new(shared_flows()), PerBrowser::new(shared_flows()));
         if users.is_empty() {
             tracing::warn!(
                 path = %config.users_file.display(),
@@ -178,10 +182,10 @@ impl Server {
             factors: SecondFactors::with_flows(accounts, sealer, email_flows),
             signer,
             pending,
-            passkey_logins: Default::default(),
+            passkey_logins,
             email_links: Default::default(),
             oidc: crate::domain::oidc::OidcClients::new().map_err(StartError::Oidc)?,
-            oidc_pending: Default::default(),
+            oidc_pending,
             handoff: crate::domain::handoff::HandoffCodes::new(handoff_flows),
             regulator,
             clock_warnings: Default::default(),

@@ -9,15 +9,25 @@
 //! A client loading the page in a loop only churns its own share: it cannot push everyone else's
 //! passkey sign-in out (it would need hundreds of networks for that), and memory stays bounded.
 //! Only the login page (never the hot path) takes this lock.
+//!
+//! With a store replicas share, sign-ins in progress are flows there instead ([`Flows`]: sealed,
+//! expiring, taken once), so the provider's callback or the passkey's answer may reach any
+//! replica. The per-client bound holds there too (each client's list of slots is a flow of its
+//! own); the overall bound is the store's memory, each entry expiring after [`KEPT_FOR`].
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use sha2::Digest;
 
 use crate::base::clock::UnixTime;
 use crate::domain::factors::passwordless::PasskeyCeremony;
+use crate::domain::flows::Flows;
 use crate::domain::oidc::OidcPending;
 use crate::domain::regulation::Subject;
 
@@ -49,14 +59,34 @@ pub const MAX_OUTSTANDING: usize = 10_000;
 /// Per client: an office behind one address loading the login page within five minutes.
 pub const PER_CLIENT: usize = 64;
 
+/// How long a sign-in in progress is kept in a shared store (each kind also checks its own,
+/// shorter, lifetime when it is taken).
+pub const KEPT_FOR: Duration = Duration::from_secs(15 * 60);
+
 type Slot = [u8; 32];
 
-pub struct PerBrowser<T>(Mutex<Kept<T>>);
+pub struct PerBrowser<T> {
+    kept: Mutex<Kept<T>>,
+    /// Set when replicas share a store: then nothing is kept in `kept`.
+    shared: Option<Arc<Flows>>,
+}
 
 impl<T> Default for PerBrowser<T> {
     fn default() -> Self {
-        Self(Mutex::new(Kept { ceremonies: HashMap::new(), order: VecDeque::new(), by_client: HashMap::new() }))
+        let kept = Kept { ceremonies: HashMap::new(), order: VecDeque::new(), by_client: HashMap::new() };
+        Self { kept: Mutex::new(kept), shared: None }
     }
+}
+
+impl<T> PerBrowser<T> {
+    /// Kept in `flows` if it is the shared store's, else in memory.
+    pub fn new(flows: Option<Flows>) -> Self {
+        Self { shared: flows.map(Arc::new), ..Self::default() }
+    }
+}
+
+fn hex(slot: &Slot) -> String {
+    slot.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct Kept<T> {
@@ -93,13 +123,26 @@ impl<T> Kept<T> {
     }
 }
 
-impl<T: Expiring> PerBrowser<T> {
+impl<T: Expiring + Serialize + DeserializeOwned + Send + 'static> PerBrowser<T> {
     fn kept(&self) -> std::sync::MutexGuard<'_, Kept<T>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Keeps `ceremony` for the browser holding `token`, asked for from `client`.
+    /// Keeps `ceremony` for the browser holding `token`, asked for from `client`. In a shared
+    /// store it is written in the background (the page that starts a sign-in does not wait for
+    /// it; the browser comes back seconds later, after the person acted). Should that write fail
+    /// (logged), the sign-in finds nothing and says it expired: it is started again.
     pub fn put(&self, token: &str, client: IpAddr, ceremony: T) {
+        if let Some(flows) = &self.shared {
+            let (flows, slot, client) = (flows.clone(), slot(token), Subject::address(client).store_key());
+            let Ok(bytes) = serde_json::to_vec(&ceremony) else { return };
+            tokio::spawn(async move {
+                if let Err(e) = put_shared(&flows, slot, &client, bytes).await {
+                    tracing::error!(target: "portcullis::store", "a sign-in in progress could not be kept: {e}");
+                }
+            });
+            return;
+        }
         let (slot, client) = (slot(token), Subject::address(client).store_key());
         let mut kept = self.kept();
         kept.remove(&slot);
@@ -123,12 +166,21 @@ impl<T: Expiring> PerBrowser<T> {
         kept.ceremonies.insert(slot, (ceremony, client));
     }
 
-    /// Takes the ceremony of the browser holding `token`, if it has one.
-    pub fn take(&self, token: &str) -> Option<T> {
-        self.kept().remove(&slot(token))
+    /// Takes the ceremony of the browser holding `token`, if it has one: once, on any replica.
+    pub async fn take(&self, token: &str) -> Option<T> {
+        let Some(flows) = &self.shared else { return self.kept().remove(&slot(token)) };
+        let key = format!("sign-in:{}", hex(&slot(token)));
+        match flows.update(&key, KEPT_FOR, |current| (None, current.map(<[u8]>::to_vec))).await {
+            Ok(taken) => taken.and_then(|bytes| serde_json::from_slice(&bytes).ok()),
+            Err(e) => {
+                tracing::error!(target: "portcullis::store", "a sign-in in progress could not be read: {e}");
+                None
+            }
+        }
     }
 
-    /// Drops ceremonies that ran out (called with the other periodic sweeps).
+    /// Drops ceremonies that ran out (called with the other periodic sweeps; a shared store
+    /// drops its own).
     pub fn sweep(&self, now: UnixTime) {
         let mut kept = self.kept();
         let stale: Vec<Slot> =
@@ -146,6 +198,30 @@ impl<T: Expiring> PerBrowser<T> {
     }
 }
 
+/// Keeps `ceremony` under `slot` in a shared store, and the slot in its client's list; the
+/// client's oldest gives way beyond [`PER_CLIENT`].
+async fn put_shared(
+    flows: &Flows,
+    slot: Slot,
+    client: &str,
+    ceremony: Vec<u8>,
+) -> Result<(), crate::store::StoreError> {
+    let evicted = flows
+        .update(&format!("sign-in-client:{client}"), KEPT_FOR, |current| {
+            let mut slots: VecDeque<String> = current.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+            slots.retain(|s| *s != hex(&slot));
+            slots.push_back(hex(&slot));
+            let evicted = if slots.len() > PER_CLIENT { slots.pop_front() } else { None };
+            (serde_json::to_vec(&slots).ok(), evicted)
+        })
+        .await?;
+    if let Some(oldest) = evicted {
+        flows.end(&format!("sign-in:{oldest}")).await?;
+    }
+    let mut bytes = Some(ceremony);
+    flows.update(&format!("sign-in:{}", hex(&slot)), KEPT_FOR, |_| (bytes.take(), ())).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,8 +233,8 @@ mod tests {
         crate::domain::factors::passwordless::start_passkey_sign_in(&rp, 1_800_000_000).unwrap().1
     }
 
-    #[test]
-    fn one_client_churns_its_own_share_and_cannot_push_out_anyone_else() {
+    #[tokio::test]
+    async fn one_client_churns_its_own_share_and_cannot_push_out_anyone_else() {
         let logins: PasskeyLogins = PerBrowser::default();
         let office: IpAddr = "192.0.2.7".parse().unwrap();
         logins.put("alice's browser", office, ceremony());
@@ -169,24 +245,47 @@ mod tests {
             logins.put(&format!("flood {i}"), if i % 2 == 0 { flooder } else { host }, ceremony());
         }
         assert_eq!(logins.len(), PER_CLIENT + 1, "the flood keeps its own share only");
-        assert!(logins.take("alice's browser").is_some(), "the office's ceremony survived the flood");
-        assert!(logins.take("alice's browser").is_none(), "taken once");
-        assert!(logins.take("flood 0").is_none(), "the flood's oldest gave way");
-        assert!(logins.take(&format!("flood {}", PER_CLIENT * 3 - 1)).is_some());
+        assert!(logins.take("alice's browser").await.is_some(), "the office's ceremony survived the flood");
+        assert!(logins.take("alice's browser").await.is_none(), "taken once");
+        assert!(logins.take("flood 0").await.is_none(), "the flood's oldest gave way");
+        assert!(logins.take(&format!("flood {}", PER_CLIENT * 3 - 1)).await.is_some());
     }
 
-    #[test]
-    fn all_clients_together_are_bounded_and_a_new_page_replaces_the_old() {
+    #[tokio::test]
+    async fn all_clients_together_are_bounded_and_a_new_page_replaces_the_old() {
         let logins: PasskeyLogins = PerBrowser::default();
         for i in 0..(MAX_OUTSTANDING + 10) {
             let client: IpAddr = format!("10.{}.{}.1", i / 256, i % 256).parse().unwrap();
             logins.put(&format!("browser {i}"), client, ceremony());
         }
         assert_eq!(logins.len(), MAX_OUTSTANDING);
-        assert!(logins.take("browser 0").is_none(), "the oldest gave way");
+        assert!(logins.take("browser 0").await.is_none(), "the oldest gave way");
         let client: IpAddr = "192.0.2.1".parse().unwrap();
         logins.put("same", client, ceremony());
         logins.put("same", client, ceremony());
-        assert!(logins.take("same").is_some() && logins.take("same").is_none(), "one per browser");
+        assert!(logins.take("same").await.is_some() && logins.take("same").await.is_none(), "one per browser");
+    }
+
+    /// With a shared store: taken once, whichever replica asks, and one client still keeps only
+    /// its own share.
+    #[tokio::test]
+    async fn in_a_shared_store_a_sign_in_is_taken_once_and_a_client_keeps_its_share() {
+        let store: std::sync::Arc<dyn crate::store::Store> =
+            std::sync::Arc::new(crate::store::memory::MemoryStore::shared());
+        let sealer = crate::domain::factors::sealing::Sealer::new(&crate::base::secret::Secret::new(b"k".repeat(64)));
+        let (a, b): (PasskeyLogins, PasskeyLogins) = (
+            PerBrowser::new(Some(Flows::for_store(&store, &sealer))),
+            PerBrowser::new(Some(Flows::for_store(&store, &sealer))),
+        );
+        let flows = a.shared.clone().unwrap();
+        let bytes = || serde_json::to_vec(&ceremony()).unwrap();
+        put_shared(&flows, slot("alice's browser"), "address:192.0.2.7", bytes()).await.unwrap();
+        for i in 0..(PER_CLIENT + 5) {
+            put_shared(&flows, slot(&format!("flood {i}")), "address:2001:db8::/64", bytes()).await.unwrap();
+        }
+        assert!(b.take("alice's browser").await.is_some(), "put by A, taken by B");
+        assert!(a.take("alice's browser").await.is_none(), "once");
+        assert!(b.take("flood 0").await.is_none(), "the flood's oldest gave way");
+        assert!(a.take(&format!("flood {}", PER_CLIENT + 4)).await.is_some());
     }
 }

@@ -16,17 +16,17 @@ use crate::harness::{ALICE, Browser, form_field};
 use crate::security_keys::{browser, key, keyed_proxy, options, page, post};
 use crate::upstream::Upstream;
 
-const PASSWORDLESS: &str = "[webauthn]\npasswordless = true\n";
+pub(crate) const PASSWORDLESS: &str = "[webauthn]\npasswordless = true\n";
 
 /// What a registration leaves the test holding: the credential id and the user handle the
 /// authenticator would keep with a discoverable credential (both base64url, as on the wire).
-struct Registered {
-    raw_id: String,
-    user_handle: String,
+pub(crate) struct Registered {
+    pub(crate) raw_id: String,
+    pub(crate) user_handle: String,
 }
 
 /// Registers `key` for the signed-in `owner`, checking the options ask for a discoverable one.
-async fn register(owner: &Browser, base: &str, key: &mut SoftPasskey) -> Registered {
+pub(crate) async fn register(owner: &Browser, base: &str, key: &mut SoftPasskey) -> Registered {
     let (status, _, html) = page(owner, &format!("{base}/.portcullis/security-keys/new")).await;
     assert_eq!(status, 200, "{html}");
     let raw: Value = serde_json::from_str(&options(&html)).unwrap();
@@ -46,7 +46,7 @@ async fn register(owner: &Browser, base: &str, key: &mut SoftPasskey) -> Registe
 }
 
 /// The login page, which must offer the passkey (button, autofill, script).
-async fn login_page(browser: &Browser, base: &str, rd: &str) -> String {
+pub(crate) async fn login_page(browser: &Browser, base: &str, rd: &str) -> String {
     let url = format!("{base}/.portcullis/login?rd={}", urlencoding(rd));
     let (status, headers, html) = page(browser, &url).await;
     assert_eq!(status, 200);
@@ -63,7 +63,7 @@ fn urlencoding(text: &str) -> String {
 
 /// The passkey's answer to the login page's options, as a discoverable credential gives it,
 /// signed for `origin`, carrying `user_handle`.
-fn passkey_answer(
+pub(crate) fn passkey_answer(
     key: &mut SoftPasskey,
     origin: &str,
     html: &str,
@@ -82,7 +82,13 @@ fn passkey_answer(
     answer.to_string()
 }
 
-async fn submit(browser: &Browser, base: &str, origin: &str, html: &str, credential: &str) -> reqwest::Response {
+pub(crate) async fn submit(
+    browser: &Browser,
+    base: &str,
+    origin: &str,
+    html: &str,
+    credential: &str,
+) -> reqwest::Response {
     let (csrf, rd) = (form_field(html, "csrf").unwrap(), form_field(html, "rd").unwrap());
     let form = [("csrf", csrf.as_str()), ("rd", rd.as_str()), ("credential", credential)];
     browser

@@ -23,6 +23,7 @@ use crate::domain::users::{User, UserDirectory};
 /// A passkey sign-in in progress: kept server side for the browser that loaded the login page
 /// (keyed by its login form token, see `web/pending_sign_ins.rs`), used once, for
 /// [`CEREMONY_LIFETIME`].
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct PasskeyCeremony {
     state: DiscoverableAuthentication,
     started_at: UnixTime,

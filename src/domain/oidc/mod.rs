@@ -74,6 +74,7 @@ pub struct OidcIdentity {
 }
 
 /// A sign-in in progress: what the callback needs, kept server side for one browser.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct OidcPending {
     provider: String,
     state: String,

@@ -96,7 +96,7 @@ pub(super) async fn callback(app: &Arc<App>, request: &Request<Incoming>, conn: 
     let query: Callback = serde_urlencoded::from_str(request.uri().query().unwrap_or("")).unwrap_or_default();
     let now = app.clock.now();
     let nonce = nonce_of(app, headers).ok_or(WebError::ProviderSignInNotStarted)?;
-    let pending = app.oidc_pending.take(&nonce).ok_or(WebError::ProviderSignInNotStarted)?;
+    let pending = app.oidc_pending.take(&nonce).await.ok_or(WebError::ProviderSignInNotStarted)?;
     let links_to = pending.links_to().map(str::to_string);
     let name = provider.name.clone();
     let (identity, return_to) = match app.oidc.finish(&provider, &redirect_uri(app, id), pending, query, now).await {

@@ -53,7 +53,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Co
         return Ok(again(StatusCode::FORBIDDEN, LoginError::Expired));
     }
     // Taken whatever happens next: a challenge is good for one ceremony (WebAuthn L3 §13.4.3).
-    let Some(ceremony) = app.passkey_logins.take(&form.csrf) else {
+    let Some(ceremony) = app.passkey_logins.take(&form.csrf).await else {
         return Ok(again(StatusCode::UNAUTHORIZED, LoginError::PasskeyExpired));
     };
     let attempt = match app.regulator.reserve(&[Subject::address(client)], Factor::Password).await {
