@@ -55,6 +55,9 @@ impl Flows {
                 let current = (slot.1 > now).then(|| slot.0.as_slice());
                 let (new, outcome) = change(current);
                 match new {
+                    // Only a change is kept, and only a change extends the flow's life: reading
+                    // a flow must not keep it alive.
+                    Some(bytes) if current == Some(bytes.as_slice()) => {}
                     Some(bytes) => *slot = (Zeroizing::new(bytes), now + lasts),
                     None => {
                         drop(slot);
@@ -72,7 +75,12 @@ impl Flows {
                     let opened = current.map(|c| sealer.open(c)).transpose();
                     // A record that does not open (another key, tampered) is no flow at all.
                     let opened = opened.unwrap_or(None);
-                    let (new, outcome) = change(opened.as_ref().map(|s| s.expose()));
+                    let opened = opened.as_ref().map(|s| s.expose());
+                    let (new, outcome) = change(opened);
+                    if new.is_some() && new.as_deref() == opened {
+                        // Unchanged: not written, so its expiry stays (a read does not extend it).
+                        return Ok((current.map(<[u8]>::to_vec), outcome));
+                    }
                     Ok::<_, StoreError>((new.map(sealed).transpose()?, outcome))
                 })
                 .await
@@ -125,6 +133,25 @@ mod tests {
         let other = Flows::for_store(&store, &Sealer::new(&Secret::new(b"j".repeat(64))));
         let seen = other.update("s", Duration::from_secs(60), |current| (None, current.is_some())).await.unwrap();
         assert!(!seen);
+    }
+
+    /// Reading a flow writes nothing: it does not extend the flow's life (a reader could keep a
+    /// flow alive for ever) nor contend with the writes of others.
+    #[tokio::test]
+    async fn reading_a_flow_writes_nothing() {
+        let sealer = Sealer::new(&Secret::new(b"k".repeat(64)));
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::shared());
+        let flows = Flows::for_store(&store, &sealer);
+        flows.update("k", Duration::from_secs(60), |_| (Some(b"state".to_vec()), ())).await.unwrap();
+        let before = store.get(Space::Flows, b"k").await.unwrap();
+        let read = flows.update("k", Duration::from_secs(60), |current| (current.map(<[u8]>::to_vec), ()));
+        read.await.unwrap();
+        assert_eq!(store.get(Space::Flows, b"k").await.unwrap(), before, "not sealed again, not written");
+        let memory = Flows::in_memory();
+        memory.update("k", Duration::ZERO, |_| (Some(b"state".to_vec()), ())).await.unwrap();
+        let kept =
+            memory.update("k", Duration::from_secs(60), |current| (current.map(<[u8]>::to_vec), current.is_some()));
+        assert!(!kept.await.unwrap(), "a read did not revive it");
     }
 
     #[tokio::test]

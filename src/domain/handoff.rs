@@ -77,8 +77,8 @@ impl HandoffCodes {
             state: digest(state),
             expires_at: now + CODE_LIFETIME,
         };
-        let mut bytes = serde_json::to_vec(&pending).ok();
-        self.0.update(&flow_key(&code), KEPT_FOR, |_| (bytes.take(), ())).await?;
+        let bytes = serde_json::to_vec(&pending).ok();
+        self.0.update(&flow_key(&code), KEPT_FOR, |_| (bytes.clone(), ())).await?;
         Ok(code)
     }
 

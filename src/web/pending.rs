@@ -134,8 +134,9 @@ impl Pending {
         key: &SessionKey,
         ceremony: RegistrationCeremony,
     ) -> Result<(), StoreError> {
-        let mut ceremony = Some(ceremony);
-        self.change(key, |state| state.key_registration = ceremony.take()).await
+        // Each try of the compare-and-swap needs its own copy (a ceremony is not `Clone`).
+        let kept = serde_json::to_value(&ceremony).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.change(key, |state| state.key_registration = serde_json::from_value(kept.clone()).ok()).await
     }
 
     pub async fn take_key_registration(&self, key: &SessionKey) -> Result<Option<RegistrationCeremony>, StoreError> {
@@ -143,8 +144,8 @@ impl Pending {
     }
 
     pub async fn put_key_sign_in(&self, key: &SessionKey, ceremony: SignInCeremony) -> Result<(), StoreError> {
-        let mut ceremony = Some(ceremony);
-        self.change(key, |state| state.key_sign_in = ceremony.take()).await
+        let kept = serde_json::to_value(&ceremony).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.change(key, |state| state.key_sign_in = serde_json::from_value(kept.clone()).ok()).await
     }
 
     pub async fn take_key_sign_in(&self, key: &SessionKey) -> Result<Option<SignInCeremony>, StoreError> {
@@ -199,13 +200,19 @@ impl Pending {
         self.flows.sweep();
     }
 
-    /// Moves state to a session's new id after rotation.
+    /// Moves state to a session's new id after rotation, but never the proof of a first setup:
+    /// it was for the half-logged-in session, and the new one is full already (left in place, a
+    /// session sent back to the second step later could spend it instead of proving a factor).
     pub async fn rekey(&self, from: &SessionKey, to: &SessionKey) -> Result<(), StoreError> {
         let moved = self.flows.update(&flow_key(from), KEPT_FOR, |current| (None, current.map(<[u8]>::to_vec))).await?;
-        if let Some(bytes) = moved {
-            let mut bytes = Some(bytes);
-            self.flows.update(&flow_key(to), KEPT_FOR, |_| (bytes.take(), ())).await?;
+        let Some(mut state) = moved.and_then(|bytes| serde_json::from_slice::<PendingState>(&bytes).ok()) else {
+            return Ok(());
+        };
+        state.enrolled_with = None;
+        if state.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let bytes = serde_json::to_vec(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.flows.update(&flow_key(to), KEPT_FOR, |_| (Some(bytes.clone()), ())).await
     }
 }

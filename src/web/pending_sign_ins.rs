@@ -218,8 +218,7 @@ async fn put_shared(
     if let Some(oldest) = evicted {
         flows.end(&format!("sign-in:{oldest}")).await?;
     }
-    let mut bytes = Some(ceremony);
-    flows.update(&format!("sign-in:{}", hex(&slot)), KEPT_FOR, |_| (bytes.take(), ())).await
+    flows.update(&format!("sign-in:{}", hex(&slot)), KEPT_FOR, |_| (Some(ceremony.clone()), ())).await
 }
 
 #[cfg(test)]

@@ -106,7 +106,7 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>) -> Answer
     }
     let now = app.clock.now();
     let max_age = app.config().session.partial_timeout.as_secs() as i64;
-    let Some((secret, _)) = app.pending.take_secret(session.key(), now, max_age).await? else {
+    let Some((secret, made)) = app.pending.take_secret(session.key(), now, max_age).await? else {
         // The setup expired (or never started): show a fresh one.
         return render(app, &session, &return_to, None, StatusCode::OK).await;
     };
@@ -118,8 +118,9 @@ pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>) -> Answer
     {
         Ok(enrolled) => enrolled,
         Err(e @ (EnrollError::Wrong | EnrollError::Replayed | EnrollError::Expired)) => {
-            // Keep the same secret so the user can simply try the next code.
-            app.pending.keep_secret(session.key(), secret, now).await?;
+            // Keep the same secret, and its age (wrong codes never make a setup last longer), so
+            // the user can simply try the next code.
+            app.pending.keep_secret(session.key(), secret, made).await?;
             let error = if matches!(e, EnrollError::Replayed) { CodeError::Replayed } else { CodeError::Wrong };
             return render(app, &session, &return_to, Some(error), StatusCode::UNAUTHORIZED).await;
         }

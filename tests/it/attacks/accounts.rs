@@ -170,3 +170,52 @@ async fn a_cookie_tossed_in_from_a_sibling_host_never_makes_the_request_someone_
         "nothing reached the application as Mallory"
     );
 }
+
+/// The proof a first setup earns waits, sealed, for the recovery codes to be confirmed. Made full
+/// another way (a code on the challenge page), the session must not carry that proof along: sent
+/// back to the second step later (`admin downgrade-all`), it could confirm the codes and be full
+/// again without proving anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_setups_proof_never_outlives_the_half_logged_in_session_it_was_for() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[mfa]\npolicy = \"required\"").start();
+    let browser = Browser::new();
+    let enroll_url = password(&browser, &proxy, &ALICE, "/").await;
+    let html = browser.navigate(&enroll_url).await.text().await.unwrap();
+    let secret = crate::mfa::read_enrollment_page(&html);
+    let (csrf, rd) =
+        (crate::harness::form_field(&html, "csrf").unwrap(), crate::harness::form_field(&html, "rd").unwrap());
+    let set_up = browser
+        .http
+        .post(proxy.url("/.portcullis/enroll"))
+        .header("origin", proxy.origin())
+        .form(&[("csrf", csrf.as_str()), ("rd", rd.as_str()), ("code", code(&secret, 0).as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set_up.status(), 303);
+    let codes_url = set_up.headers()["location"].to_str().unwrap().to_string();
+    // Not confirming the codes: full through the challenge page with the next code instead.
+    let challenge = proxy.url("/.portcullis/challenge?rd=%2F");
+    assert_eq!(submit_code(&browser, &proxy, &challenge, &code(&secret, 1)).await.status(), 303);
+    assert_eq!(browser.navigate(&proxy.url("/")).await.status(), 200);
+
+    assert!(proxy.cli(&["admin", "downgrade-all"], "").status.success());
+    assert_eq!(browser.navigate(&proxy.url("/")).await.status(), 303, "back to the second step");
+    let page = browser.navigate(&codes_url).await;
+    let html = if page.status() == 200 { page.text().await.unwrap() } else { String::new() };
+    if let (Some(csrf), Some(rd)) = (crate::harness::form_field(&html, "csrf"), crate::harness::form_field(&html, "rd"))
+    {
+        let _ = browser
+            .http
+            .post(proxy.url("/.portcullis/recovery-codes"))
+            .header("origin", proxy.origin())
+            .form(&[("csrf", csrf.as_str()), ("rd", rd.as_str()), ("saved", "yes")])
+            .send()
+            .await
+            .unwrap();
+    }
+    let before = upstream.count();
+    assert_eq!(browser.navigate(&proxy.url("/")).await.status(), 303, "still half logged in: no factor proven");
+    assert_eq!(upstream.count(), before);
+}
