@@ -56,14 +56,8 @@ impl App {
         let answer = match refuse_malformed(&request) {
             Some(refusal) => Ok(refusal),
             None => match route::route(&path) {
-                // Fail closed: see `Sessions::store_state`. Our own pages sign people in and change
-                // accounts, which needs the store; proxied requests of full sessions in memory may
-                // go on for the grace.
-                _ if self.sessions.store_state() == StoreState::Closed => Err(WebError::StoreOffline),
+                route if self.refused_offline(&route) => Err(WebError::StoreOffline),
                 Route::Own(OwnPage::ForwardAuth) => self.forward_auth(&request, &conn, &client).await,
-                Route::Own(page) if !page.works_offline() && self.sessions.store_state() == StoreState::Grace => {
-                    Err(WebError::StoreOffline)
-                }
                 route => match (route, self.target(&request)) {
                     (_, None) => Err(WebError::MisdirectedHost),
                     (Route::Own(page), Some(target)) if target.main => {
@@ -95,6 +89,20 @@ impl App {
             upstream_ms = format_args!("{}", upstream.map_or("-".to_string(), |u| format!("{u:.2}"))),
         );
         response
+    }
+
+    /// Fail closed while a shared store cannot be reached (see `Sessions::store_state`): our own
+    /// pages sign people in and change accounts, which needs the store; full sessions in memory
+    /// may go on (proxied, or through forward-auth) for `store.offline_grace`, then nothing that
+    /// involves a session is served. Files and the identity keys always are.
+    fn refused_offline(&self, route: &Route) -> bool {
+        match (route, self.sessions.store_state()) {
+            (_, StoreState::Reachable) => false,
+            (Route::Own(page), _) if page.needs_no_session() => false,
+            (_, StoreState::Closed) => true,
+            (Route::Own(page), StoreState::Grace) => !page.works_offline(),
+            (Route::Gate, StoreState::Grace) => false,
+        }
     }
 
     /// The host a request is for, if the proxy serves it (`malformed.rs` has made sure there is

@@ -71,10 +71,16 @@ pub enum OwnPage {
 }
 
 impl OwnPage {
-    /// Pages that need nothing from the store, served while it cannot be reached: the identity
-    /// keys, files, forward-auth (which checks sessions in memory like the gate), and not-found.
+    /// Pages that involve no session at all, served whatever the store does: files (the error
+    /// page's own stylesheet among them), the identity keys, not-found.
+    pub fn needs_no_session(&self) -> bool {
+        matches!(self, Self::Jwks | Self::Static(_) | Self::NotFound)
+    }
+
+    /// Pages served while the store cannot be reached, within `store.offline_grace`: those, and
+    /// forward-auth, which checks sessions in memory as the gate does.
     pub fn works_offline(&self) -> bool {
-        matches!(self, Self::ForwardAuth | Self::Jwks | Self::Static(_) | Self::NotFound)
+        self.needs_no_session() || matches!(self, Self::ForwardAuth)
     }
 }
 

@@ -412,8 +412,19 @@ async fn a_redis_restart_loses_nothing_and_a_redis_outage_fails_closed_after_the
     let closed = within(Duration::from_secs(6), || async { browser.navigate(&b.url("/")).await.status() == 503 }).await;
     eprintln!("with Redis down, B closed after {closed:?}");
     let seen = upstream.count();
-    assert_eq!(browser.navigate(&a.url("/")).await.status(), 503);
+    let closed_page = browser.navigate(&a.url("/")).await;
+    assert_eq!(closed_page.status(), 503);
+    let html = closed_page.text().await.unwrap();
     assert_eq!(upstream.count(), seen, "nothing reached the upstream");
+    // The page that says so keeps its looks: files involve no session and are still served.
+    let sheet = html
+        .split("href=\"")
+        .skip(1)
+        .map(|s| &s[..s.find('"').unwrap()])
+        .find(|href| href.starts_with("/.portcullis/static/"))
+        .unwrap_or_else(|| panic!("a stylesheet: {html}"))
+        .to_string();
+    assert_eq!(browser.navigate(&a.url(&sheet)).await.status(), 200);
 
     redis.run();
     // Both reconnect by themselves, and the session and the enrollment survived the restart.
