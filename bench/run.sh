@@ -3,19 +3,21 @@
 # `proxy_pass`, through nginx asking Portcullis first (`auth_request`, forward-auth), and straight
 # to the upstream, in one run, on loopback.
 #
-#   bash bench/run.sh            # 10 s per measurement
-#   DURATION=30s bash bench/run.sh
+#   bash bench/run.sh            # 8 paired repetitions of 5 s per measurement
+#   DURATION=10s REPS=6 bash bench/run.sh
 #   RULES=1000 bash bench/run.sh # with that many access rules, none of which matches the request
 #                                # (up to 10 path rules every request must look at; the rest for
 #                                # other hosts, which the host index skips)
 #
 # Installs nginx and wrk from Debian packages if they are missing. The upstream is nginx serving
-# a small fixed response, so the proxies, not the app, are what is measured. Two passes:
-#   * throughput: 64 connections, 2 wrk threads (requests/s, p50, p99);
-#   * latency:    1 connection (p50/p99 with no queueing: the cost each proxy adds per request).
+# a small fixed response, so the proxies, not the app, are what is measured. On two or more
+# cores, wrk runs on core 0 and every server (upstream, nginx, Portcullis) shares core 1, so the
+# client never competes with what it measures. Three passes: 16 and 64 connections (requests/s),
+# and 1 connection (p50 with no queueing: the cost each proxy adds per request).
 set -euo pipefail
 
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+REPS=${REPS:-8}
 RULES=${RULES:-0}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -104,8 +106,13 @@ http {
   }
 }
 NGINX
-nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
-nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  PIN_SERVERS="taskset -c 1" PIN_CLIENT="taskset -c 0" PINNING="wrk on core 0, servers on core 1"
+else
+  PIN_SERVERS="" PIN_CLIENT="" PINNING="not pinned"
+fi
+$PIN_SERVERS nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
+$PIN_SERVERS nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
 
 cat > "$WORK/proxy.toml" <<TOML
 listen = "127.0.0.1:$PORTCULLIS_PORT"
@@ -125,7 +132,7 @@ for i in $(seq 1 "$RULES"); do
   fi
 done >> "$WORK/proxy.toml"
 echo "bench password 123" | "$BIN" --config "$WORK/proxy.toml" user add bench --email bench@example.com >/dev/null
-"$BIN" --config "$WORK/proxy.toml" > "$WORK/portcullis.out" 2> "$WORK/portcullis.err" &
+$PIN_SERVERS "$BIN" --config "$WORK/proxy.toml" > "$WORK/portcullis.out" 2> "$WORK/portcullis.err" &
 for _ in $(seq 1 100); do grep -q listening "$WORK/portcullis.out" 2>/dev/null && break; sleep 0.1; done
 
 # Sign in like a browser: fetch the form (CSRF cookie + token), post it, keep the session cookie.
@@ -148,9 +155,9 @@ to_us() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v } else if (v ~ 
 measure() { # name url connections threads [header]
   local out
   if [ -n "${5:-}" ]; then
-    out=$(wrk -t"$4" -c"$3" -d"$DURATION" --latency -H "$5" "$2")
+    out=$($PIN_CLIENT wrk -t"$4" -c"$3" -d"$DURATION" --latency -H "$5" "$2")
   else
-    out=$(wrk -t"$4" -c"$3" -d"$DURATION" --latency "$2")
+    out=$($PIN_CLIENT wrk -t"$4" -c"$3" -d"$DURATION" --latency "$2")
   fi
   local rps p50 p99 errors
   rps=$(echo "$out" | awk '/Requests\/sec/ { print $2 }')
@@ -164,26 +171,46 @@ echo "warming up..." >&2
 wrk -t1 -c8 -d2s -H "Cookie: $SESSION" "$BASE/" >/dev/null
 wrk -t1 -c8 -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null
 
-for pass in "throughput 64 2" "latency 1 1"; do
+# Paired measurements: in each repetition every target runs back to back, in alternating order,
+# and the ratio is taken within the repetition, so drift of the machine (thermal, other load)
+# cancels out. The median of the ratios is the result; the range shows how much to trust it.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+range() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2f", lo, hi }'; }
+for pass in "16 1" "64 1" "1 1"; do
   set -- $pass
-  echo "measuring $1 ($2 connection(s), $DURATION each)..." >&2
-  direct=$(measure direct "http://127.0.0.1:$UPSTREAM_PORT/" "$2" "$3")
-  nginx=$(measure nginx "http://127.0.0.1:$NGINX_PORT/" "$2" "$3")
-  portcullis=$(measure portcullis "$BASE/" "$2" "$3" "Cookie: $SESSION")
-  fwdauth=$(measure nginx+auth "http://127.0.0.1:$AUTH_PORT/" "$2" "$3" "Cookie: $SESSION")
-  echo
-  echo "## $1: $2 connection(s), $3 wrk thread(s), $DURATION, $(nproc) cores, $RULES access rule(s)"
-  printf '%-11s %12s %10s %10s %8s\n' target "req/s" "p50 µs" "p99 µs" non-2xx
-  for row in "$direct" "$nginx" "$portcullis" "$fwdauth"; do
-    printf '%-11s %12s %10s %10s %8s\n' $row
+  echo "measuring $1 connection(s): $REPS paired repetitions of $DURATION..." >&2
+  : > "$WORK/rows"
+  for rep in $(seq 1 "$REPS"); do
+    targets="direct nginx portcullis nginx+auth"
+    [ $((rep % 2)) -eq 0 ] && targets="nginx+auth portcullis nginx direct"
+    for target in $targets; do
+      case $target in
+        direct) row=$(measure direct "http://127.0.0.1:$UPSTREAM_PORT/" "$1" "$2") ;;
+        nginx) row=$(measure nginx "http://127.0.0.1:$NGINX_PORT/" "$1" "$2") ;;
+        portcullis) row=$(measure portcullis "$BASE/" "$1" "$2" "Cookie: $SESSION") ;;
+        nginx+auth) row=$(measure nginx+auth "http://127.0.0.1:$AUTH_PORT/" "$1" "$2" "Cookie: $SESSION") ;;
+      esac
+      echo "$rep $row" >> "$WORK/rows"
+    done
   done
-  read -r _ d_rps d_p50 _ _ <<< "$direct"
-  read -r _ n_rps n_p50 _ _ <<< "$nginx"
-  read -r _ p_rps p_p50 _ _ <<< "$portcullis"
-  read -r _ f_rps f_p50 _ _ <<< "$fwdauth"
-  awk -v p="$p_rps" -v n="$n_rps" -v d="$d_rps" -v f="$f_rps" -v pl="$p_p50" -v nl="$n_p50" -v dl="$d_p50" -v fl="$f_p50" 'BEGIN {
-    printf "portcullis/nginx throughput: %.2fx   portcullis/direct: %.2fx\n", p/n, p/d
-    printf "nginx+auth/nginx throughput: %.2fx   nginx+auth/portcullis: %.2fx\n", f/n, f/p
-    printf "added p50 over direct: portcullis %+.0f µs, nginx %+.0f µs, nginx+auth %+.0f µs\n", pl-dl, nl-dl, fl-dl
-  }'
+  echo
+  echo "## $1 connection(s), $2 wrk thread(s), $REPS x $DURATION paired, $(nproc) cores ($PINNING), $RULES access rule(s)"
+  printf '%-11s %12s %10s %10s %8s\n' target "req/s" "p50 µs" "p99 µs" non-2xx
+  for target in direct nginx portcullis nginx+auth; do
+    rps=$(awk -v t="$target" '$2 == t { print $3 }' "$WORK/rows" | median)
+    p50=$(awk -v t="$target" '$2 == t { print $4 }' "$WORK/rows" | median)
+    p99=$(awk -v t="$target" '$2 == t { print $5 }' "$WORK/rows" | median)
+    errors=$(awk -v t="$target" '$2 == t { s += $6 } END { print s + 0 }' "$WORK/rows")
+    printf '%-11s %12.0f %10.0f %10.0f %8s\n' "$target" "$rps" "$p50" "$p99" "$errors"
+  done
+  ratio() { # numerator denominator field: per repetition
+    awk -v a="$1" -v b="$2" -v f="$3" '$2 == a { x[$1] = $f } $2 == b { y[$1] = $f } END { for (r in x) if (y[r] > 0) print x[r] / y[r] }' "$WORK/rows"
+  }
+  added() { # target: its p50 minus direct's, per repetition
+    awk -v a="$1" '$2 == a { x[$1] = $4 } $2 == "direct" { y[$1] = $4 } END { for (r in x) print x[r] - y[r] }' "$WORK/rows"
+  }
+  printf 'portcullis/nginx throughput: %.2fx (range %s)\n' "$(ratio portcullis nginx 3 | median)" "$(ratio portcullis nginx 3 | range)"
+  printf 'portcullis/nginx+auth throughput: %.2fx (range %s)\n' "$(ratio portcullis nginx+auth 3 | median)" "$(ratio portcullis nginx+auth 3 | range)"
+  printf 'added p50 over direct: portcullis %+.0f µs, nginx %+.0f µs, nginx+auth %+.0f µs\n' \
+    "$(added portcullis | median)" "$(added nginx | median)" "$(added nginx+auth | median)"
 done
