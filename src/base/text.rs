@@ -40,6 +40,11 @@ pub fn format_utc(t: crate::base::clock::UnixTime) -> String {
     format!("{} UTC", text.trim_end_matches('Z').replace('T', " "))
 }
 
+/// Bytes as lower-case hex (digests, handles, keys in the store).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Escaped, format_utc};

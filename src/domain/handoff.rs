@@ -49,7 +49,7 @@ fn digest(code: &str) -> [u8; 32] {
 }
 
 fn flow_key(code: &str) -> String {
-    let hex: String = digest(code).iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = crate::base::text::hex(&digest(code));
     format!("handoff:{hex}")
 }
 

@@ -144,7 +144,7 @@ async fn create(
         return Ok(Resolved::Unknown);
     }
     let digest = sha2::Sha256::digest(LinkedIdentity::key(&identity.issuer, &identity.subject).as_bytes());
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = crate::base::text::hex(&digest[..16]);
     let account_key = format!("oidc:{hex}");
     let wanted = identity
         .preferred_username

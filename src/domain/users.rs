@@ -70,7 +70,7 @@ impl User {
     /// for things that must stop working when the password changes: known-browser cookies and
     /// remembered browsers. It reveals nothing about the password.
     pub fn password_tag(&self) -> String {
-        self.credential_stamp[..8].iter().map(|b| format!("{b:02x}")).collect()
+        crate::base::text::hex(&self.credential_stamp[..8])
     }
 }
 
@@ -150,7 +150,7 @@ fn check_id(id: &str) -> Result<(), UsersError> {
 
 /// A new account id: 128 random bits.
 pub fn new_account_id() -> String {
-    crate::base::secret::random_bytes::<16>().iter().map(|b| format!("{b:02x}")).collect()
+    crate::base::text::hex(&crate::base::secret::random_bytes::<16>())
 }
 
 fn check_group(group: &str) -> Result<(), UsersError> {

@@ -71,7 +71,7 @@ impl Drop for PendingState {
 }
 
 fn flow_key(session: &SessionKey) -> String {
-    let hex: String = session.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = crate::base::text::hex(session.as_bytes());
     format!("setup:{hex}")
 }
 

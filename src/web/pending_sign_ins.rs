@@ -86,7 +86,7 @@ impl<T> PerBrowser<T> {
 }
 
 fn hex(slot: &Slot) -> String {
-    slot.iter().map(|b| format!("{b:02x}")).collect()
+    crate::base::text::hex(slot)
 }
 
 struct Kept<T> {

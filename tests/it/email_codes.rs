@@ -26,7 +26,7 @@ pub(crate) fn code_after(mail: &str, lead: &str) -> String {
     mail[start..].chars().take_while(char::is_ascii_digit).collect()
 }
 
-async fn post(browser: &Browser, proxy: &Proxy, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+pub(crate) async fn post(browser: &Browser, proxy: &Proxy, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
     browser.http.post(proxy.url(path)).header("origin", proxy.origin()).form(fields).send().await.unwrap()
 }
 

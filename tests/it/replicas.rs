@@ -244,14 +244,13 @@ async fn a_setup_started_on_one_replica_finishes_on_the_other() {
     let again = browser.navigate(&b.url(&next)).await.text().await.unwrap();
     assert_eq!(crate::mfa::read_enrollment_page(&again), secret);
     let (csrf, rd) = (form_field(&html, "csrf").unwrap(), form_field(&html, "rd").unwrap());
-    let done = browser
-        .http
-        .post(b.url("/.portcullis/enroll"))
-        .header("origin", b.origin())
-        .form(&[("csrf", csrf.as_str()), ("rd", rd.as_str()), ("code", code(&secret, 0).as_str())])
-        .send()
-        .await
-        .unwrap();
+    let done = crate::email_codes::post(
+        &browser,
+        &b,
+        "/.portcullis/enroll",
+        &[("csrf", &csrf), ("rd", &rd), ("code", &code(&secret, 0))],
+    )
+    .await;
     assert_eq!(done.status(), 303, "the code for A's secret, on B");
     let codes_page = done.headers()["location"].to_str().unwrap().to_string();
     let codes_page = codes_page.find("/.portcullis/").map(|i| codes_page[i..].to_string()).unwrap();
@@ -264,14 +263,13 @@ async fn a_setup_started_on_one_replica_finishes_on_the_other() {
     assert_eq!(values.len(), 1, "one flow: this session's setup");
     assert!(!values.iter().any(|v| v.windows(codes[0].len()).any(|w| w == codes[0].as_bytes())));
     let (csrf, rd) = (form_field(&page, "csrf").unwrap(), form_field(&page, "rd").unwrap());
-    let confirmed = browser
-        .http
-        .post(b.url("/.portcullis/recovery-codes"))
-        .header("origin", b.origin())
-        .form(&[("csrf", csrf.as_str()), ("rd", rd.as_str()), ("saved", "yes")])
-        .send()
-        .await
-        .unwrap();
+    let confirmed = crate::email_codes::post(
+        &browser,
+        &b,
+        "/.portcullis/recovery-codes",
+        &[("csrf", &csrf), ("rd", &rd), ("saved", "yes")],
+    )
+    .await;
     assert_eq!(confirmed.status(), 303);
     assert!(confirmed.headers()["location"].to_str().unwrap().ends_with("/wiki"), "back where the user was going");
     for replica in [&a, &b] {
@@ -302,14 +300,13 @@ async fn a_code_mailed_by_one_replica_works_once_on_the_other() {
     let codes_page = confirmed.headers()["location"].to_str().unwrap().to_string();
     let html = browser.navigate(&codes_page).await.text().await.unwrap();
     let (csrf, rd) = (form_field(&html, "csrf").unwrap(), form_field(&html, "rd").unwrap());
-    let saved = browser
-        .http
-        .post(b.url("/.portcullis/recovery-codes"))
-        .header("origin", b.origin())
-        .form(&[("csrf", csrf.as_str()), ("rd", rd.as_str()), ("saved", "yes")])
-        .send()
-        .await
-        .unwrap();
+    let saved = crate::email_codes::post(
+        &browser,
+        &b,
+        "/.portcullis/recovery-codes",
+        &[("csrf", &csrf), ("rd", &rd), ("saved", "yes")],
+    )
+    .await;
     assert_eq!(saved.status(), 303, "codes confirmed on B");
 
     // A mails the code as the password is accepted; it is typed on B.
@@ -334,14 +331,13 @@ async fn challenge_form(browser: &Browser, challenge_url: &str) -> (String, Stri
 }
 
 async fn post_code(browser: &Browser, proxy: &Proxy, form: &(String, String), code: &str) -> u16 {
-    let sent = browser
-        .http
-        .post(proxy.url("/.portcullis/challenge"))
-        .header("origin", proxy.origin())
-        .form(&[("csrf", form.0.as_str()), ("rd", form.1.as_str()), ("code", code)])
-        .send()
-        .await
-        .unwrap();
+    let sent = crate::email_codes::post(
+        browser,
+        proxy,
+        "/.portcullis/challenge",
+        &[("csrf", &form.0), ("rd", &form.1), ("code", code)],
+    )
+    .await;
     sent.status().as_u16()
 }
 

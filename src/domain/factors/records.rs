@@ -106,7 +106,7 @@ pub struct RecoveryLinkRecord {
 impl RecoveryLinkRecord {
     pub fn digest_of(token: &str) -> String {
         use sha2::Digest;
-        sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+        crate::base::text::hex(&sha2::Sha256::digest(token.as_bytes()))
     }
 
     /// Whether `token` is this link's and it has not expired. Constant time in the token.

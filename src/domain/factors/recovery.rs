@@ -50,7 +50,7 @@ pub fn normalize(input: &str) -> Option<String> {
 pub fn digest(pepper: &Secret, normalized: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(pepper.expose()).expect("HMAC takes any key length");
     mac.update(normalized.as_bytes());
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    crate::base::text::hex(&mac.finalize().into_bytes())
 }
 
 /// A new set: the codes to show, and the records to store.

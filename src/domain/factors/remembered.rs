@@ -36,7 +36,7 @@ pub struct RememberedBrowser {
 }
 
 pub(super) fn digest_of(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    crate::base::text::hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// A new token for the cookie, and the record that remembers it for `user`'s current password.

@@ -261,7 +261,7 @@ pub(super) fn registered_flags(passkey: &Passkey) -> (bool, u32) {
 /// A short handle for a credential id: 16 hex digits of its SHA-256.
 pub(super) fn handle_of(passkey: &Passkey) -> String {
     let id: &[u8] = passkey.cred_id().as_ref();
-    sha2::Sha256::digest(id)[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::base::text::hex(&sha2::Sha256::digest(id)[..8])
 }
 
 /// Whether a signature counter of `seen` may follow `stored` (§6.1.1 and §7.2 step 21): it must

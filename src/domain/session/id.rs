@@ -59,14 +59,14 @@ impl SessionKey {
 
     /// A short, non-secret reference for logs (a prefix of the hash, not of the id).
     pub fn log_ref(&self) -> String {
-        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+        crate::base::text::hex(&self.0[..4])
     }
 
     /// How the account page names a session in its "sign out this one" form: a prefix of the
     /// hash (not of the id, so it cannot be turned into a cookie), only ever matched against the
     /// same user's sessions.
     pub fn handle(&self) -> String {
-        self.0[..8].iter().map(|b| format!("{b:02x}")).collect()
+        crate::base::text::hex(&self.0[..8])
     }
 }
 

@@ -306,3 +306,21 @@ async fn a_replicas_sweep_never_revives_what_another_ended_or_downgraded() {
     assert_eq!(rejected(a.resolve([ended_id.cookie_value().as_str()], &users)), Rejected::Unknown);
     assert!(matches!(found(a.resolve([lowered_id.cookie_value().as_str()], &users)), Session::Partial(_)));
 }
+
+/// A request carrying many cookies costs the shared store at most two lookups.
+#[tokio::test]
+async fn unknown_cookies_are_looked_up_two_at_most_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = directory(dir.path());
+    let clock = FixedClock::at(1_700_000_000);
+    let store: Arc<dyn crate::store::Store> = Arc::new(MemoryStore::shared());
+    let a = Sessions::open(store.clone(), settings(), Arc::new(clock.clone())).await.unwrap();
+    let b = Sessions::open(store.clone(), settings(), Arc::new(clock.clone())).await.unwrap();
+    let mut cookies = Vec::new();
+    for _ in 0..3 {
+        let (id, _) = a.begin(password(&users, "alice"), Device::default()).await.unwrap();
+        cookies.push(id.cookie_value());
+    }
+    assert!(b.fetch(cookies.iter().map(String::as_str)).await.unwrap());
+    assert_eq!(b.len(), 2, "two looked up, the third not");
+}

@@ -185,14 +185,13 @@ async fn a_first_setups_proof_never_outlives_the_half_logged_in_session_it_was_f
     let secret = crate::mfa::read_enrollment_page(&html);
     let (csrf, rd) =
         (crate::harness::form_field(&html, "csrf").unwrap(), crate::harness::form_field(&html, "rd").unwrap());
-    let set_up = browser
-        .http
-        .post(proxy.url("/.portcullis/enroll"))
-        .header("origin", proxy.origin())
-        .form(&[("csrf", csrf.as_str()), ("rd", rd.as_str()), ("code", code(&secret, 0).as_str())])
-        .send()
-        .await
-        .unwrap();
+    let set_up = crate::email_codes::post(
+        &browser,
+        &proxy,
+        "/.portcullis/enroll",
+        &[("csrf", &csrf), ("rd", &rd), ("code", &code(&secret, 0))],
+    )
+    .await;
     assert_eq!(set_up.status(), 303);
     let codes_url = set_up.headers()["location"].to_str().unwrap().to_string();
     // Not confirming the codes: full through the challenge page with the next code instead.
@@ -206,14 +205,13 @@ async fn a_first_setups_proof_never_outlives_the_half_logged_in_session_it_was_f
     let html = if page.status() == 200 { page.text().await.unwrap() } else { String::new() };
     if let (Some(csrf), Some(rd)) = (crate::harness::form_field(&html, "csrf"), crate::harness::form_field(&html, "rd"))
     {
-        let _ = browser
-            .http
-            .post(proxy.url("/.portcullis/recovery-codes"))
-            .header("origin", proxy.origin())
-            .form(&[("csrf", csrf.as_str()), ("rd", rd.as_str()), ("saved", "yes")])
-            .send()
-            .await
-            .unwrap();
+        let _ = crate::email_codes::post(
+            &browser,
+            &proxy,
+            "/.portcullis/recovery-codes",
+            &[("csrf", &csrf), ("rd", &rd), ("saved", "yes")],
+        )
+        .await;
     }
     let before = upstream.count();
     assert_eq!(browser.navigate(&proxy.url("/")).await.status(), 303, "still half logged in: no factor proven");
