@@ -19,19 +19,18 @@ use ipnet::IpNet;
 /// de-facto ones it calls out (`Proxy-Connection`, `Keep-Alive`), the proxy-auth pair from
 /// RFC 9110 §11.7, which are addressed to us, not the origin, and `HTTP2-Settings`, which only
 /// means something on the connection that asks to upgrade to h2c (RFC 7540 §3.2.1).
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "http2-settings",
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("http2-settings"),
 ];
-
 /// Headers a `Connection` token may never remove: the request would lose its target (`Host`) or
 /// its framing (`Content-Length`) on the way to the upstream.
 const NEVER_CONNECTION_SPECIFIC: [&str; 2] = ["host", "content-length"];
@@ -41,6 +40,12 @@ const NEVER_CONNECTION_SPECIFIC: [&str; 2] = ["host", "content-length"];
 /// servers fold `X_Forwarded_For` into `X-Forwarded-For`; compare Puma CVE-2024-45614), are
 /// believed only from `trusted_proxies` and removed from everyone else.
 const FORWARDING: [&str; 5] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded"];
+// The ones the proxy sets, as prepared names: a `&str` name is parsed again at every use, and
+// this runs for every forwarded request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const ORIGINAL_REQUEST: [&str; 31] = [
     "x-forwarded-port",
     "x-forwarded-prefix",
@@ -116,7 +121,7 @@ const OTHER_IDENTITY_PREFIXES: [&str; 12] = [
 /// proxy manages.
 pub fn is_reserved_for_proxy(name: &HeaderName) -> bool {
     let n = normalized(name.as_str());
-    HOP_BY_HOP.contains(&n.as_str())
+    HOP_BY_HOP.iter().any(|hop| hop.as_str() == n)
         || FORWARDING.contains(&n.as_str())
         || ["host", "cookie", "set-cookie", "content-length", "authorization"].contains(&n.as_str())
 }
@@ -139,46 +144,57 @@ fn same_header(a: &str, b: &str) -> bool {
 }
 
 /// The tokens of every `Connection` header (RFC 9110 §7.6.1: a comma-separated list, case
-/// insensitive, possibly split over several header lines).
-fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
+/// insensitive, possibly split over several header lines), trimmed, in their original case.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .map(str::trim)
         .filter(|t| !t.is_empty())
-        .collect()
 }
 
 /// The protocol a client asks to switch to, when the request is an upgrade: `Connection`
 /// lists `upgrade` among its tokens (so `keep-alive, Upgrade` counts) and `Upgrade` is present.
 pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = connection_tokens(headers).iter().any(|t| t == "upgrade");
+    let asks = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
     asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
 }
 
 /// Removes hop-by-hop headers, including any the sender listed in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none of these; look before paying for removals (this is the hot path).
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str())) {
+    // Most requests carry none of these, and most responses only `Connection: keep-alive`: look
+    // before paying for removals (this runs twice for every forwarded request).
+    // Which of them are present, as bits: removing a name that is absent still hashes it.
+    let present = headers
+        .keys()
+        .filter_map(|name| HOP_BY_HOP.iter().position(|hop| hop == name))
+        .fold(0u16, |bits, at| bits | 1 << at);
+    if present == 0 {
         return;
     }
-    for token in connection_tokens(headers) {
-        // A token may name a header we must keep end to end; RFC 9110 says the sender meant it
-        // as connection-specific, so it goes, unless losing it would change what is asked for.
-        if NEVER_CONNECTION_SPECIFIC.contains(&token.as_str()) {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+    // A token may name a header we must keep end to end; RFC 9110 says the sender meant it as
+    // connection-specific, so it goes, unless losing it would change what is asked for. Tokens
+    // that name hop-by-hop headers (`keep-alive`, `upgrade`) or none (`close`) go below anyway.
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP.iter().any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
+                && !NEVER_CONNECTION_SPECIFIC.iter().any(|kept| token.eq_ignore_ascii_case(kept))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .filter(|name| headers.contains_key(name))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for (at, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & 1 << at != 0 {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
 }
-
 /// Removes every client-sent header that could be mistaken for an identity: the configured
 /// names, [`OTHER_IDENTITY`] and everything under [`OTHER_IDENTITY_PREFIXES`], in any case or
 /// `_`/`-` spelling.
@@ -214,7 +230,33 @@ pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator
 /// Removes our cookies from the request, keeping the upstream's own cookies intact, and folds
 /// what is left into a single `Cookie` header (RFC 9113 §8.2.3 allows either form; HTTP/1.1
 /// upstreams expect one).
-pub fn strip_cookies(headers: &mut HeaderMap, ours: &[&str]) {
+pub fn strip_cookies(headers: &mut HeaderMap, ours: &[impl AsRef<str>]) {
+    let is_ours = |pair: &str| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+        ours.iter().any(|o| o.as_ref() == name)
+    };
+    // The usual cases, without rebuilding anything (this runs for every forwarded request): no
+    // cookies, only ours (a browser at a plain app), or one line with none of ours. Anything
+    // else, and any value that is not UTF-8, is rebuilt below.
+    let (mut lines, mut own, mut others) = (0, 0, 0);
+    for value in headers.get_all(header::COOKIE) {
+        lines += 1;
+        let Ok(text) = value.to_str() else {
+            others = usize::MAX;
+            break;
+        };
+        for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            if is_ours(pair) { own += 1 } else { others += 1 }
+        }
+    }
+    match (lines, own, others) {
+        (0, _, _) | (1, 0, 1..usize::MAX) => return,
+        (_, _, 0) => {
+            headers.remove(header::COOKIE);
+            return;
+        }
+        _ => {}
+    }
     let kept: Vec<String> = headers
         .get_all(header::COOKIE)
         .iter()
@@ -222,7 +264,7 @@ pub fn strip_cookies(headers: &mut HeaderMap, ours: &[&str]) {
         .map(|pair| String::from_utf8_lossy(pair).trim().to_string())
         .filter(|pair| {
             let name = pair.split_once('=').map_or(pair.as_str(), |(n, _)| n).trim();
-            !pair.is_empty() && !ours.contains(&name)
+            !pair.is_empty() && !ours.iter().any(|o| o.as_ref() == name)
         })
         .collect();
     headers.remove(header::COOKIE);
@@ -235,7 +277,10 @@ pub fn strip_cookies(headers: &mut HeaderMap, ours: &[&str]) {
 
 /// Removes `Set-Cookie` headers from an upstream response that would overwrite our cookies:
 /// an upstream (or a user's app inside it) must not be able to plant a session.
-pub fn strip_set_cookie(headers: &mut HeaderMap, ours: &[&str]) {
+pub fn strip_set_cookie(headers: &mut HeaderMap, ours: &[impl AsRef<str>]) {
+    if !headers.contains_key(header::SET_COOKIE) {
+        return;
+    }
     let kept: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
         .iter()
@@ -244,7 +289,7 @@ pub fn strip_set_cookie(headers: &mut HeaderMap, ours: &[&str]) {
             let name = text.split(['=', ';']).next().unwrap_or("").trim();
             // A cookie without a name (`=portcullis=X`) is one some clients read as `portcullis`
             // (RFC 6265bis §5.6 gives it an empty name; not everyone follows it): none pass.
-            !name.is_empty() && !ours.iter().any(|o| o.eq_ignore_ascii_case(name))
+            !name.is_empty() && !ours.iter().any(|o| o.as_ref().eq_ignore_ascii_case(name))
         })
         .cloned()
         .collect();
@@ -286,7 +331,7 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
     // first untrusted one is the client. An entry that cannot be read ends the walk, since
     // nothing written before it can be believed: the last address read stands.
     let entries: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -314,24 +359,58 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
+/// An address as a header value. IPv4 is written by hand: `Display` goes through the formatting
+/// machinery, which cost more than the rest of setting the forwarding headers together.
+fn address_value(ip: IpAddr) -> Option<HeaderValue> {
+    let IpAddr::V4(v4) = ip else { return HeaderValue::from_str(&ip.to_string()).ok() };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
+        for digit in &digits[skip..] {
+            text[len] = b'0' + digit;
+            len += 1;
+        }
+    }
+    HeaderValue::from_bytes(&text[..len]).ok()
+}
+
 /// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` for the upstream. Client copies are
 /// kept (and extended) only from trusted proxies; from anyone else they are replaced, so a client
 /// cannot claim to be `127.0.0.1` (authentik CVE-2024-47070).
 pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientInfo, trusted: &[IpNet]) {
     let from_trusted = is_trusted(client.peer, trusted);
-    let real_ip = client.real_ip;
     let host = headers.get(header::HOST).cloned();
-
-    let prior_for: Vec<String> =
-        headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
     let proto = headers
-        .get("x-forwarded-proto")
+        .get(X_FORWARDED_PROTO)
         .filter(|v| from_trusted && matches!(v.as_bytes(), b"http" | b"https"))
-        .cloned();
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(client.scheme));
 
+    let peer = address_value(client.peer);
+    let xff = if from_trusted && headers.contains_key(X_FORWARDED_FOR) {
+        let prior: Vec<&str> = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+        HeaderValue::from_str(&format!("{}, {}", prior.join(", "), client.peer)).ok()
+    } else {
+        peer.clone()
+    };
+    let real_ip = if client.real_ip == client.peer { peer } else { address_value(client.real_ip) };
     if !from_trusted {
-        let untrusted =
-            |name: &HeaderName| FORWARDING.iter().chain(&ORIGINAL_REQUEST).any(|f| same_header(name.as_str(), f));
+        let untrusted = |name: &HeaderName| {
+            let n = name.as_str();
+            FORWARDING.iter().any(|f| same_header(n, f)) || ORIGINAL_REQUEST.iter().any(|f| same_header(n, f))
+        };
         if headers.keys().any(untrusted) {
             let doomed: Vec<HeaderName> = headers.keys().filter(|n| untrusted(n)).cloned().collect();
             for name in doomed {
@@ -339,25 +418,22 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientInfo, trusted: &[I
             }
         }
     }
-    let xff = if from_trusted && !prior_for.is_empty() {
-        format!("{}, {}", prior_for.join(", "), client.peer)
-    } else {
-        client.peer.to_string()
-    };
-    let set = |headers: &mut HeaderMap, name: &'static str, value: Option<HeaderValue>| {
-        headers.remove(name);
-        if let Some(v) = value {
-            headers.insert(name, v);
+    // `insert` replaces every earlier value of the name.
+    let mut set = |name: HeaderName, value: Option<HeaderValue>| match value {
+        Some(value) => {
+            headers.insert(name, value);
+        }
+        None => {
+            headers.remove(name);
         }
     };
-    set(headers, "x-forwarded-for", HeaderValue::from_str(&xff).ok());
-    set(headers, "x-real-ip", HeaderValue::from_str(&real_ip.to_string()).ok());
-    set(headers, "x-forwarded-proto", proto.or(Some(HeaderValue::from_static(client.scheme))));
+    set(X_FORWARDED_FOR, xff);
+    set(X_REAL_IP, real_ip);
+    set(X_FORWARDED_PROTO, Some(proto));
     // Always the host the proxy answered for, even from a trusted balancer: the access rules and
     // the identity were decided for it, so the upstream must not route on another.
-    set(headers, "x-forwarded-host", host);
+    set(X_FORWARDED_HOST, host);
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +444,39 @@ mod tests {
             h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "192.0.2.9",
+            "100.64.9.199",
+            "::1",
+            "2001:db8::5",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(address_value(ip).unwrap(), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn cookies_pass_as_sent_when_none_are_ours_and_go_when_all_are() {
+        let mut h = map(&[("cookie", "app=1;theme=dark")]);
+        strip_cookies(&mut h, &["portcullis"]);
+        assert_eq!(h["cookie"], "app=1;theme=dark", "untouched");
+        let mut h = map(&[("cookie", "portcullis=secret; portcullis-csrf=x")]);
+        strip_cookies(&mut h, &["portcullis", "portcullis-csrf"]);
+        assert!(h.get("cookie").is_none());
+        let mut h = map(&[("cookie", "app=1"), ("cookie", "portcullis=secret")]);
+        strip_cookies(&mut h, &["portcullis"]);
+        assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["app=1"]);
+        let mut h = map(&[("cookie", "app=1; portcullis=secret; b=2")]);
+        strip_cookies(&mut h, &["portcullis"]);
+        assert_eq!(h["cookie"], "app=1; b=2");
     }
 
     #[test]

@@ -2,29 +2,51 @@
 //! and for the listener that serves them). Without a listener no recorder is installed and every
 //! call here is a no-op.
 
-use http::StatusCode;
+use std::sync::OnceLock;
 
-pub fn request(status: StatusCode) {
-    metrics::counter!("portcullis_requests_total", "status" => status_label(status)).increment(1);
+use http::StatusCode;
+use metrics::{Counter, Histogram};
+
+/// The statuses a proxy mostly sends, each with its counter made once: building a metric's key
+/// and finding it in the registry costs an allocation and a lock on every call, and these two
+/// metrics are counted for every request.
+const COMMON: [&str; 24] = [
+    "101", "200", "201", "204", "206", "301", "302", "303", "304", "307", "308", "400", "401", "403", "404", "405",
+    "413", "429", "431", "500", "502", "503", "504", "100",
+];
+
+struct PerRequest {
+    by_status: Vec<Counter>,
+    upstream_seconds: Histogram,
 }
 
-/// The status as a label without allocating for the codes a proxy mostly sends (this runs on
-/// every request, recorder or not).
-fn status_label(status: StatusCode) -> metrics::SharedString {
-    const COMMON: [&str; 24] = [
-        "101", "200", "201", "204", "206", "301", "302", "303", "304", "307", "308", "400", "401", "403", "404", "405",
-        "413", "429", "431", "500", "502", "503", "504", "100",
-    ];
-    match COMMON.iter().find(|c| **c == status.as_str()) {
-        Some(code) => metrics::SharedString::const_str(code),
-        None => metrics::SharedString::from(status.as_str().to_owned()),
+static PER_REQUEST: OnceLock<PerRequest> = OnceLock::new();
+
+/// Makes the per-request metrics' handles, once the recorder is installed (`server::telemetry`).
+/// Until then (and without a metrics listener) counting a request costs nothing.
+pub fn enable() {
+    PER_REQUEST.get_or_init(|| PerRequest {
+        by_status: COMMON
+            .iter()
+            .map(|code| metrics::counter!("portcullis_requests_total", "status" => *code))
+            .collect(),
+        upstream_seconds: metrics::histogram!("portcullis_upstream_seconds"),
+    });
+}
+
+pub fn request(status: StatusCode) {
+    let Some(metrics) = PER_REQUEST.get() else { return };
+    match COMMON.iter().position(|c| *c == status.as_str()) {
+        Some(at) => metrics.by_status[at].increment(1),
+        None => metrics::counter!("portcullis_requests_total", "status" => status.as_str().to_owned()).increment(1),
     }
 }
 
 pub fn upstream_latency(seconds: f64) {
-    metrics::histogram!("portcullis_upstream_seconds").record(seconds);
+    if let Some(metrics) = PER_REQUEST.get() {
+        metrics.upstream_seconds.record(seconds);
+    }
 }
-
 pub fn login(result: &'static str) {
     metrics::counter!("portcullis_logins_total", "result" => result).increment(1);
 }

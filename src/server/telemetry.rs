@@ -52,6 +52,7 @@ impl Telemetry {
             .map_err(|e| TelemetryError::Recorder(e.to_string()))?
             .install_recorder()
             .map_err(|e| TelemetryError::Recorder(e.to_string()))?;
+        crate::base::metrics::enable();
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
         Ok(Self { listener, handle })
     }

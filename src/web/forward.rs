@@ -213,8 +213,7 @@ impl Forwarder {
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
         headers::strip_identity(h, &self.stripped, &self.stripped_prefixes);
-        let own: Vec<&str> = self.own_cookies.iter().map(String::as_str).collect();
-        headers::strip_cookies(h, &own);
+        headers::strip_cookies(h, &self.own_cookies);
         headers::set_forwarding(h, client, &self.trusted_proxies);
         // A bypassed request carries no identity at all: only the client-sent copies were removed.
         if let Some(identity) = identity {
@@ -276,7 +275,7 @@ impl Forwarder {
             let (mut parts, _) = response.into_parts();
             let protocol = parts.headers.get(header::UPGRADE).cloned();
             headers::strip_hop_by_hop(&mut parts.headers);
-            headers::strip_set_cookie(&mut parts.headers, &own);
+            headers::strip_set_cookie(&mut parts.headers, &self.own_cookies);
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             if let Some(protocol) = protocol {
                 parts.headers.insert(header::UPGRADE, protocol);
@@ -288,7 +287,7 @@ impl Forwarder {
 
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::strip_set_cookie(&mut parts.headers, &own);
+        headers::strip_set_cookie(&mut parts.headers, &self.own_cookies);
         let mut response = Response::from_parts(parts, body.map_err(Into::into).boxed());
         response.extensions_mut().insert(upstream_time);
         Ok(response)

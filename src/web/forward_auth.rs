@@ -176,7 +176,7 @@ impl App {
             cookies.append(header::COOKIE, value.clone());
         }
         let own = self.config().session.own_cookies();
-        headers::strip_cookies(&mut cookies, &own.iter().map(String::as_str).collect::<Vec<_>>());
+        headers::strip_cookies(&mut cookies, &own);
         let mut response = pages::plain(StatusCode::OK, "");
         let kept = cookies.remove(header::COOKIE).unwrap_or_else(|| HeaderValue::from_static(""));
         response.headers_mut().insert(header::COOKIE, kept);

@@ -60,10 +60,13 @@ impl App {
                 Route::Own(OwnPage::ForwardAuth) => self.forward_auth(&request, &conn, &client).await,
                 route => match (route, self.target(&request)) {
                     (_, None) => Err(WebError::MisdirectedHost),
+                    // Boxed: the pages' futures are several times the size of the gate's, and the
+                    // whole request's future is copied a few times before it runs (by hyper), on
+                    // every request. Our own pages can afford an allocation.
                     (Route::Own(page), Some(target)) if target.main => {
-                        portal::handle(&self, page, request, &conn).await
+                        Box::pin(portal::handle(&self, page, request, &conn)).await
                     }
-                    (Route::Own(page), Some(target)) => self.own_page_elsewhere(page, request, &target).await,
+                    (Route::Own(page), Some(target)) => Box::pin(self.own_page_elsewhere(page, request, &target)).await,
                     (Route::Gate, Some(target)) => self.gate(request, &client, &target, forwarder).await,
                 },
             },

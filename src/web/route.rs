@@ -250,7 +250,7 @@ fn oidc_page(rest: &str) -> OwnPage {
 
 pub fn route(path: &str) -> Route {
     let normal = normalize(path);
-    let own = normal == PREFIX || normal.starts_with(&format!("{PREFIX}/"));
+    let own = normal.strip_prefix(PREFIX).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
     if !own {
         return Route::Gate;
     }

@@ -324,13 +324,14 @@ pub fn verify(token: &str, keys: &VerifyingKeys, issuer: &str, audience: &str) -
 /// It is also re-signed after a key rotation, so the new key takes over at once (the old one
 /// stays published until what it signed has expired).
 struct CachedAssertion {
-    header: HeaderValue,
+    identity: UpstreamIdentity,
     issued_at: UnixTime,
     for_user: Arc<User>,
     generation: u64,
 }
 
 /// Identity headers for one forwarded request. Only a [`FullSession`] can make one.
+#[derive(Clone)]
 pub struct UpstreamIdentity {
     user: HeaderValue,
     email: HeaderValue,
@@ -353,30 +354,30 @@ impl FullSession {
         let now = signer.clock.now();
         let user = self.user();
         let signing = signer.signing.load();
-        let assertion = match self.memo().get::<CachedAssertion>() {
+        // The user's headers are kept with the assertion: both change only with the user record.
+        match self.memo().get::<CachedAssertion>() {
             Some(c)
                 if now - c.issued_at < signer.ttl / 2
                     && Arc::ptr_eq(&c.for_user, user)
                     && c.generation == signing.generation =>
             {
-                c.header.clone()
+                Ok(c.identity.clone())
             }
             _ => {
-                let header = HeaderValue::from_str(&signer.sign(self, now, &signing)?)?;
+                let identity = UpstreamIdentity {
+                    user: HeaderValue::from_str(user.name.as_str())?,
+                    email: HeaderValue::from_bytes(user.email.as_bytes())?,
+                    groups: HeaderValue::from_bytes(user.groups.join(",").as_bytes())?,
+                    assertion: HeaderValue::from_str(&signer.sign(self, now, &signing)?)?,
+                };
                 self.memo().set(Arc::new(CachedAssertion {
-                    header: header.clone(),
+                    identity: identity.clone(),
                     issued_at: now,
                     for_user: user.clone(),
                     generation: signing.generation,
                 }));
-                header
+                Ok(identity)
             }
-        };
-        Ok(UpstreamIdentity {
-            user: HeaderValue::from_str(user.name.as_str())?,
-            email: HeaderValue::from_bytes(user.email.as_bytes())?,
-            groups: HeaderValue::from_bytes(user.groups.join(",").as_bytes())?,
-            assertion,
-        })
+        }
     }
 }
