@@ -16,7 +16,6 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,9 +25,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::server::capacity::{Admitted, InFlight};
 use crate::web::forward::{Forwarder, TunnelSlot};
 use crate::web::pages::{Body, BoxError};
 use crate::web::state::{App, Connection};
@@ -42,14 +42,15 @@ pub(super) async fn serve<I>(
     conn: Connection,
     app: Arc<App>,
     forwarder: Arc<Forwarder>,
-    slot: OwnedSemaphorePermit,
+    admitted: Admitted,
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = app.config().limits.clone();
-    let activity = Arc::new(Activity::new());
-    let slot = TunnelSlot::new(Arc::new(slot));
+    let Admitted { permit, entry } = admitted;
+    let activity = entry.activity().clone();
+    let slot = TunnelSlot::new(Arc::new(permit));
     let service = {
         let activity = activity.clone();
         service_fn(move |mut request| {
@@ -104,6 +105,17 @@ pub(super) async fn serve<I>(
                 connection.as_mut().graceful_shutdown();
                 closing = Some(Instant::now());
             }
+            _ = activity.close_requested(), if closing.is_none() => {
+                // A newcomer needs this place (see `capacity.rs`): only an idle connection is
+                // asked, and one that never sent a request has no one to say goodbye to.
+                tracing::debug!(peer = %conn.peer, served = activity.served(), "idle connection closed to make room");
+                if activity.served() == 0 {
+                    return;
+                }
+                connection.as_mut().graceful_shutdown();
+                closing = Some(Instant::now());
+                check.as_mut().reset(Instant::now() + CLOSE_GRACE);
+            }
             _ = check.as_mut() => {
                 let now = Instant::now();
                 if let Some(since) = closing {
@@ -113,7 +125,7 @@ pub(super) async fn serve<I>(
                     check.as_mut().reset(now + CLOSE_GRACE);
                     continue;
                 }
-                match activity.idle_since(now) {
+                match activity.idle_for(now) {
                     Some(idle) if idle >= idle_limit => {
                         tracing::debug!(peer = %conn.peer, served = activity.served(), "idle connection closed");
                         if activity.served() == 0 {
@@ -130,62 +142,6 @@ pub(super) async fn serve<I>(
                 }
             }
         }
-    }
-}
-
-/// Requests in flight on a connection, and since when it has had none. Per connection: no lock,
-/// and nothing shared between connections.
-struct Activity {
-    opened: Instant,
-    in_flight: AtomicUsize,
-    served: AtomicUsize,
-    /// Milliseconds after `opened` when the last request in flight finished.
-    quiet_since_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            opened: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            served: AtomicUsize::new(0),
-            quiet_since_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.served.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
-    fn served(&self) -> usize {
-        self.served.load(Ordering::Relaxed)
-    }
-
-    /// How long the connection has had nothing in flight, or `None` while it has.
-    fn idle_since(&self, now: Instant) -> Option<Duration> {
-        if self.in_flight() > 0 {
-            return None;
-        }
-        let quiet_since = self.opened + Duration::from_millis(self.quiet_since_ms.load(Ordering::Acquire));
-        Some(now.saturating_duration_since(quiet_since))
-    }
-}
-
-/// One request in flight, until its response body is sent or dropped.
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let activity = &self.0;
-        let ms = activity.opened.elapsed().as_millis() as u64;
-        activity.quiet_since_ms.store(ms, Ordering::Release);
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

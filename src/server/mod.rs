@@ -9,6 +9,7 @@
 //! state (sessions, users) is lock-free or sharded, so workers do not contend; blocking work
 //! (password hashing, the store) goes to each runtime's blocking pool.
 
+mod capacity;
 pub mod compose;
 mod connection;
 pub mod control;
@@ -32,6 +33,7 @@ use crate::domain::factors::SecondFactors;
 use crate::domain::identity::{AssertionSigner, IdentityError};
 use crate::domain::password::{HashError, PasswordChecker};
 use crate::domain::sign_in::SignIn;
+use crate::server::capacity::Capacity;
 use crate::server::compose::{ComposeError, Services};
 use crate::server::sd_notify::ServiceManager;
 use crate::store::StoreError;
@@ -235,7 +237,7 @@ impl Server {
         let manager = Arc::new(ServiceManager::from_env());
         let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect::<Vec<_>>();
         // One budget of connections for all workers.
-        let connections = Arc::new(tokio::sync::Semaphore::new(app.config().limits.max_connections));
+        let connections = Capacity::new(app.config().limits.max_connections);
         let mut background = vec![app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
         background.push(tokio::spawn(clock_check(app.clone())));
         background.push(tokio::spawn(config_watcher(app.clone(), hangup, manager.clone())));
@@ -311,7 +313,7 @@ async fn worker(
     app: Arc<App>,
     tls: Option<TlsAcceptor>,
     forwarder: Arc<Forwarder>,
-    connections: Arc<tokio::sync::Semaphore>,
+    connections: Arc<Capacity>,
     stop: watch::Receiver<bool>,
     started: tokio::sync::oneshot::Sender<()>,
 ) {
@@ -507,7 +509,7 @@ async fn accept_loop(
     app: Arc<App>,
     tls: Option<TlsAcceptor>,
     forwarder: Arc<Forwarder>,
-    connections: Arc<tokio::sync::Semaphore>,
+    connections: Arc<Capacity>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Every connection task holds a sender; when all are dropped, every connection has ended.
@@ -527,28 +529,42 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // Over the limit: a short, honest answer and a closed connection, never a crash.
-            tokio::spawn(connection::refuse_busy(stream));
-            continue;
-        };
-        let (app, tls, forwarder, stop, open) =
-            (app.clone(), tls.clone(), forwarder.clone(), stop.clone(), open_tx.clone());
+        let free = connections.try_admit();
+        let (app, tls, forwarder, stop, open, connections) =
+            (app.clone(), tls.clone(), forwarder.clone(), stop.clone(), open_tx.clone(), connections.clone());
         tokio::spawn(async move {
             let _open = open;
+            let admitted = match free {
+                Some(admitted) => admitted,
+                None => match connections.make_room().await {
+                    Some(admitted) => admitted,
+                    // Every connection is busy: a short, honest answer and a closed
+                    // connection, never a crash.
+                    None => return connection::refuse_busy(stream).await,
+                },
+            };
             match tls {
                 None => {
                     let conn = Connection { peer, tls: false };
-                    connection::serve(stream, conn, app, forwarder, permit, stop).await
+                    connection::serve(stream, conn, app, forwarder, admitted, stop).await
                 }
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let conn = Connection { peer, tls: true };
-                        connection::serve(stream, conn, app, forwarder, permit, stop).await
+                Some(acceptor) => {
+                    // A socket that has not finished its handshake is as idle as any: it gives
+                    // its place to a newcomer at once, not when the handshake times out.
+                    let activity = admitted.entry.activity().clone();
+                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(stream)) => {
+                                let conn = Connection { peer, tls: true };
+                                connection::serve(stream, conn, app, forwarder, admitted, stop).await
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        },
+                        _ = activity.close_requested() => tracing::debug!(%peer, "TLS handshake abandoned to make room"),
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                }
             }
         });
     }
