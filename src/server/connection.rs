@@ -56,13 +56,16 @@ pub(super) async fn serve<I>(
         service_fn(move |mut request| {
             let (app, forwarder, activity) = (app.clone(), forwarder.clone(), activity.clone());
             request.extensions_mut().insert(slot.clone());
-            async move {
+            // Boxed: hyper keeps a slot for the service's future for as long as the connection
+            // is open, sized for the whole request's future (4 KiB); boxed, an idle connection
+            // holds a pointer, and the future is allocated only while a request is in flight.
+            Box::pin(async move {
                 let in_flight = activity.begin();
                 let response = app.handle(request, conn, &forwarder).await;
                 Ok::<_, std::convert::Infallible>(
                     response.map(|body| Body::new(Tracked { body, _in_flight: in_flight })),
                 )
-            }
+            })
         })
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
