@@ -318,3 +318,50 @@ async fn memory_holds_a_bounded_number_of_links() {
     links.flows.end(&format!("{LINK_PREFIX}0")).await.unwrap();
     assert!(links.issue(&alice, &asking, "/", NOW).await.is_ok(), "room again, and the refusal counted nothing");
 }
+
+/// A shared store that does not answer.
+struct Unreachable(crate::store::Shared);
+
+impl Store for Unreachable {
+    fn apply(&self, _: Vec<crate::store::Write>) -> crate::store::StoreFuture<'_, ()> {
+        Box::pin(std::future::ready(Err(crate::store::StoreError::Backend("down".into()))))
+    }
+    fn scan(&self, _: crate::store::Space) -> crate::store::StoreFuture<'_, Vec<(Vec<u8>, Vec<u8>)>> {
+        Box::pin(std::future::ready(Err(crate::store::StoreError::Backend("down".into()))))
+    }
+    fn get(&self, _: crate::store::Space, _: &[u8]) -> crate::store::StoreFuture<'_, Option<Vec<u8>>> {
+        Box::pin(std::future::ready(Err(crate::store::StoreError::Backend("down".into()))))
+    }
+    fn swap(
+        &self,
+        _: crate::store::Space,
+        _: &[u8],
+        _: Option<Vec<u8>>,
+        _: Option<Vec<u8>>,
+        _: Option<Duration>,
+    ) -> crate::store::StoreFuture<'_, bool> {
+        Box::pin(std::future::ready(Err(crate::store::StoreError::Backend("down".into()))))
+    }
+    fn shared(&self) -> Option<&crate::store::Shared> {
+        Some(&self.0)
+    }
+}
+
+/// Without the store nothing is decided: no request counted as allowed, no link sent, opened or
+/// taken by its code, and not one of them mistaken for "no such link".
+#[tokio::test]
+async fn without_the_store_every_step_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = directory(dir.path(), &["alice"]);
+    let store: Arc<dyn Store> = Arc::new(Unreachable(crate::store::Shared::new(Duration::from_secs(30))));
+    let links = EmailLinks::new(Flows::for_store(&store, &sealer()));
+    let nonce = new_browser_nonce();
+    let down = LinksUnavailable;
+    assert_eq!(links.note_request("192.0.2.1".parse().unwrap(), NOW).await, Err(LinkRefused::Unavailable(down)));
+    let issued = links.issue(&users.get("alice").unwrap(), &nonce, "/", NOW).await;
+    assert_eq!(issued.err(), Some(LinkRefused::Unavailable(down)));
+    assert_eq!(links.decoy(&nonce, NOW).await, Err(down));
+    assert_eq!(links.asked_for(&nonce).await, Err(down));
+    assert_eq!(links.open(&users, "token", Some(&nonce), NOW).await.err(), Some(LinkInvalid::Unavailable(down)));
+    assert_eq!(links.enter_code(&users, &nonce, "123456", NOW).await.err(), Some(LinkInvalid::Unavailable(down)));
+}
