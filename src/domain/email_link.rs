@@ -21,7 +21,8 @@
 //! The records, each under its own key: `link:{token hash}` (the link), `link-account:{account
 //! key}` (its outstanding link and the hour's sends), `link-browser:{nonce hash}` (the link that
 //! browser asked for last) and `link-client:{address}` (the hour's requests). Tokens and nonces
-//! are kept only as SHA-256 hashes.
+//! are kept only as SHA-256 hashes; the code is kept as it is (it is shown where the link is
+//! opened elsewhere), sealed like every flow in a shared store.
 
 use std::net::IpAddr;
 use std::sync::Arc;

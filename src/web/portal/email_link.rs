@@ -243,8 +243,11 @@ pub(super) async fn code(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
     let entered = app.email_links.enter_code(&app.users, &nonce, &form.code, app.clock.now()).await;
     let recorded = match &entered {
         Ok(_) => attempt.succeeded().await,
-        // No code was checked: the attempt is released (dropped), counting nothing.
-        Err(LinkInvalid::Unavailable(_)) => Ok(()),
+        // No code was checked: the attempt is released, counting nothing.
+        Err(LinkInvalid::Unavailable(_)) => {
+            drop(attempt);
+            Ok(())
+        }
         Err(_) => attempt.failed().await.map(|_| ()),
     };
     if let Err(e) = recorded {
