@@ -9,26 +9,41 @@
 //! logged by a proxy, prefetched) is worth nothing without that browser, and nobody is signed in
 //! on a device they did not choose.
 //!
-//! Links live in memory only: a restart voids them (asking again is cheap), and single use
-//! needs no store. Each is single use, lives [`LIFETIME`], and is kept as a hash; one per account
-//! (a new one replaces the last). Asking is throttled per account and per client, and the answer
-//! is the same for known and unknown addresses (the web layer shows one page for both).
+//! Links are flows ([`Flows`]): in memory for one process (a restart voids them; asking again is
+//! cheap), sealed in the shared store for replicas, so a link sent by one is opened, or its code
+//! typed, on any. Each is single use, lives [`LIFETIME`], and is kept under its token's hash; one
+//! per account (a new one voids the last). Asking is throttled per account and per client, and
+//! the answer is the same for known and unknown addresses (the web layer shows one page for
+//! both). Every decision a race could exploit (taking a link, counting a wrong code, counting a
+//! request against a throttle) is one compare-and-swap of one record, so two replicas never both
+//! accept one link or one code, and the throttles count the requests of every replica.
+//!
+//! The records, each under its own key: `link:{token hash}` (the link), `link-account:{account
+//! key}` (its outstanding link and the hour's sends), `link-browser:{nonce hash}` (the link that
+//! browser asked for last) and `link-client:{address}` (the hour's requests). Tokens and nonces
+//! are kept only as SHA-256 hashes; the code is kept as it is (it is shown where the link is
+//! opened elsewhere), sealed like every flow in a shared store.
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use dashmap::DashMap;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::base::clock::UnixTime;
 use crate::base::secret::{random_bytes, random_token};
+use crate::base::text::hex;
+use crate::domain::flows::Flows;
 use crate::domain::regulation::Subject;
 use crate::domain::users::{User, UserDirectory};
+use crate::store::StoreError;
 
 /// How long a link works (15 minutes).
 pub const LIFETIME: i64 = 900;
-/// No new link for an account while its last one, unused, is younger than this.
+/// No new link for an account while its last one, whatever became of it, is younger than this.
 pub const RESEND_AFTER: i64 = 60;
 /// Links one account may be sent in an hour.
 pub const PER_HOUR_PER_ACCOUNT: usize = 5;
@@ -38,8 +53,19 @@ pub const PER_HOUR_PER_CLIENT: usize = 20;
 pub const CODE_TRIES: u8 = 5;
 /// Digits of the code shown when the link is opened in another browser.
 pub const CODE_DIGITS: usize = 6;
-/// Bound on the links kept at once, whatever clients do.
+/// Bound on the links one process keeps in memory at once, whatever clients do. A shared store
+/// is not bounded here: it expires every record by itself, and what one client can make it hold
+/// is bounded by the throttles ([`PER_HOUR_PER_CLIENT`] requests, each leaving one link and one
+/// browser record for at most [`LIFETIME`]).
 const MAX_OUTSTANDING: usize = 10_000;
+
+/// A link's record and its browser's are kept as long as a link works (a wrong code, which
+/// rewrites the link, extends that; the link's own `issued_at` still ends it in time).
+const LINK_KEPT: Duration = Duration::from_secs(LIFETIME as u64);
+/// The throttle records are kept for the hour they count.
+const HOUR_KEPT: Duration = Duration::from_secs(3600);
+/// What every link's key begins with (and no other record's), to count them.
+const LINK_PREFIX: &str = "link:";
 
 /// A link just proven by the browser that asked for it: the mailbox, as a first factor. Only
 /// [`EmailLinks`] makes one.
@@ -57,6 +83,12 @@ impl EmailLinkProof {
     }
 }
 
+/// The shared store did not answer; logged where it happened. Nothing is decided without it:
+/// no link is sent, opened or counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("sign-in links cannot be read or kept now")]
+pub struct LinksUnavailable;
+
 /// Why no link was sent (the page says the same in every case; the log tells them apart).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LinkRefused {
@@ -68,6 +100,8 @@ pub enum LinkRefused {
     ClientLimit,
     #[error("too many links are outstanding")]
     Full,
+    #[error(transparent)]
+    Unavailable(#[from] LinksUnavailable),
 }
 
 /// Why a link or its code signed nobody in.
@@ -81,6 +115,8 @@ pub enum LinkInvalid {
     /// Its account was removed (or replaced by another of the same name) since.
     #[error("the account is gone")]
     AccountGone,
+    #[error(transparent)]
+    Unavailable(#[from] LinksUnavailable),
 }
 
 /// A link as sent: the token for the URL, and the code shown if it is opened elsewhere.
@@ -97,36 +133,73 @@ pub enum Opened {
     Elsewhere { code: String },
 }
 
+type Hash = [u8; 32];
+
+#[derive(Serialize, Deserialize)]
 struct Link {
     /// Empty for a decoy (see [`EmailLinks::decoy`]): it signs nobody in.
     account_key: String,
     user: String,
     /// The address it was sent to: a link works only while the account still has it.
     address: String,
-    browser: [u8; 32],
+    browser: Hash,
     code: String,
     return_to: String,
     issued_at: UnixTime,
     tries_left: u8,
 }
 
-/// Outstanding links, and what was sent recently (for the throttles).
-#[derive(Default)]
-pub struct EmailLinks {
-    /// By the token's SHA-256.
-    links: DashMap<[u8; 32], Link>,
-    /// The token hash of each account's outstanding link (one per account).
-    by_account: DashMap<String, [u8; 32]>,
-    /// The token hash of the last link each browser asked for (by its nonce's hash).
-    by_browser: DashMap<[u8; 32], [u8; 32]>,
-    sent_to_account: DashMap<String, Vec<UnixTime>>,
-    asked_by_client: DashMap<String, Vec<UnixTime>>,
-    /// When each account was last sent a link, used or not (the [`RESEND_AFTER`] rule).
-    last_issued: DashMap<String, UnixTime>,
+impl Link {
+    fn live(&self, now: UnixTime) -> bool {
+        now >= self.issued_at && now - self.issued_at < LIFETIME
+    }
 }
 
-fn digest(text: &str) -> [u8; 32] {
+/// One account's: its outstanding link, and when it was sent links in the last hour (for the
+/// throttles; the newest is the last issue, which [`RESEND_AFTER`] counts from).
+#[derive(Default, Serialize, Deserialize)]
+struct AccountLinks {
+    current: Option<Hash>,
+    sent: Vec<UnixTime>,
+}
+
+/// What a change does to a record.
+enum Next<T> {
+    /// Leaves it as it is (not written: a read extends nothing and contends with nobody).
+    Keep,
+    Put(T),
+    Forget,
+}
+
+/// What a link, opened, leads to before the account is checked.
+enum Step {
+    Elsewhere(String),
+    Taken(Link),
+}
+
+/// Outstanding links, and what was sent recently (for the throttles).
+pub struct EmailLinks {
+    flows: Flows,
+}
+
+fn digest(text: &str) -> Hash {
     Sha256::digest(text.as_bytes()).into()
+}
+
+fn link_key(token_hash: &Hash) -> String {
+    format!("{LINK_PREFIX}{}", hex(token_hash))
+}
+
+fn account_key(account_key: &str) -> String {
+    format!("link-account:{account_key}")
+}
+
+fn browser_key(nonce_hash: &Hash) -> String {
+    format!("link-browser:{}", hex(nonce_hash))
+}
+
+fn client_key(client: IpAddr) -> String {
+    format!("link-client:{}", Subject::address(client).store_key())
 }
 
 /// A fresh nonce for a browser that asks for a link (kept in its cookie).
@@ -140,54 +213,105 @@ fn new_code() -> String {
     format!("{n:0width$}", width = CODE_DIGITS)
 }
 
+fn unavailable(e: StoreError) -> LinksUnavailable {
+    tracing::error!(target: "portcullis::store", "sign-in links could not be read or kept: {e}");
+    LinksUnavailable
+}
+
 fn recent(times: &mut Vec<UnixTime>, now: UnixTime) -> usize {
     times.retain(|t| now - t < 3600);
     times.len()
 }
 
 impl EmailLinks {
+    /// Kept in `flows`: the shared store's when replicas share one, else memory.
+    pub fn new(flows: Flows) -> Self {
+        Self { flows }
+    }
+
+    /// Reads the record at `key` and lets `change` decide, as one compare-and-swap (retried
+    /// when another request changed the record meanwhile, so `change` decides from what it is
+    /// given each time). An unreadable record is none.
+    async fn update<T: Serialize + DeserializeOwned, R>(
+        &self,
+        key: &str,
+        lasts: Duration,
+        mut change: impl FnMut(Option<T>) -> (Next<T>, R),
+    ) -> Result<R, LinksUnavailable> {
+        let outcome = self.flows.update(key, lasts, |current| {
+            let (next, outcome) = change(current.and_then(|bytes| serde_json::from_slice(bytes).ok()));
+            let bytes = match next {
+                Next::Keep => current.map(<[u8]>::to_vec),
+                Next::Put(record) => serde_json::to_vec(&record).ok(),
+                Next::Forget => None,
+            };
+            (bytes, outcome)
+        });
+        outcome.await.map_err(unavailable)
+    }
+
+    /// Writes a new record (under a key nobody else writes: a fresh token's hash).
+    async fn put<T: Serialize>(&self, key: &str, lasts: Duration, record: &T) -> Result<(), LinksUnavailable> {
+        let bytes = serde_json::to_vec(record).ok();
+        self.flows.update(key, lasts, |_| (bytes.clone(), ())).await.map_err(unavailable)
+    }
+
+    async fn read<T: Serialize + DeserializeOwned>(&self, key: &str) -> Result<Option<T>, LinksUnavailable> {
+        self.update(key, LINK_KEPT, |record| (Next::Keep, record)).await
+    }
+
+    /// Whether this process keeps as many links in memory as it may (see [`MAX_OUTSTANDING`]).
+    fn full(&self) -> bool {
+        self.flows.count_in_memory(LINK_PREFIX).is_some_and(|links| links >= MAX_OUTSTANDING)
+    }
+
     /// Counts a request from `client` (known address or not, so both cost the same); refused
-    /// past [`PER_HOUR_PER_CLIENT`] an hour.
-    pub fn note_request(&self, client: IpAddr, now: UnixTime) -> Result<(), LinkRefused> {
-        let mut asked = self.asked_by_client.entry(Subject::address(client).store_key()).or_default();
-        if recent(&mut asked, now) >= PER_HOUR_PER_CLIENT {
-            return Err(LinkRefused::ClientLimit);
-        }
-        asked.push(now);
-        Ok(())
+    /// past [`PER_HOUR_PER_CLIENT`] an hour, counted over every replica.
+    pub async fn note_request(&self, client: IpAddr, now: UnixTime) -> Result<(), LinkRefused> {
+        self.update(&client_key(client), HOUR_KEPT, |asked: Option<Vec<UnixTime>>| {
+            let mut asked = asked.unwrap_or_default();
+            if recent(&mut asked, now) >= PER_HOUR_PER_CLIENT {
+                return (Next::Keep, Err(LinkRefused::ClientLimit));
+            }
+            asked.push(now);
+            (Next::Put(asked), Ok(()))
+        })
+        .await?
     }
 
     /// A link for `user`, bound to the browser holding `browser_nonce`, leading to `return_to`
-    /// (already validated). Replaces the account's outstanding link.
-    pub fn issue(
+    /// (already validated). Voids the account's outstanding link.
+    pub async fn issue(
         &self,
         user: &User,
         browser_nonce: &str,
         return_to: &str,
         now: UnixTime,
     ) -> Result<Issued, LinkRefused> {
-        // From the last link sent, whatever became of it: voiding one with wrong codes does not
-        // buy a new one sooner.
-        if self.last_issued.get(&user.account_key).is_some_and(|last| now - *last < RESEND_AFTER) {
-            return Err(LinkRefused::TooSoon);
-        }
-        if self.links.len() >= MAX_OUTSTANDING {
-            self.sweep(now);
-            if self.links.len() >= MAX_OUTSTANDING {
-                return Err(LinkRefused::Full);
-            }
-        }
-        {
-            let mut sent = self.sent_to_account.entry(user.account_key.clone()).or_default();
-            if recent(&mut sent, now) >= PER_HOUR_PER_ACCOUNT {
-                return Err(LinkRefused::AccountLimit);
-            }
-            sent.push(now);
-        }
+        let full = self.full();
         let (token, code) = (random_token(), new_code());
-        let hash = digest(&token);
-        let browser = digest(browser_nonce);
-        self.last_issued.insert(user.account_key.clone(), now);
+        let (hash, browser) = (digest(&token), digest(browser_nonce));
+        // The throttles and the account's outstanding link, decided and changed in one step:
+        // from this moment the link it replaces is void on every replica (see `proof`).
+        let key = account_key(&user.account_key);
+        let replaced = self.update(&key, HOUR_KEPT, |record: Option<AccountLinks>| {
+            let mut record = record.unwrap_or_default();
+            // From the last link sent, whatever became of it: voiding one with wrong codes does
+            // not buy a new one sooner.
+            if record.sent.iter().max().is_some_and(|last| now - last < RESEND_AFTER) {
+                return (Next::Keep, Err(LinkRefused::TooSoon));
+            }
+            if full {
+                return (Next::Keep, Err(LinkRefused::Full));
+            }
+            if recent(&mut record.sent, now) >= PER_HOUR_PER_ACCOUNT {
+                return (Next::Keep, Err(LinkRefused::AccountLimit));
+            }
+            record.sent.push(now);
+            let replaced = record.current.replace(hash);
+            (Next::Put(record), Ok(replaced))
+        });
+        let replaced = replaced.await??;
         let link = Link {
             account_key: user.account_key.clone(),
             user: user.name.as_str().to_string(),
@@ -198,11 +322,15 @@ impl EmailLinks {
             issued_at: now,
             tries_left: CODE_TRIES,
         };
-        if let Some(old) = self.by_account.insert(user.account_key.clone(), hash) {
-            self.links.remove(&old);
+        self.put(&link_key(&hash), LINK_KEPT, &link).await?;
+        let previous = self.update(&browser_key(&browser), LINK_KEPT, |previous| (Next::Put(hash), previous)).await?;
+        // Already void (the account's record names the new link); removed to free the space.
+        if let Some(old) = replaced {
+            self.flows.end(&link_key(&old)).await.map_err(unavailable)?;
         }
-        self.by_browser.insert(browser, hash);
-        self.links.insert(hash, link);
+        if let Some(previous) = previous.filter(|p| Some(*p) != replaced) {
+            self.forget_if_decoy(&previous).await?;
+        }
         Ok(Issued { token, code })
     }
 
@@ -210,9 +338,9 @@ impl EmailLinks {
     /// `browser_nonce`: what a request for an unknown address (or a held-back one) leaves, so that
     /// the asking browser's code form answers exactly as it would for a real link ("wrong code,
     /// tries left") and tells a stranger nothing about which addresses have accounts.
-    pub fn decoy(&self, browser_nonce: &str, now: UnixTime) {
-        if self.links.len() >= MAX_OUTSTANDING {
-            return;
+    pub async fn decoy(&self, browser_nonce: &str, now: UnixTime) -> Result<(), LinksUnavailable> {
+        if self.full() {
+            return Ok(());
         }
         let hash = digest(&random_token());
         let browser = digest(browser_nonce);
@@ -226,23 +354,35 @@ impl EmailLinks {
             issued_at: now,
             tries_left: CODE_TRIES,
         };
-        if let Some(old) = self.by_browser.insert(browser, hash)
-            && self.links.get(&old).is_some_and(|l| l.account_key.is_empty())
-        {
-            self.links.remove(&old);
+        self.put(&link_key(&hash), LINK_KEPT, &link).await?;
+        let previous = self.update(&browser_key(&browser), LINK_KEPT, |previous| (Next::Put(hash), previous)).await?;
+        if let Some(previous) = previous {
+            self.forget_if_decoy(&previous).await?;
         }
-        self.links.insert(hash, link);
+        Ok(())
+    }
+
+    /// Removes a decoy nothing points to any more. A real link stays: it still works from its
+    /// mail until it is used, replaced or runs out.
+    async fn forget_if_decoy(&self, hash: &Hash) -> Result<(), LinksUnavailable> {
+        self.update(&link_key(hash), LINK_KEPT, |link: Option<Link>| {
+            let decoy = link.is_some_and(|l| l.account_key.is_empty());
+            (if decoy { Next::Forget } else { Next::Keep }, ())
+        })
+        .await
     }
 
     /// The user name whose link the browser holding `browser_nonce` asked for (empty for a
     /// decoy), for regulating the codes typed there.
-    pub fn asked_for(&self, browser_nonce: &str) -> Option<String> {
-        let hash = self.by_browser.get(&digest(browser_nonce)).map(|h| *h)?;
-        self.links.get(&hash).map(|link| link.user.clone())
+    pub async fn asked_for(&self, browser_nonce: &str) -> Result<Option<String>, LinksUnavailable> {
+        let Some(hash) = self.read::<Hash>(&browser_key(&digest(browser_nonce))).await? else {
+            return Ok(None);
+        };
+        Ok(self.read::<Link>(&link_key(&hash)).await?.map(|link| link.user))
     }
 
     /// Opens the link whose token is `token`, in a browser holding `browser_nonce` (if any).
-    pub fn open(
+    pub async fn open(
         &self,
         users: &UserDirectory,
         token: &str,
@@ -250,31 +390,32 @@ impl EmailLinks {
         now: UnixTime,
     ) -> Result<Opened, LinkInvalid> {
         let hash = digest(token);
-        let Some(live) = self.links.get(&hash).map(|link| now >= link.issued_at && now - link.issued_at < LIFETIME)
-        else {
-            // Unknown: nothing to clean up (and nothing to scan for a stranger's made-up token).
-            return Err(LinkInvalid::Invalid);
-        };
-        if !live {
-            self.forget(&hash);
-            return Err(LinkInvalid::Invalid);
-        }
-        let same_browser = browser_nonce.is_some_and(|nonce| {
-            self.links.get(&hash).is_some_and(|link| bool::from(link.browser.ct_eq(&digest(nonce))))
+        let browser = browser_nonce.map(digest);
+        // Taken in the same step as it is found live and in its browser: once, on any replica.
+        let key = link_key(&hash);
+        let step = self.update(&key, LINK_KEPT, |link: Option<Link>| {
+            // Unknown: nothing to change (and nothing written for a stranger's made-up token).
+            let Some(link) = link else { return (Next::Keep, Err(LinkInvalid::Invalid)) };
+            if !link.live(now) {
+                return (Next::Forget, Err(LinkInvalid::Invalid));
+            }
+            if !browser.is_some_and(|b| bool::from(link.browser.ct_eq(&b))) {
+                return (Next::Keep, Ok(Step::Elsewhere(link.code)));
+            }
+            (Next::Forget, Ok(Step::Taken(link)))
         });
-        if !same_browser {
-            let code = self.links.get(&hash).map(|link| link.code.clone()).ok_or(LinkInvalid::Invalid)?;
-            return Ok(Opened::Elsewhere { code });
+        match step.await?? {
+            Step::Elsewhere(code) => Ok(Opened::Elsewhere { code }),
+            Step::Taken(link) => {
+                let proof = self.proof(users, &hash, &link).await?;
+                Ok(Opened::SignedIn { proof, return_to: link.return_to })
+            }
         }
-        let (_, link) = self.links.remove(&hash).ok_or(LinkInvalid::Invalid)?;
-        self.forget(&hash);
-        let proof = Self::proof(users, &link)?;
-        Ok(Opened::SignedIn { proof, return_to: link.return_to })
     }
 
     /// The code shown where the link was opened, typed into the browser that asked (the one
-    /// holding `browser_nonce`). [`CODE_TRIES`] wrong codes void the link.
-    pub fn enter_code(
+    /// holding `browser_nonce`). [`CODE_TRIES`] wrong codes void the link, wherever typed.
+    pub async fn enter_code(
         &self,
         users: &UserDirectory,
         browser_nonce: &str,
@@ -282,37 +423,39 @@ impl EmailLinks {
         now: UnixTime,
     ) -> Result<(EmailLinkProof, String), LinkInvalid> {
         let browser = digest(browser_nonce);
-        let hash = self.by_browser.get(&browser).map(|h| *h).ok_or(LinkInvalid::Invalid)?;
+        let hash = self.read::<Hash>(&browser_key(&browser)).await?.ok_or(LinkInvalid::Invalid)?;
         let code: String = code.chars().filter(|c| c.is_ascii_digit()).collect();
-        let right = {
-            let mut link = self.links.get_mut(&hash).ok_or(LinkInvalid::Invalid)?;
-            if now < link.issued_at || now - link.issued_at >= LIFETIME || !bool::from(link.browser.ct_eq(&browser)) {
-                drop(link);
-                self.forget(&hash);
-                return Err(LinkInvalid::Invalid);
+        // The check and the count (or the taking) in one step: two replicas never both accept the
+        // code, and wrong codes typed at both add up.
+        let key = link_key(&hash);
+        let taken = self.update(&key, LINK_KEPT, |link: Option<Link>| {
+            let Some(mut link) = link else { return (Next::Keep, Err(LinkInvalid::Invalid)) };
+            if !link.live(now) || !bool::from(link.browser.ct_eq(&browser)) {
+                return (Next::Forget, Err(LinkInvalid::Invalid));
             }
-            let right = bool::from(link.code.as_bytes().ct_eq(code.as_bytes()));
-            if !right {
-                link.tries_left = link.tries_left.saturating_sub(1);
-                if link.tries_left > 0 {
-                    return Err(LinkInvalid::WrongCode { tries_left: link.tries_left });
-                }
+            if bool::from(link.code.as_bytes().ct_eq(code.as_bytes())) {
+                return (Next::Forget, Ok(link));
             }
-            right
-        };
-        let (_, link) = self.links.remove(&hash).ok_or(LinkInvalid::Invalid)?;
-        self.forget(&hash);
-        if !right {
-            return Err(LinkInvalid::WrongCode { tries_left: 0 });
-        }
-        let proof = Self::proof(users, &link)?;
+            link.tries_left = link.tries_left.saturating_sub(1);
+            let tries_left = link.tries_left;
+            (if tries_left > 0 { Next::Put(link) } else { Next::Forget }, Err(LinkInvalid::WrongCode { tries_left }))
+        });
+        let link = taken.await??;
+        let proof = self.proof(users, &hash, &link).await?;
         Ok((proof, link.return_to))
     }
 
-    /// The account a spent link was for, if it still exists as the same account.
-    /// (A link sent to an address the account no longer has proves nothing.)
-    fn proof(users: &UserDirectory, link: &Link) -> Result<EmailLinkProof, LinkInvalid> {
+    /// What a link just taken proves: nothing if it is a decoy, or if its account was sent a
+    /// newer link meanwhile (on any replica: the account's record says which link is current);
+    /// else its account, if that still exists as the same account with the address the link
+    /// went to (a link sent to an address the account no longer has proves nothing).
+    async fn proof(&self, users: &UserDirectory, hash: &Hash, link: &Link) -> Result<EmailLinkProof, LinkInvalid> {
         if link.account_key.is_empty() {
+            return Err(LinkInvalid::Invalid);
+        }
+        let record = self.read::<AccountLinks>(&account_key(&link.account_key)).await?;
+        let current = record.and_then(|r| r.current).is_some_and(|current| bool::from(current.ct_eq(hash)));
+        if !current {
             return Err(LinkInvalid::Invalid);
         }
         let user = users
@@ -322,21 +465,9 @@ impl EmailLinks {
         Ok(EmailLinkProof { user })
     }
 
-    /// Drops a link's index entries (the link itself is gone or going).
-    fn forget(&self, hash: &[u8; 32]) {
-        self.links.remove(hash);
-        self.by_account.retain(|_, h| h != hash);
-        self.by_browser.retain(|_, h| h != hash);
-    }
-
-    /// Drops links that ran out and throttle records older than an hour.
-    pub fn sweep(&self, now: UnixTime) {
-        self.links.retain(|_, link| now - link.issued_at < LIFETIME);
-        self.by_account.retain(|_, hash| self.links.contains_key(hash));
-        self.by_browser.retain(|_, hash| self.links.contains_key(hash));
-        self.sent_to_account.retain(|_, times| recent(times, now) > 0);
-        self.last_issued.retain(|_, at| now - *at < RESEND_AFTER);
-        self.asked_by_client.retain(|_, times| recent(times, now) > 0);
+    /// Drops links and throttle records in memory that ran out (a shared store expires its own).
+    pub fn sweep(&self) {
+        self.flows.sweep();
     }
 }
 

@@ -93,6 +93,20 @@ impl Flows {
         self.update(key, Duration::ZERO, |_| (None, ())).await
     }
 
+    /// How many live flows whose key starts with `prefix` this process keeps in memory, for
+    /// callers that bound what strangers can make it hold. `None` with a shared store: that
+    /// expires its own records, and counting them would mean scanning the server. A scan of the
+    /// map: for rare requests (asking for a sign-in link), never the hot path.
+    pub fn count_in_memory(&self, prefix: &str) -> Option<usize> {
+        match &self.backend {
+            Backend::Memory(map) => {
+                let now = Instant::now();
+                Some(map.iter().filter(|entry| entry.key().starts_with(prefix) && entry.value().1 > now).count())
+            }
+            Backend::Shared { .. } => None,
+        }
+    }
+
     /// Forgets flows in memory that ran out (a shared store expires its own).
     pub fn sweep(&self) {
         if let Backend::Memory(map) = &self.backend {
@@ -162,5 +176,18 @@ mod tests {
             flows.update("k", Duration::from_secs(1), |current| (current.map(<[u8]>::to_vec), current.is_some()));
         assert!(!seen.await.unwrap(), "expired at once");
         flows.sweep();
+    }
+
+    #[tokio::test]
+    async fn flows_in_memory_are_counted_by_prefix_and_a_shared_store_is_not() {
+        let flows = Flows::in_memory();
+        for key in ["link:1", "link:2", "link-account:a", "other"] {
+            flows.update(key, Duration::from_secs(60), |_| (Some(b"x".to_vec()), ())).await.unwrap();
+        }
+        flows.update("link:3", Duration::ZERO, |_| (Some(b"x".to_vec()), ())).await.unwrap();
+        assert_eq!(flows.count_in_memory("link:"), Some(2), "live ones, of that prefix only");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::shared());
+        let shared = Flows::for_store(&store, &Sealer::new(&Secret::new(b"k".repeat(64))));
+        assert_eq!(shared.count_in_memory("link:"), None);
     }
 }

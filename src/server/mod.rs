@@ -128,6 +128,7 @@ impl Server {
         let pending = Pending::new(crate::domain::flows::Flows::for_store(&store, &sealer), sealer.clone());
         let email_flows = crate::domain::flows::Flows::for_store(&store, &sealer);
         let handoff_flows = crate::domain::flows::Flows::for_store(&store, &sealer);
+        let link_flows = crate::domain::flows::Flows::for_store(&store, &sealer);
         // Sign-ins in progress before a session: in the shared store, or bounded in memory.
         let shared_flows = || store.shared().map(|_| crate::domain::flows::Flows::for_store(&store, &sealer));
         let (passkey_logins, oidc_pending) = (PerBrowser::new(shared_flows()), PerBrowser::new(shared_flows()));
@@ -185,7 +186,7 @@ impl Server {
             signer,
             pending,
             passkey_logins,
-            email_links: Default::default(),
+            email_links: crate::domain::email_link::EmailLinks::new(link_flows),
             oidc: crate::domain::oidc::OidcClients::new().map_err(StartError::Oidc)?,
             oidc_pending,
             handoff: crate::domain::handoff::HandoffCodes::new(handoff_flows),
@@ -482,7 +483,7 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             app.factors.email_codes.sweep();
             app.handoff.sweep();
             app.passkey_logins.sweep(app.clock.now());
-            app.email_links.sweep(app.clock.now());
+            app.email_links.sweep();
             app.oidc_pending.sweep(app.clock.now());
             let drift = app.factors.drift.report();
             if drift.skew_likely() != skew_reported {

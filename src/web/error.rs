@@ -5,6 +5,7 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::base::text::whole_minutes;
+use crate::domain::email_link::LinksUnavailable;
 use crate::domain::factors::security_key::KeyError;
 use crate::domain::factors::service::{CodeRefused, EnrollError, LinkError, RemoveError};
 use crate::domain::regulation::Who;
@@ -161,6 +162,14 @@ pub enum Undescribed {
 
 impl From<StoreError> for WebError {
     fn from(e: StoreError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl From<LinksUnavailable> for WebError {
+    /// Sign-in links are not sent, opened or counted without the store: a 503, like a session
+    /// that cannot be stored.
+    fn from(e: LinksUnavailable) -> Self {
         Self::Unavailable(e.to_string())
     }
 }

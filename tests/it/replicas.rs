@@ -2,8 +2,9 @@
 //! loopback port with `appendonly yes`), with the test as the round-robin client in front of them:
 //! a session made on one works on the other, a sign-out on one reaches the other at once, a ban
 //! holds on both, a TOTP code raced to both at the same instant is accepted once, and a Redis
-//! restart loses nothing. With Redis stopped, the documented behaviour: sign-ins get a 503 page,
-//! full sessions go on for `store.offline_grace`, then everything is refused until it is back.
+//! restart loses nothing (sign-in links by email: `replicas/email_links.rs`). With Redis stopped,
+//! the documented behaviour: sign-ins get a 503 page, full sessions go on for
+//! `store.offline_grace`, then everything is refused until it is back.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,6 +14,8 @@ use crate::front_proxy::{Addresses, Front, present};
 use crate::harness::{ALICE, Account, Browser, Lines, Proxy, form_field, free_port, proxy, run_cli};
 use crate::mfa::{code, enroll, log_out, password};
 use crate::upstream::Upstream;
+
+mod email_links;
 
 /// A redis-server that can be stopped and started again on the same port and files.
 struct Redis {

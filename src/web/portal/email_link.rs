@@ -20,7 +20,7 @@ use serde::Deserialize;
 use super::login::after_first_factor;
 use super::login_page::end_previous;
 use crate::base::headers::cookie_values;
-use crate::domain::email_link::{LIFETIME, LinkInvalid, Opened, new_browser_nonce};
+use crate::domain::email_link::{LIFETIME, LinkInvalid, LinkRefused, Opened, new_browser_nonce};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::regulation::{Factor, Subject};
 use crate::web::cookies::cookie_header;
@@ -117,17 +117,21 @@ pub(super) async fn send(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
         return request_page(app, &headers, StatusCode::BAD_REQUEST, &return_to, Some("Enter your email address."));
     }
     let (client, now) = (client_ip(app, &headers, conn), app.clock.now());
-    if let Err(refused) = app.email_links.note_request(client, now) {
-        tracing::warn!(target: "portcullis::security", %client, "sign-in link not sent: {refused}");
-        let busy = "Too many sign-in links were asked for from your network in the last hour. Try again later, or sign in with your password.";
-        let mut response = request_page(app, &headers, StatusCode::TOO_MANY_REQUESTS, &return_to, Some(busy))?;
-        retry_after(&mut response, 3600);
-        return Ok(response);
+    match app.email_links.note_request(client, now).await {
+        Ok(()) => {}
+        Err(LinkRefused::Unavailable(e)) => return Err(e.into()),
+        Err(refused) => {
+            tracing::warn!(target: "portcullis::security", %client, "sign-in link not sent: {refused}");
+            let busy = "Too many sign-in links were asked for from your network in the last hour. Try again later, or sign in with your password.";
+            let mut response = request_page(app, &headers, StatusCode::TOO_MANY_REQUESTS, &return_to, Some(busy))?;
+            retry_after(&mut response, 3600);
+            return Ok(response);
+        }
     }
     let nonce = nonce_of(app, &headers).unwrap_or_else(new_browser_nonce);
     let owners: Vec<_> = app.users.all().into_iter().filter(|u| u.email.eq_ignore_ascii_case(address)).collect();
     let sent = match owners.as_slice() {
-        [user] => match app.email_links.issue(user, &nonce, &return_to, now) {
+        [user] => match app.email_links.issue(user, &nonce, &return_to, now).await {
             Ok(issued) => {
                 let query = serde_urlencoded::to_string([("token", &issued.token)]).unwrap_or_default();
                 let url = app.config().public_url.join_path(&format!("{}?{query}", Destination::LoginEmailOpen.path()));
@@ -138,6 +142,8 @@ pub(super) async fn send(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
                 tokio::spawn(async move { notifier.send(&user, SecurityEvent::SignInLink { url }, now, true) });
                 true
             }
+            // Fails closed, and alike for every address: without the store, no decoy either.
+            Err(LinkRefused::Unavailable(e)) => return Err(e.into()),
             Err(refused) => {
                 tracing::info!(target: "portcullis::security", user = %user.name, %client, "sign-in link not sent: {refused}");
                 false
@@ -155,7 +161,7 @@ pub(super) async fn send(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
     };
     if !sent {
         // The same state as a real link leaves, so the code form answers alike (see `decoy`).
-        app.email_links.decoy(&nonce, now);
+        app.email_links.decoy(&nonce, now).await?;
     }
     let mut response = sent_page(app, &headers, StatusCode::OK, &return_to, None);
     set_nonce(app, &mut response, &nonce);
@@ -174,7 +180,7 @@ pub(super) async fn open(app: &App, request: &Request<Incoming>, conn: &Connecti
     let query: OpenQuery = serde_urlencoded::from_str(request.uri().query().unwrap_or("")).unwrap_or_default();
     let headers = request.headers();
     let nonce = nonce_of(app, headers);
-    match app.email_links.open(&app.users, &query.token, nonce.as_deref(), app.clock.now()) {
+    match app.email_links.open(&app.users, &query.token, nonce.as_deref(), app.clock.now()).await {
         Ok(Opened::SignedIn { proof, return_to }) => {
             tracing::info!(target: "portcullis::security", user = %proof.user().name, "sign-in link used");
             signed_in(app, headers, conn, proof, &return_to).await
@@ -187,6 +193,7 @@ pub(super) async fn open(app: &App, request: &Request<Incoming>, conn: &Connecti
             response.headers_mut().insert(header::REFERRER_POLICY, http::HeaderValue::from_static("no-referrer"));
             Ok(response)
         }
+        Err(LinkInvalid::Unavailable(e)) => Err(e.into()),
         Err(why) => {
             tracing::info!(target: "portcullis::security", "sign-in link refused: {why}");
             Err(WebError::SignInLinkInvalid)
@@ -220,7 +227,7 @@ pub(super) async fn code(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
     // Codes are guesses like passwords: counted per account and per address, and paused alike.
     let client = client_ip(app, &headers, conn);
     let mut subjects = vec![Subject::address(client)];
-    if let Some(user) = app.email_links.asked_for(&nonce).filter(|u| !u.is_empty()) {
+    if let Some(user) = app.email_links.asked_for(&nonce).await?.filter(|u| !u.is_empty()) {
         subjects.push(Subject::Account(user));
     }
     let attempt = match app.regulator.reserve(&subjects, Factor::Password).await {
@@ -233,9 +240,14 @@ pub(super) async fn code(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
             return Ok(response);
         }
     };
-    let entered = app.email_links.enter_code(&app.users, &nonce, &form.code, app.clock.now());
+    let entered = app.email_links.enter_code(&app.users, &nonce, &form.code, app.clock.now()).await;
     let recorded = match &entered {
         Ok(_) => attempt.succeeded().await,
+        // No code was checked: the attempt is released, counting nothing.
+        Err(LinkInvalid::Unavailable(_)) => {
+            drop(attempt);
+            Ok(())
+        }
         Err(_) => attempt.failed().await.map(|_| ()),
     };
     if let Err(e) = recorded {
@@ -251,6 +263,7 @@ pub(super) async fn code(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
             let wrong = format!("That code is not right. {tries_left} tries left.");
             Ok(sent_page(app, &headers, StatusCode::UNAUTHORIZED, &return_to, Some(&wrong)))
         }
+        Err(LinkInvalid::Unavailable(e)) => Err(e.into()),
         Err(why) => {
             tracing::warn!(target: "portcullis::security", "sign-in link code refused: {why}");
             Err(WebError::SignInLinkInvalid)
