@@ -55,9 +55,13 @@ http {
   server {
     listen 127.0.0.1:$UPSTREAM_PORT;
     location / { default_type text/plain; return 200 "hello from the upstream\n"; }
+    location = /big { default_type application/octet-stream; alias $WORK/up/big.bin; }
   }
 }
 NGINX
+head -c 1048576 /dev/urandom > "$WORK/up/big.bin"
+# nginx's workers drop root: they must be able to read it.
+chmod 755 "$WORK" "$WORK/up" && chmod 644 "$WORK/up/big.bin"
 cat > "$WORK/px/nginx.conf" <<NGINX
 worker_processes $(nproc);
 pid $WORK/px/nginx.pid;
@@ -214,3 +218,21 @@ for pass in "16 1" "64 1" "1 1"; do
   printf 'added p50 over direct: portcullis %+.0f µs, nginx %+.0f µs, nginx+auth %+.0f µs\n' \
     "$(added portcullis | median)" "$(added nginx | median)" "$(added nginx+auth | median)"
 done
+
+# 1 MiB responses: MiB/s through each proxy (the same ratio as requests per second).
+echo "measuring 1 MiB responses, 16 connections: $REPS paired repetitions of $DURATION..." >&2
+: > "$WORK/big"
+for rep in $(seq 1 "$REPS"); do
+  if [ $((rep % 2)) -eq 1 ]; then
+    n=$(measure nginx "http://127.0.0.1:$NGINX_PORT/big" 16 1 | awk '{ print $2 }')
+    p=$(measure portcullis "$BASE/big" 16 1 "Cookie: $SESSION" | awk '{ print $2 }')
+  else
+    p=$(measure portcullis "$BASE/big" 16 1 "Cookie: $SESSION" | awk '{ print $2 }')
+    n=$(measure nginx "http://127.0.0.1:$NGINX_PORT/big" 16 1 | awk '{ print $2 }')
+  fi
+  echo "$n $p" >> "$WORK/big"
+done
+echo
+echo "## 1 MiB responses, 16 connections, $REPS x $DURATION paired"
+printf 'nginx %.0f MiB/s, portcullis %.0f MiB/s\n' "$(awk '{ print $1 }' "$WORK/big" | median)" "$(awk '{ print $2 }' "$WORK/big" | median)"
+printf 'portcullis/nginx MiB/s: %.2fx (range %s)\n' "$(awk '{ print $2 / $1 }' "$WORK/big" | median)" "$(awk '{ print $2 / $1 }' "$WORK/big" | range)"

@@ -90,7 +90,8 @@ pub enum AuditOutput {
 /// Protection against load and hostile clients.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Client connections open at once; more are answered 503 and closed.
+    /// Client connections open at once. Past it the connection idle longest gives way to the
+    /// newcomer (`server/capacity.rs`); with every connection busy, the newcomer gets a 503.
     pub max_connections: usize,
     /// The largest request head (request line and headers) accepted; larger ones get 431.
     pub max_header_bytes: usize,
