@@ -182,6 +182,13 @@ pub struct EmailLinks {
     flows: Flows,
 }
 
+/// The account an address stands in for, whether an account has it or not: named after the
+/// address, in a form no user name can take (user names begin with a letter or digit), so codes
+/// typed for it are counted and paused like an account's without ever being one's.
+fn stand_in_account(address: &str) -> String {
+    format!("~{}", address.trim().to_ascii_lowercase())
+}
+
 fn digest(text: &str) -> Hash {
     Sha256::digest(text.as_bytes()).into()
 }
@@ -291,27 +298,8 @@ impl EmailLinks {
         let full = self.full();
         let (token, code) = (random_token(), new_code());
         let (hash, browser) = (digest(&token), digest(browser_nonce));
-        // The throttles and the account's outstanding link, decided and changed in one step:
-        // from this moment the link it replaces is void on every replica (see `proof`).
-        let key = account_key(&user.account_key);
-        let replaced = self.update(&key, HOUR_KEPT, |record: Option<AccountLinks>| {
-            let mut record = record.unwrap_or_default();
-            // From the last link sent, whatever became of it: voiding one with wrong codes does
-            // not buy a new one sooner.
-            if record.sent.iter().max().is_some_and(|last| now - last < RESEND_AFTER) {
-                return (Next::Keep, Err(LinkRefused::TooSoon));
-            }
-            if full {
-                return (Next::Keep, Err(LinkRefused::Full));
-            }
-            if recent(&mut record.sent, now) >= PER_HOUR_PER_ACCOUNT {
-                return (Next::Keep, Err(LinkRefused::AccountLimit));
-            }
-            record.sent.push(now);
-            let replaced = record.current.replace(hash);
-            (Next::Put(record), Ok(replaced))
-        });
-        let replaced = replaced.await??;
+        // From this moment the link it replaces is void on every replica (see `proof`).
+        let replaced = self.claim(&account_key(&user.account_key), hash, now, full).await??;
         let link = Link {
             account_key: user.account_key.clone(),
             user: user.name.as_str().to_string(),
@@ -338,28 +326,70 @@ impl EmailLinks {
     /// `browser_nonce`: what a request for an unknown address (or a held-back one) leaves, so that
     /// the asking browser's code form answers exactly as it would for a real link ("wrong code,
     /// tries left") and tells a stranger nothing about which addresses have accounts.
-    pub async fn decoy(&self, browser_nonce: &str, now: UnixTime) -> Result<(), LinksUnavailable> {
+    ///
+    /// A decoy is kept the way a link is, step for step, so that asking for an address no account
+    /// has costs the same store round trips as asking for one that has (a timing difference
+    /// would tell them apart), and its codes are regulated under a stand-in account named after
+    /// the address, so that wrong codes pause it as they would pause an account.
+    pub async fn decoy(&self, browser_nonce: &str, address: &str, now: UnixTime) -> Result<(), LinksUnavailable> {
         if self.full() {
             return Ok(());
         }
         let hash = digest(&random_token());
         let browser = digest(browser_nonce);
+        let stand_in = stand_in_account(address);
+        // Its own throttles say nothing (a decoy is placed whatever they say); the round trip
+        // and what it replaces are what count.
+        let replaced = self.claim(&account_key(&hex(&digest(&stand_in))), hash, now, false).await?.ok().flatten();
         let link = Link {
             account_key: String::new(),
             user: String::new(),
-            address: String::new(),
+            address: address.trim().to_string(),
             browser,
             code: new_code(),
             return_to: "/".into(),
             issued_at: now,
             tries_left: CODE_TRIES,
         };
+        if let Some(old) = replaced {
+            self.flows.end(&link_key(&old)).await.map_err(unavailable)?;
+        }
         self.put(&link_key(&hash), LINK_KEPT, &link).await?;
         let previous = self.update(&browser_key(&browser), LINK_KEPT, |previous| (Next::Put(hash), previous)).await?;
         if let Some(previous) = previous {
             self.forget_if_decoy(&previous).await?;
         }
         Ok(())
+    }
+
+    /// Counts a link sent to the account whose record is at `key` and makes `hash` its one
+    /// outstanding link, in one compare-and-swap, unless a throttle refuses: what it replaces, if
+    /// anything.
+    async fn claim(
+        &self,
+        key: &str,
+        hash: Hash,
+        now: UnixTime,
+        full: bool,
+    ) -> Result<Result<Option<Hash>, LinkRefused>, LinksUnavailable> {
+        self.update(key, HOUR_KEPT, |record: Option<AccountLinks>| {
+            let mut record = record.unwrap_or_default();
+            // From the last link sent, whatever became of it: voiding one with wrong codes does
+            // not buy a new one sooner.
+            if record.sent.iter().max().is_some_and(|last| now - last < RESEND_AFTER) {
+                return (Next::Keep, Err(LinkRefused::TooSoon));
+            }
+            if full {
+                return (Next::Keep, Err(LinkRefused::Full));
+            }
+            if recent(&mut record.sent, now) >= PER_HOUR_PER_ACCOUNT {
+                return (Next::Keep, Err(LinkRefused::AccountLimit));
+            }
+            record.sent.push(now);
+            let replaced = record.current.replace(hash);
+            (Next::Put(record), Ok(replaced))
+        })
+        .await
     }
 
     /// Removes a decoy nothing points to any more. A real link stays: it still works from its
@@ -372,13 +402,21 @@ impl EmailLinks {
         .await
     }
 
-    /// The user name whose link the browser holding `browser_nonce` asked for (empty for a
-    /// decoy), for regulating the codes typed there.
-    pub async fn asked_for(&self, browser_nonce: &str) -> Result<Option<String>, LinksUnavailable> {
+    /// The accounts the codes typed in the browser holding `browser_nonce` are counted against:
+    /// the stand-in named after the address asked for, real link or decoy alike, and for a real
+    /// link its account too. So wrong codes pause an address the same way whether an account has
+    /// it or not, and a link held back for a paused account answers as a decoy for a paused
+    /// stranger does.
+    pub async fn regulated_as(&self, browser_nonce: &str) -> Result<Vec<String>, LinksUnavailable> {
         let Some(hash) = self.read::<Hash>(&browser_key(&digest(browser_nonce))).await? else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
-        Ok(self.read::<Link>(&link_key(&hash)).await?.map(|link| link.user))
+        let Some(link) = self.read::<Link>(&link_key(&hash)).await? else { return Ok(Vec::new()) };
+        let mut accounts = vec![stand_in_account(&link.address)];
+        if !link.user.is_empty() {
+            accounts.push(link.user);
+        }
+        Ok(accounts)
     }
 
     /// Opens the link whose token is `token`, in a browser holding `browser_nonce` (if any).

@@ -182,15 +182,15 @@ async fn a_link_works_only_while_the_account_keeps_the_address_it_went_to_and_de
         assert_eq!(opened.err(), Some(LinkInvalid::AccountGone));
 
         let stranger = new_browser_nonce();
-        links.decoy(&stranger, NOW).await.unwrap();
-        assert_eq!(links.asked_for(&stranger).await.unwrap().as_deref(), Some(""));
+        links.decoy(&stranger, "nobody@example.com", NOW).await.unwrap();
+        assert_eq!(links.regulated_as(&stranger).await.unwrap(), ["~nobody@example.com"]);
         assert_eq!(
             links.enter_code(&users, &stranger, "123456", NOW).await.err(),
             Some(LinkInvalid::WrongCode { tries_left: CODE_TRIES - 1 }),
             "answers like a real link"
         );
         // A second decoy for the same browser replaces the first: one record, not one per ask.
-        links.decoy(&stranger, NOW + 1).await.unwrap();
+        links.decoy(&stranger, "nobody@example.com", NOW + 1).await.unwrap();
         assert_eq!(
             links.enter_code(&users, &stranger, "123456", NOW + 1).await.err(),
             Some(LinkInvalid::WrongCode { tries_left: CODE_TRIES - 1 }),
@@ -216,7 +216,7 @@ async fn two_replicas_over_one_store_accept_a_link_once_and_count_together() {
         Ok(Opened::Elsewhere { code }) => assert_eq!(code, sent.code),
         _ => panic!("B shows A's code elsewhere"),
     }
-    assert_eq!(b.asked_for(&asking).await.unwrap().as_deref(), Some("alice"));
+    assert_eq!(b.regulated_as(&asking).await.unwrap(), ["~alice@example.com", "alice"], "the address's stand-in too");
     let (on_a, on_b) = tokio::join!(
         a.open(&users, &sent.token, Some(&asking), NOW + 2),
         b.open(&users, &sent.token, Some(&asking), NOW + 2)
@@ -312,9 +312,9 @@ async fn memory_holds_a_bounded_number_of_links() {
     let asking = new_browser_nonce();
     let alice = users.get("alice").unwrap();
     assert_eq!(links.issue(&alice, &asking, "/", NOW).await.err(), Some(LinkRefused::Full));
-    links.decoy(&asking, NOW).await.unwrap();
+    links.decoy(&asking, "nobody@example.com", NOW).await.unwrap();
     assert_eq!(links.flows.count_in_memory(LINK_PREFIX), Some(MAX_OUTSTANDING));
-    assert_eq!(links.asked_for(&asking).await.unwrap(), None, "no decoy either");
+    assert!(links.regulated_as(&asking).await.unwrap().is_empty(), "no decoy either");
     links.flows.end(&format!("{LINK_PREFIX}0")).await.unwrap();
     assert!(links.issue(&alice, &asking, "/", NOW).await.is_ok(), "room again, and the refusal counted nothing");
 }
@@ -360,8 +360,8 @@ async fn without_the_store_every_step_fails_closed() {
     assert_eq!(links.note_request("192.0.2.1".parse().unwrap(), NOW).await, Err(LinkRefused::Unavailable(down)));
     let issued = links.issue(&users.get("alice").unwrap(), &nonce, "/", NOW).await;
     assert_eq!(issued.err(), Some(LinkRefused::Unavailable(down)));
-    assert_eq!(links.decoy(&nonce, NOW).await, Err(down));
-    assert_eq!(links.asked_for(&nonce).await, Err(down));
+    assert_eq!(links.decoy(&nonce, "nobody@example.com", NOW).await, Err(down));
+    assert_eq!(links.regulated_as(&nonce).await, Err(down));
     assert_eq!(links.open(&users, "token", Some(&nonce), NOW).await.err(), Some(LinkInvalid::Unavailable(down)));
     assert_eq!(links.enter_code(&users, &nonce, "123456", NOW).await.err(), Some(LinkInvalid::Unavailable(down)));
 }

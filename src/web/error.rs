@@ -167,10 +167,10 @@ impl From<StoreError> for WebError {
 }
 
 impl From<LinksUnavailable> for WebError {
-    /// Sign-in links are not sent, opened or counted without the store: a 503, like a session
-    /// that cannot be stored.
-    fn from(e: LinksUnavailable) -> Self {
-        Self::Unavailable(e.to_string())
+    /// Sign-in links are not sent, opened or counted without the store: the 503 that says the
+    /// store cannot be reached (the cause is logged where it happened).
+    fn from(_: LinksUnavailable) -> Self {
+        Self::StoreOffline
     }
 }
 

@@ -259,3 +259,41 @@ async fn link_codes_are_regulated_like_passwords_and_a_link_never_sets_up_codes_
     assert!(!confirmation.contains("/.portcullis/enroll/email?"), "no confirmation code was sent: {confirmation}");
     assert!(!proxy.mails().iter().any(|m| m.contains("Confirm your address")), "no mail to confirm the same mailbox");
 }
+
+/// Five wrong codes for an address pause its codes, whether an account has the address or not:
+/// the code form of the next browser to ask answers alike (an attack pass told addresses apart
+/// when only real links were counted against an account).
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_codes_pause_an_address_alike_whether_an_account_has_it_or_not() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml(LINKS).start();
+    async fn guess(browser: &Browser, proxy: &Proxy) -> (u16, String) {
+        let page = browser.navigate(&proxy.url("/.portcullis/login/email?rd=%2F")).await.text().await.unwrap();
+        let csrf = form_field(&page, "csrf").unwrap();
+        let answer =
+            post(browser, proxy, "/.portcullis/login/email/code", &[("csrf", &csrf), ("rd", "/"), ("code", "000000")])
+                .await;
+        let status = answer.status().as_u16();
+        let text = answer.text().await.unwrap();
+        let said = text.split("<p").find(|p| p.contains("tries left") || p.contains("paused")).unwrap_or("");
+        let said = said.split("</p>").next().unwrap_or("").to_string();
+        (status, said)
+    }
+    let mut answers = Vec::new();
+    for address in [ALICE.email, "nobody@example.com"] {
+        let first = Browser::new();
+        ask(&first, &proxy, address, "/").await;
+        let mut wrong = Vec::new();
+        for _ in 0..5 {
+            wrong.push(guess(&first, &proxy).await.0);
+        }
+        // Another browser asks for the same address at once (a real account's link is held
+        // back for a minute), and types a code.
+        let second = Browser::new();
+        ask(&second, &proxy, address, "/").await;
+        answers.push((wrong, guess(&second, &proxy).await));
+    }
+    assert_eq!(answers[0].0, [401, 401, 401, 401, 410], "five wrong codes void the link");
+    assert_eq!(answers[0], answers[1], "the same answers for a known and an unknown address");
+    assert_eq!(answers[1].1.0, 429, "paused, for both: {:?}", answers[1].1);
+}

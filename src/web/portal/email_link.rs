@@ -161,7 +161,7 @@ pub(super) async fn send(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
     };
     if !sent {
         // The same state as a real link leaves, so the code form answers alike (see `decoy`).
-        app.email_links.decoy(&nonce, now).await?;
+        app.email_links.decoy(&nonce, address, now).await?;
     }
     let mut response = sent_page(app, &headers, StatusCode::OK, &return_to, None);
     set_nonce(app, &mut response, &nonce);
@@ -227,9 +227,8 @@ pub(super) async fn code(app: &Arc<App>, request: Request<Incoming>, conn: &Conn
     // Codes are guesses like passwords: counted per account and per address, and paused alike.
     let client = client_ip(app, &headers, conn);
     let mut subjects = vec![Subject::address(client)];
-    if let Some(user) = app.email_links.asked_for(&nonce).await?.filter(|u| !u.is_empty()) {
-        subjects.push(Subject::Account(user));
-    }
+    // The address's stand-in, link or decoy alike, and a real link's account: see `regulated_as`.
+    subjects.extend(app.email_links.regulated_as(&nonce).await?.into_iter().map(Subject::Account));
     let attempt = match app.regulator.reserve(&subjects, Factor::Password).await {
         Ok(attempt) => attempt,
         Err(refusal) => {
