@@ -164,7 +164,7 @@ case " $WHAT " in *" storm "*)
   done
   start storm 18486; STORM=$(login storm 18486)
   p99() { $PIN_CLIENT wrk -t1 -c16 -d"$DURATION" --latency -H "Cookie: $STORM" http://127.0.0.1:18486/ | awk '$1 == "99%" { print $2 }'; }
-  : > "$WORK/storm"
+  : > "$WORK/storm.ratios"
   for rep in $(seq 1 "$REPS"); do
     idle=$(p99)
     # 50 browsers signing in with a password at once, again and again, while wrk measures.
@@ -173,8 +173,8 @@ case " $WHAT " in *" storm "*)
     busy=$(p99)
     kill "$STORMING" 2>/dev/null; wait "$STORMING" 2>/dev/null || true
     echo "  repetition $rep: p99 idle $idle, during the storm $busy" >&2
-    echo "$idle $busy" | awk 'function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; return v * 1000000 } { print us($2) / us($1) }' >> "$WORK/storm"
+    echo "$idle $busy" | awk 'function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; return v * 1000000 } { print us($2) / us($1) }' >> "$WORK/storm.ratios"
   done
-  echo "storm: proxied p99 during 50 concurrent password sign-ins / idle: $(median < "$WORK/storm")x (range $(range < "$WORK/storm"))"
+  echo "storm: proxied p99 during 50 concurrent password sign-ins / idle: $(median < "$WORK/storm.ratios")x (range $(range < "$WORK/storm.ratios"))"
   stop storm ;;
 esac

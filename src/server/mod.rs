@@ -7,7 +7,8 @@
 //! threads. (Measured on 2 cores, the work-stealing runtime spent over half its time in the kernel
 //! waking threads for those hand-offs, and served about 40% fewer requests per second.) Shared
 //! state (sessions, users) is lock-free or sharded, so workers do not contend; blocking work
-//! (password hashing, the store) goes to each runtime's blocking pool.
+//! (the store) goes to each runtime's blocking pool, password hashing to threads of its own at a
+//! lower priority (`domain::password`).
 
 mod capacity;
 pub mod compose;

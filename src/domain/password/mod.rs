@@ -48,8 +48,13 @@ impl PasswordProof {
     }
 }
 
+/// Work for a hashing thread.
+type HashJob = Box<dyn FnOnce() + Send>;
+
 pub struct PasswordChecker {
     slots: Arc<Semaphore>,
+    /// The hashing threads' queue (at most `hash_workers` jobs in it: one per slot).
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<HashJob>>,
     waiting: AtomicUsize,
     queue_limit: usize,
     /// Checked when the user does not exist, so an unknown name costs the same time as a wrong
@@ -60,8 +65,32 @@ pub struct PasswordChecker {
 impl PasswordChecker {
     pub fn new(hash_workers: usize, queue_limit: usize) -> Result<Self, HashError> {
         let decoy = crate::base::secret::random_bytes::<32>();
+        let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for index in 0..hash_workers.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("portcullis-hash-{index}"))
+                .spawn(move || {
+                    lower_this_threads_priority();
+                    loop {
+                        // The lock is held while waiting for a job, never while hashing.
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            // The checker is gone.
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| HashError::Internal(format!("cannot start a hashing thread: {e}")))?;
+        }
         Ok(Self {
             slots: Arc::new(Semaphore::new(hash_workers)),
+            jobs: std::sync::Mutex::new(jobs),
             waiting: AtomicUsize::new(0),
             queue_limit,
             decoy_hash: hash(&decoy)?,
@@ -98,12 +127,29 @@ impl PasswordChecker {
         let permit = self.slots.clone().acquire_owned().await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         let permit = permit.map_err(|e| HashError::Internal(e.to_string()))?;
-        tokio::task::spawn_blocking(move || {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: HashJob = Box::new(move || {
             let _permit = permit;
-            work()
-        })
-        .await
-        .map_err(|e| HashError::Internal(e.to_string()))?
+            let _ = done.send(work());
+        });
+        let sent = self.jobs.lock().map_err(|_| HashError::Internal("the hashing queue broke".into()))?.send(job);
+        sent.map_err(|_| HashError::Internal("the hashing threads are gone".into()))?;
+        result.await.map_err(|_| HashError::Internal("a hashing thread dropped its work".into()))?
+    }
+}
+
+/// Password hashing runs on its own threads at a lower priority (nice 10), so that on a busy
+/// machine the kernel runs the proxy's workers first: a storm of sign-ins slows other sign-ins,
+/// not the requests of people already signed in (bench/scale.sh `storm`). Linux keeps a nice
+/// value per thread; elsewhere this does nothing.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority only reads its arguments; gettid names this thread.
+    unsafe {
+        let thread = libc::gettid() as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, thread, 10) != 0 {
+            tracing::debug!("could not lower the hashing thread's priority");
+        }
     }
 }
 
