@@ -64,11 +64,6 @@ impl Capacity {
         Some(self.admitted(permit))
     }
 
-    #[cfg(test)]
-    async fn admit(self: &Arc<Self>) -> Option<Admitted> {
-        self.make_room().await
-    }
-
     fn admitted(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Admitted {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::new());
@@ -204,18 +199,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_connection_idle_longest_makes_room_and_busy_ones_never_do() {
         let capacity = Capacity::new(3);
-        let oldest = capacity.admit().await.unwrap();
+        let oldest = capacity.make_room().await.unwrap();
         tokio::time::advance(Duration::from_secs(5)).await;
-        let busy = capacity.admit().await.unwrap();
+        let busy = capacity.make_room().await.unwrap();
         let _request = busy.entry.activity().begin();
-        let recent = capacity.admit().await.unwrap();
+        let recent = capacity.make_room().await.unwrap();
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(capacity.open_count(), 3);
 
         // Full: the newcomer waits for the idlest to go, and only the idlest is asked.
         let waiting = tokio::spawn({
             let capacity = capacity.clone();
-            async move { capacity.admit().await }
+            async move { capacity.make_room().await }
         });
         tokio::time::timeout(Duration::from_millis(100), oldest.entry.activity().close_requested())
             .await
@@ -226,7 +221,7 @@ mod tests {
         let _newcomer = waiting.await.unwrap().expect("its place went to the newcomer");
 
         // The next newcomer displaces the recent idle one; with only busy connections left, none.
-        let next = capacity.admit();
+        let next = capacity.make_room();
         let (admitted, ()) = tokio::join!(next, async {
             recent.entry.activity().close_requested().await;
             drop(recent);
@@ -237,11 +232,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn with_every_connection_busy_a_newcomer_is_refused() {
         let capacity = Capacity::new(2);
-        let first = capacity.admit().await.unwrap();
-        let second = capacity.admit().await.unwrap();
+        let first = capacity.make_room().await.unwrap();
+        let second = capacity.make_room().await.unwrap();
         let _a = first.entry.activity().begin();
         let _b = second.entry.activity().begin();
-        assert!(capacity.admit().await.is_none());
+        assert!(capacity.make_room().await.is_none());
         assert_eq!(capacity.open_count(), 2);
     }
 }
