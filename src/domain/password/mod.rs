@@ -124,8 +124,11 @@ impl PasswordChecker {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(HashError::Busy);
         }
+        // Counted out when the wait ends however it ends: a client that leaves while waiting
+        // drops this future here, and a count kept would turn every later sign-in away as busy.
+        let in_line = InLine(&self.waiting);
         let permit = self.slots.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(in_line);
         let permit = permit.map_err(|e| HashError::Internal(e.to_string()))?;
         let (done, result) = tokio::sync::oneshot::channel();
         let job: HashJob = Box::new(move || {
@@ -138,10 +141,20 @@ impl PasswordChecker {
     }
 }
 
+/// One sign-in waiting for a hashing slot, for as long as it waits.
+struct InLine<'a>(&'a AtomicUsize);
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Password hashing runs on its own threads at a lower priority (nice 10), so that on a busy
 /// machine the kernel runs the proxy's workers first: a storm of sign-ins slows other sign-ins,
 /// not the requests of people already signed in (bench/scale.sh `storm`). Linux keeps a nice
-/// value per thread; elsewhere this does nothing.
+/// value per thread; elsewhere this does nothing. (`SCHED_BATCH` on top, which stops a hashing
+/// thread from preempting a worker when it wakes, measured no better.)
 fn lower_this_threads_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority only reads its arguments; gettid names this thread.
@@ -199,5 +212,24 @@ mod tests {
         assert!(matches!(turned_away, Err(HashError::Busy)));
         drop(held);
         assert!(waiting.await.unwrap().unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_abandoned_while_waiting_gives_its_place_in_line_back() {
+        let checker = PasswordChecker::new(1, 1).unwrap();
+        let held = checker.slots.clone().acquire_owned().await.unwrap();
+        // The only place in line taken, then the client goes away (its request future dropped).
+        let mut abandoned = Box::pin(checker.on_a_slot(|| Ok(())));
+        tokio::select! {
+            biased;
+            _ = &mut abandoned => panic!("no slot was free"),
+            _ = std::future::ready(()) => {}
+        }
+        assert_eq!(checker.waiting.load(Ordering::Acquire), 1);
+        drop(abandoned);
+        drop(held);
+        // Before, the count stayed taken, and every later sign-in was turned away as busy.
+        assert_eq!(checker.waiting.load(Ordering::Acquire), 0);
+        checker.on_a_slot(|| Ok(())).await.expect("the next sign-in gets the place");
     }
 }

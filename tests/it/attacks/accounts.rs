@@ -217,3 +217,51 @@ async fn a_first_setups_proof_never_outlives_the_half_logged_in_session_it_was_f
     assert_eq!(browser.navigate(&proxy.url("/")).await.status(), 303, "still half logged in: no factor proven");
     assert_eq!(upstream.count(), before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_ins_abandoned_while_waiting_never_turn_everyone_away() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[login]\nhash_workers = 1\nqueue_limit = 4").start();
+    let origin = proxy.origin();
+    // A crowd posts the password form at once and leaves without waiting for the answers (tabs
+    // closed, or someone who wants sign-ins to stop for everyone): once the line is full (the
+    // first browser turned away), everyone still waiting goes.
+    let (told, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    // (Names of their own: one account's sign-ins are limited to a few at once before the line.)
+    let crowd: Vec<_> = (0..12)
+        .map(|n| {
+            let (origin, told) = (origin.clone(), told.clone());
+            tokio::spawn(async move {
+                let name = format!("crowd{n}");
+                let status = Browser::new().submit_login_at(&origin, &name, "a password", "/").await.status();
+                let _ = told.send(status.as_u16());
+            })
+        })
+        .collect();
+    let turned_away = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(status) = answers.recv().await {
+            if status == 503 {
+                return;
+            }
+        }
+    });
+    turned_away.await.expect("with twelve at once, the line was full");
+    for browser in &crowd {
+        browser.abort();
+    }
+
+    // Their places in line are given back: the next sign-in gets through once the hashing in
+    // progress is done. (Before, each place stayed taken for good: four of them, and every
+    // sign-in after was answered "busy" until a restart.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = Browser::new().submit_login(&proxy, ALICE.name, ALICE.password, "/").await.status();
+        if status == 303 {
+            break;
+        }
+        assert_eq!(status, 503, "only busy for a moment");
+        assert!(std::time::Instant::now() < deadline, "sign-ins are still turned away as busy");
+        // As the page asks, a person tries again a moment later.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
