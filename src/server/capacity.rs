@@ -125,6 +125,9 @@ pub(super) struct Activity {
     /// Microseconds after `opened` when the last request in flight finished (fine enough to tell
     /// apart connections that finished one after the other).
     quiet_since_us: AtomicU64,
+    /// Bytes of an answer are still waiting for the client to read them: busy, though no
+    /// request is in flight any more (hyper holds the rest of the response).
+    write_blocked: AtomicBool,
     asked_to_close: AtomicBool,
     close: Notify,
 }
@@ -136,9 +139,15 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             served: AtomicUsize::new(0),
             quiet_since_us: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
             asked_to_close: AtomicBool::new(false),
             close: Notify::new(),
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Arc<Self> {
+        Arc::new(Self::new())
     }
 
     pub fn begin(self: &Arc<Self>) -> InFlight {
@@ -151,13 +160,24 @@ impl Activity {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Nothing in flight and nothing left to send.
+    pub fn is_quiet(&self) -> bool {
+        self.in_flight() == 0 && !self.write_blocked.load(Ordering::Acquire)
+    }
+
     pub fn served(&self) -> usize {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// How long the connection has had nothing in flight, or `None` while it has.
+    /// Whether a write to the client is waiting for it to read (set by the connection's I/O).
+    pub fn set_write_blocked(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Release);
+    }
+
+    /// How long the connection has had nothing in flight and nothing left to send, or `None`
+    /// while it has (a slow reader is cut off by `limits.send_timeout`, never as idle).
     pub fn idle_for(&self, now: Instant) -> Option<Duration> {
-        if self.in_flight() > 0 {
+        if self.in_flight() > 0 || self.write_blocked.load(Ordering::Acquire) {
             return None;
         }
         let quiet_since = self.opened + Duration::from_micros(self.quiet_since_us.load(Ordering::Acquire));

@@ -10,6 +10,7 @@
 //! (the store) goes to each runtime's blocking pool, password hashing to threads of its own at a
 //! lower priority (`domain::password`).
 
+mod accept;
 mod capacity;
 pub mod compose;
 mod connection;
@@ -41,7 +42,7 @@ use crate::store::StoreError;
 use crate::web::forward::{Forwarder, ProxySetupError};
 use crate::web::pending::Pending;
 use crate::web::pending_sign_ins::PerBrowser;
-use crate::web::state::{App, Connection};
+use crate::web::state::App;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -100,8 +101,6 @@ const CONFIG_POLL: Duration = Duration::from_secs(1);
 const USERS_POLL: Duration = Duration::from_secs(1);
 /// How often expired sessions are dropped and activity is persisted.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// A client has this long to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A bound, ready server. [`Server::serve`] runs it until shutdown.
 pub struct Server {
@@ -324,7 +323,7 @@ async fn worker(
         match TcpListener::from_std(socket) {
             Ok(listener) => {
                 let (app, tls, forwarder, stop) = (app.clone(), tls.clone(), forwarder.clone(), stop.clone());
-                loops.push(tokio::spawn(accept_loop(listener, app, tls, forwarder, connections.clone(), stop)));
+                loops.push(tokio::spawn(accept::accept_loop(listener, app, tls, forwarder, connections.clone(), stop)));
             }
             Err(e) => tracing::error!("a worker could not use a listening socket: {e}"),
         }
@@ -503,79 +502,6 @@ fn sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
-}
-
-/// Accepts connections until told to stop, then gives the open ones `shutdown_grace` to finish.
-async fn accept_loop(
-    listener: TcpListener,
-    app: Arc<App>,
-    tls: Option<TlsAcceptor>,
-    forwarder: Arc<Forwarder>,
-    connections: Arc<Capacity>,
-    mut stop: watch::Receiver<bool>,
-) {
-    // Every connection task holds a sender; when all are dropped, every connection has ended.
-    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.changed() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Usually EMFILE: back off briefly instead of spinning.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let free = connections.try_admit();
-        let (app, tls, forwarder, stop, open, connections) =
-            (app.clone(), tls.clone(), forwarder.clone(), stop.clone(), open_tx.clone(), connections.clone());
-        tokio::spawn(async move {
-            let _open = open;
-            let admitted = match free {
-                Some(admitted) => admitted,
-                None => match connections.make_room().await {
-                    Some(admitted) => admitted,
-                    // Every connection is busy: a short, honest answer and a closed
-                    // connection, never a crash.
-                    None => return connection::refuse_busy(stream).await,
-                },
-            };
-            match tls {
-                None => {
-                    let conn = Connection { peer, tls: false };
-                    connection::serve(stream, conn, app, forwarder, admitted, stop).await
-                }
-                Some(acceptor) => {
-                    // A socket that has not finished its handshake is as idle as any: it gives
-                    // its place to a newcomer at once, not when the handshake times out.
-                    let activity = admitted.entry.activity().clone();
-                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                    tokio::select! {
-                        done = handshake => match done {
-                            Ok(Ok(stream)) => {
-                                let conn = Connection { peer, tls: true };
-                                connection::serve(stream, conn, app, forwarder, admitted, stop).await
-                            }
-                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        },
-                        _ = activity.close_requested() => tracing::debug!(%peer, "TLS handshake abandoned to make room"),
-                    }
-                }
-            }
-        });
-    }
-    drop(listener);
-    drop(open_tx);
-    let grace = app.config().proxy.shutdown_grace;
-    if tokio::time::timeout(grace, open_rx.recv()).await.is_err() {
-        tracing::warn!("some connections were still busy after {grace:?} and were closed");
-    }
 }
 
 /// Completes on Ctrl-C or SIGTERM: what `serve` waits for to shut down gracefully.

@@ -5,7 +5,7 @@ use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
-use crate::harness::{ALICE, Browser, peak_rss_kib, proxy};
+use crate::harness::{ALICE, Browser, SelfSigned, peak_rss_kib, proxy};
 use crate::upstream::{Upstream, pattern_byte};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -193,18 +193,11 @@ async fn http2_clients_are_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_listener_negotiates_h2_and_sets_host_prefixed_secure_cookies() {
     let upstream = Upstream::start().await;
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    let proxy = proxy(&upstream.url())
-        .https()
-        .toml(&format!("[tls]\ncert = \"{}\"\nkey = \"{}\"", cert.display(), key.display()))
-        .start();
+    let certificate = SelfSigned::new();
+    let proxy = proxy(&upstream.url()).https().toml(&certificate.toml()).start();
     let base = format!("https://{}", proxy.addr);
     let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(certificate.pem().as_bytes()).unwrap())
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -545,6 +545,48 @@ pub fn form_field(html: &str, name: &str) -> Option<String> {
     Some(html[start..end].to_string())
 }
 
+/// A self-signed certificate for 127.0.0.1, as the PEM files a `[tls]` section names, and
+/// clients that trust it.
+pub struct SelfSigned {
+    certified: rcgen::CertifiedKey<rcgen::KeyPair>,
+    cert: PathBuf,
+    key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SelfSigned {
+    pub fn new() -> Self {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        Self { certified, cert, key, _dir: dir }
+    }
+
+    /// The `[tls]` section for proxy.toml.
+    pub fn toml(&self) -> String {
+        format!("[tls]\ncert = \"{}\"\nkey = \"{}\"", self.cert.display(), self.key.display())
+    }
+
+    pub fn pem(&self) -> String {
+        self.certified.cert.pem()
+    }
+
+    /// A TLS client offering `alpn` (ALPN protocol names) that trusts only this certificate.
+    pub fn connector(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.certified.cert.der().clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(portcullis::base::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|name| name.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
 /// Peak resident memory of a process, from /proc (Linux).
 pub fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

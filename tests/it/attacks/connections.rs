@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::{raw, status_of};
-use crate::harness::{ALICE, Browser, Proxy, proxy};
+use crate::harness::{ALICE, Browser, Proxy, SelfSigned, proxy};
 use crate::upstream::Upstream;
 
 /// Generous against a 1 s limit, tight against "never".
@@ -123,28 +123,12 @@ async fn connections_with_nothing_in_flight_are_closed_whatever_their_protocol()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_quiet_tls_session_is_closed_too() {
     let upstream = Upstream::start().await;
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let certificate = SelfSigned::new();
     let proxy = proxy(&upstream.url())
         .https()
-        .toml(&format!(
-            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[limits]\nheader_read_timeout = \"1s\"",
-            cert.display(),
-            key.display()
-        ))
+        .toml(&format!("{}\n[limits]\nheader_read_timeout = \"1s\"", certificate.toml()))
         .start();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certified.cert.der().clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(portcullis::base::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = certificate.connector(&[b"h2"]);
     let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut tls = connector.connect(name, tcp).await.expect("the handshake completes");

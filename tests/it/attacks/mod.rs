@@ -8,6 +8,7 @@
 
 mod accounts;
 mod connections;
+mod keep_alive;
 mod origin;
 mod requests;
 mod tunnels;

@@ -1,0 +1,105 @@
+//! Accepting connections: one accept loop per listening socket on each worker, the place each
+//! connection takes in `limits.max_connections`, and the TLS handshake before it is served.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::server::capacity::{Admitted, Capacity};
+use crate::server::connection;
+use crate::web::forward::Forwarder;
+use crate::web::state::{App, Connection};
+
+/// A client has this long to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until told to stop, then gives the open ones `shutdown_grace` to finish.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    tls: Option<TlsAcceptor>,
+    forwarder: Arc<Forwarder>,
+    connections: Arc<Capacity>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Every connection task holds a sender; when all are dropped, every connection has ended.
+    let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Usually EMFILE: back off briefly instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let free = connections.try_admit();
+        let (app, tls, forwarder, stop, open, connections) =
+            (app.clone(), tls.clone(), forwarder.clone(), stop.clone(), open_tx.clone(), connections.clone());
+        tokio::spawn(async move {
+            let _open = open;
+            let admitted = match free {
+                Some(admitted) => admitted,
+                None => match connections.make_room().await {
+                    Some(admitted) => admitted,
+                    // Every connection is busy: a short, honest answer and a closed
+                    // connection, never a crash.
+                    None => return connection::refuse_busy(stream).await,
+                },
+            };
+            match tls {
+                None => {
+                    let conn = Connection { peer, tls: false };
+                    // Boxed, here and below: the task is sized for its largest branch, and a TLS
+                    // session (rustls' state, about 8 KiB) would make every connection's task that
+                    // large.
+                    Box::pin(connection::serve(stream, conn, app, forwarder, admitted, stop)).await
+                }
+                Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, app, forwarder, admitted, stop)).await,
+            }
+        });
+    }
+    drop(listener);
+    drop(open_tx);
+    let grace = app.config().proxy.shutdown_grace;
+    if tokio::time::timeout(grace, open_rx.recv()).await.is_err() {
+        tracing::warn!("some connections were still busy after {grace:?} and were closed");
+    }
+}
+
+/// A TLS connection: its handshake, then served.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: Arc<App>,
+    forwarder: Arc<Forwarder>,
+    admitted: Admitted,
+    stop: watch::Receiver<bool>,
+) {
+    // A socket that has not finished its handshake is as idle as any: it gives its place to a
+    // newcomer at once, not when the handshake times out.
+    let activity = admitted.entry.activity().clone();
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => {
+                let conn = Connection { peer, tls: true };
+                connection::serve(stream, conn, app, forwarder, admitted, stop).await
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+        _ = activity.close_requested() => tracing::debug!(%peer, "TLS handshake abandoned to make room"),
+    }
+}

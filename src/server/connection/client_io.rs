@@ -1,0 +1,229 @@
+//! The client's socket as hyper sees it: writes that must make progress, bytes read before hyper
+//! took the connection (to tell HTTP/1.1 from HTTP/2, or to wake a parked connection), and a
+//! shutdown that can be held back while a connection is parked.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::server::capacity::Activity;
+
+/// How many bytes a connection reads on its own when it wakes: enough to tell the HTTP/2
+/// connection preface (RFC 9113 §3.4, 24 bytes) from an HTTP/1.1 request line.
+pub(super) const PEEK: usize = 24;
+
+/// What the connection's driver and its request handler share about the socket while hyper
+/// holds it.
+#[derive(Default)]
+pub(super) struct Transport {
+    /// Parking: hyper's shutdown of the socket is not passed on, the connection stays open.
+    hold_open: AtomicBool,
+    /// A request with a body, or one asking to upgrade, arrived since hyper took the socket:
+    /// hyper may still be reading (or have given up on) bytes that belong to it, so the socket
+    /// must never be taken back from hyper, only closed by it.
+    unparkable: AtomicBool,
+}
+
+impl Transport {
+    pub fn hold_open(&self, hold: bool) {
+        self.hold_open.store(hold, Ordering::Release);
+    }
+
+    pub fn forbid_parking(&self) {
+        self.unparkable.store(true, Ordering::Release);
+    }
+
+    /// For a fresh hyper connection on the socket.
+    pub fn allow_parking(&self) {
+        self.unparkable.store(false, Ordering::Release);
+    }
+
+    pub fn may_park(&self) -> bool {
+        !self.unparkable.load(Ordering::Acquire)
+    }
+}
+
+/// A client connection: writes that make no progress for `send_timeout` fail (a client that
+/// stops reading cannot hold a connection forever), and bytes read ahead are read again first.
+pub(super) struct ClientIo<I> {
+    io: I,
+    unread: Bytes,
+    send_timeout: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+    transport: Arc<Transport>,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> ClientIo<I> {
+    pub fn new(io: I, send_timeout: Duration, transport: Arc<Transport>, activity: Arc<Activity>) -> Self {
+        Self { io, unread: Bytes::new(), send_timeout, stalled: None, transport, activity }
+    }
+
+    /// Bytes read but not yet handed on.
+    pub fn unread(&self) -> &[u8] {
+        &self.unread
+    }
+
+    /// Puts bytes back to be read first (what hyper had read past the last request). They are
+    /// copied: `bytes` is a view into hyper's whole read buffer, which would otherwise stay.
+    pub fn put_back(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty());
+        self.unread = if bytes.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&bytes) };
+    }
+
+    /// Waits for the client's next bytes (at most [`PEEK`]) and keeps them to be read first.
+    /// Nothing is allocated while waiting. `Ok(0)` when the client has closed.
+    pub async fn read_ahead(&mut self) -> io::Result<usize> {
+        let mut ahead = [0u8; PEEK];
+        let room = PEEK.saturating_sub(self.unread.len()).max(1);
+        let n = self.io.read(&mut ahead[..room]).await?;
+        if n > 0 {
+            let mut joined = BytesMut::with_capacity(self.unread.len() + n);
+            joined.extend_from_slice(&self.unread);
+            joined.extend_from_slice(&ahead[..n]);
+            self.unread = joined.freeze();
+        }
+        Ok(n)
+    }
+
+    /// The outcome of a write attempt: progress clears the clock; being blocked starts it, and
+    /// being blocked past the limit is an error.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, attempt: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match attempt {
+            Poll::Ready(outcome) => {
+                if self.stalled.take().is_some() {
+                    self.activity.set_write_blocked(false);
+                }
+                Poll::Ready(outcome)
+            }
+            Poll::Pending => {
+                let limit = self.send_timeout;
+                let activity = &self.activity;
+                let stalled = self.stalled.get_or_insert_with(|| {
+                    activity.set_write_blocked(true);
+                    Box::pin(tokio::time::sleep(limit))
+                });
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client stopped reading: nothing could be written for limits.send_timeout",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let attempt = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, attempt)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let attempt = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, attempt)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let attempt = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, attempt)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.transport.hold_open.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
+        let attempt = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, attempt)
+    }
+}
+
+/// Whether a connection ended because [`ClientIo`] gave up on a client that stopped reading.
+pub(super) fn stalled_writing(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(error) = current {
+        if error.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::TimedOut) {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn bytes_read_ahead_are_read_again_first_then_the_socket() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut io = ClientIo::new(server, Duration::from_secs(1), Arc::default(), Activity::for_tests());
+        let mut client = client;
+        client.write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n").await.unwrap();
+        assert_eq!(io.read_ahead().await.unwrap(), PEEK);
+        assert_eq!(io.unread(), b"GET / HTTP/1.1\r\nHost: ex");
+        let mut all = vec![0u8; 33];
+        io.read_exact(&mut all).await.unwrap();
+        assert_eq!(&all, b"GET / HTTP/1.1\r\nHost: example\r\n\r\n");
+        assert!(io.unread().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_held_open_connection_is_not_shut_down() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let transport = Arc::new(Transport::default());
+        let mut io = ClientIo::new(server, Duration::from_secs(1), transport.clone(), Activity::for_tests());
+        transport.hold_open(true);
+        io.shutdown().await.unwrap();
+        io.write_all(b"still open").await.unwrap();
+        let mut got = [0u8; 10];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"still open");
+        transport.hold_open(false);
+        io.shutdown().await.unwrap();
+        assert_eq!(client.read(&mut got).await.unwrap(), 0, "closed for real");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_never_reads_fails_after_the_limit_and_is_seen_as_busy() {
+        let (_client, server) = tokio::io::duplex(8);
+        let activity = Activity::for_tests();
+        let mut io = ClientIo::new(server, Duration::from_secs(3), Arc::default(), activity.clone());
+        let write = io.write_all(&[0u8; 64]);
+        let error = write.await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(!activity.is_quiet(), "the bytes still waiting make the connection busy");
+        assert_eq!(activity.idle_for(tokio::time::Instant::now()), None, "never closed as idle");
+    }
+}
