@@ -180,8 +180,9 @@ wrk -t1 -c8 -d2s "http://127.0.0.1:$NGINX_PORT/" >/dev/null
 # cancels out. The median of the ratios is the result; the range shows how much to trust it.
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 range() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2f", lo, hi }'; }
-for pass in "16 1" "64 1" "1 1"; do
-  set -- $pass
+# PASSES: connections:wrk-threads to measure, e.g. PASSES="16:1" (empty: only the 1 MiB pass).
+for pass in ${PASSES-16:1 64:1 1:1}; do
+  set -- ${pass/:/ }
   echo "measuring $1 connection(s): $REPS paired repetitions of $DURATION..." >&2
   : > "$WORK/rows"
   for rep in $(seq 1 "$REPS"); do
