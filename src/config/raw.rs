@@ -125,6 +125,7 @@ pub struct RawMetrics {
 #[derive(Debug, Default, Deserialize)]
 pub struct RawLimits {
     pub max_connections: Option<i64>,
+    pub max_connections_per_address: Option<i64>,
     pub max_header_bytes: Option<i64>,
     pub header_read_timeout: Option<String>,
     pub send_timeout: Option<String>,

@@ -93,6 +93,9 @@ pub struct Limits {
     /// Client connections open at once. Past it the connection idle longest gives way to the
     /// newcomer (`server/capacity.rs`); with every connection busy, the newcomer gets a 503.
     pub max_connections: usize,
+    /// Of those, the most one client address (an IPv6 /64) may hold; `trusted_proxies` are
+    /// exempt, since every client behind them shares their address.
+    pub max_connections_per_address: usize,
     /// The largest request head (request line and headers) accepted; larger ones get 431.
     pub max_header_bytes: usize,
     /// Time a client has to send a complete request head (slowloris), and the longest a

@@ -43,17 +43,18 @@ pub(super) async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let free = connections.try_admit();
+        let free = connections.try_admit(peer.ip());
         let (app, tls, forwarder, stop, open, connections) =
             (app.clone(), tls.clone(), forwarder.clone(), stop.clone(), open_tx.clone(), connections.clone());
         tokio::spawn(async move {
             let _open = open;
             let admitted = match free {
                 Some(admitted) => admitted,
-                None => match connections.make_room().await {
+                None => match connections.make_room(peer.ip()).await {
                     Some(admitted) => admitted,
-                    // Every connection is busy: a short, honest answer and a closed
-                    // connection, never a crash.
+                    // Every connection that could give way is busy (all of them, or all of
+                    // this address's share): a short, honest answer and a closed connection,
+                    // never a crash.
                     None => return connection::refuse_busy(stream).await,
                 },
             };

@@ -8,10 +8,18 @@
 //! with idle connections cannot keep anyone else out; it only cycles its own connections. An idle
 //! HTTP/1.1 connection may be closed at any time (RFC 9112 §9.5), and clients retry on another.
 //!
+//! One address may hold at most `limits.max_connections_per_address` of the places (an IPv6 /64
+//! counts as one address: whoever has one address in it has them all). At its share, a
+//! newcomer from that address takes the place of that address's own idlest connection, or gets the
+//! 503 when all of them are busy: one client's slow or unfinished requests (login posts dribbled
+//! within their time limit, again and again) cannot take the whole budget. `trusted_proxies` are
+//! exempt: every client behind a front proxy shares its address, and it does its own limiting.
+//!
 //! The bookkeeping is per connection (atomics in its [`Activity`]) and a sharded map touched when
 //! a connection opens or closes; a request never takes a lock here. Only a newcomer that finds the
 //! budget spent looks through the open connections.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,62 +33,175 @@ const MAKE_ROOM_WITHIN: Duration = Duration::from_secs(1);
 
 pub(super) struct Capacity {
     permits: Arc<Semaphore>,
-    open: DashMap<u64, Arc<Activity>>,
+    open: DashMap<u64, (Option<Address>, Arc<Activity>)>,
     next_id: AtomicU64,
+    /// Places held per address (exempt addresses are not counted).
+    per_address: DashMap<Address, usize>,
+    per_address_limit: usize,
+    exempt: Vec<ipnet::IpNet>,
+    /// Told whenever an address gives a place in its share back.
+    address_freed: Notify,
+}
+
+/// A client address as limits count it: IPv4 whole, IPv6 by its /64 (RFC 4291 §2.5.4: the
+/// interface identifier is the holder's to choose), an IPv4-mapped IPv6 address as the IPv4 one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Address(IpAddr);
+
+impl Address {
+    fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                Self(IpAddr::V6(prefix.into()))
+            }
+            v4 => Self(v4),
+        }
+    }
 }
 
 /// What a newcomer gets: its place in the budget (held for as long as the connection, or a tunnel
 /// it becomes, is open) and its entry among the connections that may be asked to make room.
 pub(super) struct Admitted {
-    pub permit: OwnedSemaphorePermit,
+    pub permit: Place,
     pub entry: Entry,
 }
 
+/// A connection's place: in the budget, and in its address's share of it.
+pub(super) struct Place {
+    _permit: OwnedSemaphorePermit,
+    address: Option<Address>,
+    capacity: Arc<Capacity>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.capacity.unclaim(self.address);
+    }
+}
+
 impl Capacity {
-    pub fn new(max_connections: usize) -> Arc<Self> {
+    pub fn new(max_connections: usize, per_address_limit: usize, exempt: Vec<ipnet::IpNet>) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(max_connections)),
             open: DashMap::new(),
             next_id: AtomicU64::new(0),
+            per_address: DashMap::new(),
+            per_address_limit,
+            exempt,
+            address_freed: Notify::new(),
         })
     }
 
-    /// A free place for a new connection, if there is one.
-    pub fn try_admit(self: &Arc<Self>) -> Option<Admitted> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        Some(self.admitted(permit))
+    /// A free place for a new connection from `peer`, if there is one and its address has not
+    /// used up its share.
+    pub fn try_admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
+        let address = self.claim_within_share(peer)?;
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(self.admitted(permit, address)),
+            Err(_) => {
+                self.unclaim(address);
+                None
+            }
+        }
     }
 
-    /// With no place free: the place of the connection idle longest, asked to close for it.
-    /// `None` at once when every connection is busy, so newcomers wait only for connections
-    /// that are going.
-    pub async fn make_room(self: &Arc<Self>) -> Option<Admitted> {
-        if let Some(admitted) = self.try_admit() {
+    /// With no place free (or `peer`'s share used up): the place of the connection idle longest
+    /// (of `peer`'s own, at its share), asked to close for it. `None` at once when every
+    /// connection that could give way is busy, so newcomers wait only for connections that are
+    /// going.
+    pub async fn make_room(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
+        if let Some(admitted) = self.try_admit(peer) {
             return Some(admitted);
         }
-        self.displace_the_idlest()?;
-        // Its place comes back when it has closed (another newcomer may be quicker).
-        let permit = tokio::time::timeout(MAKE_ROOM_WITHIN, self.permits.clone().acquire_owned()).await.ok()?.ok()?;
-        Some(self.admitted(permit))
+        let (address, displaced) = match self.claim_within_share(peer) {
+            Some(address) => (address, false),
+            None => {
+                if self.displace_the_idlest(Some(Address::of(peer))).is_none() {
+                    tracing::debug!(%peer, "every connection of an address at limits.max_connections_per_address is busy");
+                    return None;
+                }
+                // Its place in the share comes back when it has closed. (One asked just as its
+                // request came in finishes that first, and the newcomer is refused.)
+                let claimed = tokio::time::timeout(MAKE_ROOM_WITHIN, async {
+                    loop {
+                        let freed = self.address_freed.notified();
+                        let mut freed = std::pin::pin!(freed);
+                        freed.as_mut().enable();
+                        if let Some(address) = self.claim_within_share(peer) {
+                            return address;
+                        }
+                        freed.await;
+                    }
+                })
+                .await
+                .ok()?;
+                (claimed, true)
+            }
+        };
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            // Its place comes back when it has closed (another newcomer may be quicker).
+            Err(_) if displaced || self.displace_the_idlest(None).is_some() => {
+                tokio::time::timeout(MAKE_ROOM_WITHIN, self.permits.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        match permit {
+            Some(permit) => Some(self.admitted(permit, address)),
+            None => {
+                self.unclaim(address);
+                None
+            }
+        }
     }
 
-    fn admitted(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Admitted {
+    /// A place in `peer`'s share (`Some(None)` for an exempt address), or `None` when the share
+    /// is used up.
+    fn claim_within_share(&self, peer: IpAddr) -> Option<Option<Address>> {
+        if self.exempt.iter().any(|net| net.contains(&peer.to_canonical())) {
+            return Some(None);
+        }
+        let address = Address::of(peer);
+        let mut held = self.per_address.entry(address).or_insert(0);
+        if *held >= self.per_address_limit {
+            return None;
+        }
+        *held += 1;
+        Some(Some(address))
+    }
+
+    fn unclaim(&self, address: Option<Address>) {
+        if let Some(address) = address {
+            self.per_address.alter(&address, |_, held| held.saturating_sub(1));
+            self.per_address.remove_if(&address, |_, held| *held == 0);
+            self.address_freed.notify_waiters();
+        }
+    }
+
+    fn admitted(self: &Arc<Self>, permit: OwnedSemaphorePermit, address: Option<Address>) -> Admitted {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::new());
-        self.open.insert(id, activity.clone());
-        Admitted { permit, entry: Entry { id, activity, capacity: self.clone() } }
+        self.open.insert(id, (address, activity.clone()));
+        let place = Place { _permit: permit, address, capacity: self.clone() };
+        Admitted { permit: place, entry: Entry { id, activity, capacity: self.clone() } }
     }
 
-    /// Asks the connection idle longest, and not yet asked, to close. `None` if none is idle.
-    fn displace_the_idlest(&self) -> Option<()> {
+    /// Asks the connection idle longest (of `address`, or of all), and not yet asked, to close.
+    /// `None` if none is idle.
+    fn displace_the_idlest(&self, address: Option<Address>) -> Option<()> {
         let now = Instant::now();
         // A few tries: another newcomer may claim the same connection between the look and the ask.
         for _ in 0..4 {
             let idlest = self
                 .open
                 .iter()
-                .filter(|entry| !entry.asked_to_close.load(Ordering::Acquire))
-                .filter_map(|entry| entry.idle_for(now).map(|idle| (idle, entry.value().clone())))
+                .filter(|entry| address.is_none() || entry.0 == address)
+                .filter(|entry| !entry.1.asked_to_close.load(Ordering::Acquire))
+                .filter_map(|entry| entry.1.idle_for(now).map(|idle| (idle, entry.1.clone())))
                 .max_by_key(|(idle, _)| *idle)?;
             if idlest.1.ask_to_close() {
                 return Some(());
@@ -216,21 +337,23 @@ impl Drop for InFlight {
 mod tests {
     use super::*;
 
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
     #[tokio::test(start_paused = true)]
     async fn the_connection_idle_longest_makes_room_and_busy_ones_never_do() {
-        let capacity = Capacity::new(3);
-        let oldest = capacity.make_room().await.unwrap();
+        let capacity = Capacity::new(3, 3, vec![]);
+        let oldest = capacity.make_room(CLIENT).await.unwrap();
         tokio::time::advance(Duration::from_secs(5)).await;
-        let busy = capacity.make_room().await.unwrap();
+        let busy = capacity.make_room(CLIENT).await.unwrap();
         let _request = busy.entry.activity().begin();
-        let recent = capacity.make_room().await.unwrap();
+        let recent = capacity.make_room(CLIENT).await.unwrap();
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(capacity.open_count(), 3);
 
         // Full: the newcomer waits for the idlest to go, and only the idlest is asked.
         let waiting = tokio::spawn({
             let capacity = capacity.clone();
-            async move { capacity.make_room().await }
+            async move { capacity.make_room(CLIENT).await }
         });
         tokio::time::timeout(Duration::from_millis(100), oldest.entry.activity().close_requested())
             .await
@@ -241,7 +364,7 @@ mod tests {
         let _newcomer = waiting.await.unwrap().expect("its place went to the newcomer");
 
         // The next newcomer displaces the recent idle one; with only busy connections left, none.
-        let next = capacity.make_room();
+        let next = capacity.make_room(CLIENT);
         let (admitted, ()) = tokio::join!(next, async {
             recent.entry.activity().close_requested().await;
             drop(recent);
@@ -251,12 +374,48 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn with_every_connection_busy_a_newcomer_is_refused() {
-        let capacity = Capacity::new(2);
-        let first = capacity.make_room().await.unwrap();
-        let second = capacity.make_room().await.unwrap();
+        let capacity = Capacity::new(2, 2, vec![]);
+        let first = capacity.make_room(CLIENT).await.unwrap();
+        let second = capacity.make_room(CLIENT).await.unwrap();
         let _a = first.entry.activity().begin();
         let _b = second.entry.activity().begin();
-        assert!(capacity.make_room().await.is_none());
+        assert!(capacity.make_room(CLIENT).await.is_none());
         assert_eq!(capacity.open_count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_address_holds_only_its_share_and_cycles_its_own_idle_connections() {
+        let capacity = Capacity::new(10, 2, vec!["10.0.0.0/8".parse().unwrap()]);
+        let first = capacity.make_room(CLIENT).await.unwrap();
+        let first_busy = first.entry.activity().begin();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let second = capacity.make_room(CLIENT).await.unwrap();
+        let second_busy = second.entry.activity().begin();
+        // Both busy: the third from the same address is refused, though the budget has room.
+        assert!(capacity.try_admit(CLIENT).is_none());
+        assert!(capacity.make_room(CLIENT).await.is_none());
+        // Another address, and an exempt front proxy, are not held back by it.
+        let elsewhere: IpAddr = "198.51.100.7".parse().unwrap();
+        let other = capacity.try_admit(elsewhere).unwrap();
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let _behind_the_proxy: Vec<_> = (0..5).map(|_| capacity.try_admit(proxy).unwrap()).collect();
+        // An IPv6 client is one address across its /64.
+        let six = |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last));
+        let _v6 = (capacity.try_admit(six(1)).unwrap(), capacity.try_admit(six(2)).unwrap());
+        assert!(capacity.try_admit(six(3)).is_none());
+        assert!(capacity.make_room(six(3)).await.is_none());
+
+        // With one of its own idle, the address's newcomer takes that one's place.
+        drop(second_busy);
+        // The budget is spent too (10 places held): the newcomer waits for that one to go.
+        let (newcomer, ()) = tokio::join!(capacity.make_room(CLIENT), async {
+            second.entry.activity().close_requested().await;
+            drop(second);
+        });
+        assert!(newcomer.is_some(), "its own idle connection gave way");
+        assert!(!first.entry.activity().asked_to_close.load(Ordering::Acquire), "never its busy one");
+        assert!(!other.entry.activity().asked_to_close.load(Ordering::Acquire), "nor another address's");
+        drop((newcomer, first_busy, first));
+        assert!(!capacity.per_address.contains_key(&Address::of(CLIENT)), "counts go when the places do");
     }
 }

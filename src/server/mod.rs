@@ -238,7 +238,12 @@ impl Server {
         let manager = Arc::new(ServiceManager::from_env());
         let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect::<Vec<_>>();
         // One budget of connections for all workers.
-        let connections = Capacity::new(app.config().limits.max_connections);
+        let limits = &app.config().limits;
+        let connections = Capacity::new(
+            limits.max_connections,
+            limits.max_connections_per_address,
+            app.config().trusted_proxies.clone(),
+        );
         let mut background = vec![app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
         background.push(tokio::spawn(clock_check(app.clone())));
         background.push(tokio::spawn(config_watcher(app.clone(), hangup, manager.clone())));

@@ -219,8 +219,18 @@ impl Validator {
             window: self.duration("regulation.window", &raw.regulation.window, "5m", minute, minute * 60 * 24),
             ban: self.duration("regulation.ban", &raw.regulation.ban, "15m", minute, minute * 60 * 24),
         };
+        let max_connections = self.count("limits.max_connections", raw.limits.max_connections, 10_000, 1_000_000);
+        // An eighth of the budget by default: one address cannot fill it, and an office or a VPN
+        // behind one address still has room for a browser's six connections per person.
+        let max_connections_per_address = self.count(
+            "limits.max_connections_per_address",
+            raw.limits.max_connections_per_address,
+            (max_connections / 8).clamp(32.min(max_connections), max_connections),
+            max_connections,
+        );
         let limits = Limits {
-            max_connections: self.count("limits.max_connections", raw.limits.max_connections, 10_000, 1_000_000),
+            max_connections,
+            max_connections_per_address,
             max_header_bytes: self
                 .count("limits.max_header_bytes", raw.limits.max_header_bytes, 64 * 1024, 1024 * 1024)
                 .max(8192),

@@ -32,6 +32,17 @@ fn minimal_config_gets_safe_defaults() {
 }
 
 #[test]
+fn one_address_gets_an_eighth_of_the_connections_unless_told_and_never_more_than_all() {
+    assert_eq!(parse_ok(MINIMAL).limits.max_connections_per_address, 1250);
+    let small = parse_ok(&format!("{MINIMAL}\n[limits]\nmax_connections = 100"));
+    assert_eq!(small.limits.max_connections_per_address, 32, "room for an office behind one address");
+    let tiny = parse_ok(&format!("{MINIMAL}\n[limits]\nmax_connections = 3"));
+    assert_eq!(tiny.limits.max_connections_per_address, 3);
+    let found = problems(&format!("{MINIMAL}\n[limits]\nmax_connections = 100\nmax_connections_per_address = 101"));
+    assert!(has(&found, "limits.max_connections_per_address", "from 1 to 100"), "{found:?}");
+}
+
+#[test]
 fn plain_http_public_url_drops_the_host_prefix() {
     let c = parse_ok(&MINIMAL.replace("https://app", "http://app"));
     assert_eq!(c.session.cookie_name, "portcullis");

@@ -179,12 +179,16 @@ impl Watch {
         }
         loop {
             tokio::select! {
-                read = io.read_ahead() => return matches!(read, Ok(n) if n > 0),
+                // A connection asked to make room goes, even if its next request has just come:
+                // the newcomer was promised its place (an idle HTTP/1.1 connection may be closed
+                // at any time, RFC 9112 §9.6, and clients send again on a new one).
+                biased;
                 _ = self.stop.changed() => return false,
                 _ = self.activity.close_requested() => {
                     tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed to make room");
                     return false;
                 }
+                read = io.read_ahead() => return matches!(read, Ok(n) if n > 0),
                 _ = self.check.as_mut() => {
                     let now = Instant::now();
                     match self.activity.idle_for(now) {

@@ -239,3 +239,55 @@ async fn open_websockets_count_against_the_connection_cap() {
         assert!(Instant::now() < deadline, "the closed tunnel's place never came back ({status})");
     }
 }
+
+/// A connection from `from` (any of 127.0.0.0/8 reaches the proxy on loopback) that starts a
+/// sign-in and never finishes its body: busy, not idle, until the form's time limit (5 s).
+async fn unfinished_sign_in_from(proxy: &Proxy, from: std::net::IpAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+    let mut stream = socket.connect(proxy.addr).await.unwrap();
+    // A refused connection may already be closed: the write failing is part of the answer.
+    let head = format!(
+        "POST /.portcullis/login HTTP/1.1\r\nHost: {}\r\nOrigin: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 200\r\n\r\nusername=al",
+        proxy.addr,
+        proxy.origin()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_cannot_fill_the_cap_with_unfinished_sign_ins() {
+    use tokio::io::AsyncReadExt;
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nmax_connections = 8\nmax_connections_per_address = 3").start();
+    // Before, eight of these (each busy, so none gave way) kept everyone else out.
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(unfinished_sign_in_from(&proxy, attacker).await);
+    }
+    // Someone else signs in meanwhile, well within the 5 s the unfinished ones have.
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let page = browser.navigate(&proxy.url("/")).await;
+    assert_eq!(page.status(), 200, "signed in while one address held its share");
+
+    // Each of the attacker's connections ends: those that held a place with a 408 once the
+    // form's time ran out; the others with the 503 they got at once, or closed unanswered when a
+    // newer one of its own took their place before they had said anything.
+    let mut answers = Vec::new();
+    for mut stream in held {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(CUT_OFF_WITHIN, stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "every connection ended");
+        answers.push(String::from_utf8_lossy(&answer).chars().take(12).collect::<String>());
+    }
+    let held_places = answers.iter().filter(|a| a.as_str() == "HTTP/1.1 408").count();
+    assert!((1..=3).contains(&held_places), "its share, and no more, held places: {answers:?}");
+    assert!(
+        answers.iter().all(|a| ["HTTP/1.1 408", "HTTP/1.1 503", ""].contains(&a.as_str())),
+        "the rest were refused or gave way: {answers:?}"
+    );
+}
