@@ -20,12 +20,16 @@ pub struct BodyIdle(pub Duration);
 pub struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// When data last came (or the body began).
+    last_data: tokio::time::Instant,
+    /// Made the first time the body has to wait: most forwarded requests (a GET) have no body and
+    /// are never polled, and need no timer.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
-        Self { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
+        Self { inner, idle, last_data: tokio::time::Instant::now(), deadline: None }
     }
 }
 
@@ -40,14 +44,21 @@ where
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + self.idle;
-                self.deadline.as_mut().reset(next);
+                self.last_data = tokio::time::Instant::now();
+                let next = self.last_data + self.idle;
+                if let Some(deadline) = self.deadline.as_mut() {
+                    deadline.as_mut().reset(next);
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(self.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let until = self.last_data + self.idle;
+                let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(self.idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
