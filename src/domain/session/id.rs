@@ -45,8 +45,51 @@ impl fmt::Debug for SessionId {
 }
 
 /// How a session is stored and found: the SHA-256 of its id.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionKey([u8; 32]);
+
+impl std::hash::Hash for SessionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// Hashes [`SessionKey`]s for the in-memory map by taking their first 8 bytes as they are. A key
+/// is a SHA-256 output, already spread evenly, and only keys of sessions the proxy made (from 256
+/// random bits) are ever stored, so there is nothing for a keyed hash (SipHash, the default) to
+/// defend against: a cookie an attacker picks is only ever looked up, and a lookup's cost depends
+/// on the stored keys alone. It saves SipHash over 32 bytes, twice per lookup, on every request.
+#[derive(Clone, Copy, Default)]
+pub struct KeyHash;
+
+impl std::hash::BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+
+    /// Only [`SessionKey`] is hashed with this; anything else still gets every byte mixed in.
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 impl SessionKey {
     pub fn as_bytes(&self) -> &[u8] {
@@ -73,5 +116,26 @@ impl SessionKey {
 impl fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SessionKey({}…)", self.log_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn keys_sharing_their_first_bytes_are_still_told_apart() {
+        let a = SessionId::generate().key();
+        let mut twin = a.0;
+        twin[31] ^= 1;
+        let b = SessionKey(twin);
+        assert_eq!(KeyHash.hash_one(&a), KeyHash.hash_one(&b), "only the first 8 bytes are hashed");
+        let map = dashmap::DashMap::with_hasher(KeyHash);
+        map.insert(a.clone(), 1);
+        map.insert(b.clone(), 2);
+        assert_eq!((map.len(), *map.get(&a).unwrap(), *map.get(&b).unwrap()), (2, 1, 2));
+        assert_ne!(KeyHash.hash_one(&a), KeyHash.hash_one(SessionId::generate().key()));
     }
 }

@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering;
 
 use dashmap::DashMap;
 
+use self::id::KeyHash;
 use self::record::{check_expiry, delete, put};
 use self::state::{Entry, LiveStage};
 use crate::base::clock::{SharedClock, UnixTime};
@@ -66,7 +67,7 @@ pub struct SweepReport {
 }
 
 pub struct Sessions {
-    cache: DashMap<SessionKey, Arc<Entry>>,
+    cache: DashMap<SessionKey, Arc<Entry>, KeyHash>,
     store: Arc<dyn Store>,
     settings: SessionSettings,
     clock: SharedClock,
@@ -80,7 +81,7 @@ impl Sessions {
         clock: SharedClock,
     ) -> Result<Self, StoreError> {
         let now = clock.now();
-        let cache = DashMap::new();
+        let cache = DashMap::with_hasher(KeyHash);
         let mut expired = Vec::new();
         for (key, value) in store.scan(Space::Sessions).await? {
             let record: SessionRecord = decode(&value)?;
