@@ -55,9 +55,10 @@ pub(super) async fn accept_loop(
                     // Every connection that could give way is busy (all of them, or all of
                     // this address's share): a short, honest answer and a closed connection,
                     // never a crash.
-                    None => return connection::refuse_busy(stream).await,
+                    None => return connection::refuse_busy(stream, tls).await,
                 },
             };
+            tracing::debug!(%peer, "connection admitted");
             match tls {
                 None => {
                     let conn = Connection { peer, tls: false };

@@ -76,6 +76,20 @@ impl Lines {
         }
     }
 
+    /// Waits until `count` lines (after the first `skip`) satisfy `matches`.
+    pub fn wait_for_count(&self, skip: usize, count: usize, matches: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        let (lines, ready) = &*self.0;
+        let mut guard = lines.lock().unwrap();
+        loop {
+            if guard.iter().skip(skip).filter(|l| matches(l)).count() >= count {
+                return true;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            guard = ready.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.0.0.lock().unwrap().len()
     }

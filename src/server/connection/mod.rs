@@ -237,8 +237,14 @@ impl Watch {
                     closing = Some(Instant::now());
                 }
                 _ = self.activity.close_requested(), if closing.is_none() => {
-                    // Only an idle connection is asked.
+                    // Only an idle connection is asked. With nothing in flight (at most part of a
+                    // request head, or an HTTP/2 connection with no stream open) it goes at once:
+                    // a graceful close would wait for the rest of a head, or for an HTTP/2 client
+                    // to acknowledge the GOAWAY, longer than the newcomer waits for its place.
                     tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed to make room");
+                    if self.activity.is_quiet() {
+                        return Driven::Ended;
+                    }
                     graceful_shutdown(connection);
                     closing = Some(Instant::now());
                     self.check.as_mut().reset(Instant::now() + CLOSE_GRACE);
@@ -345,8 +351,7 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        let (app, forwarder, activity, conn) =
-            (self.app.clone(), self.forwarder.clone(), self.activity.clone(), self.conn);
+        let (app, forwarder, conn) = (self.app.clone(), self.forwarder.clone(), self.conn);
         request.extensions_mut().insert(self.slot.clone());
         // A body (hyper may give up on part of it, and then ends the connection itself), or an
         // upgrade (hyper hands the socket to it): the socket is hyper's to close from now on.
@@ -355,8 +360,10 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
         if upgrade || !request.body().is_end_stream() {
             self.transport.forbid_parking();
         }
+        // In flight from the moment hyper has the request, not from the future's first poll: a
+        // connection asked to make room in between would otherwise be dropped with it.
+        let in_flight = self.activity.begin();
         Box::pin(async move {
-            let in_flight = activity.begin();
             let response = app.handle(request, conn, &forwarder).await;
             Ok(response.map(|body| Body::new(Tracked { body, _in_flight: in_flight })))
         })
@@ -386,10 +393,24 @@ impl HttpBody for Tracked {
     }
 }
 
-/// Answers a connection over `limits.max_connections`: a short, honest 503, then closed.
-pub(super) async fn refuse_busy(mut stream: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
+/// Answers a connection over `limits.max_connections`: a short, honest 503, then closed. On a TLS
+/// listener the answer goes through TLS (a plain-text one would reach the browser as a protocol
+/// error), within the same two seconds, handshake included.
+pub(super) async fn refuse_busy(stream: tokio::net::TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
     const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 38\r\nretry-after: 5\r\nconnection: close\r\n\r\nToo many connections; try again soon.\n";
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(BUSY)).await;
-    let _ = stream.shutdown().await;
+    async fn answer<S: AsyncWrite + Unpin>(mut stream: S) {
+        let _ = stream.write_all(BUSY).await;
+        let _ = stream.shutdown().await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        match tls {
+            None => answer(stream).await,
+            Some(acceptor) => {
+                if let Ok(stream) = acceptor.accept(stream).await {
+                    answer(stream).await;
+                }
+            }
+        }
+    })
+    .await;
 }

@@ -152,8 +152,19 @@ fn status_on(stream: &mut TcpStream, request: &[u8]) -> String {
 async fn silent_sockets_filling_the_cap_give_way_to_newcomers_at_once() {
     let upstream = Upstream::start().await;
     // A long read timeout: room must come from the silent sockets giving way, not timing out.
-    let proxy = proxy(&upstream.url()).toml("[limits]\nmax_connections = 3\nheader_read_timeout = \"60s\"").start();
+    let proxy = proxy(&upstream.url())
+        .toml("[limits]\nmax_connections = 3\nheader_read_timeout = \"60s\"")
+        .env("RUST_LOG", "info,portcullis::server::accept=debug")
+        .start();
+    let mark = proxy.stderr.len();
     let mut silent: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(proxy.addr).unwrap()).collect();
+    // Admitted before the newcomers come (accept loops run on every worker, so the order of
+    // admission is not the order of connecting): otherwise a newcomer served first would be idle
+    // longer than a silent socket admitted after it, and rightly give way first.
+    assert!(
+        proxy.stderr.wait_for_count(mark, 3, |l| l.contains("connection admitted")),
+        "the silent sockets were admitted"
+    );
     // Three newcomers that stay open: each is served, and each takes a silent socket's place
     // (before, they were told 503 until the silent ones timed out).
     let mut newcomers = Vec::new();
@@ -290,4 +301,72 @@ async fn one_address_cannot_fill_the_cap_with_unfinished_sign_ins() {
         answers.iter().all(|a| ["HTTP/1.1 408", "HTTP/1.1 503", ""].contains(&a.as_str())),
         "the rest were refused or gave way: {answers:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_with_half_a_head_or_a_quiet_http2_session_give_way_at_once_too() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url())
+        .toml("[limits]\nmax_connections = 2\nheader_read_timeout = \"60s\"")
+        .env("RUST_LOG", "info,portcullis::server::accept=debug")
+        .start();
+    let mark = proxy.stderr.len();
+    // HTTP/2 with prior knowledge: once the proxy's SETTINGS arrive, hyper holds the connection.
+    // Its client will never acknowledge anything (a GOAWAY's PING included).
+    let mut http2 = TcpStream::connect(proxy.addr).unwrap();
+    http2.write_all(H2_PREFACE).unwrap();
+    let mut settings = [0u8; 9];
+    http2.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    http2.read_exact(&mut settings).unwrap();
+    assert_eq!(settings[3], 0x04, "the proxy's SETTINGS frame");
+    // Half a request head, the rest never sent.
+    let mut half = TcpStream::connect(proxy.addr).unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
+    assert!(proxy.stderr.wait_for_count(mark, 2, |l| l.contains("connection admitted")), "both were admitted");
+    // Before, each held on for 5 s when asked to make room, and the newcomers (who wait 1 s)
+    // were told 503.
+    let mut newcomers = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(proxy.addr).unwrap();
+        let status = status_on(&mut stream, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        assert_eq!(status, "HTTP/1.1 401", "a newcomer is served while an idle connection holds a place");
+        newcomers.push(stream);
+    }
+    for socket in [&mut http2, &mut half] {
+        assert!(closed_after(socket, Instant::now()) < CUT_OFF_WITHIN, "the idle connection gave way");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_client_turned_away_reads_the_503_through_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let certificate = SelfSigned::new();
+    let proxy = proxy(&upstream.url()).https().toml(&certificate.toml()).toml("[limits]\nmax_connections = 1").start();
+    let connector = certificate.connector(&[b"http/1.1"]);
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    // The one place, held busy: a sign-in whose body never finishes. The proxy's `100 Continue`
+    // says it has the request in hand (reading its body), so the place is busy from then on.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut busy = connector.connect(name.clone(), tcp).await.expect("the first handshake completes");
+    let head = format!(
+        "POST /.portcullis/login HTTP/1.1\r\nHost: {}\r\nOrigin: https://{}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 200\r\nExpect: 100-continue\r\n\r\n",
+        proxy.addr, proxy.addr
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    busy.flush().await.unwrap();
+    let mut continued = [0u8; 25];
+    busy.read_exact(&mut continued).await.unwrap();
+    assert_eq!(&continued, b"HTTP/1.1 100 Continue\r\n\r\n");
+    busy.write_all(b"username=al").await.unwrap();
+    busy.flush().await.unwrap();
+    // Before, the newcomer got the 503 in plain text, which a TLS client can only take for a
+    // broken handshake (a browser shows ERR_SSL_PROTOCOL_ERROR).
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut refused = connector.connect(name, tcp).await.expect("the refused client's handshake completes");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(CUT_OFF_WITHIN, refused.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 5"), "{answer}");
 }
