@@ -56,6 +56,10 @@ pub type Liveness = Arc<dyn Fn() -> bool + Send + Sync>;
 /// or is revoked (oauth2-proxy#2996: upgraded connections must not outlive the session).
 pub const UPGRADE_RECHECK: Duration = Duration::from_secs(2);
 
+/// Once one side of an upgraded connection has closed, how long the other has to follow (a
+/// WebSocket's own closing handshake takes a round trip).
+pub const HALF_CLOSED_GRACE: Duration = Duration::from_secs(5);
+
 /// A client connection's place in `limits.max_connections`, carried on each of its requests so
 /// that a tunnel it turns into (a WebSocket) keeps the place for as long as it is open. What it
 /// holds is the server's business.
@@ -254,20 +258,7 @@ impl Forwarder {
                 let _slot = slot;
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client_io, upstream_io)) => {
-                        let (mut client_io, mut upstream_io) = (TokioIo::new(client_io), TokioIo::new(upstream_io));
-                        let copy = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io);
-                        tokio::pin!(copy);
-                        let mut recheck = tokio::time::interval(UPGRADE_RECHECK);
-                        loop {
-                            tokio::select! {
-                                _ = &mut copy => break,
-                                _ = recheck.tick() => if !liveness() {
-                                    tracing::info!(target: "portcullis::security", "upgraded connection closed: its session ended");
-                                    break;
-                                },
-                            }
-                        }
-                        // Dropping both ends closes them.
+                        tunnel(TokioIo::new(client_io), TokioIo::new(upstream_io), liveness).await
                     }
                     Err(e) => tracing::debug!("upgrade did not complete: {e}"),
                 }
@@ -292,6 +283,54 @@ impl Forwarder {
         response.extensions_mut().insert(upstream_time);
         Ok(response)
     }
+}
+
+/// Bytes both ways through an upgraded connection until both sides are done, the session behind
+/// it ends (checked every [`UPGRADE_RECHECK`]), or one side has closed and the other has not
+/// followed within [`HALF_CLOSED_GRACE`]: a client that has gone must not leave its tunnel, and
+/// its place in `limits.max_connections`, to an upstream that ignores the close.
+async fn tunnel<C, U>(client: C, upstream: U, liveness: Liveness)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let up = async {
+        let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+        let _ = upstream_write.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    };
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    let grace = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(grace);
+    let mut recheck = tokio::time::interval(UPGRADE_RECHECK);
+    while !(up_done && down_done) {
+        tokio::select! {
+            () = &mut up, if !up_done => {
+                up_done = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + HALF_CLOSED_GRACE);
+            }
+            () = &mut down, if !down_done => {
+                down_done = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + HALF_CLOSED_GRACE);
+            }
+            () = &mut grace => {
+                tracing::debug!("upgraded connection closed: one side had gone for {HALF_CLOSED_GRACE:?}");
+                break;
+            }
+            _ = recheck.tick() => if !liveness() {
+                tracing::info!(target: "portcullis::security", "upgraded connection closed: its session ended");
+                break;
+            },
+        }
+    }
+    // Dropping both ends closes them.
 }
 
 /// Whether the protocol an upstream switched to (`chosen`, one token) is among those `offered`.

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -173,11 +174,31 @@ async fn answer(
             .body(full("planted"))
             .unwrap(),
         "/ws" => websocket_echo(req),
+        "/ws-deaf" => websocket_deaf(req),
         _ => {
             let json = serde_json::json!({ "method": seen.method, "path": seen.path, "headers": seen.headers });
             Response::builder().header("content-type", "application/json").body(full(json.to_string())).unwrap()
         }
     }
+}
+
+/// Accepts a WebSocket and then neither reads nor closes it for two minutes: an upstream that
+/// ignores its client going away.
+fn websocket_deaf(mut req: Request<Incoming>) -> Response<Body> {
+    let key = req.headers().get("sec-websocket-key").unwrap().as_bytes().to_vec();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let _held = upgrade.await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(full(Bytes::new()))
+        .unwrap()
 }
 
 fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {

@@ -370,3 +370,34 @@ async fn a_tls_client_turned_away_reads_the_503_through_tls() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after: 5"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_whose_client_has_gone_gives_its_place_back_though_the_upstream_never_closes() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nmax_connections = 2").start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    for _ in 0..2 {
+        let deadline = Instant::now() + CUT_OFF_WITHIN;
+        let socket = loop {
+            let mut request = format!("ws://{}/ws-deaf", proxy.addr).into_client_request().unwrap();
+            request.headers_mut().insert("cookie", browser.cookie_header(&proxy.url("/")).unwrap().parse().unwrap());
+            match tokio_tungstenite::connect_async(request).await {
+                Ok((socket, _)) => break socket,
+                Err(e) => assert!(Instant::now() < deadline, "no WebSocket: {e}"),
+            }
+        };
+        // The client goes away without a word; the upstream never notices.
+        drop(socket);
+    }
+    // Before, both tunnels kept their places for as long as the upstream held on (for a bypassed
+    // path, forever), and everyone else got the 503.
+    let deadline = Instant::now() + CUT_OFF_WITHIN;
+    loop {
+        let status = status_of(&raw(&proxy, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"));
+        if status == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the tunnels of a client that had gone kept their places ({status})");
+    }
+}
