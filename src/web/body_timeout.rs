@@ -17,6 +17,13 @@ use crate::web::pages::BoxError;
 #[error("the client sent no body data for {0:?}")]
 pub struct BodyIdle(pub Duration);
 
+/// The error a body ends with when the client's side of it fails (the client reset the
+/// connection, or closed it before sending all it announced): the client's doing, not the
+/// upstream's, so it is never reported as an unreachable upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body broke off: {0}")]
+pub struct BodyBroken(BoxError);
+
 pub struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
@@ -49,7 +56,7 @@ where
                 if let Some(deadline) = self.deadline.as_mut() {
                     deadline.as_mut().reset(next);
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(BodyBroken(e.into())) as BoxError)))
             }
             Poll::Pending => {
                 let until = self.last_data + self.idle;

@@ -120,6 +120,8 @@ pub enum WebError {
     BadRequest,
     #[error("request body stalled: {0}")]
     ClientTooSlow(String),
+    #[error("request body broke off: {0}")]
+    ClientGone(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     /// The request's host is not one the proxy serves (`public_url`, `hosts`).
@@ -190,6 +192,7 @@ impl From<ForwardError> for WebError {
             ForwardError::Unreachable(_) => Self::UpstreamUnreachable(e.to_string()),
             ForwardError::BadRequest(_) => Self::BadRequest,
             ForwardError::ClientTooSlow(_) => Self::ClientTooSlow(e.to_string()),
+            ForwardError::ClientGone(_) => Self::ClientGone(e.to_string()),
             ForwardError::BadResponse(_) => Self::UpstreamBroken(e.to_string()),
         }
     }
@@ -266,6 +269,8 @@ impl WebError {
                 tracing::warn!("{self}")
             }
             Self::HandoffRefused(_) => tracing::warn!(target: "portcullis::security", "{self}"),
+            // Any client can do this at will: not an alert, and never the upstream's fault.
+            Self::ClientGone(_) => tracing::debug!("{self}"),
             Self::ClientTooSlow(_) | Self::FormTooSlow => {
                 tracing::warn!(target: "portcullis::security", "{self}; connection closed")
             }
@@ -552,6 +557,12 @@ impl WebError {
             Self::MethodNotAllowed => {
                 let mut response = pages::plain(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n");
                 response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+                return response;
+            }
+            Self::ClientGone(_) => {
+                let mut response =
+                    pages::plain(StatusCode::BAD_REQUEST, "400 Bad Request: the request body broke off\n");
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return response;
             }
             Self::ClientTooSlow(_) => {

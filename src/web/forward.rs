@@ -17,7 +17,7 @@ use crate::base::headers::{self, ClientInfo};
 use crate::base::tls;
 use crate::config::{Config, IdentityHeaders, Upstream};
 use crate::domain::identity::UpstreamIdentity;
-use crate::web::body_timeout::{BodyIdle, IdleTimeout};
+use crate::web::body_timeout::{BodyBroken, BodyIdle, IdleTimeout};
 use crate::web::pages::Body;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,8 @@ pub enum ForwardError {
     BadRequest(String),
     #[error("the client stopped sending its request body: {0}")]
     ClientTooSlow(String),
+    #[error("the client's request body broke off: {0}")]
+    ClientGone(String),
     /// The upstream answered in a way that cannot be passed on (it switched to a protocol nobody
     /// asked for).
     #[error("the upstream's answer cannot be passed on: {0}")]
@@ -235,6 +237,7 @@ impl Forwarder {
         let mut response = match tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await {
             Err(_) => return Err(ForwardError::Timeout(self.response_timeout)),
             Ok(Err(e)) if caused_by::<BodyIdle>(&e) => return Err(ForwardError::ClientTooSlow(error_chain(&e))),
+            Ok(Err(e)) if caused_by::<BodyBroken>(&e) => return Err(ForwardError::ClientGone(error_chain(&e))),
             Ok(Err(e)) => return Err(ForwardError::Unreachable(error_chain(&e))),
             Ok(Ok(response)) => response,
         };

@@ -180,3 +180,30 @@ async fn a_stalled_upload_is_abandoned_after_the_idle_timeout() {
     let ok = browser.http.post(proxy.url("/upload")).body(body).send().await.unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_the_client_breaks_off_is_not_reported_as_the_upstream_down() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let mark = proxy.stderr.len();
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head =
+        format!("POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: 100000\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&[b'x'; 10]).unwrap();
+    // The client gives up on its upload: the body ends short of what it announced.
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let logged = proxy.stderr.wait_for(mark, |l| l.contains("portcullis::access") && l.contains("/upload"));
+    let logged = logged.expect("the request was logged");
+    assert!(logged.contains("400"), "answered as the client's doing: {logged}");
+    // Before, this was a WARN "upstream unreachable", one any client could raise at will.
+    let lines = proxy.stderr.all();
+    assert!(!lines[mark..].iter().any(|l| l.contains("upstream unreachable")), "{lines:#?}");
+    // The upstream was fine all along.
+    let page = browser.navigate(&proxy.url("/")).await;
+    assert_eq!(page.status(), 200);
+}
