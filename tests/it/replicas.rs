@@ -434,6 +434,10 @@ async fn a_redis_restart_loses_nothing_and_a_redis_outage_fails_closed_after_the
     within(Duration::from_secs(10), || async { browser.navigate(&a.url("/")).await.status() == 200 }).await;
     within(Duration::from_secs(10), || async { browser.navigate(&b.url("/")).await.status() == 200 }).await;
     let device = Browser::new();
+    // Sign-ins need Redis itself, which answers "loading" for a moment after its restart while
+    // it reads its append-only file back: until then the login page says the store is away.
+    within(Duration::from_secs(10), || async { device.navigate(&b.url("/.portcullis/login")).await.status() == 200 })
+        .await;
     let challenge = password(&device, &b, &ALICE, "/").await;
     assert!(challenge.contains("/.portcullis/challenge"), "the enrolled factor is asked for: {challenge}");
     let form = challenge_form(&device, &challenge).await;
