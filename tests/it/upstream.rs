@@ -184,27 +184,32 @@ async fn answer(
 
 /// Accepts a WebSocket and then neither reads nor closes it for two minutes: an upstream that
 /// ignores its client going away.
-fn websocket_deaf(mut req: Request<Incoming>) -> Response<Body> {
-    let key = req.headers().get("sec-websocket-key").unwrap().as_bytes().to_vec();
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
-    let upgrade = hyper::upgrade::on(&mut req);
+fn websocket_deaf(req: Request<Incoming>) -> Response<Body> {
+    let (upgrade, response) = accept_websocket(req);
     tokio::spawn(async move {
         let _held = upgrade.await;
         tokio::time::sleep(Duration::from_secs(120)).await;
     });
-    Response::builder()
+    response
+}
+
+/// The 101 that accepts a WebSocket handshake (RFC 6455 §4.2.2), and the upgrade to await.
+fn accept_websocket(mut req: Request<Incoming>) -> (hyper::upgrade::OnUpgrade, Response<Body>) {
+    let key = req.headers().get("sec-websocket-key").unwrap().as_bytes().to_vec();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let upgrade = hyper::upgrade::on(&mut req);
+    let response = Response::builder()
         .status(101)
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-accept", accept)
         .body(full(Bytes::new()))
-        .unwrap()
+        .unwrap();
+    (upgrade, response)
 }
 
-fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
-    let key = req.headers().get("sec-websocket-key").unwrap().as_bytes().to_vec();
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
-    let upgrade = hyper::upgrade::on(&mut req);
+fn websocket_echo(req: Request<Incoming>) -> Response<Body> {
+    let (upgrade, response) = accept_websocket(req);
     tokio::spawn(async move {
         let upgraded = upgrade.await.unwrap();
         let mut ws =
@@ -215,11 +220,5 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
             }
         }
     });
-    Response::builder()
-        .status(101)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-accept", accept)
-        .body(full(Bytes::new()))
-        .unwrap()
+    response
 }

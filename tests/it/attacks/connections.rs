@@ -207,15 +207,16 @@ async fn a_client_that_stops_reading_is_cut_off() {
     assert!(count < 20_000, "only what fitted in the buffers was sent: {count}");
 }
 
-/// Opens a WebSocket through the proxy with `browser`'s session. The sign-in's own connection
+/// Opens a WebSocket to the upstream's `path` through the proxy with `browser`'s session. The sign-in's own connection
 /// may still hold its place for a moment after it closed, so a 503 is asked again, within a bound.
 async fn websocket(
     proxy: &Proxy,
     browser: &Browser,
+    path: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let deadline = Instant::now() + CUT_OFF_WITHIN;
     loop {
-        let mut request = format!("ws://{}/ws", proxy.addr).into_client_request().unwrap();
+        let mut request = format!("ws://{}{path}", proxy.addr).into_client_request().unwrap();
         request.headers_mut().insert("cookie", browser.cookie_header(&proxy.url("/")).unwrap().parse().unwrap());
         match tokio_tungstenite::connect_async(request).await {
             Ok((socket, _)) => return socket,
@@ -232,7 +233,7 @@ async fn open_websockets_count_against_the_connection_cap() {
     browser.login(&proxy, &ALICE).await;
     let mut tunnels = Vec::new();
     for _ in 0..3 {
-        tunnels.push(websocket(&proxy, &browser).await);
+        tunnels.push(websocket(&proxy, &browser, "/ws").await);
     }
     let refused = raw(&proxy, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     assert_eq!(status_of(&refused), 503, "three open tunnels are three connections: {refused}");
@@ -378,15 +379,7 @@ async fn a_tunnel_whose_client_has_gone_gives_its_place_back_though_the_upstream
     let browser = Browser::without_keep_alive();
     browser.login(&proxy, &ALICE).await;
     for _ in 0..2 {
-        let deadline = Instant::now() + CUT_OFF_WITHIN;
-        let socket = loop {
-            let mut request = format!("ws://{}/ws-deaf", proxy.addr).into_client_request().unwrap();
-            request.headers_mut().insert("cookie", browser.cookie_header(&proxy.url("/")).unwrap().parse().unwrap());
-            match tokio_tungstenite::connect_async(request).await {
-                Ok((socket, _)) => break socket,
-                Err(e) => assert!(Instant::now() < deadline, "no WebSocket: {e}"),
-            }
-        };
+        let socket = websocket(&proxy, &browser, "/ws-deaf").await;
         // The client goes away without a word; the upstream never notices.
         drop(socket);
     }
