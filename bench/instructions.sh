@@ -5,6 +5,7 @@
 #
 #   bash bench/instructions.sh            # N=3000
 #   N=5000 bash bench/instructions.sh
+#   KEEP=/tmp/cg.out bash bench/instructions.sh   # keep the profile for callgrind_annotate
 #
 # Installs nginx and valgrind from Debian if missing.
 set -euo pipefail
@@ -77,6 +78,7 @@ callgrind_control -z "$VALGRIND" >/dev/null 2>&1
 requests "$N"
 callgrind_control -d "$VALGRIND" >/dev/null 2>&1
 DUMP=$(ls -t "$WORK"/callgrind.out* | head -1)
+[ -z "${KEEP:-}" ] || cp "$DUMP" "$KEEP"
 TOTAL=$(callgrind_annotate "$DUMP" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
 echo "$((TOTAL / N)) instructions per proxied request ($N keep-alive GETs, callgrind)"
 echo "heaviest (inclusive):"

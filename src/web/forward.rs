@@ -8,17 +8,16 @@ use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 use crate::base::headers::{self, ClientInfo};
 use crate::base::tls;
-use crate::config::{Config, IdentityHeaders, Upstream};
+use crate::config::{Config, IdentityHeaders};
 use crate::domain::identity::UpstreamIdentity;
 use crate::web::body_timeout::{BodyBroken, BodyIdle, IdleTimeout};
 use crate::web::pages::Body;
+use crate::web::upstream_pool::UpstreamPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -46,6 +45,8 @@ pub enum ProxySetupError {
     Roots(String),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("the upstream address cannot be dialled: {0}")]
+    Upstream(String),
     #[error("the TLS client configuration failed: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -82,8 +83,9 @@ impl TunnelSlot {
 pub struct UpstreamTime(pub Duration);
 
 pub struct Forwarder {
-    client: Client<HttpsConnector<HttpConnector>, IdleTimeout<Incoming>>,
-    upstream: Upstream,
+    pool: Arc<UpstreamPool<IdleTimeout<Incoming>>>,
+    /// `Host` for a request that came without one (HTTP/1.0): the upstream's own authority.
+    upstream_host: HeaderValue,
     response_timeout: Duration,
     identity_headers: IdentityHeaders,
     /// Client-sent headers removed as identities: ours and `identity.strip_headers`.
@@ -126,13 +128,18 @@ impl Forwarder {
             ),
         };
         let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
+        let upstream = &config.upstream;
+        let target = Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| ProxySetupError::Upstream(e.to_string()))?;
+        let upstream_host =
+            HeaderValue::from_str(upstream.authority.as_str()).map_err(|e| ProxySetupError::Upstream(e.to_string()))?;
         Ok(Self {
-            client,
-            upstream: config.upstream.clone(),
+            pool: UpstreamPool::new(connector, target, settings.pool_idle_timeout),
+            upstream_host,
             response_timeout: settings.response_timeout,
             identity_headers: config.identity.headers.clone(),
             stripped: config
@@ -164,14 +171,14 @@ impl Forwarder {
             })
     }
 
-    fn upstream_uri(&self, original: &Uri) -> Result<Uri, ForwardError> {
-        let path = original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| ForwardError::BadRequest(e.to_string()))
+    /// The request target as the upstream is sent it: origin-form (RFC 9112 §3.2.1), the path
+    /// and query only. The connection already goes to the upstream.
+    fn upstream_uri(original: &Uri) -> Uri {
+        match original.path_and_query() {
+            Some(_) if original.authority().is_none() => original.clone(),
+            Some(path) => Uri::from(path.clone()),
+            None => Uri::from(PathAndQuery::from_static("/")),
+        }
     }
 
     /// Sends `request` upstream, with the identity of a full session or (for a `bypass` rule)
@@ -209,12 +216,11 @@ impl Forwarder {
 
         let (mut parts, body) = request.into_parts();
         // HTTP/2 carries the host in `:authority`, not `Host`; the upstream speaks HTTP/1.1, where
-        // `Host` is mandatory. Either way the client's host is forwarded verbatim.
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(header::HOST, host);
+        // `Host` is mandatory. Either way the client's host is forwarded verbatim. An HTTP/1.0
+        // request may have neither: it is sent the upstream's own name.
+        if !parts.headers.contains_key(header::HOST) {
+            let host = parts.uri.authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+            parts.headers.insert(header::HOST, host.unwrap_or_else(|| self.upstream_host.clone()));
         }
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
@@ -229,17 +235,17 @@ impl Forwarder {
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             h.insert(header::UPGRADE, protocol.clone());
         }
-        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.uri = Self::upstream_uri(&parts.uri);
         parts.version = Version::HTTP_11;
         let outgoing = Request::from_parts(parts, IdleTimeout::new(body, self.body_idle_timeout));
 
         let started = Instant::now();
-        let mut response = match tokio::time::timeout(self.response_timeout, self.client.request(outgoing)).await {
+        let (mut response, lease) = match tokio::time::timeout(self.response_timeout, self.pool.send(outgoing)).await {
             Err(_) => return Err(ForwardError::Timeout(self.response_timeout)),
             Ok(Err(e)) if caused_by::<BodyIdle>(&e) => return Err(ForwardError::ClientTooSlow(error_chain(&e))),
             Ok(Err(e)) if caused_by::<BodyBroken>(&e) => return Err(ForwardError::ClientGone(error_chain(&e))),
             Ok(Err(e)) => return Err(ForwardError::Unreachable(error_chain(&e))),
-            Ok(Ok(response)) => response,
+            Ok(Ok(sent)) => sent,
         };
         let upstream_time = UpstreamTime(started.elapsed());
 
@@ -259,6 +265,8 @@ impl Forwarder {
             tokio::spawn(async move {
                 // The tunnel keeps its connection's place in `limits.max_connections`.
                 let _slot = slot;
+                // The upstream connection is the tunnel's now, never the pool's again.
+                let _lease = lease;
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client_io, upstream_io)) => {
                         tunnel(TokioIo::new(client_io), TokioIo::new(upstream_io), liveness).await
@@ -282,7 +290,7 @@ impl Forwarder {
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::strip_set_cookie(&mut parts.headers, &self.own_cookies);
-        let mut response = Response::from_parts(parts, body.map_err(Into::into).boxed());
+        let mut response = Response::from_parts(parts, lease.attach(body).map_err(Into::into).boxed());
         response.extensions_mut().insert(upstream_time);
         Ok(response)
     }

@@ -22,3 +22,4 @@ pub mod respond;
 pub mod return_url;
 pub mod route;
 pub mod state;
+pub mod upstream_pool;

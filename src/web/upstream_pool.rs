@@ -1,0 +1,238 @@
+//! Keep-alive HTTP/1.1 connections to the upstream, one pool per worker.
+//!
+//! Why not hyper-util's legacy client: its pool is built for many hosts and for HTTP/2. Every
+//! request hashed the pool key (SipHash over the authority, twice), took a process-wide `Mutex`,
+//! raced the checkout against a lazy connect, and spawned a task per response to wait for the
+//! connection to be ready again: about 10,000 of the 70,000 instructions a proxied request cost
+//! (`bench/instructions.sh`). We have one upstream and speak HTTP/1.1 to it, so the pool is a
+//! lock-free queue of ready senders.
+//!
+//! What stays as it was: each upstream connection is driven by a task of its own, so that the
+//! requests of many clients that arrive together are written, and their answers read, in one
+//! wake-up of that task. (Driving the upstream connection inside each client connection's task
+//! was measured slower: the upstream was woken once per request instead of once per batch.)
+//!
+//! A connection goes back to the queue when its response body has been read to the end, and is
+//! closed instead when the body is dropped half-read (HTTP/1.1 cannot abandon one response and
+//! go on, RFC 9112 §9.6), when the upstream closes it, or when it has been idle for
+//! `proxy.pool_idle_timeout`.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service;
+
+/// A request body the pool can send: what hyper's HTTP/1.1 client asks of one.
+pub trait OutgoingBody:
+    Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> OutgoingBody for B where
+    B: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+/// Idle connections kept per worker at most; more than this many at once are closed when done.
+/// Each costs the upstream a socket, and a burst that needed more will dial again.
+const MAX_IDLE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("connecting: {0}")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("HTTP/1.1 handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("{0}")]
+    Send(#[source] hyper::Error),
+}
+
+struct Idle<B> {
+    sender: SendRequest<B>,
+    since: Instant,
+}
+
+/// A pool for request bodies of type `B` (the client's body, with its idle timeout).
+pub struct UpstreamPool<B> {
+    connector: HttpsConnector<HttpConnector>,
+    /// What the connector dials: the upstream's scheme and authority.
+    target: http::Uri,
+    idle: ArrayQueue<Idle<B>>,
+    idle_timeout: Duration,
+    reaper_started: AtomicBool,
+}
+
+impl<B: OutgoingBody> UpstreamPool<B> {
+    pub fn new(connector: HttpsConnector<HttpConnector>, target: http::Uri, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            connector,
+            target,
+            idle: ArrayQueue::new(MAX_IDLE),
+            idle_timeout,
+            reaper_started: AtomicBool::new(false),
+        })
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) on an idle connection or a new one. The
+    /// returned [`Lease`] is the connection: attach it to the response body to give it back.
+    ///
+    /// A request that an idle connection could not take (the upstream closed it while it sat in
+    /// the queue) comes back unsent and is tried again on the next; hyper hands it back only if
+    /// not a byte of it was written, so nothing is sent twice.
+    pub async fn send(self: &Arc<Self>, mut request: Request<B>) -> Result<(Response<Incoming>, Lease<B>), PoolError> {
+        loop {
+            let (mut sender, reused) = match self.take_idle().await {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, Lease { sender: Some(sender), pool: self.clone() })),
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) if reused => {
+                        tracing::debug!("an idle upstream connection could not take a request: {}", failed.error());
+                        request = unsent;
+                    }
+                    _ => return Err(PoolError::Send(failed.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The oldest idle connection that is still open and ready, closing the stale ones on the way.
+    async fn take_idle(&self) -> Option<SendRequest<B>> {
+        while let Some(Idle { mut sender, since }) = self.idle.pop() {
+            if sender.is_closed() || since.elapsed() > self.idle_timeout {
+                continue;
+            }
+            // Given back when its body ended, a connection may not have been polled since: its
+            // task then sees the end and asks for the next request within this wait. One that
+            // cannot take another (the upstream said `Connection: close`) ends here with an error.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<SendRequest<B>, PoolError> {
+        let io = self.connector.clone().call(self.target.clone()).await.map_err(PoolError::Connect)?;
+        let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(PoolError::Handshake)?;
+        tokio::spawn(async move {
+            // With upgrades: a 101 hands the connection to the tunnel (forward.rs).
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        if !self.reaper_started.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
+        }
+        Ok(sender)
+    }
+
+    fn give_back(&self, sender: SendRequest<B>) {
+        if sender.is_closed() {
+            return;
+        }
+        // A full queue drops (closes) the connection: enough are idle already.
+        let _ = self.idle.push(Idle { sender, since: Instant::now() });
+    }
+
+    /// Closes the connections idle for longer than `proxy.pool_idle_timeout` (or closed by the
+    /// upstream); keeps the rest, in order.
+    fn reap_idle(&self) {
+        for _ in 0..self.idle.len() {
+            let Some(idle) = self.idle.pop() else { break };
+            if !idle.sender.is_closed() && idle.since.elapsed() <= self.idle_timeout {
+                let _ = self.idle.push(idle);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+/// Runs on the worker that dialled first, for as long as the pool lives.
+async fn reap<B: OutgoingBody>(pool: Weak<UpstreamPool<B>>, idle_timeout: Duration) {
+    let mut every = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(100)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.reap_idle();
+    }
+}
+
+/// An upstream connection lent to one request. Dropped without [`Lease::give_back`], it closes
+/// the connection.
+pub struct Lease<B> {
+    sender: Option<SendRequest<B>>,
+    pool: Arc<UpstreamPool<B>>,
+}
+
+impl<B: OutgoingBody> Lease<B> {
+    fn give_back(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.give_back(sender);
+        }
+    }
+
+    /// The response body, which gives the connection back once it has been read to the end.
+    pub fn attach(mut self, body: Incoming) -> PooledBody<B> {
+        if body.is_end_stream() {
+            self.give_back();
+        }
+        PooledBody { body, lease: self }
+    }
+}
+
+/// An upstream response body holding its connection's [`Lease`].
+pub struct PooledBody<B> {
+    body: Incoming,
+    lease: Lease<B>,
+}
+
+impl<B: OutgoingBody> Body for PooledBody<B> {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            // The last frame, or the end: the connection is free for the next request.
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.lease.give_back(),
+            Poll::Ready(None) => this.lease.give_back(),
+            // A broken body leaves the connection in an unknown state: it is closed.
+            Poll::Ready(Some(Err(_))) => this.lease.sender = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+#[path = "upstream_pool_tests.rs"]
+mod tests;

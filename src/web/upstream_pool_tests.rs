@@ -1,0 +1,165 @@
+//! The pool against a real HTTP/1.1 server on loopback that counts the connections it accepts.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, header};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Body, Frame};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+
+use super::UpstreamPool;
+
+/// An upstream that answers `/small`, `/close` (with `Connection: close`), `/big` (1 MiB) and
+/// `/chunked` (three chunks, no length); the counter is its accepted connections.
+async fn upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
+                    type Boxed = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+                    let response: Response<Boxed> = match request.uri().path() {
+                        "/close" => Response::builder()
+                            .header(header::CONNECTION, "close")
+                            .body(Full::new(Bytes::from_static(b"bye")).boxed())
+                            .unwrap(),
+                        "/big" => Response::new(Full::new(Bytes::from(vec![b'x'; 1 << 20])).boxed()),
+                        "/chunked" => {
+                            let chunks =
+                                ["one ", "two ", "three"].map(|c| Ok::<_, Infallible>(Frame::data(Bytes::from(c))));
+                            Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed())
+                        }
+                        _ => Response::new(Full::new(Bytes::from_static(b"hello")).boxed()),
+                    };
+                    Ok::<_, Infallible>(response)
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (address, accepted)
+}
+
+fn pool(address: std::net::SocketAddr, idle_timeout: Duration) -> Arc<UpstreamPool<Empty<Bytes>>> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let tls = rustls::ClientConfig::builder_with_provider(crate::base::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    UpstreamPool::new(connector, format!("http://{address}/").parse().unwrap(), idle_timeout)
+}
+
+fn get(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(path).header(header::HOST, "upstream.test").body(Empty::new()).unwrap()
+}
+
+/// Sends a GET and reads the whole body through the pool's wrapper.
+async fn fetch(pool: &Arc<UpstreamPool<Empty<Bytes>>>, path: &str) -> String {
+    let (response, lease) = pool.send(get(path)).await.unwrap();
+    let (_, body) = response.into_parts();
+    let bytes = lease.attach(body).collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn a_connection_whose_body_was_read_to_the_end_serves_the_next_request() {
+    let (address, accepted) = upstream().await;
+    let pool = pool(address, Duration::from_secs(90));
+    for _ in 0..5 {
+        assert_eq!(fetch(&pool, "/small").await, "hello");
+        assert_eq!(fetch(&pool, "/chunked").await, "one two three");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.idle_count(), 1);
+}
+
+#[tokio::test]
+async fn a_body_dropped_half_read_closes_its_connection() {
+    let (address, accepted) = upstream().await;
+    let pool = pool(address, Duration::from_secs(90));
+    let (response, lease) = pool.send(get("/big")).await.unwrap();
+    let mut body = lease.attach(response.into_body());
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some_and(|d| d.len() < 1 << 20), "the body must still be unread in part");
+    assert!(!body.is_end_stream());
+    drop(body);
+    // The rest of that body is still on the wire: reusing the connection would hand it to the
+    // next request as its answer.
+    assert_eq!(pool.idle_count(), 0);
+    assert_eq!(fetch(&pool, "/small").await, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closes_is_not_used_again() {
+    let (address, accepted) = upstream().await;
+    let pool = pool(address, Duration::from_secs(90));
+    assert_eq!(fetch(&pool, "/close").await, "bye");
+    assert_eq!(fetch(&pool, "/small").await, "hello");
+    assert_eq!(fetch(&pool, "/small").await, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn connections_idle_past_the_timeout_are_closed() {
+    let (address, accepted) = upstream().await;
+    // Every connection is past a zero timeout as soon as it is given back.
+    let pool = pool(address, Duration::ZERO);
+    assert_eq!(fetch(&pool, "/small").await, "hello");
+    assert_eq!(pool.idle_count(), 1);
+    pool.reap_idle();
+    assert_eq!(pool.idle_count(), 0);
+    // Nor is one taken from the queue when stale.
+    assert_eq!(fetch(&pool, "/small").await, "hello");
+    assert_eq!(fetch(&pool, "/small").await, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn requests_at_the_same_time_get_a_connection_each_and_all_come_back() {
+    let (address, accepted) = upstream().await;
+    let pool = pool(address, Duration::from_secs(90));
+    // All eight are sent before any answer is read: none can wait for another's connection.
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        answers.push(pool.send(get("/small")).await.unwrap());
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 8);
+    for (response, lease) in answers {
+        assert_eq!(lease.attach(response.into_body()).collect().await.unwrap().to_bytes(), "hello");
+    }
+    assert_eq!(pool.idle_count(), 8);
+    for _ in 0..16 {
+        assert_eq!(fetch(&pool, "/small").await, "hello");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 8);
+}
+
+#[tokio::test]
+async fn an_upstream_that_is_not_there_is_a_connect_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    let pool = pool(address, Duration::from_secs(90));
+    let Err(error) = pool.send(get("/small")).await else { panic!("nothing listens there") };
+    assert!(matches!(error, super::PoolError::Connect(_)), "{error:?}");
+}
