@@ -12,10 +12,14 @@
 //! wake-up of that task. (Driving the upstream connection inside each client connection's task
 //! was measured slower: the upstream was woken once per request instead of once per batch.)
 //!
-//! A connection goes back to the queue when its response body has been read to the end, and is
-//! closed instead when the body is dropped half-read (HTTP/1.1 cannot abandon one response and
-//! go on, RFC 9112 §9.6), when the upstream closes it, or when it has been idle for
-//! `proxy.pool_idle_timeout`.
+//! A connection goes back to the queue when its exchange is over: the response body read to the
+//! end *and* the request body sent to the end. It is closed instead when the response body is
+//! dropped half-read (HTTP/1.1 cannot abandon one response and go on, RFC 9112 §9.6), when the
+//! upstream answered before the request body was all sent (a 401 or 413 to an upload: the rest
+//! of the upload would hold the connection for as long as the client takes to send it), when the
+//! upstream closes it, or when it has been idle for `proxy.pool_idle_timeout`. Taking a
+//! connection never waits on one: a connection not ready this instant is passed over and a new
+//! one dialled, so no request can be made to wait behind another's exchange.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,12 +37,12 @@ use tower_service::Service;
 
 /// A request body the pool can send: what hyper's HTTP/1.1 client asks of one.
 pub trait OutgoingBody:
-    Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+    Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
 {
 }
 
 impl<B> OutgoingBody for B where
-    B: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+    B: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
 {
 }
 
@@ -57,7 +61,7 @@ pub enum PoolError {
 }
 
 struct Idle<B> {
-    sender: SendRequest<B>,
+    sender: SendRequest<Sending<B>>,
     since: Instant,
 }
 
@@ -88,14 +92,17 @@ impl<B: OutgoingBody> UpstreamPool<B> {
     /// A request that an idle connection could not take (the upstream closed it while it sat in
     /// the queue) comes back unsent and is tried again on the next; hyper hands it back only if
     /// not a byte of it was written, so nothing is sent twice.
-    pub async fn send(self: &Arc<Self>, mut request: Request<B>) -> Result<(Response<Incoming>, Lease<B>), PoolError> {
+    pub async fn send(self: &Arc<Self>, request: Request<B>) -> Result<(Response<Incoming>, Lease<B>), PoolError> {
+        let (mut request, request_sent) = Sending::wrap(request);
         loop {
-            let (mut sender, reused) = match self.take_idle().await {
+            let (mut sender, reused) = match self.take_idle() {
                 Some(sender) => (sender, true),
                 None => (self.connect().await?, false),
             };
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, Lease { sender: Some(sender), pool: self.clone() })),
+                Ok(response) => {
+                    return Ok((response, Lease { sender: Some(sender), request_sent, pool: self.clone() }));
+                }
                 Err(mut failed) => match failed.take_message() {
                     Some(unsent) if reused => {
                         tracing::debug!("an idle upstream connection could not take a request: {}", failed.error());
@@ -107,23 +114,30 @@ impl<B: OutgoingBody> UpstreamPool<B> {
         }
     }
 
-    /// The oldest idle connection that is still open and ready, closing the stale ones on the way.
-    async fn take_idle(&self) -> Option<SendRequest<B>> {
-        while let Some(Idle { mut sender, since }) = self.idle.pop() {
-            if sender.is_closed() || since.elapsed() > self.idle_timeout {
+    /// The oldest idle connection that is ready this instant, closing the stale and closed ones
+    /// on the way. One still finishing its last exchange (its task has not run since, or it is
+    /// still writing) goes to the back of the queue: waiting for it could mean waiting for a
+    /// stranger's slow upload, or for an upstream that stopped reading.
+    fn take_idle(&self) -> Option<SendRequest<Sending<B>>> {
+        let mut now = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..self.idle.len() {
+            let Some(Idle { mut sender, since }) = self.idle.pop() else { break };
+            if since.elapsed() > self.idle_timeout {
                 continue;
             }
-            // Given back when its body ended, a connection may not have been polled since: its
-            // task then sees the end and asks for the next request within this wait. One that
-            // cannot take another (the upstream said `Connection: close`) ends here with an error.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            match sender.poll_ready(&mut now) {
+                Poll::Ready(Ok(())) => return Some(sender),
+                // Closed, by the upstream (`Connection: close`) or by an error.
+                Poll::Ready(Err(_)) => continue,
+                Poll::Pending => {
+                    let _ = self.idle.push(Idle { sender, since });
+                }
             }
         }
         None
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<SendRequest<B>, PoolError> {
+    async fn connect(self: &Arc<Self>) -> Result<SendRequest<Sending<B>>, PoolError> {
         let io = self.connector.clone().call(self.target.clone()).await.map_err(PoolError::Connect)?;
         let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(PoolError::Handshake)?;
         tokio::spawn(async move {
@@ -138,7 +152,7 @@ impl<B: OutgoingBody> UpstreamPool<B> {
         Ok(sender)
     }
 
-    fn give_back(&self, sender: SendRequest<B>) {
+    fn give_back(&self, sender: SendRequest<Sending<B>>) {
         if sender.is_closed() {
             return;
         }
@@ -163,6 +177,52 @@ impl<B: OutgoingBody> UpstreamPool<B> {
     }
 }
 
+/// The request body as the pool sends it, noting when it has been sent to the end.
+pub struct Sending<B> {
+    body: B,
+    sent: Option<Arc<AtomicBool>>,
+}
+
+impl<B: OutgoingBody> Sending<B> {
+    /// A body with nothing to send (a GET) needs no note and gets none: the common case
+    /// allocates nothing.
+    fn wrap(request: Request<B>) -> (Request<Self>, Option<Arc<AtomicBool>>) {
+        let (parts, body) = request.into_parts();
+        let sent = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        (Request::from_parts(parts, Self { body, sent: sent.clone() }), sent)
+    }
+}
+
+impl<B: OutgoingBody> Body for Sending<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(sent) = &this.sent {
+            sent.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Runs on the worker that dialled first, for as long as the pool lives.
 async fn reap<B: OutgoingBody>(pool: Weak<UpstreamPool<B>>, idle_timeout: Duration) {
     let mut every = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(100)));
@@ -177,14 +237,22 @@ async fn reap<B: OutgoingBody>(pool: Weak<UpstreamPool<B>>, idle_timeout: Durati
 /// An upstream connection lent to one request. Dropped without [`Lease::give_back`], it closes
 /// the connection.
 pub struct Lease<B> {
-    sender: Option<SendRequest<B>>,
+    sender: Option<SendRequest<Sending<B>>>,
+    /// Whether the request body has been sent to the end; `None`: it had nothing to send.
+    request_sent: Option<Arc<AtomicBool>>,
     pool: Arc<UpstreamPool<B>>,
 }
 
 impl<B: OutgoingBody> Lease<B> {
+    /// The response has ended: the connection goes back if its request has too, and is closed
+    /// otherwise.
     fn give_back(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.pool.give_back(sender);
+        let Some(sender) = self.sender.take() else { return };
+        match &self.request_sent {
+            Some(sent) if !sent.load(Ordering::Acquire) => {
+                tracing::debug!("upstream connection closed: it answered before the request body was all sent");
+            }
+            _ => self.pool.give_back(sender),
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, header};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Body, Frame};
 use hyper::service::service_fn;
@@ -52,7 +53,9 @@ async fn upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     (address, accepted)
 }
 
-fn pool(address: std::net::SocketAddr, idle_timeout: Duration) -> Arc<UpstreamPool<Empty<Bytes>>> {
+type Outgoing = BoxBody<Bytes, Infallible>;
+
+fn pool(address: std::net::SocketAddr, idle_timeout: Duration) -> Arc<UpstreamPool<Outgoing>> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     let tls = rustls::ClientConfig::builder_with_provider(crate::base::tls::provider())
@@ -68,12 +71,12 @@ fn pool(address: std::net::SocketAddr, idle_timeout: Duration) -> Arc<UpstreamPo
     UpstreamPool::new(connector, format!("http://{address}/").parse().unwrap(), idle_timeout)
 }
 
-fn get(path: &str) -> Request<Empty<Bytes>> {
-    Request::get(path).header(header::HOST, "upstream.test").body(Empty::new()).unwrap()
+fn get(path: &str) -> Request<Outgoing> {
+    Request::get(path).header(header::HOST, "upstream.test").body(Empty::new().boxed()).unwrap()
 }
 
 /// Sends a GET and reads the whole body through the pool's wrapper.
-async fn fetch(pool: &Arc<UpstreamPool<Empty<Bytes>>>, path: &str) -> String {
+async fn fetch(pool: &Arc<UpstreamPool<Outgoing>>, path: &str) -> String {
     let (response, lease) = pool.send(get(path)).await.unwrap();
     let (_, body) = response.into_parts();
     let bytes = lease.attach(body).collect().await.unwrap().to_bytes();
@@ -162,4 +165,89 @@ async fn an_upstream_that_is_not_there_is_a_connect_error() {
     let pool = pool(address, Duration::from_secs(90));
     let Err(error) = pool.send(get("/small")).await else { panic!("nothing listens there") };
     assert!(matches!(error, super::PoolError::Connect(_)), "{error:?}");
+}
+
+/// An upstream that answers `/early` at once, without reading the request body, and then never
+/// reads from that connection again (as an app answering 401 or 413 to an upload might, behind a
+/// full socket); anything else gets a keep-alive 200. Counts the connections it accepts.
+async fn early_answering_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                        }
+                        continue;
+                    };
+                    if seen.starts_with(b"POST /early") {
+                        stream.write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno").await.unwrap();
+                        // Holds the connection, reading nothing more.
+                        std::future::pending::<()>().await;
+                    }
+                    seen.drain(..end + 4);
+                    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await.unwrap();
+                }
+            });
+        }
+    });
+    (address, accepted)
+}
+
+fn post(path: &str, body: Outgoing) -> Request<Outgoing> {
+    Request::post(path).header(header::HOST, "upstream.test").body(body).unwrap()
+}
+
+/// Guards against a hang, which is the failure these tests look for.
+async fn within<T>(what: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), what)
+        .await
+        .expect("the pool made a request wait for another's exchange")
+}
+
+#[tokio::test]
+async fn a_connection_answered_before_its_upload_was_sent_is_closed_not_lent_to_the_next_request() {
+    let (address, accepted) = early_answering_upstream().await;
+    let pool = pool(address, Duration::from_secs(90));
+    // An upload that sends a little and then nothing (its client is slow, or an attacker).
+    let (more, rest) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    more.send(Ok(Frame::data(Bytes::from_static(b"first bytes")))).await.unwrap();
+    let upload = StreamBody::new(tokio_stream_from(rest)).boxed();
+    let (response, lease) = pool.send(post("/early", upload)).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(lease.attach(response.into_body()).collect().await.unwrap().to_bytes(), "no");
+    assert_eq!(pool.idle_count(), 0, "its upload still holds that connection");
+    assert_eq!(within(fetch(&pool, "/small")).await, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    drop(more);
+}
+
+#[tokio::test]
+async fn a_connection_still_writing_its_last_request_is_passed_over() {
+    let (address, accepted) = early_answering_upstream().await;
+    let pool = pool(address, Duration::from_secs(90));
+    // All of it handed over at once, more than the sockets hold: hyper is still writing it when
+    // the answer has come, and will be for as long as the upstream reads nothing.
+    let upload = Full::new(Bytes::from(vec![b'x'; 16 << 20])).boxed();
+    let (response, lease) = pool.send(post("/early", upload)).await.unwrap();
+    assert_eq!(lease.attach(response.into_body()).collect().await.unwrap().to_bytes(), "no");
+    assert_eq!(within(fetch(&pool, "/small")).await, "hello");
+    assert_eq!(within(fetch(&pool, "/small")).await, "hello");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// A stream of the frames sent into `receiver`, ending when its sender is dropped.
+fn tokio_stream_from<T>(mut receiver: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }

@@ -2,6 +2,7 @@
 //!
 //! * `/upload` streams the request body, answering with its length and SHA-256;
 //! * `/download?bytes=N` streams N bytes of a known pattern;
+//! * `/early` answers 401 without reading the request body, and holds it unread;
 //! * `/slow` never answers;
 //! * `/hold` answers when the test calls `release.notify_one()`;
 //! * `/plant-cookie` tries to set the proxy's session cookie;
@@ -162,6 +163,16 @@ async fn answer(
                 Ok::<_, Infallible>(Frame::data(Bytes::from((start..end).map(pattern_byte).collect::<Vec<u8>>())))
             }));
             Response::new(BodyExt::boxed(StreamBody::new(chunks)))
+        }
+        // Answers before reading the request body, as an app refusing an upload (401, 413) may,
+        // and keeps the request open without reading it (as one whose handler still holds it).
+        "/early" => {
+            let unread = req.into_body();
+            tokio::spawn(async move {
+                let _held = unread;
+                std::future::pending::<()>().await
+            });
+            Response::builder().status(401).body(full("no")).unwrap()
         }
         "/slow" => std::future::pending().await,
         "/hold" => {

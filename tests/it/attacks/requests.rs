@@ -207,3 +207,38 @@ async fn an_upload_the_client_breaks_off_is_not_reported_as_the_upstream_down() 
     let page = browser.navigate(&proxy.url("/")).await;
     assert_eq!(page.status(), 200);
 }
+
+/// An upload the upstream answers before reading it (a 401 to an unwelcome upload) while its
+/// client goes on sending slowly: the connection to the upstream is still busy with that upload,
+/// so it must not be lent to the next request. Before, the next visitor's request on that worker
+/// waited for it until `response_timeout` and got a 504 (attack finding, /work/attack9 F1).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_answered_early_does_not_hold_up_the_next_visitors_request() {
+    let upstream = Upstream::start().await;
+    // One worker: one pool, which the attacker and the visitor share.
+    let proxy = proxy(&upstream.url()).toml("[proxy]\nworkers = 1\nresponse_timeout = \"30s\"").start();
+    let attacker = Browser::new();
+    attacker.login(&proxy, &ALICE).await;
+    let cookie = attacker.cookie_header(&proxy.url("/")).unwrap();
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!("POST /early HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: 100000\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&[b'x'; 10]).unwrap();
+    // The upstream's early answer comes back whole while the upload is still open.
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\nno") {
+        stream.read_exact(&mut byte).unwrap();
+        answer.push(byte[0]);
+    }
+    assert_eq!(status_of(&String::from_utf8_lossy(&answer)), 401);
+    // Another browser, on the same worker, is answered at once.
+    let visitor = Browser::new();
+    visitor.login(&proxy, &ALICE).await;
+    let started = Instant::now();
+    let page = visitor.navigate(&proxy.url("/wiki")).await;
+    assert_eq!(page.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(10), "held for {:?}", started.elapsed());
+    drop(stream);
+}
