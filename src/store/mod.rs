@@ -77,6 +77,11 @@ pub trait Store: Send + Sync + 'static {
     fn shared(&self) -> Option<&Shared> {
         None
     }
+    /// Called once the start-up loads have read every keyspace into the caches above the store:
+    /// a store may let go of what it kept from reading them.
+    fn loaded(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Copies every record of every keyspace from `from` to `to`, which must hold none (so a copy

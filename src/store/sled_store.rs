@@ -2,11 +2,19 @@
 //! call runs on the blocking pool; each batch is flushed before it returns.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use super::{Space, Store, StoreError, StoreFuture, Write};
 
 pub struct SledStore {
+    path: PathBuf,
+    /// `None` only while [`Store::loaded`] closes the database to open it again.
+    open: Arc<RwLock<Option<Arc<Opened>>>>,
+}
+
+/// An open database and its trees.
+struct Opened {
     db: sled::Db,
     trees: HashMap<Space, sled::Tree>,
 }
@@ -14,8 +22,8 @@ pub struct SledStore {
 /// The most sled keeps in its page cache.
 const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
-impl SledStore {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+impl Opened {
+    fn open(path: &Path) -> Result<Self, StoreError> {
         // Everything the proxy reads often is kept in memory above the store (sessions, accounts,
         // bans), so sled's own cache (up to 1 GiB by default) only duplicates it: capped, it
         // held 8 MiB less with 100,000 sessions (bench/scale.sh rss).
@@ -33,9 +41,21 @@ impl SledStore {
         }
         Ok(Self { db, trees })
     }
+}
 
-    fn tree(&self, space: Space) -> sled::Tree {
-        self.trees[&space].clone()
+impl SledStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self { path: path.to_path_buf(), open: Arc::new(RwLock::new(Some(Arc::new(Opened::open(path)?)))) })
+    }
+
+    /// The open database, for one call. Each call clones its handles, so a closed-and-reopened
+    /// database is never used half and half.
+    fn opened(&self) -> Result<Arc<Opened>, StoreError> {
+        self.open
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Backend("the store is being reopened".into()))
     }
 }
 
@@ -51,39 +71,38 @@ async fn blocking<T: Send + 'static>(
 
 impl Store for SledStore {
     fn apply(&self, writes: Vec<Write>) -> StoreFuture<'_, ()> {
-        let db = self.db.clone();
-        let trees: Vec<(Write, sled::Tree)> = writes
-            .into_iter()
-            .map(|w| {
-                let space = match &w {
+        let opened = self.opened();
+        Box::pin(blocking(move || {
+            let opened = opened?;
+            for write in writes {
+                let space = match &write {
                     Write::Put { space, .. } | Write::Delete { space, .. } => *space,
                 };
-                (w, self.tree(space))
-            })
-            .collect();
-        Box::pin(blocking(move || {
-            for (write, tree) in trees {
+                let tree = &opened.trees[&space];
                 match write {
                     Write::Put { key, value, .. } => tree.insert(key, value).map(|_| ()),
                     Write::Delete { key, .. } => tree.remove(key).map(|_| ()),
                 }
                 .map_err(backend)?;
             }
-            db.flush().map_err(backend)?;
+            opened.db.flush().map_err(backend)?;
             Ok(())
         }))
     }
 
     fn scan(&self, space: Space) -> StoreFuture<'_, Vec<(Vec<u8>, Vec<u8>)>> {
-        let tree = self.tree(space);
+        let opened = self.opened();
         Box::pin(blocking(move || {
-            tree.iter().map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend)).collect()
+            opened?.trees[&space]
+                .iter()
+                .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
+                .collect()
         }))
     }
 
     fn get(&self, space: Space, key: &[u8]) -> StoreFuture<'_, Option<Vec<u8>>> {
-        let (tree, key) = (self.tree(space), key.to_vec());
-        Box::pin(blocking(move || Ok(tree.get(key).map_err(backend)?.map(|v| v.to_vec()))))
+        let (opened, key) = (self.opened(), key.to_vec());
+        Box::pin(blocking(move || Ok(opened?.trees[&space].get(key).map_err(backend)?.map(|v| v.to_vec()))))
     }
 
     fn swap(
@@ -94,13 +113,75 @@ impl Store for SledStore {
         new: Option<Vec<u8>>,
         _expires_in: Option<std::time::Duration>,
     ) -> StoreFuture<'_, bool> {
-        let (db, tree, key) = (self.db.clone(), self.tree(space), key.to_vec());
+        let (opened, key) = (self.opened(), key.to_vec());
         Box::pin(blocking(move || {
-            let swapped = tree.compare_and_swap(key, expected, new).map_err(backend)?.is_ok();
+            let opened = opened?;
+            let swapped = opened.trees[&space].compare_and_swap(key, expected, new).map_err(backend)?.is_ok();
             if swapped {
-                db.flush().map_err(backend)?;
+                opened.db.flush().map_err(backend)?;
             }
             Ok(swapped)
         }))
+    }
+
+    /// Closes the database and opens it again. Reading every keyspace at start-up leaves sled
+    /// holding the decoded tree nodes it read, whatever its cache is capped at (44 MiB with
+    /// 100,000 sessions, `bench/scale.sh rss` under heaptrack), all of it already kept above the
+    /// store; a database opened again holds only what is read or written from then on.
+    fn loaded(&self) -> StoreFuture<'_, ()> {
+        let (slot, path) = (self.open.clone(), self.path.clone());
+        Box::pin(blocking(move || {
+            let mut held = slot.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let Some(opened) = held.take() else { return Ok(()) };
+            match Arc::try_unwrap(opened) {
+                Ok(opened) => {
+                    opened.db.flush().map_err(backend)?;
+                    // Dropping the last handle stops sled's flusher and lets go of its lock file.
+                    drop(opened);
+                    *held = Some(Arc::new(Opened::open(&path)?));
+                }
+                // A call still in flight holds the database: keep it as it is.
+                Err(opened) => *held = Some(opened),
+            }
+            Ok(())
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{SledStore, Space, Store, Write};
+
+    fn put(key: &[u8], value: &[u8]) -> Write {
+        Write::Put { space: Space::Sessions, key: key.to_vec(), value: value.to_vec() }
+    }
+
+    #[tokio::test]
+    async fn the_database_opened_again_after_the_start_up_loads_keeps_everything_and_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("store")).unwrap();
+        store.apply(vec![put(b"one", b"1"), put(b"two", b"2")]).await.unwrap();
+        assert_eq!(store.scan(Space::Sessions).await.unwrap().len(), 2);
+        let first = Arc::downgrade(&store.opened().unwrap());
+        store.loaded().await.unwrap();
+        assert!(first.upgrade().is_none(), "the first handle, and what sled kept with it, is gone");
+        assert_eq!(store.get(Space::Sessions, b"one").await.unwrap().as_deref(), Some(&b"1"[..]));
+        store.apply(vec![put(b"three", b"3")]).await.unwrap();
+        assert!(store.swap(Space::Sessions, b"two", Some(b"2".to_vec()), None, None).await.unwrap());
+        let keys: Vec<_> = store.scan(Space::Sessions).await.unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [b"one".to_vec(), b"three".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_database_still_in_use_is_not_closed_under_its_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("store")).unwrap();
+        let in_use = store.opened().unwrap();
+        store.loaded().await.unwrap();
+        assert!(Arc::ptr_eq(&in_use, &store.opened().unwrap()));
+        in_use.trees[&Space::Sessions].insert(b"k", b"v".to_vec()).unwrap();
+        assert_eq!(store.get(Space::Sessions, b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
     }
 }
