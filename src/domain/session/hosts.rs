@@ -35,14 +35,14 @@ impl Sessions {
     /// Ends the session `key` and every session of its family: signing out on the main host signs
     /// out of every host it was handed to. Returns how many ended.
     pub async fn end_family(&self, key: &SessionKey) -> Result<usize, SessionError> {
-        let Some(family) = self.cache.get(key).map(|e| e.value().family.clone()) else {
+        let Some(family) = self.cache.get(key).map(|e| e.value().family().to_string()) else {
             self.end(key).await?;
             return Ok(0);
         };
         let members: Vec<SessionKey> = self
             .cache
             .iter()
-            .filter(|e| e.key() == key || (!family.is_empty() && e.value().family == family))
+            .filter(|e| e.key() == key || (!family.is_empty() && e.value().family() == family))
             .map(|e| e.key().clone())
             .collect();
         for member in &members {

@@ -16,6 +16,7 @@ mod record;
 mod replicas;
 mod state;
 mod sweep;
+mod texts;
 
 pub use id::{SessionId, SessionKey};
 pub use record::{Device, Rejected, SessionRecord, Stage};
@@ -170,11 +171,11 @@ impl Sessions {
     fn resolve_one(&self, value: &str, users: &UserDirectory, host: Option<&str>) -> Result<Session, Rejected> {
         let key = SessionId::from_cookie(value).ok_or(Rejected::Malformed)?.key();
         let entry = self.cache.get(&key).map(|e| e.value().clone()).ok_or(Rejected::Unknown)?;
-        if entry.host.as_deref() != host {
+        if entry.host() != host {
             return Err(Rejected::Unknown);
         }
         let now = self.clock.now();
-        let verdict = self.expiry(&entry, now).and_then(|()| match users.get(&entry.user) {
+        let verdict = self.expiry(&entry, now).and_then(|()| match users.get(entry.user()) {
             None => Err(Rejected::UserRemoved),
             Some(user) if user.credential_stamp != entry.credential_stamp => Err(Rejected::PasswordChanged),
             Some(user) => Ok(user),
@@ -214,7 +215,7 @@ impl Sessions {
         if self.expiry(&entry, self.clock.now()).is_err() {
             return None;
         }
-        let user = users.get(&entry.user).filter(|u| u.credential_stamp == entry.credential_stamp)?;
+        let user = users.get(entry.user()).filter(|u| u.credential_stamp == entry.credential_stamp)?;
         match Self::typed(key.clone(), entry, user) {
             Session::Full(full) => Some(full),
             Session::Partial(_) => None,
@@ -341,10 +342,10 @@ impl Sessions {
         let now = self.clock.now();
         let second_factor_at = amr.iter().any(|m| m.is_fresh_second_factor()).then_some(now);
         let stage = Arc::new(FullStage { auth_time: now, amr, second_factor_at, providers, keys });
-        let mut record = self.new_record(&partial.user, partial.first_factor_at, partial.entry.device.clone());
+        let mut record = self.new_record(&partial.user, partial.first_factor_at, partial.entry.device());
         record.created_at = partial.entry.created_at;
-        record.host = partial.entry.host.clone();
-        record.family = partial.entry.family.clone();
+        record.host = partial.entry.host().map(str::to_string);
+        record.family = partial.entry.family().to_string();
         self.store_full(record, stage, &partial.key, partial.user).await
     }
 
@@ -461,16 +462,16 @@ impl Sessions {
         let mut found: Vec<SessionSummary> = self
             .cache
             .iter()
-            .filter(|e| e.value().user == user)
+            .filter(|e| e.value().user() == user)
             .map(|e| {
                 let entry = e.value();
                 SessionSummary {
                     handle: e.key().handle(),
-                    device: entry.device.clone(),
+                    device: entry.device(),
                     created_at: entry.created_at,
                     last_seen: entry.last_seen.load(Ordering::Relaxed),
                     full: entry.is_full(),
-                    host: entry.host.clone(),
+                    host: entry.host().map(str::to_string),
                 }
             })
             .collect();
@@ -482,11 +483,11 @@ impl Sessions {
     /// was one. Another user's session is never matched.
     pub async fn end_by_handle(&self, user: &str, handle: &str) -> Result<bool, SessionError> {
         let key =
-            self.cache.iter().find(|e| e.value().user == user && e.key().handle() == handle).map(|e| e.key().clone());
+            self.cache.iter().find(|e| e.value().user() == user && e.key().handle() == handle).map(|e| e.key().clone());
         match key {
             // A main-host session takes the sessions handed out from it along; one on another
             // host goes alone.
-            Some(key) if self.cache.get(&key).is_some_and(|e| e.host.is_none()) => {
+            Some(key) if self.cache.get(&key).is_some_and(|e| e.host().is_none()) => {
                 self.end_family(&key).await.map(|_| true)
             }
             Some(key) => self.end(&key).await.map(|()| true),
@@ -501,7 +502,7 @@ impl Sessions {
         let chosen: Vec<(SessionKey, Arc<Entry>)> = self
             .cache
             .iter()
-            .filter(|e| e.value().is_full() && matches(&e.value().user))
+            .filter(|e| e.value().is_full() && matches(e.value().user()))
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
         for (key, entry) in &chosen {
@@ -518,7 +519,7 @@ impl Sessions {
     /// Ends every session of the users `matches` picks. Returns how many.
     pub async fn end_where(&self, matches: impl Fn(&str) -> bool) -> Result<usize, SessionError> {
         let keys: Vec<SessionKey> =
-            self.cache.iter().filter(|e| matches(&e.value().user)).map(|e| e.key().clone()).collect();
+            self.cache.iter().filter(|e| matches(e.value().user())).map(|e| e.key().clone()).collect();
         for key in &keys {
             self.end(key).await?;
         }
@@ -529,7 +530,7 @@ impl Sessions {
     pub fn count_by_user(&self) -> std::collections::HashMap<String, (usize, usize)> {
         let mut counts = std::collections::HashMap::<String, (usize, usize)>::new();
         for item in self.cache.iter() {
-            let slot = counts.entry(item.value().user.clone()).or_default();
+            let slot = counts.entry(item.value().user().to_string()).or_default();
             if item.value().is_full() {
                 slot.0 += 1;
             } else {
@@ -541,8 +542,12 @@ impl Sessions {
 
     /// Ends every session of `user` but `keep` (after a password change made in `keep`).
     pub async fn end_all_but(&self, user: &str, keep: &SessionKey) -> Result<usize, SessionError> {
-        let keys: Vec<SessionKey> =
-            self.cache.iter().filter(|e| e.value().user == user && e.key() != keep).map(|e| e.key().clone()).collect();
+        let keys: Vec<SessionKey> = self
+            .cache
+            .iter()
+            .filter(|e| e.value().user() == user && e.key() != keep)
+            .map(|e| e.key().clone())
+            .collect();
         for key in &keys {
             self.end(key).await?;
         }

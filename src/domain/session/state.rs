@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::id::SessionKey;
-use super::record::{Device, SessionRecord, Stage};
+use super::record::{SessionRecord, Stage};
+use super::texts::Texts;
 use crate::base::clock::UnixTime;
 use crate::config::ProviderId;
 use crate::domain::factors::proof::AuthMethod;
@@ -81,16 +82,13 @@ impl Memo {
 
 /// A live session.
 pub(super) struct Entry {
-    pub(super) user: String,
+    /// The user name, CSRF token, family, device and host.
+    pub(super) texts: Texts,
     pub(super) stage: LiveStage,
     pub(super) created_at: UnixTime,
     /// Absolute end, whatever the activity.
     pub(super) expires_at: UnixTime,
     pub(super) credential_stamp: [u8; 16],
-    pub(super) csrf_token: String,
-    pub(super) device: Device,
-    pub(super) host: Option<String>,
-    pub(super) family: String,
     pub(super) last_seen: AtomicI64,
     pub(super) persisted_last_seen: AtomicI64,
     memo: Memo,
@@ -128,17 +126,14 @@ impl Entry {
 
     /// An entry for `record` at `stage` (the record's own stage is what `stage` stores as).
     pub(super) fn new(record: SessionRecord, stage: LiveStage) -> Arc<Self> {
+        // Sessions stored before families existed get one of their own.
+        let family = if record.family.is_empty() { crate::base::secret::random_token() } else { record.family };
         Arc::new(Self {
-            user: record.user,
+            texts: Texts::new(&record.user, &record.csrf_token, &family, &record.device, record.host.as_deref()),
             stage,
             created_at: record.created_at,
             expires_at: record.expires_at,
             credential_stamp: record.credential_stamp,
-            csrf_token: record.csrf_token,
-            device: record.device,
-            host: record.host,
-            // Sessions stored before families existed get one of their own.
-            family: if record.family.is_empty() { crate::base::secret::random_token() } else { record.family },
             last_seen: AtomicI64::new(record.last_seen),
             persisted_last_seen: AtomicI64::new(record.last_seen),
             memo: Memo::default(),
@@ -149,17 +144,37 @@ impl Entry {
     /// The entry as the store keeps it, with its latest activity.
     pub(super) fn snapshot(&self) -> SessionRecord {
         SessionRecord {
-            user: self.user.clone(),
+            user: self.user().to_string(),
             stage: self.stage.stored(),
             created_at: self.created_at,
             last_seen: self.last_seen.load(Ordering::Relaxed),
             expires_at: self.expires_at,
             credential_stamp: self.credential_stamp,
-            csrf_token: self.csrf_token.clone(),
-            device: self.device.clone(),
-            host: self.host.clone(),
-            family: self.family.clone(),
+            csrf_token: self.csrf_token().to_string(),
+            device: self.texts.device(),
+            host: self.texts.host().map(str::to_string),
+            family: self.family().to_string(),
         }
+    }
+
+    pub(super) fn user(&self) -> &str {
+        self.texts.user()
+    }
+
+    pub(super) fn csrf_token(&self) -> &str {
+        self.texts.csrf_token()
+    }
+
+    pub(super) fn family(&self) -> &str {
+        self.texts.family()
+    }
+
+    pub(super) fn device(&self) -> super::record::Device {
+        self.texts.device()
+    }
+
+    pub(super) fn host(&self) -> Option<&str> {
+        self.texts.host()
     }
 
     pub(super) fn is_full(&self) -> bool {
@@ -205,7 +220,7 @@ impl PartialSession {
     }
 
     pub fn csrf_token(&self) -> &str {
-        &self.entry.csrf_token
+        self.entry.csrf_token()
     }
 
     /// Counts a wrong code; returns how many there have been.
@@ -273,7 +288,7 @@ impl FullSession {
     }
 
     pub fn csrf_token(&self) -> &str {
-        &self.entry.csrf_token
+        self.entry.csrf_token()
     }
 
     /// See [`Memo`].
@@ -310,7 +325,7 @@ impl Session {
     }
 
     pub fn csrf_token(&self) -> &str {
-        &self.entry().csrf_token
+        self.entry().csrf_token()
     }
 
     /// How this session's first factor was proven (`pwd`, `link`, a passkey's `hwk`/`swk`).

@@ -42,7 +42,7 @@ impl Sessions {
             // A half-logged-in session that ran out: the password was right, the second step
             // never came. The caller decides whether that is worth telling the user.
             if !entry.is_full() {
-                report.abandoned.push(entry.user.clone());
+                report.abandoned.push(entry.user().to_string());
             }
             expired.push(key);
         }

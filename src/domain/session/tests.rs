@@ -260,7 +260,7 @@ async fn a_session_stored_before_families_gets_one_of_its_own() {
         family: String::new(),
     };
     let (a, b) = (Entry::from_record(record.clone()), Entry::from_record(record));
-    assert!(!a.family.is_empty() && a.family != b.family, "never one shared empty family");
+    assert!(!a.family().is_empty() && a.family() != b.family(), "never one shared empty family");
 }
 
 /// Two replicas over one shared store: what one ends or downgrades, the other's sweep never
