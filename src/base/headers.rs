@@ -31,6 +31,8 @@ const HOP_BY_HOP: [HeaderName; 10] = [
     header::PROXY_AUTHORIZATION,
     HeaderName::from_static("http2-settings"),
 ];
+/// `Transfer-Encoding`'s bit in [`strip_hop_by_hop`]'s set of those present.
+const TRANSFER_ENCODING_BIT: u16 = 1 << 5;
 /// Headers a `Connection` token may never remove: the request would lose its target (`Host`) or
 /// its framing (`Content-Length`) on the way to the upstream.
 const NEVER_CONNECTION_SPECIFIC: [&str; 2] = ["host", "content-length"];
@@ -193,6 +195,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if present & 1 << at != 0 {
             headers.remove(name);
         }
+    }
+    // RFC 9112 §6.3: with both, `Transfer-Encoding` frames the message, and an intermediary must
+    // remove `Content-Length` before passing it on; kept, it cut the body short downstream.
+    if present & TRANSFER_ENCODING_BIT != 0 {
+        headers.remove(header::CONTENT_LENGTH);
     }
 }
 /// Removes every client-sent header that could be mistaken for an identity: the configured
@@ -444,6 +451,18 @@ mod tests {
             h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_message_framed_by_transfer_encoding_loses_its_content_length_too() {
+        assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_BIT.trailing_zeros() as usize], header::TRANSFER_ENCODING);
+        let mut both =
+            map(&[("transfer-encoding", "chunked"), ("content-length", "3"), ("content-type", "text/plain")]);
+        strip_hop_by_hop(&mut both);
+        assert_eq!(both.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["content-type"]);
+        let mut length_only = map(&[("content-length", "3"), ("connection", "keep-alive")]);
+        strip_hop_by_hop(&mut length_only);
+        assert_eq!(length_only.get("content-length").unwrap(), "3");
     }
 
     #[test]
