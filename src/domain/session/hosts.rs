@@ -27,9 +27,8 @@ impl Sessions {
             csrf_token: crate::base::secret::random_token(),
             ..parent.entry.snapshot()
         };
-        let stage = parent.stage.clone();
-        let (id, key, entry) = self.store_new(record, LiveStage::Full(stage.clone()), None).await?;
-        Ok((id, FullSession { key, entry, user: Arc::clone(&parent.user), stage }))
+        let (id, key, entry) = self.store_new(record, LiveStage::Full(parent.stage().clone()), None).await?;
+        Ok((id, FullSession { key, entry, user: Arc::clone(&parent.user) }))
     }
 
     /// Ends the session `key` and every session of its family: signing out on the main host signs

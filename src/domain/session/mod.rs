@@ -12,6 +12,7 @@
 
 mod hosts;
 mod id;
+mod methods;
 mod record;
 mod replicas;
 mod state;
@@ -19,9 +20,11 @@ mod sweep;
 mod texts;
 
 pub use id::{SessionId, SessionKey};
+pub use methods::Methods;
 pub use record::{Device, Rejected, SessionRecord, Stage};
 pub use state::{FullSession, FullStage, Lookup, Memo, PartialSession, Session, StoreState};
 
+use std::num::NonZeroI64;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -201,10 +204,7 @@ impl Sessions {
                 let (first_factor_at, first_factor) = (*first_factor_at, *first_factor);
                 Session::Partial(PartialSession { key, entry, user, first_factor_at, first_factor })
             }
-            LiveStage::Full(stage) => {
-                let stage = stage.clone();
-                Session::Full(FullSession { key, entry, user, stage })
-            }
+            LiveStage::Full(_) => Session::Full(FullSession { key, entry, user }),
         }
     }
 
@@ -297,15 +297,15 @@ impl Sessions {
         let user = proof.user().clone();
         let now = self.clock.now();
         let record = self.new_record(&user, now, device);
-        let stage = Arc::new(FullStage {
+        let stage = FullStage {
             auth_time: now,
-            amr: vec![proof.method(), AuthMethod::User],
-            second_factor_at: Some(now),
+            amr: Methods::new(&[proof.method(), AuthMethod::User]),
+            second_factor_at: NonZeroI64::new(now),
             providers: proof.provider().into_iter().cloned().collect(),
             keys: proof.key().into_iter().map(str::to_string).collect(),
-        });
-        let (id, key, entry) = self.store_new(record, LiveStage::Full(stage.clone()), None).await?;
-        Ok((id, FullSession { key, entry, user, stage }))
+        };
+        let (id, key, entry) = self.store_new(record, LiveStage::Full(stage), None).await?;
+        Ok((id, FullSession { key, entry, user }))
     }
 
     /// Makes a partial session full with the second factor it just proved. The id changes.
@@ -319,7 +319,7 @@ impl Sessions {
         }
         let providers = proof.provider().into_iter().cloned().collect();
         let keys = proof.key().into_iter().map(str::to_string).collect();
-        let amr = vec![partial.first_factor, proof.method()];
+        let amr = Methods::new(&[partial.first_factor, proof.method()]);
         self.make_full(partial, amr, (providers, keys)).await
     }
 
@@ -329,19 +329,19 @@ impl Sessions {
         partial: PartialSession,
         _enough: PasswordIsEnough,
     ) -> Result<(SessionId, FullSession), SessionError> {
-        let amr = vec![partial.first_factor];
-        self.make_full(partial, amr, (Vec::new(), Vec::new())).await
+        let amr = Methods::new(&[partial.first_factor]);
+        self.make_full(partial, amr, (Box::default(), Box::default())).await
     }
 
     async fn make_full(
         &self,
         partial: PartialSession,
-        amr: Vec<AuthMethod>,
-        (providers, keys): (Vec<crate::config::ProviderId>, Vec<String>),
+        amr: Methods,
+        (providers, keys): (Box<[crate::config::ProviderId]>, Box<[String]>),
     ) -> Result<(SessionId, FullSession), SessionError> {
         let now = self.clock.now();
-        let second_factor_at = amr.iter().any(|m| m.is_fresh_second_factor()).then_some(now);
-        let stage = Arc::new(FullStage { auth_time: now, amr, second_factor_at, providers, keys });
+        let second_factor_at = amr.iter().any(|m| m.is_fresh_second_factor()).then_some(now).and_then(NonZeroI64::new);
+        let stage = FullStage { auth_time: now, amr, second_factor_at, providers, keys };
         let mut record = self.new_record(&partial.user, partial.first_factor_at, partial.entry.device());
         record.created_at = partial.entry.created_at;
         record.host = partial.entry.host().map(str::to_string);
@@ -353,12 +353,12 @@ impl Sessions {
     async fn store_full(
         &self,
         record: SessionRecord,
-        stage: Arc<FullStage>,
+        stage: FullStage,
         replaces: &SessionKey,
         user: Arc<User>,
     ) -> Result<(SessionId, FullSession), SessionError> {
-        let (id, key, entry) = self.store_new(record, LiveStage::Full(stage.clone()), Some(replaces)).await?;
-        Ok((id, FullSession { key, entry, user, stage }))
+        let (id, key, entry) = self.store_new(record, LiveStage::Full(stage), Some(replaces)).await?;
+        Ok((id, FullSession { key, entry, user }))
     }
 
     /// Records a second factor proven again in a full session (step-up before a sensitive
@@ -372,24 +372,28 @@ impl Sessions {
             return Err(SessionError::ProofForAnotherAccount);
         }
         let now = self.clock.now();
-        let mut amr = full.amr().to_vec();
-        if !amr.contains(&proof.method()) {
-            amr.push(proof.method());
-        }
-        let mut providers = full.stage.providers.clone();
+        let mut amr = full.stage().amr.clone();
+        amr.add(proof.method());
+        let mut providers = full.proven_with().to_vec();
         if let Some(provider) = proof.provider()
             && !providers.contains(provider)
         {
             providers.push(provider.clone());
         }
-        let mut keys = full.stage.keys.clone();
+        let mut keys = full.keys_used().to_vec();
         if let Some(key) = proof.key()
             && !keys.iter().any(|k| k == key)
         {
             keys.push(key.to_string());
         }
-        let second_factor_at = proof.method().is_fresh_second_factor().then_some(now).or(full.second_factor_at());
-        let stage = Arc::new(FullStage { auth_time: now, amr, second_factor_at, providers, keys });
+        let second_factor_at = proof
+            .method()
+            .is_fresh_second_factor()
+            .then_some(now)
+            .or(full.second_factor_at())
+            .and_then(NonZeroI64::new);
+        let (providers, keys) = (providers.into_boxed_slice(), keys.into_boxed_slice());
+        let stage = FullStage { auth_time: now, amr, second_factor_at, providers, keys };
         let record =
             SessionRecord { last_seen: now, csrf_token: crate::base::secret::random_token(), ..full.entry.snapshot() };
         self.store_full(record, stage, &full.key, full.user).await
@@ -408,7 +412,7 @@ impl Sessions {
             csrf_token: crate::base::secret::random_token(),
             ..full.entry.snapshot()
         };
-        self.store_full(record, full.stage.clone(), &full.key, user).await
+        self.store_full(record, full.stage().clone(), &full.key, user).await
     }
 
     /// Turns a full session back into a partial one (the policy now asks for more than it

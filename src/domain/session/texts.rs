@@ -17,10 +17,12 @@ const HOST: usize = 5;
 
 pub(super) struct Texts {
     all: Box<str>,
-    /// Where each field ends in `all`; each begins where the one before ends.
+    /// Where each field ends in `all`; each begins where the one before ends. The host's is
+    /// [`NO_HOST`] when there is none.
     ends: [u32; 6],
-    has_host: bool,
 }
+
+const NO_HOST: u32 = u32::MAX;
 
 impl Texts {
     pub(super) fn new(user: &str, csrf_token: &str, family: &str, device: &Device, host: Option<&str>) -> Self {
@@ -33,7 +35,10 @@ impl Texts {
             // session is made from); saturating keeps a slice in bounds whatever comes.
             *end = u32::try_from(all.len()).unwrap_or(u32::MAX);
         }
-        Self { all: all.into_boxed_str(), ends, has_host: host.is_some() }
+        if host.is_none() {
+            ends[HOST] = NO_HOST;
+        }
+        Self { all: all.into_boxed_str(), ends }
     }
 
     fn field(&self, index: usize) -> &str {
@@ -58,7 +63,7 @@ impl Texts {
     }
 
     pub(super) fn host(&self) -> Option<&str> {
-        self.has_host.then(|| self.field(HOST))
+        (self.ends[HOST] != NO_HOST).then(|| self.field(HOST))
     }
 }
 
