@@ -14,12 +14,13 @@
 //!
 //! A connection goes back to the queue when its exchange is over: the response body read to the
 //! end *and* the request body sent to the end. It is closed instead when the response body is
-//! dropped half-read (HTTP/1.1 cannot abandon one response and go on, RFC 9112 §9.6), when the
-//! upstream answered before the request body was all sent (a 401 or 413 to an upload: the rest
-//! of the upload would hold the connection for as long as the client takes to send it), when the
-//! upstream closes it, or when it has been idle for `proxy.pool_idle_timeout`. Taking a
-//! connection never waits on one: a connection not ready this instant is passed over and a new
-//! one dialled, so no request can be made to wait behind another's exchange.
+//! dropped half-read (HTTP/1.1 has no way to abandon one response and go on: its unread rest
+//! would be taken for the next answer), when the upstream answered before the request body was
+//! all sent (a 401 or 413 to an upload: the rest of the upload would hold the connection for as
+//! long as the client takes to send it), when the upstream closes it, or when it has been idle
+//! for `proxy.pool_idle_timeout`. Taking a connection never waits on one: a connection not ready
+//! this instant is passed over and a new one dialled, so no request can be made to wait behind
+//! another's exchange.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
