@@ -162,12 +162,7 @@ async fn a_stalled_upload_is_abandoned_after_the_idle_timeout() {
     let browser = Browser::new();
     browser.login(&proxy, &ALICE).await;
     let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
-    let mut stream = TcpStream::connect(proxy.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let head =
-        format!("POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: 100000\r\n\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&[b'x'; 10]).unwrap();
+    let mut stream = upload_begun(proxy.addr, &cookie, "/upload");
     // ...and then nothing. The proxy gives up on the body, answers, and closes.
     let started = Instant::now();
     let mut answer = Vec::new();
@@ -189,12 +184,7 @@ async fn an_upload_the_client_breaks_off_is_not_reported_as_the_upstream_down() 
     browser.login(&proxy, &ALICE).await;
     let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
     let mark = proxy.stderr.len();
-    let mut stream = TcpStream::connect(proxy.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let head =
-        format!("POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: 100000\r\n\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&[b'x'; 10]).unwrap();
+    let stream = upload_begun(proxy.addr, &cookie, "/upload");
     // The client gives up on its upload: the body ends short of what it announced.
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     let logged = proxy.stderr.wait_for(mark, |l| l.contains("portcullis::access") && l.contains("/upload"));
@@ -220,11 +210,7 @@ async fn an_upload_answered_early_does_not_hold_up_the_next_visitors_request() {
     let attacker = Browser::new();
     attacker.login(&proxy, &ALICE).await;
     let cookie = attacker.cookie_header(&proxy.url("/")).unwrap();
-    let mut stream = TcpStream::connect(proxy.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let head = format!("POST /early HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: 100000\r\n\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&[b'x'; 10]).unwrap();
+    let mut stream = upload_begun(proxy.addr, &cookie, "/early");
     // The upstream's early answer comes back whole while the upload is still open.
     let mut answer = Vec::new();
     let mut byte = [0u8; 1];
@@ -241,4 +227,15 @@ async fn an_upload_answered_early_does_not_hold_up_the_next_visitors_request() {
     assert_eq!(page.status(), 200);
     assert!(started.elapsed() < Duration::from_secs(10), "held for {:?}", started.elapsed());
     drop(stream);
+}
+
+/// A signed-in upload to `path` that announces 100,000 bytes and has sent 10: what the client
+/// does next (nothing, break off, go on slowly) is the test's.
+fn upload_begun(proxy: SocketAddr, cookie: &str, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: 100000\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&[b'x'; 10]).unwrap();
+    stream
 }
