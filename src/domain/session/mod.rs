@@ -26,7 +26,6 @@ pub use state::{FullSession, FullStage, Lookup, Memo, PartialSession, Session, S
 
 use std::num::NonZeroI64;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use dashmap::DashMap;
 
@@ -122,7 +121,7 @@ impl Sessions {
             LiveStage::Partial { first_factor_at, .. } => Some(first_factor_at),
             LiveStage::Full(_) => None,
         };
-        check_expiry(partial_since, entry.expires_at, entry.last_seen.load(Ordering::Relaxed), now, &self.settings)
+        check_expiry(partial_since, entry.expires_at(), entry.last_seen(), now, &self.settings)
     }
 
     /// Finds the session for the values of our cookie in a request. In memory only: this is the
@@ -190,10 +189,7 @@ impl Sessions {
                 return Err(problem);
             }
         };
-        // Only write when the second changed, so busy sessions do not bounce a cache line.
-        if entry.last_seen.load(Ordering::Relaxed) < now {
-            entry.last_seen.fetch_max(now, Ordering::Relaxed);
-        }
+        entry.seen_at(now);
         Ok(Self::typed(key, entry, user))
     }
 
@@ -473,7 +469,7 @@ impl Sessions {
                     handle: e.key().handle(),
                     device: entry.device(),
                     created_at: entry.created_at,
-                    last_seen: entry.last_seen.load(Ordering::Relaxed),
+                    last_seen: entry.last_seen(),
                     full: entry.is_full(),
                     host: entry.host().map(str::to_string),
                 }

@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::Sessions;
 use super::id::{SessionId, SessionKey};
@@ -111,8 +110,8 @@ impl Sessions {
             let mut same = held.snapshot();
             same.last_seen = record.last_seen;
             if same == record {
-                held.last_seen.fetch_max(record.last_seen, Ordering::Relaxed);
-                held.persisted_last_seen.fetch_max(record.last_seen, Ordering::Relaxed);
+                held.seen_at(record.last_seen);
+                held.persisted_at(record.last_seen);
                 return true;
             }
         }
@@ -163,7 +162,7 @@ impl Sessions {
         }
         let Some(bytes) = self.store.get(Space::Sessions, key.as_bytes()).await? else { return Ok(true) };
         let stored: SessionRecord = decode(&bytes)?;
-        if stored.last_seen > entry.last_seen.load(Ordering::Relaxed) && self.install(key.clone(), stored) {
+        if stored.last_seen > entry.last_seen() && self.install(key.clone(), stored) {
             return Ok(false);
         }
         Ok(true)

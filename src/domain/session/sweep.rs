@@ -1,8 +1,6 @@
 //! Keeping the sessions in memory and in the store in step, off the hot path: expiry, and the
 //! `last_seen` of busy sessions written at most once a minute.
 
-use std::sync::atomic::Ordering;
-
 use super::record::{delete, put};
 use super::{Sessions, SweepReport};
 use crate::store::StoreError;
@@ -19,16 +17,16 @@ impl Sessions {
         let mut touched = Vec::new();
         for item in self.cache.iter() {
             let entry = item.value();
-            let last_seen = entry.last_seen.load(Ordering::Relaxed);
+            let last_seen = entry.last_seen();
             if self.expiry(entry, now).is_err() {
                 ran_out.push((item.key().clone(), entry.clone()));
-            } else if last_seen - entry.persisted_last_seen.load(Ordering::Relaxed) >= 60 {
+            } else if last_seen - entry.persisted_last_seen() >= 60 {
                 if self.shared() {
                     touched.push((item.key().clone(), last_seen));
                 } else {
                     writes.push(put(item.key(), &entry.snapshot())?);
                 }
-                entry.persisted_last_seen.store(last_seen, Ordering::Relaxed);
+                entry.persisted_at(last_seen);
                 report.touched += 1;
             }
         }

@@ -326,10 +326,42 @@ async fn unknown_cookies_are_looked_up_two_at_most_per_request() {
 }
 
 /// Every live session holds an entry: 100,000 of them are what `bench/scale.sh rss` weighs. This
-/// holds the size reached (one allocation of 192 bytes with the `Arc`'s counts and malloc's
+/// holds the size reached (one allocation of 176 bytes with the `Arc`'s counts and malloc's
 /// header) against a field added without thought.
 #[test]
 fn a_live_entry_stays_within_one_small_allocation() {
     let size = std::mem::size_of::<super::state::Entry>();
-    assert!(size <= 168, "an entry is {size} bytes");
+    assert!(size <= 152, "an entry is {size} bytes");
+}
+
+/// The entry keeps its instants as 32-bit offsets from its creation: each comes back exactly,
+/// including one before the creation (a clock stepped back), and uses only ever move forward.
+#[test]
+fn an_entrys_instants_come_back_as_they_went_in() {
+    let created = 1_700_000_000;
+    let record = SessionRecord {
+        user: "alice".into(),
+        stage: Stage::Partial { first_factor_at: created, first_factor: AuthMethod::Pwd },
+        created_at: created,
+        last_seen: created - 30,
+        expires_at: created + 90 * 86_400,
+        credential_stamp: [0; 16],
+        csrf_token: "t".into(),
+        device: Device::default(),
+        host: None,
+        family: "f".into(),
+    };
+    let entry = Entry::from_record(record.clone());
+    assert_eq!(entry.snapshot(), record);
+    assert_eq!(entry.persisted_last_seen(), created - 30);
+    entry.seen_at(created + 500);
+    entry.seen_at(created + 400);
+    assert_eq!(entry.last_seen(), created + 500, "an earlier use does not move it back");
+    entry.persisted_at(created + 500);
+    entry.persisted_at(created + 100);
+    assert_eq!(entry.persisted_last_seen(), created + 500);
+    assert_eq!(entry.expires_at(), created + 90 * 86_400);
+    // Decades away: held to what 32 bits keep, so an expiry only ever comes earlier.
+    let far = Entry::from_record(SessionRecord { expires_at: i64::MAX, ..record });
+    assert_eq!(far.expires_at(), created + i64::from(i32::MAX));
 }
