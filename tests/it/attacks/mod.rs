@@ -12,6 +12,7 @@ mod keep_alive;
 mod origin;
 mod requests;
 mod tunnels;
+mod upstream_answers;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
