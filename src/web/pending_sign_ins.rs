@@ -143,6 +143,22 @@ impl<T: Expiring + Serialize + DeserializeOwned + Send + 'static> PerBrowser<T> 
             });
             return;
         }
+        self.keep_in_memory(token, client, ceremony);
+    }
+
+    /// As [`Self::put`], but returns once the ceremony is kept where every replica finds it, or
+    /// says why it could not be. For a browser that may be back within milliseconds: a provider
+    /// that already knows the person redirects straight back, maybe to another replica.
+    pub async fn keep(&self, token: &str, client: IpAddr, ceremony: T) -> Result<(), crate::store::StoreError> {
+        if let Some(flows) = &self.shared {
+            let bytes = serde_json::to_vec(&ceremony).map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
+            return put_shared(flows, slot(token), &Subject::address(client).store_key(), bytes).await;
+        }
+        self.keep_in_memory(token, client, ceremony);
+        Ok(())
+    }
+
+    fn keep_in_memory(&self, token: &str, client: IpAddr, ceremony: T) {
         let (slot, client) = (slot(token), Subject::address(client).store_key());
         let mut kept = self.kept();
         kept.remove(&slot);
@@ -286,5 +302,14 @@ mod tests {
         assert!(a.take("alice's browser").await.is_none(), "once");
         assert!(b.take("flood 0").await.is_none(), "the flood's oldest gave way");
         assert!(a.take(&format!("flood {}", PER_CLIENT + 4)).await.is_some());
+
+        // `keep` returns once the other replica can take it, with no background write to wait for.
+        let office: IpAddr = "192.0.2.7".parse().unwrap();
+        a.keep("bob's browser", office, ceremony()).await.unwrap();
+        assert!(b.take("bob's browser").await.is_some(), "kept by A, at once on B");
+        // Without a shared store, kept in memory like `put`.
+        let alone: PasskeyLogins = PerBrowser::default();
+        alone.keep("carol's browser", office, ceremony()).await.unwrap();
+        assert!(alone.take("carol's browser").await.is_some());
     }
 }

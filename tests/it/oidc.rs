@@ -19,7 +19,7 @@ fn provider_dir() -> PathBuf {
 }
 
 /// The provider, for a proxy whose callback is `redirect_uri`.
-fn start_provider(test: &str, redirect_uri: &str) -> Option<Front> {
+pub(crate) fn start_provider(test: &str, redirect_uri: &str) -> Option<Front> {
     if !provider_dir().join("node_modules/oidc-provider").exists() {
         let install = "npm ci --prefix tests/oidc";
         assert!(std::env::var_os("CI").is_none(), "CI must run {test}, but oidc-provider is missing ({install})");
@@ -44,22 +44,27 @@ fn proxy_and_provider(test: &str, upstream: &Upstream, extra: &str) -> Option<(P
     let proxy_port = free_port();
     let redirect = format!("http://127.0.0.1:{proxy_port}/.portcullis/login/oidc/test/callback");
     let provider = start_provider(test, &redirect)?;
+    let proxy = proxy(&upstream.url()).port(proxy_port).toml(&provider_toml(&provider, extra)).start();
+    Some((proxy, provider))
+}
+
+/// The `[[login.oidc]]` table for `provider` as `test` (and `extra` lines for it), its client
+/// secret in a private file.
+pub(crate) fn provider_toml(provider: &Front, extra: &str) -> String {
     let secrets = tempfile::tempdir().unwrap().keep();
     let secret_file = secrets.join("oidc.secret");
     std::fs::write(&secret_file, CLIENT_SECRET).unwrap();
     std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let config = format!(
+    format!(
         "[[login.oidc]]\nid = \"test\"\nname = \"Test ID\"\nissuer = \"http://127.0.0.1:{}\"\nclient_id = \"portcullis\"\nclient_secret_file = \"{}\"\n{extra}",
         provider.addr().port(),
         secret_file.display()
-    );
-    let proxy = proxy(&upstream.url()).port(proxy_port).toml(&config).start();
-    Some((proxy, provider))
+    )
 }
 
 /// Follows the proxy's redirect to the provider, signs in there as `login`, and stops at the
 /// redirect back to the proxy's callback; returns that callback URL.
-async fn at_provider(browser: &Browser, proxy: &Proxy, login: &str, rd: &str) -> String {
+pub(crate) async fn at_provider(browser: &Browser, proxy: &Proxy, login: &str, rd: &str) -> String {
     let start = proxy.url(&format!("/.portcullis/login/oidc/test?rd={}", rd.replace('/', "%2F")));
     through_provider(browser, proxy, &start, login).await
 }

@@ -16,6 +16,7 @@ use crate::mfa::{code, enroll, log_out, password};
 use crate::upstream::Upstream;
 
 mod email_links;
+mod round_trips;
 
 /// A redis-server that can be stopped and started again on the same port and files.
 struct Redis {
@@ -624,46 +625,4 @@ async fn a_handoff_code_made_by_one_replica_is_exchanged_once_on_the_other() {
     assert_eq!(upstream.seen().last().unwrap().header("x-forwarded-user"), Some("alice"));
     // Once: not again on A.
     assert_eq!(browser.navigate(&exchange).await.status(), 403, "spent on B");
-}
-
-/// A passkey that signs in by itself: the login page (and its ceremony) from A, the answer to B.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_passkey_sign_in_started_on_one_replica_finishes_once_on_the_other() {
-    use crate::passkeys::{PASSWORDLESS, login_page, passkey_answer, register, submit};
-    use crate::security_keys::{HOST, browser, key};
-    let Some(redis) = Redis::start("passkeys across replicas") else { return };
-    let upstream = Upstream::start().await;
-    let a = proxy(&upstream.url()).public_host(HOST).toml(PASSWORDLESS).toml(&redis.store_toml("keys:")).start();
-    // One public URL for both (the balancer's): A's.
-    let b = proxy(&upstream.url())
-        .replica_of(&a)
-        .public_host(HOST)
-        .public_port(a.addr.port())
-        .toml(PASSWORDLESS)
-        .toml(&redis.store_toml("keys:"))
-        .start();
-    let (base_a, base_b) = (format!("http://{HOST}:{}", a.addr.port()), format!("http://{HOST}:{}", b.addr.port()));
-    let mut key = key();
-    let owner = browser(&a);
-    assert_eq!(owner.submit_login_at(&base_a, ALICE.name, ALICE.password, "/").await.status(), 303);
-    let registered = register(&owner, &base_a, &mut key).await;
-
-    let phone = browser(&a);
-    let html = login_page(&phone, &base_a, "/").await;
-    let credential = passkey_answer(&mut key, &base_a, &html, &registered, &registered.user_handle);
-    // A writes the ceremony in the background while the person reaches for the key: wait until
-    // it is in the shared store (under the hash of the browser's login-form token), as a person
-    // would. Posting before then would be answered "expired" with a fresh page and a new
-    // ceremony, which a browser would use instead of this one.
-    let slot: String = {
-        use sha2::Digest;
-        let token = crate::harness::form_field(&html, "csrf").unwrap();
-        sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-    };
-    within(Duration::from_secs(5), || async { !redis.values(&format!("keys:*sign-in:{slot}")).await.is_empty() }).await;
-    let answer = submit(&phone, &base_b, &base_a, &html, &credential).await;
-    assert_eq!(answer.status(), 303, "B's answer to the passkey: {}", answer.text().await.unwrap());
-    assert_eq!(phone.navigate(&format!("{base_b}/")).await.status(), 200, "signed in by B");
-    let replayed = submit(&phone, &base_a, &base_a, &html, &credential).await;
-    assert_eq!(replayed.status(), 401, "the ceremony was taken by B");
 }

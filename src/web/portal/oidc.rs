@@ -77,7 +77,13 @@ pub(super) async fn start(app: &App, request: &Request<Incoming>, conn: &Connect
             };
             // Kept per browser, at most a few per client: a client starting sign-ins in a loop
             // churns its own share only (see `pending_sign_ins.rs`).
-            app.oidc_pending.put(&nonce, client_ip(app, request.headers(), conn), pending);
+            // Kept before the browser is sent off: a provider that knows the person already sends
+            // it straight back, maybe to another replica. If it cannot be kept, nobody is sent
+            // to a sign-in that would fail on return.
+            if let Err(e) = app.oidc_pending.keep(&nonce, client_ip(app, request.headers(), conn), pending).await {
+                tracing::error!(target: "portcullis::store", provider = %provider.id, "an OpenID Connect sign-in could not be kept: {e}");
+                return Err(WebError::StoreOffline);
+            }
             let mut response = crate::web::pages::see_other(&url);
             set_nonce(app, &mut response, &nonce, time::Duration::seconds(LIFETIME));
             Ok(response)

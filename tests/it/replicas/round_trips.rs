@@ -1,0 +1,95 @@
+//! Sign-ins that take two requests, begun on one replica and finished on the other (behind a
+//! round-robin balancer, nothing keeps a browser on one): a passkey's ceremony, and the round
+//! trip through an OpenID Connect provider. Each is taken once, on whichever replica the browser
+//! comes back to.
+
+use std::time::Duration;
+
+use super::{Redis, within};
+use crate::harness::{ALICE, Browser, free_port, proxy};
+use crate::oidc::{at_provider, provider_toml, start_provider};
+use crate::passkeys::{PASSWORDLESS, login_page, passkey_answer, register, submit};
+use crate::security_keys::{HOST, browser, key};
+use crate::upstream::Upstream;
+
+/// A passkey that signs in by itself: the login page (and its ceremony) from A, the answer to B.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passkey_sign_in_started_on_one_replica_finishes_once_on_the_other() {
+    let Some(redis) = Redis::start("passkeys across replicas") else { return };
+    let upstream = Upstream::start().await;
+    let a = proxy(&upstream.url()).public_host(HOST).toml(PASSWORDLESS).toml(&redis.store_toml("keys:")).start();
+    // One public URL for both (the balancer's): A's.
+    let b = proxy(&upstream.url())
+        .replica_of(&a)
+        .public_host(HOST)
+        .public_port(a.addr.port())
+        .toml(PASSWORDLESS)
+        .toml(&redis.store_toml("keys:"))
+        .start();
+    let (base_a, base_b) = (format!("http://{HOST}:{}", a.addr.port()), format!("http://{HOST}:{}", b.addr.port()));
+    let mut key = key();
+    let owner = browser(&a);
+    assert_eq!(owner.submit_login_at(&base_a, ALICE.name, ALICE.password, "/").await.status(), 303);
+    let registered = register(&owner, &base_a, &mut key).await;
+
+    let phone = browser(&a);
+    let html = login_page(&phone, &base_a, "/").await;
+    let credential = passkey_answer(&mut key, &base_a, &html, &registered, &registered.user_handle);
+    // A writes the ceremony in the background while the person reaches for the key: wait until
+    // it is in the shared store (under the hash of the browser's login-form token), as a person
+    // would. Posting before then would be answered "expired" with a fresh page and a new
+    // ceremony, which a browser would use instead of this one.
+    let slot: String = {
+        use sha2::Digest;
+        let token = crate::harness::form_field(&html, "csrf").unwrap();
+        sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    };
+    within(Duration::from_secs(5), || async { !redis.values(&format!("keys:*sign-in:{slot}")).await.is_empty() }).await;
+    let answer = submit(&phone, &base_b, &base_a, &html, &credential).await;
+    assert_eq!(answer.status(), 303, "B's answer to the passkey: {}", answer.text().await.unwrap());
+    assert_eq!(phone.navigate(&format!("{base_b}/")).await.status(), 200, "signed in by B");
+    let replayed = submit(&phone, &base_a, &base_a, &html, &credential).await;
+    assert_eq!(replayed.status(), 401, "the ceremony was taken by B");
+}
+
+/// Back from the provider to the other replica: the sign-in A began (its state, nonce and PKCE
+/// verifier) is in the shared store before the browser is sent off, so B finishes it, once. With
+/// the store stalled, A sends nobody to a sign-in it could not finish.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_openid_sign_in_started_on_one_replica_finishes_once_on_the_other() {
+    let Some(redis) = Redis::start("OpenID Connect across replicas") else { return };
+    let upstream = Upstream::start().await;
+    // The provider knows one callback, at the public URL: A's port stands for the balancer's.
+    let port = free_port();
+    let test = "an_openid_sign_in_started_on_one_replica_finishes_once_on_the_other";
+    let Some(provider) = start_provider(test, &format!("http://127.0.0.1:{port}/.portcullis/login/oidc/test/callback"))
+    else {
+        return;
+    };
+    let (oidc, store) = (provider_toml(&provider, ""), redis.store_toml("oidc:"));
+    let a = proxy(&upstream.url()).port(port).toml(&oidc).toml(&store).start();
+    let b = proxy(&upstream.url()).replica_of(&a).public_port(port).toml(&oidc).toml(&store).start();
+    let linked = a.cli(&["user", "link", "alice", "--oidc", "test", "--subject", "carol"], "");
+    assert!(linked.status.success(), "{}", String::from_utf8_lossy(&linked.stderr));
+
+    let browser = Browser::new();
+    let callback = at_provider(&browser, &a, "carol", "/wiki").await;
+    let on_b = callback.replace(&format!(":{port}/"), &format!(":{}/", b.addr.port()));
+    assert_ne!(on_b, callback);
+    let back = browser.navigate(&on_b).await;
+    assert_eq!(back.status(), 303, "B finished A's sign-in: {}", back.text().await.unwrap());
+    assert_eq!(back.headers()["location"], a.url("/wiki").as_str(), "where it was going");
+    assert_eq!(browser.navigate(&b.url("/wiki")).await.status(), 200, "signed in, on B");
+    assert_eq!(upstream.seen().last().unwrap().header("x-forwarded-user"), Some("alice"));
+    // Taken on B: the same answer from the provider does nothing on A.
+    assert_eq!(Browser::new().navigate(&callback).await.status(), 400);
+    assert_eq!(browser.navigate(&callback).await.status(), 400, "not again, not even in this browser");
+
+    // The store stalls: the start says so, and nobody is sent to the provider.
+    redis.pause(true);
+    let start = Browser::new().navigate(&a.url("/.portcullis/login/oidc/test?rd=%2F")).await;
+    redis.pause(false);
+    assert_eq!(start.status(), 503);
+    assert!(start.headers().get("location").is_none());
+    assert!(start.text().await.unwrap().contains("cannot reach its data store"));
+}
