@@ -14,6 +14,7 @@ use crate::upstream::Upstream;
 
 pub use super::keys::{a_passkey_signs_in_without_a_password, security_key_from_the_account_page_to_sign_in};
 pub use super::links::a_sign_in_link_signs_in_the_browser_that_asked;
+pub use super::oidc::an_openid_provider_on_another_site_signs_in_and_lands_on_the_deep_link;
 
 pub(super) const SUBMIT: &str = "main form button[type=submit]";
 

@@ -14,6 +14,7 @@ mod checks;
 mod flows;
 mod keys;
 mod links;
+mod oidc;
 mod webdriver;
 
 use std::path::PathBuf;
@@ -77,4 +78,5 @@ in_both_viewports! {
     security_key_from_the_account_page_to_sign_in;
     a_passkey_signs_in_without_a_password;
     a_sign_in_link_signs_in_the_browser_that_asked;
+    an_openid_provider_on_another_site_signs_in_and_lands_on_the_deep_link;
 }
