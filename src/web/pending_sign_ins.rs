@@ -151,7 +151,7 @@ impl<T: Expiring + Serialize + DeserializeOwned + Send + 'static> PerBrowser<T> 
     /// that already knows the person redirects straight back, maybe to another replica.
     pub async fn keep(&self, token: &str, client: IpAddr, ceremony: T) -> Result<(), crate::store::StoreError> {
         if let Some(flows) = &self.shared {
-            let bytes = serde_json::to_vec(&ceremony).map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
+            let bytes = crate::store::encode(&ceremony)?;
             return put_shared(flows, slot(token), &Subject::address(client).store_key(), bytes).await;
         }
         self.keep_in_memory(token, client, ceremony);

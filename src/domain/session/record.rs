@@ -90,8 +90,10 @@ pub fn check_expiry(
     settings: &SessionSettings,
 ) -> Result<(), Rejected> {
     let expired = match partial_since {
-        Some(first_factor_at) => now >= first_factor_at + settings.partial_timeout.as_secs() as i64,
-        None => now >= last_seen + settings.idle_timeout.as_secs() as i64,
+        // Saturating: an instant read from the store may be anything, and wrapping would turn a
+        // session that never ends into one that already has (or the other way round).
+        Some(first_factor_at) => now >= first_factor_at.saturating_add(settings.partial_timeout.as_secs() as i64),
+        None => now >= last_seen.saturating_add(settings.idle_timeout.as_secs() as i64),
     };
     if expired || now >= expires_at { Err(Rejected::Expired) } else { Ok(()) }
 }

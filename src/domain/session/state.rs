@@ -95,11 +95,21 @@ impl Memo {
 }
 
 /// `at` as seconds after `from`, held to what 32 bits keep. Every instant a session holds is
-/// within its lifetime of its creation, far inside that range; one beyond it (a clock stepped by
-/// decades) is clamped, which can only bring an expiry earlier.
+/// within its lifetime of its creation, far inside that range. One beyond it (a clock stepped by
+/// decades, a record written by hand) is held so that the session can only end sooner: later
+/// than the range keeps its top, and earlier than the range becomes [`LONG_BEFORE`], read back as
+/// the earliest instant there is (see [`instant`]).
 fn seconds_after(from: UnixTime, at: UnixTime) -> i32 {
-    let after = at.saturating_sub(from).clamp(i64::from(i32::MIN), i64::from(i32::MAX));
-    i32::try_from(after).unwrap_or(i32::MAX)
+    let after = at.saturating_sub(from);
+    i32::try_from(after).unwrap_or(if after < 0 { LONG_BEFORE } else { i32::MAX })
+}
+
+/// An instant more than 68 years before the session's creation.
+const LONG_BEFORE: i32 = i32::MIN;
+
+/// The instant `after` seconds after `from` (the inverse of [`seconds_after`]).
+fn instant(from: UnixTime, after: i32) -> UnixTime {
+    if after == LONG_BEFORE { UnixTime::MIN } else { from + i64::from(after) }
 }
 
 /// A live session.
@@ -186,12 +196,12 @@ impl Entry {
 
     /// The absolute end, whatever the activity.
     pub(super) fn expires_at(&self) -> UnixTime {
-        self.created_at + i64::from(self.expires_after)
+        instant(self.created_at, self.expires_after)
     }
 
     /// When the session was last used, on this replica or (once told) another.
     pub(super) fn last_seen(&self) -> UnixTime {
-        self.created_at + i64::from(self.last_seen_after.load(Ordering::Relaxed))
+        instant(self.created_at, self.last_seen_after.load(Ordering::Relaxed))
     }
 
     /// Records a use at `at`; an earlier instant changes nothing. Only writes when the second
@@ -205,7 +215,7 @@ impl Entry {
 
     /// The `last_seen` the store holds, as far as this process knows.
     pub(super) fn persisted_last_seen(&self) -> UnixTime {
-        self.created_at + i64::from(self.persisted_after.load(Ordering::Relaxed))
+        instant(self.created_at, self.persisted_after.load(Ordering::Relaxed))
     }
 
     /// The store holds `last_seen` as of `at` (or later).

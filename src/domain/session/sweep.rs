@@ -20,7 +20,7 @@ impl Sessions {
             let last_seen = entry.last_seen();
             if self.expiry(entry, now).is_err() {
                 ran_out.push((item.key().clone(), entry.clone()));
-            } else if last_seen - entry.persisted_last_seen() >= 60 {
+            } else if last_seen.saturating_sub(entry.persisted_last_seen()) >= 60 {
                 if self.shared() {
                     touched.push((item.key().clone(), last_seen));
                 } else {

@@ -362,6 +362,14 @@ fn an_entrys_instants_come_back_as_they_went_in() {
     assert_eq!(entry.persisted_last_seen(), created + 500);
     assert_eq!(entry.expires_at(), created + 90 * 86_400);
     // Decades away: held to what 32 bits keep, so an expiry only ever comes earlier.
-    let far = Entry::from_record(SessionRecord { expires_at: i64::MAX, ..record });
+    let far = Entry::from_record(SessionRecord { expires_at: i64::MAX, ..record.clone() });
     assert_eq!(far.expires_at(), created + i64::from(i32::MAX));
+    // Made by a clock 80 years ahead, with an expiry and a last use from a right one: both read
+    // as long past, never as 68 years after the creation (which is later than they were).
+    let eighty_years = 80 * 365 * 86_400;
+    let ahead = Entry::from_record(SessionRecord { created_at: created + eighty_years, ..record });
+    assert!(ahead.expires_at() <= created + 90 * 86_400, "{}", ahead.expires_at());
+    assert!(ahead.last_seen() <= created, "{}", ahead.last_seen());
+    let settings = settings();
+    assert!(super::record::check_expiry(None, ahead.expires_at(), ahead.last_seen(), created, &settings).is_err());
 }

@@ -75,11 +75,11 @@ pub(super) async fn start(app: &App, request: &Request<Incoming>, conn: &Connect
                 Some(account) => pending.linking_to(account),
                 None => pending,
             };
-            // Kept per browser, at most a few per client: a client starting sign-ins in a loop
-            // churns its own share only (see `pending_sign_ins.rs`).
-            // Kept before the browser is sent off: a provider that knows the person already sends
-            // it straight back, maybe to another replica. If it cannot be kept, nobody is sent
-            // to a sign-in that would fail on return.
+            // Kept per browser, at most a few per client (a client starting sign-ins in a loop
+            // churns its own share only, see `pending_sign_ins.rs`), and kept before the browser
+            // is sent off: a provider that knows the person sends it straight back, maybe to
+            // another replica. If it cannot be kept, nobody is sent to a sign-in that would fail
+            // on return.
             if let Err(e) = app.oidc_pending.keep(&nonce, client_ip(app, request.headers(), conn), pending).await {
                 tracing::error!(target: "portcullis::store", provider = %provider.id, "an OpenID Connect sign-in could not be kept: {e}");
                 return Err(WebError::StoreOffline);
