@@ -40,6 +40,21 @@ pub(crate) fn raw_to(addr: std::net::SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// For raw-socket upstreams: reads one request head (GETs carry no body) off `stream`, or `None`
+/// once the proxy has closed the connection.
+pub(crate) async fn request_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
 pub(crate) fn status_of(response: &str) -> u16 {
     response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }

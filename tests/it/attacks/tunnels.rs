@@ -144,10 +144,8 @@ async fn switching_upstream(protocol: &'static str) -> std::net::SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.is_ok_and(|n| n == 1) {
-                    head.push(byte[0]);
+                if super::request_head(&mut stream).await.is_none() {
+                    return;
                 }
                 let answer =
                     format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\nConnection: upgrade\r\n\r\n");

@@ -2,7 +2,7 @@
 //! the client reads the body the upstream sent and the next answer on the same connection stays
 //! the next one.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::harness::{ALICE, Browser, proxy};
 
@@ -14,15 +14,7 @@ async fn double_framing_upstream() -> std::net::SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                loop {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match stream.read(&mut byte).await {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
+                while let Some(head) = super::request_head(&mut stream).await {
                     let answer: &[u8] = if head.starts_with(b"GET /both ") {
                         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
                     } else {

@@ -42,7 +42,7 @@ async fn a_passkey_sign_in_started_on_one_replica_finishes_once_on_the_other() {
     let slot: String = {
         use sha2::Digest;
         let token = crate::harness::form_field(&html, "csrf").unwrap();
-        sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+        portcullis::base::text::hex(&sha2::Sha256::digest(token.as_bytes()))
     };
     // One connection for the whole wait, not one per look.
     let client = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
