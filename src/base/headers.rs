@@ -147,7 +147,7 @@ fn same_header(a: &str, b: &str) -> bool {
 
 /// The tokens of every `Connection` header (RFC 9110 §7.6.1: a comma-separated list, case
 /// insensitive, possibly split over several header lines), trimmed, in their original case.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()

@@ -18,6 +18,7 @@ const COMMON: [&str; 24] = [
 struct PerRequest {
     by_status: Vec<Counter>,
     upstream_seconds: Histogram,
+    express: Counter,
 }
 
 static PER_REQUEST: OnceLock<PerRequest> = OnceLock::new();
@@ -31,6 +32,7 @@ pub fn enable() {
             .map(|code| metrics::counter!("portcullis_requests_total", "status" => *code))
             .collect(),
         upstream_seconds: metrics::histogram!("portcullis_upstream_seconds"),
+        express: metrics::counter!("portcullis_express_requests_total"),
     });
 }
 
@@ -47,6 +49,14 @@ pub fn upstream_latency(seconds: f64) {
         metrics.upstream_seconds.record(seconds);
     }
 }
+/// A request carried by the express lane (`web::express`) rather than hyper: what share of the
+/// traffic takes the short way.
+pub fn express_request() {
+    if let Some(metrics) = PER_REQUEST.get() {
+        metrics.express.increment(1);
+    }
+}
+
 pub fn login(result: &'static str) {
     metrics::counter!("portcullis_logins_total", "result" => result).increment(1);
 }

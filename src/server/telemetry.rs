@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `portcullis_requests_total` | counter | `status` |
 //! | `portcullis_upstream_seconds` | histogram | (time to the upstream's response headers) |
+//! | `portcullis_express_requests_total` | counter | (requests the express lane carried, `web::express`) |
 //! | `portcullis_logins_total` | counter | `result`: ok, failed, locked |
 //! | `portcullis_second_factor_total` | counter | `result`: ok, failed, locked |
 //! | `portcullis_lockouts_total` | counter | |

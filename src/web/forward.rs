@@ -17,6 +17,7 @@ use crate::config::{Config, IdentityHeaders};
 use crate::domain::identity::UpstreamIdentity;
 use crate::web::body_timeout::{BodyBroken, BodyIdle, IdleTimeout};
 use crate::web::pages::Body;
+use crate::web::raw_upstream::RawUpstream;
 use crate::web::upstream_pool::UpstreamPool;
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +99,8 @@ pub struct Forwarder {
     /// `proxy.upgrades`: the protocols a client may switch to.
     upgrades: Vec<String>,
     body_idle_timeout: Duration,
+    /// The express lane's connections (`web::express`): only to a plain-http upstream.
+    raw: Option<Arc<RawUpstream>>,
 }
 
 impl Forwarder {
@@ -155,7 +158,24 @@ impl Forwarder {
             trusted_proxies: config.trusted_proxies.clone(),
             upgrades: settings.upgrades.clone(),
             body_idle_timeout: settings.body_idle_timeout,
+            raw: (upstream.scheme == http::uri::Scheme::HTTP).then(|| {
+                let port = upstream.authority.port_u16().unwrap_or(80);
+                let address = format!("{}:{port}", upstream.authority.host());
+                RawUpstream::new(address, settings.connect_timeout, settings.pool_idle_timeout)
+            }),
         })
+    }
+
+    pub fn has_express_lane(&self) -> bool {
+        self.raw.is_some()
+    }
+
+    pub(crate) fn raw_upstream(&self) -> Option<&Arc<RawUpstream>> {
+        self.raw.as_ref()
+    }
+
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.response_timeout
     }
 
     /// Whether every protocol the client offers in `Upgrade` is one the operator allows. The
@@ -179,6 +199,42 @@ impl Forwarder {
             Some(path) => Uri::from(path.clone()),
             None => Uri::from(PathAndQuery::from_static("/")),
         }
+    }
+
+    /// The request as the upstream is sent it, whichever path sends it: the client's hop-by-hop
+    /// headers, identity look-alikes and our cookies removed, the forwarding headers set, and
+    /// the identity of a full session added (or none, for a `bypass` rule).
+    pub(crate) fn prepare(
+        &self,
+        parts: &mut http::request::Parts,
+        identity: Option<&UpstreamIdentity>,
+        client: &ClientInfo,
+    ) {
+        // HTTP/2 carries the host in `:authority`, not `Host`; the upstream speaks HTTP/1.1, where
+        // `Host` is mandatory. Either way the client's host is forwarded verbatim. An HTTP/1.0
+        // request may have neither: it is sent the upstream's own name.
+        if !parts.headers.contains_key(header::HOST) {
+            let host = parts.uri.authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+            parts.headers.insert(header::HOST, host.unwrap_or_else(|| self.upstream_host.clone()));
+        }
+        let h = &mut parts.headers;
+        headers::strip_hop_by_hop(h);
+        headers::strip_identity(h, &self.stripped, &self.stripped_prefixes);
+        headers::strip_cookies(h, &self.own_cookies);
+        headers::set_forwarding(h, client, &self.trusted_proxies);
+        // A bypassed request carries no identity at all: only the client-sent copies were removed.
+        if let Some(identity) = identity {
+            identity.apply(h, &self.identity_headers);
+        }
+        parts.uri = Self::upstream_uri(&parts.uri);
+        parts.version = Version::HTTP_11;
+    }
+
+    /// A response from the upstream as the client is sent it: hop-by-hop headers removed, and any
+    /// cookie of ours the upstream tried to set.
+    pub(crate) fn clean_response(&self, headers: &mut http::HeaderMap) {
+        headers::strip_hop_by_hop(headers);
+        headers::strip_set_cookie(headers, &self.own_cookies);
     }
 
     /// Sends `request` upstream, with the identity of a full session or (for a `bypass` rule)
@@ -215,28 +271,11 @@ impl Forwarder {
         };
 
         let (mut parts, body) = request.into_parts();
-        // HTTP/2 carries the host in `:authority`, not `Host`; the upstream speaks HTTP/1.1, where
-        // `Host` is mandatory. Either way the client's host is forwarded verbatim. An HTTP/1.0
-        // request may have neither: it is sent the upstream's own name.
-        if !parts.headers.contains_key(header::HOST) {
-            let host = parts.uri.authority().and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
-            parts.headers.insert(header::HOST, host.unwrap_or_else(|| self.upstream_host.clone()));
-        }
-        let h = &mut parts.headers;
-        headers::strip_hop_by_hop(h);
-        headers::strip_identity(h, &self.stripped, &self.stripped_prefixes);
-        headers::strip_cookies(h, &self.own_cookies);
-        headers::set_forwarding(h, client, &self.trusted_proxies);
-        // A bypassed request carries no identity at all: only the client-sent copies were removed.
-        if let Some(identity) = identity {
-            identity.apply(h, &self.identity_headers);
-        }
+        self.prepare(&mut parts, identity, client);
         if let Some(protocol) = &upgrade {
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(header::UPGRADE, protocol.clone());
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol.clone());
         }
-        parts.uri = Self::upstream_uri(&parts.uri);
-        parts.version = Version::HTTP_11;
         let outgoing = Request::from_parts(parts, IdleTimeout::new(body, self.body_idle_timeout));
 
         let started = Instant::now();
@@ -288,8 +327,7 @@ impl Forwarder {
         }
 
         let (mut parts, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        headers::strip_set_cookie(&mut parts.headers, &self.own_cookies);
+        self.clean_response(&mut parts.headers);
         let mut response = Response::from_parts(parts, lease.attach(body).map_err(Into::into).boxed());
         response.extensions_mut().insert(upstream_time);
         Ok(response)

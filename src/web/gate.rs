@@ -37,6 +37,44 @@ pub(crate) struct Asked {
     pub client: std::net::IpAddr,
 }
 
+/// What the gate made of a request for the upstream.
+pub(crate) struct Weighed {
+    pub verdict: Verdict,
+    pub lookup: Lookup,
+    pub asked: Asked,
+}
+
+/// One answered request, for the access log and the metrics.
+pub(crate) struct Served<'a> {
+    pub method: &'a Method,
+    /// The path only: query strings can carry tokens that have no place in a log.
+    pub path: &'a str,
+    pub client: std::net::IpAddr,
+    pub started: Instant,
+    pub upstream_time: Option<UpstreamTime>,
+}
+
+impl Served<'_> {
+    /// Counts the answer and writes its access-log line.
+    pub fn record(&self, status: StatusCode, user: Option<&str>) {
+        crate::base::metrics::request(status);
+        let upstream = self.upstream_time.map(|t| t.0.as_secs_f64());
+        if let Some(seconds) = upstream {
+            crate::base::metrics::upstream_latency(seconds);
+        }
+        tracing::info!(
+            target: "portcullis::access",
+            method = %self.method,
+            path = %self.path,
+            status = status.as_u16(),
+            user = user.unwrap_or("-"),
+            client = %self.client,
+            latency_ms = format_args!("{:.2}", self.started.elapsed().as_secs_f64() * 1000.0),
+            upstream_ms = format_args!("{}", upstream.map_or("-".to_string(), |u| format!("{:.2}", u * 1000.0))),
+        );
+    }
+}
+
 impl App {
     /// Handles one request and writes its access-log line.
     /// `forwarder` is the calling worker's own upstream client (see `server/mod.rs`).
@@ -74,23 +112,9 @@ impl App {
         let mut response = answer.unwrap_or_else(WebError::into_response);
 
         let user = response.extensions_mut().remove::<RequestUser>().unwrap_or_default();
-        let upstream_time = response.extensions().get::<UpstreamTime>().map(|t| t.0.as_secs_f64());
-        crate::base::metrics::request(response.status());
-        if let Some(seconds) = upstream_time {
-            crate::base::metrics::upstream_latency(seconds);
-        }
-        let upstream = upstream_time.map(|s| s * 1000.0);
-        // The path only: query strings can carry tokens that have no place in a log.
-        tracing::info!(
-            target: "portcullis::access",
-            %method,
-            path = %path,
-            status = response.status().as_u16(),
-            user = user.0.as_deref().unwrap_or("-"),
-            client = %client_ip,
-            latency_ms = format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
-            upstream_ms = format_args!("{}", upstream.map_or("-".to_string(), |u| format!("{u:.2}"))),
-        );
+        let upstream_time = response.extensions().get::<UpstreamTime>().copied();
+        let served = Served { method: &method, path: &path, client: client_ip, started, upstream_time };
+        served.record(response.status(), user.0.as_deref());
         response
     }
 
@@ -98,7 +122,7 @@ impl App {
     /// pages sign people in and change accounts, which needs the store; full sessions in memory
     /// may go on (proxied, or through forward-auth) for `store.offline_grace`, then nothing that
     /// involves a session is served. Files and the identity keys always are.
-    fn refused_offline(&self, route: &Route) -> bool {
+    pub(crate) fn refused_offline(&self, route: &Route) -> bool {
         match (route, self.sessions.store_state()) {
             (_, StoreState::Reachable) => false,
             (Route::Own(page), _) if page.needs_no_session() => false,
@@ -111,6 +135,17 @@ impl App {
     /// The host a request is for, if the proxy serves it (`malformed.rs` has made sure there is
     /// exactly one plain host).
     fn target<B>(&self, request: &Request<B>) -> Option<Target> {
+        let target = self.served_target(request);
+        if target.is_none() {
+            let host = request.headers().get(header::HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+            let host = host.unwrap_or_default();
+            tracing::info!(target: "portcullis::security", host = %crate::base::text::Escaped(&host), "request for a host the proxy does not serve; 421");
+        }
+        target
+    }
+
+    /// [`App::target`], saying nothing about a host the proxy does not serve.
+    pub(crate) fn served_target<B>(&self, request: &Request<B>) -> Option<Target> {
         let authority = match request.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
             Some(host) => host,
             None => request.uri().authority()?.as_str(),
@@ -118,7 +153,6 @@ impl App {
         let host = request_host(authority)?;
         let config = self.config();
         if !config.hosts.serves(&host) {
-            tracing::info!(target: "portcullis::security", host = %crate::base::text::Escaped(&host), "request for a host the proxy does not serve; 421");
             return None;
         }
         Some(Target { main: config.hosts.is_main(&host), host, authority: authority.to_string() })
@@ -143,6 +177,32 @@ impl App {
         target: &Target,
         forwarder: &Forwarder,
     ) -> Answer {
+        match self.weigh(&request, client, target).await? {
+            Weighed { verdict: Verdict::Forward, lookup: Lookup::Found(Session::Full(full)), asked } => {
+                self.forward_as(request, full, client, asked, forwarder).await
+            }
+            Weighed { verdict: Verdict::Bypass, asked, .. } => {
+                self.forward_bypassed(request, client, asked, forwarder).await
+            }
+            Weighed { verdict: Verdict::Deny, lookup, .. } => {
+                let mut response = WebError::Denied.into_response();
+                if let Lookup::Found(session) = lookup {
+                    response = with_user(response, session.user());
+                }
+                Ok(response)
+            }
+            Weighed { verdict, lookup, .. } => Ok(self.elsewhere_first(&request, verdict, lookup, target)),
+        }
+    }
+
+    /// The session behind a request for the upstream and what the access rules say of it: the
+    /// one judgement both the full path (above) and the express lane (`web::express`) act on.
+    pub(crate) async fn weigh<B>(
+        &self,
+        request: &Request<B>,
+        client: &ClientInfo,
+        target: &Target,
+    ) -> Result<Weighed, WebError> {
         let lookup = self.session_on(request.headers(), target.session_host()).await;
         let user = match &lookup {
             Lookup::Found(session) => Some(session.user().clone()),
@@ -155,20 +215,8 @@ impl App {
             client: client.real_ip,
         };
         let decision = self.decide(&asked, user.as_deref()).ok_or(WebError::BadRequest)?;
-        match (rules::admit(&decision, self.standing(&lookup), self.clock.now()), lookup) {
-            (Verdict::Forward, Lookup::Found(Session::Full(full))) => {
-                self.forward_as(request, full, client, asked, forwarder).await
-            }
-            (Verdict::Bypass, _) => self.forward_bypassed(request, client, asked, forwarder).await,
-            (Verdict::Deny, lookup) => {
-                let mut response = WebError::Denied.into_response();
-                if let Lookup::Found(session) = lookup {
-                    response = with_user(response, session.user());
-                }
-                Ok(response)
-            }
-            (verdict, lookup) => Ok(self.elsewhere_first(&request, verdict, lookup, target)),
-        }
+        let verdict = rules::admit(&decision, self.standing(&lookup), self.clock.now());
+        Ok(Weighed { verdict, lookup, asked })
     }
 
     /// Where a session stands, as the access rules weigh it.

@@ -7,6 +7,7 @@
 pub mod body_timeout;
 pub mod cookies;
 pub mod error;
+pub mod express;
 pub mod forms;
 pub mod forward;
 pub mod forward_auth;
@@ -18,6 +19,7 @@ pub mod pages;
 pub mod pending;
 pub mod pending_sign_ins;
 pub mod portal;
+pub mod raw_upstream;
 pub mod respond;
 pub mod return_url;
 pub mod route;

@@ -14,6 +14,7 @@ mod demo;
 mod deploy;
 mod email_codes;
 mod email_links;
+mod express;
 mod flows;
 mod forward_auth;
 mod forwarding;

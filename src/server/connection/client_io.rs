@@ -72,6 +72,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientIo<I> {
         &self.unread
     }
 
+    /// Takes the bytes read but not yet handed on, to be read by whoever takes them.
+    pub fn take_unread(&mut self) -> Bytes {
+        std::mem::take(&mut self.unread)
+    }
+
     /// Puts bytes back to be read first (what hyper had read past the last request). They are
     /// copied: `bytes` is a view into hyper's whole read buffer, which would otherwise stay.
     pub fn put_back(&mut self, bytes: Bytes) {

@@ -1,0 +1,206 @@
+//! A connection's clock and what may end it, while it waits for bytes and while hyper drives it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use super::client_io::{ClientIo, Transport, stalled_writing};
+use crate::server::capacity::Activity;
+
+/// After asking an idle connection to close (an HTTP/2 GOAWAY), how long it may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long an HTTP/1.1 connection is quiet between requests before it is parked. Long enough
+/// that a client sending requests back to back never pays for the parking; short enough that the
+/// connections a browser keeps open between pages hold almost nothing.
+pub(super) const PARK_AFTER: Duration = Duration::from_millis(100);
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Driven {
+    Ended,
+    Parked,
+}
+
+/// A connection's clock and what may end it: the server stopping, a newcomer needing its place
+/// (see `capacity.rs`), or being idle past `limits.header_read_timeout`.
+pub(super) struct Watch {
+    pub activity: Arc<Activity>,
+    idle_limit: Duration,
+    pub stop: watch::Receiver<bool>,
+    pub check: Pin<Box<Sleep>>,
+    pub peer: SocketAddr,
+}
+
+impl Watch {
+    pub fn new(activity: Arc<Activity>, idle_limit: Duration, stop: watch::Receiver<bool>, peer: SocketAddr) -> Self {
+        let check = Box::pin(tokio::time::sleep(idle_limit));
+        Self { activity, idle_limit, stop, check, peer }
+    }
+
+    /// Waits, with no request in flight and nothing of hyper's held, for the client's next
+    /// bytes. False when the connection should close instead.
+    pub async fn wait_for_bytes<I: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut ClientIo<I>) -> bool {
+        if *self.stop.borrow() {
+            return false;
+        }
+        loop {
+            tokio::select! {
+                // A connection asked to make room goes, even if its next request has just come:
+                // the newcomer was promised its place (an idle HTTP/1.1 connection may be closed
+                // at any time, RFC 9112 §9.6, and clients send again on a new one).
+                biased;
+                _ = self.stop.changed() => return false,
+                _ = self.activity.close_requested() => {
+                    tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed to make room");
+                    return false;
+                }
+                read = io.read_ahead() => return matches!(read, Ok(n) if n > 0),
+                _ = self.check.as_mut() => {
+                    let now = Instant::now();
+                    match self.activity.idle_for(now) {
+                        Some(idle) if idle >= self.idle_limit => {
+                            tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed");
+                            return false;
+                        }
+                        Some(idle) => self.check.as_mut().reset(now + (self.idle_limit - idle)),
+                        None => self.check.as_mut().reset(now + self.idle_limit),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drives hyper's connection until it ends, or (while `transport` allows parking) until it
+    /// has been quiet between requests for [`PARK_AFTER`] and hyper has let go of it.
+    pub async fn drive<C>(
+        &mut self,
+        connection: &mut C,
+        transport: &Transport,
+        mut graceful_shutdown: impl FnMut(&mut C),
+    ) -> Driven
+    where
+        C: Future<Output = hyper::Result<()>> + Unpin,
+    {
+        let mut closing: Option<Instant> = None;
+        // While requests are in flight the clock looks less and less often (a long download or
+        // an event stream does not wake it ten times a second); a quiet look starts over.
+        let first_look = if transport.may_park() { PARK_AFTER } else { self.idle_limit };
+        let mut busy_look = first_look;
+        // hyper counts a connection as idle only between exchanges: not before its first request
+        // has been read (a request may arrive in pieces), only after one has been answered.
+        let served_before = self.activity.served();
+        self.check.as_mut().reset(Instant::now() + first_look);
+        loop {
+            tokio::select! {
+                ended = &mut *connection => {
+                    self.ended(ended);
+                    return Driven::Ended;
+                }
+                _ = self.stop.changed(), if closing.is_none() => {
+                    // The server is stopping: finish what is in flight (the accept loop bounds
+                    // the wait by `proxy.shutdown_grace`), take nothing new.
+                    graceful_shutdown(connection);
+                    closing = Some(Instant::now());
+                }
+                _ = self.activity.close_requested(), if closing.is_none() => {
+                    // Only an idle connection is asked. With nothing in flight (at most part of a
+                    // request head, or an HTTP/2 connection with no stream open) it goes at once:
+                    // a graceful close would wait for the rest of a head, or for an HTTP/2 client
+                    // to acknowledge the GOAWAY, longer than the newcomer waits for its place.
+                    tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed to make room");
+                    if self.activity.is_quiet() {
+                        return Driven::Ended;
+                    }
+                    graceful_shutdown(connection);
+                    closing = Some(Instant::now());
+                    self.check.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                }
+                _ = self.check.as_mut() => {
+                    let now = Instant::now();
+                    if let Some(since) = closing {
+                        // Not while an answer is still being sent: a slow reader is cut off by
+                        // `limits.send_timeout`, and never loses the end of an answer here.
+                        if now - since >= CLOSE_GRACE && self.activity.is_quiet() {
+                            return Driven::Ended;
+                        }
+                        self.check.as_mut().reset(now + CLOSE_GRACE);
+                        continue;
+                    }
+                    let Some(idle) = self.activity.idle_for(now) else {
+                        self.check.as_mut().reset(now + busy_look);
+                        busy_look = (busy_look * 2).min(self.idle_limit);
+                        continue;
+                    };
+                    busy_look = first_look;
+                    if idle >= self.idle_limit {
+                        tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed");
+                        graceful_shutdown(connection);
+                        closing = Some(now);
+                        self.check.as_mut().reset(now + CLOSE_GRACE);
+                        continue;
+                    }
+                    if !transport.may_park() {
+                        self.check.as_mut().reset(now + (self.idle_limit - idle));
+                        continue;
+                    }
+                    if idle < PARK_AFTER {
+                        self.check.as_mut().reset(now + (PARK_AFTER - idle));
+                        continue;
+                    }
+                    if self.activity.served() == served_before {
+                        // The first request still being read: look again a little later.
+                        self.check.as_mut().reset(now + PARK_AFTER);
+                        continue;
+                    }
+                    // Closing an idle HTTP/1.1 connection in hyper writes and reads nothing;
+                    // with the shutdown held back, hyper hands the socket back untouched, and a
+                    // request arriving meanwhile waits in the socket for the next hyper. Only
+                    // requests without a body were served on it (`Transport::forbid_parking`),
+                    // so hyper has not given up on any byte that belongs to a request (it would
+                    // end the connection itself for that, which must never look like a park).
+                    // Not polled first: hyper would read a request that had just arrived and be
+                    // busy, and closing a busy connection ends its keep-alive. If it was not
+                    // idle after all, hyper finishes the exchange and then closes.
+                    transport.hold_open(true);
+                    graceful_shutdown(connection);
+                    match poll_once(connection).await {
+                        Poll::Ready(Ok(())) => return Driven::Parked,
+                        Poll::Ready(ended) => {
+                            self.ended(ended);
+                            return Driven::Ended;
+                        }
+                        Poll::Pending => {
+                            transport.hold_open(false);
+                            transport.forbid_parking();
+                            self.check.as_mut().reset(now + (self.idle_limit - idle));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn ended(&self, ended: hyper::Result<()>) {
+        match ended {
+            Err(e) if stalled_writing(&e) => tracing::warn!(
+                target: "portcullis::security",
+                peer = %self.peer,
+                "a client stopped reading; its connection was closed after limits.send_timeout"
+            ),
+            Err(e) => tracing::debug!(peer = %self.peer, "connection ended with an error: {e}"),
+            Ok(()) => {}
+        }
+    }
+}
+
+/// Polls a future once, in the calling task's context.
+async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *future).poll(cx))).await
+}

@@ -1,0 +1,292 @@
+//! The connection's side of the express lane (`web::express`): an HTTP/1.1 connection reads its
+//! request heads here while each is one the lane takes (a signed-in GET or HEAD without a body),
+//! and is handed to hyper, with every byte read so far, the moment one is not.
+//!
+//! The head is parsed by `httparse`, the parser hyper itself uses, under the same limits
+//! (`limits.max_header_bytes`, 100 fields, `limits.header_read_timeout` from its first byte).
+//! Whatever it cannot read, or reads as anything but a plain GET or HEAD, hyper reads again and
+//! answers as it always has: a malformed head gets hyper's 400, an oversized one its 431.
+
+use std::time::Instant as StdInstant;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::client_io::ClientIo;
+use super::clock::{PARK_AFTER, Watch};
+use std::sync::Arc;
+
+use crate::config::Limits;
+use crate::server::capacity::Activity;
+use crate::web::error::WebError;
+use crate::web::express::{self, ExpressError};
+use crate::web::forward::Forwarder;
+use crate::web::gate::Served;
+use crate::web::raw_upstream::RelayError;
+use crate::web::state::{App, Connection};
+
+/// The most fields a request head may have, as hyper is configured (`serve_http1`).
+const MAX_FIELDS: usize = 100;
+
+/// Why the lane gave the connection up.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// A request the lane does not take: its bytes are back in the connection, for hyper.
+    Declined,
+    /// Quiet for [`PARK_AFTER`] between requests: nothing is held, the connection waits for its
+    /// next bytes the way a parked one does.
+    Quiet,
+    /// The connection is to close (the client went, the server stops, room was asked for, or an
+    /// answer broke off).
+    Close,
+}
+
+/// A request head read whole, as the lane sees it. Unboxed: it lives for one move, and a box
+/// would be an allocation on every request.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Partial,
+    /// Not the lane's: malformed, too large, or not a plain signed-in GET or HEAD.
+    Declined,
+    /// `length` bytes of head; the request built from them.
+    Offered {
+        length: usize,
+        request: Request<()>,
+    },
+}
+
+/// What the lane needs of the connection's request handler.
+pub(super) struct Carrier<'a> {
+    pub app: &'a Arc<App>,
+    pub forwarder: &'a Forwarder,
+    pub conn: &'a Connection,
+    pub activity: &'a Arc<Activity>,
+}
+
+/// Serves requests on the lane until one is not its own, the connection goes quiet, or it is
+/// to close.
+pub(super) async fn serve<I>(io: &mut ClientIo<I>, handler: Carrier<'_>, watch: &mut Watch, limits: &Limits) -> Lane
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut read = BytesMut::from(&io.take_unread()[..]);
+    loop {
+        if read.is_empty() {
+            match next_bytes(io, &mut read, watch, Instant::now() + PARK_AFTER).await {
+                Waited::Bytes => {}
+                Waited::Quiet => return Lane::Quiet,
+                Waited::Close => return Lane::Close,
+            }
+        }
+        // The whole head, within `limits.header_read_timeout` of its first byte.
+        let deadline = Instant::now() + limits.header_read_timeout;
+        let whole = loop {
+            let whole = read.split().freeze();
+            match parse(&whole) {
+                Parsed::Partial if whole.len() < limits.max_header_bytes => {}
+                Parsed::Partial | Parsed::Declined => {
+                    io.put_back(whole);
+                    return Lane::Declined;
+                }
+                Parsed::Offered { length, request } => break (whole, length, request),
+            }
+            read = whole.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            match next_bytes(io, &mut read, watch, deadline).await {
+                Waited::Bytes => {}
+                // Half a head for longer than the limit: as hyper does, the connection ends.
+                Waited::Quiet | Waited::Close => return Lane::Close,
+            }
+        };
+        let (whole, length, request) = whole;
+        let started = StdInstant::now();
+        let in_flight = handler.activity.begin();
+        let method = request.method().clone();
+        let head_request = method == Method::HEAD;
+        let Some(ticket) = handler.app.express_ticket(request, handler.conn, handler.forwarder).await else {
+            drop(in_flight);
+            io.put_back(whole);
+            return Lane::Declined;
+        };
+        let path = path_of(&whole[..length]);
+        let outcome = handler.forwarder.express(&ticket, io).await;
+        let served =
+            |upstream_time| Served { method: &method, path: &path, client: ticket.client_ip, started, upstream_time };
+        let keep_going = match outcome {
+            Ok(relayed) => {
+                crate::base::metrics::express_request();
+                served(Some(relayed.upstream_time)).record(relayed.status, Some(&ticket.user));
+                true
+            }
+            Err(ExpressError::Unanswered(e)) => {
+                let page = WebError::from(e).into_response();
+                served(None).record(page.status(), Some(&ticket.user));
+                let page = express::encode_page(page, head_request).await;
+                let _ = io.write_all(&page).await;
+                let _ = io.flush().await;
+                false
+            }
+            Err(ExpressError::BrokeOff(RelayError::Client(e))) => {
+                tracing::debug!(peer = %watch.peer, "the client went during an answer: {e}");
+                false
+            }
+            Err(ExpressError::BrokeOff(e)) => {
+                tracing::warn!(peer = %watch.peer, "an answer from the upstream broke off; the client's connection is closed: {e}");
+                false
+            }
+        };
+        drop(in_flight);
+        if !keep_going {
+            return Lane::Close;
+        }
+        // What came after the head (a pipelined request) is read next, in the same buffer.
+        read = whole.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let _ = read.split_to(length);
+    }
+}
+
+enum Waited {
+    Bytes,
+    /// Nothing came within the time given.
+    Quiet,
+    Close,
+}
+
+/// Reads more of the client's bytes into `read`, waiting until `deadline` at most.
+///
+/// The wait is timed by the connection's own clock ([`Watch`]'s `check`), moved only when it
+/// would ring too late: a new timer for each request would cost a wake-up of the runtime's
+/// driver (a system call) every time, as its deadline is always the nearest one.
+async fn next_bytes<I>(io: &mut ClientIo<I>, read: &mut BytesMut, watch: &mut Watch, deadline: Instant) -> Waited
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    if *watch.stop.borrow() {
+        return Waited::Close;
+    }
+    if watch.check.deadline() > deadline {
+        watch.check.as_mut().reset(deadline);
+    }
+    read.reserve(4096);
+    loop {
+        tokio::select! {
+            biased;
+            _ = watch.stop.changed() => return Waited::Close,
+            _ = watch.activity.close_requested() => {
+                tracing::debug!(peer = %watch.peer, served = watch.activity.served(), "idle connection closed to make room");
+                return Waited::Close;
+            }
+            got = io.read_buf(read) => return match got {
+                Ok(n) if n > 0 => Waited::Bytes,
+                _ => Waited::Close,
+            },
+            () = watch.check.as_mut() => {
+                if Instant::now() >= deadline {
+                    return Waited::Quiet;
+                }
+                watch.check.as_mut().reset(deadline);
+            }
+        }
+    }
+}
+
+/// The request target's path, for the access log: never its query, which can carry tokens.
+fn path_of(head: &[u8]) -> String {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// Reads a request head from `whole` and, if it is one the lane may be offered, builds the
+/// request, its target and field values sharing `whole`'s memory as hyper's do.
+fn parse(whole: &Bytes) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut head = httparse::Request::new(&mut fields);
+    let length = match head.parse(whole) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Declined,
+    };
+    let (Some(method), Some(target), Some(1)) = (head.method, head.path, head.version) else {
+        return Parsed::Declined;
+    };
+    if !express::may_offer(method, target, head.headers) {
+        return Parsed::Declined;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Declined };
+    let Ok(uri) = Uri::from_maybe_shared(whole.slice_ref(target.as_bytes())) else { return Parsed::Declined };
+    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    for field in head.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(field.name.as_bytes()),
+            HeaderValue::from_maybe_shared(whole.slice_ref(field.value)),
+        ) else {
+            return Parsed::Declined;
+        };
+        headers.append(name, value);
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Parsed::Offered { length, request }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offered(head: &str) -> Option<Request<()>> {
+        match parse(&Bytes::copy_from_slice(head.as_bytes())) {
+            Parsed::Offered { length, request } => {
+                assert_eq!(length, head.len());
+                Some(request)
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_signed_in_get_is_offered_with_its_fields() {
+        let request =
+            offered("GET /wiki?x=1 HTTP/1.1\r\nHost: a.test\r\nCookie: portcullis=t\r\nX-A: 1\r\nX-A: 2\r\n\r\n")
+                .expect("offered");
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri(), "/wiki?x=1");
+        assert_eq!(request.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!(path_of(b"GET /wiki?token=secret HTTP/1.1\r\n"), "/wiki");
+    }
+
+    #[test]
+    fn anything_with_a_body_an_upgrade_or_an_odd_shape_is_declined() {
+        for head in [
+            "POST / HTTP/1.1\r\nHost: a\r\nCookie: p=t\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nCookie: p=t\r\nContent-Length: 0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nCookie: p=t\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nCookie: p=t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nCookie: p=t\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nCookie: p=t\r\nExpect: 100-continue\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nCookie: p=t\r\nConnection: close\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\nCookie: p=t\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\nCookie: p=t\r\n\r\n",
+            "GET * HTTP/1.1\r\nHost: a\r\nCookie: p=t\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nCookie: p=t\r\nBad Name: x\r\n\r\n",
+        ] {
+            assert!(offered(head).is_none(), "{head:?}");
+        }
+        let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\nCookie: p=t\r\n");
+        for i in 0..MAX_FIELDS {
+            many.push_str(&format!("X-{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        assert!(offered(&many).is_none(), "over the field limit");
+        assert!(matches!(parse(&Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n")), Parsed::Partial));
+        // Bare LF line ends: read as hyper reads them (RFC 9112 §2.2 lets a recipient), since it
+        // is the same parser; the upstream is sent CRLF either way.
+        assert!(offered("GET / HTTP/1.1\nHost: a\nCookie: p=t\n\n").is_some());
+    }
+}

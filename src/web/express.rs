@@ -1,0 +1,215 @@
+//! The express lane: the common request, proxied without hyper.
+//!
+//! Most of what a gate forwards is a GET from a signed-in browser: no body, no upgrade, a full
+//! session. For those, hyper's server and client (their parsing into and encoding out of
+//! `http` types, their dispatch between tasks) cost about as much as everything else together
+//! (`bench/instructions.sh`). The express lane takes such a request as its head was read by the
+//! connection (`server::connection::express`), asks the same gate the same questions
+//! ([`App::weigh`]), prepares the same upstream headers ([`Forwarder::prepare`]), and relays the
+//! answer over a raw connection (`web::raw_upstream`).
+//!
+//! It only ever says yes or "not mine": anything it does not take (our own pages, a partial
+//! session, a denial, a sign-in redirect, a request with a body or an upgrade, an https upstream)
+//! goes to the full path with its bytes untouched, and is answered there. So there is one gate,
+//! one set of pages and one set of error answers; the lane only adds a second way to carry a
+//! request that was already allowed.
+
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use tokio::io::AsyncWrite;
+
+use crate::base::headers::{self, ClientInfo};
+use crate::domain::access::Verdict;
+use crate::domain::session::{Lookup, Session};
+use crate::web::forward::{ForwardError, Forwarder, UpstreamTime};
+use crate::web::gate::Weighed;
+use crate::web::malformed::refuse_malformed;
+use crate::web::raw_upstream::{Framing, RelayError, SendError};
+use crate::web::route::{self, Route};
+use crate::web::state::{App, Connection};
+
+/// A request the gate lets through with a full session's identity, ready for the upstream.
+pub struct Ticket {
+    /// The request head as the upstream is sent it.
+    head: Vec<u8>,
+    head_request: bool,
+    /// Who it is for, for the access log.
+    pub user: String,
+    pub client_ip: std::net::IpAddr,
+}
+
+/// How a relayed request ended, for the access log.
+pub struct Relayed {
+    pub status: StatusCode,
+    pub upstream_time: UpstreamTime,
+}
+
+/// Why a ticket's request was not relayed to the end.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpressError {
+    /// Nothing was written to the client yet: it gets the full path's error page.
+    #[error(transparent)]
+    Unanswered(#[from] ForwardError),
+    /// The answer broke off after its head had gone out: the client's connection must close.
+    #[error(transparent)]
+    BrokeOff(#[from] RelayError),
+}
+
+impl App {
+    /// A ticket if the gate forwards `request` (a GET or HEAD without a body, as the connection
+    /// read it) with a full session's identity; `None` for anything the full path must answer.
+    pub async fn express_ticket(
+        &self,
+        request: Request<()>,
+        conn: &Connection,
+        forwarder: &Forwarder,
+    ) -> Option<Ticket> {
+        if !forwarder.has_express_lane()
+            || refuse_malformed(&request).is_some()
+            || route::route(request.uri().path()) != Route::Gate
+            || self.refused_offline(&Route::Gate)
+        {
+            return None;
+        }
+        let target = self.served_target(&request)?;
+        let trusted = &self.config().trusted_proxies;
+        let client_ip = headers::client_ip(request.headers(), conn.peer.ip(), trusted);
+        let client =
+            ClientInfo { peer: conn.peer.ip(), real_ip: client_ip, scheme: if conn.tls { "https" } else { "http" } };
+        let Weighed { verdict: Verdict::Forward, lookup: Lookup::Found(Session::Full(full)), .. } =
+            self.weigh(&request, &client, &target).await.ok()?
+        else {
+            return None;
+        };
+        // An identity that cannot be built is an error page, which is the full path's to give.
+        let identity = full.upstream_identity(&self.signer).ok()?;
+        let head_request = request.method() == Method::HEAD;
+        let (mut parts, ()) = request.into_parts();
+        forwarder.prepare(&mut parts, Some(&identity), &client);
+        Some(Ticket { head: encode_request(&parts), head_request, user: full.user().name.to_string(), client_ip })
+    }
+}
+
+impl Forwarder {
+    /// Sends a ticket's request and writes the answer to `client`.
+    pub async fn express<W: AsyncWrite + Unpin>(
+        &self,
+        ticket: &Ticket,
+        client: &mut W,
+    ) -> Result<Relayed, ExpressError> {
+        let Some(raw) = self.raw_upstream() else {
+            return Err(ForwardError::Unreachable("no express lane to an https upstream".into()).into());
+        };
+        let started = std::time::Instant::now();
+        let timeout = self.response_timeout();
+        let mut exchange = match tokio::time::timeout(timeout, raw.send(&ticket.head, ticket.head_request)).await {
+            Err(_) => return Err(ForwardError::Timeout(timeout).into()),
+            Ok(Err(SendError::Unreachable(why))) => return Err(ForwardError::Unreachable(why).into()),
+            Ok(Err(SendError::BadResponse(why))) => return Err(ForwardError::BadResponse(why).into()),
+            Ok(Ok(exchange)) => exchange,
+        };
+        let upstream_time = UpstreamTime(started.elapsed());
+        let status = exchange.head.status;
+        self.clean_response(&mut exchange.head.headers);
+        let head = encode_response(&mut exchange.head.headers, status, exchange.head.framing);
+        exchange.relay(head, client, raw).await?;
+        Ok(Relayed { status, upstream_time })
+    }
+}
+
+/// A request head in HTTP/1.1's wire form (RFC 9112 §3): origin-form target, one line a field.
+fn encode_request(parts: &http::request::Parts) -> Vec<u8> {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut head =
+        Vec::with_capacity(parts.method.as_str().len() + target.len() + 13 + fields_size(&parts.headers) + 2);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    put_fields(&mut head, &parts.headers);
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// An answer's head for the client, framed by us: one `Content-Length` for a length body,
+/// chunked for anything else with a body.
+fn encode_response(headers: &mut http::HeaderMap, status: StatusCode, framing: Framing) -> Vec<u8> {
+    match framing {
+        Framing::Length(length) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        Framing::Chunked | Framing::UntilClose => {
+            headers.remove(header::CONTENT_LENGTH);
+            headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
+        // A HEAD or 304 answer keeps the length it would have had; a 204 has none (RFC 9110 §8.6).
+        Framing::Empty if status == StatusCode::NO_CONTENT => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        Framing::Empty => {}
+    }
+    // The head, and a small body after it in the same buffer (one write for the whole answer).
+    let mut head = Vec::with_capacity(48 + fields_size(headers) + 2 + 1024);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    // The standard phrase, never the upstream's (which may hold any byte).
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    put_fields(&mut head, headers);
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// The bytes [`put_fields`] writes: sized once, the head is never copied to grow.
+fn fields_size(headers: &http::HeaderMap) -> usize {
+    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum()
+}
+
+fn put_fields(head: &mut Vec<u8>, headers: &http::HeaderMap) {
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A bodiless answer of our own (an error page) for a client on the express lane, with
+/// `Connection: close`: after an error the lane starts over on a new connection.
+pub async fn encode_page(response: http::Response<crate::web::pages::Body>, head_request: bool) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = response.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let mut head = encode_response(&mut parts.headers, parts.status, Framing::Length(body.len() as u64));
+    if !head_request {
+        head.extend_from_slice(&body);
+    }
+    head
+}
+
+/// Which requests the connection may offer the lane, judged on the head alone: GET or HEAD over
+/// HTTP/1.1, an origin-form target, a cookie, and nothing that gives the request a body, asks
+/// for an upgrade or an interim answer, or closes the connection. `fields` are the head's.
+pub fn may_offer(method: &str, target: &str, fields: &[httparse::Header<'_>]) -> bool {
+    if !(method == "GET" || method == "HEAD") || !target.starts_with('/') {
+        return false;
+    }
+    let mut cookie = false;
+    for field in fields {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("cookie") {
+            cookie = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            if !field.value.eq_ignore_ascii_case(b"keep-alive") {
+                return false;
+            }
+        } else if ["content-length", "transfer-encoding", "upgrade", "expect", "http2-settings"]
+            .iter()
+            .any(|framing| name.eq_ignore_ascii_case(framing))
+        {
+            return false;
+        }
+    }
+    cookie
+}

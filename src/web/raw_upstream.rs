@@ -1,0 +1,481 @@
+//! The express lane's side of the upstream: HTTP/1.1 over plain TCP, written and read here, for
+//! requests without a body (see `web::express`).
+//!
+//! A response is read strictly (RFC 9112): its head with `httparse`, at most [`MAX_HEAD`] bytes
+//! and [`MAX_HEADERS`] fields; its body framed by RFC 9112 §6.3 alone, and passed on framed by us,
+//! never by the upstream's bytes: a length body with its one length, everything else re-chunked
+//! after decoding. An answer the client could frame differently from us (two different lengths, a
+//! length that is not a number, a broken chunk) is never passed on: before its head has gone out
+//! it is a 502, after, the client's connection is closed.
+//!
+//! Connections are kept in a lock-free queue per worker, like `upstream_pool`'s. A connection goes
+//! back only when its answer was read exactly to its end and the upstream did not ask to close;
+//! one that broke, or carried bytes past its answer, is closed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use crossbeam_queue::ArrayQueue;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The most an upstream's response head may take: hyper's own client allows about as much.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most fields in a response head, as hyper's client.
+pub const MAX_HEADERS: usize = 100;
+/// The most a chunk-size line (with extensions) or a trailer line may take.
+const MAX_LINE: usize = 4096;
+/// How much of a body is read at once.
+const READ_AT_ONCE: usize = 64 * 1024;
+/// Idle connections kept per worker at most.
+const MAX_IDLE: usize = 1024;
+
+/// How the body of an upstream's answer is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: an answer to HEAD, or 1xx, 204, 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// Why no answer came to pass on.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    Unreachable(String),
+    /// The upstream answered in a way that cannot be passed on.
+    #[error("{0}")]
+    BadResponse(String),
+}
+
+/// An answer's head, read and cleaned of what only the upstream's connection meant.
+pub struct AnswerHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once this answer has been read.
+    reusable: bool,
+}
+
+/// Keep-alive HTTP/1.1 connections to a plain-http upstream.
+pub struct RawUpstream {
+    /// `host:port`, as dialled.
+    address: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    idle: ArrayQueue<(TcpStream, Instant)>,
+    reaper_started: AtomicBool,
+}
+
+/// One exchange: the connection it runs on and what has been read past the answer's head.
+pub struct Exchange {
+    stream: TcpStream,
+    read: BytesMut,
+    pub head: AnswerHead,
+}
+
+impl RawUpstream {
+    pub fn new(address: String, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            address,
+            connect_timeout,
+            idle_timeout,
+            idle: ArrayQueue::new(MAX_IDLE),
+            reaper_started: AtomicBool::new(false),
+        })
+    }
+
+    /// Sends a request head (a request without a body) and reads the answer's head.
+    ///
+    /// A kept connection the upstream has closed meanwhile fails on the first write or read; the
+    /// request is then sent again on a new one. That is safe only because nothing of an answer
+    /// had come and the request is GET or HEAD (RFC 9110 §9.2.2: idempotent, and RFC 9112
+    /// §9.3.1 allows retrying it).
+    pub async fn send(self: &Arc<Self>, request_head: &[u8], head_request: bool) -> Result<Exchange, SendError> {
+        loop {
+            let (mut stream, reused) = match self.take_idle() {
+                Some(stream) => (stream, true),
+                None => (self.connect().await?, false),
+            };
+            let mut read = BytesMut::with_capacity(8 * 1024);
+            if let Err(e) = stream.write_all(request_head).await {
+                if reused {
+                    continue;
+                }
+                return Err(SendError::Unreachable(format!("sending the request: {e}")));
+            }
+            match read_head(&mut stream, &mut read, head_request).await {
+                Ok(head) => return Ok(Exchange { stream, read, head }),
+                Err(HeadError::Closed) if reused && read.is_empty() => continue,
+                Err(HeadError::Closed) => {
+                    return Err(SendError::Unreachable("the upstream closed the connection without answering".into()));
+                }
+                Err(HeadError::Io(e)) if reused && read.is_empty() => {
+                    tracing::debug!("a kept upstream connection failed: {e}");
+                    continue;
+                }
+                Err(HeadError::Io(e)) => return Err(SendError::Unreachable(format!("reading the answer: {e}"))),
+                Err(HeadError::Bad(why)) => return Err(SendError::BadResponse(why)),
+            }
+        }
+    }
+
+    fn take_idle(&self) -> Option<TcpStream> {
+        while let Some((stream, since)) = self.idle.pop() {
+            if since.elapsed() <= self.idle_timeout {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<TcpStream, SendError> {
+        let dial = TcpStream::connect(self.address.as_str());
+        let stream = match tokio::time::timeout(self.connect_timeout, dial).await {
+            Err(_) => return Err(SendError::Unreachable(format!("connecting took over {:?}", self.connect_timeout))),
+            Ok(Err(e)) => return Err(SendError::Unreachable(format!("connecting: {e}"))),
+            Ok(Ok(stream)) => stream,
+        };
+        let _ = stream.set_nodelay(true);
+        if !self.reaper_started.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
+        }
+        Ok(stream)
+    }
+
+    fn give_back(&self, stream: TcpStream) {
+        // A full queue drops (closes) the connection: enough are idle already.
+        let _ = self.idle.push((stream, Instant::now()));
+    }
+
+    fn reap_idle(&self) {
+        for _ in 0..self.idle.len() {
+            let Some((stream, since)) = self.idle.pop() else { break };
+            if since.elapsed() <= self.idle_timeout {
+                let _ = self.idle.push((stream, since));
+            }
+        }
+    }
+}
+
+/// Closes connections idle past `proxy.pool_idle_timeout`, for as long as the pool lives.
+async fn reap(pool: Weak<RawUpstream>, idle_timeout: Duration) {
+    let mut every = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(100)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.reap_idle();
+    }
+}
+
+enum HeadError {
+    /// The upstream closed before a whole head came.
+    Closed,
+    Io(std::io::Error),
+    /// An answer that cannot be passed on.
+    Bad(String),
+}
+
+/// Reads the final answer's head (interim 1xx answers other than 101 are read and dropped, as
+/// hyper's client does), leaving what follows it in `read`.
+async fn read_head(stream: &mut TcpStream, read: &mut BytesMut, head_request: bool) -> Result<AnswerHead, HeadError> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut answer = httparse::Response::new(&mut fields);
+        match answer.parse(read) {
+            Ok(httparse::Status::Complete(length)) => {
+                let head = interpret(&answer, head_request).map_err(HeadError::Bad)?;
+                read.advance(length);
+                match head {
+                    Some(head) => return Ok(head),
+                    None => continue,
+                }
+            }
+            Ok(httparse::Status::Partial) if read.len() >= MAX_HEAD => {
+                return Err(HeadError::Bad(format!("a response head over {MAX_HEAD} bytes")));
+            }
+            Ok(httparse::Status::Partial) => {
+                read.reserve(4096);
+                match stream.read_buf(read).await {
+                    Ok(0) => return Err(HeadError::Closed),
+                    Ok(_) => {}
+                    Err(e) => return Err(HeadError::Io(e)),
+                }
+            }
+            Err(e) => return Err(HeadError::Bad(format!("an unreadable response head: {e}"))),
+        }
+    }
+}
+
+/// The head as it will be passed on, or `None` for an interim answer to skip.
+fn interpret(answer: &httparse::Response<'_, '_>, head_request: bool) -> Result<Option<AnswerHead>, String> {
+    let code = answer.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| format!("status {code}"))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err("101 Switching Protocols to a request without an upgrade".into());
+    }
+    if status.is_informational() {
+        return Ok(None);
+    }
+    let mut headers = HeaderMap::with_capacity(answer.headers.len());
+    for field in answer.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "a malformed header name".to_string())?;
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| format!("a malformed {name} value"))?;
+        headers.append(name, value);
+    }
+    // HTTP/1.0 answers and `Connection: close` end the connection (RFC 9112 §9.3).
+    let mut reusable = answer.version == Some(1)
+        && !crate::base::headers::connection_tokens(&headers).any(|t| t.eq_ignore_ascii_case("close"));
+    let chunked_last = || {
+        let codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+        let last = codings.filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).next_back();
+        last.is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"))
+    };
+    let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        Framing::Empty
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        // RFC 9112 §6.3 (3): with `Content-Length` too, the transfer coding frames it, and such an
+        // answer "ought to be handled as an error": passed on (without the length), but its
+        // connection is not used again.
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            reusable = false;
+        }
+        if chunked_last() {
+            Framing::Chunked
+        } else {
+            reusable = false;
+            Framing::UntilClose
+        }
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        Framing::Length(one_length(&headers).ok_or("a Content-Length that is not one number")?)
+    } else {
+        reusable = false;
+        Framing::UntilClose
+    };
+    Ok(Some(AnswerHead { status, headers, framing, reusable }))
+}
+
+/// The one length all `Content-Length` values agree on (RFC 9110 §8.6 allows a repeated list of
+/// the same number), or `None`.
+fn one_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.to_str().ok()?.split(',') {
+            let item = item.trim();
+            if item.is_empty() || item.len() > 19 || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let n: u64 = item.parse().ok()?;
+            if length.is_some_and(|seen| seen != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
+
+/// How a relay ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("the upstream's answer broke off: {0}")]
+    Upstream(String),
+    #[error("the client could not be written to: {0}")]
+    Client(#[source] std::io::Error),
+}
+
+impl Exchange {
+    /// Writes `head` (the answer's head as the client gets it, already encoded) and the body to
+    /// `client`, framed by us; gives the connection back to `pool` if it may carry another
+    /// request.
+    pub async fn relay<W: AsyncWrite + Unpin>(
+        mut self,
+        mut head: Vec<u8>,
+        client: &mut W,
+        pool: &RawUpstream,
+    ) -> Result<(), RelayError> {
+        let done = match self.head.framing {
+            Framing::Empty => {
+                client.write_all(&head).await.map_err(RelayError::Client)?;
+                true
+            }
+            Framing::Length(length) => self.relay_length(head, length, client).await?,
+            Framing::Chunked => {
+                self.relay_chunked(&mut head, client).await?;
+                true
+            }
+            Framing::UntilClose => {
+                self.relay_until_close(&mut head, client).await?;
+                false
+            }
+        };
+        client.flush().await.map_err(RelayError::Client)?;
+        // Bytes past the answer were not asked for: the connection cannot be trusted again.
+        if done && self.head.reusable && self.read.is_empty() {
+            pool.give_back(self.stream);
+        }
+        Ok(())
+    }
+
+    /// More of the body; an error if the upstream closed first.
+    async fn fill(&mut self) -> Result<(), RelayError> {
+        self.read.reserve(READ_AT_ONCE);
+        match self.stream.read_buf(&mut self.read).await {
+            Ok(0) => Err(RelayError::Upstream("closed before the end of the body".into())),
+            Ok(_) => Ok(()),
+            Err(e) => Err(RelayError::Upstream(e.to_string())),
+        }
+    }
+
+    async fn relay_length<W: AsyncWrite + Unpin>(
+        &mut self,
+        mut head: Vec<u8>,
+        length: u64,
+        client: &mut W,
+    ) -> Result<bool, RelayError> {
+        let mut left = length;
+        // The head and what came with it in one write: a small answer is one system call.
+        let first = (self.read.len() as u64).min(left) as usize;
+        head.extend_from_slice(&self.read[..first]);
+        self.read.advance(first);
+        left -= first as u64;
+        client.write_all(&head).await.map_err(RelayError::Client)?;
+        while left > 0 {
+            self.fill().await?;
+            let take = (self.read.len() as u64).min(left) as usize;
+            client.write_all(&self.read[..take]).await.map_err(RelayError::Client)?;
+            self.read.advance(take);
+            left -= take as u64;
+        }
+        Ok(true)
+    }
+
+    /// Decodes the upstream's chunks (RFC 9112 §7.1) and writes them re-chunked, without
+    /// extensions or trailers. Output is gathered and written whenever more must be read.
+    async fn relay_chunked<W: AsyncWrite + Unpin>(
+        &mut self,
+        out: &mut Vec<u8>,
+        client: &mut W,
+    ) -> Result<(), RelayError> {
+        loop {
+            let size = loop {
+                match chunk_size_line(&self.read)? {
+                    Some((size, line)) => {
+                        self.read.advance(line);
+                        break size;
+                    }
+                    None => self.more(out, client).await?,
+                }
+            };
+            if size == 0 {
+                // Trailers, dropped, up to the empty line that ends the message.
+                loop {
+                    match line_end(&self.read)? {
+                        Some(0) => {
+                            self.read.advance(2);
+                            out.extend_from_slice(b"0\r\n\r\n");
+                            client.write_all(out).await.map_err(RelayError::Client)?;
+                            return Ok(());
+                        }
+                        Some(line) => self.read.advance(line + 2),
+                        None => self.more(out, client).await?,
+                    }
+                }
+            }
+            out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+            let mut left = size;
+            while left > 0 {
+                if self.read.is_empty() {
+                    self.more(out, client).await?;
+                }
+                let take = (self.read.len() as u64).min(left) as usize;
+                out.extend_from_slice(&self.read[..take]);
+                self.read.advance(take);
+                left -= take as u64;
+            }
+            while self.read.len() < 2 {
+                self.more(out, client).await?;
+            }
+            if &self.read[..2] != b"\r\n" {
+                return Err(RelayError::Upstream("a chunk not followed by CRLF".into()));
+            }
+            self.read.advance(2);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Writes what is gathered, then reads more from the upstream.
+    async fn more<W: AsyncWrite + Unpin>(&mut self, out: &mut Vec<u8>, client: &mut W) -> Result<(), RelayError> {
+        if !out.is_empty() {
+            client.write_all(out).await.map_err(RelayError::Client)?;
+            out.clear();
+        }
+        self.fill().await
+    }
+
+    async fn relay_until_close<W: AsyncWrite + Unpin>(
+        &mut self,
+        out: &mut Vec<u8>,
+        client: &mut W,
+    ) -> Result<(), RelayError> {
+        loop {
+            if !self.read.is_empty() {
+                out.extend_from_slice(format!("{:x}\r\n", self.read.len()).as_bytes());
+                out.extend_from_slice(&self.read);
+                out.extend_from_slice(b"\r\n");
+                self.read.clear();
+            }
+            client.write_all(out).await.map_err(RelayError::Client)?;
+            out.clear();
+            self.read.reserve(READ_AT_ONCE);
+            match self.stream.read_buf(&mut self.read).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(RelayError::Upstream(e.to_string())),
+            }
+        }
+        client.write_all(b"0\r\n\r\n").await.map_err(RelayError::Client)
+    }
+}
+
+/// Where the line at the start of `read` ends (the index of its CR), once it has: a line ends
+/// with CRLF, and a bare CR or LF inside it is an error.
+fn line_end(read: &[u8]) -> Result<Option<usize>, RelayError> {
+    let window = &read[..read.len().min(MAX_LINE + 2)];
+    match window.iter().position(|&b| b == b'\n' || b == b'\r') {
+        Some(at) if window[at] == b'\r' => match window.get(at + 1) {
+            Some(b'\n') => Ok(Some(at)),
+            Some(_) => Err(RelayError::Upstream("a bare CR in a chunk line".into())),
+            None => Ok(None),
+        },
+        Some(_) => Err(RelayError::Upstream("a bare LF in a chunk line".into())),
+        None if window.len() > MAX_LINE => Err(RelayError::Upstream("a chunk line too long".into())),
+        None => Ok(None),
+    }
+}
+
+/// A chunk-size line (`1*HEXDIG [ chunk-ext ] CRLF`): the size and the line's whole length.
+fn chunk_size_line(read: &[u8]) -> Result<Option<(u64, usize)>, RelayError> {
+    let Some(end) = line_end(read)? else { return Ok(None) };
+    let line = &read[..end];
+    // Extensions (after `;`) mean nothing to us and are not passed on.
+    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+    let digits = digits.strip_suffix(b" ").unwrap_or(digits);
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(RelayError::Upstream("a malformed chunk size".into()));
+    }
+    let size = u64::from_str_radix(std::str::from_utf8(digits).unwrap_or("x"), 16)
+        .map_err(|_| RelayError::Upstream("a malformed chunk size".into()))?;
+    Ok(Some((size, end + 2)))
+}
+
+#[cfg(test)]
+#[path = "raw_upstream_tests.rs"]
+mod tests;

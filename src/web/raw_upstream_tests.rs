@@ -1,0 +1,172 @@
+use super::*;
+use tokio::net::TcpListener;
+
+fn head_of(answer: &str, head_request: bool) -> Result<Option<AnswerHead>, String> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    assert!(matches!(parsed.parse(answer.as_bytes()), Ok(httparse::Status::Complete(_))), "{answer:?}");
+    interpret(&parsed, head_request)
+}
+
+fn framing(answer: &str) -> Result<(Framing, bool), String> {
+    let head = head_of(answer, false)?.expect("a final answer");
+    Ok((head.framing, head.reusable))
+}
+
+#[test]
+fn answers_are_framed_as_rfc_9112_section_6_3_says() {
+    assert_eq!(framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"), Ok((Framing::Length(5), true)));
+    assert_eq!(framing("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"), Ok((Framing::Length(5), true)));
+    assert_eq!(framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), Ok((Framing::Chunked, true)));
+    assert_eq!(framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"), Ok((Framing::Chunked, true)));
+    // Both: the coding frames it, and the connection is not trusted again.
+    assert_eq!(
+        framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
+        Ok((Framing::Chunked, false))
+    );
+    // A coding that is not chunked last: the body ends when the connection does.
+    assert_eq!(framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"), Ok((Framing::UntilClose, false)));
+    assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), Ok((Framing::UntilClose, false)));
+    assert_eq!(framing("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"), Ok((Framing::Empty, true)));
+    assert_eq!(framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"), Ok((Framing::Empty, true)));
+    assert_eq!(
+        framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"),
+        Ok((Framing::Length(5), false))
+    );
+    assert_eq!(framing("HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n"), Ok((Framing::Length(5), false)));
+    let head = head_of("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap().unwrap();
+    assert_eq!(head.framing, Framing::Empty, "an answer to HEAD has no body, whatever its length says");
+}
+
+#[test]
+fn lengths_that_could_be_read_two_ways_are_refused() {
+    for answer in [
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 0x5\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+    ] {
+        assert!(framing(answer).is_err(), "{answer:?}");
+    }
+}
+
+#[test]
+fn interim_answers_are_skipped_and_an_unasked_switch_refused() {
+    assert!(head_of("HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n", false).unwrap().is_none());
+    assert!(head_of("HTTP/1.1 100 Continue\r\n\r\n", false).unwrap().is_none());
+    assert!(head_of("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", false).is_err());
+}
+
+#[test]
+fn chunk_lines_are_read_strictly() {
+    assert_eq!(chunk_size_line(b"1a\r\nrest").unwrap(), Some((26, 4)));
+    assert_eq!(chunk_size_line(b"A;name=value\r\n").unwrap(), Some((10, 14)));
+    assert_eq!(chunk_size_line(b"1a").unwrap(), None, "not a whole line yet");
+    assert_eq!(chunk_size_line(b"1a\r").unwrap(), None, "not a whole line yet");
+    for bad in [&b"\r\n"[..], b"-1\r\n", b"1a\n", b"1a\rx\n", b"g\r\n", b"0x10\r\n", b"1111111111111111\r\n"] {
+        assert!(chunk_size_line(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+    }
+    assert!(chunk_size_line(&[b'1'; MAX_LINE + 3]).is_err(), "a line without end");
+}
+
+struct Upstream {
+    pool: Arc<RawUpstream>,
+    task: tokio::task::JoinHandle<()>,
+    /// A message each time the upstream has closed a connection.
+    closed: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+/// An upstream that answers every connection's first request with `answer`, then closes if
+/// `close` (else keeps the connection open and silent).
+async fn upstream(answer: &'static [u8], close: bool) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (tell, closed) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let tell = tell.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let _ = socket.write_all(answer).await;
+                if close {
+                    drop(socket);
+                    let _ = tell.send(());
+                } else {
+                    let _ = socket.read(&mut request).await;
+                }
+            });
+        }
+    });
+    Upstream { pool: RawUpstream::new(address, Duration::from_secs(1), Duration::from_secs(60)), task, closed }
+}
+
+async fn relayed(answer: &'static [u8], close: bool) -> (Result<Vec<u8>, String>, usize) {
+    let Upstream { pool, task, .. } = upstream(answer, close).await;
+    let outcome = match pool.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false).await {
+        Err(e) => Err(e.to_string()),
+        Ok(exchange) => {
+            let mut client = Vec::new();
+            let status = exchange.head.status;
+            match exchange.relay(format!("{} head\r\n", status.as_u16()).into_bytes(), &mut client, &pool).await {
+                Ok(()) => Ok(client),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    task.abort();
+    (outcome, pool.idle.len())
+}
+
+#[tokio::test]
+async fn bodies_are_passed_on_framed_by_us_and_the_connection_kept_only_when_clean() {
+    let (body, idle) = relayed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false).await;
+    assert_eq!(body.unwrap(), b"200 head\r\nhello");
+    assert_eq!(idle, 1, "read exactly to its end: kept");
+
+    let chunked =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n1\r\n!\r\n0\r\nTrailer: t\r\n\r\n";
+    let (body, idle) = relayed(chunked, false).await;
+    assert_eq!(body.unwrap(), b"200 head\r\n5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n", "extensions and trailers dropped");
+    assert_eq!(idle, 1);
+
+    let (body, idle) = relayed(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true).await;
+    assert_eq!(body.unwrap(), b"200 head\r\nd\r\nuntil the end\r\n0\r\n\r\n", "re-chunked");
+    assert_eq!(idle, 0);
+
+    let (body, idle) = relayed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiEXTRA", false).await;
+    assert_eq!(body.unwrap(), b"200 head\r\nhi", "only what the length says");
+    assert_eq!(idle, 0, "bytes past the answer: not trusted again");
+}
+
+#[tokio::test]
+async fn broken_answers_are_errors_never_passed_on_as_complete() {
+    let (body, idle) = relayed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", true).await;
+    assert!(body.unwrap_err().contains("broke off"));
+    assert_eq!(idle, 0);
+    let (body, _) = relayed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n", true).await;
+    assert!(body.unwrap_err().contains("CRLF"));
+    let (body, _) = relayed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", true).await;
+    assert!(body.unwrap_err().contains("broke off"));
+    let (answer, _) = relayed(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx", true).await;
+    assert!(answer.unwrap_err().contains("not one number"), "a 502 before anything is written");
+    let (answer, _) = relayed(b"", true).await;
+    assert!(answer.unwrap_err().contains("without answering"));
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_upstream_closed_is_replaced_and_the_request_sent_once_on_the_new_one() {
+    let Upstream { pool, task, mut closed } = upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true).await;
+    // The first exchange keeps its connection; the upstream then closes it.
+    let exchange = pool.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false).await.unwrap();
+    exchange.relay(Vec::new(), &mut Vec::new(), &pool).await.unwrap();
+    assert_eq!(pool.idle.len(), 1);
+    closed.recv().await.expect("the upstream closed it");
+    let exchange =
+        pool.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false).await.expect("sent again on a new connection");
+    assert_eq!(exchange.head.status, StatusCode::OK);
+    task.abort();
+}
