@@ -224,7 +224,8 @@ fn interpret(answer: &httparse::Response<'_, '_>, head_request: bool) -> Result<
     if status.is_informational() {
         return Ok(None);
     }
-    let mut headers = HeaderMap::with_capacity(answer.headers.len());
+    // With room for the framing header the client is sent.
+    let mut headers = HeaderMap::with_capacity(answer.headers.len() + 2);
     for field in answer.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "a malformed header name".to_string())?;
         let value = HeaderValue::from_bytes(field.value).map_err(|_| format!("a malformed {name} value"))?;

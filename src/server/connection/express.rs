@@ -217,7 +217,8 @@ fn parse(whole: &Bytes) -> Parsed {
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Declined };
     let Ok(uri) = Uri::from_maybe_shared(whole.slice_ref(target.as_bytes())) else { return Parsed::Declined };
-    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    // Room for what `Forwarder::prepare` adds (forwarding and identity headers): never regrown.
+    let mut headers = HeaderMap::with_capacity(head.headers.len() + 12);
     for field in head.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(field.name.as_bytes()),
