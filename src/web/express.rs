@@ -37,21 +37,14 @@ pub struct Ticket {
     pub client_ip: std::net::IpAddr,
 }
 
-/// How a relayed request ended, for the access log.
+/// A request the upstream answered: its status and timing for the access log, and how the
+/// answer's relay ended.
 pub struct Relayed {
     pub status: StatusCode,
     pub upstream_time: UpstreamTime,
-}
-
-/// Why a ticket's request was not relayed to the end.
-#[derive(Debug, thiserror::Error)]
-pub enum ExpressError {
-    /// Nothing was written to the client yet: it gets the full path's error page.
-    #[error(transparent)]
-    Unanswered(#[from] ForwardError),
-    /// The answer broke off after its head had gone out: the client's connection must close.
-    #[error(transparent)]
-    BrokeOff(#[from] RelayError),
+    /// Set when the answer broke off after its head had gone out: the client's connection must
+    /// close (it cannot be told otherwise).
+    pub broke_off: Option<RelayError>,
 }
 
 impl App {
@@ -90,29 +83,33 @@ impl App {
 }
 
 impl Forwarder {
-    /// Sends a ticket's request and writes the answer to `client`.
+    /// Sends a ticket's request and writes the answer to `client`. An error is one nothing was
+    /// written for yet: the client gets the full path's error page.
     pub async fn express<W: AsyncWrite + Unpin>(
         &self,
         ticket: &Ticket,
         client: &mut W,
-    ) -> Result<Relayed, ExpressError> {
+    ) -> Result<Relayed, ForwardError> {
         let Some(raw) = self.raw_upstream() else {
-            return Err(ForwardError::Unreachable("no express lane to an https upstream".into()).into());
+            return Err(ForwardError::Unreachable("no express lane to an https upstream".into()));
         };
         let started = std::time::Instant::now();
         let timeout = self.response_timeout();
         let mut exchange = match tokio::time::timeout(timeout, raw.send(&ticket.head, ticket.head_request)).await {
-            Err(_) => return Err(ForwardError::Timeout(timeout).into()),
-            Ok(Err(SendError::Unreachable(why))) => return Err(ForwardError::Unreachable(why).into()),
-            Ok(Err(SendError::BadResponse(why))) => return Err(ForwardError::BadResponse(why).into()),
+            Err(_) => return Err(ForwardError::Timeout(timeout)),
+            Ok(Err(SendError::Unreachable(why))) => return Err(ForwardError::Unreachable(why)),
+            Ok(Err(SendError::BadResponse(why))) => return Err(ForwardError::BadResponse(why)),
             Ok(Ok(exchange)) => exchange,
         };
         let upstream_time = UpstreamTime(started.elapsed());
         let status = exchange.head.status;
         self.clean_response(&mut exchange.head.headers);
         let head = encode_response(&mut exchange.head.headers, status, exchange.head.framing);
-        exchange.relay(head, client, raw).await?;
-        Ok(Relayed { status, upstream_time })
+        match exchange.relay(head, client, raw).await {
+            Ok(()) => Ok(Relayed { status, upstream_time, broke_off: None }),
+            Err(RelayError::Unanswered(why)) => Err(ForwardError::BadResponse(why)),
+            Err(e) => Ok(Relayed { status, upstream_time, broke_off: Some(e) }),
+        }
     }
 }
 
@@ -148,6 +145,10 @@ fn encode_response(headers: &mut http::HeaderMap, status: StatusCode, framing: F
         Framing::Empty => {}
     }
     // The head, and a small body after it in the same buffer (one write for the whole answer).
+    if !headers.contains_key(header::DATE) {
+        // RFC 9110 §6.6.1: an origin with a clock sends one; hyper adds it on the full path.
+        headers.insert(header::DATE, now_as_http_date());
+    }
     let mut head = Vec::with_capacity(48 + fields_size(headers) + 2 + 1024);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
@@ -158,6 +159,25 @@ fn encode_response(headers: &mut http::HeaderMap, status: StatusCode, framing: F
     put_fields(&mut head, headers);
     head.extend_from_slice(b"\r\n");
     head
+}
+
+/// The current time as an HTTP date, formatted once a second per thread.
+fn now_as_http_date() -> HeaderValue {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static LAST: RefCell<(u64, HeaderValue)> = const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST.with_borrow_mut(|(at, value)| {
+        if *at != second {
+            *value =
+                HeaderValue::from_str(&httpdate::fmt_http_date(now)).unwrap_or_else(|_| HeaderValue::from_static(""));
+            *at = second;
+        }
+        value.clone()
+    })
 }
 
 /// The bytes [`put_fields`] writes: sized once, the head is never copied to grow.

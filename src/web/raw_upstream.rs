@@ -78,6 +78,8 @@ pub struct Exchange {
     stream: TcpStream,
     read: BytesMut,
     pub head: AnswerHead,
+    /// Whether any byte of the answer has been written to the client.
+    sent: bool,
 }
 
 impl RawUpstream {
@@ -93,42 +95,51 @@ impl RawUpstream {
 
     /// Sends a request head (a request without a body) and reads the answer's head.
     ///
-    /// A kept connection the upstream has closed meanwhile fails on the first write or read; the
-    /// request is then sent again on a new one. That is safe only because nothing of an answer
-    /// had come and the request is GET or HEAD (RFC 9110 §9.2.2: idempotent, and RFC 9112
-    /// §9.3.1 allows retrying it).
+    /// A kept connection is looked at before it is used: one with bytes waiting (an answer nobody
+    /// asked for) or closed by the upstream is dropped, never used. One the upstream closes in the
+    /// instant between that look and the request fails with nothing of an answer read; the
+    /// request is then sent once more, on a new connection, and never again. That is safe only
+    /// because the request is GET or HEAD (RFC 9110 §9.2.2: idempotent; RFC 9112 §9.3.1 allows
+    /// retrying it), and once is all: an upstream that closes on a request without answering it
+    /// (nginx's `return 444`) is asked twice at most, not once per kept connection.
     pub async fn send(self: &Arc<Self>, request_head: &[u8], head_request: bool) -> Result<Exchange, SendError> {
+        let mut may_retry = true;
         loop {
-            let (mut stream, reused) = match self.take_idle() {
+            let (mut stream, reused) = match self.take_idle().filter(|_| may_retry) {
                 Some(stream) => (stream, true),
                 None => (self.connect().await?, false),
             };
             let mut read = BytesMut::with_capacity(8 * 1024);
+            let retry = reused && may_retry;
+            may_retry = false;
             if let Err(e) = stream.write_all(request_head).await {
-                if reused {
+                if retry {
                     continue;
                 }
                 return Err(SendError::Unreachable(format!("sending the request: {e}")));
             }
             match read_head(&mut stream, &mut read, head_request).await {
-                Ok(head) => return Ok(Exchange { stream, read, head }),
-                Err(HeadError::Closed) if reused && read.is_empty() => continue,
-                Err(HeadError::Closed) => {
+                Ok(head) => return Ok(Exchange { stream, read, head, sent: false }),
+                Err(HeadError::Closed { answered_in_part: false }) if retry => continue,
+                Err(HeadError::Closed { .. }) => {
                     return Err(SendError::Unreachable("the upstream closed the connection without answering".into()));
                 }
-                Err(HeadError::Io(e)) if reused && read.is_empty() => {
-                    tracing::debug!("a kept upstream connection failed: {e}");
+                Err(HeadError::Io { error, answered_in_part: false }) if retry => {
+                    tracing::debug!("a kept upstream connection failed: {error}");
                     continue;
                 }
-                Err(HeadError::Io(e)) => return Err(SendError::Unreachable(format!("reading the answer: {e}"))),
+                Err(HeadError::Io { error, .. }) => {
+                    return Err(SendError::Unreachable(format!("reading the answer: {error}")));
+                }
                 Err(HeadError::Bad(why)) => return Err(SendError::BadResponse(why)),
             }
         }
     }
 
+    /// The oldest kept connection that is still fit to use.
     fn take_idle(&self) -> Option<TcpStream> {
         while let Some((stream, since)) = self.idle.pop() {
-            if since.elapsed() <= self.idle_timeout {
+            if since.elapsed() <= self.idle_timeout && is_quiet(&stream) {
                 return Some(stream);
             }
         }
@@ -157,7 +168,7 @@ impl RawUpstream {
     fn reap_idle(&self) {
         for _ in 0..self.idle.len() {
             let Some((stream, since)) = self.idle.pop() else { break };
-            if since.elapsed() <= self.idle_timeout {
+            if since.elapsed() <= self.idle_timeout && is_quiet(&stream) {
                 let _ = self.idle.push((stream, since));
             }
         }
@@ -176,16 +187,34 @@ async fn reap(pool: Weak<RawUpstream>, idle_timeout: Duration) {
 }
 
 enum HeadError {
-    /// The upstream closed before a whole head came.
-    Closed,
-    Io(std::io::Error),
+    /// The upstream closed before a whole head came; `answered_in_part` if any byte had come
+    /// (an interim answer included).
+    Closed {
+        answered_in_part: bool,
+    },
+    Io {
+        error: std::io::Error,
+        answered_in_part: bool,
+    },
     /// An answer that cannot be passed on.
     Bad(String),
+}
+
+/// Whether a kept connection has nothing to say: no bytes waiting, not closed. A look that costs
+/// no system call when the runtime already knows the socket has nothing to read.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    match stream.try_read(&mut probe) {
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        // Closed (0), or bytes nobody asked for: an answer to no request.
+        Ok(_) => false,
+    }
 }
 
 /// Reads the final answer's head (interim 1xx answers other than 101 are read and dropped, as
 /// hyper's client does), leaving what follows it in `read`.
 async fn read_head(stream: &mut TcpStream, read: &mut BytesMut, head_request: bool) -> Result<AnswerHead, HeadError> {
+    let mut answered_in_part = false;
     loop {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut answer = httparse::Response::new(&mut fields);
@@ -193,6 +222,7 @@ async fn read_head(stream: &mut TcpStream, read: &mut BytesMut, head_request: bo
             Ok(httparse::Status::Complete(length)) => {
                 let head = interpret(&answer, head_request).map_err(HeadError::Bad)?;
                 read.advance(length);
+                answered_in_part = true;
                 match head {
                     Some(head) => return Ok(head),
                     None => continue,
@@ -203,10 +233,11 @@ async fn read_head(stream: &mut TcpStream, read: &mut BytesMut, head_request: bo
             }
             Ok(httparse::Status::Partial) => {
                 read.reserve(4096);
+                let answered_in_part = answered_in_part || !read.is_empty();
                 match stream.read_buf(read).await {
-                    Ok(0) => return Err(HeadError::Closed),
+                    Ok(0) => return Err(HeadError::Closed { answered_in_part }),
                     Ok(_) => {}
-                    Err(e) => return Err(HeadError::Io(e)),
+                    Err(error) => return Err(HeadError::Io { error, answered_in_part }),
                 }
             }
             Err(e) => return Err(HeadError::Bad(format!("an unreadable response head: {e}"))),
@@ -240,6 +271,21 @@ fn interpret(answer: &httparse::Response<'_, '_>, head_request: bool) -> Result<
         last.is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"))
     };
     let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        // No body, whatever the head says. The length it announces (of the body a GET would get)
+        // is passed on only as one plain number. An answer that announces a body it must not
+        // send ends its connection: were a body to follow after all, in a later packet, it would
+        // be read as the next visitor's answer.
+        match one_length(&headers) {
+            Some(length) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+                reusable &= length == 0 && !headers.contains_key(header::TRANSFER_ENCODING);
+            }
+            None => {
+                reusable &=
+                    !headers.contains_key(header::TRANSFER_ENCODING) && !headers.contains_key(header::CONTENT_LENGTH);
+                headers.remove(header::CONTENT_LENGTH);
+            }
+        }
         Framing::Empty
     } else if headers.contains_key(header::TRANSFER_ENCODING) {
         // RFC 9112 §6.3 (3): with `Content-Length` too, the transfer coding frames it, and such an
@@ -264,7 +310,7 @@ fn interpret(answer: &httparse::Response<'_, '_>, head_request: bool) -> Result<
 }
 
 /// The one length all `Content-Length` values agree on (RFC 9110 §8.6 allows a repeated list of
-/// the same number), or `None`.
+/// the same number), or `None` (also when there is none).
 fn one_length(headers: &HeaderMap) -> Option<u64> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -286,6 +332,9 @@ fn one_length(headers: &HeaderMap) -> Option<u64> {
 /// How a relay ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// Before a byte of it had been written to the client: it can still be told (a 502).
+    #[error("the upstream's answer cannot be passed on: {0}")]
+    Unanswered(String),
     #[error("the upstream's answer broke off: {0}")]
     Upstream(String),
     #[error("the client could not be written to: {0}")]
@@ -298,13 +347,39 @@ impl Exchange {
     /// request.
     pub async fn relay<W: AsyncWrite + Unpin>(
         mut self,
-        mut head: Vec<u8>,
+        head: Vec<u8>,
         client: &mut W,
         pool: &RawUpstream,
     ) -> Result<(), RelayError> {
+        match self.relay_body(head, client).await {
+            Err(RelayError::Upstream(why)) if !self.sent => Err(RelayError::Unanswered(why)),
+            Err(e) => Err(e),
+            Ok(done) => {
+                // Bytes past the answer were not asked for: the connection cannot be trusted again.
+                if done && self.head.reusable && self.read.is_empty() {
+                    pool.give_back(self.stream);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `bytes` to the client.
+    async fn write<W: AsyncWrite + Unpin>(&mut self, client: &mut W, bytes: &[u8]) -> Result<(), RelayError> {
+        client.write_all(bytes).await.map_err(RelayError::Client)?;
+        self.sent = true;
+        Ok(())
+    }
+
+    /// The head and the body; whether the answer was read exactly to its end.
+    async fn relay_body<W: AsyncWrite + Unpin>(
+        &mut self,
+        mut head: Vec<u8>,
+        client: &mut W,
+    ) -> Result<bool, RelayError> {
         let done = match self.head.framing {
             Framing::Empty => {
-                client.write_all(&head).await.map_err(RelayError::Client)?;
+                self.write(client, &head).await?;
                 true
             }
             Framing::Length(length) => self.relay_length(head, length, client).await?,
@@ -318,11 +393,7 @@ impl Exchange {
             }
         };
         client.flush().await.map_err(RelayError::Client)?;
-        // Bytes past the answer were not asked for: the connection cannot be trusted again.
-        if done && self.head.reusable && self.read.is_empty() {
-            pool.give_back(self.stream);
-        }
-        Ok(())
+        Ok(done)
     }
 
     /// More of the body; an error if the upstream closed first.
@@ -347,7 +418,7 @@ impl Exchange {
         head.extend_from_slice(&self.read[..first]);
         self.read.advance(first);
         left -= first as u64;
-        client.write_all(&head).await.map_err(RelayError::Client)?;
+        self.write(client, &head).await?;
         while left > 0 {
             self.fill().await?;
             let take = (self.read.len() as u64).min(left) as usize;
@@ -382,7 +453,7 @@ impl Exchange {
                         Some(0) => {
                             self.read.advance(2);
                             out.extend_from_slice(b"0\r\n\r\n");
-                            client.write_all(out).await.map_err(RelayError::Client)?;
+                            self.write(client, out).await?;
                             return Ok(());
                         }
                         Some(line) => self.read.advance(line + 2),
@@ -415,7 +486,7 @@ impl Exchange {
     /// Writes what is gathered, then reads more from the upstream.
     async fn more<W: AsyncWrite + Unpin>(&mut self, out: &mut Vec<u8>, client: &mut W) -> Result<(), RelayError> {
         if !out.is_empty() {
-            client.write_all(out).await.map_err(RelayError::Client)?;
+            self.write(client, out).await?;
             out.clear();
         }
         self.fill().await
@@ -433,7 +504,7 @@ impl Exchange {
                 out.extend_from_slice(b"\r\n");
                 self.read.clear();
             }
-            client.write_all(out).await.map_err(RelayError::Client)?;
+            self.write(client, out).await?;
             out.clear();
             self.read.reserve(READ_AT_ONCE);
             match self.stream.read_buf(&mut self.read).await {
@@ -442,7 +513,7 @@ impl Exchange {
                 Err(e) => return Err(RelayError::Upstream(e.to_string())),
             }
         }
-        client.write_all(b"0\r\n\r\n").await.map_err(RelayError::Client)
+        self.write(client, b"0\r\n\r\n").await
     }
 }
 

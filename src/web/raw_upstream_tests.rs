@@ -1,4 +1,5 @@
 use super::*;
+use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 
 fn head_of(answer: &str, head_request: bool) -> Result<Option<AnswerHead>, String> {
@@ -27,8 +28,11 @@ fn answers_are_framed_as_rfc_9112_section_6_3_says() {
     // A coding that is not chunked last: the body ends when the connection does.
     assert_eq!(framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"), Ok((Framing::UntilClose, false)));
     assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), Ok((Framing::UntilClose, false)));
-    assert_eq!(framing("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"), Ok((Framing::Empty, true)));
-    assert_eq!(framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"), Ok((Framing::Empty, true)));
+    assert_eq!(framing("HTTP/1.1 204 No Content\r\n\r\n"), Ok((Framing::Empty, true)));
+    assert_eq!(framing("HTTP/1.1 304 Not Modified\r\nETag: \"a\"\r\n\r\n"), Ok((Framing::Empty, true)));
+    // Announcing a body it must not send: were it sent after all, it would be the next answer.
+    assert_eq!(framing("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"), Ok((Framing::Empty, false)));
+    assert_eq!(framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"), Ok((Framing::Empty, false)));
     assert_eq!(
         framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"),
         Ok((Framing::Length(5), false))
@@ -36,6 +40,25 @@ fn answers_are_framed_as_rfc_9112_section_6_3_says() {
     assert_eq!(framing("HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n"), Ok((Framing::Length(5), false)));
     let head = head_of("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap().unwrap();
     assert_eq!(head.framing, Framing::Empty, "an answer to HEAD has no body, whatever its length says");
+    assert!(!head.reusable, "and it is not trusted with the next request");
+}
+
+#[test]
+fn a_length_without_a_body_is_passed_on_only_as_one_number() {
+    let length = |answer: &str| {
+        let head = head_of(answer, true).unwrap().unwrap();
+        let values: Vec<_> =
+            head.headers.get_all(header::CONTENT_LENGTH).iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        (values, head.reusable)
+    };
+    assert_eq!(
+        length("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+        (vec!["5".to_string()], false)
+    );
+    assert_eq!(length("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), (vec!["0".to_string()], true));
+    for odd in ["5\r\nContent-Length: 6", "abc", "-7, 99"] {
+        assert_eq!(length(&format!("HTTP/1.1 200 OK\r\nContent-Length: {odd}\r\n\r\n")), (vec![], false), "{odd}");
+    }
 }
 
 #[test]
@@ -168,5 +191,90 @@ async fn a_kept_connection_the_upstream_closed_is_replaced_and_the_request_sent_
     let exchange =
         pool.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false).await.expect("sent again on a new connection");
     assert_eq!(exchange.head.status, StatusCode::OK);
+    task.abort();
+}
+
+/// An upstream whose connections read one request, then close without answering; it counts the
+/// requests it read.
+async fn closing_upstream() -> (Arc<RawUpstream>, Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = read.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                if matches!(socket.read(&mut request).await, Ok(n) if n > 0) {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (RawUpstream::new(address, Duration::from_secs(1), Duration::from_secs(60)), read, task)
+}
+
+#[tokio::test]
+async fn a_request_the_upstream_drops_is_sent_twice_at_most_however_many_connections_are_kept() {
+    let (pool, read, task) = closing_upstream().await;
+    // Five kept connections, open and quiet (the upstream has read nothing on them yet).
+    for _ in 0..5 {
+        let stream = pool.connect().await.unwrap();
+        pool.give_back(stream);
+    }
+    let sent = pool.send(b"GET /once HTTP/1.1\r\nHost: a\r\n\r\n", false).await;
+    assert!(matches!(sent, Err(SendError::Unreachable(_))), "a 502");
+    let mut counted = 0;
+    // Every connection that read it has counted it by the time it closed; wait for those two.
+    while counted < 2 {
+        tokio::task::yield_now().await;
+        counted = read.load(Ordering::SeqCst);
+    }
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(read.load(Ordering::SeqCst), 2, "the request, and one retry on a new connection");
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_kept_connection_with_bytes_nobody_asked_for_is_never_used_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (go, stray_go) = tokio::sync::oneshot::channel::<()>();
+    let (stray_sent, stray_arrived) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut stray = Some((stray_go, stray_sent));
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let first = stray.take();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+                if let Some((go, sent)) = first {
+                    // Once the answer has been read and the connection kept: an answer to no
+                    // request.
+                    go.await.unwrap();
+                    socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON").await.unwrap();
+                    let _ = sent.send(());
+                }
+                let _ = socket.read(&mut request).await;
+            });
+        }
+    });
+    let pool = RawUpstream::new(address, Duration::from_secs(1), Duration::from_secs(60));
+    let exchange = pool.send(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n", false).await.unwrap();
+    let mut client = Vec::new();
+    exchange.relay(Vec::new(), &mut client, &pool).await.unwrap();
+    assert_eq!(pool.idle.len(), 1, "kept");
+    go.send(()).unwrap();
+    stray_arrived.await.unwrap();
+    let exchange = pool.send(b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n", false).await.unwrap();
+    let mut client = Vec::new();
+    exchange.relay(Vec::new(), &mut client, &pool).await.unwrap();
+    assert_eq!(client, b"ok", "the second request's own answer, from a new connection");
     task.abort();
 }

@@ -277,3 +277,77 @@ async fn a_slow_upstream_gets_504_and_a_dead_one_502_on_the_lane() {
     assert_eq!(down.status(), 502);
     assert!(down.text().await.unwrap().contains("not answering"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_the_client_breaks_off_is_still_in_the_access_log() {
+    let upstream = Upstream::start().await;
+    let lane = Lane::start(&upstream.url(), "").await;
+    let before = lane.carried().await;
+    let mark = lane.proxy.stderr.len();
+    let mut stream = TcpStream::connect(lane.proxy.addr).await.unwrap();
+    let get = format!(
+        "GET /download?bytes=50000000 HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\n\r\n",
+        lane.proxy.addr, lane.session
+    );
+    stream.write_all(get.as_bytes()).await.unwrap();
+    let mut some = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < 1024 * 1024 {
+        got += stream.read(&mut some).await.unwrap();
+    }
+    // Gone with 49 MB unread: as a client pulling what it wants and leaving.
+    drop(stream);
+    let logged = lane.proxy.stderr.wait_for(mark, |l| l.contains("portcullis::access") && l.contains("/download"));
+    let logged = logged.expect("the request was logged");
+    assert!(logged.contains("200") && logged.contains("alice"), "{logged}");
+    assert_eq!(lane.carried().await, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_on_the_lane_carry_a_date_as_on_the_full_path() {
+    // An upstream that sends no Date of its own.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while crate::attacks::request_head(&mut stream).await.is_some() {
+                    if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let lane = Lane::start(&format!("http://{addr}"), "").await;
+    let before = lane.carried().await;
+    let by_lane = lane.fresh(reqwest::Method::GET, "/").send().await.unwrap();
+    assert_eq!(lane.carried().await, before + 1);
+    let by_hyper = lane.fresh(reqwest::Method::GET, "/").header("connection", "close").send().await.unwrap();
+    assert_eq!(lane.carried().await, before + 1);
+    for answer in [by_lane, by_hyper] {
+        let date = answer.headers().get("date").expect("a Date").to_str().unwrap().to_string();
+        assert!(httpdate::parse_http_date(&date).is_ok(), "{date}");
+        assert_eq!(answer.text().await.unwrap(), "ok");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_over_the_limit_is_never_the_lanes_even_when_it_comes_whole() {
+    let upstream = Upstream::start().await;
+    let lane = Lane::start(&upstream.url(), "[limits]\nmax_header_bytes = 8192").await;
+    let before = lane.carried().await;
+    let mut stream = TcpStream::connect(lane.proxy.addr).await.unwrap();
+    let padding = "a".repeat(12 * 1024);
+    let get = format!(
+        "GET /big HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\nX-Padding: {padding}\r\n\r\n",
+        lane.proxy.addr, lane.session
+    );
+    stream.write_all(get.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(lane.carried().await, before);
+    assert_eq!(upstream.count(), 0);
+}

@@ -14,14 +14,14 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::client_io::ClientIo;
+use super::client_io::{ClientIo, stalled_writing};
 use super::clock::{PARK_AFTER, Watch};
 use std::sync::Arc;
 
 use crate::config::Limits;
 use crate::server::capacity::Activity;
 use crate::web::error::WebError;
-use crate::web::express::{self, ExpressError};
+use crate::web::express::{self, Relayed};
 use crate::web::forward::Forwarder;
 use crate::web::gate::Served;
 use crate::web::raw_upstream::RelayError;
@@ -90,6 +90,11 @@ where
                     io.put_back(whole);
                     return Lane::Declined;
                 }
+                // A head that came whole in one read may be past the limit: hyper's to refuse.
+                Parsed::Offered { length, .. } if length > limits.max_header_bytes => {
+                    io.put_back(whole);
+                    return Lane::Declined;
+                }
                 Parsed::Offered { length, request } => break (whole, length, request),
             }
             read = whole.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
@@ -114,25 +119,36 @@ where
         let served =
             |upstream_time| Served { method: &method, path: &path, client: ticket.client_ip, started, upstream_time };
         let keep_going = match outcome {
-            Ok(relayed) => {
+            Ok(Relayed { status, upstream_time, broke_off }) => {
                 crate::base::metrics::express_request();
-                served(Some(relayed.upstream_time)).record(relayed.status, Some(&ticket.user));
-                true
+                // Logged as the full path logs it, whether or not the client read it all.
+                served(Some(upstream_time)).record(status, Some(&ticket.user));
+                match broke_off {
+                    None => true,
+                    Some(RelayError::Client(e)) if stalled_writing(&e) => {
+                        tracing::warn!(
+                            target: "portcullis::security",
+                            peer = %watch.peer,
+                            "a client stopped reading; its connection was closed after limits.send_timeout"
+                        );
+                        false
+                    }
+                    Some(RelayError::Client(e)) => {
+                        tracing::debug!(peer = %watch.peer, "the client went during an answer: {e}");
+                        false
+                    }
+                    Some(e) => {
+                        tracing::warn!(peer = %watch.peer, "an answer from the upstream broke off; the client's connection is closed: {e}");
+                        false
+                    }
+                }
             }
-            Err(ExpressError::Unanswered(e)) => {
+            Err(e) => {
                 let page = WebError::from(e).into_response();
                 served(None).record(page.status(), Some(&ticket.user));
                 let page = express::encode_page(page, head_request).await;
                 let _ = io.write_all(&page).await;
                 let _ = io.flush().await;
-                false
-            }
-            Err(ExpressError::BrokeOff(RelayError::Client(e))) => {
-                tracing::debug!(peer = %watch.peer, "the client went during an answer: {e}");
-                false
-            }
-            Err(ExpressError::BrokeOff(e)) => {
-                tracing::warn!(peer = %watch.peer, "an answer from the upstream broke off; the client's connection is closed: {e}");
                 false
             }
         };
