@@ -12,8 +12,8 @@
 //! back only when its answer was read exactly to its end and the upstream did not ask to close;
 //! one that broke, or carried bytes past its answer, is closed.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -21,6 +21,8 @@ use crossbeam_queue::ArrayQueue;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::web::upstream_pool::reap_while_alive;
 
 /// The most an upstream's response head may take: hyper's own client allows about as much.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -155,7 +157,7 @@ impl RawUpstream {
         };
         let _ = stream.set_nodelay(true);
         if !self.reaper_started.swap(true, Ordering::Relaxed) {
-            tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
+            tokio::spawn(reap_while_alive(Arc::downgrade(self), self.idle_timeout, Self::reap_idle));
         }
         Ok(stream)
     }
@@ -172,17 +174,6 @@ impl RawUpstream {
                 let _ = self.idle.push((stream, since));
             }
         }
-    }
-}
-
-/// Closes connections idle past `proxy.pool_idle_timeout`, for as long as the pool lives.
-async fn reap(pool: Weak<RawUpstream>, idle_timeout: Duration) {
-    let mut every = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(100)));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let Some(pool) = pool.upgrade() else { return };
-        pool.reap_idle();
     }
 }
 

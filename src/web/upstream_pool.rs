@@ -148,7 +148,7 @@ impl<B: OutgoingBody> UpstreamPool<B> {
             }
         });
         if !self.reaper_started.swap(true, Ordering::Relaxed) {
-            tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
+            tokio::spawn(reap_while_alive(Arc::downgrade(self), self.idle_timeout, Self::reap_idle));
         }
         Ok(sender)
     }
@@ -224,14 +224,15 @@ impl<B: OutgoingBody> Body for Sending<B> {
     }
 }
 
-/// Runs on the worker that dialled first, for as long as the pool lives.
-async fn reap<B: OutgoingBody>(pool: Weak<UpstreamPool<B>>, idle_timeout: Duration) {
+/// Runs `reap` on `pool` twice per `idle_timeout`, for as long as the pool lives: on the worker
+/// that dialled first, as a pool's connections belong to its worker.
+pub(crate) async fn reap_while_alive<P>(pool: Weak<P>, idle_timeout: Duration, reap: impl Fn(&P)) {
     let mut every = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(100)));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        pool.reap_idle();
+        reap(&pool);
     }
 }
 
