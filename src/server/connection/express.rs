@@ -105,60 +105,84 @@ where
             }
         };
         let (whole, length, request) = whole;
-        let started = StdInstant::now();
-        let in_flight = handler.activity.begin();
-        let method = request.method().clone();
-        let head_request = method == Method::HEAD;
-        let Some(ticket) = handler.app.express_ticket(request, handler.conn, handler.forwarder).await else {
-            drop(in_flight);
-            io.put_back(whole);
-            return Lane::Declined;
-        };
-        let path = path_of(&whole[..length]);
-        let outcome = handler.forwarder.express(&ticket, io).await;
-        let served =
-            |upstream_time| Served { method: &method, path: &path, client: ticket.client_ip, started, upstream_time };
-        let keep_going = match outcome {
-            Ok(Relayed { status, upstream_time, broke_off }) => {
-                crate::base::metrics::express_request();
-                // Logged as the full path logs it, whether or not the client read it all.
-                served(Some(upstream_time)).record(status, Some(&ticket.user));
-                match broke_off {
-                    None => true,
-                    Some(RelayError::Client(e)) if stalled_writing(&e) => {
-                        tracing::warn!(
-                            target: "portcullis::security",
-                            peer = %watch.peer,
-                            "a client stopped reading; its connection was closed after limits.send_timeout"
-                        );
-                        false
-                    }
-                    Some(RelayError::Client(e)) => {
-                        tracing::debug!(peer = %watch.peer, "the client went during an answer: {e}");
-                        false
-                    }
-                    Some(e) => {
-                        tracing::warn!(peer = %watch.peer, "an answer from the upstream broke off; the client's connection is closed: {e}");
-                        false
-                    }
-                }
+        // Boxed: the request's future (the gate, the upstream exchange) is several KiB, and the
+        // connection's task would otherwise be sized for it while it idles.
+        match Box::pin(carry(io, &handler, request, path_of(&whole[..length]), watch.peer)).await {
+            Carried::Declined => {
+                io.put_back(whole);
+                return Lane::Declined;
             }
-            Err(e) => {
-                let page = WebError::from(e).into_response();
-                served(None).record(page.status(), Some(&ticket.user));
-                let page = express::encode_page(page, head_request).await;
-                let _ = io.write_all(&page).await;
-                let _ = io.flush().await;
-                false
-            }
-        };
-        drop(in_flight);
-        if !keep_going {
-            return Lane::Close;
+            Carried::Close => return Lane::Close,
+            Carried::Answered => {}
         }
         // What came after the head (a pipelined request) is read next, in the same buffer.
         read = whole.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         let _ = read.split_to(length);
+    }
+}
+
+enum Carried {
+    /// Not the lane's after all (the gate's answer is the full path's to give).
+    Declined,
+    Answered,
+    /// Answered, and the connection is to close.
+    Close,
+}
+
+/// One request the lane may carry: the gate's ticket, the exchange, the access-log line.
+async fn carry<I>(
+    io: &mut ClientIo<I>,
+    handler: &Carrier<'_>,
+    request: Request<()>,
+    path: String,
+    peer: std::net::SocketAddr,
+) -> Carried
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let started = StdInstant::now();
+    let _in_flight = handler.activity.begin();
+    let method = request.method().clone();
+    let head_request = method == Method::HEAD;
+    let Some(ticket) = handler.app.express_ticket(request, handler.conn, handler.forwarder).await else {
+        return Carried::Declined;
+    };
+    let outcome = handler.forwarder.express(&ticket, io).await;
+    let served =
+        |upstream_time| Served { method: &method, path: &path, client: ticket.client_ip, started, upstream_time };
+    match outcome {
+        Ok(Relayed { status, upstream_time, broke_off }) => {
+            crate::base::metrics::express_request();
+            // Logged as the full path logs it, whether or not the client read it all.
+            served(Some(upstream_time)).record(status, Some(&ticket.user));
+            match broke_off {
+                None => Carried::Answered,
+                Some(RelayError::Client(e)) if stalled_writing(&e) => {
+                    tracing::warn!(
+                        target: "portcullis::security",
+                        peer = %peer,
+                        "a client stopped reading; its connection was closed after limits.send_timeout"
+                    );
+                    Carried::Close
+                }
+                Some(RelayError::Client(e)) => {
+                    tracing::debug!(peer = %peer, "the client went during an answer: {e}");
+                    Carried::Close
+                }
+                Some(e) => {
+                    tracing::warn!(peer = %peer, "an answer from the upstream broke off; the client's connection is closed: {e}");
+                    Carried::Close
+                }
+            }
+        }
+        Err(e) => {
+            let page = WebError::from(e).into_response();
+            served(None).record(page.status(), Some(&ticket.user));
+            let page = express::encode_page(page, head_request).await;
+            let _ = io.write_all(&page).await;
+            let _ = io.flush().await;
+            Carried::Close
+        }
     }
 }
 
