@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
+use crate::web::client_body::ClientBody;
 use bytes::Bytes;
 use cookie::SameSite;
 use http::{HeaderMap, Request, Response, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -51,7 +51,7 @@ pub fn tokens_match(expected: &str, given: &str) -> bool {
 
 /// Reads a urlencoded form: of our own content type, at most [`MAX_FORM_BYTES`], and whole
 /// within [`FORM_DEADLINE`].
-pub async fn read_form<T: for<'de> Deserialize<'de>>(request: Request<Incoming>) -> Result<T, WebError> {
+pub async fn read_form<T: for<'de> Deserialize<'de>>(request: Request<ClientBody>) -> Result<T, WebError> {
     let is_form = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
         v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
     });
@@ -137,7 +137,7 @@ pub struct Posted<F> {
 /// A POST from a signed-in page, checked the same way on every endpoint: it comes from our own
 /// origin, its form can be read, and, if the browser has a session, it carries that session's own
 /// CSRF token.
-pub async fn session_post<F: SessionForm>(app: &App, request: Request<Incoming>) -> Result<Posted<F>, WebError> {
+pub async fn session_post<F: SessionForm>(app: &App, request: Request<ClientBody>) -> Result<Posted<F>, WebError> {
     if !same_origin(app, request.headers()) {
         return Err(WebError::CrossOrigin);
     }

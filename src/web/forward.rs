@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::web::client_body::ClientBody;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
@@ -84,7 +84,7 @@ impl TunnelSlot {
 pub struct UpstreamTime(pub Duration);
 
 pub struct Forwarder {
-    pool: Arc<UpstreamPool<IdleTimeout<Incoming>>>,
+    pool: Arc<UpstreamPool<IdleTimeout<ClientBody>>>,
     /// `Host` for a request that came without one (HTTP/1.0): the upstream's own authority.
     upstream_host: HeaderValue,
     response_timeout: Duration,
@@ -241,7 +241,7 @@ impl Forwarder {
     /// with none, and returns the upstream's response.
     pub async fn forward(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         identity: Option<&UpstreamIdentity>,
         client: &ClientInfo,
         liveness: Option<Liveness>,

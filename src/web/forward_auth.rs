@@ -18,8 +18,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 
 use crate::base::headers::{self, ClientInfo};
 use crate::config::access::request_host;
@@ -109,7 +109,7 @@ impl App {
     /// Answers a front proxy's question about one request.
     pub(crate) async fn forward_auth(
         self: &Arc<Self>,
-        request: &Request<Incoming>,
+        request: &Request<ClientBody>,
         conn: &Connection,
         client: &ClientInfo,
     ) -> Answer {

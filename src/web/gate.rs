@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::web::client_body::ClientBody;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 
 use crate::base::headers::{self, ClientInfo};
 use crate::config::access::{Access, request_host, rule_path};
@@ -80,7 +80,7 @@ impl App {
     /// `forwarder` is the calling worker's own upstream client (see `server/mod.rs`).
     pub async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         conn: Connection,
         forwarder: &Forwarder,
     ) -> Response<Body> {
@@ -160,7 +160,7 @@ impl App {
 
     /// `/.portcullis/` on a host other than the main one: only the handoff, the stylesheet and
     /// the JWKS are here; every other page is the main host's, so the browser goes there.
-    async fn own_page_elsewhere(&self, page: OwnPage, request: Request<Incoming>, target: &Target) -> Answer {
+    async fn own_page_elsewhere(&self, page: OwnPage, request: Request<ClientBody>, target: &Target) -> Answer {
         match page {
             OwnPage::Handoff => portal::handoff::exchange(self, &request, target).await,
             OwnPage::Static(name) => pages::static_file(&name).ok_or(WebError::NotFound),
@@ -172,7 +172,7 @@ impl App {
     /// A request for the upstream: what the access rules and the session allow.
     async fn gate(
         self: &Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         client: &ClientInfo,
         target: &Target,
         forwarder: &Forwarder,
@@ -256,7 +256,7 @@ impl App {
     /// Forwards with `full`'s identity.
     async fn forward_as(
         self: &Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         full: FullSession,
         client: &ClientInfo,
         asked: Asked,
@@ -290,7 +290,7 @@ impl App {
     /// stays open while the rules still let its request through unchecked.
     async fn forward_bypassed(
         self: &Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         client: &ClientInfo,
         asked: Asked,
         forwarder: &Forwarder,
@@ -306,7 +306,7 @@ impl App {
     /// back; a frame gets a page whose link does that at top level; anything else gets a 401.
     fn elsewhere_first(
         &self,
-        request: &Request<Incoming>,
+        request: &Request<ClientBody>,
         verdict: Verdict,
         lookup: Lookup,
         target: &Target,

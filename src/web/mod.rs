@@ -5,6 +5,7 @@
 //! `cookies`, `respond` → `state` (the shared services) → `pending`, `route`, `key_pages` → `pages`, `error`.
 
 pub mod body_timeout;
+pub mod client_body;
 pub mod cookies;
 pub mod error;
 pub mod express;

@@ -8,8 +8,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{ALICE, Browser, Proxy, form_field, free_port, proxy};
+use crate::harness::{ALICE, Browser, Proxy, form_field, free_port, metric, proxy};
 use crate::upstream::{Upstream, pattern_byte};
+
+/// Longer than the quiet moment (100 ms) after which the proxy takes a connection back from
+/// hyper: the client's behaviour under test, not a wait for the proxy.
+const QUIET: Duration = Duration::from_millis(300);
 
 /// A proxy with a metrics listener, so tests can count what the lane carried.
 struct Lane {
@@ -30,11 +34,7 @@ impl Lane {
 
     /// How many requests the lane has carried.
     async fn carried(&self) -> u64 {
-        let text =
-            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics)).await.unwrap().text().await.unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix("portcullis_express_requests_total "))
-            .map_or(0, |n| n.trim().parse().unwrap())
+        metric(self.metrics, "portcullis_express_requests_total").await
     }
 
     /// A request on a connection of its own, with the session cookie.
@@ -209,7 +209,7 @@ async fn answer<S: AsyncRead + Unpin>(stream: &mut S, buffer: &mut Vec<u8>, to_h
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pipelined_requests_are_answered_in_order_and_a_body_hands_the_connection_over() {
+async fn pipelined_requests_are_answered_in_order_and_a_body_hands_the_connection_over_and_back() {
     let upstream = Upstream::start().await;
     let lane = Lane::start(&upstream.url(), "").await;
     let before = lane.carried().await;
@@ -240,8 +240,24 @@ async fn pipelined_requests_are_answered_in_order_and_a_body_hands_the_connectio
     stream.write_all(get("/five").as_bytes()).await.unwrap();
     let (status, _, body) = answer(&mut stream, &mut buffer, false).await;
     assert!(status == 200 && String::from_utf8_lossy(&body).contains("\"path\":\"/five\""));
+    assert_eq!(lane.carried().await, before + 3, "hyper carried the body and what came right after it");
+
+    // Each body was read to its end (one by length, one in chunks), so after a quiet moment the
+    // connection comes back to the lane, as a browser's does after it posts a form.
+    let chunked = format!(
+        "POST /six HTTP/1.1\r\nHost: {host}\r\nCookie: {session}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    );
+    stream.write_all(chunked.as_bytes()).await.unwrap();
+    assert_eq!(answer(&mut stream, &mut buffer, false).await.0, 200);
+    for path in ["/seven", "/eight"] {
+        tokio::time::sleep(QUIET).await;
+        stream.write_all(get(path).as_bytes()).await.unwrap();
+        let (status, _, body) = answer(&mut stream, &mut buffer, false).await;
+        assert!(status == 200 && String::from_utf8_lossy(&body).contains(&format!("\"path\":\"{path}\"")));
+    }
+    assert_eq!(lane.carried().await, before + 5, "the lane carried what came after a quiet moment");
     let paths: Vec<String> = upstream.seen().into_iter().map(|s| s.path).collect();
-    assert_eq!(paths, ["/one", "/two", "/three", "/four", "/five"]);
+    assert_eq!(paths, ["/one", "/two", "/three", "/four", "/five", "/six", "/seven", "/eight"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

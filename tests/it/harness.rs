@@ -241,6 +241,13 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A counter's value on a metrics listener (`[metrics] listen` at `port`); 0 before it is first
+/// counted.
+pub async fn metric(port: u16, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')).map_or(0, |n| n.trim().parse().unwrap())
+}
+
 fn launch(
     config_path: &Path,
     dir: Arc<tempfile::TempDir>,

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::server::capacity::Activity;
+use crate::web::client_body::BodyWatcher;
 
 /// How many bytes a connection reads on its own when it wakes: enough to tell the HTTP/2
 /// connection preface (RFC 9113 §3.4, 24 bytes) from an HTTP/1.1 request line.
@@ -26,10 +27,13 @@ pub(super) const PEEK: usize = 24;
 pub(super) struct Transport {
     /// Parking: hyper's shutdown of the socket is not passed on, the connection stays open.
     hold_open: AtomicBool,
-    /// A request with a body, or one asking to upgrade, arrived since hyper took the socket:
-    /// hyper may still be reading (or have given up on) bytes that belong to it, so the socket
-    /// must never be taken back from hyper, only closed by it.
+    /// Since hyper took the socket, a request asked to upgrade, or a request body was left
+    /// unread: hyper may still be reading (or have given up on) bytes that belong to it, so the
+    /// socket must never be taken back from hyper, only closed by it.
     unparkable: AtomicBool,
+    /// Request bodies hyper has handed on and nobody has read to the end yet. While any is, the
+    /// socket is not at a request's first byte.
+    bodies_unread: AtomicUsize,
 }
 
 impl Transport {
@@ -46,8 +50,30 @@ impl Transport {
         self.unparkable.store(false, Ordering::Release);
     }
 
+    /// A request body has begun; [`BodyWatcher::read_to_end`] says when it has been read to its end.
+    pub fn body_begins(&self) {
+        self.bodies_unread.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn may_park(&self) -> bool {
-        !self.unparkable.load(Ordering::Acquire)
+        !self.unparkable.load(Ordering::Acquire) && self.bodies_unread.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether the connection may be parked, asked while no request is in flight: a body still
+    /// unread then was dropped half-read (its answer is out), and will never be read to the end
+    /// by us; hyper has drained the rest or will end the connection, and which is not ours to
+    /// guess, so the connection stays with hyper for good.
+    pub fn may_park_when_idle(&self) -> bool {
+        if self.bodies_unread.load(Ordering::Acquire) > 0 {
+            self.forbid_parking();
+        }
+        self.may_park()
+    }
+}
+
+impl BodyWatcher for Transport {
+    fn read_to_end(&self) {
+        self.bodies_unread.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -146,7 +146,7 @@ impl Watch {
                         self.check.as_mut().reset(now + CLOSE_GRACE);
                         continue;
                     }
-                    if !transport.may_park() {
+                    if !transport.may_park_when_idle() {
                         self.check.as_mut().reset(now + (self.idle_limit - idle));
                         continue;
                     }
@@ -162,9 +162,10 @@ impl Watch {
                     // Closing an idle HTTP/1.1 connection in hyper writes and reads nothing;
                     // with the shutdown held back, hyper hands the socket back untouched, and a
                     // request arriving meanwhile waits in the socket for the next hyper. Only
-                    // requests without a body were served on it (`Transport::forbid_parking`),
-                    // so hyper has not given up on any byte that belongs to a request (it would
-                    // end the connection itself for that, which must never look like a park).
+                    // requests whose bodies (if any) were read to the end were served on it
+                    // (`Transport::may_park`), so hyper has not given up on any byte that belongs
+                    // to a request (it would end the connection itself for that, which must
+                    // never look like a park).
                     // Not polled first: hyper would read a request that had just arrived and be
                     // busy, and closing a busy connection ends its keep-alive. If it was not
                     // idle after all, hyper finishes the exchange and then closes.

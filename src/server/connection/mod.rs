@@ -42,6 +42,7 @@ use self::clock::{Driven, Watch};
 use self::express::{Carrier, Lane};
 use crate::config::Limits;
 use crate::server::capacity::{Activity, Admitted, InFlight};
+use crate::web::client_body::{BodyWatcher, ClientBody};
 use crate::web::forward::{Forwarder, TunnelSlot};
 use crate::web::pages::{Body, BoxError};
 use crate::web::state::{App, Connection};
@@ -178,13 +179,21 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let (app, forwarder, conn) = (self.app.clone(), self.forwarder.clone(), self.conn);
         request.extensions_mut().insert(self.slot.clone());
-        // A body (hyper may give up on part of it, and then ends the connection itself), or an
-        // upgrade (hyper hands the socket to it): the socket is hyper's to close from now on.
+        // An upgrade (hyper hands the socket to it): the socket is hyper's to close from now on.
+        // A body: not parked until it has been read to its end (hyper may give up on part of it,
+        // and then ends the connection itself).
         let upgrade =
             request.headers().contains_key(hyper::header::UPGRADE) || request.method() == hyper::Method::CONNECT;
-        if upgrade || !request.body().is_end_stream() {
+        if upgrade {
             self.transport.forbid_parking();
         }
+        let request = if request.body().is_end_stream() {
+            request.map(ClientBody::new)
+        } else {
+            self.transport.body_begins();
+            let watcher: Arc<dyn BodyWatcher> = self.transport.clone();
+            request.map(|body| ClientBody::watched(body, watcher))
+        };
         // In flight from the moment hyper has the request, not from the future's first poll: a
         // connection asked to make room in between would otherwise be dropped with it.
         let in_flight = self.activity.begin();

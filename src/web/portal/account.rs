@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{HeaderMap, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::login::signed_out;
@@ -70,7 +70,7 @@ pub(super) async fn full_session(app: &App, headers: &HeaderMap, here: &str) -> 
     }
 }
 
-pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn page(app: &App, request: &Request<ClientBody>) -> Answer {
     let full = match full_session(app, request.headers(), HOME).await {
         Ok(full) => full,
         Err(elsewhere) => return Ok(*elsewhere),
@@ -206,7 +206,7 @@ pub(super) fn fresh_enough(app: &App, full: FullSession, path: &str) -> Result<F
 }
 
 /// The page a sensitive action shows on GET: what it will do.
-pub(super) async fn action_page(app: &App, action: AccountAction, request: &Request<Incoming>) -> Answer {
+pub(super) async fn action_page(app: &App, action: AccountAction, request: &Request<ClientBody>) -> Answer {
     let path = action.path();
     let full = match full_session(app, request.headers(), &path).await.and_then(|f| fresh_enough(app, f, &path)) {
         Ok(full) => full,
@@ -281,7 +281,7 @@ impl SessionForm for ActionForm {
     }
 }
 
-pub(super) async fn action(app: &Arc<App>, action: AccountAction, request: Request<Incoming>) -> Answer {
+pub(super) async fn action(app: &Arc<App>, action: AccountAction, request: Request<ClientBody>) -> Answer {
     let posted = session_post::<ActionForm>(app, request).await?;
     let form = posted.form;
     // Account changes need a full session; a half-logged-in one finishes signing in first.

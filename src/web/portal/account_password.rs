@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -34,7 +34,7 @@ fn render(
 }
 
 /// The form (after a fresh second factor, if the account has one).
-pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn form(app: &App, request: &Request<ClientBody>) -> Answer {
     let path = AccountAction::ChangePassword.path();
     match full_session(app, request.headers(), &path).await.and_then(|full| fresh_enough(app, full, &path)) {
         Ok(full) if app.users.is_from_directory(full.user()) => Err(WebError::PasswordInDirectory),
@@ -61,7 +61,7 @@ impl SessionForm for PasswordForm {
     }
 }
 
-pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Answer {
+pub(super) async fn submit(app: &Arc<App>, request: Request<ClientBody>, conn: &Connection) -> Answer {
     let path = AccountAction::ChangePassword.path();
     let headers = request.headers().clone();
     let posted = session_post::<PasswordForm>(app, request).await?;

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::base::text::format_utc;
@@ -45,7 +45,7 @@ fn admit(app: &App, session: Option<Session>) -> Result<Result<FullSession, Resp
     Ok(Ok(full))
 }
 
-pub(super) async fn page(app: &Arc<App>, request: &Request<Incoming>) -> Answer {
+pub(super) async fn page(app: &Arc<App>, request: &Request<ClientBody>) -> Answer {
     let session = match app.session(request.headers()).await {
         Lookup::Found(session) => Some(session),
         _ => None,
@@ -251,7 +251,7 @@ fn consequence(op: &str, target: &str) -> Option<(String, String, &'static str)>
     })
 }
 
-pub(super) async fn action(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+pub(super) async fn action(app: &Arc<App>, request: Request<ClientBody>) -> Answer {
     let posted = session_post::<ActionForm>(app, request).await?;
     let form = posted.form;
     let Some(session) = posted.session else { return Ok(login_redirect(app, HOME)) };

@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::second_step::{Enough, complete_sign_in, complete_step_up};
@@ -117,7 +117,7 @@ pub(super) async fn render(
     with_user(response, session.user())
 }
 
-pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn form(app: &App, request: &Request<ClientBody>) -> Answer {
     let return_to = return_to_from_query(app, request);
     let Lookup::Found(session) = app.session(request.headers()).await else {
         return Ok(login_redirect(app, &return_to));
@@ -161,7 +161,7 @@ fn paused(app: &App, session: &Session, refusal: Refusal) -> WebError {
     }
 }
 
-pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Answer {
+pub(super) async fn submit(app: &Arc<App>, request: Request<ClientBody>, conn: &Connection) -> Answer {
     let client = client_ip(app, request.headers(), conn);
     let device = device(request.headers(), client);
     let posted = session_post::<CodeForm>(app, request).await?;

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::challenge::{self, Extras};
@@ -23,7 +23,7 @@ use crate::web::route::Destination;
 use crate::web::state::App;
 
 /// "Email me a code" on the challenge page.
-pub(super) async fn challenge_send(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+pub(super) async fn challenge_send(app: &Arc<App>, request: Request<ClientBody>) -> Answer {
     let posted = session_post::<RdCsrfForm>(app, request).await?;
     let return_to = posted.return_to;
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
@@ -69,7 +69,7 @@ fn not_now(app: &App, session: &Session, return_to: &str) -> Response<Body> {
 }
 
 /// "Use codes by email": sends a confirmation code to the account's address.
-pub(super) async fn enroll_send(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+pub(super) async fn enroll_send(app: &Arc<App>, request: Request<ClientBody>) -> Answer {
     let posted = session_post::<RdCsrfForm>(app, request).await?;
     let return_to = posted.return_to;
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
@@ -109,7 +109,7 @@ fn sent_notice<B>(request: &Request<B>) -> Option<EmailNotice> {
 }
 
 /// The page that asks for the confirmation code.
-pub(super) async fn enroll_form(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn enroll_form(app: &App, request: &Request<ClientBody>) -> Answer {
     let return_to = return_to_from_query(app, request);
     let Lookup::Found(session) = app.session(request.headers()).await else {
         return Ok(login_redirect(app, &return_to));
@@ -121,7 +121,7 @@ pub(super) async fn enroll_form(app: &App, request: &Request<Incoming>) -> Answe
 }
 
 /// The confirmation code: right, and the address becomes a second factor.
-pub(super) async fn enroll_confirm(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+pub(super) async fn enroll_confirm(app: &Arc<App>, request: Request<ClientBody>) -> Answer {
     let posted = session_post::<CodeForm>(app, request).await?;
     let (form, return_to) = (posted.form, posted.return_to);
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };

@@ -12,9 +12,9 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use cookie::SameSite;
 use http::{HeaderMap, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::login::after_first_factor;
@@ -82,7 +82,7 @@ fn sent_page(
     response
 }
 
-pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn form(app: &App, request: &Request<ClientBody>) -> Answer {
     enabled(app)?;
     let return_to = return_to_from_query(app, request);
     request_page(app, request.headers(), StatusCode::OK, &return_to, None)
@@ -100,7 +100,7 @@ struct LinkForm {
 /// Sends a link if the address is an account's. The answer is the same page whether it is or
 /// not, and whether the account's own limits let a link go or not: nothing tells a stranger
 /// which addresses have accounts.
-pub(super) async fn send(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Answer {
+pub(super) async fn send(app: &Arc<App>, request: Request<ClientBody>, conn: &Connection) -> Answer {
     enabled(app)?;
     if !same_origin(app, request.headers()) {
         return Err(WebError::CrossOrigin);
@@ -175,7 +175,7 @@ struct OpenQuery {
 }
 
 /// A link, opened: signs in where it was asked for, shows the code anywhere else.
-pub(super) async fn open(app: &App, request: &Request<Incoming>, conn: &Connection) -> Answer {
+pub(super) async fn open(app: &App, request: &Request<ClientBody>, conn: &Connection) -> Answer {
     enabled(app)?;
     let query: OpenQuery = serde_urlencoded::from_str(request.uri().query().unwrap_or("")).unwrap_or_default();
     let headers = request.headers();
@@ -211,7 +211,7 @@ struct CodeForm {
 }
 
 /// The code from a link opened elsewhere, typed into the browser that asked.
-pub(super) async fn code(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Answer {
+pub(super) async fn code(app: &Arc<App>, request: Request<ClientBody>, conn: &Connection) -> Answer {
     enabled(app)?;
     if !same_origin(app, request.headers()) {
         return Err(WebError::CrossOrigin);

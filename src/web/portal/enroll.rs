@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{Request, StatusCode};
-use hyper::body::Incoming;
 
 use super::second_step::{Enough, complete_sign_in, complete_step_up};
 use crate::domain::factors::email::masked;
@@ -67,7 +67,7 @@ async fn render(app: &App, session: &Session, return_to: &str, error: Option<Cod
     Ok(with_user(pages::html(status, &page), session.user()))
 }
 
-pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn form(app: &App, request: &Request<ClientBody>) -> Answer {
     let return_to = return_to_from_query(app, request);
     let Lookup::Found(session) = app.session(request.headers()).await else {
         // Signed out: sign in, then set up, then go on.
@@ -95,7 +95,7 @@ pub(super) async fn form(app: &App, request: &Request<Incoming>) -> Answer {
     }
 }
 
-pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+pub(super) async fn submit(app: &Arc<App>, request: Request<ClientBody>) -> Answer {
     let posted = session_post::<CodeForm>(app, request).await?;
     let (form, return_to) = (posted.form, posted.return_to);
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::Request;
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::config::access::{request_host, rule_path};
@@ -62,7 +62,7 @@ fn other_host_url(app: &App, text: &str) -> Option<OtherHostUrl> {
 }
 
 /// On the main host: hand the session to the host `to` names, once it may go there.
-pub(super) async fn start(app: &Arc<App>, request: &Request<Incoming>, conn: &Connection) -> Answer {
+pub(super) async fn start(app: &Arc<App>, request: &Request<ClientBody>, conn: &Connection) -> Answer {
     let query: StartQuery = serde_urlencoded::from_str(request.uri().query().unwrap_or("")).unwrap_or_default();
     let Some((to, target)) = query.to.as_deref().and_then(|to| other_host_url(app, to).map(|t| (to.to_string(), t)))
     else {
@@ -161,7 +161,7 @@ fn begin(app: &App, to: Option<&str>, target: &Target) -> Answer {
 }
 
 /// On another host: exchange a code from the main host for this host's own session.
-pub async fn exchange(app: &App, request: &Request<Incoming>, target: &Target) -> Answer {
+pub async fn exchange(app: &App, request: &Request<ClientBody>, target: &Target) -> Answer {
     let query: ExchangeQuery = serde_urlencoded::from_str(request.uri().query().unwrap_or("")).unwrap_or_default();
     let Some(code) = query.code else { return begin(app, query.to.as_deref(), target) };
     // Back to a path on this host, and nowhere else.

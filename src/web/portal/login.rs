@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{HeaderMap, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -32,7 +32,7 @@ use crate::web::state::{App, Connection};
 /// Longest user name accepted (the users file allows no longer).
 const MAX_USERNAME_BYTES: usize = 64;
 
-pub(super) async fn form(app: &App, request: &Request<Incoming>, conn: &Connection) -> Answer {
+pub(super) async fn form(app: &App, request: &Request<ClientBody>, conn: &Connection) -> Answer {
     let return_to = return_to_from_query(app, request);
     let client = client_ip(app, request.headers(), conn);
     match app.session(request.headers()).await {
@@ -102,7 +102,7 @@ pub(super) async fn check_password(
     }
 }
 
-pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Answer {
+pub(super) async fn submit(app: &Arc<App>, request: Request<ClientBody>, conn: &Connection) -> Answer {
     if !same_origin(app, request.headers()) {
         tracing::warn!(target: "portcullis::security", peer = %conn.peer.ip(), "login refused: cross-origin post");
         return Err(WebError::CrossOrigin);
@@ -232,7 +232,7 @@ async fn remembered(
     app.factors.use_remembered(user, token, app.clock.now()).await
 }
 
-pub(super) async fn logout_form(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn logout_form(app: &App, request: &Request<ClientBody>) -> Answer {
     Ok(match app.session(request.headers()).await {
         Lookup::Found(session) => pages::html(
             StatusCode::OK,
@@ -249,7 +249,7 @@ pub(super) fn signed_out(app: &App) -> Response<Body> {
     response
 }
 
-pub(super) async fn logout_submit(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+pub(super) async fn logout_submit(app: &Arc<App>, request: Request<ClientBody>) -> Answer {
     let posted = session_post::<RdCsrfForm>(app, request).await?;
     // Signing out without a session is already done: say so, and drop any stale cookie.
     let Some(session) = posted.session else { return Ok(signed_out(app)) };

@@ -26,8 +26,8 @@ mod security_keys;
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{Method, Request};
-use hyper::body::Incoming;
 
 use crate::config::MfaPolicy;
 use crate::web::error::WebError;
@@ -36,7 +36,7 @@ use crate::web::respond::Answer;
 use crate::web::route::{AccountAction, OwnPage};
 use crate::web::state::{App, Connection};
 
-pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<Incoming>, conn: &Connection) -> Answer {
+pub async fn handle(app: &Arc<App>, page: OwnPage, request: Request<ClientBody>, conn: &Connection) -> Answer {
     let method = request.method().clone();
     let is_read = method == Method::GET || method == Method::HEAD;
     let mfa_off = app.config().mfa.policy == MfaPolicy::Disabled;

@@ -10,9 +10,9 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use cookie::SameSite;
 use http::{HeaderMap, Request, Response, header};
-use hyper::body::Incoming;
 
 use super::account::{fresh_enough, full_session};
 use super::login::after_first_factor;
@@ -51,7 +51,7 @@ fn set_nonce(app: &App, response: &mut Response<Body>, value: &str, max_age: tim
 }
 
 /// Off to the provider.
-pub(super) async fn start(app: &App, request: &Request<Incoming>, conn: &Connection, id: &str) -> Answer {
+pub(super) async fn start(app: &App, request: &Request<ClientBody>, conn: &Connection, id: &str) -> Answer {
     let provider = provider(app, id)?;
     let return_to = return_to_from_query(app, request);
     // From the account page: link this provider's identity to the signed-in account, after a
@@ -96,7 +96,7 @@ pub(super) async fn start(app: &App, request: &Request<Incoming>, conn: &Connect
 }
 
 /// Back from the provider.
-pub(super) async fn callback(app: &Arc<App>, request: &Request<Incoming>, conn: &Connection, id: &str) -> Answer {
+pub(super) async fn callback(app: &Arc<App>, request: &Request<ClientBody>, conn: &Connection, id: &str) -> Answer {
     let provider = provider(app, id)?;
     let headers = request.headers();
     let query: Callback = serde_urlencoded::from_str(request.uri().query().unwrap_or("")).unwrap_or_default();

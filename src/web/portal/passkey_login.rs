@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{Request, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::login_page::{end_previous, render};
@@ -36,7 +36,7 @@ struct PasskeyForm {
     credential: String,
 }
 
-pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Answer {
+pub(super) async fn submit(app: &Arc<App>, request: Request<ClientBody>, conn: &Connection) -> Answer {
     if !offered(app) {
         return Err(WebError::NotFound);
     }

@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{HeaderMap, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -67,7 +67,7 @@ fn render(
     response
 }
 
-pub(super) fn form(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) fn form(app: &App, request: &Request<ClientBody>) -> Answer {
     let token = serde_urlencoded::from_str::<TokenQuery>(request.uri().query().unwrap_or("")).map(|q| q.token);
     match token.ok().and_then(|token| holder(app, &token).map(|h| (token, h))) {
         Some((token, (user, expires_at))) => {
@@ -87,7 +87,7 @@ struct RecoverForm {
     csrf: String,
 }
 
-pub(super) async fn submit(app: &Arc<App>, request: Request<Incoming>, conn: &Connection) -> Answer {
+pub(super) async fn submit(app: &Arc<App>, request: Request<ClientBody>, conn: &Connection) -> Answer {
     if !same_origin(app, request.headers()) {
         return Err(WebError::CrossOrigin);
     }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{Request, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::second_step::{Enough, complete_sign_in};
@@ -29,7 +29,7 @@ async fn codes_belong_to(app: &App, session: &Session) -> bool {
     }
 }
 
-pub(super) async fn page(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn page(app: &App, request: &Request<ClientBody>) -> Answer {
     let return_to = return_to_from_query(app, request);
     let Lookup::Found(session) = app.session(request.headers()).await else {
         return Ok(login_redirect(app, &return_to));
@@ -79,7 +79,7 @@ impl SessionForm for SavedForm {
     }
 }
 
-pub(super) async fn confirm(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+pub(super) async fn confirm(app: &Arc<App>, request: Request<ClientBody>) -> Answer {
     let posted = session_post::<SavedForm>(app, request).await?;
     let (form, return_to) = (posted.form, posted.return_to);
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };

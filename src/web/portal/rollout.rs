@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{Request, StatusCode};
-use hyper::body::Incoming;
 
 use crate::base::text::format_utc;
 use crate::domain::policy::Requirement;
@@ -17,7 +17,7 @@ use crate::web::state::App;
 
 /// After sign-in, before `mfa.required_after`: a reminder with the date, and two plain links (the
 /// session is already full, so neither choice changes anything on the server).
-pub(super) async fn reminder(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn reminder(app: &App, request: &Request<ClientBody>) -> Answer {
     let return_to = return_to_from_query(app, request);
     let Lookup::Found(Session::Full(full)) = app.session(request.headers()).await else {
         return Ok(login_redirect(app, &return_to));
@@ -35,7 +35,7 @@ pub(super) async fn reminder(app: &App, request: &Request<Incoming>) -> Answer {
 
 /// After sign-in, under `optional` with `mfa.nudge_every`: a suggestion to set up 2FA. Two links
 /// change nothing; "don't ask me again" is a POST that records the choice.
-pub(super) async fn nudge(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn nudge(app: &App, request: &Request<ClientBody>) -> Answer {
     let return_to = return_to_from_query(app, request);
     let Lookup::Found(Session::Full(full)) = app.session(request.headers()).await else {
         return Ok(login_redirect(app, &return_to));
@@ -53,7 +53,7 @@ pub(super) async fn nudge(app: &App, request: &Request<Incoming>) -> Answer {
     Ok(with_user(pages::html(StatusCode::OK, &page), full.user()))
 }
 
-pub(super) async fn nudge_decline(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+pub(super) async fn nudge_decline(app: &Arc<App>, request: Request<ClientBody>) -> Answer {
     let posted = session_post::<RdCsrfForm>(app, request).await?;
     let return_to = posted.return_to;
     let full = match posted.session {

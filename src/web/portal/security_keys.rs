@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use crate::web::client_body::ClientBody;
 use http::{Request, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::account::{fresh_enough, full_session};
@@ -116,7 +116,7 @@ async fn render(app: &App, session: &Session, return_to: &str, name: &str, error
     Ok(with_user(html_with_script(status, &page), session.user()))
 }
 
-pub(super) async fn new_form(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn new_form(app: &App, request: &Request<ClientBody>) -> Answer {
     let return_to = return_to_from_query(app, request);
     let here = Destination::SecurityKeyNew.with_return(&return_to, &[]);
     let Lookup::Found(session) = app.session(request.headers()).await else {
@@ -130,7 +130,7 @@ pub(super) async fn new_form(app: &App, request: &Request<Incoming>) -> Answer {
     }
 }
 
-pub(super) async fn new_submit(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+pub(super) async fn new_submit(app: &Arc<App>, request: Request<ClientBody>) -> Answer {
     let posted = session_post::<KeyForm>(app, request).await?;
     let (form, return_to) = (posted.form, posted.return_to);
     let Some(session) = posted.session else { return Ok(login_redirect(app, &return_to)) };
@@ -196,7 +196,7 @@ fn key_of<B>(request: &Request<B>) -> String {
 }
 
 /// "Remove this key?": needs a fresh second factor, like every factor change.
-pub(super) async fn remove_page(app: &App, request: &Request<Incoming>) -> Answer {
+pub(super) async fn remove_page(app: &App, request: &Request<ClientBody>) -> Answer {
     let id = key_of(request);
     let path = format!(
         "{}?{}",
@@ -228,7 +228,7 @@ pub(super) async fn remove_page(app: &App, request: &Request<Incoming>) -> Answe
     Ok(with_user(pages::html(StatusCode::OK, &page), full.user()))
 }
 
-pub(super) async fn remove_submit(app: &Arc<App>, request: Request<Incoming>) -> Answer {
+pub(super) async fn remove_submit(app: &Arc<App>, request: Request<ClientBody>) -> Answer {
     let id = key_of(&request);
     let path = format!(
         "{}?{}",

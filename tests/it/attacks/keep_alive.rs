@@ -133,26 +133,69 @@ async fn a_body_left_unread_is_never_taken_for_a_request_after_a_pause() {
     );
 }
 
+/// A sign-in form from our own origin (so the proxy reads it), framed by its length or in
+/// chunks, without the form's token: read whole, and refused.
+fn form_post(proxy: &Proxy, chunked: bool) -> String {
+    let form = "username=alice&password=guess";
+    let head = format!(
+        "POST /.portcullis/login HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://{}\r\nContent-Type: application/x-www-form-urlencoded\r\n",
+        proxy.addr
+    );
+    if chunked {
+        let (first, second) = form.split_at(9);
+        format!(
+            "{head}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+            first.len(),
+            second.len()
+        )
+    } else {
+        format!("{head}Content-Length: {}\r\n\r\n{form}", form.len())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_connection_that_carried_a_request_body_is_never_parked() {
+async fn a_connection_whose_request_bodies_were_read_to_the_end_is_parked_again() {
     let upstream = Upstream::start().await;
     let proxy = proxy(&upstream.url()).env("RUST_LOG", "info,portcullis::server=debug").start();
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    // A form the proxy reads whole and refuses. hyper owns whatever a body leaves behind on the
-    // socket (here nothing; elsewhere a body it gave up on, which it ends the connection for),
-    // so the socket is never taken back from it: a race between giving up on a body and parking
-    // let the rest of a body be read as a request.
-    let form = "username=alice&password=guess";
-    let post = format!(
-        "POST /.portcullis/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-        form.len()
-    );
+    // A form the proxy reads whole and refuses, once by length and once in chunks: each body was
+    // read to its end, so the socket is at the next request's first byte, and the connection
+    // may be taken back from hyper between requests, as one that carried no body is.
+    for chunked in [false, true] {
+        let parked = parked_count(&proxy);
+        stream.write_all(form_post(&proxy, chunked).as_bytes()).await.unwrap();
+        let (status, _) = response(&mut stream, "the form").await;
+        assert_eq!(status, 403, "read, and refused for its missing token");
+        tokio::time::sleep(PAUSE).await;
+        assert_eq!(parked_count(&proxy), parked + 1, "parked after the form (chunked: {chunked})");
+        stream.write_all(LOGIN_PAGE).await.unwrap();
+        assert_eq!(response(&mut stream, "after the form").await.0, 200, "still kept alive");
+        tokio::time::sleep(PAUSE).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_with_a_body_nobody_read_is_never_parked() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).env("RUST_LOG", "info,portcullis::server=debug").start();
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    // The whole body is sent, and it reads as a request. The proxy answers without a session and
+    // never reads it; what hyper does with it (drain it, or end the connection) is hyper's, so
+    // the socket is never taken back from hyper, and the body is never answered as a request.
+    let body = "GET /.portcullis/login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let post = format!("POST /wiki HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     stream.write_all(post.as_bytes()).await.unwrap();
-    let (status, _) = response(&mut stream, "the form").await;
-    assert!(status >= 400, "refused: {status}");
+    assert_eq!(response(&mut stream, "unread body").await.0, 401);
     tokio::time::sleep(PAUSE).await;
-    stream.write_all(LOGIN_PAGE).await.unwrap();
-    assert_eq!(response(&mut stream, "after the form").await.0, 200, "still kept alive");
+    assert_eq!(parked_count(&proxy), 0, "never parked");
+    // Whatever comes next is one answer to one request: hyper's (the body drained), or none.
+    let _ = stream.write_all(b"GET /wiki HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "answered and closed, or closed");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.matches("HTTP/1.1 ").count() <= 1, "at most one answer: {rest:?}");
+    assert!(!rest.contains("HTTP/1.1 200"), "the body (the sign-in page) is never answered as a request: {rest:?}");
     assert_eq!(parked_count(&proxy), 0, "never parked");
 }
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::checks;
 use super::webdriver::{Browser, Viewport};
-use crate::harness::{ALICE, Proxy, proxy};
+use crate::harness::{ALICE, Proxy, free_port, metric, proxy};
 use crate::mfa::code;
 use crate::upstream::Upstream;
 
@@ -100,7 +100,8 @@ fn mailed_code(proxy: &Proxy, lead: &str, before: &HashSet<PathBuf>) -> String {
 pub async fn password_sign_in_and_out(viewport: Viewport, test: &str) {
     let Some((browser, _permit)) = super::open(viewport, test).await else { return };
     let upstream = Upstream::start().await;
-    let proxy = proxy(&upstream.url()).start();
+    let metrics = free_port();
+    let proxy = proxy(&upstream.url()).toml(&format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"")).start();
 
     browser.goto(&proxy.url("/wiki/Deep/Link?rev=7")).await;
     assert!(browser.url().await.starts_with(&proxy.url("/.portcullis/login?rd=")));
@@ -117,6 +118,15 @@ pub async fn password_sign_in_and_out(viewport: Viewport, test: &str) {
     assert_eq!(header(&seen, "x-forwarded-user"), Some("alice"));
     assert!(header(&seen, "x-portcullis-assertion").is_some());
     assert!(!header(&seen, "cookie").unwrap_or("").contains("portcullis"), "our cookie never reaches the upstream");
+
+    // A moment later (a person reading), the next page goes by the express lane, whichever
+    // connection Chromium takes: the one that posted the form (its body read to the end, it was
+    // taken back from hyper) or a fresh one.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let carried = metric(metrics, "portcullis_express_requests_total").await;
+    browser.goto(&proxy.url("/wiki/Next?rev=8")).await;
+    assert_eq!(header(&upstream_saw(&browser).await, "x-forwarded-user"), Some("alice"));
+    assert!(metric(metrics, "portcullis_express_requests_total").await > carried, "the lane carried the next page");
 
     // A second session, elsewhere (a cookie-jar client), shows on the account page and can be
     // signed out from here.

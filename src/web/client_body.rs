@@ -1,0 +1,71 @@
+//! A request body as the client sent it (hyper's [`Incoming`]), which tells the connection when
+//! it has been read to its end.
+//!
+//! Why: an HTTP/1.1 connection is taken back from hyper between requests only when no byte that
+//! belongs to a request can still be in the socket. A body that was read to its end (its
+//! `Content-Length` counted down, or its last chunk and trailers read, RFC 9112 §6.3) leaves the
+//! socket at the next request's first byte; a body that was dropped half-read does not. So the
+//! connection hears of the first kind only, and a body never read to the end keeps the connection
+//! with hyper for good.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+/// Told once, when a watched body has been read to its end.
+pub trait BodyWatcher: Send + Sync {
+    fn read_to_end(&self);
+}
+
+pub struct ClientBody {
+    inner: Incoming,
+    /// Taken when the body ends, so the watcher is told at most once.
+    watcher: Option<Arc<dyn BodyWatcher>>,
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming) -> Self {
+        Self { inner, watcher: None }
+    }
+
+    /// A body whose end `watcher` hears of. A body that is empty from the start has nothing to
+    /// tell and is not watched.
+    pub fn watched(inner: Incoming, watcher: Arc<dyn BodyWatcher>) -> Self {
+        let watcher = (!inner.is_end_stream()).then_some(watcher);
+        Self { inner, watcher }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        // Only a clean end counts: hyper ends the stream (`None`) once its decoder has read the
+        // body's framing to the end, and a body with a `Content-Length` reports its end as soon
+        // as the last byte is handed on (which is when hyper's decoder reached it; a consumer
+        // such as hyper's client then stops without asking for `None`). An error, or a body
+        // dropped before either, says nothing.
+        let ended = match &frame {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(watcher) = self.watcher.take() {
+            watcher.read_to_end();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
