@@ -1,0 +1,267 @@
+//! Unit tests for `base::headers`: each header rule tried with the spellings and duplicates a
+//! client or an upstream could send.
+
+use super::*;
+
+fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
+
+#[test]
+fn a_message_framed_by_transfer_encoding_loses_its_content_length_too() {
+    assert_eq!(HOP_BY_HOP[TRANSFER_ENCODING_BIT.trailing_zeros() as usize], header::TRANSFER_ENCODING);
+    let mut both = map(&[("transfer-encoding", "chunked"), ("content-length", "3"), ("content-type", "text/plain")]);
+    strip_hop_by_hop(&mut both);
+    assert_eq!(both.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["content-type"]);
+    let mut length_only = map(&[("content-length", "3"), ("connection", "keep-alive")]);
+    strip_hop_by_hop(&mut length_only);
+    assert_eq!(length_only.get("content-length").unwrap(), "3");
+}
+
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    for ip in
+        ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "192.0.2.9", "100.64.9.199", "::1", "2001:db8::5"]
+    {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(address_value(ip).unwrap(), ip.to_string().as_str());
+    }
+}
+
+#[test]
+fn cookies_pass_as_sent_when_none_are_ours_and_go_when_all_are() {
+    let mut h = map(&[("cookie", "app=1;theme=dark")]);
+    strip_cookies(&mut h, &["portcullis"]);
+    assert_eq!(h["cookie"], "app=1;theme=dark", "untouched");
+    let mut h = map(&[("cookie", "portcullis=secret; portcullis-csrf=x")]);
+    strip_cookies(&mut h, &["portcullis", "portcullis-csrf"]);
+    assert!(h.get("cookie").is_none());
+    let mut h = map(&[("cookie", "app=1"), ("cookie", "portcullis=secret")]);
+    strip_cookies(&mut h, &["portcullis"]);
+    assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["app=1"]);
+    let mut h = map(&[("cookie", "app=1; portcullis=secret; b=2")]);
+    strip_cookies(&mut h, &["portcullis"]);
+    assert_eq!(h["cookie"], "app=1; b=2");
+}
+
+#[test]
+fn connection_is_a_token_list() {
+    for value in ["Upgrade", "keep-alive, Upgrade", "upgrade,keep-alive", " UPGRADE "] {
+        let h = map(&[("connection", value), ("upgrade", "websocket")]);
+        assert!(requested_upgrade(&h).is_some(), "{value}");
+    }
+    assert!(requested_upgrade(&map(&[("connection", "keep-alive"), ("upgrade", "websocket")])).is_none());
+    assert!(requested_upgrade(&map(&[("connection", "upgrade")])).is_none());
+}
+
+#[test]
+fn hop_by_hop_and_connection_named_headers_go() {
+    let mut h = map(&[
+        ("connection", "keep-alive, x-secret-hop"),
+        ("x-secret-hop", "1"),
+        ("keep-alive", "timeout=5"),
+        ("te", "trailers"),
+        ("proxy-authorization", "Basic Zm9v"),
+        ("accept", "text/html"),
+    ]);
+    strip_hop_by_hop(&mut h);
+    assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["accept"]);
+}
+
+#[test]
+fn connection_tokens_never_take_host_or_the_framing() {
+    let mut h = map(&[
+        ("connection", "host, content-length, x-hop"),
+        ("host", "app.example.com"),
+        ("content-length", "3"),
+        ("x-hop", "1"),
+        ("upgrade", "h2c"),
+        ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+    ]);
+    strip_hop_by_hop(&mut h);
+    let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    left.sort();
+    assert_eq!(left, vec!["content-length", "host"]);
+}
+
+#[test]
+fn original_request_headers_from_untrusted_peers_go_in_every_spelling() {
+    let spoofed = [
+        ("X_Forwarded_For", "127.0.0.1"),
+        ("X_Real_IP", "127.0.0.1"),
+        ("X_Forwarded_Proto", "https"),
+        ("X_Forwarded_Host", "admin.internal"),
+        ("X-Forwarded-Port", "443"),
+        ("X-Forwarded-Prefix", "/admin"),
+        ("X-Forwarded-Scheme", "https"),
+        ("X-Forwarded-Ssl", "on"),
+        ("X-Forwarded-Server", "internal"),
+        ("X-Original-URL", "/admin"),
+        ("X-Rewrite-URL", "/admin"),
+        ("True-Client-IP", "127.0.0.1"),
+        ("CF-Connecting-IP", "127.0.0.1"),
+        ("X-Client-IP", "127.0.0.1"),
+    ];
+    let mut h = map(&[("host", "app.example.com"), ("accept", "*/*")]);
+    for (name, value) in spoofed {
+        h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static(value));
+    }
+    let peer = "203.0.113.9".parse().unwrap();
+    set_forwarding(&mut h, &ClientInfo { peer, real_ip: peer, scheme: "http" }, &[]);
+    let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    left.sort();
+    assert_eq!(left, vec!["accept", "host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"]);
+    assert_eq!(h["x-real-ip"], "203.0.113.9");
+    assert_eq!(h["x-forwarded-host"], "app.example.com");
+
+    // From a trusted proxy they pass.
+    let mut h = map(&[("host", "app.example.com"), ("x-forwarded-prefix", "/app")]);
+    let proxy = "10.0.0.1".parse().unwrap();
+    set_forwarding(
+        &mut h,
+        &ClientInfo { peer: proxy, real_ip: proxy, scheme: "http" },
+        &["10.0.0.0/8".parse().unwrap()],
+    );
+    assert_eq!(h["x-forwarded-prefix"], "/app");
+}
+
+#[test]
+fn identity_headers_go_in_every_spelling() {
+    let names = [HeaderName::from_static("x-user"), HeaderName::from_static("x-custom-sso")];
+    let mut h = map(&[
+        ("X-User", "admin"),
+        ("x_user", "admin"),
+        ("X_CUSTOM_SSO", "root@example.com"),
+        ("x-portcullis-assertion", "forged"),
+        ("Remote-User", "admin"),
+        ("Remote_Email", "root@example.com"),
+        ("Remote-Groups", "admins"),
+        ("Remote-Name", "Root"),
+        ("X-Remote-User", "admin"),
+        ("X-WEBAUTH-USER", "admin"),
+        ("X-Auth-Request-User", "admin"),
+        ("X-Auth-Request-Access-Token", "forged"),
+        ("X-authentik-username", "akadmin"),
+        ("X-Authentik-Groups", "admins"),
+        ("Cf-Access-Authenticated-User-Email", "root@example.com"),
+        ("CF_ACCESS_JWT_ASSERTION", "forged"),
+        ("X-Forwarded-Preferred-Username", "admin"),
+        ("X-Forwarded-User", "admin"),
+        ("X-Corp-SSO-Login", "admin"),
+        ("X-WEBAUTH-EMAIL", "root@example.com"),
+        ("X-Remote-Groups", "admins"),
+        ("X-Forwarded-Access-Token", "forged"),
+        ("X-Pomerium-Claim-Email", "root@example.com"),
+        ("X-Vouch-User", "admin"),
+        ("Tailscale-User-Login", "admin"),
+        ("X-Goog-Authenticated-User-Email", "accounts.google.com:root@example.com"),
+        ("X-Amzn-Oidc-Identity", "admin"),
+        ("X-MS-CLIENT-PRINCIPAL-NAME", "admin"),
+        ("X-Auth-Email", "root@example.com"),
+        ("x-userx", "kept: a different header"),
+        ("x-auth-token", "kept: an API's own credential"),
+        ("remote-addr-note", "kept: not an identity"),
+    ]);
+    h.append("x-user", HeaderValue::from_static("second copy"));
+    strip_identity(&mut h, &names, &["x-corp-sso-".to_string()]);
+    let mut kept: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    kept.sort();
+    assert_eq!(kept, vec!["remote-addr-note", "x-auth-token", "x-userx"]);
+}
+
+#[test]
+fn our_cookies_are_removed_and_theirs_kept() {
+    let mut h = map(&[("cookie", "a=1; portcullis=secret; b=2"), ("cookie", "portcullis-csrf=x")]);
+    assert_eq!(cookie_values(&h, "portcullis").collect::<Vec<_>>(), vec!["secret"]);
+    strip_cookies(&mut h, &["portcullis", "portcullis-csrf"]);
+    assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), vec!["a=1; b=2"]);
+    let mut only_ours = map(&[("cookie", "portcullis=secret")]);
+    strip_cookies(&mut only_ours, &["portcullis"]);
+    assert!(only_ours.get("cookie").is_none());
+}
+
+#[test]
+fn the_client_address_behind_trusted_proxies() {
+    let trusted: Vec<IpNet> = vec!["127.0.0.3/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+    let via = |xff: &str| client_ip(&map(&[("x-forwarded-for", xff)]), "127.0.0.3".parse().unwrap(), &trusted);
+    assert_eq!(via("198.51.100.7, 10.0.0.2").to_string(), "198.51.100.7");
+    assert_eq!(via("192.0.2.5, 203.0.113.9:51234").to_string(), "203.0.113.9", "a balancer that writes the port");
+    assert_eq!(via("192.0.2.5, [2001:db8::1]:443").to_string(), "2001:db8::1");
+    assert_eq!(via("192.0.2.5, unknown").to_string(), "127.0.0.3", "nothing before an unreadable entry counts");
+    assert_eq!(via("192.0.2.5, ::ffff:203.0.113.9").to_string(), "203.0.113.9");
+    let mapped: IpAddr = "::ffff:192.0.2.44".parse().unwrap();
+    assert_eq!(client_ip(&HeaderMap::new(), mapped, &[]).to_string(), "192.0.2.44", "IPv4 on a dual-stack socket");
+}
+
+#[test]
+fn upstream_cannot_set_our_cookie() {
+    let mut h = map(&[
+        ("set-cookie", "portcullis=planted; Path=/"),
+        ("set-cookie", "=portcullis=planted; Path=/"),
+        ("set-cookie", " PORTCULLIS =planted"),
+        ("set-cookie", "app=1"),
+    ]);
+    strip_set_cookie(&mut h, &["portcullis"]);
+    assert_eq!(h.get_all("set-cookie").iter().collect::<Vec<_>>(), vec!["app=1"]);
+}
+
+#[test]
+fn forwarding_headers_from_untrusted_peers_are_replaced() {
+    let mut h = map(&[
+        ("host", "app.example.com"),
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-real-ip", "127.0.0.1"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("forwarded", "for=127.0.0.1"),
+    ]);
+    let peer = "203.0.113.9".parse().unwrap();
+    let client = ClientInfo { peer, real_ip: peer, scheme: "http" };
+    set_forwarding(&mut h, &client, &["10.0.0.0/8".parse().unwrap()]);
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9");
+    assert_eq!(h["x-real-ip"], "203.0.113.9");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "app.example.com");
+    assert!(h.get("forwarded").is_none());
+}
+
+#[test]
+fn forwarding_headers_from_trusted_peers_are_extended() {
+    let mut h = map(&[
+        ("host", "app.example.com"),
+        ("x-forwarded-for", "198.51.100.7, 10.0.0.2"),
+        ("x-forwarded-proto", "https"),
+    ]);
+    let trusted = ["10.0.0.0/8".parse().unwrap()];
+    let peer = "10.0.0.1".parse().unwrap();
+    let client = ClientInfo { peer, real_ip: client_ip(&h, peer, &trusted), scheme: "http" };
+    set_forwarding(&mut h, &client, &trusted);
+    assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.2, 10.0.0.1");
+    assert_eq!(h["x-real-ip"], "198.51.100.7");
+    assert_eq!(h["x-forwarded-proto"], "https");
+
+    // A balancer's X-Forwarded-Host gives way to the Host the rules were checked against.
+    let mut h = map(&[("host", "ui-a.apps.example.com"), ("x-forwarded-host", "app.example.com")]);
+    set_forwarding(&mut h, &client, &trusted);
+    assert_eq!(h["x-forwarded-host"], "ui-a.apps.example.com");
+}
+
+proptest::proptest! {
+    /// However cookies are written, ours never survive stripping and theirs are kept.
+    #[test]
+    fn our_cookie_never_survives(parts in proptest::collection::vec("[a-zA-Z0-9_=\\- ]{0,12}", 0..6), ours in "[A-Za-z0-9]{1,43}") {
+        let mut line = parts.join("; ");
+        line.push_str(&format!("; portcullis={ours}"));
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&line) {
+            h.insert(header::COOKIE, v);
+            strip_cookies(&mut h, &["portcullis"]);
+            let after = h.get(header::COOKIE).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+            proptest::prop_assert!(cookie_values(&h, "portcullis").next().is_none(), "{}", after);
+        }
+    }
+}
