@@ -46,13 +46,14 @@ impl Body for ClientBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
         // Only a clean end counts: hyper ends the stream (`None`) once its decoder has read the
-        // body's framing to the end, and a body with a `Content-Length` reports its end as soon
-        // as the last byte is handed on (which is when hyper's decoder reached it; a consumer
-        // such as hyper's client then stops without asking for `None`). An error, or a body
-        // dropped before either, says nothing.
+        // body's framing to the end. Two ends come earlier, and a consumer such as hyper's
+        // client stops at them without asking for `None`: a body with a `Content-Length`
+        // reports its end with its last byte, which is when hyper's decoder reached it; and
+        // trailers are handed on only after the last chunk and the trailer section were read
+        // (RFC 9112 §7.1.2). An error, or a body dropped before any of these, says nothing.
         let ended = match &frame {
             Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers() || self.inner.is_end_stream(),
             _ => false,
         };
         if ended && let Some(watcher) = self.watcher.take() {

@@ -251,3 +251,57 @@ async fn a_connection_still_writing_its_last_request_is_passed_over() {
 fn tokio_stream_from<T>(mut receiver: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
+
+/// An upstream that answers its first connection's first request with a second, unasked-for
+/// answer in the same write, and every other request plainly.
+async fn stray_answering_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let stray = std::mem::take(&mut first);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut answered = 0;
+                loop {
+                    let mut more = [0u8; 4096];
+                    let Ok(n) = stream.read(&mut more).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&more[..n]);
+                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buffer.drain(..end + 4);
+                        let answer: &[u8] = if stray && answered == 0 {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
+                        } else if stray {
+                            // The stray answer stands for this one.
+                            b""
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine"
+                        };
+                        answered += 1;
+                        let _ = stream.write_all(answer).await;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// hyper's client reads past an answer's end only into its own buffer, and an HTTP/1.1 client
+/// connection with bytes left over between exchanges is broken, never lent: the next request goes
+/// to a new connection and gets its own answer.
+#[tokio::test]
+async fn an_answer_nobody_asked_for_is_never_the_next_requests() {
+    let address = stray_answering_upstream().await;
+    let pool = pool(address, Duration::from_secs(30));
+    assert_eq!(fetch(&pool, "/first").await, "ok");
+    for _ in 0..3 {
+        assert_eq!(fetch(&pool, "/second").await, "fine", "the stray answer never goes to the next request");
+    }
+}

@@ -242,10 +242,11 @@ async fn pipelined_requests_are_answered_in_order_and_a_body_hands_the_connectio
     assert!(status == 200 && String::from_utf8_lossy(&body).contains("\"path\":\"/five\""));
     assert_eq!(lane.carried().await, before + 3, "hyper carried the body and what came right after it");
 
-    // Each body was read to its end (one by length, one in chunks), so after a quiet moment the
-    // connection comes back to the lane, as a browser's does after it posts a form.
+    // Each body was read to its end (one by length, one in chunks with a trailer, which hyper's
+    // client stops at), so after a quiet moment the connection comes back to the lane, as a
+    // browser's does after it posts a form.
     let chunked = format!(
-        "POST /six HTTP/1.1\r\nHost: {host}\r\nCookie: {session}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        "POST /six HTTP/1.1\r\nHost: {host}\r\nCookie: {session}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 3\r\n\r\n"
     );
     stream.write_all(chunked.as_bytes()).await.unwrap();
     assert_eq!(answer(&mut stream, &mut buffer, false).await.0, 200);
@@ -366,4 +367,37 @@ async fn a_head_over_the_limit_is_never_the_lanes_even_when_it_comes_whole() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert_eq!(lane.carried().await, before);
     assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rest_of_a_body_the_upstream_never_read_is_never_a_request_on_the_lane() {
+    let upstream = Upstream::start().await;
+    let lane = Lane::start(&upstream.url(), "").await;
+    let before = lane.carried().await;
+    let (host, session) = (lane.proxy.addr, &lane.session);
+    let mut stream = TcpStream::connect(lane.proxy.addr).await.unwrap();
+    // The upstream answers before reading the body; the body, sent after a quiet moment, is a
+    // signed-in GET the lane would carry if the connection had been taken back from hyper.
+    let hidden = format!("GET /smuggled HTTP/1.1\r\nHost: {host}\r\nCookie: {session}\r\n\r\n");
+    let head = format!(
+        "POST /early HTTP/1.1\r\nHost: {host}\r\nCookie: {session}\r\nContent-Length: {}\r\n\r\n",
+        hidden.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buffer = Vec::new();
+    assert_eq!(answer(&mut stream, &mut buffer, false).await.0, 401, "the upstream's early answer");
+    tokio::time::sleep(QUIET).await;
+    let _ = stream.write_all(hidden.as_bytes()).await;
+    tokio::time::sleep(QUIET).await;
+    let after = format!("GET /after HTTP/1.1\r\nHost: {host}\r\nCookie: {session}\r\nConnection: close\r\n\r\n");
+    let _ = stream.write_all(after.as_bytes()).await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "answered and closed, or closed");
+    let rest = String::from_utf8_lossy(&buffer).into_owned() + &String::from_utf8_lossy(&rest);
+    assert!(rest.matches("HTTP/1.1 ").count() <= 1, "at most one more answer: {rest}");
+    assert!(!rest.contains("/smuggled"), "the body is never answered as a request: {rest}");
+    let paths: Vec<String> = upstream.seen().into_iter().map(|s| s.path).collect();
+    assert!(!paths.iter().any(|p| p == "/smuggled"), "the upstream never saw it as a request: {paths:?}");
+    assert_eq!(lane.carried().await, before, "the connection never came back to the lane");
 }
