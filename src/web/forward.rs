@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::web::client_body::ClientBody;
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -246,6 +246,14 @@ impl Forwarder {
         client: &ClientInfo,
         liveness: Option<Liveness>,
     ) -> Result<Response<Body>, ForwardError> {
+        // Content in a GET or HEAD request has no agreed meaning (RFC 9110 §9.3.1, §9.3.2), and
+        // many servers ignore it: such an upstream reads the body's bytes as a request of their
+        // own, one the gate never saw, arriving on the proxy's connection with whatever identity
+        // headers the body spells out (a "CL.0" desync). It is refused, never forwarded.
+        if matches!(*request.method(), Method::GET | Method::HEAD) && carries_content(&request) {
+            tracing::warn!(target: "portcullis::security", method = %request.method(), client = %client.real_ip, "a GET or HEAD request with a body was refused");
+            return Err(ForwardError::BadRequest("a GET or HEAD request with a body".into()));
+        }
         // Upgrades are an HTTP/1.1 mechanism (RFC 9110 §7.8); HTTP/2 has none. Only the
         // protocols in `proxy.upgrades` pass: anything else (h2c above all, which would make the
         // connection a tunnel the gate never sees again) goes on as a plain request, its
@@ -383,6 +391,19 @@ where
 }
 
 /// Whether the protocol an upstream switched to (`chosen`, one token) is among those `offered`.
+/// Whether a request says it carries content. HTTP/1.1 says so by its framing (a length other
+/// than 0, or chunks). HTTP/2 ends a request without content with its HEADERS frame, but a client
+/// may end it with an empty DATA frame instead (RFC 9113 §8.1), so there only a declared length
+/// counts; content sent without one is not passed on (our HTTP/1.1 client sends a GET's body of
+/// unknown length as none).
+fn carries_content(request: &Request<ClientBody>) -> bool {
+    use hyper::body::Body as _;
+    match request.version() {
+        Version::HTTP_2 => request.body().size_hint().lower() > 0,
+        _ => !request.body().is_end_stream(),
+    }
+}
+
 fn is_one_of(chosen: &HeaderValue, offered: &HeaderValue) -> bool {
     let (Ok(chosen), Ok(offered)) = (chosen.to_str(), offered.to_str()) else { return false };
     let chosen = chosen.trim();

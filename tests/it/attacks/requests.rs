@@ -239,3 +239,49 @@ fn upload_begun(proxy: SocketAddr, cookie: &str, path: &str) -> TcpStream {
     stream.write_all(&[b'x'; 10]).unwrap();
     stream
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_get_or_head_with_a_body_is_refused_so_no_request_can_hide_in_one() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    // A request in the body, claiming to be someone else: an upstream that ignores a GET's body
+    // would read it as a request of its own, which the gate never saw.
+    let hidden = "GET /smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-User: admin\r\n\r\n";
+    let chunked = format!("{:x}\r\n{hidden}\r\n0\r\n\r\n", hidden.len());
+    let refused = [
+        format!(
+            "GET /wiki HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: {}\r\n\r\n{hidden}",
+            hidden.len()
+        ),
+        format!(
+            "GET /wiki HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}"
+        ),
+        format!(
+            "HEAD /wiki HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: {}\r\n\r\n{hidden}",
+            hidden.len()
+        ),
+    ];
+    for request in refused {
+        let answer = raw(&proxy, request.replacen("\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1).as_bytes());
+        assert_eq!(status_of(&answer), 400, "{request}");
+    }
+    assert_eq!(upstream.count(), 0, "neither the request nor what it carried reached the upstream");
+    let warned = proxy.stderr.all().iter().any(|line| line.contains("a GET or HEAD request with a body was refused"));
+    assert!(warned, "a security warning");
+
+    // An empty body is no body; a POST carries the same bytes as what they are, its content.
+    let empty = format!(
+        "GET /empty HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(status_of(&raw(&proxy, empty.as_bytes())), 200);
+    let post = format!(
+        "POST /form HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{hidden}",
+        hidden.len()
+    );
+    assert_eq!(status_of(&raw(&proxy, post.as_bytes())), 200);
+    let paths: Vec<String> = upstream.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/empty", "/form"]);
+}
