@@ -250,7 +250,7 @@ impl Forwarder {
         // many servers ignore it: such an upstream reads the body's bytes as a request of their
         // own, one the gate never saw, arriving on the proxy's connection with whatever identity
         // headers the body spells out (a "CL.0" desync). It is refused, never forwarded.
-        if matches!(*request.method(), Method::GET | Method::HEAD) && carries_content(&request) {
+        if is_get_or_head(request.method()) && carries_content(&request) {
             tracing::warn!(target: "portcullis::security", method = %request.method(), client = %client.real_ip, "a GET or HEAD request with a body was refused");
             return Err(ForwardError::BadRequest("a GET or HEAD request with a body".into()));
         }
@@ -396,6 +396,12 @@ where
 /// may end it with an empty DATA frame instead (RFC 9113 §8.1), so there only a declared length
 /// counts; content sent without one is not passed on (our HTTP/1.1 client sends a GET's body of
 /// unknown length as none).
+/// GET or HEAD in any case: methods are case-sensitive (RFC 9110 §9.1), but a server that reads
+/// `get` as GET is just as likely to ignore its body.
+fn is_get_or_head(method: &Method) -> bool {
+    ["GET", "HEAD"].iter().any(|name| method.as_str().eq_ignore_ascii_case(name))
+}
+
 fn carries_content(request: &Request<ClientBody>) -> bool {
     use hyper::body::Body as _;
     match request.version() {
