@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use crate::web::client_body::ClientBody;
 use bytes::Bytes;
 use cookie::SameSite;
 use http::{HeaderMap, Request, Response, header};
@@ -16,6 +15,7 @@ use zeroize::Zeroizing;
 use crate::base::headers::cookie_values;
 use crate::base::secret::random_token;
 use crate::domain::session::{Lookup, Session};
+use crate::web::client_body::ClientBody;
 use crate::web::cookies::cookie_header;
 use crate::web::error::WebError;
 use crate::web::pages::Body;

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::web::client_body::ClientBody;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
@@ -16,6 +15,7 @@ use crate::base::tls;
 use crate::config::{Config, IdentityHeaders};
 use crate::domain::identity::UpstreamIdentity;
 use crate::web::body_timeout::{BodyBroken, BodyIdle, IdleTimeout};
+use crate::web::client_body::ClientBody;
 use crate::web::pages::Body;
 use crate::web::raw_upstream::RawUpstream;
 use crate::web::upstream_pool::UpstreamPool;

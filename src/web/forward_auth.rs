@@ -18,13 +18,13 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 
 use crate::base::headers::{self, ClientInfo};
 use crate::config::access::request_host;
 use crate::domain::access::{self as rules, Verdict};
 use crate::domain::session::{Lookup, Session};
+use crate::web::client_body::ClientBody;
 use crate::web::error::{Undescribed, WebError};
 use crate::web::gate::{Asked, api_refusal};
 use crate::web::malformed::is_plain_host;

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::web::client_body::ClientBody;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
 use crate::base::headers::{self, ClientInfo};
@@ -16,6 +15,7 @@ use crate::domain::access::{self as rules, Decision, RequestFacts, Standing, Ver
 use crate::domain::policy::{self, AfterPassword};
 use crate::domain::session::{FullSession, Lookup, Rejected, Session, StoreState};
 use crate::domain::users::User;
+use crate::web::client_body::ClientBody;
 use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::forward::{Forwarder, Liveness, UpstreamTime};

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{HeaderMap, Request, Response, StatusCode};
 use serde::Deserialize;
 
@@ -22,6 +21,7 @@ use crate::domain::factors::providers::{self, counts};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::policy::Requirement;
 use crate::domain::session::{FullSession, Lookup, Session};
+use crate::web::client_body::ClientBody;
 use crate::web::error::WebError;
 use crate::web::forms::{SessionForm, session_post};
 use crate::web::pages::{self, AccountConfirmPage, Body};

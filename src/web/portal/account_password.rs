@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{Request, Response, StatusCode};
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -15,6 +14,7 @@ use crate::domain::notify::SecurityEvent;
 use crate::domain::password::{MAX_PASSWORD_BYTES, WeakPassword, check_new_password};
 use crate::domain::session::{FullSession, Session};
 use crate::domain::users::UsersError;
+use crate::web::client_body::ClientBody;
 use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::forms::{SessionForm, session_post, zeroizing};

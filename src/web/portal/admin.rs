@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{Request, Response, StatusCode};
 use serde::Deserialize;
 
 use crate::base::text::format_utc;
 use crate::domain::operator::{Reply, Request as Operation, Target};
 use crate::domain::session::{FullSession, Lookup, Session};
+use crate::web::client_body::ClientBody;
 use crate::web::error::WebError;
 use crate::web::forms::{SessionForm, session_post};
 use crate::web::pages::{self, AdminAdoptionRow, AdminBanRow, AdminPage, AdminProviderRow, AdminUserRow, Body};

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{Request, Response, StatusCode};
 use serde::Deserialize;
 
@@ -22,6 +21,7 @@ use crate::domain::factors::service::{CodeRefused, Verified};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::regulation::{Factor, Refusal, Subject, Who};
 use crate::domain::session::{Device, Lookup, Session};
+use crate::web::client_body::ClientBody;
 use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::forms::{CodeForm, return_to_from_query, session_post};

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{Request, Response, StatusCode};
 use serde::Deserialize;
 
@@ -16,6 +15,7 @@ use crate::domain::factors::service::EnrollError;
 use crate::domain::notify::SecurityEvent;
 use crate::domain::policy::Setup;
 use crate::domain::session::{Lookup, Session};
+use crate::web::client_body::ClientBody;
 use crate::web::forms::{CodeForm, RdCsrfForm, return_to_from_query, session_post};
 use crate::web::pages::{self, Body, ChallengeView, CodeError, EmailNotice, EnrollEmailPage};
 use crate::web::respond::{Answer, go_to, login_redirect, send_to, with_user};

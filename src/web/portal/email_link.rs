@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use cookie::SameSite;
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use serde::Deserialize;
@@ -23,6 +22,7 @@ use crate::base::headers::cookie_values;
 use crate::domain::email_link::{LIFETIME, LinkInvalid, LinkRefused, Opened, new_browser_nonce};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::regulation::{Factor, Subject};
+use crate::web::client_body::ClientBody;
 use crate::web::cookies::cookie_header;
 use crate::web::error::WebError;
 use crate::web::forms::{LoginCsrf, read_form, return_to_from_query, same_origin};

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{Request, StatusCode};
 
 use super::second_step::{Enough, complete_sign_in, complete_step_up};
@@ -14,6 +13,7 @@ use crate::domain::factors::{FactorKind, providers, totp};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::policy::Setup;
 use crate::domain::session::{Lookup, Session};
+use crate::web::client_body::ClientBody;
 use crate::web::error::WebError;
 use crate::web::forms::{CodeForm, return_to_from_query, session_post};
 use crate::web::pages::{self, CodeError, EnrollPage};

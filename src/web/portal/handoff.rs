@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::Request;
 use serde::Deserialize;
 
@@ -14,6 +13,7 @@ use crate::config::access::{request_host, rule_path};
 use crate::domain::access::{self as rules, RequestFacts, Standing, Verdict};
 use crate::domain::policy::{self, AfterPassword};
 use crate::domain::session::{Lookup, Session};
+use crate::web::client_body::ClientBody;
 use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::pages;

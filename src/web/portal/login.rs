@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{HeaderMap, Request, Response, StatusCode};
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -21,6 +20,7 @@ use crate::domain::policy::{self, AfterPassword};
 use crate::domain::session::{Lookup, Rejected, Session};
 use crate::domain::sign_in::PasswordRefused;
 use crate::domain::users::User;
+use crate::web::client_body::ClientBody;
 use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::forms::{LoginCsrf, RdCsrfForm, read_form, return_to_from_query, same_origin, session_post, zeroizing};

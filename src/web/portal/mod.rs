@@ -26,10 +26,10 @@ mod security_keys;
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{Method, Request};
 
 use crate::config::MfaPolicy;
+use crate::web::client_body::ClientBody;
 use crate::web::error::WebError;
 use crate::web::pages;
 use crate::web::respond::Answer;

@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use cookie::SameSite;
 use http::{HeaderMap, Request, Response, header};
 
@@ -24,6 +23,7 @@ use crate::config::oidc::OidcProvider;
 use crate::domain::identities::{self, Resolved};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::oidc::{Callback, LIFETIME, OidcError};
+use crate::web::client_body::ClientBody;
 use crate::web::cookies::cookie_header;
 use crate::web::error::WebError;
 use crate::web::forms::return_to_from_query;

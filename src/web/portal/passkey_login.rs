@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{Request, StatusCode};
 use serde::Deserialize;
 
@@ -18,6 +17,7 @@ use crate::domain::factors::passwordless::PasskeyRefused;
 use crate::domain::factors::security_key::{self, KeyError};
 use crate::domain::notify::SecurityEvent;
 use crate::domain::regulation::{Factor, Refusal, Subject};
+use crate::web::client_body::ClientBody;
 use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::forms::{LoginCsrf, read_form, same_origin};

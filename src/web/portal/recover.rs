@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{HeaderMap, Request, Response, StatusCode};
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -19,6 +18,7 @@ use crate::base::text::format_utc;
 use crate::domain::password::MAX_PASSWORD_BYTES;
 use crate::domain::regulation::Subject;
 use crate::domain::users::User;
+use crate::web::client_body::ClientBody;
 use crate::web::cookies;
 use crate::web::error::WebError;
 use crate::web::forms::{LoginCsrf, read_form, same_origin, zeroizing};

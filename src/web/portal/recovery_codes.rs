@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{Request, StatusCode};
 use serde::Deserialize;
 
 use super::second_step::{Enough, complete_sign_in};
 use crate::domain::session::{Lookup, Session};
+use crate::web::client_body::ClientBody;
 use crate::web::forms::{SessionForm, return_to_from_query, session_post};
 use crate::web::pages::{self, RecoveryCodesPage};
 use crate::web::respond::{Answer, go_to, login_redirect, send_to, with_user};

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{Request, StatusCode};
 
 use crate::base::text::format_utc;
 use crate::domain::policy::Requirement;
 use crate::domain::session::{Lookup, Session};
+use crate::web::client_body::ClientBody;
 use crate::web::forms::{RdCsrfForm, return_to_from_query, session_post};
 use crate::web::pages;
 use crate::web::respond::{Answer, go_to, login_redirect, send_to, with_user};

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use crate::web::client_body::ClientBody;
 use http::{Request, StatusCode};
 use serde::Deserialize;
 
@@ -19,6 +18,7 @@ use crate::domain::factors::service::Verified;
 use crate::domain::notify::SecurityEvent;
 use crate::domain::policy::{Requirement, Setup};
 use crate::domain::session::{Lookup, Session};
+use crate::web::client_body::ClientBody;
 use crate::web::error::WebError;
 use crate::web::forms::{SessionForm, return_to_from_query, session_post};
 use crate::web::key_pages::{SecurityKeyPage, html_with_script};
