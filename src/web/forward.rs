@@ -250,7 +250,8 @@ impl Forwarder {
         // many servers ignore it: such an upstream reads the body's bytes as a request of their
         // own, one the gate never saw, arriving on the proxy's connection with whatever identity
         // headers the body spells out (a "CL.0" desync). It is refused, never forwarded.
-        if is_get_or_head(request.method()) && carries_content(&request) {
+        let get_or_head = is_get_or_head(request.method());
+        if get_or_head && carries_content(&request) {
             tracing::warn!(target: "portcullis::security", method = %request.method(), client = %client.real_ip, "a GET or HEAD request with a body was refused");
             return Err(ForwardError::BadRequest("a GET or HEAD request with a body".into()));
         }
@@ -280,6 +281,13 @@ impl Forwarder {
 
         let (mut parts, body) = request.into_parts();
         self.prepare(&mut parts, identity, client);
+        if get_or_head && !hyper::body::Body::is_end_stream(&body) {
+            // What passed declared no content, but may still send some (HTTP/2 DATA without a
+            // length). Said explicitly, so that none is passed on: hyper's client leaves out a
+            // body of unknown length by itself only for `GET` and `HEAD` spelled in capitals,
+            // and sends any other spelling's chunked.
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         if let Some(protocol) = &upgrade {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol.clone());

@@ -201,8 +201,22 @@ async fn http2_clients_are_served() {
         (with_content.version(), with_content.status()),
         (reqwest::Version::HTTP_2, reqwest::StatusCode::BAD_REQUEST)
     );
+    // Content sent without a length is not passed on, whatever the method's letter case.
+    for method in ["GET", "get", "hEaD"] {
+        let hidden = "GET /smuggled HTTP/1.1\r\nHost: x\r\nX-Forwarded-User: admin\r\n\r\n";
+        let data = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(hidden))]);
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let request = h2.request(method.clone(), proxy.url("/upload")).header("cookie", &cookie);
+        let answer = request.body(reqwest::Body::wrap_stream(data)).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "{method}");
+        if method.as_str().eq_ignore_ascii_case("get") {
+            assert!(answer.text().await.unwrap().starts_with("{\"bytes\":0,"), "{method}: no byte of it upstream");
+        }
+        let seen = upstream.seen().pop().unwrap();
+        assert!(seen.header("transfer-encoding").is_none(), "{method}: {:?}", seen.headers);
+    }
     let paths: Vec<String> = upstream.seen().into_iter().map(|s| s.path).collect();
-    assert_eq!(paths, ["/over-h2", "/ended-late"]);
+    assert_eq!(paths, ["/over-h2", "/ended-late", "/upload", "/upload", "/upload"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
