@@ -31,11 +31,10 @@ impl ClientBody {
         Self { inner, watcher: None }
     }
 
-    /// A body whose end `watcher` hears of. A body that is empty from the start has nothing to
-    /// tell and is not watched.
+    /// A body whose end `watcher` hears of: one that is not empty from the start (an empty one
+    /// would never tell, and is [`ClientBody::new`]'s).
     pub fn watched(inner: Incoming, watcher: Arc<dyn BodyWatcher>) -> Self {
-        let watcher = (!inner.is_end_stream()).then_some(watcher);
-        Self { inner, watcher }
+        Self { inner, watcher: Some(watcher) }
     }
 }
 

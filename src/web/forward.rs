@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
@@ -281,7 +282,7 @@ impl Forwarder {
 
         let (mut parts, body) = request.into_parts();
         self.prepare(&mut parts, identity, client);
-        if get_or_head && !hyper::body::Body::is_end_stream(&body) {
+        if get_or_head && !body.is_end_stream() {
             // What passed declared no content, but may still send some (HTTP/2 DATA without a
             // length). Said explicitly, so that none is passed on: hyper's client leaves out a
             // body of unknown length by itself only for `GET` and `HEAD` spelled in capitals,
@@ -398,26 +399,24 @@ where
     // Dropping both ends closes them.
 }
 
-/// Whether the protocol an upstream switched to (`chosen`, one token) is among those `offered`.
-/// Whether a request says it carries content. HTTP/1.1 says so by its framing (a length other
-/// than 0, or chunks). HTTP/2 ends a request without content with its HEADERS frame, but a client
-/// may end it with an empty DATA frame instead (RFC 9113 §8.1), so there only a declared length
-/// counts; content sent without one is not passed on (our HTTP/1.1 client sends a GET's body of
-/// unknown length as none).
 /// GET or HEAD in any case: methods are case-sensitive (RFC 9110 §9.1), but a server that reads
 /// `get` as GET is just as likely to ignore its body.
 fn is_get_or_head(method: &Method) -> bool {
     ["GET", "HEAD"].iter().any(|name| method.as_str().eq_ignore_ascii_case(name))
 }
 
+/// Whether a request says it carries content. HTTP/1.1 says so by its framing (a length other
+/// than 0, or chunks). HTTP/2 ends a request without content with its HEADERS frame, but a client
+/// may end it with an empty DATA frame instead (RFC 9113 §8.1), so there only a declared length
+/// counts; content sent without one is not passed on (`forward` sends `Content-Length: 0`).
 fn carries_content(request: &Request<ClientBody>) -> bool {
-    use hyper::body::Body as _;
     match request.version() {
         Version::HTTP_2 => request.body().size_hint().lower() > 0,
         _ => !request.body().is_end_stream(),
     }
 }
 
+/// Whether the protocol an upstream switched to (`chosen`, one token) is among those `offered`.
 fn is_one_of(chosen: &HeaderValue, offered: &HeaderValue) -> bool {
     let (Ok(chosen), Ok(offered)) = (chosen.to_str(), offered.to_str()) else { return false };
     let chosen = chosen.trim();

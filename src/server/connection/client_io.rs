@@ -211,6 +211,16 @@ pub(super) fn stalled_writing(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The security log's line for a connection closed because its client stopped reading, on
+/// either path (hyper's or the express lane's).
+pub(super) fn warn_stopped_reading(peer: std::net::SocketAddr) {
+    tracing::warn!(
+        target: "portcullis::security",
+        peer = %peer,
+        "a client stopped reading; its connection was closed after limits.send_timeout"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

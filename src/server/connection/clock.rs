@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::client_io::{ClientIo, Transport, stalled_writing};
+use super::client_io::{ClientIo, Transport, stalled_writing, warn_stopped_reading};
 use crate::server::capacity::Activity;
 
 /// After asking an idle connection to close (an HTTP/2 GOAWAY), how long it may take.
@@ -190,11 +190,7 @@ impl Watch {
 
     fn ended(&self, ended: hyper::Result<()>) {
         match ended {
-            Err(e) if stalled_writing(&e) => tracing::warn!(
-                target: "portcullis::security",
-                peer = %self.peer,
-                "a client stopped reading; its connection was closed after limits.send_timeout"
-            ),
+            Err(e) if stalled_writing(&e) => warn_stopped_reading(self.peer),
             Err(e) => tracing::debug!(peer = %self.peer, "connection ended with an error: {e}"),
             Ok(()) => {}
         }

@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::client_io::{ClientIo, stalled_writing};
+use super::client_io::{ClientIo, stalled_writing, warn_stopped_reading};
 use super::clock::{PARK_AFTER, Watch};
 use std::sync::Arc;
 
@@ -158,11 +158,7 @@ where
             match broke_off {
                 None => Carried::Answered,
                 Some(RelayError::Client(e)) if stalled_writing(&e) => {
-                    tracing::warn!(
-                        target: "portcullis::security",
-                        peer = %peer,
-                        "a client stopped reading; its connection was closed after limits.send_timeout"
-                    );
+                    warn_stopped_reading(peer);
                     Carried::Close
                 }
                 Some(RelayError::Client(e)) => {
