@@ -93,6 +93,15 @@ impl Forwarder {
         let Some(raw) = self.raw_upstream() else {
             return Err(ForwardError::Unreachable("no express lane to an https upstream".into()));
         };
+        // Every other request that is ready is read, weighed and sent before this one. The upstream
+        // usually shares the proxy's cores, and each write to a sleeping upstream wakes it,
+        // which the kernel lets run at once: one request per wake-up and two context switches
+        // each. Sent in a burst, it finds several waiting. Measured with `bench/cpu.sh` at 16
+        // connections: 0.89 preemptions of the proxy per request became 0.6, the upstream's CPU
+        // per request fell from 29 to 22 µs, and `bench/run.sh` went from 0.69x nginx to 0.95x.
+        // At one connection there is nothing to wait for, and the yield is one poll of the
+        // runtime's I/O driver (current-thread runtime: a yielded task runs after that poll).
+        tokio::task::yield_now().await;
         let started = std::time::Instant::now();
         let timeout = self.response_timeout();
         let mut exchange = match tokio::time::timeout(timeout, raw.send(&ticket.head, ticket.head_request)).await {
