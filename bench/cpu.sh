@@ -6,6 +6,7 @@
 #
 #   bash bench/cpu.sh                  # 3 pairs of 5 s runs at 16 connections
 #   PAIRS=5 CONNECTIONS=64 bash bench/cpu.sh
+#   BIN=/tmp/other/portcullis bash bench/cpu.sh   # another build, as it is
 #
 # Why it exists: on a shared core the upstream's CPU per request depends on the proxy. Each
 # write to a sleeping upstream wakes it and the kernel runs it at once; it then finds one
@@ -31,8 +32,10 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v 
   apt-get update -qq && apt-get install -y -qq nginx-light wrk curl >/dev/null
 fi
 [ "$(nproc)" -ge 2 ] || { echo "needs two cores: wrk on one, the servers on the other" >&2; exit 1; }
-(cd "$ROOT" && cargo build --release --quiet)
-BIN="$ROOT/target/release/portcullis"
+if [ -z "${BIN:-}" ]; then
+  (cd "$ROOT" && cargo build --release --quiet)
+  BIN="$ROOT/target/release/portcullis"
+fi
 
 UPSTREAM_PORT=18680 NGINX_PORT=18681 PORTCULLIS_PORT=18682
 mkdir -p "$WORK/up/logs" "$WORK/px/logs"

@@ -158,7 +158,14 @@ fn encode_response(headers: &mut http::HeaderMap, status: StatusCode, framing: F
         // RFC 9110 §6.6.1: an origin with a clock sends one; hyper adds it on the full path.
         headers.insert(header::DATE, now_as_http_date());
     }
-    let mut head = Vec::with_capacity(48 + fields_size(headers) + 2 + 1024);
+    // Room for a small body to follow (up to 1 KiB): a buffer no larger than it needs stays in
+    // glibc's per-thread cache (up to 1,032 bytes), where a larger one takes the slow path.
+    let body_room = match framing {
+        Framing::Empty => 0,
+        Framing::Length(length) => length.min(1024) as usize,
+        Framing::Chunked | Framing::UntilClose => 1024,
+    };
+    let mut head = Vec::with_capacity(48 + fields_size(headers) + 2 + body_room);
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
     head.push(b' ');

@@ -34,6 +34,11 @@ const MAX_LINE: usize = 4096;
 const READ_AT_ONCE: usize = 64 * 1024;
 /// Idle connections kept per worker at most.
 const MAX_IDLE: usize = 1024;
+/// The read buffer an exchange starts with. It is kept with its connection while idle (up to
+/// this size: a buffer a large body grew is dropped), so a request on a kept connection
+/// allocates none: an allocation this large is glibc's slow path, which also consolidates the
+/// small chunks the request freed.
+const READ_BUFFER: usize = 8 * 1024;
 
 /// How the body of an upstream's answer is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +76,15 @@ pub struct RawUpstream {
     address: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    idle: ArrayQueue<(TcpStream, Instant)>,
+    idle: ArrayQueue<Idle>,
     reaper_started: AtomicBool,
+}
+
+/// A kept connection, its read buffer (empty) and when it went idle.
+struct Idle {
+    stream: TcpStream,
+    read: BytesMut,
+    since: Instant,
 }
 
 /// One exchange: the connection it runs on and what has been read past the answer's head.
@@ -107,11 +119,11 @@ impl RawUpstream {
     pub async fn send(self: &Arc<Self>, request_head: &[u8], head_request: bool) -> Result<Exchange, SendError> {
         let mut may_retry = true;
         loop {
-            let (mut stream, reused) = match self.take_idle().filter(|_| may_retry) {
-                Some(stream) => (stream, true),
-                None => (self.connect().await?, false),
+            let (mut stream, mut read, reused) = match self.take_idle().filter(|_| may_retry) {
+                Some((stream, read)) => (stream, read, true),
+                None => (self.connect().await?, BytesMut::new(), false),
             };
-            let mut read = BytesMut::with_capacity(8 * 1024);
+            read.reserve(READ_BUFFER);
             let retry = reused && may_retry;
             may_retry = false;
             if let Err(e) = stream.write_all(request_head).await {
@@ -138,11 +150,11 @@ impl RawUpstream {
         }
     }
 
-    /// The oldest kept connection that is still fit to use.
-    fn take_idle(&self) -> Option<TcpStream> {
-        while let Some((stream, since)) = self.idle.pop() {
+    /// The oldest kept connection that is still fit to use, with its read buffer.
+    fn take_idle(&self) -> Option<(TcpStream, BytesMut)> {
+        while let Some(Idle { stream, read, since }) = self.idle.pop() {
             if since.elapsed() <= self.idle_timeout && is_quiet(&stream) {
-                return Some(stream);
+                return Some((stream, read));
             }
         }
         None
@@ -162,16 +174,23 @@ impl RawUpstream {
         Ok(stream)
     }
 
-    fn give_back(&self, stream: TcpStream) {
+    /// Keeps a connection whose answer was read exactly to its end (`read` is empty).
+    fn give_back(&self, stream: TcpStream, mut read: BytesMut) {
+        read.clear();
+        // Takes back the room before the read position (the buffer is empty and not shared).
+        read.reserve(READ_BUFFER);
+        if read.capacity() > READ_BUFFER {
+            read = BytesMut::new();
+        }
         // A full queue drops (closes) the connection: enough are idle already.
-        let _ = self.idle.push((stream, Instant::now()));
+        let _ = self.idle.push(Idle { stream, read, since: Instant::now() });
     }
 
     fn reap_idle(&self) {
         for _ in 0..self.idle.len() {
-            let Some((stream, since)) = self.idle.pop() else { break };
-            if since.elapsed() <= self.idle_timeout && is_quiet(&stream) {
-                let _ = self.idle.push((stream, since));
+            let Some(idle) = self.idle.pop() else { break };
+            if idle.since.elapsed() <= self.idle_timeout && is_quiet(&idle.stream) {
+                let _ = self.idle.push(idle);
             }
         }
     }
@@ -348,7 +367,7 @@ impl Exchange {
             Ok(done) => {
                 // Bytes past the answer were not asked for: the connection cannot be trusted again.
                 if done && self.head.reusable && self.read.is_empty() {
-                    pool.give_back(self.stream);
+                    pool.give_back(self.stream, self.read);
                 }
                 Ok(())
             }

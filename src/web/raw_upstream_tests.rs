@@ -222,7 +222,7 @@ async fn a_request_the_upstream_drops_is_sent_twice_at_most_however_many_connect
     // Five kept connections, open and quiet (the upstream has read nothing on them yet).
     for _ in 0..5 {
         let stream = pool.connect().await.unwrap();
-        pool.give_back(stream);
+        pool.give_back(stream, BytesMut::new());
     }
     let sent = pool.send(b"GET /once HTTP/1.1\r\nHost: a\r\n\r\n", false).await;
     assert!(matches!(sent, Err(SendError::Unreachable(_))), "a 502");
@@ -277,4 +277,24 @@ async fn a_kept_connection_with_bytes_nobody_asked_for_is_never_used_again() {
     exchange.relay(Vec::new(), &mut client, &pool).await.unwrap();
     assert_eq!(client, b"ok", "the second request's own answer, from a new connection");
     task.abort();
+}
+
+#[tokio::test]
+async fn a_kept_connection_keeps_its_empty_read_buffer_but_never_one_a_large_body_grew() {
+    let big: &'static [u8] = {
+        let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n".to_vec();
+        answer.resize(answer.len() + 200_000, b'x');
+        Box::leak(answer.into_boxed_slice())
+    };
+    for (answer, kept_capacity) in [(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..], READ_BUFFER), (big, 0)] {
+        let Upstream { pool, task, .. } = upstream(answer, false).await;
+        let exchange = pool.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false).await.unwrap();
+        let mut client = Vec::new();
+        exchange.relay(Vec::new(), &mut client, &pool).await.unwrap();
+        assert_eq!(client.len(), answer.len() - answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() - 4);
+        let idle = pool.idle.pop().expect("the connection was kept");
+        assert!(idle.read.is_empty(), "nothing of one answer is ever left for the next");
+        assert_eq!(idle.read.capacity(), kept_capacity);
+        task.abort();
+    }
 }
