@@ -97,8 +97,9 @@ impl Forwarder {
         // usually shares the proxy's cores, and each write to a sleeping upstream wakes it,
         // which the kernel lets run at once: one request per wake-up and two context switches
         // each. Sent in a burst, it finds several waiting. Measured with `bench/cpu.sh` at 16
-        // connections: 0.89 preemptions of the proxy per request became 0.6, the upstream's CPU
-        // per request fell from 29 to 22 µs, and `bench/run.sh` went from 0.69x nginx to 0.95x.
+        // connections: 0.89 preemptions of the proxy per request became about 0.5, the
+        // upstream's CPU per request fell from 26-31 to 17-22 µs, and `bench/run.sh` went from
+        // 0.69x nginx to 0.90-0.95x (README, Performance).
         // At one connection there is nothing to wait for, and the yield is one poll of the
         // runtime's I/O driver (current-thread runtime: a yielded task runs after that poll).
         tokio::task::yield_now().await;
