@@ -210,15 +210,23 @@ enum HeadError {
     Bad(String),
 }
 
-/// Whether a kept connection has nothing to say: no bytes waiting, not closed. A look that costs
-/// no system call when the runtime already knows the socket has nothing to read.
+/// Whether a kept connection has nothing to say: no bytes waiting, not closed.
+///
+/// It asks the socket itself (`recv` with `MSG_PEEK`), not the runtime: the runtime learns that
+/// bytes came only at its next poll for events, and a connection taken again before that (given
+/// back and taken in the same pass, as a busy worker does) would be lent with an answer nobody
+/// asked for waiting in it, and that answer given to the next request (found by an attack
+/// pass: 5 in 1,200 tries under load). One system call a request; the answer is peeked at, not
+/// read, and the connection is dropped either way.
 fn is_quiet(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    match stream.try_read(&mut probe) {
-        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-        // Closed (0), or bytes nobody asked for: an answer to no request.
-        Ok(_) => false,
-    }
+    use std::os::fd::AsRawFd;
+    let mut probe = 0u8;
+    // SAFETY: `recv` writes at most one byte into `probe`, which lives across the call, on a
+    // descriptor `stream` keeps open for as long as it is borrowed.
+    let got =
+        unsafe { libc::recv(stream.as_raw_fd(), (&raw mut probe).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    // Closed (0), bytes nobody asked for (1), or a failed socket: not quiet.
+    got < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 /// Reads the final answer's head (interim 1xx answers other than 101 are read and dropped, as
