@@ -22,7 +22,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::web::upstream_pool::reap_while_alive;
+use crate::web::upstream_pool::{reap_while_alive, socket_is_quiet};
 
 /// The most an upstream's response head may take: hyper's own client allows about as much.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -210,23 +210,11 @@ enum HeadError {
     Bad(String),
 }
 
-/// Whether a kept connection has nothing to say: no bytes waiting, not closed.
-///
-/// It asks the socket itself (`recv` with `MSG_PEEK`), not the runtime: the runtime learns that
-/// bytes came only at its next poll for events, and a connection taken again before that (given
-/// back and taken in the same pass, as a busy worker does) would be lent with an answer nobody
-/// asked for waiting in it, and that answer given to the next request (found by an attack
-/// pass: 5 in 1,200 tries under load). One system call a request; the answer is peeked at, not
-/// read, and the connection is dropped either way.
+/// Whether a kept connection has nothing to say: asked of the socket, not the runtime (see
+/// [`socket_is_quiet`]).
 fn is_quiet(stream: &TcpStream) -> bool {
     use std::os::fd::AsRawFd;
-    let mut probe = 0u8;
-    // SAFETY: `recv` writes at most one byte into `probe`, which lives across the call, on a
-    // descriptor `stream` keeps open for as long as it is borrowed.
-    let got =
-        unsafe { libc::recv(stream.as_raw_fd(), (&raw mut probe).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    // Closed (0), bytes nobody asked for (1), or a failed socket: not quiet.
-    got < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    socket_is_quiet(stream.as_raw_fd())
 }
 
 /// Reads the final answer's head (interim 1xx answers other than 101 are read and dropped, as

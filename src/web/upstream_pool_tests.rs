@@ -305,3 +305,38 @@ async fn an_answer_nobody_asked_for_is_never_the_next_requests() {
         assert_eq!(fetch(&pool, "/second").await, "fine", "the stray answer never goes to the next request");
     }
 }
+
+/// Bytes that arrive after an answer, while its connection is idle, are seen before the
+/// connection is lent again, even when the runtime has not polled for events since: hyper would
+/// read them as the next request's answer.
+#[test]
+fn bytes_that_came_after_an_answer_are_seen_before_its_connection_is_lent_again() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (send_stray, stray_asked) = std::sync::mpsc::channel::<()>();
+    let (stray_sent, stray_written) = std::sync::mpsc::channel::<()>();
+    let upstream = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request).unwrap();
+        socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+        stray_asked.recv().unwrap();
+        socket.write_all(b"HTTP/1.1 200 OK\r\nX-Forwarded-User: admin\r\nContent-Length: 4\r\n\r\nevil").unwrap();
+        stray_sent.send(()).unwrap();
+        let _ = socket.read(&mut request);
+    });
+    runtime.block_on(async {
+        let pool = pool(address, Duration::from_secs(30));
+        assert_eq!(fetch(&pool, "/first").await, "ok");
+        assert_eq!(pool.idle_count(), 1, "kept after a clean answer");
+        send_stray.send(()).unwrap();
+        // Blocking on purpose: over loopback the bytes are in our socket once the write returned.
+        stray_written.recv().unwrap();
+        assert!(pool.take_idle().is_none(), "a connection with an answer nobody asked for is never lent");
+    });
+    // The connection's task (and with it the socket) ends with the runtime.
+    drop(runtime);
+    upstream.join().unwrap();
+}
