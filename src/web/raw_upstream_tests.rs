@@ -329,6 +329,7 @@ fn bytes_that_came_after_an_answer_are_seen_before_its_connection_is_lent_again(
         // Blocking on purpose: over loopback the bytes are in our socket once the write returned.
         stray_written.recv().unwrap();
         assert!(pool.take_idle().is_none(), "a connection with an answer nobody asked for is never lent");
+        assert_eq!(pool.idle.len(), 0, "and it is closed");
     });
     upstream.join().unwrap();
 }

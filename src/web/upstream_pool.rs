@@ -251,8 +251,10 @@ impl<B: OutgoingBody> Body for Sending<B> {
 /// an idle connection has nothing to hear. One system call a request; nothing is consumed.
 pub(crate) fn socket_is_quiet(socket: RawFd) -> bool {
     let mut probe = 0u8;
-    // SAFETY: `recv` writes at most one byte into `probe`, which lives across the call; the
-    // caller holds the connection that owns `socket` open.
+    // SAFETY: `recv` writes at most one byte into `probe`, which lives across the call. The
+    // descriptor is open: the lane owns its stream, and the full path looks only while hyper's
+    // sender is ready (see `Pooled::socket`). Were it not, a peek consumes nothing: the worst
+    // would be a wrong verdict, never another socket's bytes.
     let got = unsafe { libc::recv(socket, (&raw mut probe).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
     // Closed (0), bytes nobody asked for (1), or a failed socket: not quiet.
     got < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock

@@ -335,6 +335,8 @@ fn bytes_that_came_after_an_answer_are_seen_before_its_connection_is_lent_again(
         // Blocking on purpose: over loopback the bytes are in our socket once the write returned.
         stray_written.recv().unwrap();
         assert!(pool.take_idle().is_none(), "a connection with an answer nobody asked for is never lent");
+        // Closed for its bytes, not passed over as busy (which would leave it in the queue).
+        assert_eq!(pool.idle_count(), 0);
     });
     // The connection's task (and with it the socket) ends with the runtime.
     drop(runtime);
