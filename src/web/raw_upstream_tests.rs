@@ -1,4 +1,5 @@
 use super::*;
+use crate::web::upstream_pool::tests::StrayAfterAnswer;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 
@@ -304,32 +305,15 @@ fn bytes_that_came_after_an_answer_are_seen_before_its_connection_is_lent_again(
     // One thread, and no await between the stray bytes' arrival and the next take: the runtime
     // has not polled for events since the answer's last (short) read told it the socket was empty.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let (send_stray, stray_asked) = std::sync::mpsc::channel::<()>();
-    let (stray_sent, stray_written) = std::sync::mpsc::channel::<()>();
-    let upstream = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let (mut socket, _) = listener.accept().unwrap();
-        let mut request = [0u8; 4096];
-        let _ = socket.read(&mut request).unwrap();
-        socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
-        stray_asked.recv().unwrap();
-        socket.write_all(b"HTTP/1.1 200 OK\r\nX-Forwarded-User: admin\r\nContent-Length: 0\r\n\r\n").unwrap();
-        stray_sent.send(()).unwrap();
-        // Open until the test is over: the connection must be refused for its bytes, not its end.
-        let _ = socket.read(&mut request);
-    });
+    let upstream = StrayAfterAnswer::start();
     runtime.block_on(async {
-        let pool = RawUpstream::new(address, Duration::from_secs(1), Duration::from_secs(60));
+        let pool = RawUpstream::new(upstream.address.to_string(), Duration::from_secs(1), Duration::from_secs(60));
         let exchange = pool.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false).await.unwrap();
         exchange.relay(Vec::new(), &mut Vec::new(), &pool).await.unwrap();
         assert_eq!(pool.idle.len(), 1, "kept after a clean answer");
-        send_stray.send(()).unwrap();
-        // Blocking on purpose: over loopback the bytes are in our socket once the write returned.
-        stray_written.recv().unwrap();
+        upstream.send_stray();
         assert!(pool.take_idle().is_none(), "a connection with an answer nobody asked for is never lent");
         assert_eq!(pool.idle.len(), 0, "and it is closed");
     });
-    upstream.join().unwrap();
+    upstream.join();
 }

@@ -341,4 +341,4 @@ impl<B: OutgoingBody> Body for PooledBody<B> {
 
 #[cfg(test)]
 #[path = "upstream_pool_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -306,39 +306,69 @@ async fn an_answer_nobody_asked_for_is_never_the_next_requests() {
     }
 }
 
+/// An upstream (a thread of its own, blocking sockets) that answers its first request with `ok`
+/// and, when asked, writes an answer nobody asked for on the same connection: the pools' tests
+/// of stale readiness share it.
+pub(crate) struct StrayAfterAnswer {
+    pub address: std::net::SocketAddr,
+    send_stray: std::sync::mpsc::Sender<()>,
+    stray_written: std::sync::mpsc::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl StrayAfterAnswer {
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let (send_stray, stray_asked) = std::sync::mpsc::channel::<()>();
+        let (stray_sent, stray_written) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).unwrap();
+            socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+            stray_asked.recv().unwrap();
+            socket.write_all(b"HTTP/1.1 200 OK\r\nX-Forwarded-User: admin\r\nContent-Length: 4\r\n\r\nevil").unwrap();
+            stray_sent.send(()).unwrap();
+            // Open until the other side closes: a connection must be refused for its bytes, not
+            // for its end.
+            let _ = socket.read(&mut request);
+        });
+        Self { address, send_stray, stray_written, thread }
+    }
+
+    /// Writes the stray answer and returns once it is written. Blocking on purpose, so the
+    /// caller's runtime cannot poll for events meanwhile; over loopback the bytes are in the
+    /// caller's socket once the write returned.
+    pub fn send_stray(&self) {
+        self.send_stray.send(()).unwrap();
+        self.stray_written.recv().unwrap();
+    }
+
+    /// Waits for the upstream's thread, which ends when the proxy's side of its connection closes.
+    pub fn join(self) {
+        self.thread.join().unwrap();
+    }
+}
+
 /// Bytes that arrive after an answer, while its connection is idle, are seen before the
 /// connection is lent again, even when the runtime has not polled for events since: hyper would
 /// read them as the next request's answer.
 #[test]
 fn bytes_that_came_after_an_answer_are_seen_before_its_connection_is_lent_again() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    let (send_stray, stray_asked) = std::sync::mpsc::channel::<()>();
-    let (stray_sent, stray_written) = std::sync::mpsc::channel::<()>();
-    let upstream = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let (mut socket, _) = listener.accept().unwrap();
-        let mut request = [0u8; 4096];
-        let _ = socket.read(&mut request).unwrap();
-        socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
-        stray_asked.recv().unwrap();
-        socket.write_all(b"HTTP/1.1 200 OK\r\nX-Forwarded-User: admin\r\nContent-Length: 4\r\n\r\nevil").unwrap();
-        stray_sent.send(()).unwrap();
-        let _ = socket.read(&mut request);
-    });
+    let upstream = StrayAfterAnswer::start();
     runtime.block_on(async {
-        let pool = pool(address, Duration::from_secs(30));
+        let pool = pool(upstream.address, Duration::from_secs(30));
         assert_eq!(fetch(&pool, "/first").await, "ok");
         assert_eq!(pool.idle_count(), 1, "kept after a clean answer");
-        send_stray.send(()).unwrap();
-        // Blocking on purpose: over loopback the bytes are in our socket once the write returned.
-        stray_written.recv().unwrap();
+        upstream.send_stray();
         assert!(pool.take_idle().is_none(), "a connection with an answer nobody asked for is never lent");
         // Closed for its bytes, not passed over as busy (which would leave it in the queue).
         assert_eq!(pool.idle_count(), 0);
     });
     // The connection's task (and with it the socket) ends with the runtime.
     drop(runtime);
-    upstream.join().unwrap();
+    upstream.join();
 }

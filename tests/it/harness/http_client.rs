@@ -16,41 +16,29 @@ pub struct Browser {
 
 impl Browser {
     pub fn new() -> Self {
-        let jar = Arc::new(Jar::default());
-        let http = reqwest::Client::builder()
-            .cookie_provider(jar.clone())
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(PATIENCE)
-            .build()
-            .unwrap();
-        Self { http, jar }
+        Self::with(|builder| builder)
     }
 
     /// A browser that closes each connection after its request (for tests that count the
     /// proxy's connections).
     pub fn without_keep_alive() -> Self {
-        let jar = Arc::new(Jar::default());
-        let http = reqwest::Client::builder()
-            .cookie_provider(jar.clone())
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(PATIENCE)
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap();
-        Self { http, jar }
+        Self::with(|builder| builder.pool_max_idle_per_host(0))
     }
 
     /// A browser whose `hosts` resolve to `addr` (a proxy or a front proxy on loopback).
     pub fn resolving(addr: SocketAddr, hosts: &[&str]) -> Self {
+        Self::with(|builder| hosts.iter().fold(builder, |builder, host| builder.resolve(host, addr)))
+    }
+
+    /// The stand-in's client (a cookie jar, no redirects followed, [`PATIENCE`]), as `configure`
+    /// adjusts it.
+    fn with(configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder) -> Self {
         let jar = Arc::new(Jar::default());
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .cookie_provider(jar.clone())
             .redirect(reqwest::redirect::Policy::none())
             .timeout(PATIENCE);
-        for host in hosts {
-            builder = builder.resolve(host, addr);
-        }
-        Self { http: builder.build().unwrap(), jar }
+        Self { http: configure(builder).build().unwrap(), jar }
     }
 
     /// The `Cookie` header the browser would send to `url`.
