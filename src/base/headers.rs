@@ -164,6 +164,27 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
 }
 
+/// Whether `name` is one of [`HOP_BY_HOP`], which never pass the proxy in either direction.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.iter().any(|hop| hop == name)
+}
+
+/// A `Connection` token that names a header of the message for removal. A token may name a
+/// header we must keep end to end; RFC 9110 §7.6.1 says the sender meant it as
+/// connection-specific, so it goes, unless losing it would change what is asked for. Tokens that
+/// name hop-by-hop headers (`keep-alive`, `upgrade`) or none (`close`) go anyway.
+fn names_another_field(token: &str) -> bool {
+    !token.eq_ignore_ascii_case("close")
+        && !HOP_BY_HOP.iter().any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
+        && !NEVER_CONNECTION_SPECIFIC.iter().any(|kept| token.eq_ignore_ascii_case(kept))
+}
+
+/// Whether `Connection` names fields besides the hop-by-hop ones, which [`strip_hop_by_hop`]
+/// would then remove too.
+pub fn connection_names_fields(headers: &HeaderMap) -> bool {
+    connection_tokens(headers).any(names_another_field)
+}
+
 /// Removes hop-by-hop headers, including any the sender listed in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most requests carry none of these, and most responses only `Connection: keep-alive`: look
@@ -176,15 +197,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
-    // A token may name a header we must keep end to end; RFC 9110 says the sender meant it as
-    // connection-specific, so it goes, unless losing it would change what is asked for. Tokens
-    // that name hop-by-hop headers (`keep-alive`, `upgrade`) or none (`close`) go below anyway.
     let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter(|token| {
-            !token.eq_ignore_ascii_case("close")
-                && !HOP_BY_HOP.iter().any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
-                && !NEVER_CONNECTION_SPECIFIC.iter().any(|kept| token.eq_ignore_ascii_case(kept))
-        })
+        .filter(|token| names_another_field(token))
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .filter(|name| headers.contains_key(name))
         .collect();
@@ -206,14 +220,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// names, [`OTHER_IDENTITY`] and everything under [`OTHER_IDENTITY_PREFIXES`], in any case or
 /// `_`/`-` spelling.
 pub fn strip_identity(headers: &mut HeaderMap, identity_names: &[HeaderName], extra_prefixes: &[String]) {
-    let has_prefix = |n: &str, prefix: &str| n.get(..prefix.len()).is_some_and(|p| same_header(p, prefix));
-    let is_identity = |name: &HeaderName| {
-        let n = name.as_str();
-        identity_names.iter().any(|id| same_header(n, id.as_str()))
-            || OTHER_IDENTITY.iter().any(|id| same_header(n, id))
-            || OTHER_IDENTITY_PREFIXES.iter().any(|prefix| has_prefix(n, prefix))
-            || extra_prefixes.iter().any(|prefix| has_prefix(n, prefix))
-    };
+    let is_identity = |name: &HeaderName| is_identity_lookalike(name, identity_names, extra_prefixes);
     if !headers.keys().any(is_identity) {
         return;
     }
@@ -221,6 +228,17 @@ pub fn strip_identity(headers: &mut HeaderMap, identity_names: &[HeaderName], ex
     for name in doomed {
         headers.remove(name);
     }
+}
+
+/// Whether a client-sent `name` could be mistaken for an identity ([`strip_identity`] removes
+/// it).
+pub fn is_identity_lookalike(name: &HeaderName, identity_names: &[HeaderName], extra_prefixes: &[String]) -> bool {
+    let n = name.as_str();
+    let has_prefix = |prefix: &str| n.get(..prefix.len()).is_some_and(|p| same_header(p, prefix));
+    identity_names.iter().any(|id| same_header(n, id.as_str()))
+        || OTHER_IDENTITY.iter().any(|id| same_header(n, id))
+        || OTHER_IDENTITY_PREFIXES.iter().any(|prefix| has_prefix(prefix))
+        || extra_prefixes.iter().any(|prefix| has_prefix(prefix))
 }
 
 /// The values of the cookie called `name`, from every `Cookie` header (HTTP/2 clients may send
@@ -234,10 +252,20 @@ pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator
     )
 }
 
-/// Removes our cookies from the request, keeping the upstream's own cookies intact, and folds
-/// what is left into a single `Cookie` header (RFC 9113 §8.2.3 allows either form; HTTP/1.1
-/// upstreams expect one).
-pub fn strip_cookies(headers: &mut HeaderMap, ours: &[impl AsRef<str>]) {
+/// The `Cookie` line the upstream is sent: the client's, without ours.
+pub enum ForwardedCookie<'a> {
+    /// No cookie is left (none was sent, or only ours).
+    Absent,
+    /// The client's one line, which holds none of ours.
+    AsSent(&'a HeaderValue),
+    /// What is left of the client's lines once ours are taken out, folded into one.
+    Rebuilt(HeaderValue),
+}
+
+/// Our cookies taken out of the request's, keeping the upstream's own cookies intact, and what
+/// is left folded into a single line (RFC 9113 §8.2.3 allows either form; HTTP/1.1 upstreams
+/// expect one).
+pub fn forwarded_cookie<'a>(headers: &'a HeaderMap, ours: &[impl AsRef<str>]) -> ForwardedCookie<'a> {
     let is_ours = |pair: &str| {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
         ours.iter().any(|o| o.as_ref() == name)
@@ -257,10 +285,9 @@ pub fn strip_cookies(headers: &mut HeaderMap, ours: &[impl AsRef<str>]) {
         }
     }
     match (lines, own, others) {
-        (0, _, _) | (1, 0, 1..usize::MAX) => return,
-        (_, _, 0) => {
-            headers.remove(header::COOKIE);
-            return;
+        (0, _, _) | (_, _, 0) => return ForwardedCookie::Absent,
+        (1, 0, 1..usize::MAX) => {
+            return headers.get(header::COOKIE).map_or(ForwardedCookie::Absent, ForwardedCookie::AsSent);
         }
         _ => {}
     }
@@ -274,12 +301,25 @@ pub fn strip_cookies(headers: &mut HeaderMap, ours: &[impl AsRef<str>]) {
             !pair.is_empty() && !ours.iter().any(|o| o.as_ref() == name)
         })
         .collect();
-    headers.remove(header::COOKIE);
-    if !kept.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
-    {
-        headers.insert(header::COOKIE, value);
+    match HeaderValue::from_str(&kept.join("; ")) {
+        Ok(value) if !kept.is_empty() => ForwardedCookie::Rebuilt(value),
+        _ => ForwardedCookie::Absent,
     }
+}
+
+/// Removes our cookies from the request and folds what is left into one line
+/// ([`forwarded_cookie`]).
+pub fn strip_cookies(headers: &mut HeaderMap, ours: &[impl AsRef<str>]) {
+    let rebuilt = match forwarded_cookie(headers, ours) {
+        ForwardedCookie::AsSent(_) => return,
+        ForwardedCookie::Absent => None,
+        ForwardedCookie::Rebuilt(value) => Some(value),
+    };
+    match rebuilt {
+        // `insert` replaces every earlier line.
+        Some(value) => headers.insert(header::COOKIE, value),
+        None => headers.remove(header::COOKIE),
+    };
 }
 
 /// Removes `Set-Cookie` headers from an upstream response that would overwrite our cookies:
@@ -393,18 +433,42 @@ fn address_value(ip: IpAddr) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&text[..len]).ok()
 }
 
-/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` for the upstream. Client copies are
-/// kept (and extended) only from trusted proxies; from anyone else they are replaced, so a client
-/// cannot claim to be `127.0.0.1` (authentik CVE-2024-47070).
-pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientInfo, trusted: &[IpNet]) {
+/// The forwarding headers the proxy sets for the upstream, whoever sent copies of them.
+const SET_BY_PROXY: [HeaderName; 4] = [X_FORWARDED_FOR, X_REAL_IP, X_FORWARDED_PROTO, X_FORWARDED_HOST];
+
+/// Whether `name` is one the proxy sets ([`SET_BY_PROXY`]): a client's copy is replaced.
+pub fn is_set_by_proxy(name: &HeaderName) -> bool {
+    SET_BY_PROXY.iter().any(|set| set == name)
+}
+
+/// Whether `name` tells where a request came from or what it was ([`FORWARDING`],
+/// [`ORIGINAL_REQUEST`]), in any spelling: believed only from a trusted proxy.
+pub fn is_forwarding(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    FORWARDING.iter().any(|f| same_header(n, f)) || ORIGINAL_REQUEST.iter().any(|f| same_header(n, f))
+}
+
+/// What [`set_forwarding`] decides for a request.
+pub struct Forwarding {
+    /// The peer is a trusted proxy, whose forwarding headers are kept ([`is_forwarding`]).
+    pub from_trusted: bool,
+    /// Each of [`SET_BY_PROXY`] with the value it is sent with, or none (the header is left out).
+    pub set: [(HeaderName, Option<HeaderValue>); 4],
+}
+
+/// The forwarding headers for the upstream. Client copies are kept (and extended) only from
+/// trusted proxies; from anyone else they are replaced, so a client cannot claim to be
+/// `127.0.0.1` (authentik CVE-2024-47070).
+pub fn forwarding(headers: &HeaderMap, client: &ClientInfo, trusted: &[IpNet]) -> Forwarding {
     let from_trusted = is_trusted(client.peer, trusted);
+    // Always the host the proxy answered for, even from a trusted balancer: the access rules and
+    // the identity were decided for it, so the upstream must not route on another.
     let host = headers.get(header::HOST).cloned();
     let proto = headers
         .get(X_FORWARDED_PROTO)
         .filter(|v| from_trusted && matches!(v.as_bytes(), b"http" | b"https"))
         .cloned()
         .unwrap_or(HeaderValue::from_static(client.scheme));
-
     let peer = address_value(client.peer);
     let xff = if from_trusted && headers.contains_key(X_FORWARDED_FOR) {
         let prior: Vec<&str> = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
@@ -413,33 +477,29 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientInfo, trusted: &[I
         peer.clone()
     };
     let real_ip = if client.real_ip == client.peer { peer } else { address_value(client.real_ip) };
-    if !from_trusted {
-        let untrusted = |name: &HeaderName| {
-            let n = name.as_str();
-            FORWARDING.iter().any(|f| same_header(n, f)) || ORIGINAL_REQUEST.iter().any(|f| same_header(n, f))
-        };
-        if headers.keys().any(untrusted) {
-            let doomed: Vec<HeaderName> = headers.keys().filter(|n| untrusted(n)).cloned().collect();
-            for name in doomed {
-                headers.remove(name);
-            }
-        }
+    Forwarding {
+        from_trusted,
+        set: [(X_FORWARDED_FOR, xff), (X_REAL_IP, real_ip), (X_FORWARDED_PROTO, Some(proto)), (X_FORWARDED_HOST, host)],
     }
-    // `insert` replaces every earlier value of the name.
-    let mut set = |name: HeaderName, value: Option<HeaderValue>| match value {
-        Some(value) => {
-            headers.insert(name, value);
-        }
-        None => {
+}
+
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` for the upstream, and removes
+/// every other forwarding header unless the peer is a trusted proxy ([`forwarding`]).
+pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientInfo, trusted: &[IpNet]) {
+    let Forwarding { from_trusted, set } = forwarding(headers, client, trusted);
+    if !from_trusted && headers.keys().any(is_forwarding) {
+        let doomed: Vec<HeaderName> = headers.keys().filter(|n| is_forwarding(n)).cloned().collect();
+        for name in doomed {
             headers.remove(name);
         }
-    };
-    set(X_FORWARDED_FOR, xff);
-    set(X_REAL_IP, real_ip);
-    set(X_FORWARDED_PROTO, Some(proto));
-    // Always the host the proxy answered for, even from a trusted balancer: the access rules and
-    // the identity were decided for it, so the upstream must not route on another.
-    set(X_FORWARDED_HOST, host);
+    }
+    for (name, value) in set {
+        // `insert` replaces every earlier value of the name.
+        match value {
+            Some(value) => headers.insert(name, value),
+            None => headers.remove(name),
+        };
+    }
 }
 #[cfg(test)]
 #[path = "headers_tests.rs"]

@@ -20,6 +20,7 @@ use tokio::io::AsyncWrite;
 use crate::base::headers::{self, ClientInfo};
 use crate::domain::access::Verdict;
 use crate::domain::session::{Lookup, Session};
+use crate::web::forward::upstream_head::{fields_size, put_fields};
 use crate::web::forward::{ForwardError, Forwarder, UpstreamTime};
 use crate::web::gate::Weighed;
 use crate::web::malformed::refuse_malformed;
@@ -76,9 +77,8 @@ impl App {
         // An identity that cannot be built is an error page, which is the full path's to give.
         let identity = full.upstream_identity(&self.signer).ok()?;
         let head_request = request.method() == Method::HEAD;
-        let (mut parts, ()) = request.into_parts();
-        forwarder.prepare(&mut parts, Some(&identity), &client);
-        Some(Ticket { head: encode_request(&parts), head_request, user: full.user().name.to_string(), client_ip })
+        let head = forwarder.upstream_head(request, &identity, &client);
+        Some(Ticket { head, head_request, user: full.user().name.to_string(), client_ip })
     }
 }
 
@@ -121,20 +121,6 @@ impl Forwarder {
             Err(e) => Ok(Relayed { status, upstream_time, broke_off: Some(e) }),
         }
     }
-}
-
-/// A request head in HTTP/1.1's wire form (RFC 9112 §3): origin-form target, one line a field.
-fn encode_request(parts: &http::request::Parts) -> Vec<u8> {
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut head =
-        Vec::with_capacity(parts.method.as_str().len() + target.len() + 13 + fields_size(&parts.headers) + 2);
-    head.extend_from_slice(parts.method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    put_fields(&mut head, &parts.headers);
-    head.extend_from_slice(b"\r\n");
-    head
 }
 
 /// An answer's head for the client, framed by us: one `Content-Length` for a length body,
@@ -195,20 +181,6 @@ fn now_as_http_date() -> HeaderValue {
         }
         value.clone()
     })
-}
-
-/// The bytes [`put_fields`] writes: sized once, the head is never copied to grow.
-fn fields_size(headers: &http::HeaderMap) -> usize {
-    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum()
-}
-
-fn put_fields(head: &mut Vec<u8>, headers: &http::HeaderMap) {
-    for (name, value) in headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
 }
 
 /// A bodiless answer of our own (an error page) for a client on the express lane, with

@@ -21,6 +21,9 @@ use crate::web::pages::Body;
 use crate::web::raw_upstream::RawUpstream;
 use crate::web::upstream_pool::UpstreamPool;
 
+#[path = "upstream_head.rs"]
+pub(crate) mod upstream_head;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("the upstream could not be reached: {0}")]
@@ -102,6 +105,8 @@ pub struct Forwarder {
     body_idle_timeout: Duration,
     /// The express lane's connections (`web::express`): only to a plain-http upstream.
     raw: Option<Arc<RawUpstream>>,
+    /// The express lane may write upstream heads in one pass ([`upstream_head::one_pass_agrees`]).
+    direct_head: bool,
 }
 
 impl Forwarder {
@@ -141,19 +146,22 @@ impl Forwarder {
             .map_err(|e| ProxySetupError::Upstream(e.to_string()))?;
         let upstream_host =
             HeaderValue::from_str(upstream.authority.as_str()).map_err(|e| ProxySetupError::Upstream(e.to_string()))?;
+        let stripped: Vec<http::HeaderName> = config
+            .identity
+            .headers
+            .all()
+            .into_iter()
+            .cloned()
+            .chain(config.identity.strip_headers.iter().cloned())
+            .collect();
+        let direct_head =
+            upstream_head::one_pass_agrees(&config.identity.headers, &stripped, &config.identity.strip_prefixes);
         Ok(Self {
             pool: UpstreamPool::new(connector, target, settings.pool_idle_timeout),
             upstream_host,
             response_timeout: settings.response_timeout,
             identity_headers: config.identity.headers.clone(),
-            stripped: config
-                .identity
-                .headers
-                .all()
-                .into_iter()
-                .cloned()
-                .chain(config.identity.strip_headers.iter().cloned())
-                .collect(),
+            stripped,
             stripped_prefixes: config.identity.strip_prefixes.clone(),
             own_cookies,
             trusted_proxies: config.trusted_proxies.clone(),
@@ -164,6 +172,7 @@ impl Forwarder {
                 let address = format!("{}:{port}", upstream.authority.host());
                 RawUpstream::new(address, settings.connect_timeout, settings.pool_idle_timeout)
             }),
+            direct_head,
         })
     }
 

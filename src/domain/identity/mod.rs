@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -342,10 +342,32 @@ pub struct UpstreamIdentity {
 impl UpstreamIdentity {
     /// Sets the identity headers. The caller has already removed every client-sent copy.
     pub fn apply(&self, headers: &mut HeaderMap, names: &IdentityHeaders) {
-        headers.insert(names.user.clone(), self.user.clone());
-        headers.insert(names.email.clone(), self.email.clone());
-        headers.insert(names.groups.clone(), self.groups.clone());
-        headers.insert(names.assertion.clone(), self.assertion.clone());
+        for (name, value) in self.fields(names) {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
+    /// An identity with these values, for tests of what carries it: outside tests only a full
+    /// session makes one.
+    #[cfg(test)]
+    pub(crate) fn for_tests(
+        user: &'static str,
+        email: &'static str,
+        groups: &'static str,
+        assertion: &'static str,
+    ) -> Self {
+        let value = HeaderValue::from_static;
+        Self { user: value(user), email: value(email), groups: value(groups), assertion: value(assertion) }
+    }
+
+    /// The identity headers, each with its value.
+    pub fn fields<'a>(&'a self, names: &'a IdentityHeaders) -> [(&'a HeaderName, &'a HeaderValue); 4] {
+        [
+            (&names.user, &self.user),
+            (&names.email, &self.email),
+            (&names.groups, &self.groups),
+            (&names.assertion, &self.assertion),
+        ]
     }
 }
 

@@ -1,0 +1,155 @@
+//! The request head the upstream is sent from the express lane, in HTTP/1.1's wire form.
+//!
+//! [`Forwarder::prepare`] states the rules on a `HeaderMap`: hop-by-hop fields, identity
+//! look-alikes and our cookies come out, the forwarding fields and the identity go in. Applied to
+//! a map and then written out, each removal and insertion hashes a name, and for the common
+//! request that was a fifth of the lane's work (`bench/instructions.sh`). So the lane writes the
+//! head in one pass over the client's fields instead, asking the same predicates of
+//! `base::headers` field by field: a field passes if `prepare` would have kept it, and what
+//! `prepare` adds is written after them, computed by the same functions.
+//!
+//! The one pass only agrees with `prepare` where no rule reads what an earlier rule removed. That
+//! holds unless an operator's `identity.strip_headers` names a field the forwarding rules read
+//! (checked once, at start: [`Forwarder::new`] sets `direct_head`), or the client's `Connection`
+//! names further fields to drop (checked per request). Those requests, and any without a `Host`,
+//! are prepared on a map as the full path prepares them. A property test holds the two ways to
+//! the same result (`upstream_head_tests.rs`).
+
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
+
+use super::Forwarder;
+use crate::base::headers::{self, ClientInfo, ForwardedCookie, Forwarding};
+use crate::config::IdentityHeaders;
+use crate::domain::identity::UpstreamIdentity;
+
+/// The fields a one-pass head must see as the client sent them: the forwarding rules read
+/// `Host`, `X-Forwarded-For` and `X-Forwarded-Proto`, the cookie rule reads `Cookie`, and the
+/// proxy's own fields must not also be identity headers.
+const READ_OR_SET_BY_RULES: [HeaderName; 6] = [
+    header::HOST,
+    header::COOKIE,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+/// Whether, under this configuration, a head written in one pass is the head `prepare` makes:
+/// no field the rules read is stripped as an identity look-alike, and the identity headers are
+/// four distinct names apart from the proxy's own.
+pub(super) fn one_pass_agrees(identity: &IdentityHeaders, stripped: &[HeaderName], prefixes: &[String]) -> bool {
+    let names = identity.all();
+    let distinct = names.iter().enumerate().all(|(i, a)| names[i + 1..].iter().all(|b| a != b));
+    distinct
+        && !READ_OR_SET_BY_RULES.iter().any(|n| headers::is_identity_lookalike(n, stripped, prefixes))
+        && !names.iter().any(|n| READ_OR_SET_BY_RULES.contains(n))
+}
+
+impl Forwarder {
+    /// The head of `request` (a GET or HEAD the gate let through, as the lane parsed it) for the
+    /// upstream, with `identity`.
+    pub(crate) fn upstream_head(
+        &self,
+        request: Request<()>,
+        identity: &UpstreamIdentity,
+        client: &ClientInfo,
+    ) -> Vec<u8> {
+        let fields = request.headers();
+        if self.direct_head
+            && request.uri().authority().is_none()
+            && fields.contains_key(header::HOST)
+            && !headers::connection_names_fields(fields)
+        {
+            return self.write_head(&request, identity, client);
+        }
+        let (mut parts, ()) = request.into_parts();
+        self.prepare(&mut parts, Some(identity), client);
+        encode_request(&parts)
+    }
+
+    /// [`Forwarder::prepare`] and [`encode_request`] in one pass over the client's fields.
+    fn write_head(&self, request: &Request<()>, identity: &UpstreamIdentity, client: &ClientInfo) -> Vec<u8> {
+        let fields = request.headers();
+        let Forwarding { from_trusted, set } = headers::forwarding(fields, client, &self.trusted_proxies);
+        let cookie = match headers::forwarded_cookie(fields, &self.own_cookies) {
+            ForwardedCookie::Absent => None,
+            ForwardedCookie::AsSent(value) => Some(std::borrow::Cow::Borrowed(value)),
+            ForwardedCookie::Rebuilt(value) => Some(std::borrow::Cow::Owned(value)),
+        };
+        let identity = identity.fields(&self.identity_headers);
+        let passes = |name: &HeaderName| {
+            !(headers::is_hop_by_hop(name)
+                || name == header::COOKIE
+                || headers::is_identity_lookalike(name, &self.stripped, &self.stripped_prefixes)
+                || headers::is_set_by_proxy(name)
+                || (!from_trusted && headers::is_forwarding(name)))
+        };
+        let method = request.method().as_str();
+        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let added = set.iter().filter_map(|(name, value)| Some(field_size(name, value.as_ref()?))).sum::<usize>()
+            + identity.iter().map(|(name, value)| field_size(name, value)).sum::<usize>();
+        // The client's fields are an upper bound for what passes of them, cookie included.
+        let mut head = Vec::with_capacity(method.len() + target.len() + 13 + fields_size(fields) + added + 2);
+        put_request_line(&mut head, method, target);
+        for (name, value) in fields.iter().filter(|(name, _)| passes(name)) {
+            put_field(&mut head, name, value);
+        }
+        if let Some(cookie) = cookie {
+            put_field(&mut head, &header::COOKIE, &cookie);
+        }
+        for (name, value) in &set {
+            if let Some(value) = value {
+                put_field(&mut head, name, value);
+            }
+        }
+        for (name, value) in identity {
+            put_field(&mut head, name, value);
+        }
+        head.extend_from_slice(b"\r\n");
+        head
+    }
+}
+
+/// A request head in HTTP/1.1's wire form (RFC 9112 §3): origin-form target, one line a field.
+pub(crate) fn encode_request(parts: &http::request::Parts) -> Vec<u8> {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let method = parts.method.as_str();
+    let mut head = Vec::with_capacity(method.len() + target.len() + 13 + fields_size(&parts.headers) + 2);
+    put_request_line(&mut head, method, target);
+    put_fields(&mut head, &parts.headers);
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+fn put_request_line(head: &mut Vec<u8>, method: &str, target: &str) {
+    head.extend_from_slice(method.as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// The bytes [`put_fields`] writes: sized once, a head is never copied to grow.
+pub(crate) fn fields_size(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(name, value)| field_size(name, value)).sum()
+}
+
+fn field_size(name: &HeaderName, value: &HeaderValue) -> usize {
+    name.as_str().len() + value.len() + 4
+}
+
+pub(crate) fn put_fields(head: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        put_field(head, name, value);
+    }
+}
+
+fn put_field(head: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    head.extend_from_slice(name.as_str().as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value.as_bytes());
+    head.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+#[path = "upstream_head_tests.rs"]
+mod tests;
