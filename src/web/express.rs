@@ -84,11 +84,13 @@ impl App {
 
 impl Forwarder {
     /// Sends a ticket's request and writes the answer to `client`. An error is one nothing was
-    /// written for yet: the client gets the full path's error page.
+    /// written for yet: the client gets the full path's error page. `others_on_lane`: other
+    /// connections of this worker are on the lane, whose requests may be sent with this one.
     pub async fn express<W: AsyncWrite + Unpin>(
         &self,
         ticket: &Ticket,
         client: &mut W,
+        others_on_lane: bool,
     ) -> Result<Relayed, ForwardError> {
         let Some(raw) = self.raw_upstream() else {
             return Err(ForwardError::Unreachable("no express lane to an https upstream".into()));
@@ -100,9 +102,12 @@ impl Forwarder {
         // connections: 0.89 preemptions of the proxy per request became about 0.5, the
         // upstream's CPU per request fell from 26-31 to 17-22 µs, and `bench/run.sh` went from
         // 0.69x nginx to 0.90-0.95x (README, Performance).
-        // At one connection there is nothing to wait for, and the yield is one poll of the
-        // runtime's I/O driver (current-thread runtime: a yielded task runs after that poll).
-        tokio::task::yield_now().await;
+        // The yield is one poll of the runtime's I/O driver (current-thread runtime: a yielded
+        // task runs after that poll), a system call: with no other connection on the lane there
+        // is nothing to wait for, and it is skipped.
+        if others_on_lane {
+            tokio::task::yield_now().await;
+        }
         let started = std::time::Instant::now();
         let timeout = self.response_timeout();
         let mut exchange = match tokio::time::timeout(timeout, raw.send(&ticket.head, ticket.head_request)).await {

@@ -270,6 +270,14 @@ impl Validator {
                     "one of HTTP's own headers, not an identity",
                     "remove it; only identity headers belong here",
                 );
+            } else if let Some(own) = HTTP_OWN.iter().find(|own| family && own.starts_with(body.as_str())) {
+                // `H*` would take `Host` out of every request, `C*` its `Content-Type`.
+                self.problem(
+                    &key,
+                    Some(entry),
+                    &format!("a family that takes in one of HTTP's own headers ({own})"),
+                    "name the identity headers, or a family only they belong to, like \"X-Corp-*\"",
+                );
             } else if family {
                 prefixes.push(body);
             } else {

@@ -65,12 +65,39 @@ pub(super) struct Carrier<'a> {
     pub activity: &'a Arc<Activity>,
 }
 
+thread_local! {
+    /// How many connections of this thread's worker are on the lane. Each worker is one thread
+    /// with a current-thread runtime, so its connections never move to another.
+    static ON_THE_LANE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A connection's place in [`ON_THE_LANE`], for as long as it is on the lane.
+struct OnTheLane;
+
+impl OnTheLane {
+    fn join() -> Self {
+        ON_THE_LANE.set(ON_THE_LANE.get() + 1);
+        OnTheLane
+    }
+
+    fn others() -> bool {
+        ON_THE_LANE.get() > 1
+    }
+}
+
+impl Drop for OnTheLane {
+    fn drop(&mut self) {
+        ON_THE_LANE.set(ON_THE_LANE.get().saturating_sub(1));
+    }
+}
+
 /// Serves requests on the lane until one is not its own, the connection goes quiet, or it is
 /// to close.
 pub(super) async fn serve<I>(io: &mut ClientIo<I>, handler: Carrier<'_>, watch: &mut Watch, limits: &Limits) -> Lane
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let _on_the_lane = OnTheLane::join();
     let mut read = BytesMut::from(&io.take_unread()[..]);
     loop {
         if read.is_empty() {
@@ -147,7 +174,7 @@ where
     let Some(ticket) = handler.app.express_ticket(request, handler.conn, handler.forwarder).await else {
         return Carried::Declined;
     };
-    let outcome = handler.forwarder.express(&ticket, io).await;
+    let outcome = handler.forwarder.express(&ticket, io, OnTheLane::others()).await;
     let served =
         |upstream_time| Served { method: &method, path: &path, client: ticket.client_ip, started, upstream_time };
     match outcome {
@@ -284,6 +311,25 @@ mod tests {
             }
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_connection_alone_on_its_workers_lane_knows_it_and_one_among_others_does_too() {
+        let first = OnTheLane::join();
+        assert!(!OnTheLane::others(), "alone: its request is sent at once");
+        let second = OnTheLane::join();
+        assert!(OnTheLane::others(), "two: each waits for the other's request to go with it");
+        drop(first);
+        assert!(!OnTheLane::others(), "a connection that left the lane is not counted");
+        // Another worker's connections are not this one's company.
+        std::thread::spawn(|| {
+            let _elsewhere = OnTheLane::join();
+            assert!(!OnTheLane::others());
+        })
+        .join()
+        .unwrap();
+        drop(second);
+        assert_eq!(ON_THE_LANE.get(), 0);
     }
 
     #[test]
