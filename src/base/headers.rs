@@ -322,24 +322,23 @@ pub fn strip_cookies(headers: &mut HeaderMap, ours: &[impl AsRef<str>]) {
     };
 }
 
+/// Whether a `Set-Cookie` value from the upstream would set one of our cookies (in any case).
+pub fn sets_our_cookie(value: &HeaderValue, ours: &[impl AsRef<str>]) -> bool {
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let name = text.split(['=', ';']).next().unwrap_or("").trim();
+    // A cookie without a name (`=portcullis=X`) is one some clients read as `portcullis`
+    // (RFC 6265bis §5.6 gives it an empty name; not everyone follows it): none pass.
+    name.is_empty() || ours.iter().any(|o| o.as_ref().eq_ignore_ascii_case(name))
+}
+
 /// Removes `Set-Cookie` headers from an upstream response that would overwrite our cookies:
 /// an upstream (or a user's app inside it) must not be able to plant a session.
 pub fn strip_set_cookie(headers: &mut HeaderMap, ours: &[impl AsRef<str>]) {
     if !headers.contains_key(header::SET_COOKIE) {
         return;
     }
-    let kept: Vec<HeaderValue> = headers
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter(|v| {
-            let text = String::from_utf8_lossy(v.as_bytes());
-            let name = text.split(['=', ';']).next().unwrap_or("").trim();
-            // A cookie without a name (`=portcullis=X`) is one some clients read as `portcullis`
-            // (RFC 6265bis §5.6 gives it an empty name; not everyone follows it): none pass.
-            !name.is_empty() && !ours.iter().any(|o| o.as_ref().eq_ignore_ascii_case(name))
-        })
-        .cloned()
-        .collect();
+    let kept: Vec<HeaderValue> =
+        headers.get_all(header::SET_COOKIE).iter().filter(|v| !sets_our_cookie(v, ours)).cloned().collect();
     headers.remove(header::SET_COOKIE);
     for v in kept {
         headers.append(header::SET_COOKIE, v);

@@ -20,7 +20,7 @@ use tokio::io::AsyncWrite;
 use crate::base::headers::{self, ClientInfo};
 use crate::domain::access::Verdict;
 use crate::domain::session::{Lookup, Session};
-use crate::web::forward::upstream_head::{fields_size, put_fields};
+use crate::web::forward::answer_head::encode_response;
 use crate::web::forward::{ForwardError, Forwarder, UpstreamTime};
 use crate::web::gate::Weighed;
 use crate::web::malformed::refuse_malformed;
@@ -118,74 +118,13 @@ impl Forwarder {
         };
         let upstream_time = UpstreamTime(started.elapsed());
         let status = exchange.head.status;
-        self.clean_response(&mut exchange.head.headers);
-        let head = encode_response(&mut exchange.head.headers, status, exchange.head.framing);
+        let head = self.answer_head(status, &mut exchange.head.headers, exchange.head.framing);
         match exchange.relay(head, client, raw).await {
             Ok(()) => Ok(Relayed { status, upstream_time, broke_off: None }),
             Err(RelayError::Unanswered(why)) => Err(ForwardError::BadResponse(why)),
             Err(e) => Ok(Relayed { status, upstream_time, broke_off: Some(e) }),
         }
     }
-}
-
-/// An answer's head for the client, framed by us: one `Content-Length` for a length body,
-/// chunked for anything else with a body.
-fn encode_response(headers: &mut http::HeaderMap, status: StatusCode, framing: Framing) -> Vec<u8> {
-    match framing {
-        Framing::Length(length) => {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-        }
-        Framing::Chunked | Framing::UntilClose => {
-            headers.remove(header::CONTENT_LENGTH);
-            headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        }
-        // A HEAD or 304 answer keeps the length it would have had; a 204 has none (RFC 9110 §8.6).
-        Framing::Empty if status == StatusCode::NO_CONTENT => {
-            headers.remove(header::CONTENT_LENGTH);
-        }
-        Framing::Empty => {}
-    }
-    // The head, and a small body after it in the same buffer (one write for the whole answer).
-    if !headers.contains_key(header::DATE) {
-        // RFC 9110 §6.6.1: an origin with a clock sends one; hyper adds it on the full path.
-        headers.insert(header::DATE, now_as_http_date());
-    }
-    // Room for a small body to follow (up to 1 KiB): a buffer no larger than it needs stays in
-    // glibc's per-thread cache (up to 1,032 bytes), where a larger one takes the slow path.
-    let body_room = match framing {
-        Framing::Empty => 0,
-        Framing::Length(length) => length.min(1024) as usize,
-        Framing::Chunked | Framing::UntilClose => 1024,
-    };
-    let mut head = Vec::with_capacity(48 + fields_size(headers) + 2 + body_room);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(status.as_str().as_bytes());
-    head.push(b' ');
-    // The standard phrase, never the upstream's (which may hold any byte).
-    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    head.extend_from_slice(b"\r\n");
-    put_fields(&mut head, headers);
-    head.extend_from_slice(b"\r\n");
-    head
-}
-
-/// The current time as an HTTP date, formatted once a second per thread.
-fn now_as_http_date() -> HeaderValue {
-    use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-    thread_local! {
-        static LAST: RefCell<(u64, HeaderValue)> = const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
-    }
-    let now = SystemTime::now();
-    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    LAST.with_borrow_mut(|(at, value)| {
-        if *at != second {
-            *value =
-                HeaderValue::from_str(&httpdate::fmt_http_date(now)).unwrap_or_else(|_| HeaderValue::from_static(""));
-            *at = second;
-        }
-        value.clone()
-    })
 }
 
 /// A bodiless answer of our own (an error page) for a client on the express lane, with

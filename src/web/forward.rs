@@ -21,6 +21,8 @@ use crate::web::pages::Body;
 use crate::web::raw_upstream::RawUpstream;
 use crate::web::upstream_pool::UpstreamPool;
 
+#[path = "answer_head.rs"]
+pub(crate) mod answer_head;
 #[path = "upstream_head.rs"]
 pub(crate) mod upstream_head;
 

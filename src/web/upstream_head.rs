@@ -143,7 +143,7 @@ pub(crate) fn put_fields(head: &mut Vec<u8>, headers: &HeaderMap) {
     }
 }
 
-fn put_field(head: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+pub(crate) fn put_field(head: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     head.extend_from_slice(name.as_str().as_bytes());
     head.extend_from_slice(b": ");
     head.extend_from_slice(value.as_bytes());

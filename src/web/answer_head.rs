@@ -1,0 +1,152 @@
+//! The head of an upstream's answer as the express lane sends it to the client, in HTTP/1.1's
+//! wire form.
+//!
+//! [`Forwarder::clean_response`] states the rules on a `HeaderMap` (hop-by-hop fields and any
+//! `Set-Cookie` of ours come out), and [`encode_response`] frames the answer our way (one
+//! `Content-Length`, or chunked) and dates it. As with the request's head
+//! (`upstream_head`), the lane does both in one pass over the upstream's fields, asking the same
+//! predicates of `base::headers` field by field; an answer whose `Connection` names further fields
+//! is cleaned on a map. A property test holds the two ways to the same result
+//! (`answer_head_tests.rs`).
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+
+use super::Forwarder;
+use super::upstream_head::{fields_size, put_field, put_fields};
+use crate::base::headers;
+use crate::web::raw_upstream::Framing;
+
+impl Forwarder {
+    /// The head of an upstream's answer (its status, its fields as read, how its body is
+    /// framed) for the client.
+    pub(crate) fn answer_head(&self, status: StatusCode, fields: &mut HeaderMap, framing: Framing) -> Vec<u8> {
+        if headers::connection_names_fields(fields) {
+            self.clean_response(fields);
+            return encode_response(fields, status, framing);
+        }
+        // RFC 9112 §6.3: with both, `Transfer-Encoding` frames the message and `Content-Length`
+        // must go (`strip_hop_by_hop`). Otherwise an answer without a body (to HEAD, a 304) keeps
+        // the length it would have had; a 204 has none (RFC 9110 §8.6); any other is framed by us.
+        let keeps_length = framing == Framing::Empty
+            && status != StatusCode::NO_CONTENT
+            && !fields.contains_key(header::TRANSFER_ENCODING);
+        let passes = |name: &HeaderName, value: &HeaderValue| {
+            !(headers::is_hop_by_hop(name)
+                || (name == header::CONTENT_LENGTH && !keeps_length)
+                || (name == header::SET_COOKIE && headers::sets_our_cookie(value, &self.own_cookies)))
+        };
+        let mut length = [0u8; 20];
+        let framing_field: Option<(HeaderName, &[u8])> = match framing {
+            Framing::Length(n) => Some((header::CONTENT_LENGTH, decimal(n, &mut length))),
+            Framing::Chunked | Framing::UntilClose => Some((header::TRANSFER_ENCODING, b"chunked")),
+            Framing::Empty => None,
+        };
+        let date = (!fields.contains_key(header::DATE)).then(now_as_http_date);
+        let added = framing_field.as_ref().map_or(0, |(name, value)| name.as_str().len() + value.len() + 4)
+            + date.as_ref().map_or(0, |value| 4 + value.len() + 4);
+        let mut head = Vec::with_capacity(48 + fields_size(fields) + added + 2 + body_room(framing));
+        put_status_line(&mut head, status);
+        for (name, value) in fields.iter().filter(|(name, value)| passes(name, value)) {
+            put_field(&mut head, name, value);
+        }
+        if let Some((name, value)) = framing_field {
+            put_raw_field(&mut head, &name, value);
+        }
+        if let Some(date) = date {
+            put_field(&mut head, &header::DATE, &date);
+        }
+        head.extend_from_slice(b"\r\n");
+        head
+    }
+}
+
+/// `n` in decimal, written into `buffer`.
+fn decimal(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut at = buffer.len();
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buffer[at..];
+        }
+    }
+}
+
+fn put_raw_field(head: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+    head.extend_from_slice(name.as_str().as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+fn put_status_line(head: &mut Vec<u8>, status: StatusCode) {
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    // The standard phrase, never the upstream's (which may hold any byte).
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+}
+
+/// Room for a small body to follow the head in its buffer (one write for the whole answer), up
+/// to 1 KiB: a buffer no larger than it needs stays in glibc's per-thread cache (up to 1,032
+/// bytes), where a larger one takes the slow path.
+fn body_room(framing: Framing) -> usize {
+    match framing {
+        Framing::Empty => 0,
+        Framing::Length(length) => length.min(1024) as usize,
+        Framing::Chunked | Framing::UntilClose => 1024,
+    }
+}
+
+/// An answer's head for the client, framed by us: one `Content-Length` for a length body,
+/// chunked for anything else with a body.
+pub(crate) fn encode_response(headers: &mut HeaderMap, status: StatusCode, framing: Framing) -> Vec<u8> {
+    match framing {
+        Framing::Length(length) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        Framing::Chunked | Framing::UntilClose => {
+            headers.remove(header::CONTENT_LENGTH);
+            headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
+        // A HEAD or 304 answer keeps the length it would have had; a 204 has none (RFC 9110 §8.6).
+        Framing::Empty if status == StatusCode::NO_CONTENT => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        Framing::Empty => {}
+    }
+    if !headers.contains_key(header::DATE) {
+        // RFC 9110 §6.6.1: an origin with a clock sends one; hyper adds it on the full path.
+        headers.insert(header::DATE, now_as_http_date());
+    }
+    let mut head = Vec::with_capacity(48 + fields_size(headers) + 2 + body_room(framing));
+    put_status_line(&mut head, status);
+    put_fields(&mut head, headers);
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// The current time as an HTTP date, formatted once a second per thread.
+fn now_as_http_date() -> HeaderValue {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static LAST: RefCell<(u64, HeaderValue)> = const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST.with_borrow_mut(|(at, value)| {
+        if *at != second {
+            *value =
+                HeaderValue::from_str(&httpdate::fmt_http_date(now)).unwrap_or_else(|_| HeaderValue::from_static(""));
+            *at = second;
+        }
+        value.clone()
+    })
+}
+
+#[cfg(test)]
+#[path = "answer_head_tests.rs"]
+mod tests;
