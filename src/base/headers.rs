@@ -182,7 +182,18 @@ fn names_another_field(token: &str) -> bool {
 /// Whether `Connection` names fields besides the hop-by-hop ones, which [`strip_hop_by_hop`]
 /// would then remove too.
 pub fn connection_names_fields(headers: &HeaderMap) -> bool {
-    connection_tokens(headers).any(names_another_field)
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        // The usual values, answered without splitting (this runs twice for every request the
+        // express lane carries).
+        let bytes = value.as_bytes();
+        if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
+            return false;
+        }
+        // As [`connection_tokens`] reads them.
+        value
+            .to_str()
+            .is_ok_and(|text| text.split(',').map(str::trim).filter(|t| !t.is_empty()).any(names_another_field))
+    })
 }
 
 /// Removes hop-by-hop headers, including any the sender listed in `Connection`.

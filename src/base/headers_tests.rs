@@ -59,6 +59,28 @@ fn connection_is_a_token_list() {
 }
 
 #[test]
+fn connection_names_fields_only_with_a_token_that_is_not_hop_by_hop_close_or_kept() {
+    let names = |value: &[u8]| {
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, HeaderValue::from_bytes(value).unwrap());
+        connection_names_fields(&headers)
+    };
+    assert!(!connection_names_fields(&HeaderMap::new()));
+    for nothing in
+        [&b"keep-alive"[..], b"Keep-Alive", b"close", b"Keep-Alive, Upgrade", b" , ,", b"host, Content-Length", b"\xff"]
+    {
+        assert!(!names(nothing), "{:?}", String::from_utf8_lossy(nothing));
+    }
+    for something in [&b"X-Secret"[..], b"keep-alive, X-Forwarded-For", b"close,set-cookie"] {
+        assert!(names(something), "{:?}", String::from_utf8_lossy(something));
+    }
+    let mut two = map(&[("connection", "keep-alive"), ("connection", "x-secret")]);
+    assert!(connection_names_fields(&two), "tokens on a second line count");
+    two.remove(header::CONNECTION);
+    assert!(!connection_names_fields(&two));
+}
+
+#[test]
 fn hop_by_hop_and_connection_named_headers_go() {
     let mut h = map(&[
         ("connection", "keep-alive, x-secret-hop"),
