@@ -146,15 +146,15 @@ fn same_header(a: &str, b: &str) -> bool {
 }
 
 /// The tokens of every `Connection` header (RFC 9110 §7.6.1: a comma-separated list, case
-/// insensitive, possibly split over several header lines), trimmed, in their original case.
+/// insensitive, possibly split over several header lines), trimmed, in their original case. A
+/// line is split as bytes, so a byte that is not ASCII spoils only its own token, never the
+/// names beside it.
 pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    headers.get_all(header::CONNECTION).iter().flat_map(|v| tokens(v.as_bytes()))
+}
+
+fn tokens(line: &[u8]) -> impl Iterator<Item = &str> {
+    line.split(|&b| b == b',').filter_map(|t| std::str::from_utf8(t).ok()).map(str::trim).filter(|t| !t.is_empty())
 }
 
 /// The protocol a client asks to switch to, when the request is an upgrade: `Connection`
@@ -189,10 +189,7 @@ pub fn connection_names_fields(headers: &HeaderMap) -> bool {
         if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
             return false;
         }
-        // As [`connection_tokens`] reads them.
-        value
-            .to_str()
-            .is_ok_and(|text| text.split(',').map(str::trim).filter(|t| !t.is_empty()).any(names_another_field))
+        tokens(bytes).any(names_another_field)
     })
 }
 

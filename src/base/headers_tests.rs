@@ -71,7 +71,8 @@ fn connection_names_fields_only_with_a_token_that_is_not_hop_by_hop_close_or_kep
     {
         assert!(!names(nothing), "{:?}", String::from_utf8_lossy(nothing));
     }
-    for something in [&b"X-Secret"[..], b"keep-alive, X-Forwarded-For", b"close,set-cookie"] {
+    for something in [&b"X-Secret"[..], b"keep-alive, X-Forwarded-For", b"close,set-cookie", b"x-a, \xe9", b"\xff,X-A"]
+    {
         assert!(names(something), "{:?}", String::from_utf8_lossy(something));
     }
     let mut two = map(&[("connection", "keep-alive"), ("connection", "x-secret")]);
@@ -92,6 +93,15 @@ fn hop_by_hop_and_connection_named_headers_go() {
     ]);
     strip_hop_by_hop(&mut h);
     assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["accept"]);
+}
+
+#[test]
+fn a_byte_that_is_not_ascii_in_connection_spares_no_field_it_names() {
+    let mut h = map(&[("x-a", "1"), ("x-b", "2"), ("x-kept", "3")]);
+    h.append(header::CONNECTION, HeaderValue::from_bytes(b"x-a, \xe9, X-B\xff, x-b").unwrap());
+    strip_hop_by_hop(&mut h);
+    let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    assert_eq!(left, vec!["x-kept"]);
 }
 
 #[test]

@@ -280,8 +280,9 @@ fn parse(whole: &Bytes) -> Parsed {
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Declined };
     let Ok(uri) = Uri::from_maybe_shared(whole.slice_ref(target.as_bytes())) else { return Parsed::Declined };
-    // Room for what `Forwarder::prepare` adds (forwarding and identity headers): never regrown.
-    let mut headers = HeaderMap::with_capacity(head.headers.len() + 12);
+    // The upstream's head is written from these fields, not added to them
+    // (`Forwarder::upstream_head`): no room for more.
+    let mut headers = HeaderMap::with_capacity(head.headers.len());
     for field in head.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(field.name.as_bytes()),
