@@ -330,6 +330,26 @@ pub fn strip_cookies(headers: &mut HeaderMap, ours: &[impl AsRef<str>]) {
     };
 }
 
+/// The one length all `Content-Length` values agree on (RFC 9110 §8.6 allows a repeated list of
+/// the same number), or `None` (also when there is none).
+pub fn one_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.to_str().ok()?.split(',') {
+            let item = item.trim();
+            if item.is_empty() || item.len() > 19 || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let n: u64 = item.parse().ok()?;
+            if length.is_some_and(|seen| seen != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
+
 /// Whether a `Set-Cookie` value from the upstream would set one of our cookies (in any case).
 pub fn sets_our_cookie(value: &HeaderValue, ours: &[impl AsRef<str>]) -> bool {
     let text = String::from_utf8_lossy(value.as_bytes());

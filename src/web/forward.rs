@@ -342,6 +342,7 @@ impl Forwarder {
                 }
             });
             let (mut parts, _) = response.into_parts();
+            parts.extensions.remove::<hyper::ext::ReasonPhrase>();
             let protocol = parts.headers.get(header::UPGRADE).cloned();
             headers::strip_hop_by_hop(&mut parts.headers);
             headers::strip_set_cookie(&mut parts.headers, &self.own_cookies);
@@ -356,9 +357,33 @@ impl Forwarder {
 
         let (mut parts, body) = response.into_parts();
         self.clean_response(&mut parts.headers);
+        answer_as_the_lane_does(&mut parts);
         let mut response = Response::from_parts(parts, lease.attach(body).map_err(Into::into).boxed());
         response.extensions_mut().insert(upstream_time);
         Ok(response)
+    }
+}
+
+/// An answer from hyper's client told as the express lane tells it (`web::answer_head`):
+///
+/// * the standard reason phrase, never the upstream's, which may hold anything (hyper keeps one
+///   that differs as an extension, and its server writes it back out);
+/// * one plain `Content-Length` (`5, 5` is one number, RFC 9110 §8.6), and none on a 204. On an
+///   answer without a body (to HEAD, a 304) hyper reads no length, so one that is not a number
+///   reaches here, and goes. One hyper read but we do not (`+5`) goes too: hyper's server then
+///   frames the body it has by its size.
+fn answer_as_the_lane_does(parts: &mut http::response::Parts) {
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+    if !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        return;
+    }
+    match headers::one_length(&parts.headers) {
+        Some(length) if parts.status != StatusCode::NO_CONTENT => {
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        _ => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
     }
 }
 

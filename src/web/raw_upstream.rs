@@ -281,7 +281,7 @@ fn interpret(answer: &httparse::Response<'_, '_>, head_request: bool) -> Result<
         // is passed on only as one plain number. An answer that announces a body it must not
         // send ends its connection: were a body to follow after all, in a later packet, it would
         // be read as the next visitor's answer.
-        match one_length(&headers) {
+        match crate::base::headers::one_length(&headers) {
             Some(length) => {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
                 reusable &= length == 0 && !headers.contains_key(header::TRANSFER_ENCODING);
@@ -307,32 +307,12 @@ fn interpret(answer: &httparse::Response<'_, '_>, head_request: bool) -> Result<
             Framing::UntilClose
         }
     } else if headers.contains_key(header::CONTENT_LENGTH) {
-        Framing::Length(one_length(&headers).ok_or("a Content-Length that is not one number")?)
+        Framing::Length(crate::base::headers::one_length(&headers).ok_or("a Content-Length that is not one number")?)
     } else {
         reusable = false;
         Framing::UntilClose
     };
     Ok(Some(AnswerHead { status, headers, framing, reusable }))
-}
-
-/// The one length all `Content-Length` values agree on (RFC 9110 §8.6 allows a repeated list of
-/// the same number), or `None` (also when there is none).
-fn one_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.to_str().ok()?.split(',') {
-            let item = item.trim();
-            if item.is_empty() || item.len() > 19 || !item.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let n: u64 = item.parse().ok()?;
-            if length.is_some_and(|seen| seen != n) {
-                return None;
-            }
-            length = Some(n);
-        }
-    }
-    length
 }
 
 /// How a relay ended badly.

@@ -53,3 +53,61 @@ async fn an_answer_framed_two_ways_reaches_the_client_whole_and_framed_once() {
         assert_eq!((after.status().as_u16(), after.text().await.unwrap().as_str()), (200, "after"));
     }
 }
+
+/// An upstream with odd ways of answering: its own reason phrase, a length on a 204, a length
+/// that is not a number, the same length twice.
+async fn odd_answers_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while let Some(head) = super::request_head(&mut stream).await {
+                    let path = head.split(|&b| b == b' ').nth(1).unwrap_or_default().to_vec();
+                    let answer: &[u8] = match &path[..] {
+                        b"/phrase" => b"HTTP/1.1 404 <script>alert(1)</script>\r\nContent-Length: 5\r\n\r\nhello",
+                        b"/no-content" => b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                        b"/not-a-number" => b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
+                    };
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The full path tells an answer as the lane does (`web::answer_head`): the standard reason
+/// phrase, never the upstream's, and one plain length or none. hyper's server wrote the
+/// upstream's phrase back out, and passed on a length to HEAD that was not one number, or was
+/// on a 204 (attack pass, 2026-12-02).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_full_path_tells_an_odd_answer_as_the_lane_does() {
+    let upstream = odd_answers_upstream().await;
+    let proxy = proxy(&format!("http://{upstream}")).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).expect("signed in");
+    let host = proxy.addr;
+    // `Connection: close` keeps each request off the lane.
+    let ask = |method: &str, path: &str| {
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n");
+        super::raw(&proxy, request.as_bytes()).to_ascii_lowercase()
+    };
+    let phrase = ask("GET", "/phrase");
+    assert!(phrase.starts_with("http/1.1 404 not found\r\n"), "{phrase}");
+    assert!(!phrase.contains("script"), "{phrase}");
+    for method in ["GET", "HEAD"] {
+        let no_content = ask(method, "/no-content");
+        assert!(no_content.starts_with("http/1.1 204") && !no_content.contains("content-length"), "{no_content}");
+        let twice = ask(method, "/twice");
+        assert!(twice.starts_with("http/1.1 200") && twice.contains("content-length: 5\r\n"), "{twice}");
+        assert!(!twice.contains("5, 5"), "{twice}");
+    }
+    let not_a_number = ask("HEAD", "/not-a-number");
+    assert!(not_a_number.starts_with("http/1.1 200") && !not_a_number.contains("abc"), "{not_a_number}");
+}
