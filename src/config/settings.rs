@@ -412,6 +412,10 @@ pub struct ProxySettings {
     /// How long the upstream may take to start answering (response headers) before we send 504.
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
+    /// Upstream connections are kept for the next request (`proxy.upstream_keepalive`, on by
+    /// default). Off, each request has a connection of its own: an upstream that answers more
+    /// than it was asked can then never hand one user's page to the next request.
+    pub upstream_keepalive: bool,
     /// Extra trust anchors for an https upstream with a private CA; `None` uses the system's.
     pub upstream_ca_file: Option<PathBuf>,
     pub shutdown_grace: Duration,

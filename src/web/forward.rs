@@ -156,10 +156,12 @@ impl Forwarder {
             .cloned()
             .chain(config.identity.strip_headers.iter().cloned())
             .collect();
+        // Zero: a connection serves one request and is closed (`proxy.upstream_keepalive`).
+        let kept_idle = if settings.upstream_keepalive { settings.pool_idle_timeout } else { Duration::ZERO };
         let direct_head =
             upstream_head::one_pass_agrees(&config.identity.headers, &stripped, &config.identity.strip_prefixes);
         Ok(Self {
-            pool: UpstreamPool::new(connector, target, settings.pool_idle_timeout),
+            pool: UpstreamPool::new(connector, target, kept_idle),
             upstream_host,
             response_timeout: settings.response_timeout,
             identity_headers: config.identity.headers.clone(),
@@ -172,7 +174,7 @@ impl Forwarder {
             raw: (upstream.scheme == http::uri::Scheme::HTTP).then(|| {
                 let port = upstream.authority.port_u16().unwrap_or(80);
                 let address = format!("{}:{port}", upstream.authority.host());
-                RawUpstream::new(address, settings.connect_timeout, settings.pool_idle_timeout)
+                RawUpstream::new(address, settings.connect_timeout, kept_idle)
             }),
             direct_head,
         })

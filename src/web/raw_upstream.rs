@@ -168,14 +168,18 @@ impl RawUpstream {
             Ok(Ok(stream)) => stream,
         };
         let _ = stream.set_nodelay(true);
-        if !self.reaper_started.swap(true, Ordering::Relaxed) {
+        if !self.idle_timeout.is_zero() && !self.reaper_started.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap_while_alive(Arc::downgrade(self), self.idle_timeout, Self::reap_idle));
         }
         Ok(stream)
     }
 
-    /// Keeps a connection whose answer was read exactly to its end (`read` is empty).
+    /// Keeps a connection whose answer was read exactly to its end (`read` is empty), unless
+    /// connections are not kept at all (an idle timeout of zero: `proxy.upstream_keepalive`).
     fn give_back(&self, stream: TcpStream, mut read: BytesMut) {
+        if self.idle_timeout.is_zero() {
+            return;
+        }
         read.clear();
         // Takes back the room before the read position (the buffer is empty and not shared).
         read.reserve(READ_BUFFER);

@@ -164,14 +164,16 @@ impl<B: OutgoingBody> UpstreamPool<B> {
                 tracing::debug!("upstream connection ended: {e}");
             }
         });
-        if !self.reaper_started.swap(true, Ordering::Relaxed) {
+        if !self.idle_timeout.is_zero() && !self.reaper_started.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap_while_alive(Arc::downgrade(self), self.idle_timeout, Self::reap_idle));
         }
         Ok(Pooled { sender, socket })
     }
 
+    /// Keeps a connection for the next request, unless it is closed or connections are not kept
+    /// at all (an idle timeout of zero: `proxy.upstream_keepalive`).
     fn give_back(&self, conn: Pooled<B>) {
-        if conn.sender.is_closed() {
+        if conn.sender.is_closed() || self.idle_timeout.is_zero() {
             return;
         }
         // A full queue drops (closes) the connection: enough are idle already.

@@ -29,6 +29,8 @@ fn minimal_config_gets_safe_defaults() {
     assert_eq!(c.mfa.policy, MfaPolicy::Optional);
     assert_eq!(c.identity.audience, "https://app.example.com");
     assert_eq!(c.session.idle_timeout, Duration::from_secs(30 * 60));
+    assert!(c.proxy.upstream_keepalive, "upstream connections are kept unless told");
+    assert!(!parse_ok(&format!("{MINIMAL}\n[proxy]\nupstream_keepalive = false")).proxy.upstream_keepalive);
 }
 
 #[test]

@@ -111,3 +111,73 @@ async fn the_full_path_tells_an_odd_answer_as_the_lane_does() {
     let not_a_number = ask("HEAD", "/not-a-number");
     assert!(not_a_number.starts_with("http/1.1 200") && !not_a_number.contains("abc"), "{not_a_number}");
 }
+
+/// An upstream that answers `/double` twice: once at once, and again, late, when the next
+/// request arrives on the same connection (before that request's own answer). Anything else is
+/// answered with its path. Counts the connections it accepted.
+async fn late_second_answer_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut owed = false;
+                while let Some(head) = super::request_head(&mut stream).await {
+                    if std::mem::take(&mut owed) {
+                        let late: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nLEAKED";
+                        if stream.write_all(late).await.is_err() {
+                            return;
+                        }
+                    }
+                    let path =
+                        String::from_utf8_lossy(head.split(|&b| b == b' ').nth(1).unwrap_or_default()).into_owned();
+                    owed = path == "/double";
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len());
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// `proxy.upstream_keepalive = false`: each request has an upstream connection of its own, on
+/// the lane and on the full path, so an answer the upstream sends late, unasked, reaches no one.
+/// With connections kept it is the next request's answer, whoever sent it (attack pass,
+/// 2026-12-02; README, Performance): this test fails with the option ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_upstream_keepalive_a_late_extra_answer_reaches_no_one() {
+    use std::sync::atomic::Ordering;
+    let (upstream, accepted) = late_second_answer_upstream().await;
+    let proxy = proxy(&format!("http://{upstream}")).toml("[proxy]\nupstream_keepalive = false").start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).expect("signed in");
+    let before = accepted.load(Ordering::SeqCst);
+    // The lane: a signed-in GET on a connection of its own.
+    let lane = async |path: &str| {
+        let client = reqwest::Client::new();
+        let answer = client.get(proxy.url(path)).header("cookie", &cookie).send().await.unwrap();
+        answer.text().await.unwrap()
+    };
+    // The full path: `Connection: close` keeps the request off the lane.
+    let host = proxy.addr;
+    let full = |path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n");
+        let answer = super::raw(&proxy, request.as_bytes());
+        answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+    };
+    for _ in 0..2 {
+        assert_eq!(lane("/double").await, "/double");
+        assert_eq!(lane("/next").await, "/next", "the late answer was lent to the next request");
+        assert_eq!(full("/double"), "/double");
+        assert_eq!(full("/next"), "/next", "the late answer was lent to the next request");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst) - before, 8, "one upstream connection a request");
+}
