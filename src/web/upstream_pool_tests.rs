@@ -123,10 +123,22 @@ async fn a_connection_the_upstream_closes_is_not_used_again() {
 }
 
 #[tokio::test]
+async fn a_pool_without_keepalive_closes_each_connection_after_its_answer() {
+    let (address, accepted) = upstream().await;
+    let pool = pool(address, Duration::ZERO);
+    for _ in 0..3 {
+        assert_eq!(fetch(&pool, "/small").await, "hello");
+        assert_eq!(pool.idle_count(), 0, "nothing is kept");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "a connection a request");
+}
+
+#[tokio::test]
 async fn connections_idle_past_the_timeout_are_closed() {
     let (address, accepted) = upstream().await;
-    // Every connection is past a zero timeout as soon as it is given back.
-    let pool = pool(address, Duration::ZERO);
+    // Every connection is past a timeout of a nanosecond as soon as it is given back (zero
+    // would mean connections are not kept at all: the next test).
+    let pool = pool(address, Duration::from_nanos(1));
     assert_eq!(fetch(&pool, "/small").await, "hello");
     assert_eq!(pool.idle_count(), 1);
     pool.reap_idle();
