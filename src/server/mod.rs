@@ -323,6 +323,7 @@ async fn worker(
     stop: watch::Receiver<bool>,
     started: tokio::sync::oneshot::Sender<()>,
 ) {
+    let stop = worker_stop(stop);
     let mut loops = Vec::new();
     for socket in sockets {
         match TcpListener::from_std(socket) {
@@ -338,6 +339,23 @@ async fn worker(
     for accept in loops {
         let _ = accept.await;
     }
+}
+
+/// The worker's own copy of the stop signal. Every connection waits on it between requests,
+/// and tokio's `watch` registers each waiter under a mutex: shared by all workers it was a lock
+/// every worker took twice a request. This one is only ever taken on the worker's thread.
+fn worker_stop(mut shared: watch::Receiver<bool>) -> watch::Receiver<bool> {
+    let (local, receiver) = watch::channel(*shared.borrow_and_update());
+    tokio::spawn(async move {
+        // Told to stop, or the server's sender is gone: either way the connections stop.
+        while !*shared.borrow_and_update() {
+            if shared.changed().await.is_err() {
+                break;
+            }
+        }
+        let _ = local.send(true);
+    });
+    receiver
 }
 
 /// A half-logged-in session ran out: if the account has a second factor, someone knew the password

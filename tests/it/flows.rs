@@ -229,3 +229,35 @@ async fn account_page_shows_who_is_signed_in() {
     assert!(html.contains("alice@example.com") && html.contains("staff, wiki-admins"));
     assert_eq!(upstream.count(), 0, "own pages are never forwarded");
 }
+
+/// A browser's kept connections, quiet between requests on the lane and mid-wait in hyper,
+/// hear a stop at once: each worker's connections wait on the worker's own copy of the stop
+/// signal, which must still reach them. Were it lost, the proxy would not stop at all (its
+/// accept loops wait on the same copy), and were it slow, it would wait out the whole
+/// `proxy.shutdown_grace` (30 s here) before it closed them.
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_connections_hear_a_stop_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let mut proxy = proxy(&upstream.url()).toml("[proxy]\nshutdown_grace = \"30s\"").start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).expect("signed in");
+    let mut kept = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!("GET /kept HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\n\r\n", proxy.addr);
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = [0u8; 64];
+        let n = stream.read(&mut answer).await.unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..n]));
+        kept.push(stream);
+    }
+    let asked = std::time::Instant::now();
+    assert!(proxy.stop().success(), "SIGTERM is a clean shutdown");
+    assert!(asked.elapsed() < std::time::Duration::from_secs(20), "the stop waited {:?}", asked.elapsed());
+    for mut stream in kept {
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    }
+}
