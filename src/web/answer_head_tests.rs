@@ -32,23 +32,13 @@ fn on_a_map(status: StatusCode, fields: &HeaderMap, framing: Framing) -> Vec<u8>
     encode_response(&mut fields, status, framing)
 }
 
-/// A head as its status line and its fields grouped by name in a stable order (the order of
-/// different names carries no meaning, RFC 9110 §5.3). A `Date` the proxy added is the time it
-/// was written: only its presence is compared.
+/// A head as `upstream_head::tests::normalized` reads it; a `Date` the proxy added is the time
+/// it was written, so only its presence is compared.
 fn normalized(head: &[u8], dated_by_upstream: bool) -> (String, Vec<(String, Vec<u8>)>) {
-    assert!(head.ends_with(b"\r\n\r\n"), "a head ends with an empty line");
-    let text = &head[..head.len() - 2];
-    let mut lines = text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| l.strip_suffix(b"\r").expect("CRLF"));
-    let status_line = String::from_utf8(lines.next().unwrap().to_vec()).unwrap();
-    let mut fields: Vec<(String, Vec<u8>)> = lines
-        .map(|line| {
-            let at = line.iter().position(|&b| b == b':').expect("a field line");
-            let name = String::from_utf8(line[..at].to_vec()).unwrap();
-            let value = if name == "date" && !dated_by_upstream { b"(now)".to_vec() } else { line[at + 2..].to_vec() };
-            (name, value)
-        })
-        .collect();
-    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    let (status_line, mut fields) = super::super::upstream_head::tests::normalized(head);
+    if !dated_by_upstream {
+        fields.iter_mut().filter(|(name, _)| name == "date").for_each(|(_, value)| *value = b"(now)".to_vec());
+    }
     (status_line, fields)
 }
 

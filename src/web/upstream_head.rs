@@ -152,4 +152,4 @@ pub(crate) fn put_field(head: &mut Vec<u8>, name: &HeaderName, value: &HeaderVal
 
 #[cfg(test)]
 #[path = "upstream_head_tests.rs"]
-mod tests;
+pub(super) mod tests;

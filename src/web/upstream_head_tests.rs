@@ -50,9 +50,10 @@ fn prepared(forwarder: &Forwarder, request: &Request<()>, client: &ClientInfo) -
     encode_request(&parts)
 }
 
-/// A head as its request line and its fields, grouped by name in a stable order: the order of
-/// different names carries no meaning (RFC 9110 §5.3), the order of one name's lines does.
-fn normalized(head: &[u8]) -> (String, Vec<(String, Vec<u8>)>) {
+/// A head (a request's or an answer's) as its first line and its fields, grouped by name in a
+/// stable order: the order of different names carries no meaning (RFC 9110 §5.3), the order of
+/// one name's lines does.
+pub(in crate::web::forward) fn normalized(head: &[u8]) -> (String, Vec<(String, Vec<u8>)>) {
     assert!(head.ends_with(b"\r\n\r\n"), "a head ends with an empty line");
     let text = &head[..head.len() - 2];
     let mut lines = text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| l.strip_suffix(b"\r").expect("CRLF"));

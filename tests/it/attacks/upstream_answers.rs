@@ -6,21 +6,18 @@ use tokio::io::AsyncWriteExt;
 
 use crate::harness::{ALICE, Browser, proxy};
 
-/// An upstream that answers `/both` framed two ways at once (chunked, and a `Content-Length`
-/// shorter than the chunks), and anything else plainly, on keep-alive connections.
-async fn double_framing_upstream() -> std::net::SocketAddr {
+/// A raw-socket upstream on keep-alive connections that answers each request with the bytes
+/// `answer` gives for its path.
+async fn scripted_upstream(answer: fn(&str) -> &'static [u8]) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 while let Some(head) = super::request_head(&mut stream).await {
-                    let answer: &[u8] = if head.starts_with(b"GET /both ") {
-                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter"
-                    };
-                    if stream.write_all(answer).await.is_err() {
+                    let path =
+                        String::from_utf8_lossy(head.split(|&b| b == b' ').nth(1).unwrap_or_default()).into_owned();
+                    if stream.write_all(answer(&path)).await.is_err() {
                         return;
                     }
                 }
@@ -28,6 +25,16 @@ async fn double_framing_upstream() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// An upstream that answers `/both` framed two ways at once (chunked, and a `Content-Length`
+/// shorter than the chunks), and anything else plainly.
+async fn double_framing_upstream() -> std::net::SocketAddr {
+    scripted_upstream(|path| match path {
+        "/both" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter",
+    })
+    .await
 }
 
 /// RFC 9112 §6.3: `Transfer-Encoding` wins over `Content-Length`, and an intermediary drops the
@@ -57,27 +64,13 @@ async fn an_answer_framed_two_ways_reaches_the_client_whole_and_framed_once() {
 /// An upstream with odd ways of answering: its own reason phrase, a length on a 204, a length
 /// that is not a number, the same length twice.
 async fn odd_answers_upstream() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                while let Some(head) = super::request_head(&mut stream).await {
-                    let path = head.split(|&b| b == b' ').nth(1).unwrap_or_default().to_vec();
-                    let answer: &[u8] = match &path[..] {
-                        b"/phrase" => b"HTTP/1.1 404 <script>alert(1)</script>\r\nContent-Length: 5\r\n\r\nhello",
-                        b"/no-content" => b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
-                        b"/not-a-number" => b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
-                        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
-                    };
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    scripted_upstream(|path| match path {
+        "/phrase" => b"HTTP/1.1 404 <script>alert(1)</script>\r\nContent-Length: 5\r\n\r\nhello",
+        "/no-content" => b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        "/not-a-number" => b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
+    })
+    .await
 }
 
 /// The full path tells an answer as the lane does (`web::answer_head`): the standard reason
