@@ -169,6 +169,11 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.iter().any(|hop| hop == name)
 }
 
+/// [`is_hop_by_hop`] for a field name as it was read, in any case.
+pub fn is_hop_by_hop_as_read(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
+}
+
 /// A `Connection` token that names a header of the message for removal. A token may name a
 /// header we must keep end to end; RFC 9110 §7.6.1 says the sender meant it as
 /// connection-specific, so it goes, unless losing it would change what is asked for. Tokens that
@@ -182,15 +187,23 @@ fn names_another_field(token: &str) -> bool {
 /// Whether `Connection` names fields besides the hop-by-hop ones, which [`strip_hop_by_hop`]
 /// would then remove too.
 pub fn connection_names_fields(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|value| {
-        // The usual values, answered without splitting (this runs twice for every request the
-        // express lane carries).
-        let bytes = value.as_bytes();
-        if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
-            return false;
-        }
-        tokens(bytes).any(names_another_field)
-    })
+    headers.get_all(header::CONNECTION).iter().any(|value| connection_line_names_fields(value.as_bytes()))
+}
+
+/// Whether one `Connection` line names fields besides the hop-by-hop ones (see
+/// [`connection_names_fields`]).
+pub fn connection_line_names_fields(line: &[u8]) -> bool {
+    // The usual values, answered without splitting (this runs twice for every request the
+    // express lane carries).
+    if line.eq_ignore_ascii_case(b"keep-alive") || line.eq_ignore_ascii_case(b"close") {
+        return false;
+    }
+    tokens(line).any(names_another_field)
+}
+
+/// Whether one `Connection` line has the token `close` (RFC 9112 §9.6).
+pub fn connection_line_closes(line: &[u8]) -> bool {
+    tokens(line).any(|token| token.eq_ignore_ascii_case("close"))
 }
 
 /// Removes hop-by-hop headers, including any the sender listed in `Connection`.
@@ -333,26 +346,47 @@ pub fn strip_cookies(headers: &mut HeaderMap, ours: &[impl AsRef<str>]) {
 /// The one length all `Content-Length` values agree on (RFC 9110 §8.6 allows a repeated list of
 /// the same number), or `None` (also when there is none).
 pub fn one_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
+    let mut length = OneLength::default();
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.to_str().ok()?.split(',') {
-            let item = item.trim();
-            if item.is_empty() || item.len() > 19 || !item.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
+        length.add(value.as_bytes());
+    }
+    length.get()
+}
+
+/// [`one_length`] gathered line by line, for fields as they were read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OneLength {
+    seen: Option<u64>,
+    spoiled: bool,
+}
+
+impl OneLength {
+    /// Takes in one `Content-Length` line: a list of decimal numbers, all equal.
+    pub fn add(&mut self, line: &[u8]) {
+        for item in line.split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            // At most 19 digits: any such number fits in a u64.
+            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+                self.spoiled = true;
+                return;
             }
-            let n: u64 = item.parse().ok()?;
-            if length.is_some_and(|seen| seen != n) {
-                return None;
+            let n = item.iter().fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
+            if self.seen.is_some_and(|seen| seen != n) {
+                self.spoiled = true;
             }
-            length = Some(n);
+            self.seen = Some(n);
         }
     }
-    length
+
+    /// The one length, if every line was a list of the same number.
+    pub fn get(self) -> Option<u64> {
+        if self.spoiled { None } else { self.seen }
+    }
 }
 
 /// Whether a `Set-Cookie` value from the upstream would set one of our cookies (in any case).
-pub fn sets_our_cookie(value: &HeaderValue, ours: &[impl AsRef<str>]) -> bool {
-    let text = String::from_utf8_lossy(value.as_bytes());
+pub fn sets_our_cookie(value: &[u8], ours: &[impl AsRef<str>]) -> bool {
+    let text = String::from_utf8_lossy(value);
     let name = text.split(['=', ';']).next().unwrap_or("").trim();
     // A cookie without a name (`=portcullis=X`) is one some clients read as `portcullis`
     // (RFC 6265bis §5.6 gives it an empty name; not everyone follows it): none pass.
@@ -366,7 +400,7 @@ pub fn strip_set_cookie(headers: &mut HeaderMap, ours: &[impl AsRef<str>]) {
         return;
     }
     let kept: Vec<HeaderValue> =
-        headers.get_all(header::SET_COOKIE).iter().filter(|v| !sets_our_cookie(v, ours)).cloned().collect();
+        headers.get_all(header::SET_COOKIE).iter().filter(|v| !sets_our_cookie(v.as_bytes(), ours)).cloned().collect();
     headers.remove(header::SET_COOKIE);
     for v in kept {
         headers.append(header::SET_COOKIE, v);

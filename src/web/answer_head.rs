@@ -4,60 +4,98 @@
 //! [`Forwarder::clean_response`] states the rules on a `HeaderMap` (hop-by-hop fields and any
 //! `Set-Cookie` of ours come out), and [`encode_response`] frames the answer our way (one
 //! `Content-Length`, or chunked) and dates it. As with the request's head
-//! (`upstream_head`), the lane does both in one pass over the upstream's fields, asking the same
-//! predicates of `base::headers` field by field; an answer whose `Connection` names further fields
-//! is cleaned on a map. A property test holds the two ways to the same result
+//! (`upstream_head`), the lane does both in one pass over the upstream's fields as `httparse` read
+//! them (no map is built: a map costs an allocation a field), asking the same predicates of
+//! `base::headers` field by field; an answer whose `Connection` names further fields is cleaned
+//! on a map. A property test holds the two ways to the same result
 //! (`answer_head_tests.rs`).
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use super::Forwarder;
-use super::upstream_head::{fields_size, put_field, put_fields};
+use super::upstream_head::{fields_size, put_fields};
 use crate::base::headers;
-use crate::web::raw_upstream::Framing;
+use crate::web::raw_upstream::{Answer, Framing};
 
 impl Forwarder {
-    /// The head of an upstream's answer (its status, its fields as read, how its body is
-    /// framed) for the client.
-    pub(crate) fn answer_head(&self, status: StatusCode, fields: &mut HeaderMap, framing: Framing) -> Vec<u8> {
-        if headers::connection_names_fields(fields) {
-            self.clean_response(fields);
-            return encode_response(fields, status, framing);
+    /// The head of an upstream's answer for the client, written from its fields as read (see
+    /// [`WriteHead`](crate::web::raw_upstream::WriteHead)).
+    pub(crate) fn answer_head(&self, answer: &Answer<'_>) -> Result<Vec<u8>, String> {
+        let Answer { status, framing, announced_length, fields } = *answer;
+        let (mut names_fields, mut transfer_encoding, mut dated) = (false, false, false);
+        for field in fields {
+            let name = field.name;
+            if name.eq_ignore_ascii_case("connection") {
+                names_fields |= headers::connection_line_names_fields(field.value);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                transfer_encoding = true;
+            } else if name.eq_ignore_ascii_case("date") {
+                dated = true;
+            }
+        }
+        if names_fields {
+            let mut fields = answer_as_map(answer)?;
+            self.clean_response(&mut fields);
+            return Ok(encode_response(&mut fields, status, framing));
         }
         // RFC 9112 §6.3: with both, `Transfer-Encoding` frames the message and `Content-Length`
         // must go (`strip_hop_by_hop`). Otherwise an answer without a body (to HEAD, a 304) keeps
-        // the length it would have had; a 204 has none (RFC 9110 §8.6); any other is framed by us.
-        let keeps_length = framing == Framing::Empty
-            && status != StatusCode::NO_CONTENT
-            && !fields.contains_key(header::TRANSFER_ENCODING);
-        let passes = |name: &HeaderName, value: &HeaderValue| {
-            !(headers::is_hop_by_hop(name)
-                || (name == header::CONTENT_LENGTH && !keeps_length)
-                || (name == header::SET_COOKIE && headers::sets_our_cookie(value, &self.own_cookies)))
+        // the one length it announced; a 204 has none (RFC 9110 §8.6); any other is framed by us.
+        let kept_length = announced_length
+            .filter(|_| framing == Framing::Empty && status != StatusCode::NO_CONTENT && !transfer_encoding);
+        let passes = |field: &&httparse::Header<'_>| {
+            let name = field.name;
+            !(headers::is_hop_by_hop_as_read(name)
+                || name.eq_ignore_ascii_case("content-length")
+                || (name.eq_ignore_ascii_case("set-cookie")
+                    && headers::sets_our_cookie(field.value, &self.own_cookies)))
         };
         let mut length = [0u8; 20];
-        let framing_field: Option<(HeaderName, &[u8])> = match framing {
-            Framing::Length(n) => Some((header::CONTENT_LENGTH, decimal(n, &mut length))),
-            Framing::Chunked | Framing::UntilClose => Some((header::TRANSFER_ENCODING, b"chunked")),
-            Framing::Empty => None,
+        let framing_field: Option<(&str, &[u8])> = match framing {
+            Framing::Length(n) => Some(("content-length", decimal(n, &mut length))),
+            Framing::Chunked | Framing::UntilClose => Some(("transfer-encoding", b"chunked")),
+            Framing::Empty => kept_length.map(|n| ("content-length", decimal(n, &mut length))),
         };
-        let date = (!fields.contains_key(header::DATE)).then(now_as_http_date);
-        let added = framing_field.as_ref().map_or(0, |(name, value)| name.as_str().len() + value.len() + 4)
+        let date = (!dated).then(now_as_http_date);
+        let fields_size: usize = fields.iter().map(|field| field.name.len() + field.value.len() + 4).sum();
+        let added = framing_field.as_ref().map_or(0, |(name, value)| name.len() + value.len() + 4)
             + date.as_ref().map_or(0, |value| 4 + value.len() + 4);
-        let mut head = Vec::with_capacity(48 + fields_size(fields) + added + 2 + body_room(framing));
+        let mut head = Vec::with_capacity(48 + fields_size + added + 2 + body_room(framing));
         put_status_line(&mut head, status);
-        for (name, value) in fields.iter().filter(|(name, value)| passes(name, value)) {
-            put_field(&mut head, name, value);
+        for field in fields.iter().filter(passes) {
+            put_raw_field(&mut head, field.name, field.value);
         }
         if let Some((name, value)) = framing_field {
-            put_raw_field(&mut head, &name, value);
+            put_raw_field(&mut head, name, value);
         }
         if let Some(date) = date {
-            put_field(&mut head, &header::DATE, &date);
+            put_raw_field(&mut head, "date", date.as_bytes());
         }
         head.extend_from_slice(b"\r\n");
-        head
+        Ok(head)
     }
+}
+
+/// An answer's fields on a map, with the length an answer without a body announces as one
+/// plain number or none (as the one-pass writer passes it on), for the rules stated on maps.
+fn answer_as_map(answer: &Answer<'_>) -> Result<HeaderMap, String> {
+    let mut fields = HeaderMap::with_capacity(answer.fields.len() + 2);
+    for field in answer.fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "a malformed header name".to_string())?;
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| format!("a malformed {name} value"))?;
+        fields.append(name, value);
+    }
+    if answer.framing == Framing::Empty {
+        match answer.announced_length {
+            Some(length) => {
+                fields.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
+            None => {
+                fields.remove(header::CONTENT_LENGTH);
+            }
+        }
+    }
+    Ok(fields)
 }
 
 /// `n` in decimal, written into `buffer`.
@@ -73,8 +111,8 @@ fn decimal(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-fn put_raw_field(head: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
-    head.extend_from_slice(name.as_str().as_bytes());
+fn put_raw_field(head: &mut Vec<u8>, name: &str, value: &[u8]) {
+    head.extend_from_slice(name.as_bytes());
     head.extend_from_slice(b": ");
     head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n");

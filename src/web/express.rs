@@ -110,7 +110,8 @@ impl Forwarder {
         }
         let started = std::time::Instant::now();
         let timeout = self.response_timeout();
-        let mut exchange = match tokio::time::timeout(timeout, raw.send(&ticket.head, ticket.head_request)).await {
+        let sent = raw.send(&ticket.head, ticket.head_request, |answer| self.answer_head(answer));
+        let exchange = match tokio::time::timeout(timeout, sent).await {
             Err(_) => return Err(ForwardError::Timeout(timeout)),
             Ok(Err(SendError::Unreachable(why))) => return Err(ForwardError::Unreachable(why)),
             Ok(Err(SendError::BadResponse(why))) => return Err(ForwardError::BadResponse(why)),
@@ -118,8 +119,7 @@ impl Forwarder {
         };
         let upstream_time = UpstreamTime(started.elapsed());
         let status = exchange.head.status;
-        let head = self.answer_head(status, &mut exchange.head.headers, exchange.head.framing);
-        match exchange.relay(head, client, raw).await {
+        match exchange.relay(client, raw).await {
             Ok(()) => Ok(Relayed { status, upstream_time, broke_off: None }),
             Err(RelayError::Unanswered(why)) => Err(ForwardError::BadResponse(why)),
             Err(e) => Ok(Relayed { status, upstream_time, broke_off: Some(e) }),

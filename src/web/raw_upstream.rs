@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use crossbeam_queue::ArrayQueue;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::base::headers::{OneLength, connection_line_closes};
 use crate::web::upstream_pool::{reap_while_alive, socket_is_quiet};
 
 /// The most an upstream's response head may take: hyper's own client allows about as much.
@@ -61,11 +62,29 @@ pub enum SendError {
     BadResponse(String),
 }
 
-/// An answer's head, read and cleaned of what only the upstream's connection meant.
+/// What the reader makes of an answer's head, for the writer of the client's head (see
+/// [`RawUpstream::send`]).
+pub struct Answer<'a> {
+    pub status: StatusCode,
+    pub framing: Framing,
+    /// For an answer without a body ([`Framing::Empty`]): the length it announces, when that is
+    /// one plain number (RFC 9110 §8.6); the only `Content-Length` it may pass on.
+    pub announced_length: Option<u64>,
+    /// The fields as read: names are tokens and values free of control bytes (`httparse`
+    /// refuses a head with anything else).
+    pub fields: &'a [httparse::Header<'a>],
+}
+
+/// Writes the client's head for an answer, or says why it cannot be passed on.
+pub trait WriteHead: Fn(&Answer<'_>) -> Result<Vec<u8>, String> {}
+impl<F: Fn(&Answer<'_>) -> Result<Vec<u8>, String>> WriteHead for F {}
+
+/// An answer's head, read: how its body is framed, and its head as the client gets it.
 pub struct AnswerHead {
     pub status: StatusCode,
-    pub headers: HeaderMap,
     pub framing: Framing,
+    /// Written by the caller's [`WriteHead`] while the fields were at hand.
+    for_client: Vec<u8>,
     /// Whether the connection may carry another request once this answer has been read.
     reusable: bool,
 }
@@ -107,7 +126,8 @@ impl RawUpstream {
         })
     }
 
-    /// Sends a request head (a request without a body) and reads the answer's head.
+    /// Sends a request head (a request without a body) and reads the answer's head, which
+    /// `write_head` turns into the client's (one pass over the fields as read: no map of them).
     ///
     /// A kept connection is looked at before it is used: one with bytes waiting (an answer nobody
     /// asked for) or closed by the upstream is dropped, never used. One the upstream closes in the
@@ -116,7 +136,12 @@ impl RawUpstream {
     /// because the request is GET or HEAD (RFC 9110 §9.2.2: idempotent; RFC 9112 §9.3.1 allows
     /// retrying it), and once is all: an upstream that closes on a request without answering it
     /// (nginx's `return 444`) is asked twice at most, not once per kept connection.
-    pub async fn send(self: &Arc<Self>, request_head: &[u8], head_request: bool) -> Result<Exchange, SendError> {
+    pub async fn send(
+        self: &Arc<Self>,
+        request_head: &[u8],
+        head_request: bool,
+        write_head: impl WriteHead,
+    ) -> Result<Exchange, SendError> {
         let mut may_retry = true;
         loop {
             let (mut stream, mut read, reused) = match self.take_idle().filter(|_| may_retry) {
@@ -132,7 +157,7 @@ impl RawUpstream {
                 }
                 return Err(SendError::Unreachable(format!("sending the request: {e}")));
             }
-            match read_head(&mut stream, &mut read, head_request).await {
+            match read_head(&mut stream, &mut read, head_request, &write_head).await {
                 Ok(head) => return Ok(Exchange { stream, read, head, sent: false }),
                 Err(HeadError::Closed { answered_in_part: false }) if retry => continue,
                 Err(HeadError::Closed { .. }) => {
@@ -223,20 +248,29 @@ fn is_quiet(stream: &TcpStream) -> bool {
 
 /// Reads the final answer's head (interim 1xx answers other than 101 are read and dropped, as
 /// hyper's client does), leaving what follows it in `read`.
-async fn read_head(stream: &mut TcpStream, read: &mut BytesMut, head_request: bool) -> Result<AnswerHead, HeadError> {
+async fn read_head(
+    stream: &mut TcpStream,
+    read: &mut BytesMut,
+    head_request: bool,
+    write_head: &impl WriteHead,
+) -> Result<AnswerHead, HeadError> {
     let mut answered_in_part = false;
     loop {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut answer = httparse::Response::new(&mut fields);
         match answer.parse(read) {
             Ok(httparse::Status::Complete(length)) => {
-                let head = interpret(&answer, head_request).map_err(HeadError::Bad)?;
+                let Some(read_as) = interpret(&answer, head_request).map_err(HeadError::Bad)? else {
+                    // An interim answer, skipped.
+                    read.advance(length);
+                    answered_in_part = true;
+                    continue;
+                };
+                let Interpreted { status, framing, announced_length, reusable } = read_as;
+                let for_client = write_head(&Answer { status, framing, announced_length, fields: answer.headers })
+                    .map_err(HeadError::Bad)?;
                 read.advance(length);
-                answered_in_part = true;
-                match head {
-                    Some(head) => return Ok(head),
-                    None => continue,
-                }
+                return Ok(AnswerHead { status, framing, for_client, reusable });
             }
             Ok(httparse::Status::Partial) if read.len() >= MAX_HEAD => {
                 return Err(HeadError::Bad(format!("a response head over {MAX_HEAD} bytes")));
@@ -255,8 +289,20 @@ async fn read_head(stream: &mut TcpStream, read: &mut BytesMut, head_request: bo
     }
 }
 
-/// The head as it will be passed on, or `None` for an interim answer to skip.
-fn interpret(answer: &httparse::Response<'_, '_>, head_request: bool) -> Result<Option<AnswerHead>, String> {
+/// What an answer's head says of its status, its body and its connection.
+pub(crate) struct Interpreted {
+    pub status: StatusCode,
+    pub framing: Framing,
+    pub announced_length: Option<u64>,
+    reusable: bool,
+}
+
+/// Reads a final answer's head, or `None` for an interim answer to skip. One pass over the
+/// fields, as read.
+pub(crate) fn interpret(
+    answer: &httparse::Response<'_, '_>,
+    head_request: bool,
+) -> Result<Option<Interpreted>, String> {
     let code = answer.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| format!("status {code}"))?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -265,58 +311,59 @@ fn interpret(answer: &httparse::Response<'_, '_>, head_request: bool) -> Result<
     if status.is_informational() {
         return Ok(None);
     }
-    // With room for the framing header the client is sent.
-    let mut headers = HeaderMap::with_capacity(answer.headers.len() + 2);
+    let (mut transfer_encoding, mut content_length, mut close) = (false, false, false);
+    let mut length = OneLength::default();
+    // The last transfer coding named (RFC 9112 §6.3 (4): chunked must be last), from the last
+    // line that is plain text.
+    let mut last_coding: Option<&[u8]> = None;
     for field in answer.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| "a malformed header name".to_string())?;
-        let value = HeaderValue::from_bytes(field.value).map_err(|_| format!("a malformed {name} value"))?;
-        headers.append(name, value);
+        let (name, value) = (field.name, field.value);
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+            if value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+                last_coding = value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            content_length = true;
+            length.add(value);
+        } else if name.eq_ignore_ascii_case("connection") {
+            close |= connection_line_closes(value);
+        }
     }
     // HTTP/1.0 answers and `Connection: close` end the connection (RFC 9112 §9.3).
-    let mut reusable = answer.version == Some(1)
-        && !crate::base::headers::connection_tokens(&headers).any(|t| t.eq_ignore_ascii_case("close"));
-    let chunked_last = || {
-        let codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-        let last = codings.filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).next_back();
-        last.is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"))
-    };
+    let mut reusable = answer.version == Some(1) && !close;
+    let mut announced_length = None;
     let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         // No body, whatever the head says. The length it announces (of the body a GET would get)
         // is passed on only as one plain number. An answer that announces a body it must not
         // send ends its connection: were a body to follow after all, in a later packet, it would
         // be read as the next visitor's answer.
-        match crate::base::headers::one_length(&headers) {
-            Some(length) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-                reusable &= length == 0 && !headers.contains_key(header::TRANSFER_ENCODING);
-            }
-            None => {
-                reusable &=
-                    !headers.contains_key(header::TRANSFER_ENCODING) && !headers.contains_key(header::CONTENT_LENGTH);
-                headers.remove(header::CONTENT_LENGTH);
-            }
-        }
+        announced_length = length.get();
+        reusable &= match announced_length {
+            Some(length) => length == 0 && !transfer_encoding,
+            None => !transfer_encoding && !content_length,
+        };
         Framing::Empty
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if transfer_encoding {
         // RFC 9112 §6.3 (3): with `Content-Length` too, the transfer coding frames it, and such an
         // answer "ought to be handled as an error": passed on (without the length), but its
         // connection is not used again.
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if content_length {
             reusable = false;
         }
-        if chunked_last() {
+        if last_coding.is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked")) {
             Framing::Chunked
         } else {
             reusable = false;
             Framing::UntilClose
         }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        Framing::Length(crate::base::headers::one_length(&headers).ok_or("a Content-Length that is not one number")?)
+    } else if content_length {
+        Framing::Length(length.get().ok_or("a Content-Length that is not one number")?)
     } else {
         reusable = false;
         Framing::UntilClose
     };
-    Ok(Some(AnswerHead { status, headers, framing, reusable }))
+    Ok(Some(Interpreted { status, framing, announced_length, reusable }))
 }
 
 /// How a relay ended badly.
@@ -332,15 +379,10 @@ pub enum RelayError {
 }
 
 impl Exchange {
-    /// Writes `head` (the answer's head as the client gets it, already encoded) and the body to
-    /// `client`, framed by us; gives the connection back to `pool` if it may carry another
-    /// request.
-    pub async fn relay<W: AsyncWrite + Unpin>(
-        mut self,
-        head: Vec<u8>,
-        client: &mut W,
-        pool: &RawUpstream,
-    ) -> Result<(), RelayError> {
+    /// Writes the answer's head as the client gets it and the body to `client`, framed by us;
+    /// gives the connection back to `pool` if it may carry another request.
+    pub async fn relay<W: AsyncWrite + Unpin>(mut self, client: &mut W, pool: &RawUpstream) -> Result<(), RelayError> {
+        let head = std::mem::take(&mut self.head.for_client);
         match self.relay_body(head, client).await {
             Err(RelayError::Upstream(why)) if !self.sent => Err(RelayError::Unanswered(why)),
             Err(e) => Err(e),

@@ -50,9 +50,9 @@ fn prepared(forwarder: &Forwarder, request: &Request<()>, client: &ClientInfo) -
     encode_request(&parts)
 }
 
-/// A head (a request's or an answer's) as its first line and its fields, grouped by name in a
-/// stable order: the order of different names carries no meaning (RFC 9110 §5.3), the order of
-/// one name's lines does.
+/// A head (a request's or an answer's) as its first line and its fields, names in lower case (a
+/// name's case carries no meaning, RFC 9110 §5.1) and grouped in a stable order: the order of
+/// different names carries no meaning (RFC 9110 §5.3), the order of one name's lines does.
 pub(in crate::web::forward) fn normalized(head: &[u8]) -> (String, Vec<(String, Vec<u8>)>) {
     assert!(head.ends_with(b"\r\n\r\n"), "a head ends with an empty line");
     let text = &head[..head.len() - 2];
@@ -61,7 +61,7 @@ pub(in crate::web::forward) fn normalized(head: &[u8]) -> (String, Vec<(String, 
     let mut fields: Vec<(String, Vec<u8>)> = lines
         .map(|line| {
             let at = line.iter().position(|&b| b == b':').expect("a field line");
-            (String::from_utf8(line[..at].to_vec()).unwrap(), line[at + 2..].to_vec())
+            (String::from_utf8(line[..at].to_ascii_lowercase()).unwrap(), line[at + 2..].to_vec())
         })
         .collect();
     fields.sort_by(|a, b| a.0.cmp(&b.0));
