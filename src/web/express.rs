@@ -14,8 +14,11 @@
 //! one set of pages and one set of error answers; the lane only adds a second way to carry a
 //! request that was already allowed.
 
+use std::pin::Pin;
+
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use tokio::io::AsyncWrite;
+use tokio::time::{Instant, Sleep};
 
 use crate::base::headers::{self, ClientInfo};
 use crate::domain::access::Verdict;
@@ -86,11 +89,17 @@ impl Forwarder {
     /// Sends a ticket's request and writes the answer to `client`. An error is one nothing was
     /// written for yet: the client gets the full path's error page. `others_on_lane`: other
     /// connections of this worker are on the lane, whose requests may be sent with this one.
+    ///
+    /// `clock` is the connection's own timer, which may ring at any time: the answer's deadline
+    /// (`proxy.response_timeout`) is checked whenever it does, and it is moved only when it would
+    /// ring too late. A timer of its own for each request would be put into the runtime's
+    /// timer wheel and taken out again every time (`bench/instructions.sh`).
     pub async fn express<W: AsyncWrite + Unpin>(
         &self,
         ticket: &Ticket,
         client: &mut W,
         others_on_lane: bool,
+        mut clock: Pin<&mut Sleep>,
     ) -> Result<Relayed, ForwardError> {
         let Some(raw) = self.raw_upstream() else {
             return Err(ForwardError::Unreachable("no express lane to an https upstream".into()));
@@ -108,14 +117,30 @@ impl Forwarder {
         if others_on_lane {
             tokio::task::yield_now().await;
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let timeout = self.response_timeout();
+        let deadline = started + timeout;
+        if clock.deadline() > deadline {
+            clock.as_mut().reset(deadline);
+        }
         let sent = raw.send(&ticket.head, ticket.head_request, |answer| self.answer_head(answer));
-        let exchange = match tokio::time::timeout(timeout, sent).await {
-            Err(_) => return Err(ForwardError::Timeout(timeout)),
-            Ok(Err(SendError::Unreachable(why))) => return Err(ForwardError::Unreachable(why)),
-            Ok(Err(SendError::BadResponse(why))) => return Err(ForwardError::BadResponse(why)),
-            Ok(Ok(exchange)) => exchange,
+        tokio::pin!(sent);
+        let exchange = loop {
+            tokio::select! {
+                biased;
+                sent = &mut sent => break sent,
+                () = clock.as_mut() => {
+                    if Instant::now() >= deadline {
+                        return Err(ForwardError::Timeout(timeout));
+                    }
+                    clock.as_mut().reset(deadline);
+                }
+            }
+        };
+        let exchange = match exchange {
+            Err(SendError::Unreachable(why)) => return Err(ForwardError::Unreachable(why)),
+            Err(SendError::BadResponse(why)) => return Err(ForwardError::BadResponse(why)),
+            Ok(exchange) => exchange,
         };
         let upstream_time = UpstreamTime(started.elapsed());
         let status = exchange.head.status;

@@ -134,7 +134,7 @@ where
         let (whole, length, request) = whole;
         // Boxed: the request's future (the gate, the upstream exchange) is several KiB, and the
         // connection's task would otherwise be sized for it while it idles.
-        match Box::pin(carry(io, &handler, request, path_of(&whole[..length]), watch.peer)).await {
+        match Box::pin(carry(io, &handler, request, path_of(&whole[..length]), watch)).await {
             Carried::Declined => {
                 io.put_back(whole);
                 return Lane::Declined;
@@ -162,7 +162,7 @@ async fn carry<I>(
     handler: &Carrier<'_>,
     request: Request<()>,
     path: String,
-    peer: std::net::SocketAddr,
+    watch: &mut Watch,
 ) -> Carried
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -174,7 +174,8 @@ where
     let Some(ticket) = handler.app.express_ticket(request, handler.conn, handler.forwarder).await else {
         return Carried::Declined;
     };
-    let outcome = handler.forwarder.express(&ticket, io, OnTheLane::others()).await;
+    let peer = watch.peer;
+    let outcome = handler.forwarder.express(&ticket, io, OnTheLane::others(), watch.check.as_mut()).await;
     let served =
         |upstream_time| Served { method: &method, path: &path, client: ticket.client_ip, started, upstream_time };
     match outcome {
