@@ -124,7 +124,7 @@ where
                 }
                 Parsed::Offered { length, request } => break (whole, length, request),
             }
-            read = whole.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            take_back(&mut read, whole);
             match next_bytes(io, &mut read, watch, deadline).await {
                 Waited::Bytes => {}
                 // Half a head for longer than the limit: as hyper does, the connection ends.
@@ -143,9 +143,17 @@ where
             Carried::Answered => {}
         }
         // What came after the head (a pipelined request) is read next, in the same buffer.
-        read = whole.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        take_back(&mut read, whole);
         let _ = read.split_to(length);
     }
+}
+
+/// Makes `whole`, split off `read` to be parsed, the read buffer again. `read` (the room left
+/// after it) lets go of the allocation first, so that `whole` holds it alone and becomes the
+/// buffer with all its room: a copy would be grown (reallocated) by the next read.
+fn take_back(read: &mut BytesMut, whole: Bytes) {
+    *read = BytesMut::new();
+    *read = whole.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
 }
 
 enum Carried {
@@ -332,6 +340,19 @@ mod tests {
         .unwrap();
         drop(second);
         assert_eq!(ON_THE_LANE.get(), 0);
+    }
+
+    #[test]
+    fn the_read_buffer_keeps_its_allocation_from_one_request_to_the_next() {
+        let mut read = BytesMut::with_capacity(8192);
+        read.extend_from_slice(b"GET / HTTP/1.1\r\n\r\nGET /next");
+        let start = read.as_ptr();
+        let whole = read.split().freeze();
+        take_back(&mut read, whole);
+        let _ = read.split_to(18);
+        assert_eq!(&read[..], b"GET /next", "what came after the head is kept");
+        assert_eq!(read.as_ptr(), start.wrapping_add(18), "in the same allocation");
+        assert!(read.capacity() >= 8192 - 18, "with its room: the next read needs no new allocation");
     }
 
     #[test]
