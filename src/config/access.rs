@@ -339,18 +339,20 @@ impl Hosts {
 /// A request's host, as rules and [`Hosts`] compare it: lower case, without the port or a
 /// trailing dot. `None` for something that is not a host at all.
 pub fn request_host(authority: &str) -> Option<String> {
-    let host = match authority.strip_prefix('[') {
+    match authority.strip_prefix('[') {
         // An IPv6 literal keeps its brackets.
-        Some(rest) => format!("[{}]", rest.split(']').next()?),
+        Some(rest) => Some(format!("[{}]", rest.split(']').next()?.to_ascii_lowercase())),
         // A port is digits; anything else after a colon is not a host at all.
-        None => match authority.rsplit_once(':') {
-            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_string(),
-            Some(_) => return None,
-            None => authority.to_string(),
-        },
-    };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
+        None => {
+            let host = match authority.rsplit_once(':') {
+                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                Some(_) => return None,
+                None => authority,
+            };
+            let host = host.trim_end_matches('.');
+            (!host.is_empty()).then(|| host.to_ascii_lowercase())
+        }
+    }
 }
 
 #[cfg(test)]

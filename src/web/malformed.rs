@@ -54,10 +54,16 @@ pub fn refuse_malformed<B>(request: &Request<B>) -> Option<Response<Body>> {
             "control character in the path",
         );
     }
-    let lengths: Vec<&HeaderValue> = h.get_all(header::CONTENT_LENGTH).iter().collect();
-    let ambiguous = (h.contains_key(header::TRANSFER_ENCODING) && !lengths.is_empty())
-        || lengths.len() > 1
-        || lengths.iter().any(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit));
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    let ambiguous = match (lengths.next(), lengths.next()) {
+        (None, _) => false,
+        (Some(length), None) => {
+            h.contains_key(header::TRANSFER_ENCODING)
+                || length.is_empty()
+                || !length.as_bytes().iter().all(u8::is_ascii_digit)
+        }
+        (Some(_), Some(_)) => true,
+    };
     if ambiguous {
         return refuse(
             StatusCode::BAD_REQUEST,
@@ -65,18 +71,24 @@ pub fn refuse_malformed<B>(request: &Request<B>) -> Option<Response<Body>> {
             "ambiguous body framing",
         );
     }
-    let hosts: Vec<&HeaderValue> = h.get_all(header::HOST).iter().collect();
-    let host_ok = match request.version() {
+    let mut hosts = h.get_all(header::HOST).iter();
+    // At most one: a second is never looked at past being there.
+    let host = match (hosts.next(), hosts.next()) {
+        (one, None) => Ok(one),
+        (_, Some(_)) => Err(()),
+    };
+    let host_ok = match (host, request.version()) {
+        (Err(()), _) => false,
         // RFC 9113 §8.3.1: `:authority` or `Host`, at least one, and equal when both are there.
-        Version::HTTP_2 | Version::HTTP_3 => match (hosts.as_slice(), request.uri().authority()) {
-            ([], Some(authority)) => is_plain_host(authority.as_str().as_bytes()),
-            ([one], Some(authority)) => {
+        (Ok(one), Version::HTTP_2 | Version::HTTP_3) => match (one, request.uri().authority()) {
+            (None, Some(authority)) => is_plain_host(authority.as_str().as_bytes()),
+            (Some(one), Some(authority)) => {
                 is_plain_host(one.as_bytes()) && one.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
             }
-            ([one], None) => is_plain_host(one.as_bytes()),
-            _ => false,
+            (Some(one), None) => is_plain_host(one.as_bytes()),
+            (None, None) => false,
         },
-        _ => matches!(hosts.as_slice(), [one] if is_plain_host(one.as_bytes())),
+        (Ok(one), _) => one.is_some_and(|one| is_plain_host(one.as_bytes())),
     };
     if !host_ok {
         return refuse(

@@ -57,32 +57,32 @@ pub fn kind_of(kind: FactorKind) -> ProviderKind {
 }
 
 /// Every factor of the account, with the provider it points at (each security key apart).
-pub fn factors_of(record: &AccountRecord) -> Vec<(FactorKind, &ProviderId)> {
+pub fn factors_of(record: &AccountRecord) -> impl Iterator<Item = (FactorKind, &ProviderId)> {
     let app = record.totp.as_ref().map(|t| (FactorKind::Totp, &t.provider));
     let email = record.email.as_ref().map(|e| (FactorKind::Email, &e.provider));
     let keys = record.security_keys.iter().map(|k| (FactorKind::SecurityKey, &k.provider));
-    app.into_iter().chain(email).chain(keys).collect()
+    app.into_iter().chain(email).chain(keys)
 }
 
 /// Whether the account has a factor of `kind` that counts.
 pub fn counts(record: &AccountRecord, providers: &Providers, kind: FactorKind) -> bool {
-    factors_of(record).into_iter().any(|(k, id)| k == kind && standing(providers.get(id)).counts)
+    factors_of(record).any(|(k, id)| k == kind && standing(providers.get(id)).counts)
 }
 
 /// Whether the account has any second factor that counts: what the policy asks about.
 pub fn has_counting_factor(record: &AccountRecord, providers: &Providers) -> bool {
-    factors_of(record).into_iter().any(|(_, id)| standing(providers.get(id)).counts)
+    factors_of(record).any(|(_, id)| standing(providers.get(id)).counts)
 }
 
 /// The provider ids of the account's factors that do not count (disabled, or not configured).
 pub fn not_counting<'a>(record: &'a AccountRecord, providers: &Providers) -> Vec<&'a ProviderId> {
-    factors_of(record).into_iter().filter(|(_, id)| !standing(providers.get(id)).counts).map(|(_, id)| id).collect()
+    factors_of(record).filter(|(_, id)| !standing(providers.get(id)).counts).map(|(_, id)| id).collect()
 }
 
 /// An account that had second factors and has none that count now: stranded where 2FA is
 /// required, without 2FA where it is optional.
 pub fn is_stranded(record: &AccountRecord, providers: &Providers) -> bool {
-    !factors_of(record).is_empty() && !has_counting_factor(record, providers)
+    factors_of(record).next().is_some() && !has_counting_factor(record, providers)
 }
 
 /// The deprecated providers the account relies on, whose users are told.
@@ -113,7 +113,7 @@ pub fn proof_counts(
     providers: &Providers,
 ) -> bool {
     let proven_kind = |kind: FactorKind| {
-        factors_of(record).into_iter().any(|(k, id)| {
+        factors_of(record).any(|(k, id)| {
             k == kind && standing(providers.get(id)).counts && (proven_with.is_empty() || proven_with.contains(id))
         })
     };
@@ -137,7 +137,7 @@ pub fn proof_counts(
 pub fn census<'a>(records: impl Iterator<Item = &'a AccountRecord>) -> BTreeMap<ProviderId, usize> {
     let mut users = BTreeMap::new();
     for record in records {
-        let mut ids: Vec<&ProviderId> = factors_of(record).into_iter().map(|(_, id)| id).collect();
+        let mut ids: Vec<&ProviderId> = factors_of(record).map(|(_, id)| id).collect();
         ids.sort();
         ids.dedup();
         for id in ids {
@@ -330,7 +330,7 @@ mod tests {
         let old = r#"{"totp":{"sealed_secret":[],"enrolled_at":1,"last_used_at":null,"last_step":0},
             "email":{"address":"a@example.com","enrolled_at":1,"last_used_at":null},"recovery_generated_at":null}"#;
         let record: AccountRecord = serde_json::from_str(old).unwrap();
-        let ids: Vec<&str> = factors_of(&record).iter().map(|(_, id)| id.as_str()).collect();
+        let ids: Vec<&str> = factors_of(&record).map(|(_, id)| id.as_str()).collect();
         assert_eq!(ids, ["totp", "email"]);
         assert!(has_counting_factor(&record, &Providers::from_switches(true, false)), "as before: both count");
     }

@@ -140,7 +140,9 @@ pub(super) async fn page(app: &App, request: &Request<ClientBody>) -> Answer {
         // Shown when something can be set up, or the account has factors (even ones that no
         // longer count: it says so).
         mfa_enabled: requirement != Requirement::Off
-            && (providers.any_enrollable() || config.mfa.security_keys || !providers::factors_of(&record).is_empty()),
+            && (providers.any_enrollable()
+                || config.mfa.security_keys
+                || providers::factors_of(&record).next().is_some()),
         totp: record.totp.as_ref().filter(|_| app_counts).map(|t| pages::TotpSummary {
             enrolled: format_utc(t.enrolled_at),
             last_used: t.last_used_at.map(format_utc),
