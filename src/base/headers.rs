@@ -467,9 +467,27 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
-/// An address as a header value. IPv4 is written by hand: `Display` goes through the formatting
-/// machinery, which cost more than the rest of setting the forwarding headers together.
+/// An address as a header value. The last one made on this thread is kept: a worker's requests
+/// come mostly from a few addresses (a browser's connections, a front proxy), and a kept value is
+/// shared (a reference count) where a new one is two allocations.
 fn address_value(ip: IpAddr) -> Option<HeaderValue> {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((at, value)) if *at == ip => Some(value.clone()),
+        _ => {
+            let value = written_address(ip)?;
+            *last = Some((ip, value.clone()));
+            Some(value)
+        }
+    })
+}
+
+/// An address in text. IPv4 is written by hand: `Display` goes through the formatting machinery,
+/// which cost more than the rest of setting the forwarding headers together.
+fn written_address(ip: IpAddr) -> Option<HeaderValue> {
     let IpAddr::V4(v4) = ip else { return HeaderValue::from_str(&ip.to_string()).ok() };
     let mut text = [0u8; 15];
     let mut len = 0;

@@ -30,6 +30,11 @@ fn addresses_are_written_as_display_writes_them() {
         let ip: IpAddr = ip.parse().unwrap();
         assert_eq!(address_value(ip).unwrap(), ip.to_string().as_str());
     }
+    // The value kept for the last address is never given for another.
+    for ip in ["192.0.2.1", "192.0.2.1", "192.0.2.2", "::1", "::1", "192.0.2.1"] {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(address_value(ip).unwrap(), ip.to_string().as_str());
+    }
 }
 
 #[test]
