@@ -37,7 +37,7 @@ pub struct Ticket {
     head: Vec<u8>,
     head_request: bool,
     /// Who it is for, for the access log.
-    pub user: String,
+    pub user: std::sync::Arc<crate::domain::users::User>,
     pub client_ip: std::net::IpAddr,
 }
 
@@ -81,7 +81,7 @@ impl App {
         let identity = full.upstream_identity(&self.signer).ok()?;
         let head_request = request.method() == Method::HEAD;
         let head = forwarder.upstream_head(request, &identity, &client);
-        Some(Ticket { head, head_request, user: full.user().name.to_string(), client_ip })
+        Some(Ticket { head, head_request, user: full.user().clone(), client_ip })
     }
 }
 

@@ -169,7 +169,7 @@ async fn carry<I>(
     io: &mut ClientIo<I>,
     handler: &Carrier<'_>,
     request: Request<()>,
-    path: String,
+    path: std::borrow::Cow<'_, str>,
     watch: &mut Watch,
 ) -> Carried
 where
@@ -190,7 +190,7 @@ where
         Ok(Relayed { status, upstream_time, broke_off }) => {
             crate::base::metrics::express_request();
             // Logged as the full path logs it, whether or not the client read it all.
-            served(Some(upstream_time)).record(status, Some(&ticket.user));
+            served(Some(upstream_time)).record(status, Some(ticket.user.name.as_str()));
             match broke_off {
                 None => Carried::Answered,
                 Some(RelayError::Client(e)) if stalled_writing(&e) => {
@@ -209,7 +209,7 @@ where
         }
         Err(e) => {
             let page = WebError::from(e).into_response();
-            served(None).record(page.status(), Some(&ticket.user));
+            served(None).record(page.status(), Some(ticket.user.name.as_str()));
             let page = express::encode_page(page, head_request).await;
             let _ = io.write_all(&page).await;
             let _ = io.flush().await;
@@ -264,11 +264,12 @@ where
 }
 
 /// The request target's path, for the access log: never its query, which can carry tokens.
-fn path_of(head: &[u8]) -> String {
+/// Borrowed from the head, which outlives the request (the log line is most often not written).
+fn path_of(head: &[u8]) -> std::borrow::Cow<'_, str> {
     let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let target = line.split(|&b| b == b' ').nth(1).unwrap_or_default();
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-    String::from_utf8_lossy(path).into_owned()
+    String::from_utf8_lossy(path)
 }
 
 /// Reads a request head from `whole` and, if it is one the lane may be offered, builds the
