@@ -119,6 +119,45 @@ const OTHER_IDENTITY_PREFIXES: [&str; 12] = [
     "x-portcullis-",
 ];
 
+/// [`HOP_BY_HOP`]'s names as text, for names as they were read: `HeaderName::as_str` of a
+/// standard name is a lookup of its own.
+const HOP_BY_HOP_NAMES: [&str; 10] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "http2-settings",
+];
+
+/// Which bytes begin (under [`fold`]) one of `lists`' names: a name that begins otherwise is
+/// none of them, found without comparing it to each. These checks run for every field of every
+/// forwarded request, and a browser sends a dozen.
+const fn first_bytes(lists: &[&[&str]]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut list = 0;
+    while list < lists.len() {
+        let mut name = 0;
+        while name < lists[list].len() {
+            table[lists[list][name].as_bytes()[0] as usize] = true;
+            name += 1;
+        }
+        list += 1;
+    }
+    table
+}
+const IDENTITY_FIRST_BYTES: [bool; 256] = first_bytes(&[&OTHER_IDENTITY, &OTHER_IDENTITY_PREFIXES]);
+const FORWARDING_FIRST_BYTES: [bool; 256] = first_bytes(&[&FORWARDING, &ORIGINAL_REQUEST]);
+
+/// Whether `name` may be one of the lists `table` was made from ([`first_bytes`]).
+fn may_begin_one_of(table: &[bool; 256], name: &str) -> bool {
+    name.as_bytes().first().is_some_and(|&first| table[usize::from(fold(first))])
+}
+
 /// Headers that an operator may not choose as identity headers: HTTP's own and the ones the
 /// proxy manages.
 pub fn is_reserved_for_proxy(name: &HeaderName) -> bool {
@@ -171,7 +210,7 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// [`is_hop_by_hop`] for a field name as it was read, in any case.
 pub fn is_hop_by_hop_as_read(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
+    HOP_BY_HOP_NAMES.iter().any(|hop| name.eq_ignore_ascii_case(hop))
 }
 
 /// A `Connection` token that names a header of the message for removal. A token may name a
@@ -257,9 +296,10 @@ pub fn is_identity_lookalike(name: &HeaderName, identity_names: &[HeaderName], e
     let n = name.as_str();
     let has_prefix = |prefix: &str| n.get(..prefix.len()).is_some_and(|p| same_header(p, prefix));
     identity_names.iter().any(|id| same_header(n, id.as_str()))
-        || OTHER_IDENTITY.iter().any(|id| same_header(n, id))
-        || OTHER_IDENTITY_PREFIXES.iter().any(|prefix| has_prefix(prefix))
         || extra_prefixes.iter().any(|prefix| has_prefix(prefix))
+        || (may_begin_one_of(&IDENTITY_FIRST_BYTES, n)
+            && (OTHER_IDENTITY.iter().any(|id| same_header(n, id))
+                || OTHER_IDENTITY_PREFIXES.iter().any(|prefix| has_prefix(prefix))))
 }
 
 /// The values of the cookie called `name`, from every `Cookie` header (HTTP/2 clients may send
@@ -524,7 +564,8 @@ pub fn is_set_by_proxy(name: &HeaderName) -> bool {
 /// [`ORIGINAL_REQUEST`]), in any spelling: believed only from a trusted proxy.
 pub fn is_forwarding(name: &HeaderName) -> bool {
     let n = name.as_str();
-    FORWARDING.iter().any(|f| same_header(n, f)) || ORIGINAL_REQUEST.iter().any(|f| same_header(n, f))
+    may_begin_one_of(&FORWARDING_FIRST_BYTES, n)
+        && (FORWARDING.iter().any(|f| same_header(n, f)) || ORIGINAL_REQUEST.iter().any(|f| same_header(n, f)))
 }
 
 /// What [`set_forwarding`] decides for a request.

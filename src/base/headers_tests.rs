@@ -167,6 +167,39 @@ fn original_request_headers_from_untrusted_peers_go_in_every_spelling() {
 }
 
 #[test]
+fn every_listed_name_and_prefix_is_found_in_every_spelling_past_the_first_byte_filter() {
+    let spellings = |name: &str| {
+        [
+            name.to_string(),
+            name.to_ascii_uppercase(),
+            name.replace('-', "_"),
+            name.to_ascii_uppercase().replace('-', "_"),
+        ]
+    };
+    let names = OTHER_IDENTITY.iter().map(|name| name.to_string());
+    let prefixed = OTHER_IDENTITY_PREFIXES.iter().map(|prefix| format!("{prefix}user"));
+    for listed in names.chain(prefixed) {
+        for spelling in spellings(&listed) {
+            let name = HeaderName::from_bytes(spelling.as_bytes()).unwrap();
+            assert!(is_identity_lookalike(&name, &[], &[]), "{spelling}");
+        }
+    }
+    for listed in FORWARDING.iter().chain(&ORIGINAL_REQUEST) {
+        for spelling in spellings(listed) {
+            assert!(is_forwarding(&HeaderName::from_bytes(spelling.as_bytes()).unwrap()), "{spelling}");
+        }
+    }
+    for (text, name) in HOP_BY_HOP_NAMES.iter().zip(&HOP_BY_HOP) {
+        assert_eq!(*text, name.as_str());
+        assert!(is_hop_by_hop_as_read(&text.to_ascii_uppercase()));
+    }
+    for ordinary in ["host", "user-agent", "accept", "referer", "cache-control", "sec-fetch-mode", "te-x", "xyz"] {
+        let name = HeaderName::from_static(ordinary);
+        assert!(!is_identity_lookalike(&name, &[], &[]) && !is_forwarding(&name), "{ordinary}");
+    }
+}
+
+#[test]
 fn identity_headers_go_in_every_spelling() {
     let names = [HeaderName::from_static("x-user"), HeaderName::from_static("x-custom-sso")];
     let mut h = map(&[
