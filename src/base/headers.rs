@@ -352,19 +352,33 @@ pub fn forwarded_cookie<'a>(headers: &'a HeaderMap, ours: &[impl AsRef<str>]) ->
         }
         _ => {}
     }
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .map(|pair| String::from_utf8_lossy(pair).trim().to_string())
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(pair.as_str(), |(n, _)| n).trim();
-            !pair.is_empty() && !ours.iter().any(|o| o.as_ref() == name)
-        })
-        .collect();
-    match HeaderValue::from_str(&kept.join("; ")) {
-        Ok(value) if !kept.is_empty() => ForwardedCookie::Rebuilt(value),
-        _ => ForwardedCookie::Absent,
+    // Every pair that is not ours, trimmed, joined by "; ", in one buffer. A line that is not
+    // UTF-8 is read piece by piece, each with its bad bytes replaced (U+FFFD).
+    let mut kept = String::with_capacity(headers.get_all(header::COOKIE).iter().map(HeaderValue::len).sum());
+    let mut keep = |pair: &str| {
+        if !pair.is_empty() && !is_ours(pair) {
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(pair);
+        }
+    };
+    for value in headers.get_all(header::COOKIE) {
+        match std::str::from_utf8(value.as_bytes()) {
+            Ok(text) => text.split(';').map(str::trim).for_each(&mut keep),
+            Err(_) => {
+                for piece in value.as_bytes().split(|&b| b == b';') {
+                    keep(String::from_utf8_lossy(piece).trim());
+                }
+            }
+        }
+    }
+    if kept.is_empty() {
+        return ForwardedCookie::Absent;
+    }
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
+        Ok(value) => ForwardedCookie::Rebuilt(value),
+        Err(_) => ForwardedCookie::Absent,
     }
 }
 

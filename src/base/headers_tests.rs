@@ -51,6 +51,14 @@ fn cookies_pass_as_sent_when_none_are_ours_and_go_when_all_are() {
     let mut h = map(&[("cookie", "app=1; portcullis=secret; b=2")]);
     strip_cookies(&mut h, &["portcullis"]);
     assert_eq!(h["cookie"], "app=1; b=2");
+    // Lines folded into one; a line that is not UTF-8 is kept with its bad bytes replaced, and
+    // pairs are trimmed of any white space, as text.
+    let mut h = HeaderMap::new();
+    h.append(header::COOKIE, HeaderValue::from_bytes("a=1;\u{a0}portcullis=x ; é=2".as_bytes()).unwrap());
+    h.append(header::COOKIE, HeaderValue::from_bytes(b"b=\xff2;portcullis=y;;  c=3 ").unwrap());
+    strip_cookies(&mut h, &["portcullis"]);
+    let folded: Vec<&[u8]> = h.get_all("cookie").iter().map(|v| v.as_bytes()).collect();
+    assert_eq!(folded, ["a=1; é=2; b=\u{fffd}2; c=3".as_bytes()]);
 }
 
 #[test]
