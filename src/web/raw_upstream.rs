@@ -313,16 +313,18 @@ pub(crate) fn interpret(
     }
     let (mut transfer_encoding, mut content_length, mut close) = (false, false, false);
     let mut length = OneLength::default();
-    // The last transfer coding named (RFC 9112 §6.3 (4): chunked must be last), from the last
-    // line that is plain text.
+    // The last transfer coding named (RFC 9112 §6.3 (4): chunked must be last). A line that is
+    // not plain text names no coding this proxy knows, so it is never read as chunked.
     let mut last_coding: Option<&[u8]> = None;
     for field in answer.headers.iter() {
         let (name, value) = (field.name, field.value);
         if name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding = true;
-            if value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
-                last_coding = value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
-            }
+            last_coding = if value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+                value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii)
+            } else {
+                Some(b"")
+            };
         } else if name.eq_ignore_ascii_case("content-length") {
             content_length = true;
             length.add(value);
@@ -337,11 +339,14 @@ pub(crate) fn interpret(
         // No body, whatever the head says. The length it announces (of the body a GET would get)
         // is passed on only as one plain number. An answer that announces a body it must not
         // send ends its connection: were a body to follow after all, in a later packet, it would
-        // be read as the next visitor's answer.
+        // be read as the next visitor's answer. So does an answer to HEAD that announces no
+        // length at all: the GET's body would run until the connection closed (RFC 9112 §6.3
+        // (8)), so the upstream meant to close it. A 204 or 304 without a length is the usual
+        // one and keeps its connection.
         announced_length = length.get();
         reusable &= match announced_length {
             Some(length) => length == 0 && !transfer_encoding,
-            None => !transfer_encoding && !content_length,
+            None => !transfer_encoding && !content_length && !head_request,
         };
         Framing::Empty
     } else if transfer_encoding {

@@ -3,14 +3,15 @@ use crate::web::upstream_pool::tests::StrayAfterAnswer;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 
-fn head_of(answer: &str, head_request: bool) -> Result<Option<Interpreted>, String> {
+fn head_of(answer: impl AsRef<[u8]>, head_request: bool) -> Result<Option<Interpreted>, String> {
+    let answer = answer.as_ref();
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut fields);
-    assert!(matches!(parsed.parse(answer.as_bytes()), Ok(httparse::Status::Complete(_))), "{answer:?}");
+    assert!(matches!(parsed.parse(answer), Ok(httparse::Status::Complete(_))), "{answer:?}");
     interpret(&parsed, head_request)
 }
 
-fn framing(answer: &str) -> Result<(Framing, bool), String> {
+fn framing(answer: impl AsRef<[u8]>) -> Result<(Framing, bool), String> {
     let head = head_of(answer, false)?.expect("a final answer");
     Ok((head.framing, head.reusable))
 }
@@ -42,6 +43,15 @@ fn answers_are_framed_as_rfc_9112_section_6_3_says() {
     let head = head_of("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap().unwrap();
     assert_eq!(head.framing, Framing::Empty, "an answer to HEAD has no body, whatever its length says");
     assert!(!head.reusable, "and it is not trusted with the next request");
+    let head = head_of("HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n", true).unwrap().unwrap();
+    assert!(!head.reusable, "an answer to HEAD with no length: a GET's body would end with the connection");
+    let head = head_of("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true).unwrap().unwrap();
+    assert!(head.reusable, "an answer to HEAD of an empty body keeps its connection");
+    // A coding on a line that is not plain text is none this proxy knows: not chunked.
+    assert_eq!(
+        framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: \xff\r\n\r\n"),
+        Ok((Framing::UntilClose, false))
+    );
 }
 
 #[test]
@@ -53,7 +63,7 @@ fn a_length_without_a_body_is_passed_on_only_as_one_number() {
     assert_eq!(length("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"), (Some(5), false));
     assert_eq!(length("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"), (Some(5), false));
     assert_eq!(length("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), (Some(0), true));
-    assert_eq!(length("HTTP/1.1 200 OK\r\n\r\n"), (None, true));
+    assert_eq!(length("HTTP/1.1 200 OK\r\n\r\n"), (None, false), "no length to HEAD: the upstream meant to close");
     for odd in ["5\r\nContent-Length: 6", "abc", "-7, 99", "5, ", "\t5\t, 6"] {
         assert_eq!(length(&format!("HTTP/1.1 200 OK\r\nContent-Length: {odd}\r\n\r\n")), (None, false), "{odd}");
     }

@@ -106,8 +106,9 @@ async fn the_full_path_tells_an_odd_answer_as_the_lane_does() {
 }
 
 /// An upstream that answers `/double` twice: once at once, and again, late, when the next
-/// request arrives on the same connection (before that request's own answer). Anything else is
-/// answered with its path. Counts the connections it accepted.
+/// request arrives on the same connection (before that request's own answer). `HEAD /no-length`
+/// is answered without a length, and late the same way. Anything else is answered with its path.
+/// Counts the connections it accepted.
 async fn late_second_answer_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -128,8 +129,13 @@ async fn late_second_answer_upstream() -> (std::net::SocketAddr, std::sync::Arc<
                     }
                     let path =
                         String::from_utf8_lossy(head.split(|&b| b == b' ').nth(1).unwrap_or_default()).into_owned();
-                    owed = path == "/double";
-                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len());
+                    let answer = if head.starts_with(b"HEAD /no-length ") {
+                        owed = true;
+                        "HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n".to_string()
+                    } else {
+                        owed = path == "/double";
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len())
+                    };
                     if stream.write_all(answer.as_bytes()).await.is_err() {
                         return;
                     }
@@ -173,4 +179,25 @@ async fn without_upstream_keepalive_a_late_extra_answer_reaches_no_one() {
         assert_eq!(full("/next"), "/next", "the late answer was lent to the next request");
     }
     assert_eq!(accepted.load(Ordering::SeqCst) - before, 8, "one upstream connection a request");
+}
+
+/// An answer to HEAD that announces no length tells of a GET body that would end with the
+/// connection (RFC 9112 §6.3): the lane does not lend that connection again, so what the
+/// upstream sends on it later reaches no one (attack pass, 2026-12-02 evening). With the
+/// connection kept, the next request gets `LEAKED`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_whose_answer_to_head_had_no_length_is_not_lent_again() {
+    let (upstream, _) = late_second_answer_upstream().await;
+    let proxy = proxy(&format!("http://{upstream}")).start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).expect("signed in");
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let head = client.head(proxy.url("/no-length")).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(head.headers()["x-a"], "1");
+        let next = client.get(proxy.url("/next")).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(next.text().await.unwrap(), "/next", "the late answer was lent to the next request");
+    }
 }
