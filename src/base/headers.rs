@@ -88,7 +88,7 @@ const ORIGINAL_REQUEST: [&str; 31] = [
 /// oauth2-proxy, Grafana's auth proxy, ours under other names): removed from every request,
 /// whoever sent it, with the prefixes below and `identity.strip_headers`. The identity we assert
 /// is set after this.
-const OTHER_IDENTITY: [&str; 10] = [
+const OTHER_IDENTITY: [&str; 16] = [
     "remote-user",
     "remote-email",
     "remote-groups",
@@ -99,12 +99,19 @@ const OTHER_IDENTITY: [&str; 10] = [
     "x-forwarded-groups",
     "x-forwarded-access-token",
     "x-auth-email",
+    // Envoy's and Istio's client certificate, Kong's consumer, and the plain names apps read.
+    "x-forwarded-client-cert",
+    "x-authenticated-userid",
+    "x-authenticated-user",
+    "x-userinfo",
+    "x-id-token",
+    "x-user",
 ];
 /// Prefixes of whole families of identity headers: oauth2-proxy's `X-Auth-Request-*`,
 /// authentik's `X-authentik-*`, Cloudflare Access's `Cf-Access-*`, Grafana's `X-WEBAUTH-*`,
-/// `X-Remote-*`, Pomerium, Vouch, Tailscale, Google IAP, AWS ALB and Azure App Service, and our
-/// own.
-const OTHER_IDENTITY_PREFIXES: [&str; 12] = [
+/// `X-Remote-*`, Pomerium, Vouch, Tailscale, Google IAP, AWS ALB and Azure App Service, our
+/// own, and the ones below.
+const OTHER_IDENTITY_PREFIXES: [&str; 17] = [
     "x-auth-request-",
     "x-authentik-",
     "cf-access-",
@@ -117,6 +124,14 @@ const OTHER_IDENTITY_PREFIXES: [&str; 12] = [
     "x-amzn-oidc-",
     "x-ms-client-principal",
     "x-portcullis-",
+    // Kong's `X-Consumer-*`, mod_auth_openidc's `OIDC_CLAIM_*` (and `OIDC_access_token`),
+    // Kubernetes' `Impersonate-*`, and client certificates passed on as headers (Apache's
+    // `SSL_CLIENT_*`, nginx's `X-SSL-Client-*`).
+    "x-consumer-",
+    "oidc-",
+    "impersonate-",
+    "ssl-client-",
+    "x-ssl-client-",
 ];
 
 /// [`HOP_BY_HOP`]'s names as text, for names as they were read: `HeaderName::as_str` of a
