@@ -87,11 +87,8 @@ pub fn is_stranded(record: &AccountRecord, providers: &Providers) -> bool {
 
 /// The deprecated providers the account relies on, whose users are told.
 pub fn retiring<'a>(record: &AccountRecord, providers: &'a Providers) -> Vec<&'a Provider> {
-    let mut found: Vec<&Provider> = factors_of(record)
-        .into_iter()
-        .filter_map(|(_, id)| providers.get(id))
-        .filter(|p| standing(Some(p)).nudged)
-        .collect();
+    let mut found: Vec<&Provider> =
+        factors_of(record).filter_map(|(_, id)| providers.get(id)).filter(|p| standing(Some(p)).nudged).collect();
     found.dedup_by(|a, b| a.id == b.id);
     found
 }
