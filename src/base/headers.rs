@@ -584,9 +584,11 @@ fn written_address(ip: IpAddr) -> Option<HeaderValue> {
 /// The forwarding headers the proxy sets for the upstream, whoever sent copies of them.
 const SET_BY_PROXY: [HeaderName; 4] = [X_FORWARDED_FOR, X_REAL_IP, X_FORWARDED_PROTO, X_FORWARDED_HOST];
 
-/// Whether `name` is one the proxy sets ([`SET_BY_PROXY`]): a client's copy is replaced.
+/// Whether `name` is one the proxy sets ([`SET_BY_PROXY`]), in any `_`/`-` spelling: a client's
+/// copy is replaced. A copy spelled with `_` goes even from a trusted proxy: CGI-style servers
+/// read `X_Forwarded_For` as `X-Forwarded-For`, and the value the proxy sets must be the only one.
 pub fn is_set_by_proxy(name: &HeaderName) -> bool {
-    SET_BY_PROXY.iter().any(|set| set == name)
+    SET_BY_PROXY.iter().any(|set| set == name || same_header(name.as_str(), set.as_str()))
 }
 
 /// Whether `name` tells where a request came from or what it was ([`FORWARDING`],
@@ -636,8 +638,9 @@ pub fn forwarding(headers: &HeaderMap, client: &ClientInfo, trusted: &[IpNet]) -
 /// every other forwarding header unless the peer is a trusted proxy ([`forwarding`]).
 pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientInfo, trusted: &[IpNet]) {
     let Forwarding { from_trusted, set } = forwarding(headers, client, trusted);
-    if !from_trusted && headers.keys().any(is_forwarding) {
-        let doomed: Vec<HeaderName> = headers.keys().filter(|n| is_forwarding(n)).cloned().collect();
+    let doomed = |name: &HeaderName| (!from_trusted && is_forwarding(name)) || is_set_by_proxy(name);
+    if headers.keys().any(doomed) {
+        let doomed: Vec<HeaderName> = headers.keys().filter(|name| doomed(name)).cloned().collect();
         for name in doomed {
             headers.remove(name);
         }

@@ -326,6 +326,26 @@ fn forwarding_headers_from_trusted_peers_are_extended() {
     let mut h = map(&[("host", "ui-a.apps.example.com"), ("x-forwarded-host", "app.example.com")]);
     set_forwarding(&mut h, &client, &trusted);
     assert_eq!(h["x-forwarded-host"], "ui-a.apps.example.com");
+
+    // What the proxy sets it sets alone: a trusted peer's copies spelled with `_` (read by
+    // CGI-style servers as the same header) go; its other forwarding headers stay.
+    let mut h = map(&[
+        ("host", "app.example.com"),
+        ("x-forwarded-for", "198.51.100.7"),
+        ("x_forwarded_for", "3.3.3.3"),
+        ("X_Real_IP", "3.3.3.3"),
+        ("x_forwarded_proto", "https"),
+        ("x_forwarded_host", "evil.example"),
+        ("x-forwarded-port", "443"),
+    ]);
+    set_forwarding(&mut h, &client, &trusted);
+    let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-port", "x-forwarded-proto", "x-real-ip"]
+    );
+    assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.0.1");
 }
 
 proptest::proptest! {
