@@ -20,16 +20,16 @@ use ipnet::IpNet;
 /// RFC 9110 §11.7, which are addressed to us, not the origin, and `HTTP2-Settings`, which only
 /// means something on the connection that asks to upgrade to h2c (RFC 7540 §3.2.1).
 const HOP_BY_HOP: [HeaderName; 10] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    HeaderName::from_static("http2-settings"),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[0]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[1]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[2]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[3]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[4]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[5]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[6]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[7]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[8]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[9]),
 ];
 /// `Transfer-Encoding`'s bit in [`strip_hop_by_hop`]'s set of those present.
 const TRANSFER_ENCODING_BIT: u16 = 1 << 5;
@@ -134,8 +134,8 @@ const OTHER_IDENTITY_PREFIXES: [&str; 17] = [
     "x-ssl-client-",
 ];
 
-/// [`HOP_BY_HOP`]'s names as text, for names as they were read: `HeaderName::as_str` of a
-/// standard name is a lookup of its own.
+/// [`HOP_BY_HOP`] as text, for names as they were read (`HeaderName::as_str` of a standard name
+/// is a lookup of its own); `Transfer-Encoding` is sixth, [`TRANSFER_ENCODING_BIT`].
 const HOP_BY_HOP_NAMES: [&str; 10] = [
     "connection",
     "proxy-connection",
