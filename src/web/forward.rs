@@ -265,6 +265,7 @@ impl Forwarder {
         // own, one the gate never saw, arriving on the proxy's connection with whatever identity
         // headers the body spells out (a "CL.0" desync). It is refused, never forwarded.
         let get_or_head = is_get_or_head(request.method());
+        let is_head = request.method() == Method::HEAD;
         if get_or_head && carries_content(&request) {
             tracing::warn!(target: "portcullis::security", method = %request.method(), client = %client.real_ip, "a GET or HEAD request with a body was refused");
             return Err(ForwardError::BadRequest("a GET or HEAD request with a body".into()));
@@ -358,9 +359,22 @@ impl Forwarder {
         }
 
         let (mut parts, body) = response.into_parts();
+        // An answer to HEAD that announces no length tells of a GET body that would run until
+        // the connection closed (RFC 9112 §6.3): the upstream meant to close it, and what it sends
+        // on it later must reach no one. The lease is let go, which closes it (as the lane does,
+        // `raw_upstream::interpret`).
+        let body = if is_head
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+            && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            drop(lease);
+            body.map_err(Into::into).boxed()
+        } else {
+            lease.attach(body).map_err(Into::into).boxed()
+        };
         self.clean_response(&mut parts.headers);
         answer_as_the_lane_does(&mut parts);
-        let mut response = Response::from_parts(parts, lease.attach(body).map_err(Into::into).boxed());
+        let mut response = Response::from_parts(parts, body);
         response.extensions_mut().insert(upstream_time);
         Ok(response)
     }

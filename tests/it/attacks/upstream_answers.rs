@@ -181,10 +181,10 @@ async fn without_upstream_keepalive_a_late_extra_answer_reaches_no_one() {
     assert_eq!(accepted.load(Ordering::SeqCst) - before, 8, "one upstream connection a request");
 }
 
-/// An answer to HEAD that announces no length tells of a GET body that would end with the
-/// connection (RFC 9112 §6.3): the lane does not lend that connection again, so what the
-/// upstream sends on it later reaches no one (attack pass, 2026-12-02 evening). With the
-/// connection kept, the next request gets `LEAKED`.
+/// An answer to HEAD that announces no length tells of a GET body that would run until the
+/// connection closed (RFC 9112 §6.3): neither the lane nor the full path lends that connection
+/// again, so what the upstream sends on it later reaches no one (attack pass, 2026-12-02
+/// evening). With the connection kept, the next request gets `LEAKED`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_whose_answer_to_head_had_no_length_is_not_lent_again() {
     let (upstream, _) = late_second_answer_upstream().await;
@@ -199,5 +199,18 @@ async fn a_connection_whose_answer_to_head_had_no_length_is_not_lent_again() {
         assert_eq!(head.headers()["x-a"], "1");
         let next = client.get(proxy.url("/next")).header("cookie", &cookie).send().await.unwrap();
         assert_eq!(next.text().await.unwrap(), "/next", "the late answer was lent to the next request");
+    }
+    // The full path: `Connection: close` keeps the requests off the lane.
+    let host = proxy.addr;
+    let full = |method: &str, path: &str| {
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n");
+        super::raw(&proxy, request.as_bytes())
+    };
+    for _ in 0..3 {
+        let head = full("HEAD", "/no-length");
+        assert!(head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().contains("x-a: 1"), "{head}");
+        let next = full("GET", "/next");
+        assert!(next.ends_with("\r\n\r\n/next"), "the late answer was lent to the next request: {next}");
     }
 }
