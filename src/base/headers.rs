@@ -10,10 +10,9 @@
 //! * `X-Forwarded-*`, `X-Real-IP` and `Forwarded` from the client are believed only when the
 //!   connection comes from a configured trusted proxy.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use ipnet::IpNet;
+
+use crate::base::fields::{self, Fields};
 
 /// Connection-specific headers that never travel past one hop (RFC 9110 §7.6.1), plus the
 /// de-facto ones it calls out (`Proxy-Connection`, `Keep-Alive`), the proxy-auth pair from
@@ -44,10 +43,10 @@ const NEVER_CONNECTION_SPECIFIC: [&str; 2] = ["host", "content-length"];
 const FORWARDING: [&str; 5] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded"];
 // The ones the proxy sets, as prepared names: a `&str` name is parsed again at every use, and
 // this runs for every forwarded request.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(super) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(super) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const ORIGINAL_REQUEST: [&str; 31] = [
     "x-forwarded-port",
     "x-forwarded-prefix",
@@ -250,8 +249,8 @@ fn names_another_field(token: &str) -> bool {
 
 /// Whether `Connection` names fields besides the hop-by-hop ones, which [`strip_hop_by_hop`]
 /// would then remove too.
-pub fn connection_names_fields(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|value| connection_line_names_fields(value.as_bytes()))
+pub fn connection_names_fields<F: Fields + ?Sized>(headers: &F) -> bool {
+    headers.values(&header::CONNECTION).any(connection_line_names_fields)
 }
 
 /// Whether one `Connection` line names fields besides the hop-by-hop ones (see
@@ -305,7 +304,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// names, [`OTHER_IDENTITY`] and everything under [`OTHER_IDENTITY_PREFIXES`], in any case or
 /// `_`/`-` spelling.
 pub fn strip_identity(headers: &mut HeaderMap, identity_names: &[HeaderName], extra_prefixes: &[String]) {
-    let is_identity = |name: &HeaderName| is_identity_lookalike(name, identity_names, extra_prefixes);
+    let is_identity = |name: &HeaderName| is_identity_lookalike(name.as_str(), identity_names, extra_prefixes);
     if !headers.keys().any(is_identity) {
         return;
     }
@@ -317,8 +316,8 @@ pub fn strip_identity(headers: &mut HeaderMap, identity_names: &[HeaderName], ex
 
 /// Whether a client-sent `name` could be mistaken for an identity ([`strip_identity`] removes
 /// it).
-pub fn is_identity_lookalike(name: &HeaderName, identity_names: &[HeaderName], extra_prefixes: &[String]) -> bool {
-    let n = name.as_str();
+pub fn is_identity_lookalike(name: &str, identity_names: &[HeaderName], extra_prefixes: &[String]) -> bool {
+    let n = name;
     let has_prefix = |prefix: &str| n.get(..prefix.len()).is_some_and(|p| same_header(p, prefix));
     identity_names.iter().any(|id| same_header(n, id.as_str()))
         || extra_prefixes.iter().any(|prefix| has_prefix(prefix))
@@ -329,13 +328,11 @@ pub fn is_identity_lookalike(name: &HeaderName, identity_names: &[HeaderName], e
 
 /// The values of the cookie called `name`, from every `Cookie` header (HTTP/2 clients may send
 /// several).
-pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).filter_map(
-        move |pair| {
-            let (n, v) = pair.trim().split_once('=')?;
-            (n.trim() == name).then(|| v.trim().trim_matches('"'))
-        },
-    )
+pub fn cookie_values<'a, F: Fields + ?Sized>(headers: &'a F, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers.values(&header::COOKIE).filter_map(fields::text).flat_map(|v| v.split(';')).filter_map(move |pair| {
+        let (n, v) = pair.trim().split_once('=')?;
+        (n.trim() == name).then(|| v.trim().trim_matches('"'))
+    })
 }
 
 /// The `Cookie` line the upstream is sent: the client's, without ours.
@@ -343,7 +340,7 @@ pub enum ForwardedCookie<'a> {
     /// No cookie is left (none was sent, or only ours).
     Absent,
     /// The client's one line, which holds none of ours.
-    AsSent(&'a HeaderValue),
+    AsSent(&'a [u8]),
     /// What is left of the client's lines once ours are taken out, folded into one.
     Rebuilt(HeaderValue),
 }
@@ -351,7 +348,7 @@ pub enum ForwardedCookie<'a> {
 /// Our cookies taken out of the request's, keeping the upstream's own cookies intact, and what
 /// is left folded into a single line (RFC 9113 §8.2.3 allows either form; HTTP/1.1 upstreams
 /// expect one).
-pub fn forwarded_cookie<'a>(headers: &'a HeaderMap, ours: &[impl AsRef<str>]) -> ForwardedCookie<'a> {
+pub fn forwarded_cookie<'a, F: Fields + ?Sized>(headers: &'a F, ours: &[impl AsRef<str>]) -> ForwardedCookie<'a> {
     let is_ours = |pair: &str| {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
         ours.iter().any(|o| o.as_ref() == name)
@@ -360,9 +357,9 @@ pub fn forwarded_cookie<'a>(headers: &'a HeaderMap, ours: &[impl AsRef<str>]) ->
     // cookies, only ours (a browser at a plain app), or one line with none of ours. Anything
     // else, and any value that is not UTF-8, is rebuilt below.
     let (mut lines, mut own, mut others) = (0, 0, 0);
-    for value in headers.get_all(header::COOKIE) {
+    for value in headers.values(&header::COOKIE) {
         lines += 1;
-        let Ok(text) = value.to_str() else {
+        let Some(text) = fields::text(value) else {
             others = usize::MAX;
             break;
         };
@@ -373,13 +370,13 @@ pub fn forwarded_cookie<'a>(headers: &'a HeaderMap, ours: &[impl AsRef<str>]) ->
     match (lines, own, others) {
         (0, _, _) | (_, _, 0) => return ForwardedCookie::Absent,
         (1, 0, 1..usize::MAX) => {
-            return headers.get(header::COOKIE).map_or(ForwardedCookie::Absent, ForwardedCookie::AsSent);
+            return headers.first_value(&header::COOKIE).map_or(ForwardedCookie::Absent, ForwardedCookie::AsSent);
         }
         _ => {}
     }
     // Every pair that is not ours, trimmed, joined by "; ", in one buffer. A line that is not
     // UTF-8 is read piece by piece, each with its bad bytes replaced (U+FFFD).
-    let mut kept = String::with_capacity(headers.get_all(header::COOKIE).iter().map(HeaderValue::len).sum());
+    let mut kept = String::with_capacity(headers.values(&header::COOKIE).map(<[u8]>::len).sum());
     let mut keep = |pair: &str| {
         if !pair.is_empty() && !is_ours(pair) {
             if !kept.is_empty() {
@@ -388,11 +385,11 @@ pub fn forwarded_cookie<'a>(headers: &'a HeaderMap, ours: &[impl AsRef<str>]) ->
             kept.push_str(pair);
         }
     };
-    for value in headers.get_all(header::COOKIE) {
-        match std::str::from_utf8(value.as_bytes()) {
+    for value in headers.values(&header::COOKIE) {
+        match std::str::from_utf8(value) {
             Ok(text) => text.split(';').map(str::trim).for_each(&mut keep),
             Err(_) => {
-                for piece in value.as_bytes().split(|&b| b == b';') {
+                for piece in value.split(|&b| b == b';') {
                     keep(String::from_utf8_lossy(piece).trim());
                 }
             }
@@ -486,183 +483,24 @@ pub fn strip_set_cookie(headers: &mut HeaderMap, ours: &[impl AsRef<str>]) {
     }
 }
 
-/// Facts about the client connection, needed to set the forwarding headers.
-pub struct ClientInfo {
-    pub peer: IpAddr,
-    /// The client's address per [`client_ip`].
-    pub real_ip: IpAddr,
-    /// `https` when the client reached us over TLS.
-    pub scheme: &'static str,
-}
-
-/// Whether `ip` (IPv4-mapped read as IPv4) is in `trusted_proxies`.
-pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    trusted.iter().any(|net| net.contains(&ip))
-}
-
-/// The client's address as best we can know it: the peer, unless the peer is a trusted proxy,
-/// in which case the right-most untrusted address in `X-Forwarded-For` (everything left of a
-/// trusted hop could have been written by the client itself).
-pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
-    // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d; rules and regulation
-    // compare it as the IPv4 address it is.
-    let peer = peer.to_canonical();
-    if !is_trusted(peer, trusted) {
-        return peer;
-    }
-    // From the nearest hop back: each trusted proxy vouches for the address before it, and the
-    // first untrusted one is the client. An entry that cannot be read ends the walk, since
-    // nothing written before it can be believed: the last address read stands.
-    let entries: Vec<&str> = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let mut client = peer;
-    for entry in entries.iter().rev() {
-        let Some(ip) = forwarded_address(entry) else { break };
-        client = ip;
-        if !is_trusted(ip, trusted) {
-            break;
-        }
-    }
-    client
-}
-
-/// An `X-Forwarded-For` entry: an address, or one with a port as some balancers write it
-/// (`192.0.2.5:51234`, `[2001:db8::1]:443`).
-fn forwarded_address(entry: &str) -> Option<IpAddr> {
-    let ip = entry
-        .parse::<IpAddr>()
-        .ok()
-        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
-        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())?;
-    Some(ip.to_canonical())
-}
-
-/// An address as a header value. The last one made on this thread is kept: a worker's requests
-/// come mostly from a few addresses (a browser's connections, a front proxy), and a kept value is
-/// shared (a reference count) where a new one is two allocations.
-fn address_value(ip: IpAddr) -> Option<HeaderValue> {
-    use std::cell::RefCell;
-    thread_local! {
-        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
-    }
-    LAST.with_borrow_mut(|last| match last {
-        Some((at, value)) if *at == ip => Some(value.clone()),
-        _ => {
-            let value = written_address(ip)?;
-            *last = Some((ip, value.clone()));
-            Some(value)
-        }
-    })
-}
-
-/// An address in text. IPv4 is written by hand: `Display` goes through the formatting machinery,
-/// which cost more than the rest of setting the forwarding headers together.
-fn written_address(ip: IpAddr) -> Option<HeaderValue> {
-    let IpAddr::V4(v4) = ip else { return HeaderValue::from_str(&ip.to_string()).ok() };
-    let mut text = [0u8; 15];
-    let mut len = 0;
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            text[len] = b'.';
-            len += 1;
-        }
-        let digits = [octet / 100, octet / 10 % 10, octet % 10];
-        let skip = if octet >= 100 {
-            0
-        } else if octet >= 10 {
-            1
-        } else {
-            2
-        };
-        for digit in &digits[skip..] {
-            text[len] = b'0' + digit;
-            len += 1;
-        }
-    }
-    HeaderValue::from_bytes(&text[..len]).ok()
-}
-
 /// The forwarding headers the proxy sets for the upstream, whoever sent copies of them.
 const SET_BY_PROXY: [HeaderName; 4] = [X_FORWARDED_FOR, X_REAL_IP, X_FORWARDED_PROTO, X_FORWARDED_HOST];
 
 /// Whether `name` is one the proxy sets ([`SET_BY_PROXY`]), in any `_`/`-` spelling: a client's
 /// copy is replaced. A copy spelled with `_` goes even from a trusted proxy: CGI-style servers
 /// read `X_Forwarded_For` as `X-Forwarded-For`, and the value the proxy sets must be the only one.
-pub fn is_set_by_proxy(name: &HeaderName) -> bool {
-    SET_BY_PROXY.iter().any(|set| set == name || same_header(name.as_str(), set.as_str()))
+pub fn is_set_by_proxy(name: &str) -> bool {
+    SET_BY_PROXY.iter().any(|set| same_header(name, set.as_str()))
 }
 
 /// Whether `name` tells where a request came from or what it was ([`FORWARDING`],
 /// [`ORIGINAL_REQUEST`]), in any spelling: believed only from a trusted proxy.
-pub fn is_forwarding(name: &HeaderName) -> bool {
-    let n = name.as_str();
+pub fn is_forwarding(name: &str) -> bool {
+    let n = name;
     may_begin_one_of(&FORWARDING_BEGINNINGS, n)
         && (FORWARDING.iter().any(|f| same_header(n, f)) || ORIGINAL_REQUEST.iter().any(|f| same_header(n, f)))
 }
 
-/// What [`set_forwarding`] decides for a request.
-pub struct Forwarding {
-    /// The peer is a trusted proxy, whose forwarding headers are kept ([`is_forwarding`]).
-    pub from_trusted: bool,
-    /// Each of [`SET_BY_PROXY`] with the value it is sent with, or none (the header is left out).
-    pub set: [(HeaderName, Option<HeaderValue>); 4],
-}
-
-/// The forwarding headers for the upstream. Client copies are kept (and extended) only from
-/// trusted proxies; from anyone else they are replaced, so a client cannot claim to be
-/// `127.0.0.1` (authentik CVE-2024-47070).
-pub fn forwarding(headers: &HeaderMap, client: &ClientInfo, trusted: &[IpNet]) -> Forwarding {
-    let from_trusted = is_trusted(client.peer, trusted);
-    // Always the host the proxy answered for, even from a trusted balancer: the access rules and
-    // the identity were decided for it, so the upstream must not route on another.
-    let host = headers.get(header::HOST).cloned();
-    let proto = headers
-        .get(X_FORWARDED_PROTO)
-        .filter(|v| from_trusted && matches!(v.as_bytes(), b"http" | b"https"))
-        .cloned()
-        .unwrap_or(HeaderValue::from_static(client.scheme));
-    let peer = address_value(client.peer);
-    let xff = if from_trusted && headers.contains_key(X_FORWARDED_FOR) {
-        let prior: Vec<&str> = headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
-        HeaderValue::from_str(&format!("{}, {}", prior.join(", "), client.peer)).ok()
-    } else {
-        peer.clone()
-    };
-    let real_ip = if client.real_ip == client.peer { peer } else { address_value(client.real_ip) };
-    Forwarding {
-        from_trusted,
-        set: [(X_FORWARDED_FOR, xff), (X_REAL_IP, real_ip), (X_FORWARDED_PROTO, Some(proto)), (X_FORWARDED_HOST, host)],
-    }
-}
-
-/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` for the upstream, and removes
-/// every other forwarding header unless the peer is a trusted proxy ([`forwarding`]).
-pub fn set_forwarding(headers: &mut HeaderMap, client: &ClientInfo, trusted: &[IpNet]) {
-    let Forwarding { from_trusted, set } = forwarding(headers, client, trusted);
-    let doomed = |name: &HeaderName| (!from_trusted && is_forwarding(name)) || is_set_by_proxy(name);
-    if headers.keys().any(doomed) {
-        let doomed: Vec<HeaderName> = headers.keys().filter(|name| doomed(name)).cloned().collect();
-        for name in doomed {
-            headers.remove(name);
-        }
-    }
-    for (name, value) in set {
-        // `insert` replaces every earlier value of the name.
-        match value {
-            Some(value) => headers.insert(name, value),
-            None => headers.remove(name),
-        };
-    }
-}
 #[cfg(test)]
 #[path = "headers_tests.rs"]
 mod tests;

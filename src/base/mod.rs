@@ -1,6 +1,8 @@
 //! Small things every layer uses, depending on nothing above them.
 
 pub mod clock;
+pub mod fields;
+pub mod forwarding;
 pub mod headers;
 pub mod metrics;
 pub mod secret;

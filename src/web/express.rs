@@ -16,11 +16,12 @@
 
 use std::pin::Pin;
 
-use http::{HeaderValue, Method, Request, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header};
 use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
 
-use crate::base::headers::{self, ClientInfo};
+use crate::base::fields::{Fields, Head};
+use crate::base::forwarding::{self, ClientInfo};
 use crate::domain::access::Verdict;
 use crate::domain::session::{Lookup, Session};
 use crate::web::forward::answer_head::encode_response;
@@ -52,34 +53,35 @@ pub struct Relayed {
 }
 
 impl App {
-    /// A ticket if the gate forwards `request` (a GET or HEAD without a body, as the connection
-    /// read it) with a full session's identity; `None` for anything the full path must answer.
-    pub async fn express_ticket(
+    /// A ticket if the gate forwards `request` (a GET or HEAD without a body, its fields as the
+    /// connection read them) with a full session's identity; `None` for anything the full path
+    /// must answer.
+    pub async fn express_ticket<F: Fields + ?Sized + Sync>(
         &self,
-        request: Request<()>,
+        request: &Head<'_, F>,
         conn: &Connection,
         forwarder: &Forwarder,
     ) -> Option<Ticket> {
         if !forwarder.has_express_lane()
-            || refuse_malformed(&request).is_some()
-            || route::route(request.uri().path()) != Route::Gate
+            || refuse_malformed(request).is_some()
+            || route::route(request.uri.path()) != Route::Gate
             || self.refused_offline(&Route::Gate)
         {
             return None;
         }
-        let target = self.served_target(&request)?;
+        let target = self.served_target(request)?;
         let trusted = &self.config().trusted_proxies;
-        let client_ip = headers::client_ip(request.headers(), conn.peer.ip(), trusted);
+        let client_ip = forwarding::client_ip(request.fields, conn.peer.ip(), trusted);
         let client =
             ClientInfo { peer: conn.peer.ip(), real_ip: client_ip, scheme: if conn.tls { "https" } else { "http" } };
         let Weighed { verdict: Verdict::Forward, lookup: Lookup::Found(Session::Full(full)), .. } =
-            self.weigh(&request, &client, &target).await.ok()?
+            self.weigh(request, &client, &target).await.ok()?
         else {
             return None;
         };
         // An identity that cannot be built is an error page, which is the full path's to give.
         let identity = full.upstream_identity(&self.signer).ok()?;
-        let head_request = request.method() == Method::HEAD;
+        let head_request = request.method == Method::HEAD;
         let head = forwarder.upstream_head(request, &identity, &client);
         Some(Ticket { head, head_request, user: full.user().clone(), client_ip })
     }

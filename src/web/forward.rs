@@ -11,7 +11,8 @@ use hyper::body::Body as _;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
-use crate::base::headers::{self, ClientInfo};
+use crate::base::forwarding::{self, ClientInfo};
+use crate::base::headers;
 use crate::base::tls;
 use crate::config::{Config, IdentityHeaders};
 use crate::domain::identity::UpstreamIdentity;
@@ -235,7 +236,7 @@ impl Forwarder {
         headers::strip_hop_by_hop(h);
         headers::strip_identity(h, &self.stripped, &self.stripped_prefixes);
         headers::strip_cookies(h, &self.own_cookies);
-        headers::set_forwarding(h, client, &self.trusted_proxies);
+        forwarding::set_forwarding(h, client, &self.trusted_proxies);
         // A bypassed request carries no identity at all: only the client-sent copies were removed.
         if let Some(identity) = identity {
             identity.apply(h, &self.identity_headers);

@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 
-use crate::base::headers::{self, ClientInfo};
+use crate::base::forwarding::{self, ClientInfo};
+use crate::base::headers;
 use crate::config::access::request_host;
 use crate::domain::access::{self as rules, Verdict};
 use crate::domain::session::{Lookup, Session};
@@ -113,7 +114,7 @@ impl App {
         conn: &Connection,
         client: &ClientInfo,
     ) -> Answer {
-        if !headers::is_trusted(conn.peer.ip(), &self.config().trusted_proxies) {
+        if !forwarding::is_trusted(conn.peer.ip(), &self.config().trusted_proxies) {
             tracing::info!(target: "portcullis::security", peer = %conn.peer.ip(), "forward-auth asked by a peer not in trusted_proxies; 401");
             return Err(WebError::ForwardAuthUntrusted);
         }

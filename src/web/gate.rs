@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 
-use crate::base::headers::{self, ClientInfo};
+use crate::base::fields::{self, Fields, Head};
+use crate::base::forwarding::{self, ClientInfo};
+use crate::base::headers;
 use crate::config::access::{Access, request_host, rule_path};
 use crate::domain::access::{self as rules, Decision, RequestFacts, Standing, Verdict};
 use crate::domain::policy::{self, AfterPassword};
@@ -87,11 +89,11 @@ impl App {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
-        let client_ip = headers::client_ip(request.headers(), conn.peer.ip(), &self.config().trusted_proxies);
+        let client_ip = forwarding::client_ip(request.headers(), conn.peer.ip(), &self.config().trusted_proxies);
         let client =
             ClientInfo { peer: conn.peer.ip(), real_ip: client_ip, scheme: if conn.tls { "https" } else { "http" } };
 
-        let answer = match refuse_malformed(&request) {
+        let answer = match refuse_malformed(&Head::from(&request)) {
             Some(refusal) => Ok(refusal),
             None => match route::route(&path) {
                 route if self.refused_offline(&route) => Err(WebError::StoreOffline),
@@ -135,7 +137,7 @@ impl App {
     /// The host a request is for, if the proxy serves it (`malformed.rs` has made sure there is
     /// exactly one plain host).
     fn target<B>(&self, request: &Request<B>) -> Option<Target> {
-        let target = self.served_target(request);
+        let target = self.served_target(&Head::from(request));
         if target.is_none() {
             let host = request.headers().get(header::HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
             let host = host.unwrap_or_default();
@@ -145,10 +147,10 @@ impl App {
     }
 
     /// [`App::target`], saying nothing about a host the proxy does not serve.
-    pub(crate) fn served_target<B>(&self, request: &Request<B>) -> Option<Target> {
-        let authority = match request.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
+    pub(crate) fn served_target<F: Fields + ?Sized>(&self, request: &Head<'_, F>) -> Option<Target> {
+        let authority = match request.fields.first_value(&header::HOST).and_then(fields::text) {
             Some(host) => host,
-            None => request.uri().authority()?.as_str(),
+            None => request.uri.authority()?.as_str(),
         };
         let host = request_host(authority)?;
         let config = self.config();
@@ -177,7 +179,7 @@ impl App {
         target: &Target,
         forwarder: &Forwarder,
     ) -> Answer {
-        match self.weigh(&request, client, target).await? {
+        match self.weigh(&Head::from(&request), client, target).await? {
             Weighed { verdict: Verdict::Forward, lookup: Lookup::Found(Session::Full(full)), asked } => {
                 self.forward_as(request, full, client, asked, forwarder).await
             }
@@ -197,21 +199,21 @@ impl App {
 
     /// The session behind a request for the upstream and what the access rules say of it: the
     /// one judgement both the full path (above) and the express lane (`web::express`) act on.
-    pub(crate) async fn weigh<B>(
+    pub(crate) async fn weigh<F: Fields + ?Sized>(
         &self,
-        request: &Request<B>,
+        request: &Head<'_, F>,
         client: &ClientInfo,
         target: &Target,
     ) -> Result<Weighed, WebError> {
-        let lookup = self.session_on(request.headers(), target.session_host()).await;
+        let lookup = self.session_on(request.fields, target.session_host()).await;
         let user = match &lookup {
             Lookup::Found(session) => Some(session.user().clone()),
             _ => None,
         };
         let asked = Asked {
             host: target.host.clone(),
-            path: request.uri().path().to_string(),
-            method: request.method().clone(),
+            path: request.uri.path().to_string(),
+            method: request.method.clone(),
             client: client.real_ip,
         };
         let decision = self.decide(&asked, user.as_deref()).ok_or(WebError::BadRequest)?;

@@ -1,8 +1,9 @@
 //! Requests refused before anything else looks at them: smuggling leftovers, hosts that are not
 //! one plain host, and methods no application behind a gate needs.
 
-use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Response, StatusCode, Version, header};
 
+use crate::base::fields::{Fields, Head};
 use crate::web::pages::{self, Body};
 
 /// A host and optional port (RFC 9110 §7.2): no user information (`admin@host`), which no
@@ -26,17 +27,17 @@ pub fn is_plain_host(value: &[u8]) -> bool {
 ///   HTTP/2 request may carry one only if it agrees with `:authority` (RFC 9113 §8.3.1).
 /// * `CONNECT` and `TRACE` (405): the first would make the proxy a tunnel, the second echo the
 ///   request back (cookies included) to whoever asked; no application behind a gate needs either.
-pub fn refuse_malformed<B>(request: &Request<B>) -> Option<Response<Body>> {
-    let h = request.headers();
+pub fn refuse_malformed<F: Fields + ?Sized>(request: &Head<'_, F>) -> Option<Response<Body>> {
+    let h = request.fields;
     let refuse = |status: StatusCode, text: &'static str, why: &'static str| {
-        tracing::warn!(target: "portcullis::security", path = %request.uri().path(), "request refused: {why}");
+        tracing::warn!(target: "portcullis::security", path = %request.uri.path(), "request refused: {why}");
         let mut response = pages::plain(status, text);
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         Some(response)
     };
     // Method names are case-sensitive (RFC 9110 §9.1), so `trace` is another method; but some
     // servers fold case, and `TRACK` is IIS's `TRACE`: all are refused.
-    let method = request.method().as_str();
+    let method = request.method.as_str();
     if ["CONNECT", "TRACE", "TRACK"].iter().any(|m| method.eq_ignore_ascii_case(m)) {
         let mut response =
             refuse(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n", "CONNECT, TRACE or TRACK")?;
@@ -47,20 +48,18 @@ pub fn refuse_malformed<B>(request: &Request<B>) -> Option<Response<Body>> {
     }
     // A control character in the path once decoded (a NUL ends a path for some servers, CR/LF
     // split log lines and headers): no application needs one.
-    if percent_encoding::percent_decode_str(request.uri().path()).any(|b| b < 0x20 || b == 0x7f) {
+    if percent_encoding::percent_decode_str(request.uri.path()).any(|b| b < 0x20 || b == 0x7f) {
         return refuse(
             StatusCode::BAD_REQUEST,
             "400 Bad Request: a control character in the path\n",
             "control character in the path",
         );
     }
-    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    let mut lengths = h.values(&header::CONTENT_LENGTH);
     let ambiguous = match (lengths.next(), lengths.next()) {
         (None, _) => false,
         (Some(length), None) => {
-            h.contains_key(header::TRANSFER_ENCODING)
-                || length.is_empty()
-                || !length.as_bytes().iter().all(u8::is_ascii_digit)
+            h.has(&header::TRANSFER_ENCODING) || length.is_empty() || !length.iter().all(u8::is_ascii_digit)
         }
         (Some(_), Some(_)) => true,
     };
@@ -71,24 +70,24 @@ pub fn refuse_malformed<B>(request: &Request<B>) -> Option<Response<Body>> {
             "ambiguous body framing",
         );
     }
-    let mut hosts = h.get_all(header::HOST).iter();
+    let mut hosts = h.values(&header::HOST);
     // At most one: a second is never looked at past being there.
     let host = match (hosts.next(), hosts.next()) {
         (one, None) => Ok(one),
         (_, Some(_)) => Err(()),
     };
-    let host_ok = match (host, request.version()) {
+    let host_ok = match (host, request.version) {
         (Err(()), _) => false,
         // RFC 9113 §8.3.1: `:authority` or `Host`, at least one, and equal when both are there.
-        (Ok(one), Version::HTTP_2 | Version::HTTP_3) => match (one, request.uri().authority()) {
+        (Ok(one), Version::HTTP_2 | Version::HTTP_3) => match (one, request.uri.authority()) {
             (None, Some(authority)) => is_plain_host(authority.as_str().as_bytes()),
             (Some(one), Some(authority)) => {
-                is_plain_host(one.as_bytes()) && one.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())
+                is_plain_host(one) && one.eq_ignore_ascii_case(authority.as_str().as_bytes())
             }
-            (Some(one), None) => is_plain_host(one.as_bytes()),
+            (Some(one), None) => is_plain_host(one),
             (None, None) => false,
         },
-        (Ok(one), _) => one.is_some_and(|one| is_plain_host(one.as_bytes())),
+        (Ok(one), _) => one.is_some_and(is_plain_host),
     };
     if !host_ok {
         return refuse(

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderValue, Response, header};
 
 use crate::base::clock::UnixTime;
-use crate::base::headers;
+use crate::base::forwarding;
 use crate::domain::session::Device;
 use crate::domain::users::User;
 use crate::web::error::WebError;
@@ -52,7 +52,7 @@ pub fn retry_after(response: &mut Response<Body>, seconds: i64) {
 
 /// The client's address: the peer, or what a trusted proxy in front of us says it is.
 pub fn client_ip(app: &App, headers: &HeaderMap, conn: &Connection) -> IpAddr {
-    headers::client_ip(headers, conn.peer.ip(), &app.config().trusted_proxies)
+    forwarding::client_ip(headers, conn.peer.ip(), &app.config().trusted_proxies)
 }
 
 /// Where the session's client is, for its entry in the account page's list.

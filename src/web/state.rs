@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::base::clock::SharedClock;
+use crate::base::fields::Fields;
 use crate::base::headers;
 use crate::config::{Config, SharedConfig};
 use crate::domain::factors::{AccountRecord, FactorKind, SecondFactors, providers};
@@ -157,7 +158,7 @@ impl App {
     }
 
     /// [`App::resolve_session`] on another host (`None`: the main host).
-    pub fn resolve_session_on(&self, request_headers: &http::HeaderMap, host: Option<&str>) -> Lookup {
+    pub fn resolve_session_on<F: Fields + ?Sized>(&self, request_headers: &F, host: Option<&str>) -> Lookup {
         self.sessions.resolve_on(headers::cookie_values(request_headers, self.session_cookie()), &self.users, host)
     }
 
@@ -170,7 +171,7 @@ impl App {
     }
 
     /// [`App::session`] on another host (`None`: the main host).
-    pub async fn session_on(&self, request_headers: &http::HeaderMap, host: Option<&str>) -> Lookup {
+    pub async fn session_on<F: Fields + ?Sized>(&self, request_headers: &F, host: Option<&str>) -> Lookup {
         let mut lookup = self.resolve_session_on(request_headers, host);
         // With a store other replicas share, a session made on another one a moment ago may not
         // have reached this one's memory yet: looked up in the store once.

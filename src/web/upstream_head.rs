@@ -15,10 +15,12 @@
 //! are prepared on a map as the full path prepares them. A property test holds the two ways to
 //! the same result (`upstream_head_tests.rs`).
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
+use http::{HeaderMap, HeaderName, Request, header};
 
 use super::Forwarder;
-use crate::base::headers::{self, ClientInfo, ForwardedCookie, Forwarding};
+use crate::base::fields::{Fields, Head};
+use crate::base::forwarding::{self, ClientInfo, Forwarding};
+use crate::base::headers::{self, ForwardedCookie};
 use crate::config::IdentityHeaders;
 use crate::domain::identity::UpstreamIdentity;
 
@@ -41,69 +43,86 @@ pub(super) fn one_pass_agrees(identity: &IdentityHeaders, stripped: &[HeaderName
     let names = identity.all();
     let distinct = names.iter().enumerate().all(|(i, a)| names[i + 1..].iter().all(|b| a != b));
     distinct
-        && !READ_OR_SET_BY_RULES.iter().any(|n| headers::is_identity_lookalike(n, stripped, prefixes))
+        && !READ_OR_SET_BY_RULES.iter().any(|n| headers::is_identity_lookalike(n.as_str(), stripped, prefixes))
         && !names.iter().any(|n| READ_OR_SET_BY_RULES.contains(n))
 }
 
 impl Forwarder {
-    /// The head of `request` (a GET or HEAD the gate let through, as the lane parsed it) for the
+    /// The head of `request` (a GET or HEAD the gate let through, as the lane read it) for the
     /// upstream, with `identity`.
-    pub(crate) fn upstream_head(
+    pub(crate) fn upstream_head<F: Fields + ?Sized>(
         &self,
-        request: Request<()>,
+        request: &Head<'_, F>,
         identity: &UpstreamIdentity,
         client: &ClientInfo,
     ) -> Vec<u8> {
-        let fields = request.headers();
+        let fields = request.fields;
         if self.direct_head
-            && request.uri().authority().is_none()
-            && fields.contains_key(header::HOST)
+            && request.uri.authority().is_none()
+            && fields.has(&header::HOST)
             && !headers::connection_names_fields(fields)
         {
-            return self.write_head(&request, identity, client);
+            return self.write_head(request, identity, client);
         }
-        let (mut parts, ()) = request.into_parts();
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = request.method.clone();
+        parts.uri = request.uri.clone();
+        parts.version = request.version;
+        parts.headers = request.fields_as_map();
         self.prepare(&mut parts, Some(identity), client);
         encode_request(&parts)
     }
 
-    /// [`Forwarder::prepare`] and [`encode_request`] in one pass over the client's fields.
-    fn write_head(&self, request: &Request<()>, identity: &UpstreamIdentity, client: &ClientInfo) -> Vec<u8> {
-        let fields = request.headers();
-        let Forwarding { from_trusted, set } = headers::forwarding(fields, client, &self.trusted_proxies);
+    /// [`Forwarder::prepare`] and [`encode_request`] in one pass over the client's fields, which
+    /// keep the names' case and their order as sent.
+    fn write_head<F: Fields + ?Sized>(
+        &self,
+        request: &Head<'_, F>,
+        identity: &UpstreamIdentity,
+        client: &ClientInfo,
+    ) -> Vec<u8> {
+        let fields = request.fields;
+        let Forwarding { from_trusted, set } = forwarding::forwarding(fields, client, &self.trusted_proxies);
+        let rebuilt;
         let cookie = match headers::forwarded_cookie(fields, &self.own_cookies) {
             ForwardedCookie::Absent => None,
-            ForwardedCookie::AsSent(value) => Some(std::borrow::Cow::Borrowed(value)),
-            ForwardedCookie::Rebuilt(value) => Some(std::borrow::Cow::Owned(value)),
+            ForwardedCookie::AsSent(value) => Some(value),
+            ForwardedCookie::Rebuilt(value) => {
+                rebuilt = value;
+                Some(rebuilt.as_bytes())
+            }
         };
         let identity = identity.fields(&self.identity_headers);
-        let passes = |name: &HeaderName| {
-            !(headers::is_hop_by_hop(name)
-                || name == header::COOKIE
+        let passes = |name: &str| {
+            !(headers::is_hop_by_hop_as_read(name)
+                || name.eq_ignore_ascii_case("cookie")
                 || headers::is_identity_lookalike(name, &self.stripped, &self.stripped_prefixes)
                 || headers::is_set_by_proxy(name)
                 || (!from_trusted && headers::is_forwarding(name)))
         };
-        let method = request.method().as_str();
-        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let added = set.iter().filter_map(|(name, value)| Some(field_size(name, value.as_ref()?))).sum::<usize>()
-            + identity.iter().map(|(name, value)| field_size(name, value)).sum::<usize>();
+        let method = request.method.as_str();
+        let target = request.uri.path_and_query().map_or("/", |p| p.as_str());
+        let added = set
+            .iter()
+            .filter_map(|(name, value)| Some(field_size(name.as_str(), value.as_ref()?.as_bytes())))
+            .sum::<usize>()
+            + identity.iter().map(|(name, value)| field_size(name.as_str(), value.as_bytes())).sum::<usize>();
         // The client's fields are an upper bound for what passes of them, cookie included.
-        let mut head = Vec::with_capacity(method.len() + target.len() + 13 + fields_size(fields) + added + 2);
+        let mut head = Vec::with_capacity(method.len() + target.len() + 13 + fields.written_size() + added + 2);
         put_request_line(&mut head, method, target);
-        for (name, value) in fields.iter().filter(|(name, _)| passes(name)) {
+        for (name, value) in fields.each().filter(|(name, _)| passes(name)) {
             put_field(&mut head, name, value);
         }
         if let Some(cookie) = cookie {
-            put_field(&mut head, &header::COOKIE, &cookie);
+            put_field(&mut head, "cookie", cookie);
         }
         for (name, value) in &set {
             if let Some(value) = value {
-                put_field(&mut head, name, value);
+                put_field(&mut head, name.as_str(), value.as_bytes());
             }
         }
         for (name, value) in identity {
-            put_field(&mut head, name, value);
+            put_field(&mut head, name.as_str(), value.as_bytes());
         }
         head.extend_from_slice(b"\r\n");
         head
@@ -130,23 +149,23 @@ fn put_request_line(head: &mut Vec<u8>, method: &str, target: &str) {
 
 /// The bytes [`put_fields`] writes: sized once, a head is never copied to grow.
 pub(crate) fn fields_size(headers: &HeaderMap) -> usize {
-    headers.iter().map(|(name, value)| field_size(name, value)).sum()
+    headers.written_size()
 }
 
-fn field_size(name: &HeaderName, value: &HeaderValue) -> usize {
-    name.as_str().len() + value.len() + 4
+fn field_size(name: &str, value: &[u8]) -> usize {
+    name.len() + value.len() + 4
 }
 
 pub(crate) fn put_fields(head: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
-        put_field(head, name, value);
+        put_field(head, name.as_str(), value.as_bytes());
     }
 }
 
-pub(crate) fn put_field(head: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    head.extend_from_slice(name.as_str().as_bytes());
+pub(crate) fn put_field(head: &mut Vec<u8>, name: &str, value: &[u8]) {
+    head.extend_from_slice(name.as_bytes());
     head.extend_from_slice(b": ");
-    head.extend_from_slice(value.as_bytes());
+    head.extend_from_slice(value);
     head.extend_from_slice(b"\r\n");
 }
 

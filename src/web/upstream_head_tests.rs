@@ -3,6 +3,8 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
+use http::HeaderValue;
+
 use super::*;
 use crate::config::Config;
 
@@ -27,7 +29,12 @@ fn identity() -> UpstreamIdentity {
 /// A client as the lane sees it: the peer, and the address the gate read for it.
 fn client(peer: &str, headers: &HeaderMap, forwarder: &Forwarder) -> ClientInfo {
     let peer: IpAddr = peer.parse().unwrap();
-    ClientInfo { peer, real_ip: headers::client_ip(headers, peer, &forwarder.trusted_proxies), scheme: "https" }
+    ClientInfo { peer, real_ip: forwarding::client_ip(headers, peer, &forwarder.trusted_proxies), scheme: "https" }
+}
+
+/// `request` with `fields` in its map.
+fn request_with(request: &Request<()>, fields: &[(&str, &[u8])]) -> Request<()> {
+    self::request(request.method().as_str(), &request.uri().to_string(), fields)
 }
 
 fn request(method: &str, target: &str, fields: &[(&str, &[u8])]) -> Request<()> {
@@ -37,6 +44,16 @@ fn request(method: &str, target: &str, fields: &[(&str, &[u8])]) -> Request<()> 
         request.headers_mut().append(name, HeaderValue::from_bytes(value).unwrap());
     }
     request
+}
+
+/// The fields as the lane reads them: in the order sent, names in the case sent.
+fn as_read<'a>(fields: &[(&'a str, &'a [u8])]) -> Vec<httparse::Header<'a>> {
+    fields.iter().map(|&(name, value)| httparse::Header { name, value }).collect()
+}
+
+/// A head with `fields` as read, for a request's method and target.
+fn head_as_read<'a>(request: &'a Request<()>, fields: &'a [httparse::Header<'a>]) -> Head<'a, [httparse::Header<'a>]> {
+    Head { method: request.method(), uri: request.uri(), version: request.version(), fields }
 }
 
 /// The head as `prepare` makes it on a map, the full path's way.
@@ -88,7 +105,7 @@ fn the_usual_request_is_written_in_one_pass_with_the_fields_prepare_would_send()
         ],
     );
     let client = client("203.0.113.9", request.headers(), &forwarder);
-    let head = forwarder.write_head(&request, &identity(), &client);
+    let head = forwarder.write_head(&Head::from(&request), &identity(), &client);
     let expected = "GET /wiki/page?rev=2 HTTP/1.1\r\n\
         host: app.example.com\r\n\
         user-agent: Mozilla/5.0\r\n\
@@ -105,6 +122,34 @@ fn the_usual_request_is_written_in_one_pass_with_the_fields_prepare_would_send()
     assert_eq!(String::from_utf8(head.clone()).unwrap(), expected);
     assert_eq!(normalized(&head), normalized(&prepared(&forwarder, &request, &client)));
     assert!(head.len() <= head.capacity(), "sized once");
+}
+
+#[test]
+fn fields_as_read_are_written_in_the_case_and_order_they_came() {
+    let forwarder = forwarder("");
+    let sent: [(&str, &[u8]); 7] = [
+        ("Host", b"app.example.com"),
+        ("X-App", b"1"),
+        ("Cookie", b"theme=dark; portcullis=SECRET"),
+        ("Accept", b"*/*"),
+        ("X_Forwarded_User", b"admin"),
+        ("x-app", b"2"),
+        ("Connection", b"keep-alive"),
+    ];
+    let request = request("GET", "/", &[]);
+    let fields = as_read(&sent);
+    let client = client("203.0.113.9", &HeaderMap::new(), &forwarder);
+    let head = forwarder.upstream_head(&head_as_read(&request, &fields), &identity(), &client);
+    let text = String::from_utf8(head.clone()).unwrap();
+    assert!(
+        text.starts_with(
+            "GET / HTTP/1.1\r\nHost: app.example.com\r\nX-App: 1\r\nAccept: */*\r\nx-app: 2\r\ncookie: theme=dark\r\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("X_Forwarded_User") && !text.contains("SECRET") && !text.contains("Connection"), "{text}");
+    let map = request_with(&request, &sent);
+    assert_eq!(normalized(&head), normalized(&prepared(&forwarder, &map, &client)));
 }
 
 #[test]
@@ -189,16 +234,26 @@ proptest! {
         peer in prop::sample::select(vec![TRUSTED_PEER, "203.0.113.9", "2001:db8::9", "::ffff:10.9.0.8"]),
         head_request in any::<bool>(),
         which in 0..3usize,
+        shouted in any::<u16>(),
     ) {
         let forwarder = &configurations()[which];
         let fields: Vec<(&str, &[u8])> = picks.iter().map(|&i| FIELDS[i]).collect();
         let request = request(if head_request { "HEAD" } else { "GET" }, "/p?q=1", &fields);
         let client = client(peer, request.headers(), forwarder);
         let expected = normalized(&prepared(forwarder, &request, &client));
-        let fields = request.headers();
-        if forwarder.direct_head && fields.contains_key(header::HOST) && !headers::connection_names_fields(fields) {
-            prop_assert_eq!(&normalized(&forwarder.write_head(&request, &identity(), &client)), &expected);
+        let map = request.headers();
+        if forwarder.direct_head && map.contains_key(header::HOST) && !headers::connection_names_fields(map) {
+            prop_assert_eq!(&normalized(&forwarder.write_head(&Head::from(&request), &identity(), &client)), &expected);
         }
-        prop_assert_eq!(&normalized(&forwarder.upstream_head(request, &identity(), &client)), &expected);
+        prop_assert_eq!(&normalized(&forwarder.upstream_head(&Head::from(&request), &identity(), &client)), &expected);
+        // The same fields as the lane reads them, some names in capitals: the same head.
+        let names: Vec<String> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| if shouted >> (i % 16) & 1 == 1 { name.to_ascii_uppercase() } else { name.to_string() })
+            .collect();
+        let spelled: Vec<(&str, &[u8])> = names.iter().zip(&fields).map(|(name, (_, value))| (name.as_str(), *value)).collect();
+        let read = as_read(&spelled);
+        prop_assert_eq!(&normalized(&forwarder.upstream_head(&head_as_read(&request, &read), &identity(), &client)), &expected);
     }
 }

@@ -10,7 +10,7 @@
 use std::time::Instant as StdInstant;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http::{Method, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -18,6 +18,7 @@ use super::client_io::{ClientIo, stalled_writing, warn_stopped_reading};
 use super::clock::{PARK_AFTER, Watch};
 use std::sync::Arc;
 
+use crate::base::fields::Head;
 use crate::config::Limits;
 use crate::server::capacity::Activity;
 use crate::web::error::WebError;
@@ -43,18 +44,28 @@ pub(super) enum Lane {
     Close,
 }
 
-/// A request head read whole, as the lane sees it. Unboxed: it lives for one move, and a box
-/// would be an allocation on every request.
-#[allow(clippy::large_enum_variant)]
-enum Parsed {
+/// A request head read whole, as the lane sees it.
+enum Parsed<'a> {
     Partial,
     /// Not the lane's: malformed, too large, or not a plain signed-in GET or HEAD.
     Declined,
-    /// `length` bytes of head; the request built from them.
-    Offered {
-        length: usize,
-        request: Request<()>,
-    },
+    Offered(Offered<'a>),
+}
+
+/// A head the lane may be offered: `length` bytes, its method and target read as hyper reads
+/// them, and its fields as `httparse` found them, borrowing the bytes they were read from. No
+/// map is built (see `base::fields`).
+struct Offered<'a> {
+    length: usize,
+    method: Method,
+    uri: Uri,
+    fields: Vec<httparse::Header<'a>>,
+}
+
+impl Offered<'_> {
+    fn head(&self) -> Head<'_, [httparse::Header<'_>]> {
+        Head { method: &self.method, uri: &self.uri, version: Version::HTTP_11, fields: &self.fields[..] }
+    }
 }
 
 /// What the lane needs of the connection's request handler.
@@ -109,8 +120,9 @@ where
         }
         // The whole head, within `limits.header_read_timeout` of its first byte.
         let deadline = Instant::now() + limits.header_read_timeout;
-        let whole = loop {
-            let whole = read.split().freeze();
+        let mut whole;
+        let offered = loop {
+            whole = read.split().freeze();
             match parse(&whole) {
                 Parsed::Partial if whole.len() < limits.max_header_bytes => {}
                 Parsed::Partial | Parsed::Declined => {
@@ -118,11 +130,12 @@ where
                     return Lane::Declined;
                 }
                 // A head that came whole in one read may be past the limit: hyper's to refuse.
-                Parsed::Offered { length, .. } if length > limits.max_header_bytes => {
+                Parsed::Offered(offered) if offered.length > limits.max_header_bytes => {
+                    drop(offered);
                     io.put_back(whole);
                     return Lane::Declined;
                 }
-                Parsed::Offered { length, request } => break (whole, length, request),
+                Parsed::Offered(offered) => break offered,
             }
             take_back(&mut read, whole);
             match next_bytes(io, &mut read, watch, deadline).await {
@@ -131,10 +144,12 @@ where
                 Waited::Quiet | Waited::Close => return Lane::Close,
             }
         };
-        let (whole, length, request) = whole;
+        let length = offered.length;
         // Boxed: the request's future (the gate, the upstream exchange) is several KiB, and the
         // connection's task would otherwise be sized for it while it idles.
-        match Box::pin(carry(io, &handler, request, path_of(&whole[..length]), watch)).await {
+        let carried = Box::pin(carry(io, &handler, &offered.head(), path_of(&whole[..length]), watch)).await;
+        drop(offered);
+        match carried {
             Carried::Declined => {
                 io.put_back(whole);
                 return Lane::Declined;
@@ -168,7 +183,7 @@ enum Carried {
 async fn carry<I>(
     io: &mut ClientIo<I>,
     handler: &Carrier<'_>,
-    request: Request<()>,
+    request: &Head<'_, [httparse::Header<'_>]>,
     path: std::borrow::Cow<'_, str>,
     watch: &mut Watch,
 ) -> Carried
@@ -177,15 +192,14 @@ where
 {
     let started = StdInstant::now();
     let _in_flight = handler.activity.begin();
-    let method = request.method().clone();
+    let method = request.method;
     let head_request = method == Method::HEAD;
     let Some(ticket) = handler.app.express_ticket(request, handler.conn, handler.forwarder).await else {
         return Carried::Declined;
     };
     let peer = watch.peer;
     let outcome = handler.forwarder.express(&ticket, io, OnTheLane::others(), watch.check.as_mut()).await;
-    let served =
-        |upstream_time| Served { method: &method, path: &path, client: ticket.client_ip, started, upstream_time };
+    let served = |upstream_time| Served { method, path: &path, client: ticket.client_ip, started, upstream_time };
     match outcome {
         Ok(Relayed { status, upstream_time, broke_off }) => {
             crate::base::metrics::express_request();
@@ -272,9 +286,9 @@ fn path_of(head: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(path)
 }
 
-/// Reads a request head from `whole` and, if it is one the lane may be offered, builds the
-/// request, its target and field values sharing `whole`'s memory as hyper's do.
-fn parse(whole: &Bytes) -> Parsed {
+/// Reads a request head from `whole` and, if it is one the lane may be offered, reads its method
+/// and target (the target shares `whole`'s memory, as hyper's does).
+fn parse(whole: &Bytes) -> Parsed<'_> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut head = httparse::Request::new(&mut fields);
     let length = match head.parse(whole) {
@@ -290,35 +304,24 @@ fn parse(whole: &Bytes) -> Parsed {
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Declined };
     let Ok(uri) = Uri::from_maybe_shared(whole.slice_ref(target.as_bytes())) else { return Parsed::Declined };
-    // The upstream's head is written from these fields, not added to them
-    // (`Forwarder::upstream_head`): no room for more.
-    let mut headers = HeaderMap::with_capacity(head.headers.len());
-    for field in head.headers.iter() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(field.name.as_bytes()),
-            HeaderValue::from_maybe_shared(whole.slice_ref(field.value)),
-        ) else {
-            return Parsed::Declined;
-        };
-        headers.append(name, value);
-    }
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = headers;
-    Parsed::Offered { length, request }
+    Parsed::Offered(Offered { length, method, uri, fields: head.headers.to_vec() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{HeaderName, HeaderValue};
 
-    fn offered(head: &str) -> Option<Request<()>> {
+    /// A field as read: its name and value.
+    type Field = (String, Vec<u8>);
+
+    /// The method, the target and the fields of a head the lane is offered.
+    fn offered(head: &str) -> Option<(Method, Uri, Vec<Field>)> {
         match parse(&Bytes::copy_from_slice(head.as_bytes())) {
-            Parsed::Offered { length, request } => {
-                assert_eq!(length, head.len());
-                Some(request)
+            Parsed::Offered(offered) => {
+                assert_eq!(offered.length, head.len());
+                let fields = offered.fields.iter().map(|f| (f.name.to_string(), f.value.to_vec())).collect();
+                Some((offered.method, offered.uri, fields))
             }
             _ => None,
         }
@@ -358,13 +361,47 @@ mod tests {
 
     #[test]
     fn a_signed_in_get_is_offered_with_its_fields() {
-        let request =
+        let (method, uri, fields) =
             offered("GET /wiki?x=1 HTTP/1.1\r\nHost: a.test\r\nCookie: portcullis=t\r\nX-A: 1\r\nX-A: 2\r\n\r\n")
                 .expect("offered");
-        assert_eq!(request.method(), Method::GET);
-        assert_eq!(request.uri(), "/wiki?x=1");
-        assert_eq!(request.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!(method, Method::GET);
+        assert_eq!(uri, "/wiki?x=1");
+        let a: Vec<&[u8]> = fields.iter().filter(|(n, _)| n == "X-A").map(|(_, v)| &v[..]).collect();
+        assert_eq!(a, [b"1", b"2"], "as sent: in order, the name's case kept");
         assert_eq!(path_of(b"GET /wiki?token=secret HTTP/1.1\r\n"), "/wiki");
+    }
+
+    /// The gate reads the lane's fields as `httparse` found them, where hyper's path reads them
+    /// from an `http` map: every byte `httparse` takes in a name or a value, `http` must take
+    /// too, or the lane would carry a field the full path refuses.
+    #[test]
+    fn every_byte_httparse_takes_in_a_field_http_takes_too() {
+        let parses = |head: &[u8]| {
+            let mut fields = [httparse::EMPTY_HEADER; 4];
+            let mut request = httparse::Request::new(&mut fields);
+            matches!(request.parse(head), Ok(httparse::Status::Complete(_)))
+        };
+        let (mut names, mut values) = (0, 0);
+        // A colon ends a name: what follows it is the value.
+        for byte in (0..=255u8).filter(|&b| b != b':') {
+            let name = [b'X', byte, b'a'];
+            let head = [&b"GET / HTTP/1.1\r\n"[..], &name, b": v\r\n\r\n"].concat();
+            if parses(&head) {
+                names += 1;
+                assert!(HeaderName::from_bytes(&name).is_ok(), "name byte {byte:#04x}");
+            }
+        }
+        for byte in 0..=255u8 {
+            let value = [b'a', byte, b'b'];
+            let head = [&b"GET / HTTP/1.1\r\nX: "[..], &value, b"\r\n\r\n"].concat();
+            if parses(&head) {
+                values += 1;
+                assert!(HeaderValue::from_bytes(&value).is_ok(), "value byte {byte:#04x}");
+            }
+        }
+        // Not vacuous: the tokens' characters, and visible bytes, tab and obs-text.
+        assert_eq!(names, 77, "RFC 9110 §5.6.2 tchar");
+        assert!(values >= 95 + 1 + 128, "{values}");
     }
 
     #[test]
