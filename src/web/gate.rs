@@ -231,10 +231,15 @@ impl App {
     }
 
     fn full_standing(&self, full: &FullSession) -> Standing {
+        // One look at the account and the configuration for both questions: this is asked of
+        // every request a full session makes.
+        let record = self.account(full.user());
+        let config = self.config();
+        let providers = &config.mfa.providers;
         Standing::Full {
-            proved_second_factor: self.proved_counting_factor(full),
+            proved_second_factor: self.proved_counting_factor_in(full, &record, providers),
             second_factor_at: full.second_factor_at(),
-            has_factor: self.has_factor(full.user()),
+            has_factor: crate::domain::factors::providers::has_counting_factor(&record, providers),
         }
     }
 

@@ -112,14 +112,19 @@ impl App {
     /// Whether `full` proved a second factor that still counts (its provider was not disabled
     /// since): what access rules asking for a second factor weigh.
     pub fn proved_counting_factor(&self, full: &FullSession) -> bool {
+        self.proved_counting_factor_in(full, &self.account(full.user()), &self.config().mfa.providers)
+    }
+
+    /// [`App::proved_counting_factor`] with the account's record and the providers at hand.
+    pub(crate) fn proved_counting_factor_in(
+        &self,
+        full: &FullSession,
+        record: &AccountRecord,
+        providers: &crate::config::providers::Providers,
+    ) -> bool {
         self.provider_mfa_holds(full)
             || full.proved_second_factor()
-                && providers::proof_counts(
-                    full.amr(),
-                    (full.proven_with(), full.keys_used()),
-                    &self.account(full.user()),
-                    &self.config().mfa.providers,
-                )
+                && providers::proof_counts(full.amr(), (full.proven_with(), full.keys_used()), record, providers)
     }
 
     /// An account whose every factor's provider was disabled: what the stranded page explains.
@@ -225,7 +230,8 @@ impl App {
         // and one the account has, as long as the trust lasts.
         let provider_mfa = self.provider_mfa_holds(full);
         let has_factor = provider_mfa || providers::has_counting_factor(&record, providers);
-        policy::full_session_allowed(self.requirement(full.user()), has_factor, proved || provider_mfa)
+        let requirement = policy::requirement(&config.mfa, full.user(), self.clock.now());
+        policy::full_session_allowed(requirement, has_factor, proved || provider_mfa)
     }
 
     /// Whether `full` proved its second factor with an OpenID provider's MFA (`mfa` in its

@@ -324,7 +324,7 @@ pub fn verify(token: &str, keys: &VerifyingKeys, issuer: &str, audience: &str) -
 /// It is also re-signed after a key rotation, so the new key takes over at once (the old one
 /// stays published until what it signed has expired).
 struct CachedAssertion {
-    identity: UpstreamIdentity,
+    identity: Arc<UpstreamIdentity>,
     issued_at: UnixTime,
     for_user: Arc<User>,
     generation: u64,
@@ -372,7 +372,9 @@ impl UpstreamIdentity {
 }
 
 impl FullSession {
-    pub fn upstream_identity(&self, signer: &AssertionSigner) -> Result<UpstreamIdentity, IdentityError> {
+    /// The identity the upstream is sent for this session. Shared: the same one (kept with the
+    /// session until half its assertion's lifetime is gone) goes with every request it makes.
+    pub fn upstream_identity(&self, signer: &AssertionSigner) -> Result<Arc<UpstreamIdentity>, IdentityError> {
         let now = signer.clock.now();
         let user = self.user();
         let signing = signer.signing.load();
@@ -386,12 +388,12 @@ impl FullSession {
                 Ok(c.identity.clone())
             }
             _ => {
-                let identity = UpstreamIdentity {
+                let identity = Arc::new(UpstreamIdentity {
                     user: HeaderValue::from_str(user.name.as_str())?,
                     email: HeaderValue::from_bytes(user.email.as_bytes())?,
                     groups: HeaderValue::from_bytes(user.groups.join(",").as_bytes())?,
                     assertion: HeaderValue::from_str(&signer.sign(self, now, &signing)?)?,
-                };
+                });
                 self.memo().set(Arc::new(CachedAssertion {
                     identity: identity.clone(),
                     issued_at: now,
