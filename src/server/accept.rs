@@ -44,8 +44,8 @@ pub(super) async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let free = connections.try_admit(peer.ip());
-        let (app, tls, forwarder, stop, open, connections) =
-            (app.clone(), tls.clone(), forwarder.clone(), stop.clone(), open_tx.clone(), connections.clone());
+        let (app, tls, forwarder, open, connections) =
+            (app.clone(), tls.clone(), forwarder.clone(), open_tx.clone(), connections.clone());
         tokio::spawn(async move {
             let _open = open;
             let admitted = match free {
@@ -65,9 +65,9 @@ pub(super) async fn accept_loop(
                     // Boxed, here and below: the task is sized for its largest branch, and a TLS
                     // session (rustls' state, about 8 KiB) would make every connection's task that
                     // large.
-                    Box::pin(connection::serve(stream, conn, app, forwarder, admitted, stop)).await
+                    Box::pin(connection::serve(stream, conn, app, forwarder, admitted)).await
                 }
-                Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, app, forwarder, admitted, stop)).await,
+                Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, app, forwarder, admitted)).await,
             }
         });
     }
@@ -87,7 +87,6 @@ async fn serve_tls(
     app: Arc<App>,
     forwarder: Arc<Forwarder>,
     admitted: Admitted,
-    stop: watch::Receiver<bool>,
 ) {
     // A socket that has not finished its handshake is as idle as any: it gives its place to a
     // newcomer at once, not when the handshake times out.
@@ -97,7 +96,7 @@ async fn serve_tls(
         done = handshake => match done {
             Ok(Ok(stream)) => {
                 let conn = Connection { peer, tls: true };
-                connection::serve(stream, conn, app, forwarder, admitted, stop).await
+                connection::serve(stream, conn, app, forwarder, admitted).await
             }
             Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -300,6 +300,8 @@ impl Server {
         manager.stopping();
         tracing::info!("shutting down: no new connections; finishing requests in flight");
         let _ = stop_tx.send(true);
+        // The accept loops hear the watch; the connections hear it through their activity.
+        connections.stop_all();
         for done in workers {
             let _ = done.await;
         }
@@ -341,9 +343,10 @@ async fn worker(
     }
 }
 
-/// The worker's own copy of the stop signal. Every connection waits on it between requests,
-/// and tokio's `watch` registers each waiter under a mutex: shared by all workers it was a lock
-/// every worker took twice a request. This one is only ever taken on the worker's thread.
+/// The worker's own copy of the stop signal, for its accept loops, which wait on it for every
+/// connection they accept: tokio's `watch` registers each waiter under a mutex, which shared by
+/// all workers would be a lock every worker takes. (Connections hear the stop through their
+/// `Activity`: `Capacity::stop_all`.)
 fn worker_stop(mut shared: watch::Receiver<bool>) -> watch::Receiver<bool> {
     let (local, receiver) = watch::channel(*shared.borrow_and_update());
     tokio::spawn(async move {

@@ -231,9 +231,8 @@ async fn account_page_shows_who_is_signed_in() {
 }
 
 /// A browser's kept connections, quiet between requests on the lane and mid-wait in hyper,
-/// hear a stop at once: each worker's connections wait on the worker's own copy of the stop
-/// signal, which must still reach them. Were it lost, the proxy would not stop at all (its
-/// accept loops wait on the same copy), and were it slow, it would wait out the whole
+/// hear a stop at once: the stop reaches each connection through its own activity
+/// (`Capacity::stop_all`). Were it lost or slow, the proxy would wait out the whole
 /// `proxy.shutdown_grace` (30 s here) before it closed them.
 #[tokio::test(flavor = "multi_thread")]
 async fn kept_connections_hear_a_stop_at_once() {

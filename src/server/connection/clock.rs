@@ -8,11 +8,10 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::client_io::{ClientIo, Transport, stalled_writing, warn_stopped_reading};
-use crate::server::capacity::Activity;
+use crate::server::capacity::{Activity, Signal};
 
 /// After asking an idle connection to close (an HTTP/2 GOAWAY), how long it may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -29,25 +28,32 @@ pub(super) enum Driven {
 }
 
 /// A connection's clock and what may end it: the server stopping, a newcomer needing its place
-/// (see `capacity.rs`), or being idle past `limits.header_read_timeout`.
+/// (see `capacity.rs`: both come as a [`Signal`] through its activity), or being idle past
+/// `limits.header_read_timeout`.
 pub(super) struct Watch {
     pub activity: Arc<Activity>,
     idle_limit: Duration,
-    pub stop: watch::Receiver<bool>,
     pub check: Pin<Box<Sleep>>,
     pub peer: SocketAddr,
 }
 
 impl Watch {
-    pub fn new(activity: Arc<Activity>, idle_limit: Duration, stop: watch::Receiver<bool>, peer: SocketAddr) -> Self {
+    pub fn new(activity: Arc<Activity>, idle_limit: Duration, peer: SocketAddr) -> Self {
         let check = Box::pin(tokio::time::sleep(idle_limit));
-        Self { activity, idle_limit, stop, check, peer }
+        Self { activity, idle_limit, check, peer }
+    }
+
+    /// Logs why an idle connection goes when it was told to.
+    pub fn closing_idle(&self, signal: Signal) {
+        if signal == Signal::MakeRoom {
+            tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed to make room");
+        }
     }
 
     /// Waits, with no request in flight and nothing of hyper's held, for the client's next
     /// bytes. False when the connection should close instead.
     pub async fn wait_for_bytes<I: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut ClientIo<I>) -> bool {
-        if *self.stop.borrow() {
+        if self.activity.signal().is_some() {
             return false;
         }
         loop {
@@ -56,9 +62,8 @@ impl Watch {
                 // the newcomer was promised its place (an idle HTTP/1.1 connection may be closed
                 // at any time, RFC 9112 §9.6, and clients send again on a new one).
                 biased;
-                _ = self.stop.changed() => return false,
-                _ = self.activity.close_requested() => {
-                    tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed to make room");
+                signal = self.activity.signalled() => {
+                    self.closing_idle(signal);
                     return false;
                 }
                 read = io.read_ahead() => return matches!(read, Ok(n) if n > 0),
@@ -103,24 +108,22 @@ impl Watch {
                     self.ended(ended);
                     return Driven::Ended;
                 }
-                _ = self.stop.changed(), if closing.is_none() => {
-                    // The server is stopping: finish what is in flight (the accept loop bounds
-                    // the wait by `proxy.shutdown_grace`), take nothing new.
-                    graceful_shutdown(connection);
-                    closing = Some(Instant::now());
-                }
-                _ = self.activity.close_requested(), if closing.is_none() => {
-                    // Only an idle connection is asked. With nothing in flight (at most part of a
-                    // request head, or an HTTP/2 connection with no stream open) it goes at once:
-                    // a graceful close would wait for the rest of a head, or for an HTTP/2 client
+                signal = self.activity.signalled(), if closing.is_none() => {
+                    // Stopping: finish what is in flight (the accept loop bounds the wait by
+                    // `proxy.shutdown_grace`), take nothing new. Asked to make room: only an idle
+                    // connection is asked. With nothing in flight (at most part of a request
+                    // head, or an HTTP/2 connection with no stream open) it goes at once: a
+                    // graceful close would wait for the rest of a head, or for an HTTP/2 client
                     // to acknowledge the GOAWAY, longer than the newcomer waits for its place.
-                    tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed to make room");
-                    if self.activity.is_quiet() {
-                        return Driven::Ended;
+                    if signal == Signal::MakeRoom {
+                        tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed to make room");
+                        if self.activity.is_quiet() {
+                            return Driven::Ended;
+                        }
+                        self.check.as_mut().reset(Instant::now() + CLOSE_GRACE);
                     }
                     graceful_shutdown(connection);
                     closing = Some(Instant::now());
-                    self.check.as_mut().reset(Instant::now() + CLOSE_GRACE);
                 }
                 _ = self.check.as_mut() => {
                     let now = Instant::now();

@@ -248,7 +248,7 @@ async fn next_bytes<I>(io: &mut ClientIo<I>, read: &mut BytesMut, watch: &mut Wa
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    if *watch.stop.borrow() {
+    if watch.activity.signal().is_some() {
         return Waited::Close;
     }
     if watch.check.deadline() > deadline {
@@ -258,9 +258,8 @@ where
     loop {
         tokio::select! {
             biased;
-            _ = watch.stop.changed() => return Waited::Close,
-            _ = watch.activity.close_requested() => {
-                tracing::debug!(peer = %watch.peer, served = watch.activity.served(), "idle connection closed to make room");
+            signal = watch.activity.signalled() => {
+                watch.closing_idle(signal);
                 return Waited::Close;
             }
             got = io.read_buf(read) => return match got {

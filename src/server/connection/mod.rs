@@ -35,7 +35,6 @@ use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 
 use self::client_io::{ClientIo, PEEK, Transport};
 use self::clock::{Driven, Watch};
@@ -51,14 +50,8 @@ use crate::web::state::{App, Connection};
 const HTTP2_PREFACE: &[u8; PEEK] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one connection until it ends, the server stops, or it idles past its limit.
-pub(super) async fn serve<I>(
-    io: I,
-    conn: Connection,
-    app: Arc<App>,
-    forwarder: Arc<Forwarder>,
-    admitted: Admitted,
-    stop: watch::Receiver<bool>,
-) where
+pub(super) async fn serve<I>(io: I, conn: Connection, app: Arc<App>, forwarder: Arc<Forwarder>, admitted: Admitted)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = app.config().limits.clone();
@@ -66,7 +59,7 @@ pub(super) async fn serve<I>(
     let activity = entry.activity().clone();
     let transport = Arc::new(Transport::default());
     let mut io = ClientIo::new(io, limits.send_timeout, transport.clone(), activity.clone());
-    let mut watch = Watch::new(activity.clone(), limits.header_read_timeout, stop, conn.peer);
+    let mut watch = Watch::new(activity.clone(), limits.header_read_timeout, conn.peer);
 
     // Nothing of hyper's until the client has said which protocol it speaks.
     let http2 = loop {
