@@ -146,7 +146,9 @@ impl RawUpstream {
         loop {
             let (mut stream, mut read, reused) = match self.take_idle().filter(|_| may_retry) {
                 Some((stream, read)) => (stream, read, true),
-                None => (self.connect().await?, BytesMut::new(), false),
+                // Boxed: dialling is rare (connections are kept), and its future (a timer, the
+                // address lookup) would be a third of every request's on the express lane.
+                None => (Box::pin(self.connect()).await?, BytesMut::new(), false),
             };
             read.reserve(READ_BUFFER);
             let retry = reused && may_retry;
@@ -256,6 +258,36 @@ async fn read_head(
 ) -> Result<AnswerHead, HeadError> {
     let mut answered_in_part = false;
     loop {
+        // Nothing read yet (the usual case right after sending): nothing to parse.
+        if !read.is_empty() {
+            match parse_head(read, head_request, write_head, &mut answered_in_part)? {
+                Some(head) => return Ok(head),
+                None if read.len() >= MAX_HEAD => {
+                    return Err(HeadError::Bad(format!("a response head over {MAX_HEAD} bytes")));
+                }
+                None => {}
+            }
+        }
+        read.reserve(4096);
+        answered_in_part = answered_in_part || !read.is_empty();
+        match stream.read_buf(read).await {
+            Ok(0) => return Err(HeadError::Closed { answered_in_part }),
+            Ok(_) => {}
+            Err(error) => return Err(HeadError::Io { error, answered_in_part }),
+        }
+    }
+}
+
+/// The answer's head, if `read` holds all of it; interim answers (1xx) before it are skipped, and
+/// set `answered_in_part`. Not async: the parser's table of fields (3 KiB) lives on the stack for
+/// the parse, not in the exchange's future across every wait for the upstream.
+fn parse_head(
+    read: &mut BytesMut,
+    head_request: bool,
+    write_head: &impl WriteHead,
+    answered_in_part: &mut bool,
+) -> Result<Option<AnswerHead>, HeadError> {
+    loop {
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut answer = httparse::Response::new(&mut fields);
         match answer.parse(read) {
@@ -263,27 +295,16 @@ async fn read_head(
                 let Some(read_as) = interpret(&answer, head_request).map_err(HeadError::Bad)? else {
                     // An interim answer, skipped.
                     read.advance(length);
-                    answered_in_part = true;
+                    *answered_in_part = true;
                     continue;
                 };
                 let Interpreted { status, framing, announced_length, reusable } = read_as;
                 let for_client = write_head(&Answer { status, framing, announced_length, fields: answer.headers })
                     .map_err(HeadError::Bad)?;
                 read.advance(length);
-                return Ok(AnswerHead { status, framing, for_client, reusable });
+                return Ok(Some(AnswerHead { status, framing, for_client, reusable }));
             }
-            Ok(httparse::Status::Partial) if read.len() >= MAX_HEAD => {
-                return Err(HeadError::Bad(format!("a response head over {MAX_HEAD} bytes")));
-            }
-            Ok(httparse::Status::Partial) => {
-                read.reserve(4096);
-                let answered_in_part = answered_in_part || !read.is_empty();
-                match stream.read_buf(read).await {
-                    Ok(0) => return Err(HeadError::Closed { answered_in_part }),
-                    Ok(_) => {}
-                    Err(error) => return Err(HeadError::Io { error, answered_in_part }),
-                }
-            }
+            Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(HeadError::Bad(format!("an unreadable response head: {e}"))),
         }
     }
@@ -420,12 +441,14 @@ impl Exchange {
                 true
             }
             Framing::Length(length) => self.relay_length(head, length, client).await?,
+            // Boxed: their futures are most of the relay's, which the express lane allocates
+            // with every request's; one allocation for a whole answer costs them little.
             Framing::Chunked => {
-                self.relay_chunked(&mut head, client).await?;
+                Box::pin(self.relay_chunked(&mut head, client)).await?;
                 true
             }
             Framing::UntilClose => {
-                self.relay_until_close(&mut head, client).await?;
+                Box::pin(self.relay_until_close(&mut head, client)).await?;
                 false
             }
         };

@@ -349,3 +349,33 @@ fn bytes_that_came_after_an_answer_are_seen_before_its_connection_is_lent_again(
     });
     upstream.join();
 }
+
+/// An interim answer (1xx) means the upstream read the request: a kept connection that then
+/// closes is not tried again, even when the 103 was all there was to read.
+#[tokio::test]
+async fn a_request_answered_in_part_with_an_interim_answer_is_not_sent_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = read.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 4096];
+                if matches!(socket.read(&mut request).await, Ok(n) if n > 0) {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let _ = socket.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n").await;
+                }
+            });
+        }
+    });
+    let pool = RawUpstream::new(address, Duration::from_secs(1), Duration::from_secs(60));
+    let stream = pool.connect().await.unwrap();
+    pool.give_back(stream, BytesMut::new());
+    let sent = pool.send(b"GET /once HTTP/1.1\r\nHost: a\r\n\r\n", false, no_head).await;
+    assert!(matches!(sent, Err(SendError::Unreachable(_))), "a 502");
+    assert_eq!(read.load(Ordering::SeqCst), 1, "sent once: the 103 said it was read");
+    task.abort();
+}

@@ -180,14 +180,16 @@ impl App {
         let mut lookup = self.resolve_session_on(request_headers, host);
         // With a store other replicas share, a session made on another one a moment ago may not
         // have reached this one's memory yet: looked up in the store once.
+        // The rare ways on are boxed here and below: the express lane allocates every request's
+        // future whole, and theirs would be most of its size.
         if matches!(lookup, Lookup::Rejected(crate::domain::session::Rejected::Unknown))
             && self.sessions.shared()
-            && self.sessions.fetch(headers::cookie_values(request_headers, self.session_cookie())).await.unwrap_or_else(
-                |e| {
+            && Box::pin(self.sessions.fetch(headers::cookie_values(request_headers, self.session_cookie())))
+                .await
+                .unwrap_or_else(|e| {
                     tracing::warn!("could not look a session up in the shared store: {e}");
                     false
-                },
-            )
+                })
         {
             lookup = self.resolve_session_on(request_headers, host);
         }
@@ -198,8 +200,8 @@ impl App {
                 let key = full.key().clone();
                 // Whatever it was in the middle of (new recovery codes, a setup) was for the full
                 // session; the partial one proves a factor first.
-                self.pending.forget(&key).await;
-                match self.sessions.downgrade(full).await {
+                Box::pin(self.pending.forget(&key)).await;
+                match Box::pin(self.sessions.downgrade(full)).await {
                     Some(partial) => Lookup::Found(Session::Partial(partial)),
                     // A passkey session is ended instead: sign in again.
                     None => Lookup::Rejected(crate::domain::session::Rejected::Unknown),
