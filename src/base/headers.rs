@@ -266,6 +266,10 @@ pub fn connection_line_names_fields(line: &[u8]) -> bool {
 
 /// Whether one `Connection` line has the token `close` (RFC 9112 §9.6).
 pub fn connection_line_closes(line: &[u8]) -> bool {
+    // The usual value, answered without splitting (read from every answer the lane relays).
+    if line.eq_ignore_ascii_case(b"keep-alive") {
+        return false;
+    }
     tokens(line).any(|token| token.eq_ignore_ascii_case("close"))
 }
 

@@ -243,3 +243,13 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_connection_line_closes_with_the_token_close_in_any_case_and_place() {
+    for closes in ["close", "Close", "keep-alive, close", " x ,CLOSE ", "close,keep-alive"] {
+        assert!(connection_line_closes(closes.as_bytes()), "{closes}");
+    }
+    for keeps in ["keep-alive", "Keep-Alive", "", "closed", "x-close", "upgrade"] {
+        assert!(!connection_line_closes(keeps.as_bytes()), "{keeps}");
+    }
+}
