@@ -331,11 +331,20 @@ pub fn is_identity_lookalike(name: &str, identity_names: &[HeaderName], extra_pr
 }
 
 /// The values of the cookie called `name`, from every `Cookie` header (HTTP/2 clients may send
-/// several).
+/// several). A line is split as bytes: a browser sends all its cookies in one line, and a cookie
+/// of the application's with bytes that are not text (`app=café`) must not hide ours beside it
+/// (found by an attack pass: one such cookie signed its user out of every request). Only our
+/// cookie's own value must be text.
 pub fn cookie_values<'a, F: Fields + ?Sized>(headers: &'a F, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    headers.values(&header::COOKIE).filter_map(fields::text).flat_map(|v| v.split(';')).filter_map(move |pair| {
-        let (n, v) = pair.trim().split_once('=')?;
-        (n.trim() == name).then(|| v.trim().trim_matches('"'))
+    headers.values(&header::COOKIE).flat_map(|line| line.split(|&b| b == b';')).filter_map(move |pair| {
+        let at = pair.iter().position(|&b| b == b'=')?;
+        if pair[..at].trim_ascii() != name.as_bytes() {
+            return None;
+        }
+        let value = pair[at + 1..].trim_ascii();
+        let start = value.iter().position(|&b| b != b'"').unwrap_or(value.len());
+        let end = value.iter().rposition(|&b| b != b'"').map_or(start, |last| last + 1);
+        fields::text(&value[start..end.max(start)])
     })
 }
 

@@ -253,3 +253,22 @@ fn a_connection_line_closes_with_the_token_close_in_any_case_and_place() {
         assert!(!connection_line_closes(keeps.as_bytes()), "{keeps}");
     }
 }
+
+#[test]
+fn our_cookie_is_found_beside_one_that_is_not_text() {
+    let mut h = HeaderMap::new();
+    h.append(header::COOKIE, HeaderValue::from_bytes("app=café; portcullis=TOKEN; b=\u{00ff}".as_bytes()).unwrap());
+    assert_eq!(cookie_values(&h, "portcullis").collect::<Vec<_>>(), ["TOKEN"]);
+    // As the lane reads it too, and quoted, and spaced, and on a second line.
+    let read = [
+        httparse::Header { name: "Cookie", value: b"x=\xff\xfe" },
+        httparse::Header { name: "cookie", value: b" a=1 ;portcullis = \"Q\" ; portcullis=\xff" },
+    ];
+    let fields: &[httparse::Header<'_>] = &read;
+    assert_eq!(cookie_values(fields, "portcullis").collect::<Vec<_>>(), ["Q"], "a value that is not text is none");
+    assert_eq!(cookie_values(fields, "a").collect::<Vec<_>>(), ["1"]);
+    assert_eq!(cookie_values(fields, "portcullisx").count(), 0);
+    let quotes = [httparse::Header { name: "Cookie", value: b"portcullis=\"\"; portcullis=\"" }];
+    let quotes: &[httparse::Header<'_>] = &quotes;
+    assert_eq!(cookie_values(quotes, "portcullis").collect::<Vec<_>>(), ["", ""]);
+}

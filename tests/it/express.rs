@@ -401,3 +401,34 @@ async fn the_rest_of_a_body_the_upstream_never_read_is_never_a_request_on_the_la
     assert!(!paths.iter().any(|p| p == "/smuggled"), "the upstream never saw it as a request: {paths:?}");
     assert_eq!(lane.carried().await, before, "the connection never came back to the lane");
 }
+
+/// Browsers send all their cookies in one line, so an application's cookie that is not text
+/// (`app=café`) sits beside ours: the session is still read, on the lane and on the full path
+/// (an attack pass found such a line signed its user out of every request), and ours still
+/// never reaches the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cookie_that_is_not_text_beside_ours_does_not_hide_the_session() {
+    let upstream = Upstream::start().await;
+    let lane = Lane::start(&upstream.url(), "").await;
+    let token = lane.session.split_once('=').unwrap().1.to_string();
+    let line = format!("app=caf\u{e9}; {}", lane.session);
+    let line = reqwest::header::HeaderValue::from_bytes(line.as_bytes()).unwrap();
+    let before = lane.carried().await;
+    for close in [false, true] {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let mut request = client.get(lane.proxy.url("/x")).header("cookie", line.clone());
+        if close {
+            // The full path's: the lane never takes a request that closes.
+            request = request.header("connection", "close");
+        }
+        let answer = request.send().await.unwrap();
+        assert_eq!(answer.status(), 200, "signed in (connection: close = {close})");
+    }
+    assert_eq!(lane.carried().await, before + 1, "one by the lane, one by hyper");
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 2);
+    for request in seen {
+        assert_eq!(request.header("x-forwarded-user"), Some("alice"));
+        assert!(!format!("{:?}", request.headers).contains(&token), "our cookie stays with us");
+    }
+}
