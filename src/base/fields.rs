@@ -98,6 +98,16 @@ impl<F: Fields + ?Sized> Head<'_, F> {
     }
 }
 
+/// A map of `pairs`, for the tests of the rules that read one.
+#[cfg(test)]
+pub(crate) fn map_of(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+    }
+    map
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

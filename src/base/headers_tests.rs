@@ -3,13 +3,7 @@
 
 use super::*;
 
-fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (k, v) in pairs {
-        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-    }
-    h
-}
+use crate::base::fields::map_of as map;
 
 #[test]
 fn a_message_framed_by_transfer_encoding_loses_its_content_length_too() {

@@ -227,9 +227,11 @@ async fn a_kept_connection_the_upstream_closed_is_replaced_and_the_request_sent_
     task.abort();
 }
 
-/// An upstream whose connections read one request, then close without answering; it counts the
-/// requests it read.
-async fn closing_upstream() -> (Arc<RawUpstream>, Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+/// An upstream whose connections read one request, write `reply` (if any), then close; it counts
+/// the requests it read.
+async fn counting_upstream(
+    reply: &'static [u8],
+) -> (Arc<RawUpstream>, Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -242,6 +244,7 @@ async fn closing_upstream() -> (Arc<RawUpstream>, Arc<std::sync::atomic::AtomicU
                 let mut request = vec![0u8; 4096];
                 if matches!(socket.read(&mut request).await, Ok(n) if n > 0) {
                     counter.fetch_add(1, Ordering::SeqCst);
+                    let _ = socket.write_all(reply).await;
                 }
             });
         }
@@ -251,7 +254,7 @@ async fn closing_upstream() -> (Arc<RawUpstream>, Arc<std::sync::atomic::AtomicU
 
 #[tokio::test]
 async fn a_request_the_upstream_drops_is_sent_twice_at_most_however_many_connections_are_kept() {
-    let (pool, read, task) = closing_upstream().await;
+    let (pool, read, task) = counting_upstream(b"").await;
     // Five kept connections, open and quiet (the upstream has read nothing on them yet).
     for _ in 0..5 {
         let stream = pool.connect().await.unwrap();
@@ -354,24 +357,7 @@ fn bytes_that_came_after_an_answer_are_seen_before_its_connection_is_lent_again(
 /// closes is not tried again, even when the 103 was all there was to read.
 #[tokio::test]
 async fn a_request_answered_in_part_with_an_interim_answer_is_not_sent_again() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = read.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut request = vec![0u8; 4096];
-                if matches!(socket.read(&mut request).await, Ok(n) if n > 0) {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    let _ = socket.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n").await;
-                }
-            });
-        }
-    });
-    let pool = RawUpstream::new(address, Duration::from_secs(1), Duration::from_secs(60));
+    let (pool, read, task) = counting_upstream(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n").await;
     let stream = pool.connect().await.unwrap();
     pool.give_back(stream, BytesMut::new());
     let sent = pool.send(b"GET /once HTTP/1.1\r\nHost: a\r\n\r\n", false, no_head).await;
