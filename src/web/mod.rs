@@ -4,6 +4,7 @@
 //! Inside the layer, too, dependencies point one way: `forward_auth` → `gate` → `portal` (the pages) → `forms`,
 //! `cookies`, `respond` → `state` (the shared services) → `pending`, `route`, `key_pages` → `pages`, `error`.
 
+pub mod answer_framing;
 pub mod body_timeout;
 pub mod client_body;
 pub mod cookies;
