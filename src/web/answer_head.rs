@@ -13,7 +13,8 @@
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use super::Forwarder;
-use super::upstream_head::{fields_size, put_fields};
+use super::upstream_head::put_fields;
+use crate::base::fields::Fields;
 use crate::base::headers;
 use crate::web::raw_upstream::{Answer, Framing};
 
@@ -57,10 +58,9 @@ impl Forwarder {
             Framing::Empty => kept_length.map(|n| ("content-length", decimal(n, &mut length))),
         };
         let date = (!dated).then(now_as_http_date);
-        let fields_size: usize = fields.iter().map(|field| field.name.len() + field.value.len() + 4).sum();
         let added = framing_field.as_ref().map_or(0, |(name, value)| name.len() + value.len() + 4)
             + date.as_ref().map_or(0, |value| 4 + value.len() + 4);
-        let mut head = Vec::with_capacity(48 + fields_size + added + 2 + body_room(framing));
+        let mut head = Vec::with_capacity(48 + fields.written_size() + added + 2 + body_room(framing));
         put_status_line(&mut head, status);
         for field in fields.iter().filter(passes) {
             put_raw_field(&mut head, field.name, field.value);
@@ -159,7 +159,7 @@ pub(crate) fn encode_response(headers: &mut HeaderMap, status: StatusCode, frami
         // RFC 9110 §6.6.1: an origin with a clock sends one; hyper adds it on the full path.
         headers.insert(header::DATE, now_as_http_date());
     }
-    let mut head = Vec::with_capacity(48 + fields_size(headers) + 2 + body_room(framing));
+    let mut head = Vec::with_capacity(48 + headers.written_size() + 2 + body_room(framing));
     put_status_line(&mut head, status);
     put_fields(&mut head, headers);
     head.extend_from_slice(b"\r\n");

@@ -133,7 +133,7 @@ impl Forwarder {
 pub(crate) fn encode_request(parts: &http::request::Parts) -> Vec<u8> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let method = parts.method.as_str();
-    let mut head = Vec::with_capacity(method.len() + target.len() + 13 + fields_size(&parts.headers) + 2);
+    let mut head = Vec::with_capacity(method.len() + target.len() + 13 + parts.headers.written_size() + 2);
     put_request_line(&mut head, method, target);
     put_fields(&mut head, &parts.headers);
     head.extend_from_slice(b"\r\n");
@@ -145,11 +145,6 @@ fn put_request_line(head: &mut Vec<u8>, method: &str, target: &str) {
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-}
-
-/// The bytes [`put_fields`] writes: sized once, a head is never copied to grow.
-pub(crate) fn fields_size(headers: &HeaderMap) -> usize {
-    headers.written_size()
 }
 
 fn field_size(name: &str, value: &[u8]) -> usize {

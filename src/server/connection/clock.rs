@@ -43,7 +43,7 @@ impl Watch {
         Self { activity, idle_limit, check, peer }
     }
 
-    /// Logs why an idle connection goes when it was told to.
+    /// Logs why a connection goes (or starts to) when it was told to.
     pub fn closing_idle(&self, signal: Signal) {
         if signal == Signal::MakeRoom {
             tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed to make room");
@@ -115,8 +115,8 @@ impl Watch {
                     // head, or an HTTP/2 connection with no stream open) it goes at once: a
                     // graceful close would wait for the rest of a head, or for an HTTP/2 client
                     // to acknowledge the GOAWAY, longer than the newcomer waits for its place.
+                    self.closing_idle(signal);
                     if signal == Signal::MakeRoom {
-                        tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed to make room");
                         if self.activity.is_quiet() {
                             return Driven::Ended;
                         }
