@@ -8,16 +8,15 @@
 //! length that is not a number, a broken chunk) is never passed on: before its head has gone out
 //! it is a 502, after, the client's connection is closed.
 //!
-//! Connections are kept in a lock-free queue per worker, like `upstream_pool`'s. A connection goes
-//! back only when its answer was read exactly to its end and the upstream did not ask to close;
-//! one that broke, or carried bytes past its answer, is closed.
+//! Connections are kept per worker, last in first out (see [`IdleStack`]). A connection goes back
+//! only when its answer was read exactly to its end and the upstream did not ask to close; one
+//! that broke, or carried bytes past its answer, is closed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use crossbeam_queue::ArrayQueue;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -85,7 +84,7 @@ pub struct RawUpstream {
     address: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    idle: ArrayQueue<Idle>,
+    idle: IdleStack,
     reaper_started: AtomicBool,
 }
 
@@ -111,7 +110,7 @@ impl RawUpstream {
             address,
             connect_timeout,
             idle_timeout,
-            idle: ArrayQueue::new(MAX_IDLE),
+            idle: IdleStack::default(),
             reaper_started: AtomicBool::new(false),
         })
     }
@@ -167,7 +166,7 @@ impl RawUpstream {
         }
     }
 
-    /// The oldest kept connection that is still fit to use, with its read buffer.
+    /// The most recently kept connection that is still fit to use, with its read buffer.
     fn take_idle(&self) -> Option<(TcpStream, BytesMut)> {
         while let Some(Idle { stream, read, since }) = self.idle.pop() {
             if since.elapsed() <= self.idle_timeout && is_quiet(&stream) {
@@ -203,17 +202,52 @@ impl RawUpstream {
         if read.capacity() > READ_BUFFER {
             read = BytesMut::new();
         }
-        // A full queue drops (closes) the connection: enough are idle already.
-        let _ = self.idle.push(Idle { stream, read, since: Instant::now() });
+        self.idle.push(Idle { stream, read, since: Instant::now() });
     }
 
     fn reap_idle(&self) {
-        for _ in 0..self.idle.len() {
-            let Some(idle) = self.idle.pop() else { break };
-            if idle.since.elapsed() <= self.idle_timeout && is_quiet(&idle.stream) {
-                let _ = self.idle.push(idle);
-            }
+        self.idle.retain(|idle| idle.since.elapsed() <= self.idle_timeout && is_quiet(&idle.stream));
+    }
+}
+
+/// The idle connections of one worker's pool, the most recently used on top.
+///
+/// Last in, first out, as nginx keeps its upstream connections: after a burst has opened many,
+/// a quieter load keeps reusing the one whose socket, buffers and runtime state are still in the
+/// core's caches, and the others go unused until the reaper closes them (`proxy.pool_idle_timeout`).
+/// First in, first out would cycle through all of them, each cold, and keep every one alive.
+///
+/// The lock is the pool's worker's alone (a pool's connections belong to the worker that
+/// dialled them, and so does its reaper): it is never contended, so taking it is one atomic
+/// exchange, as a lock-free queue's pop is.
+#[derive(Default)]
+struct IdleStack(std::sync::Mutex<Vec<Idle>>);
+
+impl IdleStack {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // Nothing that holds the lock can panic (pushes, pops, a retain of plain checks).
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn pop(&self) -> Option<Idle> {
+        self.kept().pop()
+    }
+
+    /// Keeps `idle` on top; with [`MAX_IDLE`] kept already, drops (closes) it: enough are idle.
+    fn push(&self, idle: Idle) {
+        let mut kept = self.kept();
+        if kept.len() < MAX_IDLE {
+            kept.push(idle);
         }
+    }
+
+    fn retain(&self, keep: impl FnMut(&Idle) -> bool) {
+        self.kept().retain(keep);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.kept().len()
     }
 }
 

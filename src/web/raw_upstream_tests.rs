@@ -365,3 +365,38 @@ async fn a_request_answered_in_part_with_an_interim_answer_is_not_sent_again() {
     assert_eq!(read.load(Ordering::SeqCst), 1, "sent once: the 103 said it was read");
     task.abort();
 }
+
+/// After a burst opened several connections, the one used last is used next: its state is the
+/// warm one. The ones under it are left alone, so the reaper can close them once they have been
+/// idle for the pool's timeout.
+#[tokio::test]
+async fn the_connection_kept_last_is_lent_first_and_the_unused_ones_age_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let idle_timeout = Duration::from_millis(200);
+    let pool = RawUpstream::new(address.to_string(), Duration::from_secs(1), idle_timeout);
+    let (mut ends, mut locals) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let stream = TcpStream::connect(address).await.unwrap();
+        locals.push(stream.local_addr().unwrap());
+        ends.push(listener.accept().await.unwrap().0);
+        pool.give_back(stream, BytesMut::new());
+    }
+    let (taken, read) = pool.take_idle().expect("three are kept");
+    assert_eq!(taken.local_addr().unwrap(), locals[2], "the last one kept");
+    pool.give_back(taken, read);
+    let (taken, read) = pool.take_idle().unwrap();
+    assert_eq!(taken.local_addr().unwrap(), locals[2], "and again, not the next in a round");
+    pool.give_back(taken, read);
+
+    // The two under it go stale while the top one is used, as a quiet load would.
+    let stale_after = std::time::Instant::now() + idle_timeout + Duration::from_millis(50);
+    while std::time::Instant::now() < stale_after {
+        let (taken, read) = pool.take_idle().unwrap();
+        pool.give_back(taken, read);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.reap_idle();
+    assert_eq!(pool.idle.len(), 1, "only the one in use is left");
+    assert_eq!(pool.take_idle().unwrap().0.local_addr().unwrap(), locals[2]);
+}
