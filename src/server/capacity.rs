@@ -17,7 +17,8 @@
 //!
 //! The bookkeeping is per connection (atomics in its [`Activity`]) and a sharded map touched when
 //! a connection opens or closes; a request never takes a lock here. Only a newcomer that finds the
-//! budget spent looks through the open connections, and the server stopping tells each of them.
+//! budget spent looks through the open connections, and its look serves the newcomers after it
+//! (`server::idlest`); the server stopping tells each of them.
 //!
 //! A connection hears both (make room, stop) through its [`Activity`]: two flags and the waker of
 //! its task. Waiting for either costs a connection two atomic operations each time it waits for
@@ -34,6 +35,8 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::idlest::Idlest;
+
 /// How long a newcomer waits for the connection it displaced to give its place back.
 const MAKE_ROOM_WITHIN: Duration = Duration::from_secs(1);
 
@@ -49,6 +52,8 @@ pub(super) struct Capacity {
     address_freed: Notify,
     /// The server is stopping: every connection open, and any admitted from now on, is told.
     stopping: AtomicBool,
+    /// The idlest connections the last look found, per address (`None`: among all).
+    idlest: Idlest<Option<Address>>,
 }
 
 /// A client address as limits count it: IPv4 whole, IPv6 by its /64 (RFC 4291 §2.5.4: the
@@ -99,6 +104,7 @@ impl Capacity {
             exempt,
             address_freed: Notify::new(),
             stopping: AtomicBool::new(false),
+            idlest: Idlest::default(),
         })
     }
 
@@ -205,23 +211,24 @@ impl Capacity {
     }
 
     /// Asks the connection idle longest (of `address`, or of all), and not yet asked, to close.
-    /// `None` if none is idle.
+    /// `None` if none is idle. The idlest are listed by one look for the newcomers after it too
+    /// (`server::idlest`): a newcomer does not look through every open connection.
     fn displace_the_idlest(&self, address: Option<Address>) -> Option<()> {
         let now = Instant::now();
-        // A few tries: another newcomer may claim the same connection between the look and the ask.
-        for _ in 0..4 {
-            let idlest = self
-                .open
-                .iter()
-                .filter(|entry| address.is_none() || entry.0 == address)
-                .filter(|entry| !entry.1.asked_to_close.load(Ordering::Acquire))
-                .filter_map(|entry| entry.1.idle_for(now).map(|idle| (idle, entry.1.clone())))
-                .max_by_key(|(idle, _)| *idle)?;
-            if idlest.1.ask_to_close() {
-                return Some(());
+        let look = || {
+            let mut idle = Vec::new();
+            for entry in &self.open {
+                let (of, activity) = entry.value();
+                if (address.is_none() || *of == address) && !activity.asked_to_close.load(Ordering::Acquire) {
+                    idle.extend(activity.idle_for(now).map(|for_how_long| (for_how_long, *entry.key())));
+                }
             }
-        }
-        None
+            idle
+        };
+        // Asked again when taken from the list: it may have closed, or have a request in flight.
+        let ask =
+            |id| self.open.get(&id).is_some_and(|entry| entry.1.idle_for(now).is_some() && entry.1.ask_to_close());
+        self.idlest.ask_one(address, now, look, ask).then_some(())
     }
 
     /// Tells every connection, open now or admitted later, that the server is stopping.

@@ -15,6 +15,7 @@ mod capacity;
 pub mod compose;
 mod connection;
 pub mod control;
+mod idlest;
 pub mod logging;
 pub mod sd_notify;
 pub mod telemetry;
