@@ -118,8 +118,9 @@ where
                 Waited::Close => return Lane::Close,
             }
         }
-        // The whole head, within `limits.header_read_timeout` of its first byte.
-        let deadline = Instant::now() + limits.header_read_timeout;
+        // The whole head, within `limits.header_read_timeout` of its first byte. Most heads come
+        // whole in their first read: the clock is read only for one that did not.
+        let mut deadline = None;
         let mut whole;
         let offered = loop {
             whole = read.split().freeze();
@@ -138,6 +139,7 @@ where
                 Parsed::Offered(offered) => break offered,
             }
             take_back(&mut read, whole);
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.header_read_timeout);
             match next_bytes(io, &mut read, watch, deadline).await {
                 Waited::Bytes => {}
                 // Half a head for longer than the limit: as hyper does, the connection ends.
