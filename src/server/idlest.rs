@@ -60,10 +60,10 @@ impl<G: Hash + Eq + Copy> Idlest<G> {
         mut ask: impl FnMut(u64) -> bool,
     ) -> bool {
         let kept = self.lock().remove(&group).filter(|kept| now.saturating_duration_since(kept.at) <= LOOK_AGAIN_AFTER);
-        let fresh = kept.is_none();
+        let looked_now = kept.is_none();
         let mut list = kept.unwrap_or_else(|| Look { at: now, idlest_last: idlest_last(look(), KEPT) });
         let mut asked = Self::take(&mut list, &mut ask);
-        if !asked && !fresh {
+        if !asked && !looked_now {
             // Everyone the old look found has gone, been asked, or is busy: one new look.
             list = Look { at: now, idlest_last: idlest_last(look(), KEPT) };
             asked = Self::take(&mut list, &mut ask);

@@ -218,8 +218,8 @@ impl RawUpstream {
 /// First in, first out would cycle through all of them, each cold, and keep every one alive.
 ///
 /// The lock is the pool's worker's alone (a pool's connections belong to the worker that
-/// dialled them, and so does its reaper): it is never contended, so taking it is one atomic
-/// exchange, as a lock-free queue's pop is.
+/// dialled them, and so does its reaper): it is never contended, so taking and giving it back
+/// is an atomic operation each, as a lock-free queue's pop is.
 #[derive(Default)]
 struct IdleStack(std::sync::Mutex<Vec<Idle>>);
 
