@@ -26,13 +26,13 @@
 //! a mutex and took it out again, twice a request: about 1,000 instructions of 34,000.)
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use super::idlest::Idlest;
@@ -48,8 +48,6 @@ pub(super) struct Capacity {
     per_address: DashMap<Address, usize>,
     per_address_limit: usize,
     exempt: Vec<ipnet::IpNet>,
-    /// Told whenever an address gives a place in its share back.
-    address_freed: Notify,
     /// The server is stopping: every connection open, and any admitted from now on, is told.
     stopping: AtomicBool,
     /// The idlest connections the last look found, per address (`None`: among all).
@@ -80,14 +78,39 @@ pub(super) struct Admitted {
     pub entry: Entry,
 }
 
-/// A connection's place: in the budget, and in its address's share of it.
+/// A connection's place: in the budget, and in its address's share of it. When the connection
+/// was asked to make room, the newcomer that asked gets the place as it is given up, not whoever
+/// comes first: otherwise a third newcomer could take it, and the one that made room would be
+/// refused after waiting for it.
 pub(super) struct Place {
-    _permit: OwnedSemaphorePermit,
+    held: Option<Held>,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        if let Some(newcomer) = self.activity.take_handoff() {
+            // A newcomer that gave up waiting has dropped its end: the place is then given back
+            // as any other.
+            let _ = newcomer.send(held);
+        }
+    }
+}
+
+/// What a place holds: a permit of the budget, and a place in an address's share.
+pub(super) struct Held {
+    permit: OwnedSemaphorePermit,
+    claim: Claim,
+}
+
+/// A place in an address's share (`None`: an exempt address, not counted), given back on drop.
+struct Claim {
     address: Option<Address>,
     capacity: Arc<Capacity>,
 }
 
-impl Drop for Place {
+impl Drop for Claim {
     fn drop(&mut self) {
         self.capacity.unclaim(self.address);
     }
@@ -102,7 +125,6 @@ impl Capacity {
             per_address: DashMap::new(),
             per_address_limit,
             exempt,
-            address_freed: Notify::new(),
             stopping: AtomicBool::new(false),
             idlest: Idlest::default(),
         })
@@ -111,74 +133,50 @@ impl Capacity {
     /// A free place for a new connection from `peer`, if there is one and its address has not
     /// used up its share.
     pub fn try_admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
-        let address = self.claim_within_share(peer)?;
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Some(self.admitted(permit, address)),
-            Err(_) => {
-                self.unclaim(address);
-                None
-            }
-        }
+        let claim = self.claim_within_share(peer)?;
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        Some(self.admitted(Held { permit, claim }))
     }
 
     /// With no place free (or `peer`'s share used up): the place of the connection idle longest
-    /// (of `peer`'s own, at its share), asked to close for it. `None` at once when every
-    /// connection that could give way is busy, so newcomers wait only for connections that are
-    /// going.
+    /// (of `peer`'s own, at its share), asked to close for it and handed over as it closes.
+    /// `None` at once when every connection that could give way is busy, so newcomers wait only
+    /// for connections that are going; `None` too when the one asked does not go within
+    /// [`MAKE_ROOM_WITHIN`] (asked just as a request came in, it finishes that first).
     pub async fn make_room(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
-        if let Some(admitted) = self.try_admit(peer) {
-            return Some(admitted);
-        }
-        let (address, displaced) = match self.claim_within_share(peer) {
-            Some(address) => (address, false),
+        let held = match self.claim_within_share(peer) {
+            Some(claim) => {
+                if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                    return Some(self.admitted(Held { permit, claim }));
+                }
+                let freed = self.wait_for(self.displace_the_idlest(None)?).await?;
+                // The budget's place is the newcomer's; the share the closed connection held
+                // goes back to its address (the newcomer has its own claim).
+                let Held { permit, claim: theirs } = freed;
+                drop(theirs);
+                Held { permit, claim }
+            }
             None => {
-                if self.displace_the_idlest(Some(Address::of(peer))).is_none() {
+                let Some(freed) = self.displace_the_idlest(Some(Address::of(peer))) else {
                     tracing::debug!(%peer, "every connection of an address at limits.max_connections_per_address is busy");
                     return None;
-                }
-                // Its place in the share comes back when it has closed. (One asked just as its
-                // request came in finishes that first, and the newcomer is refused.)
-                let claimed = tokio::time::timeout(MAKE_ROOM_WITHIN, async {
-                    loop {
-                        let freed = self.address_freed.notified();
-                        let mut freed = std::pin::pin!(freed);
-                        freed.as_mut().enable();
-                        if let Some(address) = self.claim_within_share(peer) {
-                            return address;
-                        }
-                        freed.await;
-                    }
-                })
-                .await
-                .ok()?;
-                (claimed, true)
+                };
+                // The address's own connection: its place in the budget and in the share both.
+                self.wait_for(freed).await?
             }
         };
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            // Its place comes back when it has closed (another newcomer may be quicker).
-            Err(_) if displaced || self.displace_the_idlest(None).is_some() => {
-                tokio::time::timeout(MAKE_ROOM_WITHIN, self.permits.clone().acquire_owned())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
-            Err(_) => None,
-        };
-        match permit {
-            Some(permit) => Some(self.admitted(permit, address)),
-            None => {
-                self.unclaim(address);
-                None
-            }
-        }
+        Some(self.admitted(held))
     }
 
-    /// A place in `peer`'s share (`Some(None)` for an exempt address), or `None` when the share
+    async fn wait_for(&self, freed: oneshot::Receiver<Held>) -> Option<Held> {
+        tokio::time::timeout(MAKE_ROOM_WITHIN, freed).await.ok()?.ok()
+    }
+
+    /// A place in `peer`'s share (not counted for an exempt address), or `None` when the share
     /// is used up.
-    fn claim_within_share(&self, peer: IpAddr) -> Option<Option<Address>> {
+    fn claim_within_share(self: &Arc<Self>, peer: IpAddr) -> Option<Claim> {
         if self.exempt.iter().any(|net| net.contains(&peer.to_canonical())) {
-            return Some(None);
+            return Some(Claim { address: None, capacity: self.clone() });
         }
         let address = Address::of(peer);
         let mut held = self.per_address.entry(address).or_insert(0);
@@ -186,34 +184,35 @@ impl Capacity {
             return None;
         }
         *held += 1;
-        Some(Some(address))
+        Some(Claim { address: Some(address), capacity: self.clone() })
     }
 
     fn unclaim(&self, address: Option<Address>) {
         if let Some(address) = address {
             self.per_address.alter(&address, |_, held| held.saturating_sub(1));
             self.per_address.remove_if(&address, |_, held| *held == 0);
-            self.address_freed.notify_waiters();
         }
     }
 
-    fn admitted(self: &Arc<Self>, permit: OwnedSemaphorePermit, address: Option<Address>) -> Admitted {
+    fn admitted(self: &Arc<Self>, held: Held) -> Admitted {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::new());
+        let address = held.claim.address;
         self.open.insert(id, (address, activity.clone()));
         // After the insert: either `stop_all` finds this connection among the open ones, or it
         // had set the flag before and this sees it (both sequentially consistent).
         if self.stopping.load(Ordering::SeqCst) {
             activity.stop();
         }
-        let place = Place { _permit: permit, address, capacity: self.clone() };
+        let place = Place { held: Some(held), activity: activity.clone() };
         Admitted { permit: place, entry: Entry { id, activity, capacity: self.clone() } }
     }
 
-    /// Asks the connection idle longest (of `address`, or of all), and not yet asked, to close.
-    /// `None` if none is idle. The idlest are listed by one look for the newcomers after it too
-    /// (`server::idlest`): a newcomer does not look through every open connection.
-    fn displace_the_idlest(&self, address: Option<Address>) -> Option<()> {
+    /// Asks the connection idle longest (of `address`, or of all), and not yet asked, to close,
+    /// and gives back where its place will be handed over. `None` if none is idle. The idlest are
+    /// listed by one look for the newcomers after it too (`server::idlest`): a newcomer does not
+    /// look through every open connection.
+    fn displace_the_idlest(&self, address: Option<Address>) -> Option<oneshot::Receiver<Held>> {
         let now = Instant::now();
         let look = || {
             let mut idle = Vec::new();
@@ -225,10 +224,15 @@ impl Capacity {
             }
             idle
         };
+        let (newcomer, freed) = oneshot::channel();
+        let mut newcomer = Some(newcomer);
         // Asked again when taken from the list: it may have closed, or have a request in flight.
-        let ask =
-            |id| self.open.get(&id).is_some_and(|entry| entry.1.idle_for(now).is_some() && entry.1.ask_to_close());
-        self.idlest.ask_one(address, now, look, ask).then_some(())
+        let ask = |id| {
+            self.open
+                .get(&id)
+                .is_some_and(|entry| entry.1.idle_for(now).is_some() && entry.1.ask_to_close(&mut newcomer))
+        };
+        self.idlest.ask_one(address, now, look, ask).then_some(freed)
     }
 
     /// Tells every connection, open now or admitted later, that the server is stopping.
@@ -279,6 +283,9 @@ pub(super) struct Activity {
     /// request is in flight any more (hyper holds the rest of the response).
     write_blocked: AtomicBool,
     asked_to_close: AtomicBool,
+    /// The newcomer that asked this connection to close, waiting for its place. Set under the
+    /// lock before `asked_to_close`, so the connection cannot give up its place in between.
+    handoff: Mutex<Option<oneshot::Sender<Held>>>,
     stopping: AtomicBool,
     /// The connection's task, while it waits for a [`Signal`]. A connection is one task, so one
     /// waker is all there is to wake.
@@ -303,6 +310,7 @@ impl Activity {
             quiet_since_us: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
             asked_to_close: AtomicBool::new(false),
+            handoff: Mutex::new(None),
             stopping: AtomicBool::new(false),
             waiting: AtomicWaker::new(),
         }
@@ -347,14 +355,29 @@ impl Activity {
         Some(now.saturating_duration_since(quiet_since))
     }
 
-    /// Claims this connection for closing; false if someone already had.
-    fn ask_to_close(&self) -> bool {
-        let claimed = !self.asked_to_close.swap(true, Ordering::AcqRel);
-        if claimed {
-            // The flag stays: a connection not waiting yet sees it at its next look.
-            self.waiting.wake();
+    /// Claims this connection for closing, its place to be handed to `newcomer` (taken from it
+    /// when claimed); false if someone already had.
+    fn ask_to_close(&self, newcomer: &mut Option<oneshot::Sender<Held>>) -> bool {
+        let mut handoff = self.lock_handoff();
+        if self.asked_to_close.load(Ordering::Acquire) {
+            return false;
         }
-        claimed
+        *handoff = newcomer.take();
+        self.asked_to_close.store(true, Ordering::Release);
+        drop(handoff);
+        // The flag stays: a connection not waiting yet sees it at its next look.
+        self.waiting.wake();
+        true
+    }
+
+    /// Whoever asked this connection to make room, once (when it gives up its place).
+    fn take_handoff(&self) -> Option<oneshot::Sender<Held>> {
+        self.lock_handoff().take()
+    }
+
+    fn lock_handoff(&self) -> std::sync::MutexGuard<'_, Option<oneshot::Sender<Held>>> {
+        // Held only to set or take the sender: nothing in between can panic.
+        self.handoff.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn stop(&self) {
@@ -436,10 +459,13 @@ mod tests {
         let late = capacity.try_admit(CLIENT).unwrap();
         assert_eq!(late.entry.activity().signal(), Some(Signal::Stop), "one admitted meanwhile is told too");
         // Stopping outranks making room, and making room is heard by itself.
-        assert!(late.entry.activity().ask_to_close());
+        assert!(late.entry.activity().ask_to_close(&mut None));
         assert_eq!(late.entry.activity().signal(), Some(Signal::Stop));
         let room = Capacity::new(1, 1, vec![]).try_admit(CLIENT).unwrap();
-        assert!(room.entry.activity().ask_to_close() && !room.entry.activity().ask_to_close(), "claimed once");
+        assert!(
+            room.entry.activity().ask_to_close(&mut None) && !room.entry.activity().ask_to_close(&mut None),
+            "claimed once"
+        );
         assert_eq!(room.entry.activity().signal(), Some(Signal::MakeRoom));
         tokio::time::timeout(Duration::from_secs(5), room.entry.activity().close_requested()).await.expect("at once");
     }
@@ -522,5 +548,49 @@ mod tests {
         assert!(!other.entry.activity().asked_to_close.load(Ordering::Acquire), "nor another address's");
         drop((newcomer, first_busy, first));
         assert!(!capacity.per_address.contains_key(&Address::of(CLIENT)), "counts go when the places do");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_place_made_goes_to_the_newcomer_that_asked_not_to_whoever_comes_first() {
+        let other: IpAddr = "198.51.100.7".parse().unwrap();
+        let third: IpAddr = "203.0.113.9".parse().unwrap();
+        // At the address's share (one place each), and with the budget spent (two places).
+        for (budget, share, newcomer_from) in [(1, 1, CLIENT), (1, 5, other)] {
+            let capacity = Capacity::new(budget, share, vec![]);
+            let idle = capacity.make_room(CLIENT).await.unwrap();
+            let newcomer = tokio::spawn({
+                let capacity = capacity.clone();
+                async move { capacity.make_room(newcomer_from).await }
+            });
+            idle.entry.activity().close_requested().await;
+            drop(idle);
+            // Someone else arrives the instant the place is given up: it is already taken.
+            assert!(capacity.try_admit(CLIENT).is_none() && capacity.try_admit(third).is_none());
+            let admitted = newcomer.await.unwrap().expect("the newcomer that made room has it");
+            assert_eq!(capacity.open_count(), 1);
+            let held_by = |ip| capacity.per_address.get(&Address::of(ip)).map(|held| *held);
+            assert_eq!((held_by(newcomer_from), held_by(third)), (Some(1), None), "{budget}/{share}");
+            if newcomer_from != CLIENT {
+                assert_eq!(held_by(CLIENT), None, "the closed connection's share went back to its address");
+            }
+            drop(admitted);
+            assert!(capacity.try_admit(third).is_some(), "and it is given back when that one closes");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_place_made_for_a_newcomer_that_gave_up_is_free_for_anyone() {
+        let capacity = Capacity::new(1, 1, vec![]);
+        let idle = capacity.make_room(CLIENT).await.unwrap();
+        let newcomer = tokio::spawn({
+            let capacity = capacity.clone();
+            async move { capacity.make_room(CLIENT).await }
+        });
+        // Asked, but it finishes something first, past the newcomer's patience.
+        idle.entry.activity().close_requested().await;
+        tokio::time::advance(MAKE_ROOM_WITHIN + Duration::from_millis(1)).await;
+        assert!(newcomer.await.unwrap().is_none());
+        drop(idle);
+        assert!(capacity.try_admit(CLIENT).is_some(), "given back, not lost");
     }
 }
