@@ -370,6 +370,11 @@ impl Activity {
         true
     }
 
+    #[cfg(test)]
+    pub(crate) fn ask_to_close_for_tests(&self) -> bool {
+        self.ask_to_close(&mut None)
+    }
+
     /// Whoever asked this connection to make room, once (when it gives up its place).
     fn take_handoff(&self) -> Option<oneshot::Sender<Held>> {
         self.lock_handoff().take()

@@ -21,6 +21,7 @@
 mod client_io;
 mod clock;
 mod express;
+mod linger;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -39,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use self::client_io::{ClientIo, PEEK, Transport};
 use self::clock::{Driven, Watch};
 use self::express::{Carrier, Lane};
+use self::linger::Lingering;
 use crate::config::Limits;
 use crate::server::capacity::{Activity, Admitted, InFlight};
 use crate::web::client_body::{BodyWatcher, ClientBody};
@@ -58,6 +60,7 @@ where
     let Admitted { permit, entry } = admitted;
     let activity = entry.activity().clone();
     let transport = Arc::new(Transport::default());
+    let io = Lingering::new(io, activity.clone());
     let mut io = ClientIo::new(io, limits.send_timeout, transport.clone(), activity.clone());
     let mut watch = Watch::new(activity.clone(), limits.header_read_timeout, conn.peer);
 

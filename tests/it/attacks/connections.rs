@@ -394,3 +394,84 @@ async fn a_tunnel_whose_client_has_gone_gives_its_place_back_though_the_upstream
         assert!(Instant::now() < deadline, "the tunnels of a client that had gone kept their places ({status})");
     }
 }
+
+/// The body of a chunked answer (RFC 9112 §7.1), or `None` if it is cut short.
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).ok()?.trim(), 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return rest.starts_with(b"\r\n").then_some(body);
+        }
+        body.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
+
+/// An answer written whole into the kernel's buffers leaves its connection idle, and an idle
+/// connection may be asked to make room while its client has not read the answer yet. Closed
+/// outright, the client's next bytes (a pipelined request, an HTTP/2 PING) would meet a closed
+/// socket and a reset, and the client's kernel would throw away the rest of the answer it had not
+/// read. The proxy must finish sending first and read until the client closes (a lingering close).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_closed_to_make_room_still_delivers_the_answer_it_was_sending() {
+    const SIZE: u64 = 512 << 10;
+    let upstream = Upstream::start().await;
+    // One place for the client's address. The sign-in comes from another, exempt (as a front
+    // proxy is), so that its connections' places need not be given back before the next.
+    let proxy = proxy(&upstream.url())
+        .toml("trusted_proxies = [\"127.0.0.1/32\"]\n[limits]\nmax_connections_per_address = 1")
+        .start();
+    let client: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let connect = || async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::new(client, 0)).unwrap();
+        // A small window: most of the answer waits in the proxy's socket, not the client's.
+        socket.set_recv_buffer_size(16 << 10).unwrap();
+        let stream = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    };
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let deadline = Instant::now() + CUT_OFF_WITHIN;
+
+    // A client that asks for a large answer and reads only its status line. The proxy writes
+    // the answer into its socket's buffer and is idle.
+    let mut reader = loop {
+        let mut stream = connect().await;
+        let request = format!("GET /download?bytes={SIZE} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n");
+        let status = status_on(&mut stream, request.as_bytes());
+        if status == "HTTP/1.1 200" {
+            break stream;
+        }
+        assert!(status == "HTTP/1.1 503" && Instant::now() < deadline, "the large answer: {status}");
+    };
+    // A newcomer is refused while the answer is still being written, and served once it is all
+    // in the kernel's buffers: its connection was then idle, and was asked to make room.
+    let _newcomer = loop {
+        let mut stream = connect().await;
+        let status = status_on(&mut stream, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        if status == "HTTP/1.1 401" {
+            break stream;
+        }
+        assert!(status == "HTTP/1.1 503" && Instant::now() < deadline, "a newcomer: {status}");
+    };
+    // The displaced client sends its next request before reading the rest of the first answer.
+    reader.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    reader.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+    let mut rest = Vec::new();
+    let ended = reader.read_to_end(&mut rest);
+    assert!(ended.is_ok(), "closed, not reset, after {} bytes: {ended:?}", rest.len());
+    let text = String::from_utf8_lossy(&rest[..rest.len().min(400)]).into_owned();
+    let head_end = rest.windows(4).position(|w| w == b"\r\n\r\n").expect("the rest of the head") + 4;
+    assert!(text.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{text}");
+    let body = dechunk(&rest[head_end..]).expect("the whole answer, to its last chunk");
+    assert_eq!(body.len() as u64, SIZE);
+    assert!(body.iter().enumerate().all(|(i, &b)| b == crate::upstream::pattern_byte(i as u64)));
+    let after = &rest[head_end..];
+    assert!(!String::from_utf8_lossy(after).contains("HTTP/1.1"), "the request sent after it was not answered");
+}
