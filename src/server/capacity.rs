@@ -44,14 +44,24 @@ pub(super) struct Capacity {
     permits: Arc<Semaphore>,
     open: DashMap<u64, (Option<Address>, Arc<Activity>)>,
     next_id: AtomicU64,
-    /// Places held per address (exempt addresses are not counted).
-    per_address: DashMap<Address, usize>,
+    /// Places held per address, and its connections open (exempt addresses are not counted).
+    per_address: DashMap<Address, Share>,
     per_address_limit: usize,
     exempt: Vec<ipnet::IpNet>,
     /// The server is stopping: every connection open, and any admitted from now on, is told.
     stopping: AtomicBool,
     /// The idlest connections the last look found, per address (`None`: among all).
     idlest: Idlest<Option<Address>>,
+}
+
+/// An address's part of the budget.
+#[derive(Default)]
+struct Share {
+    /// Places held (by its connections, and by tunnels they became).
+    held: usize,
+    /// Its open connections (at most `held` of them), so that making room among them looks at
+    /// these, not at every connection.
+    open: Vec<u64>,
 }
 
 /// A client address as limits count it: IPv4 whole, IPv6 by its /64 (RFC 4291 §2.5.4: the
@@ -179,19 +189,25 @@ impl Capacity {
             return Some(Claim { address: None, capacity: self.clone() });
         }
         let address = Address::of(peer);
-        let mut held = self.per_address.entry(address).or_insert(0);
-        if *held >= self.per_address_limit {
+        let mut share = self.per_address.entry(address).or_default();
+        if share.held >= self.per_address_limit {
             return None;
         }
-        *held += 1;
+        share.held += 1;
         Some(Claim { address: Some(address), capacity: self.clone() })
     }
 
     fn unclaim(&self, address: Option<Address>) {
         if let Some(address) = address {
-            self.per_address.alter(&address, |_, held| held.saturating_sub(1));
-            self.per_address.remove_if(&address, |_, held| *held == 0);
+            if let Some(mut share) = self.per_address.get_mut(&address) {
+                share.held = share.held.saturating_sub(1);
+            }
+            self.forget_if_unused(address);
         }
+    }
+
+    fn forget_if_unused(&self, address: Address) {
+        self.per_address.remove_if(&address, |_, share| share.held == 0 && share.open.is_empty());
     }
 
     fn admitted(self: &Arc<Self>, held: Held) -> Admitted {
@@ -199,13 +215,16 @@ impl Capacity {
         let activity = Arc::new(Activity::new());
         let address = held.claim.address;
         self.open.insert(id, (address, activity.clone()));
+        if let Some(mut share) = address.and_then(|address| self.per_address.get_mut(&address)) {
+            share.open.push(id);
+        }
         // After the insert: either `stop_all` finds this connection among the open ones, or it
         // had set the flag before and this sees it (both sequentially consistent).
         if self.stopping.load(Ordering::SeqCst) {
             activity.stop();
         }
         let place = Place { held: Some(held), activity: activity.clone() };
-        Admitted { permit: place, entry: Entry { id, activity, capacity: self.clone() } }
+        Admitted { permit: place, entry: Entry { id, address, activity, capacity: self.clone() } }
     }
 
     /// Asks the connection idle longest (of `address`, or of all), and not yet asked, to close,
@@ -214,15 +233,19 @@ impl Capacity {
     /// look through every open connection.
     fn displace_the_idlest(&self, address: Option<Address>) -> Option<oneshot::Receiver<Held>> {
         let now = Instant::now();
-        let look = || {
-            let mut idle = Vec::new();
-            for entry in &self.open {
-                let (of, activity) = entry.value();
-                if (address.is_none() || *of == address) && !activity.asked_to_close.load(Ordering::Acquire) {
-                    idle.extend(activity.idle_for(now).map(|for_how_long| (for_how_long, *entry.key())));
-                }
+        let idle = |id: u64, activity: &Activity| {
+            let asked = activity.asked_to_close.load(Ordering::Acquire);
+            activity.idle_for(now).filter(|_| !asked).map(|for_how_long| (for_how_long, id))
+        };
+        // Among all: every open connection. Among one address's: only its own, however many
+        // other connections are open (so many addresses at their share, each needing a look of
+        // its own, cost each newcomer its address's connections, not all).
+        let look = || match address {
+            None => self.open.iter().filter_map(|entry| idle(*entry.key(), &entry.value().1)).collect(),
+            Some(address) => {
+                let ids = self.per_address.get(&address).map(|share| share.open.clone()).unwrap_or_default();
+                ids.into_iter().filter_map(|id| self.open.get(&id).and_then(|entry| idle(id, &entry.1))).collect()
             }
-            idle
         };
         let (newcomer, freed) = oneshot::channel();
         let mut newcomer = Some(newcomer);
@@ -254,6 +277,7 @@ impl Capacity {
 /// became keeps only its permit: a tunnel is never idle in this sense).
 pub(super) struct Entry {
     id: u64,
+    address: Option<Address>,
     activity: Arc<Activity>,
     capacity: Arc<Capacity>,
 }
@@ -266,7 +290,14 @@ impl Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        self.capacity.open.remove(&self.id);
+        let capacity = &self.capacity;
+        capacity.open.remove(&self.id);
+        if let Some(address) = self.address {
+            if let Some(mut share) = capacity.per_address.get_mut(&address) {
+                share.open.retain(|&id| id != self.id);
+            }
+            capacity.forget_if_unused(address);
+        }
     }
 }
 
@@ -440,162 +471,5 @@ impl Drop for InFlight {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
-
-    #[tokio::test]
-    async fn stopping_reaches_every_connection_waiting_or_not_and_any_admitted_after() {
-        let capacity = Capacity::new(4, 4, vec![]);
-        let waiting = capacity.try_admit(CLIENT).unwrap();
-        let busy = capacity.try_admit(CLIENT).unwrap();
-        let _request = busy.entry.activity().begin();
-        let activity = waiting.entry.activity().clone();
-        let heard = tokio::spawn(async move { activity.signalled().await });
-        tokio::task::yield_now().await;
-        assert!(!heard.is_finished(), "nothing said yet");
-        assert_eq!(waiting.entry.activity().signal(), None);
-
-        capacity.stop_all();
-        let heard = tokio::time::timeout(Duration::from_secs(5), heard).await.expect("woken").unwrap();
-        assert_eq!(heard, Signal::Stop, "the waiting connection is woken");
-        assert_eq!(busy.entry.activity().signal(), Some(Signal::Stop), "a busy one sees it at its next look");
-        let late = capacity.try_admit(CLIENT).unwrap();
-        assert_eq!(late.entry.activity().signal(), Some(Signal::Stop), "one admitted meanwhile is told too");
-        // Stopping outranks making room, and making room is heard by itself.
-        assert!(late.entry.activity().ask_to_close(&mut None));
-        assert_eq!(late.entry.activity().signal(), Some(Signal::Stop));
-        let room = Capacity::new(1, 1, vec![]).try_admit(CLIENT).unwrap();
-        assert!(
-            room.entry.activity().ask_to_close(&mut None) && !room.entry.activity().ask_to_close(&mut None),
-            "claimed once"
-        );
-        assert_eq!(room.entry.activity().signal(), Some(Signal::MakeRoom));
-        tokio::time::timeout(Duration::from_secs(5), room.entry.activity().close_requested()).await.expect("at once");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_connection_idle_longest_makes_room_and_busy_ones_never_do() {
-        let capacity = Capacity::new(3, 3, vec![]);
-        let oldest = capacity.make_room(CLIENT).await.unwrap();
-        tokio::time::advance(Duration::from_secs(5)).await;
-        let busy = capacity.make_room(CLIENT).await.unwrap();
-        let _request = busy.entry.activity().begin();
-        let recent = capacity.make_room(CLIENT).await.unwrap();
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(capacity.open_count(), 3);
-
-        // Full: the newcomer waits for the idlest to go, and only the idlest is asked.
-        let waiting = tokio::spawn({
-            let capacity = capacity.clone();
-            async move { capacity.make_room(CLIENT).await }
-        });
-        tokio::time::timeout(Duration::from_millis(100), oldest.entry.activity().close_requested())
-            .await
-            .expect("the connection idle longest was asked to close");
-        assert!(!busy.entry.activity().asked_to_close.load(Ordering::Acquire), "never one with a request in flight");
-        assert!(!recent.entry.activity().asked_to_close.load(Ordering::Acquire), "nor a younger idle one");
-        drop(oldest);
-        let _newcomer = waiting.await.unwrap().expect("its place went to the newcomer");
-
-        // The next newcomer displaces the recent idle one; with only busy connections left, none.
-        let next = capacity.make_room(CLIENT);
-        let (admitted, ()) = tokio::join!(next, async {
-            recent.entry.activity().close_requested().await;
-            drop(recent);
-        });
-        assert!(admitted.is_some());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn with_every_connection_busy_a_newcomer_is_refused() {
-        let capacity = Capacity::new(2, 2, vec![]);
-        let first = capacity.make_room(CLIENT).await.unwrap();
-        let second = capacity.make_room(CLIENT).await.unwrap();
-        let _a = first.entry.activity().begin();
-        let _b = second.entry.activity().begin();
-        assert!(capacity.make_room(CLIENT).await.is_none());
-        assert_eq!(capacity.open_count(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn one_address_holds_only_its_share_and_cycles_its_own_idle_connections() {
-        let capacity = Capacity::new(10, 2, vec!["10.0.0.0/8".parse().unwrap()]);
-        let first = capacity.make_room(CLIENT).await.unwrap();
-        let first_busy = first.entry.activity().begin();
-        tokio::time::advance(Duration::from_secs(1)).await;
-        let second = capacity.make_room(CLIENT).await.unwrap();
-        let second_busy = second.entry.activity().begin();
-        // Both busy: the third from the same address is refused, though the budget has room.
-        assert!(capacity.try_admit(CLIENT).is_none());
-        assert!(capacity.make_room(CLIENT).await.is_none());
-        // Another address, and an exempt front proxy, are not held back by it.
-        let elsewhere: IpAddr = "198.51.100.7".parse().unwrap();
-        let other = capacity.try_admit(elsewhere).unwrap();
-        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
-        let _behind_the_proxy: Vec<_> = (0..5).map(|_| capacity.try_admit(proxy).unwrap()).collect();
-        // An IPv6 client is one address across its /64.
-        let six = |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last));
-        let _v6 = (capacity.try_admit(six(1)).unwrap(), capacity.try_admit(six(2)).unwrap());
-        assert!(capacity.try_admit(six(3)).is_none());
-        assert!(capacity.make_room(six(3)).await.is_none());
-
-        // With one of its own idle, the address's newcomer takes that one's place.
-        drop(second_busy);
-        // The budget is spent too (10 places held): the newcomer waits for that one to go.
-        let (newcomer, ()) = tokio::join!(capacity.make_room(CLIENT), async {
-            second.entry.activity().close_requested().await;
-            drop(second);
-        });
-        assert!(newcomer.is_some(), "its own idle connection gave way");
-        assert!(!first.entry.activity().asked_to_close.load(Ordering::Acquire), "never its busy one");
-        assert!(!other.entry.activity().asked_to_close.load(Ordering::Acquire), "nor another address's");
-        drop((newcomer, first_busy, first));
-        assert!(!capacity.per_address.contains_key(&Address::of(CLIENT)), "counts go when the places do");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_place_made_goes_to_the_newcomer_that_asked_not_to_whoever_comes_first() {
-        let other: IpAddr = "198.51.100.7".parse().unwrap();
-        let third: IpAddr = "203.0.113.9".parse().unwrap();
-        // At the address's share (one place each), and with the budget spent (two places).
-        for (budget, share, newcomer_from) in [(1, 1, CLIENT), (1, 5, other)] {
-            let capacity = Capacity::new(budget, share, vec![]);
-            let idle = capacity.make_room(CLIENT).await.unwrap();
-            let newcomer = tokio::spawn({
-                let capacity = capacity.clone();
-                async move { capacity.make_room(newcomer_from).await }
-            });
-            idle.entry.activity().close_requested().await;
-            drop(idle);
-            // Someone else arrives the instant the place is given up: it is already taken.
-            assert!(capacity.try_admit(CLIENT).is_none() && capacity.try_admit(third).is_none());
-            let admitted = newcomer.await.unwrap().expect("the newcomer that made room has it");
-            assert_eq!(capacity.open_count(), 1);
-            let held_by = |ip| capacity.per_address.get(&Address::of(ip)).map(|held| *held);
-            assert_eq!((held_by(newcomer_from), held_by(third)), (Some(1), None), "{budget}/{share}");
-            if newcomer_from != CLIENT {
-                assert_eq!(held_by(CLIENT), None, "the closed connection's share went back to its address");
-            }
-            drop(admitted);
-            assert!(capacity.try_admit(third).is_some(), "and it is given back when that one closes");
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_place_made_for_a_newcomer_that_gave_up_is_free_for_anyone() {
-        let capacity = Capacity::new(1, 1, vec![]);
-        let idle = capacity.make_room(CLIENT).await.unwrap();
-        let newcomer = tokio::spawn({
-            let capacity = capacity.clone();
-            async move { capacity.make_room(CLIENT).await }
-        });
-        // Asked, but it finishes something first, past the newcomer's patience.
-        idle.entry.activity().close_requested().await;
-        tokio::time::advance(MAKE_ROOM_WITHIN + Duration::from_millis(1)).await;
-        assert!(newcomer.await.unwrap().is_none());
-        drop(idle);
-        assert!(capacity.try_admit(CLIENT).is_some(), "given back, not lost");
-    }
-}
+#[path = "capacity_tests.rs"]
+mod tests;

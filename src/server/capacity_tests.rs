@@ -1,0 +1,159 @@
+//! Unit tests for `server::capacity`: making room, shares, handing a place over, stopping.
+
+use super::*;
+
+const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+#[tokio::test]
+async fn stopping_reaches_every_connection_waiting_or_not_and_any_admitted_after() {
+    let capacity = Capacity::new(4, 4, vec![]);
+    let waiting = capacity.try_admit(CLIENT).unwrap();
+    let busy = capacity.try_admit(CLIENT).unwrap();
+    let _request = busy.entry.activity().begin();
+    let activity = waiting.entry.activity().clone();
+    let heard = tokio::spawn(async move { activity.signalled().await });
+    tokio::task::yield_now().await;
+    assert!(!heard.is_finished(), "nothing said yet");
+    assert_eq!(waiting.entry.activity().signal(), None);
+
+    capacity.stop_all();
+    let heard = tokio::time::timeout(Duration::from_secs(5), heard).await.expect("woken").unwrap();
+    assert_eq!(heard, Signal::Stop, "the waiting connection is woken");
+    assert_eq!(busy.entry.activity().signal(), Some(Signal::Stop), "a busy one sees it at its next look");
+    let late = capacity.try_admit(CLIENT).unwrap();
+    assert_eq!(late.entry.activity().signal(), Some(Signal::Stop), "one admitted meanwhile is told too");
+    // Stopping outranks making room, and making room is heard by itself.
+    assert!(late.entry.activity().ask_to_close(&mut None));
+    assert_eq!(late.entry.activity().signal(), Some(Signal::Stop));
+    let room = Capacity::new(1, 1, vec![]).try_admit(CLIENT).unwrap();
+    assert!(
+        room.entry.activity().ask_to_close(&mut None) && !room.entry.activity().ask_to_close(&mut None),
+        "claimed once"
+    );
+    assert_eq!(room.entry.activity().signal(), Some(Signal::MakeRoom));
+    tokio::time::timeout(Duration::from_secs(5), room.entry.activity().close_requested()).await.expect("at once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_connection_idle_longest_makes_room_and_busy_ones_never_do() {
+    let capacity = Capacity::new(3, 3, vec![]);
+    let oldest = capacity.make_room(CLIENT).await.unwrap();
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let busy = capacity.make_room(CLIENT).await.unwrap();
+    let _request = busy.entry.activity().begin();
+    let recent = capacity.make_room(CLIENT).await.unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(capacity.open_count(), 3);
+
+    // Full: the newcomer waits for the idlest to go, and only the idlest is asked.
+    let waiting = tokio::spawn({
+        let capacity = capacity.clone();
+        async move { capacity.make_room(CLIENT).await }
+    });
+    tokio::time::timeout(Duration::from_millis(100), oldest.entry.activity().close_requested())
+        .await
+        .expect("the connection idle longest was asked to close");
+    assert!(!busy.entry.activity().asked_to_close.load(Ordering::Acquire), "never one with a request in flight");
+    assert!(!recent.entry.activity().asked_to_close.load(Ordering::Acquire), "nor a younger idle one");
+    drop(oldest);
+    let _newcomer = waiting.await.unwrap().expect("its place went to the newcomer");
+
+    // The next newcomer displaces the recent idle one; with only busy connections left, none.
+    let next = capacity.make_room(CLIENT);
+    let (admitted, ()) = tokio::join!(next, async {
+        recent.entry.activity().close_requested().await;
+        drop(recent);
+    });
+    assert!(admitted.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_every_connection_busy_a_newcomer_is_refused() {
+    let capacity = Capacity::new(2, 2, vec![]);
+    let first = capacity.make_room(CLIENT).await.unwrap();
+    let second = capacity.make_room(CLIENT).await.unwrap();
+    let _a = first.entry.activity().begin();
+    let _b = second.entry.activity().begin();
+    assert!(capacity.make_room(CLIENT).await.is_none());
+    assert_eq!(capacity.open_count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_address_holds_only_its_share_and_cycles_its_own_idle_connections() {
+    let capacity = Capacity::new(10, 2, vec!["10.0.0.0/8".parse().unwrap()]);
+    let first = capacity.make_room(CLIENT).await.unwrap();
+    let first_busy = first.entry.activity().begin();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let second = capacity.make_room(CLIENT).await.unwrap();
+    let second_busy = second.entry.activity().begin();
+    // Both busy: the third from the same address is refused, though the budget has room.
+    assert!(capacity.try_admit(CLIENT).is_none());
+    assert!(capacity.make_room(CLIENT).await.is_none());
+    // Another address, and an exempt front proxy, are not held back by it.
+    let elsewhere: IpAddr = "198.51.100.7".parse().unwrap();
+    let other = capacity.try_admit(elsewhere).unwrap();
+    let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+    let _behind_the_proxy: Vec<_> = (0..5).map(|_| capacity.try_admit(proxy).unwrap()).collect();
+    // An IPv6 client is one address across its /64.
+    let six = |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last));
+    let _v6 = (capacity.try_admit(six(1)).unwrap(), capacity.try_admit(six(2)).unwrap());
+    assert!(capacity.try_admit(six(3)).is_none());
+    assert!(capacity.make_room(six(3)).await.is_none());
+
+    // With one of its own idle, the address's newcomer takes that one's place.
+    drop(second_busy);
+    // The budget is spent too (10 places held): the newcomer waits for that one to go.
+    let (newcomer, ()) = tokio::join!(capacity.make_room(CLIENT), async {
+        second.entry.activity().close_requested().await;
+        drop(second);
+    });
+    assert!(newcomer.is_some(), "its own idle connection gave way");
+    assert!(!first.entry.activity().asked_to_close.load(Ordering::Acquire), "never its busy one");
+    assert!(!other.entry.activity().asked_to_close.load(Ordering::Acquire), "nor another address's");
+    drop((newcomer, first_busy, first));
+    assert!(!capacity.per_address.contains_key(&Address::of(CLIENT)), "counts go when the places do");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_place_made_goes_to_the_newcomer_that_asked_not_to_whoever_comes_first() {
+    let other: IpAddr = "198.51.100.7".parse().unwrap();
+    let third: IpAddr = "203.0.113.9".parse().unwrap();
+    // At the address's share (one place each), and with the budget spent (two places).
+    for (budget, share, newcomer_from) in [(1, 1, CLIENT), (1, 5, other)] {
+        let capacity = Capacity::new(budget, share, vec![]);
+        let idle = capacity.make_room(CLIENT).await.unwrap();
+        let newcomer = tokio::spawn({
+            let capacity = capacity.clone();
+            async move { capacity.make_room(newcomer_from).await }
+        });
+        idle.entry.activity().close_requested().await;
+        drop(idle);
+        // Someone else arrives the instant the place is given up: it is already taken.
+        assert!(capacity.try_admit(CLIENT).is_none() && capacity.try_admit(third).is_none());
+        let admitted = newcomer.await.unwrap().expect("the newcomer that made room has it");
+        assert_eq!(capacity.open_count(), 1);
+        let held_by = |ip| capacity.per_address.get(&Address::of(ip)).map(|share| share.held);
+        assert_eq!((held_by(newcomer_from), held_by(third)), (Some(1), None), "{budget}/{share}");
+        if newcomer_from != CLIENT {
+            assert_eq!(held_by(CLIENT), None, "the closed connection's share went back to its address");
+        }
+        drop(admitted);
+        assert!(capacity.try_admit(third).is_some(), "and it is given back when that one closes");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_place_made_for_a_newcomer_that_gave_up_is_free_for_anyone() {
+    let capacity = Capacity::new(1, 1, vec![]);
+    let idle = capacity.make_room(CLIENT).await.unwrap();
+    let newcomer = tokio::spawn({
+        let capacity = capacity.clone();
+        async move { capacity.make_room(CLIENT).await }
+    });
+    // Asked, but it finishes something first, past the newcomer's patience.
+    idle.entry.activity().close_requested().await;
+    tokio::time::advance(MAKE_ROOM_WITHIN + Duration::from_millis(1)).await;
+    assert!(newcomer.await.unwrap().is_none());
+    drop(idle);
+    assert!(capacity.try_admit(CLIENT).is_some(), "given back, not lost");
+}
