@@ -223,9 +223,19 @@ impl HttpBody for Tracked {
     }
 }
 
+/// How many refused TLS connections may be in their handshake at once. A refusal's handshake
+/// holds its socket outside `limits.max_connections` (up to two seconds for a client that says
+/// nothing); past this many, a refused TLS connection is closed unanswered, so that newcomers
+/// arriving faster than they are refused cannot hold sockets without bound ("Too many open
+/// files" at 9,000 a second without it).
+pub(super) const MAX_TLS_REFUSALS: usize = 64;
+
+static TLS_REFUSALS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_TLS_REFUSALS);
+
 /// Answers a connection over `limits.max_connections`: a short, honest 503, then closed. On a TLS
 /// listener the answer goes through TLS (a plain-text one would reach the browser as a protocol
-/// error), within the same two seconds, handshake included.
+/// error), within the same two seconds, handshake included, while fewer than
+/// [`MAX_TLS_REFUSALS`] are; past that, the connection is closed unanswered.
 pub(super) async fn refuse_busy(stream: tokio::net::TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
     const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 38\r\nretry-after: 5\r\nconnection: close\r\n\r\nToo many connections; try again soon.\n";
     async fn answer<S: AsyncWrite + Unpin>(mut stream: S) {
@@ -236,6 +246,10 @@ pub(super) async fn refuse_busy(stream: tokio::net::TcpStream, tls: Option<tokio
         match tls {
             None => answer(stream).await,
             Some(acceptor) => {
+                let Ok(_refusing) = TLS_REFUSALS.try_acquire() else {
+                    tracing::debug!("{MAX_TLS_REFUSALS} refused TLS connections in their handshake: closed unanswered");
+                    return;
+                };
                 if let Ok(stream) = acceptor.accept(stream).await {
                     answer(stream).await;
                 }

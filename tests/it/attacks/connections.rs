@@ -338,18 +338,20 @@ async fn connections_with_half_a_head_or_a_quiet_http2_session_give_way_at_once_
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_tls_client_turned_away_reads_the_503_through_tls() {
+/// A proxy on TLS with one place in `limits.max_connections`, held busy by a sign-in whose body
+/// never finishes (the form's time limit, 5 s), and a TLS client for it.
+async fn tls_proxy_with_its_one_place_busy()
+-> (Upstream, Proxy, tokio_rustls::TlsConnector, tokio_rustls::client::TlsStream<tokio::net::TcpStream>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = Upstream::start().await;
     let certificate = SelfSigned::new();
     let proxy = proxy(&upstream.url()).https().toml(&certificate.toml()).toml("[limits]\nmax_connections = 1").start();
     let connector = certificate.connector(&[b"http/1.1"]);
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    // The one place, held busy: a sign-in whose body never finishes. The proxy's `100 Continue`
-    // says it has the request in hand (reading its body), so the place is busy from then on.
+    // The proxy's `100 Continue` says it has the request in hand (reading its body), so the
+    // place is busy from then on.
     let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let mut busy = connector.connect(name.clone(), tcp).await.expect("the first handshake completes");
+    let mut busy = connector.connect(name, tcp).await.expect("the first handshake completes");
     let head = format!(
         "POST /.portcullis/login HTTP/1.1\r\nHost: {}\r\nOrigin: https://{}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 200\r\nExpect: 100-continue\r\n\r\n",
         proxy.addr, proxy.addr
@@ -361,6 +363,14 @@ async fn a_tls_client_turned_away_reads_the_503_through_tls() {
     assert_eq!(&continued, b"HTTP/1.1 100 Continue\r\n\r\n");
     busy.write_all(b"username=al").await.unwrap();
     busy.flush().await.unwrap();
+    (upstream, proxy, connector, busy)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_client_turned_away_reads_the_503_through_tls() {
+    use tokio::io::AsyncReadExt;
+    let (_upstream, proxy, connector, _busy) = tls_proxy_with_its_one_place_busy().await;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     // Before, the newcomer got the 503 in plain text, which a TLS client can only take for a
     // broken handshake (a browser shows ERR_SSL_PROTOCOL_ERROR).
     let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
@@ -370,6 +380,34 @@ async fn a_tls_client_turned_away_reads_the_503_through_tls() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after: 5"), "{answer}");
+}
+
+/// A refused TLS connection is answered through TLS, which holds its socket, outside
+/// `limits.max_connections`, for as long as the handshake takes (two seconds at most). Newcomers
+/// that never start a handshake, opened faster than that, held thousands of sockets ("Too many
+/// open files" at 9,000 a second); at most 64 refusals are now in their handshake at once, and
+/// the rest are closed unanswered.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_tls_newcomers_cannot_hold_sockets_without_bound() {
+    use tokio::io::AsyncReadExt;
+    const MAX_TLS_REFUSALS: usize = 64;
+    const PAST_IT: usize = 16;
+    let (_upstream, proxy, _connector, _busy) = tls_proxy_with_its_one_place_busy().await;
+    // Well before the two seconds a refusal's handshake may take, and the 5 s the busy place has.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut silent = Vec::new();
+    for _ in 0..MAX_TLS_REFUSALS + PAST_IT {
+        silent.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let mut closed = 0;
+    for socket in &mut silent {
+        let mut byte = [0u8; 1];
+        if let Ok(read) = tokio::time::timeout_at(deadline, socket.read(&mut byte)).await {
+            assert!(matches!(read, Ok(0) | Err(_)), "closed unanswered: {read:?}");
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, PAST_IT, "those past the bound were closed at once, the rest are in their handshake");
 }
 
 #[tokio::test(flavor = "multi_thread")]
