@@ -14,6 +14,7 @@ pub mod forms;
 pub mod forward;
 pub mod forward_auth;
 pub mod gate;
+pub(crate) mod idle_stack;
 pub mod key_pages;
 pub mod link_pages;
 pub mod malformed;

@@ -8,7 +8,7 @@
 //! length that is not a number, a broken chunk) is never passed on: before its head has gone out
 //! it is a 502, after, the client's connection is closed.
 //!
-//! Connections are kept per worker, last in first out (see [`IdleStack`]). A connection goes back
+//! Connections are kept per worker, last in first out (`web::idle_stack`). A connection goes back
 //! only when its answer was read exactly to its end and the upstream did not ask to close; one
 //! that broke, or carried bytes past its answer, is closed.
 
@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 
 pub use crate::web::answer_framing::Framing;
 pub(crate) use crate::web::answer_framing::{Interpreted, interpret};
+use crate::web::idle_stack::{IdleStack, Verdict};
 use crate::web::upstream_pool::{reap_while_alive, socket_is_quiet};
 
 /// The most an upstream's response head may take: hyper's own client allows about as much.
@@ -84,7 +85,7 @@ pub struct RawUpstream {
     address: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    idle: IdleStack,
+    idle: IdleStack<Idle>,
     reaper_started: AtomicBool,
 }
 
@@ -110,7 +111,7 @@ impl RawUpstream {
             address,
             connect_timeout,
             idle_timeout,
-            idle: IdleStack::default(),
+            idle: IdleStack::new(MAX_IDLE),
             reaper_started: AtomicBool::new(false),
         })
     }
@@ -168,12 +169,11 @@ impl RawUpstream {
 
     /// The most recently kept connection that is still fit to use, with its read buffer.
     fn take_idle(&self) -> Option<(TcpStream, BytesMut)> {
-        while let Some(Idle { stream, read, since }) = self.idle.pop() {
-            if since.elapsed() <= self.idle_timeout && is_quiet(&stream) {
-                return Some((stream, read));
-            }
-        }
-        None
+        let verdict = |idle: &mut Idle| match idle.since.elapsed() <= self.idle_timeout && is_quiet(&idle.stream) {
+            true => Verdict::Take,
+            false => Verdict::Close,
+        };
+        self.idle.take(verdict).map(|Idle { stream, read, .. }| (stream, read))
     }
 
     async fn connect(self: &Arc<Self>) -> Result<TcpStream, SendError> {
@@ -207,47 +207,6 @@ impl RawUpstream {
 
     fn reap_idle(&self) {
         self.idle.retain(|idle| idle.since.elapsed() <= self.idle_timeout && is_quiet(&idle.stream));
-    }
-}
-
-/// The idle connections of one worker's pool, the most recently used on top.
-///
-/// Last in, first out, as nginx keeps its upstream connections: after a burst has opened many,
-/// a quieter load keeps reusing the one whose socket, buffers and runtime state are still in the
-/// core's caches, and the others go unused until the reaper closes them (`proxy.pool_idle_timeout`).
-/// First in, first out would cycle through all of them, each cold, and keep every one alive.
-///
-/// The lock is the pool's worker's alone (a pool's connections belong to the worker that
-/// dialled them, and so does its reaper): it is never contended, so taking and giving it back
-/// is an atomic operation each, as a lock-free queue's pop is.
-#[derive(Default)]
-struct IdleStack(std::sync::Mutex<Vec<Idle>>);
-
-impl IdleStack {
-    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        // Nothing that holds the lock can panic (pushes, pops, a retain of plain checks).
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn pop(&self) -> Option<Idle> {
-        self.kept().pop()
-    }
-
-    /// Keeps `idle` on top; with [`MAX_IDLE`] kept already, drops (closes) it: enough are idle.
-    fn push(&self, idle: Idle) {
-        let mut kept = self.kept();
-        if kept.len() < MAX_IDLE {
-            kept.push(idle);
-        }
-    }
-
-    fn retain(&self, keep: impl FnMut(&Idle) -> bool) {
-        self.kept().retain(keep);
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.kept().len()
     }
 }
 

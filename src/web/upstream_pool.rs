@@ -5,7 +5,7 @@
 //! raced the checkout against a lazy connect, and spawned a task per response to wait for the
 //! connection to be ready again: about 10,000 of the 70,000 instructions a proxied request cost
 //! (`bench/instructions.sh`). We have one upstream and speak HTTP/1.1 to it, so the pool is a
-//! lock-free queue of ready senders.
+//! stack of ready senders.
 //!
 //! What stays as it was: each upstream connection is driven by a task of its own, so that the
 //! requests of many clients that arrive together are written, and their answers read, in one
@@ -20,7 +20,7 @@
 //! long as the client takes to send it), when the upstream closes it, or when it has been idle
 //! for `proxy.pool_idle_timeout`. Taking a connection never waits on one: a connection not ready
 //! this instant is passed over and a new one dialled, so no request can be made to wait behind
-//! another's exchange.
+//! another's exchange. Connections are lent last in, first out (`web::idle_stack`).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
@@ -29,13 +29,14 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
+
+use crate::web::idle_stack::{IdleStack, Verdict};
 
 /// A request body the pool can send: what hyper's HTTP/1.1 client asks of one.
 pub trait OutgoingBody:
@@ -82,7 +83,7 @@ pub struct UpstreamPool<B> {
     connector: HttpsConnector<HttpConnector>,
     /// What the connector dials: the upstream's scheme and authority.
     target: http::Uri,
-    idle: ArrayQueue<Idle<B>>,
+    idle: IdleStack<Idle<B>>,
     idle_timeout: Duration,
     reaper_started: AtomicBool,
 }
@@ -92,7 +93,7 @@ impl<B: OutgoingBody> UpstreamPool<B> {
         Arc::new(Self {
             connector,
             target,
-            idle: ArrayQueue::new(MAX_IDLE),
+            idle: IdleStack::new(MAX_IDLE),
             idle_timeout,
             reaper_started: AtomicBool::new(false),
         })
@@ -126,29 +127,26 @@ impl<B: OutgoingBody> UpstreamPool<B> {
         }
     }
 
-    /// The oldest idle connection that is ready this instant, closing the stale and closed ones
-    /// on the way. One still finishing its last exchange (its task has not run since, or it is
-    /// still writing) goes to the back of the queue: waiting for it could mean waiting for a
+    /// The most recently used idle connection that is ready this instant, closing the stale and
+    /// closed ones on the way. One still finishing its last exchange (its task has not run since,
+    /// or it is still writing) is passed over and stays: waiting for it could mean waiting for a
     /// stranger's slow upload, or for an upstream that stopped reading. A ready one with bytes
     /// waiting in its socket is closed: see [`socket_is_quiet`].
     fn take_idle(&self) -> Option<Pooled<B>> {
         let mut now = Context::from_waker(std::task::Waker::noop());
-        for _ in 0..self.idle.len() {
-            let Some(Idle { mut conn, since }) = self.idle.pop() else { break };
-            if since.elapsed() > self.idle_timeout {
-                continue;
+        let verdict = |idle: &mut Idle<B>| {
+            if idle.since.elapsed() > self.idle_timeout {
+                return Verdict::Close;
             }
-            match conn.sender.poll_ready(&mut now) {
-                Poll::Ready(Ok(())) if socket_is_quiet(conn.socket) => return Some(conn),
+            match idle.conn.sender.poll_ready(&mut now) {
+                Poll::Ready(Ok(())) if socket_is_quiet(idle.conn.socket) => Verdict::Take,
                 // Closed (by the upstream, `Connection: close`, or an error), or an answer nobody
                 // asked for waiting in it.
-                Poll::Ready(_) => continue,
-                Poll::Pending => {
-                    let _ = self.idle.push(Idle { conn, since });
-                }
+                Poll::Ready(_) => Verdict::Close,
+                Poll::Pending => Verdict::Keep,
             }
-        }
-        None
+        };
+        self.idle.take(verdict).map(|idle| idle.conn)
     }
 
     async fn connect(self: &Arc<Self>) -> Result<Pooled<B>, PoolError> {
@@ -176,19 +174,13 @@ impl<B: OutgoingBody> UpstreamPool<B> {
         if conn.sender.is_closed() || self.idle_timeout.is_zero() {
             return;
         }
-        // A full queue drops (closes) the connection: enough are idle already.
-        let _ = self.idle.push(Idle { conn, since: Instant::now() });
+        self.idle.push(Idle { conn, since: Instant::now() });
     }
 
     /// Closes the connections idle for longer than `proxy.pool_idle_timeout` (or closed by the
     /// upstream); keeps the rest, in order.
     fn reap_idle(&self) {
-        for _ in 0..self.idle.len() {
-            let Some(idle) = self.idle.pop() else { break };
-            if !idle.conn.sender.is_closed() && idle.since.elapsed() <= self.idle_timeout {
-                let _ = self.idle.push(idle);
-            }
-        }
+        self.idle.retain(|idle| !idle.conn.sender.is_closed() && idle.since.elapsed() <= self.idle_timeout);
     }
 
     #[cfg(test)]

@@ -16,8 +16,9 @@ use hyper_util::rt::TokioIo;
 
 use super::UpstreamPool;
 
-/// An upstream that answers `/small`, `/close` (with `Connection: close`), `/big` (1 MiB) and
-/// `/chunked` (three chunks, no length); the counter is its accepted connections.
+/// An upstream that answers `/small`, `/close` (with `Connection: close`), `/big` (1 MiB),
+/// `/chunked` (three chunks, no length) and `/which` (the number of the connection it came on,
+/// from 1); the counter is its accepted connections.
 async fn upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -26,9 +27,9 @@ async fn upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            counter.fetch_add(1, Ordering::SeqCst);
+            let number = counter.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::spawn(async move {
-                let service = service_fn(|request: Request<hyper::body::Incoming>| async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| async move {
                     type Boxed = http_body_util::combinators::BoxBody<Bytes, Infallible>;
                     let response: Response<Boxed> = match request.uri().path() {
                         "/close" => Response::builder()
@@ -41,6 +42,7 @@ async fn upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
                                 ["one ", "two ", "three"].map(|c| Ok::<_, Infallible>(Frame::data(Bytes::from(c))));
                             Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed())
                         }
+                        "/which" => Response::new(Full::new(Bytes::from(number.to_string())).boxed()),
                         _ => Response::new(Full::new(Bytes::from_static(b"hello")).boxed()),
                     };
                     Ok::<_, Infallible>(response)
@@ -167,6 +169,24 @@ async fn requests_at_the_same_time_get_a_connection_each_and_all_come_back() {
         assert_eq!(fetch(&pool, "/small").await, "hello");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 8);
+}
+
+#[tokio::test]
+async fn the_connection_given_back_last_is_lent_first() {
+    let (address, accepted) = upstream().await;
+    let pool = pool(address, Duration::from_secs(90));
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(pool.send(get("/which")).await.unwrap());
+    }
+    // Given back in the order they were dialled: the third is the warmest.
+    for (response, lease) in answers {
+        lease.attach(response.into_body()).collect().await.unwrap();
+    }
+    for _ in 0..4 {
+        assert_eq!(fetch(&pool, "/which").await, "3", "last in, first out (first in, first out cycles 1, 2, 3)");
+    }
+    assert_eq!((accepted.load(Ordering::SeqCst), pool.idle_count()), (3, 3));
 }
 
 #[tokio::test]
