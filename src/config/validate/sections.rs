@@ -356,7 +356,7 @@ impl Validator {
                 Duration::from_secs(120),
             ),
             response_timeout: self.duration("proxy.response_timeout", &raw.response_timeout, "60s", second, hour),
-            pool_idle_timeout: self.duration("proxy.pool_idle_timeout", &raw.pool_idle_timeout, "90s", second, hour),
+            pool_idle_timeout: self.duration("proxy.pool_idle_timeout", &raw.pool_idle_timeout, "4s", second, hour),
             upstream_keepalive: raw.upstream_keepalive.unwrap_or(true),
             upstream_ca_file,
             shutdown_grace: self.duration(
