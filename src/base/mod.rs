@@ -6,6 +6,7 @@ pub mod forwarding;
 pub mod headers;
 pub mod metrics;
 pub mod secret;
+pub mod socket;
 pub mod text;
 pub mod tls;
 pub mod user_agent;

@@ -58,6 +58,7 @@ pub(super) async fn accept_loop(
                     None => return connection::refuse_busy(stream, tls).await,
                 },
             };
+            admitted.entry.activity().watch_socket(std::os::fd::AsRawFd::as_raw_fd(&stream));
             tracing::debug!(%peer, "connection admitted");
             match tls {
                 None => {

@@ -26,7 +26,8 @@
 //! a mutex and took it out again, twice a request: about 1,000 instructions of 34,000.)
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use super::idlest::Idlest;
+use crate::base::socket::socket_is_quiet;
 
 /// How long a newcomer waits for the connection it displaced to give its place back.
 const MAKE_ROOM_WITHIN: Duration = Duration::from_secs(1);
@@ -249,11 +251,15 @@ impl Capacity {
         };
         let (newcomer, freed) = oneshot::channel();
         let mut newcomer = Some(newcomer);
-        // Asked again when taken from the list: it may have closed, or have a request in flight.
+        // Asked again when taken from the list: it may have closed, or have a request in flight,
+        // or one waiting in its socket, not read yet (a connection just admitted, most often).
         let ask = |id| {
-            self.open
-                .get(&id)
-                .is_some_and(|entry| entry.1.idle_for(now).is_some() && entry.1.ask_to_close(&mut newcomer))
+            self.open.get(&id).is_some_and(|entry| {
+                let activity = &entry.1;
+                activity.idle_for(now).is_some()
+                    && !activity.has_bytes_waiting()
+                    && activity.ask_to_close(&mut newcomer)
+            })
         };
         self.idlest.ask_one(address, now, look, ask).then_some(freed)
     }
@@ -314,6 +320,9 @@ pub(super) struct Activity {
     /// request is in flight any more (hyper holds the rest of the response).
     write_blocked: AtomicBool,
     asked_to_close: AtomicBool,
+    /// The connection's socket (-1 until it is known), looked into before it is asked to make
+    /// room: a request waiting there unread makes it busy, not idle.
+    socket: AtomicI32,
     /// The newcomer that asked this connection to close, waiting for its place. Set under the
     /// lock before `asked_to_close`, so the connection cannot give up its place in between.
     handoff: Mutex<Option<oneshot::Sender<Held>>>,
@@ -341,6 +350,7 @@ impl Activity {
             quiet_since_us: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
             asked_to_close: AtomicBool::new(false),
+            socket: AtomicI32::new(-1),
             handoff: Mutex::new(None),
             stopping: AtomicBool::new(false),
             waiting: AtomicWaker::new(),
@@ -384,6 +394,21 @@ impl Activity {
         }
         let quiet_since = self.opened + Duration::from_micros(self.quiet_since_us.load(Ordering::Acquire));
         Some(now.saturating_duration_since(quiet_since))
+    }
+
+    /// The socket to look into before asking this connection to make room.
+    pub fn watch_socket(&self, socket: RawFd) {
+        self.socket.store(socket, Ordering::Release);
+    }
+
+    /// Whether bytes are waiting in the connection's socket, not read yet (or it was closed by
+    /// the client, which its task is about to see). A connection just admitted is idle until its
+    /// task has read the request it came with; displaced then, it would be closed unanswered.
+    /// The entry leaves the open ones just after its socket closes; a look in that instant may
+    /// find the number reused by another socket, and at worst spares a connection once.
+    fn has_bytes_waiting(&self) -> bool {
+        let socket = self.socket.load(Ordering::Acquire);
+        socket >= 0 && !socket_is_quiet(socket)
     }
 
     /// Claims this connection for closing, its place to be handed to `newcomer` (taken from it

@@ -157,3 +157,39 @@ async fn a_place_made_for_a_newcomer_that_gave_up_is_free_for_anyone() {
     drop(idle);
     assert!(capacity.try_admit(CLIENT).is_some(), "given back, not lost");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_with_a_request_waiting_unread_is_not_idle() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        sockets.push((client, listener.accept().unwrap().0));
+    }
+    let capacity = Capacity::new(2, 2, vec![]);
+    // The older one's request has come, but its task has not read it yet.
+    let older = capacity.make_room(CLIENT).await.unwrap();
+    older.entry.activity().watch_socket(sockets[0].1.as_raw_fd());
+    sockets[0].0.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    let mut peeked = [0u8; 1];
+    assert_eq!(sockets[0].1.peek(&mut peeked).unwrap(), 1, "it is in the socket");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let younger = capacity.make_room(CLIENT).await.unwrap();
+    younger.entry.activity().watch_socket(sockets[1].1.as_raw_fd());
+    tokio::time::advance(Duration::from_secs(1)).await;
+
+    let newcomer = tokio::spawn({
+        let capacity = capacity.clone();
+        async move { capacity.make_room(CLIENT).await }
+    });
+    let asked = |activity: &Activity| activity.asked_to_close.load(Ordering::Acquire);
+    let younger_asked = tokio::time::timeout(Duration::from_millis(100), younger.entry.activity().close_requested());
+    assert!(
+        younger_asked.await.is_ok() && !asked(older.entry.activity()),
+        "the quiet one, not the one about to be served"
+    );
+    drop(younger);
+    assert!(newcomer.await.unwrap().is_some(), "and its place went to the newcomer");
+}

@@ -21,10 +21,11 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::base::socket::socket_is_quiet;
 pub use crate::web::answer_framing::Framing;
 pub(crate) use crate::web::answer_framing::{Interpreted, interpret};
 use crate::web::idle_stack::{IdleStack, Verdict};
-use crate::web::upstream_pool::{reap_while_alive, socket_is_quiet};
+use crate::web::upstream_pool::reap_while_alive;
 
 /// The most an upstream's response head may take: hyper's own client allows about as much.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -224,8 +225,8 @@ enum HeadError {
     Bad(String),
 }
 
-/// Whether a kept connection has nothing to say: asked of the socket, not the runtime (see
-/// [`socket_is_quiet`]).
+/// Whether a kept connection has nothing to say: asked of the socket, not the runtime (why:
+/// `UpstreamPool::take_idle`).
 fn is_quiet(stream: &TcpStream) -> bool {
     use std::os::fd::AsRawFd;
     socket_is_quiet(stream.as_raw_fd())

@@ -36,6 +36,7 @@ use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
+use crate::base::socket::socket_is_quiet;
 use crate::web::idle_stack::{IdleStack, Verdict};
 
 /// A request body the pool can send: what hyper's HTTP/1.1 client asks of one.
@@ -131,7 +132,13 @@ impl<B: OutgoingBody> UpstreamPool<B> {
     /// closed ones on the way. One still finishing its last exchange (its task has not run since,
     /// or it is still writing) is passed over and stays: waiting for it could mean waiting for a
     /// stranger's slow upload, or for an upstream that stopped reading. A ready one with bytes
-    /// waiting in its socket is closed: see [`socket_is_quiet`].
+    /// waiting in its socket is closed: the socket itself is asked, as the runtime learns that
+    /// bytes came only at its next poll for events, and a connection taken again before that
+    /// (given back and taken in the same pass, as a busy worker does) would be lent with an
+    /// answer nobody asked for waiting in it, which the next request would read as its own (found
+    /// by an attack pass on the express lane: 5 in 1,200 tries under load). Under TLS any record
+    /// waiting counts: an idle connection has nothing to hear. The descriptor is open while the
+    /// sender is ready (see `Pooled::socket`).
     fn take_idle(&self) -> Option<Pooled<B>> {
         let mut now = Context::from_waker(std::task::Waker::noop());
         let verdict = |idle: &mut Idle<B>| {
@@ -233,25 +240,6 @@ impl<B: OutgoingBody> Body for Sending<B> {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
-}
-
-/// Whether an idle connection's socket has nothing to say: no bytes waiting, not closed.
-///
-/// It asks the socket itself (`recv` with `MSG_PEEK`), not the runtime: the runtime learns that
-/// bytes came only at its next poll for events, and a connection taken again before that (given
-/// back and taken in the same pass, as a busy worker does) would be lent with an answer nobody
-/// asked for waiting in it, which the next request would read as its own (found by an attack
-/// pass on the express lane: 5 in 1,200 tries under load). Under TLS any record waiting counts:
-/// an idle connection has nothing to hear. One system call a request; nothing is consumed.
-pub(crate) fn socket_is_quiet(socket: RawFd) -> bool {
-    let mut probe = 0u8;
-    // SAFETY: `recv` writes at most one byte into `probe`, which lives across the call. The
-    // descriptor is open: the lane owns its stream, and the full path looks only while hyper's
-    // sender is ready (see `Pooled::socket`). Were it not, a peek consumes nothing: the worst
-    // would be a wrong verdict, never another socket's bytes.
-    let got = unsafe { libc::recv(socket, (&raw mut probe).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    // Closed (0), bytes nobody asked for (1), or a failed socket: not quiet.
-    got < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 /// Runs `reap` on `pool` twice per `idle_timeout`, for as long as the pool lives: on the worker
