@@ -36,7 +36,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
-use super::idlest::Idlest;
+use super::idlest::{Idlest, NothingIdle, went_quiet};
 use crate::base::socket::socket_is_quiet;
 
 /// How long a newcomer waits for the connection it displaced to give its place back.
@@ -54,6 +54,8 @@ pub(super) struct Capacity {
     stopping: AtomicBool,
     /// The idlest connections the last look found, per address (`None`: among all).
     idlest: Idlest<Option<Address>>,
+    /// The last look among all found none idle, and none has gone quiet since.
+    nothing_idle: NothingIdle,
 }
 
 /// An address's part of the budget.
@@ -139,6 +141,7 @@ impl Capacity {
             exempt,
             stopping: AtomicBool::new(false),
             idlest: Idlest::default(),
+            nothing_idle: NothingIdle::default(),
         })
     }
 
@@ -214,7 +217,9 @@ impl Capacity {
 
     fn admitted(self: &Arc<Self>, held: Held) -> Admitted {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(self.nothing_idle.flag()));
+        // Idle from now until its first request is read: a kept "nothing idle" no longer holds.
+        went_quiet(&activity.nothing_idle);
         let address = held.claim.address;
         self.open.insert(id, (address, activity.clone()));
         if let Some(mut share) = address.and_then(|address| self.per_address.get_mut(&address)) {
@@ -242,8 +247,13 @@ impl Capacity {
         // Among all: every open connection. Among one address's: only its own, however many
         // other connections are open (so many addresses at their share, each needing a look of
         // its own, cost each newcomer its address's connections, not all).
+        if address.is_none() && self.nothing_idle.holds(now) {
+            return None;
+        }
         let look = || match address {
-            None => self.open.iter().filter_map(|entry| idle(*entry.key(), &entry.value().1)).collect(),
+            None => self
+                .nothing_idle
+                .look(now, || self.open.iter().filter_map(|entry| idle(*entry.key(), &entry.value().1)).collect()),
             Some(address) => {
                 let ids = self.per_address.get(&address).map(|share| share.open.clone()).unwrap_or_default();
                 ids.into_iter().filter_map(|id| self.open.get(&id).and_then(|entry| idle(id, &entry.1))).collect()
@@ -327,6 +337,8 @@ pub(super) struct Activity {
     /// lock before `asked_to_close`, so the connection cannot give up its place in between.
     handoff: Mutex<Option<oneshot::Sender<Held>>>,
     stopping: AtomicBool,
+    /// Cleared when this connection may have gone quiet ([`NothingIdle`]).
+    nothing_idle: Arc<AtomicBool>,
     /// The connection's task, while it waits for a [`Signal`]. A connection is one task, so one
     /// waker is all there is to wake.
     waiting: AtomicWaker,
@@ -342,8 +354,9 @@ pub(super) enum Signal {
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(nothing_idle: Arc<AtomicBool>) -> Self {
         Self {
+            nothing_idle,
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             served: AtomicUsize::new(0),
@@ -359,7 +372,7 @@ impl Activity {
 
     #[cfg(test)]
     pub(crate) fn for_tests() -> Arc<Self> {
-        Arc::new(Self::new())
+        Arc::new(Self::new(Arc::default()))
     }
 
     pub fn begin(self: &Arc<Self>) -> InFlight {
@@ -369,7 +382,7 @@ impl Activity {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Nothing in flight and nothing left to send.
@@ -383,13 +396,17 @@ impl Activity {
 
     /// Whether a write to the client is waiting for it to read (set by the connection's I/O).
     pub fn set_write_blocked(&self, blocked: bool) {
-        self.write_blocked.store(blocked, Ordering::Release);
+        // Sequentially consistent, as the look that reads it (`NothingIdle`).
+        self.write_blocked.store(blocked, Ordering::SeqCst);
+        if !blocked {
+            went_quiet(&self.nothing_idle);
+        }
     }
 
     /// How long the connection has had nothing in flight and nothing left to send, or `None`
     /// while it has (a slow reader is cut off by `limits.send_timeout`, never as idle).
     pub fn idle_for(&self, now: Instant) -> Option<Duration> {
-        if self.in_flight() > 0 || self.write_blocked.load(Ordering::Acquire) {
+        if self.in_flight() > 0 || self.write_blocked.load(Ordering::SeqCst) {
             return None;
         }
         let quiet_since = self.opened + Duration::from_micros(self.quiet_since_us.load(Ordering::Acquire));
@@ -491,7 +508,10 @@ impl Drop for InFlight {
         let activity = &self.0;
         let us = activity.opened.elapsed().as_micros() as u64;
         activity.quiet_since_us.store(us, Ordering::Release);
-        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Sequentially consistent, then the flag: see `NothingIdle` (on x86 the same locked
+        // instruction as before, and a plain load).
+        activity.in_flight.fetch_sub(1, Ordering::SeqCst);
+        went_quiet(&activity.nothing_idle);
     }
 }
 

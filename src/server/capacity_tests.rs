@@ -193,3 +193,32 @@ async fn a_connection_with_a_request_waiting_unread_is_not_idle() {
     drop(younger);
     assert!(newcomer.await.unwrap().is_some(), "and its place went to the newcomer");
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_every_connection_busy_one_look_answers_the_newcomers_until_one_goes_quiet() {
+    let elsewhere: IpAddr = "198.51.100.7".parse().unwrap();
+    let capacity = Capacity::new(2, 5, vec![]);
+    let first = capacity.make_room(CLIENT).await.unwrap();
+    let second = capacity.make_room(CLIENT).await.unwrap();
+    let first_busy = first.entry.activity().begin();
+    let _second_busy = second.entry.activity().begin();
+    assert!(capacity.make_room(elsewhere).await.is_none());
+    assert!(capacity.nothing_idle.holds(Instant::now()), "the look that found nothing is kept");
+    assert!(capacity.make_room(elsewhere).await.is_none(), "and answers the next newcomer");
+
+    // One request ends: the kept answer no longer holds, and the next newcomer is served.
+    drop(first_busy);
+    assert!(!capacity.nothing_idle.holds(Instant::now()));
+    let (admitted, ()) = tokio::join!(capacity.make_room(elsewhere), async {
+        first.entry.activity().close_requested().await;
+        drop(first);
+    });
+    let admitted = admitted.expect("the quiet one gave way");
+    let _admitted_busy = admitted.entry.activity().begin();
+
+    // Nor is a kept answer trusted past a second, with nothing gone quiet.
+    assert!(capacity.make_room(elsewhere).await.is_none());
+    assert!(capacity.nothing_idle.holds(Instant::now()));
+    tokio::time::advance(super::super::idlest::LOOK_AGAIN_AFTER + Duration::from_millis(1)).await;
+    assert!(!capacity.nothing_idle.holds(Instant::now()));
+}

@@ -13,10 +13,15 @@
 //!
 //! A list is kept per group of connections a newcomer may displace: all of them, or one
 //! address's own (at its share of the budget); a few addresses at once, each with its own list.
+//!
+//! A look that finds no connection idle at all is kept too ([`NothingIdle`]), until a connection
+//! goes quiet: with every connection busy, each newcomer would otherwise look through them all
+//! only to be refused.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::Hash;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -92,6 +97,61 @@ impl<G: Hash + Eq + Copy> Idlest<G> {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<G, Look>> {
         // Held only to take a list out or put one back: nothing in it can panic.
         self.looks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Whether the last look among all connections found none idle, and none has gone quiet since.
+///
+/// Every connection holds the flag ([`NothingIdle::flag`]) and calls [`went_quiet`] when it
+/// might have become idle (a request ended, a stalled write went through) or was admitted. The
+/// flag is set before a look and the look's "none" is kept only if it is still set after it:
+/// with both sides sequentially consistent (the connection's own state, then the flag; the flag,
+/// then the connections' states), a connection going quiet during the look either is seen idle
+/// by the look or sees the flag and clears it. While nothing is kept, the flag is false and
+/// never written, so a connection reads a cache line that no one changes.
+#[derive(Default)]
+pub(super) struct NothingIdle {
+    flag: Arc<AtomicBool>,
+    seen_at: Mutex<Option<Instant>>,
+}
+
+impl NothingIdle {
+    /// The flag each connection clears when it goes quiet.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.flag.clone()
+    }
+
+    /// Whether a look less than [`LOOK_AGAIN_AFTER`] ago found nothing idle, and nothing has
+    /// gone quiet since.
+    pub fn holds(&self, now: Instant) -> bool {
+        self.flag.load(Ordering::SeqCst)
+            && self.seen().is_some_and(|at| now.saturating_duration_since(at) <= LOOK_AGAIN_AFTER)
+    }
+
+    /// Looks (`look`) with the flag raised, and keeps its "none" if nothing went quiet meanwhile.
+    pub fn look<T>(&self, now: Instant, look: impl FnOnce() -> Vec<T>) -> Vec<T> {
+        // An older "none" is not to be trusted while the flag is up for this look.
+        *self.seen_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.flag.store(true, Ordering::SeqCst);
+        let found = look();
+        if found.is_empty() && self.flag.load(Ordering::SeqCst) {
+            *self.seen_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
+        } else {
+            self.flag.store(false, Ordering::SeqCst);
+        }
+        found
+    }
+
+    fn seen(&self) -> Option<Instant> {
+        *self.seen_at.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A connection might have become idle: a kept "nothing idle" no longer holds. A load of a line
+/// no one writes unless every connection is busy.
+pub(super) fn went_quiet(flag: &AtomicBool) {
+    if flag.load(Ordering::SeqCst) {
+        flag.store(false, Ordering::SeqCst);
     }
 }
 
