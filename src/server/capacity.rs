@@ -25,6 +25,7 @@
 //! its next request. (With tokio's `Notify` and `watch`, each wait put a waiter into a list under
 //! a mutex and took it out again, twice a request: about 1,000 instructions of 34,000.)
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
@@ -64,8 +65,9 @@ struct Share {
     /// Places held (by its connections, and by tunnels they became).
     held: usize,
     /// Its open connections (at most `held` of them), so that making room among them looks at
-    /// these, not at every connection.
-    open: Vec<u64>,
+    /// these, not at every connection. A set: closing a whole share of a list, each close
+    /// searching it, was quadratic (3.4 s of CPU for 16,000 from one address, debug build).
+    open: HashSet<u64>,
 }
 
 /// A client address as limits count it: IPv4 whole, IPv6 by its /64 (RFC 4291 §2.5.4: the
@@ -104,7 +106,7 @@ pub(super) struct Place {
 impl Drop for Place {
     fn drop(&mut self) {
         let Some(held) = self.held.take() else { return };
-        if let Some(newcomer) = self.activity.take_handoff() {
+        if let Some(newcomer) = self.activity.give_up_place() {
             // A newcomer that gave up waiting has dropped its end: the place is then given back
             // as any other.
             let _ = newcomer.send(held);
@@ -164,7 +166,13 @@ impl Capacity {
                 if let Ok(permit) = self.permits.clone().try_acquire_owned() {
                     return Some(self.admitted(Held { permit, claim }));
                 }
-                let freed = self.wait_for(self.displace_the_idlest(None)?).await?;
+                let Some(freed) = self.displace_the_idlest(None) else {
+                    // None to ask; a place may have come free meanwhile (a connection that
+                    // closed just before it could be asked gives its place back as usual).
+                    let permit = self.permits.clone().try_acquire_owned().ok()?;
+                    return Some(self.admitted(Held { permit, claim }));
+                };
+                let freed = self.wait_for(freed).await?;
                 // The budget's place is the newcomer's; the share the closed connection held
                 // goes back to its address (the newcomer has its own claim).
                 let Held { permit, claim: theirs } = freed;
@@ -173,6 +181,9 @@ impl Capacity {
             }
             None => {
                 let Some(freed) = self.displace_the_idlest(Some(Address::of(peer))) else {
+                    if let Some(admitted) = self.try_admit(peer) {
+                        return Some(admitted);
+                    }
                     tracing::debug!(%peer, "every connection of an address at limits.max_connections_per_address is busy");
                     return None;
                 };
@@ -223,7 +234,7 @@ impl Capacity {
         let address = held.claim.address;
         self.open.insert(id, (address, activity.clone()));
         if let Some(mut share) = address.and_then(|address| self.per_address.get_mut(&address)) {
-            share.open.push(id);
+            share.open.insert(id);
         }
         // After the insert: either `stop_all` finds this connection among the open ones, or it
         // had set the flag before and this sees it (both sequentially consistent).
@@ -255,7 +266,11 @@ impl Capacity {
                 .nothing_idle
                 .look(now, || self.open.iter().filter_map(|entry| idle(*entry.key(), &entry.value().1)).collect()),
             Some(address) => {
-                let ids = self.per_address.get(&address).map(|share| share.open.clone()).unwrap_or_default();
+                let ids: Vec<u64> = self
+                    .per_address
+                    .get(&address)
+                    .map(|share| share.open.iter().copied().collect())
+                    .unwrap_or_default();
                 ids.into_iter().filter_map(|id| self.open.get(&id).and_then(|entry| idle(id, &entry.1))).collect()
             }
         };
@@ -310,7 +325,7 @@ impl Drop for Entry {
         capacity.open.remove(&self.id);
         if let Some(address) = self.address {
             if let Some(mut share) = capacity.per_address.get_mut(&address) {
-                share.open.retain(|&id| id != self.id);
+                share.open.remove(&self.id);
             }
             capacity.forget_if_unused(address);
         }
@@ -333,15 +348,25 @@ pub(super) struct Activity {
     /// The connection's socket (-1 until it is known), looked into before it is asked to make
     /// room: a request waiting there unread makes it busy, not idle.
     socket: AtomicI32,
-    /// The newcomer that asked this connection to close, waiting for its place. Set under the
-    /// lock before `asked_to_close`, so the connection cannot give up its place in between.
-    handoff: Mutex<Option<oneshot::Sender<Held>>>,
+    /// Who gets this connection's place when it gives it up. Set under the lock before
+    /// `asked_to_close`, so the connection cannot give up its place in between.
+    handoff: Mutex<Handoff>,
     stopping: AtomicBool,
     /// Cleared when this connection may have gone quiet ([`NothingIdle`]).
     nothing_idle: Arc<AtomicBool>,
     /// The connection's task, while it waits for a [`Signal`]. A connection is one task, so one
     /// waker is all there is to wake.
     waiting: AtomicWaker,
+}
+
+/// Who a connection's place goes to when it gives it up.
+enum Handoff {
+    /// Nobody asked: back to the budget, for anyone.
+    Unasked,
+    /// The newcomer that asked this connection to make room.
+    To(oneshot::Sender<Held>),
+    /// Given up already: asking now would wait for a place that has gone back to the budget.
+    GivenUp,
 }
 
 /// What a connection can be told from outside.
@@ -364,7 +389,7 @@ impl Activity {
             write_blocked: AtomicBool::new(false),
             asked_to_close: AtomicBool::new(false),
             socket: AtomicI32::new(-1),
-            handoff: Mutex::new(None),
+            handoff: Mutex::new(Handoff::Unasked),
             stopping: AtomicBool::new(false),
             waiting: AtomicWaker::new(),
         }
@@ -429,13 +454,16 @@ impl Activity {
     }
 
     /// Claims this connection for closing, its place to be handed to `newcomer` (taken from it
-    /// when claimed); false if someone already had.
+    /// when claimed); false if someone already had, or the place is already given up (the
+    /// connection is ending: its place went back to the budget for anyone).
     fn ask_to_close(&self, newcomer: &mut Option<oneshot::Sender<Held>>) -> bool {
         let mut handoff = self.lock_handoff();
-        if self.asked_to_close.load(Ordering::Acquire) {
+        if self.asked_to_close.load(Ordering::Acquire) || matches!(*handoff, Handoff::GivenUp) {
             return false;
         }
-        *handoff = newcomer.take();
+        if let Some(newcomer) = newcomer.take() {
+            *handoff = Handoff::To(newcomer);
+        }
         self.asked_to_close.store(true, Ordering::Release);
         drop(handoff);
         // The flag stays: a connection not waiting yet sees it at its next look.
@@ -448,12 +476,15 @@ impl Activity {
         self.ask_to_close(&mut None)
     }
 
-    /// Whoever asked this connection to make room, once (when it gives up its place).
-    fn take_handoff(&self) -> Option<oneshot::Sender<Held>> {
-        self.lock_handoff().take()
+    /// The place is being given up: whoever asked for it, once; nobody may ask after.
+    fn give_up_place(&self) -> Option<oneshot::Sender<Held>> {
+        match std::mem::replace(&mut *self.lock_handoff(), Handoff::GivenUp) {
+            Handoff::To(newcomer) => Some(newcomer),
+            Handoff::Unasked | Handoff::GivenUp => None,
+        }
     }
 
-    fn lock_handoff(&self) -> std::sync::MutexGuard<'_, Option<oneshot::Sender<Held>>> {
+    fn lock_handoff(&self) -> std::sync::MutexGuard<'_, Handoff> {
         // Held only to set or take the sender: nothing in between can panic.
         self.handoff.lock().unwrap_or_else(PoisonError::into_inner)
     }

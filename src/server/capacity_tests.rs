@@ -222,3 +222,19 @@ async fn with_every_connection_busy_one_look_answers_the_newcomers_until_one_goe
     tokio::time::advance(super::super::idlest::LOOK_AGAIN_AFTER + Duration::from_millis(1)).await;
     assert!(!capacity.nothing_idle.holds(Instant::now()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_gave_up_its_place_is_not_asked_for_it_again() {
+    let elsewhere: IpAddr = "198.51.100.7".parse().unwrap();
+    let capacity = Capacity::new(1, 5, vec![]);
+    let ending = capacity.make_room(CLIENT).await.unwrap();
+    // Ending: its place is given back first, its entry goes a moment later.
+    let Admitted { permit, entry } = ending;
+    drop(permit);
+    // A newcomer that found the budget spent just before, and looks for a connection to ask,
+    // must not wait for this one: its place has gone back to the budget already.
+    assert!(capacity.displace_the_idlest(None).is_none(), "not asked for a place it no longer has");
+    assert!(!entry.activity().asked_to_close.load(Ordering::Acquire));
+    let admitted = tokio::time::timeout(Duration::from_millis(100), capacity.make_room(elsewhere)).await;
+    assert!(admitted.expect("at once").is_some(), "the place is free for the newcomer");
+}
