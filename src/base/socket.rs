@@ -16,6 +16,17 @@ pub fn socket_is_quiet(socket: RawFd) -> bool {
     got < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
+/// Bytes written to a TCP socket that its peer has not acknowledged yet, sent or not (and a
+/// FIN, once shut down for writing), as the kernel counts them (`SIOCOUTQ`, tcp(7)); `None` if
+/// the socket cannot say (not a connected TCP socket).
+pub fn unacknowledged_bytes(socket: RawFd) -> Option<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `SIOCOUTQ` (`TIOCOUTQ`) writes one `c_int` into `queued`, which lives across the
+    // call; it reads nothing from the socket. On a descriptor that is not a TCP socket it fails.
+    let done = unsafe { libc::ioctl(socket, libc::TIOCOUTQ, &raw mut queued) };
+    (done == 0).then(|| usize::try_from(queued).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +52,24 @@ mod tests {
         drop(client);
         assert_eq!(server.peek(&mut peeked).unwrap(), 0);
         assert!(!socket_is_quiet(server.as_raw_fd()), "closed by the peer");
+    }
+
+    #[test]
+    fn bytes_the_peer_has_not_acknowledged_are_counted() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert_eq!(unacknowledged_bytes(server.as_raw_fd()), Some(0));
+        // More than the client's window: the rest waits in the server's socket.
+        server.set_nonblocking(true).unwrap();
+        let mut written = 0;
+        let mut writer = &server;
+        while let Ok(n) = writer.write(&[7u8; 65536]) {
+            written += n;
+        }
+        assert!(unacknowledged_bytes(server.as_raw_fd()).is_some_and(|n| n > 0 && n <= written));
+        let mut all = vec![0u8; written];
+        client.read_exact(&mut all).unwrap();
+        assert_eq!(unacknowledged_bytes(listener.as_raw_fd()), None, "not a connected TCP socket");
     }
 }

@@ -72,11 +72,11 @@ struct Share {
 
 /// A client address as limits count it: IPv4 whole, IPv6 by its /64 (RFC 4291 §2.5.4: the
 /// interface identifier is the holder's to choose), an IPv4-mapped IPv6 address as the IPv4 one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) struct Address(IpAddr);
 
 impl Address {
-    fn of(ip: IpAddr) -> Self {
+    pub fn of(ip: IpAddr) -> Self {
         match ip.to_canonical() {
             IpAddr::V6(v6) => {
                 let prefix = u128::from(v6) & !((1u128 << 64) - 1);
@@ -443,14 +443,19 @@ impl Activity {
         self.socket.store(socket, Ordering::Release);
     }
 
+    /// The connection's socket, once known.
+    pub fn socket(&self) -> Option<RawFd> {
+        let socket = self.socket.load(Ordering::Acquire);
+        (socket >= 0).then_some(socket)
+    }
+
     /// Whether bytes are waiting in the connection's socket, not read yet (or it was closed by
     /// the client, which its task is about to see). A connection just admitted is idle until its
     /// task has read the request it came with; displaced then, it would be closed unanswered.
     /// The entry leaves the open ones just after its socket closes; a look in that instant may
     /// find the number reused by another socket, and at worst spares a connection once.
     fn has_bytes_waiting(&self) -> bool {
-        let socket = self.socket.load(Ordering::Acquire);
-        socket >= 0 && !socket_is_quiet(socket)
+        self.socket().is_some_and(|socket| !socket_is_quiet(socket))
     }
 
     /// Claims this connection for closing, its place to be handed to `newcomer` (taken from it

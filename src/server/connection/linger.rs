@@ -1,47 +1,68 @@
 //! A lingering close for a connection closed to make room for a newcomer.
 //!
 //! Such a connection is idle as far as the proxy can tell: its last answer has been written, but
-//! may still sit in the kernel's send buffer, unread by a slow client. Closed outright, the next
-//! bytes the client sends (a pipelined request, an HTTP/2 PING or WINDOW_UPDATE) meet a closed
-//! socket, the kernel answers them with a reset, drops what it had not sent yet, and the client's
-//! kernel throws away what the client had not read (RFC 9293 §3.10.7.4; RFC 9112 §9.6 warns of
-//! exactly this). So the socket is shut down for writing (its FIN follows the answer) and kept
-//! open, reading and discarding, until the client closes its side or [`LINGER_FOR`] has passed:
-//! what nginx's `lingering_close` does.
+//! may still sit in the kernel's send buffer, not yet delivered to a slow client. Closed outright,
+//! the next bytes the client sends (a pipelined request, an HTTP/2 PING or WINDOW_UPDATE) meet a
+//! closed socket, the kernel answers them with a reset and drops what it had not sent (RFC 9293
+//! §3.10.7.4; RFC 9112 §9.6 warns of exactly this). So the socket is shut down for writing (its
+//! FIN follows the answer) and kept open, reading and discarding, for as long as the client is
+//! still taking in what was sent: what nginx's `lingering_close` does.
 //!
-//! The connection's place goes to the newcomer at once; the lingering socket is held outside
-//! `limits.max_connections`, so at most [`MAX_LINGERING`] linger at a time, each for at most
-//! [`LINGER_FOR`]. Past that bound a displaced connection is closed outright, as before: a client
-//! cannot turn making room into a way of holding sockets.
+//! It lingers only while the client has not acknowledged everything (`SIOCOUTQ`): once it has,
+//! the answer is in the client's own buffer, where a reset no longer reaches it, and the socket
+//! is closed. A socket that never sent anything, or whose client has it all, does not linger at
+//! all. Lingering also ends when the client closes, when [`LINGER_STALLED`] passes with nothing
+//! more acknowledged (nginx's `lingering_timeout`), or after [`LINGER_AT_MOST`] in all (nginx's
+//! `lingering_time`).
+//!
+//! The connection's place goes to the newcomer at once; lingering sockets are held outside
+//! `limits.max_connections`, so at most [`MAX_LINGERING`] linger at a time, and at most
+//! [`MAX_LINGERING_PER_ADDRESS`] of one client address (as `limits.max_connections_per_address`
+//! counts them): one client holding answers it never reads cannot take every lingering place and
+//! so bring back the reset for everyone else. Past either bound a displaced connection is closed
+//! outright, as it was before lingering.
 
+use std::collections::BTreeMap;
 use std::io;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
 
-use crate::server::capacity::{Activity, Signal};
+use crate::base::socket::unacknowledged_bytes;
+use crate::server::capacity::{Activity, Address, Signal};
 
-/// The longest a displaced connection lingers (nginx's `lingering_timeout` default).
-pub(super) const LINGER_FOR: Duration = Duration::from_secs(5);
+/// With nothing more acknowledged by the client for this long, lingering ends.
+pub(super) const LINGER_STALLED: Duration = Duration::from_secs(5);
+/// The longest a displaced connection lingers in all.
+pub(super) const LINGER_AT_MOST: Duration = Duration::from_secs(30);
+/// How often a lingering socket is asked what the client has acknowledged.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
 /// The most displaced connections lingering at once, in the whole process.
 pub(super) const MAX_LINGERING: usize = 1024;
+/// The most of them from one client address.
+pub(super) const MAX_LINGERING_PER_ADDRESS: usize = MAX_LINGERING / 8;
 
 static LINGERING: Semaphore = Semaphore::const_new(MAX_LINGERING);
+static LINGERING_FROM: Mutex<BTreeMap<Address, usize>> = Mutex::new(BTreeMap::new());
 
 /// The client's socket, closed with a linger when its connection was asked to make room.
 pub(super) struct Lingering<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     /// Always there until it is dropped (taken out only by `Drop`).
     io: Option<I>,
     activity: Arc<Activity>,
+    peer: IpAddr,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
-    pub fn new(io: I, activity: Arc<Activity>) -> Self {
-        Self { io: Some(io), activity }
+    pub fn new(io: I, activity: Arc<Activity>, peer: IpAddr) -> Self {
+        Self { io: Some(io), activity, peer }
     }
 
     fn io(&mut self) -> io::Result<Pin<&mut I>> {
@@ -54,25 +75,89 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
         if self.activity.signal() != Some(Signal::MakeRoom) {
             return;
         }
+        let Some(socket) = self.activity.socket() else { return };
+        // Nothing the client has not acknowledged: nothing a reset could take from it.
+        if unacknowledged_bytes(socket).is_none_or(|queued| queued == 0) {
+            return;
+        }
         let (Some(io), Ok(runtime)) = (self.io.take(), tokio::runtime::Handle::try_current()) else { return };
-        let Ok(permit) = LINGERING.try_acquire() else {
-            tracing::debug!("{MAX_LINGERING} displaced connections lingering already: closed outright");
+        let Some(place) = Place::take(Address::of(self.peer)) else {
+            tracing::debug!(peer = %self.peer, "as many displaced connections lingering as may: closed outright");
             return;
         };
         runtime.spawn(async move {
-            let _permit = permit;
-            let _ = tokio::time::timeout(LINGER_FOR, linger(io)).await;
+            let _place = place;
+            linger(io, socket).await;
         });
     }
 }
 
-/// Shuts `io` down for writing, then reads and discards until the client closes or fails.
-async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
+/// A place among the lingering, in all and for one address.
+struct Place {
+    _permit: SemaphorePermit<'static>,
+    address: Address,
+}
+
+impl Place {
+    fn take(address: Address) -> Option<Self> {
+        let mut from = LINGERING_FROM.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = from.entry(address).or_insert(0);
+        if *count >= MAX_LINGERING_PER_ADDRESS {
+            return None;
+        }
+        let permit = LINGERING.try_acquire().ok()?;
+        *count += 1;
+        Some(Self { _permit: permit, address })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut from = LINGERING_FROM.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = from.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                from.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// How many displaced connections of `peer`'s address are lingering.
+#[cfg(test)]
+fn lingering_from(peer: IpAddr) -> usize {
+    LINGERING_FROM.lock().unwrap_or_else(PoisonError::into_inner).get(&Address::of(peer)).copied().unwrap_or(0)
+}
+
+/// Shuts `io` down for writing, then reads and discards until the client closes, has
+/// acknowledged everything, stalls, or the time is up.
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, socket: RawFd) {
     if io.shutdown().await.is_err() {
         return;
     }
-    let mut discard = [0u8; 1024];
-    while matches!(io.read(&mut discard).await, Ok(n) if n > 0) {}
+    let began = Instant::now();
+    let mut acknowledged_at = began;
+    let mut left = usize::MAX;
+    let mut look = tokio::time::interval(LOOK_EVERY);
+    let mut discard = [0u8; 4096];
+    loop {
+        tokio::select! {
+            read = io.read(&mut discard) => if !matches!(read, Ok(n) if n > 0) {
+                return;
+            },
+            _ = look.tick() => {
+                let now = Instant::now();
+                match unacknowledged_bytes(socket) {
+                    None | Some(0) => return,
+                    Some(queued) if queued < left => (left, acknowledged_at) = (queued, now),
+                    Some(_) => {}
+                }
+                if now - acknowledged_at >= LINGER_STALLED || now - began >= LINGER_AT_MOST {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Lingering<I> {
@@ -123,46 +208,5 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingerin
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_displaced_connection_is_shut_down_and_read_until_the_client_closes() {
-        let (mut client, server) = tokio::io::duplex(64);
-        let activity = Activity::for_tests();
-        let io = Lingering::new(server, activity.clone());
-        activity.ask_to_close_for_tests();
-        let before = LINGERING.available_permits();
-        drop(io);
-        // The proxy's side is shut down: the client reads the end of what was sent...
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        // ...and what the client sends after it is read and discarded, not refused.
-        client.write_all(b"GET /next HTTP/1.1\r\n\r\n").await.unwrap();
-        assert_eq!(LINGERING.available_permits(), before - 1, "lingering, counted");
-        client.shutdown().await.unwrap();
-        drop(client);
-        let given_back = async {
-            while LINGERING.available_permits() != before {
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(LINGER_FOR / 2, given_back).await.expect("done when the client closed, not at the limit");
-
-        // With as many lingering as may, the next displaced connection is closed outright.
-        let all = LINGERING.acquire_many(MAX_LINGERING as u32).await.unwrap();
-        let (mut client, server) = tokio::io::duplex(64);
-        let activity = Activity::for_tests();
-        activity.ask_to_close_for_tests();
-        drop(Lingering::new(server, activity));
-        assert!(client.write_all(b"GET /next HTTP/1.1\r\n\r\n").await.is_err(), "not held past the bound");
-        drop(all);
-    }
-
-    #[tokio::test]
-    async fn a_connection_closed_for_any_other_reason_does_not_linger() {
-        let (mut client, server) = tokio::io::duplex(64);
-        drop(Lingering::new(server, Activity::for_tests()));
-        assert!(client.write_all(b"x").await.is_err(), "closed at once");
-    }
-}
+#[path = "linger_tests.rs"]
+mod tests;

@@ -60,7 +60,7 @@ where
     let Admitted { permit, entry } = admitted;
     let activity = entry.activity().clone();
     let transport = Arc::new(Transport::default());
-    let io = Lingering::new(io, activity.clone());
+    let io = Lingering::new(io, activity.clone(), conn.peer.ip());
     let mut io = ClientIo::new(io, limits.send_timeout, transport.clone(), activity.clone());
     let mut watch = Watch::new(activity.clone(), limits.header_read_timeout, conn.peer);
 
