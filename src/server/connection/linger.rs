@@ -87,7 +87,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
         };
         runtime.spawn(async move {
             let _place = place;
-            linger(io, socket).await;
+            // The bound covers the shutdown too: under TLS it writes a close_notify, which a
+            // client keeping its window shut could otherwise make wait for ever.
+            let _ = tokio::time::timeout(LINGER_AT_MOST, linger(io, socket)).await;
         });
     }
 }
@@ -130,13 +132,12 @@ fn lingering_from(peer: IpAddr) -> usize {
 }
 
 /// Shuts `io` down for writing, then reads and discards until the client closes, has
-/// acknowledged everything, stalls, or the time is up.
+/// acknowledged everything, or stalls (the caller bounds it in all).
 async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, socket: RawFd) {
     if io.shutdown().await.is_err() {
         return;
     }
-    let began = Instant::now();
-    let mut acknowledged_at = began;
+    let mut acknowledged_at = Instant::now();
     let mut left = usize::MAX;
     let mut look = tokio::time::interval(LOOK_EVERY);
     let mut discard = [0u8; 4096];
@@ -152,7 +153,7 @@ async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, socket: RawFd) {
                     Some(queued) if queued < left => (left, acknowledged_at) = (queued, now),
                     Some(_) => {}
                 }
-                if now - acknowledged_at >= LINGER_STALLED || now - began >= LINGER_AT_MOST {
+                if now - acknowledged_at >= LINGER_STALLED {
                     return;
                 }
             }
