@@ -150,9 +150,15 @@ impl Capacity {
     /// A free place for a new connection from `peer`, if there is one and its address has not
     /// used up its share.
     pub fn try_admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
-        let claim = self.claim_within_share(peer)?;
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        Some(self.admitted(Held { permit, claim }))
+        self.with_free_place(self.claim_within_share(peer)?).ok()
+    }
+
+    /// Admits a connection with `claim` if the budget has a place free; the claim back if not.
+    fn with_free_place(self: &Arc<Self>, claim: Claim) -> Result<Admitted, Claim> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Ok(self.admitted(Held { permit, claim })),
+            Err(_) => Err(claim),
+        }
     }
 
     /// With no place free (or `peer`'s share used up): the place of the connection idle longest
@@ -163,14 +169,14 @@ impl Capacity {
     pub async fn make_room(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
         let held = match self.claim_within_share(peer) {
             Some(claim) => {
-                if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-                    return Some(self.admitted(Held { permit, claim }));
-                }
+                let claim = match self.with_free_place(claim) {
+                    Ok(admitted) => return Some(admitted),
+                    Err(claim) => claim,
+                };
                 let Some(freed) = self.displace_the_idlest(None) else {
                     // None to ask; a place may have come free meanwhile (a connection that
                     // closed just before it could be asked gives its place back as usual).
-                    let permit = self.permits.clone().try_acquire_owned().ok()?;
-                    return Some(self.admitted(Held { permit, claim }));
+                    return self.with_free_place(claim).ok();
                 };
                 let freed = self.wait_for(freed).await?;
                 // The budget's place is the newcomer's; the share the closed connection held
@@ -278,9 +284,10 @@ impl Capacity {
         let mut newcomer = Some(newcomer);
         // Asked again when taken from the list: it may have closed, or have a request in flight,
         // or one waiting in its socket, not read yet (a connection just admitted, most often).
+        // The entry's shard lock is let go first: the look into the socket is a system call.
         let ask = |id| {
-            self.open.get(&id).is_some_and(|entry| {
-                let activity = &entry.1;
+            let activity = self.open.get(&id).map(|entry| entry.1.clone());
+            activity.is_some_and(|activity| {
                 activity.idle_for(now).is_some()
                     && !activity.has_bytes_waiting()
                     && activity.ask_to_close(&mut newcomer)

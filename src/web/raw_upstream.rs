@@ -170,9 +170,12 @@ impl RawUpstream {
 
     /// The most recently kept connection that is still fit to use, with its read buffer.
     fn take_idle(&self) -> Option<(TcpStream, BytesMut)> {
-        let verdict = |idle: &mut Idle| match idle.since.elapsed() <= self.idle_timeout && is_quiet(&idle.stream) {
-            true => Verdict::Take,
-            false => Verdict::Close,
+        let verdict = |idle: &mut Idle| {
+            if idle.since.elapsed() <= self.idle_timeout && is_quiet(&idle.stream) {
+                Verdict::Take
+            } else {
+                Verdict::Close
+            }
         };
         self.idle.take(verdict).map(|Idle { stream, read, .. }| (stream, read))
     }

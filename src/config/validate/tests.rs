@@ -30,6 +30,8 @@ fn minimal_config_gets_safe_defaults() {
     assert_eq!(c.identity.audience, "https://app.example.com");
     assert_eq!(c.session.idle_timeout, Duration::from_secs(30 * 60));
     assert!(c.proxy.upstream_keepalive, "upstream connections are kept unless told");
+    // Below Node.js's and Apache's own 5 s, so the proxy closes a kept connection first.
+    assert_eq!(c.proxy.pool_idle_timeout, Duration::from_secs(4));
     assert!(!parse_ok(&format!("{MINIMAL}\n[proxy]\nupstream_keepalive = false")).proxy.upstream_keepalive);
 }
 
