@@ -218,6 +218,12 @@ for pass in ${PASSES-16:1 64:1 1:1}; do
   printf 'portcullis/nginx+auth throughput: %.2fx (range %s)\n' "$(ratio portcullis nginx+auth 3 | median)" "$(ratio portcullis nginx+auth 3 | range)"
   printf 'added p50 over direct: portcullis %+.0f µs, nginx %+.0f µs, nginx+auth %+.0f µs\n' \
     "$(added portcullis | median)" "$(added nginx | median)" "$(added nginx+auth | median)"
+  # The latency goal compares the two proxies' p50 within each repetition; how many of the
+  # repetitions Portcullis was not slower in says how far the median can be trusted.
+  paired() { awk '$2 == "portcullis" { x[$1] = $4 } $2 == "nginx" { y[$1] = $4 } END { for (r in x) print x[r] - y[r] }' "$WORK/rows"; }
+  printf 'p50 portcullis minus nginx, paired: %+.0f µs (range %s; not slower in %s of %s repetitions)\n' \
+    "$(paired | median)" "$(paired | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%+.0f to %+.0f", lo, hi }')" \
+    "$(paired | awk '$1 <= 0' | wc -l)" "$REPS"
 done
 
 # 1 MiB responses: MiB/s through each proxy (the same ratio as requests per second).
