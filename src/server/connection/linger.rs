@@ -17,26 +17,27 @@
 //!
 //! The connection's place goes to the newcomer at once; lingering sockets are held outside
 //! `limits.max_connections`, so at most [`MAX_LINGERING`] linger at a time, and at most
-//! [`MAX_LINGERING_PER_ADDRESS`] of one client address (as `limits.max_connections_per_address`
-//! counts them): one client holding answers it never reads cannot take every lingering place and
-//! so bring back the reset for everyone else. Past either bound a displaced connection is closed
-//! outright, as it was before lingering.
+//! [`MAX_LINGERING_PER_HOLDER`] of one [`Holder`] (an IPv4 address or an IPv6 /48). When every
+//! place is taken, a displaced connection whose holder has fewer lingering than the largest holder
+//! takes the place of that holder's oldest, which is closed outright: so clients keeping many
+//! answers unread from several addresses cannot take every place and bring back the reset for
+//! everyone else. A holder with as many as the largest is closed outright, as before lingering.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::base::socket::unacknowledged_bytes;
-use crate::server::capacity::{Activity, Address, Signal};
+use crate::server::capacity::{Activity, Signal};
 
 /// With nothing more acknowledged by the client for this long, lingering ends.
 pub(super) const LINGER_STALLED: Duration = Duration::from_secs(5);
@@ -46,11 +47,104 @@ pub(super) const LINGER_AT_MOST: Duration = Duration::from_secs(30);
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 /// The most displaced connections lingering at once, in the whole process.
 pub(super) const MAX_LINGERING: usize = 1024;
-/// The most of them from one client address.
-pub(super) const MAX_LINGERING_PER_ADDRESS: usize = MAX_LINGERING / 8;
+/// The most of them from one [`Holder`].
+pub(super) const MAX_LINGERING_PER_HOLDER: usize = MAX_LINGERING / 8;
 
-static LINGERING: Semaphore = Semaphore::const_new(MAX_LINGERING);
-static LINGERING_FROM: Mutex<BTreeMap<Address, usize>> = Mutex::new(BTreeMap::new());
+/// Whose lingering sockets are counted together: an IPv4 address, or an IPv6 /48. Wider than the
+/// /64 the connection share counts (`capacity::Address`): a place among the lingering is shared by
+/// every client, and one end site is given a /48 or a /56 (RFC 6177), so a /64 would let one
+/// client hold every place from addresses it already has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Holder(IpAddr);
+
+impl Holder {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => Self(IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into())),
+            v4 => Self(v4),
+        }
+    }
+}
+
+/// The lingering places: how many are taken, and each holder's, oldest first, with the way to
+/// end each one early.
+struct Places {
+    taken: usize,
+    next_id: u64,
+    held: BTreeMap<Holder, VecDeque<(u64, oneshot::Sender<()>)>>,
+}
+
+static PLACES: Mutex<Places> = Mutex::new(Places { taken: 0, next_id: 0, held: BTreeMap::new() });
+
+fn places() -> MutexGuard<'static, Places> {
+    PLACES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Places {
+    fn count(&self, holder: Holder) -> usize {
+        self.held.get(&holder).map_or(0, VecDeque::len)
+    }
+
+    /// Ends the oldest lingering socket of the holder with the most, if it has more than `mine`:
+    /// its place is then free. Ties between holders go against the oldest socket, the one that
+    /// has had longest to drain.
+    fn make_room_for(&mut self, mine: usize) -> bool {
+        let largest = self
+            .held
+            .iter()
+            .filter(|(_, sockets)| sockets.len() > mine)
+            .max_by_key(|(_, sockets)| (sockets.len(), std::cmp::Reverse(sockets.front().map(|(id, _)| *id))))
+            .map(|(holder, _)| *holder);
+        let Some(largest) = largest else { return false };
+        let sockets = self.held.get_mut(&largest).expect("just found");
+        if let Some((_, end)) = sockets.pop_front() {
+            let _ = end.send(());
+            self.taken -= 1;
+        }
+        if sockets.is_empty() {
+            self.held.remove(&largest);
+        }
+        true
+    }
+}
+
+/// A place among the lingering, and its holder's.
+struct Place {
+    id: u64,
+    holder: Holder,
+}
+
+impl Place {
+    /// A place for `holder`, if it has fewer than its bound and one is free or can be made;
+    /// the receiver hears when the place is taken back for another holder.
+    fn take(holder: Holder) -> Option<(Self, oneshot::Receiver<()>)> {
+        let mut places = places();
+        let mine = places.count(holder);
+        if mine >= MAX_LINGERING_PER_HOLDER || (places.taken >= MAX_LINGERING && !places.make_room_for(mine)) {
+            return None;
+        }
+        let (end, ended) = oneshot::channel();
+        let id = places.next_id;
+        places.next_id += 1;
+        places.taken += 1;
+        places.held.entry(holder).or_default().push_back((id, end));
+        Some((Self { id, holder }, ended))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut places = places();
+        let Some(sockets) = places.held.get_mut(&self.holder) else { return };
+        // Not there when it was taken back for another holder: that freed it already.
+        let Some(at) = sockets.iter().position(|(id, _)| *id == self.id) else { return };
+        sockets.remove(at);
+        if sockets.is_empty() {
+            places.held.remove(&self.holder);
+        }
+        places.taken -= 1;
+    }
+}
 
 /// The client's socket, closed with a linger when its connection was asked to make room.
 pub(super) struct Lingering<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
@@ -81,54 +175,27 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
             return;
         }
         let (Some(io), Ok(runtime)) = (self.io.take(), tokio::runtime::Handle::try_current()) else { return };
-        let Some(place) = Place::take(Address::of(self.peer)) else {
+        let Some((place, taken_back)) = Place::take(Holder::of(self.peer)) else {
             tracing::debug!(peer = %self.peer, "as many displaced connections lingering as may: closed outright");
             return;
         };
+        let peer = self.peer;
         runtime.spawn(async move {
             let _place = place;
-            // The bound covers the shutdown too: under TLS it writes a close_notify, which a
-            // client keeping its window shut could otherwise make wait for ever.
-            let _ = tokio::time::timeout(LINGER_AT_MOST, linger(io, socket)).await;
+            tokio::select! {
+                // The bound covers the shutdown too: under TLS it writes a close_notify, which a
+                // client keeping its window shut could otherwise make wait for ever.
+                _ = tokio::time::timeout(LINGER_AT_MOST, linger(io, socket)) => {}
+                _ = taken_back => tracing::debug!(peer = %peer, "a lingering connection's place went to another client: closed outright"),
+            }
         });
     }
 }
 
-/// A place among the lingering, in all and for one address.
-struct Place {
-    _permit: SemaphorePermit<'static>,
-    address: Address,
-}
-
-impl Place {
-    fn take(address: Address) -> Option<Self> {
-        let mut from = LINGERING_FROM.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = from.entry(address).or_insert(0);
-        if *count >= MAX_LINGERING_PER_ADDRESS {
-            return None;
-        }
-        let permit = LINGERING.try_acquire().ok()?;
-        *count += 1;
-        Some(Self { _permit: permit, address })
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut from = LINGERING_FROM.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = from.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                from.remove(&self.address);
-            }
-        }
-    }
-}
-
-/// How many displaced connections of `peer`'s address are lingering.
+/// How many displaced connections of `peer`'s holder are lingering.
 #[cfg(test)]
 fn lingering_from(peer: IpAddr) -> usize {
-    LINGERING_FROM.lock().unwrap_or_else(PoisonError::into_inner).get(&Address::of(peer)).copied().unwrap_or(0)
+    places().count(Holder::of(peer))
 }
 
 /// Shuts `io` down for writing, then reads and discards until the client closes, has

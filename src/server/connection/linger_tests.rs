@@ -5,6 +5,9 @@ use super::*;
 use std::os::fd::AsRawFd;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+/// The places are one for the process: tests that count them run one at a time.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A client with a small receive window, and the proxy's side of its connection.
 async fn pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -49,6 +52,7 @@ async fn a_displaced_connection_whose_client_has_everything_is_closed_at_once() 
 
 #[tokio::test]
 async fn a_displaced_connection_lingers_until_its_client_has_all_it_was_sent_and_no_more_at_once_than_allowed() {
+    let _alone = ALONE.lock().await;
     // Its client sends its next request before reading the answer: it still gets all of it,
     // and the end of it, not a reset.
     let (mut client, server) = pair().await;
@@ -66,22 +70,82 @@ async fn a_displaced_connection_lingers_until_its_client_has_all_it_was_sent_and
     };
     tokio::time::timeout(LINGER_STALLED / 2, ended).await.expect("over when all was acknowledged");
 
-    // One address at its bound: its next displaced connection is closed outright.
+    // One holder at its bound: its next displaced connection is closed outright.
     let crowded: IpAddr = "192.0.2.3".parse().unwrap();
-    let held: Vec<_> = (0..MAX_LINGERING_PER_ADDRESS).map(|_| Place::take(Address::of(crowded)).unwrap()).collect();
+    let held = fill(crowded, MAX_LINGERING_PER_HOLDER);
     let (_client, server) = pair().await;
     displace(server, "192.0.2.3", true).await;
-    assert_eq!(lingering_from(crowded), MAX_LINGERING_PER_ADDRESS);
-    assert!(Place::take(Address::of("192.0.2.4".parse().unwrap())).is_some(), "another address still may");
+    assert_eq!(lingering_from(crowded), MAX_LINGERING_PER_HOLDER);
+    assert!(Place::take(Holder::of("192.0.2.4".parse().unwrap())).is_some(), "another address still may");
     drop(held);
     assert_eq!(lingering_from(crowded), 0);
+}
 
-    // All of them taken: closed outright too.
-    let all = LINGERING.acquire_many(MAX_LINGERING as u32).await.unwrap();
-    let (_client, server) = pair().await;
-    displace(server, "192.0.2.5", true).await;
-    assert_eq!(lingering_from("192.0.2.5".parse().unwrap()), 0);
-    drop(all);
+/// Takes `n` places for `peer`'s holder, as that many lingering sockets would.
+fn fill(peer: IpAddr, n: usize) -> Vec<(Place, oneshot::Receiver<()>)> {
+    (0..n).map(|_| Place::take(Holder::of(peer)).expect("a free place")).collect()
+}
+
+/// Eight clients keeping their answers unread from 128 sockets each held every place, and any
+/// other client displaced meanwhile was closed outright: reset before it had its answer.
+#[tokio::test]
+async fn when_every_place_is_taken_a_client_with_fewer_takes_the_largest_holders_oldest() {
+    let _alone = ALONE.lock().await;
+    let mut held: Vec<_> =
+        (1..=8).map(|i| fill(format!("198.51.100.{i}").parse().unwrap(), MAX_LINGERING_PER_HOLDER)).collect();
+    assert_eq!(places().taken, MAX_LINGERING);
+
+    let (mut client, server) = pair().await;
+    let written = displace(server, "203.0.113.9", true).await;
+    assert_eq!(lingering_from("203.0.113.9".parse().unwrap()), 1, "it lingers");
+    assert_eq!(places().taken, MAX_LINGERING, "in a place taken back, not a new one");
+    // Taken back from the oldest of the largest holders' sockets (all hold as many): the first.
+    assert!(held[0][0].1.try_recv().is_ok(), "the oldest socket is told to close");
+    let told = held.iter_mut().flatten().filter_map(|(_, taken_back)| taken_back.try_recv().ok()).count();
+    assert_eq!(told, 0, "and no other");
+    assert_eq!(lingering_from("198.51.100.1".parse().unwrap()), MAX_LINGERING_PER_HOLDER - 1);
+    client.write_all(b"GET /next HTTP/1.1\r\nHost: example\r\n\r\n").await.unwrap();
+    let mut all = Vec::new();
+    client.read_to_end(&mut all).await.expect("the end of the answer, not a reset");
+    assert_eq!(all.len(), written);
+
+    // Its linger over, its place is free; the one taken back is not given back twice.
+    let ended = async {
+        while lingering_from("203.0.113.9".parse().unwrap()) > 0 {
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    };
+    tokio::time::timeout(LINGER_STALLED / 2, ended).await.expect("over when all was acknowledged");
+    assert_eq!(places().taken, MAX_LINGERING - 1);
+    drop(held[0].remove(0));
+    assert_eq!(places().taken, MAX_LINGERING - 1);
+    drop(held);
+    assert_eq!(places().taken, 0, "every place back once its socket ended");
+}
+
+/// No churn between equals: when every holder has as many as the largest, a displaced socket
+/// is closed outright rather than closing another's.
+#[tokio::test]
+async fn when_every_place_is_taken_a_holder_with_as_many_as_the_largest_gets_none() {
+    let _alone = ALONE.lock().await;
+    let per = MAX_LINGERING / 16;
+    let mut held: Vec<_> = (1..=16).map(|i| fill(format!("198.51.100.{i}").parse().unwrap(), per)).collect();
+    assert!(Place::take(Holder::of("198.51.100.1".parse().unwrap())).is_none());
+    let told = held.iter_mut().flatten().filter_map(|(_, taken_back)| taken_back.try_recv().ok()).count();
+    assert_eq!(told, 0);
+    assert_eq!(places().taken, MAX_LINGERING);
+    drop(held);
+    assert_eq!(places().taken, 0);
+}
+
+#[test]
+fn an_ipv6_client_is_one_holder_across_its_48() {
+    let holder = |ip: &str| Holder::of(ip.parse().unwrap());
+    assert_eq!(holder("2001:db8:1:ff::1"), holder("2001:db8:1:1::2"), "a /56's /64s: one holder");
+    assert_eq!(holder("2001:db8:1:ffff:ffff::1"), holder("2001:db8:1::"));
+    assert_ne!(holder("2001:db8:1::1"), holder("2001:db8:2::1"), "another /48");
+    assert_ne!(holder("192.0.2.1"), holder("192.0.2.2"), "IPv4: each address");
+    assert_eq!(holder("::ffff:192.0.2.1"), holder("192.0.2.1"), "a mapped IPv4 address is that address");
 }
 
 #[tokio::test]
