@@ -28,6 +28,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -45,6 +46,9 @@ pub(super) const LINGER_STALLED: Duration = Duration::from_secs(5);
 pub(super) const LINGER_AT_MOST: Duration = Duration::from_secs(30);
 /// How often a lingering socket is asked what the client has acknowledged.
 const LOOK_EVERY: Duration = Duration::from_millis(100);
+/// How long a lingering socket has to show how fast its client drains it before its place can
+/// be taken back.
+const SHOWN_WITHIN: Duration = Duration::from_secs(1);
 /// The most displaced connections lingering at once, in the whole process.
 pub(super) const MAX_LINGERING: usize = 1024;
 /// The most of them from one [`Holder`].
@@ -66,12 +70,29 @@ impl Holder {
     }
 }
 
-/// The lingering places: how many are taken, and each holder's, oldest first, with the way to
-/// end each one early.
+/// A lingering socket as the places know it.
+struct Lingerer {
+    id: u64,
+    since: Instant,
+    /// How fast its client has been taking in the answer ([`drain_score`]), kept by its task.
+    draining: Arc<AtomicU64>,
+    /// Tells its task the place was taken back.
+    end: oneshot::Sender<()>,
+}
+
+impl Lingerer {
+    /// The lower, the sooner its place is taken back: a socket in its first [`SHOWN_WITHIN`] has
+    /// not had the time to show how fast it drains, and counts as the fastest.
+    fn keep_score(&self, now: Instant) -> u64 {
+        if now - self.since < SHOWN_WITHIN { u64::MAX } else { self.draining.load(Ordering::Relaxed) }
+    }
+}
+
+/// The lingering places: how many are taken, and each holder's sockets, oldest first.
 struct Places {
     taken: usize,
     next_id: u64,
-    held: BTreeMap<Holder, VecDeque<(u64, oneshot::Sender<()>)>>,
+    held: BTreeMap<Holder, VecDeque<Lingerer>>,
 }
 
 static PLACES: Mutex<Places> = Mutex::new(Places { taken: 0, next_id: 0, held: BTreeMap::new() });
@@ -85,24 +106,31 @@ impl Places {
         self.held.get(&holder).map_or(0, VecDeque::len)
     }
 
-    /// Ends the oldest lingering socket of the holder with the most, if it has more than `mine`:
-    /// its place is then free. Ties between holders go against the oldest socket, the one that
-    /// has had longest to drain.
-    fn make_room_for(&mut self, mine: usize) -> bool {
-        let largest = self
+    /// Takes back a place from the holder with the most lingering sockets, if it has more than
+    /// `mine`: its socket whose client has been taking in its answer slowest, the oldest of
+    /// those. Age alone would make the places a queue: clients from enough holders, each
+    /// holding one, would push out a reader downloading at full speed by arriving fast enough
+    /// (1,024 places at 150 a second: reset after 7 s, in the fourth attack pass). To keep its
+    /// sockets, a client must now drain them faster than the one it would displace.
+    fn make_room_for(&mut self, mine: usize, now: Instant) -> bool {
+        let Some(largest) = self.held.values().map(VecDeque::len).max().filter(|&most| most > mine) else {
+            return false;
+        };
+        let chosen = self
             .held
             .iter()
-            .filter(|(_, sockets)| sockets.len() > mine)
-            .max_by_key(|(_, sockets)| (sockets.len(), std::cmp::Reverse(sockets.front().map(|(id, _)| *id))))
-            .map(|(holder, _)| *holder);
-        let Some(largest) = largest else { return false };
-        let sockets = self.held.get_mut(&largest).expect("just found");
-        if let Some((_, end)) = sockets.pop_front() {
-            let _ = end.send(());
+            .filter(|(_, sockets)| sockets.len() == largest)
+            .flat_map(|(holder, sockets)| sockets.iter().enumerate().map(move |(at, socket)| (*holder, at, socket)))
+            .min_by_key(|(_, _, socket)| (socket.keep_score(now), socket.id))
+            .map(|(holder, at, _)| (holder, at));
+        let Some((holder, at)) = chosen else { return false };
+        let sockets = self.held.get_mut(&holder).expect("just found");
+        if let Some(socket) = sockets.remove(at) {
+            let _ = socket.end.send(());
             self.taken -= 1;
         }
         if sockets.is_empty() {
-            self.held.remove(&largest);
+            self.held.remove(&holder);
         }
         true
     }
@@ -112,23 +140,25 @@ impl Places {
 struct Place {
     id: u64,
     holder: Holder,
+    draining: Arc<AtomicU64>,
 }
 
 impl Place {
     /// A place for `holder`, if it has fewer than its bound and one is free or can be made;
     /// the receiver hears when the place is taken back for another holder.
     fn take(holder: Holder) -> Option<(Self, oneshot::Receiver<()>)> {
+        let now = Instant::now();
         let mut places = places();
         let mine = places.count(holder);
-        if mine >= MAX_LINGERING_PER_HOLDER || (places.taken >= MAX_LINGERING && !places.make_room_for(mine)) {
+        if mine >= MAX_LINGERING_PER_HOLDER || (places.taken >= MAX_LINGERING && !places.make_room_for(mine, now)) {
             return None;
         }
         let (end, ended) = oneshot::channel();
-        let id = places.next_id;
+        let (id, draining) = (places.next_id, Arc::new(AtomicU64::new(0)));
         places.next_id += 1;
         places.taken += 1;
-        places.held.entry(holder).or_default().push_back((id, end));
-        Some((Self { id, holder }, ended))
+        places.held.entry(holder).or_default().push_back(Lingerer { id, since: now, draining: draining.clone(), end });
+        Some((Self { id, holder, draining }, ended))
     }
 }
 
@@ -137,13 +167,21 @@ impl Drop for Place {
         let mut places = places();
         let Some(sockets) = places.held.get_mut(&self.holder) else { return };
         // Not there when it was taken back for another holder: that freed it already.
-        let Some(at) = sockets.iter().position(|(id, _)| *id == self.id) else { return };
+        let Some(at) = sockets.iter().position(|socket| socket.id == self.id) else { return };
         sockets.remove(at);
         if sockets.is_empty() {
             places.held.remove(&self.holder);
         }
         places.taken -= 1;
     }
+}
+
+/// How fast a client takes in its answer: the bytes it acknowledged at each look, each earlier
+/// look counting 7/8 of the one after it (so a look's bytes count half after about half a
+/// second). A client that reads a little every few seconds, enough not to stall, scores near
+/// nothing between its reads; one reading steadily keeps about 0.8 s of its rate.
+fn drain_score(previous: u64, acknowledged: u64) -> u64 {
+    previous - previous / 8 + acknowledged
 }
 
 /// The client's socket, closed with a linger when its connection was asked to make room.
@@ -181,11 +219,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
         };
         let peer = self.peer;
         runtime.spawn(async move {
+            let draining = place.draining.clone();
             let _place = place;
             tokio::select! {
                 // The bound covers the shutdown too: under TLS it writes a close_notify, which a
                 // client keeping its window shut could otherwise make wait for ever.
-                _ = tokio::time::timeout(LINGER_AT_MOST, linger(io, socket)) => {}
+                _ = tokio::time::timeout(LINGER_AT_MOST, linger(io, socket, &draining)) => {}
                 _ = taken_back => tracing::debug!(peer = %peer, "a lingering connection's place went to another client: closed outright"),
             }
         });
@@ -200,12 +239,12 @@ fn lingering_from(peer: IpAddr) -> usize {
 
 /// Shuts `io` down for writing, then reads and discards until the client closes, has
 /// acknowledged everything, or stalls (the caller bounds it in all).
-async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, socket: RawFd) {
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, socket: RawFd, draining: &AtomicU64) {
     if io.shutdown().await.is_err() {
         return;
     }
     let mut acknowledged_at = Instant::now();
-    let mut left = usize::MAX;
+    let mut left = None;
     let mut look = tokio::time::interval(LOOK_EVERY);
     let mut discard = [0u8; 4096];
     loop {
@@ -215,11 +254,12 @@ async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, socket: RawFd) {
             },
             _ = look.tick() => {
                 let now = Instant::now();
-                match unacknowledged_bytes(socket) {
-                    None | Some(0) => return,
-                    Some(queued) if queued < left => (left, acknowledged_at) = (queued, now),
-                    Some(_) => {}
+                let Some(queued) = unacknowledged_bytes(socket).filter(|&queued| queued > 0) else { return };
+                let acknowledged = left.map_or(0, |left: usize| left.saturating_sub(queued));
+                if left.is_none() || acknowledged > 0 {
+                    (left, acknowledged_at) = (Some(queued), now);
                 }
+                draining.store(drain_score(draining.load(Ordering::Relaxed), acknowledged as u64), Ordering::Relaxed);
                 if now - acknowledged_at >= LINGER_STALLED {
                     return;
                 }

@@ -2,6 +2,7 @@
 //! long, and how many at once.
 
 use super::*;
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -157,4 +158,62 @@ async fn a_connection_closed_for_any_other_reason_does_not_linger() {
     let mut rest = Vec::new();
     assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
     assert_eq!(lingering_from("192.0.2.6".parse().unwrap()), 0);
+}
+
+/// Clients from more holders than there are places, each holding one, took back the place of the
+/// oldest socket one after another: arriving at 150 a second they pushed out a reader that was
+/// downloading at full speed after 7 s (the fourth attack pass). The place taken back is now the
+/// one draining slowest, so the reader keeps its own for as long as it reads faster.
+#[tokio::test(start_paused = true)]
+async fn when_every_holder_has_one_the_place_taken_back_is_the_slowest_draining_not_the_oldest() {
+    let _alone = ALONE.lock().await;
+    let address =
+        |i: usize| -> IpAddr { format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255).parse().unwrap() };
+    // The reader's is the oldest place.
+    let (reader, mut reader_told) = Place::take(Holder::of("203.0.113.50".parse().unwrap())).unwrap();
+    let mut others: VecDeque<_> = (1..MAX_LINGERING).map(|i| Place::take(Holder::of(address(i))).unwrap()).collect();
+    tokio::time::advance(SHOWN_WITHIN).await;
+    reader.draining.store(drain_score(0, 10_000), Ordering::Relaxed);
+
+    for round in 0..2 {
+        // A newcomer from a fresh holder each time, as fast as they come: each takes back the
+        // oldest of the slow sockets, never the reader's, and never one in its first second
+        // while an older one is there.
+        for i in 0..MAX_LINGERING - 1 {
+            let newcomer = Place::take(Holder::of(address(MAX_LINGERING * (round + 1) + i))).expect("a place");
+            let (_, told) = others.front_mut().unwrap();
+            assert!(told.try_recv().is_ok(), "round {round}, newcomer {i}: the oldest slow socket is closed");
+            others.pop_front();
+            assert!(reader_told.try_recv().is_err(), "round {round}, newcomer {i}: the reader keeps its place");
+            others.push_back(newcomer);
+        }
+        // The newcomers have had their second: now they are the slow ones.
+        tokio::time::advance(SHOWN_WITHIN).await;
+    }
+    assert_eq!(places().taken, MAX_LINGERING);
+    drop(others);
+    drop(reader);
+    assert_eq!(places().taken, 0);
+}
+
+#[test]
+fn a_client_reading_a_little_every_few_seconds_scores_below_one_reading_steadily() {
+    // A look every 100 ms for 10 s: one client reads 16 KiB every 3 s (enough not to stall),
+    // the other 1 KiB every look (10 KB/s). For a moment after its read the first scores
+    // higher; from a second after it, lower until its next. (Among many such sockets read at
+    // different moments, the place taken back is one far from its read.)
+    let (mut bursty, mut steady) = (0, 0);
+    for look in 1..=100 {
+        bursty = drain_score(bursty, if look % 30 == 0 { 16384 } else { 0 });
+        steady = drain_score(steady, 1024);
+        if look >= 10 && look % 30 >= 10 {
+            assert!(steady > bursty, "look {look}: {steady} against {bursty}");
+        }
+    }
+    assert!(steady > 7 * 1024 && steady <= 8 * 1024, "about 0.8 s of its rate: {steady}");
+    let mut stopped = steady;
+    for _ in 0..30 {
+        stopped = drain_score(stopped, 0);
+    }
+    assert!(stopped < steady / 50, "three seconds without reading count for almost nothing: {stopped}");
 }
