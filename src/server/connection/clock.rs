@@ -11,10 +11,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use super::client_io::{ClientIo, Transport, stalled_writing, warn_stopped_reading};
+use super::linger::LINGER_STALLED;
+use crate::base::socket::unacknowledged_bytes;
 use crate::server::capacity::{Activity, Signal};
 
 /// After asking an idle connection to close (an HTTP/2 GOAWAY), how long it may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How often an idle connection whose client is still taking in its last answer is looked at.
+const DELIVERY_LOOK: Duration = Duration::from_secs(1);
 
 /// How long an HTTP/1.1 connection is quiet between requests before it is parked. Long enough
 /// that a client sending requests back to back never pays for the parking; short enough that the
@@ -35,12 +40,37 @@ pub(super) struct Watch {
     idle_limit: Duration,
     pub check: Pin<Box<Sleep>>,
     pub peer: SocketAddr,
+    /// Bytes written that the client had not acknowledged at the last look, and since when.
+    delivering: Option<(usize, Instant)>,
 }
 
 impl Watch {
     pub fn new(activity: Arc<Activity>, idle_limit: Duration, peer: SocketAddr) -> Self {
         let check = Box::pin(tokio::time::sleep(idle_limit));
-        Self { activity, idle_limit, check, peer }
+        Self { activity, idle_limit, check, peer, delivering: None }
+    }
+
+    /// Whether the client is still taking in what it was sent. An answer written whole into the
+    /// kernel's buffers leaves its connection with nothing in flight, idle as far as the proxy
+    /// can tell, while a slow client may need longer than the idle limit to read it. Closed
+    /// then, the client's next bytes (an HTTP/2 WINDOW_UPDATE, a pipelined request) meet a
+    /// closed socket and a reset, and it loses the rest (RFC 9293 §3.10.7.4): a download at
+    /// 20 KB/s over HTTP/2 lost the second half of 1 MB at the 20 s mark, with no attacker. So a
+    /// connection whose client has acknowledged more since the last look, or stalled for less
+    /// than a lingering socket may ([`LINGER_STALLED`]), is not idle yet.
+    fn still_delivering(&mut self, now: Instant) -> bool {
+        let queued = self.activity.socket().and_then(unacknowledged_bytes).unwrap_or(0);
+        match self.delivering {
+            _ if queued == 0 => {
+                self.delivering = None;
+                false
+            }
+            Some((last, since)) if last == queued => now - since < LINGER_STALLED,
+            _ => {
+                self.delivering = Some((queued, now));
+                true
+            }
+        }
     }
 
     /// Logs why a connection goes (or starts to) when it was told to.
@@ -70,6 +100,9 @@ impl Watch {
                 _ = self.check.as_mut() => {
                     let now = Instant::now();
                     match self.activity.idle_for(now) {
+                        Some(idle) if idle >= self.idle_limit && self.still_delivering(now) => {
+                            self.check.as_mut().reset(now + DELIVERY_LOOK);
+                        }
                         Some(idle) if idle >= self.idle_limit => {
                             tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed");
                             return false;
@@ -142,6 +175,10 @@ impl Watch {
                         continue;
                     };
                     busy_look = first_look;
+                    if idle >= self.idle_limit && self.still_delivering(now) {
+                        self.check.as_mut().reset(now + DELIVERY_LOOK);
+                        continue;
+                    }
                     if idle >= self.idle_limit {
                         tracing::debug!(peer = %self.peer, served = self.activity.served(), "idle connection closed");
                         graceful_shutdown(connection);

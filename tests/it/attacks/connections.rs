@@ -513,3 +513,56 @@ async fn a_connection_closed_to_make_room_still_delivers_the_answer_it_was_sendi
     let after = &rest[head_end..];
     assert!(!String::from_utf8_lossy(after).contains("HTTP/1.1"), "the request sent after it was not answered");
 }
+
+/// A slow reader's answer may sit whole in the kernel's buffers, leaving its connection with
+/// nothing in flight as far as the proxy can tell, for longer than the idle limit
+/// (`limits.header_read_timeout`). Closed then as idle, the client's next bytes (a pipelined
+/// request here; an HTTP/2 WINDOW_UPDATE in the fourth attack pass, where a download at 20 KB/s
+/// lost the second half of 1 MB at 20 s, with no attacker) met a closed socket and a reset. A
+/// connection whose client is still taking in its answer is not idle.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_still_taking_in_its_answer_is_not_closed_as_idle() {
+    const SIZE: u64 = 512 << 10;
+    const IDLE_LIMIT: Duration = Duration::from_secs(1);
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nheader_read_timeout = \"1s\"").start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small window: most of the answer waits in the proxy's socket, not the client's.
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let mut reader = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
+    reader.set_nonblocking(false).unwrap();
+    reader.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+    let asked = Instant::now();
+    let request = format!("GET /download?bytes={SIZE} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n");
+    reader.write_all(request.as_bytes()).unwrap();
+
+    // Reading as a slow link does, 8 KiB every 100 ms, past twice the idle limit.
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 8 << 10];
+    while asked.elapsed() < IDLE_LIMIT * 2 + Duration::from_millis(500) {
+        let n = reader.read(&mut chunk).expect("the answer, still coming");
+        assert!(n > 0, "closed after {} bytes", answer.len());
+        answer.extend_from_slice(&chunk[..n]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        (answer.len() as u64) < SIZE / 2,
+        "still far from the end ({} bytes): the test reads too fast",
+        answer.len()
+    );
+
+    // The next request, sent before the rest of the first answer is read.
+    let next = format!("GET /next HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n");
+    reader.write_all(next.as_bytes()).unwrap();
+    let ended = reader.read_to_end(&mut answer);
+    assert!(ended.is_ok(), "closed, not reset, after {} bytes: {ended:?}", answer.len());
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    let second = answer.windows(17).rposition(|w| w == b"HTTP/1.1 200 OK\r\n").expect("the next request answered");
+    assert!(second > head_end, "two answers");
+    let body = dechunk(&answer[head_end..second]).expect("the whole first answer, to its last chunk");
+    assert_eq!(body.len() as u64, SIZE);
+}
