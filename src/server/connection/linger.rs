@@ -17,11 +17,15 @@
 //!
 //! The connection's place goes to the newcomer at once; lingering sockets are held outside
 //! `limits.max_connections`, so at most [`MAX_LINGERING`] linger at a time, and at most
-//! [`MAX_LINGERING_PER_HOLDER`] of one [`Holder`] (an IPv4 address or an IPv6 /48). When every
-//! place is taken, a displaced connection whose holder has fewer lingering than the largest holder
-//! takes the place of that holder's oldest, which is closed outright: so clients keeping many
+//! [`MAX_LINGERING_PER_HOLDER`] of one holder (a client address as `limits.max_connections_per_address`
+//! counts it: IPv4 whole, IPv6 by its /64). When every place is taken, a displaced connection
+//! whose holder has fewer lingering than the largest holder takes the place of one of that
+//! holder's, the one draining slowest, which is closed outright: so clients keeping many
 //! answers unread from several addresses cannot take every place and bring back the reset for
 //! everyone else. A holder with as many as the largest is closed outright, as before lingering.
+//! Counting an IPv6 /48 as one holder was tried and dropped: it let one subscriber deny
+//! lingering to every other in a /48 a carrier shares out by /64, while a client spreading over
+//! many /64s gains nothing against the slowest-draining rule.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -38,7 +42,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::base::socket::unacknowledged_bytes;
-use crate::server::capacity::{Activity, Signal};
+use crate::server::capacity::{Activity, Address, Signal};
 
 /// With nothing more acknowledged by the client for this long, lingering ends.
 pub(super) const LINGER_STALLED: Duration = Duration::from_secs(5);
@@ -51,24 +55,8 @@ const LOOK_EVERY: Duration = Duration::from_millis(100);
 const SHOWN_WITHIN: Duration = Duration::from_secs(1);
 /// The most displaced connections lingering at once, in the whole process.
 pub(super) const MAX_LINGERING: usize = 1024;
-/// The most of them from one [`Holder`].
+/// The most of them from one client address (an IPv6 /64).
 pub(super) const MAX_LINGERING_PER_HOLDER: usize = MAX_LINGERING / 8;
-
-/// Whose lingering sockets are counted together: an IPv4 address, or an IPv6 /48. Wider than the
-/// /64 the connection share counts (`capacity::Address`): a place among the lingering is shared by
-/// every client, and one end site is given a /48 or a /56 (RFC 6177), so a /64 would let one
-/// client hold every place from addresses it already has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct Holder(IpAddr);
-
-impl Holder {
-    pub fn of(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => Self(IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into())),
-            v4 => Self(v4),
-        }
-    }
-}
 
 /// A lingering socket as the places know it.
 struct Lingerer {
@@ -92,7 +80,7 @@ impl Lingerer {
 struct Places {
     taken: usize,
     next_id: u64,
-    held: BTreeMap<Holder, VecDeque<Lingerer>>,
+    held: BTreeMap<Address, VecDeque<Lingerer>>,
 }
 
 static PLACES: Mutex<Places> = Mutex::new(Places { taken: 0, next_id: 0, held: BTreeMap::new() });
@@ -102,7 +90,7 @@ fn places() -> MutexGuard<'static, Places> {
 }
 
 impl Places {
-    fn count(&self, holder: Holder) -> usize {
+    fn count(&self, holder: Address) -> usize {
         self.held.get(&holder).map_or(0, VecDeque::len)
     }
 
@@ -139,14 +127,14 @@ impl Places {
 /// A place among the lingering, and its holder's.
 struct Place {
     id: u64,
-    holder: Holder,
+    holder: Address,
     draining: Arc<AtomicU64>,
 }
 
 impl Place {
     /// A place for `holder`, if it has fewer than its bound and one is free or can be made;
     /// the receiver hears when the place is taken back for another holder.
-    fn take(holder: Holder) -> Option<(Self, oneshot::Receiver<()>)> {
+    fn take(holder: Address) -> Option<(Self, oneshot::Receiver<()>)> {
         let now = Instant::now();
         let mut places = places();
         let mine = places.count(holder);
@@ -213,7 +201,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
             return;
         }
         let (Some(io), Ok(runtime)) = (self.io.take(), tokio::runtime::Handle::try_current()) else { return };
-        let Some((place, taken_back)) = Place::take(Holder::of(self.peer)) else {
+        let Some((place, taken_back)) = Place::take(Address::of(self.peer)) else {
             tracing::debug!(peer = %self.peer, "as many displaced connections lingering as may: closed outright");
             return;
         };
@@ -234,7 +222,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
 /// How many displaced connections of `peer`'s holder are lingering.
 #[cfg(test)]
 fn lingering_from(peer: IpAddr) -> usize {
-    places().count(Holder::of(peer))
+    places().count(Address::of(peer))
 }
 
 /// Shuts `io` down for writing, then reads and discards until the client closes, has

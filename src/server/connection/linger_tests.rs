@@ -77,14 +77,14 @@ async fn a_displaced_connection_lingers_until_its_client_has_all_it_was_sent_and
     let (_client, server) = pair().await;
     displace(server, "192.0.2.3", true).await;
     assert_eq!(lingering_from(crowded), MAX_LINGERING_PER_HOLDER);
-    assert!(Place::take(Holder::of("192.0.2.4".parse().unwrap())).is_some(), "another address still may");
+    assert!(Place::take(Address::of("192.0.2.4".parse().unwrap())).is_some(), "another address still may");
     drop(held);
     assert_eq!(lingering_from(crowded), 0);
 }
 
 /// Takes `n` places for `peer`'s holder, as that many lingering sockets would.
 fn fill(peer: IpAddr, n: usize) -> Vec<(Place, oneshot::Receiver<()>)> {
-    (0..n).map(|_| Place::take(Holder::of(peer)).expect("a free place")).collect()
+    (0..n).map(|_| Place::take(Address::of(peer)).expect("a free place")).collect()
 }
 
 /// Eight clients keeping their answers unread from 128 sockets each held every place, and any
@@ -131,22 +131,12 @@ async fn when_every_place_is_taken_a_holder_with_as_many_as_the_largest_gets_non
     let _alone = ALONE.lock().await;
     let per = MAX_LINGERING / 16;
     let mut held: Vec<_> = (1..=16).map(|i| fill(format!("198.51.100.{i}").parse().unwrap(), per)).collect();
-    assert!(Place::take(Holder::of("198.51.100.1".parse().unwrap())).is_none());
+    assert!(Place::take(Address::of("198.51.100.1".parse().unwrap())).is_none());
     let told = held.iter_mut().flatten().filter_map(|(_, taken_back)| taken_back.try_recv().ok()).count();
     assert_eq!(told, 0);
     assert_eq!(places().taken, MAX_LINGERING);
     drop(held);
     assert_eq!(places().taken, 0);
-}
-
-#[test]
-fn an_ipv6_client_is_one_holder_across_its_48() {
-    let holder = |ip: &str| Holder::of(ip.parse().unwrap());
-    assert_eq!(holder("2001:db8:1:ff::1"), holder("2001:db8:1:1::2"), "a /56's /64s: one holder");
-    assert_eq!(holder("2001:db8:1:ffff:ffff::1"), holder("2001:db8:1::"));
-    assert_ne!(holder("2001:db8:1::1"), holder("2001:db8:2::1"), "another /48");
-    assert_ne!(holder("192.0.2.1"), holder("192.0.2.2"), "IPv4: each address");
-    assert_eq!(holder("::ffff:192.0.2.1"), holder("192.0.2.1"), "a mapped IPv4 address is that address");
 }
 
 #[tokio::test]
@@ -170,8 +160,8 @@ async fn when_every_holder_has_one_the_place_taken_back_is_the_slowest_draining_
     let address =
         |i: usize| -> IpAddr { format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255).parse().unwrap() };
     // The reader's is the oldest place.
-    let (reader, mut reader_told) = Place::take(Holder::of("203.0.113.50".parse().unwrap())).unwrap();
-    let mut others: VecDeque<_> = (1..MAX_LINGERING).map(|i| Place::take(Holder::of(address(i))).unwrap()).collect();
+    let (reader, mut reader_told) = Place::take(Address::of("203.0.113.50".parse().unwrap())).unwrap();
+    let mut others: VecDeque<_> = (1..MAX_LINGERING).map(|i| Place::take(Address::of(address(i))).unwrap()).collect();
     tokio::time::advance(SHOWN_WITHIN).await;
     reader.draining.store(drain_score(0, 10_000), Ordering::Relaxed);
 
@@ -180,7 +170,7 @@ async fn when_every_holder_has_one_the_place_taken_back_is_the_slowest_draining_
         // oldest of the slow sockets, never the reader's, and never one in its first second
         // while an older one is there.
         for i in 0..MAX_LINGERING - 1 {
-            let newcomer = Place::take(Holder::of(address(MAX_LINGERING * (round + 1) + i))).expect("a place");
+            let newcomer = Place::take(Address::of(address(MAX_LINGERING * (round + 1) + i))).expect("a place");
             let (_, told) = others.front_mut().unwrap();
             assert!(told.try_recv().is_ok(), "round {round}, newcomer {i}: the oldest slow socket is closed");
             others.pop_front();
