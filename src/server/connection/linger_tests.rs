@@ -59,17 +59,9 @@ async fn a_displaced_connection_lingers_until_its_client_has_all_it_was_sent_and
     let (mut client, server) = pair().await;
     let written = displace(server, "192.0.2.2", true).await;
     assert_eq!(lingering_from("192.0.2.2".parse().unwrap()), 1);
-    client.write_all(b"GET /next HTTP/1.1\r\nHost: example\r\n\r\n").await.unwrap();
-    let mut all = Vec::new();
-    client.read_to_end(&mut all).await.expect("the end of the answer, not a reset");
-    assert_eq!(all.len(), written);
+    delivered_whole(&mut client, written).await;
     // Once the client has acknowledged everything, the linger ends, though the client stays.
-    let ended = async {
-        while lingering_from("192.0.2.2".parse().unwrap()) > 0 {
-            tokio::time::sleep(LOOK_EVERY).await;
-        }
-    };
-    tokio::time::timeout(LINGER_STALLED / 2, ended).await.expect("over when all was acknowledged");
+    lingering_ends("192.0.2.2").await;
 
     // One holder at its bound: its next displaced connection is closed outright.
     let crowded: IpAddr = "192.0.2.3".parse().unwrap();
@@ -80,6 +72,26 @@ async fn a_displaced_connection_lingers_until_its_client_has_all_it_was_sent_and
     assert!(Place::take(Address::of("192.0.2.4".parse().unwrap())).is_some(), "another address still may");
     drop(held);
     assert_eq!(lingering_from(crowded), 0);
+}
+
+/// The displaced client sends its next request before reading the rest of its answer, and
+/// still gets all of it, and the end of it, not a reset.
+async fn delivered_whole(client: &mut TcpStream, written: usize) {
+    client.write_all(b"GET /next HTTP/1.1\r\nHost: example\r\n\r\n").await.unwrap();
+    let mut all = Vec::new();
+    client.read_to_end(&mut all).await.expect("the end of the answer, not a reset");
+    assert_eq!(all.len(), written);
+}
+
+/// Once its client has acknowledged everything, `peer`'s linger ends, though the client stays.
+async fn lingering_ends(peer: &str) {
+    let peer: IpAddr = peer.parse().unwrap();
+    let ended = async {
+        while lingering_from(peer) > 0 {
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    };
+    tokio::time::timeout(LINGER_STALLED / 2, ended).await.expect("over when all was acknowledged");
 }
 
 /// Takes `n` places for `peer`'s holder, as that many lingering sockets would.
@@ -105,18 +117,10 @@ async fn when_every_place_is_taken_a_client_with_fewer_takes_the_largest_holders
     let told = held.iter_mut().flatten().filter_map(|(_, taken_back)| taken_back.try_recv().ok()).count();
     assert_eq!(told, 0, "and no other");
     assert_eq!(lingering_from("198.51.100.1".parse().unwrap()), MAX_LINGERING_PER_HOLDER - 1);
-    client.write_all(b"GET /next HTTP/1.1\r\nHost: example\r\n\r\n").await.unwrap();
-    let mut all = Vec::new();
-    client.read_to_end(&mut all).await.expect("the end of the answer, not a reset");
-    assert_eq!(all.len(), written);
+    delivered_whole(&mut client, written).await;
 
     // Its linger over, its place is free; the one taken back is not given back twice.
-    let ended = async {
-        while lingering_from("203.0.113.9".parse().unwrap()) > 0 {
-            tokio::time::sleep(LOOK_EVERY).await;
-        }
-    };
-    tokio::time::timeout(LINGER_STALLED / 2, ended).await.expect("over when all was acknowledged");
+    lingering_ends("203.0.113.9").await;
     assert_eq!(places().taken, MAX_LINGERING - 1);
     drop(held[0].remove(0));
     assert_eq!(places().taken, MAX_LINGERING - 1);
