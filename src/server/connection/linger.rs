@@ -169,7 +169,7 @@ impl Drop for Place {
 /// second). A client that reads a little every few seconds, enough not to stall, scores near
 /// nothing between its reads; one reading steadily keeps about 0.8 s of its rate.
 fn drain_score(previous: u64, acknowledged: u64) -> u64 {
-    previous - previous / 8 + acknowledged
+    (previous - previous / 8).saturating_add(acknowledged)
 }
 
 /// The client's socket, closed with a linger when its connection was asked to make room.
