@@ -126,6 +126,7 @@ pub struct RawMetrics {
 pub struct RawLimits {
     pub max_connections: Option<i64>,
     pub max_connections_per_address: Option<i64>,
+    pub max_connections_per_ipv6_48: Option<i64>,
     pub max_header_bytes: Option<i64>,
     pub header_read_timeout: Option<String>,
     pub send_timeout: Option<String>,

@@ -96,6 +96,9 @@ pub struct Limits {
     /// Of those, the most one client address (an IPv6 /64) may hold; `trusted_proxies` are
     /// exempt, since every client behind them shares their address.
     pub max_connections_per_address: usize,
+    /// Of those, the most the addresses of one IPv6 /48 may hold together (an end site's
+    /// allocation, RFC 6177: 65,536 /64s, which would otherwise each have a share).
+    pub max_connections_per_ipv6_48: usize,
     /// The largest request head (request line and headers) accepted; larger ones get 431.
     pub max_header_bytes: usize,
     /// Time a client has to send a complete request head (slowloris), and the longest a

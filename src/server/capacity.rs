@@ -8,12 +8,10 @@
 //! with idle connections cannot keep anyone else out; it only cycles its own connections. An idle
 //! HTTP/1.1 connection may be closed at any time (RFC 9112 §9.5), and clients retry on another.
 //!
-//! One address may hold at most `limits.max_connections_per_address` of the places (an IPv6 /64
-//! counts as one address: whoever has one address in it has them all). At its share, a
-//! newcomer from that address takes the place of that address's own idlest connection, or gets the
-//! 503 when all of them are busy: one client's slow or unfinished requests (login posts dribbled
-//! within their time limit, again and again) cannot take the whole budget. `trusted_proxies` are
-//! exempt: every client behind a front proxy shares its address, and it does its own limiting.
+//! One client holds at most its share of the places (`server::shares`: an address, an IPv6 /48).
+//! At its share, a newcomer takes the place of that address's (or /48's) own idlest connection,
+//! or gets the 503 when all of them are busy: one client's slow or unfinished requests (login
+//! posts dribbled within their time limit, again and again) cannot take the whole budget.
 //!
 //! The bookkeeping is per connection (atomics in its [`Activity`]) and a sharded map touched when
 //! a connection opens or closes; a request never takes a lock here. Only a newcomer that finds the
@@ -25,7 +23,6 @@
 //! its next request. (With tokio's `Notify` and `watch`, each wait put a waiter into a list under
 //! a mutex and took it out again, twice a request: about 1,000 instructions of 34,000.)
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use super::idlest::{Idlest, NothingIdle, went_quiet};
+use super::shares::{Address, Claim, Group, Shares};
 use crate::base::socket::socket_is_quiet;
 
 /// How long a newcomer waits for the connection it displaced to give its place back.
@@ -45,46 +43,16 @@ const MAKE_ROOM_WITHIN: Duration = Duration::from_secs(1);
 
 pub(super) struct Capacity {
     permits: Arc<Semaphore>,
-    open: DashMap<u64, (Option<Address>, Arc<Activity>)>,
+    open: DashMap<u64, Arc<Activity>>,
     next_id: AtomicU64,
-    /// Places held per address, and its connections open (exempt addresses are not counted).
-    per_address: DashMap<Address, Share>,
-    per_address_limit: usize,
-    exempt: Vec<ipnet::IpNet>,
+    /// Places held per address and per IPv6 /48, and their connections open.
+    shares: Arc<Shares>,
     /// The server is stopping: every connection open, and any admitted from now on, is told.
     stopping: AtomicBool,
-    /// The idlest connections the last look found, per address (`None`: among all).
-    idlest: Idlest<Option<Address>>,
+    /// The idlest connections the last look found, per group at its share (`None`: among all).
+    idlest: Idlest<Option<Group>>,
     /// The last look among all found none idle, and none has gone quiet since.
     nothing_idle: NothingIdle,
-}
-
-/// An address's part of the budget.
-#[derive(Default)]
-struct Share {
-    /// Places held (by its connections, and by tunnels they became).
-    held: usize,
-    /// Its open connections (at most `held` of them), so that making room among them looks at
-    /// these, not at every connection. A set: closing a whole share of a list, each close
-    /// searching it, was quadratic (3.4 s of CPU for 16,000 from one address, debug build).
-    open: HashSet<u64>,
-}
-
-/// A client address as limits count it: IPv4 whole, IPv6 by its /64 (RFC 4291 §2.5.4: the
-/// interface identifier is the holder's to choose), an IPv4-mapped IPv6 address as the IPv4 one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) struct Address(IpAddr);
-
-impl Address {
-    pub fn of(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                Self(IpAddr::V6(prefix.into()))
-            }
-            v4 => Self(v4),
-        }
-    }
 }
 
 /// What a newcomer gets: its place in the budget (held for as long as the connection, or a tunnel
@@ -120,37 +88,23 @@ pub(super) struct Held {
     claim: Claim,
 }
 
-/// A place in an address's share (`None`: an exempt address, not counted), given back on drop.
-struct Claim {
-    address: Option<Address>,
-    capacity: Arc<Capacity>,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.capacity.unclaim(self.address);
-    }
-}
-
 impl Capacity {
-    pub fn new(max_connections: usize, per_address_limit: usize, exempt: Vec<ipnet::IpNet>) -> Arc<Self> {
+    pub fn new(max_connections: usize, shares: Arc<Shares>) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(max_connections)),
             open: DashMap::new(),
             next_id: AtomicU64::new(0),
-            per_address: DashMap::new(),
-            per_address_limit,
-            exempt,
+            shares,
             stopping: AtomicBool::new(false),
             idlest: Idlest::default(),
             nothing_idle: NothingIdle::default(),
         })
     }
 
-    /// A free place for a new connection from `peer`, if there is one and its address has not
-    /// used up its share.
+    /// A free place for a new connection from `peer`, if there is one and its shares are not
+    /// used up.
     pub fn try_admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
-        self.with_free_place(self.claim_within_share(peer)?).ok()
+        self.with_free_place(self.shares.claim(peer).ok()?).ok()
     }
 
     /// Admits a connection with `claim` if the budget has a place free; the claim back if not.
@@ -161,14 +115,14 @@ impl Capacity {
         }
     }
 
-    /// With no place free (or `peer`'s share used up): the place of the connection idle longest
-    /// (of `peer`'s own, at its share), asked to close for it and handed over as it closes.
-    /// `None` at once when every connection that could give way is busy, so newcomers wait only
-    /// for connections that are going; `None` too when the one asked does not go within
-    /// [`MAKE_ROOM_WITHIN`] (asked just as a request came in, it finishes that first).
+    /// With no place free (or a share of `peer`'s used up): the place of the connection idle
+    /// longest (of the address or /48 at its share, if one is), asked to close for it and handed
+    /// over as it closes. `None` at once when every connection that could give way is busy, so
+    /// newcomers wait only for connections that are going; `None` too when the one asked does not
+    /// go within [`MAKE_ROOM_WITHIN`] (asked just as a request came in, it finishes that first).
     pub async fn make_room(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
-        let held = match self.claim_within_share(peer) {
-            Some(claim) => {
+        let held = match self.shares.claim(peer) {
+            Ok(claim) => {
                 let claim = match self.with_free_place(claim) {
                     Ok(admitted) => return Some(admitted),
                     Err(claim) => claim,
@@ -179,22 +133,38 @@ impl Capacity {
                     return self.with_free_place(claim).ok();
                 };
                 let freed = self.wait_for(freed).await?;
-                // The budget's place is the newcomer's; the share the closed connection held
-                // goes back to its address (the newcomer has its own claim).
+                // The budget's place is the newcomer's; the shares the closed connection held
+                // go back (the newcomer has its own claim).
                 let Held { permit, claim: theirs } = freed;
                 drop(theirs);
                 Held { permit, claim }
             }
-            None => {
-                let Some(freed) = self.displace_the_idlest(Some(Address::of(peer))) else {
+            Err(full) => {
+                // At the /48's share, the newcomer's own address still needs a place (it may
+                // be a neighbour's that gives way); at the address's, the place given up is one.
+                let mine = match full {
+                    Group::Site(_) => Some(self.shares.claim_address(peer).ok()?),
+                    Group::Address(_) => None,
+                };
+                let Some(freed) = self.displace_the_idlest(Some(full)) else {
+                    drop(mine);
                     if let Some(admitted) = self.try_admit(peer) {
                         return Some(admitted);
                     }
-                    tracing::debug!(%peer, "every connection of an address at limits.max_connections_per_address is busy");
+                    tracing::debug!(%peer, ?full, "every connection of an address or /48 at its share is busy");
                     return None;
                 };
-                // The address's own connection: its place in the budget and in the share both.
-                self.wait_for(freed).await?
+                let Held { permit, claim: mut theirs } = self.wait_for(freed).await?;
+                match mine {
+                    // The /48's place comes from the neighbour; its address's goes back to it.
+                    Some(mut mine) => {
+                        mine.take_site_of(&mut theirs);
+                        drop(theirs);
+                        Held { permit, claim: mine }
+                    }
+                    // The address's own connection: its place in the budget and in the shares.
+                    None => Held { permit, claim: theirs },
+                }
             }
         };
         Some(self.admitted(held))
@@ -204,43 +174,15 @@ impl Capacity {
         tokio::time::timeout(MAKE_ROOM_WITHIN, freed).await.ok()?.ok()
     }
 
-    /// A place in `peer`'s share (not counted for an exempt address), or `None` when the share
-    /// is used up.
-    fn claim_within_share(self: &Arc<Self>, peer: IpAddr) -> Option<Claim> {
-        if self.exempt.iter().any(|net| net.contains(&peer.to_canonical())) {
-            return Some(Claim { address: None, capacity: self.clone() });
-        }
-        let address = Address::of(peer);
-        let mut share = self.per_address.entry(address).or_default();
-        if share.held >= self.per_address_limit {
-            return None;
-        }
-        share.held += 1;
-        Some(Claim { address: Some(address), capacity: self.clone() })
-    }
-
-    fn unclaim(&self, address: Option<Address>) {
-        if let Some(address) = address {
-            if let Some(mut share) = self.per_address.get_mut(&address) {
-                share.held = share.held.saturating_sub(1);
-            }
-            self.forget_if_unused(address);
-        }
-    }
-
-    fn forget_if_unused(&self, address: Address) {
-        self.per_address.remove_if(&address, |_, share| share.held == 0 && share.open.is_empty());
-    }
-
     fn admitted(self: &Arc<Self>, held: Held) -> Admitted {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::new(self.nothing_idle.flag()));
         // Idle from now until its first request is read: a kept "nothing idle" no longer holds.
         went_quiet(&activity.nothing_idle);
-        let address = held.claim.address;
-        self.open.insert(id, (address, activity.clone()));
-        if let Some(mut share) = address.and_then(|address| self.per_address.get_mut(&address)) {
-            share.open.insert(id);
+        let address = held.claim.address();
+        self.open.insert(id, activity.clone());
+        if let Some(address) = address {
+            self.shares.opened(id, address);
         }
         // After the insert: either `stop_all` finds this connection among the open ones, or it
         // had set the flag before and this sees it (both sequentially consistent).
@@ -251,34 +193,32 @@ impl Capacity {
         Admitted { permit: place, entry: Entry { id, address, activity, capacity: self.clone() } }
     }
 
-    /// Asks the connection idle longest (of `address`, or of all), and not yet asked, to close,
+    /// Asks the connection idle longest (of `group`, or of all), and not yet asked, to close,
     /// and gives back where its place will be handed over. `None` if none is idle. The idlest are
     /// listed by one look for the newcomers after it too (`server::idlest`): a newcomer does not
     /// look through every open connection.
-    fn displace_the_idlest(&self, address: Option<Address>) -> Option<oneshot::Receiver<Held>> {
+    fn displace_the_idlest(&self, group: Option<Group>) -> Option<oneshot::Receiver<Held>> {
         let now = Instant::now();
         let idle = |id: u64, activity: &Activity| {
             let asked = activity.asked_to_close.load(Ordering::Acquire);
             activity.idle_for(now).filter(|_| !asked).map(|for_how_long| (for_how_long, id))
         };
-        // Among all: every open connection. Among one address's: only its own, however many
+        // Among all: every open connection. Among one group's: only its own, however many
         // other connections are open (so many addresses at their share, each needing a look of
         // its own, cost each newcomer its address's connections, not all).
-        if address.is_none() && self.nothing_idle.holds(now) {
+        if group.is_none() && self.nothing_idle.holds(now) {
             return None;
         }
-        let look = || match address {
+        let look = || match group {
             None => self
                 .nothing_idle
-                .look(now, || self.open.iter().filter_map(|entry| idle(*entry.key(), &entry.value().1)).collect()),
-            Some(address) => {
-                let ids: Vec<u64> = self
-                    .per_address
-                    .get(&address)
-                    .map(|share| share.open.iter().copied().collect())
-                    .unwrap_or_default();
-                ids.into_iter().filter_map(|id| self.open.get(&id).and_then(|entry| idle(id, &entry.1))).collect()
-            }
+                .look(now, || self.open.iter().filter_map(|entry| idle(*entry.key(), entry.value())).collect()),
+            Some(group) => self
+                .shares
+                .open_in(group)
+                .into_iter()
+                .filter_map(|id| self.open.get(&id).and_then(|entry| idle(id, &entry)))
+                .collect(),
         };
         let (newcomer, freed) = oneshot::channel();
         let mut newcomer = Some(newcomer);
@@ -286,21 +226,21 @@ impl Capacity {
         // or one waiting in its socket, not read yet (a connection just admitted, most often).
         // The entry's shard lock is let go first: the look into the socket is a system call.
         let ask = |id| {
-            let activity = self.open.get(&id).map(|entry| entry.1.clone());
+            let activity = self.open.get(&id).map(|entry| entry.clone());
             activity.is_some_and(|activity| {
                 activity.idle_for(now).is_some()
                     && !activity.has_bytes_waiting()
                     && activity.ask_to_close(&mut newcomer)
             })
         };
-        self.idlest.ask_one(address, now, look, ask).then_some(freed)
+        self.idlest.ask_one(group, now, look, ask).then_some(freed)
     }
 
     /// Tells every connection, open now or admitted later, that the server is stopping.
     pub fn stop_all(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         for entry in &self.open {
-            entry.1.stop();
+            entry.stop();
         }
     }
 
@@ -331,10 +271,7 @@ impl Drop for Entry {
         let capacity = &self.capacity;
         capacity.open.remove(&self.id);
         if let Some(address) = self.address {
-            if let Some(mut share) = capacity.per_address.get_mut(&address) {
-                share.open.remove(&self.id);
-            }
-            capacity.forget_if_unused(address);
+            capacity.shares.closed(self.id, address);
         }
     }
 }

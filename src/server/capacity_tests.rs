@@ -4,9 +4,14 @@ use super::*;
 
 const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
 
+/// A budget of `places`, `per_address` for each address and twice that per IPv6 /48.
+fn budget(places: usize, per_address: usize, exempt: Vec<ipnet::IpNet>) -> Arc<Capacity> {
+    Capacity::new(places, Shares::new(per_address, per_address * 2, exempt))
+}
+
 #[tokio::test]
 async fn stopping_reaches_every_connection_waiting_or_not_and_any_admitted_after() {
-    let capacity = Capacity::new(4, 4, vec![]);
+    let capacity = budget(4, 4, vec![]);
     let waiting = capacity.try_admit(CLIENT).unwrap();
     let busy = capacity.try_admit(CLIENT).unwrap();
     let _request = busy.entry.activity().begin();
@@ -25,7 +30,7 @@ async fn stopping_reaches_every_connection_waiting_or_not_and_any_admitted_after
     // Stopping outranks making room, and making room is heard by itself.
     assert!(late.entry.activity().ask_to_close(&mut None));
     assert_eq!(late.entry.activity().signal(), Some(Signal::Stop));
-    let room = Capacity::new(1, 1, vec![]).try_admit(CLIENT).unwrap();
+    let room = budget(1, 1, vec![]).try_admit(CLIENT).unwrap();
     assert!(
         room.entry.activity().ask_to_close(&mut None) && !room.entry.activity().ask_to_close(&mut None),
         "claimed once"
@@ -36,7 +41,7 @@ async fn stopping_reaches_every_connection_waiting_or_not_and_any_admitted_after
 
 #[tokio::test(start_paused = true)]
 async fn the_connection_idle_longest_makes_room_and_busy_ones_never_do() {
-    let capacity = Capacity::new(3, 3, vec![]);
+    let capacity = budget(3, 3, vec![]);
     let oldest = capacity.make_room(CLIENT).await.unwrap();
     tokio::time::advance(Duration::from_secs(5)).await;
     let busy = capacity.make_room(CLIENT).await.unwrap();
@@ -69,7 +74,7 @@ async fn the_connection_idle_longest_makes_room_and_busy_ones_never_do() {
 
 #[tokio::test(start_paused = true)]
 async fn with_every_connection_busy_a_newcomer_is_refused() {
-    let capacity = Capacity::new(2, 2, vec![]);
+    let capacity = budget(2, 2, vec![]);
     let first = capacity.make_room(CLIENT).await.unwrap();
     let second = capacity.make_room(CLIENT).await.unwrap();
     let _a = first.entry.activity().begin();
@@ -80,7 +85,7 @@ async fn with_every_connection_busy_a_newcomer_is_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn one_address_holds_only_its_share_and_cycles_its_own_idle_connections() {
-    let capacity = Capacity::new(10, 2, vec!["10.0.0.0/8".parse().unwrap()]);
+    let capacity = budget(10, 2, vec!["10.0.0.0/8".parse().unwrap()]);
     let first = capacity.make_room(CLIENT).await.unwrap();
     let first_busy = first.entry.activity().begin();
     tokio::time::advance(Duration::from_secs(1)).await;
@@ -111,7 +116,56 @@ async fn one_address_holds_only_its_share_and_cycles_its_own_idle_connections() 
     assert!(!first.entry.activity().asked_to_close.load(Ordering::Acquire), "never its busy one");
     assert!(!other.entry.activity().asked_to_close.load(Ordering::Acquire), "nor another address's");
     drop((newcomer, first_busy, first));
-    assert!(!capacity.per_address.contains_key(&Address::of(CLIENT)), "counts go when the places do");
+    assert_eq!(capacity.shares.held_by(Group::address_of(CLIENT)), None, "counts go when the places do");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_addresses_of_one_ipv6_48_hold_only_its_share_together() {
+    // Two places per address, four per /48.
+    let capacity = budget(10, 2, vec![]);
+    let in_48 = |net: u16, subnet: u16, host: u16| {
+        IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, net, subnet, 0, 0, 0, host))
+    };
+    let (a, b, c) = (in_48(1, 0xa, 1), in_48(1, 0xb, 1), in_48(1, 0xc, 1));
+    let mut held = Vec::new();
+    for peer in [a, a, b, b] {
+        let admitted = capacity.make_room(peer).await.unwrap();
+        let busy = admitted.entry.activity().begin();
+        held.push((admitted, Some(busy)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    // A third /64 of the same /48 is refused though its own address holds nothing and the
+    // budget has six places free: the /48's four are busy.
+    assert!(capacity.try_admit(c).is_none());
+    assert!(capacity.make_room(c).await.is_none());
+    assert_eq!(capacity.shares.held_by(Group::address_of(c)), None, "the refused one holds nothing");
+    // Another /48, and an IPv4 client, are not held back by it.
+    let elsewhere = capacity.try_admit(in_48(2, 0xa, 1)).expect("another /48 has its own share");
+    let v4 = capacity.try_admit(CLIENT).expect("an IPv4 address is no /48's");
+
+    // With one of the /48's connections idle (b's first), the newcomer takes its place.
+    held[2].1 = None;
+    let idle = held.remove(2).0;
+    let (newcomer, ()) = tokio::join!(capacity.make_room(c), async {
+        idle.entry.activity().close_requested().await;
+        drop(idle);
+    });
+    let newcomer = newcomer.expect("the /48's idle connection gave way");
+    let asked = |admitted: &Admitted| admitted.entry.activity().asked_to_close.load(Ordering::Acquire);
+    assert!(held.iter().all(|(admitted, _)| !asked(admitted)), "never a busy one");
+    assert!(!asked(&elsewhere) && !asked(&v4), "nor another /48's, nor an IPv4 address's");
+    let held_by = |group| capacity.shares.held_by(group);
+    assert_eq!(
+        (held_by(Group::address_of(a)), held_by(Group::address_of(b)), held_by(Group::address_of(c))),
+        (Some(2), Some(1), Some(1)),
+        "the newcomer's address holds the place, the neighbour's gave it up"
+    );
+    assert_eq!(held_by(Group::site_of(c)), Some(4), "the /48 still holds four");
+    assert_eq!(held_by(Group::site_of(in_48(2, 0, 0))), Some(1));
+
+    drop((newcomer, held, elsewhere, v4));
+    assert_eq!(held_by(Group::site_of(c)), None, "counts go when the places do");
+    assert_eq!(held_by(Group::address_of(c)), None);
 }
 
 #[tokio::test(start_paused = true)]
@@ -119,8 +173,8 @@ async fn the_place_made_goes_to_the_newcomer_that_asked_not_to_whoever_comes_fir
     let other: IpAddr = "198.51.100.7".parse().unwrap();
     let third: IpAddr = "203.0.113.9".parse().unwrap();
     // At the address's share (one place each), and with the budget spent (two places).
-    for (budget, share, newcomer_from) in [(1, 1, CLIENT), (1, 5, other)] {
-        let capacity = Capacity::new(budget, share, vec![]);
+    for (places, share, newcomer_from) in [(1, 1, CLIENT), (1, 5, other)] {
+        let capacity = budget(places, share, vec![]);
         let idle = capacity.make_room(CLIENT).await.unwrap();
         let newcomer = tokio::spawn({
             let capacity = capacity.clone();
@@ -132,8 +186,8 @@ async fn the_place_made_goes_to_the_newcomer_that_asked_not_to_whoever_comes_fir
         assert!(capacity.try_admit(CLIENT).is_none() && capacity.try_admit(third).is_none());
         let admitted = newcomer.await.unwrap().expect("the newcomer that made room has it");
         assert_eq!(capacity.open_count(), 1);
-        let held_by = |ip| capacity.per_address.get(&Address::of(ip)).map(|share| share.held);
-        assert_eq!((held_by(newcomer_from), held_by(third)), (Some(1), None), "{budget}/{share}");
+        let held_by = |ip| capacity.shares.held_by(Group::address_of(ip));
+        assert_eq!((held_by(newcomer_from), held_by(third)), (Some(1), None), "{places}/{share}");
         if newcomer_from != CLIENT {
             assert_eq!(held_by(CLIENT), None, "the closed connection's share went back to its address");
         }
@@ -144,7 +198,7 @@ async fn the_place_made_goes_to_the_newcomer_that_asked_not_to_whoever_comes_fir
 
 #[tokio::test(start_paused = true)]
 async fn a_place_made_for_a_newcomer_that_gave_up_is_free_for_anyone() {
-    let capacity = Capacity::new(1, 1, vec![]);
+    let capacity = budget(1, 1, vec![]);
     let idle = capacity.make_room(CLIENT).await.unwrap();
     let newcomer = tokio::spawn({
         let capacity = capacity.clone();
@@ -168,7 +222,7 @@ async fn a_connection_with_a_request_waiting_unread_is_not_idle() {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         sockets.push((client, listener.accept().unwrap().0));
     }
-    let capacity = Capacity::new(2, 2, vec![]);
+    let capacity = budget(2, 2, vec![]);
     // The older one's request has come, but its task has not read it yet.
     let older = capacity.make_room(CLIENT).await.unwrap();
     older.entry.activity().watch_socket(sockets[0].1.as_raw_fd());
@@ -197,7 +251,7 @@ async fn a_connection_with_a_request_waiting_unread_is_not_idle() {
 #[tokio::test(start_paused = true)]
 async fn with_every_connection_busy_one_look_answers_the_newcomers_until_one_goes_quiet() {
     let elsewhere: IpAddr = "198.51.100.7".parse().unwrap();
-    let capacity = Capacity::new(2, 5, vec![]);
+    let capacity = budget(2, 5, vec![]);
     let first = capacity.make_room(CLIENT).await.unwrap();
     let second = capacity.make_room(CLIENT).await.unwrap();
     let first_busy = first.entry.activity().begin();
@@ -226,7 +280,7 @@ async fn with_every_connection_busy_one_look_answers_the_newcomers_until_one_goe
 #[tokio::test(start_paused = true)]
 async fn a_connection_that_gave_up_its_place_is_not_asked_for_it_again() {
     let elsewhere: IpAddr = "198.51.100.7".parse().unwrap();
-    let capacity = Capacity::new(1, 5, vec![]);
+    let capacity = budget(1, 5, vec![]);
     let ending = capacity.make_room(CLIENT).await.unwrap();
     // Ending: its place is given back first, its entry goes a moment later.
     let Admitted { permit, entry } = ending;

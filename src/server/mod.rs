@@ -18,6 +18,7 @@ pub mod control;
 mod idlest;
 pub mod logging;
 pub mod sd_notify;
+mod shares;
 pub mod telemetry;
 
 use std::future::Future;
@@ -39,6 +40,7 @@ use crate::domain::sign_in::SignIn;
 use crate::server::capacity::Capacity;
 use crate::server::compose::{ComposeError, Services};
 use crate::server::sd_notify::ServiceManager;
+use crate::server::shares::Shares;
 use crate::store::StoreError;
 use crate::web::forward::{Forwarder, ProxySetupError};
 use crate::web::pending::Pending;
@@ -240,11 +242,12 @@ impl Server {
         let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect::<Vec<_>>();
         // One budget of connections for all workers.
         let limits = &app.config().limits;
-        let connections = Capacity::new(
-            limits.max_connections,
+        let shares = Shares::new(
             limits.max_connections_per_address,
+            limits.max_connections_per_ipv6_48,
             app.config().trusted_proxies.clone(),
         );
+        let connections = Capacity::new(limits.max_connections, shares);
         let mut background = vec![app.users.clone().watch(USERS_POLL), sweeper(app.clone())];
         background.push(tokio::spawn(clock_check(app.clone())));
         background.push(tokio::spawn(config_watcher(app.clone(), hangup, manager.clone())));

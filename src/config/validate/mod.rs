@@ -175,6 +175,23 @@ impl Validator {
         }
     }
 
+    /// Twice an address's share by default: the /48 a carrier's subscribers share still has
+    /// room, and one holder of a /48 (65,536 /64s) has two addresses' worth, not the budget.
+    fn connections_per_ipv6_48(&mut self, value: Option<i64>, per_address: usize, max_connections: usize) -> usize {
+        const KEY: &str = "limits.max_connections_per_ipv6_48";
+        let default = per_address.saturating_mul(2).min(max_connections);
+        match self.count(KEY, value, default, max_connections) {
+            below if below < per_address => {
+                let fix = format!(
+                    "choose a number from limits.max_connections_per_address ({per_address}) to limits.max_connections ({max_connections})"
+                );
+                self.problem(KEY, Some(&below.to_string()), "below one address's share", &fix);
+                default
+            }
+            n => n,
+        }
+    }
+
     fn config(&mut self, raw: RawConfig, source: &Path) -> Option<Config> {
         let listen = self.listen(raw.listen);
         let upstream = self.required("upstream", &raw.upstream, "http://127.0.0.1:8080").and_then(|u| self.upstream(u));
@@ -228,9 +245,15 @@ impl Validator {
             (max_connections / 8).clamp(32.min(max_connections), max_connections),
             max_connections,
         );
+        let max_connections_per_ipv6_48 = self.connections_per_ipv6_48(
+            raw.limits.max_connections_per_ipv6_48,
+            max_connections_per_address,
+            max_connections,
+        );
         let limits = Limits {
             max_connections,
             max_connections_per_address,
+            max_connections_per_ipv6_48,
             max_header_bytes: self
                 .count("limits.max_header_bytes", raw.limits.max_header_bytes, 64 * 1024, 1024 * 1024)
                 .max(8192),

@@ -47,6 +47,25 @@ fn one_address_gets_an_eighth_of_the_connections_unless_told_and_never_more_than
 }
 
 #[test]
+fn one_ipv6_48_gets_two_addresses_worth_unless_told_between_one_and_all() {
+    assert_eq!(parse_ok(MINIMAL).limits.max_connections_per_ipv6_48, 2500);
+    let small = parse_ok(&format!("{MINIMAL}\n[limits]\nmax_connections = 100"));
+    assert_eq!(small.limits.max_connections_per_ipv6_48, 64);
+    let tiny = parse_ok(&format!("{MINIMAL}\n[limits]\nmax_connections = 3"));
+    assert_eq!(tiny.limits.max_connections_per_ipv6_48, 3, "never more than the budget");
+    let told = parse_ok(&format!("{MINIMAL}\n[limits]\nmax_connections_per_ipv6_48 = 1250"));
+    assert_eq!(told.limits.max_connections_per_ipv6_48, 1250, "as small as one address's share");
+    let below =
+        problems(&format!("{MINIMAL}\n[limits]\nmax_connections_per_address = 40\nmax_connections_per_ipv6_48 = 39"));
+    assert!(
+        has(&below, "limits.max_connections_per_ipv6_48", "from limits.max_connections_per_address (40)"),
+        "{below:?}"
+    );
+    let above = problems(&format!("{MINIMAL}\n[limits]\nmax_connections = 100\nmax_connections_per_ipv6_48 = 101"));
+    assert!(has(&above, "limits.max_connections_per_ipv6_48", "from 1 to 100"), "{above:?}");
+}
+
+#[test]
 fn plain_http_public_url_drops_the_host_prefix() {
     let c = parse_ok(&MINIMAL.replace("https://app", "http://app"));
     assert_eq!(c.session.cookie_name, "portcullis");

@@ -42,7 +42,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::base::socket::unacknowledged_bytes;
-use crate::server::capacity::{Activity, Address, Signal};
+use crate::server::capacity::{Activity, Signal};
+use crate::server::shares::Address;
 
 /// With nothing more acknowledged by the client for this long, lingering ends.
 pub(super) const LINGER_STALLED: Duration = Duration::from_secs(5);
