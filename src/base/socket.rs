@@ -27,6 +27,27 @@ pub fn unacknowledged_bytes(socket: RawFd) -> Option<usize> {
     (done == 0).then(|| usize::try_from(queued).unwrap_or(0))
 }
 
+/// Makes closing the socket reset the connection (`SO_LINGER` on, zero seconds; socket(7)):
+/// what the client has not acknowledged is dropped at once. A TCP socket closed the usual way
+/// with bytes still queued lives on in the kernel as an orphan, sending them for as long as the
+/// client keeps its window open a crack, outside any limit the proxy keeps (tcp(7):
+/// `tcp_max_orphans`). For a connection the proxy gives up on, so that nothing of it outlives its
+/// place. A descriptor that is not a socket is left as it is.
+pub fn reset_when_closed(socket: RawFd) {
+    let reset = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `setsockopt` reads `size_of::<linger>()` bytes from `reset`, which lives across the
+    // call, and changes only how the descriptor closes. Callers hold the descriptor open.
+    unsafe {
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const reset).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +92,30 @@ mod tests {
         let mut all = vec![0u8; written];
         client.read_exact(&mut all).unwrap();
         assert_eq!(unacknowledged_bytes(listener.as_raw_fd()), None, "not a connected TCP socket");
+    }
+
+    #[test]
+    fn a_socket_set_to_reset_drops_what_it_still_held_when_closed() {
+        for reset in [false, true] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            // More than the client's window, never read before the server closes.
+            server.set_nonblocking(true).unwrap();
+            let mut writer = &server;
+            while writer.write(&[7u8; 65536]).is_ok() {}
+            if reset {
+                reset_when_closed(server.as_raw_fd());
+            }
+            drop(server);
+            let mut all = Vec::new();
+            let ended = client.read_to_end(&mut all);
+            if reset {
+                let error = ended.expect_err("reset, not closed after all");
+                assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+            } else {
+                assert!(ended.is_ok(), "the kernel sends all it held, then closes: {ended:?}");
+            }
+        }
     }
 }

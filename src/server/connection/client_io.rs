@@ -14,6 +14,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::base::socket::reset_when_closed;
 use crate::server::capacity::Activity;
 use crate::web::client_body::BodyWatcher;
 
@@ -143,10 +144,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientIo<I> {
                     Box::pin(tokio::time::sleep(limit))
                 });
                 match stalled.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client stopped reading: nothing could be written for limits.send_timeout",
-                    ))),
+                    Poll::Ready(()) => {
+                        // What the client never took stays with the connection, not with the
+                        // kernel after it (an orphan, outside limits.max_connections).
+                        if let Some(socket) = activity.socket() {
+                            reset_when_closed(socket);
+                        }
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client stopped reading: nothing could be written for limits.send_timeout",
+                        )))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -13,7 +13,11 @@
 //! is closed. A socket that never sent anything, or whose client has it all, does not linger at
 //! all. Lingering also ends when the client closes, when [`LINGER_STALLED`] passes with nothing
 //! more acknowledged (nginx's `lingering_timeout`), or after [`LINGER_AT_MOST`] in all (nginx's
-//! `lingering_time`).
+//! `lingering_time`). When it ends because the proxy stopped waiting (stalled, too long, or its
+//! place taken back), and when a displaced connection gets no place at all, the socket is reset:
+//! closed the usual way, the kernel would keep what the client has not acknowledged and go on
+//! sending it as an orphan (tcp(7)), outside every limit here. A client that keeps its answers
+//! unread had grown the kernel's TCP memory from 84 to 806 MiB in 40 s that way.
 //!
 //! The connection's place goes to the newcomer at once; lingering sockets are held outside
 //! `limits.max_connections`, so at most [`MAX_LINGERING`] linger at a time, and at most
@@ -41,7 +45,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::base::socket::unacknowledged_bytes;
+use crate::base::socket::{reset_when_closed, unacknowledged_bytes};
 use crate::server::capacity::{Activity, Signal};
 use crate::server::shares::Address;
 
@@ -204,18 +208,29 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
         let (Some(io), Ok(runtime)) = (self.io.take(), tokio::runtime::Handle::try_current()) else { return };
         let Some((place, taken_back)) = Place::take(Address::of(self.peer)) else {
             tracing::debug!(peer = %self.peer, "as many displaced connections lingering as may: closed outright");
+            reset_when_closed(socket);
             return;
         };
         let peer = self.peer;
         runtime.spawn(async move {
             let draining = place.draining.clone();
             let _place = place;
-            tokio::select! {
+            let mut io = io;
+            let ended = tokio::select! {
                 // The bound covers the shutdown too: under TLS it writes a close_notify, which a
                 // client keeping its window shut could otherwise make wait for ever.
-                _ = tokio::time::timeout(LINGER_AT_MOST, linger(io, socket, &draining)) => {}
-                _ = taken_back => tracing::debug!(peer = %peer, "a lingering connection's place went to another client: closed outright"),
+                ended = tokio::time::timeout(LINGER_AT_MOST, linger(&mut io, socket, &draining)) => {
+                    ended.unwrap_or(Ended::GaveUp)
+                }
+                _ = taken_back => {
+                    tracing::debug!(peer = %peer, "a lingering connection's place went to another client: closed outright");
+                    Ended::GaveUp
+                }
+            };
+            if ended == Ended::GaveUp {
+                reset_when_closed(socket);
             }
+            drop(io);
         });
     }
 }
@@ -226,11 +241,23 @@ fn lingering_from(peer: IpAddr) -> usize {
     places().count(Address::of(peer))
 }
 
+/// How a lingering close ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The client has everything, or has closed, or the socket failed: a plain close.
+    Done,
+    /// The proxy stopped waiting (stalled, too long, or the place taken back). What the client
+    /// has not acknowledged is dropped with a reset: closed the usual way, the kernel would go on
+    /// sending it as an orphan, outside every limit here, for as long as the client reads a
+    /// little now and then.
+    GaveUp,
+}
+
 /// Shuts `io` down for writing, then reads and discards until the client closes, has
 /// acknowledged everything, or stalls (the caller bounds it in all).
-async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, socket: RawFd, draining: &AtomicU64) {
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I, socket: RawFd, draining: &AtomicU64) -> Ended {
     if io.shutdown().await.is_err() {
-        return;
+        return Ended::Done;
     }
     let mut acknowledged_at = Instant::now();
     let mut left = None;
@@ -239,18 +266,18 @@ async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I, socket: RawFd, dra
     loop {
         tokio::select! {
             read = io.read(&mut discard) => if !matches!(read, Ok(n) if n > 0) {
-                return;
+                return Ended::Done;
             },
             _ = look.tick() => {
                 let now = Instant::now();
-                let Some(queued) = unacknowledged_bytes(socket).filter(|&queued| queued > 0) else { return };
+                let Some(queued) = unacknowledged_bytes(socket).filter(|&queued| queued > 0) else { return Ended::Done };
                 let acknowledged = left.map_or(0, |left: usize| left.saturating_sub(queued));
                 if left.is_none() || acknowledged > 0 {
                     (left, acknowledged_at) = (Some(queued), now);
                 }
                 draining.store(drain_score(draining.load(Ordering::Relaxed), acknowledged as u64), Ordering::Relaxed);
                 if now - acknowledged_at >= LINGER_STALLED {
-                    return;
+                    return Ended::GaveUp;
                 }
             }
         }

@@ -63,12 +63,14 @@ async fn a_displaced_connection_lingers_until_its_client_has_all_it_was_sent_and
     // Once the client has acknowledged everything, the linger ends, though the client stays.
     lingering_ends("192.0.2.2").await;
 
-    // One holder at its bound: its next displaced connection is closed outright.
+    // One holder at its bound: its next displaced connection is closed outright, and reset:
+    // what its client had not taken is dropped, not left to the kernel to send.
     let crowded: IpAddr = "192.0.2.3".parse().unwrap();
     let held = fill(crowded, MAX_LINGERING_PER_HOLDER);
-    let (_client, server) = pair().await;
+    let (mut crowded_client, server) = pair().await;
     displace(server, "192.0.2.3", true).await;
     assert_eq!(lingering_from(crowded), MAX_LINGERING_PER_HOLDER);
+    reset_before_the_end(&mut crowded_client).await;
     assert!(Place::take(Address::of("192.0.2.4".parse().unwrap())).is_some(), "another address still may");
     drop(held);
     assert_eq!(lingering_from(crowded), 0);
@@ -81,6 +83,32 @@ async fn delivered_whole(client: &mut TcpStream, written: usize) {
     let mut all = Vec::new();
     client.read_to_end(&mut all).await.expect("the end of the answer, not a reset");
     assert_eq!(all.len(), written);
+}
+
+/// The client reads what reached it, then meets a reset, not the end of its answer.
+async fn reset_before_the_end(client: &mut TcpStream) {
+    let mut all = Vec::new();
+    let ended = client.read_to_end(&mut all).await;
+    let error = ended.expect_err("reset, not closed after the whole answer");
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionReset, "after {} bytes", all.len());
+}
+
+/// A client that takes in nothing more: its linger ends after [`LINGER_STALLED`] and the
+/// socket is reset, so the kernel does not go on holding (and sending) the rest of the answer
+/// after the proxy let go of it.
+#[tokio::test(start_paused = true)]
+async fn a_lingering_client_that_stops_taking_in_its_answer_is_reset_when_its_linger_ends() {
+    let _alone = ALONE.lock().await;
+    let (mut client, server) = pair().await;
+    displace(server, "192.0.2.7", true).await;
+    assert_eq!(lingering_from("192.0.2.7".parse().unwrap()), 1);
+    let stalled = async {
+        while lingering_from("192.0.2.7".parse().unwrap()) > 0 {
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    };
+    tokio::time::timeout(LINGER_STALLED * 2, stalled).await.expect("over once stalled");
+    reset_before_the_end(&mut client).await;
 }
 
 /// Once its client has acknowledged everything, `peer`'s linger ends, though the client stays.

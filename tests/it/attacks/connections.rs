@@ -207,6 +207,37 @@ async fn a_client_that_stops_reading_is_cut_off() {
     assert!(count < 20_000, "only what fitted in the buffers was sent: {count}");
 }
 
+/// A client that stops reading a download: once the proxy gives up on it, what is left in the
+/// proxy's socket is dropped with a reset. Closed the usual way, the kernel goes on sending it
+/// (an orphan, up to the whole send buffer) to a client reading a little now and then, long
+/// after its place in `max_connections` was given back: that many connections' worth of kernel
+/// memory outside every limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_a_download_is_reset_not_left_to_the_kernel() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nsend_timeout = \"1s\"").start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let mut reader = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
+    reader.set_nonblocking(false).unwrap();
+    reader.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+    let mark = proxy.stderr.len();
+    // Far more than every buffer between the two holds.
+    let request = format!("GET /download?bytes={} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n", 256 << 20);
+    reader.write_all(request.as_bytes()).unwrap();
+    let said = proxy.stderr.wait_for(mark, |l| l.contains("a client stopped reading"));
+    assert!(said.is_some(), "the proxy gave up on the client");
+
+    let mut answer = Vec::new();
+    let ended = reader.read_to_end(&mut answer);
+    let error = ended.expect_err("reset, not the rest of the send buffer and a close");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "after {} bytes", answer.len());
+}
+
 /// Opens a WebSocket to the upstream's `path` through the proxy with `browser`'s session. The sign-in's own connection
 /// may still hold its place for a moment after it closed, so a 503 is asked again, within a bound.
 async fn websocket(
