@@ -192,7 +192,7 @@ impl From<ForwardError> for WebError {
             ForwardError::Unreachable(_) => Self::UpstreamUnreachable(e.to_string()),
             ForwardError::BadRequest(_) => Self::BadRequest,
             ForwardError::ClientTooSlow(_) => Self::ClientTooSlow(e.to_string()),
-            ForwardError::ClientGone(_) => Self::ClientGone(e.to_string()),
+            ForwardError::ClientGone(_) | ForwardError::ClientLeft => Self::ClientGone(e.to_string()),
             ForwardError::BadResponse(_) => Self::UpstreamBroken(e.to_string()),
         }
     }

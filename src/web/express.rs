@@ -15,6 +15,7 @@
 //! request that was already allowed.
 
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use http::{HeaderValue, Method, StatusCode, header};
 use tokio::io::AsyncWrite;
@@ -87,6 +88,14 @@ impl App {
     }
 }
 
+/// The client side of an exchange on the lane: where the answer is written, and a look at
+/// whether the client is still there while the upstream has not answered.
+pub trait LaneClient: AsyncWrite + Unpin {
+    /// Ready once the client has closed its connection, or it failed. Bytes it sends meanwhile
+    /// (a pipelined request) are kept to be read after the answer, not lost.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
 impl Forwarder {
     /// Sends a ticket's request and writes the answer to `client`. An error is one nothing was
     /// written for yet: the client gets the full path's error page. `others_on_lane`: other
@@ -96,7 +105,11 @@ impl Forwarder {
     /// (`proxy.response_timeout`) is checked whenever it does, and it is moved only when it would
     /// ring too late. A timer of its own for each request would be put into the runtime's
     /// timer wheel and taken out again every time (`bench/instructions.sh`).
-    pub async fn express<W: AsyncWrite + Unpin>(
+    ///
+    /// A client that closes its connection before the answer comes ends the exchange
+    /// ([`ForwardError::ClientLeft`]): its place in `limits.max_connections` and the upstream
+    /// connection are not held for an answer nobody will read (up to `proxy.response_timeout`).
+    pub async fn express<W: LaneClient>(
         &self,
         ticket: &Ticket,
         client: &mut W,
@@ -137,6 +150,8 @@ impl Forwarder {
                     }
                     clock.as_mut().reset(deadline);
                 }
+                // Polled after the answer: an answer already there is passed on first.
+                () = std::future::poll_fn(|cx| client.poll_gone(cx)) => return Err(ForwardError::ClientLeft),
             }
         };
         let exchange = match exchange {

@@ -39,6 +39,10 @@ pub enum ForwardError {
     ClientTooSlow(String),
     #[error("the client's request body broke off: {0}")]
     ClientGone(String),
+    /// The client closed its connection while the upstream had not answered yet (on the express
+    /// lane, which watches for it; hyper drops the request itself).
+    #[error("the client closed its connection before the upstream answered")]
+    ClientLeft,
     /// The upstream answered in a way that cannot be passed on (it switched to a protocol nobody
     /// asked for).
     #[error("the upstream's answer cannot be passed on: {0}")]

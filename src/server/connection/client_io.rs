@@ -17,10 +17,16 @@ use tokio::time::Sleep;
 use crate::base::socket::reset_when_closed;
 use crate::server::capacity::Activity;
 use crate::web::client_body::BodyWatcher;
+use crate::web::express::LaneClient;
 
 /// How many bytes a connection reads on its own when it wakes: enough to tell the HTTP/2
 /// connection preface (RFC 9113 §3.4, 24 bytes) from an HTTP/1.1 request line.
 pub(super) const PEEK: usize = 24;
+
+/// The most a client may send while the proxy waits for the upstream's answer to its request
+/// that is read and kept ([`ClientIo::poll_gone`]): a pipelined request or two. Past it, nothing
+/// more is read until the answer is written.
+const KEPT_WHILE_WAITING: usize = 8 * 1024;
 
 /// What the connection's driver and its request handler share about the socket while hyper
 /// holds it.
@@ -104,11 +110,26 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientIo<I> {
         std::mem::take(&mut self.unread)
     }
 
-    /// Puts bytes back to be read first (what hyper had read past the last request). They are
-    /// copied: `bytes` is a view into hyper's whole read buffer, which would otherwise stay.
+    /// Puts bytes back to be read first (what hyper had read past the last request), before any
+    /// read ahead since. They are copied: `bytes` is a view into hyper's whole read buffer, which
+    /// would otherwise stay.
     pub fn put_back(&mut self, bytes: Bytes) {
-        debug_assert!(self.unread.is_empty());
-        self.unread = if bytes.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&bytes) };
+        self.unread = match (bytes.is_empty(), self.unread.is_empty()) {
+            (true, _) => std::mem::take(&mut self.unread),
+            (false, true) => Bytes::copy_from_slice(&bytes),
+            (false, false) => [&bytes[..], &self.unread[..]].concat().into(),
+        };
+    }
+
+    /// Keeps `bytes`, just read from the client, to be read after what is kept already.
+    fn keep(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut joined = BytesMut::with_capacity(self.unread.len() + bytes.len());
+        joined.extend_from_slice(&self.unread);
+        joined.extend_from_slice(bytes);
+        self.unread = joined.freeze();
     }
 
     /// Waits for the client's next bytes (at most [`PEEK`]) and keeps them to be read first.
@@ -117,12 +138,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientIo<I> {
         let mut ahead = [0u8; PEEK];
         let room = PEEK.saturating_sub(self.unread.len()).max(1);
         let n = self.io.read(&mut ahead[..room]).await?;
-        if n > 0 {
-            let mut joined = BytesMut::with_capacity(self.unread.len() + n);
-            joined.extend_from_slice(&self.unread);
-            joined.extend_from_slice(&ahead[..n]);
-            self.unread = joined.freeze();
-        }
+        self.keep(&ahead[..n]);
         Ok(n)
     }
 
@@ -157,6 +173,31 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientIo<I> {
                     }
                     Poll::Pending => Poll::Pending,
                 }
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> LaneClient for ClientIo<I> {
+    /// Reads what the client sends while its answer is awaited (up to [`KEPT_WHILE_WAITING`],
+    /// kept to be read first), to see it close. No system call when nothing came: the runtime
+    /// knows the socket was read dry (a short read clears its readiness).
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut ahead = [0u8; 1024];
+        loop {
+            let room = KEPT_WHILE_WAITING.saturating_sub(self.unread.len()).min(ahead.len());
+            if room == 0 {
+                return Poll::Pending;
+            }
+            let mut buf = ReadBuf::new(&mut ahead[..room]);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    let filled = buf.filled().len();
+                    self.keep(&ahead[..filled]);
+                }
+                // Closed (a read of nothing) or failed.
+                Poll::Ready(_) => return Poll::Ready(()),
             }
         }
     }
@@ -246,6 +287,28 @@ mod tests {
         io.read_exact(&mut all).await.unwrap();
         assert_eq!(&all, b"GET / HTTP/1.1\r\nHost: example\r\n\r\n");
         assert!(io.unread().is_empty());
+    }
+
+    #[tokio::test]
+    async fn while_an_answer_is_awaited_what_the_client_sends_is_kept_and_its_close_is_seen() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = ClientIo::new(server, Duration::from_secs(1), Arc::default(), Activity::for_tests());
+        let gone = |io: &mut ClientIo<_>| {
+            let waker = futures_util::task::noop_waker();
+            io.poll_gone(&mut Context::from_waker(&waker)).is_ready()
+        };
+        assert!(!gone(&mut io), "nothing sent: still there");
+        client.write_all(b"GET /next HTTP/1.1\r\n").await.unwrap();
+        assert!(!gone(&mut io), "a pipelined request: still there");
+        assert_eq!(io.unread(), b"GET /next HTTP/1.1\r\n", "and its bytes are kept");
+        // What hyper had read past the last request goes before them.
+        io.put_back(Bytes::from_static(b"earlier "));
+        assert_eq!(io.unread(), b"earlier GET /next HTTP/1.1\r\n");
+        drop(client);
+        assert!(gone(&mut io), "closed");
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"earlier GET /next HTTP/1.1\r\n", "nothing lost");
     }
 
     #[tokio::test]

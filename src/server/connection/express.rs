@@ -10,7 +10,7 @@
 use std::time::Instant as StdInstant;
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Uri, Version};
+use http::{Method, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -23,6 +23,7 @@ use crate::config::Limits;
 use crate::server::capacity::Activity;
 use crate::web::error::WebError;
 use crate::web::express::{self, Relayed};
+use crate::web::forward::ForwardError;
 use crate::web::forward::Forwarder;
 use crate::web::gate::Served;
 use crate::web::raw_upstream::RelayError;
@@ -226,6 +227,13 @@ where
                     Carried::Close
                 }
             }
+        }
+        Err(ForwardError::ClientLeft) => {
+            // Logged as nginx does (499: the client closed the request); nobody reads an answer.
+            let closed = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            served(None).record(closed, Some(ticket.user.name.as_str()));
+            tracing::debug!(peer = %peer, "the client went before the upstream answered");
+            Carried::Close
         }
         Err(e) => {
             let page = WebError::from(e).into_response();

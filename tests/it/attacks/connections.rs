@@ -597,3 +597,58 @@ async fn a_slow_reader_still_taking_in_its_answer_is_not_closed_as_idle() {
     let body = dechunk(&answer[head_end..second]).expect("the whole first answer, to its last chunk");
     assert_eq!(body.len() as u64, SIZE);
 }
+
+/// A client that sends a request the upstream is slow to answer, and leaves: its connection (and
+/// its place in `max_connections`) ends when it goes, not when the upstream answers (up to
+/// `proxy.response_timeout`, a minute by default). On both paths: a GET is the express lane's,
+/// a POST hyper's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_client_has_gone_gives_its_place_back() {
+    const PLACES: usize = 4;
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml(&format!("[limits]\nmax_connections = {PLACES}")).start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let mark = proxy.stderr.len();
+    let gone: Vec<_> = (0..PLACES)
+        .map(|i| {
+            let (method, body) = if i % 2 == 0 { ("GET", "") } else { ("POST", "Content-Length: 0\r\n") };
+            let request = format!("{method} /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n{body}\r\n");
+            waiting_on_the_upstream(&proxy, &upstream, request.as_bytes())
+        })
+        .collect();
+    drop(gone);
+    // Every place is back: as many new requests the upstream is slow to answer are all held at
+    // once (a busy connection never gives way, so none of them took another's place).
+    let slow = format!("GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n");
+    let _newcomers: Vec<_> = (0..PLACES).map(|_| waiting_on_the_upstream(&proxy, &upstream, slow.as_bytes())).collect();
+    let said = proxy.stderr.wait_for(mark, |l| l.contains("portcullis::access") && l.contains("499"));
+    assert!(said.is_some(), "the lane's request is logged as the client closing it (499)");
+}
+
+/// A connection whose `request` the upstream has and is thinking about. The sign-in's own
+/// connection may still hold its place for a moment after it closed: a 503 is asked again,
+/// within a bound.
+fn waiting_on_the_upstream(proxy: &Proxy, upstream: &Upstream, request: &[u8]) -> TcpStream {
+    let deadline = Instant::now() + CUT_OFF_WITHIN;
+    loop {
+        let before = upstream.count();
+        let mut stream = TcpStream::connect(proxy.addr).unwrap();
+        stream.write_all(request).unwrap();
+        // Looks at the upstream between short waits for an answer (a refusal) on the socket.
+        stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut byte = [0u8; 1];
+        loop {
+            if upstream.count() > before {
+                return stream;
+            }
+            assert!(Instant::now() < deadline, "the upstream never had the request: no place for it");
+            match stream.peek(&mut byte) {
+                Ok(_) => break,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+    }
+}
