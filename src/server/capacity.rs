@@ -289,6 +289,9 @@ pub(super) struct Activity {
     /// request is in flight any more (hyper holds the rest of the response).
     write_blocked: AtomicBool,
     asked_to_close: AtomicBool,
+    /// Cut off for not reading (`limits.send_timeout`): its socket is reset when closed, what it
+    /// never took dropped.
+    cut_off: AtomicBool,
     /// The connection's socket (-1 until it is known), looked into before it is asked to make
     /// room: a request waiting there unread makes it busy, not idle.
     socket: AtomicI32,
@@ -332,6 +335,7 @@ impl Activity {
             quiet_since_us: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
             asked_to_close: AtomicBool::new(false),
+            cut_off: AtomicBool::new(false),
             socket: AtomicI32::new(-1),
             handoff: Mutex::new(Handoff::Unasked),
             stopping: AtomicBool::new(false),
@@ -380,6 +384,15 @@ impl Activity {
         }
         let quiet_since = self.opened + Duration::from_micros(self.quiet_since_us.load(Ordering::Acquire));
         Some(now.saturating_duration_since(quiet_since))
+    }
+
+    /// The client stopped reading and is cut off (`limits.send_timeout`).
+    pub fn cut_off(&self) {
+        self.cut_off.store(true, Ordering::Release);
+    }
+
+    pub fn was_cut_off(&self) -> bool {
+        self.cut_off.load(Ordering::Acquire)
     }
 
     /// The socket to look into before asking this connection to make room.

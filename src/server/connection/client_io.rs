@@ -14,7 +14,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::base::socket::reset_when_closed;
 use crate::server::capacity::Activity;
 use crate::web::client_body::BodyWatcher;
 use crate::web::express::LaneClient;
@@ -161,11 +160,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientIo<I> {
                 });
                 match stalled.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        // What the client never took stays with the connection, not with the
-                        // kernel after it (an orphan, outside limits.max_connections).
-                        if let Some(socket) = activity.socket() {
-                            reset_when_closed(socket);
-                        }
+                        // What the client never took goes with the connection (reset when
+                        // closed), not to the kernel after it (`connection::linger`).
+                        activity.cut_off();
                         Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "the client stopped reading: nothing could be written for limits.send_timeout",

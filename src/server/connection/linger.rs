@@ -1,4 +1,5 @@
-//! A lingering close for a connection closed to make room for a newcomer.
+//! A lingering close for a connection whose client has not yet taken in all it was sent: one
+//! closed to make room for a newcomer, and one that closed of its own accord.
 //!
 //! Such a connection is idle as far as the proxy can tell: its last answer has been written, but
 //! may still sit in the kernel's send buffer, not yet delivered to a slow client. Closed outright,
@@ -19,7 +20,12 @@
 //! sending it as an orphan (tcp(7)), outside every limit here. A client that keeps its answers
 //! unread had grown the kernel's TCP memory from 84 to 806 MiB in 40 s that way.
 //!
-//! The connection's place goes to the newcomer at once; lingering sockets are held outside
+//! A connection that closed of its own accord (`Connection: close`, HTTP/1.0, the idle limit)
+//! lingers in its own place in `limits.max_connections`, for as long as its client acknowledges
+//! something every [`LINGER_STALLED`]: so answers asked for and never read are bounded by the
+//! budget and the client's share of it, as the connections they were.
+//!
+//! A displaced connection's place goes to the newcomer at once; lingering sockets are held outside
 //! `limits.max_connections`, so at most [`MAX_LINGERING`] linger at a time, and at most
 //! [`MAX_LINGERING_PER_HOLDER`] of one holder (a client address as `limits.max_connections_per_address`
 //! counts it: IPv4 whole, IPv6 by its /64). When every place is taken, a displaced connection
@@ -46,7 +52,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::base::socket::{reset_when_closed, unacknowledged_bytes};
-use crate::server::capacity::{Activity, Signal};
+use crate::server::capacity::{Activity, Place as ConnectionPlace, Signal};
 use crate::server::shares::Address;
 
 /// With nothing more acknowledged by the client for this long, lingering ends.
@@ -177,35 +183,30 @@ fn drain_score(previous: u64, acknowledged: u64) -> u64 {
     (previous - previous / 8).saturating_add(acknowledged)
 }
 
-/// The client's socket, closed with a linger when its connection was asked to make room.
+/// The client's socket, closed with a linger while its client has not taken in all it was sent.
 pub(super) struct Lingering<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     /// Always there until it is dropped (taken out only by `Drop`).
     io: Option<I>,
     activity: Arc<Activity>,
     peer: IpAddr,
+    /// The connection's place in `limits.max_connections` (shared with a tunnel it becomes),
+    /// kept while a connection that closed of its own accord drains.
+    place: Option<Arc<ConnectionPlace>>,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
-    pub fn new(io: I, activity: Arc<Activity>, peer: IpAddr) -> Self {
-        Self { io: Some(io), activity, peer }
+    pub fn new(io: I, activity: Arc<Activity>, peer: IpAddr, place: Option<Arc<ConnectionPlace>>) -> Self {
+        Self { io: Some(io), activity, peer, place }
     }
 
     fn io(&mut self) -> io::Result<Pin<&mut I>> {
         self.io.as_mut().map(Pin::new).ok_or_else(|| io::ErrorKind::NotConnected.into())
     }
-}
 
-impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
-    fn drop(&mut self) {
-        if self.activity.signal() != Some(Signal::MakeRoom) {
-            return;
-        }
-        let Some(socket) = self.activity.socket() else { return };
-        // Nothing the client has not acknowledged: nothing a reset could take from it.
-        if unacknowledged_bytes(socket).is_none_or(|queued| queued == 0) {
-            return;
-        }
-        let (Some(io), Ok(runtime)) = (self.io.take(), tokio::runtime::Handle::try_current()) else { return };
+    /// Asked to make room: the place goes to the newcomer now, and the socket lingers in one of
+    /// the lingering places if it gets one (bounded in all), or is reset.
+    fn linger_displaced(&mut self, io: I, socket: RawFd, runtime: tokio::runtime::Handle) {
+        self.place = None;
         let Some((place, taken_back)) = Place::take(Address::of(self.peer)) else {
             tracing::debug!(peer = %self.peer, "as many displaced connections lingering as may: closed outright");
             reset_when_closed(socket);
@@ -233,6 +234,48 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
             drop(io);
         });
     }
+
+    /// Closed of its own accord (its answer written, `Connection: close`, HTTP/1.0, the idle
+    /// limit, the server stopping): the socket lingers while the client is still taking in what
+    /// was sent, keeping the connection's place in `limits.max_connections` and its address's
+    /// share; the client must acknowledge something every [`LINGER_STALLED`]. Closed at once,
+    /// the kernel kept each such answer as an orphan for as long as its client kept its window
+    /// shut (minutes), and an address that asked for answers it never read, as fast as it could,
+    /// held them by the thousand (the fifth attack pass: 5,850 orphans, 1.5 GiB of the kernel's
+    /// TCP memory in 40 s, the kernel under memory pressure and an honest download 30 times
+    /// slower). No bound in all: a slow client downloading with `Connection: close` gets its
+    /// answer whole, as it would from a busy connection.
+    fn linger_in_place(&mut self, io: I, socket: RawFd, runtime: tokio::runtime::Handle) {
+        let place = self.place.take();
+        runtime.spawn(async move {
+            let _place = place;
+            let mut io = io;
+            if linger(&mut io, socket, &AtomicU64::new(0)).await == Ended::GaveUp {
+                reset_when_closed(socket);
+            }
+            drop(io);
+        });
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
+    fn drop(&mut self) {
+        let Some(socket) = self.activity.socket() else { return };
+        if self.activity.was_cut_off() {
+            reset_when_closed(socket);
+            return;
+        }
+        // Nothing the client has not acknowledged: nothing a reset could take from it.
+        if unacknowledged_bytes(socket).is_none_or(|queued| queued == 0) {
+            return;
+        }
+        let (Some(io), Ok(runtime)) = (self.io.take(), tokio::runtime::Handle::try_current()) else { return };
+        if self.activity.signal() == Some(Signal::MakeRoom) {
+            self.linger_displaced(io, socket, runtime);
+        } else {
+            self.linger_in_place(io, socket, runtime);
+        }
+    }
 }
 
 /// How many displaced connections of `peer`'s holder are lingering.
@@ -254,33 +297,57 @@ enum Ended {
 }
 
 /// Shuts `io` down for writing, then reads and discards until the client closes, has
-/// acknowledged everything, or stalls (the caller bounds it in all).
+/// acknowledged everything, or stalls for [`LINGER_STALLED`], the shutdown included (under TLS
+/// it writes a close_notify, which waits for room in a full send buffer).
 async fn linger<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I, socket: RawFd, draining: &AtomicU64) -> Ended {
-    if io.shutdown().await.is_err() {
-        return Ended::Done;
-    }
-    let mut acknowledged_at = Instant::now();
-    let mut left = None;
+    let mut progress = Progress { socket, left: None, acknowledged_at: Instant::now() };
     let mut look = tokio::time::interval(LOOK_EVERY);
+    loop {
+        tokio::select! {
+            shut = io.shutdown() => if shut.is_err() {
+                return Ended::Done;
+            } else {
+                break;
+            },
+            _ = look.tick() => if let Some(ended) = progress.look(draining) {
+                return ended;
+            }
+        }
+    }
     let mut discard = [0u8; 4096];
     loop {
         tokio::select! {
             read = io.read(&mut discard) => if !matches!(read, Ok(n) if n > 0) {
                 return Ended::Done;
             },
-            _ = look.tick() => {
-                let now = Instant::now();
-                let Some(queued) = unacknowledged_bytes(socket).filter(|&queued| queued > 0) else { return Ended::Done };
-                let acknowledged = left.map_or(0, |left: usize| left.saturating_sub(queued));
-                if left.is_none() || acknowledged > 0 {
-                    (left, acknowledged_at) = (Some(queued), now);
-                }
-                draining.store(drain_score(draining.load(Ordering::Relaxed), acknowledged as u64), Ordering::Relaxed);
-                if now - acknowledged_at >= LINGER_STALLED {
-                    return Ended::GaveUp;
-                }
+            _ = look.tick() => if let Some(ended) = progress.look(draining) {
+                return ended;
             }
         }
+    }
+}
+
+/// What a lingering socket's client has acknowledged, look by look.
+struct Progress {
+    socket: RawFd,
+    /// Unacknowledged bytes at the last look that found some acknowledged.
+    left: Option<usize>,
+    acknowledged_at: Instant,
+}
+
+impl Progress {
+    /// How the linger ends, if it does now: the client has everything, or has stalled.
+    fn look(&mut self, draining: &AtomicU64) -> Option<Ended> {
+        let now = Instant::now();
+        let Some(queued) = unacknowledged_bytes(self.socket).filter(|&queued| queued > 0) else {
+            return Some(Ended::Done);
+        };
+        let acknowledged = self.left.map_or(0, |left| left.saturating_sub(queued));
+        if self.left.is_none() || acknowledged > 0 {
+            (self.left, self.acknowledged_at) = (Some(queued), now);
+        }
+        draining.store(drain_score(draining.load(Ordering::Relaxed), acknowledged as u64), Ordering::Relaxed);
+        (now - self.acknowledged_at >= LINGER_STALLED).then_some(Ended::GaveUp)
     }
 }
 

@@ -38,7 +38,7 @@ async fn displace(server: TcpStream, peer: &str, unread: bool) -> usize {
     }
     assert_eq!(unacknowledged_bytes(server.as_raw_fd()).is_some_and(|n| n > 0), unread);
     assert!(activity.ask_to_close_for_tests());
-    drop(Lingering::new(server, activity, peer.parse().unwrap()));
+    drop(Lingering::new(server, activity, peer.parse().unwrap(), None));
     written
 }
 
@@ -171,12 +171,49 @@ async fn when_every_place_is_taken_a_holder_with_as_many_as_the_largest_gets_non
     assert_eq!(places().taken, 0);
 }
 
+/// A connection that closed of its own accord (`Connection: close`) with its answer not yet
+/// taken in keeps its place in `limits.max_connections` until its client has it all, and the
+/// client gets all of it and the end, not a reset.
 #[tokio::test]
-async fn a_connection_closed_for_any_other_reason_does_not_linger() {
+async fn a_connection_that_closed_with_its_answer_unread_keeps_its_place_until_the_client_has_it() {
+    use crate::server::capacity::Capacity;
+    use crate::server::shares::Shares;
+    let (mut client, server) = pair().await;
+    let capacity = Capacity::new(1, Shares::new(1, 2, vec![]));
+    let peer: IpAddr = "192.0.2.8".parse().unwrap();
+    let admitted = capacity.try_admit(peer).unwrap();
+    let activity = admitted.entry.activity().clone();
+    activity.watch_socket(server.as_raw_fd());
+    let mut written = 0;
+    while let Ok(n) = server.try_write(&[7u8; 65536]) {
+        written += n;
+    }
+    let place = Arc::new(admitted.permit);
+    drop(admitted.entry);
+    drop(Lingering::new(server, activity, peer, Some(place)));
+    assert_eq!(lingering_from(peer), 0, "not in a lingering place: in its own");
+    assert!(capacity.try_admit("198.51.100.9".parse().unwrap()).is_none(), "its place is still held");
+
+    let mut all = Vec::new();
+    client.read_to_end(&mut all).await.expect("the whole answer and the end, not a reset");
+    assert_eq!(all.len(), written);
+    let back = async {
+        loop {
+            if let Some(admitted) = capacity.try_admit("198.51.100.9".parse().unwrap()) {
+                return admitted;
+            }
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    };
+    tokio::time::timeout(LINGER_STALLED / 2, back).await.expect("its place back once the client had it all");
+}
+
+#[tokio::test]
+async fn a_connection_closed_with_nothing_unacknowledged_closes_at_once() {
     let (mut client, server) = pair().await;
     let activity = Activity::for_tests();
     activity.watch_socket(server.as_raw_fd());
-    drop(Lingering::new(server, activity, "192.0.2.6".parse().unwrap()));
+    drop(Lingering::new(server, activity, "192.0.2.6".parse().unwrap(), None));
     let mut rest = Vec::new();
     assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
     assert_eq!(lingering_from("192.0.2.6".parse().unwrap()), 0);

@@ -60,7 +60,9 @@ where
     let Admitted { permit, entry } = admitted;
     let activity = entry.activity().clone();
     let transport = Arc::new(Transport::default());
-    let io = Lingering::new(io, activity.clone(), conn.peer.ip());
+    // Held by the connection, a tunnel it becomes, and its socket while the last answer drains.
+    let place = Arc::new(permit);
+    let io = Lingering::new(io, activity.clone(), conn.peer.ip(), Some(place.clone()));
     let mut io = ClientIo::new(io, limits.send_timeout, transport.clone(), activity.clone());
     let mut watch = Watch::new(activity.clone(), limits.header_read_timeout, conn.peer);
 
@@ -78,7 +80,7 @@ where
             break true;
         }
     };
-    let slot = TunnelSlot::new(Arc::new(permit));
+    let slot = TunnelSlot::new(place);
     let handler = Handler { app, forwarder, activity, transport: transport.clone(), slot, conn };
     if http2 {
         // Boxed: an HTTP/2 connection's future is larger, and every connection's task would
