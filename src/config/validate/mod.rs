@@ -180,15 +180,16 @@ impl Validator {
     fn connections_per_ipv6_48(&mut self, value: Option<i64>, per_address: usize, max_connections: usize) -> usize {
         const KEY: &str = "limits.max_connections_per_ipv6_48";
         let default = per_address.saturating_mul(2).min(max_connections);
-        match self.count(KEY, value, default, max_connections) {
-            below if below < per_address => {
+        match value {
+            None => default,
+            Some(n) if n >= per_address as i64 && n as u64 <= max_connections as u64 => n as usize,
+            Some(n) => {
                 let fix = format!(
                     "choose a number from limits.max_connections_per_address ({per_address}) to limits.max_connections ({max_connections})"
                 );
-                self.problem(KEY, Some(&below.to_string()), "below one address's share", &fix);
+                self.problem(KEY, Some(&n.to_string()), "out of range", &fix);
                 default
             }
-            n => n,
         }
     }
 

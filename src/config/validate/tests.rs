@@ -61,8 +61,13 @@ fn one_ipv6_48_gets_two_addresses_worth_unless_told_between_one_and_all() {
         has(&below, "limits.max_connections_per_ipv6_48", "from limits.max_connections_per_address (40)"),
         "{below:?}"
     );
-    let above = problems(&format!("{MINIMAL}\n[limits]\nmax_connections = 100\nmax_connections_per_ipv6_48 = 101"));
-    assert!(has(&above, "limits.max_connections_per_ipv6_48", "from 1 to 100"), "{above:?}");
+    // One message for every value out of range, naming both ends.
+    for value in ["0", "-1", "31", "101"] {
+        let toml = format!("{MINIMAL}\n[limits]\nmax_connections = 100\nmax_connections_per_ipv6_48 = {value}");
+        let found = problems(&toml);
+        let fix = "from limits.max_connections_per_address (32) to limits.max_connections (100)";
+        assert!(has(&found, "limits.max_connections_per_ipv6_48", fix), "{value}: {found:?}");
+    }
 }
 
 #[test]
