@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -13,6 +13,23 @@ use crate::server::capacity::{Admitted, Capacity};
 use crate::server::connection;
 use crate::web::forward::Forwarder;
 use crate::web::state::{App, Connection};
+
+/// How many finished handshakes the kernel queues for `accept` (listen(2); Linux truncates it
+/// to `net.core.somaxconn`, 4096 by default since 5.4). The standard library's 128 is small for a
+/// proxy: a burst of more than 128 new connections while the workers are busy (a page with many
+/// assets behind a front proxy that just restarted, say) has the rest of their SYNs dropped, and
+/// each such client waits a second for its retransmission. nginx uses 511; this matches what
+/// `limits.max_connections` is sized for.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a listening socket as the proxy's listeners need: `SO_REUSEADDR` (a restart can bind
+/// while the old connections are in TIME_WAIT) and a backlog of [`LISTEN_BACKLOG`].
+pub(super) fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// A client has this long to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,5 +120,34 @@ async fn serve_tls(
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
         _ = activity.close_requested() => tracing::debug!(%peer, "TLS handshake abandoned to make room"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the standard library's backlog of 128, the kernel drops the SYNs of a burst past it
+    /// while the workers are busy, and those clients wait out a one-second retransmission. Here
+    /// nothing accepts at all: every one of 400 connections must still complete its handshake.
+    #[tokio::test]
+    async fn a_burst_of_connections_larger_than_128_is_queued_not_dropped() {
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let somaxconn: usize =
+            std::fs::read_to_string("/proc/sys/net/core/somaxconn").map(|s| s.trim().parse().unwrap()).unwrap_or(4096);
+        assert!(somaxconn > 400, "net.core.somaxconn is {somaxconn}: this test needs more than 400");
+        let clients = tokio::task::spawn_blocking(move || {
+            (0..400)
+                .map(|i| {
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                        .unwrap_or_else(|e| panic!("connection {i} of 400 was not queued: {e}"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        assert_eq!(clients.len(), 400);
+        drop(listener);
     }
 }

@@ -154,7 +154,7 @@ impl Server {
         let mut listeners = Vec::new();
         for addr in &config.listen {
             let bind_error = |source| StartError::Bind { addr: *addr, source };
-            let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+            let listener = accept::bind_listener(*addr).map_err(bind_error)?;
             listeners.push(listener.into_std().map_err(bind_error)?);
         }
         let tls = config.tls.as_ref().map(|t| TlsAcceptor::from(t.server_config.clone()));
