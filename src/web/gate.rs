@@ -254,7 +254,11 @@ impl App {
         let path = rule_path(&asked.path)?;
         // Methods are case-sensitive (RFC 9110 §9.1), but frameworks upper-case them (Flask,
         // Django): a rule for POST holds for `post` too.
-        let method = Method::from_bytes(asked.method.as_str().to_ascii_uppercase().as_bytes()).ok()?;
+        // Upper-cased only when there is something to upper-case: not a new string per request.
+        let method = match asked.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            true => Method::from_bytes(asked.method.as_str().to_ascii_uppercase().as_bytes()).ok()?,
+            false => asked.method.clone(),
+        };
         let facts = RequestFacts { host: &asked.host, path: &path, method: &method, client: asked.client };
         let decided = rules::decide(&config.rules, &facts, user);
         Some(Decision { rule: None, access: decided.access, max_age: decided.max_age })

@@ -15,7 +15,9 @@ use crate::store::{Space, Store, StoreError, Write, decode, encode, text_key};
 
 /// Every account's factors, in memory, written through to the store.
 pub struct Accounts {
-    records: DashMap<String, Arc<AccountRecord>>,
+    /// Hashed with foldhash (seeded at random per process), not SipHash: the gate looks here on
+    /// every request, and SipHash over the key was a fifth of the look (`bench/instructions.sh`).
+    records: DashMap<String, Arc<AccountRecord>, foldhash::fast::RandomState>,
     /// Which account each security key's credential id belongs to: a passkey that signs in by
     /// itself names its credential, not its account, and a credential id may belong to one account
     /// only (WebAuthn L3 §7.1 step 25). Kept in step with `records` under the write lock.
@@ -30,7 +32,8 @@ pub struct Accounts {
 
 impl Accounts {
     pub async fn open(store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        let (records, key_owners, identity_owners) = (DashMap::new(), DashMap::new(), DashMap::new());
+        let records = DashMap::with_hasher(foldhash::fast::RandomState::default());
+        let (key_owners, identity_owners) = (DashMap::new(), DashMap::new());
         for (key, value) in store.scan(Space::Accounts).await? {
             let account = text_key(&key)?;
             let record = decode::<AccountRecord>(&value)?;

@@ -25,8 +25,13 @@ impl SessionId {
         if value.len() != 43 {
             return None;
         }
-        let bytes = URL_SAFE_NO_PAD.decode(value).ok()?;
-        Some(Self(bytes.try_into().ok()?))
+        // Into the stack: 43 characters may hold 33 bytes to a decoder that has not looked at
+        // the last one yet, so the buffer has room for them and the length is checked after.
+        let mut bytes = [0u8; 33];
+        match URL_SAFE_NO_PAD.decode_slice(value, &mut bytes) {
+            Ok(32) => Some(Self(bytes[..32].try_into().ok()?)),
+            _ => None,
+        }
     }
 
     pub fn cookie_value(&self) -> String {
@@ -137,5 +142,24 @@ mod tests {
         map.insert(b.clone(), 2);
         assert_eq!((map.len(), *map.get(&a).unwrap(), *map.get(&b).unwrap()), (2, 1, 2));
         assert_ne!(KeyHash.hash_one(&a), KeyHash.hash_one(SessionId::generate().key()));
+    }
+
+    #[test]
+    fn a_cookie_is_read_back_only_in_the_exact_encoding_we_hand_out() {
+        let id = SessionId::generate();
+        let cookie = id.cookie_value();
+        assert_eq!(SessionId::from_cookie(&cookie).map(|back| back.0), Some(id.0));
+        // The last of 43 characters carries 4 bits: its 2 low bits must be zero, so no second
+        // spelling of the same id is accepted.
+        let last = cookie.as_bytes()[42];
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let index = alphabet.iter().position(|&c| c == last).unwrap();
+        let twin = format!("{}{}", &cookie[..42], alphabet[index | 1] as char);
+        assert!(SessionId::from_cookie(&twin).is_none(), "non-canonical last character accepted");
+        for bad in [&cookie[..42], &format!("{cookie}A"), &format!("{}=", &cookie[..42]), &format!("+{}", &cookie[1..])]
+        {
+            assert!(SessionId::from_cookie(bad).is_none(), "{bad:?} accepted");
+        }
+        assert!(SessionId::from_cookie(&"A".repeat(43)).is_some_and(|zero| zero.0 == [0; 32]));
     }
 }
