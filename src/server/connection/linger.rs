@@ -22,8 +22,14 @@
 //!
 //! A connection that closed of its own accord (`Connection: close`, HTTP/1.0, the idle limit)
 //! lingers in its own place in `limits.max_connections`, for as long as its client acknowledges
-//! something every [`LINGER_STALLED`]: so answers asked for and never read are bounded by the
-//! budget and the client's share of it, as the connections they were.
+//! something every `limits.send_timeout`, the patience an open connection gets: so answers asked
+//! for and never read are bounded by the budget and the client's share of it, as the connections
+//! they were, and a slow reader gets the same answer whole whether it asked to close or not.
+//! [`LINGER_STALLED`] was too short for that: a client reading steadily at 20 KB/s reopens its
+//! receive window only once it has drained a good part of its buffer (receiver-side silly window
+//! avoidance, RFC 9293 §3.8.6.2.2), and the sender's zero-window probes back off meanwhile
+//! (§3.8.6.1), so nothing new is acknowledged for 6 s at a time; at 10 KB/s, 12 s (the sixth
+//! attack pass: 1 MiB at 20 KB/s reset after 324 KB).
 //!
 //! A displaced connection's place goes to the newcomer at once; lingering sockets are held outside
 //! `limits.max_connections`, so at most [`MAX_LINGERING`] linger at a time, and at most
@@ -192,11 +198,20 @@ pub(super) struct Lingering<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> 
     /// The connection's place in `limits.max_connections` (shared with a tunnel it becomes),
     /// kept while a connection that closed of its own accord drains.
     place: Option<Arc<ConnectionPlace>>,
+    /// How long a connection that closed of its own accord may go with nothing more
+    /// acknowledged (`limits.send_timeout`).
+    patience: Duration,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
-    pub fn new(io: I, activity: Arc<Activity>, peer: IpAddr, place: Option<Arc<ConnectionPlace>>) -> Self {
-        Self { io: Some(io), activity, peer, place }
+    pub fn new(
+        io: I,
+        activity: Arc<Activity>,
+        peer: IpAddr,
+        place: Option<Arc<ConnectionPlace>>,
+        patience: Duration,
+    ) -> Self {
+        Self { io: Some(io), activity, peer, place, patience }
     }
 
     fn io(&mut self) -> io::Result<Pin<&mut I>> {
@@ -220,7 +235,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
             let ended = tokio::select! {
                 // The bound covers the shutdown too: under TLS it writes a close_notify, which a
                 // client keeping its window shut could otherwise make wait for ever.
-                ended = tokio::time::timeout(LINGER_AT_MOST, linger(&mut io, socket, &draining)) => {
+                ended = tokio::time::timeout(LINGER_AT_MOST, linger(&mut io, socket, &draining, LINGER_STALLED)) => {
                     ended.unwrap_or(Ended::GaveUp)
                 }
                 _ = taken_back => {
@@ -238,7 +253,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
     /// Closed of its own accord (its answer written, `Connection: close`, HTTP/1.0, the idle
     /// limit, the server stopping): the socket lingers while the client is still taking in what
     /// was sent, keeping the connection's place in `limits.max_connections` and its address's
-    /// share; the client must acknowledge something every [`LINGER_STALLED`]. Closed at once,
+    /// share; the client must acknowledge something every `limits.send_timeout`. Closed at once,
     /// the kernel kept each such answer as an orphan for as long as its client kept its window
     /// shut (minutes), and an address that asked for answers it never read, as fast as it could,
     /// held them by the thousand (the fifth attack pass: 5,850 orphans, 1.5 GiB of the kernel's
@@ -246,11 +261,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
     /// slower). No bound in all: a slow client downloading with `Connection: close` gets its
     /// answer whole, as it would from a busy connection.
     fn linger_in_place(&mut self, io: I, socket: RawFd, runtime: tokio::runtime::Handle) {
-        let place = self.place.take();
+        let (place, patience) = (self.place.take(), self.patience);
         runtime.spawn(async move {
             let _place = place;
             let mut io = io;
-            if linger(&mut io, socket, &AtomicU64::new(0)).await == Ended::GaveUp {
+            if linger(&mut io, socket, &AtomicU64::new(0), patience).await == Ended::GaveUp {
                 reset_when_closed(socket);
             }
             drop(io);
@@ -297,10 +312,15 @@ enum Ended {
 }
 
 /// Shuts `io` down for writing, then reads and discards until the client closes, has
-/// acknowledged everything, or stalls for [`LINGER_STALLED`], the shutdown included (under TLS
-/// it writes a close_notify, which waits for room in a full send buffer).
-async fn linger<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I, socket: RawFd, draining: &AtomicU64) -> Ended {
-    let mut progress = Progress { socket, left: None, acknowledged_at: Instant::now() };
+/// acknowledged everything, or acknowledges nothing more for `patience`, the shutdown included
+/// (under TLS it writes a close_notify, which waits for room in a full send buffer).
+async fn linger<I: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut I,
+    socket: RawFd,
+    draining: &AtomicU64,
+    patience: Duration,
+) -> Ended {
+    let mut progress = Progress { socket, left: None, acknowledged_at: Instant::now(), patience };
     let mut look = tokio::time::interval(LOOK_EVERY);
     loop {
         tokio::select! {
@@ -333,6 +353,8 @@ struct Progress {
     /// Unacknowledged bytes at the last look that found some acknowledged.
     left: Option<usize>,
     acknowledged_at: Instant,
+    /// With nothing more acknowledged for this long, the client has stalled.
+    patience: Duration,
 }
 
 impl Progress {
@@ -347,7 +369,7 @@ impl Progress {
             (self.left, self.acknowledged_at) = (Some(queued), now);
         }
         draining.store(drain_score(draining.load(Ordering::Relaxed), acknowledged as u64), Ordering::Relaxed);
-        (now - self.acknowledged_at >= LINGER_STALLED).then_some(Ended::GaveUp)
+        (now - self.acknowledged_at >= self.patience).then_some(Ended::GaveUp)
     }
 }
 

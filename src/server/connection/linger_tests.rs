@@ -38,7 +38,7 @@ async fn displace(server: TcpStream, peer: &str, unread: bool) -> usize {
     }
     assert_eq!(unacknowledged_bytes(server.as_raw_fd()).is_some_and(|n| n > 0), unread);
     assert!(activity.ask_to_close_for_tests());
-    drop(Lingering::new(server, activity, peer.parse().unwrap(), None));
+    drop(Lingering::new(server, activity, peer.parse().unwrap(), None, LINGER_STALLED));
     written
 }
 
@@ -190,7 +190,7 @@ async fn a_connection_that_closed_with_its_answer_unread_keeps_its_place_until_t
     }
     let place = Arc::new(admitted.permit);
     drop(admitted.entry);
-    drop(Lingering::new(server, activity, peer, Some(place)));
+    drop(Lingering::new(server, activity, peer, Some(place), LINGER_STALLED));
     assert_eq!(lingering_from(peer), 0, "not in a lingering place: in its own");
     assert!(capacity.try_admit("198.51.100.9".parse().unwrap()).is_none(), "its place is still held");
 
@@ -213,7 +213,7 @@ async fn a_connection_closed_with_nothing_unacknowledged_closes_at_once() {
     let (mut client, server) = pair().await;
     let activity = Activity::for_tests();
     activity.watch_socket(server.as_raw_fd());
-    drop(Lingering::new(server, activity, "192.0.2.6".parse().unwrap(), None));
+    drop(Lingering::new(server, activity, "192.0.2.6".parse().unwrap(), None, LINGER_STALLED));
     let mut rest = Vec::new();
     assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
     assert_eq!(lingering_from("192.0.2.6".parse().unwrap()), 0);

@@ -62,7 +62,7 @@ where
     let transport = Arc::new(Transport::default());
     // Held by the connection, a tunnel it becomes, and its socket while the last answer drains.
     let place = Arc::new(permit);
-    let io = Lingering::new(io, activity.clone(), conn.peer.ip(), Some(place.clone()));
+    let io = Lingering::new(io, activity.clone(), conn.peer.ip(), Some(place.clone()), limits.send_timeout);
     let mut io = ClientIo::new(io, limits.send_timeout, transport.clone(), activity.clone());
     let mut watch = Watch::new(activity.clone(), limits.header_read_timeout, conn.peer);
 

@@ -12,6 +12,7 @@ mod keep_alive;
 mod origin;
 mod requests;
 mod sessions;
+mod slow_readers;
 mod tunnels;
 mod upstream_answers;
 

@@ -1,0 +1,225 @@
+//! Clients that read slowly or not at all: a slow reader gets its answer whole whatever way its
+//! connection ends, and one that stops reading is cut off and reset, its unsent bytes dropped
+//! rather than left to the kernel, outside every limit.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use super::connections::{CUT_OFF_WITHIN, dechunk, waiting_on_the_upstream};
+use super::{raw, status_of};
+use crate::harness::{ALICE, Browser, proxy};
+use crate::upstream::Upstream;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nsend_timeout = \"1s\"").start();
+    let stream = TcpStream::connect(proxy.addr).unwrap();
+    let mark = proxy.stderr.len();
+    // Thousands of pipelined requests for a page, never reading an answer: the answers fill the
+    // socket buffers, and the proxy's writes stop making progress.
+    let mut writer = stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let request = b"GET /.portcullis/login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        for _ in 0..20_000 {
+            if writer.write_all(request).is_err() {
+                return;
+            }
+        }
+    });
+    let said = proxy.stderr.wait_for(mark, |l| l.contains("a client stopped reading"));
+    assert!(said.is_some(), "the proxy gave up on the client");
+    // The connection is gone: reading what was buffered ends, short of 20 000 answers.
+    let mut stream = stream;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut answers = Vec::new();
+    let _ = stream.read_to_end(&mut answers);
+    let count = String::from_utf8_lossy(&answers).matches("HTTP/1.1 200").count();
+    assert!(count < 20_000, "only what fitted in the buffers was sent: {count}");
+}
+
+/// A client that stops reading a download: once the proxy gives up on it, what is left in the
+/// proxy's socket is dropped with a reset. Closed the usual way, the kernel goes on sending it
+/// (an orphan, up to the whole send buffer) to a client reading a little now and then, long
+/// after its place in `max_connections` was given back: that many connections' worth of kernel
+/// memory outside every limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_a_download_is_reset_not_left_to_the_kernel() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nsend_timeout = \"1s\"").start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let mut reader = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
+    reader.set_nonblocking(false).unwrap();
+    reader.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+    let mark = proxy.stderr.len();
+    // Far more than every buffer between the two holds.
+    let request = format!("GET /download?bytes={} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n", 256 << 20);
+    reader.write_all(request.as_bytes()).unwrap();
+    let said = proxy.stderr.wait_for(mark, |l| l.contains("a client stopped reading"));
+    assert!(said.is_some(), "the proxy gave up on the client");
+
+    let mut answer = Vec::new();
+    let ended = reader.read_to_end(&mut answer);
+    let error = ended.expect_err("reset, not the rest of the send buffer and a close");
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "after {} bytes", answer.len());
+}
+
+/// Answers asked for with `Connection: close` and never read: each one's connection used to end
+/// as soon as its answer was in the socket, and the kernel kept the unread answer as an orphan
+/// for as long as the client kept its window shut, outside `max_connections` (the fifth attack
+/// pass: 5,850 of them, 1.5 GiB of kernel memory in 40 s). Now the connection keeps its place
+/// while its answer drains, and is reset once its client has acknowledged nothing more for
+/// `limits.send_timeout`, as an open connection would be.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_never_read_keep_their_places_until_their_clients_stall_then_are_reset() {
+    const PLACES: usize = 3;
+    let upstream = Upstream::start().await;
+    let limits = format!("[limits]\nmax_connections = {PLACES}\nsend_timeout = \"2s\"");
+    let proxy = proxy(&upstream.url()).toml(&limits).start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let request = format!(
+        "GET /download?bytes={} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n",
+        256 << 10
+    );
+    let mut unread = Vec::new();
+    for _ in 0..PLACES {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 << 10).unwrap();
+        let stream = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        let mut stream = stream;
+        stream.write_all(request.as_bytes()).unwrap();
+        // Its answer is on its way: the head is here.
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        unread.push(stream);
+    }
+    // Every place is held by an answer still draining: a newcomer is turned away (before, the
+    // places came back as soon as the answers were in the kernel's hands).
+    let refused = raw(&proxy, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&refused), 503, "{refused}");
+    // Nothing acknowledged for `send_timeout`: every place comes back (as many requests the upstream is
+    // slow to answer are held at once), and the answers were dropped.
+    let slow = format!("GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n");
+    let _busy: Vec<_> = (0..PLACES).map(|_| waiting_on_the_upstream(&proxy, &upstream, slow.as_bytes())).collect();
+    for stream in &mut unread {
+        stream.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+        let mut rest = Vec::new();
+        let ended = stream.read_to_end(&mut rest);
+        let error = ended.expect_err("reset, not the rest of the answer and a close");
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "after {} bytes", rest.len());
+    }
+}
+
+/// A slow reader's answer may sit whole in the kernel's buffers, leaving its connection with
+/// nothing in flight as far as the proxy can tell, for longer than the idle limit
+/// (`limits.header_read_timeout`). Closed then as idle, the client's next bytes (a pipelined
+/// request here; an HTTP/2 WINDOW_UPDATE in the fourth attack pass, where a download at 20 KB/s
+/// lost the second half of 1 MB at 20 s, with no attacker) met a closed socket and a reset. A
+/// connection whose client is still taking in its answer is not idle.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_still_taking_in_its_answer_is_not_closed_as_idle() {
+    const SIZE: u64 = 512 << 10;
+    const IDLE_LIMIT: Duration = Duration::from_secs(1);
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nheader_read_timeout = \"1s\"").start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small window: most of the answer waits in the proxy's socket, not the client's.
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let mut reader = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
+    reader.set_nonblocking(false).unwrap();
+    reader.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+    let asked = Instant::now();
+    let request = format!("GET /download?bytes={SIZE} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n");
+    reader.write_all(request.as_bytes()).unwrap();
+
+    // Reading as a slow link does, 8 KiB every 100 ms, past twice the idle limit.
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 8 << 10];
+    while asked.elapsed() < IDLE_LIMIT * 2 + Duration::from_millis(500) {
+        let n = reader.read(&mut chunk).expect("the answer, still coming");
+        assert!(n > 0, "closed after {} bytes", answer.len());
+        answer.extend_from_slice(&chunk[..n]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        (answer.len() as u64) < SIZE / 2,
+        "still far from the end ({} bytes): the test reads too fast",
+        answer.len()
+    );
+
+    // The next request, sent before the rest of the first answer is read.
+    let next = format!("GET /next HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n");
+    reader.write_all(next.as_bytes()).unwrap();
+    let ended = reader.read_to_end(&mut answer);
+    assert!(ended.is_ok(), "closed, not reset, after {} bytes: {ended:?}", answer.len());
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    let second = answer.windows(17).rposition(|w| w == b"HTTP/1.1 200 OK\r\n").expect("the next request answered");
+    assert!(second > head_end, "two answers");
+    let body = dechunk(&answer[head_end..second]).expect("the whole first answer, to its last chunk");
+    assert_eq!(body.len() as u64, SIZE);
+}
+
+/// A client on a slow link reading an answer it asked to close after (`Connection: close`, or
+/// HTTP/1.0): its receive window reopens only once it has drained a good part of its buffer, so
+/// nothing new is acknowledged for seconds at a time (6 s at 20 KB/s with Linux's default
+/// buffers), though it reads steadily. The lingering close used to give up after 5 s without an
+/// acknowledgement and reset it (the sixth attack pass: 1 MiB at 20 KB/s broke off after 324 KB,
+/// and 256 KiB here after 130 KB); it now has `limits.send_timeout`, as an open connection has.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_reader_gets_an_answer_it_asked_to_close_after_whole() {
+    const SIZE: usize = 256 << 10;
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let readers: Vec<_> = ["HTTP/1.1\r\nConnection: close", "HTTP/1.0"]
+        .into_iter()
+        .map(|version| {
+            let request =
+                format!("GET /download?bytes={SIZE} {version}\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n");
+            let mut stream = TcpStream::connect(proxy.addr).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            std::thread::spawn(move || (version, read_at_20_kb_a_second(stream)))
+        })
+        .collect();
+    for reader in readers {
+        let (version, (answer, ended)) = reader.join().unwrap();
+        assert!(ended.is_ok(), "{version}: closed, not reset, after {} bytes: {ended:?}", answer.len());
+        let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+        let body = &answer[head_end..];
+        // HTTP/1.0 has no chunks: its answer ends where the connection does.
+        let body = if version == "HTTP/1.0" { body.to_vec() } else { dechunk(body).expect("to its last chunk") };
+        assert_eq!(body.len(), SIZE, "{version}");
+        assert!(body.iter().enumerate().all(|(i, &b)| b == crate::upstream::pattern_byte(i as u64)), "{version}");
+    }
+}
+
+/// Reads `stream` to its end as a 160 kbit/s link does, 2 KiB every 100 ms: what came, and how
+/// it ended.
+fn read_at_20_kb_a_second(mut stream: TcpStream) -> (Vec<u8>, std::io::Result<()>) {
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let (mut answer, mut chunk) = (Vec::new(), [0u8; 2048]);
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return (answer, Ok(())),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) => return (answer, Err(e)),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
