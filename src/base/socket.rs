@@ -48,6 +48,12 @@ pub fn reset_when_closed(socket: RawFd) {
     }
 }
 
+/// The most a socket's receive buffer may be set to (`net.core.rmem_max`; socket(7): a larger
+/// `SO_RCVBUF` is silently cut to it), if the kernel says.
+pub fn receive_buffer_limit() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/net/core/rmem_max").ok()?.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,6 +209,7 @@ pub struct RawProxy {
     pub response_timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub upstream_keepalive: Option<bool>,
+    pub upstream_receive_buffer_bytes: Option<i64>,
     pub upstream_ca_file: Option<String>,
     pub shutdown_grace: Option<String>,
     pub workers: Option<i64>,

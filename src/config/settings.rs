@@ -419,6 +419,10 @@ pub struct ProxySettings {
     /// default). Off, each request has a connection of its own: an upstream that answers more
     /// than it was asked can then never hand one user's page to the next request.
     pub upstream_keepalive: bool,
+    /// The receive buffer of each upstream connection (`SO_RCVBUF`), fixed rather than grown
+    /// by the kernel (`proxy.upstream_receive_buffer_bytes`): what an answer the client is not
+    /// reading can park in the kernel on the upstream's side of a connection.
+    pub upstream_receive_buffer: usize,
     /// Extra trust anchors for an https upstream with a private CA; `None` uses the system's.
     pub upstream_ca_file: Option<PathBuf>,
     pub shutdown_grace: Duration,

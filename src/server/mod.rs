@@ -147,6 +147,14 @@ impl Server {
             .await
             .map_err(|e| HashError::Internal(e.to_string()))??;
         let own_cookies = config.session.own_cookies();
+        let asked = config.proxy.upstream_receive_buffer;
+        if let Some(most) = crate::base::socket::receive_buffer_limit().filter(|&most| asked > most) {
+            tracing::warn!(
+                asked,
+                most,
+                "proxy.upstream_receive_buffer_bytes is above the kernel's net.core.rmem_max, which each upstream connection is held to; Fix: raise the sysctl, or lower the key"
+            );
+        }
         let forwarders = (0..config.proxy.workers)
             .map(|_| Forwarder::new(&config, own_cookies.clone()))
             .collect::<Result<_, _>>()?;

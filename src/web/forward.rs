@@ -19,7 +19,7 @@ use crate::domain::identity::UpstreamIdentity;
 use crate::web::body_timeout::{BodyBroken, BodyIdle, IdleTimeout};
 use crate::web::client_body::ClientBody;
 use crate::web::pages::Body;
-use crate::web::raw_upstream::RawUpstream;
+use crate::web::raw_upstream::{Dial, RawUpstream};
 use crate::web::upstream_pool::UpstreamPool;
 
 #[path = "answer_head.rs"]
@@ -123,6 +123,7 @@ impl Forwarder {
         http.enforce_http(false);
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_nodelay(true);
+        http.set_recv_buffer_size(Some(settings.upstream_receive_buffer));
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         let builder = match (&settings.upstream_ca_file, config.upstream.scheme == http::uri::Scheme::HTTPS) {
             (Some(ca), _) => {
@@ -179,7 +180,11 @@ impl Forwarder {
             raw: (upstream.scheme == http::uri::Scheme::HTTP).then(|| {
                 let port = upstream.authority.port_u16().unwrap_or(80);
                 let address = format!("{}:{port}", upstream.authority.host());
-                RawUpstream::new(address, settings.connect_timeout, kept_idle)
+                let dial = Dial {
+                    connect_timeout: settings.connect_timeout,
+                    receive_buffer: settings.upstream_receive_buffer,
+                };
+                RawUpstream::new(address, dial, kept_idle)
             }),
             direct_head,
         })

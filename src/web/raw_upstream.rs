@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::base::socket::socket_is_quiet;
 pub use crate::web::answer_framing::Framing;
@@ -53,6 +53,21 @@ pub enum SendError {
     BadResponse(String),
 }
 
+/// Connects to `address` (`host:port`) with a fixed receive buffer: each address it resolves to
+/// in turn, as `TcpStream::connect` does, until one answers.
+async fn dial(address: &str, receive_buffer: usize) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_recv_buffer_size(u32::try_from(receive_buffer).unwrap_or(u32::MAX))?;
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address")))
+}
+
 /// What the reader makes of an answer's head, for the writer of the client's head (see
 /// [`RawUpstream::send`]).
 pub struct Answer<'a> {
@@ -84,7 +99,7 @@ pub struct AnswerHead {
 pub struct RawUpstream {
     /// `host:port`, as dialled.
     address: String,
-    connect_timeout: Duration,
+    dial: Dial,
     idle_timeout: Duration,
     idle: IdleStack<Idle>,
     reaper_started: AtomicBool,
@@ -106,11 +121,21 @@ pub struct Exchange {
     sent: bool,
 }
 
+/// How a new upstream connection is made.
+#[derive(Debug, Clone, Copy)]
+pub struct Dial {
+    /// `proxy.connect_timeout`, the lookup of the address included.
+    pub connect_timeout: Duration,
+    /// `proxy.upstream_receive_buffer_bytes`: set before connecting, so the window scale the
+    /// handshake agrees on fits it (RFC 7323 §2.2), and fixed, so the kernel does not grow it.
+    pub receive_buffer: usize,
+}
+
 impl RawUpstream {
-    pub fn new(address: String, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+    pub fn new(address: String, dial: Dial, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             address,
-            connect_timeout,
+            dial,
             idle_timeout,
             idle: IdleStack::new(MAX_IDLE),
             reaper_started: AtomicBool::new(false),
@@ -181,9 +206,9 @@ impl RawUpstream {
     }
 
     async fn connect(self: &Arc<Self>) -> Result<TcpStream, SendError> {
-        let dial = TcpStream::connect(self.address.as_str());
-        let stream = match tokio::time::timeout(self.connect_timeout, dial).await {
-            Err(_) => return Err(SendError::Unreachable(format!("connecting took over {:?}", self.connect_timeout))),
+        let limit = self.dial.connect_timeout;
+        let stream = match tokio::time::timeout(limit, dial(&self.address, self.dial.receive_buffer)).await {
+            Err(_) => return Err(SendError::Unreachable(format!("connecting took over {limit:?}"))),
             Ok(Err(e)) => return Err(SendError::Unreachable(format!("connecting: {e}"))),
             Ok(Ok(stream)) => stream,
         };

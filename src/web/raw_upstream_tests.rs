@@ -3,6 +3,9 @@ use crate::web::upstream_pool::tests::StrayAfterAnswer;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 
+/// As the defaults: a second to connect, a 256 KiB receive buffer.
+const TEST_DIAL: Dial = Dial { connect_timeout: Duration::from_secs(1), receive_buffer: 256 << 10 };
+
 fn head_of(answer: impl AsRef<[u8]>, head_request: bool) -> Result<Option<Interpreted>, String> {
     let answer = answer.as_ref();
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -148,7 +151,7 @@ async fn upstream(answer: &'static [u8], close: bool) -> Upstream {
             });
         }
     });
-    Upstream { pool: RawUpstream::new(address, Duration::from_secs(1), Duration::from_secs(60)), task, closed }
+    Upstream { pool: RawUpstream::new(address, TEST_DIAL, Duration::from_secs(60)), task, closed }
 }
 
 /// A client's head that is only the status, for tests of the body.
@@ -249,7 +252,7 @@ async fn counting_upstream(
             });
         }
     });
-    (RawUpstream::new(address, Duration::from_secs(1), Duration::from_secs(60)), read, task)
+    (RawUpstream::new(address, TEST_DIAL, Duration::from_secs(60)), read, task)
 }
 
 #[tokio::test]
@@ -301,7 +304,7 @@ async fn a_kept_connection_with_bytes_nobody_asked_for_is_never_used_again() {
             });
         }
     });
-    let pool = RawUpstream::new(address, Duration::from_secs(1), Duration::from_secs(60));
+    let pool = RawUpstream::new(address, TEST_DIAL, Duration::from_secs(60));
     let exchange = pool.send(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n", false, no_head).await.unwrap();
     let mut client = Vec::new();
     exchange.relay(&mut client, &pool).await.unwrap();
@@ -342,7 +345,7 @@ fn bytes_that_came_after_an_answer_are_seen_before_its_connection_is_lent_again(
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let upstream = StrayAfterAnswer::start();
     runtime.block_on(async {
-        let pool = RawUpstream::new(upstream.address.to_string(), Duration::from_secs(1), Duration::from_secs(60));
+        let pool = RawUpstream::new(upstream.address.to_string(), TEST_DIAL, Duration::from_secs(60));
         let exchange = pool.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false, no_head).await.unwrap();
         exchange.relay(&mut Vec::new(), &pool).await.unwrap();
         assert_eq!(pool.idle.len(), 1, "kept after a clean answer");
@@ -374,7 +377,7 @@ async fn the_connection_kept_last_is_lent_first_and_the_unused_ones_age_out() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let idle_timeout = Duration::from_millis(200);
-    let pool = RawUpstream::new(address.to_string(), Duration::from_secs(1), idle_timeout);
+    let pool = RawUpstream::new(address.to_string(), TEST_DIAL, idle_timeout);
     let (mut ends, mut locals) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let stream = TcpStream::connect(address).await.unwrap();

@@ -358,6 +358,7 @@ impl Validator {
             response_timeout: self.duration("proxy.response_timeout", &raw.response_timeout, "60s", second, hour),
             pool_idle_timeout: self.duration("proxy.pool_idle_timeout", &raw.pool_idle_timeout, "4s", second, hour),
             upstream_keepalive: raw.upstream_keepalive.unwrap_or(true),
+            upstream_receive_buffer: self.upstream_receive_buffer(raw.upstream_receive_buffer_bytes),
             upstream_ca_file,
             shutdown_grace: self.duration(
                 "proxy.shutdown_grace",

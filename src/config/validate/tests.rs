@@ -71,6 +71,18 @@ fn one_ipv6_48_gets_two_addresses_worth_unless_told_between_one_and_all() {
 }
 
 #[test]
+fn upstream_connections_receive_into_a_fixed_buffer_of_16_kib_to_64_mib() {
+    assert_eq!(parse_ok(MINIMAL).proxy.upstream_receive_buffer, 256 << 10);
+    let told = parse_ok(&format!("{MINIMAL}\n[proxy]\nupstream_receive_buffer_bytes = 4194304"));
+    assert_eq!(told.proxy.upstream_receive_buffer, 4 << 20);
+    for value in ["0", "-1", "16383", "67108865"] {
+        let found = problems(&format!("{MINIMAL}\n[proxy]\nupstream_receive_buffer_bytes = {value}"));
+        let fix = "from 16384 to 67108864";
+        assert!(has(&found, "proxy.upstream_receive_buffer_bytes", fix), "{value}: {found:?}");
+    }
+}
+
+#[test]
 fn plain_http_public_url_drops_the_host_prefix() {
     let c = parse_ok(&MINIMAL.replace("https://app", "http://app"));
     assert_eq!(c.session.cookie_name, "portcullis");

@@ -223,3 +223,67 @@ fn read_at_20_kb_a_second(mut stream: TcpStream) -> (Vec<u8>, std::io::Result<()
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Clients that read the first 8 MiB of a large answer as fast as they can, then stop: the
+/// proxy read from the upstream as fast, and the kernel grew the receive buffer of each
+/// upstream connection to `tcp_rmem`'s maximum, then filled it with answer no one would read
+/// (the seventh attack pass: 858 MB of the kernel's TCP memory, 2.19 GiB in all from 300
+/// places). The buffer is now fixed (`proxy.upstream_receive_buffer_bytes`, 256 KiB, which the
+/// kernel doubles for its own bookkeeping, socket(7)).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_its_client_stopped_reading_parks_little_of_itself_on_the_upstream_side() {
+    const READERS: usize = 4;
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let request = format!("GET /download?bytes={} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n", 1u64 << 32);
+    let mut stopped = Vec::new();
+    for _ in 0..READERS {
+        let mut stream = TcpStream::connect(proxy.addr).unwrap();
+        stream.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut first = vec![0u8; 8 << 20];
+        stream.read_exact(&mut first).unwrap();
+        stopped.push(stream);
+    }
+    // Every buffer between the upstream and the clients fills, then nothing moves.
+    let queued = settled(|| received_unread_from(upstream.addr.port()));
+    assert!(queued.len() >= READERS, "a connection to the upstream for each reader: {queued:?}");
+    let most = queued.iter().copied().max().unwrap_or(0);
+    assert!(most >= 64 << 10, "the answers did fill the proxy's side: {queued:?}");
+    assert!(most <= 1 << 20, "at most the fixed buffer's worth waits on the upstream side: {queued:?}");
+}
+
+/// Bytes received and not yet read by the process, on each established TCP socket connected to
+/// `port` on loopback (the proxy's connections to the upstream), as `/proc/net/tcp` has them.
+fn received_unread_from(port: u16) -> Vec<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = u16::from_str_radix(fields[2].rsplit(':').next()?, 16).ok()?;
+            let established = fields[3] == "01";
+            let unread = u64::from_str_radix(fields[4].split(':').nth(1)?, 16).ok()?;
+            (remote_port == port && established).then_some(unread)
+        })
+        .collect()
+}
+
+/// What `look` returns once it has returned the same for a second (looked at every 50 ms), or
+/// after 15 s.
+fn settled(look: impl Fn() -> Vec<u64>) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut last, mut since) = (look(), Instant::now());
+    while since.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = look();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    last
+}
