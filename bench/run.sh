@@ -5,6 +5,7 @@
 #
 #   bash bench/run.sh            # 8 paired repetitions of 5 s per measurement
 #   DURATION=10s REPS=6 bash bench/run.sh
+#   EXTRA_TOML='[proxy]\nupstream_receive_buffer_bytes = 1048576' bash bench/run.sh
 #   RULES=1000 bash bench/run.sh # with that many access rules, none of which matches the request
 #                                # (up to 10 path rules every request must look at; the rest for
 #                                # other hosts, which the host index skips)
@@ -135,6 +136,8 @@ for i in $(seq 1 "$RULES"); do
     printf '[[rule]]\nhosts = ["host-%s.example.test"]\naccess = "deny"\n' "$i"
   fi
 done >> "$WORK/proxy.toml"
+# EXTRA_TOML: more settings, e.g. EXTRA_TOML='[proxy]\nupstream_receive_buffer_bytes = 1048576'.
+printf '%b\n' "${EXTRA_TOML:-}" >> "$WORK/proxy.toml"
 echo "bench password 123" | "$BIN" --config "$WORK/proxy.toml" user add bench --email bench@example.com >/dev/null
 $PIN_SERVERS "$BIN" --config "$WORK/proxy.toml" > "$WORK/portcullis.out" 2> "$WORK/portcullis.err" &
 for _ in $(seq 1 100); do grep -q listening "$WORK/portcullis.out" 2>/dev/null && break; sleep 0.1; done

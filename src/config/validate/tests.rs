@@ -72,7 +72,7 @@ fn one_ipv6_48_gets_two_addresses_worth_unless_told_between_one_and_all() {
 
 #[test]
 fn upstream_connections_receive_into_a_fixed_buffer_of_16_kib_to_64_mib() {
-    assert_eq!(parse_ok(MINIMAL).proxy.upstream_receive_buffer, 256 << 10);
+    assert_eq!(parse_ok(MINIMAL).proxy.upstream_receive_buffer, 512 << 10);
     let told = parse_ok(&format!("{MINIMAL}\n[proxy]\nupstream_receive_buffer_bytes = 4194304"));
     assert_eq!(told.proxy.upstream_receive_buffer, 4 << 20);
     for value in ["0", "-1", "16383", "67108865"] {

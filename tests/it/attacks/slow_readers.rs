@@ -228,7 +228,7 @@ fn read_at_20_kb_a_second(mut stream: TcpStream) -> (Vec<u8>, std::io::Result<()
 /// proxy read from the upstream as fast, and the kernel grew the receive buffer of each
 /// upstream connection to `tcp_rmem`'s maximum, then filled it with answer no one would read
 /// (the seventh attack pass: 858 MB of the kernel's TCP memory, 2.19 GiB in all from 300
-/// places). The buffer is now fixed (`proxy.upstream_receive_buffer_bytes`, 256 KiB, which the
+/// places). The buffer is now fixed (`proxy.upstream_receive_buffer_bytes`, 512 KiB, which the
 /// kernel doubles for its own bookkeeping, socket(7)).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_answer_its_client_stopped_reading_parks_little_of_itself_on_the_upstream_side() {
@@ -253,7 +253,7 @@ async fn an_answer_its_client_stopped_reading_parks_little_of_itself_on_the_upst
     assert!(queued.len() >= READERS, "a connection to the upstream for each reader: {queued:?}");
     let most = queued.iter().copied().max().unwrap_or(0);
     assert!(most >= 64 << 10, "the answers did fill the proxy's side: {queued:?}");
-    assert!(most <= 1 << 20, "at most the fixed buffer's worth waits on the upstream side: {queued:?}");
+    assert!(most <= 3 << 19, "at most the fixed buffer's worth waits on the upstream side: {queued:?}");
 }
 
 /// Bytes received and not yet read by the process, on each established TCP socket connected to
