@@ -54,6 +54,121 @@ pub fn receive_buffer_limit() -> Option<usize> {
     std::fs::read_to_string("/proc/sys/net/core/rmem_max").ok()?.trim().parse().ok()
 }
 
+/// A connection the proxy opened, reset rather than closed if it is dropped while its peer has
+/// not acknowledged all that was written to it: a request the upstream never read (its accept
+/// queue overflowed, or it stopped reading an upload) when the exchange is abandoned (a timeout,
+/// the client gone). Closed the usual way, the kernel would go on retrying those bytes and the
+/// FIN behind them as an orphan for a minute or more (tcp(7); the seventh attack pass counted
+/// 160), outside every limit here. A connection closed with everything acknowledged (the usual
+/// end) is closed the usual way, and so is one shut down for writing whose FIN alone is still
+/// unacknowledged (hyper's client shuts a connection down before dropping it).
+pub struct ResetIfUnacknowledged<T> {
+    io: T,
+    socket: RawFd,
+    /// Shut down for writing: its FIN counts in the kernel's unacknowledged bytes.
+    shut_down: bool,
+}
+
+impl<T> ResetIfUnacknowledged<T> {
+    /// `socket` is the TCP socket under `io` (under TLS too), which `io` owns.
+    pub fn new(io: T, socket: RawFd) -> Self {
+        Self { io, socket, shut_down: false }
+    }
+
+    pub fn socket(&self) -> RawFd {
+        self.socket
+    }
+
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.io
+    }
+
+    /// Notes a shutdown for writing: from now on one unacknowledged byte is the FIN.
+    pub fn note_shut_down(self: std::pin::Pin<&mut Self>)
+    where
+        T: Unpin,
+    {
+        std::pin::Pin::into_inner(self).shut_down = true;
+    }
+
+    pub fn get_pin_mut(self: std::pin::Pin<&mut Self>) -> std::pin::Pin<&mut T>
+    where
+        T: Unpin,
+    {
+        std::pin::Pin::new(&mut self.get_mut().io)
+    }
+}
+
+impl<T> std::ops::Deref for ResetIfUnacknowledged<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.io
+    }
+}
+
+impl<T> std::ops::DerefMut for ResetIfUnacknowledged<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.io
+    }
+}
+
+impl<T> Drop for ResetIfUnacknowledged<T> {
+    fn drop(&mut self) {
+        // `io` is dropped after this, so the descriptor is still open here.
+        let fin = usize::from(self.shut_down);
+        if unacknowledged_bytes(self.socket).is_some_and(|queued| queued > fin) {
+            reset_when_closed(self.socket);
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for ResetIfUnacknowledged<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.get_pin_mut().poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ResetIfUnacknowledged<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.get_pin_mut().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.get_pin_mut().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.get_pin_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.as_mut().note_shut_down();
+        self.get_pin_mut().poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +236,35 @@ mod tests {
                 assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
             } else {
                 assert!(ended.is_ok(), "the kernel sends all it held, then closes: {ended:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_connection_dropped_with_bytes_unacknowledged_is_reset_and_one_without_is_closed() {
+        for unread in [false, true] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            // The proxy's side: a request the peer never reads, or one it has all of.
+            client.set_nonblocking(true).unwrap();
+            let mut writer = &client;
+            if unread {
+                while writer.write(&[7u8; 65536]).is_ok() {}
+            } else {
+                writer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+                let mut head = [0u8; 18];
+                server.read_exact(&mut head).unwrap();
+            }
+            let socket = client.as_raw_fd();
+            drop(ResetIfUnacknowledged::new(client, socket));
+            let mut rest = Vec::new();
+            let ended = server.read_to_end(&mut rest);
+            if unread {
+                let error = ended.expect_err("reset, not the rest of the request and a close");
+                assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+            } else {
+                assert!(ended.is_ok(), "closed the usual way: {ended:?}");
             }
         }
     }

@@ -21,7 +21,7 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::base::socket::socket_is_quiet;
+use crate::base::socket::{ResetIfUnacknowledged, socket_is_quiet};
 pub use crate::web::answer_framing::Framing;
 pub(crate) use crate::web::answer_framing::{Interpreted, interpret};
 use crate::web::idle_stack::{IdleStack, Verdict};
@@ -52,6 +52,9 @@ pub enum SendError {
     #[error("{0}")]
     BadResponse(String),
 }
+
+/// A connection to the upstream: reset if abandoned with some of its request unacknowledged.
+type Connection = ResetIfUnacknowledged<TcpStream>;
 
 /// Connects to `address` (`host:port`) with a fixed receive buffer: each address it resolves to
 /// in turn, as `TcpStream::connect` does, until one answers.
@@ -107,14 +110,14 @@ pub struct RawUpstream {
 
 /// A kept connection, its read buffer (empty) and when it went idle.
 struct Idle {
-    stream: TcpStream,
+    stream: Connection,
     read: BytesMut,
     since: Instant,
 }
 
 /// One exchange: the connection it runs on and what has been read past the answer's head.
 pub struct Exchange {
-    stream: TcpStream,
+    stream: Connection,
     read: BytesMut,
     pub head: AnswerHead,
     /// Whether any byte of the answer has been written to the client.
@@ -194,7 +197,7 @@ impl RawUpstream {
     }
 
     /// The most recently kept connection that is still fit to use, with its read buffer.
-    fn take_idle(&self) -> Option<(TcpStream, BytesMut)> {
+    fn take_idle(&self) -> Option<(Connection, BytesMut)> {
         let verdict = |idle: &mut Idle| {
             if idle.since.elapsed() <= self.idle_timeout && is_quiet(&idle.stream) {
                 Verdict::Take
@@ -205,7 +208,7 @@ impl RawUpstream {
         self.idle.take(verdict).map(|Idle { stream, read, .. }| (stream, read))
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<TcpStream, SendError> {
+    async fn connect(self: &Arc<Self>) -> Result<Connection, SendError> {
         let limit = self.dial.connect_timeout;
         let stream = match tokio::time::timeout(limit, dial(&self.address, self.dial.receive_buffer)).await {
             Err(_) => return Err(SendError::Unreachable(format!("connecting took over {limit:?}"))),
@@ -216,12 +219,13 @@ impl RawUpstream {
         if !self.idle_timeout.is_zero() && !self.reaper_started.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap_while_alive(Arc::downgrade(self), self.idle_timeout, Self::reap_idle));
         }
-        Ok(stream)
+        let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        Ok(ResetIfUnacknowledged::new(stream, socket))
     }
 
     /// Keeps a connection whose answer was read exactly to its end (`read` is empty), unless
     /// connections are not kept at all (an idle timeout of zero: `proxy.upstream_keepalive`).
-    fn give_back(&self, stream: TcpStream, mut read: BytesMut) {
+    fn give_back(&self, stream: Connection, mut read: BytesMut) {
         if self.idle_timeout.is_zero() {
             return;
         }
@@ -255,9 +259,8 @@ enum HeadError {
 
 /// Whether a kept connection has nothing to say: asked of the socket, not the runtime (why:
 /// `UpstreamPool::take_idle`).
-fn is_quiet(stream: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    socket_is_quiet(stream.as_raw_fd())
+fn is_quiet(stream: &Connection) -> bool {
+    socket_is_quiet(stream.socket())
 }
 
 /// Reads the final answer's head (interim 1xx answers other than 101 are read and dropped, as

@@ -3,8 +3,8 @@ use crate::web::upstream_pool::tests::StrayAfterAnswer;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 
-/// As the defaults: a second to connect, a 256 KiB receive buffer.
-const TEST_DIAL: Dial = Dial { connect_timeout: Duration::from_secs(1), receive_buffer: 256 << 10 };
+/// As the defaults: a second to connect, a 512 KiB receive buffer.
+const TEST_DIAL: Dial = Dial { connect_timeout: Duration::from_secs(1), receive_buffer: 512 << 10 };
 
 fn head_of(answer: impl AsRef<[u8]>, head_request: bool) -> Result<Option<Interpreted>, String> {
     let answer = answer.as_ref();
@@ -383,7 +383,8 @@ async fn the_connection_kept_last_is_lent_first_and_the_unused_ones_age_out() {
         let stream = TcpStream::connect(address).await.unwrap();
         locals.push(stream.local_addr().unwrap());
         ends.push(listener.accept().await.unwrap().0);
-        pool.give_back(stream, BytesMut::new());
+        let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        pool.give_back(ResetIfUnacknowledged::new(stream, socket), BytesMut::new());
     }
     let (taken, read) = pool.take_idle().expect("three are kept");
     assert_eq!(taken.local_addr().unwrap(), locals[2], "the last one kept");

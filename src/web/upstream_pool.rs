@@ -36,7 +36,7 @@ use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
-use crate::base::socket::socket_is_quiet;
+use crate::base::socket::{ResetIfUnacknowledged, socket_is_quiet};
 use crate::web::idle_stack::{IdleStack, Verdict};
 
 /// A request body the pool can send: what hyper's HTTP/1.1 client asks of one.
@@ -162,6 +162,7 @@ impl<B: OutgoingBody> UpstreamPool<B> {
             MaybeHttpsStream::Http(plain) => plain.inner().as_raw_fd(),
             MaybeHttpsStream::Https(tls) => tls.inner().get_ref().0.inner().inner().as_raw_fd(),
         };
+        let io = ResetIfUnacknowledged::new(io, socket);
         let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(PoolError::Handshake)?;
         tokio::spawn(async move {
             // With upgrades: a 101 hands the connection to the tunnel (forward.rs).
@@ -318,6 +319,44 @@ impl<B: OutgoingBody> Body for PooledBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// hyper's view of a connection that is reset if abandoned with its request unacknowledged.
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for ResetIfUnacknowledged<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.get_pin_mut().poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for ResetIfUnacknowledged<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.get_pin_mut().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.get_pin_mut().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        (**self).is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_pin_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.as_mut().note_shut_down();
+        self.get_pin_mut().poll_shutdown(cx)
     }
 }
 

@@ -214,3 +214,61 @@ async fn a_connection_whose_answer_to_head_had_no_length_is_not_lent_again() {
         assert!(next.ends_with("\r\n\r\n/next"), "the late answer was lent to the next request: {next}");
     }
 }
+
+/// An upstream that accepts connections with a small window and never reads them: a request
+/// larger than the window stays partly unacknowledged in the proxy's socket. Each accepted
+/// connection is handed to the test.
+async fn deaf_upstream() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // Accepted sockets inherit it: the window the proxy sees stays small.
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted, held) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            if accepted.send(stream).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, held)
+}
+
+/// A request the upstream never took in, abandoned (504 after `proxy.response_timeout`): closed
+/// the usual way, the proxy's socket lived on in the kernel as an orphan, retrying the request
+/// and its FIN for a minute or more outside every limit (the seventh attack pass counted 160).
+/// It is reset now, on both paths: a GET on the express lane, an upload on hyper's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_the_upstream_never_took_in_is_reset_when_abandoned_not_left_to_the_kernel() {
+    use tokio::io::AsyncReadExt;
+    let (upstream, mut held) = deaf_upstream().await;
+    let proxy = proxy(&format!("http://{upstream}")).toml("[proxy]\nresponse_timeout = \"1s\"").start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let padding = "p".repeat(48 << 10);
+    let requests = [
+        format!(
+            "GET /lane HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nX-Padding: {padding}\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{padding}",
+            padding.len()
+        ),
+    ];
+    for request in requests {
+        let what = request.split(' ').next().unwrap().to_string();
+        let answer = tokio::task::spawn_blocking({
+            let addr = proxy.addr;
+            move || super::raw_to(addr, request.as_bytes())
+        });
+        let mut upstream_side = held.recv().await.expect("the proxy connected");
+        assert_eq!(super::status_of(&answer.await.unwrap()), 504, "{what}");
+        let mut rest = Vec::new();
+        let ended = upstream_side.read_to_end(&mut rest).await;
+        let error = ended.expect_err("reset, not the rest of the request and a close");
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{what}: after {} bytes", rest.len());
+    }
+}
