@@ -60,19 +60,20 @@ pub fn receive_buffer_limit() -> Option<usize> {
 /// the client gone). Closed the usual way, the kernel would go on retrying those bytes and the
 /// FIN behind them as an orphan for a minute or more (tcp(7); the seventh attack pass counted
 /// 160), outside every limit here. A connection closed with everything acknowledged (the usual
-/// end) is closed the usual way, and so is one shut down for writing whose FIN alone is still
-/// unacknowledged (hyper's client shuts a connection down before dropping it).
+/// end) is closed the usual way, and so is one whose only unacknowledged bytes are those of its
+/// own shutdown (hyper's client shuts a connection down before dropping it: a TLS close_notify,
+/// the FIN), which a round trip to a distant upstream leaves in flight.
 pub struct ResetIfUnacknowledged<T> {
     io: T,
     socket: RawFd,
-    /// Shut down for writing: its FIN counts in the kernel's unacknowledged bytes.
-    shut_down: bool,
+    /// What the peer had not acknowledged when the shutdown began, if it has.
+    unacknowledged_at_shutdown: Option<usize>,
 }
 
 impl<T> ResetIfUnacknowledged<T> {
     /// `socket` is the TCP socket under `io` (under TLS too), which `io` owns.
     pub fn new(io: T, socket: RawFd) -> Self {
-        Self { io, socket, shut_down: false }
+        Self { io, socket, unacknowledged_at_shutdown: None }
     }
 
     pub fn socket(&self) -> RawFd {
@@ -83,12 +84,16 @@ impl<T> ResetIfUnacknowledged<T> {
         &mut self.io
     }
 
-    /// Notes a shutdown for writing: from now on one unacknowledged byte is the FIN.
+    /// Notes that a shutdown begins: what it writes (a close_notify, the FIN) is not a request
+    /// left unread.
     pub fn note_shut_down(self: std::pin::Pin<&mut Self>)
     where
         T: Unpin,
     {
-        std::pin::Pin::into_inner(self).shut_down = true;
+        let this = std::pin::Pin::into_inner(self);
+        if this.unacknowledged_at_shutdown.is_none() {
+            this.unacknowledged_at_shutdown = Some(unacknowledged_bytes(this.socket).unwrap_or(0));
+        }
     }
 
     pub fn get_pin_mut(self: std::pin::Pin<&mut Self>) -> std::pin::Pin<&mut T>
@@ -115,8 +120,8 @@ impl<T> std::ops::DerefMut for ResetIfUnacknowledged<T> {
 impl<T> Drop for ResetIfUnacknowledged<T> {
     fn drop(&mut self) {
         // `io` is dropped after this, so the descriptor is still open here.
-        let fin = usize::from(self.shut_down);
-        if unacknowledged_bytes(self.socket).is_some_and(|queued| queued > fin) {
+        let left_unread = self.unacknowledged_at_shutdown.is_none_or(|before| before > 0);
+        if left_unread && unacknowledged_bytes(self.socket).is_some_and(|queued| queued > 0) {
             reset_when_closed(self.socket);
         }
     }
@@ -242,7 +247,8 @@ mod tests {
 
     #[test]
     fn a_connection_dropped_with_bytes_unacknowledged_is_reset_and_one_without_is_closed() {
-        for unread in [false, true] {
+        // (request left unread, shut down before the drop)
+        for (unread, shut_down) in [(false, false), (true, false), (false, true), (true, true)] {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (mut server, _) = listener.accept().unwrap();
@@ -257,14 +263,20 @@ mod tests {
                 server.read_exact(&mut head).unwrap();
             }
             let socket = client.as_raw_fd();
-            drop(ResetIfUnacknowledged::new(client, socket));
+            let mut connection = ResetIfUnacknowledged::new(client, socket);
+            if shut_down {
+                // As hyper does before dropping: a shutdown never hides a request left unread.
+                std::pin::Pin::new(&mut connection).note_shut_down();
+                let _ = connection.shutdown(std::net::Shutdown::Write);
+            }
+            drop(connection);
             let mut rest = Vec::new();
             let ended = server.read_to_end(&mut rest);
             if unread {
                 let error = ended.expect_err("reset, not the rest of the request and a close");
-                assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+                assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "shut down first: {shut_down}");
             } else {
-                assert!(ended.is_ok(), "closed the usual way: {ended:?}");
+                assert!(ended.is_ok(), "closed the usual way (shut down first: {shut_down}): {ended:?}");
             }
         }
     }

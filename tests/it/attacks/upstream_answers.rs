@@ -217,8 +217,10 @@ async fn a_connection_whose_answer_to_head_had_no_length_is_not_lent_again() {
 
 /// An upstream that accepts connections with a small window and never reads them: a request
 /// larger than the window stays partly unacknowledged in the proxy's socket. Each accepted
-/// connection is handed to the test.
-async fn deaf_upstream() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<tokio::net::TcpStream>) {
+/// connection is handed to the test, with the proxy's address on it.
+type Accepted = (tokio::net::TcpStream, std::net::SocketAddr);
+
+async fn deaf_upstream() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Accepted>) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     // Accepted sockets inherit it: the window the proxy sees stays small.
     socket.set_recv_buffer_size(4096).unwrap();
@@ -227,8 +229,8 @@ async fn deaf_upstream() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedR
     let addr = listener.local_addr().unwrap();
     let (accepted, held) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            if accepted.send(stream).is_err() {
+        while let Ok(connection) = listener.accept().await {
+            if accepted.send(connection).is_err() {
                 return;
             }
         }
@@ -264,11 +266,29 @@ async fn a_request_the_upstream_never_took_in_is_reset_when_abandoned_not_left_t
             let addr = proxy.addr;
             move || super::raw_to(addr, request.as_bytes())
         });
-        let mut upstream_side = held.recv().await.expect("the proxy connected");
+        let (mut upstream_side, proxy_side) = held.recv().await.expect("the proxy connected");
         assert_eq!(super::status_of(&answer.await.unwrap()), 504, "{what}");
+        // Read only once the proxy has let go of its side: reading sooner would open the window
+        // and take the rest of the request in before the proxy closed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while established_from(proxy_side.port()) {
+            assert!(std::time::Instant::now() < deadline, "{what}: the proxy never let go of the connection");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let mut rest = Vec::new();
         let ended = upstream_side.read_to_end(&mut rest).await;
-        let error = ended.expect_err("reset, not the rest of the request and a close");
+        let error = ended.expect_err(&format!("{what}: reset, not the rest of the request and a close"));
         assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{what}: after {} bytes", rest.len());
     }
+}
+
+/// Whether a TCP connection from local port `port` on loopback is still established, as
+/// `/proc/net/tcp` has it.
+fn established_from(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local = fields[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+        local == Some(port) && fields[3] == "01"
+    })
 }
