@@ -39,13 +39,29 @@ pub(crate) fn start_provider(test: &str, redirect_uri: &str) -> Option<Front> {
 
 /// A proxy with the provider `test` (and `extra` lines for it), and the provider itself.
 fn proxy_and_provider(test: &str, upstream: &Upstream, extra: &str) -> Option<(Proxy, Front)> {
-    // The callback names the proxy's port, which the provider must know before the proxy
-    // starts: the port is chosen first, and the proxy started on it.
-    let proxy_port = free_port();
-    let redirect = format!("http://127.0.0.1:{proxy_port}/.portcullis/login/oidc/test/callback");
-    let provider = start_provider(test, &redirect)?;
-    let proxy = proxy(&upstream.url()).port(proxy_port).toml(&provider_toml(&provider, extra)).start();
+    let (proxy, provider, _) = on_a_chosen_port(test, "127.0.0.1", |port, provider| {
+        proxy(&upstream.url()).port(port).toml(&provider_toml(provider, extra))
+    })?;
     Some((proxy, provider))
+}
+
+/// The provider `test` for a proxy at `host` on a port chosen first (the callback it knows names
+/// the port, so it must know it before the proxy starts), then the proxy `build` makes for that
+/// port. Another process may take the port while the provider starts: then both are started
+/// again on another. `None` if there is no provider to start (said by `start_provider`).
+pub(crate) fn on_a_chosen_port(
+    test: &str,
+    host: &str,
+    build: impl Fn(u16, &Front) -> crate::harness::ProxyBuilder,
+) -> Option<(Proxy, Front, u16)> {
+    for _ in 0..5 {
+        let port = free_port();
+        let provider = start_provider(test, &format!("http://{host}:{port}/.portcullis/login/oidc/test/callback"))?;
+        if let Some(proxy) = build(port, &provider).try_start() {
+            return Some((proxy, provider, port));
+        }
+    }
+    panic!("no port stayed free for the proxy in five tries");
 }
 
 /// The `[[login.oidc]]` table for `provider` as `test` (and `extra` lines for it), its client

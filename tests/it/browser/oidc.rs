@@ -7,19 +7,18 @@
 use super::checks;
 use super::flows::upstream_saw;
 use super::webdriver::Viewport;
-use crate::harness::{ALICE, free_port, proxy};
-use crate::oidc::{provider_toml, start_provider};
+use crate::harness::{ALICE, proxy};
+use crate::oidc::{on_a_chosen_port, provider_toml};
 use crate::upstream::Upstream;
 
 pub async fn an_openid_provider_on_another_site_signs_in_and_lands_on_the_deep_link(viewport: Viewport, test: &str) {
     let Some((browser, _permit)) = super::open(viewport, test).await else { return };
     let upstream = Upstream::start().await;
-    let port = free_port();
+    let chosen = on_a_chosen_port(test, "localhost", |port, provider| {
+        proxy(&upstream.url()).port(port).public_host("localhost").toml(&provider_toml(provider, ""))
+    });
+    let Some((proxy, provider, port)) = chosen else { return };
     let base = format!("http://localhost:{port}");
-    let Some(provider) = start_provider(test, &format!("{base}/.portcullis/login/oidc/test/callback")) else {
-        return;
-    };
-    let proxy = proxy(&upstream.url()).port(port).public_host("localhost").toml(&provider_toml(&provider, "")).start();
     let linked = proxy.cli(&["user", "link", "alice", "--oidc", "test", "--subject", "carol"], "");
     assert!(linked.status.success(), "{}", String::from_utf8_lossy(&linked.stderr));
 

@@ -210,6 +210,13 @@ impl ProxyBuilder {
     }
 
     pub fn start(self) -> Proxy {
+        let fixed = self.port;
+        self.try_start().unwrap_or_else(|| panic!("could not start on port {fixed:?}: it was taken"))
+    }
+
+    /// As [`Self::start`], but `None` if the port given with [`Self::port`] was taken by the
+    /// time the proxy listened (the caller chose it earlier, and must choose again).
+    pub fn try_start(self) -> Option<Proxy> {
         let dir = self.dir.clone().unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
         for account in &self.accounts {
             add_account(&dir.path().join("users.toml"), account);
@@ -230,9 +237,11 @@ impl ProxyBuilder {
             );
             std::fs::write(&config_path, text).unwrap();
             if let Some(proxy) = launch(&config_path, dir.clone(), port, &self.env) {
-                return proxy;
+                return Some(proxy);
             }
-            assert!(self.port.is_none(), "could not restart on port {port}");
+            if self.port.is_some() {
+                return None;
+            }
         }
         panic!("the proxy did not start");
     }

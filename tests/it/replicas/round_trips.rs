@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use super::{Redis, within};
-use crate::harness::{ALICE, Browser, free_port, proxy};
-use crate::oidc::{at_provider, provider_toml, start_provider};
+use crate::harness::{ALICE, Browser, proxy};
+use crate::oidc::{at_provider, on_a_chosen_port, provider_toml};
 use crate::passkeys::{PASSWORDLESS, login_page, passkey_answer, register, submit};
 use crate::security_keys::{HOST, browser, key};
 use crate::upstream::Upstream;
@@ -73,14 +73,13 @@ async fn an_openid_sign_in_started_on_one_replica_finishes_once_on_the_other() {
     let Some(redis) = Redis::start("OpenID Connect across replicas") else { return };
     let upstream = Upstream::start().await;
     // The provider knows one callback, at the public URL: A's port stands for the balancer's.
-    let port = free_port();
     let test = "an_openid_sign_in_started_on_one_replica_finishes_once_on_the_other";
-    let Some(provider) = start_provider(test, &format!("http://127.0.0.1:{port}/.portcullis/login/oidc/test/callback"))
-    else {
-        return;
-    };
-    let (oidc, store) = (provider_toml(&provider, ""), redis.store_toml("oidc:"));
-    let a = proxy(&upstream.url()).port(port).toml(&oidc).toml(&store).start();
+    let store = redis.store_toml("oidc:");
+    let chosen = on_a_chosen_port(test, "127.0.0.1", |port, provider| {
+        proxy(&upstream.url()).port(port).toml(&provider_toml(provider, "")).toml(&store)
+    });
+    let Some((a, provider, port)) = chosen else { return };
+    let oidc = provider_toml(&provider, "");
     let b = proxy(&upstream.url()).replica_of(&a).public_port(port).toml(&oidc).toml(&store).start();
     let linked = a.cli(&["user", "link", "alice", "--oidc", "test", "--subject", "carol"], "");
     assert!(linked.status.success(), "{}", String::from_utf8_lossy(&linked.stderr));
