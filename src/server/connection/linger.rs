@@ -58,7 +58,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::base::socket::{reset_when_closed, unacknowledged_bytes};
-use crate::server::capacity::{Activity, Place as ConnectionPlace, Signal};
+use crate::server::capacity::{Activity, Entry, Place as ConnectionPlace, Signal};
 use crate::server::shares::Address;
 
 /// With nothing more acknowledged by the client for this long, lingering ends.
@@ -74,6 +74,36 @@ const SHOWN_WITHIN: Duration = Duration::from_secs(1);
 pub(super) const MAX_LINGERING: usize = 1024;
 /// The most of them from one client address (an IPv6 /64).
 pub(super) const MAX_LINGERING_PER_HOLDER: usize = MAX_LINGERING / 8;
+
+/// A connection's entry among the open ones, held by the connection: dropped with it, unless its
+/// socket took it to linger in its place (see `connection::serve`).
+pub(super) struct EntrySlot(SharedEntry);
+
+/// The socket's view of its connection's [`EntrySlot`].
+#[derive(Clone)]
+pub(super) struct SharedEntry(Arc<Mutex<Option<Entry>>>);
+
+impl EntrySlot {
+    pub fn new(entry: Entry) -> Self {
+        Self(SharedEntry(Arc::new(Mutex::new(Some(entry)))))
+    }
+
+    pub fn share(&self) -> SharedEntry {
+        self.0.clone()
+    }
+}
+
+impl Drop for EntrySlot {
+    fn drop(&mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl SharedEntry {
+    fn take(&self) -> Option<Entry> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
 
 /// A lingering socket as the places know it.
 struct Lingerer {
@@ -201,6 +231,8 @@ pub(super) struct Lingering<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> 
     /// How long a connection that closed of its own accord may go with nothing more
     /// acknowledged (`limits.send_timeout`).
     patience: Duration,
+    /// The connection's entry among the open ones, taken if the socket lingers in its place.
+    entry: Option<SharedEntry>,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
@@ -211,7 +243,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
         place: Option<Arc<ConnectionPlace>>,
         patience: Duration,
     ) -> Self {
-        Self { io: Some(io), activity, peer, place, patience }
+        Self { io: Some(io), activity, peer, place, patience, entry: None }
+    }
+
+    /// Lingering in its place, the socket keeps `entry` too: a newcomer can then still ask for
+    /// the place, as it would of an idle connection.
+    pub fn with_entry(mut self, entry: SharedEntry) -> Self {
+        self.entry = Some(entry);
+        self
     }
 
     fn io(&mut self) -> io::Result<Pin<&mut I>> {
@@ -222,32 +261,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
     /// the lingering places if it gets one (bounded in all), or is reset.
     fn linger_displaced(&mut self, io: I, socket: RawFd, runtime: tokio::runtime::Handle) {
         self.place = None;
-        let Some((place, taken_back)) = Place::take(Address::of(self.peer)) else {
-            tracing::debug!(peer = %self.peer, "as many displaced connections lingering as may: closed outright");
-            reset_when_closed(socket);
-            return;
-        };
-        let peer = self.peer;
-        runtime.spawn(async move {
-            let draining = place.draining.clone();
-            let _place = place;
-            let mut io = io;
-            let ended = tokio::select! {
-                // The bound covers the shutdown too: under TLS it writes a close_notify, which a
-                // client keeping its window shut could otherwise make wait for ever.
-                ended = tokio::time::timeout(LINGER_AT_MOST, linger(&mut io, socket, &draining, LINGER_STALLED)) => {
-                    ended.unwrap_or(Ended::GaveUp)
-                }
-                _ = taken_back => {
-                    tracing::debug!(peer = %peer, "a lingering connection's place went to another client: closed outright");
-                    Ended::GaveUp
-                }
-            };
-            if ended == Ended::GaveUp {
-                reset_when_closed(socket);
-            }
-            drop(io);
-        });
+        if let Some(taken) = displaced_place(self.peer, socket) {
+            runtime.spawn(linger_among_the_displaced(io, socket, self.peer, taken));
+        }
     }
 
     /// Closed of its own accord (its answer written, `Connection: close`, HTTP/1.0, the idle
@@ -260,17 +276,85 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
     /// TCP memory in 40 s, the kernel under memory pressure and an honest download 30 times
     /// slower). No bound in all: a slow client downloading with `Connection: close` gets its
     /// answer whole, as it would from a busy connection.
+    ///
+    /// With nothing in flight, such a place is idle as the budget counts: a newcomer may ask for
+    /// it as for any idle connection's, and the socket then lingers among the displaced (5 s
+    /// without progress, 30 s in all). Otherwise clients asking for answers they barely read
+    /// held every place for `limits.send_timeout`, and for ever by letting a few bytes through
+    /// every minute (the eighth attack pass: 5 requests a second for the sign-in page, no
+    /// account needed, kept everyone else out).
     fn linger_in_place(&mut self, io: I, socket: RawFd, runtime: tokio::runtime::Handle) {
-        let (place, patience) = (self.place.take(), self.patience);
+        let (place, patience, peer) = (self.place.take(), self.patience, self.peer);
+        let entry = self.entry.as_ref().and_then(SharedEntry::take);
         runtime.spawn(async move {
-            let _place = place;
             let mut io = io;
-            if linger(&mut io, socket, &AtomicU64::new(0), patience).await == Ended::GaveUp {
-                reset_when_closed(socket);
+            let asked = async {
+                match &entry {
+                    Some(entry) => entry.activity().close_requested().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let unscored = AtomicU64::new(0);
+            let ended = tokio::select! {
+                ended = linger(&mut io, socket, &unscored, patience) => Some(ended),
+                () = asked => None,
+            };
+            match ended {
+                Some(ended) => {
+                    if ended == Ended::GaveUp {
+                        reset_when_closed(socket);
+                    }
+                    drop(io);
+                }
+                None => {
+                    // The place goes to the newcomer that asked (`capacity::Place` hands it
+                    // over as it is dropped), and the socket joins the displaced.
+                    drop((place, entry));
+                    if let Some(taken) = displaced_place(peer, socket) {
+                        linger_among_the_displaced(io, socket, peer, taken).await;
+                    }
+                }
             }
-            drop(io);
         });
     }
+}
+
+/// A lingering place for a displaced connection's socket from `peer`, or none: then the socket
+/// is to be reset as it closes.
+fn displaced_place(peer: IpAddr, socket: RawFd) -> Option<(Place, oneshot::Receiver<()>)> {
+    let taken = Place::take(Address::of(peer));
+    if taken.is_none() {
+        tracing::debug!(peer = %peer, "as many displaced connections lingering as may: closed outright");
+        reset_when_closed(socket);
+    }
+    taken
+}
+
+/// A displaced connection's socket, its place in `limits.max_connections` given up, lingering in
+/// `taken`, a lingering place (bounded in all).
+async fn linger_among_the_displaced<I: AsyncRead + AsyncWrite + Unpin>(
+    mut io: I,
+    socket: RawFd,
+    peer: IpAddr,
+    (place, taken_back): (Place, oneshot::Receiver<()>),
+) {
+    let draining = place.draining.clone();
+    let _place = place;
+    let ended = tokio::select! {
+        // The bound covers the shutdown too: under TLS it writes a close_notify, which a
+        // client keeping its window shut could otherwise make wait for ever.
+        ended = tokio::time::timeout(LINGER_AT_MOST, linger(&mut io, socket, &draining, LINGER_STALLED)) => {
+            ended.unwrap_or(Ended::GaveUp)
+        }
+        _ = taken_back => {
+            tracing::debug!(peer = %peer, "a lingering connection's place went to another client: closed outright");
+            Ended::GaveUp
+        }
+    };
+    if ended == Ended::GaveUp {
+        reset_when_closed(socket);
+    }
+    drop(io);
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {

@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use self::client_io::{ClientIo, PEEK, Transport};
 use self::clock::{Driven, Watch};
 use self::express::{Carrier, Lane};
-use self::linger::Lingering;
+use self::linger::{EntrySlot, Lingering};
 use crate::config::Limits;
 use crate::server::capacity::{Activity, Admitted, InFlight};
 use crate::web::client_body::{BodyWatcher, ClientBody};
@@ -62,7 +62,12 @@ where
     let transport = Arc::new(Transport::default());
     // Held by the connection, a tunnel it becomes, and its socket while the last answer drains.
     let place = Arc::new(permit);
-    let io = Lingering::new(io, activity.clone(), conn.peer.ip(), Some(place.clone()), limits.send_timeout);
+    // Declared before the socket, so dropped after it: a socket that lingers in its place takes
+    // the entry first (a newcomer may still ask for the place); otherwise it goes when the
+    // connection ends, and a tunnel the connection became, never idle, is never asked.
+    let entry = EntrySlot::new(entry);
+    let io = Lingering::new(io, activity.clone(), conn.peer.ip(), Some(place.clone()), limits.send_timeout)
+        .with_entry(entry.share());
     let mut io = ClientIo::new(io, limits.send_timeout, transport.clone(), activity.clone());
     let mut watch = Watch::new(activity.clone(), limits.header_read_timeout, conn.peer);
 
