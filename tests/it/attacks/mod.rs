@@ -431,3 +431,32 @@ async fn shutdown_drains_requests_in_flight_within_the_grace_period() {
     assert_eq!(response.text().await.unwrap(), "released");
     assert!(proxy.stop_wait().success(), "and then the proxy exits cleanly");
 }
+
+/// One TCP socket on loopback as `/proc/net/tcp` lists it (IPv4).
+pub(crate) struct TcpRow {
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// The kernel's state number: 01 established, 06 TIME_WAIT (include/net/tcp_states.h).
+    pub state: u8,
+    /// Bytes received and not yet read by the process holding it.
+    pub unread: u64,
+}
+
+/// Every IPv4 TCP socket the kernel has, held by a process or orphaned.
+pub(crate) fn tcp_sockets() -> Vec<TcpRow> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |address: &str| address.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            Some(TcpRow {
+                local_port: port(fields[1])?,
+                remote_port: port(fields[2])?,
+                state: u8::from_str_radix(fields[3], 16).ok()?,
+                unread: u64::from_str_radix(fields[4].split(':').nth(1)?, 16).ok()?,
+            })
+        })
+        .collect()
+}

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::connections::{CUT_OFF_WITHIN, dechunk, waiting_on_the_upstream};
-use super::{raw, status_of};
+use super::{raw, status_of, tcp_sockets};
 use crate::harness::{ALICE, Browser, proxy};
 use crate::upstream::Upstream;
 
@@ -269,20 +269,9 @@ async fn an_answer_its_client_stopped_reading_parks_little_of_itself_on_the_upst
 }
 
 /// Bytes received and not yet read by the process, on each established TCP socket connected to
-/// `port` on loopback (the proxy's connections to the upstream), as `/proc/net/tcp` has them.
+/// `port` on loopback (the proxy's connections to the upstream).
 fn received_unread_from(port: u16) -> Vec<u64> {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let remote_port = u16::from_str_radix(fields[2].rsplit(':').next()?, 16).ok()?;
-            let established = fields[3] == "01";
-            let unread = u64::from_str_radix(fields[4].split(':').nth(1)?, 16).ok()?;
-            (remote_port == port && established).then_some(unread)
-        })
-        .collect()
+    tcp_sockets().into_iter().filter(|s| s.remote_port == port && s.state == 0x01).map(|s| s.unread).collect()
 }
 
 /// What `look` returns once it has returned the same for a second (looked at every 50 ms), or
@@ -301,13 +290,7 @@ fn settled(look: impl Fn() -> Vec<u64>) -> Vec<u64> {
 }
 
 /// Whether the kernel has a TCP socket on loopback from local port `local` to `remote`, in any
-/// state, held by a process or orphaned, as `/proc/net/tcp` has it.
+/// state but TIME_WAIT (what a socket closed by its peer leaves), held by a process or orphaned.
 fn proxy_holds(local: u16, remote: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let port = |address: &str| address.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // TIME_WAIT (06) is what a socket closed by its peer leaves, not one still sending.
-        port(fields[1]) == Some(local) && port(fields[2]) == Some(remote) && fields[3] != "06"
-    })
+    tcp_sockets().iter().any(|s| s.local_port == local && s.remote_port == remote && s.state != 0x06)
 }

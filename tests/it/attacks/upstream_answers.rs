@@ -282,13 +282,7 @@ async fn a_request_the_upstream_never_took_in_is_reset_when_abandoned_not_left_t
     }
 }
 
-/// Whether a TCP connection from local port `port` on loopback is still established, as
-/// `/proc/net/tcp` has it.
+/// Whether a TCP connection from local port `port` on loopback is still established.
 fn established_from(port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let local = fields[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-        local == Some(port) && fields[3] == "01"
-    })
+    super::tcp_sockets().iter().any(|s| s.local_port == port && s.state == 0x01)
 }
