@@ -140,6 +140,26 @@ async fn a_quiet_tls_session_is_closed_too() {
 }
 
 /// Sends a keep-alive request on `stream` and reads its status line (the connection stays open).
+/// Whether the proxy's socket on `proxy_port` from the client on `client_port` has nothing left
+/// unread, waited for (bounded): the kernel's count, not a guess at how long reading takes.
+fn proxy_has_read_everything_from(proxy_port: u16, client_port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let unread: Vec<u64> = super::tcp_sockets()
+            .into_iter()
+            .filter(|s| s.local_port == proxy_port && s.remote_port == client_port && s.state == 0x01)
+            .map(|s| s.unread)
+            .collect();
+        if unread == [0] {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn status_on(stream: &mut TcpStream, request: &[u8]) -> String {
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream.write_all(request).unwrap();
@@ -296,6 +316,12 @@ async fn connections_with_half_a_head_or_a_quiet_http2_session_give_way_at_once_
     let mut half = TcpStream::connect(proxy.addr).unwrap();
     half.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
     assert!(proxy.stderr.wait_for_count(mark, 2, |l| l.contains("connection admitted")), "both were admitted");
+    // And both read: a connection with bytes waiting is spared (it may hold a request), so under
+    // load a newcomer could otherwise find the first newcomer, answered and idle, the idlest.
+    for client in [&http2, &half] {
+        let port = client.local_addr().unwrap().port();
+        assert!(proxy_has_read_everything_from(proxy.addr.port(), port), "the proxy read what was sent");
+    }
     // Before, each held on for 5 s when asked to make room, and the newcomers (who wait 1 s)
     // were told 503.
     let mut newcomers = Vec::new();

@@ -473,6 +473,12 @@ impl Drop for Proxy {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A failing test shows what the proxy said, so a failure seen only in CI can be read.
+        if std::thread::panicking() {
+            let lines = self.stderr.all();
+            let shown = &lines[lines.len().saturating_sub(200)..];
+            eprintln!("--- the proxy's last {} log lines ---\n{}", shown.len(), shown.join("\n"));
+        }
     }
 }
 
