@@ -3,8 +3,10 @@
 //!
 //! A newcomer is not turned away while some connection sits idle: the one idle longest (a
 //! keep-alive connection between requests, or a socket that never sent one) is asked to close,
-//! and the newcomer takes its place. Only when every connection is busy (a request in flight, or
-//! a tunnel such as a WebSocket) does the newcomer get the 503. So a client that fills the budget
+//! and the newcomer takes its place. An HTTP/2 connection whose answers are all ready and have
+//! waited [`ANSWERS_STALLED`] for a client that lets none of them through counts as idle too: the
+//! proxy's work for it is done. Only when every connection is busy (a request in flight, or a
+//! tunnel such as a WebSocket) does the newcomer get the 503. So a client that fills the budget
 //! with idle connections cannot keep anyone else out; it only cycles its own connections. An idle
 //! HTTP/1.1 connection may be closed at any time (RFC 9112 §9.5), and clients retry on another.
 //!
@@ -40,6 +42,12 @@ use crate::base::socket::socket_is_quiet;
 
 /// How long a newcomer waits for the connection it displaced to give its place back.
 const MAKE_ROOM_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long every answer of a connection may wait on its client's HTTP/2 flow control, with
+/// nothing let through, before the connection may give way to a newcomer as an idle one would:
+/// the patience a displaced socket gets to take in what it was sent (`connection::linger`). A
+/// client that takes its answers at any pace lets a frame through sooner and is never asked.
+pub(super) const ANSWERS_STALLED: Duration = Duration::from_secs(5);
 
 pub(super) struct Capacity {
     permits: Arc<Semaphore>,
@@ -201,7 +209,7 @@ impl Capacity {
         let now = Instant::now();
         let idle = |id: u64, activity: &Activity| {
             let asked = activity.asked_to_close.load(Ordering::Acquire);
-            activity.idle_for(now).filter(|_| !asked).map(|for_how_long| (for_how_long, id))
+            activity.displaceable_for(now).filter(|_| !asked).map(|for_how_long| (for_how_long, id))
         };
         // Among all: every open connection. Among one group's: only its own, however many
         // other connections are open (so many addresses at their share, each needing a look of
@@ -228,7 +236,7 @@ impl Capacity {
         let ask = |id| {
             let activity = self.open.get(&id).map(|entry| entry.clone());
             activity.is_some_and(|activity| {
-                activity.idle_for(now).is_some()
+                activity.displaceable_for(now).is_some()
                     && !activity.has_bytes_waiting()
                     && activity.ask_to_close(&mut newcomer)
             })
@@ -288,6 +296,10 @@ pub(super) struct Activity {
     /// Bytes of an answer are still waiting for the client to read them: busy, though no
     /// request is in flight any more (hyper holds the rest of the response).
     write_blocked: AtomicBool,
+    /// HTTP/2 answers ready and waiting for their client's flow-control window (a frame handed
+    /// to hyper and not yet let through), and since when the client has let nothing through.
+    answers_waiting: AtomicUsize,
+    waiting_since_us: AtomicU64,
     asked_to_close: AtomicBool,
     /// Cut off for not reading (`limits.send_timeout`): its socket is reset when closed, what it
     /// never took dropped.
@@ -334,6 +346,8 @@ impl Activity {
             served: AtomicUsize::new(0),
             quiet_since_us: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
+            answers_waiting: AtomicUsize::new(0),
+            waiting_since_us: AtomicU64::new(0),
             asked_to_close: AtomicBool::new(false),
             cut_off: AtomicBool::new(false),
             socket: AtomicI32::new(-1),
@@ -384,6 +398,48 @@ impl Activity {
         }
         let quiet_since = self.opened + Duration::from_micros(self.quiet_since_us.load(Ordering::Acquire));
         Some(now.saturating_duration_since(quiet_since))
+    }
+
+    /// How long every request in flight has had its answer ready, waiting for the client to let
+    /// it through, with nothing let through meanwhile; `None` while any is still being worked on
+    /// (or none is in flight). An HTTP/2 client's flow control holds an answer inside the proxy,
+    /// not in the socket, so the socket never blocks and a client that opens no window would
+    /// otherwise hold its place for as long as it likes (RFC 9113 §6.9: a receiver may leave a
+    /// window closed).
+    pub fn answers_waiting_for(&self, now: Instant) -> Option<Duration> {
+        let in_flight = self.in_flight();
+        let all_waiting = in_flight > 0 && self.answers_waiting.load(Ordering::SeqCst) >= in_flight;
+        (all_waiting && !self.write_blocked.load(Ordering::Acquire)).then(|| {
+            let since = self.opened + Duration::from_micros(self.waiting_since_us.load(Ordering::Acquire));
+            now.saturating_duration_since(since)
+        })
+    }
+
+    /// How long the connection could give way to a newcomer: idle ([`Activity::idle_for`]), or
+    /// with every answer waiting on its client for [`ANSWERS_STALLED`] or longer.
+    pub fn displaceable_for(&self, now: Instant) -> Option<Duration> {
+        self.idle_for(now).or_else(|| self.answers_waiting_for(now).filter(|waited| *waited >= ANSWERS_STALLED))
+    }
+
+    /// An answer began waiting for its client to let it through.
+    pub fn answer_waits(&self) {
+        if self.answers_waiting.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.mark_waiting_since_now();
+        }
+    }
+
+    /// An answer no longer waits for its client (it is being worked on, done, or dropped).
+    pub fn answer_stops_waiting(&self) {
+        self.answers_waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The client let an answer's frame through: what waits has waited from now on.
+    pub fn client_took_some(&self) {
+        self.mark_waiting_since_now();
+    }
+
+    fn mark_waiting_since_now(&self) {
+        self.waiting_since_us.store(self.opened.elapsed().as_micros() as u64, Ordering::Release);
     }
 
     /// The client stopped reading and is cut off (`limits.send_timeout`).
@@ -495,6 +551,12 @@ impl Activity {
 
 /// One request in flight, until its response body is sent or dropped.
 pub(super) struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    pub fn activity(&self) -> &Activity {
+        &self.0
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

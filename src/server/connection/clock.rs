@@ -13,6 +13,7 @@ use tokio::time::{Instant, Sleep};
 use super::client_io::{ClientIo, Transport, stalled_writing, warn_stopped_reading};
 use super::linger::LINGER_STALLED;
 use crate::base::socket::unacknowledged_bytes;
+use crate::config::Limits;
 use crate::server::capacity::{Activity, Signal};
 
 /// After asking an idle connection to close (an HTTP/2 GOAWAY), how long it may take.
@@ -38,6 +39,8 @@ pub(super) enum Driven {
 pub(super) struct Watch {
     pub activity: Arc<Activity>,
     idle_limit: Duration,
+    /// How long a client may let nothing of its answers through (`limits.send_timeout`).
+    send_timeout: Duration,
     pub check: Pin<Box<Sleep>>,
     pub peer: SocketAddr,
     /// Bytes written that the client had not acknowledged at the last look, and since when.
@@ -45,9 +48,25 @@ pub(super) struct Watch {
 }
 
 impl Watch {
-    pub fn new(activity: Arc<Activity>, idle_limit: Duration, peer: SocketAddr) -> Self {
+    pub fn new(activity: Arc<Activity>, limits: &Limits, peer: SocketAddr) -> Self {
+        let idle_limit = limits.header_read_timeout;
         let check = Box::pin(tokio::time::sleep(idle_limit));
-        Self { activity, idle_limit, check, peer, delivering: None }
+        Self { activity, idle_limit, send_timeout: limits.send_timeout, check, peer, delivering: None }
+    }
+
+    /// Whether the client has let nothing of its answers through for `limits.send_timeout`
+    /// (HTTP/2 flow control, `answer`): then it is cut off as a client that stopped reading its
+    /// socket is (`client_io`). Otherwise, when to look again at the latest.
+    fn answers_stalled(&self, now: Instant) -> Result<(), Duration> {
+        match self.activity.answers_waiting_for(now) {
+            Some(waited) if waited >= self.send_timeout => {
+                self.activity.cut_off();
+                warn_stopped_reading(self.peer);
+                Ok(())
+            }
+            Some(waited) => Err(self.send_timeout - waited),
+            None => Err(self.send_timeout),
+        }
     }
 
     /// Whether the client is still taking in what it was sent. An answer written whole into the
@@ -129,7 +148,7 @@ impl Watch {
         let mut closing: Option<Instant> = None;
         // While requests are in flight the clock looks less and less often (a long download or
         // an event stream does not wake it ten times a second); a quiet look starts over.
-        let first_look = if transport.may_park() { PARK_AFTER } else { self.idle_limit };
+        let first_look = if transport.may_park() { PARK_AFTER } else { self.idle_limit.min(self.send_timeout / 4) };
         let mut busy_look = first_look;
         // hyper counts a connection as idle only between exchanges: not before its first request
         // has been read (a request may arrive in pieces), only after one has been answered.
@@ -150,7 +169,9 @@ impl Watch {
                     // to acknowledge the GOAWAY, longer than the newcomer waits for its place.
                     self.closing_idle(signal);
                     if signal == Signal::MakeRoom {
-                        if self.activity.is_quiet() {
+                        // Asked only while idle, or while every answer waited on its client
+                        // (HTTP/2 flow control) with nothing let through: those go unsent.
+                        if self.activity.displaceable_for(Instant::now()).is_some() {
                             return Driven::Ended;
                         }
                         self.check.as_mut().reset(Instant::now() + CLOSE_GRACE);
@@ -160,6 +181,10 @@ impl Watch {
                 }
                 _ = self.check.as_mut() => {
                     let now = Instant::now();
+                    let stalled_look = match self.answers_stalled(now) {
+                        Ok(()) => return Driven::Ended,
+                        Err(look_again) => look_again,
+                    };
                     if let Some(since) = closing {
                         // Not while an answer is still being sent: a slow reader is cut off by
                         // `limits.send_timeout`, and never loses the end of an answer here.
@@ -170,8 +195,10 @@ impl Watch {
                         continue;
                     }
                     let Some(idle) = self.activity.idle_for(now) else {
-                        self.check.as_mut().reset(now + busy_look);
-                        busy_look = (busy_look * 2).min(self.idle_limit);
+                        // An answer may start waiting on its client at any time: looked at
+                        // within a quarter of the send timeout, so it is cut off at most that late.
+                        self.check.as_mut().reset(now + busy_look.min(stalled_look));
+                        busy_look = (busy_look * 2).min(self.idle_limit).min(self.send_timeout / 4);
                         continue;
                     };
                     busy_look = first_look;

@@ -18,6 +18,7 @@
 //! * **The connection's slot** in `limits.max_connections` is shared with a tunnel it turns into
 //!   (a WebSocket), so open tunnels count as the connections they are.
 
+mod answer;
 mod client_io;
 mod clock;
 mod express;
@@ -27,25 +28,24 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::body::{Body as HttpBody, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use self::answer::Answer;
 use self::client_io::{ClientIo, PEEK, Transport};
 use self::clock::{Driven, Watch};
 use self::express::{Carrier, Lane};
 use self::linger::{EntrySlot, Lingering};
 use crate::config::Limits;
-use crate::server::capacity::{Activity, Admitted, InFlight};
+use crate::server::capacity::{Activity, Admitted};
 use crate::web::client_body::{BodyWatcher, ClientBody};
 use crate::web::forward::{Forwarder, TunnelSlot};
-use crate::web::pages::{Body, BoxError};
+use crate::web::pages::Body;
 use crate::web::state::{App, Connection};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4): how a client with prior knowledge starts.
@@ -69,7 +69,7 @@ where
     let io = Lingering::new(io, activity.clone(), conn.peer.ip(), Some(place.clone()), limits.send_timeout)
         .with_entry(entry.share());
     let mut io = ClientIo::new(io, limits.send_timeout, transport.clone(), activity.clone());
-    let mut watch = Watch::new(activity.clone(), limits.header_read_timeout, conn.peer);
+    let mut watch = Watch::new(activity.clone(), &limits, conn.peer);
 
     // Nothing of hyper's until the client has said which protocol it speaks.
     let http2 = loop {
@@ -86,7 +86,7 @@ where
         }
     };
     let slot = TunnelSlot::new(place);
-    let handler = Handler { app, forwarder, activity, transport: transport.clone(), slot, conn };
+    let handler = Handler { app, forwarder, activity, transport: transport.clone(), slot, conn, http2 };
     if http2 {
         // Boxed: an HTTP/2 connection's future is larger, and every connection's task would
         // otherwise be sized for it.
@@ -169,6 +169,8 @@ struct Handler {
     transport: Arc<Transport>,
     slot: TunnelSlot,
     conn: Connection,
+    /// Answers on HTTP/2 wait on the client's flow control (`answer`).
+    http2: bool,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Handler {
@@ -180,7 +182,7 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        let (app, forwarder, conn) = (self.app.clone(), self.forwarder.clone(), self.conn);
+        let (app, forwarder, conn, http2) = (self.app.clone(), self.forwarder.clone(), self.conn, self.http2);
         request.extensions_mut().insert(self.slot.clone());
         // An upgrade (hyper hands the socket to it): the socket is hyper's to close from now on.
         // A body: not parked until it has been read to its end (hyper may give up on part of it,
@@ -202,31 +204,8 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
         let in_flight = self.activity.begin();
         Box::pin(async move {
             let response = app.handle(request, conn, &forwarder).await;
-            Ok(response.map(|body| Body::new(Tracked { body, _in_flight: in_flight })))
+            Ok(response.map(|body| Body::new(Answer::new(body, in_flight, http2))))
         })
-    }
-}
-
-/// A response body that keeps its request counted as in flight until it is done.
-struct Tracked {
-    body: Body,
-    _in_flight: InFlight,
-}
-
-impl HttpBody for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use super::http2::{H2_PING, H2_PREFACE, h2_get};
 use super::{raw, status_of};
 use crate::harness::{ALICE, Browser, Proxy, SelfSigned, proxy};
 use crate::upstream::Upstream;
@@ -17,7 +18,7 @@ use crate::upstream::Upstream;
 pub(super) const CUT_OFF_WITHIN: Duration = Duration::from_secs(10);
 
 /// Reads until the proxy closes the connection; returns how long that took from `since`.
-fn closed_after(stream: &mut TcpStream, since: Instant) -> Duration {
+pub(super) fn closed_after(stream: &mut TcpStream, since: Instant) -> Duration {
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut sink = [0u8; 4096];
     loop {
@@ -26,66 +27,6 @@ fn closed_after(stream: &mut TcpStream, since: Instant) -> Duration {
             Ok(_) => continue,
         }
     }
-}
-
-/// The client connection preface of HTTP/2 (RFC 9113 §3.4) and an empty SETTINGS frame.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-/// A PING frame (RFC 9113 §6.7).
-const H2_PING: &[u8] = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingping";
-
-/// An HTTP/2 `GET /` on stream 1 for `authority`: HPACK static-table entries for the method,
-/// scheme and path (RFC 7541 Appendix A), a literal authority.
-fn h2_get(authority: &str) -> Vec<u8> {
-    let mut block = vec![0x82, 0x86, 0x84, 0x41, authority.len() as u8];
-    block.extend_from_slice(authority.as_bytes());
-    let mut frame = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
-    frame.extend_from_slice(&block);
-    frame
-}
-
-/// The `:status` of the proxy's answer on stream 1, as its HPACK static-table index (RFC 7541
-/// Appendix A: 0x88 is 200, 0x8c is 400), read from the first HEADERS frame for the stream.
-fn h2_status_index(stream: &mut TcpStream) -> u8 {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    loop {
-        let mut head = [0u8; 9];
-        stream.read_exact(&mut head).unwrap();
-        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; length];
-        stream.read_exact(&mut payload).unwrap();
-        let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        if head[3] == 0x01 && stream_id == 1 {
-            return payload[0];
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn an_http2_request_must_name_its_host() {
-    let upstream = Upstream::start().await;
-    let proxy = proxy(&upstream.url()).start();
-    let ask = |block: &[u8]| {
-        let mut stream = TcpStream::connect(proxy.addr).unwrap();
-        stream.write_all(H2_PREFACE).unwrap();
-        let mut frame = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
-        frame.extend_from_slice(block);
-        stream.write_all(&frame).unwrap();
-        h2_status_index(&mut stream)
-    };
-    // Neither `:authority` nor `Host`: malformed (RFC 9113 §8.3.1), not the upstream's own name.
-    assert_eq!(ask(&[0x82, 0x86, 0x84]), 0x8c, "400 without a host");
-    // `:authority` with user information.
-    let authority = format!("admin@{}", proxy.addr);
-    let mut block = vec![0x82, 0x86, 0x84, 0x41, authority.len() as u8];
-    block.extend_from_slice(authority.as_bytes());
-    assert_eq!(ask(&block), 0x8c, "400 for {authority}");
-    // The same request with a plain authority is answered (401: no session), so the checks
-    // above failed for the host alone.
-    let mut stream = TcpStream::connect(proxy.addr).unwrap();
-    stream.write_all(H2_PREFACE).unwrap();
-    stream.write_all(&h2_get(&proxy.addr.to_string())).unwrap();
-    assert_ne!(h2_status_index(&mut stream), 0x8c);
-    assert_eq!(upstream.count(), 0);
 }
 
 /// Sends PING frames until the connection breaks (the proxy closed it).
@@ -139,7 +80,6 @@ async fn a_quiet_tls_session_is_closed_too() {
     assert!(since.elapsed() < CUT_OFF_WITHIN, "within the limit: {:?}", since.elapsed());
 }
 
-/// Sends a keep-alive request on `stream` and reads its status line (the connection stays open).
 /// Whether the proxy's socket on `proxy_port` from the client on `client_port` has nothing left
 /// unread, waited for (bounded): the kernel's count, not a guess at how long reading takes.
 fn proxy_has_read_everything_from(proxy_port: u16, client_port: u16) -> bool {
@@ -160,6 +100,7 @@ fn proxy_has_read_everything_from(proxy_port: u16, client_port: u16) -> bool {
     }
 }
 
+/// Sends a keep-alive request on `stream` and reads its status line (the connection stays open).
 fn status_on(stream: &mut TcpStream, request: &[u8]) -> String {
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream.write_all(request).unwrap();

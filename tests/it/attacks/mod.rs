@@ -8,6 +8,7 @@
 
 mod accounts;
 mod connections;
+mod http2;
 mod keep_alive;
 mod origin;
 mod requests;

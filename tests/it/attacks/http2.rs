@@ -1,0 +1,274 @@
+//! HTTP/2 spoken frame by frame (RFC 9113), as a client that wants to hold the proxy would: a
+//! request without a host, and answers whose flow-control windows the client never opens. HTTP/2
+//! lets a receiver keep a window shut (§6.9), and the answer then waits inside the proxy, where
+//! the socket's own limit never sees it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::connections::{CUT_OFF_WITHIN, closed_after};
+use crate::harness::{ALICE, Browser, Proxy, proxy};
+use crate::upstream::{Upstream, pattern_byte};
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4) and an empty SETTINGS frame.
+pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+/// A PING frame (RFC 9113 §6.7).
+pub(super) const H2_PING: &[u8] = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingping";
+
+/// An HTTP/2 `GET /` on stream 1 for `authority`: HPACK static-table entries for the method,
+/// scheme and path (RFC 7541 Appendix A), a literal authority.
+pub(super) fn h2_get(authority: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, authority.len() as u8];
+    block.extend_from_slice(authority.as_bytes());
+    let mut frame = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
+    frame.extend_from_slice(&block);
+    frame
+}
+
+/// The `:status` of the proxy's answer on stream 1, as its HPACK static-table index (RFC 7541
+/// Appendix A: 0x88 is 200, 0x8c is 400), read from the first HEADERS frame for the stream.
+fn h2_status_index(stream: &mut TcpStream) -> u8 {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    loop {
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).unwrap();
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        stream.read_exact(&mut payload).unwrap();
+        let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        if head[3] == 0x01 && stream_id == 1 {
+            return payload[0];
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_request_must_name_its_host() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let ask = |block: &[u8]| {
+        let mut stream = TcpStream::connect(proxy.addr).unwrap();
+        stream.write_all(H2_PREFACE).unwrap();
+        let mut frame = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
+        frame.extend_from_slice(block);
+        stream.write_all(&frame).unwrap();
+        h2_status_index(&mut stream)
+    };
+    // Neither `:authority` nor `Host`: malformed (RFC 9113 §8.3.1), not the upstream's own name.
+    assert_eq!(ask(&[0x82, 0x86, 0x84]), 0x8c, "400 without a host");
+    // `:authority` with user information.
+    let authority = format!("admin@{}", proxy.addr);
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, authority.len() as u8];
+    block.extend_from_slice(authority.as_bytes());
+    assert_eq!(ask(&block), 0x8c, "400 for {authority}");
+    // The same request with a plain authority is answered (401: no session), so the checks
+    // above failed for the host alone.
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    stream.write_all(H2_PREFACE).unwrap();
+    stream.write_all(&h2_get(&proxy.addr.to_string())).unwrap();
+    assert_ne!(h2_status_index(&mut stream), 0x8c);
+    assert_eq!(upstream.count(), 0);
+}
+
+/// The connection preface with `SETTINGS_INITIAL_WINDOW_SIZE` (0x4) set to `window`: every
+/// stream's window starts there (RFC 9113 §6.5.2, §6.9.2).
+fn preface_with_stream_window(window: u32) -> Vec<u8> {
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 6, 0x04, 0, 0, 0, 0, 0, 0, 0x04]);
+    preface.extend_from_slice(&window.to_be_bytes());
+    preface
+}
+
+/// An HPACK integer with an `n`-bit prefix after the bits of `first` (RFC 7541 §5.1).
+fn hpack_integer(out: &mut Vec<u8>, first: u8, n: u32, value: usize) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.push(first | value as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+}
+
+/// An HPACK string literal, not Huffman-coded (RFC 7541 §5.2).
+fn hpack_string(out: &mut Vec<u8>, text: &str) {
+    hpack_integer(out, 0, 7, text.len());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// A whole `GET` request on `stream_id`: a HEADERS frame ending the stream, with `headers` as
+/// literals with new names, never indexed (RFC 7541 §6.2.2).
+fn h2_request(stream_id: u32, authority: &str, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86];
+    hpack_integer(&mut block, 0x00, 4, 4);
+    hpack_string(&mut block, path);
+    hpack_integer(&mut block, 0x00, 4, 1);
+    hpack_string(&mut block, authority);
+    for (name, value) in headers {
+        block.push(0x10);
+        hpack_string(&mut block, name);
+        hpack_string(&mut block, value);
+    }
+    let length = (block.len() as u32).to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], 0x01, 0x05];
+    frame.extend_from_slice(&stream_id.to_be_bytes());
+    frame.extend_from_slice(&block);
+    frame
+}
+
+/// A WINDOW_UPDATE frame for `stream_id` (0: the connection's window), RFC 9113 §6.9.
+fn window_update(stream_id: u32, increment: u32) -> Vec<u8> {
+    let mut frame = vec![0, 0, 4, 0x08, 0];
+    frame.extend_from_slice(&stream_id.to_be_bytes());
+    frame.extend_from_slice(&increment.to_be_bytes());
+    frame
+}
+
+struct H2Frame {
+    kind: u8,
+    flags: u8,
+    stream_id: u32,
+    payload: Vec<u8>,
+}
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
+
+fn read_frame(stream: &mut TcpStream) -> std::io::Result<H2Frame> {
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head)?;
+    let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; length];
+    stream.read_exact(&mut payload)?;
+    let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Ok(H2Frame { kind: head[3], flags: head[4], stream_id, payload })
+}
+
+/// An HTTP/2 connection that asked for the sign-in page with every stream window shut, once the
+/// answer's head has come (HEADERS frames are not flow-controlled; the page's DATA is).
+fn ask_with_windows_shut(proxy: &Proxy) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    stream.write_all(&preface_with_stream_window(0)).unwrap();
+    stream.write_all(&h2_request(1, &proxy.addr.to_string(), "/.portcullis/login", &[])).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    loop {
+        let frame = read_frame(&mut stream).expect("the answer's head");
+        assert_ne!((frame.kind, frame.stream_id), (DATA, 1), "no byte of the page through a shut window");
+        if (frame.kind, frame.stream_id) == (HEADERS, 1) {
+            assert_eq!(frame.payload[0], 0x88, "the sign-in page (200) is ready");
+            return stream;
+        }
+    }
+}
+
+/// A newcomer's keep-alive connection and the status line it got for `GET /` (401 without a
+/// session, 503 when no place is free), or `None` if it was closed or reset first.
+fn newcomer(proxy: &Proxy) -> Option<(TcpStream, String)> {
+    let mut stream = TcpStream::connect(proxy.addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut status = [0u8; 12];
+    stream.read_exact(&mut status).ok()?;
+    Some((stream, String::from_utf8_lossy(&status).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_clients_that_let_no_answer_through_give_their_places_to_newcomers() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nmax_connections = 2\nheader_read_timeout = \"60s\"").start();
+    // Both places held by answers waiting on shut windows, with `limits.send_timeout` (60 s) far
+    // off. Before, each held its place for as long as its client liked.
+    let mut shut: Vec<TcpStream> = (0..2).map(|_| ask_with_windows_shut(&proxy)).collect();
+    let ready = Instant::now();
+    let (mut admitted, mut refused) = (Vec::new(), 0);
+    // Each admitted newcomer stays (idle, but less idle than a stalled connection), so the next
+    // needs a place of its own.
+    while admitted.len() < 2 && ready.elapsed() < Duration::from_secs(20) {
+        match newcomer(&proxy) {
+            Some((stream, status)) if status == "HTTP/1.1 401" => admitted.push((ready.elapsed(), stream)),
+            Some((_, status)) if status == "HTTP/1.1 503" => refused += 1,
+            None => refused += 1,
+            Some((_, other)) => panic!("a newcomer was told {other}"),
+        }
+        // Polling for the moment the proxy lets them in, a few times a second.
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(admitted.len(), 2, "two newcomers took the stalled connections' places ({refused} refused)");
+    // Not at once: an answer just handed over is given a while to be let through.
+    let first = admitted[0].0;
+    assert!(refused > 0 && first >= Duration::from_secs(4), "admitted at {first:?}, {refused} refused");
+    for stalled in &mut shut {
+        assert!(closed_after(stalled, Instant::now()) < CUT_OFF_WITHIN, "a stalled connection gave way");
+    }
+}
+
+/// Downloads `path` over HTTP/2 through windows opened `step` bytes at a time, `steps_per_second`
+/// times a second; returns the body.
+fn download_through_small_windows(
+    addr: SocketAddr,
+    path: &str,
+    cookie: &str,
+    step: u32,
+    steps_per_second: u32,
+) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(&preface_with_stream_window(0)).unwrap();
+    stream.write_all(&h2_request(1, &addr.to_string(), path, &[("cookie", cookie)])).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    let pace = Duration::from_secs(1) / steps_per_second;
+    let (mut body, mut next_step) = (Vec::new(), Instant::now());
+    loop {
+        if Instant::now() >= next_step {
+            stream.write_all(&window_update(1, step)).unwrap();
+            stream.write_all(&window_update(0, step)).unwrap();
+            next_step += pace;
+        }
+        let frame = match read_frame(&mut stream) {
+            Ok(frame) => frame,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) => panic!("the download broke off after {} bytes: {e}", body.len()),
+        };
+        if (frame.kind, frame.stream_id) == (DATA, 1) {
+            body.extend_from_slice(&frame.payload);
+            if frame.flags & END_STREAM != 0 {
+                return body;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_client_that_lets_nothing_through_is_cut_off_after_the_send_timeout_and_a_slow_one_is_not() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nsend_timeout = \"2s\"").start();
+    let browser = Browser::new();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let mark = proxy.stderr.len();
+    // 128 KiB at 16 KiB a second: four times the send timeout in all, but a frame's worth let
+    // through every second. The proxy reads the upstream in larger and larger pieces while the
+    // client holds it back (32 KiB, then over 56 KiB); handed over whole, such a piece would wait
+    // 2 to 4 s to be let through, and the client would be cut off.
+    let slow = {
+        let (addr, cookie) = (proxy.addr, cookie.clone());
+        std::thread::spawn(move || download_through_small_windows(addr, "/download?bytes=131072", &cookie, 1024, 16))
+    };
+    let mut shut = ask_with_windows_shut(&proxy);
+    let ready = Instant::now();
+    let cut = closed_after(&mut shut, ready);
+    assert!(cut >= Duration::from_millis(1500) && cut < CUT_OFF_WITHIN, "cut off after {cut:?}");
+    assert!(
+        proxy.stderr.wait_for(mark, |l| l.contains("a client stopped reading")).is_some(),
+        "the security log says why"
+    );
+    let body = slow.join().unwrap();
+    assert_eq!(body.len(), 131072, "the slow client got its answer whole");
+    assert!(body.iter().enumerate().all(|(i, b)| *b == pattern_byte(i as u64)));
+}
