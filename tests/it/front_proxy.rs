@@ -45,8 +45,7 @@ pub(crate) fn present(program: &str, test: &str) -> bool {
         .is_ok_and(|s| s.success());
     if !found {
         let install = format!("apt-get install {program}");
-        assert!(std::env::var_os("CI").is_none(), "CI must run {test}, but {program} is missing ({install})");
-        eprintln!("\n*** SKIPPED {test}: {program} is not installed ({install}); CI runs it ***\n");
+        crate::harness::skip(test, program, &install);
     }
     found
 }

@@ -530,3 +530,14 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+/// Says that `test` cannot run because `missing` is not installed (`install` installs it), and
+/// fails instead under CI, which must run everything. Written to the process's own stderr, not
+/// through `eprintln!`, which the test runner captures and shows only for failing tests: a skip
+/// must be seen in a passing run.
+pub fn skip(test: &str, missing: &str, install: &str) {
+    assert!(std::env::var_os("CI").is_none(), "CI must run {test}, but {missing} is missing ({install})");
+    use std::io::Write as _;
+    let _ =
+        writeln!(std::io::stderr(), "\n*** SKIPPED {test}: {missing} is not installed ({install}); CI runs it ***\n");
+}
