@@ -300,6 +300,8 @@ pub(super) struct Activity {
     /// to hyper and not yet let through), and since when the client has let nothing through.
     answers_waiting: AtomicUsize,
     waiting_since_us: AtomicU64,
+    /// Forms of ours in flight waiting for their client's next bytes (`ClientBody::read_as_form`).
+    forms_waiting: AtomicUsize,
     asked_to_close: AtomicBool,
     /// Cut off for not reading (`limits.send_timeout`): its socket is reset when closed, what it
     /// never took dropped.
@@ -348,6 +350,7 @@ impl Activity {
             write_blocked: AtomicBool::new(false),
             answers_waiting: AtomicUsize::new(0),
             waiting_since_us: AtomicU64::new(0),
+            forms_waiting: AtomicUsize::new(0),
             asked_to_close: AtomicBool::new(false),
             cut_off: AtomicBool::new(false),
             socket: AtomicI32::new(-1),
@@ -406,19 +409,57 @@ impl Activity {
     /// not in the socket, so the socket never blocks and a client that opens no window would
     /// otherwise hold its place for as long as it likes (RFC 9113 §6.9: a receiver may leave a
     /// window closed).
+    ///
+    /// Forms of ours still arriving count as waiting on the client too: a client could otherwise
+    /// keep one always in flight beside the answers it holds back (a new sign-in post every few
+    /// seconds, each within its time limit).
     pub fn answers_waiting_for(&self, now: Instant) -> Option<Duration> {
-        let in_flight = self.in_flight();
-        let all_waiting = in_flight > 0 && self.answers_waiting.load(Ordering::SeqCst) >= in_flight;
-        (all_waiting && !self.write_blocked.load(Ordering::Acquire)).then(|| {
-            let since = self.opened + Duration::from_micros(self.waiting_since_us.load(Ordering::Acquire));
-            now.saturating_duration_since(since)
-        })
+        match self.held_by_client() {
+            Some(true) => {
+                let since = self.opened + Duration::from_micros(self.waiting_since_us.load(Ordering::Acquire));
+                Some(now.saturating_duration_since(since))
+            }
+            _ => None,
+        }
     }
 
-    /// How long the connection could give way to a newcomer: idle ([`Activity::idle_for`]), or
-    /// with every answer waiting on its client for [`ANSWERS_STALLED`] or longer.
+    /// Whether every request in flight waits on the client, and if so whether answers are among
+    /// them (`Some(true)`) or only forms still arriving (`Some(false)`).
+    fn held_by_client(&self) -> Option<bool> {
+        let in_flight = self.in_flight();
+        let answers = self.answers_waiting.load(Ordering::SeqCst);
+        let forms = self.forms_waiting.load(Ordering::SeqCst);
+        let held = in_flight > 0 && answers + forms >= in_flight && !self.write_blocked.load(Ordering::Acquire);
+        held.then_some(answers > 0)
+    }
+
+    /// How long the connection could give way to a newcomer: idle ([`Activity::idle_for`]); with
+    /// every request in flight waiting on its client, answers among them waiting
+    /// [`ANSWERS_STALLED`] or longer; or with only forms of ours still arriving, since its last
+    /// request ended, as a connection with half a request head is (a form is read whole before
+    /// anything is done with it, and a browser sends one at once).
     pub fn displaceable_for(&self, now: Instant) -> Option<Duration> {
-        self.idle_for(now).or_else(|| self.answers_waiting_for(now).filter(|waited| *waited >= ANSWERS_STALLED))
+        if let Some(idle) = self.idle_for(now) {
+            return Some(idle);
+        }
+        match self.held_by_client()? {
+            true => self.answers_waiting_for(now).filter(|waited| *waited >= ANSWERS_STALLED),
+            false => {
+                let quiet_since = self.opened + Duration::from_micros(self.quiet_since_us.load(Ordering::Acquire));
+                Some(now.saturating_duration_since(quiet_since))
+            }
+        }
+    }
+
+    /// A form of ours began or stopped waiting for its client's next bytes.
+    pub fn form_waits_for_client(&self, waiting: bool) {
+        if waiting {
+            self.forms_waiting.fetch_add(1, Ordering::SeqCst);
+            // It may give way now: a kept "nothing idle" no longer holds.
+            went_quiet(&self.nothing_idle);
+        } else {
+            self.forms_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// An answer began waiting for its client to let it through.

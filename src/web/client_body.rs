@@ -17,24 +17,54 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// Told once, when a watched body has been read to its end.
 pub trait BodyWatcher: Send + Sync {
+    /// The body was read to its end.
     fn read_to_end(&self);
+    /// Whether a form of ours ([`ClientBody::read_as_form`]) waits for its client's next bytes:
+    /// the client's doing, as a request head still on its way is, not work of the proxy's.
+    fn form_waits_for_client(&self, waiting: bool);
 }
 
 pub struct ClientBody {
     inner: Incoming,
     /// Taken when the body ends, so the watcher is told at most once.
     watcher: Option<Arc<dyn BodyWatcher>>,
+    /// Read whole before anything is done with it (our own forms): its waits are the client's.
+    form: bool,
+    /// The last read of a form found nothing yet, and the watcher was told.
+    waiting: bool,
 }
 
 impl ClientBody {
     pub fn new(inner: Incoming) -> Self {
-        Self { inner, watcher: None }
+        Self { inner, watcher: None, form: false, waiting: false }
     }
 
     /// A body whose end `watcher` hears of: one that is not empty from the start (an empty one
     /// would never tell, and is [`ClientBody::new`]'s).
     pub fn watched(inner: Incoming, watcher: Arc<dyn BodyWatcher>) -> Self {
-        Self { inner, watcher: Some(watcher) }
+        Self { inner, watcher: Some(watcher), form: false, waiting: false }
+    }
+
+    /// A body read whole before the request is acted on (one of our forms): while it waits for
+    /// the client's bytes, the watcher knows the connection is held by its client.
+    pub fn read_as_form(mut self) -> Self {
+        self.form = true;
+        self
+    }
+
+    fn tell_waiting(&mut self, waiting: bool) {
+        if self.form && waiting != self.waiting {
+            self.waiting = waiting;
+            if let Some(watcher) = &self.watcher {
+                watcher.form_waits_for_client(waiting);
+            }
+        }
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        self.tell_waiting(false);
     }
 }
 
@@ -44,6 +74,7 @@ impl Body for ClientBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        self.tell_waiting(frame.is_pending());
         // Only a clean end counts: hyper ends the stream (`None`) once its decoder has read the
         // body's framing to the end. Two ends come earlier, and a consumer such as hyper's
         // client stops at them without asking for `None`: a body with a `Content-Length`

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cookie::SameSite;
 use http::{HeaderMap, Request, Response, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -58,10 +58,12 @@ pub async fn read_form<T: for<'de> Deserialize<'de>>(request: Request<ClientBody
     if !is_form {
         return Err(WebError::UnsupportedForm);
     }
-    let collect = Limited::new(request.into_body(), MAX_FORM_BYTES).collect();
+    let collect = Limited::new(request.into_body().read_as_form(), MAX_FORM_BYTES).collect();
     let bytes: Bytes = match tokio::time::timeout(FORM_DEADLINE, collect).await {
         Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) => return Err(WebError::FormTooLarge),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(WebError::FormTooLarge),
+        // The client reset its stream or closed its connection mid-form: not a large form.
+        Ok(Err(e)) => return Err(WebError::ClientGone(e.to_string())),
         Err(_) => return Err(WebError::FormTooSlow),
     };
     serde_urlencoded::from_bytes(&bytes).map_err(|_| WebError::MalformedForm)

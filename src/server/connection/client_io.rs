@@ -77,9 +77,20 @@ impl Transport {
     }
 }
 
-impl BodyWatcher for Transport {
+/// What a connection hears of its request bodies: their ends (for parking, [`Transport`]) and
+/// forms waiting on the client (for making room, `Activity`).
+pub(super) struct Bodies {
+    pub transport: Arc<Transport>,
+    pub activity: Arc<Activity>,
+}
+
+impl BodyWatcher for Bodies {
     fn read_to_end(&self) {
-        self.bodies_unread.fetch_sub(1, Ordering::AcqRel);
+        self.transport.bodies_unread.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn form_waits_for_client(&self, waiting: bool) {
+        self.activity.form_waits_for_client(waiting);
     }
 }
 

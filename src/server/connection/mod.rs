@@ -37,7 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use self::answer::Answer;
-use self::client_io::{ClientIo, PEEK, Transport};
+use self::client_io::{Bodies, ClientIo, PEEK, Transport};
 use self::clock::{Driven, Watch};
 use self::express::{Carrier, Lane};
 use self::linger::{EntrySlot, Lingering};
@@ -86,7 +86,8 @@ where
         }
     };
     let slot = TunnelSlot::new(place);
-    let handler = Handler { app, forwarder, activity, transport: transport.clone(), slot, conn, http2 };
+    let bodies = Arc::new(Bodies { transport: transport.clone(), activity: activity.clone() });
+    let handler = Handler { app, forwarder, activity, transport: transport.clone(), slot, conn, http2, bodies };
     if http2 {
         // Boxed: an HTTP/2 connection's future is larger, and every connection's task would
         // otherwise be sized for it.
@@ -171,6 +172,7 @@ struct Handler {
     conn: Connection,
     /// Answers on HTTP/2 wait on the client's flow control (`answer`).
     http2: bool,
+    bodies: Arc<Bodies>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Handler {
@@ -196,7 +198,7 @@ impl hyper::service::Service<Request<Incoming>> for Handler {
             request.map(ClientBody::new)
         } else {
             self.transport.body_begins();
-            let watcher: Arc<dyn BodyWatcher> = self.transport.clone();
+            let watcher: Arc<dyn BodyWatcher> = self.bodies.clone();
             request.map(|body| ClientBody::watched(body, watcher))
         };
         // In flight from the moment hyper has the request, not from the future's first poll: a

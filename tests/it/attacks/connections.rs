@@ -277,31 +277,34 @@ async fn connections_with_half_a_head_or_a_quiet_http2_session_give_way_at_once_
     }
 }
 
-/// A proxy on TLS with one place in `limits.max_connections`, held busy by a sign-in whose body
-/// never finishes (the form's time limit, 5 s), and a TLS client for it.
+/// A proxy on TLS with one place in `limits.max_connections`, held busy by a signed-in request the
+/// upstream never answers, and a TLS client for it. (Not by a sign-in whose form never finishes:
+/// a form still arriving is its client's doing, and gives way to a newcomer.)
 async fn tls_proxy_with_its_one_place_busy()
 -> (Upstream, Proxy, tokio_rustls::TlsConnector, tokio_rustls::client::TlsStream<tokio::net::TcpStream>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let upstream = Upstream::start().await;
     let certificate = SelfSigned::new();
     let proxy = proxy(&upstream.url()).https().toml(&certificate.toml()).toml("[limits]\nmax_connections = 1").start();
+    let base = format!("https://{}", proxy.addr);
+    let browser = Browser::trusting(&certificate);
+    let signed_in = browser.submit_login_at(&base, ALICE.name, ALICE.password, "/").await;
+    assert_eq!(signed_in.status(), 303);
+    let cookie = browser.cookie_header(&format!("{base}/")).unwrap();
     let connector = certificate.connector(&[b"http/1.1"]);
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    // The proxy's `100 Continue` says it has the request in hand (reading its body), so the
-    // place is busy from then on.
+    // The browser's keep-alive connection is idle, and gives its place to this one.
     let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let mut busy = connector.connect(name, tcp).await.expect("the first handshake completes");
-    let head = format!(
-        "POST /.portcullis/login HTTP/1.1\r\nHost: {}\r\nOrigin: https://{}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 200\r\nExpect: 100-continue\r\n\r\n",
-        proxy.addr, proxy.addr
-    );
+    let head = format!("GET /slow HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\n\r\n", proxy.addr);
     busy.write_all(head.as_bytes()).await.unwrap();
     busy.flush().await.unwrap();
-    let mut continued = [0u8; 25];
-    busy.read_exact(&mut continued).await.unwrap();
-    assert_eq!(&continued, b"HTTP/1.1 100 Continue\r\n\r\n");
-    busy.write_all(b"username=al").await.unwrap();
-    busy.flush().await.unwrap();
+    // Busy once the upstream has the request: the proxy waits on it, not on the client.
+    let deadline = Instant::now() + CUT_OFF_WITHIN;
+    while !upstream.seen().iter().any(|seen| seen.path == "/slow") {
+        assert!(Instant::now() < deadline, "the request reached the upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     (upstream, proxy, connector, busy)
 }
 
@@ -332,7 +335,7 @@ async fn refused_tls_newcomers_cannot_hold_sockets_without_bound() {
     const MAX_TLS_REFUSALS: usize = 64;
     const PAST_IT: usize = 16;
     let (_upstream, proxy, _connector, _busy) = tls_proxy_with_its_one_place_busy().await;
-    // Well before the two seconds a refusal's handshake may take, and the 5 s the busy place has.
+    // Well before the two seconds a refusal's handshake may take.
     let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
     let mut silent = Vec::new();
     for _ in 0..MAX_TLS_REFUSALS + PAST_IT {

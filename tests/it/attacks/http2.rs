@@ -105,7 +105,13 @@ fn hpack_string(out: &mut Vec<u8>, text: &str) {
 /// A whole `GET` request on `stream_id`: a HEADERS frame ending the stream, with `headers` as
 /// literals with new names, never indexed (RFC 7541 §6.2.2).
 fn h2_request(stream_id: u32, authority: &str, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut block = vec![0x82, 0x86];
+    h2_head(stream_id, 0x82, authority, path, headers, true)
+}
+
+/// A request's HEADERS frame: `method` as its HPACK static-table entry (0x82 GET, 0x83 POST),
+/// ending the stream or leaving it open for a body.
+fn h2_head(stream_id: u32, method: u8, authority: &str, path: &str, headers: &[(&str, &str)], end: bool) -> Vec<u8> {
+    let mut block = vec![method, 0x86];
     hpack_integer(&mut block, 0x00, 4, 4);
     hpack_string(&mut block, path);
     hpack_integer(&mut block, 0x00, 4, 1);
@@ -116,9 +122,19 @@ fn h2_request(stream_id: u32, authority: &str, path: &str, headers: &[(&str, &st
         hpack_string(&mut block, value);
     }
     let length = (block.len() as u32).to_be_bytes();
-    let mut frame = vec![length[1], length[2], length[3], 0x01, 0x05];
+    let flags = if end { 0x05 } else { 0x04 };
+    let mut frame = vec![length[1], length[2], length[3], 0x01, flags];
     frame.extend_from_slice(&stream_id.to_be_bytes());
     frame.extend_from_slice(&block);
+    frame
+}
+
+/// A DATA frame on `stream_id` that does not end it.
+fn h2_data(stream_id: u32, data: &[u8]) -> Vec<u8> {
+    let length = (data.len() as u32).to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], DATA, 0];
+    frame.extend_from_slice(&stream_id.to_be_bytes());
+    frame.extend_from_slice(data);
     frame
 }
 
@@ -271,4 +287,93 @@ async fn an_http2_client_that_lets_nothing_through_is_cut_off_after_the_send_tim
     let body = slow.join().unwrap();
     assert_eq!(body.len(), 131072, "the slow client got its answer whole");
     assert!(body.iter().enumerate().all(|(i, b)| *b == pattern_byte(i as u64)));
+}
+
+/// A sign-in form's body: 100 bytes, of which a client sends part, then the rest later.
+const FORM: &[u8; 100] =
+    b"csrf=xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+/// Keeps one sign-in form of ours always arriving on `stream`, each within the form's time limit
+/// (5 s), a new one begun before the last ends: over HTTP/2 a new stream every 1.5 s; over
+/// HTTP/1.1 the rest of the body 2 s later, the next request's head and the start of its body in
+/// the same write (pipelined). Until the proxy closes the connection.
+fn keep_forms_arriving(mut stream: TcpStream, origin: String, http2: bool) {
+    std::thread::spawn(move || {
+        let authority = origin.trim_start_matches("http://").to_string();
+        let mut reader = stream.try_clone().unwrap();
+        // Answers are read and dropped, so they never fill the socket.
+        std::thread::spawn(move || while reader.read(&mut [0u8; 4096]).is_ok_and(|n| n > 0) {});
+        let headers = [
+            ("origin", origin.as_str()),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("content-length", "100"),
+        ];
+        let h1_head = format!(
+            "POST /.portcullis/login HTTP/1.1\r\nHost: {authority}\r\nOrigin: {origin}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+        );
+        let mut stream_id = 3;
+        let mut first = true;
+        loop {
+            let write = if http2 {
+                let mut frames = h2_head(stream_id, 0x83, &authority, "/.portcullis/login", &headers, false);
+                frames.extend_from_slice(&h2_data(stream_id, &FORM[..10]));
+                stream_id += 2;
+                frames
+            } else {
+                let mut bytes = if first { Vec::new() } else { FORM[10..].to_vec() };
+                bytes.extend_from_slice(h1_head.as_bytes());
+                bytes.extend_from_slice(&FORM[..10]);
+                bytes
+            };
+            first = false;
+            if stream.write_all(&write).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(if http2 { 1500 } else { 2000 }));
+        }
+    });
+}
+
+/// How long after `since` a newcomer got in, with the proxy's one place held by `holder` (which
+/// must then have been closed to make room); `None` if none did within 20 s.
+fn newcomer_admitted_in_place_of(proxy: &Proxy, mut holder: TcpStream, since: Instant) -> Option<Duration> {
+    while since.elapsed() < Duration::from_secs(20) {
+        if let Some((_stream, status)) = newcomer(proxy) {
+            match status.as_str() {
+                "HTTP/1.1 401" => {
+                    let admitted = since.elapsed();
+                    assert!(closed_after(&mut holder, Instant::now()) < CUT_OFF_WITHIN, "the holder gave way");
+                    return Some(admitted);
+                }
+                "HTTP/1.1 503" => {}
+                other => panic!("a newcomer was told {other}"),
+            }
+        }
+        // Polling for the moment the proxy lets one in, a few times a second.
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_in_forms_kept_arriving_one_after_another_hold_no_place() {
+    let upstream = Upstream::start().await;
+    let one_place = "[limits]\nmax_connections = 1\nheader_read_timeout = \"60s\"";
+    // HTTP/1.1: forms pipelined one after the other, each finished within its time limit. A form
+    // still arriving is its client's doing, as half a request head is: it gives way at once.
+    // Before, the place was held for as long as the client went on.
+    let proxy = proxy(&upstream.url()).toml(one_place).start();
+    let http1 = TcpStream::connect(proxy.addr).unwrap();
+    keep_forms_arriving(http1.try_clone().unwrap(), proxy.origin(), false);
+    let admitted = newcomer_admitted_in_place_of(&proxy, http1, Instant::now());
+    assert!(admitted.is_some_and(|at| at < Duration::from_secs(3)), "over HTTP/1.1: {admitted:?}");
+    // HTTP/2: an answer held back by a shut window, and beside it a new sign-in form every
+    // 1.5 s, so that a request the proxy waits on was always in flight; it gives way once the
+    // answer has waited its while.
+    let proxy = self::proxy(&upstream.url()).toml(one_place).start();
+    let http2 = ask_with_windows_shut(&proxy);
+    let ready = Instant::now();
+    keep_forms_arriving(http2.try_clone().unwrap(), proxy.origin(), true);
+    let admitted = newcomer_admitted_in_place_of(&proxy, http2, ready);
+    assert!(admitted.is_some_and(|at| at < Duration::from_secs(10)), "over HTTP/2: {admitted:?}");
 }

@@ -30,6 +30,12 @@ impl Browser {
         Self::with(|builder| hosts.iter().fold(builder, |builder, host| builder.resolve(host, addr)))
     }
 
+    /// A browser that trusts `certificate` (a proxy on TLS with it).
+    pub fn trusting(certificate: &crate::harness::SelfSigned) -> Self {
+        let root = reqwest::Certificate::from_pem(certificate.pem().as_bytes()).unwrap();
+        Self::with(|builder| builder.add_root_certificate(root))
+    }
+
     /// The stand-in's client (a cookie jar, no redirects followed, [`PATIENCE`]), as `configure`
     /// adjusts it.
     fn with(configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder) -> Self {
