@@ -11,6 +11,7 @@
 //! lower priority (`domain::password`).
 
 mod accept;
+mod activity;
 mod capacity;
 pub mod compose;
 mod connection;

@@ -1,7 +1,7 @@
 use std::task::Waker;
 
 use super::*;
-use crate::server::capacity::{ANSWERS_STALLED, Activity};
+use crate::server::activity::{ANSWERS_STALLED, Activity};
 
 /// A body that gives `chunks` one at a time, then ends; `Pending` where a chunk is empty (the
 /// upstream has nothing yet).
