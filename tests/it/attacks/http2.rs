@@ -377,3 +377,23 @@ async fn sign_in_forms_kept_arriving_one_after_another_hold_no_place() {
     let admitted = newcomer_admitted_in_place_of(&proxy, http2, ready);
     assert!(admitted.is_some_and(|at| at < Duration::from_secs(10)), "over HTTP/2: {admitted:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sign_in_form_its_client_broke_off_is_logged_as_broken_off_not_too_large() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).start();
+    let mark = proxy.stderr.len();
+    let origin = proxy.origin();
+    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    stream.write_all(&preface_with_stream_window(65535)).unwrap();
+    let headers =
+        [("origin", origin.as_str()), ("content-type", "application/x-www-form-urlencoded"), ("content-length", "100")];
+    stream.write_all(&h2_head(1, 0x83, &proxy.addr.to_string(), "/.portcullis/login", &headers, false)).unwrap();
+    stream.write_all(&h2_data(1, &FORM[..10])).unwrap();
+    // RST_STREAM (RFC 9113 §6.4) with CANCEL: the client gives up on the form.
+    stream.write_all(&[0, 0, 4, 0x03, 0, 0, 0, 0, 1, 0, 0, 0, 0x08]).unwrap();
+    let line = proxy.stderr.wait_for(mark, |l| l.contains("path=/.portcullis/login status="));
+    let line = line.expect("the sign-in is in the access log");
+    // Before, every error reading the form was taken for one too large.
+    assert!(line.contains("status=400"), "{line}");
+}
