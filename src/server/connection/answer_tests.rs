@@ -95,3 +95,24 @@ async fn http2_frames_are_handed_over_at_most_a_frame_at_a_time_and_http1_ones_w
     assert_eq!(activity.answers_waiting_for(Instant::now()), None, "HTTP/1.1 answers are the socket's to stall");
     assert_eq!(pull(&mut http1), Poll::Ready(Some(FRAME * 2 + 5)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn forms_still_arriving_wait_on_the_client_and_give_way_at_once_alone() {
+    let activity = Activity::for_tests();
+    let form = activity.begin();
+    assert_eq!(activity.displaceable_for(Instant::now()), None, "a request being worked on");
+    activity.form_waits_for_client(true);
+    assert!(activity.displaceable_for(Instant::now()).is_some(), "a form arriving alone: as half a head");
+    assert_eq!(activity.answers_waiting_for(Instant::now()), None, "no answer held back: no send timeout");
+    // With an answer held back beside it: once the answer has waited its while.
+    let held = answer(&activity, vec![Bytes::from_static(b"page")], true);
+    assert_eq!(activity.displaceable_for(Instant::now()), None);
+    advance(ANSWERS_STALLED).await;
+    assert_eq!(activity.displaceable_for(Instant::now()), Some(ANSWERS_STALLED));
+    assert_eq!(activity.answers_waiting_for(Instant::now()), Some(ANSWERS_STALLED));
+    // The form's bytes came: it is being worked on, and the connection is busy again.
+    activity.form_waits_for_client(false);
+    assert_eq!(activity.displaceable_for(Instant::now()), None);
+    drop((held, form));
+    assert!(activity.is_quiet());
+}
