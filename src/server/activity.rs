@@ -8,12 +8,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
-use super::capacity::Held;
 use super::idlest::went_quiet;
+use super::shares::Claim;
 use crate::base::socket::socket_is_quiet;
+
+/// What a place holds: a permit of the budget, and a place in an address's share. Handed from a
+/// connection that makes room to the newcomer that asked for it.
+pub(super) struct Held {
+    pub(super) permit: OwnedSemaphorePermit,
+    pub(super) claim: Claim,
+}
 
 /// How long every answer of a connection may wait on its client's HTTP/2 flow control, with
 /// nothing let through, before the connection may give way to a newcomer as an idle one would:

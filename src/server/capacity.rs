@@ -31,9 +31,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
+use super::activity::Held;
 pub(super) use super::activity::{Activity, InFlight, Signal};
 use super::idlest::{Idlest, NothingIdle, went_quiet};
 use super::shares::{Address, Claim, Group, Shares};
@@ -80,12 +81,6 @@ impl Drop for Place {
             let _ = newcomer.send(held);
         }
     }
-}
-
-/// What a place holds: a permit of the budget, and a place in an address's share.
-pub(super) struct Held {
-    permit: OwnedSemaphorePermit,
-    claim: Claim,
 }
 
 impl Capacity {
