@@ -15,7 +15,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-/// Told once, when a watched body has been read to its end.
+/// What the connection under a watched body hears of it: its end (once), and, for a form of ours,
+/// when it waits for the client.
 pub trait BodyWatcher: Send + Sync {
     /// The body was read to its end.
     fn read_to_end(&self);

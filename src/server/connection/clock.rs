@@ -169,8 +169,9 @@ impl Watch {
                     // to acknowledge the GOAWAY, longer than the newcomer waits for its place.
                     self.closing_idle(signal);
                     if signal == Signal::MakeRoom {
-                        // Asked only while idle, or while every answer waited on its client
-                        // (HTTP/2 flow control) with nothing let through: those go unsent.
+                        // Asked only while idle, or while every request in flight waited on its
+                        // client (forms still arriving, answers held back by HTTP/2 flow control):
+                        // those go unanswered or unsent.
                         if self.activity.displaceable_for(Instant::now()).is_some() {
                             return Driven::Ended;
                         }
