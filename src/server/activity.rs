@@ -22,11 +22,14 @@ pub(super) struct Held {
     pub(super) claim: Claim,
 }
 
-/// How long every answer of a connection may wait on its client's HTTP/2 flow control, with
-/// nothing let through, before the connection may give way to a newcomer as an idle one would:
-/// the patience a displaced socket gets to take in what it was sent (`connection::linger`). A
-/// client that takes its answers at any pace lets a frame through sooner and is never asked.
-pub(super) const ANSWERS_STALLED: Duration = Duration::from_secs(5);
+/// How long a connection's client may take nothing of its answers (every one held back by its
+/// HTTP/2 flow control, or a write to its socket blocked) before the connection may give way to
+/// a newcomer as an idle one would: the patience a displaced socket gets to take in what it was
+/// sent (`connection::linger`). A client that takes its answers at any pace takes something
+/// sooner and is never asked; one reading slower than its receive buffer drains (a window
+/// reopened only once half of it is free, RFC 9293 §3.8.6.2.2) can go about that long at
+/// 20 KB/s, and is asked only when every place is taken.
+pub(super) const CLIENT_STALLED: Duration = Duration::from_secs(5);
 
 /// Requests in flight on a connection, and since when it has had none. Per connection: no lock,
 /// and nothing shared between connections.
@@ -40,6 +43,8 @@ pub(super) struct Activity {
     /// Bytes of an answer are still waiting for the client to read them: busy, though no
     /// request is in flight any more (hyper holds the rest of the response).
     write_blocked: AtomicBool,
+    /// Microseconds after `opened` when the write now blocked began to wait.
+    blocked_since_us: AtomicU64,
     /// HTTP/2 answers ready and waiting for their client's flow-control window (a frame handed
     /// to hyper and not yet let through), and since when the client has let nothing through.
     answers_waiting: AtomicUsize,
@@ -92,6 +97,7 @@ impl Activity {
             served: AtomicUsize::new(0),
             quiet_since_us: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
+            blocked_since_us: AtomicU64::new(0),
             answers_waiting: AtomicUsize::new(0),
             waiting_since_us: AtomicU64::new(0),
             forms_waiting: AtomicUsize::new(0),
@@ -130,6 +136,9 @@ impl Activity {
 
     /// Whether a write to the client is waiting for it to read (set by the connection's I/O).
     pub fn set_write_blocked(&self, blocked: bool) {
+        if blocked {
+            self.blocked_since_us.store(self.opened.elapsed().as_micros() as u64, Ordering::Release);
+        }
         // Sequentially consistent, as the look that reads it (`NothingIdle`).
         self.write_blocked.store(blocked, Ordering::SeqCst);
         if !blocked {
@@ -145,6 +154,16 @@ impl Activity {
         }
         let quiet_since = self.opened + Duration::from_micros(self.quiet_since_us.load(Ordering::Acquire));
         Some(now.saturating_duration_since(quiet_since))
+    }
+
+    /// How long a write to the client has been blocked, waiting for it to read; `None` while
+    /// nothing is.
+    pub fn write_stalled_for(&self, now: Instant) -> Option<Duration> {
+        if !self.write_blocked.load(Ordering::SeqCst) {
+            return None;
+        }
+        let since = self.opened + Duration::from_micros(self.blocked_since_us.load(Ordering::Acquire));
+        Some(now.saturating_duration_since(since))
     }
 
     /// How long every request in flight has had its answer ready, waiting for the client to let
@@ -178,16 +197,22 @@ impl Activity {
     }
 
     /// How long the connection could give way to a newcomer: idle ([`Activity::idle_for`]); with
-    /// every request in flight waiting on its client, answers among them waiting
-    /// [`ANSWERS_STALLED`] or longer; or with only forms of ours still arriving, since its last
-    /// request ended, as a connection with half a request head is (a form is read whole before
-    /// anything is done with it, and a browser sends one at once).
+    /// a write to its socket blocked [`CLIENT_STALLED`] or longer (a client that asked for
+    /// answers, pipelined, and reads none of them: otherwise it held its place for all of
+    /// `limits.send_timeout`, and a few new connections a second kept every place); with every
+    /// request in flight waiting on its client, answers among them waiting [`CLIENT_STALLED`] or
+    /// longer; or with only forms of ours still arriving, since its last request ended, as a
+    /// connection with half a request head is (a form is read whole before anything is done with
+    /// it, and a browser sends one at once).
     pub fn displaceable_for(&self, now: Instant) -> Option<Duration> {
         if let Some(idle) = self.idle_for(now) {
             return Some(idle);
         }
+        if let Some(stalled) = self.write_stalled_for(now) {
+            return (stalled >= CLIENT_STALLED).then_some(stalled);
+        }
         match self.held_by_client()? {
-            true => self.answers_waiting_for(now).filter(|waited| *waited >= ANSWERS_STALLED),
+            true => self.answers_waiting_for(now).filter(|waited| *waited >= CLIENT_STALLED),
             false => {
                 let quiet_since = self.opened + Duration::from_micros(self.quiet_since_us.load(Ordering::Acquire));
                 Some(now.saturating_duration_since(quiet_since))
@@ -247,12 +272,25 @@ impl Activity {
         (socket >= 0).then_some(socket)
     }
 
+    /// Whether the connection may be asked to give way to a newcomer now: displaceable
+    /// ([`Activity::displaceable_for`]), and, unless its client has stopped reading, with no
+    /// request waiting in its socket unread. A client that stopped reading with requests
+    /// pipelined behind (the bytes of one unread) is not spared for them: it will read none of
+    /// their answers either.
+    pub(super) fn may_give_way(&self, now: Instant) -> bool {
+        match self.displaceable_for(now) {
+            None => false,
+            Some(_) if self.write_blocked.load(Ordering::SeqCst) => true,
+            Some(_) => !self.has_bytes_waiting(),
+        }
+    }
+
     /// Whether bytes are waiting in the connection's socket, not read yet (or it was closed by
     /// the client, which its task is about to see). A connection just admitted is idle until its
     /// task has read the request it came with; displaced then, it would be closed unanswered.
     /// The entry leaves the open ones just after its socket closes; a look in that instant may
     /// find the number reused by another socket, and at worst spares a connection once.
-    pub(super) fn has_bytes_waiting(&self) -> bool {
+    fn has_bytes_waiting(&self) -> bool {
         self.socket().is_some_and(|socket| !socket_is_quiet(socket))
     }
 
@@ -295,6 +333,17 @@ impl Activity {
     pub(super) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         self.waiting.wake();
+    }
+
+    /// Whether the connection has been asked to make room, registering the task to be woken
+    /// when it is: for a write that waits on its client, which then waits no longer.
+    pub fn poll_asked_to_make_room(&self, cx: &mut std::task::Context<'_>) -> bool {
+        let asked = || self.asked_to_close.load(Ordering::Acquire);
+        if asked() {
+            return true;
+        }
+        self.waiting.register(cx.waker());
+        asked()
     }
 
     /// What the connection has been told, if anything: the server stopping first.

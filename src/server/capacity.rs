@@ -3,9 +3,10 @@
 //!
 //! A newcomer is not turned away while some connection sits idle: the one idle longest (a
 //! keep-alive connection between requests, or a socket that never sent one) is asked to close,
-//! and the newcomer takes its place. An HTTP/2 connection whose answers are all ready and have
-//! waited `ANSWERS_STALLED` (5 s) for a client that lets none of them through counts as idle too: the
-//! proxy's work for it is done. Only when every connection is busy (a request in flight, or a
+//! and the newcomer takes its place. A connection whose client has taken nothing of its answers
+//! for `CLIENT_STALLED` (5 s) counts as idle too (a write to its socket blocked that long, or,
+//! over HTTP/2, every answer ready and held back by flow control): the proxy's work for it is
+//! done, and it is reset rather than kept for `limits.send_timeout`. Only when every connection is busy (a request in flight, or a
 //! tunnel such as a WebSocket) does the newcomer get the 503. So a client that fills the budget
 //! with idle connections cannot keep anyone else out; it only cycles its own connections. An idle
 //! HTTP/1.1 connection may be closed at any time (RFC 9112 §9.5), and clients retry on another.
@@ -222,11 +223,7 @@ impl Capacity {
         // The entry's shard lock is let go first: the look into the socket is a system call.
         let ask = |id| {
             let activity = self.open.get(&id).map(|entry| entry.clone());
-            activity.is_some_and(|activity| {
-                activity.displaceable_for(now).is_some()
-                    && !activity.has_bytes_waiting()
-                    && activity.ask_to_close(&mut newcomer)
-            })
+            activity.is_some_and(|activity| activity.may_give_way(now) && activity.ask_to_close(&mut newcomer))
         };
         self.idlest.ask_one(group, now, look, ask).then_some(freed)
     }

@@ -1,7 +1,7 @@
 use std::task::Waker;
 
 use super::*;
-use crate::server::activity::{ANSWERS_STALLED, Activity};
+use crate::server::activity::{Activity, CLIENT_STALLED};
 
 /// A body that gives `chunks` one at a time, then ends; `Pending` where a chunk is empty (the
 /// upstream has nothing yet).
@@ -67,14 +67,14 @@ async fn an_http2_answer_waits_for_its_client_from_its_head_until_a_frame_is_let
 async fn a_connection_gives_way_only_when_every_answer_has_waited_its_while() {
     let activity = Activity::for_tests();
     let waiting = answer(&activity, vec![Bytes::from_static(b"page")], true);
-    advance(ANSWERS_STALLED).await;
-    assert_eq!(activity.displaceable_for(Instant::now()), Some(ANSWERS_STALLED));
+    advance(CLIENT_STALLED).await;
+    assert_eq!(activity.displaceable_for(Instant::now()), Some(CLIENT_STALLED));
     // Another request, still being worked on: the connection is busy.
     let in_flight = activity.begin();
     assert_eq!(activity.displaceable_for(Instant::now()), None);
     // Its answer ready too: the first one's wait still counts (a new request lets nothing through).
     let second = Answer::new(Body::new(Chunks(vec![Bytes::from_static(b"page")])), in_flight, true);
-    assert_eq!(activity.displaceable_for(Instant::now()), Some(ANSWERS_STALLED));
+    assert_eq!(activity.displaceable_for(Instant::now()), Some(CLIENT_STALLED));
     drop((waiting, second));
     assert_eq!(activity.answers_waiting_for(Instant::now()), None);
 }
@@ -107,9 +107,9 @@ async fn forms_still_arriving_wait_on_the_client_and_give_way_at_once_alone() {
     // With an answer held back beside it: once the answer has waited its while.
     let held = answer(&activity, vec![Bytes::from_static(b"page")], true);
     assert_eq!(activity.displaceable_for(Instant::now()), None);
-    advance(ANSWERS_STALLED).await;
-    assert_eq!(activity.displaceable_for(Instant::now()), Some(ANSWERS_STALLED));
-    assert_eq!(activity.answers_waiting_for(Instant::now()), Some(ANSWERS_STALLED));
+    advance(CLIENT_STALLED).await;
+    assert_eq!(activity.displaceable_for(Instant::now()), Some(CLIENT_STALLED));
+    assert_eq!(activity.answers_waiting_for(Instant::now()), Some(CLIENT_STALLED));
     // The form's bytes came: it is being worked on, and the connection is busy again.
     activity.form_waits_for_client(false);
     assert_eq!(activity.displaceable_for(Instant::now()), None);

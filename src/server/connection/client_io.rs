@@ -14,6 +14,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::server::activity::CLIENT_STALLED;
 use crate::server::capacity::Activity;
 use crate::web::client_body::BodyWatcher;
 use crate::web::express::LaneClient;
@@ -165,6 +166,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientIo<I> {
             Poll::Pending => {
                 let limit = self.send_timeout;
                 let activity = &self.activity;
+                // Asked to make room while the client has taken nothing for `CLIENT_STALLED`
+                // (`Activity::may_give_way`): the newcomer has its place as soon as this write
+                // stops waiting. The express lane writes here with no ear for the request
+                // otherwise. A write that only just blocked, in a connection asked as it was
+                // idle and given a request just then, is finished as before (a graceful close).
+                let stalled = activity.write_stalled_for(tokio::time::Instant::now());
+                if activity.poll_asked_to_make_room(cx) && stalled.is_some_and(|s| s >= CLIENT_STALLED) {
+                    activity.cut_off();
+                    tracing::debug!("a client taking nothing of its answer gave its place to a newcomer");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the client took nothing of its answer and its place went to a newcomer",
+                    )));
+                }
                 let stalled = self.stalled.get_or_insert_with(|| {
                     activity.set_write_blocked(true);
                     Box::pin(tokio::time::sleep(limit))
@@ -345,5 +360,22 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert!(!activity.is_quiet(), "the bytes still waiting make the connection busy");
         assert_eq!(activity.idle_for(tokio::time::Instant::now()), None, "never closed as idle");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_blocked_past_the_stall_gives_way_to_a_newcomer_and_not_before() {
+        let (_client, server) = tokio::io::duplex(8);
+        let activity = Activity::for_tests();
+        let mut io = ClientIo::new(server, Duration::from_secs(60), Arc::default(), activity.clone());
+        let mut write = std::pin::pin!(io.write_all(&[0u8; 64]));
+        assert!(futures_util::poll!(write.as_mut()).is_pending());
+        tokio::time::advance(CLIENT_STALLED - Duration::from_millis(1)).await;
+        assert!(!activity.may_give_way(tokio::time::Instant::now()), "busy while the stall is young");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(activity.may_give_way(tokio::time::Instant::now()));
+        assert!(activity.ask_to_close_for_tests());
+        let error = write.await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted, "not kept until limits.send_timeout");
+        assert!(activity.was_cut_off(), "reset, what it never took dropped");
     }
 }

@@ -173,6 +173,11 @@ impl Watch {
                         // client (forms still arriving, answers held back by HTTP/2 flow control):
                         // those go unanswered or unsent.
                         if self.activity.displaceable_for(Instant::now()).is_some() {
+                            if self.activity.write_stalled_for(Instant::now()).is_some() {
+                                // What its client never took goes with it (reset), not to a
+                                // lingering socket: it was taking nothing.
+                                self.activity.cut_off();
+                            }
                             return Driven::Ended;
                         }
                         self.check.as_mut().reset(Instant::now() + CLOSE_GRACE);

@@ -336,7 +336,7 @@ fn keep_forms_arriving(mut stream: TcpStream, origin: String, http2: bool) {
 
 /// How long after `since` a newcomer got in, with the proxy's one place held by `holder` (which
 /// must then have been closed to make room); `None` if none did within 20 s.
-fn newcomer_admitted_in_place_of(proxy: &Proxy, mut holder: TcpStream, since: Instant) -> Option<Duration> {
+pub(super) fn newcomer_admitted_in_place_of(proxy: &Proxy, mut holder: TcpStream, since: Instant) -> Option<Duration> {
     while since.elapsed() < Duration::from_secs(20) {
         if let Some((_stream, status)) = newcomer(proxy) {
             match status.as_str() {

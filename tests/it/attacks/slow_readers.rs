@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::connections::{CUT_OFF_WITHIN, dechunk, waiting_on_the_upstream};
+use super::http2::newcomer_admitted_in_place_of;
 use super::{raw, status_of, tcp_sockets};
 use crate::harness::{ALICE, Browser, proxy};
 use crate::upstream::Upstream;
@@ -37,6 +38,57 @@ async fn a_client_that_stops_reading_is_cut_off() {
     let _ = stream.read_to_end(&mut answers);
     let count = String::from_utf8_lossy(&answers).matches("HTTP/1.1 200").count();
     assert!(count < 20_000, "only what fitted in the buffers was sent: {count}");
+}
+
+/// A connection with a small receive buffer that sends `request` over and over, pipelined, and
+/// reads nothing: the proxy's writes to it block.
+async fn asking_and_never_reading(proxy: &crate::harness::Proxy, request: String) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let stream = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        for _ in 0..3_000 {
+            if writer.write_all(request.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    // Admitted and answering (until then it is idle, and would give way at once).
+    stream.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+    assert_eq!(stream.peek(&mut [0u8; 1]).unwrap(), 1, "the first answer began");
+    stream
+}
+
+/// The tenth attack pass: answers asked for, pipelined, and never read held a place for all of
+/// `limits.send_timeout` (60 s; a write blocked was busy, never idle), and about five new such
+/// connections a second kept every place. A client that has taken nothing for 5 s now gives way
+/// to a newcomer, on hyper's path and on the express lane alike, and is reset.
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_read_none_of_their_answers_give_their_places_to_newcomers() {
+    let upstream = Upstream::start().await;
+    let one_place = "[limits]\nmax_connections = 1\nheader_read_timeout = \"60s\"";
+    // Sign-in pages, on hyper's path.
+    let proxy = proxy(&upstream.url()).toml(one_place).start();
+    let page = "GET /.portcullis/login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_owned();
+    let holder = asking_and_never_reading(&proxy, page).await;
+    let admitted = newcomer_admitted_in_place_of(&proxy, holder, Instant::now());
+    // Not at once: a write blocked is given a while to go through.
+    assert!(admitted.is_some_and(|at| at >= Duration::from_secs(4) && at < Duration::from_secs(15)), "{admitted:?}");
+
+    // A signed-in download on the express lane, which writes with no ear for anyone else.
+    let proxy = self::proxy(&upstream.url()).toml(one_place).start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let mark = proxy.stderr.len();
+    let download = format!("GET /download?bytes={} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n", 64 << 20);
+    let holder = asking_and_never_reading(&proxy, download).await;
+    let admitted = newcomer_admitted_in_place_of(&proxy, holder, Instant::now());
+    assert!(admitted.is_some_and(|at| at >= Duration::from_secs(4) && at < Duration::from_secs(15)), "{admitted:?}");
+    let logged = proxy.stderr.wait_for(mark, |l| l.contains("path=/download"));
+    assert!(logged.is_some_and(|l| l.contains("status=200")), "the download was answered, then its client gave way");
 }
 
 /// A client that stops reading a download: once the proxy gives up on it, what is left in the
