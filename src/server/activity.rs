@@ -31,6 +31,13 @@ pub(super) struct Held {
 /// 20 KB/s, and is asked only when every place is taken.
 pub(super) const CLIENT_STALLED: Duration = Duration::from_secs(5);
 
+/// How long a connection's client may take nothing of its answers before the connection gives
+/// way to a newcomer from an address holding fewer places than its own by two or more
+/// (`server::crowd`): a client reconnecting faster than [`CLIENT_STALLED`] lets its connections
+/// age otherwise kept every place young. Long enough that a client taking its answers at any
+/// pace (a write blocked while the kernel's buffers drain, a window reopened) has taken some.
+pub(super) const STALLED_IN_A_CROWD: Duration = Duration::from_secs(1);
+
 /// Requests in flight on a connection, and since when it has had none. Per connection: no lock,
 /// and nothing shared between connections.
 pub(super) struct Activity {
@@ -164,6 +171,19 @@ impl Activity {
         }
         let since = self.opened + Duration::from_micros(self.blocked_since_us.load(Ordering::Acquire));
         Some(now.saturating_duration_since(since))
+    }
+
+    /// How long the client has taken nothing of its answers: a write to it blocked, or every
+    /// request in flight waiting on it with answers among them held back by HTTP/2 flow control.
+    pub fn client_stalled_for(&self, now: Instant) -> Option<Duration> {
+        self.write_stalled_for(now).or_else(|| self.answers_waiting_for(now))
+    }
+
+    /// Whether the connection, asked to make room, ends at once rather than finishing what is in
+    /// flight: it was asked as it may be ([`Activity::displaceable_for`], or stalled in a crowd,
+    /// [`STALLED_IN_A_CROWD`]), and what is in flight waits on its client, who takes nothing.
+    pub fn gives_way_at_once(&self, now: Instant) -> bool {
+        self.displaceable_for(now).is_some() || self.client_stalled_for(now).is_some_and(|s| s >= STALLED_IN_A_CROWD)
     }
 
     /// How long every request in flight has had its answer ready, waiting for the client to let

@@ -37,6 +37,7 @@ use tokio::time::Instant;
 
 use super::activity::Held;
 pub(super) use super::activity::{Activity, InFlight, Signal};
+use super::crowd::{Crowd, STALLED_IN_A_CROWD, heavier_than};
 use super::idlest::{Idlest, NothingIdle, went_quiet};
 use super::shares::{Address, Claim, Group, Shares};
 
@@ -55,6 +56,8 @@ pub(super) struct Capacity {
     idlest: Idlest<Option<Group>>,
     /// The last look among all found none idle, and none has gone quiet since.
     nothing_idle: NothingIdle,
+    /// Heavy holders' stalled connections, the last look's.
+    crowd: Crowd,
 }
 
 /// What a newcomer gets: its place in the budget (held for as long as the connection, or a tunnel
@@ -94,6 +97,7 @@ impl Capacity {
             stopping: AtomicBool::new(false),
             idlest: Idlest::default(),
             nothing_idle: NothingIdle::default(),
+            crowd: Crowd::default(),
         })
     }
 
@@ -123,7 +127,8 @@ impl Capacity {
                     Ok(admitted) => return Some(admitted),
                     Err(claim) => claim,
                 };
-                let Some(freed) = self.displace_the_idlest(None) else {
+                let displaced = self.displace_the_idlest(None).or_else(|| self.displace_in_a_crowd(&claim));
+                let Some(freed) = displaced else {
                     // None to ask; a place may have come free meanwhile (a connection that
                     // closed just before it could be asked gives its place back as usual).
                     return self.with_free_place(claim).ok();
@@ -226,6 +231,35 @@ impl Capacity {
             activity.is_some_and(|activity| activity.may_give_way(now) && activity.ask_to_close(&mut newcomer))
         };
         self.idlest.ask_one(group, now, look, ask).then_some(freed)
+    }
+
+    /// With none to displace by the usual rules: asks a connection of an address holding at
+    /// least two places more than the newcomer's, whose client has taken nothing for
+    /// [`STALLED_IN_A_CROWD`], to close (`server::crowd`), the heaviest holder's first.
+    fn displace_in_a_crowd(&self, claim: &Claim) -> Option<oneshot::Receiver<Held>> {
+        let mine = self.shares.held_by_claimant(claim).unwrap_or(1);
+        let now = Instant::now();
+        let stalled = |activity: &Activity| {
+            let asked = activity.asked_to_close.load(Ordering::Acquire);
+            activity.client_stalled_for(now).filter(|stalled| !asked && *stalled >= STALLED_IN_A_CROWD)
+        };
+        let look = || {
+            let mut candidates = Vec::new();
+            for (held, open) in self.shares.holding_at_least(heavier_than(1)) {
+                for id in open {
+                    let Some(activity) = self.open.get(&id).map(|entry| entry.clone()) else { continue };
+                    candidates.extend(stalled(&activity).map(|for_how_long| (held, for_how_long, id)));
+                }
+            }
+            candidates
+        };
+        let (newcomer, freed) = oneshot::channel();
+        let mut newcomer = Some(newcomer);
+        let ask = |id| {
+            let activity = self.open.get(&id).map(|entry| entry.clone());
+            activity.is_some_and(|activity| stalled(&activity).is_some() && activity.ask_to_close(&mut newcomer))
+        };
+        self.crowd.ask_one(now, mine, look, ask).then_some(freed)
     }
 
     /// Tells every connection, open now or admitted later, that the server is stopping.

@@ -16,6 +16,7 @@ mod capacity;
 pub mod compose;
 mod connection;
 pub mod control;
+mod crowd;
 mod idlest;
 pub mod logging;
 pub mod sd_notify;

@@ -191,6 +191,22 @@ impl Shares {
     pub fn held_by(&self, group: Group) -> Option<usize> {
         self.held.get(&group).map(|share| share.held)
     }
+
+    /// Places the address of a claim holds (its own included); `None` for an exempt one.
+    pub fn held_by_claimant(&self, claim: &Claim) -> Option<usize> {
+        let address = claim.address?;
+        Some(self.held.get(&Group::Address(address)).map_or(0, |share| share.held))
+    }
+
+    /// The addresses holding at least `least` places: how many each holds, and its open
+    /// connections (`server::crowd`).
+    pub fn holding_at_least(&self, least: usize) -> Vec<(usize, Vec<u64>)> {
+        self.held
+            .iter()
+            .filter(|share| matches!(share.key(), Group::Address(_)) && share.held >= least)
+            .map(|share| (share.held, share.open.iter().copied().collect()))
+            .collect()
+    }
 }
 
 impl Group {

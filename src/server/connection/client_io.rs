@@ -14,7 +14,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::server::activity::CLIENT_STALLED;
 use crate::server::capacity::Activity;
 use crate::web::client_body::BodyWatcher;
 use crate::web::express::LaneClient;
@@ -166,13 +165,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> ClientIo<I> {
             Poll::Pending => {
                 let limit = self.send_timeout;
                 let activity = &self.activity;
-                // Asked to make room while the client has taken nothing for `CLIENT_STALLED`
-                // (`Activity::may_give_way`): the newcomer has its place as soon as this write
-                // stops waiting. The express lane writes here with no ear for the request
-                // otherwise. A write that only just blocked, in a connection asked as it was
-                // idle and given a request just then, is finished as before (a graceful close).
-                let stalled = activity.write_stalled_for(tokio::time::Instant::now());
-                if activity.poll_asked_to_make_room(cx) && stalled.is_some_and(|s| s >= CLIENT_STALLED) {
+                // Asked to make room while the client takes nothing (`Activity::may_give_way`,
+                // `server::crowd`): the newcomer has its place as soon as this write stops
+                // waiting. The express lane writes here with no ear for the request otherwise. A
+                // write that only just blocked, in a connection asked as it was idle and given a
+                // request just then, is finished as before (a graceful close).
+                if activity.poll_asked_to_make_room(cx) && activity.gives_way_at_once(tokio::time::Instant::now()) {
                     activity.cut_off();
                     tracing::debug!("a client taking nothing of its answer gave its place to a newcomer");
                     return Poll::Ready(Err(io::Error::new(
@@ -367,6 +365,7 @@ mod tests {
         let (_client, server) = tokio::io::duplex(8);
         let activity = Activity::for_tests();
         let mut io = ClientIo::new(server, Duration::from_secs(60), Arc::default(), activity.clone());
+        use crate::server::activity::CLIENT_STALLED;
         let mut write = std::pin::pin!(io.write_all(&[0u8; 64]));
         assert!(futures_util::poll!(write.as_mut()).is_pending());
         tokio::time::advance(CLIENT_STALLED - Duration::from_millis(1)).await;

@@ -169,10 +169,10 @@ impl Watch {
                     // to acknowledge the GOAWAY, longer than the newcomer waits for its place.
                     self.closing_idle(signal);
                     if signal == Signal::MakeRoom {
-                        // Asked only while idle, or while every request in flight waited on its
-                        // client (forms still arriving, answers held back by HTTP/2 flow control):
-                        // those go unanswered or unsent.
-                        if self.activity.displaceable_for(Instant::now()).is_some() {
+                        // Asked only while idle, or while its client took nothing (a write
+                        // blocked, answers held back by HTTP/2 flow control) or every request in
+                        // flight waited on it (forms still arriving): those go unanswered or unsent.
+                        if self.activity.gives_way_at_once(Instant::now()) {
                             if self.activity.write_stalled_for(Instant::now()).is_some() {
                                 // What its client never took goes with it (reset), not to a
                                 // lingering socket: it was taking nothing.

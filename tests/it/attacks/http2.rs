@@ -170,7 +170,11 @@ fn read_frame(stream: &mut TcpStream) -> std::io::Result<H2Frame> {
 /// An HTTP/2 connection that asked for the sign-in page with every stream window shut, once the
 /// answer's head has come (HEADERS frames are not flow-controlled; the page's DATA is).
 fn ask_with_windows_shut(proxy: &Proxy) -> TcpStream {
-    let mut stream = TcpStream::connect(proxy.addr).unwrap();
+    ask_with_windows_shut_on(TcpStream::connect(proxy.addr).unwrap(), proxy)
+}
+
+/// [`ask_with_windows_shut`] on a connection made already.
+fn ask_with_windows_shut_on(mut stream: TcpStream, proxy: &Proxy) -> TcpStream {
     stream.write_all(&preface_with_stream_window(0)).unwrap();
     stream.write_all(&h2_request(1, &proxy.addr.to_string(), "/.portcullis/login", &[])).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -187,7 +191,11 @@ fn ask_with_windows_shut(proxy: &Proxy) -> TcpStream {
 /// A newcomer's keep-alive connection and the status line it got for `GET /` (401 without a
 /// session, 503 when no place is free), or `None` if it was closed or reset first.
 fn newcomer(proxy: &Proxy) -> Option<(TcpStream, String)> {
-    let mut stream = TcpStream::connect(proxy.addr).ok()?;
+    newcomer_on(TcpStream::connect(proxy.addr).ok()?)
+}
+
+/// [`newcomer`] on a connection made already.
+fn newcomer_on(mut stream: TcpStream) -> Option<(TcpStream, String)> {
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut status = [0u8; 12];
@@ -396,4 +404,61 @@ async fn a_sign_in_form_its_client_broke_off_is_logged_as_broken_off_not_too_lar
     let line = line.expect("the sign-in is in the access log");
     // Before, every error reading the form was taken for one too large.
     assert!(line.contains("status=400"), "{line}");
+}
+
+/// A connection to the proxy from `from` (any of 127.0.0.0/8 reaches it on loopback).
+async fn connect_from(proxy: &Proxy, from: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    let stream = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+/// The tenth attack pass: a client reconnecting about 90 times a second kept every one of 300
+/// places younger than the 5 s a connection whose client takes nothing is given, so none ever
+/// gave way and honest newcomers got 503s. Now such a connection of an address holding at least
+/// two places more than the newcomer's gives way to it once its client has taken nothing for a
+/// second; a newcomer of the same client gains nothing by it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_holding_every_place_with_young_stalled_connections_keeps_no_lighter_newcomer_out() {
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nmax_connections = 4\nheader_read_timeout = \"60s\"").start();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(ask_with_windows_shut_on(connect_from(&proxy, "127.0.0.2").await, &proxy));
+    }
+    let ready = Instant::now();
+    let (_, status) = newcomer_on(connect_from(&proxy, "127.0.0.2").await).expect("an answer");
+    assert_eq!(status, "HTTP/1.1 503", "the same client takes no place from itself this way");
+    let mut admitted = None;
+    while admitted.is_none() && ready.elapsed() < Duration::from_secs(10) {
+        match newcomer_on(connect_from(&proxy, "127.0.0.3").await) {
+            Some((stream, status)) if status == "HTTP/1.1 401" => admitted = Some((ready.elapsed(), stream)),
+            Some((_, status)) if status == "HTTP/1.1 503" => {}
+            None => {}
+            Some((_, other)) => panic!("a newcomer was told {other}"),
+        }
+        // Polling for the moment the proxy lets it in, a few times a second.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let at = admitted.as_ref().map(|(at, _)| *at);
+    // Before the 5 s after which anyone may take the place, and not before its client has
+    // taken nothing for a second.
+    assert!(at.is_some_and(|at| at >= Duration::from_millis(900) && at < Duration::from_secs(4)), "{at:?}");
+    let gave_way = held.iter_mut().map(is_closed).filter(|closed| *closed).count();
+    assert_eq!(gave_way, 1, "one of the client's connections gave its place");
+}
+
+/// Whether the proxy has closed (or reset) `stream`, reading what it had sent before.
+fn is_closed(stream: &mut TcpStream) -> bool {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    loop {
+        match stream.read(&mut [0u8; 4096]) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => return !matches!(e.kind(), TimedOut | WouldBlock),
+        }
+    }
 }
