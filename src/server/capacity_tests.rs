@@ -292,3 +292,40 @@ async fn a_connection_that_gave_up_its_place_is_not_asked_for_it_again() {
     let admitted = tokio::time::timeout(Duration::from_millis(100), capacity.make_room(elsewhere)).await;
     assert!(admitted.expect("at once").is_some(), "the place is free for the newcomer");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_heavier_holders_stalled_connection_gives_way_to_a_lighter_newcomer_only() {
+    let [heavy, light, newcomer] = [2, 3, 4].map(|last| IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, last)));
+    let capacity = budget(4, 4, vec![]);
+    // Every place busy with an answer its client holds back: three of one address, one of another.
+    let mut held = Vec::new();
+    for from in [heavy, heavy, heavy, light] {
+        let admitted = capacity.make_room(from).await.unwrap();
+        let request = admitted.entry.activity().begin();
+        admitted.entry.activity().answer_waits();
+        held.push((from, admitted, request));
+    }
+    assert!(capacity.make_room(newcomer).await.is_none(), "stalled less than a second: nobody gives way");
+    tokio::time::advance(STALLED_IN_A_CROWD.max(super::super::idlest::LOOK_AGAIN_AFTER) + Duration::from_millis(1))
+        .await;
+    // The light address's own newcomer would hold two against three: not heavier by two.
+    assert!(capacity.make_room(light).await.is_none(), "no place taken back and forth");
+
+    let waiting = tokio::spawn({
+        let capacity = capacity.clone();
+        async move { capacity.make_room(newcomer).await }
+    });
+    let mut asked = None;
+    for _ in 0..1_000 {
+        tokio::task::yield_now().await;
+        asked = held.iter().position(|(_, admitted, _)| admitted.entry.activity().signal().is_some());
+        if asked.is_some() {
+            break;
+        }
+    }
+    let asked = asked.expect("a connection was asked to make room");
+    assert_eq!(held[asked].0, heavy, "the heavier holder's connection was asked");
+    assert_eq!(held.iter().filter(|(_, admitted, _)| admitted.entry.activity().signal().is_some()).count(), 1);
+    held.remove(asked);
+    assert!(waiting.await.unwrap().is_some(), "its place went to the newcomer");
+}
