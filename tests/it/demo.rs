@@ -8,23 +8,35 @@ use crate::harness::{BINARY, Browser, Lines};
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_runs_with_nothing_else_installed() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(BINARY)
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("demo-data"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = Lines::default();
-    stdout.clone().follow(child.stdout.take().unwrap());
-    let password_line = stdout.wait_for(0, |l| l.trim_start().starts_with("password:"));
-    let Some(password_line) = password_line else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the demo printed no password");
-    };
+    // A port picked free may be taken by another process before the demo listens on it; the
+    // demo then ends with an error, and another port is tried.
+    let (mut child, stdout, port, password_line) = (0..5)
+        .find_map(|_| {
+            let port = crate::harness::free_port();
+            let mut child = Command::new(BINARY)
+                .args(["demo", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+                .arg(dir.path().join("demo-data"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let (stdout, stderr) = (Lines::default(), Lines::default());
+            stdout.clone().follow(child.stdout.take().unwrap());
+            stderr.clone().follow(child.stderr.take().unwrap());
+            let line = stdout.wait_for(0, |l| l.trim_start().starts_with("password:") || l == Lines::ENDED);
+            match line {
+                Some(line) if line != Lines::ENDED => Some((child, stdout, port, line)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let said = stderr.all().join("\n");
+                    assert!(said.contains("in use"), "the demo printed no password: {said}");
+                    None
+                }
+            }
+        })
+        .expect("the demo started on one of five free ports");
     let password = password_line.split_whitespace().nth(1).unwrap().to_string();
     let text = stdout.all().join("\n");
     assert!(text.contains(&format!("http://127.0.0.1:{port}/")) && text.contains("user name: demo"), "{text}");

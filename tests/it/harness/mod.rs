@@ -49,13 +49,19 @@ pub const ALICE: Account = Account {
 pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
 
 impl Lines {
+    /// The last line of a stream that has ended (its process exited or closed it), so that a
+    /// test waiting for a line can stop waiting for one that will never come.
+    pub const ENDED: &'static str = "(the stream ended)";
+
     pub fn follow(self, stream: impl std::io::Read + Send + 'static) {
         std::thread::spawn(move || {
+            let (lines, ready) = &*self.0;
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let (lines, ready) = &*self.0;
                 lines.lock().unwrap().push(line);
                 ready.notify_all();
             }
+            lines.lock().unwrap().push(Self::ENDED.to_owned());
+            ready.notify_all();
         });
     }
 
