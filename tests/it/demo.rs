@@ -1,9 +1,9 @@
 //! The README's first command, `portcullis demo`, works as described: it prints a URL, a user
 //! and a password, and signing in with them shows the whoami page with a verified assertion.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::harness::{BINARY, Browser, Lines};
+use crate::harness::{BINARY, Browser, spawn_followed};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_runs_with_nothing_else_installed() {
@@ -13,21 +13,14 @@ async fn the_demo_runs_with_nothing_else_installed() {
     let (mut child, stdout, port, password_line) = (0..5)
         .find_map(|_| {
             let port = crate::harness::free_port();
-            let mut child = Command::new(BINARY)
+            let mut command = Command::new(BINARY);
+            command
                 .args(["demo", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-                .arg(dir.path().join("demo-data"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let (stdout, stderr) = (Lines::default(), Lines::default());
-            stdout.clone().follow(child.stdout.take().unwrap());
-            stderr.clone().follow(child.stderr.take().unwrap());
-            let line = stdout.wait_for(0, |l| l.trim_start().starts_with("password:") || l == Lines::ENDED);
-            match line {
-                Some(line) if line != Lines::ENDED => Some((child, stdout, port, line)),
-                _ => {
+                .arg(dir.path().join("demo-data"));
+            let (mut child, stdout, stderr) = spawn_followed(command);
+            match stdout.wait_for_before_end(0, |l| l.trim_start().starts_with("password:")) {
+                Some(line) => Some((child, stdout, port, line)),
+                None => {
                     let _ = child.kill();
                     let _ = child.wait();
                     let said = stderr.all().join("\n");

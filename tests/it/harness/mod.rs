@@ -83,6 +83,11 @@ impl Lines {
         }
     }
 
+    /// As [`Lines::wait_for`], but `None` at once if the stream ends first.
+    pub fn wait_for_before_end(&self, skip: usize, matches: impl Fn(&str) -> bool) -> Option<String> {
+        self.wait_for(skip, |l| l == Self::ENDED || matches(l)).filter(|l| l != Self::ENDED)
+    }
+
     /// Waits until `count` lines (after the first `skip`) satisfy `matches`.
     pub fn wait_for_count(&self, skip: usize, count: usize, matches: impl Fn(&str) -> bool) -> bool {
         let deadline = Instant::now() + PATIENCE;
@@ -270,21 +275,12 @@ fn launch(
     port: u16,
     env: &[(String, std::ffi::OsString)],
 ) -> Option<Proxy> {
-    let mut child = Command::new(BINARY)
-        .arg("--config")
-        .arg(config_path)
-        .env("RUST_LOG", "info")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (stdout, stderr) = (Lines::default(), Lines::default());
-    stdout.clone().follow(child.stdout.take().unwrap());
-    stderr.clone().follow(child.stderr.take().unwrap());
-    // The proxy prints this line once it accepts connections; EOF (None) means it exited.
-    let announced = stdout.wait_for(0, |l| l.starts_with("portcullis listening on"));
+    let mut command = Command::new(BINARY);
+    command.arg("--config").arg(config_path).env("RUST_LOG", "info").envs(env.iter().map(|(k, v)| (k, v)));
+    let (mut child, stdout, stderr) = spawn_followed(command);
+    // The proxy prints this line once it accepts connections; the end of its output means it
+    // exited (a port taken since it was picked, most often).
+    let announced = stdout.wait_for_before_end(0, |l| l.starts_with("portcullis listening on"));
     if announced.is_none() {
         let _ = child.kill();
         let _ = child.wait();
@@ -293,6 +289,15 @@ fn launch(
     }
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     Some(Proxy { child: Some(child), addr, dir, stderr, config_path: config_path.to_path_buf() })
+}
+
+/// Starts `command` with its output followed, line by line.
+pub fn spawn_followed(mut command: Command) -> (Child, Lines, Lines) {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (stdout, stderr) = (Lines::default(), Lines::default());
+    stdout.clone().follow(child.stdout.take().unwrap());
+    stderr.clone().follow(child.stderr.take().unwrap());
+    (child, stdout, stderr)
 }
 
 pub fn add_account(users_file: &Path, account: &Account) {
