@@ -22,14 +22,18 @@
 //!
 //! A connection that closed of its own accord (`Connection: close`, HTTP/1.0, the idle limit)
 //! lingers in its own place in `limits.max_connections`, for as long as its client acknowledges
-//! something every `limits.send_timeout`, the patience an open connection gets: so answers asked
-//! for and never read are bounded by the budget and the client's share of it, as the connections
-//! they were, and a slow reader gets the same answer whole whether it asked to close or not.
-//! [`LINGER_STALLED`] was too short for that: a client reading steadily at 20 KB/s reopens its
-//! receive window only once it has drained a good part of its buffer (receiver-side silly window
-//! avoidance, RFC 9293 §3.8.6.2.2), and the sender's zero-window probes back off meanwhile
-//! (§3.8.6.1), so nothing new is acknowledged for 6 s at a time; at 10 KB/s, 12 s (the sixth
-//! attack pass: 1 MiB at 20 KB/s reset after 324 KB).
+//! something every `limits.send_timeout`, and at least every [`IN_PLACE_STALLED_AT_LEAST`]: so
+//! answers asked for and never read are bounded by the budget and the client's share of it, as
+//! the connections they were, and a slow reader gets the same answer whole whether it asked to
+//! close or not. [`LINGER_STALLED`] was too short for that: a client reading steadily at 20 KB/s
+//! reopens its receive window only once it has drained a good part of its buffer (receiver-side
+//! silly window avoidance, RFC 9293 §3.8.6.2.2), and the sender's zero-window probes back off
+//! meanwhile (§3.8.6.1), so nothing new is acknowledged for 6 s at a time; at 10 KB/s, 12 s (the
+//! sixth attack pass: 1 MiB at 20 KB/s reset after 324 KB). With a whole answer of megabytes in
+//! the buffers, longer still: `curl --limit-rate 20k` on 3 MiB, nothing else running, went 75 s
+//! with nothing acknowledged while it read (its window stayed shut, the probes 51 s apart), and 2
+//! of 4 such downloads were reset at `send_timeout` (the eleventh attack pass). Such a socket costs
+//! its place and nothing else, and gives the place up when a newcomer needs it.
 //!
 //! A displaced connection's place goes to the newcomer at once; lingering sockets are held outside
 //! `limits.max_connections`, so at most [`MAX_LINGERING`] linger at a time, and at most
@@ -63,6 +67,11 @@ use crate::server::shares::Address;
 
 /// With nothing more acknowledged by the client for this long, lingering ends.
 pub(super) const LINGER_STALLED: Duration = Duration::from_secs(5);
+/// The least patience a socket lingering in its own place gets with a client that acknowledges
+/// nothing, whatever `limits.send_timeout` says: the sender's zero-window probes back off to a
+/// minute and more apart (RFC 9293 §3.8.6.1), so a client that reads slowly but steadily can go
+/// that long with nothing acknowledged. Only its place is held, and a newcomer may take it.
+pub(super) const IN_PLACE_STALLED_AT_LEAST: Duration = Duration::from_secs(300);
 /// The longest a displaced connection lingers in all.
 pub(super) const LINGER_AT_MOST: Duration = Duration::from_secs(30);
 /// How often a lingering socket is asked what the client has acknowledged.
@@ -229,7 +238,7 @@ pub(super) struct Lingering<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> 
     /// kept while a connection that closed of its own accord drains.
     place: Option<Arc<ConnectionPlace>>,
     /// How long a connection that closed of its own accord may go with nothing more
-    /// acknowledged (`limits.send_timeout`).
+    /// acknowledged (`limits.send_timeout`, at least [`IN_PLACE_STALLED_AT_LEAST`]).
     patience: Duration,
     /// The connection's entry among the open ones, taken if the socket lingers in its place.
     entry: Option<SharedEntry>,
@@ -269,7 +278,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
     /// Closed of its own accord (its answer written, `Connection: close`, HTTP/1.0, the idle
     /// limit, the server stopping): the socket lingers while the client is still taking in what
     /// was sent, keeping the connection's place in `limits.max_connections` and its address's
-    /// share; the client must acknowledge something every `limits.send_timeout`. Closed at once,
+    /// share; the client must acknowledge something every `limits.send_timeout` (at least every
+    /// [`IN_PLACE_STALLED_AT_LEAST`]). Closed at once,
     /// the kernel kept each such answer as an orphan for as long as its client kept its window
     /// shut (minutes), and an address that asked for answers it never read, as fast as it could,
     /// held them by the thousand (the fifth attack pass: 5,850 orphans, 1.5 GiB of the kernel's

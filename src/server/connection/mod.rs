@@ -40,7 +40,7 @@ use self::answer::Answer;
 use self::client_io::{Bodies, ClientIo, PEEK, Transport};
 use self::clock::{Driven, Watch};
 use self::express::{Carrier, Lane};
-use self::linger::{EntrySlot, Lingering};
+use self::linger::{EntrySlot, IN_PLACE_STALLED_AT_LEAST, Lingering};
 use crate::config::Limits;
 use crate::server::capacity::{Activity, Admitted};
 use crate::web::client_body::{BodyWatcher, ClientBody};
@@ -66,8 +66,9 @@ where
     // the entry first (a newcomer may still ask for the place); otherwise it goes when the
     // connection ends, and a tunnel the connection became, never idle, is never asked.
     let entry = EntrySlot::new(entry);
-    let io = Lingering::new(io, activity.clone(), conn.peer.ip(), Some(place.clone()), limits.send_timeout)
-        .with_entry(entry.share());
+    let patience = limits.send_timeout.max(IN_PLACE_STALLED_AT_LEAST);
+    let io =
+        Lingering::new(io, activity.clone(), conn.peer.ip(), Some(place.clone()), patience).with_entry(entry.share());
     let mut io = ClientIo::new(io, limits.send_timeout, transport.clone(), activity.clone());
     let mut watch = Watch::new(activity.clone(), &limits, conn.peer);
 

@@ -57,7 +57,9 @@ async fn asking_and_never_reading(proxy: &crate::harness::Proxy, request: String
     });
     // Admitted and answering (until then it is idle, and would give way at once).
     stream.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
-    assert_eq!(stream.peek(&mut [0u8; 1]).unwrap(), 1, "the first answer began");
+    let mut first = [0u8; 12];
+    let n = stream.peek(&mut first).unwrap();
+    assert!(n > 0 && !b"HTTP/1.1 503".starts_with(&first[..n]), "the first answer began");
     stream
 }
 
@@ -79,7 +81,10 @@ async fn clients_that_read_none_of_their_answers_give_their_places_to_newcomers(
 
     // A signed-in download on the express lane, which writes with no ear for anyone else.
     let proxy = self::proxy(&upstream.url()).toml(one_place).start();
-    let browser = Browser::without_keep_alive();
+    // Signed in over one kept-alive connection, left open and idle: the holder takes its place.
+    // (A connection its client has just closed is not displaced until the proxy has seen it
+    // close, so a new connection per request could meet a 503 here.)
+    let browser = Browser::new();
     browser.login(&proxy, &ALICE).await;
     let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
     let mark = proxy.stderr.len();
@@ -271,6 +276,43 @@ async fn a_slow_reader_gets_an_answer_it_asked_to_close_after_whole() {
         assert_eq!(body.len(), SIZE, "{version}");
         assert!(body.iter().enumerate().all(|(i, &b)| b == crate::upstream::pattern_byte(i as u64)), "{version}");
     }
+}
+
+/// A client whose answer sits whole in the kernel's buffers may go longer than
+/// `limits.send_timeout` without acknowledging anything, while it reads: its window reopens only
+/// once a good part of its buffer is free, and the proxy's zero-window probes back off to a
+/// minute apart (the eleventh attack pass: `curl --limit-rate 20k` on 3 MiB went 75 s, and 2 of
+/// 4 such downloads were reset at 60 s, with no attacker). A socket lingering in its own place
+/// costs only that place, which a newcomer may take: it now has at least five minutes. Here a
+/// client pauses three times as long as a `send_timeout` of one second (before: reset).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_pausing_longer_than_the_send_timeout_after_its_answer_was_sent_gets_it_whole() {
+    const SIZE: usize = 256 << 10;
+    let upstream = Upstream::start().await;
+    let proxy = proxy(&upstream.url()).toml("[limits]\nsend_timeout = \"1s\"").start();
+    let browser = Browser::without_keep_alive();
+    browser.login(&proxy, &ALICE).await;
+    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small window: most of the answer waits in the proxy's socket.
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let mut reader = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
+    reader.set_nonblocking(false).unwrap();
+    reader.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+    let request = format!(
+        "GET /download?bytes={SIZE} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    );
+    reader.write_all(request.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    reader.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // The client's pause (its behaviour under test, not a wait for the proxy).
+    std::thread::sleep(Duration::from_secs(3));
+    let mut answer = head.to_vec();
+    let ended = reader.read_to_end(&mut answer);
+    assert!(ended.is_ok(), "closed, not reset, after {} bytes: {ended:?}", answer.len());
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    assert_eq!(dechunk(&answer[head_end..]).expect("to its last chunk").len(), SIZE);
 }
 
 /// Reads `stream` to its end as a 160 kbit/s link does, 2 KiB every 100 ms: what came, and how
