@@ -329,3 +329,28 @@ async fn a_heavier_holders_stalled_connection_gives_way_to_a_lighter_newcomer_on
     held.remove(asked);
     assert!(waiting.await.unwrap().is_some(), "its place went to the newcomer");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stopped_reading_is_not_spared_for_the_requests_it_left_unread() {
+    use crate::server::activity::CLIENT_STALLED;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let activity = Activity::for_tests();
+    activity.watch_socket(ours.as_raw_fd());
+    theirs.write_all(b"GET /next HTTP/1.1\r\nHost: example\r\n\r\n").unwrap();
+    // Idle with a request waiting unread (the one it came with, most often): spared.
+    assert!(activity.displaceable_for(Instant::now()).is_some());
+    assert!(!activity.may_give_way(Instant::now()), "idle, but a request is waiting");
+    // Writing to a client that takes nothing, requests pipelined behind: spared only while the
+    // stall is young.
+    let _request = activity.begin();
+    activity.set_write_blocked(true);
+    assert!(!activity.may_give_way(Instant::now()));
+    tokio::time::advance(CLIENT_STALLED).await;
+    assert!(activity.may_give_way(Instant::now()), "it will read none of their answers either");
+    // A write that goes through starts the clock again.
+    activity.set_write_blocked(false);
+    activity.set_write_blocked(true);
+    assert!(!activity.may_give_way(Instant::now()));
+}
