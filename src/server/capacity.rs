@@ -6,10 +6,16 @@
 //! and the newcomer takes its place. A connection whose client has taken nothing of its answers
 //! for `CLIENT_STALLED` (5 s) counts as idle too (a write to its socket blocked that long, or,
 //! over HTTP/2, every answer ready and held back by flow control): the proxy's work for it is
-//! done, and it is reset rather than kept for `limits.send_timeout`. Only when every connection is busy (a request in flight, or a
-//! tunnel such as a WebSocket) does the newcomer get the 503. So a client that fills the budget
-//! with idle connections cannot keep anyone else out; it only cycles its own connections. An idle
-//! HTTP/1.1 connection may be closed at any time (RFC 9112 §9.5), and clients retry on another.
+//! done, and it is reset rather than kept for `limits.send_timeout`. Only when every connection
+//! is busy (a request in flight, or a tunnel such as a WebSocket) does the newcomer get the 503.
+//! So a client that fills the budget with idle connections cannot keep anyone else out; it only
+//! cycles its own connections. An idle HTTP/1.1 connection may be closed at any time (RFC 9112
+//! §9.5), and clients retry on another.
+//!
+//! With none of those, a newcomer may still take the place of a connection whose client has taken
+//! nothing for a second, if that connection's address holds at least two places more than the
+//! newcomer's (`server::crowd`): a client reconnecting faster than the 5 s cannot keep out a
+//! lighter one.
 //!
 //! One client holds at most its share of the places (`server::shares`: an address, an IPv6 /48).
 //! At its share, a newcomer takes the place of that address's (or /48's) own idlest connection,

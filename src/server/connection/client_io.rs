@@ -362,10 +362,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_write_blocked_past_the_stall_gives_way_to_a_newcomer_and_not_before() {
+        use crate::server::activity::CLIENT_STALLED;
         let (_client, server) = tokio::io::duplex(8);
         let activity = Activity::for_tests();
         let mut io = ClientIo::new(server, Duration::from_secs(60), Arc::default(), activity.clone());
-        use crate::server::activity::CLIENT_STALLED;
         let mut write = std::pin::pin!(io.write_all(&[0u8; 64]));
         assert!(futures_util::poll!(write.as_mut()).is_pending());
         tokio::time::advance(CLIENT_STALLED - Duration::from_millis(1)).await;

@@ -15,6 +15,8 @@
 //!   and task do.
 //! * **Stalled writes.** A client that stops reading (slow-read attacks) makes every write wait;
 //!   a write that makes no progress for `limits.send_timeout` fails, and the connection with it.
+//!   With every place taken, one blocked for 5 s gives its place to a newcomer (`server::capacity`)
+//!   and is reset.
 //! * **The connection's slot** in `limits.max_connections` is shared with a tunnel it turns into
 //!   (a WebSocket), so open tunnels count as the connections they are.
 
