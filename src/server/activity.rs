@@ -144,7 +144,7 @@ impl Activity {
     /// Whether a write to the client is waiting for it to read (set by the connection's I/O).
     pub fn set_write_blocked(&self, blocked: bool) {
         if blocked {
-            self.blocked_since_us.store(self.opened.elapsed().as_micros() as u64, Ordering::Release);
+            self.mark_now(&self.blocked_since_us);
         }
         // Sequentially consistent, as the look that reads it (`NothingIdle`).
         self.write_blocked.store(blocked, Ordering::SeqCst);
@@ -159,7 +159,7 @@ impl Activity {
         if self.in_flight() > 0 || self.write_blocked.load(Ordering::SeqCst) {
             return None;
         }
-        let quiet_since = self.opened + Duration::from_micros(self.quiet_since_us.load(Ordering::Acquire));
+        let quiet_since = self.marked(&self.quiet_since_us);
         Some(now.saturating_duration_since(quiet_since))
     }
 
@@ -169,7 +169,7 @@ impl Activity {
         if !self.write_blocked.load(Ordering::SeqCst) {
             return None;
         }
-        let since = self.opened + Duration::from_micros(self.blocked_since_us.load(Ordering::Acquire));
+        let since = self.marked(&self.blocked_since_us);
         Some(now.saturating_duration_since(since))
     }
 
@@ -199,7 +199,7 @@ impl Activity {
     pub fn answers_waiting_for(&self, now: Instant) -> Option<Duration> {
         match self.held_by_client() {
             Some(true) => {
-                let since = self.opened + Duration::from_micros(self.waiting_since_us.load(Ordering::Acquire));
+                let since = self.marked(&self.waiting_since_us);
                 Some(now.saturating_duration_since(since))
             }
             _ => None,
@@ -234,7 +234,7 @@ impl Activity {
         match self.held_by_client()? {
             true => self.answers_waiting_for(now).filter(|waited| *waited >= CLIENT_STALLED),
             false => {
-                let quiet_since = self.opened + Duration::from_micros(self.quiet_since_us.load(Ordering::Acquire));
+                let quiet_since = self.marked(&self.quiet_since_us);
                 Some(now.saturating_duration_since(quiet_since))
             }
         }
@@ -269,7 +269,18 @@ impl Activity {
     }
 
     fn mark_waiting_since_now(&self) {
-        self.waiting_since_us.store(self.opened.elapsed().as_micros() as u64, Ordering::Release);
+        self.mark_now(&self.waiting_since_us);
+    }
+
+    /// Records now in `at`, one of the moments kept as microseconds after `opened` (an atomic,
+    /// where an `Instant` would need a lock).
+    fn mark_now(&self, at: &AtomicU64) {
+        at.store(self.opened.elapsed().as_micros() as u64, Ordering::Release);
+    }
+
+    /// The moment kept in `at` ([`Activity::mark_now`]).
+    fn marked(&self, at: &AtomicU64) -> Instant {
+        self.opened + Duration::from_micros(at.load(Ordering::Acquire))
     }
 
     /// The client stopped reading and is cut off (`limits.send_timeout`).
@@ -415,8 +426,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.0;
-        let us = activity.opened.elapsed().as_micros() as u64;
-        activity.quiet_since_us.store(us, Ordering::Release);
+        activity.mark_now(&activity.quiet_since_us);
         // Sequentially consistent, then the flag: see `NothingIdle` (on x86 the same locked
         // instruction as before, and a plain load).
         activity.in_flight.fetch_sub(1, Ordering::SeqCst);

@@ -40,13 +40,21 @@ async fn a_client_that_stops_reading_is_cut_off() {
     assert!(count < 20_000, "only what fitted in the buffers was sent: {count}");
 }
 
+/// A blocking connection to the proxy whose receive buffer is asked to be `bytes` (the kernel
+/// doubles it, socket(7)), reads timing out after [`CUT_OFF_WITHIN`].
+async fn with_receive_buffer(proxy: &crate::harness::Proxy, bytes: u32) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(bytes).unwrap();
+    let stream = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+    stream
+}
+
 /// A connection with a small receive buffer that sends `request` over and over, pipelined, and
 /// reads nothing: the proxy's writes to it block.
 async fn asking_and_never_reading(proxy: &crate::harness::Proxy, request: String) -> TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(1024).unwrap();
-    let stream = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
-    stream.set_nonblocking(false).unwrap();
+    let stream = with_receive_buffer(proxy, 1024).await;
     let mut writer = stream.try_clone().unwrap();
     std::thread::spawn(move || {
         for _ in 0..3_000 {
@@ -56,7 +64,6 @@ async fn asking_and_never_reading(proxy: &crate::harness::Proxy, request: String
         }
     });
     // Admitted and answering (until then it is idle, and would give way at once).
-    stream.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
     let mut first = [0u8; 12];
     let n = stream.peek(&mut first).unwrap();
     assert!(n > 0 && !b"HTTP/1.1 503".starts_with(&first[..n]), "the first answer began");
@@ -109,11 +116,7 @@ async fn a_client_that_stops_reading_a_download_is_reset_not_left_to_the_kernel(
     browser.login(&proxy, &ALICE).await;
     let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
 
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 << 10).unwrap();
-    let mut reader = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
-    reader.set_nonblocking(false).unwrap();
-    reader.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+    let mut reader = with_receive_buffer(&proxy, 16 << 10).await;
     let mark = proxy.stderr.len();
     // Far more than every buffer between the two holds.
     let request = format!("GET /download?bytes={} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n", 256 << 20);
@@ -149,11 +152,7 @@ async fn answers_never_read_keep_their_places_until_a_newcomer_needs_one_or_thei
     );
     let mut unread = Vec::new();
     for _ in 0..PLACES {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(16 << 10).unwrap();
-        let stream = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
-        stream.set_nonblocking(false).unwrap();
-        let mut stream = stream;
+        let mut stream = with_receive_buffer(&proxy, 16 << 10).await;
         stream.write_all(request.as_bytes()).unwrap();
         // Its answer is on its way: the head is here.
         let mut head = [0u8; 12];
@@ -205,12 +204,8 @@ async fn a_slow_reader_still_taking_in_its_answer_is_not_closed_as_idle() {
     browser.login(&proxy, &ALICE).await;
     let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
 
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
     // A small window: most of the answer waits in the proxy's socket, not the client's.
-    socket.set_recv_buffer_size(16 << 10).unwrap();
-    let mut reader = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
-    reader.set_nonblocking(false).unwrap();
-    reader.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+    let mut reader = with_receive_buffer(&proxy, 16 << 10).await;
     let asked = Instant::now();
     let request = format!("GET /download?bytes={SIZE} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n");
     reader.write_all(request.as_bytes()).unwrap();
@@ -293,12 +288,8 @@ async fn a_reader_pausing_longer_than_the_send_timeout_after_its_answer_was_sent
     let browser = Browser::without_keep_alive();
     browser.login(&proxy, &ALICE).await;
     let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
     // A small window: most of the answer waits in the proxy's socket.
-    socket.set_recv_buffer_size(16 << 10).unwrap();
-    let mut reader = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();
-    reader.set_nonblocking(false).unwrap();
-    reader.set_read_timeout(Some(CUT_OFF_WITHIN)).unwrap();
+    let mut reader = with_receive_buffer(&proxy, 16 << 10).await;
     let request = format!(
         "GET /download?bytes={SIZE} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
     );
