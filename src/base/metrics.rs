@@ -57,6 +57,17 @@ pub fn express_request() {
     }
 }
 
+/// A newcomer past `limits.max_connections` turned away with a 503, and why (`server::pressure`).
+/// Not per request: only when the budget is spent.
+pub fn connection_turned_away(reason: &'static str) {
+    metrics::counter!("portcullis_connections_turned_away_total", "reason" => reason).increment(1);
+}
+
+/// A connection that gave its place to a newcomer, and by which rule (`server::pressure`).
+pub fn connection_gave_way(rule: &'static str) {
+    metrics::counter!("portcullis_connections_gave_way_total", "rule" => rule).increment(1);
+}
+
 pub fn login(result: &'static str) {
     metrics::counter!("portcullis_logins_total", "result" => result).increment(1);
 }

@@ -45,6 +45,7 @@ use super::activity::Held;
 pub(super) use super::activity::{Activity, InFlight, Signal};
 use super::crowd::{Crowd, STALLED_IN_A_CROWD, heavier_than};
 use super::idlest::{Idlest, NothingIdle, went_quiet};
+use super::pressure::{GaveWay, Pressure, REPORT_EVERY, TurnedAway};
 use super::shares::{Address, Claim, Group, Shares};
 
 /// How long a newcomer waits for the connection it displaced to give its place back.
@@ -64,6 +65,10 @@ pub(super) struct Capacity {
     nothing_idle: NothingIdle,
     /// Heavy holders' stalled connections, the last look's.
     crowd: Crowd,
+    /// `limits.max_connections`.
+    max: usize,
+    /// Newcomers turned away and connections that gave way, for the operator.
+    pressure: Pressure,
 }
 
 /// What a newcomer gets: its place in the budget (held for as long as the connection, or a tunnel
@@ -104,6 +109,8 @@ impl Capacity {
             idlest: Idlest::default(),
             nothing_idle: NothingIdle::default(),
             crowd: Crowd::default(),
+            max: max_connections,
+            pressure: Pressure::new(),
         })
     }
 
@@ -126,20 +133,35 @@ impl Capacity {
     /// over as it closes. `None` at once when every connection that could give way is busy, so
     /// newcomers wait only for connections that are going; `None` too when the one asked does not
     /// go within [`MAKE_ROOM_WITHIN`] (asked just as a request came in, it finishes that first).
+    /// Either way the operator is told (`server::pressure`).
     pub async fn make_room(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
+        match self.room_for(peer).await {
+            Ok(admitted) => Some(admitted),
+            Err(why) => {
+                self.pressure.turned_away(why, self.max);
+                None
+            }
+        }
+    }
+
+    async fn room_for(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted, TurnedAway> {
         let held = match self.shares.claim(peer) {
             Ok(claim) => {
                 let claim = match self.with_free_place(claim) {
-                    Ok(admitted) => return Some(admitted),
+                    Ok(admitted) => return Ok(admitted),
                     Err(claim) => claim,
                 };
-                let displaced = self.displace_the_idlest(None).or_else(|| self.displace_in_a_crowd(&claim));
-                let Some(freed) = displaced else {
+                let displaced = self
+                    .displace_the_idlest(None)
+                    .map(|freed| (freed, GaveWay::Idlest))
+                    .or_else(|| self.displace_in_a_crowd(&claim).map(|freed| (freed, GaveWay::Crowd)));
+                let Some((freed, rule)) = displaced else {
                     // None to ask; a place may have come free meanwhile (a connection that
                     // closed just before it could be asked gives its place back as usual).
-                    return self.with_free_place(claim).ok();
+                    return self.with_free_place(claim).map_err(|_| TurnedAway::AllBusy);
                 };
-                let freed = self.wait_for(freed).await?;
+                self.pressure.gave_way(rule, self.max);
+                let freed = self.wait_for(freed).await.ok_or(TurnedAway::NotGivenInTime)?;
                 // The budget's place is the newcomer's; the shares the closed connection held
                 // go back (the newcomer has its own claim).
                 let Held { permit, claim: theirs } = freed;
@@ -150,18 +172,20 @@ impl Capacity {
                 // At the /48's share, the newcomer's own address still needs a place (it may
                 // be a neighbour's that gives way); at the address's, the place given up is one.
                 let mine = match full {
-                    Group::Site(_) => Some(self.shares.claim_address(peer).ok()?),
+                    Group::Site(_) => Some(self.shares.claim_address(peer).map_err(|_| TurnedAway::ShareBusy)?),
                     Group::Address(_) => None,
                 };
                 let Some(freed) = self.displace_the_idlest(Some(full)) else {
                     drop(mine);
                     if let Some(admitted) = self.try_admit(peer) {
-                        return Some(admitted);
+                        return Ok(admitted);
                     }
                     tracing::debug!(%peer, ?full, "every connection of an address or /48 at its share is busy");
-                    return None;
+                    return Err(TurnedAway::ShareBusy);
                 };
-                let Held { permit, claim: mut theirs } = self.wait_for(freed).await?;
+                self.pressure.gave_way(GaveWay::OwnShare, self.max);
+                let Held { permit, claim: mut theirs } =
+                    self.wait_for(freed).await.ok_or(TurnedAway::NotGivenInTime)?;
                 match mine {
                     // The /48's place comes from the neighbour; its address's goes back to it.
                     Some(mut mine) => {
@@ -174,7 +198,28 @@ impl Capacity {
                 }
             }
         };
-        Some(self.admitted(held))
+        Ok(self.admitted(held))
+    }
+
+    /// Places held now (by connections, and tunnels they became).
+    pub fn places_held(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+
+    /// Tells the log, once a minute, what happened under pressure in that minute, if anything
+    /// did (`server::pressure`). Runs until the server stops.
+    pub async fn report_pressure(self: Arc<Self>) {
+        let mut tick = tokio::time::interval_at(Instant::now() + REPORT_EVERY, REPORT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(report) = self.pressure.take_report(self.places_held(), self.max) else { continue };
+            if report.refused_anyone() {
+                tracing::warn!("{report}");
+            } else {
+                tracing::info!("{report}");
+            }
+        }
     }
 
     async fn wait_for(&self, freed: oneshot::Receiver<Held>) -> Option<Held> {

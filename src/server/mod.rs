@@ -19,6 +19,7 @@ pub mod control;
 mod crowd;
 mod idlest;
 pub mod logging;
+mod pressure;
 pub mod sd_notify;
 mod shares;
 pub mod telemetry;
@@ -269,8 +270,10 @@ impl Server {
         if let Some(delivery) = delivery {
             background.push(delivery.spawn());
         }
+        background.push(tokio::spawn(connections.clone().report_pressure()));
         if let Some(telemetry) = telemetry {
-            background.push(telemetry.spawn(app.sessions.clone()));
+            let open = connections.clone();
+            background.push(telemetry.spawn(app.sessions.clone(), move || open.places_held()));
         }
 
         let mut workers = Vec::new();

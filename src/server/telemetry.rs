@@ -12,6 +12,9 @@
 //! | `portcullis_second_factor_total` | counter | `result`: ok, failed, locked |
 //! | `portcullis_lockouts_total` | counter | |
 //! | `portcullis_sessions` | gauge | (live sessions, at scrape time) |
+//! | `portcullis_connections_open` | gauge | (places of `limits.max_connections` held, at scrape time) |
+//! | `portcullis_connections_gave_way_total` | counter | `rule`: idlest, own_share, crowd (`server::pressure`) |
+//! | `portcullis_connections_turned_away_total` | counter | `reason`: all_busy, share_busy, not_given_in_time |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -58,19 +61,31 @@ impl Telemetry {
         Ok(Self { listener, handle })
     }
 
-    pub fn spawn(self, sessions: Arc<Sessions>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(serve(self.listener, self.handle, sessions))
+    /// Serves the metrics; `open_connections` tells the places of `limits.max_connections` held.
+    pub fn spawn(
+        self,
+        sessions: Arc<Sessions>,
+        open_connections: impl Fn() -> usize + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let gauges = Arc::new(Gauges { sessions, open_connections: Box::new(open_connections) });
+        tokio::spawn(serve(self.listener, self.handle, gauges))
     }
 }
 
-async fn serve(listener: TcpListener, handle: PrometheusHandle, sessions: Arc<Sessions>) {
+/// What is measured at scrape time rather than counted as it happens.
+struct Gauges {
+    sessions: Arc<Sessions>,
+    open_connections: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+async fn serve(listener: TcpListener, handle: PrometheusHandle, gauges: Arc<Gauges>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let (handle, sessions) = (handle.clone(), sessions.clone());
+        let (handle, gauges) = (handle.clone(), gauges.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let (handle, sessions) = (handle.clone(), sessions.clone());
-                async move { Ok::<_, Infallible>(scrape(request.uri().path(), &handle, &sessions)) }
+                let (handle, gauges) = (handle.clone(), gauges.clone());
+                async move { Ok::<_, Infallible>(scrape(request.uri().path(), &handle, &gauges)) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -79,13 +94,14 @@ async fn serve(listener: TcpListener, handle: PrometheusHandle, sessions: Arc<Se
     }
 }
 
-fn scrape(path: &str, handle: &PrometheusHandle, sessions: &Sessions) -> Response<Body> {
+fn scrape(path: &str, handle: &PrometheusHandle, gauges: &Gauges) -> Response<Body> {
     if path != "/metrics" {
         let mut response = Response::new(full("not found; metrics are at /metrics\n"));
         *response.status_mut() = StatusCode::NOT_FOUND;
         return response;
     }
-    metrics::gauge!("portcullis_sessions").set(sessions.len() as f64);
+    metrics::gauge!("portcullis_sessions").set(gauges.sessions.len() as f64);
+    metrics::gauge!("portcullis_connections_open").set((gauges.open_connections)() as f64);
     let mut response = Response::new(full(handle.render()));
     response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
     response

@@ -101,7 +101,7 @@ fn proxy_has_read_everything_from(proxy_port: u16, client_port: u16) -> bool {
 }
 
 /// Sends a keep-alive request on `stream` and reads its status line (the connection stays open).
-fn status_on(stream: &mut TcpStream, request: &[u8]) -> String {
+pub(super) fn status_on(stream: &mut TcpStream, request: &[u8]) -> String {
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream.write_all(request).unwrap();
     let mut status = [0u8; 12];

@@ -407,7 +407,7 @@ async fn a_sign_in_form_its_client_broke_off_is_logged_as_broken_off_not_too_lar
 }
 
 /// A connection to the proxy from `from` (any of 127.0.0.0/8 reaches it on loopback).
-async fn connect_from(proxy: &Proxy, from: &str) -> TcpStream {
+pub(super) async fn connect_from(proxy: &Proxy, from: &str) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
     let stream = socket.connect(proxy.addr).await.unwrap().into_std().unwrap();

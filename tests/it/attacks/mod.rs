@@ -11,6 +11,7 @@ mod connections;
 mod http2;
 mod keep_alive;
 mod origin;
+mod pressure;
 mod requests;
 mod sessions;
 mod slow_readers;
