@@ -34,7 +34,20 @@ pub fn enable() {
         upstream_seconds: metrics::histogram!("portcullis_upstream_seconds"),
         express: metrics::counter!("portcullis_express_requests_total"),
     });
+    // Shown at 0 from the start, not from their first event: a rate over a series that appears
+    // mid-attack misses the attack's start.
+    for rule in GAVE_WAY_RULES {
+        metrics::counter!("portcullis_connections_gave_way_total", "rule" => rule).absolute(0);
+    }
+    for reason in TURNED_AWAY_REASONS {
+        metrics::counter!("portcullis_connections_turned_away_total", "reason" => reason).absolute(0);
+    }
 }
+
+/// The label values of the connection budget's counters (`server::pressure`), all known in
+/// advance: nothing a client sends becomes a label.
+pub const GAVE_WAY_RULES: [&str; 3] = ["idlest", "own_share", "crowd"];
+pub const TURNED_AWAY_REASONS: [&str; 3] = ["all_busy", "share_busy", "not_given_in_time"];
 
 pub fn request(status: StatusCode) {
     let Some(metrics) = PER_REQUEST.get() else { return };

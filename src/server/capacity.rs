@@ -213,11 +213,8 @@ impl Capacity {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(report) = self.pressure.take_report(self.places_held(), self.max) else { continue };
-            if report.refused_anyone() {
-                tracing::warn!("{report}");
-            } else {
-                tracing::info!("{report}");
+            if let Some(report) = self.pressure.take_report(self.places_held(), self.max) {
+                report.tell();
             }
         }
     }

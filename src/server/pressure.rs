@@ -129,6 +129,16 @@ impl Report {
     pub fn refused_anyone(&self) -> bool {
         self.turned_away > 0
     }
+
+    /// Writes the summary to the log, under this module's target as the first lines are, so one
+    /// filter (`portcullis::server::pressure`) shows all of it.
+    pub fn tell(&self) {
+        if self.refused_anyone() {
+            tracing::warn!("{self}");
+        } else {
+            tracing::info!("{self}");
+        }
+    }
 }
 
 impl fmt::Display for Report {
@@ -183,6 +193,16 @@ mod tests {
         // ...and a quiet one lets the next be told at once.
         assert!(pressure.take_report(10, 10).is_none());
         assert!(pressure.refusals_quiet.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn every_label_is_one_the_metrics_show_from_the_start() {
+        for why in [TurnedAway::AllBusy, TurnedAway::ShareBusy, TurnedAway::NotGivenInTime] {
+            assert!(metrics::TURNED_AWAY_REASONS.contains(&why.label()), "{why:?}");
+        }
+        for rule in [GaveWay::Idlest, GaveWay::OwnShare, GaveWay::Crowd] {
+            assert!(metrics::GAVE_WAY_RULES.contains(&rule.label()), "{rule:?}");
+        }
     }
 
     #[test]

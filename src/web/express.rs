@@ -125,7 +125,7 @@ impl Forwarder {
         // each. Sent in a burst, it finds several waiting. Measured with `bench/cpu.sh` at 16
         // connections: 0.89 preemptions of the proxy per request became about 0.5, the
         // upstream's CPU per request fell from 26-31 to 17-22 µs, and `bench/run.sh` went from
-        // 0.69x nginx to 0.90-0.95x (README, Performance).
+        // 0.69x nginx to 0.90-0.95x (docs/performance-history.md).
         // The yield is one poll of the runtime's I/O driver (current-thread runtime: a yielded
         // task runs after that poll), a system call: with no other connection on the lane there
         // is nothing to wait for, and it is skipped.

@@ -28,6 +28,12 @@ async fn an_operator_is_told_when_connections_give_way_and_when_newcomers_are_tu
     let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
     let gave_way = "portcullis_connections_gave_way_total{rule=\"idlest\"}";
     let turned_away = "portcullis_connections_turned_away_total{reason=\"all_busy\"}";
+    // Every series is there from the start, at 0 (a rate over one that appears mid-attack
+    // misses its start).
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    for series in [gave_way, turned_away, "portcullis_connections_turned_away_total{reason=\"share_busy\"}"] {
+        assert!(text.lines().any(|l| l == format!("{series} 0")), "{series} is shown at 0:\n{text}");
+    }
     assert_eq!(metric(metrics, gave_way).await, 0, "the sign-in alone needed no room");
     assert_eq!(metric(metrics, turned_away).await, 0);
     let told = |l: &str| l.contains("limits.max_connections (3) is spent");
