@@ -178,7 +178,8 @@ impl ProxyBuilder {
         self
     }
 
-    /// An environment variable for the proxy process (e.g. `NOTIFY_SOCKET`).
+    /// An environment variable for the proxy process (e.g. `NOTIFY_SOCKET`). `RUST_LOG` set to
+    /// nothing removes it, so the config's `log.level` applies.
     pub fn env(mut self, key: &str, value: impl Into<std::ffi::OsString>) -> Self {
         self.env.push((key.to_string(), value.into()));
         self
@@ -277,6 +278,9 @@ fn launch(
 ) -> Option<Proxy> {
     let mut command = Command::new(BINARY);
     command.arg("--config").arg(config_path).env("RUST_LOG", "info").envs(env.iter().map(|(k, v)| (k, v)));
+    if env.iter().any(|(k, v)| k == "RUST_LOG" && v.is_empty()) {
+        command.env_remove("RUST_LOG");
+    }
     let (mut child, stdout, stderr) = spawn_followed(command);
     // The proxy prints this line once it accepts connections; the end of its output means it
     // exited (a port taken since it was picked, most often).
