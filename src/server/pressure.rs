@@ -87,8 +87,7 @@ impl Pressure {
 
     pub fn turned_away(&self, why: TurnedAway, max: usize) {
         metrics::connection_turned_away(why.label());
-        self.turned_away.fetch_add(1, Ordering::Relaxed);
-        if self.refusals_quiet.swap(false, Ordering::Relaxed) {
+        if first_after_quiet(&self.turned_away, &self.refusals_quiet) {
             tracing::warn!(
                 reason = why.label(),
                 "limits.max_connections ({max}) is spent and no connection could give way: newcomers are \
@@ -99,8 +98,7 @@ impl Pressure {
 
     pub fn gave_way(&self, rule: GaveWay, max: usize) {
         metrics::connection_gave_way(rule.label());
-        self.gave_way.fetch_add(1, Ordering::Relaxed);
-        if self.giving_way_quiet.swap(false, Ordering::Relaxed) {
+        if first_after_quiet(&self.gave_way, &self.giving_way_quiet) {
             tracing::info!(
                 rule = rule.label(),
                 "limits.max_connections ({max}) is spent: connections give their places to newcomers \
@@ -122,6 +120,12 @@ impl Pressure {
         }
         (turned_away > 0 || gave_way > 0).then_some(Report { turned_away, gave_way, open, max })
     }
+}
+
+/// Counts one event; true if it is the first since a quiet minute (and then the next are not).
+fn first_after_quiet(count: &AtomicU64, quiet: &AtomicBool) -> bool {
+    count.fetch_add(1, Ordering::Relaxed);
+    quiet.swap(false, Ordering::Relaxed)
 }
 
 impl Report {

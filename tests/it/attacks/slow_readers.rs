@@ -40,6 +40,14 @@ async fn a_client_that_stops_reading_is_cut_off() {
     assert!(count < 20_000, "only what fitted in the buffers was sent: {count}");
 }
 
+/// Alice's session cookie, signed in with a connection per request (none kept open to hold a
+/// place in the budget these tests fill).
+async fn alices_cookie(proxy: &crate::harness::Proxy) -> String {
+    let browser = Browser::without_keep_alive();
+    browser.login(proxy, &ALICE).await;
+    browser.cookie_header(&proxy.url("/")).unwrap()
+}
+
 /// A blocking connection to the proxy whose receive buffer is asked to be `bytes` (the kernel
 /// doubles it, socket(7)), reads timing out after [`CUT_OFF_WITHIN`].
 async fn with_receive_buffer(proxy: &crate::harness::Proxy, bytes: u32) -> TcpStream {
@@ -112,9 +120,7 @@ async fn clients_that_read_none_of_their_answers_give_their_places_to_newcomers(
 async fn a_client_that_stops_reading_a_download_is_reset_not_left_to_the_kernel() {
     let upstream = Upstream::start().await;
     let proxy = proxy(&upstream.url()).toml("[limits]\nsend_timeout = \"1s\"").start();
-    let browser = Browser::without_keep_alive();
-    browser.login(&proxy, &ALICE).await;
-    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let cookie = alices_cookie(&proxy).await;
 
     let mut reader = with_receive_buffer(&proxy, 16 << 10).await;
     let mark = proxy.stderr.len();
@@ -143,9 +149,7 @@ async fn answers_never_read_keep_their_places_until_a_newcomer_needs_one_or_thei
     let upstream = Upstream::start().await;
     let limits = format!("[limits]\nmax_connections = {PLACES}\nsend_timeout = \"2s\"");
     let proxy = proxy(&upstream.url()).toml(&limits).start();
-    let browser = Browser::without_keep_alive();
-    browser.login(&proxy, &ALICE).await;
-    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let cookie = alices_cookie(&proxy).await;
     let request = format!(
         "GET /download?bytes={} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n",
         256 << 10
@@ -200,9 +204,7 @@ async fn a_slow_reader_still_taking_in_its_answer_is_not_closed_as_idle() {
     const IDLE_LIMIT: Duration = Duration::from_secs(1);
     let upstream = Upstream::start().await;
     let proxy = proxy(&upstream.url()).toml("[limits]\nheader_read_timeout = \"1s\"").start();
-    let browser = Browser::without_keep_alive();
-    browser.login(&proxy, &ALICE).await;
-    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let cookie = alices_cookie(&proxy).await;
 
     // A small window: most of the answer waits in the proxy's socket, not the client's.
     let mut reader = with_receive_buffer(&proxy, 16 << 10).await;
@@ -248,9 +250,7 @@ async fn a_slow_reader_gets_an_answer_it_asked_to_close_after_whole() {
     const SIZE: usize = 256 << 10;
     let upstream = Upstream::start().await;
     let proxy = proxy(&upstream.url()).start();
-    let browser = Browser::without_keep_alive();
-    browser.login(&proxy, &ALICE).await;
-    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let cookie = alices_cookie(&proxy).await;
     let readers: Vec<_> = ["HTTP/1.1\r\nConnection: close", "HTTP/1.0"]
         .into_iter()
         .map(|version| {
@@ -285,9 +285,7 @@ async fn a_reader_pausing_longer_than_the_send_timeout_after_its_answer_was_sent
     const SIZE: usize = 256 << 10;
     let upstream = Upstream::start().await;
     let proxy = proxy(&upstream.url()).toml("[limits]\nsend_timeout = \"1s\"").start();
-    let browser = Browser::without_keep_alive();
-    browser.login(&proxy, &ALICE).await;
-    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let cookie = alices_cookie(&proxy).await;
     // A small window: most of the answer waits in the proxy's socket.
     let mut reader = with_receive_buffer(&proxy, 16 << 10).await;
     let request = format!(
@@ -332,9 +330,7 @@ async fn an_answer_its_client_stopped_reading_parks_little_of_itself_on_the_upst
     const READERS: usize = 4;
     let upstream = Upstream::start().await;
     let proxy = proxy(&upstream.url()).start();
-    let browser = Browser::without_keep_alive();
-    browser.login(&proxy, &ALICE).await;
-    let cookie = browser.cookie_header(&proxy.url("/")).unwrap();
+    let cookie = alices_cookie(&proxy).await;
     let request = format!("GET /download?bytes={} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n", 1u64 << 32);
     let mut stopped = Vec::new();
     for _ in 0..READERS {
